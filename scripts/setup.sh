@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up (or refresh) the project's virtual environment in .venv: CPU torch unless one is installed,
+# the project in editable mode with its test extras, and the Debian tools the tests drive
+# (git-lfs, headless Chromium). Safe to run again; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! python -c "import torch" 2>/dev/null; then
+  # Ask for the exact CPU build first so that no CUDA wheels are pulled onto a CPU machine.
+  echo "[setup] installing torch" >&2
+  pip install -q "torch==2.13.0" || pip install -q "torch>=2.4"
+fi
+if ! python -c "import myassistant_installed" 2>/dev/null && ! pip show -q myassistant >/dev/null 2>&1; then
+  echo "[setup] installing the project and its test tools" >&2
+  pip install -q -e ".[dev]"
+fi
+need=()
+command -v git-lfs >/dev/null || need+=(git-lfs)
+if [ "${SETUP_BROWSER:-1}" = 1 ] && ! command -v chromium >/dev/null; then need+=(chromium); fi
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] apt-get install ${need[*]}" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "[setup] please install: ${need[*]} (Debian/Ubuntu: sudo apt-get install ${need[*]})" >&2
+  fi
+fi
+git lfs install --skip-repo >/dev/null 2>&1 || true
