@@ -1,0 +1,60 @@
+"""The one command line: ``assistant <command> [options]``.
+
+Each command is a thin module in ``scripts/`` with ``main(argv) -> int`` that parses its own
+arguments and calls one library function. Errors a user can fix (their classes carry
+``user_error = True``) are printed as one line on stderr with exit code 1; anything else is a bug
+and keeps its traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+# command -> (module under scripts/, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tiny": ("scripts.tiny", "write a tiny InternLM2-format checkpoint (for tests and the offline demo)"),
+    "data": ("scripts.data", "generate self-cognition data / validate and inspect a data file"),
+    "presets": ("scripts.presets", "list the shipped training presets or copy one to edit"),
+    "train": ("scripts.train", "fine-tune (QLoRA / LoRA / full) from a YAML config"),
+    "report": ("scripts.report", "measure identity accuracy and leak of a fine-tuned model"),
+    "merge": ("scripts.merge", "merge a LoRA adapter into standalone safetensors weights"),
+    "push": ("scripts.push", "push a model folder to a git-lfs remote or the Hugging Face Hub"),
+    "push-app": ("scripts.push_app", "write and push the Gradio app repo for a model repo"),
+    "clone": ("scripts.clone", "clone a model repo (git-lfs or Hugging Face) and verify its weights"),
+    "chat": ("scripts.chat", "chat with a model in the terminal (streaming)"),
+    "demo": ("scripts.demo", "the whole pipeline offline on a tiny model"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+    return f"usage: assistant <command> [options]\n\ncommands:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        sys.stderr.write(f"assistant: unknown command {name!r}\n\n{_usage()}")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write("assistant: interrupted\n")
+        return 130
+    except Exception as err:  # noqa: BLE001 - only user errors are shortened, the rest re-raised
+        if getattr(type(err), "user_error", False):
+            sys.stderr.write(f"assistant {name}: error: {err}\n")
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
