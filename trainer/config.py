@@ -1,0 +1,322 @@
+"""One config object per training run: typed dataclasses grouped by concern, loaded from YAML.
+
+Keys use the names of the transformers / peft / bitsandbytes arguments they feed (``r``,
+``lora_alpha``, ``bnb_4bit_quant_type``, ``learning_rate`` ...), so nothing needs translating.
+Every field has a type, a default and a one-line ``help``. A YAML file lists only what differs
+from these defaults; ``section.key=value`` overrides on the command line go on top. All problems
+are collected and raised together as one :class:`ConfigError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RUN_CONFIG_NAME = "run_config.yaml"
+
+# InternLM2 module names -> the Llama names they become when model.load_model converts the layout.
+INTERNLM2_TO_LLAMA = {
+    "wqkv": ("q_proj", "k_proj", "v_proj"),
+    "wo": ("o_proj",),
+    "w1": ("gate_proj",),
+    "w3": ("up_proj",),
+    "w2": ("down_proj",),
+}
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+METHODS = ("qlora", "lora", "full")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+DEEPSPEED_PRESETS = ("zero2", "zero3", "zero2_offload", "zero3_offload")
+DATA_FORMATS = ("auto", "messages", "alpaca", "sharegpt", "text")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+
+
+class ConfigError(ValueError):
+    """A config file or override the user can fix; the message lists every problem."""
+
+    user_error = True
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" as in argparse / peft metadata
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    base: str = _f("", "folder of the base model (InternLM2 or any causal LM checkpoint); required")
+    dtype: str = _f("auto", "weights dtype: auto | bfloat16 | float16 | float32 (auto: bf16 on a bf16 GPU, else fp32)")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(64, "LoRA rank")
+    lora_alpha: int = _f(16, "LoRA scaling numerator (scale = lora_alpha / r)")
+    lora_dropout: float = _f(0.1, "dropout on the LoRA input, 0 <= p < 1")
+    target_modules: list[str] = _f(ALL_LINEAR, "modules to adapt; InternLM2 names wqkv/wo/w1/w2/w3 are mapped; or [all-linear]")
+    bias: str = _f("none", "train biases: none | all | lora_only")
+
+
+@dataclass
+class QuantConfig:
+    method: str = _f("qlora", "qlora (4-bit base + LoRA, CUDA) | lora (full-precision base + LoRA) | full (all weights)")
+    bnb_4bit_quant_type: str = _f("nf4", "4-bit data type for QLoRA: nf4 | fp4")
+    bnb_4bit_use_double_quant: bool = _f(True, "also quantise the quantisation constants (saves ~0.4 bit/param)")
+    bnb_4bit_compute_dtype: str = _f("bfloat16", "dtype the 4-bit weights are dequantised to for matmuls")
+
+
+@dataclass
+class DataConfig:
+    train_file: str = _f("", "training data file (JSON/JSONL: messages, alpaca, sharegpt; or raw text); required")
+    format: str = _f("auto", "data format: auto | messages | alpaca | sharegpt | text")
+    max_length: int = _f(2048, "tokens per sample (longer samples are truncated and counted)")
+    pack: bool = _f(True, "pack short samples into max_length sequences (no attention across samples)")
+    eval_prompts: list[str] = _f([], "prompts answered (greedy) every train.eval_steps and at the end")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _f("runs/run", "the run folder: checkpoints, adapter, logs, run.json")
+    learning_rate: float = _f(2e-4, "peak learning rate")
+    lr_scheduler_type: str = _f("cosine", "learning-rate schedule after warmup: cosine | linear | constant | ...")
+    warmup_ratio: float = _f(0.03, "share of the steps spent warming up linearly, 0 <= x < 1")
+    num_train_epochs: float = _f(1.0, "passes over the data (ignored when max_steps > 0)")
+    max_steps: int = _f(-1, "optimizer steps to run; -1 = from num_train_epochs")
+    per_device_train_batch_size: int = _f(1, "sequences per device per micro-step")
+    gradient_accumulation_steps: int = _f(16, "micro-steps per optimizer step")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    save_steps: int = _f(500, "write a checkpoint every N optimizer steps")
+    save_total_limit: int | None = _f(2, "keep only the newest N checkpoints (null = keep all)")
+    eval_steps: int = _f(500, "answer data.eval_prompts every N steps (0 = only at the end)")
+    eval_max_new_tokens: int = _f(64, "tokens generated per eval prompt")
+    logging_steps: int = _f(10, "log loss / lr / tokens/s every N steps")
+    seed: int = _f(0, "seed for weights init, data order and dropout")
+    deepspeed: str | None = _f(None, "ZeRO preset: zero2 | zero3 | zero2_offload | zero3_offload (or a .json path); null = off")
+    gradient_checkpointing: bool = _f(True, "recompute activations in backward: less memory, ~30% slower")
+    report_to: str = _f("tensorboard", "tensorboard | none (metrics.jsonl is always written)")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}  # type: ignore[misc]
+
+
+def lora_target_modules(names: list[str]) -> list[str] | str:
+    """peft ``target_modules`` for the Llama layout: InternLM2 names mapped, duplicates dropped."""
+    if names == ["all-linear"]:
+        return "all-linear"
+    out: list[str] = []
+    for name in names:
+        for mapped in INTERNLM2_TO_LLAMA.get(name, (name,)):
+            if mapped not in out:
+                out.append(mapped)
+    return out
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise ValueError with a short reason."""
+    args = typing.get_args(tp)
+    if type(None) in args:  # "X | None"
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"expected a string, got {value!r}")
+    if typing.get_origin(tp) is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected a list of strings, got {value!r}")
+        return list(value)
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """``"section"`` / ``"section.key"`` -> 1-based line in the YAML text, for error messages."""
+    lines: dict[str, int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if isinstance(root, yaml.MappingNode):
+        for sec_node, body in root.value:
+            lines[str(sec_node.value)] = sec_node.start_mark.line + 1
+            if isinstance(body, yaml.MappingNode):
+                for key_node, _ in body.value:
+                    lines[f"{sec_node.value}.{key_node.value}"] = key_node.start_mark.line + 1
+    return lines
+
+
+def _merge_section(obj: Any, section: str, values: Any, where: str, lines: dict[str, int], problems: list[str]) -> None:
+    at = f"{where}:{lines[section]}" if section in lines else where
+    if not isinstance(values, dict):
+        problems.append(f"{at}: {section}: expected a mapping of keys, got {values!r}")
+        return
+    hints = typing.get_type_hints(type(obj))
+    for key, value in values.items():
+        name = f"{section}.{key}"
+        at = f"{where}:{lines[name]}" if name in lines else where
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), hints, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(hints)})"
+            problems.append(f"{at}: {name}: unknown key{hint}")
+            continue
+        try:
+            setattr(obj, key, _coerce(value, hints[key]))
+        except ValueError as err:
+            problems.append(f"{at}: {name}: {err}")
+
+
+def _apply(cfg: RunConfig, tree: Any, where: str, problems: list[str], lines: dict[str, int] | None = None) -> None:
+    lines = lines or {}
+    if tree is None:
+        return
+    if not isinstance(tree, dict):
+        problems.append(f"{where}: expected sections {', '.join(SECTIONS)} at the top level")
+        return
+    for section, values in tree.items():
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(str(section), SECTIONS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (sections: {', '.join(SECTIONS)})"
+            at = f"{where}:{lines[section]}" if section in lines else where
+            problems.append(f"{at}: {section}: unknown section{hint}")
+            continue
+        _merge_section(getattr(cfg, section), section, values, where, lines, problems)
+
+
+def _parse_override(text: str) -> tuple[str, str, Any] | str:
+    """``section.key=value`` -> (section, key, YAML-parsed value), or a problem string."""
+    path, sep, raw = text.partition("=")
+    section, dot, key = path.strip().partition(".")
+    if not sep or not dot or not key:
+        return f"override {text!r}: expected section.key=value, e.g. train.max_steps=100"
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return section, key, value
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    """Every value problem in ``cfg`` (empty when the config can run)."""
+    m, lo, q, d, t = cfg.model, cfg.lora, cfg.quant, cfg.data, cfg.train
+    checks = [
+        (bool(m.base), "model.base: required: the base model folder, e.g. model.base=models/internlm2-chat-1_8b"),
+        (m.dtype in DTYPES, f"model.dtype: {m.dtype!r} is not one of {', '.join(DTYPES)}"),
+        (lo.r > 0, f"lora.r: must be > 0, got {lo.r}"),
+        (lo.lora_alpha > 0, f"lora.lora_alpha: must be > 0, got {lo.lora_alpha}"),
+        (0 <= lo.lora_dropout < 1, f"lora.lora_dropout: must be in [0, 1), got {lo.lora_dropout}"),
+        (bool(lo.target_modules), "lora.target_modules: empty; e.g. [q_proj, v_proj] or [all-linear]"),
+        (lo.bias in ("none", "all", "lora_only"), f"lora.bias: {lo.bias!r} is not one of none, all, lora_only"),
+        (q.method in METHODS, f"quant.method: {q.method!r} is not one of {', '.join(METHODS)}"),
+        (q.bnb_4bit_quant_type in ("nf4", "fp4"), f"quant.bnb_4bit_quant_type: {q.bnb_4bit_quant_type!r} is not nf4 or fp4"),
+        (q.bnb_4bit_compute_dtype in DTYPES[1:],
+         f"quant.bnb_4bit_compute_dtype: {q.bnb_4bit_compute_dtype!r} is not one of {', '.join(DTYPES[1:])}"),
+        (bool(d.train_file), "data.train_file: required: a JSON/JSONL/text file, e.g. data.train_file=data/identity.jsonl"),
+        (d.format in DATA_FORMATS, f"data.format: {d.format!r} is not one of {', '.join(DATA_FORMATS)}"),
+        (d.max_length > 0, f"data.max_length: must be > 0, got {d.max_length}"),
+        (bool(t.output_dir), "train.output_dir: required"),
+        (t.learning_rate > 0, f"train.learning_rate: must be > 0, got {t.learning_rate}"),
+        (t.lr_scheduler_type in SCHEDULERS, f"train.lr_scheduler_type: {t.lr_scheduler_type!r} is not one of {', '.join(SCHEDULERS)}"),
+        (0 <= t.warmup_ratio < 1, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}"),
+        (t.max_steps > 0 or (t.max_steps == -1 and t.num_train_epochs > 0),
+         f"train.max_steps: must be > 0, or -1 with num_train_epochs > 0 (got {t.max_steps}, {t.num_train_epochs})"),
+        (t.per_device_train_batch_size >= 1, f"train.per_device_train_batch_size: must be >= 1, got {t.per_device_train_batch_size}"),
+        (t.gradient_accumulation_steps >= 1, f"train.gradient_accumulation_steps: must be >= 1, got {t.gradient_accumulation_steps}"),
+        (t.save_steps >= 1, f"train.save_steps: must be >= 1, got {t.save_steps}"),
+        (t.save_total_limit is None or t.save_total_limit >= 1, f"train.save_total_limit: must be >= 1 or null, got {t.save_total_limit}"),
+        (t.eval_steps >= 0, f"train.eval_steps: must be >= 0 (0 = only at the end), got {t.eval_steps}"),
+        (t.eval_max_new_tokens >= 1, f"train.eval_max_new_tokens: must be >= 1, got {t.eval_max_new_tokens}"),
+        (t.logging_steps >= 1, f"train.logging_steps: must be >= 1, got {t.logging_steps}"),
+        (t.deepspeed is None or t.deepspeed in DEEPSPEED_PRESETS or t.deepspeed.endswith(".json"),
+         f"train.deepspeed: {t.deepspeed!r} is not one of {', '.join(DEEPSPEED_PRESETS)}, a .json file or null"),
+        (t.report_to in ("tensorboard", "none"), f"train.report_to: {t.report_to!r} is not tensorboard or none"),
+    ]
+    return [msg for ok, msg in checks if not ok]
+
+
+def load_config(yaml_path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults <- YAML file <- ``section.key=value`` overrides; raise one ConfigError listing all problems."""
+    cfg, problems = RunConfig(), []
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            tree = yaml.safe_load(text)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ConfigError(f"{path}: config file not found; `assistant presets list` shows the shipped ones") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: not valid YAML: {getattr(err, 'problem', err)}") from None
+        _apply(cfg, tree, str(path), problems, _key_lines(text))
+    for text in overrides:
+        parsed = _parse_override(text)
+        if isinstance(parsed, str):
+            problems.append(parsed)
+            continue
+        section, key, value = parsed
+        _apply(cfg, {section: {key: value}}, f"override {text!r}", problems)
+    problems += validate(cfg)  # values that failed to parse kept their (valid) defaults
+    if problems:
+        where = str(yaml_path) if yaml_path else "config"
+        raise ConfigError(f"{where}: {len(problems)} problem(s): " + "; ".join(problems))
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: Path) -> Path:
+    """Write the resolved config as YAML (atomically)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def describe_fields() -> str:
+    """Every key with its default and help, one per line (for --help and docs)."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            lines.append(f"  {section}.{f.name} = {default!r}: {f.metadata['help']}")
+    return "\n".join(lines)
