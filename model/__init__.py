@@ -1,0 +1,18 @@
+"""The model layer shared by training and serving: load/save any checkpoint, tokenizers, templates."""
+from .checkpoint import CheckpointError, load_model, load_state_dict, read_config, save_model
+from .templates import INTERNLM2_CHAT, TEMPLATES
+from .tiny import build_tiny_checkpoint
+from .tokenizer import load_tokenizer, stop_token_ids
+
+__all__ = [
+    "CheckpointError",
+    "INTERNLM2_CHAT",
+    "TEMPLATES",
+    "build_tiny_checkpoint",
+    "load_model",
+    "load_state_dict",
+    "load_tokenizer",
+    "read_config",
+    "save_model",
+    "stop_token_ids",
+]

@@ -1,0 +1,33 @@
+"""assistant tiny OUT_DIR: write a tiny InternLM2-format checkpoint (random weights, real tokenizer)."""
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="assistant tiny", description=__doc__)
+    p.add_argument("out_dir", help="folder to write (replaced if it exists)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2, help="num_hidden_layers")
+    p.add_argument("--heads", type=int, default=4, help="num_attention_heads")
+    p.add_argument("--kv-heads", type=int, default=2, help="num_key_value_heads")
+    p.add_argument("--intermediate-size", type=int, default=128)
+    p.add_argument("--vocab-size", type=int, default=1000, help="sentencepiece BPE target size")
+    p.add_argument("--corpus", help="text file (one sample a line) to train the tokenizer on; default: built-in zh+en")
+    p.add_argument("--nul-piece", action="store_true", help="add a vocabulary piece with a NUL byte, as the real InternLM2 one has")
+    args = p.parse_args(argv)
+
+    from model import build_tiny_checkpoint
+
+    corpus = None
+    if args.corpus:
+        with open(args.corpus, encoding="utf-8") as fh:
+            corpus = [line.rstrip("\n") for line in fh if line.strip()]
+    out = build_tiny_checkpoint(
+        args.out_dir, seed=args.seed, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        intermediate_size=args.intermediate_size, vocab_size=args.vocab_size, corpus=corpus, nul_piece=args.nul_piece,
+    )
+    print(out)
+    return 0
