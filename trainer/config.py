@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from trainer.formats import FORMATS
+
 RUN_CONFIG_NAME = "run_config.yaml"
 
 # InternLM2 module names -> the Llama names they become when model.load_model converts the layout.
@@ -32,7 +34,7 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 METHODS = ("qlora", "lora", "full")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEEPSPEED_PRESETS = ("zero2", "zero3", "zero2_offload", "zero3_offload")
-DATA_FORMATS = ("auto", "messages", "alpaca", "sharegpt", "text")
+DATA_FORMATS = ("auto", *FORMATS)
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
@@ -73,8 +75,8 @@ class QuantConfig:
 
 @dataclass
 class DataConfig:
-    train_file: str = _f("", "training data file (JSON/JSONL: messages, alpaca, sharegpt; or raw text); required")
-    format: str = _f("auto", "data format: auto | messages | alpaca | sharegpt | text")
+    train_file: str = _f("", "training data file (JSON/JSONL conversations, or raw text); required")
+    format: str = _f("auto", "data format: auto | openai | xtuner | alpaca | sharegpt | text")
     max_length: int = _f(2048, "tokens per sample (longer samples are truncated and counted)")
     pack: bool = _f(True, "pack short samples into max_length sequences (no attention across samples)")
     eval_prompts: list[str] = _f([], "prompts answered (greedy) every train.eval_steps and at the end")

@@ -1,0 +1,129 @@
+"""Trainer callbacks: metrics as JSON lines, a progress bar, and eval prompts answered during training."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def truncate_jsonl(path: Path, after_step: int) -> None:
+    """Drop rows logged after ``after_step`` (a killed run logged them; the resumed run logs them again)."""
+    rows = read_jsonl(path)
+    keep = [r for r in rows if r.get("step", 0) <= after_step]
+    if len(keep) != len(rows):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
+        tmp.replace(path)
+
+
+class MetricsFile(TrainerCallback):
+    """Adds tokens_per_s to every log and appends it to metrics.jsonl (before TensorBoard and the bar see it)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._last: tuple[float, int] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.perf_counter(), state.num_input_tokens_seen)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None:
+            return
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen
+        if "loss" in logs and self._last is not None and now > self._last[0]:
+            logs["tokens_per_s"] = round((tokens - self._last[1]) / (now - self._last[0]), 1)
+            self._last = (now, tokens)
+        if state.is_world_process_zero:
+            append_jsonl(self.path, {"step": state.global_step, **logs, "time": round(time.time(), 3)})
+
+
+class ProgressBar(TrainerCallback):
+    """One tqdm bar over optimizer steps (tqdm gives the ETA) with loss, lr and tokens/s."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}",
+                                 tok_s=f"{logs.get('tokens_per_s', 0):.0f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class EvalPrompts(TrainerCallback):
+    """Answer fixed prompts greedily every ``every`` steps and at the end (XTuner's evaluation_inputs)."""
+
+    def __init__(self, tokenizer, prompts: list[str], every: int, path: Path, *, max_new_tokens: int,
+                 chat: bool, stop_ids: list[int]):
+        self.tokenizer, self.prompts, self.every, self.path = tokenizer, prompts, every, path
+        self.max_new_tokens, self.chat, self.stop_ids = max_new_tokens, chat, stop_ids
+        self._done_step = -1
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self.answer(model, state)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._done_step != state.global_step:
+            self.answer(model, state)
+
+    def _encode(self, prompt: str) -> torch.Tensor:
+        if self.chat:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:  # raw-text runs continue the prompt
+            ids = self.tokenizer(prompt)["input_ids"]
+        return torch.tensor([ids])
+
+    @torch.no_grad()
+    def answer(self, model, state) -> list[dict]:
+        self._done_step = state.global_step
+        if not self.prompts or model is None:
+            return []
+        was_training = model.training
+        model.eval()
+        rows = []
+        for prompt in self.prompts:
+            ids = self._encode(prompt).to(model.device)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
+                                 do_sample=False, use_cache=True, eos_token_id=self.stop_ids,
+                                 pad_token_id=self.tokenizer.pad_token_id)
+            answer = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            rows.append({"step": state.global_step, "prompt": prompt, "answer": answer})
+            log.info("eval step %d | %s -> %s", state.global_step, prompt, answer)
+        if state.is_world_process_zero:
+            for row in rows:
+                append_jsonl(self.path, row)
+        model.train(was_training)
+        return rows

@@ -1,0 +1,234 @@
+"""Fine-tune a causal LM from one RunConfig: setup, data, model, trainer, save.
+
+The transformers Trainer runs the loop (mixed precision, accumulation, checkpoints, resume with the
+same data order and RNG state, DeepSpeed). This file wires our pieces into it and leaves a run folder
+that describes itself:
+
+    run_config.yaml   the resolved config           run.json          base path, method, steps, final loss
+    adapter_model.safetensors + adapter_config.json (LoRA/QLoRA) or model.safetensors + config.json (full)
+    tokenizer files   metrics.jsonl   eval_samples.jsonl   tensorboard/   checkpoint-N/ (newest few)
+
+Several GPUs: ``torchrun --nproc_per_node N -m scripts.cli train --config X.yaml --deepspeed zero2``
+(or ``accelerate launch -m scripts.cli train ...``); the Trainer reads the launcher's environment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
+from transformers.integrations import TensorBoardCallback
+
+import model as model_layer
+from trainer import data as data_lib
+from trainer.callbacks import EvalPrompts, MetricsFile, ProgressBar, read_jsonl, truncate_jsonl
+from trainer.config import RUN_CONFIG_NAME, ConfigError, RunConfig, load_config, save_config
+from trainer.lora import bf16_supported, build_model, count_parameters
+
+log = logging.getLogger(__name__)
+
+RUN_INFO_NAME = "run.json"
+METRICS_NAME = "metrics.jsonl"
+EVAL_SAMPLES_NAME = "eval_samples.jsonl"
+DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
+
+
+# ----------------------------------------------------------------------------- setup helpers
+
+def deepspeed_config(name: str | None) -> str | None:
+    """Path of the ZeRO config for train.deepspeed; fail clearly where deepspeed is not installed."""
+    if name is None:
+        return None
+    path = Path(name) if name.endswith(".json") else DEEPSPEED_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ConfigError(f"train.deepspeed: {path} not found")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"train.deepspeed: {name} needs the deepspeed package (pip install deepspeed) "
+                          "on a machine with CUDA GPUs; or set train.deepspeed=null")
+    return str(path)
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """checkpoint-N folders the Trainer finished writing (trainer_state.json is written last), oldest first."""
+    found = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted((p for p in found if (p / "trainer_state.json").exists()), key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> Path | None:
+    """Check the run folder against --resume; return the checkpoint to resume from."""
+    if not resume:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"train.output_dir: {run_dir} already holds a run; add --resume to continue it "
+                              "or choose another train.output_dir")
+        return None
+    checkpoints = complete_checkpoints(run_dir) if run_dir.is_dir() else []
+    if not checkpoints:
+        raise ConfigError(f"--resume: no complete checkpoint-N folder in {run_dir}; start without --resume")
+    last = checkpoints[-1]
+    for partial in run_dir.glob("checkpoint-*"):  # a kill while saving leaves a folder without trainer_state.json
+        if partial.is_dir() and partial not in checkpoints:
+            log.warning("removing incomplete checkpoint %s", partial)
+            shutil.rmtree(partial)
+    saved = run_dir / RUN_CONFIG_NAME
+    if saved.exists():
+        before, now = load_config(saved).to_dict(), cfg.to_dict()
+        changed = [f"{s}.{k}" for s in now for k in now[s] if before[s][k] != now[s][k]]
+        if changed:
+            log.warning("resuming with a config that differs from %s in: %s", saved, ", ".join(changed))
+    return last
+
+
+def training_arguments(cfg: RunConfig, run_dir: Path, deepspeed: str | None) -> TrainingArguments:
+    t = cfg.train
+    on_gpu = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a share of the total steps
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_grad_norm=t.max_grad_norm,
+        weight_decay=t.weight_decay,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        deepspeed=deepspeed,
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        bf16=on_gpu and bf16_supported(),
+        fp16=on_gpu and not bf16_supported(),
+        report_to="none",  # TensorBoard is added as a callback so its folder is fixed (run_dir/tensorboard)
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,  # keep position_ids of packed samples
+        dataloader_num_workers=0,
+        dataloader_pin_memory=on_gpu,
+        disable_tqdm=True,  # our ProgressBar replaces the Trainer's
+    )
+
+
+# ----------------------------------------------------------------------------- train
+
+def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Path:
+    """Run one training as ``cfg`` says; return the run folder. ``callbacks`` are extra TrainerCallbacks."""
+    # -- setup: fail on config, run folder and data before loading any weights
+    run_dir = Path(cfg.train.output_dir).resolve()
+    cfg = dataclasses.replace(cfg)  # paths are stored absolute so the run folder works from anywhere
+    cfg.model = dataclasses.replace(cfg.model, base=_absolute(cfg.model.base))
+    cfg.data = dataclasses.replace(cfg.data, train_file=_absolute(cfg.data.train_file))
+    cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir))
+    checkpoint = _prepare_run_dir(run_dir, cfg, resume)
+    ds_path = deepspeed_config(cfg.train.deepspeed)
+    set_seed(cfg.train.seed)
+
+    # -- data
+    tokenizer = model_layer.load_tokenizer(cfg.model.base)
+    records = data_lib.load_records(cfg.data.train_file, fmt=cfg.data.format)
+    dataset = data_lib.tokenize_records(records, tokenizer, cfg.data.max_length)
+    if cfg.data.pack:
+        dataset = data_lib.pack(dataset, cfg.data.max_length)
+    chat = "messages" in records[0]
+
+    # -- model
+    model = build_model(cfg)
+
+    # -- derived numbers, logged before the first step (nanoGPT's "tokens per iteration")
+    args = training_arguments(cfg, run_dir, ds_path)
+    world = args.world_size
+    seqs_per_step = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * world
+    n_tokens = sum(len(ids) for ids in dataset["input_ids"])
+    trainable, total = count_parameters(model)
+    steps_per_epoch = math.ceil(len(dataset) / seqs_per_step)
+    log.info("config:\n%s", json.dumps(cfg.to_dict(), indent=1, ensure_ascii=False))
+    log.info("method %s | trainable params %s of %s (%.3f%%) | weights %s", cfg.quant.method, f"{trainable:,}",
+             f"{total:,}", 100 * trainable / max(total, 1), next(model.parameters()).dtype)
+    log.info("data %d records -> %d sequences, %s tokens | effective batch %d seqs (%d x %d accum x %d devices) "
+             "| <= %s tokens/step | %d steps/epoch", len(records), len(dataset), f"{n_tokens:,}", seqs_per_step,
+             cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps, world,
+             f"{seqs_per_step * cfg.data.max_length:,}", steps_per_epoch)
+
+    # -- trainer
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is not None:
+        step = int(checkpoint.name.split("-")[-1])
+        log.info("resuming from %s (step %d)", checkpoint, step)
+        truncate_jsonl(run_dir / METRICS_NAME, step)
+        truncate_jsonl(run_dir / EVAL_SAMPLES_NAME, step)
+    else:
+        save_config(cfg, run_dir / RUN_CONFIG_NAME)
+    cbs = [MetricsFile(run_dir / METRICS_NAME)]
+    if cfg.train.report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+
+        cbs.append(TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
+    cbs += [ProgressBar(), EvalPrompts(tokenizer, cfg.data.eval_prompts, cfg.train.eval_steps,
+                                       run_dir / EVAL_SAMPLES_NAME, max_new_tokens=cfg.train.eval_max_new_tokens,
+                                       chat=chat, stop_ids=model_layer.stop_token_ids(tokenizer)), *callbacks]
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=functools.partial(data_lib.collate, pad_token_id=tokenizer.pad_token_id or 0),
+                      processing_class=tokenizer, callbacks=cbs)
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    # -- save: final weights + run.json, each renamed into place when complete
+    _save_final(trainer, run_dir)
+    if trainer.is_world_process_zero():
+        _write_run_info(cfg, run_dir, trainer, trainable, total, time.perf_counter() - started)
+    log.info("run folder: %s", run_dir)
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- save
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if path else path
+
+
+def _save_final(trainer: Trainer, run_dir: Path) -> None:
+    """Adapter (or full weights) and tokenizer into the run folder, written to a temp folder first."""
+    tmp = run_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))  # gathers ZeRO-3 shards; peft models save only the adapter
+    if trainer.is_world_process_zero():
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        for f in tmp.iterdir():
+            f.replace(run_dir / f.name)
+        tmp.rmdir()
+
+
+def _write_run_info(cfg: RunConfig, run_dir: Path, trainer: Trainer, trainable: int, total: int, seconds: float) -> None:
+    losses = [row for row in read_jsonl(run_dir / METRICS_NAME) if "loss" in row]
+    info = {
+        "base_model": cfg.model.base,
+        "method": cfg.quant.method,
+        "adapter": cfg.quant.method != "full",
+        "layout": "llama",
+        "data_file": cfg.data.train_file,
+        "data_format": cfg.data.format,
+        "max_length": cfg.data.max_length,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_seconds_last_session": round(seconds, 2),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp = run_dir / (RUN_INFO_NAME + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(run_dir / RUN_INFO_NAME)
