@@ -1,5 +1,6 @@
 """The model layer shared by training and serving: load/save any checkpoint, tokenizers, templates."""
 from .checkpoint import CheckpointError, load_model, load_state_dict, read_config, save_model
+from .generate import generate_replies
 from .templates import INTERNLM2_CHAT, TEMPLATES
 from .tiny import build_tiny_checkpoint
 from .tokenizer import load_tokenizer, stop_token_ids
@@ -9,6 +10,7 @@ __all__ = [
     "INTERNLM2_CHAT",
     "TEMPLATES",
     "build_tiny_checkpoint",
+    "generate_replies",
     "load_model",
     "load_state_dict",
     "load_tokenizer",

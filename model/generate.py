@@ -1,0 +1,37 @@
+"""Batched greedy replies for evaluation (eval prompts during training, the fine-tune report).
+
+Serving streams one conversation at a time through ``chat.engine``; evaluation wants many short
+answers at once, so it left-pads a batch and calls ``generate`` once per batch.
+"""
+from __future__ import annotations
+
+import torch
+
+from .tokenizer import stop_token_ids
+
+
+@torch.no_grad()
+def generate_replies(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 64,
+                     batch_size: int = 16) -> list[str]:
+    """Greedy assistant replies, one per conversation (OpenAI-style message lists)."""
+    replies: list[str] = []
+    stops = stop_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for start in range(0, len(conversations), batch_size):
+        batch = conversations[start : start + batch_size]
+        prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        width = max(map(len, encoded))
+        ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=stops, pad_token_id=pad_id)
+        for row in out[:, width:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+            replies.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+    if was_training:
+        model.train()
+    return replies
