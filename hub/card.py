@@ -1,0 +1,110 @@
+"""The model card (README.md) of a pushed model, from whatever the model folder says about itself.
+
+Read when present, all optional: `run_config.yaml` / `train_config.json` (the resolved training config),
+`adapter_config.json` (peft), `config.json`, `report.json` / `report.md` (the fine-tune report, also
+looked for under `report/`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILES = ("run_config.yaml", "run_config.yml", "train_config.json", "train_config.yaml")
+REPORT_JSON = ("report.json", "report/report.json")
+REPORT_MD = ("report.md", "report/report.md")
+# Keys of the training config shown as hyper-parameters (section.key, the trainer's names).
+_NOT_HYPER = ("output_dir", "eval_prompts", "train_file", "report_to", "logging_steps", "save_steps",
+              "save_total_limit", "eval_steps", "base")
+
+
+def _read(folder: Path, names: tuple[str, ...]) -> tuple[Path | None, Any]:
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            try:
+                text = path.read_text(encoding="utf-8")
+                return path, (json.loads(text) if path.suffix == ".json" else
+                              yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else text)
+            except (OSError, ValueError, yaml.YAMLError) as err:
+                log.warning("model card: skipping %s (%s)", path, err)
+    return None, None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _pick(flat: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        for key, value in flat.items():
+            if (key == name or key.endswith("." + name)) and value not in (None, ""):
+                return value
+    return None
+
+
+def _table(rows: dict[str, Any], head: tuple[str, str]) -> str:
+    lines = [f"| {head[0]} | {head[1]} |", "| --- | --- |"]
+    for key, value in rows.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, list) else value
+        lines.append(f"| {key} | {shown} |")
+    return "\n".join(lines)
+
+
+def model_card(folder: str | Path, *, name: str) -> str:
+    """README.md text: YAML front matter for the hubs, then what the model is and how it was made."""
+    folder = Path(folder)
+    _, cfg = _read(folder, CONFIG_FILES)
+    _, adapter = _read(folder, ("adapter_config.json",))
+    _, model_cfg = _read(folder, ("config.json",))
+    _, report = _read(folder, REPORT_JSON)
+    _, report_md = _read(folder, REPORT_MD)
+    flat = _flatten(cfg) if isinstance(cfg, dict) else {}
+    adapter = adapter if isinstance(adapter, dict) else {}
+    base = _pick(flat, "model.base", "base_model", "model_name_or_path", "base") or \
+        adapter.get("base_model_name_or_path")
+    method = _pick(flat, "quant.method", "method", "finetune_type") or \
+        (str(adapter.get("peft_type", "")).lower() or None)
+    dataset = _pick(flat, "data.train_file", "dataset", "train_file")
+    front: dict[str, Any] = {"library_name": "peft" if adapter else "transformers",
+                             "pipeline_tag": "text-generation",
+                             "tags": ["myassistant", *([str(method)] if method else [])]}
+    if base:
+        front["base_model"] = str(base)
+    parts = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "", f"# {name}", ""]
+    kind = "A LoRA adapter" if adapter else "A chat model"
+    parts.append(f"{kind} fine-tuned with myassistant" + (f" from `{base}`" if base else "") + ".")
+    facts = {"base model": base, "method": method, "data set": dataset,
+             "architecture": (model_cfg or {}).get("model_type") if isinstance(model_cfg, dict) else None}
+    facts = {k: f"`{v}`" for k, v in facts.items() if v}
+    if facts:
+        parts += ["", _table(facts, ("", ""))]
+    hyper = {k: v for k, v in flat.items() if k.split(".")[-1] not in _NOT_HYPER and not isinstance(v, dict)
+             and k not in ("quant.method", "data.format")}
+    if not hyper and adapter:
+        hyper = {k: adapter[k] for k in ("r", "lora_alpha", "lora_dropout", "target_modules") if k in adapter}
+    if hyper:
+        parts += ["", "## Hyper-parameters", "", _table(hyper, ("parameter", "value"))]
+    if isinstance(report_md, str) and report_md.strip():
+        parts += ["", "## Fine-tune report", "", report_md.strip()]
+    elif isinstance(report, dict):
+        figures = {k: v for k, v in _flatten(report).items() if isinstance(v, (int, float, str)) and len(str(v)) < 80}
+        if figures:
+            parts += ["", "## Fine-tune report", "", _table(figures, ("figure", "value"))]
+    loader = ("from peft import AutoPeftModelForCausalLM", "AutoPeftModelForCausalLM") if adapter else \
+        ("from transformers import AutoModelForCausalLM", "AutoModelForCausalLM")
+    parts += ["", "## Use", "", "```python", loader[0], "from transformers import AutoTokenizer", "",
+              'path = "PATH"  # a local clone of this repo: `assistant clone <this repo>` prints it',
+              "tok = AutoTokenizer.from_pretrained(path)",
+              f"model = {loader[1]}.from_pretrained(path)", "```", ""]
+    return "\n".join(parts)

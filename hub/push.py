@@ -1,0 +1,93 @@
+"""push_folder: a model (or adapter, or app) folder -> a git-lfs remote or a Hugging Face repo."""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from .card import model_card
+from .errors import HubError
+from .git_lfs import PushResult, pointer_error, pointer_files, push_git
+from .gitcmd import GIT_TOKEN_ENVS
+from .hf import push_hf
+from .remote import HF_PREFIX, default_cache_dir, git_url, hf_repo_id, slug
+
+log = logging.getLogger(__name__)
+
+_SKIP_PARTS = {".git", "__pycache__", ".cache", ".ipynb_checkpoints"}
+
+
+def folder_files(folder: Path) -> dict[str, Path]:
+    """rel path -> file, for everything under `folder` worth pushing."""
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and not _SKIP_PARTS & set(rel.parts) and path.suffix != ".pyc":
+            files[rel.as_posix()] = path
+    return files
+
+
+def push_folder(folder: str | Path, remote: str, *, private: bool = False, message: str | None = None,
+                branch: str = "main", card: bool = True, name: str | None = None,
+                cache_dir: str | Path | None = None, repo_type: str = "model",
+                token_env: tuple[str, ...] = GIT_TOKEN_ENVS) -> PushResult:
+    """Make `remote`'s `branch` hold exactly the files of `folder` (+ a model card README.md when `card`).
+
+    `remote`: `hf:owner/name` for the Hugging Face Hub; else a git URL or the path of a bare repo.
+    Pushing the same files again makes no commit; a changed file makes one.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise HubError(f"{folder}: no such folder to push")
+    files = folder_files(folder)
+    if not files:
+        raise HubError(f"{folder}: the folder is empty, nothing to push")
+    left = pointer_files(folder)
+    if left:
+        raise pointer_error(folder, left)
+    gitattributes = files.pop(".gitattributes", None)
+    name = name or (remote.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git") or folder.name)
+    generated = {}
+    if card:
+        if "README.md" in files:
+            log.info("replacing %s with a generated model card (pass card=False / --no-card to keep it)",
+                     files.pop("README.md"))
+        generated["README.md"] = model_card(folder, name=name).encode()
+    message = message or f"Upload {name}"
+    if remote.startswith(HF_PREFIX):
+        repo_id = hf_repo_id(remote)
+        if repo_id is None:
+            raise HubError(f"{remote!r}: a Hugging Face target is hf:owner/name")
+        return _push_to_hf(folder, files, generated, repo_id, private=private, message=message, branch=branch,
+                           repo_type="space" if remote.startswith(HF_PREFIX + "spaces/") else repo_type)
+    url = git_url(remote)
+    if private:
+        log.warning("--private applies to Hugging Face repos; a git remote's visibility is set on its server")
+    work_dir = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "push" / slug(f"{url}#{branch}")
+    extra = gitattributes.read_text(encoding="utf-8").splitlines() if gitattributes else []
+    return push_git(files, generated, url, work_dir=work_dir, branch=branch, message=message,
+                    gitattributes=extra, token_env=token_env)
+
+
+def _push_to_hf(folder: Path, files: dict[str, Path], generated: dict[str, bytes], repo_id: str, *,
+                private: bool, message: str, branch: str, repo_type: str) -> PushResult:
+    # Upload a staging folder of hard links (copies across file systems) plus the generated files, so the
+    # user's folder is never written to.
+    try:
+        staging = tempfile.TemporaryDirectory(prefix=".push-", dir=folder.parent)
+    except OSError:
+        staging = tempfile.TemporaryDirectory(prefix="push-")
+    with staging as tmp:
+        stage = Path(tmp)
+        for rel, src in files.items():
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                (stage / rel).hardlink_to(src)
+            except OSError:
+                shutil.copy2(src, stage / rel)
+        for rel, data in generated.items():
+            (stage / rel).write_bytes(data)
+        url = push_hf(stage, repo_id, private=private, message=message, branch=branch, repo_type=repo_type,
+                      space_sdk="gradio" if repo_type == "space" else None)
+    return PushResult(remote=f"hf:{repo_id}", revision=url, changed=True)
