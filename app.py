@@ -1,0 +1,153 @@
+"""The hosted chat app (Hugging Face Spaces / OpenXLab apps / your own machine): `python app.py`.
+
+Environment:
+  MODEL_REPO         the model: a git URL (cloned with git-lfs), a Hugging Face repo id, or a local
+                     folder; unset = the project's tiny demo model (built on first start)
+  MODEL_CACHE        where cloned models live (default ./.cache/models next to this file)
+  DEMO_MODEL_DIR     where the demo model is built (default ./.cache/demo-model)
+  APP_LAZY_LOAD=1    load the model on the first request instead of at import
+  APP_CONCURRENCY    chats generating at once (default 1; the others wait in Gradio's queue)
+  GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   where to listen (default 0.0.0.0:7860 on a hosting
+                     platform, 127.0.0.1:7860 elsewhere)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import gradio as gr
+
+from chat import ChatEngine, GenerationSettings, ensure_demo_model
+
+log = logging.getLogger("app")
+if __name__ == "__main__":  # before the model loads, so its messages show
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+ROOT = Path(__file__).resolve().parent
+MODEL_REPO = os.environ.get("MODEL_REPO", "").strip()
+MODEL_CACHE = Path(os.environ.get("MODEL_CACHE") or ROOT / ".cache" / "models")
+DEMO_MODEL_DIR = Path(os.environ.get("DEMO_MODEL_DIR") or ROOT / ".cache" / "demo-model")
+LAZY_LOAD = os.environ.get("APP_LAZY_LOAD", "0") == "1"
+CONCURRENCY = int(os.environ.get("APP_CONCURRENCY", "1"))
+HOSTED = os.environ.get("SYSTEM") == "spaces" or any(
+    key in os.environ for key in ("SPACE_ID", "OPENXLAB_APP_ID", "OPENXLAB_SPACE_ID", "OPENXLAB_USER"))
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and concise assistant."
+
+
+def public_source(source: str) -> str:
+    """The model source as it may be shown: credentials in a URL are removed."""
+    return re.sub(r"(://)[^/@]+@", r"\1", source)
+
+
+def model_title() -> str:
+    if not MODEL_REPO:
+        return "demo model"
+    return public_source(MODEL_REPO).rstrip("/").removesuffix(".git").rsplit("/", 1)[-1] or MODEL_REPO
+
+
+def load_engine() -> ChatEngine:
+    """Fetch (clone / download / reuse) the model named by MODEL_REPO, or build the demo model."""
+    if MODEL_REPO:
+        from hub import fetch_model
+
+        folder = fetch_model(MODEL_REPO, MODEL_CACHE)
+    else:
+        folder = ensure_demo_model(DEMO_MODEL_DIR)
+    return ChatEngine.from_pretrained(folder)
+
+
+_engine: ChatEngine | None = None
+_load_error: str | None = None
+_load_lock = threading.Lock()
+
+
+def get_engine() -> ChatEngine | None:
+    """The engine, loaded once; None (and `_load_error` set) when the model cannot be loaded."""
+    global _engine, _load_error
+    with _load_lock:
+        if _engine is None and _load_error is None:
+            try:
+                _engine = load_engine()
+            except Exception as err:  # noqa: BLE001 - any failure becomes a message on the page
+                log.error("cannot load the model: %s", err, exc_info=not getattr(type(err), "user_error", False))
+                _load_error = f"{type(err).__name__}: {err}"
+    return _engine
+
+
+def load_error_text() -> str:
+    return f"⚠️ The model could not be loaded, so this app cannot answer.\n\n{_load_error}"
+
+
+def respond(
+    message: str,
+    history: list[dict],
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    temperature: float = 0.8,
+    top_p: float = 0.8,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    max_new_tokens: int = 512,
+) -> Iterator[str]:
+    """Stream the growing reply to `message` after `history` (Gradio messages format)."""
+    engine = get_engine()
+    if engine is None:
+        yield load_error_text()
+        return
+    try:
+        settings = GenerationSettings(system_prompt=system_prompt or None, temperature=float(temperature),
+                                      top_p=float(top_p), top_k=int(top_k),
+                                      repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens))
+    except ValueError as err:
+        yield f"⚠️ {err}"
+        return
+    reply = ""
+    for delta in engine.stream([*history, {"role": "user", "content": message}], settings):
+        reply += delta
+        yield reply
+    if not reply:
+        yield "(the model ended its reply without any text)"
+
+
+def description() -> str:
+    if not LAZY_LOAD:
+        get_engine()
+    if _load_error is not None:
+        return f"**{load_error_text()}**\n\nCheck `MODEL_REPO` (now `{public_source(MODEL_REPO) or 'unset'}`) and the logs."
+    where = f"`{public_source(MODEL_REPO)}`" if MODEL_REPO else "the project's built-in demo model"
+    text = f"Chat with **{model_title()}**, served from {where}."
+    if not MODEL_REPO:
+        text += (" It is tiny and has random weights, so its replies are gibberish: set `MODEL_REPO` to a git URL,"
+                 " a Hugging Face repo id or a local folder to serve your own assistant.")
+    if _engine is not None:
+        text += f" Running on `{_engine.model.device}`, context {_engine.max_context} tokens."
+    return text
+
+
+demo = gr.ChatInterface(
+    respond,
+    title=f"{model_title()} chat",
+    description=description(),
+    additional_inputs=[
+        gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2),
+        gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature (0 = greedy)"),
+        gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="Top-p"),
+        gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)"),
+        gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty"),
+        gr.Slider(1, 2048, value=512, step=1, label="Max new tokens"),
+    ],
+    additional_inputs_accordion="Settings",
+    examples=[["Who are you?"], ["What can you help me with?"], ["请用中文介绍一下你自己。"]],
+    cache_examples=False,  # caching would run the model at start-up on Spaces
+    concurrency_limit=CONCURRENCY,
+    api_name="chat",
+)
+
+
+if __name__ == "__main__":
+    demo.queue().launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if HOSTED else "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
+    )

@@ -1,0 +1,119 @@
+"""The decode loop: prompt ids in, generated token ids out, one at a time.
+
+This is the one place that runs the model while chatting (the engine calls nothing else), so a
+faster decoder (static cache + CUDA graphs, batched decode, quantised CPU weights) replaces
+`generate_tokens` and nothing around it changes.
+
+Why our own loop around ``model(...)`` with a ``DynamicCache`` rather than ``model.generate`` with a
+``TextIteratorStreamer`` in a thread: the loop runs in the consumer's own generator, so when the
+consumer stops (the Stop button closes the generator, Ctrl-C, a cancel event) there is simply no
+next step; a generate thread would keep computing until a stopping criterion notices. It also keeps
+the token ids in our hands (incremental detokenisation) and needs no thread per request. The
+sampling uses transformers' own logits processors, so greedy output equals ``model.generate``.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+@dataclass
+class GenerationSettings:
+    """What a user can set for one reply."""
+
+    system_prompt: str | None = None  # used when the messages bring no system message
+    temperature: float = 0.8  # 0 = greedy (deterministic)
+    top_p: float = 0.8  # nucleus sampling; 1 = off
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off; >1 discourages repeats
+    max_new_tokens: int = 512  # upper bound; also capped by the context window
+    seed: int | None = None  # fixed seed for reproducible sampling; None = fresh randomness
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.temperature < 0:
+            problems.append(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            problems.append(f"top_k={self.top_k} must be >= 0 (0 = off)")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off)")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if problems:
+            raise ValueError("GenerationSettings: " + "; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def logits_processors(settings: GenerationSettings) -> LogitsProcessorList:
+    """The same processors, in the same order, that ``model.generate`` builds for these settings."""
+    processors = LogitsProcessorList()
+    if settings.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+    if not settings.greedy:
+        if settings.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k:
+            processors.append(TopKLogitsWarper(settings.top_k))
+        if settings.top_p < 1.0:
+            processors.append(TopPLogitsWarper(settings.top_p))
+    return processors
+
+
+def generate_tokens(
+    model: PreTrainedModel,
+    prompt_ids: list[int],
+    settings: GenerationSettings,
+    stop_ids: list[int],
+    *,
+    lock: threading.Lock | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[int]:
+    """Yield new token ids until a stop id (not yielded), `max_new_tokens`, or `cancel` is set.
+
+    The lock is held for one forward step at a time, never across a yield: concurrent streams
+    interleave step by step, and a consumer that stops reading blocks nobody.
+    """
+    device = model.device
+    processors = logits_processors(settings)
+    generator = None
+    if settings.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(settings.seed)
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    cache = DynamicCache(config=model.config)
+    step_input = ids
+    stop = set(stop_ids)
+    for _ in range(settings.max_new_tokens):
+        if cancel is not None and cancel.is_set():
+            return
+        # inference_mode per step, not around the loop: Gradio resumes a generator on any
+        # worker thread, and grad-mode state is per thread.
+        with lock or nullcontext(), torch.inference_mode():
+            logits = model(input_ids=step_input, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            scores = processors(ids, logits[:, -1].float())
+            if settings.greedy:
+                token = scores.argmax(dim=-1)
+            else:
+                token = torch.multinomial(scores.softmax(dim=-1), num_samples=1, generator=generator)[:, 0]
+        token_id = int(token)
+        if token_id in stop:
+            return
+        yield token_id
+        step_input = token[:, None]
+        ids = torch.cat([ids, step_input], dim=1)

@@ -1,0 +1,194 @@
+"""The chat engine shared by the Gradio app and the chat CLI.
+
+``ChatEngine.from_pretrained(folder)`` loads a merged model (or base + LoRA adapter) through
+``model/``; ``engine.stream(messages, settings)`` yields the reply as text deltas. Everything that
+touches the model per token lives in `chat.decode.generate_tokens`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chat.decode import GenerationSettings, generate_tokens
+from chat.history import Message, build_prompt, normalize_messages
+from chat.stream import IncrementalDetokenizer
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "fp32": torch.float32, "float32": torch.float32}
+
+
+class EngineError(Exception):
+    """The model could not be loaded or the request cannot be served as asked."""
+
+    user_error = True
+
+
+@dataclasses.dataclass
+class GenerationStats:
+    """Filled in while a reply streams (for the CLI's tokens/s line and the benchmark)."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    dropped_messages: int = 0  # history messages trimmed to fit the context window
+    first_token_s: float | None = None  # from the request (templating included) to the first token
+    elapsed_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        decode_s = self.elapsed_s - (self.first_token_s or 0.0)
+        return (self.new_tokens - 1) / decode_s if self.new_tokens > 1 and decode_s > 0 else 0.0
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise EngineError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda[:N]'") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device={device!r} asked for, but no CUDA GPU is visible; use device='cpu'")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """GPU: bf16 where supported, else fp16. CPU: fp32 (fp16 matmuls are slow or missing on CPUs;
+    bf16 halves the memory traffic of a bandwidth-bound decode, so it is worth asking for)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise EngineError(f"dtype={dtype!r} is not supported; use one of auto, {', '.join(DTYPES)}")
+    if device.type == "cpu" and DTYPES[dtype] is torch.float16:
+        log.warning("float16 on the CPU is slow or unsupported; bfloat16 or float32 are the usual choices")
+    return DTYPES[dtype]
+
+
+def ensure_demo_model(out_dir: str | Path) -> Path:
+    """The project's embedded demo model (a tiny random InternLM2-format checkpoint), built if absent."""
+    from model import build_tiny_checkpoint
+
+    out_dir = Path(out_dir)
+    if not (out_dir / "config.json").is_file():
+        log.info("building the demo model in %s", out_dir)
+        build_tiny_checkpoint(out_dir)
+    return out_dir
+
+
+class ChatEngine:
+    """A loaded model + tokenizer that streams chat replies; safe to share between threads."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", max_context: int | None = None) -> None:
+        from model import stop_token_ids
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.stop_ids = stop_token_ids(tokenizer)
+        self.max_context = max_context or getattr(model.config, "max_position_embeddings", None) or 2048
+        # One forward at a time on the shared model; taken per decode step (see chat.decode).
+        self.lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, adapter: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype = "auto"
+    ) -> ChatEngine:
+        """Load a merged model folder, or a base model folder plus a peft LoRA adapter folder."""
+        from model import CheckpointError, load_model, load_tokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise EngineError(f"{path}: no config.json here; pass a model folder (e.g. the output of `assistant merge`)")
+        if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+            raise EngineError(f"{adapter}: no adapter_config.json here; pass the adapter folder of a training run")
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        try:
+            tokenizer = load_tokenizer(path)
+            model = load_model(path, dtype=torch_dtype, device=torch_device)
+            if adapter is not None:
+                from peft import PeftModel
+
+                # Merged once at load: decoding then costs the same as a merged model.
+                model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        except CheckpointError as err:
+            raise EngineError(str(err)) from err
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            what = f"{path} + adapter {adapter}" if adapter else str(path)
+            raise EngineError(f"cannot load the model from {what}: {err}") from err
+        model.eval()
+        log.info("loaded %s on %s in %s", path.name, torch_device, str(torch_dtype).removeprefix("torch."))
+        return cls(model, tokenizer, name=path.name)
+
+    def settings(self, settings: GenerationSettings | None = None, **overrides: Any) -> GenerationSettings:
+        settings = settings or GenerationSettings()
+        return dataclasses.replace(settings, **overrides) if overrides else settings
+
+    def prompt(self, messages: list[Message], settings: GenerationSettings) -> tuple[list[int], int, int]:
+        """(prompt ids, max new tokens, messages dropped) for the messages within the context window.
+
+        At least half the window is kept for the prompt, so a large `max_new_tokens` cannot
+        squeeze the conversation out; the reply is then capped by what is left.
+        """
+        messages = normalize_messages(messages, settings.system_prompt)
+        budget = max(self.max_context - settings.max_new_tokens, self.max_context // 2)
+        ids, dropped = build_prompt(self.tokenizer, messages, budget)
+        return ids, min(settings.max_new_tokens, self.max_context - len(ids)), dropped
+
+    def tokens(
+        self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event | None = None
+    ) -> Iterator[int]:
+        """Generated token ids for ready prompt ids (the seam for a faster decoder)."""
+        return generate_tokens(self.model, prompt_ids, settings, self.stop_ids, lock=self.lock, cancel=cancel)
+
+    def stream(
+        self,
+        messages: list[Message],
+        settings: GenerationSettings | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        stats: GenerationStats | None = None,
+        **overrides: Any,
+    ) -> Iterator[str]:
+        """Yield the assistant's reply to `messages` as text deltas.
+
+        Stops at the model's stop tokens, `max_new_tokens`, when `cancel` is set, or when the
+        caller closes the generator (the decode loop runs inside it, so nothing keeps computing).
+        """
+        settings = self.settings(settings, **overrides)
+        stats = stats if stats is not None else GenerationStats()
+        start = time.perf_counter()
+        prompt_ids, max_new, stats.dropped_messages = self.prompt(messages, settings)
+        stats.prompt_tokens = len(prompt_ids)
+        detokenizer = IncrementalDetokenizer(self.tokenizer)
+        tokens = self.tokens(prompt_ids, dataclasses.replace(settings, max_new_tokens=max(max_new, 1)), cancel)
+        try:
+            for token_id in tokens:
+                stats.new_tokens += 1
+                if stats.first_token_s is None:
+                    stats.first_token_s = time.perf_counter() - start
+                stats.elapsed_s = time.perf_counter() - start
+                if delta := detokenizer.push(token_id):
+                    yield delta
+            if tail := detokenizer.flush():
+                yield tail
+        finally:
+            if close := getattr(tokens, "close", None):
+                close()
+            stats.elapsed_s = time.perf_counter() - start
+
+    def generate(self, messages: list[Message], settings: GenerationSettings | None = None, **overrides: Any) -> str:
+        """The whole reply at once."""
+        return "".join(self.stream(messages, settings, **overrides))

@@ -1,0 +1,65 @@
+"""assistant chat MODEL_DIR: streaming multi-turn chat in the terminal (or one answer with --prompt)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from chat import ChatEngine, GenerationSettings, GenerationStats
+
+
+def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings) -> str:
+    """Print the streamed answer; Ctrl-C stops it (what was said so far is kept)."""
+    stats, parts = GenerationStats(), []
+    try:
+        for delta in engine.stream(messages, settings, stats=stats):
+            print(delta, end="", flush=True)
+            parts.append(delta)
+    except KeyboardInterrupt:  # raised inside the decode loop, so generation has stopped
+        print(" [stopped]", end="")
+    print(flush=True)
+    sys.stderr.write(f"[{stats.new_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s, "
+                     f"first token {stats.first_token_s or 0:.2f} s, prompt {stats.prompt_tokens} tokens]\n")
+    return "".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="assistant chat", description=__doc__,
+                                     epilog="In the chat: /reset starts over, /exit quits, Ctrl-C stops an answer.")
+    parser.add_argument("model_dir", help="merged model folder, or the base model folder with --adapter")
+    parser.add_argument("--adapter", help="LoRA adapter folder (peft format) to apply on top of MODEL_DIR")
+    parser.add_argument("--prompt", help="answer this one message and exit")
+    parser.add_argument("--system", help="system prompt")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    parser.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling, 1 = off (default 0.8)")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off (default)")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
+    parser.add_argument("--seed", type=int, help="fixed sampling seed, for repeatable answers")
+    parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="auto", help="auto (GPU bf16/fp16, CPU fp32), bf16, fp16, fp32")
+    args = parser.parse_args(argv)
+    try:
+        settings = GenerationSettings(system_prompt=args.system, temperature=args.temperature, top_p=args.top_p,
+                                      top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                                      max_new_tokens=args.max_new_tokens, seed=args.seed)
+    except ValueError as err:
+        parser.error(str(err))
+    engine = ChatEngine.from_pretrained(args.model_dir, args.adapter, device=args.device, dtype=args.dtype)
+    if args.prompt is not None:
+        reply(engine, [{"role": "user", "content": args.prompt}], settings)
+        return 0
+    history: list[dict] = []
+    while True:
+        try:
+            text = input(">>> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if text == "/exit":
+            return 0
+        if text == "/reset":
+            history = []
+            sys.stderr.write("[new conversation]\n")
+        elif text:
+            history.append({"role": "user", "content": text})
+            history.append({"role": "assistant", "content": reply(engine, history, settings)})

@@ -1,0 +1,203 @@
+"""Chat engine (chat/), and the chat CLI, on a tiny real InternLM2-format checkpoint."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from chat import ChatEngine, EngineError, GenerationSettings, GenerationStats
+from chat.stream import IncrementalDetokenizer
+from model import build_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+GREEDY = GenerationSettings(temperature=0, max_new_tokens=40)
+CHINESE = "你好，世界！龘靐齉 ok"  # 龘靐齉 are not in the tiny vocabulary: byte-fallback tokens
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("engine") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir) -> ChatEngine:
+    return ChatEngine.from_pretrained(tiny_dir)
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def greedy_generate_ids(engine: ChatEngine, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    out = engine.model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                eos_token_id=engine.stop_ids, pad_token_id=engine.stop_ids[0])
+    new = out[0, len(prompt_ids):].tolist()
+    return new[: next((i for i, t in enumerate(new) if t in engine.stop_ids), len(new))]
+
+
+def test_loads_on_cpu_in_fp32_by_default_and_bf16_when_asked(engine, tiny_dir):
+    assert engine.model.device.type == "cpu" and engine.model.dtype == torch.float32
+    assert ChatEngine.from_pretrained(tiny_dir, dtype="bf16").model.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("question", ["Who are you?", CHINESE])
+def test_greedy_stream_equals_generate_and_full_decode(engine, question):
+    prompt_ids, _, _ = engine.prompt(ask(question), GREEDY)
+    ids = list(engine.tokens(prompt_ids, GREEDY))
+    assert ids == greedy_generate_ids(engine, prompt_ids, GREEDY.max_new_tokens)
+    deltas = list(engine.stream(ask(question), GREEDY))
+    assert len(deltas) > 1  # streamed, not one chunk at the end
+    assert "".join(deltas) == engine.tokenizer.decode(ids, skip_special_tokens=True)
+    assert engine.generate(ask(question), GREEDY) == "".join(deltas)
+
+
+def test_sampling_is_repeatable_with_a_seed_and_never_adds_replacement_chars(engine):
+    checked = 0
+    for seed in range(40):  # short replies: a random model often samples invalid byte runs
+        settings = GenerationSettings(temperature=1.0, top_p=0.95, top_k=50, repetition_penalty=1.1,
+                                      max_new_tokens=8, seed=seed)
+        prompt_ids, _, _ = engine.prompt(ask(CHINESE), settings)
+        full = engine.tokenizer.decode(list(engine.tokens(prompt_ids, settings)), skip_special_tokens=True)
+        deltas = list(engine.stream(ask(CHINESE), settings))
+        if "\ufffd" not in full:  # a random model also emits invalid byte runs (see IncrementalDetokenizer)
+            assert "".join(deltas) == full
+        checked += "\ufffd" not in full
+    assert checked >= 2
+
+
+def test_detokenizer_streams_byte_fallback_chinese_cleanly(engine):
+    text = "Hello 世界！龘靐齉 and 我是你的助手。"
+    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = engine.tokenizer.convert_ids_to_tokens(ids)
+    assert sum(p.startswith("<0x") for p in pieces) >= 9  # the test really covers split characters
+    detokenizer = IncrementalDetokenizer(engine.tokenizer)
+    deltas = [detokenizer.push(i) for i in ids] + [detokenizer.flush()]
+    assert not any("\ufffd" in d for d in deltas)
+    assert "".join(deltas) == text
+    # a byte-fallback character is held back until its last byte arrives
+    first_byte = pieces.index("<0xE9>")
+    assert deltas[first_byte] == deltas[first_byte + 1] == ""
+
+
+def test_cancel_and_close_really_stop_generation(engine):
+    forwards = []
+    hook = engine.model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        cancel, stats = threading.Event(), GenerationStats()
+        long = GenerationSettings(temperature=1.0, max_new_tokens=200, seed=0)
+        for n, _ in enumerate(engine.stream(ask("Tell me a story"), long, cancel=cancel, stats=stats)):
+            if n == 2:
+                cancel.set()
+        assert 3 <= stats.new_tokens <= 4 and len(forwards) <= 4
+
+        forwards.clear()
+        stream = engine.stream(ask("Tell me a story"), long)
+        next(stream)
+        stream.close()
+        calls = len(forwards)
+        assert calls <= 2 and list(stream) == [] and len(forwards) == calls
+    finally:
+        hook.remove()
+
+
+def test_history_is_trimmed_from_the_oldest_turns(engine):
+    small = ChatEngine(engine.model, engine.tokenizer, max_context=96)
+    history = []
+    for i in range(30):
+        history += [{"role": "user", "content": f"question {i} about the weather"},
+                    {"role": "assistant", "content": f"answer {i}: it is sunny"}]
+    messages = history + [{"role": "user", "content": "last question"}]
+    settings = GenerationSettings(system_prompt="You are Tiny.", temperature=0, max_new_tokens=16)
+    ids, max_new, dropped = small.prompt(messages, settings)
+    text = engine.tokenizer.decode(ids)
+    assert len(ids) <= 96 - 16 and max_new == 16 and dropped > 0 and dropped % 2 == 0
+    assert "You are Tiny." in text and text.rstrip().endswith("last question<|im_end|>\n<|im_start|>assistant")
+    assert "question 0 " not in text and "answer 29" in text
+    assert isinstance(small.generate(messages, settings), str)
+
+
+def test_a_too_long_last_message_is_cut_from_the_left_and_nothing_raises(engine):
+    small = ChatEngine(engine.model, engine.tokenizer, max_context=64)
+    settings = GenerationSettings(system_prompt="You are Tiny.", temperature=0, max_new_tokens=8)
+    long_question = " ".join(f"word{i}" for i in range(200)) + " THE END"
+    ids, _, _ = small.prompt(ask(long_question), settings)
+    text = engine.tokenizer.decode(ids)
+    assert len(ids) <= 56 and "You are Tiny." in text and "THE END<|im_end|>" in text and "word0 " not in text
+    huge_system = GenerationSettings(system_prompt="rules " * 300, temperature=0, max_new_tokens=8)
+    ids, max_new, _ = small.prompt(ask(long_question), huge_system)
+    assert len(ids) <= 56 and max_new >= 8
+    small.generate(ask(long_question), huge_system, max_new_tokens=200)  # capped by the window, no error
+
+
+def test_concurrent_streams_each_get_their_own_complete_reply(engine):
+    questions = ["Who are you?", CHINESE, "What is 2 + 2?", "Hello"]
+    expected = {q: engine.generate(ask(q), GREEDY) for q in questions}
+    results: dict[str, str] = {}
+
+    def run(q: str) -> None:
+        results[q] = "".join(engine.stream(ask(q), GREEDY))
+
+    threads = [threading.Thread(target=run, args=(q,)) for q in questions * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == expected
+
+
+def test_load_failures_and_bad_settings_are_user_errors(tmp_path, tiny_dir):
+    with pytest.raises(EngineError, match="no config.json") as info:
+        ChatEngine.from_pretrained(tmp_path / "missing")
+    assert info.type.user_error
+    with pytest.raises(EngineError, match="no adapter_config.json"):
+        ChatEngine.from_pretrained(tiny_dir, adapter=tmp_path)
+    with pytest.raises(EngineError, match="dtype='int3'"):
+        ChatEngine.from_pretrained(tiny_dir, dtype="int3")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(EngineError, match=str(tmp_path)):
+        ChatEngine.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="top_p=0"):
+        GenerationSettings(top_p=0)
+
+
+def test_base_plus_adapter_is_merged_at_load(tmp_path, tiny_dir, engine):
+    from peft import LoraConfig, get_peft_model
+
+    base = ChatEngine.from_pretrained(tiny_dir).model
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    x = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        want = lora(x).logits
+    merged = ChatEngine.from_pretrained(tiny_dir, adapter=tmp_path / "adapter")
+    with torch.no_grad():
+        got = merged.model(x).logits
+        plain = engine.model(x).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-3)
+
+
+def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scripts.cli", "chat", *args], cwd=ROOT, input=stdin,
+                          capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+
+
+def test_chat_cli_one_shot_and_interactive(tiny_dir, engine):
+    done = run_cli(str(tiny_dir), "--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "12")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == engine.generate(ask("Who are you?"), GREEDY, max_new_tokens=12) + "\n"
+    assert "tokens/s" in done.stderr
+    done = run_cli(str(tiny_dir), "--max-new-tokens", "4", stdin="hello\n/reset\nagain\n/exit\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(">>> ") == 4 and done.stderr.count("tokens/s") == 2 and "[new conversation]" in done.stderr
+
+
+def test_chat_cli_reports_a_bad_model_folder_in_one_line(tmp_path):
+    done = run_cli(str(tmp_path), "--prompt", "hi")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == f"assistant chat: error: {tmp_path}: no config.json here; " \
+        "pass a model folder (e.g. the output of `assistant merge`)"
