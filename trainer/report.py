@@ -1,0 +1,141 @@
+"""The fine-tune report: did the model learn its name, and does it keep it to itself?
+
+On the held-out data of ``trainer.identity`` it measures, for the fine-tuned model and its base:
+- identity accuracy: the share of held-out identity questions (zh and en, worded unlike anything
+  trained on) whose greedy answer states the new name and not an old identity;
+- identity on the training templates (what the model saw), as a sanity check;
+- identity leak: the share of held-out general prompts whose answer mentions the name anyway.
+Written as ``report.json`` and ``report.md``; the hub push copies both into the model card.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import model as model_layer
+from trainer.identity import FILES
+from trainer.formats import DataError
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+
+
+@dataclass
+class Figures:
+    identity_accuracy: float  # held-out identity questions answered with the name
+    identity_seen_accuracy: float  # training-template questions answered with the name
+    identity_leak: float  # held-out general prompts whose answer mentions the name
+    identity_n: int
+    identity_seen_n: int
+    general_n: int
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        raise DataError(f"{path}: missing; write the evaluation data with `assistant data identity --out {path.parent}`")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_for_eval(path: str | Path, dtype: str = "float32"):
+    """A merged model folder, or a run/adapter folder (base + LoRA adapter, merged in memory)."""
+    folder = Path(path)
+    adapter_cfg = folder / "adapter_config.json"
+    if not adapter_cfg.exists():
+        return model_layer.load_model(folder, dtype=dtype), model_layer.load_tokenizer(folder)
+    from peft import PeftModel
+
+    run_info = folder / "run.json"
+    base = json.loads(run_info.read_text())["base_model"] if run_info.exists() else \
+        json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+    tok_dir = folder if (folder / "tokenizer_config.json").exists() else Path(base)
+    model = PeftModel.from_pretrained(model_layer.load_model(base, dtype=dtype), str(folder)).merge_and_unload()
+    return model, model_layer.load_tokenizer(tok_dir)
+
+
+def says_name(reply: str, name: str, old_names: list[str]) -> bool:
+    low = reply.lower()
+    return name.lower() in low and not any(old.lower() in low for old in old_names)
+
+
+def measure(model, tokenizer, data_dir: Path, name: str, old_names: list[str], max_new_tokens: int = 48,
+            samples: list | None = None) -> Figures:
+    """Greedy answers to the three evaluation sets; ``samples`` collects (set, prompt, reply) rows."""
+    def replies(records: list[dict]) -> list[str]:
+        prompts = [r["messages"][:-1] for r in records]  # evaluation records end with a reference answer
+        return model_layer.generate_replies(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+
+    sets = {k: _read_jsonl(data_dir / FILES[k]) for k in ("eval_identity", "eval_identity_seen", "eval_general")}
+    answers = {k: replies(v) for k, v in sets.items()}
+    if samples is not None:
+        for k, recs in sets.items():
+            samples += [(k, r["messages"][-2]["content"], a) for r, a in zip(recs, answers[k])]
+
+    def share(key: str, hit) -> float:
+        got = answers[key]
+        return round(sum(map(hit, got)) / len(got), 4) if got else 0.0
+
+    return Figures(
+        identity_accuracy=share("eval_identity", lambda a: says_name(a, name, old_names)),
+        identity_seen_accuracy=share("eval_identity_seen", lambda a: says_name(a, name, old_names)),
+        identity_leak=share("eval_general", lambda a: name.lower() in a.lower()),
+        identity_n=len(answers["eval_identity"]), identity_seen_n=len(answers["eval_identity_seen"]),
+        general_n=len(answers["eval_general"]),
+    )
+
+
+def _markdown(rep: dict) -> str:
+    ft, base = rep["fine_tuned"], rep["base"]
+    rows = [
+        ("identity accuracy, held-out questions", "identity_accuracy", "identity_n"),
+        ("identity accuracy, training templates", "identity_seen_accuracy", "identity_seen_n"),
+        ("identity leak, held-out general prompts", "identity_leak", "general_n"),
+    ]
+    lines = [f"## Fine-tune report: {rep['name']}", "", "| measure | fine-tuned | base | n |", "|---|---|---|---|"]
+    for label, key, n in rows:
+        b = f"{base[key]:.0%}" if base else "–"
+        lines.append(f"| {label} | {ft[key]:.0%} | {b} | {ft[n]} |")
+    lines += ["", f"Greedy answers, up to {rep['max_new_tokens']} new tokens. Model: `{rep['model']}`; "
+              f"base: `{rep['base_model'] or '–'}`."]
+    if rep.get("examples"):
+        lines += ["", "| set | question | answer |", "|---|---|---|"]
+        lines += [f"| {s} | {q} | {a.replace('|', '/').replace(chr(10), ' ')} |" for s, q, a in rep["examples"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(model_path: str | Path, data_dir: str | Path, *, base: str | Path | None = None,
+                 out_dir: str | Path | None = None, max_new_tokens: int = 48) -> dict:
+    """Measure the fine-tuned model (and its base, side by side); write report.json + report.md."""
+    model_path, data_dir = Path(model_path), Path(data_dir)
+    meta_file = data_dir / FILES["meta"]
+    if not meta_file.exists():
+        raise DataError(f"{meta_file}: missing; the report needs the folder written by `assistant data identity`")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    name, old_names = meta["name"], meta.get("old_names", [])
+    if base is None and (model_path / "run.json").exists():
+        base = json.loads((model_path / "run.json").read_text())["base_model"]
+
+    started = time.time()
+    samples: list = []
+    model, tok = load_for_eval(model_path)
+    fine = measure(model, tok, data_dir, name, old_names, max_new_tokens, samples)
+    log.info("fine-tuned: %s", fine)
+    base_fig = None
+    if base:
+        base_model, base_tok = load_for_eval(base)
+        base_fig = measure(base_model, base_tok, data_dir, name, old_names, max_new_tokens)
+        log.info("base: %s", base_fig)
+    examples = [s for s in samples if s[0] == "eval_identity"][:4] + [s for s in samples if s[0] == "eval_general"][:3]
+    rep = {"name": name, "model": str(model_path), "base_model": str(base) if base else None,
+           "fine_tuned": asdict(fine), "base": asdict(base_fig) if base_fig else None,
+           "max_new_tokens": max_new_tokens, "seconds": round(time.time() - started, 1), "examples": examples}
+    out = Path(out_dir) if out_dir else (model_path if model_path.is_dir() else Path("."))
+    out.mkdir(parents=True, exist_ok=True)
+    for fname, text in ((REPORT_JSON, json.dumps(rep, indent=2, ensure_ascii=False) + "\n"), (REPORT_MD, _markdown(rep))):
+        tmp = out / (fname + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / fname)
+    return rep
