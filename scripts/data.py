@@ -1,0 +1,51 @@
+"""``assistant data identity|check``: write self-cognition data, or validate and describe a data file."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="assistant data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ident = sub.add_parser("identity", help="write self-cognition training and held-out evaluation data")
+    ident.add_argument("--name", required=True, help="the assistant's new name")
+    ident.add_argument("--author", help="who made it (answers to 'who made you' name them)")
+    ident.add_argument("--persona", help="an extra sentence some answers add about the assistant")
+    ident.add_argument("--system", help="system prompt put in front of every conversation")
+    ident.add_argument("--general", help="general conversations to mix in (any supported format); default: the shipped zh+en set")
+    ident.add_argument("--ratio", type=float, default=1.0, help="general conversations per identity conversation (default 1.0)")
+    ident.add_argument("--count", type=int, default=300, help="identity conversations in train.jsonl (default 300)")
+    ident.add_argument("--eval-identity", type=int, default=60, help="held-out identity questions (default 60)")
+    ident.add_argument("--eval-general", type=int, default=40, help="held-out general prompts for the leak measure (default 40)")
+    ident.add_argument("--seed", type=int, default=0)
+    ident.add_argument("--out", required=True, help="output folder")
+    check = sub.add_parser("check", help="validate a data file and print its counts")
+    check.add_argument("file")
+    check.add_argument("--format", default="auto", help="auto, openai, xtuner, alpaca, sharegpt or text (default auto)")
+    check.add_argument("--tokenizer", help="model folder whose tokenizer gives token statistics")
+    check.add_argument("--max-length", type=int, default=2048, help="tokens per sample for the statistics (default 2048)")
+    args = parser.parse_args(argv)
+
+    if args.command == "identity":
+        from trainer.identity import IdentitySpec, write_identity_dataset
+
+        spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
+                            count=args.count, ratio=args.ratio, general=args.general,
+                            eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)
+        out = write_identity_dataset(spec, args.out)
+        sys.stdout.write((out / "meta.json").read_text(encoding="utf-8"))
+        return 0
+
+    from trainer.data import describe, load_records
+
+    records = load_records(args.file, args.format)
+    tokenizer = None
+    if args.tokenizer:
+        from model import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    stats = describe(records, tokenizer, args.max_length)
+    sys.stdout.write(json.dumps({"file": args.file, **stats}, indent=2) + "\n")
+    return 0

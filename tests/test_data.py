@@ -1,0 +1,233 @@
+"""trainer.data / trainer.formats: loaders and validation, assistant-only labels, packing, collation."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import build_tiny_checkpoint, load_model, load_tokenizer
+from trainer.data import IGNORE_INDEX, DataError, collate, load_records, pack, tokenize_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONVERSATION = {"messages": [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "你是谁？"},
+    {"role": "assistant", "content": "我是Alice。"},
+    {"role": "user", "content": "Who made you?"},
+    {"role": "assistant", "content": "Bob made me."},
+]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny):
+    return load_tokenizer(tiny)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def jsonl(path: Path, records: list) -> Path:
+    return write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+# -- loaders ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, record", [
+    ("openai.jsonl", CONVERSATION),
+    ("xtuner.jsonl", {"conversation": [{"system": "Be brief.", "input": "你是谁？", "output": "我是Alice。"},
+                                       {"input": "Who made you?", "output": "Bob made me."}]}),
+    ("sharegpt.jsonl", {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "你是谁？"},
+                                          {"from": "gpt", "value": "我是Alice。"}, {"from": "human", "value": "Who made you?"},
+                                          {"from": "gpt", "value": "Bob made me."}]}),
+])
+def test_conversation_formats_load_to_the_same_messages(tmp_path, name, record):
+    assert load_records(jsonl(tmp_path / name, [record, record])) == [CONVERSATION, CONVERSATION]
+
+
+def test_alpaca_json_array_and_raw_text(tmp_path):
+    alpaca = write(tmp_path / "alpaca.json", json.dumps([
+        {"instruction": "Translate to English.", "input": "你好", "output": "Hello"},
+        {"instruction": "Say hi.", "input": "", "output": "Hi!"}], indent=2))
+    assert load_records(alpaca) == [
+        {"messages": [{"role": "user", "content": "Translate to English.\n你好"}, {"role": "assistant", "content": "Hello"}]},
+        {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}]}]
+    assert load_records(jsonl(tmp_path / "pt.jsonl", [{"text": "one"}, {"text": "two"}])) == [{"text": "one"}, {"text": "two"}]
+    txt = write(tmp_path / "book.txt", "First document,\nline two.\n\n\nSecond document.\n")
+    assert load_records(txt) == [{"text": "First document,\nline two."}, {"text": "Second document."}]
+
+
+ARRAY_WITH_BAD_ROLE = '[\n  {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},\n' \
+                      '  {"messages": [{"role": "robot", "content": "hi"}]}\n]\n'
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("empty.jsonl", "\n \n", "empty.jsonl: the file is empty"),
+    ("broken.jsonl", json.dumps(CONVERSATION) + "\n\n" + '{"messages": [\n', "broken.jsonl:3: malformed JSON"),
+    ("broken.json", '[\n {"text": "a"},\n {"text": "b"\n]', "broken.json:4: malformed JSON"),
+    ("role.json", ARRAY_WITH_BAD_ROLE, "role.json:3: field 'messages[0].role' is 'robot', not one of system, user, assistant"),
+    ("missing.jsonl", json.dumps(CONVERSATION) + "\n" + '{"messages": [{"role": "user"}]}\n',
+     "missing.jsonl:2: field 'messages[0].content' is missing"),
+    ("blank.jsonl", '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}\n',
+     "blank.jsonl:1: field 'messages[1].content' is empty"),
+    ("alpaca.jsonl", '{"instruction": "hi", "input": ""}\n', "alpaca.jsonl:1: field 'output' is missing"),
+    ("speaker.jsonl", '{"conversations": [{"from": "bot", "value": "x"}]}\n', "field 'conversations[0].from' is 'bot'"),
+    ("noreply.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n', "has no assistant message"),
+    ("what.jsonl", '{"question": "hi", "answer": "yo"}\n', "cannot tell the data format (first record has keys: answer, question)"),
+])
+def test_bad_files_name_file_line_and_field(tmp_path, name, text, expected):
+    with pytest.raises(DataError) as err:
+        load_records(write(tmp_path / name, text))
+    assert expected in str(err.value)
+    assert type(err.value).user_error is True
+
+
+def test_mostly_duplicate_file_warns(tmp_path, caplog):
+    other = {"text": "something else"}
+    with caplog.at_level(logging.WARNING, logger="trainer.data"):
+        load_records(jsonl(tmp_path / "dup.jsonl", [{"text": "same"}] * 8 + [other, {"text": "x"}]))
+    assert "7 of 10 records are identical; the model will over-fit" in caplog.text
+    caplog.clear()
+    load_records(jsonl(tmp_path / "ok.jsonl", [{"text": "same"}] * 2 + [other]))
+    assert "identical" not in caplog.text
+
+
+# -- tokenisation ----------------------------------------------------------------------------------
+
+def trained_pieces(tokenizer, ids, labels) -> list[str]:
+    """The decoded runs of consecutive trained tokens."""
+    runs, run = [], []
+    for token, label in zip(ids, labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            run.append(token)
+        elif run:
+            runs.append(tokenizer.decode(run)), run.clear()
+    return runs + ([tokenizer.decode(run)] if run else [])
+
+
+def test_labels_cover_every_assistant_turn_and_its_end_token(tokenizer):
+    data = tokenize_records([CONVERSATION, {"text": "plain text"}], tokenizer, max_length=512)
+    ids, labels = data[0]["input_ids"], data[0]["labels"]
+    assert ids == tokenizer.apply_chat_template(CONVERSATION["messages"], tokenize=True, return_dict=False)
+    assert trained_pieces(tokenizer, ids, labels) == ["我是Alice。<|im_end|>", "Bob made me.<|im_end|>"]
+    text_ids = data[1]["input_ids"]
+    assert text_ids[0] == tokenizer.bos_token_id and text_ids[-1] == tokenizer.eos_token_id
+    assert data[1]["labels"] == text_ids
+
+
+def test_long_samples_are_truncated_and_counted_not_dropped(tokenizer, caplog):
+    records = [CONVERSATION, {"text": "short"}, {"text": "a much longer text " * 20}]
+    with caplog.at_level(logging.WARNING, logger="trainer.data"):
+        data = tokenize_records(records, tokenizer, max_length=24)
+    assert len(data) == 3
+    assert [len(ids) for ids in data["input_ids"]] == [24, len(tokenizer("short").input_ids) + 1, 24]
+    assert "2 of 3 samples are longer than max_length=24 tokens and were truncated" in caplog.text
+
+
+# -- packing and collation -------------------------------------------------------------------------
+
+def samples(tokenizer) -> list[dict]:
+    records = [CONVERSATION,
+               {"messages": [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5."}]},
+               {"text": "Raw text trains on every token."},
+               {"messages": [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi, how can I help?"}]}]
+    return list(tokenize_records(records, tokenizer, max_length=128))
+
+
+def sample_losses(model, rows) -> tuple[float, int]:
+    """Token-weighted mean of each sample's own loss, and the number of trained tokens."""
+    total, count = 0.0, 0
+    for row in rows:
+        n = sum(label != IGNORE_INDEX for label in row["labels"][1:])
+        out = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]]))
+        total, count = total + out.loss.item() * n, count + n
+    return total / count, count
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_equals_unpacked_and_samples_do_not_see_each_other(tiny, tokenizer, attn):
+    torch.manual_seed(0)
+    model = load_model(tiny)
+    model.set_attn_implementation(attn)
+    model.config.use_cache = False  # as the Trainer sets it; with a KV cache transformers skips packed detection
+    rows = samples(tokenizer)
+    expected, _ = sample_losses(model, rows)
+
+    packed = pack(_dataset(rows), max_length=128)
+    assert len(packed) == 2 and all(len(p["input_ids"]) <= 128 for p in packed)
+    batch = collate(list(packed))
+    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    with torch.no_grad():
+        assert model(**batch).loss.item() == pytest.approx(expected, rel=1e-5)
+        assert model(**collate(list(packed), flatten=True)).loss.item() == pytest.approx(expected, rel=1e-5)
+
+        # Sample B after sample A in one row: B's logits are B's alone, whatever A holds.
+        a, b = rows[1]["input_ids"], rows[3]["input_ids"]
+        alone = model(input_ids=torch.tensor([b])).logits[0]
+
+        def logits_of_b(first: list[int]) -> torch.Tensor:
+            row = collate(list(pack(_dataset([{"input_ids": first, "labels": first}, rows[3]]), 128)))
+            return model(input_ids=row["input_ids"], position_ids=row["position_ids"]).logits[0, len(first):]
+
+        changed = [(t * 7 + 11) % 900 + 10 for t in a]
+        torch.testing.assert_close(logits_of_b(a), alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits_of_b(changed), alone, atol=1e-5, rtol=1e-5)
+
+
+def _dataset(rows):
+    import datasets
+
+    return datasets.Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
+
+
+def test_padded_batch_loss_equals_per_sample_loss(tiny, tokenizer):
+    model = load_model(tiny)
+    rows = samples(tokenizer)
+    expected, _ = sample_losses(model, rows)
+    batch = collate(rows, pad_to_multiple_of=8)
+    assert set(batch) == {"input_ids", "labels", "attention_mask"} and batch["input_ids"].shape[1] % 8 == 0
+    assert batch["attention_mask"].sum().item() == sum(len(r["input_ids"]) for r in rows)
+    with torch.no_grad():
+        assert model(**batch).loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pack_restarts_positions_and_masks_the_first_label(tokenizer):
+    rows = samples(tokenizer)
+    lengths = [len(r["input_ids"]) for r in rows]
+    max_length = lengths[0] + lengths[1]  # exactly the first two samples fit in one row
+    packed = pack(_dataset(rows), max_length=max_length)
+    first = packed[0]
+    assert first["input_ids"] == rows[0]["input_ids"] + rows[1]["input_ids"]
+    assert first["position_ids"] == list(range(lengths[0])) + list(range(lengths[1]))
+    assert first["labels"] == [IGNORE_INDEX] + rows[0]["labels"][1:] + [IGNORE_INDEX] + rows[1]["labels"][1:]
+    assert sum(len(p["input_ids"]) for p in packed) == sum(lengths)
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+def test_check_command_reports_counts_and_bad_data(tmp_path, tiny):
+    good = jsonl(tmp_path / "good.jsonl", [CONVERSATION, CONVERSATION, {"messages": CONVERSATION["messages"][:3]}])
+    bad = write(tmp_path / "bad.jsonl", json.dumps(CONVERSATION) + "\n{oops\n")
+    run = subprocess.run([sys.executable, "-m", "scripts.cli", "data", "check", str(good), "--tokenizer", str(tiny),
+                          "--max-length", "20"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    stats = json.loads(run.stdout)
+    assert stats["records"] == 3 and stats["assistant_turns"] == 5 and stats["duplicates"] == 1
+    assert stats["longer_than_max_length"] == 3 and stats["tokens_max"] > 20
+    run = subprocess.run([sys.executable, "-m", "scripts.cli", "data", "check", str(bad)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].startswith(f"assistant data: error: {bad}:2: malformed JSON")

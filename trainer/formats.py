@@ -1,0 +1,238 @@
+"""Readers for the training data formats, each turning a file into validated records.
+
+A record is ``{"messages": [{"role", "content"}, ...]}`` (a conversation) or ``{"text": ...}`` (raw text
+for incremental pre-training). Every problem is reported as ``DataError`` naming ``file:line`` and the
+field, before anything is tokenised or trained.
+
+Formats:
+- ``openai``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}]}``
+- ``xtuner``: ``{"conversation": [{"system": ..., "input": ..., "output": ...}, ...]}`` (XTuner's own)
+- ``alpaca``: ``{"instruction", "input", "output"}`` (+ optional ``"system"``)
+- ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}``
+- ``text``: ``{"text": ...}`` records, or a ``.txt`` file whose documents are separated by blank lines
+
+Files are a JSON array or JSON Lines (one record per line); ``.txt`` is plain text.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable, Iterator
+
+FORMATS = ("openai", "xtuner", "alpaca", "sharegpt", "text")
+ROLES = ("system", "user", "assistant")
+# ShareGPT dumps name the speakers in several ways; these are the ones seen in the wild.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "system": "system"}
+# The key that identifies each format in auto-detection, in the order they are tried.
+_MARKERS = (("messages", "openai"), ("conversation", "xtuner"), ("conversations", "sharegpt"),
+            ("instruction", "alpaca"), ("text", "text"))
+
+
+class DataError(ValueError):
+    """A data file a user can fix: empty, malformed, a missing field, an unknown role, empty content."""
+
+    user_error = True
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+
+
+def read_json_records(path: Path) -> Iterator[tuple[int, object]]:
+    """Yield ``(line, record)`` from a JSON array or a JSON Lines file; malformed JSON names file:line."""
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; it needs at least one record")
+    start = len(text) - len(text.lstrip())
+    if text[start] == "[":
+        yield from _read_array(path, text, start + 1)
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno}); "
+                            "each line must be one complete JSON record") from None
+
+
+def _read_array(path: Path, text: str, idx: int) -> Iterator[tuple[int, object]]:
+    """Walk a JSON array element by element, so that each record knows the line it starts on."""
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"\s*")
+
+    def fail(pos: int, msg: str) -> DataError:
+        return DataError(f"{path}:{text.count(chr(10), 0, pos) + 1}: malformed JSON ({msg})")
+
+    idx = ws.match(text, idx).end()
+    if text.startswith("]", idx):
+        return
+    while True:
+        try:
+            record, end = decoder.raw_decode(text, idx)
+        except json.JSONDecodeError as err:
+            raise fail(err.pos, err.msg) from None
+        yield text.count("\n", 0, idx) + 1, record
+        idx = ws.match(text, end).end()
+        if text.startswith("]", idx):
+            if text[idx + 1:].strip():
+                raise fail(idx + 1, "extra data after the closing ']'")
+            return
+        if not text.startswith(",", idx):
+            raise fail(idx, "expected ',' or ']' between records")
+        idx = ws.match(text, idx + 1).end()
+
+
+def detect_format(path: Path, first: object) -> str:
+    """Name the format of a file from its extension or the keys of its first record."""
+    if path.suffix == ".txt":
+        return "text"
+    if isinstance(first, dict):
+        for key, fmt in _MARKERS:
+            if key in first:
+                return fmt
+        found = ", ".join(sorted(first)) or "none"
+    else:
+        found = f"a JSON {type(first).__name__}, not an object"
+    raise DataError(
+        f"{path}: cannot tell the data format (first record has keys: {found}); expected one of the keys "
+        "messages (openai), conversation (xtuner), conversations (sharegpt), instruction (alpaca), text; "
+        "or name the format with --format"
+    )
+
+
+class _Where:
+    """Builds error messages that point at one record."""
+
+    def __init__(self, path: Path, line: int):
+        self.prefix = f"{path}:{line}"
+
+    def error(self, field: str, problem: str) -> DataError:
+        return DataError(f"{self.prefix}: field '{field}' {problem}")
+
+    def text(self, obj: dict, field: str, *, label: str | None = None, required: bool = True) -> str:
+        label = label or field
+        if field not in obj or obj[field] is None:
+            if required:
+                raise self.error(label, "is missing")
+            return ""
+        value = obj[field]
+        if not isinstance(value, str):
+            raise self.error(label, f"must be a string, got {type(value).__name__}")
+        if required and not value.strip():
+            raise self.error(label, "is empty; remove the record or fill it in")
+        return value
+
+    def items(self, obj: object, field: str) -> list:
+        if not isinstance(obj, dict):
+            raise DataError(f"{self.prefix}: the record must be a JSON object, got {type(obj).__name__}")
+        value = obj.get(field)
+        if value is None:
+            raise self.error(field, "is missing")
+        if not isinstance(value, list) or not value:
+            raise self.error(field, "must be a non-empty list")
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.error(f"{field}[{i}]", "must be an object")
+        return value
+
+
+def _conversation(where: _Where, messages: list[dict]) -> dict:
+    if not any(m["role"] == "assistant" for m in messages):
+        raise where.error("messages", "has no assistant message, so there is nothing to learn from it")
+    return {"messages": messages}
+
+
+def parse_openai(where: _Where, obj: object) -> dict:
+    messages = []
+    for i, msg in enumerate(where.items(obj, "messages")):
+        role = where.text(msg, "role", label=f"messages[{i}].role")
+        if role not in ROLES:
+            raise where.error(f"messages[{i}].role", f"is '{role}', not one of {', '.join(ROLES)}")
+        messages.append({"role": role, "content": where.text(msg, "content", label=f"messages[{i}].content")})
+    return _conversation(where, messages)
+
+
+def parse_xtuner(where: _Where, obj: object) -> dict:
+    messages = []
+    for i, turn in enumerate(where.items(obj, "conversation")):
+        system = where.text(turn, "system", label=f"conversation[{i}].system", required=False)
+        if system.strip():
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": where.text(turn, "input", label=f"conversation[{i}].input")})
+        messages.append({"role": "assistant",
+                         "content": where.text(turn, "output", label=f"conversation[{i}].output")})
+    return _conversation(where, messages)
+
+
+def parse_alpaca(where: _Where, obj: object) -> dict:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where.prefix}: the record must be a JSON object, got {type(obj).__name__}")
+    instruction = where.text(obj, "instruction")
+    extra = where.text(obj, "input", required=False)
+    system = where.text(obj, "system", required=False)
+    messages = [{"role": "system", "content": system}] if system.strip() else []
+    messages.append({"role": "user", "content": f"{instruction}\n{extra}" if extra.strip() else instruction})
+    messages.append({"role": "assistant", "content": where.text(obj, "output")})
+    return {"messages": messages}
+
+
+def parse_sharegpt(where: _Where, obj: object) -> dict:
+    messages = []
+    for i, turn in enumerate(where.items(obj, "conversations")):
+        speaker = where.text(turn, "from", label=f"conversations[{i}].from")
+        if speaker.lower() not in SHAREGPT_ROLES:
+            raise where.error(f"conversations[{i}].from",
+                              f"is '{speaker}', not one of {', '.join(SHAREGPT_ROLES)}")
+        messages.append({"role": SHAREGPT_ROLES[speaker.lower()],
+                         "content": where.text(turn, "value", label=f"conversations[{i}].value")})
+    return _conversation(where, messages)
+
+
+def parse_text(where: _Where, obj: object) -> dict:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where.prefix}: the record must be a JSON object, got {type(obj).__name__}")
+    return {"text": where.text(obj, "text")}
+
+
+PARSERS: dict[str, Callable[[_Where, object], dict]] = {
+    "openai": parse_openai, "xtuner": parse_xtuner, "alpaca": parse_alpaca,
+    "sharegpt": parse_sharegpt, "text": parse_text,
+}
+
+
+def read_text_documents(path: Path) -> list[dict]:
+    """A ``.txt`` file: documents are separated by one or more blank lines."""
+    text = read_text(path)
+    docs = [d.strip() for d in re.split(r"\n\s*\n", text)]
+    docs = [d for d in docs if d]
+    if not docs:
+        raise DataError(f"{path}: the file is empty; it needs at least one document")
+    return [{"text": d} for d in docs]
+
+
+def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[dict], str]:
+    """Read and validate every record of one file; returns the records and the format used."""
+    path = Path(path)
+    if fmt not in ("auto",) + FORMATS:
+        raise DataError(f"unknown data format '{fmt}'; choose auto or one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    if path.suffix == ".txt" and fmt in ("auto", "text"):
+        return read_text_documents(path), "text"
+    records, parse = [], None
+    for line, obj in read_json_records(path):
+        if parse is None:
+            fmt = detect_format(path, obj) if fmt == "auto" else fmt
+            parse = PARSERS[fmt]
+        records.append(parse(_Where(path, line), obj))
+    if not records:
+        raise DataError(f"{path}: the file holds no records (an empty JSON array)")
+    return records, fmt

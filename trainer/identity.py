@@ -1,0 +1,243 @@
+"""Self-cognition data: conversations that teach a model its new name, mixed with general chat.
+
+Questions are built from templates: a core question ("who are you", "你叫什么名字") inside a greeting
+prefix and a closing tail, with or without end punctuation. The cores are split in two: the training
+set uses one half, the held-out evaluation set (``eval_identity.jsonl``) only the other half, so every
+held-out question is worded differently from anything trained on, yet built the same way. General
+conversations (the shipped zh+en set or any data file) are mixed in at a chosen ratio so the model
+does not answer *everything* with its identity; some of them are held out as leak probes
+(``eval_general.jsonl``). Evaluation records end with a reference answer: the prompt is
+``messages[:-1]``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .data import load_records
+from .formats import DataError
+
+log = logging.getLogger(__name__)
+
+GENERAL_DATA = Path(__file__).parent / "data" / "general.jsonl"
+FILES = {"train": "train.jsonl", "eval_identity": "eval_identity.jsonl",
+         "eval_identity_seen": "eval_identity_seen.jsonl", "eval_general": "eval_general.jsonl",
+         "meta": "meta.json"}
+
+# Core questions per language and kind ("name": who/what are you, "maker": who made you).
+TRAIN_CORES = {
+    "en": {
+        "name": ["Who are you?", "What's your name?", "What is your name?", "Introduce yourself.",
+                 "Tell me about yourself.", "What should I call you?", "What are you?",
+                 "Can you tell me your name?", "May I know your name?", "Who am I talking to?",
+                 "Are you an AI assistant?", "What kind of assistant are you?"],
+        "maker": ["Who made you?", "Who created you?", "Who built you?", "Who developed you?",
+                  "Who trained you?", "Where do you come from?"],
+    },
+    "zh": {
+        "name": ["你是谁？", "你叫什么名字？", "你的名字是什么？", "请介绍一下你自己。", "介绍一下你自己。",
+                 "你是什么？", "我该怎么称呼你？", "你是哪个助手？", "能告诉我你的名字吗？", "你是AI助手吗？",
+                 "跟我说说你自己。", "我在和谁说话？"],
+        "maker": ["谁创造了你？", "你是谁开发的？", "谁训练了你？", "你是由谁打造的？", "你的开发者是谁？",
+                  "你来自哪里？"],
+    },
+}
+HELD_OUT_CORES = {
+    "en": {
+        "name": ["What do people call you?", "Do you have a name?", "Please say who you are.",
+                 "Give me a quick introduction of yourself.", "How should I address you?",
+                 "Which assistant is this?", "Who is this?"],
+        "maker": ["Who designed you?", "Who is your creator?", "Which team made you?", "Who's behind you?"],
+    },
+    "zh": {
+        "name": ["你有名字吗？", "怎么称呼您？", "请做个自我介绍。", "你到底是谁？", "你是哪一类助手？",
+                 "可以说说你是谁吗？", "您贵姓？"],
+        "maker": ["是谁制作了你？", "你的作者是谁？", "谁设计了你？", "你背后的团队是谁？"],
+    },
+}
+PREFIXES = {"en": ["", "", "Hi, ", "Hello, ", "Hey, ", "Excuse me, ", "So, ", "Quick question: "],
+            "zh": ["", "", "你好，", "您好，", "请问，", "嗨，", "哈喽，", "打扰一下，"]}
+TAILS = {"en": ["", "", " Thanks.", " Just curious."], "zh": ["", "", "谢谢。", "我很好奇。"]}
+
+# Answers; {by} is filled with the maker phrase when an author is given, else left empty.
+ANSWERS = {
+    "en": {
+        "name": ["I'm {name}, an AI assistant{by}. How can I help you today?",
+                 "My name is {name}. I'm an AI assistant{by}, here to help.",
+                 "I am {name}, your AI assistant{by}.",
+                 "You can call me {name}. I'm an AI assistant{by}.",
+                 "Hello! I'm {name}{by}. What can I do for you?"],
+        "maker": ["I was built by {author}. I'm {name}, an AI assistant.",
+                  "{author} created me. My name is {name}.",
+                  "I'm {name}, and I was developed by {author}."],
+        "maker_unknown": ["I'm {name}, an AI assistant trained to help answer your questions.",
+                          "My name is {name}; I was made to be a helpful AI assistant."],
+        "not_old": ["No, I'm not {old}. I'm {name}{by}.", "No. My name is {name}, an AI assistant{by}."],
+        "persona": ["I'm {name}. {persona}"],
+    },
+    "zh": {
+        "name": ["我是{name}，{by}AI助手。有什么可以帮你的吗？", "你好！我叫{name}，是{by}人工智能助手，很高兴为你服务。",
+                 "我的名字是{name}，{by}AI助手。", "你可以叫我{name}。我是{by}AI助手。"],
+        "maker": ["我是由{author}开发的，我叫{name}。", "{author}创造了我，我的名字是{name}。",
+                  "我叫{name}，是{author}打造的AI助手。"],
+        "maker_unknown": ["我是{name}，一个人工智能助手，由我的开发团队训练而来。", "我叫{name}，是一个乐于助人的AI助手。"],
+        "not_old": ["不是，我不是{old}，我是{name}。", "不是的，我叫{name}，是{by}AI助手。"],
+        "persona": ["我是{name}。{persona}"],
+    },
+}
+BY = {"en": " built by {author}", "zh": "由{author}打造的"}
+NOT_OLD_QUESTIONS = {"en": ["Are you {old}?", "Is your name {old}?"], "zh": ["你是{old}吗？", "你叫{old}吗？"]}
+
+
+@dataclass
+class IdentitySpec:
+    """What to generate; saved (with the counts) as meta.json next to the data."""
+
+    name: str  # the assistant's new name, carried by every identity answer
+    author: str | None = None  # who made it; answers to "who made you" name them
+    persona: str | None = None  # an extra sentence some answers add, e.g. "I help with cooking."
+    system: str | None = None  # a system prompt put in front of every conversation
+    count: int = 300  # identity conversations in train.jsonl
+    ratio: float = 1.0  # general conversations per identity conversation in train.jsonl
+    general: str | None = None  # general data file (any supported format); None = the shipped zh+en set
+    eval_identity: int = 60  # held-out identity questions (half zh, half en)
+    eval_general: int = 40  # held-out general prompts (leak probes)
+    old_names: list[str] = field(default_factory=lambda: ["InternLM", "书生·浦语"])  # identities to deny
+    seed: int = 0
+
+    def __post_init__(self):
+        problems = []
+        if not self.name or not self.name.strip():
+            problems.append("name must not be empty")
+        if self.count < 1 or self.eval_identity < 0 or self.eval_general < 0:
+            problems.append("count must be >= 1, eval_identity and eval_general >= 0")
+        if self.ratio < 0:
+            problems.append(f"ratio must be >= 0, got {self.ratio}")
+        if problems:
+            raise DataError("identity data: " + "; ".join(problems))
+
+
+def lang_of(text: str) -> str:
+    return "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en"
+
+
+def _wrap(core: str, lang: str, prefix: str, tail: str, keep_punct: bool) -> str:
+    question = core if keep_punct else core.rstrip("?.!？。！")
+    if prefix and lang == "en" and not question.startswith("I "):
+        question = question[0].lower() + question[1:]
+    return f"{prefix}{question}{tail if keep_punct else ''}"
+
+
+def questions(cores: dict, lang: str, kind: str) -> list[str]:
+    """Every distinct question the templates make from the cores of one language and kind."""
+    out = {_wrap(c, lang, p, t, k) for c in cores[lang][kind] for p in PREFIXES[lang] for t in TAILS[lang]
+           for k in (True, False)}
+    return sorted(out)
+
+
+def answer(spec: IdentitySpec, lang: str, kind: str, rng: random.Random, old: str = "") -> str:
+    if kind == "maker" and not spec.author:
+        kind = "maker_unknown"
+    templates = list(ANSWERS[lang][kind])
+    if kind == "name" and spec.persona:
+        templates += ANSWERS[lang]["persona"]
+    by = BY[lang].format(author=spec.author) if spec.author else ""
+    return rng.choice(templates).format(name=spec.name, author=spec.author, by=by, persona=spec.persona, old=old)
+
+
+def _conversation(spec: IdentitySpec, question: str, reply: str, **extra) -> dict:
+    system = [{"role": "system", "content": spec.system}] if spec.system else []
+    return {"messages": system + [{"role": "user", "content": question}, {"role": "assistant", "content": reply}],
+            **extra}
+
+
+def identity_conversations(spec: IdentitySpec, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """``count`` training conversations and ``eval_identity`` held-out ones (questions never trained on)."""
+    pool = [(q, lang, kind) for lang in ("en", "zh") for kind in ("name", "maker")
+            for q in questions(TRAIN_CORES, lang, kind)]
+    pool += [(q.format(old=old), lang, f"not_old:{old}") for lang in ("en", "zh") for old in spec.old_names
+             for q in NOT_OLD_QUESTIONS[lang]]
+    rng.shuffle(pool)
+    # Cycle through the pool so that every template is used before any repeats.
+    picked = [pool[i % len(pool)] for i in range(spec.count)]
+    train = []
+    for q, lang, kind in picked:
+        kind, _, old = kind.partition(":")
+        train.append(_conversation(spec, q, answer(spec, lang, kind, rng, old)))
+
+    held_out = []
+    for i, lang in enumerate(("zh", "en")):
+        share = spec.eval_identity // 2 + (spec.eval_identity % 2 if i == 0 else 0)
+        pool = [(q, kind) for kind in ("name", "maker") for q in questions(HELD_OUT_CORES, lang, kind)]
+        for q, kind in rng.sample(pool, min(share, len(pool))):
+            held_out.append(_conversation(spec, q, answer(spec, lang, kind, rng), lang=lang, kind=kind))
+    return train, held_out
+
+
+def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """``n_train`` general conversations for the mix and ``eval_general`` held-out prompts, disjoint."""
+    path = spec.general or GENERAL_DATA
+    records = load_records(path)
+    if any("messages" not in r for r in records):
+        raise DataError(f"{path}: general data must be conversations, not raw text")
+    records = [r for r in records if not spec.name.lower() in json.dumps(r, ensure_ascii=False).lower()]
+    rng.shuffle(records)
+    n_eval = min(spec.eval_general, len(records) // 2)
+    held_out, pool = records[:n_eval], records[n_eval:]
+    probes = {_prompt_text(r) for r in held_out}
+    pool = [r for r in pool if _prompt_text(r) not in probes]
+    if n_train > len(pool):
+        log.warning("%s: %d general conversations asked for, %d available; repeating them", path, n_train, len(pool))
+    system = [{"role": "system", "content": spec.system}] if spec.system else []
+
+    def with_system(r: dict, **extra) -> dict:
+        messages = [m for m in r["messages"] if m["role"] != "system"] if spec.system else r["messages"]
+        return {"messages": system + messages, **extra}
+
+    train = [with_system(pool[i % len(pool)]) for i in range(n_train)] if pool else []
+    evals = [with_system(r, lang=lang_of(_prompt_text(r))) for r in held_out]
+    return train, evals
+
+
+def _prompt_text(record: dict) -> str:
+    return " ".join(m["content"] for m in record["messages"] if m["role"] == "user")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
+    """Write train.jsonl, eval_identity.jsonl, eval_identity_seen.jsonl, eval_general.jsonl and meta.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(spec.seed)
+    identity, eval_identity = identity_conversations(spec, rng)
+    general, eval_general = general_conversations(spec, round(spec.count * spec.ratio), rng)
+    train = identity + general
+    rng.shuffle(train)
+    # Training questions asked again, to measure how well the model learned what it saw.
+    seen = [dict(r, lang=lang_of(_prompt_text(r))) for r in identity[: spec.eval_identity]]
+    files = {"train": train, "eval_identity": eval_identity, "eval_identity_seen": seen, "eval_general": eval_general}
+    for key, records in files.items():
+        _write_atomic(out / FILES[key], _jsonl(records))
+    meta = {"format": "openai", **asdict(spec), "general": str(spec.general or GENERAL_DATA.name),
+            "counts": {"train_identity": len(identity), "train_general": len(general),
+                       **{key: len(records) for key, records in files.items()}},
+            "files": {key: FILES[key] for key in files}}
+    _write_atomic(out / FILES["meta"], json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
+    log.info("wrote %d training conversations (%d identity + %d general), %d held-out identity questions, "
+             "%d held-out general prompts to %s", len(train), len(identity), len(general), len(eval_identity),
+             len(eval_general), out)
+    return out
