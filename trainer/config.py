@@ -20,6 +20,7 @@ import yaml
 from trainer.formats import FORMATS
 
 RUN_CONFIG_NAME = "run_config.yaml"
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 # InternLM2 module names -> the Llama names they become when model.load_model converts the layout.
 INTERNLM2_TO_LLAMA = {
@@ -322,3 +323,35 @@ def describe_fields() -> str:
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
             lines.append(f"  {section}.{f.name} = {default!r}: {f.metadata['help']}")
     return "\n".join(lines)
+
+
+def list_presets() -> dict[str, str]:
+    """Shipped presets: name -> the first line of its header comment."""
+    out = {}
+    for path in sorted(PRESETS_DIR.glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+        out[path.stem] = first.lstrip("# ").strip()
+    return out
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS_DIR / f"{name.removesuffix('.yaml')}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, list_presets(), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"preset {name!r} not found in {PRESETS_DIR}; {hint}`assistant presets list` shows them")
+    return path
+
+
+def copy_preset(name: str, dest: str | Path, *, force: bool = False) -> Path:
+    """Copy a preset to ``dest`` (a file, or a folder to put NAME.yaml in) for editing."""
+    src, dest = preset_path(name), Path(dest)
+    if dest.is_dir():
+        dest = dest / src.name
+    if dest.exists() and not force:
+        raise ConfigError(f"{dest} exists; pass --force to overwrite it or choose another destination")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    tmp.replace(dest)
+    return dest

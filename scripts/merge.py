@@ -1,0 +1,22 @@
+"""``assistant merge RUN_DIR --out DIR [--layout internlm2]``: adapter + base -> standalone safetensors."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="assistant merge", description=__doc__)
+    parser.add_argument("run_dir", help="run folder of `assistant train` (or an adapter / checkpoint-N folder)")
+    parser.add_argument("--out", required=True, help="folder for the merged model (written complete or not at all)")
+    parser.add_argument("--layout", choices=("llama", "internlm2"), default="llama",
+                        help="llama: plain AutoModelForCausalLM loads it (default); internlm2: the original key layout")
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    parser.add_argument("--max-shard-size", default="2GB", help="largest weights file (default 2GB)")
+    args = parser.parse_args(argv)
+
+    from trainer.merge import merge
+
+    out = merge(args.run_dir, args.out, layout=args.layout, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    sys.stdout.write(f"{out}\n")
+    return 0

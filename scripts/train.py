@@ -1,0 +1,39 @@
+"""``assistant train --config X.yaml [section.key=value ...] [--resume] [--deepspeed zero2]``.
+
+Several GPUs: ``torchrun --nproc_per_node N -m scripts.cli train --config X.yaml --deepspeed zero2``
+(or ``accelerate launch -m scripts.cli train ...``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainer.config import DEEPSPEED_PRESETS, describe_fields
+
+    parser = argparse.ArgumentParser(
+        prog="assistant train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (YAML sections, or section.key=value overrides):\n" + describe_fields())
+    parser.add_argument("--config", help="YAML config (see `assistant presets list`)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.max_steps=100")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
+    parser.add_argument("--deepspeed", choices=DEEPSPEED_PRESETS, help="DeepSpeed ZeRO preset (sets train.deepspeed)")
+    parser.add_argument("--check", action="store_true", help="validate the config, print it resolved, and stop")
+    args = parser.parse_args(argv)
+
+    import yaml
+
+    from trainer.config import load_config
+
+    overrides = list(args.overrides) + ([f"train.deepspeed={args.deepspeed}"] if args.deepspeed else [])
+    cfg = load_config(args.config, overrides)
+    if args.check:
+        sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+        return 0
+
+    from trainer.train import train
+
+    run_dir = train(cfg, resume=args.resume)
+    sys.stdout.write(f"{run_dir}\n")
+    return 0
