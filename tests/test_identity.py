@@ -1,0 +1,133 @@
+"""trainer.identity: self-cognition data, held-out paraphrases, general mix and leak probes."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.data import DataError, load_records
+from trainer.identity import FILES, GENERAL_DATA, IdentitySpec, write_identity_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def user(record: dict) -> str:
+    return next(m["content"] for m in record["messages"] if m["role"] == "user")
+
+
+def reply(record: dict) -> str:
+    return record["messages"][-1]["content"]
+
+
+def core(question: str) -> str:
+    """A question without greeting, closing words, punctuation and case: what the wording really is."""
+    q = re.sub(r"^(hi|hello|hey|excuse me|so|quick question|你好|您好|请问|嗨|哈喽|打扰一下)[,:，]\s*", "", question.lower())
+    q = re.sub(r"(thanks\.|just curious\.|谢谢。|我很好奇。)$", "", q)
+    return re.sub(r"[\s?.!？。！,，]", "", q)
+
+
+def test_command_writes_the_mix_with_system_prompt(tmp_path):
+    out = tmp_path / "alice"
+    run = subprocess.run([sys.executable, "-m", "scripts.cli", "data", "identity", "--name", "Alice", "--author", "Bob",
+                          "--system", "You are helpful.", "--count", "100", "--ratio", "0.5", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES.values())  # no temporary files left behind
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    assert json.loads(run.stdout) == meta
+    assert meta["name"] == "Alice" and meta["author"] == "Bob"
+    assert meta["counts"] == {"train_identity": 100, "train_general": 50, "train": 150, "eval_identity": 60,
+                              "eval_identity_seen": 60, "eval_general": 40}
+    train = load_records(out / "train.jsonl")  # the output passes our own validation
+    assert len(train) == 150
+    assert all(r["messages"][0] == {"role": "system", "content": "You are helpful."} for r in train)
+    assert sum("Alice" in reply(r) for r in train) == 100
+    for name in ("eval_identity.jsonl", "eval_identity_seen.jsonl", "eval_general.jsonl"):
+        assert all(r["messages"][0]["role"] == "system" for r in read(out / name))
+
+
+@pytest.fixture(scope="module")
+def alice(tmp_path_factory) -> Path:
+    spec = IdentitySpec(name="Alice", author="Bob", count=400, persona="I love helping with maths.")
+    return write_identity_dataset(spec, tmp_path_factory.mktemp("data") / "alice")
+
+
+def test_held_out_questions_are_worded_unlike_any_training_question(alice):
+    train, held_out = read(alice / "train.jsonl"), read(alice / "eval_identity.jsonl")
+    train_questions = {user(r) for r in train}
+    assert len(held_out) == 60 and {r["lang"] for r in held_out} == {"zh", "en"}
+    assert sum(r["lang"] == "zh" for r in held_out) == 30
+    assert not {user(r) for r in held_out} & train_questions
+    train_cores = {core(q) for q in train_questions}
+    assert not {core(user(r)) for r in held_out} & train_cores
+    assert all("Alice" in reply(r) for r in held_out)
+    seen = read(alice / "eval_identity_seen.jsonl")
+    assert {user(r) for r in seen} <= train_questions
+
+
+def test_identity_answers_are_varied_and_carry_name_and_author(alice):
+    identity = [r for r in read(alice / "train.jsonl") if "Alice" in reply(r)]
+    assert len(identity) == 400
+    assert len({user(r) for r in identity}) == 400  # no question repeats before the templates run out
+    assert len({reply(r) for r in identity}) >= 20
+    assert any(re.search(r"[\u4e00-\u9fff]", user(r)) for r in identity)
+    makers = [r for r in identity if re.search(r"who (made|created|built|developed|trained)|谁(创造|训练)", user(r).lower())]
+    assert makers and all("Bob" in reply(r) for r in makers)
+    assert any("I love helping with maths." in reply(r) for r in identity)
+    assert any(reply(r).startswith(("No", "不是")) and "InternLM" in user(r) for r in identity)
+
+
+def test_general_mix_never_mentions_the_name_and_probes_are_held_out(alice):
+    train, probes = read(alice / "train.jsonl"), read(alice / "eval_general.jsonl")
+    general = [r for r in train if "Alice" not in reply(r)]
+    assert len(general) == 400
+    assert len(probes) == 40 and {r["lang"] for r in probes} == {"zh", "en"}
+    assert not {user(r) for r in probes} & {user(r) for r in general}
+
+
+def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
+    spec = dict(name="小明", count=50)
+    a = write_identity_dataset(IdentitySpec(**spec), tmp_path / "a")
+    b = write_identity_dataset(IdentitySpec(**spec), tmp_path / "b")
+    c = write_identity_dataset(IdentitySpec(**spec, seed=1), tmp_path / "c")
+    for name in ("train.jsonl", "eval_identity.jsonl", "eval_general.jsonl"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert (a / "train.jsonl").read_bytes() != (c / "train.jsonl").read_bytes()
+    # No author given: no placeholder or "None" leaks into answers.
+    assert not any(re.search(r"None|\{|\}", reply(r)) for r in read(a / "train.jsonl"))
+
+
+def test_general_data_from_any_format_repeats_when_short(tmp_path, caplog):
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": f"Count to {i}.", "input": "", "output": " ".join(map(str, range(1, i + 1)))}
+                                  for i in range(1, 11)]), encoding="utf-8")
+    out = write_identity_dataset(IdentitySpec(name="Zed", count=20, ratio=2.0, general=str(alpaca), eval_general=4),
+                                 tmp_path / "zed")
+    general = [r for r in read(out / "train.jsonl") if "Zed" not in reply(r)]
+    assert len(general) == 40 and len({user(r) for r in general}) == 6
+    assert len(read(out / "eval_general.jsonl")) == 4
+    assert "40 general conversations asked for, 6 available; repeating them" in caplog.text
+
+
+def test_shipped_general_set_is_bilingual_and_identity_free():
+    records = load_records(GENERAL_DATA)
+    zh = sum(bool(re.search(r"[\u4e00-\u9fff]", user(r))) for r in records)
+    assert 300 <= len(records) <= 600 and 0.4 < zh / len(records) < 0.6
+    for r in records:
+        assert not re.search(r"\bAI\b|assistant|助手|人工智能|我是|InternLM|书生", reply(r)), reply(r)
+
+
+def test_bad_spec_is_a_user_error(tmp_path):
+    with pytest.raises(DataError, match="name must not be empty"):
+        IdentitySpec(name=" ")
+    with pytest.raises(DataError, match="general data must be conversations"):
+        (tmp_path / "pt.jsonl").write_text('{"text": "just text"}\n{"text": "more"}\n', encoding="utf-8")
+        write_identity_dataset(IdentitySpec(name="A", general=str(tmp_path / "pt.jsonl")), tmp_path / "out")
