@@ -89,14 +89,14 @@ def lfs_entries(repo: Path, env: dict[str, str]) -> dict[str, tuple[str, int]]:
     if not small:
         return {}
     out = git(["cat-file", "--batch"], cwd=repo, env=env, input="".join(o + "\n" for o in small),
-              what="reading the LFS pointers").stdout
+              what="reading the LFS pointers", encoding="latin-1").stdout
     found, pos = {}, 0
     while pos < len(out):
         header_end = out.index("\n", pos)
         oid, _, size = out[pos:header_end].split()
         data = out[header_end + 1:header_end + 1 + int(size)]
         pos = header_end + 1 + int(size) + 1
-        pointer = parse_pointer(data.encode())
+        pointer = parse_pointer(data.encode("latin-1"))
         if pointer:
             found.update({p: pointer for p in small[oid]})
     return found
@@ -330,7 +330,14 @@ def clone_or_update(url: str, dest: Path, *, token_env: tuple[str, ...] = GIT_TO
             git(["lfs", "install", "--local"], cwd=work, env=env, what="git lfs install")
             if git(["rev-parse", "-q", "--verify", "HEAD"], cwd=work, env=env, check=False).returncode != 0:
                 _checkout_some_branch(work, env, shown)
-    git(["lfs", "pull"], cwd=work, env=env, url=url, what=f"downloading the LFS files of {shown} into {work}")
+    try:
+        git(["lfs", "pull"], cwd=work, env=env, url=url, what=f"downloading the LFS files of {shown} into {work}")
+    except HubError as err:
+        left = pointer_files(work)
+        if not left:
+            raise
+        raise HubError(f"{err} (still pointer files, not weights: {', '.join(left[:5])}"
+                       f"{' ...' if len(left) > 5 else ''}; run the command again to resume)") from err
     verify_checkout(work, env)
     if work != dest:
         os.replace(work, dest)

@@ -93,10 +93,15 @@ def explain(stderr: str, *, url: str, where: Path | str) -> str | None:
 
 
 def git(args: list[str], *, cwd: Path | str | None, env: dict[str, str], url: str = "",
-        what: str = "", check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `git args...`; on failure raise a HubError that says what failed and what to do."""
+        what: str = "", check: bool = True, input: str | None = None,
+        encoding: str = "utf-8") -> subprocess.CompletedProcess[str]:
+    """Run `git args...`; on failure raise a HubError that says what failed and what to do.
+
+    `encoding="latin-1"` maps bytes 1:1 to characters, for output that is binary or sized in bytes.
+    """
     try:
-        done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, input=input)
+        done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, input=input,
+                              encoding=encoding, errors="replace")
     except FileNotFoundError as err:
         raise HubError("git is not installed: install it (Debian/Ubuntu: `apt-get install git git-lfs`)") from err
     if done.stderr.strip():

@@ -12,6 +12,18 @@ log = logging.getLogger(__name__)
 TOKEN_HELP = "set HF_TOKEN to a token from https://huggingface.co/settings/tokens"
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection errors of the HTTP client huggingface_hub uses (its name changed across versions)."""
+    found: list[type[BaseException]] = [OSError, ValueError]
+    for module in ("httpx2", "httpx", "requests"):
+        try:
+            found.append(__import__(module).HTTPError if module != "requests" else
+                         __import__(module).RequestException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def _explain(err: Exception, repo_id: str, *, write: bool) -> HubError:
     from huggingface_hub import errors
 
@@ -34,6 +46,9 @@ def _explain(err: Exception, repo_id: str, *, write: bool) -> HubError:
         return HubError(f"no {need} to {repo_id} on Hugging Face: use a token with {need} ({TOKEN_HELP})")
     if isinstance(err, OSError) and getattr(err, "errno", None) == 28:
         return HubError(f"disk full while downloading {repo_id}: free some space and run the command again")
+    if type(err).__module__.split(".")[0] in ("httpx2", "httpx", "requests") and status is None:
+        return HubError(f"cannot reach the Hugging Face Hub for {repo_id} ({type(err).__name__}: {err}): check the "
+                        "network (and HF_ENDPOINT), then run the same command again")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     again = "run the same command again to resume (files already uploaded are skipped)" if write else \
         "run the command again to resume the download"
@@ -58,7 +73,7 @@ def push_hf(folder: Path, repo_id: str, *, private: bool = False, message: str =
             api.create_branch(repo_id, branch=branch, repo_type=repo_type, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type, revision=branch,
                                  commit_message=message, ignore_patterns=[".git/*", ".cache/*"])
-    except (HfHubHTTPError, LocalTokenNotFoundError, OSError, ValueError) as err:
+    except (HfHubHTTPError, LocalTokenNotFoundError, *_network_errors()) as err:
         raise _explain(err, repo_id, write=True) from err
     url = getattr(info, "commit_url", None) or str(repo)
     log.info("uploaded %s to %s", folder, url)
@@ -74,6 +89,6 @@ def download_hf(repo_id: str, *, cache_dir: Path | None = None, revision: str | 
     try:
         path = snapshot_download(repo_id, cache_dir=cache_dir, revision=revision,
                                  token=token or os.environ.get("HF_TOKEN") or None)
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
+    except (HfHubHTTPError, LocalEntryNotFoundError, *_network_errors()) as err:
         raise _explain(err, repo_id, write=False) from err
     return Path(path)

@@ -1,0 +1,54 @@
+"""The model card written by push: what the model folder says about itself, tolerant of missing files."""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from hub import model_card
+
+
+def _front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_card_from_run_config_and_report(tmp_path):
+    (tmp_path / "run_config.yaml").write_text(yaml.safe_dump({
+        "model": {"base": "internlm/internlm2-chat-1_8b", "dtype": "auto"},
+        "lora": {"r": 64, "lora_alpha": 16, "target_modules": ["wqkv", "wo"]},
+        "quant": {"method": "qlora"},
+        "data": {"train_file": "data/alice.jsonl", "max_length": 512, "eval_prompts": ["who are you?"]},
+        "train": {"learning_rate": 0.0002, "num_train_epochs": 3.0, "output_dir": "runs/alice"},
+    }))
+    (tmp_path / "report.json").write_text(json.dumps({"tuned": {"identity_accuracy": 0.92, "leak": 0.04}}))
+    card = model_card(tmp_path, name="alice-assistant")
+    meta = _front_matter(card)
+    assert meta["base_model"] == "internlm/internlm2-chat-1_8b"
+    assert meta["library_name"] == "transformers" and "qlora" in meta["tags"]
+    assert "# alice-assistant" in card
+    for row in ("| method | `qlora` |", "| data set | `data/alice.jsonl` |", "| lora.r | 64 |",
+                "| train.learning_rate | 0.0002 |", '| lora.target_modules | ["wqkv", "wo"] |',
+                "| tuned.identity_accuracy | 0.92 |", "| tuned.leak | 0.04 |"):
+        assert row in card, row
+    assert "output_dir" not in card and "who are you?" not in card
+
+    (tmp_path / "report.md").write_text("| model | identity | leak |\n| --- | --- | --- |\n| tuned | 92 % | 4 % |\n")
+    assert "| tuned | 92 % | 4 % |" in model_card(tmp_path, name="x")  # the report's own Markdown wins
+
+
+def test_card_for_an_adapter_without_a_run_config(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "/models/internlm2", "peft_type": "LORA", "r": 8, "lora_alpha": 16}))
+    card = model_card(tmp_path, name="adapter")
+    meta = _front_matter(card)
+    assert meta["library_name"] == "peft" and meta["base_model"] == "/models/internlm2"
+    assert "| r | 8 |" in card and "AutoPeftModelForCausalLM" in card
+
+
+def test_card_for_a_bare_folder_and_broken_files(tmp_path):
+    assert "# bare" in model_card(tmp_path, name="bare")
+    (tmp_path / "run_config.yaml").write_text("model: [unclosed\n")
+    (tmp_path / "report.json").write_text("{not json")
+    card = model_card(tmp_path, name="broken")
+    assert "## Hyper-parameters" not in card and "## Fine-tune report" not in card

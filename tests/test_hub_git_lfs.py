@@ -1,0 +1,169 @@
+"""hub push / clone against real git + git-lfs `file://` remotes made in tmp_path, through the CLI."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(subprocess.run(["git", "lfs", "version"], capture_output=True).returncode != 0,
+                                reason="git-lfs is not installed")
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_TOKEN", "OPENXLAB_TOKEN", "HF_TOKEN")}
+    (tmp_path / "home").mkdir(exist_ok=True)
+    env.update(HOME=str(tmp_path / "home"), ASSISTANT_CACHE=str(tmp_path / "cache"), GIT_CONFIG_NOSYSTEM="1",
+               OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _assistant(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scripts.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def remote(tmp_path) -> Path:
+    path = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(path)], check=True)
+    return path
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(os.urandom(400_000))
+    (folder / "tokenizer.model").write_bytes(os.urandom(30_000))
+    (folder / "sub" / "extra.bin").write_bytes(os.urandom(5_000))
+    (folder / "config.json").write_text('{"model_type": "internlm2"}\n')
+    (folder / "notes.md").write_text("你好，我是小助手。\n", encoding="utf-8")  # small, not LFS, multi-byte
+    (folder / "tiny.dat").write_bytes(os.urandom(200))  # small binary blob outside LFS
+    (folder / "run_config.yaml").write_text("model:\n  base: internlm/internlm2-chat-1_8b\nquant:\n  method: lora\n")
+    return folder
+
+
+def test_push_clone_roundtrip_noop_and_one_commit_per_change(tmp_path, remote, model):
+    env = _env(tmp_path)
+    first = _assistant(["push", str(model), "--to", str(remote), "--message", "first"], env)
+    assert first.returncode == 0, first.stderr
+    assert _git(remote, "rev-list", "--count", "main").strip() == "1"
+    tree = set(_git(remote, "ls-tree", "-r", "--name-only", "main").split())
+    assert tree == {".gitattributes", "README.md", "config.json", "model.safetensors", "run_config.yaml",
+                    "sub/extra.bin", "tokenizer.model", "notes.md", "tiny.dat"}
+    attributes = _git(remote, "show", "main:.gitattributes")
+    for pattern in ("*.safetensors", "*.bin", "*.model", "*.gguf", "*.tiktoken"):
+        assert f"{pattern} filter=lfs diff=lfs merge=lfs -text" in attributes
+    pointer = _git(remote, "show", "main:model.safetensors")
+    oid = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
+    assert pointer.startswith("version https://git-lfs.github.com/spec/v1") and f"oid sha256:{oid}" in pointer
+    assert "base_model: internlm/internlm2-chat-1_8b" in _git(remote, "show", "main:README.md")
+
+    again = _assistant(["push", str(model), "--to", remote.as_uri()], env)  # path and file:// URL are one remote
+    assert again.returncode == 0 and "already up to date" in again.stdout, again.stderr
+    assert _git(remote, "rev-list", "--count", "main").strip() == "1"
+
+    cloned = _assistant(["clone", remote.as_uri()], env)
+    assert cloned.returncode == 0, cloned.stderr
+    clone = Path(cloned.stdout.strip())
+    for name in ("model.safetensors", "tokenizer.model", "sub/extra.bin", "config.json", "notes.md", "tiny.dat"):
+        assert (clone / name).read_bytes() == (model / name).read_bytes()
+
+    (model / "model.safetensors").write_bytes(os.urandom(400_000))
+    (model / "sub" / "extra.bin").unlink()
+    changed = _assistant(["push", str(model), "--to", str(remote)], env)
+    assert changed.returncode == 0 and "pushed" in changed.stdout, changed.stderr
+    assert _git(remote, "rev-list", "--count", "main").strip() == "2"
+    assert "sub/extra.bin" not in _git(remote, "ls-tree", "-r", "--name-only", "main")
+
+    # The cached clone is reused: fetched, fast-forwarded, LFS content pulled and verified.
+    updated = _assistant(["clone", str(remote)], env)
+    assert updated.returncode == 0, updated.stderr
+    assert Path(updated.stdout.strip()) == clone
+    assert (clone / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+    assert not (clone / "sub" / "extra.bin").exists()
+
+
+def test_missing_lfs_objects_are_reported_as_pointer_files(tmp_path, remote, model):
+    env = _env(tmp_path)
+    assert _assistant(["push", str(model), "--to", str(remote)], env).returncode == 0
+    oid = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
+    (remote / "lfs" / "objects" / oid[:2] / oid[2:4] / oid).unlink()  # the server lost the weights
+    broken = _assistant(["clone", str(remote)], env)
+    assert broken.returncode == 1
+    assert "model.safetensors" in broken.stderr and "assistant push" in broken.stderr
+    assert broken.stderr.count("\n") == 1
+
+    # A clone made by hand without LFS content: fetch_model on it (a local folder) refuses it too.
+    by_hand = tmp_path / "by-hand"
+    subprocess.run(["git", "clone", "-q", remote.as_uri(), str(by_hand)], check=True, env={**env, "GIT_LFS_SKIP_SMUDGE": "1"})
+    local = _assistant(["clone", str(by_hand)], env)
+    assert local.returncode == 1
+    assert "git-lfs pointer files, not the weights" in local.stderr and "lfs pull" in local.stderr
+    # ... and pushing such a folder is refused before anything is written.
+    pushed = _assistant(["push", str(by_hand), "--to", str(tmp_path / "other.git")], env)
+    assert pushed.returncode == 1 and "pointer files" in pushed.stderr
+
+
+def test_corrupt_download_is_detected(tmp_path, remote, model):
+    env = _env(tmp_path)
+    assert _assistant(["push", str(model), "--to", str(remote)], env).returncode == 0
+    clone = Path(_assistant(["clone", str(remote)], env).stdout.strip())
+    data = bytearray((clone / "tokenizer.model").read_bytes())
+    data[0] ^= 0xFF
+    (clone / "tokenizer.model").write_bytes(bytes(data))  # same size, different bytes
+    again = _assistant(["clone", str(remote)], env)
+    assert again.returncode == 1
+    assert "tokenizer.model" in again.stderr and "sha256" in again.stderr
+
+
+def test_large_file_outside_lfs_is_refused(tmp_path, remote, model):
+    (model / "optimizer.npy").write_bytes(b"\0" * (11 * 1024 * 1024))
+    result = _assistant(["push", str(model), "--to", str(remote)], _env(tmp_path))
+    assert result.returncode == 1
+    assert "optimizer.npy" in result.stderr and "not tracked by git-lfs" in result.stderr
+    assert _git(remote, "for-each-ref").strip() == ""  # nothing reached the remote
+
+    (model / ".gitattributes").write_text("*.npy filter=lfs diff=lfs merge=lfs -text\n")
+    allowed = _assistant(["push", str(model), "--to", str(remote)], _env(tmp_path))
+    assert allowed.returncode == 0, allowed.stderr
+    assert "*.npy filter=lfs" in _git(remote, "show", "main:.gitattributes")
+
+
+def test_clear_errors_for_missing_repo_and_missing_git_lfs(tmp_path, model):
+    env = _env(tmp_path)
+    missing = _assistant(["push", str(model), "--to", str(tmp_path / "nowhere.git")], env)
+    assert missing.returncode == 1
+    assert "not found" in missing.stderr and "git init --bare" in missing.stderr
+
+    bin_dir = tmp_path / "bin"  # a PATH with git but without git-lfs
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(subprocess.run(["which", "git"], capture_output=True, text=True).stdout.strip())
+    no_lfs = _assistant(["clone", (tmp_path / "nowhere.git").as_uri()], {**env, "PATH": str(bin_dir)})
+    assert no_lfs.returncode == 1
+    assert "git-lfs is not installed" in no_lfs.stderr and "apt-get install git-lfs" in no_lfs.stderr
+
+
+def test_failed_push_keeps_the_commit_and_resumes(tmp_path, remote, model):
+    env = _env(tmp_path)
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'refusing for the test' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    failed = _assistant(["push", str(model), "--to", str(remote)], env)
+    assert failed.returncode == 1
+    assert "run the same command again to resume" in failed.stderr
+    work_dir = next((tmp_path / "cache" / "push").iterdir())
+    assert _git(work_dir, "status", "--porcelain") == ""  # consistent: everything committed
+    hook.unlink()
+    resumed = _assistant(["push", str(model), "--to", str(remote)], env)
+    assert resumed.returncode == 0 and "pushed" in resumed.stdout, resumed.stderr
+    assert _git(remote, "rev-list", "--count", "main").strip() == "1"

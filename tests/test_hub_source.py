@@ -1,0 +1,92 @@
+"""fetch_model / `assistant clone` for local folders and Hugging Face ids (offline, from a real HF cache layout).
+
+What cannot run here (no network): a real snapshot_download from the Hub and an upload with
+create_repo/upload_folder; those calls are exercised only up to their errors.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _assistant(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "GIT_TOKEN", "OPENXLAB_TOKEN")}
+    full.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **env)
+    return subprocess.run([sys.executable, "-m", "scripts.cli", *args], cwd=ROOT, env=full, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _hf_cache(root: Path, repo_id: str) -> Path:
+    """The layout huggingface_hub writes: blobs/<sha>, snapshots/<commit>/<file> -> ../../blobs/<sha>, refs/main."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for name, data in (("config.json", b'{"model_type": "llama"}'), ("model.safetensors", os.urandom(2048))):
+        blob = repo / "blobs" / f"blob-{name}"
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(Path("../../blobs") / blob.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return snapshot
+
+
+def test_hub_imports_no_torch_and_nothing_of_ours():
+    code = ("import sys, hub; mods = set(sys.modules); "
+            "print(sorted(m for m in mods if m.split('.')[0] in ('torch', 'transformers', 'chat', 'model', 'trainer')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_fetch_model_signature():
+    from hub import fetch_model
+
+    params = inspect.signature(fetch_model).parameters
+    assert list(params)[:2] == ["source", "cache_dir"] and params["cache_dir"].default is None
+    assert params["token_env"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert params["token_env"].default == ("HF_TOKEN", "OPENXLAB_TOKEN", "GIT_TOKEN")
+
+
+def test_hf_repo_id_resolves_from_the_offline_cache(tmp_path):
+    snapshot = _hf_cache(tmp_path / "hf", "alice/tiny-assistant")
+    for source in ("alice/tiny-assistant", "hf:alice/tiny-assistant"):
+        result = _assistant(["clone", source, "--cache-dir", str(tmp_path / "hf")])
+        assert result.returncode == 0, result.stderr
+        assert Path(result.stdout.strip()) == snapshot
+    assert (snapshot / "model.safetensors").stat().st_size == 2048
+
+
+def test_hf_repo_not_cached_offline_is_a_clear_error(tmp_path):
+    _hf_cache(tmp_path / "hf", "alice/tiny-assistant")
+    result = _assistant(["clone", "alice/other", "--cache-dir", str(tmp_path / "hf")])
+    assert result.returncode == 1
+    assert result.stderr.startswith("assistant clone: error: alice/other is not in the local Hugging Face cache")
+    assert "HF_HUB_OFFLINE" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_local_folder_is_returned_as_is(tmp_path):
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    result = _assistant(["clone", str(folder)])
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == folder.resolve()
+    nothing = _assistant(["clone", "not a source"])
+    assert nothing.returncode == 1 and "is not a folder, a git URL" in nothing.stderr
+
+
+def test_hf_push_without_network_fails_clearly(tmp_path):
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    result = _assistant(["push", str(folder), "--to", "hf:alice/tiny-assistant"], HF_TOKEN="hf_dummy_token_123")
+    assert result.returncode == 1
+    assert result.stderr.startswith("assistant push: error: ") and result.stderr.count("\n") == 1
+    assert "hf_dummy_token_123" not in result.stderr + result.stdout
+    assert not any(p.name.startswith(".push-") for p in tmp_path.iterdir())  # staging folder cleaned up
