@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
@@ -191,8 +192,6 @@ def test_packed_loss_equals_unpacked_and_samples_do_not_see_each_other(tiny, tok
 
 
 def _dataset(rows):
-    import datasets
-
     return datasets.Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
 
 
