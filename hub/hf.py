@@ -57,11 +57,12 @@ def _explain(err: Exception, repo_id: str, *, write: bool) -> HubError:
 
 def push_hf(folder: Path, repo_id: str, *, private: bool = False, message: str = "Upload model",
             branch: str | None = None, repo_type: str = "model", space_sdk: str | None = None,
-            token: str | None = None) -> str:
-    """Create the repo if needed and upload `folder`; returns the commit url (or the repo url if unchanged).
+            token: str | None = None) -> tuple[str, bool]:
+    """Create the repo if needed and make it hold exactly `folder`; returns (commit url, whether it changed).
 
-    upload_folder skips files whose content the repo already has, and with Xet storage an interrupted
-    upload resumes where it stopped.
+    upload_folder skips files whose content the repo already has (no files changed = no commit), remote
+    files missing from `folder` are deleted in the same commit, and with Xet storage an interrupted upload
+    resumes where it stopped.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
@@ -71,13 +72,16 @@ def push_hf(folder: Path, repo_id: str, *, private: bool = False, message: str =
         repo = api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True, space_sdk=space_sdk)
         if branch and branch != "main":
             api.create_branch(repo_id, branch=branch, repo_type=repo_type, exist_ok=True)
+        before = api.repo_info(repo_id, repo_type=repo_type, revision=branch).sha
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type, revision=branch,
-                                 commit_message=message, ignore_patterns=[".git/*", ".cache/*"])
+                                 commit_message=message, ignore_patterns=[".git/*", ".cache/*"],
+                                 delete_patterns=["*"])
     except (HfHubHTTPError, LocalTokenNotFoundError, *_network_errors()) as err:
         raise _explain(err, repo_id, write=True) from err
     url = getattr(info, "commit_url", None) or str(repo)
-    log.info("uploaded %s to %s", folder, url)
-    return url
+    changed = getattr(info, "oid", None) != before
+    log.info("%s %s", "uploaded to" if changed else "already up to date:", url)
+    return url, changed
 
 
 def download_hf(repo_id: str, *, cache_dir: Path | None = None, revision: str | None = None,

@@ -88,6 +88,6 @@ def _push_to_hf(folder: Path, files: dict[str, Path], generated: dict[str, bytes
                 shutil.copy2(src, stage / rel)
         for rel, data in generated.items():
             (stage / rel).write_bytes(data)
-        url = push_hf(stage, repo_id, private=private, message=message, branch=branch, repo_type=repo_type,
-                      space_sdk="gradio" if repo_type == "space" else None)
-    return PushResult(remote=f"hf:{repo_id}", revision=url, changed=True)
+        url, changed = push_hf(stage, repo_id, private=private, message=message, branch=branch,
+                               repo_type=repo_type, space_sdk="gradio" if repo_type == "space" else None)
+    return PushResult(remote=f"hf:{repo_id}", revision=url, changed=changed)

@@ -97,11 +97,18 @@ def test_missing_lfs_objects_are_reported_as_pointer_files(tmp_path, remote, mod
     env = _env(tmp_path)
     assert _assistant(["push", str(model), "--to", str(remote)], env).returncode == 0
     oid = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
-    (remote / "lfs" / "objects" / oid[:2] / oid[2:4] / oid).unlink()  # the server lost the weights
+    stored = remote / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+    kept = stored.read_bytes()
+    stored.unlink()  # the server lost the weights
     broken = _assistant(["clone", str(remote)], env)
     assert broken.returncode == 1
     assert "model.safetensors" in broken.stderr and "assistant push" in broken.stderr
     assert broken.stderr.count("\n") == 1
+    stored.write_bytes(kept)  # the server has it again: the interrupted clone resumes where it stopped
+    resumed = _assistant(["clone", str(remote)], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (Path(resumed.stdout.strip()) / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+    assert not list((tmp_path / "cache" / "models").glob("*.partial"))
 
     # A clone made by hand without LFS content: fetch_model on it (a local folder) refuses it too.
     by_hand = tmp_path / "by-hand"
