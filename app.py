@@ -39,7 +39,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and concise assistant."
 
 def public_source(source: str) -> str:
     """The model source as it may be shown: credentials in a URL are removed."""
-    return re.sub(r"(://)[^/@]+@", r"\1", source)
+    return re.sub(r"(://)[^/@\s]+@", r"\1", source)
 
 
 def model_title() -> str:
@@ -73,7 +73,7 @@ def get_engine() -> ChatEngine | None:
                 _engine = load_engine()
             except Exception as err:  # noqa: BLE001 - any failure becomes a message on the page
                 log.error("cannot load the model: %s", err, exc_info=not getattr(type(err), "user_error", False))
-                _load_error = f"{type(err).__name__}: {err}"
+                _load_error = public_source(f"{type(err).__name__}: {err}")
     return _engine
 
 
