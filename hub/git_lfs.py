@@ -102,44 +102,6 @@ def lfs_entries(repo: Path, env: dict[str, str]) -> dict[str, tuple[str, int]]:
     return found
 
 
-def pointer_error(folder: Path, names: list[str]) -> HubError:
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return HubError(
-        f"{len(names)} file(s) in {folder} are git-lfs pointer files, not the weights: {shown}. The LFS download "
-        f"did not finish or the server lacks these objects: run `git -C {folder} lfs pull` (or this command "
-        "again), and make sure the model was pushed with git-lfs (`assistant push`)")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def lfs_entries(repo: Path, env: dict[str, str]) -> dict[str, tuple[str, int]]:
-    """{path: (sha256, size)} for every file that HEAD stores as a git-lfs pointer."""
-    listing = git(["ls-tree", "-r", "-l", "-z", "HEAD"], cwd=repo, env=env, what="listing the clone").stdout
-    small = {}
-    for entry in filter(None, listing.split("\0")):
-        meta, path = entry.split("\t", 1)
-        _, kind, oid, size = meta.split()
-        if kind == "blob" and size.isdigit() and int(size) <= MAX_POINTER_BYTES:
-            small[oid] = small.get(oid, []) + [path]
-    if not small:
-        return {}
-    blobs = git(["cat-file", "--batch"], cwd=repo, env=env, check=False, what="reading pointers")
-    del blobs  # placeholder: --batch needs stdin; read each blob below instead
-    found = {}
-    for oid, paths in small.items():
-        data = git(["cat-file", "blob", oid], cwd=repo, env=env, what="reading pointers").stdout.encode()
-        pointer = parse_pointer(data)
-        if pointer:
-            found.update({p: pointer for p in paths})
-    return found
-
-
 def verify_checkout(repo: Path, env: dict[str, str]) -> None:
     """Every LFS file in the work tree is real content whose size and sha256 match its pointer.
 

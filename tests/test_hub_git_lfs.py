@@ -107,12 +107,14 @@ def test_missing_lfs_objects_are_reported_as_pointer_files(tmp_path, remote, mod
     stored.write_bytes(kept)  # the server has it again: the interrupted clone resumes where it stopped
     resumed = _assistant(["clone", str(remote)], env)
     assert resumed.returncode == 0, resumed.stderr
-    assert (Path(resumed.stdout.strip()) / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+    weights = Path(resumed.stdout.strip()) / "model.safetensors"
+    assert weights.read_bytes() == (model / "model.safetensors").read_bytes()
     assert not list((tmp_path / "cache" / "models").glob("*.partial"))
 
     # A clone made by hand without LFS content: fetch_model on it (a local folder) refuses it too.
     by_hand = tmp_path / "by-hand"
-    subprocess.run(["git", "clone", "-q", remote.as_uri(), str(by_hand)], check=True, env={**env, "GIT_LFS_SKIP_SMUDGE": "1"})
+    subprocess.run(["git", "clone", "-q", remote.as_uri(), str(by_hand)], check=True,
+                   env={**env, "GIT_LFS_SKIP_SMUDGE": "1"})
     local = _assistant(["clone", str(by_hand)], env)
     assert local.returncode == 1
     assert "git-lfs pointer files, not the weights" in local.stderr and "lfs pull" in local.stderr
