@@ -92,6 +92,11 @@ def test_push_clone_roundtrip_noop_and_one_commit_per_change(tmp_path, remote, m
     assert (clone / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
     assert not (clone / "sub" / "extra.bin").exists()
 
+    remote.rename(tmp_path / "gone.git")  # the remote cannot be reached: the verified cached clone still serves
+    offline = _assistant(["clone", str(remote.as_uri())], env)
+    assert offline.returncode == 0 and Path(offline.stdout.strip()) == clone, offline.stderr
+    assert "using the cached clone" in offline.stderr
+
 
 def test_missing_lfs_objects_are_reported_as_pointer_files(tmp_path, remote, model):
     env = _env(tmp_path)
