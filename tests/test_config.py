@@ -1,0 +1,111 @@
+"""The run config: presets validate, overrides apply, every bad key or value is reported at once."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+from trainer.config import (DEEPSPEED_PRESETS, SECTIONS, ConfigError, RunConfig, lora_target_modules, load_config,
+                            save_config)
+
+PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_presets_are_the_shipped_four():
+    assert [p.stem for p in PRESETS] == ["internlm2_1_8b_full_pretrain", "internlm2_chat_1_8b_qlora_assistant",
+                                         "internlm2_chat_7b_qlora_oasst1", "tiny_lora_cpu"]
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_validates_and_lists_only_differences(preset):
+    cfg = load_config(preset)
+    text = preset.read_text(encoding="utf-8")
+    assert f"assistant train --config configs/{preset.name}" in text  # the header says how to run it
+    assert "tokens/step" in text  # ... and works out the arithmetic
+    defaults = RunConfig().to_dict()
+    for section, values in yaml.safe_load(text).items():
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) != defaults[section][key], f"{section}.{key} repeats the default"
+
+
+def test_defaults_follow_the_tutorials():
+    cfg = RunConfig()
+    assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.lora_dropout) == (64, 16, 0.1)
+    assert (cfg.train.learning_rate, cfg.train.lr_scheduler_type, cfg.train.warmup_ratio) == (2e-4, "cosine", 0.03)
+    assert (cfg.quant.method, cfg.quant.bnb_4bit_quant_type, cfg.quant.bnb_4bit_use_double_quant) == ("qlora", "nf4", True)
+    for cls in SECTIONS.values():
+        assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls.__name__
+
+
+def test_overrides_parse_types_and_map_internlm2_names(tmp_path):
+    cfg = load_config(ROOT / "configs" / "tiny_lora_cpu.yaml", [
+        "train.learning_rate=3e-4", "train.max_steps=7", "data.pack=false", "train.save_total_limit=null",
+        "lora.target_modules=[wqkv, wo, w1, w2, w3]", "train.deepspeed=zero2"])
+    assert (cfg.train.learning_rate, cfg.train.max_steps, cfg.data.pack) == (3e-4, 7, False)
+    assert cfg.train.save_total_limit is None and cfg.train.deepspeed == "zero2"
+    assert lora_target_modules(cfg.lora.target_modules) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                            "down_proj", "up_proj"]
+    saved = save_config(cfg, tmp_path / "run_config.yaml")
+    assert load_config(saved) == cfg
+
+
+def test_every_problem_is_reported_at_once_with_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  base: m\ndata:\n  train_file: d.jsonl\ntrain:\n  lerning_rate: 1\n  max_steps: many\n"
+                   "lora:\n  lora_dropout: 1.5\nquant:\n  method: int3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, ["train.deepspeed=zero9", "optim.lr=1"])
+    msg = str(err.value)
+    assert f"{bad}:6: train.lerning_rate: unknown key (did you mean learning_rate?)" in msg
+    assert f"{bad}:7: train.max_steps: expected an integer, got 'many'" in msg
+    assert "lora.lora_dropout: must be in [0, 1), got 1.5" in msg
+    assert "quant.method: 'int3' is not one of qlora, lora, full" in msg
+    assert "train.deepspeed: 'zero9' is not one of zero2" in msg
+    assert "optim: unknown section" in msg
+    assert "6 problem(s)" in msg
+
+
+def test_cli_prints_config_errors_as_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  base: m\n  dtype: float8\n")
+    result = run_cli("train", "--config", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("assistant train: error: ")
+    assert "model.dtype: 'float8'" in result.stderr and "data.train_file: required" in result.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  base: [unclosed\n")
+    result = run_cli("train", "--config", str(broken))
+    assert result.returncode == 1 and f"{broken}:3: not valid YAML" in result.stderr
+
+
+def test_cli_check_prints_the_resolved_config():
+    result = run_cli("train", "--config", "configs/tiny_lora_cpu.yaml", "train.max_steps=3", "--deepspeed", "zero2", "--check")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["train"]["max_steps"] == 3 and resolved["train"]["deepspeed"] == "zero2"
+    assert resolved["lora"]["r"] == 16 and resolved["lora"]["lora_dropout"] == 0.0
+
+
+def test_presets_cli_lists_and_copies(tmp_path):
+    listed = run_cli("presets", "list")
+    assert listed.returncode == 0
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == [p.stem for p in PRESETS]
+    copied = run_cli("presets", "copy", "tiny_lora_cpu", str(tmp_path))
+    assert copied.returncode == 0 and copied.stdout.strip() == str(tmp_path / "tiny_lora_cpu.yaml")
+    assert (tmp_path / "tiny_lora_cpu.yaml").read_text() == (ROOT / "configs" / "tiny_lora_cpu.yaml").read_text()
+    again = run_cli("presets", "copy", "tiny_lora_cpu", str(tmp_path))
+    assert again.returncode == 1 and "exists; pass --force" in again.stderr
+    unknown = run_cli("presets", "copy", "tiny_lora", str(tmp_path / "x.yaml"))
+    assert unknown.returncode == 1 and "did you mean tiny_lora_cpu?" in unknown.stderr
+
+
+@pytest.mark.parametrize("name", DEEPSPEED_PRESETS)
+def test_deepspeed_configs_leave_batch_numbers_to_the_trainer(name):
+    ds = json.loads((ROOT / "configs" / "deepspeed" / f"{name}.json").read_text())
+    assert ds["zero_optimization"]["stage"] == int(name[4])
+    assert ("offload_optimizer" in ds["zero_optimization"]) == name.endswith("_offload")
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+        assert ds[key] == "auto", key
