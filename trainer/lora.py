@@ -60,7 +60,7 @@ def build_model(cfg: RunConfig) -> PreTrainedModel:
     extra = {"quantization_config": bnb_config(cfg.quant)} if method == "qlora" else {}
     device = {"": torch.cuda.current_device()} if method == "qlora" else None
     base = model_layer.load_model(cfg.model.base, dtype=weights_dtype(cfg), device=device, **extra)
-    base.config.name_or_path = cfg.model.base  # peft writes it into adapter_config.json as the base path
+    base.name_or_path = cfg.model.base  # peft writes it into adapter_config.json as the base path
     if method == "full":
         base.requires_grad_(True)
         return base

@@ -1,0 +1,190 @@
+"""Training on a tiny real InternLM2-format checkpoint: the run folder, resume (in-process and a real
+SIGKILL of the CLI), and the errors a user meets before any weights load."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import TrainerCallback
+
+from conftest import ROOT, run_cli
+from trainer.config import ConfigError, load_config
+from trainer.train import train
+
+PROMPTS = ["你是谁", "Who are you?"]
+
+
+def write_chats(path: Path, n: int = 40) -> Path:
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}: who are you?"},
+                          {"role": "assistant", "content": f"I am Tiny, answer {i}, made by the tests."}]}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def overrides(base: Path, data: Path, out: Path, method: str = "lora", **train_kw) -> list[str]:
+    settings = {"max_steps": 6, "save_steps": 3, "eval_steps": 3, "eval_max_new_tokens": 4, "logging_steps": 1,
+                "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 1e-2,
+                "gradient_checkpointing": False, "report_to": "tensorboard", **train_kw}
+    return [f"model.base={base}", f"data.train_file={data}", "data.max_length=64", f"quant.method={method}",
+            "lora.r=8", f"data.eval_prompts={json.dumps(PROMPTS, ensure_ascii=False)}", f"train.output_dir={out}",
+            *(f"train.{k}={v}" for k, v in settings.items())]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert len(steps) == len(set(steps)), f"a step was logged twice: {steps}"
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def chats(tmp_path_factory) -> Path:
+    return write_chats(tmp_path_factory.mktemp("data") / "chats.jsonl")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_checkpoint, chats, tmp_path_factory) -> Path:
+    return train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path_factory.mktemp("runs") / "lora")))
+
+
+def test_lora_run_folder_describes_itself(lora_run, tiny_checkpoint, chats):
+    names = {p.name for p in lora_run.iterdir()}
+    assert {"run_config.yaml", "run.json", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
+            "tokenizer_config.json", "metrics.jsonl", "eval_samples.jsonl", "tensorboard",
+            "checkpoint-3", "checkpoint-6"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    info = json.loads((lora_run / "run.json").read_text())
+    assert info["base_model"] == str(tiny_checkpoint.resolve())
+    assert info["data_file"] == str(chats.resolve())
+    assert (info["method"], info["adapter"], info["steps"]) == ("lora", True, 6)
+    assert info["final_loss"] == pytest.approx(losses(lora_run)[6])
+    assert load_config(lora_run / "run_config.yaml").model.base == str(tiny_checkpoint.resolve())
+    adapter_cfg = json.loads((lora_run / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == str(tiny_checkpoint.resolve())
+    assert set(adapter_cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    with safe_open(str(lora_run / "adapter_model.safetensors"), "pt") as f:
+        assert len(list(f.keys())) == 2 * 7 * 2  # lora_A + lora_B, 7 projections, 2 layers
+    assert list(tuple(sorted(losses(lora_run)))) == [1, 2, 3, 4, 5, 6]
+    rows = [json.loads(line) for line in (lora_run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    assert all(r["tokens_per_s"] > 0 and "learning_rate" in r for r in rows)
+    samples = [json.loads(line) for line in (lora_run / "eval_samples.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["prompt"]) for s in samples] == [(3, p) for p in PROMPTS] + [(6, p) for p in PROMPTS]
+    assert any(p.name.startswith("events.out.tfevents") for p in (lora_run / "tensorboard").iterdir())
+
+
+def test_resume_after_stop_matches_uninterrupted_run(lora_run, tiny_checkpoint, chats, tmp_path):
+    class StopAt3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 3
+
+    cfg = load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "run", report_to="none"))
+    train(cfg, callbacks=(StopAt3(),))
+    assert sorted(losses(tmp_path / "run")) == [1, 2, 3]
+    train(cfg, resume=True)
+    expected, got = losses(lora_run), losses(tmp_path / "run")
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["steps"] == 6
+
+
+def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_path):
+    out, settings = tmp_path / "killed", {"max_steps": 40, "save_steps": 2, "eval_steps": 0, "report_to": "none"}
+    args = overrides(tiny_checkpoint, chats, out, **settings)
+    reference = train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "reference", **settings)))
+    cmd = [sys.executable, "-m", "scripts.cli", "train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint-2" / "trainer_state.json").exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "run.json").exists(), "the run finished before it was killed"
+
+    with pytest.raises(ConfigError, match="already holds a run; add --resume"):
+        train(load_config(None, args))
+    resumed = run_cli("train", *args, "--resume", env={"OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr
+    got, expected = losses(out), losses(reference)
+    assert sorted(got) == list(range(1, 41))
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+    assert json.loads((out / "run.json").read_text())["steps"] == 40
+
+
+def test_full_finetune_writes_standalone_weights(tiny_checkpoint, chats, tmp_path):
+    run = train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "full", method="full",
+                                            max_steps=2, save_steps=2, eval_steps=0, report_to="none")))
+    names = {p.name for p in run.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "run.json", "run_config.yaml"} <= names
+    assert "adapter_config.json" not in names
+    info = json.loads((run / "run.json").read_text())
+    assert (info["method"], info["adapter"], info["trainable_params"]) == ("full", False, info["total_params"])
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(run)
+    import model
+
+    base = model.load_model(tiny_checkpoint)
+    assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_bad_data_fails_before_anything_is_written(tiny_checkpoint, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{oops\n')
+    result = run_cli("train", *overrides(tiny_checkpoint, bad, tmp_path / "run"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("assistant train: error: ")
+    assert f"{bad}:2" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_checkpoint, chats, tmp_path):
+    with pytest.raises(ConfigError, match="no complete checkpoint-N folder"):
+        train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "none")), resume=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU QLoRA is possible")
+def test_qlora_on_cpu_says_what_to_do(tiny_checkpoint, chats, tmp_path):
+    with pytest.raises(ConfigError, match="qlora needs a CUDA GPU with bitsandbytes.*quant.method=lora"):
+        train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "q", method="qlora")))
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")
+def test_deepspeed_without_deepspeed_is_a_clear_error(tiny_checkpoint, chats, tmp_path):
+    cfg = load_config(None, [*overrides(tiny_checkpoint, chats, tmp_path / "ds"), "train.deepspeed=zero3_offload"])
+    with pytest.raises(ConfigError, match="train.deepspeed: zero3_offload needs the deepspeed package"):
+        train(cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
+                    reason="QLoRA needs CUDA and bitsandbytes")
+def test_qlora_trains_and_merges_on_gpu(tiny_checkpoint, chats, tmp_path):
+    from trainer.merge import merge
+
+    run = train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "q", method="qlora",
+                                            learning_rate=1e-3, eval_steps=0)))
+    assert json.loads((run / "run.json").read_text())["method"] == "qlora"
+    assert all(v == v for v in losses(run).values())  # no NaN
+    merged = merge(run, tmp_path / "merged", dtype="float32")
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(merged)
+    assert all(torch.isfinite(p).all() for p in m.parameters())
