@@ -154,6 +154,20 @@ def test_bad_data_fails_before_anything_is_written(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_output_dir_rules(tiny_checkpoint, chats, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is not empty and holds no run"):
+        train(load_config(None, overrides(tiny_checkpoint, chats, other)))
+    died = tmp_path / "died"  # a start killed while writing its first checkpoint: start again without --resume
+    (died / "checkpoint-3").mkdir(parents=True)
+    (died / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    train(load_config(None, overrides(tiny_checkpoint, chats, died, max_steps=2, eval_steps=0, report_to="none")))
+    assert sorted(losses(died)) == [1, 2] and losses(died)[1] != 9.0
+    assert not (died / "checkpoint-3").exists()
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_checkpoint, chats, tmp_path):
     with pytest.raises(ConfigError, match="no complete checkpoint-N folder"):
         train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "none")), resume=True)

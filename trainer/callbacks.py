@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ class EvalPrompts(TrainerCallback):
             ids = self._encode(prompt).to(model.device)
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
                                  do_sample=False, use_cache=True, eos_token_id=self.stop_ids,
-                                 pad_token_id=self.tokenizer.pad_token_id)
+                                 pad_token_id=self.tokenizer.pad_token_id,
+                                 synced_gpus=is_deepspeed_zero3_enabled())  # ZeRO-3 shards need every rank
             answer = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
             rows.append({"step": state.global_step, "prompt": prompt, "answer": answer})
             log.info("eval step %d | %s -> %s", state.global_step, prompt, answer)

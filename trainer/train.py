@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 RUN_INFO_NAME = "run.json"
 METRICS_NAME = "metrics.jsonl"
 EVAL_SAMPLES_NAME = "eval_samples.jsonl"
+LOG_NAMES = {RUN_CONFIG_NAME, METRICS_NAME, EVAL_SAMPLES_NAME, "tensorboard"}
 DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 
 
@@ -62,21 +63,32 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((p for p in found if (p / "trainer_state.json").exists()), key=lambda p: int(p.name.split("-")[-1]))
 
 
+def _remove_partial_checkpoints(folders: list[Path]) -> None:
+    for folder in folders:  # a kill while saving leaves a folder without trainer_state.json
+        log.warning("removing incomplete checkpoint %s", folder)
+        shutil.rmtree(folder)
+
+
 def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> Path | None:
     """Check the run folder against --resume; return the checkpoint to resume from."""
     if not resume:
-        if run_dir.exists() and any(run_dir.iterdir()):
+        names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+        if RUN_INFO_NAME in names or (names and complete_checkpoints(run_dir)):
             raise ConfigError(f"train.output_dir: {run_dir} already holds a run; add --resume to continue it "
                               "or choose another train.output_dir")
+        partial = list(run_dir.glob("checkpoint-*")) if names else []
+        if names - LOG_NAMES - {p.name for p in partial}:
+            raise ConfigError(f"train.output_dir: {run_dir} is not empty and holds no run; choose another folder")
+        # what is left is a start that died before its first complete checkpoint: begin again
+        _remove_partial_checkpoints(partial)
+        for name in (METRICS_NAME, EVAL_SAMPLES_NAME):
+            truncate_jsonl(run_dir / name, 0)
         return None
     checkpoints = complete_checkpoints(run_dir) if run_dir.is_dir() else []
     if not checkpoints:
         raise ConfigError(f"--resume: no complete checkpoint-N folder in {run_dir}; start without --resume")
     last = checkpoints[-1]
-    for partial in run_dir.glob("checkpoint-*"):  # a kill while saving leaves a folder without trainer_state.json
-        if partial.is_dir() and partial not in checkpoints:
-            log.warning("removing incomplete checkpoint %s", partial)
-            shutil.rmtree(partial)
+    _remove_partial_checkpoints([p for p in run_dir.glob("checkpoint-*") if p not in checkpoints])
     saved = run_dir / RUN_CONFIG_NAME
     if saved.exists():
         before, now = load_config(saved).to_dict(), cfg.to_dict()
@@ -114,6 +126,7 @@ def training_arguments(cfg: RunConfig, run_dir: Path, deepspeed: str | None) -> 
         report_to="none",  # TensorBoard is added as a callback so its folder is fixed (run_dir/tensorboard)
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,  # keep position_ids of packed samples
+        ddp_find_unused_parameters=False,  # every weight (or adapter) takes part in each forward
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
         disable_tqdm=True,  # our ProgressBar replaces the Trainer's
@@ -167,8 +180,7 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
         log.info("resuming from %s (step %d)", checkpoint, step)
         truncate_jsonl(run_dir / METRICS_NAME, step)
         truncate_jsonl(run_dir / EVAL_SAMPLES_NAME, step)
-    else:
-        save_config(cfg, run_dir / RUN_CONFIG_NAME)
+    save_config(cfg, run_dir / RUN_CONFIG_NAME)
     cbs = [MetricsFile(run_dir / METRICS_NAME)]
     if cfg.train.report_to == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter
