@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 RUN_INFO_NAME = "run.json"
 METRICS_NAME = "metrics.jsonl"
 EVAL_SAMPLES_NAME = "eval_samples.jsonl"
+# transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
+CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                 else "gradient_checkpointing")
 LOG_NAMES = {RUN_CONFIG_NAME, METRICS_NAME, EVAL_SAMPLES_NAME, "tensorboard"}
 DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 
@@ -119,8 +122,8 @@ def training_arguments(cfg: RunConfig, run_dir: Path, deepspeed: str | None) -> 
         seed=t.seed,
         data_seed=t.seed,
         deepspeed=deepspeed,
-        activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
-        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **{CHECKPOINTING: t.gradient_checkpointing,
+           CHECKPOINTING + "_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None},
         bf16=on_gpu and bf16_supported(),
         fp16=on_gpu and not bf16_supported(),
         report_to="none",  # TensorBoard is added as a callback so its folder is fixed (run_dir/tensorboard)
