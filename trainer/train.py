@@ -72,8 +72,8 @@ def _remove_partial_checkpoints(folders: list[Path]) -> None:
         shutil.rmtree(folder)
 
 
-def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> Path | None:
-    """Check the run folder against --resume; return the checkpoint to resume from."""
+def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, main: bool = True) -> Path | None:
+    """Check the run folder against --resume; return the checkpoint to resume from. ``main`` cleans up."""
     if not resume:
         names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
         if RUN_INFO_NAME in names or (names and complete_checkpoints(run_dir)):
@@ -82,16 +82,17 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> Path | None
         partial = list(run_dir.glob("checkpoint-*")) if names else []
         if names - LOG_NAMES - {p.name for p in partial}:
             raise ConfigError(f"train.output_dir: {run_dir} is not empty and holds no run; choose another folder")
-        # what is left is a start that died before its first complete checkpoint: begin again
-        _remove_partial_checkpoints(partial)
-        for name in (METRICS_NAME, EVAL_SAMPLES_NAME):
-            truncate_jsonl(run_dir / name, 0)
+        if main:  # what is left is a start that died before its first complete checkpoint: begin again
+            _remove_partial_checkpoints(partial)
+            for name in (METRICS_NAME, EVAL_SAMPLES_NAME):
+                truncate_jsonl(run_dir / name, 0)
         return None
     checkpoints = complete_checkpoints(run_dir) if run_dir.is_dir() else []
     if not checkpoints:
         raise ConfigError(f"--resume: no complete checkpoint-N folder in {run_dir}; start without --resume")
     last = checkpoints[-1]
-    _remove_partial_checkpoints([p for p in run_dir.glob("checkpoint-*") if p not in checkpoints])
+    if main:
+        _remove_partial_checkpoints([p for p in run_dir.glob("checkpoint-*") if p not in checkpoints])
     saved = run_dir / RUN_CONFIG_NAME
     if saved.exists():
         before, now = load_config(saved).to_dict(), cfg.to_dict()
@@ -146,8 +147,9 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     cfg.model = dataclasses.replace(cfg.model, base=_absolute(cfg.model.base))
     cfg.data = dataclasses.replace(cfg.data, train_file=_absolute(cfg.data.train_file))
     cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir))
-    checkpoint = _prepare_run_dir(run_dir, cfg, resume)
-    ds_path = deepspeed_config(cfg.train.deepspeed)
+    args = training_arguments(cfg, run_dir, deepspeed_config(cfg.train.deepspeed))  # sets up the process group
+    main = args.process_index == 0  # only the first process writes the run folder's own files
+    checkpoint = _prepare_run_dir(run_dir, cfg, resume, main)
     set_seed(cfg.train.seed)
 
     # -- data
@@ -162,7 +164,6 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     model = build_model(cfg)
 
     # -- derived numbers, logged before the first step (nanoGPT's "tokens per iteration")
-    args = training_arguments(cfg, run_dir, ds_path)
     world = args.world_size
     seqs_per_step = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * world
     n_tokens = sum(len(ids) for ids in dataset["input_ids"])
@@ -177,13 +178,14 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
              f"{seqs_per_step * cfg.data.max_length:,}", steps_per_epoch)
 
     # -- trainer
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if checkpoint is not None:
-        step = int(checkpoint.name.split("-")[-1])
-        log.info("resuming from %s (step %d)", checkpoint, step)
-        truncate_jsonl(run_dir / METRICS_NAME, step)
-        truncate_jsonl(run_dir / EVAL_SAMPLES_NAME, step)
-    save_config(cfg, run_dir / RUN_CONFIG_NAME)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint is not None:
+            step = int(checkpoint.name.split("-")[-1])
+            log.info("resuming from %s (step %d)", checkpoint, step)
+            truncate_jsonl(run_dir / METRICS_NAME, step)
+            truncate_jsonl(run_dir / EVAL_SAMPLES_NAME, step)
+        save_config(cfg, run_dir / RUN_CONFIG_NAME)
     cbs = [MetricsFile(run_dir / METRICS_NAME)]
     if cfg.train.report_to == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter
@@ -192,7 +194,8 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     cbs += [ProgressBar(), EvalPrompts(tokenizer, cfg.data.eval_prompts, cfg.train.eval_steps,
                                        run_dir / EVAL_SAMPLES_NAME, max_new_tokens=cfg.train.eval_max_new_tokens,
                                        chat=chat, stop_ids=model_layer.stop_token_ids(tokenizer)), *callbacks]
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=functools.partial(data_lib.collate, pad_token_id=tokenizer.pad_token_id or 0),
+    collate = functools.partial(data_lib.collate, pad_token_id=tokenizer.pad_token_id or 0)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
                       processing_class=tokenizer, callbacks=cbs)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
