@@ -25,7 +25,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir) -> ChatEngine:
-    return ChatEngine.from_pretrained(tiny_dir)
+    return ChatEngine.from_pretrained(tiny_dir, device="cpu")
 
 
 def ask(text: str) -> list[dict]:
@@ -33,7 +33,7 @@ def ask(text: str) -> list[dict]:
 
 
 def greedy_generate_ids(engine: ChatEngine, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    out = engine.model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+    out = engine.model.generate(torch.tensor([prompt_ids], device=engine.model.device), max_new_tokens=max_new_tokens, do_sample=False,
                                 eos_token_id=engine.stop_ids, pad_token_id=engine.stop_ids[0])
     new = out[0, len(prompt_ids):].tolist()
     return new[: next((i for i, t in enumerate(new) if t in engine.stop_ids), len(new))]
@@ -41,7 +41,9 @@ def greedy_generate_ids(engine: ChatEngine, prompt_ids: list[int], max_new_token
 
 def test_loads_on_cpu_in_fp32_by_default_and_bf16_when_asked(engine, tiny_dir):
     assert engine.model.device.type == "cpu" and engine.model.dtype == torch.float32
-    assert ChatEngine.from_pretrained(tiny_dir, dtype="bf16").model.dtype == torch.bfloat16
+    assert ChatEngine.from_pretrained(tiny_dir, device="cpu", dtype="bf16").model.dtype == torch.bfloat16
+    auto = ChatEngine.from_pretrained(tiny_dir).model.device.type
+    assert auto == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.mark.parametrize("question", ["Who are you?", CHINESE])
@@ -53,6 +55,17 @@ def test_greedy_stream_equals_generate_and_full_decode(engine, question):
     assert len(deltas) > 1  # streamed, not one chunk at the end
     assert "".join(deltas) == engine.tokenizer.decode(ids, skip_special_tokens=True)
     assert engine.generate(ask(question), GREEDY) == "".join(deltas)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_loads_in_half_precision_and_streams_the_greedy_generate_tokens(tiny_dir):
+    engine = ChatEngine.from_pretrained(tiny_dir)
+    assert engine.model.device.type == "cuda" and engine.model.dtype in (torch.bfloat16, torch.float16)
+    prompt_ids, _, _ = engine.prompt(ask(CHINESE), GREEDY)
+    ids = list(engine.tokens(prompt_ids, GREEDY))
+    assert ids == greedy_generate_ids(engine, prompt_ids, GREEDY.max_new_tokens)
+    assert "".join(engine.stream(ask(CHINESE), GREEDY)) == engine.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def test_sampling_is_repeatable_with_a_seed_and_never_adds_replacement_chars(engine):
@@ -167,13 +180,13 @@ def test_load_failures_and_bad_settings_are_user_errors(tmp_path, tiny_dir):
 def test_base_plus_adapter_is_merged_at_load(tmp_path, tiny_dir, engine):
     from peft import LoraConfig, get_peft_model
 
-    base = ChatEngine.from_pretrained(tiny_dir).model
+    base = ChatEngine.from_pretrained(tiny_dir, device="cpu").model
     lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")
     x = torch.tensor([[1, 5, 9, 42, 7]])
     with torch.no_grad():
         want = lora(x).logits
-    merged = ChatEngine.from_pretrained(tiny_dir, adapter=tmp_path / "adapter")
+    merged = ChatEngine.from_pretrained(tiny_dir, adapter=tmp_path / "adapter", device="cpu")
     with torch.no_grad():
         got = merged.model(x).logits
         plain = engine.model(x).logits
@@ -187,7 +200,8 @@ def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
 
 
 def test_chat_cli_one_shot_and_interactive(tiny_dir, engine):
-    done = run_cli(str(tiny_dir), "--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "12")
+    done = run_cli(str(tiny_dir), "--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "12",
+                   "--device", "cpu")
     assert done.returncode == 0, done.stderr
     assert done.stdout == engine.generate(ask("Who are you?"), GREEDY, max_new_tokens=12) + "\n"
     assert "tokens/s" in done.stderr
