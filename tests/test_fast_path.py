@@ -1,0 +1,125 @@
+"""The fast path (trainer.fast) computes the plain transformers + peft loss and LoRA gradients.
+
+Plain: packed rows [batch, max_length] through sdpa with transformers' block-diagonal mask and its
+own loss (logits materialised). Fast: the same samples flattened into one row, varlen attention and
+the fused / chunked linear cross-entropy. CPU runs in fp32 (tolerance 1e-4 relative); the gpu test
+runs QLoRA in bf16 (bf16 noise: loss within 2 %, gradients within 5 % relative norm).
+"""
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+
+import model as model_layer
+from trainer import data as data_lib
+from trainer import fast
+from trainer.config import load_config
+from trainer.lora import build_model
+
+torch.set_num_threads(1)
+
+
+def lora_grads(peft_model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().float().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def packed_samples(vocab: int, n: int = 9, max_length: int = 64, seed: int = 0) -> list[dict]:
+    """Random samples of 5..30 tokens (labels on the second half), packed into rows like training."""
+    rng = random.Random(seed)
+    ids = [[rng.randrange(3, vocab) for _ in range(rng.randint(5, 30))] for _ in range(n)]
+    labels = [[-100] * (len(s) // 2) + s[len(s) // 2:] for s in ids]
+    rows = data_lib.pack(data_lib.datasets.Dataset.from_dict({"input_ids": ids, "labels": labels}), max_length)
+    return [rows[i] for i in range(len(rows))]
+
+
+def loss_and_grads(peft_model, batch: dict) -> tuple[float, dict[str, torch.Tensor]]:
+    peft_model.zero_grad(set_to_none=True)
+    device = next(p for p in peft_model.parameters() if p.requires_grad).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss = peft_model(**{k: v.to(device) for k, v in batch.items()}).loss
+    loss.backward()
+    return loss.item(), lora_grads(peft_model)
+
+
+def run_config(tiny_checkpoint, tmp_path, method: str):
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    return load_config(None, [f"model.base={tiny_checkpoint}", f"quant.method={method}", "lora.lora_dropout=0",
+                              "lora.r=8", f"data.train_file={chats}", f"train.output_dir={tmp_path / 'run'}"])
+
+
+def compare(tiny_checkpoint, tmp_path, method: str, rel_loss: float, rel_grad: float):
+    cfg = run_config(tiny_checkpoint, tmp_path, method)
+    plain = build_model(cfg)
+    for p in plain.parameters():  # LoRA B starts at zero; give it values so every gradient is non-trivial
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    plain.train()
+    plain.config.use_cache = False  # as the Trainer runs it; with a cache transformers skips packed-sample masking
+    rows = packed_samples(plain.config.vocab_size)
+    assert len(rows) >= 2  # several packed rows, several samples in each
+
+    plain_loss, plain_grads = loss_and_grads(plain, data_lib.collate(rows))
+    fast_model = fast.apply(copy.deepcopy(plain) if method == "lora" else plain, cfg)
+    fast_loss, fast_grads = loss_and_grads(fast_model, fast.collate(rows))
+
+    assert abs(fast_loss - plain_loss) <= rel_loss * abs(plain_loss), (fast_loss, plain_loss)
+    assert plain_grads.keys() == fast_grads.keys() and plain_grads
+    for name, g in plain_grads.items():
+        err = (fast_grads[name] - g).norm() / g.norm().clamp_min(1e-12)
+        assert err <= rel_grad, f"{name}: relative gradient error {err:.2e}"
+    return fast_loss
+
+
+def test_fast_path_matches_plain_transformers_peft_on_cpu(tiny_checkpoint, tmp_path):
+    loss = compare(tiny_checkpoint, tmp_path, "lora", rel_loss=1e-5, rel_grad=1e-4)
+    assert 0 < loss < 20
+
+
+def test_chunked_loss_is_transformers_loss():
+    """The fallback loss equals transformers' ForCausalLMLoss, also across chunk borders and with num_items."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 50, 16, generator=g, requires_grad=True)
+    weight = torch.randn(40, 16, generator=g, requires_grad=True)
+    labels = torch.randint(0, 40, (2, 50), generator=g)
+    labels[:, :7] = -100
+    old, fast.CE_CHUNK = fast.CE_CHUNK, 13
+    try:
+        for items in (None, torch.tensor(77)):
+            ours = fast.linear_cross_entropy(hidden, weight, labels, items)
+            ref = ForCausalLMLoss(hidden @ weight.T, labels, 40, num_items_in_batch=items)
+            torch.testing.assert_close(ours, ref)
+            (g1,) = torch.autograd.grad(ours, weight)
+            (g2,) = torch.autograd.grad(ref, weight)
+            torch.testing.assert_close(g1, g2)
+    finally:
+        fast.CE_CHUNK = old
+
+
+def test_varlen_kwargs_mark_every_sample():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]])
+    kw = fast.varlen_kwargs(pos)
+    assert kw["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 10, 12] and kw["max_length_q"] == 4
+
+
+def test_generation_still_works_after_apply(tiny_checkpoint, tmp_path):
+    """Eval prompts are answered during training: generate with padding must be unchanged."""
+    cfg = run_config(tiny_checkpoint, tmp_path, "lora")
+    plain = build_model(cfg).eval()
+    tok = model_layer.load_tokenizer(tiny_checkpoint)
+    prompts = [[{"role": "user", "content": "你是谁"}], [{"role": "user", "content": "Who made you and why?"}]]
+    before = model_layer.generate_replies(plain, tok, prompts, max_new_tokens=8)
+    after = model_layer.generate_replies(fast.apply(plain, cfg), tok, prompts, max_new_tokens=8)
+    assert before == after
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fast_path_matches_plain_qlora_on_gpu(tiny_checkpoint, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    compare(tiny_checkpoint, tmp_path, "qlora", rel_loss=2e-2, rel_grad=5e-2)

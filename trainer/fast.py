@@ -1,0 +1,222 @@
+"""The GPU fast path for LoRA / QLoRA training: same model, same loss, less memory and time.
+
+What it changes on a model that ``trainer.lora.build_model`` returned (each measured in
+``benchmarks/train_gpu.py``, numbers in ``benchmarks/README.md``):
+
+- dtypes: ``peft.prepare_model_for_kbit_training`` upcasts every frozen non-4-bit weight
+  (embeddings, norms, lm_head) to fp32, which makes the whole residual stream fp32 (twice the
+  activation memory, fp32 attention without flash). They go back to the compute dtype; the LoRA
+  weights stay fp32 (the optimizer's master copy).
+- loss: the lm_head and the cross-entropy run fused (``cut_cross_entropy`` on CUDA), so the
+  tokens x 92,544 logits are never materialised; without it the loss runs in checkpointed chunks.
+- attention: packed sequences (``position_ids`` restarting at 0 per sample) go to flash-attention
+  varlen (torch's own kernel, ``aten._flash_attention_forward`` with ``cu_seqlens``), so no token
+  attends across samples and no L x L mask is built; batches with an ``attention_mask`` (padding,
+  generation) and unpacked rows go to sdpa as before.
+- data: ``collate`` joins a micro-batch into one row without padding (``trainer.data.collate``
+  with ``flatten=True``), which the varlen attention reads.
+
+Wiring in ``trainer/train.py`` (after ``model = build_model(cfg)``)::
+
+    if fast.enabled(cfg):
+        model = fast.apply(model, cfg)
+    collate = fast.collate if fast.enabled(cfg) else functools.partial(data_lib.collate, ...)
+
+``ASSISTANT_FAST=0`` in the environment turns it off (the plain transformers + peft path).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import types
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from trainer import data as data_lib
+
+log = logging.getLogger(__name__)
+
+ATTENTION = "assistant_varlen"  # the name this module registers with transformers' AttentionInterface
+CE_CHUNK = 8192  # tokens per chunk of the fallback loss: 8192 x 92544 fp32 logits = 3 GiB at most at once
+
+
+def enabled(cfg) -> bool:
+    """The fast path is the default for LoRA / QLoRA on a CUDA GPU; ``ASSISTANT_FAST=0`` turns it off."""
+    return (torch.cuda.is_available() and cfg.quant.method in ("qlora", "lora")
+            and os.environ.get("ASSISTANT_FAST", "1") != "0")
+
+
+def collate(features, *, pad_token_id: int = 0):
+    """A micro-batch as one row without padding, positions restarting per sample (see module doc)."""
+    return data_lib.collate(features, flatten=True)
+
+
+def apply(model: torch.nn.Module, cfg=None, *, compile: bool = False) -> torch.nn.Module:
+    """Switch a (peft-wrapped) causal LM to the fast path in place; returns it. ``compile``: torch.compile each decoder layer."""
+    lm = _causal_lm(model)
+    if getattr(lm, "is_loaded_in_4bit", False):
+        dtype = getattr(torch, cfg.quant.bnb_4bit_compute_dtype) if cfg is not None else torch.bfloat16
+        cast = _cast_frozen(lm, dtype)
+        log.info("fast path: %d frozen tensors back to %s (prepare_model_for_kbit_training made them fp32)", cast, dtype)
+    _register_attention()
+    lm.set_attn_implementation(ATTENTION)
+    lm.config.use_cache = False
+    lm.forward = types.MethodType(_forward, lm)
+    if compile:
+        for layer in lm.model.layers:
+            layer.compile()
+    log.info("fast path: fused linear cross-entropy (%s), varlen flash attention for packed rows%s",
+             "cut_cross_entropy" if _cce() else "chunked torch", ", compiled decoder layers" if compile else "")
+    return model
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers *ForCausalLM inside a peft wrapper (or the model itself)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(inner, "lm_head") or not hasattr(inner, "model"):
+        raise TypeError(f"fast.apply needs a transformers causal LM with .model and .lm_head, got {type(inner).__name__}")
+    return inner
+
+
+def _cast_frozen(lm: torch.nn.Module, dtype: torch.dtype) -> int:
+    n = 0
+    for param in lm.parameters():
+        if not param.requires_grad and param.dtype == torch.float32 and type(param).__name__ != "Params4bit":
+            param.data = param.data.to(dtype)
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- loss
+
+@functools.cache
+def _cce():
+    """cut_cross_entropy's linear_cross_entropy where it imports (it needs triton), else None."""
+    try:
+        from cut_cross_entropy import linear_cross_entropy
+    except Exception as err:  # ImportError, or triton failing to find a GPU backend
+        log.info("cut_cross_entropy unavailable (%s); using the chunked loss", err)
+        return None
+    return linear_cross_entropy
+
+
+def _ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(hidden, weight).float()
+    return F.cross_entropy(logits, targets, ignore_index=data_lib.IGNORE_INDEX, reduction="sum")
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """transformers' causal-LM loss of ``hidden @ weight.T`` against ``labels`` without whole logits.
+
+    Same semantics as ``transformers.loss.loss_utils.ForCausalLMLoss``: labels shift left by one,
+    -100 is ignored, the sum is divided by ``num_items_in_batch`` when given (gradient accumulation),
+    else by the number of trained tokens.
+    """
+    targets = F.pad(labels, (0, 1), value=data_lib.IGNORE_INDEX)[..., 1:].reshape(-1).to(hidden.device)
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    if hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)
+    cce = _cce() if hidden.is_cuda else None
+    if cce is not None:
+        total = cce(hidden, weight, targets, reduction="sum")
+    else:  # each chunk's logits live only inside its checkpoint: recomputed in backward
+        total = sum(checkpoint(_ce_sum, hidden[i:i + CE_CHUNK], weight, targets[i:i + CE_CHUNK], use_reentrant=False)
+                    for i in range(0, hidden.shape[0], CE_CHUNK))
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != data_lib.IGNORE_INDEX).sum()
+    if isinstance(count, torch.Tensor):
+        count = count.to(total.device)
+    return total / count
+
+
+def _forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+             labels=None, num_items_in_batch=None, **kwargs):
+    """The causal LM's forward with the fused loss; without labels (generation) the class's own forward."""
+    if labels is None:
+        return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs)
+    kwargs.pop("use_cache", None)
+    if attention_mask is None and position_ids is not None and past_key_values is None:
+        kwargs.update(varlen_kwargs(position_ids))
+    out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
+    loss = linear_cross_entropy(out.last_hidden_state, self.lm_head.weight, labels, num_items_in_batch)
+    return CausalLMOutputWithPast(loss=loss)
+
+
+# ----------------------------------------------------------------------------- attention
+
+def varlen_kwargs(position_ids: torch.Tensor) -> dict:
+    """cu_seqlens of the samples in packed rows (a sample starts where its position is 0), once per forward."""
+    flat = position_ids.reshape(-1)
+    starts = torch.nonzero(flat == 0).flatten()
+    if starts.numel() == 0 or starts[0] != 0:
+        starts = torch.cat([starts.new_zeros(1), starts])
+    cu = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())  # the one host sync of the step
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
+class _FlashVarlen(torch.autograd.Function):
+    """torch's built-in flash-attention 2 on [tokens, heads, dim] with cu_seqlens; GQA native."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, longest, scale):
+        out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu, cu, longest, longest, 0.0, True, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu, rng, unused)
+        ctx.longest, ctx.scale = longest, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse, cu, rng, unused = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad.contiguous(), q, k, v, out, lse, cu, cu, ctx.longest, ctx.longest, 0.0, True, rng, unused,
+            scale=ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def _segments_sdpa(q, k, v, cu, scale):
+    """Reference / CPU path: causal sdpa on each sample separately."""
+    bounds = cu.tolist()
+    outs = [F.scaled_dot_product_attention(q[:, a:b], k[:, a:b], v[:, a:b], is_causal=True, scale=scale,
+                                           enable_gqa=q.shape[0] != k.shape[0])
+            for a, b in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(outs, dim=1)
+
+
+def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                     cu_seq_lens_q=None, max_length_q=None, **kwargs):
+    """transformers attention function: varlen flash for packed rows, sdpa otherwise."""
+    if cu_seq_lens_q is None or attention_mask is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    b, h, n, d = query.shape  # [batch, heads, tokens, dim] -> [batch * tokens, heads, dim]
+    q, k, v = (t.transpose(1, 2).reshape(b * n, t.shape[1], d) for t in (query, key, value))
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out = _FlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu_seq_lens_q, max_length_q, scaling)
+    else:
+        out = _segments_sdpa(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu_seq_lens_q,
+                             scaling).transpose(0, 1)
+    return out.reshape(b, n, h, d), None
+
+
+def _varlen_mask(*args, attention_mask=None, **kwargs):
+    """No mask when there is no padding (varlen or causal sdpa need none); sdpa's mask otherwise."""
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+@functools.cache
+def _register_attention() -> None:
+    AttentionInterface.register(ATTENTION, varlen_attention)
+    AttentionMaskInterface.register(ATTENTION, _varlen_mask)
