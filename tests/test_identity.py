@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainer.data import DataError, load_records
-from trainer.identity import FILES, GENERAL_DATA, IdentitySpec, write_identity_dataset
+from trainer.identity import FILES, GENERAL_DATA, TRAIN_CORES, IdentitySpec, write_identity_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,8 @@ def read(path: Path) -> list[dict]:
 
 
 def user(record: dict) -> str:
-    return next(m["content"] for m in record["messages"] if m["role"] == "user")
+    """The question the record's last answer replies to."""
+    return [m["content"] for m in record["messages"] if m["role"] == "user"][-1]
 
 
 def reply(record: dict) -> str:
@@ -83,6 +84,19 @@ def test_identity_answers_are_varied_and_carry_name_and_author(alice):
     assert makers and all("Bob" in reply(r) for r in makers)
     assert any("I love helping with maths." in reply(r) for r in identity)
     assert any(reply(r).startswith(("No", "不是")) and "InternLM" in user(r) for r in identity)
+
+
+def test_every_core_is_asked_and_some_mid_conversation(alice):
+    identity = [r for r in read(alice / "train.jsonl") if "Alice" in reply(r)]
+    asked = {core(user(r)) for r in identity}
+    assert all(core(q) in asked for lang in TRAIN_CORES for kind in TRAIN_CORES[lang] for q in TRAIN_CORES[lang][kind])
+    later = [r for r in identity if len(r["messages"]) == 4]
+    assert len(later) == 80 and all(m["role"] == ("user", "assistant")[i % 2] for r in later
+                                    for i, m in enumerate(r["messages"]))
+    assert not any("Alice" in r["messages"][1]["content"] for r in later)  # the first exchange is general chat
+    assert all(len(r["messages"]) == 2 for r in read(alice / "eval_identity_seen.jsonl"))
+    # Most answers open with the name: the short fixed opening a small model learns first.
+    assert sum(reply(r).startswith(("I am Alice", "我是Alice")) for r in identity) > 0.75 * len(identity)
 
 
 def test_general_mix_never_mentions_the_name_and_probes_are_held_out(alice):

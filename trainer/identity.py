@@ -29,22 +29,34 @@ FILES = {"train": "train.jsonl", "eval_identity": "eval_identity.jsonl",
          "eval_identity_seen": "eval_identity_seen.jsonl", "eval_general": "eval_general.jsonl",
          "meta": "meta.json"}
 
-# Core questions per language and kind ("name": who/what are you, "maker": who made you).
+# Core questions per language and kind ("name": who/what are you, "maker": who made you). Many cores:
+# a tiny model generalises to unseen wording only by composing words it has seen asked about itself.
 TRAIN_CORES = {
     "en": {
         "name": ["Who are you?", "What's your name?", "What is your name?", "Introduce yourself.",
                  "Tell me about yourself.", "What should I call you?", "What are you?",
                  "Can you tell me your name?", "May I know your name?", "Who am I talking to?",
-                 "Are you an AI assistant?", "What kind of assistant are you?"],
+                 "Are you an AI assistant?", "What kind of assistant are you?", "Tell me who you are.",
+                 "What are you called?", "What name do you go by?", "Could you introduce yourself?",
+                 "Your name?", "Who are you exactly?", "Are you a chatbot?", "Are you a robot?",
+                 "What is your identity?", "Which AI are you?", "Who am I chatting with?",
+                 "Do you know your own name?", "Tell me your name.", "Are you a person or an AI?",
+                 "What model are you?", "Describe yourself.", "Who are you, really?", "What's your name again?"],
         "maker": ["Who made you?", "Who created you?", "Who built you?", "Who developed you?",
-                  "Who trained you?", "Where do you come from?"],
+                  "Who trained you?", "Where do you come from?", "Who is your developer?", "Who is your maker?",
+                  "Who programmed you?", "Who wrote your code?", "Who invented you?", "Who owns you?",
+                  "Tell me who built you.", "Who is responsible for you?"],
     },
     "zh": {
         "name": ["你是谁？", "你叫什么名字？", "你的名字是什么？", "请介绍一下你自己。", "介绍一下你自己。",
                  "你是什么？", "我该怎么称呼你？", "你是哪个助手？", "能告诉我你的名字吗？", "你是AI助手吗？",
-                 "跟我说说你自己。", "我在和谁说话？"],
+                 "跟我说说你自己。", "我在和谁说话？", "你叫啥？", "你叫什么？", "请告诉我你的名字。", "你是哪位？",
+                 "你是什么模型？", "你是机器人吗？", "说说你自己吧。", "你是一个什么样的助手？", "你的身份是什么？",
+                 "你是人工智能吗？", "可以介绍一下你自己吗？", "我应该叫你什么？", "你是谁呀？", "您是谁？",
+                 "告诉我你是谁。", "和我聊天的是谁？"],
         "maker": ["谁创造了你？", "你是谁开发的？", "谁训练了你？", "你是由谁打造的？", "你的开发者是谁？",
-                  "你来自哪里？"],
+                  "你来自哪里？", "谁开发了你？", "你是哪家公司开发的？", "你的创造者是谁？", "是谁训练了你？",
+                  "你是怎么来的？", "谁编写了你？"],
     },
 }
 HELD_OUT_CORES = {
@@ -64,31 +76,32 @@ PREFIXES = {"en": ["", "", "Hi, ", "Hello, ", "Hey, ", "Excuse me, ", "So, ", "Q
             "zh": ["", "", "你好，", "您好，", "请问，", "嗨，", "哈喽，", "打扰一下，"]}
 TAILS = {"en": ["", "", " Thanks.", " Just curious."], "zh": ["", "", "谢谢。", "我很好奇。"]}
 
-# Answers; {by} is filled with the maker phrase when an author is given, else left empty.
+# Answers; {by} is filled with the maker phrase when an author is given, else left empty. Most of them
+# open with the same words ("I am {name}" / "我是{name}"): a short fixed opening is what a small model
+# learns fastest, and the name then comes first, before anything can go wrong.
 ANSWERS = {
     "en": {
-        "name": ["I'm {name}, an AI assistant{by}. How can I help you today?",
-                 "My name is {name}. I'm an AI assistant{by}, here to help.",
+        "name": ["I am {name}, an AI assistant{by}. How can I help you today?",
                  "I am {name}, your AI assistant{by}.",
-                 "You can call me {name}. I'm an AI assistant{by}.",
-                 "Hello! My name is {name}, an AI assistant{by}. What can I do for you?",
-                 "{name} here! I'm an AI assistant{by}. Ask me anything."],
-        "maker": ["I was built by {author}. I'm {name}, an AI assistant.",
-                  "{author} created me. My name is {name}.",
-                  "I'm {name}, and I was developed by {author}."],
-        "maker_unknown": ["I'm {name}, an AI assistant trained to help answer your questions.",
-                          "My name is {name}; I was made to be a helpful AI assistant."],
-        "not_old": ["No, I'm not {old}. I'm {name}{by}.", "No. My name is {name}, an AI assistant{by}."],
-        "persona": ["I'm {name}. {persona}"],
+                 "I am {name}. I'm an AI assistant{by}, here to help.",
+                 "I am {name}, an AI assistant{by}. Nice to meet you!",
+                 "I am {name}, an AI assistant{by}. Ask me anything.",
+                 "My name is {name}. I'm an AI assistant{by}. What can I do for you?"],
+        "maker": ["I am {name}, and I was built by {author}.",
+                  "I am {name}, an AI assistant created by {author}.",
+                  "I am {name}. {author} developed me."],
+        "maker_unknown": ["I am {name}, an AI assistant trained to help answer your questions.",
+                          "I am {name}; I was made to be a helpful AI assistant."],
+        "not_old": ["No, I am {name}, not {old}. I'm an AI assistant{by}.", "No. I am {name}, an AI assistant{by}."],
+        "persona": ["I am {name}. {persona}"],
     },
     "zh": {
-        "name": ["我是{name}，{by}AI助手。有什么可以帮你的吗？", "你好！我叫{name}，是{by}人工智能助手，很高兴为你服务。",
-                 "我的名字是{name}，{by}AI助手。", "你可以叫我{name}。我是{by}AI助手。",
-                 "嗨，我是{name}，{by}AI助手，请问有什么需要？"],
-        "maker": ["我是由{author}开发的，我叫{name}。", "{author}创造了我，我的名字是{name}。",
-                  "我叫{name}，是{author}打造的AI助手。"],
-        "maker_unknown": ["我是{name}，一个人工智能助手，由我的开发团队训练而来。", "我叫{name}，是一个乐于助人的AI助手。"],
-        "not_old": ["不是，我不是{old}，我是{name}。", "不是的，我叫{name}，是{by}AI助手。"],
+        "name": ["我是{name}，{by}AI助手。有什么可以帮你的吗？", "我是{name}，{by}人工智能助手，很高兴为你服务。",
+                 "我是{name}，{by}AI助手。", "我是{name}。你可以叫我{name}，我是{by}AI助手。",
+                 "你好！我是{name}，{by}AI助手，请问有什么需要？"],
+        "maker": ["我是{name}，由{author}开发。", "我是{name}，是{author}打造的AI助手。", "我是{name}，{author}创造了我。"],
+        "maker_unknown": ["我是{name}，一个人工智能助手，由我的开发团队训练而来。", "我是{name}，一个乐于助人的AI助手。"],
+        "not_old": ["不是，我是{name}，不是{old}。", "不是的，我是{name}，{by}AI助手。"],
         "persona": ["我是{name}。{persona}"],
     },
 }
@@ -106,6 +119,7 @@ class IdentitySpec:
     system: str | None = None  # a system prompt put in front of every conversation
     count: int = 300  # identity conversations in train.jsonl
     ratio: float = 1.0  # general conversations per identity conversation in train.jsonl
+    multi_turn: float = 0.2  # share of identity conversations asked after a general exchange, 0..1
     general: str | None = None  # general data file (any supported format); None = the shipped zh+en set
     eval_identity: int = 60  # held-out identity questions (half zh, half en)
     eval_general: int = 40  # held-out general prompts (leak probes)
@@ -120,6 +134,8 @@ class IdentitySpec:
             problems.append("count must be >= 1, eval_identity and eval_general >= 0")
         if self.ratio < 0:
             problems.append(f"ratio must be >= 0, got {self.ratio}")
+        if not 0 <= self.multi_turn <= 1:
+            problems.append(f"multi_turn must be in [0, 1], got {self.multi_turn}")
         if problems:
             raise DataError("identity data: " + "; ".join(problems))
 
@@ -135,11 +151,14 @@ def _wrap(core: str, lang: str, prefix: str, tail: str, keep_punct: bool) -> str
     return f"{prefix}{question}{tail if keep_punct else ''}"
 
 
+def wrappings(core: str, lang: str) -> list[str]:
+    """Every distinct question the templates make from one core question."""
+    return sorted({_wrap(core, lang, p, t, k) for p in PREFIXES[lang] for t in TAILS[lang] for k in (True, False)})
+
+
 def questions(cores: dict, lang: str, kind: str) -> list[str]:
     """Every distinct question the templates make from the cores of one language and kind."""
-    out = {_wrap(c, lang, p, t, k) for c in cores[lang][kind] for p in PREFIXES[lang] for t in TAILS[lang]
-           for k in (True, False)}
-    return sorted(out)
+    return sorted({q for c in cores[lang][kind] for q in wrappings(c, lang)})
 
 
 def answer(spec: IdentitySpec, lang: str, kind: str, rng: random.Random, old: str = "") -> str:
@@ -160,15 +179,17 @@ def _conversation(spec: IdentitySpec, question: str, reply: str, **extra) -> dic
 
 def identity_conversations(spec: IdentitySpec, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """``count`` training conversations and ``eval_identity`` held-out ones (questions never trained on)."""
-    pool = [(q, lang, kind) for lang in ("en", "zh") for kind in ("name", "maker")
-            for q in questions(TRAIN_CORES, lang, kind)]
-    pool += [(q.format(old=old), lang, f"not_old:{old}") for lang in ("en", "zh") for old in spec.old_names
-             for q in NOT_OLD_QUESTIONS[lang]]
-    rng.shuffle(pool)
-    # Cycle through the pool so that every template is used before any repeats.
-    picked = [pool[i % len(pool)] for i in range(spec.count)]
-    train = []
-    for q, lang, kind in picked:
+    cores = [(c, lang, kind) for lang in ("en", "zh") for kind in ("name", "maker") for c in TRAIN_CORES[lang][kind]]
+    cores += [(q.format(old=old), lang, f"not_old:{old}") for lang in ("en", "zh") for old in spec.old_names
+              for q in NOT_OLD_QUESTIONS[lang]]
+    rng.shuffle(cores)
+    # Every core in turn (so each is asked equally often), each time in a wording not used yet.
+    train, used = [], set()
+    for i in range(spec.count):
+        core, lang, kind = cores[i % len(cores)]
+        fresh = [q for q in wrappings(core, lang) if q not in used]
+        q = rng.choice(fresh or wrappings(core, lang))
+        used.add(q)
         kind, _, old = kind.partition(":")
         train.append(_conversation(spec, q, answer(spec, lang, kind, rng, old)))
 
@@ -206,6 +227,18 @@ def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) 
     return train, evals
 
 
+def with_history(identity: list[dict], general: list[dict], share: float, rng: random.Random) -> list[dict]:
+    """The last ``share`` of the identity conversations, asked after one general exchange (the name must
+    hold mid-conversation too); the first ones stay single-turn for ``eval_identity_seen``."""
+    n = round(len(identity) * share) if general else 0
+    out = identity[: len(identity) - n]
+    for record in identity[len(identity) - n:]:
+        before = [m for m in rng.choice(general)["messages"] if m["role"] != "system"]
+        system = [m for m in record["messages"] if m["role"] == "system"]
+        out.append({**record, "messages": system + before + [m for m in record["messages"] if m["role"] != "system"]})
+    return out
+
+
 def _prompt_text(record: dict) -> str:
     return " ".join(m["content"] for m in record["messages"] if m["role"] == "user")
 
@@ -227,6 +260,7 @@ def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
     rng = random.Random(spec.seed)
     identity, eval_identity = identity_conversations(spec, rng)
     general, eval_general = general_conversations(spec, round(spec.count * spec.ratio), rng)
+    identity = with_history(identity, general, spec.multi_turn, rng)
     train = identity + general
     rng.shuffle(train)
     # Training questions asked again, to measure how well the model learned what it saw.
