@@ -2,7 +2,8 @@
 
 ``ChatEngine.from_pretrained(folder)`` loads a merged model (or base + LoRA adapter) through
 ``model/``; ``engine.stream(messages, settings)`` yields the reply as text deltas. Everything that
-touches the model per token lives in `chat.decode.generate_tokens`.
+touches the model per token lives in `chat.decode.generate_tokens`, called from `ChatEngine.tokens`
+only: that is the seam where a faster decoder (issue 10) plugs in.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from chat.decode import GenerationSettings, generate_tokens
 from chat.history import Message, build_prompt, normalize_messages
 from chat.stream import IncrementalDetokenizer
+from model import CheckpointError, build_tiny_checkpoint, load_model, load_tokenizer, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 def ensure_demo_model(out_dir: str | Path) -> Path:
     """The project's embedded demo model (a tiny random InternLM2-format checkpoint), built if absent."""
-    from model import build_tiny_checkpoint
-
     out_dir = Path(out_dir)
     if not (out_dir / "config.json").is_file():
         log.info("building the demo model in %s", out_dir)
@@ -91,8 +91,6 @@ class ChatEngine:
     """A loaded model + tokenizer that streams chat replies; safe to share between threads."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", max_context: int | None = None) -> None:
-        from model import stop_token_ids
-
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -106,8 +104,6 @@ class ChatEngine:
         cls, path: str | Path, adapter: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype = "auto"
     ) -> ChatEngine:
         """Load a merged model folder, or a base model folder plus a peft LoRA adapter folder."""
-        from model import CheckpointError, load_model, load_tokenizer
-
         path = Path(path)
         if not (path / "config.json").is_file():
             raise EngineError(f"{path}: no config.json here; pass a model folder (e.g. the output of `assistant merge`)")
@@ -131,10 +127,6 @@ class ChatEngine:
         model.eval()
         log.info("loaded %s on %s in %s", path.name, torch_device, str(torch_dtype).removeprefix("torch."))
         return cls(model, tokenizer, name=path.name)
-
-    def settings(self, settings: GenerationSettings | None = None, **overrides: Any) -> GenerationSettings:
-        settings = settings or GenerationSettings()
-        return dataclasses.replace(settings, **overrides) if overrides else settings
 
     def prompt(self, messages: list[Message], settings: GenerationSettings) -> tuple[list[int], int, int]:
         """(prompt ids, max new tokens, messages dropped) for the messages within the context window.
@@ -167,7 +159,7 @@ class ChatEngine:
         Stops at the model's stop tokens, `max_new_tokens`, when `cancel` is set, or when the
         caller closes the generator (the decode loop runs inside it, so nothing keeps computing).
         """
-        settings = self.settings(settings, **overrides)
+        settings = dataclasses.replace(settings or GenerationSettings(), **overrides)
         stats = stats if stats is not None else GenerationStats()
         start = time.perf_counter()
         prompt_ids, max_new, stats.dropped_messages = self.prompt(messages, settings)
