@@ -14,9 +14,9 @@ from trainer.config import (DEEPSPEED_PRESETS, SECTIONS, ConfigError, RunConfig,
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-def test_presets_are_the_shipped_four():
-    assert [p.stem for p in PRESETS] == ["internlm2_1_8b_full_pretrain", "internlm2_chat_1_8b_qlora_assistant",
-                                         "internlm2_chat_7b_qlora_oasst1", "tiny_lora_cpu"]
+def test_the_tutorial_presets_are_shipped():
+    assert {"internlm2_1_8b_full_pretrain", "internlm2_chat_1_8b_qlora_assistant", "internlm2_chat_7b_qlora_oasst1",
+            "tiny_lora_cpu"} <= {p.stem for p in PRESETS}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
