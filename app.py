@@ -115,7 +115,8 @@ def description() -> str:
     if not LAZY_LOAD:
         get_engine()
     if _load_error is not None:
-        return f"**{load_error_text()}**\n\nCheck `MODEL_REPO` (now `{public_source(MODEL_REPO) or 'unset'}`) and the logs."
+        source = public_source(MODEL_REPO) or "unset"
+        return f"**{load_error_text()}**\n\nCheck `MODEL_REPO` (now `{source}`) and the logs."
     where = f"`{public_source(MODEL_REPO)}`" if MODEL_REPO else "the project's built-in demo model"
     text = f"Chat with **{model_title()}**, served from {where}."
     if not MODEL_REPO:

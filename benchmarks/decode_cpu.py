@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "name": "decode_cpu" if device.type == "cpu" else "decode_gpu", "shape": args.shape, "device": str(device),
         "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "prompt_tokens": len(prompt_ids), "new_tokens": args.new_tokens, "same_greedy_tokens": engine_ids == generate_ids,
+        "prompt_tokens": len(prompt_ids), "new_tokens": args.new_tokens,
+        "same_greedy_tokens": engine_ids == generate_ids,
         "engine_tokens_per_s": round(stats.new_tokens / stats.elapsed_s, 2),
         "engine_first_token_s": round(stats.first_token_s, 4),
         "generate_tokens_per_s": round(args.new_tokens / generate_s, 2),

@@ -101,12 +101,14 @@ class ChatEngine:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, adapter: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype = "auto"
+        cls, path: str | Path, adapter: str | Path | None = None, device: str = "auto",
+        dtype: str | torch.dtype = "auto",
     ) -> ChatEngine:
         """Load a merged model folder, or a base model folder plus a peft LoRA adapter folder."""
         path = Path(path)
         if not (path / "config.json").is_file():
-            raise EngineError(f"{path}: no config.json here; pass a model folder (e.g. the output of `assistant merge`)")
+            raise EngineError(f"{path}: no config.json here; "
+                              "pass a model folder (e.g. the output of `assistant merge`)")
         if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
             raise EngineError(f"{adapter}: no adapter_config.json here; pass the adapter folder of a training run")
         torch_device = resolve_device(device)

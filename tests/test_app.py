@@ -45,7 +45,8 @@ def running_app(env: dict[str, str], log_file: Path, timeout_s: float = 120) -> 
     full_env = {**os.environ, **QUIET_ENV, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), **env}
     url = f"http://127.0.0.1:{port}/"
     with open(log_file, "w") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout_s
         while True:

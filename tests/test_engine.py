@@ -33,7 +33,8 @@ def ask(text: str) -> list[dict]:
 
 
 def greedy_generate_ids(engine: ChatEngine, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    out = engine.model.generate(torch.tensor([prompt_ids], device=engine.model.device), max_new_tokens=max_new_tokens, do_sample=False,
+    x = torch.tensor([prompt_ids], device=engine.model.device)
+    out = engine.model.generate(x, max_new_tokens=max_new_tokens, do_sample=False,
                                 eos_token_id=engine.stop_ids, pad_token_id=engine.stop_ids[0])
     new = out[0, len(prompt_ids):].tolist()
     return new[: next((i for i, t in enumerate(new) if t in engine.stop_ids), len(new))]
