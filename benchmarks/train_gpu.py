@@ -1,0 +1,277 @@
+"""Training speed of the project's QLoRA path on the InternLM2 shapes, one JSON line per case.
+
+    python -m benchmarks.train_gpu ours_qlora1 ours_qlora4 ours_short4 ...   (SHAPE=1_8b | 7b | tiny)
+    python -m benchmarks.train_gpu proof          # issue 4: trainer.train.train, 300 QLoRA steps, packed
+    python -m benchmarks.train_gpu --report results.jsonl   # ratio lines against the peers' cases
+
+Weights are random (speed does not depend on their values), written once per shape under
+$TMPDIR/assistant_bench as an InternLM2-format folder (original key names, fused wqkv) next to a
+tiny sentencepiece tokenizer: the model's vocabulary (92,544) is larger than the tokenizer's, as
+random-token benchmarks need. The loop is the Trainer's step without the Trainer (autocast bf16,
+non-reentrant per-layer activation checkpointing, fused AdamW), with the peers' settings: LoRA r64
+alpha 16 on all seven linear layers, seq 2048, 3 warm-up + 10 timed steps on random tokens.
+
+A case is ``ours_<kind><batch>[_<variant>...]``: kind ``qlora`` (full 2048-token rows) or ``short``
+(32-256-token chats packed into 2048-token rows, ``batch`` rows a step); variants ``d0`` (LoRA
+dropout 0 instead of the presets' 0.1), ``plain`` (no fast path: transformers + peft as
+trainer.lora builds it), ``compile`` (torch.compile each decoder layer), ``nockpt`` (no activation
+checkpointing), ``offload`` (checkpointed layer inputs kept in pinned CPU memory), ``adam8``
+(bitsandbytes 8-bit AdamW).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {  # InternLM2 configs (config.json keys)
+    "1_8b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16,
+                 num_key_value_heads=8, vocab_size=92544),
+    "7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=92544),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=4096),
+}
+PARAMS = {"1_8b": 1.89e9, "7b": 7.74e9, "tiny": 1e6}  # for the peers' mfu_6N column
+SHAPE = os.environ.get("SHAPE", "1_8b")
+SEQ = int(os.environ.get("SEQ", 2048 if SHAPE != "tiny" else 128))
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+BENCH_DIR = Path(os.environ.get("BENCH_DIR", Path(tempfile.gettempdir()) / "assistant_bench"))
+
+
+def emit(row: dict) -> None:
+    print(json.dumps(row, ensure_ascii=False), flush=True)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def build_checkpoint(shape: str = SHAPE, *, reuse_peers: bool = True) -> Path:
+    """An InternLM2-format folder of ``shape`` with random bf16 weights and a tiny tokenizer (once).
+
+    Where the peers' scripts already wrote the shape (Llama layout, same numbers of everything), that
+    folder is used instead: model.load_model reads both layouts and speed does not depend on it.
+    """
+    from safetensors.torch import save_file
+
+    import model as model_layer
+    from model import internlm2
+
+    peers = Path(tempfile.gettempdir()) / f"internlm2_{shape}_shape"
+    if reuse_peers and (peers / "config.json").exists():
+        return peers
+    out = BENCH_DIR / f"internlm2_{shape}"
+    if (out / "model.safetensors").exists():
+        return out
+    tmp = BENCH_DIR / f".internlm2_{shape}.tmp"
+    model_layer.build_tiny_checkpoint(tmp)  # tokenizer files; its tiny weights are replaced below
+    cfg = json.loads((tmp / "config.json").read_text())
+    cfg.update(SHAPES[shape], max_position_embeddings=32768, rope_theta=1e6, torch_dtype="bfloat16")
+    llama_cfg = internlm2.llama_config_from_internlm2(cfg)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in __import__("transformers").LlamaForCausalLM(llama_cfg).state_dict().items()}
+    g = torch.Generator(DEVICE).manual_seed(0)
+    sd = {k: (torch.ones(s, device=DEVICE) if k.endswith("norm.weight") else
+              torch.randn(s, device=DEVICE, generator=g) * 0.02).to(torch.bfloat16) for k, s in shapes.items()}
+    sd = {k: v.cpu().contiguous() for k, v in internlm2.state_dict_to_internlm2(sd, llama_cfg).items()}
+    save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    tmp.rename(out)
+    del sd
+    return out
+
+
+# ----------------------------------------------------------------------------- one case
+
+def run_config(base: Path, method: str, dropout: float, extra: list[str] = ()):
+    from trainer.config import load_config
+
+    chats = BENCH_DIR / "one_chat.jsonl"  # the config wants a data file; the loop feeds random tokens
+    chats.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    return load_config(None, [f"model.base={base}", f"quant.method={method}", f"lora.lora_dropout={dropout}",
+                              f"data.train_file={chats}", f"train.output_dir={BENCH_DIR / 'unused'}", *extra])
+
+
+def build(cfg, variants: set[str]):
+    from trainer import fast
+    from trainer.lora import build_model
+
+    model = build_model(cfg)
+    if "plain" not in variants:
+        fast.apply(model, cfg, compile="compile" in variants)
+    if "nockpt" not in variants:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    return model
+
+
+def batches(kind: str, bs: int, n: int, vocab: int, variants: set[str]):
+    """(batch dict, samples, real tokens) for each step. short: U[32,256]-token chats packed like training."""
+    from trainer import data as data_lib
+    from trainer import fast
+
+    g = torch.Generator().manual_seed(0)
+    if kind == "qlora":
+        x = torch.randint(0, vocab, (bs, SEQ), generator=g)
+        return [({"input_ids": x, "labels": x}, bs, bs * SEQ)] * n
+    lengths = torch.randint(32, min(256, SEQ) + 1, (n * bs * SEQ // 100,), generator=g).tolist()
+    ids = [torch.randint(3, vocab, (k,), generator=g).tolist() for k in lengths]
+    rows = data_lib.pack(data_lib.datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}), SEQ)
+    rows = [rows[i] for i in range(min(len(rows), n * bs))]
+    collate = data_lib.collate if "plain" in variants else fast.collate
+    out = []
+    for i in range(0, len(rows) - bs + 1, bs):
+        chunk = rows[i:i + bs]
+        out.append((collate(chunk), sum(r["position_ids"].count(0) for r in chunk), sum(len(r["input_ids"]) for r in chunk)))
+    return out[:n]
+
+
+def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
+    parts = name.split("_")  # ours_qlora4_d0_compile
+    kind, bs = parts[1].rstrip("0123456789"), int(parts[1].lstrip("abcdefghijklmnopqrstuvwxyz"))
+    variants = set(parts[2:])
+    method = "qlora" if CUDA else "lora"
+    base = build_checkpoint()
+    if CUDA:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    cfg = run_config(base, method, 0.0 if "d0" in variants else 0.1)
+    model = build(cfg, variants)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if "adam8" in variants:
+        import bitsandbytes as bnb
+
+        opt = bnb.optim.AdamW8bit(params, lr=2e-4)
+    else:
+        opt = torch.optim.AdamW(params, lr=2e-4, fused=CUDA)
+    data = batches(kind, bs, warm + steps, model.config.vocab_size, variants)
+    offload = torch.autograd.graph.save_on_cpu(pin_memory=True) if "offload" in variants else None
+    samples = tokens = 0
+    for i, (batch, n_samples, n_tokens) in enumerate(data):
+        if i == warm:
+            if CUDA:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        batch = {k: v.to(DEVICE, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=CUDA):
+            if offload is not None:
+                with offload:
+                    loss = model(**batch).loss
+            else:
+                loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # the Trainer clips (max_grad_norm 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warm:
+            samples, tokens = samples + n_samples, tokens + n_tokens
+    if CUDA:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    timed = len(data) - warm
+    row = dict(case=name, shape=SHAPE, bs=bs, seq=SEQ, tokens_per_s=round(tokens / dt), step_s=round(dt / timed, 4),
+               peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if CUDA else None,
+               mfu_6N=round(6 * PARAMS[SHAPE] * tokens / dt / 790e12, 3), loss=round(loss.item(), 3))
+    if kind == "short":
+        row.update(samples_per_s=round(samples / dt, 1), samples_per_step=round(samples / timed, 1))
+    del model, opt, loss, data
+    gc.collect()
+    if CUDA:
+        torch.cuda.empty_cache()
+    return row
+
+
+# ----------------------------------------------------------------------------- issue 4 proof
+
+def proof(steps: int = int(os.environ.get("PROOF_STEPS", 300))) -> dict:
+    """trainer.train.train as a user runs it: the 1.8B QLoRA preset on generated identity data, packed."""
+    import trainer.train as train_mod
+    from trainer import data as data_lib
+    from trainer import fast, lora
+    from trainer.config import PRESETS_DIR, load_config
+    from trainer.identity import IdentitySpec, write_identity_dataset
+
+    wired = hasattr(train_mod, "fast")
+    if not wired and CUDA:  # what train.py does once the fast path is wired in (see trainer/fast.py)
+        train_mod.build_model = lambda cfg: fast.apply(lora.build_model(cfg), cfg)
+        plain_collate = data_lib.collate
+        data_lib.collate = lambda features, pad_token_id=0: plain_collate(features, flatten=True)
+    base = build_checkpoint(reuse_peers=False)  # the user's case: an InternLM2-format download
+    data = write_identity_dataset(IdentitySpec(name="小助手", author="bench", count=1000), BENCH_DIR / "identity")
+    run_dir = BENCH_DIR / f"proof_{int(time.time())}"
+    cfg = load_config(PRESETS_DIR / "internlm2_chat_1_8b_qlora_assistant.yaml", [
+        f"model.base={base}", f"data.train_file={data / 'train.jsonl'}", f"train.output_dir={run_dir}",
+        f"train.max_steps={steps}", "train.num_train_epochs=1000", "train.eval_steps=0",
+        "train.eval_max_new_tokens=16", "train.save_steps=100", "train.logging_steps=10", "train.report_to=none",
+        *([] if CUDA else ["quant.method=lora", "data.max_length=128"])])
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    run = train_mod.train(cfg)
+    info = json.loads((run / "run.json").read_text())
+    losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in losses if "loss" in r]
+    return dict(case="proof_train_qlora_packed", shape=SHAPE, fast_path="wired" if wired else "patched in" if CUDA else "off (CPU)",
+                steps=info["steps"], tokens_seen=info["tokens_seen"], seconds=info["train_seconds_last_session"],
+                tokens_per_s=round(info["tokens_seen"] / info["train_seconds_last_session"]),
+                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if CUDA else None,
+                first_loss=losses[0] if losses else None, final_loss=info["final_loss"],
+                adapter=sorted(p.name for p in run.glob("adapter_*")))
+
+
+# ----------------------------------------------------------------------------- ratios
+
+PAIRS = [  # (ours, peer, field): the issue's targets are ratios against these peers
+    ("ours_qlora1_d0", "unsloth_qlora1", "tokens_per_s"), ("ours_qlora1", "qlora1", "tokens_per_s"),
+    ("ours_qlora4_d0", "unsloth_qlora4", "tokens_per_s"), ("ours_qlora4", "qlora4", "tokens_per_s"),
+    ("ours_short4", "qlora_short16", "samples_per_s"),
+    ("ours_qlora1_d0@7b", "unsloth_qlora1@7b", "tokens_per_s"),
+]
+
+
+def report(path: Path) -> None:
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            rows[r["case"] + ("@7b" if r.get("shape") == "7b" else "")] = r
+    for ours, peer, key in PAIRS:
+        if ours in rows and peer in rows and key in rows[ours] and key in rows[peer]:
+            a, b = rows[ours], rows[peer]
+            emit(dict(ratio=f"{ours} / {peer}", field=key, ours=a[key], peer=b[key], x=round(a[key] / b[key], 2),
+                      ours_peak_gib=a.get("peak_gib"), peer_peak_gib=b.get("peak_gib")))
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--report"]:
+        report(Path(argv[1]))
+        return 0
+    if CUDA:
+        import transformers
+
+        print(torch.__version__, torch.cuda.get_device_name(0), "transformers", transformers.__version__, flush=True)
+    for case in argv:
+        try:
+            emit(proof() if case == "proof" else train_case(case))
+        except Exception as err:  # one broken case must not hide the others
+            import traceback
+
+            traceback.print_exc()
+            emit(dict(case=case, shape=SHAPE, error=repr(err)[:300]))
+            gc.collect()
+            if CUDA:
+                torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
