@@ -1,0 +1,78 @@
+"""``assistant demo --name Alice``: the whole pipeline offline on a tiny model, each stage timed.
+
+data → tiny base → LoRA → report → merge (``trainer.demo``) → push to a git-lfs repo → Gradio app.
+Every stage prints the ``assistant`` command that re-runs it alone on the same files.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="assistant demo", description=__doc__)
+    p.add_argument("--name", required=True, help="the assistant's new name")
+    p.add_argument("--author", help="who made it (answers to 'who made you' name them)")
+    p.add_argument("--workdir", default="demo_out", help="where every file goes (default ./demo_out)")
+    p.add_argument("--remote", help="push here (git URL or hf:owner/name) instead of a local bare repo")
+    p.add_argument("--fresh", action="store_true", help="delete the work folder first (else the trained base is reused)")
+    p.add_argument("--no-app", dest="app", action="store_false", help="stop after the push; do not start the app")
+    p.add_argument("--port", type=int, default=7860, help="the app's port (default 7860)")
+    args = p.parse_args(argv)
+    if not sys.stderr.isatty():  # a log file gets a progress line every 10 s, not one per step
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
+
+    from hub import push_folder
+    from trainer import demo
+
+    cfg = demo.DemoConfig(name=args.name, author=args.author, workdir=Path(args.workdir))
+    paths = cfg.paths
+    if args.fresh:
+        shutil.rmtree(paths.root, ignore_errors=True)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with demo.stage(1, "self-cognition data", demo.data_command(cfg)):
+        demo.write_data(cfg)
+    with demo.stage(2, "tiny base model, taught general chat", *demo.base_commands(cfg)):
+        demo.build_base(cfg)
+    method = demo.quant_method()
+    with demo.stage(3, f"identity fine-tune ({method})", demo.finetune_command(cfg, method)):
+        demo.finetune(cfg, method)
+    with demo.stage(4, "fine-tune report", demo.report_command(cfg)):
+        demo.report(cfg)
+        print((paths.run / "report.md").read_text(encoding="utf-8"), flush=True)
+    with demo.stage(5, "merge", demo.merge_command(cfg)):
+        demo.merge_adapter(cfg)
+    remote = args.remote or paths.repo.as_uri()
+    with demo.stage(6, f"push to {remote}", f"assistant push {paths.merged} --to {remote}"):
+        if not args.remote and not paths.repo.exists():
+            subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(paths.repo)], check=True)
+        push_folder(paths.merged, remote, cache_dir=paths.cache)
+    print(f"model: {paths.merged}\nrepo:  {remote}\nchat:  assistant chat {paths.merged}", flush=True)
+    if not args.app:
+        return 0
+    env = {**os.environ, "MODEL_REPO": remote, "MODEL_CACHE": str(paths.cache / "models"),
+           "GRADIO_SERVER_PORT": str(args.port)}
+    with demo.stage(7, "Gradio app (Ctrl-C stops it)", f"MODEL_REPO={remote} python app.py"):
+        app = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env)
+        url = f"http://127.0.0.1:{args.port}/"
+        while app.poll() is None and not _answers(url):
+            time.sleep(1)
+        if app.poll() is None:
+            print(f"app:   {url}  (running; Ctrl-C stops it)", flush=True)
+        return app.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,92 @@
+"""The offline demo end to end: data → tiny base → LoRA → report → merge → git-lfs push, one real run.
+
+The run takes a few minutes on 2 CPU cores; every test here reads the files of that one run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+# What the tiny demo model must reach (issue 8), measured on held-out paraphrases and prompts.
+MIN_IDENTITY, MAX_LEAK, MIN_SEEN = 0.70, 0.15, 0.95
+STAGE_TITLES = ["self-cognition data", "tiny base model", "identity fine-tune", "fine-tune report", "merge", "push to"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    work = tmp_path_factory.mktemp("demo") / "out"
+    env = {"ASSISTANT_CACHE": str(work.parent / "cache"), "OMP_NUM_THREADS": "2"}
+    run = run_cli("demo", "--name", "Alice", "--no-app", "--workdir", str(work), env=env, timeout=1200)
+    return work, run
+
+
+def test_demo_runs_every_stage_but_the_app_and_says_how_to_rerun_each(demo):
+    work, run = demo
+    assert run.returncode == 0, run.stderr[-3000:]
+    for number, title in enumerate(STAGE_TITLES, 1):
+        assert f"==== [{number}/7] {title}" in run.stderr
+        assert f"---- [{number}/7] {title}" in run.stderr  # ... and its time
+    assert "[7/7]" not in run.stderr  # --no-app
+    for command in ("assistant data identity --name 'Alice'", "assistant tiny ", "assistant train --config",
+                    "assistant report ", "assistant merge ", "assistant push "):
+        assert f"alone: {command}" in run.stderr
+    assert "## Fine-tune report: Alice" in run.stdout
+    assert f"repo:  {(work / 'model.git').as_uri()}" in run.stdout
+    assert "eval step" in run.stderr  # eval prompts answered during training
+
+
+def test_the_model_learned_its_name_and_keeps_it_to_itself(demo):
+    work, run = demo
+    assert run.returncode == 0, run.stderr[-3000:]
+    rep = json.loads((work / "run" / "report.json").read_text(encoding="utf-8"))
+    ft, base = rep["fine_tuned"], rep["base"]
+    figures = json.dumps({"fine_tuned": ft, "base": base})
+    assert ft["identity_accuracy"] >= MIN_IDENTITY, figures
+    assert ft["identity_leak"] <= MAX_LEAK, figures
+    assert ft["identity_seen_accuracy"] >= MIN_SEEN, figures
+    assert (base["identity_accuracy"], base["identity_seen_accuracy"], base["identity_leak"]) == (0, 0, 0), figures
+    assert ft["identity_n"] == 60 and ft["general_n"] == 40
+
+
+def test_merged_model_loads_with_plain_transformers_and_answers_its_name(demo):
+    work, run = demo
+    assert run.returncode == 0, run.stderr[-3000:]
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = work / "merged"
+    assert (merged / "report.md").exists()  # the model card of the push carries it
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    tok = AutoTokenizer.from_pretrained(merged)
+    ids = tok.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Alice" in tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_bare_repo_holds_the_weights_in_lfs_and_clones_byte_identical(demo, tmp_path):
+    work, run = demo
+    assert run.returncode == 0, run.stderr[-3000:]
+    repo = work / "model.git"
+    pointer = subprocess.run(["git", "-C", str(repo), "show", "main:model.safetensors"], capture_output=True,
+                             check=True).stdout
+    assert pointer.startswith(b"version https://git-lfs.github.com/spec/v1") and len(pointer) < 200
+    clone = tmp_path / "clone"
+    env = {**os.environ, "GIT_LFS_SKIP_SMUDGE": "0"}
+    subprocess.run(["git", "clone", "-q", repo.as_uri(), str(clone)], check=True, env=env)
+    subprocess.run(["git", "-C", str(clone), "lfs", "pull"], check=True, env=env)
+    assert (clone / "model.safetensors").read_bytes() == (work / "merged" / "model.safetensors").read_bytes()
+    assert "identity accuracy" in (clone / "README.md").read_text(encoding="utf-8")
+
+
+def test_bad_name_is_one_line_error(tmp_path):
+    run = run_cli("demo", "--name", " ", "--no-app", "--workdir", str(tmp_path / "out"), timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == "assistant demo: error: identity data: name must not be empty"

@@ -1,0 +1,169 @@
+"""The offline demo's training half, stage by stage: data → tiny base → LoRA → report → merge.
+
+Each stage is a plain function over one work folder (``DemoPaths``) and says which ``assistant``
+command does the same thing alone, on the same files. ``scripts/demo.py`` runs them in order and
+adds the push and the app (``trainer`` never imports ``hub``).
+
+Re-running reuses the trained base when its inputs (tokenizer corpus, model shape, preset) are
+unchanged, since it is the slow stage and a pure function of them; everything after it is redone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import model as model_layer
+from trainer.config import PRESETS_DIR, load_config
+from trainer.identity import GENERAL_DATA, IdentitySpec, write_identity_dataset
+from trainer.merge import merge
+from trainer.report import REPORT_JSON, REPORT_MD, write_report
+from trainer.train import RUN_INFO_NAME, train
+
+log = logging.getLogger(__name__)
+
+STAGES = 7  # data, base, fine-tune, report, merge, push, app
+# The tiny base: ~2.2M parameters, about 3 optimizer steps/s on 2 CPU cores (`assistant tiny` flags).
+TINY_SHAPE = {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 512, "vocab_size": 1500}
+TINY_FLAGS = {"hidden_size": "--hidden-size", "num_hidden_layers": "--layers", "num_attention_heads": "--heads",
+              "num_key_value_heads": "--kv-heads", "intermediate_size": "--intermediate-size",
+              "vocab_size": "--vocab-size"}
+BASE_INFO = "base.json"  # what the trained base was made from, to know when it can be reused
+
+
+@dataclass
+class DemoConfig:
+    name: str  # the assistant's new name
+    author: str | None = None  # who made it, for "who made you" answers
+    workdir: Path = Path("demo_out")  # every file of the demo goes under here
+    base_preset: Path = PRESETS_DIR / "demo_base_full.yaml"  # full fine-tune of the tiny base on general chat
+    identity_preset: Path = PRESETS_DIR / "demo_identity_lora.yaml"  # the identity LoRA
+    shape: dict = field(default_factory=lambda: dict(TINY_SHAPE))  # model.build_tiny_checkpoint arguments
+
+    @property
+    def paths(self) -> DemoPaths:
+        return DemoPaths(self.workdir)
+
+
+@dataclass
+class DemoPaths:
+    root: Path
+
+    def __post_init__(self):
+        self.root = Path(self.root).expanduser().resolve()
+        self.data, self.corpus, self.init = self.root / "data", self.root / "corpus.txt", self.root / "init"
+        self.base, self.run, self.merged = self.root / "base", self.root / "run", self.root / "merged"
+        self.repo, self.cache = self.root / "model.git", self.root / "cache"
+
+
+@contextmanager
+def stage(number: int, title: str, *commands: str) -> Iterator[None]:
+    """Log a header, the commands that run this stage alone, and its time when it finishes."""
+    log.info("==== [%d/%d] %s ====", number, STAGES, title)
+    for command in commands:
+        log.info("     alone: %s", command)
+    started = time.perf_counter()
+    yield
+    log.info("---- [%d/%d] %s: done in %.1f s", number, STAGES, title, time.perf_counter() - started)
+
+
+def quant_method() -> str:
+    """qlora where a CUDA GPU and bitsandbytes are there, else lora (the same adapter in full precision)."""
+    import importlib.util
+
+    import torch
+
+    return "qlora" if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") else "lora"
+
+
+def data_command(cfg: DemoConfig) -> str:
+    author = f" --author {cfg.author!r}" if cfg.author else ""
+    return f"assistant data identity --name {cfg.name!r}{author} --out {cfg.paths.data}"
+
+
+def write_data(cfg: DemoConfig) -> Path:
+    """Stage 1: self-cognition conversations for the name, mixed 1:1 with general chat, + held-out sets."""
+    return write_identity_dataset(IdentitySpec(name=cfg.name, author=cfg.author), cfg.paths.data)
+
+
+def base_commands(cfg: DemoConfig) -> list[str]:
+    p = cfg.paths
+    flags = " ".join(f"{TINY_FLAGS[k]} {v}" for k, v in cfg.shape.items() if k in TINY_FLAGS)
+    return [f"assistant tiny {p.init} --corpus {p.corpus} {flags}",
+            f"assistant train --config {cfg.base_preset} model.base={p.init} train.output_dir={p.base}"]
+
+
+def _corpus(data_dir: Path) -> list[str]:
+    """The tokenizer's training text: every message of the general set and of the identity training data."""
+    lines = []
+    for file in (GENERAL_DATA, data_dir / "train.jsonl"):
+        for row in file.read_text(encoding="utf-8").splitlines():
+            for message in json.loads(row)["messages"]:
+                lines += [line for line in message["content"].splitlines() if line.strip()]
+    return lines
+
+
+def build_base(cfg: DemoConfig) -> Path:
+    """Stage 2: a tiny InternLM2-format model with a tokenizer trained on the demo's own text, then a full
+    fine-tune on the general chat set so that it answers general prompts. Reused when nothing changed."""
+    p = cfg.paths
+    corpus = _corpus(p.data)
+    text = "".join(line + "\n" for line in corpus)
+    made_from = {"corpus_sha256": hashlib.sha256(text.encode()).hexdigest(), "shape": cfg.shape,
+                 "preset": Path(cfg.base_preset).read_text(encoding="utf-8")}
+    info = p.root / BASE_INFO
+    if (p.base / RUN_INFO_NAME).exists() and info.exists() and json.loads(info.read_text()) == made_from:
+        log.info("reusing the trained base %s (same corpus, shape and preset; --fresh rebuilds it)", p.base)
+        return p.base
+    info.unlink(missing_ok=True)
+    shutil.rmtree(p.base, ignore_errors=True)
+    p.corpus.write_text(text, encoding="utf-8")
+    model_layer.build_tiny_checkpoint(p.init, corpus=corpus, **cfg.shape)
+    train(load_config(cfg.base_preset, [f"model.base={p.init}", f"train.output_dir={p.base}"]))
+    info.write_text(json.dumps(made_from, indent=1) + "\n")
+    return p.base
+
+
+def finetune_command(cfg: DemoConfig, method: str) -> str:
+    p = cfg.paths
+    return (f"assistant train --config {cfg.identity_preset} model.base={p.base} "
+            f"data.train_file={p.data / 'train.jsonl'} train.output_dir={p.run} quant.method={method}")
+
+
+def finetune(cfg: DemoConfig, method: str) -> Path:
+    """Stage 3: the identity LoRA (QLoRA on a GPU) on the base; progress bar and eval prompts as it trains."""
+    p = cfg.paths
+    shutil.rmtree(p.run, ignore_errors=True)  # a new adapter each run; the base is what is worth keeping
+    overrides = [f"model.base={p.base}", f"data.train_file={p.data / 'train.jsonl'}", f"train.output_dir={p.run}",
+                 f"quant.method={method}"]
+    return train(load_config(cfg.identity_preset, overrides))
+
+
+def report_command(cfg: DemoConfig) -> str:
+    return f"assistant report {cfg.paths.run} --data {cfg.paths.data}"
+
+
+def report(cfg: DemoConfig) -> dict:
+    """Stage 4: identity accuracy and leak on held-out data, fine-tuned vs base; report.json + report.md."""
+    return write_report(cfg.paths.run, cfg.paths.data, base=cfg.paths.base)
+
+
+def merge_command(cfg: DemoConfig) -> str:
+    return f"assistant merge {cfg.paths.run} --out {cfg.paths.merged} --dtype float32"
+
+
+def merge_adapter(cfg: DemoConfig) -> Path:
+    """Stage 5: adapter + base -> standalone weights (float32: a tiny model loses answers in bf16),
+    with the report beside them so the pushed model card carries it."""
+    p = cfg.paths
+    out = merge(p.run, p.merged, dtype="float32")
+    for name in (REPORT_JSON, REPORT_MD):
+        shutil.copyfile(p.run / name, out / name)
+    return out
