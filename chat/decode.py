@@ -1,8 +1,8 @@
 """The decode loop: prompt ids in, generated token ids out, one at a time.
 
-This is the one place that runs the model while chatting (the engine calls nothing else), so a
-faster decoder (static cache + CUDA graphs, batched decode, quantised CPU weights) replaces
-`generate_tokens` and nothing around it changes.
+This is the one place that samples tokens while chatting. What runs the model is a `Forward`
+(new token ids -> logits of the last one): `dynamic_cache_forward` here (any model), or the static-cache
+/ CUDA-graph decoder of `chat.fast` that the engine picks where the model allows it.
 
 Why our own loop around ``model(...)`` with a ``DynamicCache`` rather than ``model.generate`` with a
 ``TextIteratorStreamer`` in a thread: the loop runs in the consumer's own generator, so when the
@@ -14,7 +14,7 @@ sampling uses transformers' own logits processors, so greedy output equals ``mod
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -27,6 +27,9 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+
+Forward = Callable[[torch.Tensor], torch.Tensor]  # new token ids [1, n] -> logits of the last one [1, vocab]
 
 
 @dataclass
@@ -76,6 +79,16 @@ def logits_processors(settings: GenerationSettings) -> LogitsProcessorList:
     return processors
 
 
+def dynamic_cache_forward(model: PreTrainedModel) -> Forward:
+    """The model's own forward with a growing ``DynamicCache``: works for every causal LM."""
+    cache = DynamicCache(config=model.config)
+
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+
+    return forward
+
+
 def generate_tokens(
     model: PreTrainedModel,
     prompt_ids: list[int],
@@ -84,19 +97,22 @@ def generate_tokens(
     *,
     lock: threading.Lock | None = None,
     cancel: threading.Event | None = None,
+    forward: Forward | None = None,
 ) -> Iterator[int]:
     """Yield new token ids until a stop id (not yielded), `max_new_tokens`, or `cancel` is set.
 
-    The lock is held for one forward step at a time, never across a yield: concurrent streams
-    interleave step by step, and a consumer that stops reading blocks nobody.
+    `forward` runs the model (default: `dynamic_cache_forward`). The lock is held for one
+    forward step at a time, never across a yield: concurrent streams interleave step by step,
+    and a consumer that stops reading blocks nobody.
     """
     device = model.device
+    forward = forward or dynamic_cache_forward(model)
     processors = logits_processors(settings)
     generator = None
     if settings.seed is not None:
         generator = torch.Generator(device=device).manual_seed(settings.seed)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    cache = DynamicCache(config=model.config)
+    keep_ids = settings.repetition_penalty != 1.0  # the only processor that reads the ids so far
     step_input = ids
     stop = set(stop_ids)
     for _ in range(settings.max_new_tokens):
@@ -105,8 +121,7 @@ def generate_tokens(
         # inference_mode per step, not around the loop: Gradio resumes a generator on any
         # worker thread, and grad-mode state is per thread.
         with lock or nullcontext(), torch.inference_mode():
-            logits = model(input_ids=step_input, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-            scores = processors(ids, logits[:, -1].float())
+            scores = processors(ids, forward(step_input))
             if settings.greedy:
                 token = scores.argmax(dim=-1)
             else:
@@ -116,4 +131,5 @@ def generate_tokens(
             return
         yield token_id
         step_input = token[:, None]
-        ids = torch.cat([ids, step_input], dim=1)
+        if keep_ids:
+            ids = torch.cat([ids, step_input], dim=1)

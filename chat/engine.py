@@ -1,9 +1,11 @@
 """The chat engine shared by the Gradio app and the chat CLI.
 
 ``ChatEngine.from_pretrained(folder)`` loads a merged model (or base + LoRA adapter) through
-``model/``; ``engine.stream(messages, settings)`` yields the reply as text deltas. Everything that
-touches the model per token lives in `chat.decode.generate_tokens`, called from `ChatEngine.tokens`
-only: that is the seam where a faster decoder (issue 10) plugs in.
+``model/``; ``engine.stream(messages, settings)`` yields the reply as text deltas. Tokens are
+sampled in `chat.decode.generate_tokens`, called from `ChatEngine.tokens` only, with the fastest
+forward the model allows: `chat.fast` (static KV cache; CUDA graphs on a GPU) for Llama-layout
+models, the model's own forward otherwise. On the CPU, linear layers get int8 weights
+(`chat.quant`) unless ``quantize="none"`` or ``ASSISTANT_QUANTIZE=none``.
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ from typing import Any
 
 import torch
 
-from chat.decode import GenerationSettings, generate_tokens
+from chat.decode import Forward, GenerationSettings, generate_tokens
+from chat.fast import GraphedSlot, StaticCacheDecoder, fast_decode_problem
 from chat.history import Message, build_prompt, normalize_messages
+from chat.quant import quantize_int8, resolve_quantize
 from chat.stream import IncrementalDetokenizer
 from model import CheckpointError, build_tiny_checkpoint, load_model, load_tokenizer, stop_token_ids
 
@@ -62,15 +66,16 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, quantized: bool = False) -> torch.dtype:
     """GPU: bf16 where supported, else fp16. CPU: fp32 (fp16 matmuls are slow or missing on CPUs;
-    bf16 halves the memory traffic of a bandwidth-bound decode, so it is worth asking for)."""
+    bf16 halves the memory traffic of a bandwidth-bound decode, so it is worth asking for), or
+    bf16 around int8 linear layers (their kernel takes bf16 activations)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if quantized else torch.float32
     if dtype not in DTYPES:
         raise EngineError(f"dtype={dtype!r} is not supported; use one of auto, {', '.join(DTYPES)}")
     if device.type == "cpu" and DTYPES[dtype] is torch.float16:
@@ -90,7 +95,8 @@ def ensure_demo_model(out_dir: str | Path) -> Path:
 class ChatEngine:
     """A loaded model + tokenizer that streams chat replies; safe to share between threads."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", max_context: int | None = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", max_context: int | None = None,
+                 fast: bool = True, cuda_graphs: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -98,13 +104,27 @@ class ChatEngine:
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None) or 2048
         # One forward at a time on the shared model; taken per decode step (see chat.decode).
         self.lock = threading.Lock()
+        # The fast decoder (chat.fast) where the model allows it, else model(...) per step.
+        self.decoder: StaticCacheDecoder | None = None
+        self.slot: GraphedSlot | None = None
+        problem = fast_decode_problem(model) if fast else "switched off"
+        if problem is None:
+            self.decoder = StaticCacheDecoder(model, self.max_context)
+            if cuda_graphs and model.device.type == "cuda":
+                self.slot = GraphedSlot(self.decoder)
+        else:
+            log.info("static-cache decoder off (%s): decoding with the model's own forward", problem)
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, adapter: str | Path | None = None, device: str = "auto",
-        dtype: str | torch.dtype = "auto",
+        dtype: str | torch.dtype = "auto", quantize: str = "auto",
     ) -> ChatEngine:
-        """Load a merged model folder, or a base model folder plus a peft LoRA adapter folder."""
+        """Load a merged model folder, or a base model folder plus a peft LoRA adapter folder.
+
+        quantize: "auto" = int8 weights on the CPU (unless ASSISTANT_QUANTIZE=none), none on a GPU;
+        "int8"; "none".
+        """
         path = Path(path)
         if not (path / "config.json").is_file():
             raise EngineError(f"{path}: no config.json here; "
@@ -112,7 +132,11 @@ class ChatEngine:
         if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
             raise EngineError(f"{adapter}: no adapter_config.json here; pass the adapter folder of a training run")
         torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        try:
+            quantize = resolve_quantize(quantize, torch_device)
+        except ValueError as err:
+            raise EngineError(str(err)) from err
+        torch_dtype = resolve_dtype(dtype, torch_device, quantized=quantize == "int8")
         try:
             tokenizer = load_tokenizer(path)
             model = load_model(path, dtype=torch_dtype, device=torch_device)
@@ -121,13 +145,16 @@ class ChatEngine:
 
                 # Merged once at load: decoding then costs the same as a merged model.
                 model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            if quantize == "int8":
+                quantize_int8(model)
         except CheckpointError as err:
             raise EngineError(str(err)) from err
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             what = f"{path} + adapter {adapter}" if adapter else str(path)
             raise EngineError(f"cannot load the model from {what}: {err}") from err
         model.eval()
-        log.info("loaded %s on %s in %s", path.name, torch_device, str(torch_dtype).removeprefix("torch."))
+        log.info("loaded %s on %s in %s%s", path.name, torch_device, str(torch_dtype).removeprefix("torch."),
+                 ", int8 linear weights" if quantize == "int8" else "")
         return cls(model, tokenizer, name=path.name)
 
     def prompt(self, messages: list[Message], settings: GenerationSettings) -> tuple[list[int], int, int]:
@@ -144,8 +171,28 @@ class ChatEngine:
     def tokens(
         self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event | None = None
     ) -> Iterator[int]:
-        """Generated token ids for ready prompt ids (the seam for a faster decoder)."""
-        return generate_tokens(self.model, prompt_ids, settings, self.stop_ids, lock=self.lock, cancel=cancel)
+        """Generated token ids for ready prompt ids.
+
+        With the fast decoder, a chat takes the GPU's graphed slot when it is free and fits,
+        else decodes over a static cache of its own sized to this request.
+        """
+        if self.decoder is None:
+            return generate_tokens(self.model, prompt_ids, settings, self.stop_ids, lock=self.lock, cancel=cancel)
+        return self._fast_tokens(prompt_ids, settings, cancel)
+
+    def _fast_tokens(
+        self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event | None
+    ) -> Iterator[int]:
+        assert self.decoder is not None
+        length = len(prompt_ids) + settings.max_new_tokens
+        slot = self.slot if self.slot and length <= self.slot.cache.max_len and self.slot.busy.acquire(False) else None
+        try:
+            forward: Forward = slot.forward() if slot else self.decoder.eager(self.decoder.new_cache(length))
+            yield from generate_tokens(self.model, prompt_ids, settings, self.stop_ids, lock=self.lock,
+                                       cancel=cancel, forward=forward)
+        finally:
+            if slot is not None:
+                slot.busy.release()
 
     def stream(
         self,
