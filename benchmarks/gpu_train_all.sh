@@ -19,9 +19,9 @@ $PIP --target /tmp/site_peer $W/bitsandbytes-*.whl $W/datasets-*.whl $W/dill-*.w
 $PIP --target /tmp/site_ours $W/*.whl >/dev/null 2>&1 || { echo "our wheels: install failed"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-peer()  { PYTHONPATH=/tmp/site_peer timeout "$1" python3 "${@:2}" 2>&1 | tee -a "$OUT/log_peers" | grep '^{' | tee -a "$RES"; }
+peer()  { PYTHONPATH=/tmp/site_peer timeout "$1" python3 "${@:2}" 2>&1 | tee -a "$OUT/log_peers" | grep -ao '{"[a-z_]*": .*}$' | tee -a "$RES"; }
 ours()  { PYTHONPATH=/tmp/site_ours:$PWD timeout "$1" python3 -m benchmarks.train_gpu "${@:2}" 2>&1 \
-            | tee -a "$OUT/log_ours" | grep '^{' | tee -a "$RES"; }
+            | tee -a "$OUT/log_ours" | grep -ao '{"[a-z_]*": .*}$' | tee -a "$RES"; }
 tag7b() { sed 's/^{/{"shape": "7b", /'; }
 
 if [ "$MODE" = explore ]; then
@@ -31,12 +31,10 @@ if [ "$MODE" = explore ]; then
     SHAPE=7b ours 110 ours_qlora1_d0_adam8 ours_qlora1_d0
     ours 60 ours_qlora1_d0_compile ours_qlora4_d0_compile
 else
-    peer 150 .peers/gpu_baseline.py qlora1 qlora4 qlora_short16
-    peer 150 .peers/gpu_unsloth_peer.py unsloth_qlora1 unsloth_qlora4
-    ours 150 ours_qlora1_d0 ours_qlora1 ours_qlora4_d0 ours_qlora4 ours_short4
-    SHAPE=7b PYTHONPATH=/tmp/site_peer timeout 150 python3 .peers/gpu_unsloth_peer.py unsloth_qlora1 2>&1 \
-        | tee -a "$OUT/log_peers" | grep '^{' | tag7b | tee -a "$RES"
-    SHAPE=7b ours 120 ours_qlora1_d0_adam8
+    peer 70 .peers/gpu_baseline.py qlora_short16
+    peer 100 .peers/gpu_unsloth_peer.py unsloth_qlora1 unsloth_qlora4
+    ours 170 ours_qlora4_d0 ours_short4 ours_qlora1_d0_compile ours_qlora4_d0_compile ours_short4_compile
+    PROOF_STEPS=${PROOF_STEPS:-200} ours 150 proof
 fi
 echo "--- ratios (ours / peer, same call)"
 PYTHONPATH=/tmp/site_ours python3 -m benchmarks.train_gpu --report "$RES" | tee "$OUT/ratios.jsonl"

@@ -193,6 +193,16 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
 
 # ----------------------------------------------------------------------------- issue 4 proof
 
+class ProgressLines(__import__("transformers").TrainerCallback):
+    """A JSON line per log (loss, tokens/s, peak memory so far): a run cut short still says how it went."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            emit(dict(case="proof_progress", step=state.global_step, loss=logs["loss"],
+                      tokens_per_s=logs.get("tokens_per_s"),
+                      peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if CUDA else None))
+
+
 def proof(steps: int = int(os.environ.get("PROOF_STEPS", 300))) -> dict:
     """trainer.train.train as a user runs it: the 1.8B QLoRA preset on generated identity data, packed."""
     import trainer.train as train_mod
@@ -216,7 +226,7 @@ def proof(steps: int = int(os.environ.get("PROOF_STEPS", 300))) -> dict:
         *([] if CUDA else ["quant.method=lora", "data.max_length=128"])])
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
-    run = train_mod.train(cfg)
+    run = train_mod.train(cfg, callbacks=(ProgressLines(),))
     info = json.loads((run / "run.json").read_text())
     losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in losses if "loss" in r]
