@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     with demo.stage(5, "merge", demo.merge_command(cfg)):
         demo.merge_adapter(cfg)
     remote = args.remote or paths.repo.as_uri()
-    with demo.stage(6, f"push to {remote}", f"assistant push {paths.merged} --to {remote}"):
+    with demo.stage(6, f"push to {remote}", f"assistant push {demo.shown(paths.merged)} --to {remote}"):
         if not args.remote and not paths.repo.exists():
             subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(paths.repo)], check=True)
         push_folder(paths.merged, remote, cache_dir=paths.cache)
-    print(f"model: {paths.merged}\nrepo:  {remote}\nchat:  assistant chat {paths.merged}", flush=True)
+    print(f"model: {paths.merged}\nrepo:  {remote}\nchat:  assistant chat {demo.shown(paths.merged)}", flush=True)
     if not args.app:
         return 0
     env = {**os.environ, "MODEL_REPO": remote, "MODEL_CACHE": str(paths.cache / "models"),

@@ -33,7 +33,7 @@ def test_demo_runs_every_stage_but_the_app_and_says_how_to_rerun_each(demo):
         assert f"==== [{number}/7] {title}" in run.stderr
         assert f"---- [{number}/7] {title}" in run.stderr  # ... and its time
     assert "[7/7]" not in run.stderr  # --no-app
-    for command in ("assistant data identity --name 'Alice'", "assistant tiny ", "assistant train --config",
+    for command in ("assistant data identity --name Alice", "assistant tiny ", "assistant train --config",
                     "assistant report ", "assistant merge ", "assistant push "):
         assert f"alone: {command}" in run.stderr
     assert "## Fine-tune report: Alice" in run.stdout

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -74,6 +76,12 @@ def stage(number: int, title: str, *commands: str) -> Iterator[None]:
     log.info("---- [%d/%d] %s: done in %.1f s", number, STAGES, title, time.perf_counter() - started)
 
 
+def shown(path: str | Path) -> str:
+    """A path as a command line shows it: relative to the current folder when under it, shell-quoted."""
+    rel = os.path.relpath(path)
+    return shlex.quote(str(path) if rel.startswith("..") else rel)
+
+
 def quant_method() -> str:
     """qlora where a CUDA GPU and bitsandbytes are there, else lora (the same adapter in full precision)."""
     import importlib.util
@@ -84,8 +92,8 @@ def quant_method() -> str:
 
 
 def data_command(cfg: DemoConfig) -> str:
-    author = f" --author {cfg.author!r}" if cfg.author else ""
-    return f"assistant data identity --name {cfg.name!r}{author} --out {cfg.paths.data}"
+    author = f" --author {shlex.quote(cfg.author)}" if cfg.author else ""
+    return f"assistant data identity --name {shlex.quote(cfg.name)}{author} --out {shown(cfg.paths.data)}"
 
 
 def write_data(cfg: DemoConfig) -> Path:
@@ -96,8 +104,9 @@ def write_data(cfg: DemoConfig) -> Path:
 def base_commands(cfg: DemoConfig) -> list[str]:
     p = cfg.paths
     flags = " ".join(f"{TINY_FLAGS[k]} {v}" for k, v in cfg.shape.items() if k in TINY_FLAGS)
-    return [f"assistant tiny {p.init} --corpus {p.corpus} {flags}",
-            f"assistant train --config {cfg.base_preset} model.base={p.init} train.output_dir={p.base}"]
+    return [f"assistant tiny {shown(p.init)} --corpus {shown(p.corpus)} {flags}",
+            f"assistant train --config {shown(cfg.base_preset)} model.base={shown(p.init)} "
+            f"train.output_dir={shown(p.base)}"]
 
 
 def _corpus(data_dir: Path) -> list[str]:
@@ -133,8 +142,8 @@ def build_base(cfg: DemoConfig) -> Path:
 
 def finetune_command(cfg: DemoConfig, method: str) -> str:
     p = cfg.paths
-    return (f"assistant train --config {cfg.identity_preset} model.base={p.base} "
-            f"data.train_file={p.data / 'train.jsonl'} train.output_dir={p.run} quant.method={method}")
+    return (f"assistant train --config {shown(cfg.identity_preset)} model.base={shown(p.base)} "
+            f"data.train_file={shown(p.data / 'train.jsonl')} train.output_dir={shown(p.run)} quant.method={method}")
 
 
 def finetune(cfg: DemoConfig, method: str) -> Path:
@@ -147,7 +156,7 @@ def finetune(cfg: DemoConfig, method: str) -> Path:
 
 
 def report_command(cfg: DemoConfig) -> str:
-    return f"assistant report {cfg.paths.run} --data {cfg.paths.data}"
+    return f"assistant report {shown(cfg.paths.run)} --data {shown(cfg.paths.data)}"
 
 
 def report(cfg: DemoConfig) -> dict:
@@ -156,7 +165,7 @@ def report(cfg: DemoConfig) -> dict:
 
 
 def merge_command(cfg: DemoConfig) -> str:
-    return f"assistant merge {cfg.paths.run} --out {cfg.paths.merged} --dtype float32"
+    return f"assistant merge {shown(cfg.paths.run)} --out {shown(cfg.paths.merged)} --dtype float32"
 
 
 def merge_adapter(cfg: DemoConfig) -> Path:
