@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from chat.decode import Forward, GenerationSettings, generate_tokens
-from chat.fast import GraphedSlot, StaticCacheDecoder, fast_decode_problem
+from chat.fast import DecodeSlot, StaticCacheDecoder, fast_decode_problem
 from chat.history import Message, build_prompt, normalize_messages
 from chat.quant import quantize_int8, resolve_quantize
 from chat.stream import IncrementalDetokenizer
@@ -66,16 +66,16 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device, quantized: bool = False) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """GPU: bf16 where supported, else fp16. CPU: fp32 (fp16 matmuls are slow or missing on CPUs;
-    bf16 halves the memory traffic of a bandwidth-bound decode, so it is worth asking for), or
-    bf16 around int8 linear layers (their kernel takes bf16 activations)."""
+    bf16 halves the memory traffic of a bandwidth-bound decode, so it is worth asking for; int8
+    linear layers, the CPU default, halve it again)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if quantized else torch.float32
+        return torch.float32
     if dtype not in DTYPES:
         raise EngineError(f"dtype={dtype!r} is not supported; use one of auto, {', '.join(DTYPES)}")
     if device.type == "cpu" and DTYPES[dtype] is torch.float16:
@@ -106,12 +106,12 @@ class ChatEngine:
         self.lock = threading.Lock()
         # The fast decoder (chat.fast) where the model allows it, else model(...) per step.
         self.decoder: StaticCacheDecoder | None = None
-        self.slot: GraphedSlot | None = None
+        self.slot: DecodeSlot | None = None
         problem = fast_decode_problem(model) if fast else "switched off"
         if problem is None:
             self.decoder = StaticCacheDecoder(model, self.max_context)
             if cuda_graphs and model.device.type == "cuda":
-                self.slot = GraphedSlot(self.decoder)
+                self.slot = DecodeSlot(self.decoder, cuda_graphs=True)
         else:
             log.info("static-cache decoder off (%s): decoding with the model's own forward", problem)
 
@@ -136,10 +136,12 @@ class ChatEngine:
             quantize = resolve_quantize(quantize, torch_device)
         except ValueError as err:
             raise EngineError(str(err)) from err
-        torch_dtype = resolve_dtype(dtype, torch_device, quantized=quantize == "int8")
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        # Weights about to be quantised are read in bf16: half the peak memory of fp32.
+        load_dtype = torch.bfloat16 if quantize == "int8" and torch_dtype == torch.float32 else torch_dtype
         try:
             tokenizer = load_tokenizer(path)
-            model = load_model(path, dtype=torch_dtype, device=torch_device)
+            model = load_model(path, dtype=load_dtype, device=torch_device)
             if adapter is not None:
                 from peft import PeftModel
 
@@ -147,6 +149,7 @@ class ChatEngine:
                 model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
             if quantize == "int8":
                 quantize_int8(model)
+                model.to(torch_dtype)  # what is left (embeddings, norms) computes in torch_dtype
         except CheckpointError as err:
             raise EngineError(str(err)) from err
         except (OSError, ValueError, KeyError, RuntimeError) as err:

@@ -130,15 +130,17 @@ class StaticCacheDecoder:
         return step
 
 
-class GraphedSlot:
-    """One cache on the GPU with the decode step captured as a CUDA graph per length bucket.
+class DecodeSlot:
+    """One cache with static step buffers; on a GPU, the decode step is a CUDA graph per length bucket.
 
-    A chat takes the slot for its whole reply (`acquire` / `release`); a concurrent chat that
-    finds it taken decodes eagerly with a cache of its own.
+    A chat takes the slot for its whole reply (`busy`); a concurrent chat that finds it taken
+    decodes eagerly with a cache of its own. With ``cuda_graphs=False`` the same bucketed, masked
+    step runs without capture (how the CPU tests cover this logic).
     """
 
-    def __init__(self, decoder: StaticCacheDecoder) -> None:
+    def __init__(self, decoder: StaticCacheDecoder, cuda_graphs: bool = True) -> None:
         self.decoder = decoder
+        self.cuda_graphs = cuda_graphs
         self.cache = decoder.new_cache(min(decoder.max_len, GRAPH_MAX_LEN))
         self.busy = threading.Lock()
         device = decoder.device
@@ -147,7 +149,7 @@ class GraphedSlot:
             self.position = torch.zeros(1, dtype=torch.long, device=device)
             self.key_index = torch.arange(self.cache.max_len, device=device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.broken: str | None = None  # set when capture failed: eager from then on
+        self.broken: str | None = None  # set when a capture failed: no graphs from then on
 
     def bucket(self, length: int) -> int:
         size = MIN_BUCKET
@@ -155,8 +157,10 @@ class GraphedSlot:
             size *= 2
         return min(size, self.cache.max_len)
 
-    def _graph_body(self, size: int) -> torch.Tensor:
+    def _step(self, size: int) -> torch.Tensor:
+        """The decode step on the static buffers, attending over the first `size` cache entries."""
         mask = torch.where(self.key_index[:size] <= self.position, 0.0, float("-inf")).to(self.decoder.dtype)
+        mask = mask.view(1, 1, 1, size)
         return self.decoder.forward(self.token, self.position, self.cache, attend_len=size, mask=mask)
 
     def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
@@ -166,37 +170,42 @@ class GraphedSlot:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._graph_body(size)
+                self._step(size)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = self._graph_body(size)
+            logits = self._step(size)
         log.info("captured the decode step for cache length %d", size)
         return graph, logits
 
+    def _replay(self, size: int) -> torch.Tensor:
+        if size not in self.graphs:
+            try:
+                self.graphs[size] = self._capture(size)
+            except RuntimeError as err:  # an op that cannot be captured: stay correct without graphs
+                self.broken = f"CUDA graph capture failed: {err}"
+                log.warning("%s; decoding without graphs", self.broken)
+                return self._step(size)
+        graph, logits = self.graphs[size]
+        graph.replay()
+        return logits
+
     def forward(self) -> Forward:
-        """A step function over this slot's cache: eager prefill, graphed decode steps."""
+        """A step function over this slot's cache: prefill, then bucketed (graphed) decode steps."""
         pos = 0
 
         def step(ids: torch.Tensor) -> torch.Tensor:
             nonlocal pos
             n = ids.shape[1]
-            if n > 1 or self.broken:
-                positions = torch.arange(pos, pos + n, device=self.decoder.device)
-                logits = self.decoder.forward(ids, positions, self.cache, attend_len=pos + n)
+            if n > 1:
+                assert pos == 0, "a prompt is prefilled at the start of the cache only"
+                positions = torch.arange(n, device=self.decoder.device)
+                logits = self.decoder.forward(ids, positions, self.cache)
             else:
                 self.token.copy_(ids)
                 self.position.fill_(pos)
                 size = self.bucket(pos + 1)
-                if size not in self.graphs:
-                    try:
-                        self.graphs[size] = self._capture(size)
-                    except RuntimeError as err:  # a model op that cannot be captured: stay correct, go eager
-                        self.broken = f"CUDA graph capture failed: {err}"
-                        log.warning("%s; decoding without graphs", self.broken)
-                        return step(ids)
-                graph, logits = self.graphs[size]
-                graph.replay()
+                logits = self._replay(size) if self.cuda_graphs and not self.broken else self._step(size)
             pos += n
             return logits
 

@@ -1,18 +1,25 @@
-"""Weight-only int8 linear layers for CPU decoding.
+"""Int8 linear layers for CPU decoding.
 
-Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth: int8
-weights (one byte each, a bf16 scale per output channel) read a quarter of fp32's bytes and half
-of bf16's. torch's own ``aten._weight_int8pack_mm`` (x in bf16, int8 weight [N, K], bf16 scales)
-is the matrix-vector kernel; it is fast for a few rows only, so a prompt (prefill, many rows)
-dequantises the weight and runs one bf16 matrix multiply instead.
+Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth, provided
+the kernel keeps up: int8 weights read a quarter of fp32's bytes and half of bf16's. Two of
+torch's own kernels are used, both with symmetric per-output-channel int8 weights:
 
-Symmetric per-output-channel scales, rounded to bf16 *before* the weights are quantised against
-them, so the scales the kernel multiplies by are exactly the ones used to quantise.
+- ``dynamic`` (default where torch has fbgemm/x86 quantized engines): ``quantized.linear_dynamic``,
+  which quantises each activation row to int8 on the fly (per token when decoding) and multiplies
+  with VNNI int8 dot products. It streams weights at about the memory bandwidth (~13 GB/s on one
+  core of this 2-core AVX-512 machine).
+- ``weight_only`` (the fallback): ``aten._weight_int8pack_mm`` (bf16 activations, weights
+  dequantised in the kernel), exact in the activations but compute-bound at ~4-6 GB/s here.
+
+Quantised tensors are deprecated in torch 2.13 (pytorch#184982) but work; where they stop
+working the weight-only kernel takes over (`int8_kernel`).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -21,52 +28,74 @@ log = logging.getLogger(__name__)
 
 QUANTIZE_ENV = "ASSISTANT_QUANTIZE"  # "none" turns the CPU int8 path off; "int8" asks for it
 QUANTIZE_CHOICES = ("auto", "int8", "none")
-GEMV_MAX_ROWS = 16  # up to this many rows the int8 kernel beats dequantise + bf16 matmul (2-core AVX-512)
+KERNEL_ENV = "ASSISTANT_INT8_KERNEL"  # "weight_only" forces the exact-activation kernel
+GEMV_MAX_ROWS = 16  # weight_only: up to this many rows its kernel beats dequantise + bf16 matmul
 
 
 class Int8Linear(nn.Module):
-    """``nn.Linear`` with int8 weights and bf16 per-channel scales; returns its input's dtype."""
+    """``nn.Linear`` with int8 weights (per-channel scales); returns its input's dtype.
 
-    def __init__(self, linear: nn.Linear) -> None:
+    The weights live in plain attributes, not buffers: ``model.to(dtype)`` must not touch them.
+    """
+
+    def __init__(self, linear: nn.Linear, kernel: str = "dynamic") -> None:
         super().__init__()
+        self.in_features, self.out_features, self.kernel = linear.in_features, linear.out_features, kernel
         weight = linear.weight.detach().float()
+        # Scales rounded to bf16 before quantising: the weight_only kernel multiplies by bf16 scales.
         scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)
-        q = torch.round(weight / scale.float()[:, None]).clamp(-128, 127).to(torch.int8)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight", q.contiguous())
-        self.register_buffer("scale", scale)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-
-    def dequantized(self) -> torch.Tensor:
-        return self.weight.to(torch.bfloat16) * self.scale[:, None]
+        q = torch.round(weight / scale.float()[:, None]).clamp(-128, 127).to(torch.int8).contiguous()
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        if kernel == "dynamic":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the deprecation of quantised tensors
+                qweight = torch._make_per_channel_quantized_tensor(
+                    q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+                self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        else:
+            self.weight, self.scale, self.bias = q, scale, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if rows.shape[0] <= GEMV_MAX_ROWS:
-            out = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scale)
+        rows = x.reshape(-1, self.in_features)
+        if self.kernel == "dynamic":
+            out = torch.ops.quantized.linear_dynamic(rows.float(), self.packed, False)
         else:
-            out = nn.functional.linear(rows, self.dequantized())
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
+            rows = rows.to(torch.bfloat16)
+            if rows.shape[0] <= GEMV_MAX_ROWS:
+                out = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scale)
+            else:
+                out = nn.functional.linear(rows, self.weight.to(torch.bfloat16) * self.scale[:, None])
+            if self.bias is not None:
+                out = out + self.bias.to(out.dtype)
         return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight, bf16 scales"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights, kernel={self.kernel}"
 
 
-def int8_kernel_problem() -> str | None:
-    """Why the int8 kernel cannot be used here (None when it works and gives the right numbers)."""
-    if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
-        return f"torch {torch.__version__} has no aten._weight_int8pack_mm"
+def _kernel_works(kernel: str) -> str | None:
+    """None when `kernel` runs here and gives the right numbers, else why not."""
     try:
-        linear = nn.Linear(64, 32, bias=False)
-        x = torch.randn(2, 64)
-        got = Int8Linear(linear)(x)
-        want = x @ linear.weight.detach().T
-    except RuntimeError as err:  # e.g. a CPU build without the kernel for this dtype
-        return f"aten._weight_int8pack_mm failed: {err}"
+        linear = nn.Linear(64, 32)
+        x = torch.randn(3, 64)
+        got, want = Int8Linear(linear, kernel)(x), linear(x).detach()
+    except (RuntimeError, AttributeError, NotImplementedError) as err:
+        return f"{kernel}: {str(err).splitlines()[0]}"
     if not torch.allclose(got, want, rtol=0.05, atol=0.05 * want.abs().max().item()):
-        return "aten._weight_int8pack_mm gave wrong results"
+        return f"{kernel}: wrong results"
+    return None
+
+
+@functools.cache
+def int8_kernel() -> str | None:
+    """The int8 kernel this torch build and CPU run: 'dynamic', 'weight_only', or None."""
+    kernels = ["dynamic", "weight_only"]
+    if os.environ.get(KERNEL_ENV, "").strip() == "weight_only":
+        kernels = ["weight_only"]
+    for kernel in kernels:
+        if (problem := _kernel_works(kernel)) is None:
+            return kernel
+        log.info("int8 kernel %s", problem)
     return None
 
 
@@ -82,8 +111,9 @@ def resolve_quantize(quantize: str, device: torch.device) -> str:
     if quantize == "int8" and device.type != "cpu":
         log.warning("int8 weights are a CPU decode path; %s keeps its half-precision weights", device)
         return "none"
-    if quantize == "int8" and (problem := int8_kernel_problem()):
-        log.warning("int8 weights are off: %s; decoding with unquantised weights", problem)
+    if quantize == "int8" and int8_kernel() is None:
+        log.warning("int8 weights are off: no int8 kernel runs with torch %s here; decoding unquantised",
+                    torch.__version__)
         return "none"
     return quantize
 
@@ -91,9 +121,12 @@ def resolve_quantize(quantize: str, device: torch.device) -> str:
 @torch.no_grad()
 def quantize_int8(model: nn.Module) -> int:
     """Replace every ``nn.Linear`` of `model` (lm_head included) in place; returns how many."""
+    kernel = int8_kernel()
+    if kernel is None:
+        raise RuntimeError(f"no int8 kernel runs with torch {torch.__version__} on this machine")
     targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, Int8Linear(linear))
-    log.info("int8 weights in %d linear layers", len(targets))
+        setattr(model.get_submodule(parent_name), child, Int8Linear(linear, kernel))
+    log.info("int8 weights (%s kernel) in %d linear layers", kernel, len(targets))
     return len(targets)
