@@ -32,9 +32,9 @@ if [ "$MODE" = explore ]; then
     ours 60 ours_qlora1_d0_compile ours_qlora4_d0_compile
 else
     peer 70 .peers/gpu_baseline.py qlora_short16
-    peer 100 .peers/gpu_unsloth_peer.py unsloth_qlora1 unsloth_qlora4
+    peer 150 .peers/gpu_unsloth_peer.py unsloth_qlora1 unsloth_qlora4
     ours 170 ours_qlora4_d0 ours_short4 ours_qlora1_d0_compile ours_qlora4_d0_compile ours_short4_compile
-    PROOF_STEPS=${PROOF_STEPS:-200} ours 150 proof
+    PROOF_STEPS=${PROOF_STEPS:-200} ours 180 proof
 fi
 echo "--- ratios (ours / peer, same call)"
 PYTHONPATH=/tmp/site_ours python3 -m benchmarks.train_gpu --report "$RES" | tee "$OUT/ratios.jsonl"

@@ -49,6 +49,9 @@ DEVICE = "cuda" if CUDA else "cpu"
 BENCH_DIR = Path(os.environ.get("BENCH_DIR", Path(tempfile.gettempdir()) / "assistant_bench"))
 
 
+BENCH_DIR.mkdir(parents=True, exist_ok=True)
+
+
 def emit(row: dict) -> None:
     print(json.dumps(row, ensure_ascii=False), flush=True)
 
