@@ -29,6 +29,7 @@ from transformers.integrations import TensorBoardCallback
 
 import model as model_layer
 from trainer import data as data_lib
+from trainer import fast
 from trainer.callbacks import EvalPrompts, MetricsFile, ProgressBar, read_jsonl, truncate_jsonl
 from trainer.config import RUN_CONFIG_NAME, ConfigError, RunConfig, load_config, save_config
 from trainer.lora import bf16_supported, build_model, count_parameters
@@ -160,8 +161,11 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
         dataset = data_lib.pack(dataset, cfg.data.max_length)
     chat = "messages" in records[0]
 
-    # -- model
+    # -- model (on a GPU, LoRA/QLoRA take the fast path: fused loss, varlen attention; ASSISTANT_FAST=0 = off)
     model = build_model(cfg)
+    use_fast = fast.enabled(cfg)
+    if use_fast:
+        model = fast.apply(model, cfg)
 
     # -- derived numbers, logged before the first step (nanoGPT's "tokens per iteration")
     world = args.world_size
@@ -194,7 +198,7 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     cbs += [ProgressBar(), EvalPrompts(tokenizer, cfg.data.eval_prompts, cfg.train.eval_steps,
                                        run_dir / EVAL_SAMPLES_NAME, max_new_tokens=cfg.train.eval_max_new_tokens,
                                        chat=chat, stop_ids=model_layer.stop_token_ids(tokenizer)), *callbacks]
-    collate = functools.partial(data_lib.collate, pad_token_id=tokenizer.pad_token_id or 0)
+    collate = fast.collate if use_fast else functools.partial(data_lib.collate, pad_token_id=tokenizer.pad_token_id or 0)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
                       processing_class=tokenizer, callbacks=cbs)
     trainer.remove_callback(ProgressCallback)
