@@ -91,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=SHAPES, default="small")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="about this many prompt tokens")
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, help="torch threads for every case (default: torch's, = cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     config = LlamaConfig(**SHAPES[args.shape], rope_theta=1e6, rms_norm_eps=1e-5, tie_word_embeddings=False,
