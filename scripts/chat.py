@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="fixed sampling seed, for repeatable answers")
     parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", help="auto (GPU bf16/fp16, CPU fp32), bf16, fp16, fp32")
+    parser.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"],
+                        help="int8 linear weights: auto = on the CPU only (default; ASSISTANT_QUANTIZE=none turns off)")
     args = parser.parse_args(argv)
     try:
         settings = GenerationSettings(system_prompt=args.system, temperature=args.temperature, top_p=args.top_p,
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                                       max_new_tokens=args.max_new_tokens, seed=args.seed)
     except ValueError as err:
         parser.error(str(err))
-    engine = ChatEngine.from_pretrained(args.model_dir, args.adapter, device=args.device, dtype=args.dtype)
+    engine = ChatEngine.from_pretrained(args.model_dir, args.adapter, device=args.device, dtype=args.dtype,
+                                        quantize=args.quantize)
     if args.prompt is not None:
         reply(engine, [{"role": "user", "content": args.prompt}], settings)
         return 0
