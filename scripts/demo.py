@@ -62,12 +62,17 @@ def main(argv: list[str] | None = None) -> int:
            "GRADIO_SERVER_PORT": str(args.port)}
     with demo.stage(7, "Gradio app (Ctrl-C stops it)", f"MODEL_REPO={remote} python app.py"):
         app = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env)
-        url = f"http://127.0.0.1:{args.port}/"
-        while app.poll() is None and not _answers(url):
-            time.sleep(1)
-        if app.poll() is None:
-            print(f"app:   {url}  (running; Ctrl-C stops it)", flush=True)
-        return app.wait()
+        try:
+            url = f"http://127.0.0.1:{args.port}/"
+            while app.poll() is None and not _answers(url):
+                time.sleep(1)
+            if app.poll() is None:
+                print(f"app:   {url}  (running; Ctrl-C stops it)", flush=True)
+            return app.wait()
+        finally:
+            if app.poll() is None:  # interrupted: take the app down with us
+                app.terminate()
+                app.wait()
 
 
 def _answers(url: str) -> bool:
