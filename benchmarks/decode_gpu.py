@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
              first_token_ms=round(stats.first_token_s * 1e3, 1), same_tokens_as_generate=ids == want,
              graph_problem=chat.slot.broken if chat.slot else None)
 
-    long = [{"role": "user", "content": " ".join(["tell me about the weather today"] * 85)}]
+    long = [{"role": "user", "content": " ".join(["tell me about the weather today"] * 71)}]
     one = GenerationSettings(temperature=0, max_new_tokens=1)
     reply(engine, long, one)
     times = sorted(reply(engine, long, one).first_token_s for _ in range(5))
