@@ -88,8 +88,8 @@ def test_identity_answers_are_varied_and_carry_name_and_author(alice):
 
 def test_every_core_is_asked_and_some_mid_conversation(alice):
     identity = [r for r in read(alice / "train.jsonl") if "Alice" in reply(r)]
-    asked = {core(user(r)) for r in identity}
-    assert all(core(q) in asked for lang in TRAIN_CORES for kind in TRAIN_CORES[lang] for q in TRAIN_CORES[lang][kind])
+    asked = {user(r) for r in identity}
+    assert all(q in asked for lang in TRAIN_CORES for kind in TRAIN_CORES[lang] for q in TRAIN_CORES[lang][kind])
     later = [r for r in identity if len(r["messages"]) == 4]
     assert len(later) == 80 and all(m["role"] == ("user", "assistant")[i % 2] for r in later
                                     for i, m in enumerate(r["messages"]))

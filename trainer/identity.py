@@ -183,12 +183,13 @@ def identity_conversations(spec: IdentitySpec, rng: random.Random) -> tuple[list
     cores += [(q.format(old=old), lang, f"not_old:{old}") for lang in ("en", "zh") for old in spec.old_names
               for q in NOT_OLD_QUESTIONS[lang]]
     rng.shuffle(cores)
-    # Every core in turn (so each is asked equally often), each time in a wording not used yet.
+    # Every core in turn (so each is asked equally often): first as written, the way people mostly ask,
+    # then each time in a wording not used yet.
     train, used = [], set()
     for i in range(spec.count):
         core, lang, kind = cores[i % len(cores)]
         fresh = [q for q in wrappings(core, lang) if q not in used]
-        q = rng.choice(fresh or wrappings(core, lang))
+        q = core if core not in used else rng.choice(fresh or wrappings(core, lang))
         used.add(q)
         kind, _, old = kind.partition(":")
         train.append(_conversation(spec, q, answer(spec, lang, kind, rng, old)))
