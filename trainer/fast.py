@@ -124,7 +124,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     hidden = hidden.reshape(-1, hidden.shape[-1])
     if hidden.dtype != weight.dtype:
         hidden = hidden.to(weight.dtype)
-    cce = _cce() if hidden.is_cuda else None
+    # cut_cross_entropy's backward takes bf16/fp16 only; an fp32 model (model.dtype=float32) uses the chunks
+    cce = _cce() if hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16) else None
     if cce is not None:
         total = cce(hidden, weight, targets, reduction="sum")
     else:  # each chunk's logits live only inside its checkpoint: recomputed in backward
