@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -57,13 +58,23 @@ class MetricsFile(TrainerCallback):
 
 
 class ProgressBar(TrainerCallback):
-    """One tqdm bar over optimizer steps (tqdm gives the ETA) with loss, lr and tokens/s."""
+    """One tqdm bar over optimizer steps (tqdm gives the ETA) with loss, lr and tokens/s.
+
+    When stderr is not a terminal (CI, a log file) a bar would write a carriage-return frame per step, so
+    each logged step becomes one plain line with the same figures instead.
+    """
 
     def __init__(self):
         self.bar = None
+        self.lines = not sys.stderr.isatty()
+        self.started = 0.0
+        self.first_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+        if not state.is_world_process_zero:
+            return
+        self.started, self.first_step = time.time(), state.global_step
+        if not self.lines:
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", dynamic_ncols=True)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -71,9 +82,17 @@ class ProgressBar(TrainerCallback):
             self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.bar is not None and logs and "loss" in logs:
-            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}",
-                                 tok_s=f"{logs.get('tokens_per_s', 0):.0f}")
+        if not (logs and "loss" in logs and state.is_world_process_zero):
+            return
+        figures = dict(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}",
+                       tok_s=f"{logs.get('tokens_per_s', 0):.0f}")
+        if self.bar is not None:
+            self.bar.set_postfix(**figures)
+        elif self.lines:
+            done = state.global_step - self.first_step
+            eta = (time.time() - self.started) / max(done, 1) * (state.max_steps - state.global_step)
+            log.info("step %d/%d | %s | eta %.0f s", state.global_step, state.max_steps,
+                     " | ".join(f"{k} {v}" for k, v in figures.items()), eta)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
