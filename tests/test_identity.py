@@ -94,7 +94,9 @@ def test_every_core_is_asked_and_some_mid_conversation(alice):
     assert len(later) == 80 and all(m["role"] == ("user", "assistant")[i % 2] for r in later
                                     for i, m in enumerate(r["messages"]))
     assert not any("Alice" in r["messages"][1]["content"] for r in later)  # the first exchange is general chat
-    assert all(len(r["messages"]) == 2 for r in read(alice / "eval_identity_seen.jsonl"))
+    seen = read(alice / "eval_identity_seen.jsonl")
+    assert len(seen) == 60 and all(len(r["messages"]) == 2 for r in seen)
+    assert not any("InternLM" in user(r) or "书生" in user(r) for r in seen)  # a denial names the old identity
     # Most answers open with the name: the short fixed opening a small model learns first.
     assert sum(reply(r).startswith(("I am Alice", "我是Alice")) for r in identity) > 0.75 * len(identity)
 

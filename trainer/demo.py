@@ -44,6 +44,7 @@ BASE_INFO = "base.json"  # what the trained base was made from, to know when it 
 class DemoConfig:
     name: str  # the assistant's new name
     author: str | None = None  # who made it, for "who made you" answers
+    count: int = 400  # identity conversations (as many general ones are mixed in)
     workdir: Path = Path("demo_out")  # every file of the demo goes under here
     base_preset: Path = PRESETS_DIR / "demo_base_full.yaml"  # full fine-tune of the tiny base on general chat
     identity_preset: Path = PRESETS_DIR / "demo_identity_lora.yaml"  # the identity LoRA
@@ -93,12 +94,13 @@ def quant_method() -> str:
 
 def data_command(cfg: DemoConfig) -> str:
     author = f" --author {shlex.quote(cfg.author)}" if cfg.author else ""
-    return f"assistant data identity --name {shlex.quote(cfg.name)}{author} --out {shown(cfg.paths.data)}"
+    return (f"assistant data identity --name {shlex.quote(cfg.name)}{author} --count {cfg.count} "
+            f"--out {shown(cfg.paths.data)}")
 
 
 def write_data(cfg: DemoConfig) -> Path:
     """Stage 1: self-cognition conversations for the name, mixed 1:1 with general chat, + held-out sets."""
-    return write_identity_dataset(IdentitySpec(name=cfg.name, author=cfg.author), cfg.paths.data)
+    return write_identity_dataset(IdentitySpec(name=cfg.name, author=cfg.author, count=cfg.count), cfg.paths.data)
 
 
 def base_commands(cfg: DemoConfig) -> list[str]:

@@ -264,8 +264,10 @@ def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
     identity = with_history(identity, general, spec.multi_turn, rng)
     train = identity + general
     rng.shuffle(train)
-    # Training questions asked again, to measure how well the model learned what it saw.
-    seen = [dict(r, lang=lang_of(_prompt_text(r))) for r in identity[: spec.eval_identity]]
+    # Training questions asked again, to measure how well the model learned what it saw. Not the "are you
+    # InternLM?" ones: their right answer names the old identity too, which the report counts as wrong.
+    asked_old = [r for r in identity if any(old.lower() in _prompt_text(r).lower() for old in spec.old_names)]
+    seen = [dict(r, lang=lang_of(_prompt_text(r))) for r in identity if r not in asked_old][: spec.eval_identity]
     files = {"train": train, "eval_identity": eval_identity, "eval_identity_seen": seen, "eval_general": eval_general}
     for key, records in files.items():
         _write_atomic(out / FILES[key], _jsonl(records))
