@@ -95,6 +95,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = _f(16, "micro-steps per optimizer step")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
     weight_decay: float = _f(0.0, "AdamW weight decay")
+    optim: str = _f("adamw_torch", "optimizer, as transformers names it: adamw_torch | adamw_bnb_8bit (bitsandbytes, "
+                                   "CUDA; keeps the 7B QLoRA step under 8 GiB) | paged_adamw_8bit | ...")
     save_steps: int = _f(500, "write a checkpoint every N optimizer steps")
     save_total_limit: int | None = _f(2, "keep only the newest N checkpoints (null = keep all)")
     eval_steps: int = _f(500, "answer data.eval_prompts every N steps (0 = only at the end)")

@@ -117,6 +117,7 @@ def training_arguments(cfg: RunConfig, run_dir: Path, deepspeed: str | None) -> 
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         max_grad_norm=t.max_grad_norm,
         weight_decay=t.weight_decay,
+        optim=t.optim,
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
