@@ -16,9 +16,13 @@ if ! python -c "import torch" 2>/dev/null; then
   echo "[setup] installing torch" >&2
   pip install -q "torch==2.13.0" || pip install -q "torch>=2.4"
 fi
-if ! python -c "import myassistant_installed" 2>/dev/null && ! pip show -q myassistant >/dev/null 2>&1; then
+# Re-install when pyproject.toml changed since the last install (a stamp in .venv remembers its hash).
+stamp=.venv/.myassistant-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing the project and its test tools" >&2
   pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
 fi
 need=()
 command -v git-lfs >/dev/null || need+=(git-lfs)
