@@ -27,8 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-app", dest="app", action="store_false", help="stop after the push; do not start the app")
     p.add_argument("--port", type=int, default=7860, help="the app's port (default 7860)")
     args = p.parse_args(argv)
-    if not sys.stderr.isatty():  # a log file gets a progress line every 10 s, not one per step
-        os.environ.setdefault("TQDM_MININTERVAL", "10")
 
     from hub import push_folder
     from trainer import demo
