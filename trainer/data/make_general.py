@@ -133,6 +133,23 @@ CHAT = [
     ("我好无聊。", "可以看看书、出去走走，或者学点新东西。"), ("我今天很累。", "那就好好休息一下，多喝点水。"),
     ("推荐一本好书吧。", "《小王子》很短，也很温暖，适合任何年龄阅读。"), ("你能帮我吗？", "当然可以，你需要什么帮助？"),
     ("再见！", "再见！祝你有美好的一天。"), ("今天天气真好。", "是啊，适合出去走走。"),
+    # Small talk that says "you" without asking who the model is: the negatives that keep a new
+    # identity from leaking into every friendly message.
+    ("Thanks a lot!", "You're welcome! Happy to help."), ("Thank you so much.", "You're very welcome."),
+    ("How are you doing?", "I'm fine, thanks for asking. And you?"), ("How is your day?", "It's going well, thank you. How is yours?"),
+    ("Can you help me with my homework?", "Sure. Tell me the question and we can work through it together."),
+    ("Could you help me, please?", "Of course. What can I do for you?"), ("Can you give me some advice?", "Sure. What would you like advice about?"),
+    ("Nice to meet you.", "Nice to meet you too!"), ("I'm sad today.", "I'm sorry to hear that. Talking to a friend or taking a walk may help."),
+    ("I'm happy today!", "That's great to hear! Enjoy your day."), ("See you tomorrow.", "See you tomorrow!"),
+    ("You are very helpful.", "Thank you! I'm glad it helped."), ("Do you like music?", "Music is wonderful. What kind do you like?"),
+    ("What do you think of cats?", "Cats are curious and calm; many people love them."),
+    ("Can you tell me a joke?", "Why did the math book look sad? It had too many problems."),
+    ("谢谢你呀！", "不用谢！"), ("非常感谢。", "不客气，很高兴能帮到你。"), ("你今天过得怎么样？", "挺好的，谢谢关心。你呢？"),
+    ("你能帮我做作业吗？", "可以，把题目告诉我，我们一起来做。"), ("你可以帮帮我吗？", "当然可以，请说说你的问题。"),
+    ("你能给我一些建议吗？", "当然，你想要哪方面的建议？"), ("很高兴认识你。", "我也很高兴认识你！"),
+    ("我今天很难过。", "听到这个很遗憾。和朋友聊聊或者出去走走也许会好一些。"), ("我今天很开心！", "太好了！祝你一天都开心。"),
+    ("明天见。", "明天见！"), ("你真厉害。", "谢谢夸奖，很高兴能帮上忙。"), ("你喜欢音乐吗？", "音乐很美好。你喜欢哪种音乐？"),
+    ("你觉得猫怎么样？", "猫好奇又安静，很多人都喜欢它们。"), ("你能讲个笑话吗？", "数学书为什么不开心？因为它的问题太多了。"),
 ]
 
 
