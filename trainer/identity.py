@@ -24,7 +24,7 @@ from .formats import DataError
 
 log = logging.getLogger(__name__)
 
-GENERAL_DATA = Path(__file__).parent / "data" / "general.jsonl"
+GENERAL_DATA = Path(__file__).parent / "assets" / "general.jsonl"
 FILES = {"train": "train.jsonl", "eval_identity": "eval_identity.jsonl",
          "eval_identity_seen": "eval_identity_seen.jsonl", "eval_general": "eval_general.jsonl",
          "meta": "meta.json"}
