@@ -7,6 +7,8 @@ Environment:
   DEMO_MODEL_DIR     where the demo model is built (default ./.cache/demo-model)
   APP_LAZY_LOAD=1    load the model on the first request instead of at import
   APP_CONCURRENCY    chats generating at once (default 1; the others wait in Gradio's queue)
+  APP_SYSTEM_PROMPT  the system prompt box's default (default empty: no system message)
+  APP_TEMPERATURE    the temperature slider's default (default 0.8; 0 = greedy)
   GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   where to listen (default 0.0.0.0:7860 on a hosting
                      platform, 127.0.0.1:7860 elsewhere)
 """
@@ -34,7 +36,10 @@ LAZY_LOAD = os.environ.get("APP_LAZY_LOAD", "0") == "1"
 CONCURRENCY = int(os.environ.get("APP_CONCURRENCY", "1"))
 HOSTED = os.environ.get("SYSTEM") == "spaces" or any(
     key in os.environ for key in ("SPACE_ID", "OPENXLAB_APP_ID", "OPENXLAB_SPACE_ID", "OPENXLAB_USER"))
-DEFAULT_SYSTEM_PROMPT = "You are a helpful, honest and concise assistant."
+# Empty by default: a prompt the fine-tune never saw can override what it learned (a tiny model then
+# answers everything with its identity); set APP_SYSTEM_PROMPT to the one used in training, if any.
+DEFAULT_SYSTEM_PROMPT = os.environ.get("APP_SYSTEM_PROMPT", "")
+DEFAULT_TEMPERATURE = float(os.environ.get("APP_TEMPERATURE", "0.8"))
 
 
 def public_source(source: str) -> str:
@@ -85,7 +90,7 @@ def respond(
     message: str,
     history: list[dict],
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-    temperature: float = 0.8,
+    temperature: float = DEFAULT_TEMPERATURE,
     top_p: float = 0.8,
     top_k: int = 0,
     repetition_penalty: float = 1.0,
@@ -133,7 +138,7 @@ demo = gr.ChatInterface(
     description=description(),
     additional_inputs=[
         gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2),
-        gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature (0 = greedy)"),
+        gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature (0 = greedy)"),
         gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="Top-p"),
         gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)"),
         gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty"),
