@@ -33,6 +33,10 @@ class PushResult:
     changed: bool  # False: the remote already had exactly these files
     work_dir: Path | None = None
 
+    def __str__(self) -> str:
+        state = "pushed" if self.changed else "already up to date"
+        return f"{self.remote}: {state}" + (f" ({self.revision})" if self.revision else "")
+
 
 def parse_pointer(data: bytes) -> tuple[str, int] | None:
     """(sha256, size) if `data` is a git-lfs pointer file, else None."""

@@ -24,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = push_folder(args.folder, args.to, private=args.private, message=args.message, branch=args.branch,
                          card=args.card, cache_dir=args.cache_dir)
-    state = "pushed" if result.changed else "already up to date"
-    print(f"{result.remote}: {state}" + (f" ({result.revision})" if result.revision else ""))
+    print(result)
     return 0
 
 

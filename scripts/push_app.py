@@ -23,8 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = push_app(args.model_repo, args.to, title=args.title, private=args.private, message=args.message,
                       branch=args.branch, cache_dir=args.cache_dir)
-    state = "pushed" if result.changed else "already up to date"
-    print(f"{result.remote}: {state}" + (f" ({result.revision})" if result.revision else ""))
+    print(result)
     return 0
 
 
