@@ -57,7 +57,7 @@ def read_source(source: Path) -> dict:
     return {"base": base, "adapter": str(source), "weights_sha256": _sha256(source / ADAPTER_WEIGHTS), "run": run}
 
 
-def _load_adapter(base: torch.nn.Module, adapter_dir: Path) -> peft.PeftModel:
+def load_adapter(base: torch.nn.Module, adapter_dir: Path) -> peft.PeftModel:
     """PeftModel with the adapter loaded, after checking that every saved tensor found its layer."""
     try:
         model = peft.PeftModel.from_pretrained(base, str(adapter_dir))
@@ -106,7 +106,7 @@ def merge(source: str | Path, out_dir: str | Path, *, layout: str = "llama", dty
     if src["adapter"] is None:
         merged = base
     else:
-        merged = _load_adapter(base, Path(src["adapter"])).merge_and_unload(safe_merge=True)
+        merged = load_adapter(base, Path(src["adapter"])).merge_and_unload(safe_merge=True)
     _check_finite(merged, source)
     model_layer.save_model(merged, tokenizer, out_dir, layout=layout, dtype=torch_dtype, max_shard_size=max_shard_size)
     tmp = done.with_name(MERGE_INFO_NAME + ".tmp")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import model as model_layer
+from trainer import merge
 from trainer.identity import FILES
 from trainer.formats import DataError
 
@@ -43,16 +44,11 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load_for_eval(path: str | Path, dtype: str = "float32"):
     """A merged model folder, or a run/adapter folder (base + LoRA adapter, merged in memory)."""
     folder = Path(path)
-    adapter_cfg = folder / "adapter_config.json"
-    if not adapter_cfg.exists():
+    if not (folder / merge.ADAPTER_CONFIG).exists():
         return model_layer.load_model(folder, dtype=dtype), model_layer.load_tokenizer(folder)
-    from peft import PeftModel
-
-    run_info = folder / "run.json"
-    base = json.loads(run_info.read_text())["base_model"] if run_info.exists() else \
-        json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+    base = merge.read_source(folder)["base"]
+    model = merge.load_adapter(model_layer.load_model(base, dtype=dtype), folder).merge_and_unload()
     tok_dir = folder if (folder / "tokenizer_config.json").exists() else Path(base)
-    model = PeftModel.from_pretrained(model_layer.load_model(base, dtype=dtype), str(folder)).merge_and_unload()
     return model, model_layer.load_tokenizer(tok_dir)
 
 
@@ -115,8 +111,8 @@ def write_report(model_path: str | Path, data_dir: str | Path, *, base: str | Pa
         raise DataError(f"{meta_file}: missing; the report needs the folder written by `assistant data identity`")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     name, old_names = meta["name"], meta.get("old_names", [])
-    if base is None and (model_path / "run.json").exists():
-        base = json.loads((model_path / "run.json").read_text())["base_model"]
+    if base is None and (model_path / merge.RUN_INFO_NAME).exists():
+        base = json.loads((model_path / merge.RUN_INFO_NAME).read_text())["base_model"]
 
     started = time.time()
     samples: list = []
