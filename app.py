@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import gradio as gr
 
 from chat import ChatEngine, GenerationSettings, ensure_demo_model
+from hub import fetch_model, redact  # redact: URL credentials and token values out of what the page shows
 
 log = logging.getLogger("app")
 if __name__ == "__main__":  # before the model loads, so its messages show
@@ -42,22 +42,15 @@ DEFAULT_SYSTEM_PROMPT = os.environ.get("APP_SYSTEM_PROMPT", "")
 DEFAULT_TEMPERATURE = float(os.environ.get("APP_TEMPERATURE", "0.8"))
 
 
-def public_source(source: str) -> str:
-    """The model source as it may be shown: credentials in a URL are removed."""
-    return re.sub(r"(://)[^/@\s]+@", r"\1", source)
-
-
 def model_title() -> str:
     if not MODEL_REPO:
         return "demo model"
-    return public_source(MODEL_REPO).rstrip("/").removesuffix(".git").rsplit("/", 1)[-1] or MODEL_REPO
+    return redact(MODEL_REPO).rstrip("/").removesuffix(".git").rsplit("/", 1)[-1] or MODEL_REPO
 
 
 def load_engine() -> ChatEngine:
     """Fetch (clone / download / reuse) the model named by MODEL_REPO, or build the demo model."""
     if MODEL_REPO:
-        from hub import fetch_model
-
         folder = fetch_model(MODEL_REPO, MODEL_CACHE)
     else:
         folder = ensure_demo_model(DEMO_MODEL_DIR)
@@ -78,7 +71,7 @@ def get_engine() -> ChatEngine | None:
                 _engine = load_engine()
             except Exception as err:  # noqa: BLE001 - any failure becomes a message on the page
                 log.error("cannot load the model: %s", err, exc_info=not getattr(type(err), "user_error", False))
-                _load_error = public_source(f"{type(err).__name__}: {err}")
+                _load_error = redact(f"{type(err).__name__}: {err}")
     return _engine
 
 
@@ -120,9 +113,9 @@ def description() -> str:
     if not LAZY_LOAD:
         get_engine()
     if _load_error is not None:
-        source = public_source(MODEL_REPO) or "unset"
+        source = redact(MODEL_REPO) or "unset"
         return f"**{load_error_text()}**\n\nCheck `MODEL_REPO` (now `{source}`) and the logs."
-    where = f"`{public_source(MODEL_REPO)}`" if MODEL_REPO else "the project's built-in demo model"
+    where = f"`{redact(MODEL_REPO)}`" if MODEL_REPO else "the project's built-in demo model"
     text = f"Chat with **{model_title()}**, served from {where}."
     if not MODEL_REPO:
         text += (" It is tiny and has random weights, so its replies are gibberish: set `MODEL_REPO` to a git URL,"
