@@ -54,7 +54,9 @@ def load_engine() -> ChatEngine:
         folder = fetch_model(MODEL_REPO, MODEL_CACHE)
     else:
         folder = ensure_demo_model(DEMO_MODEL_DIR)
-    return ChatEngine.from_pretrained(folder)
+    engine = ChatEngine.from_pretrained(folder)
+    engine.warm_up()  # on a GPU: compile and capture the decode steps before the first user waits on them
+    return engine
 
 
 _engine: ChatEngine | None = None

@@ -1,19 +1,22 @@
-"""GPU decode speed of the chat engine (static KV cache + CUDA graphs) on the InternLM2-1.8B shape, bf16.
+"""GPU decode speed of the chat engine (batched decoder, CUDA graphs) on the InternLM2-1.8B shape, bf16.
 
-One device call runs the peer and this, one JSON line per case each (see README_decode.md):
+One device call runs this (the peer, ``model.generate``, is timed in the same process) and, for the
+peer's other cases, ../shared/peers/gpu_decode_peer.py (see benchmarks/gpu_all.sh):
 
-    mkdir -p .peers && cp /work/shared/peers/gpu_decode_peer.py .peers/    # here, once (git-ignored)
-    set -o pipefail; export PYTHONUNBUFFERED=1
-    (timeout 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fast_decode.py tests/test_engine.py;
-     timeout 150 python3 -m benchmarks.decode_gpu; timeout 100 python3 .peers/gpu_decode_peer.py) 2>&1 | tee $OUT/log
+    python3 -m benchmarks.decode_gpu
 
-Cases (random weights, batch 1, greedy, stop tokens off so every reply has --new-tokens tokens):
-- ``engine_graphs``: the app's path; tokens/s = new tokens / wall time of the reply (prefill included,
-  as the peer counts), decode-only tokens/s, and whether the tokens equal ``model.generate``'s.
-- ``engine_eager``: the same static-cache decoder without graphs (what a second concurrent chat gets).
+Cases (random weights, greedy, stop tokens off so every reply has --new-tokens tokens):
+- ``warm_up``: compiling and capturing the steps a first chat and two concurrent ones need.
+- ``hf_generate``: the peer, ``model.generate`` (dynamic cache), batch 1.
+- ``engine``: the app's path, one chat: tokens/s = new tokens / wall time of the reply (prefill and
+  templating included, as the peer counts), decode-only tokens/s, ratio to the peer and the roofline.
+- ``same_tokens_bf16``: the engine's reply against ``generate``'s; where they part, the gap between
+  ``generate``'s top two logits at that step (random weights give near-ties that bf16 rounding
+  flips: kernels that sum in a different order pick the other one).
+- ``same_tokens_fp32``: the same comparison with fp32 weights (no near-ties at this precision).
 - ``ttft_512``: time to first token for a ~512-token chat prompt, templating and history trimming included.
-- ``concurrent_N``: N chats streaming at once from threads; the first holds the graphed slot, the
-  others decode eagerly, all interleaved step by step; per-chat and total tokens/s.
+- ``step_ms``: one graphed decode step replayed back to back (GPU time, no host work) for 1 and 8 rows.
+- ``concurrent_N``: N chats streaming at once from threads, sharing the steps; per-chat and total tokens/s.
 - ``roofline``: weight bytes / 3.0 TB/s (H100 copy bandwidth measured on the lent machine).
 """
 from __future__ import annotations
@@ -45,70 +48,119 @@ def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings
     stats = GenerationStats()
     for _ in engine.stream(messages, settings, stats=stats):
         pass
-    if engine.model.device.type == "cuda":
-        torch.cuda.synchronize()
     return stats
+
+
+def build(shape: str, dtype: torch.dtype, device: str) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(**SHAPES[shape], rope_theta=1e6, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                         max_position_embeddings=32768)
+    with torch.device(device):
+        return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def compare(engine: ChatEngine, prompt_ids: list[int], new_tokens: int) -> dict:
+    """The engine's greedy tokens against ``generate``'s, and the reference's logit gap where they part."""
+    settings = GenerationSettings(temperature=0, max_new_tokens=new_tokens)
+    ours = list(engine.tokens(prompt_ids, settings))
+    with torch.inference_mode():
+        out = engine.model.generate(torch.tensor([prompt_ids], device=engine.model.device), do_sample=False,
+                                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, output_scores=True,
+                                    return_dict_in_generate=True)
+    want = out.sequences[0, len(prompt_ids):].tolist()
+    same = next((i for i, (a, b) in enumerate(zip(ours, want)) if a != b), min(len(ours), len(want)))
+    result = {"same_tokens_as_generate": ours == want, "tokens": len(want), "identical_prefix": same}
+    if same < len(want):
+        top2 = out.scores[same][0].float().topk(2).values
+        result["generate_top2_gap_at_split"] = round(float(top2[0] - top2[1]), 4)
+    return result
+
+
+def step_ms(engine: ChatEngine, rows: int, length: int = 256, reps: int = 50) -> float:
+    graph, _ = engine.batch.graphs[(rows, length)]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        graph.replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / reps * 1e3
+
+
+def concurrent(engine: ChatEngine, messages: list[dict], chats: int, new_tokens: int) -> dict:
+    stats = [GenerationStats() for _ in range(chats)]
+    settings = GenerationSettings(temperature=0, max_new_tokens=new_tokens)
+    threads = [threading.Thread(target=lambda s=s: [None for _ in engine.stream(messages, settings, stats=s)])
+               for s in stats]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    per_chat = [s.new_tokens / s.elapsed_s for s in stats]
+    return {"min_chat_tokens_per_s": round(min(per_chat), 1), "max_chat_tokens_per_s": round(max(per_chat), 1),
+            "min_chat_decode_tokens_per_s": round(min(s.tokens_per_s for s in stats), 1),
+            "total_tokens_per_s": round(sum(s.new_tokens for s in stats) / wall, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=SHAPES, default="internlm2-1.8b")
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--device", default="cuda", help="cuda (default); cpu only checks that the script runs")
+    parser.add_argument("--no-fp32", action="store_true", help="skip the fp32 token comparison")
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    config = LlamaConfig(**SHAPES[args.shape], rope_theta=1e6, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                         max_position_embeddings=32768)
-    with torch.device(args.device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
+    model = build(args.shape, torch.bfloat16, "cuda")
     engine = ChatEngine(model, tokenizer, name=args.shape)
     engine.stop_ids = []  # random weights: every reply runs the full length
-    eager = ChatEngine(model, tokenizer, name=args.shape, cuda_graphs=False)
-    eager.stop_ids = []
-    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else args.device
-    emit("device", name=device_name, torch=torch.__version__, graphs=engine.slot is not None)
+    emit("device", name=torch.cuda.get_device_name(0), torch=torch.__version__, rows=engine.batch.rows,
+         cache_tokens_per_row=engine.batch.max_len)
+    start = time.perf_counter()
+    engine.warm_up()
+    emit("warm_up", seconds=round(time.perf_counter() - start, 1), graphs=sorted(engine.batch.graphs))
 
     short = [{"role": "user", "content": "Tell me about the weather today, please."}]
     settings = GenerationSettings(temperature=0, max_new_tokens=args.new_tokens)
     prompt_ids, _, _ = engine.prompt(short, settings)
-    reply(engine, short, GenerationSettings(temperature=0, max_new_tokens=8))  # captures the first bucket
+    ids = torch.tensor([prompt_ids], device="cuda")
     with torch.inference_mode():
-        want = model.generate(torch.tensor([prompt_ids], device=args.device), max_new_tokens=args.new_tokens,
-                              min_new_tokens=args.new_tokens, do_sample=False)[0, len(prompt_ids):].tolist()
-    for case, chat in (("engine_graphs", engine), ("engine_eager", eager)):
-        ids = list(chat.tokens(prompt_ids, settings))
-        stats = reply(chat, short, settings)
-        emit(case, prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
-             tokens_per_s=round(stats.new_tokens / stats.elapsed_s, 1), decode_tokens_per_s=round(stats.tokens_per_s, 1),
-             first_token_ms=round(stats.first_token_s * 1e3, 1), same_tokens_as_generate=ids == want,
-             graph_problem=chat.slot.broken if chat.slot else None)
+        for _ in range(2):  # the second is timed
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+            torch.cuda.synchronize()
+            peer = args.new_tokens / (time.perf_counter() - start)
+    emit("hf_generate", tokens_per_s=round(peer, 1))
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    roofline = BANDWIDTH_BYTES_PER_S / weight_bytes
+    reply(engine, short, settings)
+    stats = reply(engine, short, settings)
+    emit("engine", prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
+         tokens_per_s=round(stats.new_tokens / stats.elapsed_s, 1), decode_tokens_per_s=round(stats.tokens_per_s, 1),
+         first_token_ms=round(stats.first_token_s * 1e3, 1), vs_hf_generate=round(stats.new_tokens / stats.elapsed_s / peer, 2),
+         of_roofline=round(stats.tokens_per_s / roofline, 2), graph_problem=engine.batch.broken)
+    emit("same_tokens_bf16", **compare(engine, prompt_ids, args.new_tokens))
 
     long = [{"role": "user", "content": " ".join(["tell me about the weather today"] * 71)}]
     one = GenerationSettings(temperature=0, max_new_tokens=1)
     reply(engine, long, one)
     times = sorted(reply(engine, long, one).first_token_s for _ in range(5))
-    emit("ttft_512", prompt_tokens=engine.prompt(long, one)[0].__len__(), first_token_ms=round(times[2] * 1e3, 1))
+    emit("ttft_512", prompt_tokens=len(engine.prompt(long, one)[0]), first_token_ms=round(times[2] * 1e3, 1))
 
     for chats in (2, 4, 8):
-        per_chat: list[float] = []
-        def run() -> None:
-            stats = reply(engine, short, GenerationSettings(temperature=0, max_new_tokens=64))
-            per_chat.append(stats.new_tokens / stats.elapsed_s)
-        threads = [threading.Thread(target=run) for _ in range(chats)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        emit(f"concurrent_{chats}", min_chat_tokens_per_s=round(min(per_chat), 1),
-             max_chat_tokens_per_s=round(max(per_chat), 1),
-             total_tokens_per_s=round(64 * chats / (time.perf_counter() - start), 1))
+        concurrent(engine, short, chats, 16)  # captures this row bucket
+        emit(f"concurrent_{chats}", new_tokens=args.new_tokens, **concurrent(engine, short, chats, args.new_tokens))
+    emit("step_ms", rows_1=round(step_ms(engine, 1), 3), rows_8=round(step_ms(engine, 8), 3))
+    emit("roofline", weights_gb=round(weight_bytes / 1e9, 2), tokens_per_s=round(roofline, 1))
 
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    emit("roofline", weights_gb=round(weight_bytes / 1e9, 2),
-         tokens_per_s=round(BANDWIDTH_BYTES_PER_S / weight_bytes, 1))
+    if not args.no_fp32:
+        del engine, model
+        torch.cuda.empty_cache()
+        model32 = build(args.shape, torch.float32, "cuda")
+        engine32 = ChatEngine(model32, tokenizer, name=args.shape)
+        engine32.stop_ids = []
+        emit("same_tokens_fp32", **compare(engine32, prompt_ids, 64))
     return 0
 
 

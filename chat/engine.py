@@ -1,16 +1,18 @@
 """The chat engine shared by the Gradio app and the chat CLI.
 
 ``ChatEngine.from_pretrained(folder)`` loads a merged model (or base + LoRA adapter) through
-``model/``; ``engine.stream(messages, settings)`` yields the reply as text deltas. Tokens are
-sampled in `chat.decode.generate_tokens`, called from `ChatEngine.tokens` only, with the fastest
-forward the model allows: `chat.fast` (static KV cache; CUDA graphs on a GPU) for Llama-layout
-models, the model's own forward otherwise. On the CPU, linear layers get int8 weights
-(`chat.quant`) unless ``quantize="none"`` or ``ASSISTANT_QUANTIZE=none``.
+``model/``; ``engine.stream(messages, settings)`` yields the reply as text deltas. `ChatEngine.tokens`
+picks the fastest decoder the model allows: on a GPU, `chat.batch` (all concurrent chats share
+each CUDA-graphed step over one static cache); on the CPU, `chat.decode.generate_tokens` over a
+static cache of the chat's own (`chat.fast`); for a model of another layout, over the model's own
+forward. On the CPU, linear layers get int8 weights (`chat.quant`) unless ``quantize="none"`` or
+``ASSISTANT_QUANTIZE=none``.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +21,9 @@ from typing import Any
 
 import torch
 
-from chat.decode import Forward, GenerationSettings, generate_tokens
-from chat.fast import DecodeSlot, StaticCacheDecoder, fast_decode_problem
+from chat.batch import BatchDecoder
+from chat.decode import GenerationSettings, generate_tokens
+from chat.fast import KVCache, StaticCacheDecoder, fast_decode_problem
 from chat.history import Message, build_prompt, normalize_messages
 from chat.quant import quantize_int8, resolve_quantize
 from chat.stream import IncrementalDetokenizer
@@ -28,6 +31,7 @@ from model import CheckpointError, build_tiny_checkpoint, load_model, load_token
 
 log = logging.getLogger(__name__)
 
+ROWS_ENV = "ASSISTANT_DECODE_ROWS"  # chats decoded together on a GPU (default 8)
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
 
@@ -83,6 +87,21 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
+def batch_cache_plan(model: Any, max_context: int) -> tuple[int, int]:
+    """(rows, tokens per row) of the batched decoder's cache: 8 x 8192 where it takes at most a
+    third of the free GPU memory, else fewer tokens (down to 2048), then fewer rows."""
+    rows = int(os.environ.get(ROWS_ENV, "8"))
+    length = min(max_context, 8192)
+    budget = torch.cuda.mem_get_info(model.device)[0] / 3 if model.device.type == "cuda" else float("inf")
+    per_token = KVCache.bytes_per_token(model.config, model.model.embed_tokens.weight.dtype)
+    while rows * length * per_token > budget and (length > 2048 or rows > 1):
+        if length > 2048:
+            length //= 2
+        else:
+            rows //= 2
+    return max(rows, 1), length
+
+
 def ensure_demo_model(out_dir: str | Path) -> Path:
     """The project's embedded demo model (a tiny random InternLM2-format checkpoint), built if absent."""
     out_dir = Path(out_dir)
@@ -96,7 +115,8 @@ class ChatEngine:
     """A loaded model + tokenizer that streams chat replies; safe to share between threads."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", max_context: int | None = None,
-                 fast: bool = True, cuda_graphs: bool = True) -> None:
+                 fast: bool = True, batched: bool | None = None, cuda_graphs: bool = True) -> None:
+        """batched: decode concurrent chats together (`chat.batch`; default: on a GPU)."""
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -106,12 +126,13 @@ class ChatEngine:
         self.lock = threading.Lock()
         # The fast decoder (chat.fast) where the model allows it, else model(...) per step.
         self.decoder: StaticCacheDecoder | None = None
-        self.slot: DecodeSlot | None = None
+        self.batch: BatchDecoder | None = None
         problem = fast_decode_problem(model) if fast else "switched off"
         if problem is None:
             self.decoder = StaticCacheDecoder(model, self.max_context)
-            if cuda_graphs and model.device.type == "cuda":
-                self.slot = DecodeSlot(self.decoder, cuda_graphs=True)
+            if batched if batched is not None else model.device.type == "cuda":
+                rows, length = batch_cache_plan(model, self.max_context)
+                self.batch = BatchDecoder(self.decoder, rows, length, cuda_graphs=cuda_graphs)
         else:
             log.info("static-cache decoder off (%s): decoding with the model's own forward", problem)
 
@@ -176,26 +197,28 @@ class ChatEngine:
     ) -> Iterator[int]:
         """Generated token ids for ready prompt ids.
 
-        With the fast decoder, a chat takes the GPU's graphed slot when it is free and fits,
-        else decodes over a static cache of its own sized to this request.
+        A request longer than the batched cache's rows decodes alone over a static cache sized to it.
         """
-        if self.decoder is None:
-            return generate_tokens(self.model, prompt_ids, settings, self.stop_ids, lock=self.lock, cancel=cancel)
-        return self._fast_tokens(prompt_ids, settings, cancel)
+        if self.batch is not None and self.batch.fits(len(prompt_ids) + settings.max_new_tokens + 1):
+            return self.batch.generate(prompt_ids, settings, self.stop_ids, cancel)
+        forward = None
+        if self.decoder is not None:
+            forward = self.decoder.eager(self.decoder.new_cache(len(prompt_ids) + settings.max_new_tokens))
+        return generate_tokens(self.model, prompt_ids, settings, self.stop_ids, lock=self.lock, cancel=cancel,
+                               forward=forward)
 
-    def _fast_tokens(
-        self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event | None
-    ) -> Iterator[int]:
-        assert self.decoder is not None
-        length = len(prompt_ids) + settings.max_new_tokens
-        slot = self.slot if self.slot and length <= self.slot.cache.max_len and self.slot.busy.acquire(False) else None
-        try:
-            forward: Forward = slot.forward() if slot else self.decoder.eager(self.decoder.new_cache(length))
-            yield from generate_tokens(self.model, prompt_ids, settings, self.stop_ids, lock=self.lock,
-                                       cancel=cancel, forward=forward)
-        finally:
-            if slot is not None:
-                slot.busy.release()
+    def warm_up(self) -> None:
+        """Compile and capture the decode steps a first chat and two concurrent ones need (seconds to
+        a minute on a GPU; nothing to do elsewhere), so the first user does not wait for it."""
+        if self.batch is None or self.model.device.type != "cuda":
+            return
+        settings = GenerationSettings(temperature=0, max_new_tokens=4)
+        ids = self.tokenizer.encode("hello, how are you today?", add_special_tokens=False) or [0, 0]
+        list(self.tokens(ids, settings))
+        first, second = self.tokens(ids, settings), self.tokens(ids, settings)
+        next(first, None)
+        list(second)
+        list(first)
 
     def stream(
         self,

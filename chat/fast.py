@@ -1,23 +1,27 @@
-"""The fast decoder: a preallocated (static) KV cache and, on a GPU, CUDA graphs of the decode step.
+"""The fast decoder: a preallocated (static) KV cache with rows, written in place, around the model's weights.
 
 ``model(...)`` with a ``DynamicCache`` grows the cache by concatenation every step and, on a GPU,
 launches a few hundred small kernels per token from Python: a batch-1 decode is then bound by the
-host, not the GPU. Here the Llama-layout model's own modules (projections, norms, MLP, rotary
-tables, lm_head; int8 ones too) run around our attention over a cache written in place, so every
-tensor of a decode step keeps its address and the whole step can be captured once as a CUDA graph
-and replayed per token. One graph per cache-length bucket (powers of two): the step attends over
-the bucket with a mask, so short chats do not pay for the longest context.
+host, not the GPU. Here the Llama-layout model's own modules (norms, activation, rotary tables;
+int8 projections too) run around our attention over a cache whose tensors never move, so a decode
+step can be captured as a CUDA graph (`chat.batch`). Two things make the captured step short:
+- q/k/v and gate/up projections are one matmul each: their weights are concatenated once and the
+  model's own Linear weights become views into the result (no extra memory; the model still works);
+- on a GPU the per-layer step is compiled (`torch.compile`, one compile shared by all layers), so the
+  norms, rotary embedding and SwiGLU are a few fused kernels instead of dozens of tiny ones.
 
-Greedy output equals ``model.generate`` (tests/test_fast_decode.py); models of another layout go
-through the plain loop in `chat.decode`.
+A cache has rows: row r holds one chat. A prefill writes one row; a decode step advances rows
+``0..b-1`` by one token each, every row at its own position, attending over the first `attend_len`
+cache entries with a mask hiding the rest. Greedy output equals ``model.generate``
+(tests/test_fast_decode.py); models of another layout go through the plain loop in `chat.decode`.
 """
 from __future__ import annotations
 
 import logging
 import os
-import threading
 
 import torch
+from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from chat.decode import Forward
@@ -25,11 +29,11 @@ from chat.decode import Forward
 log = logging.getLogger(__name__)
 
 FAST_DECODE_ENV = "ASSISTANT_FAST_DECODE"  # "0" = always the plain transformers loop
+COMPILE_ENV = "ASSISTANT_COMPILE"  # "0" = no torch.compile of the decode step (default: on a GPU)
 # Rotary types whose tables depend on the position only (dynamic NTK only beyond
 # max_position_embeddings, which the engine never goes past).
 STATIC_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "llama3"}
-MIN_BUCKET = 256
-GRAPH_MAX_LEN = 8192  # longest context the graphed slot holds; longer requests decode eagerly
+
 
 def fast_decode_problem(model: torch.nn.Module) -> str | None:
     """Why `model` cannot use the fast decoder (None when it can)."""
@@ -44,154 +48,158 @@ def fast_decode_problem(model: torch.nn.Module) -> str | None:
 
 
 class KVCache:
-    """Keys and values of every layer for one sequence of at most `max_len` tokens, written in place."""
+    """Keys and values of every layer for `rows` sequences of at most `max_len` tokens each."""
 
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, max_len: int, dtype: torch.dtype,
+    def __init__(self, layers: int, rows: int, kv_heads: int, head_dim: int, max_len: int, dtype: torch.dtype,
                  device: torch.device) -> None:
-        shape = (layers, 1, kv_heads, max_len, head_dim)
+        shape = (layers, rows, kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
+        self.rows, self.max_len = rows, max_len
+
+    @staticmethod
+    def bytes_per_token(config, dtype: torch.dtype) -> int:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype.itemsize
+
+
+def _plain_linear(module: torch.nn.Module) -> bool:
+    return type(module) is torch.nn.Linear and module.bias is None
+
+
+def fuse_projections(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One [q;k;v] and one [gate;up] weight for `layer`, the model's Linear weights made views into them.
+
+    None when the projections are not plain bias-free Linear layers (int8, LoRA, ...).
+    """
+    attn, mlp = layer.self_attn, layer.mlp
+    groups = ((attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj))
+    if not all(_plain_linear(m) for group in groups for m in group):
+        return None
+    fused = []
+    with torch.no_grad():
+        for group in groups:
+            weight = torch.cat([m.weight for m in group])
+            start = 0
+            for m in group:
+                rows = m.weight.shape[0]
+                m.weight = torch.nn.Parameter(weight[start:start + rows], requires_grad=False)
+                start += rows
+            fused.append(weight)
+    return fused[0], fused[1]
+
+
+def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tensor] | None, x: torch.Tensor,
+                  cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """One decoder layer over `x` [b, n, hidden] that writes its keys and values into the cache.
+
+    Decode (mask given): n == 1, row i of `x` is cache row rows[i] at positions[i]; attention over
+    the first mask.shape[-1] entries of rows 0..b-1. Prefill (mask None): b == 1, `positions` [n]
+    from 0 in cache row rows[0]; causal attention over the new tokens.
+    """
+    attn, mlp = layer.self_attn, layer.mlp
+    b, n, _ = x.shape
+    kv_heads, head_dim = k_cache.shape[1], k_cache.shape[-1]
+    h = layer.input_layernorm(x)
+    if fused is not None:
+        q, k, v = F.linear(h, fused[0]).split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim], -1)
+    else:
+        q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+    q = q.reshape(b, n, -1, head_dim).transpose(1, 2)
+    k = k.reshape(b, n, kv_heads, head_dim).transpose(1, 2)
+    v = v.reshape(b, n, kv_heads, head_dim).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    rows = rows.expand_as(positions)  # prefill: one row for every position
+    k_cache[rows, :, positions] = k.transpose(1, 2).reshape(-1, kv_heads, head_dim)
+    v_cache[rows, :, positions] = v.transpose(1, 2).reshape(-1, kv_heads, head_dim)
+    if mask is None:
+        repeat = q.shape[1] // kv_heads
+        o = F.scaled_dot_product_attention(q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1),
+                                           is_causal=True, scale=attn.scaling)
+        o = o.transpose(1, 2).reshape(b, n, -1)
+    else:
+        # The query heads sharing a kv head are attended as rows of one query block:
+        # grouped-query attention with no copy of the cache.
+        length = mask.shape[-1]
+        o = F.scaled_dot_product_attention(q.reshape(b, kv_heads, -1, head_dim), k_cache[:b, :, :length],
+                                           v_cache[:b, :, :length], attn_mask=mask, scale=attn.scaling)
+        o = o.reshape(b, 1, -1)
+    x = x + attn.o_proj(o)
+    h = layer.post_attention_layernorm(x)
+    if fused is not None:
+        gate, up = F.linear(h, fused[1]).chunk(2, dim=-1)
+    else:
+        gate, up = mlp.gate_proj(h), mlp.up_proj(h)
+    return x + mlp.down_proj(mlp.act_fn(gate) * up)
+
+
+def use_compile(device: torch.device) -> bool:
+    setting = os.environ.get(COMPILE_ENV, "").strip()
+    return setting == "1" if setting else device.type == "cuda"
 
 
 class StaticCacheDecoder:
-    """Batch-1 prefill and decode steps of a ``LlamaForCausalLM`` over a `KVCache`."""
+    """Prefill and decode steps of a ``LlamaForCausalLM`` over a `KVCache`."""
 
-    def __init__(self, model: torch.nn.Module, max_len: int) -> None:
+    def __init__(self, model: torch.nn.Module, max_len: int, compile: bool | None = None) -> None:
         self.model = model
         self.layers = list(model.model.layers)
-        attn = self.layers[0].self_attn
-        self.head_dim, self.n_rep, self.scaling = attn.head_dim, attn.num_key_value_groups, attn.scaling
-        self.kv_heads = model.config.num_key_value_heads
         self.max_len = max_len
         self.device = model.device
         self.dtype = model.model.embed_tokens.weight.dtype
+        self.kv_heads = model.config.num_key_value_heads
+        self.head_dim = self.layers[0].self_attn.head_dim
+        self.fused = [fuse_projections(layer) for layer in self.layers]
+        compile = use_compile(self.device) if compile is None else compile
+        # dynamic: one compile covers every batch size, cache length and prompt length (b == 1 and
+        # the prefill get their own).
+        self.decode_layer = torch.compile(decoder_layer, dynamic=True) if compile else decoder_layer
         with torch.inference_mode():
             positions = torch.arange(max_len, device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             cos, sin = model.model.rotary_emb(probe, positions)  # the same tables the model computes
             self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
 
-    def new_cache(self, max_len: int | None = None) -> KVCache:
+    def new_cache(self, max_len: int | None = None, rows: int = 1) -> KVCache:
         with torch.inference_mode():
-            return KVCache(len(self.layers), self.kv_heads, self.head_dim, min(max_len or self.max_len, self.max_len),
-                           self.dtype, self.device)
+            return KVCache(len(self.layers), rows, self.kv_heads, self.head_dim,
+                           min(max_len or self.max_len, self.max_len), self.dtype, self.device)
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, attend_len: int | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [1, vocab] (float32) of the last of `ids` [1, n] at `positions` [n].
-
-        n > 1 is a prefill from position 0 (causal attention over the new tokens); n == 1 is a
-        decode step attending over the first `attend_len` cache entries, `mask` hiding the unused.
-        """
-        n = ids.shape[1]
-        x = self.model.model.embed_tokens(ids)
-        cos, sin = self.cos[positions][None], self.sin[positions][None]
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(1, n, -1, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(1, n, -1, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(1, n, -1, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            cache.k[i].index_copy_(2, positions, k)
-            cache.v[i].index_copy_(2, positions, v)
-            if n > 1:
-                k_all = cache.k[i][:, :, :n].repeat_interleave(self.n_rep, dim=1)
-                v_all = cache.v[i][:, :, :n].repeat_interleave(self.n_rep, dim=1)
-                o = torch.nn.functional.scaled_dot_product_attention(q, k_all, v_all, is_causal=True,
-                                                                     scale=self.scaling)
-                o = o.transpose(1, 2).reshape(1, n, -1)
-            else:
-                # The query heads sharing a kv head are attended as rows of one query block:
-                # grouped-query attention with no copy of the cache.
-                q = q.view(1, self.kv_heads, self.n_rep, self.head_dim)
-                o = torch.nn.functional.scaled_dot_product_attention(
-                    q, cache.k[i][:, :, :attend_len], cache.v[i][:, :, :attend_len], attn_mask=mask,
-                    scale=self.scaling)
-                o = o.reshape(1, 1, -1)
-            x = x + attn.o_proj(o)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1].float()
 
+    def prefill(self, ids: torch.Tensor, cache: KVCache, row: int = 0) -> torch.Tensor:
+        """Logits [1, vocab] (float32) after prompt `ids` [1, n], written from position 0 of cache row `row`."""
+        n = ids.shape[1]
+        positions = torch.arange(n, device=self.device)
+        rows = torch.tensor([row], device=self.device)
+        x = self.model.model.embed_tokens(ids)
+        cos, sin = self.cos[:n][None], self.sin[:n][None]
+        for i, layer in enumerate(self.layers):  # compiled too: fewer launches from a slow host
+            x = self.decode_layer(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, None)
+        return self._logits(x)
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, attend_len: int,
+               key_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [b, vocab] after one token per cache row 0..b-1: `tokens` [b] at `positions` [b].
+
+        Attends over the first `attend_len` cache entries (a bucket: the steps of one bucket have
+        the same shapes, so one CUDA graph serves them all).
+        """
+        b = tokens.shape[0]
+        key_index = torch.arange(attend_len, device=self.device) if key_index is None else key_index[:attend_len]
+        mask = torch.where(key_index[None] <= positions[:, None], 0.0, float("-inf")).to(self.dtype)
+        mask = mask.view(b, 1, 1, attend_len)
+        rows = torch.arange(b, device=self.device) if b > 1 else positions.new_zeros(1)
+        x = self.model.model.embed_tokens(tokens[:, None])
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        for i, layer in enumerate(self.layers):
+            x = self.decode_layer(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, mask)
+        return self._logits(x)
+
     def eager(self, cache: KVCache) -> Forward:
-        """A step function over `cache` without graphs (CPU, or a GPU slot that is busy)."""
-        pos = 0
-
-        def step(ids: torch.Tensor) -> torch.Tensor:
-            nonlocal pos
-            n = ids.shape[1]
-            assert n == 1 or pos == 0, "a prompt is prefilled at the start of the cache only"
-            positions = torch.arange(pos, pos + n, device=self.device)
-            logits = self.forward(ids, positions, cache, attend_len=pos + n)
-            pos += n
-            return logits
-
-        return step
-
-
-class DecodeSlot:
-    """One cache with static step buffers; on a GPU, the decode step is a CUDA graph per length bucket.
-
-    A chat takes the slot for its whole reply (`busy`); a concurrent chat that finds it taken
-    decodes eagerly with a cache of its own. With ``cuda_graphs=False`` the same bucketed, masked
-    step runs without capture (how the CPU tests cover this logic).
-    """
-
-    def __init__(self, decoder: StaticCacheDecoder, cuda_graphs: bool = True) -> None:
-        self.decoder = decoder
-        self.cuda_graphs = cuda_graphs
-        self.cache = decoder.new_cache(min(decoder.max_len, GRAPH_MAX_LEN))
-        self.busy = threading.Lock()
-        device = decoder.device
-        with torch.inference_mode():
-            self.token = torch.zeros(1, 1, dtype=torch.long, device=device)
-            self.position = torch.zeros(1, dtype=torch.long, device=device)
-            self.key_index = torch.arange(self.cache.max_len, device=device)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.broken: str | None = None  # set when a capture failed: no graphs from then on
-
-    def bucket(self, length: int) -> int:
-        size = MIN_BUCKET
-        while size < length:
-            size *= 2
-        return min(size, self.cache.max_len)
-
-    def _step(self, size: int) -> torch.Tensor:
-        """The decode step on the static buffers, attending over the first `size` cache entries."""
-        mask = torch.where(self.key_index[:size] <= self.position, 0.0, float("-inf")).to(self.decoder.dtype)
-        mask = mask.view(1, 1, 1, size)
-        return self.decoder.forward(self.token, self.position, self.cache, attend_len=size, mask=mask)
-
-    def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        # Warm-up on a side stream (cuBLAS/attention workspaces), then capture. Both run the real
-        # step at the current position, so the cache entries they write are the right ones.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._step(size)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logits = self._step(size)
-        log.info("captured the decode step for cache length %d", size)
-        return graph, logits
-
-    def _replay(self, size: int) -> torch.Tensor:
-        if size not in self.graphs:
-            try:
-                self.graphs[size] = self._capture(size)
-            except RuntimeError as err:  # an op that cannot be captured: stay correct without graphs
-                self.broken = f"CUDA graph capture failed: {err}"
-                log.warning("%s; decoding without graphs", self.broken)
-                return self._step(size)
-        graph, logits = self.graphs[size]
-        graph.replay()
-        return logits
-
-    def forward(self) -> Forward:
-        """A step function over this slot's cache: prefill, then bucketed (graphed) decode steps."""
+        """A step function over row 0 of `cache` for `chat.decode.generate_tokens` (no graphs, no batching)."""
         pos = 0
 
         def step(ids: torch.Tensor) -> torch.Tensor:
@@ -199,13 +207,9 @@ class DecodeSlot:
             n = ids.shape[1]
             if n > 1:
                 assert pos == 0, "a prompt is prefilled at the start of the cache only"
-                positions = torch.arange(n, device=self.decoder.device)
-                logits = self.decoder.forward(ids, positions, self.cache)
+                logits = self.prefill(ids, cache)
             else:
-                self.token.copy_(ids)
-                self.position.fill_(pos)
-                size = self.bucket(pos + 1)
-                logits = self._replay(size) if self.cuda_graphs and not self.broken else self._step(size)
+                logits = self.decode(ids[0], torch.tensor([pos], device=self.device), cache, pos + 1)
             pos += n
             return logits
 

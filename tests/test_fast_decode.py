@@ -1,14 +1,17 @@
-"""The fast decode paths (chat.fast static cache + bucketed slot, chat.quant int8) on tiny checkpoints."""
+"""The fast decode paths (chat.fast static cache, chat.batch batched decoder, chat.quant int8) on tiny checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from chat import ChatEngine, EngineError, GenerationSettings
-from chat.fast import MIN_BUCKET, DecodeSlot
+from chat.batch import MIN_BUCKET
+from chat.fast import decoder_layer
 from chat.quant import Int8Linear
 from model import build_tiny_checkpoint, stop_token_ids
 
@@ -52,36 +55,97 @@ def prompt_of_length(engine: ChatEngine, tokens: int) -> list[int]:
 
 @pytest.mark.parametrize("question", QUESTIONS)
 def test_static_cache_tokens_equal_greedy_generate(exact, question):
-    assert exact.decoder is not None and exact.slot is None  # CPU: static cache, no graphs
+    assert exact.decoder is not None and exact.batch is None  # CPU: a static cache per chat, no graphs
     prompt_ids, _, _ = exact.prompt(ask(question), GREEDY)
     assert list(exact.tokens(prompt_ids, GREEDY)) == generate_ids(exact, prompt_ids, GREEDY.max_new_tokens)
 
 
-def test_bucketed_masked_slot_equals_generate_across_a_bucket_boundary(exact):
-    slot_engine = ChatEngine(exact.model, exact.tokenizer)
-    slot_engine.slot = DecodeSlot(slot_engine.decoder, cuda_graphs=False)  # the GPU step, run eagerly
-    slot_engine.stop_ids = []  # decode the full length: the reply must cross the boundary
+@pytest.fixture(scope="module")
+def batched(exact) -> ChatEngine:
+    """The GPU's batched decoder (chat.batch), run on the CPU without graphs: the same masked,
+    bucketed steps over rows of one cache, the same scheduler thread."""
+    engine = ChatEngine(exact.model, exact.tokenizer, batched=True)
+    assert engine.batch is not None and not engine.batch.cuda_graphs
+    return engine
+
+
+def test_batched_decoder_equals_generate_across_a_bucket_boundary(exact, batched):
     prompt_ids = prompt_of_length(exact, MIN_BUCKET - 10)
     settings = GenerationSettings(temperature=0, max_new_tokens=30)
-    ids = list(slot_engine.tokens(prompt_ids, settings))
+    batched.stop_ids = []  # decode the full length: the reply must cross the boundary
+    try:
+        ids = list(batched.tokens(prompt_ids, settings))
+    finally:
+        batched.stop_ids = exact.stop_ids
     assert len(prompt_ids) + len(ids) > MIN_BUCKET  # the decode moved to the next bucket
     assert ids == generate_ids(exact, prompt_ids, settings.max_new_tokens, stops=False)
-    assert not slot_engine.slot.busy.locked()  # given back when the reply ended
+    for question in QUESTIONS:
+        prompt_ids, _, _ = exact.prompt(ask(question), GREEDY)
+        assert list(batched.tokens(prompt_ids, GREEDY)) == generate_ids(exact, prompt_ids, GREEDY.max_new_tokens)
 
 
-def test_a_second_concurrent_chat_decodes_with_its_own_cache(exact):
-    engine = ChatEngine(exact.model, exact.tokenizer)
-    engine.slot = DecodeSlot(engine.decoder, cuda_graphs=False)
-    first = engine.tokens(exact.prompt(ask(QUESTIONS[0]), GREEDY)[0], GREEDY)
-    next(first)  # holds the slot now
-    assert engine.slot.busy.locked()
-    results = {}
-    thread = threading.Thread(target=lambda: results.update(second=engine.generate(ask(QUESTIONS[1]), GREEDY)))
-    thread.start()
-    thread.join()
-    assert results["second"] == exact.generate(ask(QUESTIONS[1]), GREEDY)
-    first.close()
-    assert not engine.slot.busy.locked()
+def test_concurrent_chats_share_decode_steps_and_each_gets_its_own_reply(exact, batched):
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(6)]
+    replies: dict[int, str] = {}
+    steps_before = batched.batch.steps
+    threads = [threading.Thread(target=lambda i=i, q=q: replies.update({i: batched.generate(ask(q), GREEDY)}))
+               for i, q in enumerate(questions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    alone = {q: exact.generate(ask(q), GREEDY) for q in QUESTIONS}
+    assert [replies[i] for i in range(6)] == [alone[q] for q in questions]
+    tokens = sum(len(exact.tokenizer.encode(r, add_special_tokens=False)) for r in replies.values())
+    assert batched.batch.steps - steps_before < 0.6 * tokens  # rows advanced together, not one chat per step
+
+
+def test_closing_a_stream_frees_its_row_and_others_go_on(exact, batched):
+    first = batched.tokens(exact.prompt(ask(QUESTIONS[2]), GREEDY)[0], GREEDY)
+    next(first)
+    assert sum(c is not None for c in batched.batch.chats) == 1
+    second = batched.generate(ask(QUESTIONS[1]), GREEDY)  # decoded while the first still holds a row
+    first.close()  # what the Stop button does
+    deadline = time.monotonic() + 10
+    while any(batched.batch.chats) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(batched.batch.chats)
+    assert second == exact.generate(ask(QUESTIONS[1]), GREEDY)
+    cancel = threading.Event()
+    stream = batched.tokens(exact.prompt(ask(QUESTIONS[0]), GREEDY)[0], GREEDY, cancel)
+    next(stream)
+    cancel.set()
+    assert len(list(stream)) <= 2  # at most what was already decoded when the flag was seen
+
+
+def test_seeded_sampling_on_the_batched_path_ignores_its_neighbours(exact, batched):
+    settings = GenerationSettings(temperature=0.9, top_p=0.9, top_k=40, repetition_penalty=1.2, max_new_tokens=30,
+                                  seed=3)
+    alone = batched.generate(ask(QUESTIONS[0]), settings)
+    neighbour = batched.tokens(exact.prompt(ask(QUESTIONS[2]), GREEDY)[0], GREEDY)
+    next(neighbour)
+    assert batched.generate(ask(QUESTIONS[0]), settings) == alone
+    neighbour.close()
+    assert batched.generate(ask(QUESTIONS[0]), dataclasses.replace(settings, seed=4)) != alone
+
+
+def test_compiled_decode_step_equals_eager_with_one_compile_for_all_layers(exact):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled = ChatEngine(exact.model, exact.tokenizer, batched=True)
+    compiled.decoder.decode_layer = torch.compile(decoder_layer, dynamic=True)  # what a GPU gets
+    results: dict[int, list[int]] = {}
+    prompt_ids = exact.prompt(ask(QUESTIONS[0]), GREEDY)[0]
+    threads = [threading.Thread(target=lambda i=i: results.update({i: list(compiled.tokens(prompt_ids, GREEDY))}))
+               for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert list(results.values()) == [generate_ids(exact, prompt_ids, GREEDY.max_new_tokens)] * 3
+    # prefill, a step of one row, a step of several: not one per layer, cache length or prompt length
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
 
 
 def test_seeded_sampling_is_the_same_on_the_fast_and_the_plain_path(exact):
@@ -143,16 +207,29 @@ def test_switches_and_fallbacks(tiny_dir, exact, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_graphed_decode_equals_greedy_generate_across_buckets(tiny_dir):
+def test_gpu_graphed_decode_equals_greedy_generate_across_buckets_and_rows(tiny_dir):
     engine = ChatEngine.from_pretrained(tiny_dir, dtype="fp32")  # fp32: no bf16 near-ties between kernels
-    assert engine.slot is not None
+    assert engine.batch is not None and engine.batch.cuda_graphs
+    engine.warm_up()
+    stops = engine.stop_ids
     engine.stop_ids = []
-    for prompt_ids in (engine.prompt(ask(QUESTIONS[1]), GREEDY)[0], prompt_of_length(engine, MIN_BUCKET - 10)):
+    prompts = [engine.prompt(ask(QUESTIONS[1]), GREEDY)[0], prompt_of_length(engine, MIN_BUCKET - 10)]
+    for prompt_ids in prompts:
         ids = list(engine.tokens(prompt_ids, GREEDY))
-        assert engine.slot.broken is None and engine.slot.graphs
+        assert engine.batch.broken is None
         assert ids == generate_ids(engine, prompt_ids, GREEDY.max_new_tokens, stops=False)
-    assert sorted(engine.slot.graphs) == [MIN_BUCKET, 2 * MIN_BUCKET]  # one graph per bucket used
-    engine.stop_ids = stop_token_ids(engine.tokenizer)
+    assert {(1, MIN_BUCKET), (1, 2 * MIN_BUCKET)} <= set(engine.batch.graphs)  # one graph per bucket used
+    engine.stop_ids = stops
+    results: dict[int, list[int]] = {}
+    threads = [threading.Thread(target=lambda i=i: results.update({i: list(engine.tokens(prompts[i % 2], GREEDY))}))
+               for i in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [results[i] for i in range(5)] == [generate_ids(engine, prompts[i % 2], GREEDY.max_new_tokens)
+                                              for i in range(5)]
+    assert any(rows > 1 for rows, _ in engine.batch.graphs)
     streamed = "".join(engine.stream(ask(QUESTIONS[1]), GREEDY))
     assert streamed == engine.tokenizer.decode(list(engine.tokens(engine.prompt(ask(QUESTIONS[1]), GREEDY)[0], GREEDY)),
                                                skip_special_tokens=True)

@@ -1,0 +1,263 @@
+"""Batched decoding: every chat being answered shares each decode step (continuous batching).
+
+A decode step of a 1.8B model reads all 3.8 GB of weights whether it advances one chat or eight,
+so concurrent chats are decoded together: each chat owns a row of one `KVCache`; a scheduler
+thread prefills new chats into free rows between steps and advances rows ``0..b-1`` by one token
+per step. On a GPU each step is a CUDA graph, one per (row bucket, cache-length bucket), and the
+steps are pipelined: step k+1 is launched (its input tokens sampled on the device) before the
+host reads step k's tokens, so the host's work (stop checks, queues, detokenising in the
+consumers' threads) overlaps the GPU's. A chat that stops wastes at most that one step.
+
+The consumer side is a plain generator (`BatchDecoder.generate`): closing it (the Stop button)
+frees the chat's row at the next step.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from chat.decode import GenerationSettings
+from chat.fast import KVCache, StaticCacheDecoder
+from chat.sampler import RowParams, apply_repetition_penalty, sample_rows
+
+log = logging.getLogger(__name__)
+
+MIN_BUCKET = 256  # shortest cache length a step attends over
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32)
+
+
+def bucket(length: int, limit: int) -> int:
+    size = MIN_BUCKET
+    while size < length:
+        size *= 2
+    return min(size, limit)
+
+
+@dataclass(eq=False)
+class Chat:
+    prompt_ids: list[int]
+    settings: GenerationSettings
+    stops: frozenset[int]
+    cancel: threading.Event
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    row: int = -1
+    position: int = 0  # cache position of the token the next step feeds
+    produced: int = 0
+    done: bool = False
+    generator: torch.Generator | None = None
+
+
+class BatchDecoder:
+    """Decodes up to `rows` chats at once over one cache; thread-safe, one scheduler thread."""
+
+    def __init__(self, decoder: StaticCacheDecoder, rows: int = 8, max_len: int = 8192,
+                 cuda_graphs: bool = True) -> None:
+        self.decoder = decoder
+        self.device = decoder.device
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.cache = decoder.new_cache(max_len, rows=rows)
+        self.rows, self.max_len = rows, self.cache.max_len
+        with torch.inference_mode():
+            self.tokens = torch.zeros(rows, dtype=torch.long, device=self.device)  # next input per row
+            self.positions = torch.zeros(rows, dtype=torch.long, device=self.device)
+            self.live = torch.zeros(rows, dtype=torch.long, device=self.device)  # 1 = a chat owns the row
+            self.key_index = torch.arange(self.max_len, device=self.device)
+            self.params = RowParams.empty(rows, self.device)
+            self.seen: torch.Tensor | None = None  # [rows, vocab] for repetition penalties, made when needed
+        self.host_tokens = [torch.zeros(rows, dtype=torch.long, pin_memory=self.cuda_graphs) for _ in range(2)]
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self.broken: str | None = None  # why graphs were given up, if they were
+        self.steps = 0
+        self.chats: list[Chat | None] = [None] * rows
+        self.pending: list[Chat] = []
+        self.wake = threading.Condition()
+        self.thread: threading.Thread | None = None
+
+    # -- consumer side ---------------------------------------------------------------------------
+    def fits(self, length: int) -> bool:
+        return length <= self.max_len
+
+    def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop_ids: list[int],
+                 cancel: threading.Event | None = None) -> Iterator[int]:
+        """Yield new token ids until a stop id (not yielded), `max_new_tokens`, `cancel`, or close."""
+        chat = Chat(list(prompt_ids), settings, frozenset(stop_ids), cancel or threading.Event())
+        if not settings.greedy:
+            chat.generator = torch.Generator(device=self.device)
+            if settings.seed is None:
+                chat.generator.seed()
+            else:
+                chat.generator.manual_seed(settings.seed)
+        with self.wake:
+            self.pending.append(chat)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="batch-decoder", daemon=True)
+                self.thread.start()
+            self.wake.notify()
+        try:
+            while (item := chat.out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"decoding failed: {item}") from item
+                yield item
+        finally:
+            chat.done = True  # the scheduler frees the row before its next step
+            with self.wake:
+                self.wake.notify()
+
+    # -- scheduler thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        inflight: tuple[list[Chat], list[int] | torch.Tensor, torch.cuda.Event | None] | None = None
+        while True:
+            with self.wake:
+                while not self.pending and inflight is None and not any(self.chats):
+                    self.wake.wait()
+                free = [r for r, c in enumerate(self.chats) if c is None]
+                admit, self.pending = self.pending[:len(free)], self.pending[len(free):]
+            try:
+                with torch.inference_mode():
+                    for row, chat in zip(free, admit):
+                        self._admit(chat, row)
+                    self._free_finished()
+                    launched = self._launch() if any(self.chats) else None
+                    if inflight is not None:
+                        self._deliver(*inflight)
+                    inflight = launched
+            except Exception as err:  # noqa: BLE001 - handed to every waiting consumer
+                log.exception("batched decoding failed")
+                for chat in [*admit, *(c for c in self.chats if c)]:
+                    chat.out.put(err)
+                    chat.done = True
+                self._free_finished()
+                inflight = None
+
+    def _finish(self, chat: Chat) -> None:
+        chat.done = True
+        chat.out.put(None)
+
+    def _free_finished(self) -> None:
+        for row, chat in enumerate(self.chats):
+            if chat is not None and (chat.done or chat.cancel.is_set() or chat.position >= self.max_len):
+                if not chat.done:
+                    self._finish(chat)
+                self.chats[row] = None
+                self.live[row] = 0
+                self.positions[row] = 0
+
+    def _admit(self, chat: Chat, row: int) -> None:
+        if chat.done or chat.cancel.is_set():
+            return self._finish(chat)
+        s = chat.settings
+        self.params.set_row(row, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                            penalty=s.repetition_penalty)
+        ids = torch.tensor([chat.prompt_ids], device=self.device)
+        if s.repetition_penalty != 1.0:
+            if self.seen is None:
+                self.seen = torch.zeros(self.rows, self.decoder.model.config.vocab_size, dtype=torch.bool,
+                                        device=self.device)
+            self.seen[row] = False
+            self.seen[row, ids[0]] = True
+        logits = self.decoder.prefill(ids, self.cache, row)
+        first = self._sample(logits, [chat], offset=row)
+        chat.row, chat.position = row, len(chat.prompt_ids)
+        self.chats[row] = chat
+        self.tokens[row] = first[0]
+        self.positions[row] = chat.position
+        self.live[row] = 1
+        self._emit(chat, int(first[0]))
+
+    def _sample(self, logits: torch.Tensor, chats: list[Chat | None], offset: int = 0) -> torch.Tensor:
+        """Next tokens for `logits` [b, vocab] of rows offset..offset+b-1 (`chats` per row, None = free)."""
+        b = logits.shape[0]
+        params = self.params if offset == 0 else RowParams(*(t[offset:] for t in vars(self.params).values()))
+        live = [c for c in chats if c is not None]
+        if any(c.settings.repetition_penalty != 1.0 for c in live):
+            logits = apply_repetition_penalty(logits, self.seen[offset:offset + b], params.penalty[:b])
+        noise = None
+        if any(c.generator is not None for c in live):
+            noise = torch.empty_like(logits)
+            for i, chat in enumerate(chats):
+                if chat is not None and chat.generator is not None:
+                    noise[i].exponential_(generator=chat.generator)
+                else:
+                    noise[i].fill_(1.0)
+        return sample_rows(logits, params, noise)
+
+    def _step_logits(self, b: int, length: int) -> torch.Tensor:
+        return self.decoder.decode(self.tokens[:b], self.positions[:b], self.cache, length, self.key_index)
+
+    def _graph(self, b: int, length: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        # Warm-up on a side stream (compilation, cuBLAS workspaces), then capture. Both run the real
+        # step on the current state, so the cache entries they write are the right ones.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step_logits(b, length)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            logits = self._step_logits(b, length)
+        log.info("captured the decode step for %d rows, cache length %d", b, length)
+        return graph, logits
+
+    def _logits(self, b: int, length: int) -> torch.Tensor:
+        if not self.cuda_graphs or self.broken:
+            return self._step_logits(b, length)
+        key = (b, length)
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self._graph(b, length)
+            except RuntimeError as err:  # an op that cannot be captured: stay correct without graphs
+                self.broken = f"CUDA graph capture failed: {err}"
+                log.warning("%s; decoding without graphs", self.broken)
+                return self._step_logits(b, length)
+        graph, logits = self.graphs[key]
+        graph.replay()
+        return logits
+
+    def _launch(self) -> tuple[list[Chat | None], list[int] | torch.Tensor, torch.cuda.Event | None]:
+        """Queue one decode step for every live row; the sampled tokens stay on the device as next inputs."""
+        top = max(r for r, c in enumerate(self.chats) if c is not None) + 1
+        b = next((size for size in ROW_BUCKETS if size >= top), self.rows)
+        b = min(b, self.rows)
+        chats = self.chats[:b]
+        length = bucket(max(c.position for c in chats if c) + 1, self.max_len)
+        if self.seen is not None and any(c and c.settings.repetition_penalty != 1.0 for c in chats):
+            self.seen[torch.arange(b, device=self.device), self.tokens[:b]] = True
+        logits = self._logits(b, length)
+        tokens = self._sample(logits, chats)
+        self.tokens[:b] = tokens
+        self.positions[:b] += self.live[:b]
+        for chat in chats:
+            if chat is not None:
+                chat.position += 1
+        self.steps += 1
+        if not self.cuda_graphs:
+            return chats, tokens.tolist(), None
+        host = self.host_tokens[self.steps % 2]
+        host[:b].copy_(tokens, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return chats, host, event
+
+    def _deliver(self, chats: list[Chat | None], tokens: list[int] | torch.Tensor,
+                 event: torch.cuda.Event | None) -> None:
+        if event is not None:
+            event.synchronize()
+            tokens = tokens[:len(chats)].tolist()
+        for chat, token in zip(chats, tokens):
+            if chat is not None and not chat.done:
+                self._emit(chat, token)
+
+    def _emit(self, chat: Chat, token: int) -> None:
+        if token in chat.stops:
+            return self._finish(chat)
+        chat.out.put(token)
+        chat.produced += 1
+        if chat.produced >= chat.settings.max_new_tokens or chat.position + 1 >= self.max_len:
+            self._finish(chat)
