@@ -6,6 +6,7 @@
 # final:   the issue-9 table: peers (HF+peft+bnb, Unsloth; 1.8B and 7B) and ours, then ratios.
 # explore: ours only, with variants (plain path, dropout, compile, checkpointing, 8-bit Adam),
 #          the gpu-marked correctness test, and the issue-4 proof run (trainer.train, 300 steps).
+# compile: ours with compiled layers (checkpoint inside / reduce-overhead) and Unsloth, bs1 and bs4.
 set -o pipefail
 MODE=${1:-final}
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
@@ -24,7 +25,10 @@ ours()  { PYTHONPATH=/tmp/site_ours:$PWD timeout "$1" python3 -m benchmarks.trai
             | tee -a "$OUT/log_ours" | grep -ao '{"[a-z_]*": .*}$' | tee -a "$RES"; }
 tag7b() { sed 's/^{/{"shape": "7b", /'; }
 
-if [ "$MODE" = explore ]; then
+if [ "$MODE" = compile ]; then  # where to compile, with the Unsloth peer in the same call
+    ours "${T_OURS:-330}" ours_qlora1_d0_ckin ours_qlora4_d0_ckin ours_short4_ckin ours_qlora1_d0_ro
+    peer "${T_PEER:-200}" .peers/gpu_unsloth_peer.py unsloth_qlora1 unsloth_qlora4
+elif [ "$MODE" = explore ]; then
     PYTHONPATH=/tmp/site_ours:$PWD timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fast_path.py 2>&1 | tail -5
     ours 170 ours_qlora1_d0 ours_qlora1 ours_qlora1_d0_plain ours_qlora4_d0 ours_qlora4_d0_plain ours_short4 ours_qlora1_d0_nockpt
     PROOF_STEPS=300 ours 100 proof

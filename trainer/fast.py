@@ -58,8 +58,11 @@ def collate(features, *, pad_token_id: int = 0):
     return data_lib.collate(features, flatten=True)
 
 
-def apply(model: torch.nn.Module, cfg=None, *, compile: bool = False) -> torch.nn.Module:
-    """Switch a (peft-wrapped) causal LM to the fast path in place; returns it. ``compile``: torch.compile each decoder layer."""
+def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> torch.nn.Module:
+    """Switch a (peft-wrapped) causal LM to the fast path in place; returns it.
+
+    ``compile``: torch.compile each decoder layer (a string: with that torch.compile mode).
+    """
     lm = _causal_lm(model)
     if getattr(lm, "is_loaded_in_4bit", False):
         dtype = getattr(torch, cfg.quant.bnb_4bit_compute_dtype) if cfg is not None else torch.bfloat16
@@ -70,8 +73,9 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool = False) -> torch.n
     lm.config.use_cache = False
     lm.forward = types.MethodType(_forward, lm)
     if compile:
+        mode = compile if isinstance(compile, str) else None
         for layer in lm.model.layers:
-            layer.compile()
+            layer.compile(mode=mode)
     log.info("fast path: fused linear cross-entropy (%s), varlen flash attention for packed rows%s",
              "cut_cross_entropy" if _cce() else "chunked torch", ", compiled decoder layers" if compile else "")
     return model
