@@ -6,7 +6,7 @@
 # final:   the issue-9 table: peers (HF+peft+bnb, Unsloth; 1.8B and 7B) and ours, then ratios.
 # explore: ours only, with variants (plain path, dropout, compile, checkpointing, 8-bit Adam),
 #          the gpu-marked correctness test, and the issue-4 proof run (trainer.train, 300 steps).
-# compile: ours with compiled layers (checkpoint inside / reduce-overhead) and Unsloth, bs1 and bs4.
+# compile: ours as train runs it on a GPU (compiled layers), Unsloth bs1/bs4, the padded peer, a short proof run.
 set -o pipefail
 MODE=${1:-final}
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
@@ -26,8 +26,10 @@ ours()  { PYTHONPATH=/tmp/site_ours:$PWD timeout "$1" python3 -m benchmarks.trai
 tag7b() { sed 's/^{/{"shape": "7b", /'; }
 
 if [ "$MODE" = compile ]; then  # where to compile, with the Unsloth peer in the same call
-    ours "${T_OURS:-330}" ours_qlora1_d0_ckin ours_qlora4_d0_ckin ours_short4_ckin ours_qlora1_d0_ro
-    peer "${T_PEER:-200}" .peers/gpu_unsloth_peer.py unsloth_qlora1 unsloth_qlora4
+    ours "${T_OURS:-270}" ours_qlora1_d0_compile ours_qlora4_d0_compile ours_short4_compile
+    peer "${T_PEER:-150}" .peers/gpu_unsloth_peer.py unsloth_qlora1 unsloth_qlora4
+    peer "${T_BASE:-70}" .peers/gpu_baseline.py qlora_short16
+    PROOF_STEPS=${PROOF_STEPS:-100} ours "${T_PROOF:-90}" proof
 elif [ "$MODE" = explore ]; then
     PYTHONPATH=/tmp/site_ours:$PWD timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fast_path.py 2>&1 | tail -5
     ours 170 ours_qlora1_d0 ours_qlora1 ours_qlora1_d0_plain ours_qlora4_d0 ours_qlora4_d0_plain ours_short4 ours_qlora1_d0_nockpt

@@ -54,8 +54,13 @@ def enabled(cfg) -> bool:
 
 
 def collate(features, *, pad_token_id: int = 0):
-    """A micro-batch as one row without padding, positions restarting per sample (see module doc)."""
-    return data_lib.collate(features, flatten=True)
+    """A micro-batch as one row without padding, positions restarting per sample (see module doc),
+    with the samples' boundaries for the varlen attention: computed here, on the CPU, so the GPU
+    step never waits for the host to read them back."""
+    batch = data_lib.collate(features, flatten=True)
+    varlen = varlen_kwargs(batch["position_ids"])
+    batch["cu_seq_lens"], batch["max_length"] = varlen["cu_seq_lens_q"], varlen["max_length_q"]
+    return batch
 
 
 def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> torch.nn.Module:
@@ -73,12 +78,34 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> t
     lm.config.use_cache = False
     lm.forward = types.MethodType(_forward, lm)
     if compile:
-        mode = compile if isinstance(compile, str) else None
-        for layer in lm.model.layers:
-            layer.compile(mode=mode)
+        _compile_layers(lm, compile if isinstance(compile, str) else None)
     log.info("fast path: fused linear cross-entropy (%s), varlen flash attention for packed rows%s",
              "cut_cross_entropy" if _cce() else "chunked torch", ", compiled decoder layers" if compile else "")
     return model
+
+
+def _compile_layers(lm: torch.nn.Module, mode: str | None) -> None:
+    """torch.compile each decoder layer's forward for training, the activation checkpoint around it.
+
+    transformers takes the checkpoint inside ``forward``; compiled whole, that region keeps every
+    activation (measured: 105 saved tensors a layer instead of its input), so the compiled call is
+    the undecorated forward and the checkpoint is taken here, eagerly. Eval-mode calls
+    (generation during training, with a growing cache) stay eager: nothing to recompile per token.
+    """
+    if getattr(torch._dynamo.config, "suppress_errors", None) is not None:
+        torch._dynamo.config.suppress_errors = True  # a layer that fails to compile runs eagerly, with a warning
+    for layer in lm.model.layers:
+        forward = types.MethodType(getattr(type(layer).forward, "__wrapped__", type(layer).forward), layer)
+        layer.forward = functools.partial(_layer_call, layer, forward, torch.compile(forward, mode=mode))
+
+
+def _layer_call(layer: torch.nn.Module, eager, compiled, *args, **kwargs):
+    if not (layer.training and torch.is_grad_enabled()):
+        return eager(*args, **kwargs)
+    if getattr(layer, "gradient_checkpointing", False):
+        kwargs.pop("use_cache", None)
+        return checkpoint(compiled, *args, use_reentrant=False, **kwargs)
+    return compiled(*args, **kwargs)
 
 
 def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -148,8 +175,13 @@ def _forward(self, input_ids=None, attention_mask=None, position_ids=None, past_
         return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs)
     kwargs.pop("use_cache", None)
+    cu, longest = kwargs.pop("cu_seq_lens", None), kwargs.pop("max_length", None)
     if attention_mask is None and position_ids is not None and past_key_values is None:
-        kwargs.update(varlen_kwargs(position_ids))
+        if cu is None:
+            kwargs.update(varlen_kwargs(position_ids))
+        else:
+            cu = cu.to(position_ids.device, non_blocking=True)
+            kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=int(longest), max_length_k=int(longest))
     out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
     loss = linear_cross_entropy(out.last_hidden_state, self.lm_head.weight, labels, num_items_in_batch)
@@ -165,7 +197,7 @@ def varlen_kwargs(position_ids: torch.Tensor) -> dict:
     if starts.numel() == 0 or starts[0] != 0:
         starts = torch.cat([starts.new_zeros(1), starts])
     cu = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
-    longest = int((cu[1:] - cu[:-1]).max())  # the one host sync of the step
+    longest = int((cu[1:] - cu[:-1]).max())  # a host sync on a GPU tensor: `collate` does this on the CPU
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 

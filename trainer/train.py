@@ -166,7 +166,7 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     model = build_model(cfg)
     use_fast = fast.enabled(cfg)
     if use_fast:
-        model = fast.apply(model, cfg)
+        model = fast.apply(model, cfg, compile=cfg.train.compile)
 
     # -- derived numbers, logged before the first step (nanoGPT's "tokens per iteration")
     world = args.world_size
