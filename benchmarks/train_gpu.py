@@ -9,7 +9,7 @@ $TMPDIR/assistant_bench as an InternLM2-format folder (original key names, fused
 tiny sentencepiece tokenizer: the model's vocabulary (92,544) is larger than the tokenizer's, as
 random-token benchmarks need. The loop is the Trainer's step without the Trainer (autocast bf16,
 non-reentrant per-layer activation checkpointing, fused AdamW), with the peers' settings: LoRA r64
-alpha 16 on all seven linear layers, seq 2048, 3 warm-up + 10 timed steps on random tokens.
+alpha 16 on all seven linear layers, seq 2048, 3 warm-up (6 when compiled) + 10 timed steps on random tokens.
 
 A case is ``ours_<kind><batch>[_<variant>...]``: kind ``qlora`` (full 2048-token rows) or ``short``
 (32-256-token chats packed into 2048-token rows, ``batch`` rows a step); variants ``d0`` (LoRA
@@ -144,6 +144,8 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
     parts = name.split("_")  # ours_qlora4_d0_compile
     kind, bs = parts[1].rstrip("0123456789"), int(parts[1].lstrip("abcdefghijklmnopqrstuvwxyz"))
     variants = set(parts[2:])
+    if variants & {"compile", "ro"}:
+        warm = max(warm, 6)  # compiled layers recompile once or twice until varying sizes are marked dynamic
     method = "qlora" if CUDA else "lora"
     base = build_checkpoint()
     if CUDA:
