@@ -233,3 +233,37 @@ def test_gpu_graphed_decode_equals_greedy_generate_across_buckets_and_rows(tiny_
     streamed = "".join(engine.stream(ask(QUESTIONS[1]), GREEDY))
     assert streamed == engine.tokenizer.decode(list(engine.tokens(engine.prompt(ask(QUESTIONS[1]), GREEDY)[0], GREEDY)),
                                                skip_special_tokens=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_internlm2_1_8b_shape_decode_equals_greedy_generate(tiny_dir):
+    """The InternLM2-1.8B shape (Llama layout, random weights): fp32 tokens equal `generate`'s; bf16
+    tokens equal them up to the first step where `generate`'s top two logits are a bf16 near-tie."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16,
+                         num_key_value_heads=8, vocab_size=92544, rope_theta=1e6, rms_norm_eps=1e-5,
+                         max_position_embeddings=32768, tie_word_embeddings=False)
+    tokenizer = ChatEngine.from_pretrained(tiny_dir, device="cpu").tokenizer
+    for dtype, tokens in ((torch.float32, 64), (torch.bfloat16, 128)):
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config).to(dtype).eval()
+        engine = ChatEngine(model, tokenizer)
+        engine.stop_ids = []
+        prompt_ids = engine.prompt(ask(QUESTIONS[2]), GREEDY)[0]
+        ours = list(engine.tokens(prompt_ids, GenerationSettings(temperature=0, max_new_tokens=tokens)))
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([prompt_ids], device="cuda"), do_sample=False, max_new_tokens=tokens,
+                                 min_new_tokens=tokens, output_scores=True, return_dict_in_generate=True)
+        want = out.sequences[0, len(prompt_ids):].tolist()
+        if dtype == torch.float32:
+            assert ours == want
+        else:
+            split = next((i for i, (a, b) in enumerate(zip(ours, want)) if a != b), None)
+            if split is not None:
+                top2 = out.scores[split][0].float().topk(2).values
+                assert float(top2[0] - top2[1]) <= 0.125, f"parted at {split} without a near-tie"
+        del engine, model
+        torch.cuda.empty_cache()
