@@ -191,7 +191,7 @@ class StaticCacheDecoder:
         key_index = torch.arange(attend_len, device=self.device) if key_index is None else key_index[:attend_len]
         mask = torch.where(key_index[None] <= positions[:, None], 0.0, float("-inf")).to(self.dtype)
         mask = mask.view(b, 1, 1, attend_len)
-        rows = torch.arange(b, device=self.device) if b > 1 else positions.new_zeros(1)
+        rows = torch.arange(b, device=self.device)
         x = self.model.model.embed_tokens(tokens[:, None])
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
         for i, layer in enumerate(self.layers):
