@@ -90,7 +90,10 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 def batch_cache_plan(model: Any, max_context: int) -> tuple[int, int]:
     """(rows, tokens per row) of the batched decoder's cache: 8 x 8192 where it takes at most a
     third of the free GPU memory, else fewer tokens (down to 2048), then fewer rows."""
-    rows = int(os.environ.get(ROWS_ENV, "8"))
+    value = os.environ.get(ROWS_ENV, "8")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise EngineError(f"{ROWS_ENV}={value!r}: must be a whole number >= 1 (chats decoded together on a GPU)")
+    rows = int(value)
     length = min(max_context, 8192)
     budget = torch.cuda.mem_get_info(model.device)[0] / 3 if model.device.type == "cuda" else float("inf")
     per_token = KVCache.bytes_per_token(model.config, model.model.embed_tokens.weight.dtype)

@@ -185,6 +185,11 @@ def test_switches_and_fallbacks(tiny_dir, exact, monkeypatch):
         ChatEngine.from_pretrained(tiny_dir, device="cpu")
     monkeypatch.delenv("ASSISTANT_QUANTIZE")
 
+    monkeypatch.setenv("ASSISTANT_DECODE_ROWS", "eight")
+    with pytest.raises(EngineError, match="ASSISTANT_DECODE_ROWS='eight'"):
+        ChatEngine(exact.model, exact.tokenizer, batched=True)
+    monkeypatch.delenv("ASSISTANT_DECODE_ROWS")
+
     monkeypatch.setenv("ASSISTANT_FAST_DECODE", "0")
     plain = ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="none")
     assert plain.decoder is None
