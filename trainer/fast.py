@@ -92,8 +92,7 @@ def _compile_layers(lm: torch.nn.Module, mode: str | None) -> None:
     the undecorated forward and the checkpoint is taken here, eagerly. Eval-mode calls
     (generation during training, with a growing cache) stay eager: nothing to recompile per token.
     """
-    if getattr(torch._dynamo.config, "suppress_errors", None) is not None:
-        torch._dynamo.config.suppress_errors = True  # a layer that fails to compile runs eagerly, with a warning
+    torch._dynamo.config.suppress_errors = True  # a layer that fails to compile runs eagerly, with a warning
     for layer in lm.model.layers:
         forward = types.MethodType(getattr(type(layer).forward, "__wrapped__", type(layer).forward), layer)
         layer.forward = functools.partial(_layer_call, layer, forward, torch.compile(forward, mode=mode))
