@@ -17,10 +17,13 @@ dropout 0 instead of the presets' 0.1), ``plain`` (no fast path: transformers + 
 trainer.lora builds it), ``compile`` (torch.compile each decoder layer), ``ro`` (the same with
 mode="reduce-overhead": CUDA graphs of each compiled layer), ``nockpt`` (no activation
 checkpointing), ``offload`` (checkpointed layer inputs kept in pinned CPU memory), ``adam8``
-(bitsandbytes 8-bit AdamW).
+(bitsandbytes 8-bit AdamW), ``graph`` (compiled layers and each micro-step replayed as a CUDA graph,
+``trainer.graphs``: what ``train`` runs on a GPU with lora_dropout 0; short rows padded to static sizes).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import json
 import os
@@ -111,7 +114,7 @@ def build(cfg, variants: set[str]):
 
     model = build_model(cfg)
     if "plain" not in variants:
-        fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else "compile" in variants)
+        fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else bool(variants & {"compile", "graph"}))
     if "nockpt" not in variants:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -132,7 +135,8 @@ def batches(kind: str, bs: int, n: int, vocab: int, variants: set[str]):
     ids = [torch.randint(3, vocab, (k,), generator=g).tolist() for k in lengths]
     rows = data_lib.pack(data_lib.datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}), SEQ)
     rows = [rows[i] for i in range(min(len(rows), n * bs))]
-    collate = data_lib.collate if "plain" in variants else fast.collate
+    collate = (data_lib.collate if "plain" in variants else
+               functools.partial(fast.collate, static=True) if "graph" in variants else fast.collate)
     out = []
     for i in range(0, len(rows) - bs + 1, bs):
         chunk = rows[i:i + bs]
@@ -144,7 +148,7 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
     parts = name.split("_")  # ours_qlora4_d0_compile
     kind, bs = parts[1].rstrip("0123456789"), int(parts[1].lstrip("abcdefghijklmnopqrstuvwxyz"))
     variants = set(parts[2:])
-    if variants & {"compile", "ro"}:
+    if variants & {"compile", "ro", "graph"}:
         warm = max(warm, 6)  # compiled layers recompile once or twice until varying sizes are marked dynamic
     method = "qlora" if CUDA else "lora"
     base = build_checkpoint()
@@ -162,6 +166,19 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
         opt = torch.optim.AdamW(params, lr=2e-4, fused=CUDA)
     data = batches(kind, bs, warm + steps, model.config.vocab_size, variants)
     offload = torch.autograd.graph.save_on_cpu(pin_memory=True) if "offload" in variants else None
+
+    def forward_backward(batch: dict, num_items=None) -> torch.Tensor:
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=CUDA):
+            with offload if offload is not None else contextlib.nullcontext():
+                loss = model(**batch).loss
+        loss.backward()
+        return loss.detach()
+
+    step = forward_backward
+    if "graph" in variants and CUDA:
+        from trainer.graphs import GraphedStep
+
+        step = GraphedStep(forward_backward, params)
     samples = tokens = 0
     for i, (batch, n_samples, n_tokens) in enumerate(data):
         if i == warm:
@@ -169,13 +186,7 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         batch = {k: v.to(DEVICE, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=CUDA):
-            if offload is not None:
-                with offload:
-                    loss = model(**batch).loss
-            else:
-                loss = model(**batch).loss
-        loss.backward()
+        loss = step(batch)
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # the Trainer clips (max_grad_norm 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -186,6 +197,8 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
     dt = time.perf_counter() - t0
     timed = len(data) - warm
     row = dict(case=name, shape=SHAPE, bs=bs, seq=SEQ, tokens_per_s=round(tokens / dt), step_s=round(dt / timed, 4),
+               graphs=len(step.graphs) if step is not forward_backward else None,
+               graph_failed=getattr(step, "failed", None),
                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if CUDA else None,
                mfu_6N=round(6 * PARAMS[SHAPE] * tokens / dt / 790e12, 3), loss=round(loss.item(), 3))
     if kind == "short":

@@ -44,6 +44,7 @@ from trainer import data as data_lib
 log = logging.getLogger(__name__)
 
 ATTENTION = "assistant_varlen"  # the name this module registers with transformers' AttentionInterface
+STATIC_TOKENS = 1024  # collate(static=True) pads a micro-batch to a multiple of this many tokens
 CE_CHUNK = 8192  # tokens per chunk of the fallback loss: 8192 x 92544 fp32 logits = 3 GiB at most at once
 
 
@@ -53,14 +54,35 @@ def enabled(cfg) -> bool:
             and os.environ.get("ASSISTANT_FAST", "1") != "0")
 
 
-def collate(features, *, pad_token_id: int = 0):
+def collate(features, *, pad_token_id: int = 0, static: bool = False):
     """A micro-batch as one row without padding, positions restarting per sample (see module doc),
     with the samples' boundaries for the varlen attention: computed here, on the CPU, so the GPU
-    step never waits for the host to read them back."""
+    step never waits for the host to read them back.
+
+    ``static``: round every size up to a few fixed ones, as a CUDA graph of the step needs
+    (``trainer.graphs``): the longest sample to a power of two, tokens to a multiple of
+    ``STATIC_TOKENS`` (the pad: samples trained on nothing) and the sample count to a power of two
+    (empty samples).
+    """
     batch = data_lib.collate(features, flatten=True)
     varlen = varlen_kwargs(batch["position_ids"])
-    batch["cu_seq_lens"], batch["max_length"] = varlen["cu_seq_lens_q"], varlen["max_length_q"]
+    cu, longest = varlen["cu_seq_lens_q"], varlen["max_length_q"]
+    if static:
+        longest = _next_power_of_two(longest, 64)
+        n = batch["input_ids"].shape[1]
+        pad = -(-n // STATIC_TOKENS) * STATIC_TOKENS - n
+        if pad:  # samples of at most `longest` tokens, so the attention's tiling stays that of the real ones
+            batch = {"input_ids": F.pad(batch["input_ids"], (0, pad), value=pad_token_id),
+                     "labels": F.pad(batch["labels"], (0, pad), value=data_lib.IGNORE_INDEX),
+                     "position_ids": torch.cat([batch["position_ids"], torch.arange(pad)[None] % longest], dim=1)}
+            cu = varlen_kwargs(batch["position_ids"])["cu_seq_lens_q"]
+        cu = torch.cat([cu, cu[-1:].expand(_next_power_of_two(len(cu) - 1, 8) - len(cu) + 1)])
+    batch["cu_seq_lens"], batch["max_length"] = cu, longest
     return batch
+
+
+def _next_power_of_two(n: int, least: int) -> int:
+    return max(least, 1 << (n - 1).bit_length())
 
 
 def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> torch.nn.Module:
@@ -95,16 +117,22 @@ def _compile_layers(lm: torch.nn.Module, mode: str | None) -> None:
     torch._dynamo.config.suppress_errors = True  # a layer that fails to compile runs eagerly, with a warning
     for layer in lm.model.layers:
         forward = types.MethodType(getattr(type(layer).forward, "__wrapped__", type(layer).forward), layer)
-        layer.forward = functools.partial(_layer_call, layer, forward, torch.compile(forward, mode=mode))
+        layer.forward = functools.partial(_layer_call, layer, forward, torch.compile(forward, mode=mode), uses_rng(layer))
 
 
-def _layer_call(layer: torch.nn.Module, eager, compiled, *args, **kwargs):
+def _layer_call(layer: torch.nn.Module, eager, compiled, rng: bool, *args, **kwargs):
     if not (layer.training and torch.is_grad_enabled()):
         return eager(*args, **kwargs)
     if getattr(layer, "gradient_checkpointing", False):
         kwargs.pop("use_cache", None)
-        return checkpoint(compiled, *args, use_reentrant=False, **kwargs)
+        # the RNG state matters to the recompute only with dropout; reading it is not allowed in a CUDA graph
+        return checkpoint(compiled, *args, use_reentrant=False, preserve_rng_state=rng, **kwargs)
     return compiled(*args, **kwargs)
+
+
+def uses_rng(module: torch.nn.Module) -> bool:
+    """Whether a training forward of ``module`` draws random numbers (a dropout with p > 0)."""
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in module.modules())
 
 
 def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -225,7 +253,7 @@ def _segments_sdpa(q, k, v, cu, scale):
     bounds = cu.tolist()
     outs = [F.scaled_dot_product_attention(q[:, a:b], k[:, a:b], v[:, a:b], is_causal=True, scale=scale,
                                            enable_gqa=q.shape[0] != k.shape[0])
-            for a, b in zip(bounds[:-1], bounds[1:])]
+            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]  # collate(static=True) adds empty samples
     return torch.cat(outs, dim=1)
 
 

@@ -29,7 +29,7 @@ from transformers.integrations import TensorBoardCallback
 
 import model as model_layer
 from trainer import data as data_lib
-from trainer import fast
+from trainer import fast, graphs
 from trainer.callbacks import EvalPrompts, MetricsFile, ProgressBar, read_jsonl, truncate_jsonl
 from trainer.config import RUN_CONFIG_NAME, ConfigError, RunConfig, load_config, save_config
 from trainer.lora import bf16_supported, build_model, count_parameters
@@ -167,6 +167,9 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     use_fast = fast.enabled(cfg)
     if use_fast:
         model = fast.apply(model, cfg, compile=cfg.train.compile)
+    no_graphs = graphs.unavailable(cfg) if use_fast else "no fast path"
+    if use_fast:
+        log.info("training step: %s", f"eager ({no_graphs})" if no_graphs else "CUDA graphs after 2 eager steps")
 
     # -- derived numbers, logged before the first step (nanoGPT's "tokens per iteration")
     world = args.world_size
@@ -199,8 +202,10 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     cbs += [ProgressBar(), EvalPrompts(tokenizer, cfg.data.eval_prompts, cfg.train.eval_steps,
                                        run_dir / EVAL_SAMPLES_NAME, max_new_tokens=cfg.train.eval_max_new_tokens,
                                        chat=chat, stop_ids=model_layer.stop_token_ids(tokenizer)), *callbacks]
-    collate = fast.collate if use_fast else functools.partial(data_lib.collate, pad_token_id=tokenizer.pad_token_id or 0)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
+    pad_id = tokenizer.pad_token_id or 0
+    collate = (functools.partial(fast.collate, pad_token_id=pad_id, static=not no_graphs) if use_fast
+               else functools.partial(data_lib.collate, pad_token_id=pad_id))
+    trainer = (Trainer if no_graphs else graphs.GraphedTrainer)(model=model, args=args, train_dataset=dataset, data_collator=collate,
                       processing_class=tokenizer, callbacks=cbs)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)

@@ -1,0 +1,133 @@
+"""The training step as a CUDA graph (trainer.graphs) trains exactly like the eager step.
+
+CPU: the static-shape batches the graphs need (padding tokens, empty samples) change neither the
+loss nor the gradients, and the reasons a run stays eager are named. GPU: replayed micro-steps give
+the eager step's losses, gradients and weights through accumulation, zero_grad and optimizer steps,
+and ``train`` on a GPU captures its step and learns as the eager run does.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from test_fast_path import loss_and_grads, packed_samples, run_config
+from test_train import losses, overrides, write_chats
+from trainer import fast, graphs
+from trainer.config import load_config
+from trainer.lora import build_model
+
+
+def test_static_batches_have_fixed_sizes_and_the_same_loss_and_gradients(tiny_checkpoint, tmp_path):
+    cfg = run_config(tiny_checkpoint, tmp_path, "lora")
+    model = fast.apply(build_model(cfg), cfg)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    model.train()
+    rows = packed_samples(model.config.vocab_size)
+    plain, static = fast.collate(rows), fast.collate(rows, pad_token_id=2, static=True)
+
+    n, segments = plain["input_ids"].shape[1], len(plain["cu_seq_lens"]) - 1
+    assert static["input_ids"].shape == static["labels"].shape == static["position_ids"].shape == (1, fast.STATIC_TOKENS)
+    assert static["input_ids"][0, n:].eq(2).all() and static["labels"][0, n:].eq(-100).all()
+    assert static["max_length"] == 64 >= plain["max_length"]  # pad samples are no longer than the real ones
+    assert static["position_ids"][0, n:].tolist() == [i % 64 for i in range(fast.STATIC_TOKENS - n)]
+    slots = len(static["cu_seq_lens"]) - 1
+    assert slots & (slots - 1) == 0 and slots > segments  # a power of two: empty samples at the end
+    assert static["cu_seq_lens"][-1] == static["cu_seq_lens"][-2] == fast.STATIC_TOKENS
+
+    loss, grads = loss_and_grads(model, plain)
+    static_loss, static_grads = loss_and_grads(model, static)
+    assert static_loss == pytest.approx(loss, rel=1e-6)
+    for name, g in grads.items():
+        torch.testing.assert_close(static_grads[name], g, rtol=1e-5, atol=1e-7)
+
+
+def test_why_a_run_stays_eager_is_named(tiny_checkpoint, tmp_path, monkeypatch):
+    cfg = run_config(tiny_checkpoint, tmp_path, "qlora")
+    if torch.cuda.is_available():
+        assert graphs.unavailable(cfg) is None
+    else:
+        assert graphs.unavailable(cfg) == "no CUDA GPU"
+    cfg.lora.lora_dropout = 0.1
+    assert graphs.unavailable(cfg) in ("no CUDA GPU", "lora.lora_dropout=0.1 (needs 0)")
+    monkeypatch.setenv("ASSISTANT_CUDA_GRAPHS", "0")
+    assert graphs.unavailable(cfg) == "ASSISTANT_CUDA_GRAPHS=0"
+
+
+def qlora_model(cfg, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    fast.apply(model, cfg, compile=True)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model.train()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphed_micro_steps_train_like_eager_ones(tiny_checkpoint, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    cfg = run_config(tiny_checkpoint, tmp_path, "qlora")
+    eager_model, graph_model = qlora_model(cfg), qlora_model(cfg)
+    vocab = eager_model.config.vocab_size
+    batches = [fast.collate(packed_samples(vocab, n=6 + i % 3, seed=i), static=True) for i in range(8)]
+
+    def run(model, graphed: bool):
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-2, fused=True)
+
+        def step(batch, num_items=None):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(**batch, num_items_in_batch=num_items).loss
+            loss.backward()
+            return loss.detach()
+
+        runner = graphs.GraphedStep(step, params, warmup=1) if graphed else step
+        seen, window_grads = [], []
+        for i, batch in enumerate(batches):  # accumulation 2: two micro-steps, then the optimizer
+            batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+            items = torch.tensor(64.0, device="cuda")
+            seen.append(runner(batch, items).item())
+            if i % 2:
+                window_grads.append([p.grad.float().clone() for p in params])
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        return seen, window_grads, [p.detach().float().clone() for p in params], runner
+
+    eager_losses, eager_grads, eager_params, _ = run(eager_model, graphed=False)
+    graph_losses, graph_grads, graph_params, runner = run(graph_model, graphed=True)
+    assert runner.failed is None and len(runner.graphs) >= 1
+    assert graph_losses == pytest.approx(eager_losses, rel=1e-3)
+    for window, (a, b) in enumerate(zip(eager_grads, graph_grads)):
+        for ga, gb in zip(a, b):
+            assert ((ga - gb).norm() / ga.norm().clamp_min(1e-12)) < 1e-2, f"window {window}"
+    for pa, pb in zip(eager_params, graph_params):
+        torch.testing.assert_close(pb, pa, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_on_a_gpu_captures_its_step_and_learns_like_the_eager_run(tiny_checkpoint, tmp_path, caplog,
+                                                                         monkeypatch):
+    from trainer.train import train
+
+    pytest.importorskip("bitsandbytes")
+    data = write_chats(tmp_path / "chats.jsonl")
+    settings = dict(max_steps=8, eval_steps=0, save_steps=4, gradient_checkpointing=True, report_to="none")
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        graphed = train(load_config(None, overrides(tiny_checkpoint, data, tmp_path / "graphed", "qlora", **settings)))
+    assert "training step captured as CUDA graph 1" in caplog.text
+    assert "CUDA graph capture failed" not in caplog.text
+    monkeypatch.setenv("ASSISTANT_CUDA_GRAPHS", "0")
+    eager = train(load_config(None, overrides(tiny_checkpoint, data, tmp_path / "eager", "qlora", **settings)))
+    a, b = losses(graphed), losses(eager)
+    assert a.keys() == b.keys() and len(a) == 8
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=2e-2, abs=1e-2), step
+    assert a[8] < a[1]

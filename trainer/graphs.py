@@ -1,0 +1,145 @@
+"""The training micro-step (forward + backward) replayed as one CUDA graph.
+
+A QLoRA step of a 1.8B model at batch 1 is a few thousand small kernels; launched one by one from
+Python the GPU waits on the host for most of the step (issue 9: Unsloth's step takes about as long at
+batch 1 as at batch 4). Captured once and replayed, the same kernels run back to back.
+
+How: the first ``warmup`` micro-steps of each input shape run eagerly (torch.compile compiles,
+Triton autotunes, cuBLAS allocates its workspace); the next one is captured, with the gradients
+accumulating in place into buffers that outlive the graph, and from then on a micro-step of that
+shape copies its batch into the graph's input tensors and replays. The optimizer step stays eager
+(fused AdamW is a few kernels). A capture that fails leaves training eager, with a warning.
+
+Needs: CUDA; a few fixed input shapes (``trainer.fast.collate(static=True)``); no random numbers in
+the step (LoRA dropout 0: the activation checkpoint would have to read the RNG state, which a
+capture does not allow); no DeepSpeed. ``ASSISTANT_CUDA_GRAPHS=0`` turns it off.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from typing import Any, Callable
+
+import torch
+from transformers import Trainer
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[dict, Any], torch.Tensor]  # (batch on the GPU, num_items_in_batch) -> detached loss
+
+
+def unavailable(cfg) -> str | None:
+    """Why the training step of ``cfg`` cannot be a CUDA graph, or None when it can."""
+    if os.environ.get("ASSISTANT_CUDA_GRAPHS", "1") == "0":
+        return "ASSISTANT_CUDA_GRAPHS=0"
+    checks = [(not cfg.train.cuda_graphs, "train.cuda_graphs is false"),
+              (not torch.cuda.is_available(), "no CUDA GPU"),
+              (cfg.quant.method not in ("qlora", "lora"), f"quant.method={cfg.quant.method} (LoRA / QLoRA only)"),
+              (cfg.lora.lora_dropout > 0, f"lora.lora_dropout={cfg.lora.lora_dropout} (needs 0)"),
+              (cfg.train.deepspeed is not None, "DeepSpeed"),
+              (not (cfg.train.compile and cfg.train.gradient_checkpointing),
+               "needs train.compile and train.gradient_checkpointing")]
+    return next((why for failed, why in checks if failed), None)
+
+
+class _Graph:
+    """One captured micro-step: its input tensors (copied into before each replay) and its loss."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: dict, num_items: Any, loss: torch.Tensor):
+        self.graph, self.inputs, self.num_items, self.loss = graph, inputs, num_items, loss
+
+    def replay(self, inputs: dict, num_items: Any) -> torch.Tensor:
+        for name, value in inputs.items():
+            if torch.is_tensor(value):
+                self.inputs[name].copy_(value, non_blocking=True)
+        if torch.is_tensor(num_items):
+            self.num_items.copy_(num_items, non_blocking=True)
+        self.graph.replay()
+        return self.loss.clone()  # the next replay overwrites self.loss
+
+
+def _signature(inputs: dict, num_items: Any) -> tuple:
+    """What a graph is specialised on: tensor shapes and dtypes, and every other value."""
+    def one(value):
+        return (tuple(value.shape), value.dtype, value.device) if torch.is_tensor(value) else value
+    return tuple((name, one(value)) for name, value in sorted(inputs.items())) + (("num_items", one(num_items)),)
+
+
+class GraphedStep:
+    """``step(batch, num_items)`` (forward + backward, returning the detached loss) as CUDA graphs.
+
+    ``params``: the trained parameters; their ``.grad`` become persistent buffers, re-attached (and
+    zeroed) when an optimizer's ``zero_grad(set_to_none=True)`` dropped them.
+    """
+
+    def __init__(self, step: Step, params: list[torch.nn.Parameter], *, warmup: int = 2, max_graphs: int = 8):
+        self.step, self.params, self.warmup, self.max_graphs = step, params, warmup, max_graphs
+        self.grads: list[torch.Tensor] | None = None
+        self.graphs: dict[tuple, _Graph] = {}
+        self.seen: collections.Counter = collections.Counter()
+        self.pool = None  # one memory pool for all graphs: they never run at the same time
+        self.failed: str | None = None
+
+    def __call__(self, inputs: dict, num_items: Any = None) -> torch.Tensor:
+        self._attach_grads()
+        key = _signature(inputs, num_items)
+        graph = self.graphs.get(key)
+        if graph is None and not self.failed and len(self.graphs) < self.max_graphs:
+            self.seen[key] += 1
+            if self.seen[key] > self.warmup:
+                graph = self._capture(key, inputs, num_items)
+        return graph.replay(inputs, num_items) if graph is not None else self.step(inputs, num_items)
+
+    def _attach_grads(self) -> None:
+        if self.grads is None:
+            return
+        dropped = [(p, g) for p, g in zip(self.params, self.grads) if p.grad is not g]
+        if not dropped:
+            return
+        zero = [g for p, g in dropped if p.grad is None]
+        if zero:
+            torch._foreach_zero_(zero)
+        for p, g in dropped:
+            if p.grad is not None:  # someone replaced the tensor: keep its values in ours
+                g.copy_(p.grad)
+            p.grad = g
+
+    def _capture(self, key: tuple, inputs: dict, num_items: Any) -> _Graph | None:
+        if self.grads is None:
+            self.grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            self._attach_grads()
+        static = {name: value.clone() if torch.is_tensor(value) else value for name, value in inputs.items()}
+        static_items = num_items.clone() if torch.is_tensor(num_items) else num_items
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # the eager steps' cached blocks: the graph allocates from its own pool
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                loss = self.step(static, static_items)
+            if any(p.grad is not g for p, g in zip(self.params, self.grads)):
+                raise RuntimeError("the backward replaced a .grad instead of accumulating into it")
+        except Exception as err:  # training goes on eagerly: slower, same result
+            self.failed = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            log.warning("CUDA graph capture failed, the training step stays eager: %s", self.failed)
+            self._attach_grads()
+            return None
+        if self.pool is None:
+            self.pool = graph.pool()
+        log.info("training step captured as CUDA graph %d (%s)", len(self.graphs) + 1,
+                 ", ".join(f"{n} {tuple(v.shape)}" for n, v in static.items() if torch.is_tensor(v)))
+        self.graphs[key] = _Graph(graph, static, static_items, loss)
+        return self.graphs[key]
+
+
+class GraphedTrainer(Trainer):
+    """The transformers Trainer, its micro-step (``training_step``) replayed as CUDA graphs."""
+
+    graphed: GraphedStep | None = None
+
+    def training_step(self, model: torch.nn.Module, inputs: dict, num_items_in_batch: Any = None) -> torch.Tensor:
+        if self.graphed is None:
+            def step(batch: dict, num_items: Any) -> torch.Tensor:
+                return Trainer.training_step(self, model, batch, num_items)
+            self.graphed = GraphedStep(step, [p for p in model.parameters() if p.requires_grad])
+        return self.graphed(self._prepare_inputs(inputs), num_items_in_batch)
