@@ -156,13 +156,26 @@ def _cast_frozen(lm: torch.nn.Module, dtype: torch.dtype) -> int:
 
 @functools.cache
 def _cce():
-    """cut_cross_entropy's linear_cross_entropy where it imports (it needs triton), else None."""
+    """cut_cross_entropy's fused linear + cross-entropy where it imports (it needs triton), else None.
+
+    Called below its ``linear_cross_entropy``: that one drops the ignored tokens with ``nonzero``,
+    whose data-dependent size stops the host until the GPU gets there and cannot be in a CUDA
+    graph. Here every token's loss is computed and the ignored ones weigh 0 (same sum, same
+    gradients; the ignored tokens' share of the loss kernels is the price).
+    """
     try:
-        from cut_cross_entropy import linear_cross_entropy
+        from cut_cross_entropy.cce import CCEParams, linear_cross_entropy_apply
+        from cut_cross_entropy.utils import _handle_eps
     except Exception as err:  # ImportError, or triton failing to find a GPU backend
         log.info("cut_cross_entropy unavailable (%s); using the chunked loss", err)
         return None
-    return linear_cross_entropy
+
+    def cce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        keep = targets != data_lib.IGNORE_INDEX
+        params = CCEParams(torch.where(keep, targets, 0), None, None, "none", _handle_eps("auto", hidden.dtype),
+                           False, targets.shape)
+        return (linear_cross_entropy_apply(hidden.contiguous(), weight, params) * keep).sum()
+    return cce_sum
 
 
 def _ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -185,7 +198,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     # cut_cross_entropy's backward takes bf16/fp16 only; an fp32 model (model.dtype=float32) uses the chunks
     cce = _cce() if hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16) else None
     if cce is not None:
-        total = cce(hidden, weight, targets, reduction="sum")
+        total = cce(hidden, weight, targets)
     else:  # each chunk's logits live only inside its checkpoint: recomputed in backward
         total = sum(checkpoint(_ce_sum, hidden[i:i + CE_CHUNK], weight, targets[i:i + CE_CHUNK], use_reentrant=False)
                     for i in range(0, hidden.shape[0], CE_CHUNK))
