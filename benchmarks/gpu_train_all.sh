@@ -6,7 +6,9 @@
 # final:   the issue-9 table: peers (HF+peft+bnb, Unsloth; 1.8B and 7B) and ours, then ratios.
 # explore: ours only, with variants (plain path, dropout, compile, checkpointing, 8-bit Adam),
 #          the gpu-marked correctness test, and the issue-4 proof run (trainer.train, 300 steps).
-# compile: ours as train runs it on a GPU (compiled layers), Unsloth bs1/bs4, the padded peer, a short proof run.
+# compile: ours with compiled layers (no graphs), Unsloth bs1/bs4, the padded peer, a short proof run.
+# graph:   ours as train runs it on a GPU (compiled layers, CUDA-graphed micro-steps), the gpu-marked tests,
+#          Unsloth bs1/bs4, the padded peer.  graph7b: the 7B shape, ours and Unsloth at batch 1, and the proof run.
 set -o pipefail
 MODE=${1:-final}
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
@@ -25,7 +27,18 @@ ours()  { PYTHONPATH=/tmp/site_ours:$PWD timeout "$1" python3 -m benchmarks.trai
             | tee -a "$OUT/log_ours" | grep -ao '{"[a-z_]*": .*}$' | tee -a "$RES"; }
 tag7b() { sed 's/^{/{"shape": "7b", /'; }
 
-if [ "$MODE" = compile ]; then  # where to compile, with the Unsloth peer in the same call
+if [ "$MODE" = graph ]; then
+    PYTHONPATH=/tmp/site_ours:$PWD timeout "${T_TEST:-200}" python3 -m pytest -q -p no:cacheprovider -m gpu \
+        tests/test_graphs.py tests/test_fast_path.py 2>&1 | tail -3
+    ours "${T_OURS:-300}" ours_qlora1_d0_graph ours_qlora2_d0_graph ours_qlora4_d0_graph ours_short4_d0_graph
+    peer "${T_PEER:-150}" .peers/gpu_unsloth_peer.py unsloth_qlora1 unsloth_qlora4
+    peer "${T_BASE:-70}" .peers/gpu_baseline.py qlora_short16
+elif [ "$MODE" = graph7b ]; then
+    SHAPE=7b ours "${T_OURS:-200}" ours_qlora1_d0_graph_adam8
+    SHAPE=7b PYTHONPATH=/tmp/site_peer timeout "${T_PEER:-200}" python3 .peers/gpu_unsloth_peer.py unsloth_qlora1 2>&1 \
+        | tee -a "$OUT/log_peers" | grep -ao '{"[a-z_]*": .*}$' | tag7b | tee -a "$RES"
+    PROOF_STEPS=${PROOF_STEPS:-100} ours "${T_PROOF:-120}" proof
+elif [ "$MODE" = compile ]; then  # where to compile, with the Unsloth peer in the same call
     ours "${T_OURS:-270}" ours_qlora1_d0_compile ours_qlora4_d0_compile ours_short4_compile
     peer "${T_PEER:-150}" .peers/gpu_unsloth_peer.py unsloth_qlora1 unsloth_qlora4
     peer "${T_BASE:-70}" .peers/gpu_baseline.py qlora_short16

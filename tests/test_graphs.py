@@ -30,13 +30,15 @@ def test_static_batches_have_fixed_sizes_and_the_same_loss_and_gradients(tiny_ch
     plain, static = fast.collate(rows), fast.collate(rows, pad_token_id=2, static=True)
 
     n, segments = plain["input_ids"].shape[1], len(plain["cu_seq_lens"]) - 1
-    assert static["input_ids"].shape == static["labels"].shape == static["position_ids"].shape == (1, fast.STATIC_TOKENS)
+    size = -(-n // 64) * 64  # n is 100..255 tokens: padded to a multiple of 64
+    assert 100 <= n <= 255 and fast.static_tokens_step(8100) == 512 and fast.static_tokens_step(4100) == 512
+    assert static["input_ids"].shape == static["labels"].shape == static["position_ids"].shape == (1, size) != (1, n)
     assert static["input_ids"][0, n:].eq(2).all() and static["labels"][0, n:].eq(-100).all()
     assert static["max_length"] == 64 >= plain["max_length"]  # pad samples are no longer than the real ones
-    assert static["position_ids"][0, n:].tolist() == [i % 64 for i in range(fast.STATIC_TOKENS - n)]
+    assert static["position_ids"][0, n:].tolist() == [i % 64 for i in range(size - n)]
     slots = len(static["cu_seq_lens"]) - 1
     assert slots & (slots - 1) == 0 and slots > segments  # a power of two: empty samples at the end
-    assert static["cu_seq_lens"][-1] == static["cu_seq_lens"][-2] == fast.STATIC_TOKENS
+    assert static["cu_seq_lens"][-1] == static["cu_seq_lens"][-2] == size
 
     loss, grads = loss_and_grads(model, plain)
     static_loss, static_grads = loss_and_grads(model, static)
@@ -80,7 +82,7 @@ def test_graphed_micro_steps_train_like_eager_ones(tiny_checkpoint, tmp_path):
 
     def run(model, graphed: bool):
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-2, fused=True)
+        opt = torch.optim.SGD(params, lr=0.1)  # linear in the gradients: AdamW's first step turns bf16 noise into ±lr
 
         def step(batch, num_items=None):
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -105,8 +107,8 @@ def test_graphed_micro_steps_train_like_eager_ones(tiny_checkpoint, tmp_path):
     assert runner.failed is None and len(runner.graphs) >= 1
     assert graph_losses == pytest.approx(eager_losses, rel=1e-3)
     for window, (a, b) in enumerate(zip(eager_grads, graph_grads)):
-        for ga, gb in zip(a, b):
-            assert ((ga - gb).norm() / ga.norm().clamp_min(1e-12)) < 1e-2, f"window {window}"
+        errors = [((ga - gb).norm() / ga.norm().clamp_min(1e-12)).item() for ga, gb in zip(a, b)]
+        assert max(errors) < 1e-2, f"window {window}: relative gradient errors up to {max(errors):.2e}"
     for pa, pb in zip(eager_params, graph_params):
         torch.testing.assert_close(pb, pa, rtol=1e-3, atol=1e-4)
 

@@ -44,7 +44,6 @@ from trainer import data as data_lib
 log = logging.getLogger(__name__)
 
 ATTENTION = "assistant_varlen"  # the name this module registers with transformers' AttentionInterface
-STATIC_TOKENS = 1024  # collate(static=True) pads a micro-batch to a multiple of this many tokens
 CE_CHUNK = 8192  # tokens per chunk of the fallback loss: 8192 x 92544 fp32 logits = 3 GiB at most at once
 
 
@@ -60,9 +59,9 @@ def collate(features, *, pad_token_id: int = 0, static: bool = False):
     step never waits for the host to read them back.
 
     ``static``: round every size up to a few fixed ones, as a CUDA graph of the step needs
-    (``trainer.graphs``): the longest sample to a power of two, tokens to a multiple of
-    ``STATIC_TOKENS`` (the pad: samples trained on nothing) and the sample count to a power of two
-    (empty samples).
+    (``trainer.graphs``): the longest sample to a power of two, the tokens to the next of eight sizes
+    an octave (``static_tokens_step``; the pad: samples trained on nothing) and the sample count to a
+    power of two (empty samples).
     """
     batch = data_lib.collate(features, flatten=True)
     varlen = varlen_kwargs(batch["position_ids"])
@@ -70,7 +69,7 @@ def collate(features, *, pad_token_id: int = 0, static: bool = False):
     if static:
         longest = _next_power_of_two(longest, 64)
         n = batch["input_ids"].shape[1]
-        pad = -(-n // STATIC_TOKENS) * STATIC_TOKENS - n
+        pad = -n % static_tokens_step(n)
         if pad:  # samples of at most `longest` tokens, so the attention's tiling stays that of the real ones
             batch = {"input_ids": F.pad(batch["input_ids"], (0, pad), value=pad_token_id),
                      "labels": F.pad(batch["labels"], (0, pad), value=data_lib.IGNORE_INDEX),
@@ -79,6 +78,12 @@ def collate(features, *, pad_token_id: int = 0, static: bool = False):
         cu = torch.cat([cu, cu[-1:].expand(_next_power_of_two(len(cu) - 1, 8) - len(cu) + 1)])
     batch["cu_seq_lens"], batch["max_length"] = cu, longest
     return batch
+
+
+def static_tokens_step(n: int) -> int:
+    """The multiple ``collate(static=True)`` pads ``n`` tokens to: an eighth of the power of two below
+    (at least 64), so a packed batch wastes under 1/8 and sizes near each other share one graph."""
+    return max(64, (1 << (n.bit_length() - 1)) // 8)
 
 
 def _next_power_of_two(n: int, least: int) -> int:
