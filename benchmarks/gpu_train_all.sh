@@ -8,7 +8,8 @@
 #          the gpu-marked correctness test, and the issue-4 proof run (trainer.train, 300 steps).
 # compile: ours with compiled layers (no graphs), Unsloth bs1/bs4, the padded peer, a short proof run.
 # graph:   ours as train runs it on a GPU (compiled layers, CUDA-graphed micro-steps), the gpu-marked tests,
-#          Unsloth bs1/bs4, the padded peer.  graph7b: the 7B shape, ours and Unsloth at batch 1, and the proof run.
+#          Unsloth bs1/bs4, the padded peer.  graph7b: the 7B shape, ours and Unsloth at batch 1.
+# proof:   the issue-4 proof run alone (trainer.train on the 1.8B preset, as a user runs it).
 set -o pipefail
 MODE=${1:-final}
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
@@ -37,7 +38,8 @@ elif [ "$MODE" = graph7b ]; then
     SHAPE=7b ours "${T_OURS:-200}" ours_qlora1_d0_graph_adam8
     SHAPE=7b PYTHONPATH=/tmp/site_peer timeout "${T_PEER:-200}" python3 .peers/gpu_unsloth_peer.py unsloth_qlora1 2>&1 \
         | tee -a "$OUT/log_peers" | grep -ao '{"[a-z_]*": .*}$' | tag7b | tee -a "$RES"
-    PROOF_STEPS=${PROOF_STEPS:-100} ours "${T_PROOF:-120}" proof
+elif [ "$MODE" = proof ]; then
+    PROOF_STEPS=${PROOF_STEPS:-100} ours "${T_PROOF:-200}" proof
 elif [ "$MODE" = compile ]; then  # where to compile, with the Unsloth peer in the same call
     ours "${T_OURS:-270}" ours_qlora1_d0_compile ours_qlora4_d0_compile ours_short4_compile
     peer "${T_PEER:-150}" .peers/gpu_unsloth_peer.py unsloth_qlora1 unsloth_qlora4

@@ -33,7 +33,7 @@ def test_preset_validates_and_lists_only_differences(preset):
 
 def test_defaults_follow_the_tutorials():
     cfg = RunConfig()
-    assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.lora_dropout) == (64, 16, 0.1)
+    assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.lora_dropout) == (64, 16, 0.0)  # dropout: peft's, not XTuner's 0.1
     assert (cfg.train.learning_rate, cfg.train.lr_scheduler_type, cfg.train.warmup_ratio) == (2e-4, "cosine", 0.03)
     assert (cfg.quant.method, cfg.quant.bnb_4bit_quant_type, cfg.quant.bnb_4bit_use_double_quant) == ("qlora", "nf4", True)
     for cls in SECTIONS.values():

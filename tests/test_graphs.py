@@ -108,7 +108,8 @@ def test_graphed_micro_steps_train_like_eager_ones(tiny_checkpoint, tmp_path):
     assert graph_losses == pytest.approx(eager_losses, rel=1e-3)
     for window, (a, b) in enumerate(zip(eager_grads, graph_grads)):
         errors = [((ga - gb).norm() / ga.norm().clamp_min(1e-12)).item() for ga, gb in zip(a, b)]
-        assert max(errors) < 1e-2, f"window {window}: relative gradient errors up to {max(errors):.2e}"
+        # bf16 noise (measured ~1 %); a lost or doubled micro-step would be ~50 %
+        assert max(errors) < 3e-2, f"window {window}: relative gradient errors up to {max(errors):.2e}"
     for pa, pb in zip(eager_params, graph_params):
         torch.testing.assert_close(pb, pa, rtol=1e-3, atol=1e-4)
 

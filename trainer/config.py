@@ -61,7 +61,8 @@ class ModelConfig:
 class LoraConfig:
     r: int = _f(64, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA scaling numerator (scale = lora_alpha / r)")
-    lora_dropout: float = _f(0.1, "dropout on the LoRA input, 0 <= p < 1")
+    lora_dropout: float = _f(0.0, "dropout on the LoRA input, 0 <= p < 1 (peft's and Unsloth's default; XTuner "
+                                  "uses 0.1; above 0 the GPU step cannot be a CUDA graph)")
     target_modules: list[str] = _f(ALL_LINEAR, "modules to adapt; InternLM2 names wqkv/wo/w1/w2/w3 are mapped; or [all-linear]")
     bias: str = _f("none", "train biases: none | all | lora_only")
 

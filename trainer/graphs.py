@@ -4,8 +4,8 @@ A QLoRA step of a 1.8B model at batch 1 is a few thousand small kernels; launche
 Python the GPU waits on the host for most of the step (issue 9: Unsloth's step takes about as long at
 batch 1 as at batch 4). Captured once and replayed, the same kernels run back to back.
 
-How: the first ``warmup`` micro-steps of each input shape run eagerly (torch.compile compiles,
-Triton autotunes, cuBLAS allocates its workspace); the next one is captured, with the gradients
+How: the first micro-step of each input shape runs eagerly (torch.compile compiles, Triton
+autotunes, cuBLAS allocates its workspace); the next one is captured, with the gradients
 accumulating in place into buffers that outlive the graph, and from then on a micro-step of that
 shape copies its batch into the graph's input tensors and replays. The optimizer step stays eager
 (fused AdamW is a few kernels). A capture that fails leaves training eager, with a warning.
@@ -73,7 +73,7 @@ class GraphedStep:
     zeroed) when an optimizer's ``zero_grad(set_to_none=True)`` dropped them.
     """
 
-    def __init__(self, step: Step, params: list[torch.nn.Parameter], *, warmup: int = 2, max_graphs: int = 8):
+    def __init__(self, step: Step, params: list[torch.nn.Parameter], *, warmup: int = 1, max_graphs: int = 8):
         self.step, self.params, self.warmup, self.max_graphs = step, params, warmup, max_graphs
         self.grads: list[torch.Tensor] | None = None
         self.graphs: dict[tuple, _Graph] = {}

@@ -169,7 +169,7 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
         model = fast.apply(model, cfg, compile=cfg.train.compile)
     no_graphs = graphs.unavailable(cfg) if use_fast else "no fast path"
     if use_fast:
-        log.info("training step: %s", f"eager ({no_graphs})" if no_graphs else "CUDA graphs after 2 eager steps")
+        log.info("training step: %s", f"eager ({no_graphs})" if no_graphs else "a CUDA graph per batch size, captured at its second micro-step")
 
     # -- derived numbers, logged before the first step (nanoGPT's "tokens per iteration")
     world = args.world_size
