@@ -267,7 +267,7 @@ PAIRS = [  # (ours, peer, field): the issue's targets are ratios against these p
     ("ours_qlora1_d0_compile", "unsloth_qlora1", "tokens_per_s"),
     ("ours_qlora4_d0_compile", "unsloth_qlora4", "tokens_per_s"), ("ours_short4_compile", "qlora_short16", "samples_per_s"),
     ("ours_qlora1_d0_graph", "unsloth_qlora1", "tokens_per_s"), ("ours_qlora4_d0_graph", "unsloth_qlora4", "tokens_per_s"),
-    ("ours_qlora1_d0_graph", "unsloth_qlora4", "tokens_per_s"), ("ours_short4_d0_graph", "qlora_short16", "samples_per_s"),
+    ("ours_qlora1_d0_graph", "unsloth_qlora4", "tokens_per_s"), ("ours_qlora2_d0_graph", "unsloth_qlora4", "tokens_per_s"), ("ours_short4_d0_graph", "qlora_short16", "samples_per_s"),
     ("ours_qlora1_d0_graph_adam8@7b", "unsloth_qlora1@7b", "tokens_per_s"),
     ("ours_qlora4_d0", "unsloth_qlora4", "tokens_per_s"), ("ours_qlora4", "qlora4", "tokens_per_s"),
     ("ours_short4", "qlora_short16", "samples_per_s"),
