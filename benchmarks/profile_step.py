@@ -27,9 +27,7 @@ def kind(name: str) -> str:
 
 
 def profile_case(name: str, steps: int = 2, warm: int = 4) -> dict:
-    parts = name.split("_")
-    kind_, bs = parts[1].rstrip("0123456789"), int(parts[1].lstrip("abcdefghijklmnopqrstuvwxyz"))
-    variants = set(parts[2:])
+    kind_, bs, variants = tg.parse_case(name)
     cfg = tg.run_config(tg.build_checkpoint(), "qlora", 0.0 if "d0" in variants else 0.1)
     model = tg.build(cfg, variants)
     params = [p for p in model.parameters() if p.requires_grad]

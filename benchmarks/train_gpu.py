@@ -144,10 +144,14 @@ def batches(kind: str, bs: int, n: int, vocab: int, variants: set[str]):
     return out[:n]
 
 
+def parse_case(name: str) -> tuple[str, int, set[str]]:
+    """``ours_qlora4_d0_compile`` -> ("qlora", 4, {"d0", "compile"})."""
+    parts = name.split("_")
+    return parts[1].rstrip("0123456789"), int(parts[1].lstrip("abcdefghijklmnopqrstuvwxyz")), set(parts[2:])
+
+
 def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
-    parts = name.split("_")  # ours_qlora4_d0_compile
-    kind, bs = parts[1].rstrip("0123456789"), int(parts[1].lstrip("abcdefghijklmnopqrstuvwxyz"))
-    variants = set(parts[2:])
+    kind, bs, variants = parse_case(name)
     if variants & {"compile", "ro", "graph"}:
         warm = max(warm, 6)  # compiled layers recompile once or twice until varying sizes are marked dynamic
     method = "qlora" if CUDA else "lora"

@@ -22,6 +22,13 @@ from trainer.lora import build_model
 torch.set_num_threads(1)
 
 
+def randomize_lora(peft_model) -> None:
+    """LoRA B starts at zero; give every trained weight values so every gradient is non-trivial."""
+    for p in peft_model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+
+
 def lora_grads(peft_model) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().float().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
 
@@ -54,9 +61,7 @@ def run_config(tiny_checkpoint, tmp_path, method: str):
 def compare(tiny_checkpoint, tmp_path, method: str, rel_loss: float, rel_grad: float):
     cfg = run_config(tiny_checkpoint, tmp_path, method)
     plain = build_model(cfg)
-    for p in plain.parameters():  # LoRA B starts at zero; give it values so every gradient is non-trivial
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05)
+    randomize_lora(plain)
     plain.train()
     plain.config.use_cache = False  # as the Trainer runs it; with a cache transformers skips packed-sample masking
     rows = packed_samples(plain.config.vocab_size)
@@ -84,9 +89,7 @@ def test_compiled_layers_match_eager_and_keep_only_the_checkpointed_inputs(tiny_
     the eager one keeps (the checkpoint is taken around the compiled layer, not traced inside it)."""
     cfg = run_config(tiny_checkpoint, tmp_path, "lora")
     eager = build_model(cfg)
-    for p in eager.parameters():
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05)
+    randomize_lora(eager)
     eager.train()
     compiled = fast.apply(copy.deepcopy(eager), cfg, compile=True)
     fast.apply(eager, cfg)

@@ -12,7 +12,7 @@ import logging
 import pytest
 import torch
 
-from test_fast_path import loss_and_grads, packed_samples, run_config
+from test_fast_path import loss_and_grads, packed_samples, randomize_lora, run_config
 from test_train import losses, overrides, write_chats
 from trainer import fast, graphs
 from trainer.config import load_config
@@ -22,9 +22,7 @@ from trainer.lora import build_model
 def test_static_batches_have_fixed_sizes_and_the_same_loss_and_gradients(tiny_checkpoint, tmp_path):
     cfg = run_config(tiny_checkpoint, tmp_path, "lora")
     model = fast.apply(build_model(cfg), cfg)
-    for p in model.parameters():
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05)
+    randomize_lora(model)
     model.train()
     rows = packed_samples(model.config.vocab_size)
     plain, static = fast.collate(rows), fast.collate(rows, pad_token_id=2, static=True)
@@ -62,9 +60,7 @@ def test_why_a_run_stays_eager_is_named(tiny_checkpoint, tmp_path, monkeypatch):
 def qlora_model(cfg, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(cfg)
-    for p in model.parameters():
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05)
+    randomize_lora(model)
     fast.apply(model, cfg, compile=True)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

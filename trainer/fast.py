@@ -122,7 +122,8 @@ def _compile_layers(lm: torch.nn.Module, mode: str | None) -> None:
     torch._dynamo.config.suppress_errors = True  # a layer that fails to compile runs eagerly, with a warning
     for layer in lm.model.layers:
         forward = types.MethodType(getattr(type(layer).forward, "__wrapped__", type(layer).forward), layer)
-        layer.forward = functools.partial(_layer_call, layer, forward, torch.compile(forward, mode=mode), uses_rng(layer))
+        compiled = torch.compile(forward, mode=mode)
+        layer.forward = functools.partial(_layer_call, layer, forward, compiled, uses_rng(layer))
 
 
 def _layer_call(layer: torch.nn.Module, eager, compiled, rng: bool, *args, **kwargs):

@@ -164,12 +164,12 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
 
     # -- model (on a GPU, LoRA/QLoRA take the fast path: fused loss, varlen attention; ASSISTANT_FAST=0 = off)
     model = build_model(cfg)
-    use_fast = fast.enabled(cfg)
+    use_fast, no_graphs = fast.enabled(cfg), "no fast path"
     if use_fast:
         model = fast.apply(model, cfg, compile=cfg.train.compile)
-    no_graphs = graphs.unavailable(cfg) if use_fast else "no fast path"
-    if use_fast:
-        log.info("training step: %s", f"eager ({no_graphs})" if no_graphs else "a CUDA graph per batch size, captured at its second micro-step")
+        no_graphs = graphs.unavailable(cfg)
+        log.info("training step: %s", f"eager ({no_graphs})" if no_graphs
+                 else "a CUDA graph per batch size, captured at its second micro-step")
 
     # -- derived numbers, logged before the first step (nanoGPT's "tokens per iteration")
     world = args.world_size
@@ -205,8 +205,8 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     pad_id = tokenizer.pad_token_id or 0
     collate = (functools.partial(fast.collate, pad_token_id=pad_id, static=not no_graphs) if use_fast
                else functools.partial(data_lib.collate, pad_token_id=pad_id))
-    trainer = (Trainer if no_graphs else graphs.GraphedTrainer)(model=model, args=args, train_dataset=dataset, data_collator=collate,
-                      processing_class=tokenizer, callbacks=cbs)
+    trainer = (Trainer if no_graphs else graphs.GraphedTrainer)(
+        model=model, args=args, train_dataset=dataset, data_collator=collate, processing_class=tokenizer, callbacks=cbs)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
