@@ -4,12 +4,14 @@
 
 Runs the case's model as benchmarks/train_gpu.py builds it, 4 warm-up steps, then 2 steps under
 torch.profiler; prints the wall time a step, the summed kernel time a step (what a CUDA graph of the
-step cannot go below) and the kernels that take most of it, grouped by name prefix.
+step cannot go below), the kernels that take most of it grouped by name prefix (TOP=25 of them: ms and launches a step), and
+the memory: weights, + LoRA gradients and optimizer state (static), peak.
 """
 from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import sys
 import time
@@ -43,24 +45,29 @@ def profile_case(name: str, steps: int = 2, warm: int = 4) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    torch.cuda.reset_peak_memory_stats()
+    weights = torch.cuda.memory_allocated()
     for batch, _, _ in data[:warm]:
         step(batch)
     torch.cuda.synchronize()
+    static, peak = torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()  # + grads, optimizer state
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
         for batch, _, _ in data[warm:]:
             step(batch)
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / steps
-    by_kind, launches = collections.Counter(), 0
+    by_kind, count, launches = collections.Counter(), collections.Counter(), 0
     for ev in prof.events():
         if ev.device_type == torch.autograd.DeviceType.CUDA:
             by_kind[kind(ev.name)] += ev.device_time_total / 1e3 / steps
+            count[kind(ev.name)] += 1
             launches += 1
     total = sum(by_kind.values())
     return dict(case=name, shape=tg.SHAPE, wall_ms=round(wall * 1e3, 1), kernel_ms=round(total, 1),
-                kernels_per_step=launches // steps,
-                top={k: round(v, 2) for k, v in by_kind.most_common(25)})
+                kernels_per_step=launches // steps, weights_gib=round(weights / 2**30, 3),
+                static_gib=round(static / 2**30, 3), peak_gib=round(peak / 2**30, 3),
+                top={k: [round(v, 2), count[k] // steps] for k, v in by_kind.most_common(int(os.environ.get("TOP", 25)))})
 
 
 if __name__ == "__main__":

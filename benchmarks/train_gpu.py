@@ -17,7 +17,7 @@ dropout 0 instead of the presets' 0.1), ``plain`` (no fast path: transformers + 
 trainer.lora builds it), ``compile`` (torch.compile each decoder layer), ``ro`` (the same with
 mode="reduce-overhead": CUDA graphs of each compiled layer), ``nockpt`` (no activation
 checkpointing), ``offload`` (checkpointed layer inputs kept in pinned CPU memory), ``adam8``
-(bitsandbytes 8-bit AdamW), ``graph`` (compiled layers and each micro-step replayed as a CUDA graph,
+(bitsandbytes 8-bit AdamW), ``nofold`` (QLoRA layers as peft runs them, not ``trainer.qlora_fold``), ``graph`` (compiled layers and each micro-step replayed as a CUDA graph,
 ``trainer.graphs``: what ``train`` runs on a GPU with lora_dropout 0; short rows padded to static sizes).
 """
 from __future__ import annotations
@@ -113,6 +113,7 @@ def build(cfg, variants: set[str]):
     from trainer.lora import build_model
 
     model = build_model(cfg)
+    os.environ["ASSISTANT_FOLD"] = "0" if "nofold" in variants else "1"
     if "plain" not in variants:
         fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else bool(variants & {"compile", "graph"}))
     if "nockpt" not in variants:
@@ -191,6 +192,8 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
         if i == warm:
             if CUDA:
                 torch.cuda.synchronize()
+                peak_warm = torch.cuda.max_memory_allocated()  # a graph's capture: replays allocate in its pool
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
         batch = {k: v.to(DEVICE, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss = step(batch)
@@ -206,7 +209,7 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
     row = dict(case=name, shape=SHAPE, bs=bs, seq=SEQ, tokens_per_s=round(tokens / dt), step_s=round(dt / timed, 4),
                graphs=len(step.graphs) if step is not forward_backward else None,
                graph_failed=getattr(step, "failed", None),
-               peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if CUDA else None,
+               peak_gib=round(max(peak_warm, torch.cuda.max_memory_allocated()) / 2**30, 2) if CUDA else None,
                mfu_6N=round(6 * PARAMS[SHAPE] * tokens / dt / 790e12, 3), loss=round(loss.item(), 3))
     if kind == "short":
         row.update(samples_per_s=round(samples / dt, 1), samples_per_step=round(samples / timed, 1))

@@ -13,6 +13,8 @@ What it changes on a model that ``trainer.lora.build_model`` returned (each meas
   varlen (torch's own kernel, ``aten._flash_attention_forward`` with ``cu_seqlens``), so no token
   attends across samples and no L x L mask is built; batches with an ``attention_mask`` (padding,
   generation) and unpacked rows go to sdpa as before.
+- QLoRA layers: the adapter is folded into the weight as it is dequantised, one GEMM a layer
+  (``trainer.qlora_fold``).
 - data: ``collate`` joins a micro-batch into one row without padding (``trainer.data.collate``
   with ``flatten=True``), which the varlen attention reads.
 
@@ -40,6 +42,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from trainer import data as data_lib
+from trainer import qlora_fold
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> t
         dtype = getattr(torch, cfg.quant.bnb_4bit_compute_dtype) if cfg is not None else torch.bfloat16
         cast = _cast_frozen(lm, dtype)
         log.info("fast path: %d frozen tensors back to %s (prepare_model_for_kbit_training made them fp32)", cast, dtype)
+        log.info("fast path: %d QLoRA layers fold their adapter into the dequantised weight", qlora_fold.apply(model))
     _register_attention()
     lm.set_attn_implementation(ATTENTION)
     lm.config.use_cache = False

@@ -1,0 +1,216 @@
+"""QLoRA linear layers as one GEMM: the adapter folded into the weight while it is dequantised.
+
+peft runs a QLoRA linear ``y = x W.T + s (x A.T) B.T`` as a dequantisation of the 4-bit W, the base
+GEMM, two thin rank-r GEMMs, a clone and a sum, each pass over the [tokens, out] output a trip to
+memory; the backward adds two more thin GEMMs and another sum. Here one Triton kernel writes
+``W' = W + s B A`` straight from the NF4 weight (the dequantisation writes every element of W
+anyway; the rank-r product rides along in registers), and the layer is ``y = x W'.T``:
+
+- forward: one kernel for W', one GEMM (was: 5 kernels and 3 output-sized passes);
+- backward: ``dx = dy W'`` (the adapter's share included), and the adapter's gradients
+  ``dA = s (dy B).T x``, ``dB = s dy.T (x A.T)`` from four thin GEMMs.
+
+Numerics: the plain path rounds ``x W.T`` and the adapter's output to bf16 and adds them in bf16;
+here ``W + s B A`` is rounded to bf16 once per element. Both lose an adapter contribution below
+2^-9 of the value it is added to, so the two agree within bf16 noise
+(``tests/test_fast_path.py`` checks loss and LoRA gradients against plain peft).
+
+Used by ``trainer.fast.apply`` for peft ``lora.Linear4bit`` layers with one adapter, no dropout,
+no DoRA and no bias, in training mode; everything else (eval, generation, merged adapters) keeps
+peft's forward. ``ASSISTANT_FOLD=0`` turns it off.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import types
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+def enabled() -> bool:
+    return os.environ.get("ASSISTANT_FOLD", "1") != "0" and _op() is not None
+
+
+# ----------------------------------------------------------------------------- the kernel
+
+@functools.cache
+def _op():
+    """The custom op ``assistant::qlora_folded_weight`` (a Triton kernel), or None without Triton/CUDA."""
+    try:
+        import triton
+        import triton.language as tl
+        from torch.library import triton_op, wrap_triton
+    except ImportError as err:
+        log.info("QLoRA folding unavailable (%s)", err)
+        return None
+    if not torch.cuda.is_available():
+        return None
+
+    @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
+                              for bm, bn, w in ((64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 256, 8))],
+                     key=["n_out", "n_in", "R"])
+    @triton.jit
+    def fold_kernel(q_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, a_ptr, b_ptr, out_ptr,
+                    scale, n_out, n_in, rank,
+                    BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, R: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr):
+        # a tile is BM rows x BN columns; n_in % BLOCKSIZE == 0 and BN % BLOCKSIZE == 0 (``foldable``), so
+        # each row of a tile holds whole quantisation blocks
+        NB: tl.constexpr = BN // BLOCKSIZE
+        rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        rn = tl.program_id(1) * BN + tl.arange(0, BN)
+        rows = rm.to(tl.int64)[:, None]
+        in_rows = (rm < n_out)[:, None]
+        half = tl.program_id(1) * (BN // 2) + tl.arange(0, BN // 2)
+        byte = tl.load(q_ptr + rows * (n_in // 2) + half[None, :], mask=in_rows & (half < n_in // 2)[None, :],
+                       other=0).to(tl.int32)
+        # bitsandbytes packs element 2j in the high nibble, 2j + 1 in the low one
+        w = tl.reshape(tl.join(tl.load(code_ptr + (byte >> 4)), tl.load(code_ptr + (byte & 15))), (BM, BN))
+        blk = tl.program_id(1) * NB + tl.arange(0, NB)
+        at = rows * (n_in // BLOCKSIZE) + blk[None, :]
+        in_blocks = in_rows & (blk < n_in // BLOCKSIZE)[None, :]
+        if NESTED:  # double quantisation: the blocks' absmax are 8-bit codes, with their own blockwise scale
+            absmax = (tl.load(code2_ptr + tl.load(absmax_ptr + at, mask=in_blocks, other=0).to(tl.int32))
+                      * tl.load(absmax2_ptr + at // BLOCKSIZE2, mask=in_blocks, other=0.0) + tl.load(offset_ptr))
+        else:
+            absmax = tl.load(absmax_ptr + at, mask=in_blocks, other=0.0)
+        w = tl.reshape(tl.reshape(w, (BM, NB, BLOCKSIZE)) * absmax[:, :, None], (BM, BN))
+        rk = tl.arange(0, R)
+        b = tl.load(b_ptr + rows * rank + rk[None, :], mask=in_rows & (rk < rank)[None, :], other=0.0)
+        a = tl.load(a_ptr + rk[:, None] * n_in + rn[None, :], mask=(rk < rank)[:, None] & (rn < n_in)[None, :],
+                    other=0.0)
+        w += scale * tl.dot(b.to(tl.bfloat16), a.to(tl.bfloat16))  # autocast's precision for the adapter
+        tl.store(out_ptr + rows * n_in + rn[None, :], w.to(out_ptr.dtype.element_ty), mask=in_rows & (rn < n_in)[None, :])
+
+    @triton_op("assistant::qlora_folded_weight", mutates_args=())
+    def folded_weight_op(q: torch.Tensor, absmax: torch.Tensor, absmax2: torch.Tensor, code2: torch.Tensor,
+                         offset: torch.Tensor, code: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                         scale: float, n_out: int, n_in: int, blocksize: int, blocksize2: int, nested: bool,
+                         dtype: torch.dtype) -> torch.Tensor:
+        out = torch.empty((n_out, n_in), dtype=dtype, device=q.device)
+        rank = lora_a.shape[0]
+
+        def grid(meta):
+            return triton.cdiv(n_out, meta["BM"]), triton.cdiv(n_in, meta["BN"])
+        wrap_triton(fold_kernel)[grid](q, absmax, absmax2, code2, offset, code, lora_a, lora_b, out, scale,
+                                       n_out, n_in, rank, BLOCKSIZE=blocksize, BLOCKSIZE2=blocksize2,
+                                       NESTED=nested, R=max(16, triton.next_power_of_2(rank)))
+        return out
+
+    return folded_weight_op
+
+
+def _quant_args(weight) -> tuple[tuple[torch.Tensor, ...], tuple]:
+    """The tensors of a bitsandbytes Params4bit the kernel reads, and its sizes and flags."""
+    qs = weight.quant_state
+    q = weight.view(torch.uint8) if weight.dtype != torch.uint8 else weight
+    if qs.nested:
+        tensors = (q, qs.absmax, qs.state2.absmax, qs.state2.code, qs.offset, qs.code)
+    else:
+        tensors = (q, qs.absmax, qs.absmax, qs.absmax, qs.absmax, qs.code)
+    return tensors, (qs.shape[0], qs.shape[1], qs.blocksize, qs.state2.blocksize if qs.nested else 1, qs.nested, qs.dtype)
+
+
+def _folded(quant: tuple, meta: tuple, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:
+    # through torch.ops, which torch.compile reads as one opaque op (``_op`` has registered it)
+    return torch.ops.assistant.qlora_folded_weight(*quant, lora_a, lora_b, scale, *meta)
+
+
+def folded_weight(weight, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``dequantize(weight) + scale * lora_b @ lora_a`` in the weight's compute dtype, in one kernel."""
+    _op()
+    return _folded(*_quant_args(weight), lora_a, lora_b, float(scale))
+
+
+def folded_weight_reference(weight, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``folded_weight`` before its one rounding, in fp32, from bitsandbytes' dequantisation (for tests)."""
+    import bitsandbytes.functional as bnbf
+
+    w = bnbf.dequantize_4bit(weight, weight.quant_state).float()
+    return w + scale * (lora_b.to(torch.bfloat16).float() @ lora_a.to(torch.bfloat16).float())
+
+
+# ----------------------------------------------------------------------------- the layer
+
+class _FoldedLinear(torch.autograd.Function):
+    """``x @ (W + s B A).T`` with gradients for x, A and B; W' is rebuilt in backward, not kept."""
+
+    @staticmethod
+    def forward(ctx, x, lora_a, lora_b, scale, meta, *quant):
+        w = _folded(quant, meta, lora_a, lora_b, scale)
+        ctx.save_for_backward(x, lora_a, lora_b, *quant)
+        ctx.scale, ctx.meta = scale, meta
+        return F.linear(x.to(w.dtype), w)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, lora_a, lora_b, *quant = ctx.saved_tensors
+        w = _folded(tuple(quant), ctx.meta, lora_a, lora_b, ctx.scale)
+        dy = dy.to(w.dtype)
+        dx = (dy @ w).to(x.dtype) if ctx.needs_input_grad[0] else None
+        x2, dy2 = x.reshape(-1, x.shape[-1]).to(w.dtype), dy.reshape(-1, dy.shape[-1])
+        dyb = (dy2 @ lora_b.to(w.dtype)) * ctx.scale  # [tokens, r]
+        xa = (x2 @ lora_a.to(w.dtype).t()) * ctx.scale  # [tokens, r]
+        grad_a = (dyb.t() @ x2).to(lora_a.dtype)
+        grad_b = (dy2.t() @ xa).to(lora_b.dtype)
+        return (dx, grad_a, grad_b, None, None) + (None,) * len(quant)
+
+
+def foldable(module: torch.nn.Module) -> str | None:
+    """Why a module cannot be folded, or None when it can (a peft LoRA Linear4bit of the simple kind)."""
+    from peft.tuners.lora import bnb as peft_bnb
+
+    if not isinstance(module, getattr(peft_bnb, "Linear4bit", ())):
+        return "not a peft LoRA Linear4bit"
+    names = [n for n in module.active_adapters if n in module.lora_A]
+    if len(names) != 1:
+        return f"{len(names)} active adapters"
+    name = names[0]
+    weight = module.get_base_layer().weight
+    checks = [(not isinstance(module.lora_dropout[name], torch.nn.Identity), "LoRA dropout"),
+              (name in getattr(module, "lora_variant", {}), "a LoRA variant (DoRA)"),
+              (module.get_base_layer().bias is not None, "a bias"),
+              (getattr(weight, "quant_state", None) is None, "no quant_state"),
+              (weight.quant_state is not None and (weight.quant_state.blocksize > 128
+                                                   or weight.quant_state.shape[1] % weight.quant_state.blocksize),
+               "quantisation blocks that do not tile the rows"),
+              (weight.quant_state is not None and weight.quant_state.dtype not in (torch.bfloat16, torch.float16),
+               "compute dtype not bf16/fp16")]
+    return next((why for failed, why in checks if failed), None)
+
+
+def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    names = self.active_adapters
+    if (not (self.training and torch.is_grad_enabled()) or self.disable_adapters or self.merged or args or kwargs
+            or len(names) != 1 or names[0] not in self.lora_A):
+        return self._peft_forward(x, *args, **kwargs)
+    quant, meta = _quant_args(self.get_base_layer().weight)
+    return _FoldedLinear.apply(x, self.lora_A[names[0]].weight, self.lora_B[names[0]].weight,
+                               float(self.scaling[names[0]]), meta, *quant)
+
+
+def apply(model: torch.nn.Module) -> int:
+    """Fold the adapters of every eligible QLoRA layer of ``model`` in training; returns how many."""
+    if not enabled():
+        return 0
+    n, skipped = 0, {}
+    for name, module in model.named_modules():
+        why = foldable(module)
+        if why is None:
+            qs = module.get_base_layer().weight.quant_state
+            if qs.nested and (not torch.is_tensor(qs.offset) or qs.offset.device != qs.absmax.device):
+                # a checkpoint saved pre-quantised gives the offset back as a float or a CPU tensor
+                qs.offset = torch.as_tensor(qs.offset, dtype=torch.float32, device=qs.absmax.device)
+            module._peft_forward = module.forward
+            module.forward = types.MethodType(_forward, module)
+            n += 1
+        elif why != "not a peft LoRA Linear4bit":
+            skipped[name] = why
+    if skipped:
+        log.info("QLoRA folding: %d layers keep peft's forward (%s)", len(skipped), next(iter(skipped.items())))
+    return n
