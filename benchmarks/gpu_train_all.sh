@@ -31,7 +31,8 @@ tag7b() { sed 's/^{/{"shape": "7b", /'; }
 if [ "$MODE" = graph ]; then
     [ -n "$NO_TEST" ] || PYTHONPATH=/tmp/site_ours:$PWD timeout "${T_TEST:-200}" python3 -m pytest -q -p no:cacheprovider -m gpu \
         tests/test_graphs.py tests/test_fast_path.py 2>&1 | tail -3
-    ours "${T_OURS:-300}" ours_qlora1_d0_graph ours_qlora2_d0_graph ours_qlora4_d0_graph ours_short4_d0_graph
+    ours "${T_OURS:-330}" ours_qlora1_d0_graph ours_qlora2_d0_graph ours_qlora3_d0_graph ours_qlora4_d0_graph \
+        ours_short4_d0_graph
     peer "${T_PEER:-150}" .peers/gpu_unsloth_peer.py unsloth_qlora1 unsloth_qlora4
     peer "${T_BASE:-70}" .peers/gpu_baseline.py qlora_short16
 elif [ "$MODE" = graph7b ]; then

@@ -17,7 +17,8 @@ dropout 0 instead of the presets' 0.1), ``plain`` (no fast path: transformers + 
 trainer.lora builds it), ``compile`` (torch.compile each decoder layer), ``ro`` (the same with
 mode="reduce-overhead": CUDA graphs of each compiled layer), ``nockpt`` (no activation
 checkpointing), ``offload`` (checkpointed layer inputs kept in pinned CPU memory), ``adam8``
-(bitsandbytes 8-bit AdamW), ``nofold`` (QLoRA layers as peft runs them, not ``trainer.qlora_fold``), ``graph`` (compiled layers and each micro-step replayed as a CUDA graph,
+(bitsandbytes 8-bit AdamW), ``nofold`` (QLoRA layers as peft
+runs them, not ``trainer.qlora_fold``), ``cce`` (the loss by cut_cross_entropy, not ``trainer.lm_loss``'s), ``graph`` (compiled layers and each micro-step replayed as a CUDA graph,
 ``trainer.graphs``: what ``train`` runs on a GPU with lora_dropout 0; short rows padded to static sizes).
 """
 from __future__ import annotations
@@ -114,6 +115,7 @@ def build(cfg, variants: set[str]):
 
     model = build_model(cfg)
     os.environ["ASSISTANT_FOLD"] = "0" if "nofold" in variants else "1"
+    os.environ["ASSISTANT_LOSS"] = "cce" if "cce" in variants else "auto"
     if "plain" not in variants:
         fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else bool(variants & {"compile", "graph"}))
     if "nockpt" not in variants:
@@ -274,7 +276,8 @@ PAIRS = [  # (ours, peer, field): the issue's targets are ratios against these p
     ("ours_qlora1_d0_compile", "unsloth_qlora1", "tokens_per_s"),
     ("ours_qlora4_d0_compile", "unsloth_qlora4", "tokens_per_s"), ("ours_short4_compile", "qlora_short16", "samples_per_s"),
     ("ours_qlora1_d0_graph", "unsloth_qlora1", "tokens_per_s"), ("ours_qlora4_d0_graph", "unsloth_qlora4", "tokens_per_s"),
-    ("ours_qlora1_d0_graph", "unsloth_qlora4", "tokens_per_s"), ("ours_qlora2_d0_graph", "unsloth_qlora4", "tokens_per_s"), ("ours_short4_d0_graph", "qlora_short16", "samples_per_s"),
+    ("ours_qlora1_d0_graph", "unsloth_qlora4", "tokens_per_s"), ("ours_qlora2_d0_graph", "unsloth_qlora4", "tokens_per_s"),
+    ("ours_qlora3_d0_graph", "unsloth_qlora4", "tokens_per_s"), ("ours_short4_d0_graph", "qlora_short16", "samples_per_s"),
     ("ours_qlora1_d0_graph_adam8@7b", "unsloth_qlora1@7b", "tokens_per_s"),
     ("ours_qlora4_d0", "unsloth_qlora4", "tokens_per_s"), ("ours_qlora4", "qlora4", "tokens_per_s"),
     ("ours_short4", "qlora_short16", "samples_per_s"),

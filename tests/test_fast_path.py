@@ -15,7 +15,7 @@ import torch
 
 import model as model_layer
 from trainer import data as data_lib
-from trainer import fast
+from trainer import fast, lm_loss
 from trainer.config import load_config
 from trainer.lora import build_model
 
@@ -118,17 +118,40 @@ def test_chunked_loss_is_transformers_loss():
     weight = torch.randn(40, 16, generator=g, requires_grad=True)
     labels = torch.randint(0, 40, (2, 50), generator=g)
     labels[:, :7] = -100
-    old, fast.CE_CHUNK = fast.CE_CHUNK, 13
+    old, lm_loss.CE_CHUNK = lm_loss.CE_CHUNK, 13
     try:
         for items in (None, torch.tensor(77)):
-            ours = fast.linear_cross_entropy(hidden, weight, labels, items)
+            ours = lm_loss.linear_cross_entropy(hidden, weight, labels, items)
             ref = ForCausalLMLoss(hidden @ weight.T, labels, 40, num_items_in_batch=items)
             torch.testing.assert_close(ours, ref)
             (g1,) = torch.autograd.grad(ours, weight)
             (g2,) = torch.autograd.grad(ref, weight)
             torch.testing.assert_close(g1, g2)
     finally:
-        fast.CE_CHUNK = old
+        lm_loss.CE_CHUNK = old
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("vocab", [92544, 1000])  # InternLM2's; one below a Triton block
+def test_gpu_loss_is_transformers_loss_on_bf16_logits(vocab, monkeypatch):
+    """The GPU loss (gradient computed in forward, chunked) against ForCausalLMLoss on the bf16 logits the
+    plain path makes under autocast: across chunk borders, with ignored tokens and num_items."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    monkeypatch.setattr(lm_loss, "GPU_CHUNK", 300)
+    g = torch.Generator("cuda").manual_seed(0)
+    hidden = torch.randn(2, 700, 256, device="cuda", generator=g).bfloat16().requires_grad_()
+    weight = (torch.randn(vocab, 256, device="cuda", generator=g) * 0.05).bfloat16()
+    labels = torch.randint(0, vocab, (2, 700), device="cuda", generator=g)
+    labels[:, :100] = -100
+    for items in (None, torch.tensor(1111, device="cuda")):
+        ours = lm_loss.linear_cross_entropy(hidden, weight, labels, items)
+        ref = ForCausalLMLoss(hidden @ weight.T, labels, vocab, num_items_in_batch=items)
+        torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-4)
+        (g1,) = torch.autograd.grad(ours, hidden)
+        (g2,) = torch.autograd.grad(ref, hidden)
+        assert (g1.float() - g2.float()).norm() <= 1e-2 * g2.float().norm()
 
 
 def test_varlen_kwargs_mark_every_sample():

@@ -7,8 +7,8 @@ What it changes on a model that ``trainer.lora.build_model`` returned (each meas
   (embeddings, norms, lm_head) to fp32, which makes the whole residual stream fp32 (twice the
   activation memory, fp32 attention without flash). They go back to the compute dtype; the LoRA
   weights stay fp32 (the optimizer's master copy).
-- loss: the lm_head and the cross-entropy run fused (``cut_cross_entropy`` on CUDA), so the
-  tokens x 92,544 logits are never materialised; without it the loss runs in checkpointed chunks.
+- loss: the lm_head and the cross-entropy run in chunks of tokens (``trainer.lm_loss``), so the
+  tokens x 92,544 logits are never in memory at once.
 - attention: packed sequences (``position_ids`` restarting at 0 per sample) go to flash-attention
   varlen (torch's own kernel, ``aten._flash_attention_forward`` with ``cu_seqlens``), so no token
   attends across samples and no L x L mask is built; batches with an ``attention_mask`` (padding,
@@ -42,12 +42,11 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from trainer import data as data_lib
-from trainer import qlora_fold
+from trainer import lm_loss, qlora_fold
 
 log = logging.getLogger(__name__)
 
 ATTENTION = "assistant_varlen"  # the name this module registers with transformers' AttentionInterface
-CE_CHUNK = 8192  # tokens per chunk of the fallback loss: 8192 x 92544 fp32 logits = 3 GiB at most at once
 
 
 def enabled(cfg) -> bool:
@@ -110,8 +109,8 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> t
     lm.forward = types.MethodType(_forward, lm)
     if compile:
         _compile_layers(lm, compile if isinstance(compile, str) else None)
-    log.info("fast path: fused linear cross-entropy (%s), varlen flash attention for packed rows%s",
-             "cut_cross_entropy" if _cce() else "chunked torch", ", compiled decoder layers" if compile else "")
+    log.info("fast path: chunked linear cross-entropy (trainer.lm_loss), varlen flash attention for packed rows%s",
+             ", compiled decoder layers" if compile else "")
     return model
 
 
@@ -162,61 +161,7 @@ def _cast_frozen(lm: torch.nn.Module, dtype: torch.dtype) -> int:
     return n
 
 
-# ----------------------------------------------------------------------------- loss
-
-@functools.cache
-def _cce():
-    """cut_cross_entropy's fused linear + cross-entropy where it imports (it needs triton), else None.
-
-    Called below its ``linear_cross_entropy``: that one drops the ignored tokens with ``nonzero``,
-    whose data-dependent size stops the host until the GPU gets there and cannot be in a CUDA
-    graph. Here every token's loss is computed and the ignored ones weigh 0 (same sum, same
-    gradients; the ignored tokens' share of the loss kernels is the price).
-    """
-    try:
-        from cut_cross_entropy.cce import CCEParams, linear_cross_entropy_apply
-        from cut_cross_entropy.utils import _handle_eps
-    except Exception as err:  # ImportError, or triton failing to find a GPU backend
-        log.info("cut_cross_entropy unavailable (%s); using the chunked loss", err)
-        return None
-
-    def cce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        keep = targets != data_lib.IGNORE_INDEX
-        params = CCEParams(torch.where(keep, targets, 0), None, None, "none", _handle_eps("auto", hidden.dtype),
-                           False, targets.shape)
-        return (linear_cross_entropy_apply(hidden.contiguous(), weight, params) * keep).sum()
-    return cce_sum
-
-
-def _ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float()
-    return F.cross_entropy(logits, targets, ignore_index=data_lib.IGNORE_INDEX, reduction="sum")
-
-
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
-    """transformers' causal-LM loss of ``hidden @ weight.T`` against ``labels`` without whole logits.
-
-    Same semantics as ``transformers.loss.loss_utils.ForCausalLMLoss``: labels shift left by one,
-    -100 is ignored, the sum is divided by ``num_items_in_batch`` when given (gradient accumulation),
-    else by the number of trained tokens.
-    """
-    targets = F.pad(labels, (0, 1), value=data_lib.IGNORE_INDEX)[..., 1:].reshape(-1).to(hidden.device)
-    hidden = hidden.reshape(-1, hidden.shape[-1])
-    if hidden.dtype != weight.dtype:
-        hidden = hidden.to(weight.dtype)
-    # cut_cross_entropy's backward takes bf16/fp16 only; an fp32 model (model.dtype=float32) uses the chunks
-    cce = _cce() if hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16) else None
-    if cce is not None:
-        total = cce(hidden, weight, targets)
-    else:  # each chunk's logits live only inside its checkpoint: recomputed in backward
-        total = sum(checkpoint(_ce_sum, hidden[i:i + CE_CHUNK], weight, targets[i:i + CE_CHUNK], use_reentrant=False)
-                    for i in range(0, hidden.shape[0], CE_CHUNK))
-    count = num_items_in_batch if num_items_in_batch is not None else (targets != data_lib.IGNORE_INDEX).sum()
-    if isinstance(count, torch.Tensor):
-        count = count.to(total.device)
-    return total / count
-
+# ----------------------------------------------------------------------------- model
 
 def _forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
              labels=None, num_items_in_batch=None, **kwargs):
@@ -234,7 +179,7 @@ def _forward(self, input_ids=None, attention_mask=None, position_ids=None, past_
             kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=int(longest), max_length_k=int(longest))
     out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
-    loss = linear_cross_entropy(out.last_hidden_state, self.lm_head.weight, labels, num_items_in_batch)
+    loss = lm_loss.linear_cross_entropy(out.last_hidden_state, self.lm_head.weight, labels, num_items_in_batch)
     return CausalLMOutputWithPast(loss=loss)
 
 

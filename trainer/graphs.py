@@ -5,9 +5,9 @@ Python the GPU waits on the host for most of the step (issue 9: Unsloth's step t
 batch 1 as at batch 4). Captured once and replayed, the same kernels run back to back.
 
 How: the first micro-step of each input shape runs eagerly (torch.compile compiles, Triton
-autotunes, cuBLAS allocates its workspace); the next one is captured, with the gradients
-accumulating in place into buffers that outlive the graph, and from then on a micro-step of that
-shape copies its batch into the graph's input tensors and replays. The optimizer step stays eager
+autotunes, cuBLAS allocates its workspace); the next one is captured, its gradients written into the
+graph's own memory (``GraphedStep``), and from then on a micro-step of that shape copies its batch
+into the graph's input tensors and replays. The optimizer step stays eager
 (fused AdamW is a few kernels). A capture that fails leaves training eager, with a warning.
 
 Needs: CUDA; a few fixed input shapes (``trainer.fast.collate(static=True)``); no random numbers in
@@ -44,10 +44,12 @@ def unavailable(cfg) -> str | None:
 
 
 class _Graph:
-    """One captured micro-step: its input tensors (copied into before each replay) and its loss."""
+    """One captured micro-step: its input tensors (copied into before each replay), its loss and the
+    gradients it writes (in the graphs' memory pool: valid until the next replay of any graph)."""
 
-    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: dict, num_items: Any, loss: torch.Tensor):
-        self.graph, self.inputs, self.num_items, self.loss = graph, inputs, num_items, loss
+    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: dict, num_items: Any, loss: torch.Tensor,
+                 grads: list[torch.Tensor | None]):
+        self.graph, self.inputs, self.num_items, self.loss, self.grads = graph, inputs, num_items, loss, grads
 
     def replay(self, inputs: dict, num_items: Any) -> torch.Tensor:
         for name, value in inputs.items():
@@ -69,46 +71,53 @@ def _signature(inputs: dict, num_items: Any) -> tuple:
 class GraphedStep:
     """``step(batch, num_items)`` (forward + backward, returning the detached loss) as CUDA graphs.
 
-    ``params``: the trained parameters; their ``.grad`` become persistent buffers, re-attached (and
-    zeroed) when an optimizer's ``zero_grad(set_to_none=True)`` dropped them.
+    ``params``: the trained parameters. A graph writes their gradients into its own memory, allocated
+    late in its backward from blocks its activations freed (gradients that lived through the whole
+    step, as accumulating in place would need, cost their size at the step's peak: 0.23 GiB for the
+    1.8B model's adapter). After a replay ``.grad`` is that memory, or, inside an accumulation window,
+    the sum so far plus it (the sum is moved out of the graphs' memory before the next replay).
     """
 
     def __init__(self, step: Step, params: list[torch.nn.Parameter], *, warmup: int = 1, max_graphs: int = 8):
         self.step, self.params, self.warmup, self.max_graphs = step, params, warmup, max_graphs
-        self.grads: list[torch.Tensor] | None = None
         self.graphs: dict[tuple, _Graph] = {}
         self.seen: collections.Counter = collections.Counter()
         self.pool = None  # one memory pool for all graphs: they never run at the same time
+        self.in_pool: set[int] = set()  # data_ptr of every graph's gradients
         self.failed: str | None = None
 
     def __call__(self, inputs: dict, num_items: Any = None) -> torch.Tensor:
-        self._attach_grads()
         key = _signature(inputs, num_items)
         graph = self.graphs.get(key)
         if graph is None and not self.failed and len(self.graphs) < self.max_graphs:
             self.seen[key] += 1
             if self.seen[key] > self.warmup:
-                graph = self._capture(key, inputs, num_items)
-        return graph.replay(inputs, num_items) if graph is not None else self.step(inputs, num_items)
+                return self._capture(key, inputs, num_items)
+        if graph is None:
+            return self.step(inputs, num_items)
+        so_far = self._sums_so_far()
+        loss = graph.replay(inputs, num_items)
+        self._add(so_far, graph.grads)
+        return loss
 
-    def _attach_grads(self) -> None:
-        if self.grads is None:
-            return
-        dropped = [(p, g) for p, g in zip(self.params, self.grads) if p.grad is not g]
-        if not dropped:
-            return
-        zero = [g for p, g in dropped if p.grad is None]
-        if zero:
-            torch._foreach_zero_(zero)
-        for p, g in dropped:
-            if p.grad is not None:  # someone replaced the tensor: keep its values in ours
-                g.copy_(p.grad)
-            p.grad = g
+    def _sums_so_far(self) -> list[torch.Tensor | None]:
+        """The gradients accumulated so far, out of the graphs' memory (a replay overwrites it)."""
+        return [None if p.grad is None else p.grad.clone() if p.grad.data_ptr() in self.in_pool else p.grad
+                for p in self.params]
 
-    def _capture(self, key: tuple, inputs: dict, num_items: Any) -> _Graph | None:
-        if self.grads is None:
-            self.grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-            self._attach_grads()
+    def _add(self, so_far: list[torch.Tensor | None], grads: list[torch.Tensor | None]) -> None:
+        for p, acc, g in zip(self.params, so_far, grads):
+            if g is None:
+                p.grad = acc
+            elif acc is None:
+                p.grad = g
+            else:
+                p.grad = acc.add_(g)
+
+    def _capture(self, key: tuple, inputs: dict, num_items: Any) -> torch.Tensor:
+        so_far = self._sums_so_far()
+        for p in self.params:
+            p.grad = None  # the graph allocates its own
         static = {name: value.clone() if torch.is_tensor(value) else value for name, value in inputs.items()}
         static_items = num_items.clone() if torch.is_tensor(num_items) else num_items
         torch.cuda.synchronize()
@@ -117,19 +126,22 @@ class GraphedStep:
         try:
             with torch.cuda.graph(graph, pool=self.pool):
                 loss = self.step(static, static_items)
-            if any(p.grad is not g for p, g in zip(self.params, self.grads)):
-                raise RuntimeError("the backward replaced a .grad instead of accumulating into it")
         except Exception as err:  # training goes on eagerly: slower, same result
             self.failed = f"{type(err).__name__}: {err}".splitlines()[0][:300]
             log.warning("CUDA graph capture failed, the training step stays eager: %s", self.failed)
-            self._attach_grads()
-            return None
+            for p, acc in zip(self.params, so_far):
+                p.grad = acc
+            return self.step(inputs, num_items)
         if self.pool is None:
             self.pool = graph.pool()
+        grads = [p.grad for p in self.params]
+        self.in_pool.update(g.data_ptr() for g in grads if g is not None)
         log.info("training step captured as CUDA graph %d (%s)", len(self.graphs) + 1,
                  ", ".join(f"{n} {tuple(v.shape)}" for n, v in static.items() if torch.is_tensor(v)))
-        self.graphs[key] = _Graph(graph, static, static_items, loss)
-        return self.graphs[key]
+        self.graphs[key] = _Graph(graph, static, static_items, loss, grads)
+        loss = self.graphs[key].replay(inputs, num_items)  # a capture records the kernels, it runs none
+        self._add(so_far, grads)
+        return loss
 
 
 class GraphedTrainer(Trainer):

@@ -52,7 +52,8 @@ def _op():
         return None
 
     @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
-                              for bm, bn, w in ((64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 256, 8))],
+                              for bm, bn, w in ((64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 256, 8),
+                                                (256, 128, 8), (128, 64, 4))],
                      key=["n_out", "n_in", "R"])
     @triton.jit
     def fold_kernel(q_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, a_ptr, b_ptr, out_ptr,
