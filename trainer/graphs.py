@@ -44,12 +44,15 @@ def unavailable(cfg) -> str | None:
 
 
 class _Graph:
-    """One captured micro-step: its input tensors (copied into before each replay), its loss and the
-    gradients it writes (in the graphs' memory pool: valid until the next replay of any graph)."""
+    """One captured micro-step: its input tensors (copied into before each replay), its loss and where
+    it writes the gradients (in the graphs' memory pool, valid until the next replay of any graph)."""
 
     def __init__(self, graph: torch.cuda.CUDAGraph, inputs: dict, num_items: Any, loss: torch.Tensor,
                  grads: list[torch.Tensor | None]):
-        self.graph, self.inputs, self.num_items, self.loss, self.grads = graph, inputs, num_items, loss, grads
+        self.graph, self.inputs, self.num_items, self.loss = graph, inputs, num_items, loss
+        self.grads = [None if g is None else (g.untyped_storage().data_ptr(), g.untyped_storage().nbytes(),
+                                              g.storage_offset(), g.shape, g.stride(), g.dtype, g.device)
+                      for g in grads]
 
     def replay(self, inputs: dict, num_items: Any) -> torch.Tensor:
         for name, value in inputs.items():
@@ -59,6 +62,19 @@ class _Graph:
             self.num_items.copy_(num_items, non_blocking=True)
         self.graph.replay()
         return self.loss.clone()  # the next replay overwrites self.loss
+
+    def gradients(self) -> list[torch.Tensor | None]:
+        """Tensors over the memory the graph wrote its gradients to, not owning it: the pool counts it
+        free, so other graphs' captures may use it for their activations (none runs with another)."""
+        out = []
+        for where in self.grads:
+            if where is None:
+                out.append(None)
+                continue
+            ptr, nbytes, offset, shape, stride, dtype, device = where
+            storage = torch._C._construct_storage_from_data_pointer(ptr, device, nbytes)
+            out.append(torch.empty(0, dtype=dtype, device=device).set_(storage, offset, shape, stride))
+        return out
 
 
 def _signature(inputs: dict, num_items: Any) -> tuple:
@@ -71,11 +87,13 @@ def _signature(inputs: dict, num_items: Any) -> tuple:
 class GraphedStep:
     """``step(batch, num_items)`` (forward + backward, returning the detached loss) as CUDA graphs.
 
-    ``params``: the trained parameters. A graph writes their gradients into its own memory, allocated
-    late in its backward from blocks its activations freed (gradients that lived through the whole
-    step, as accumulating in place would need, cost their size at the step's peak: 0.23 GiB for the
-    1.8B model's adapter). After a replay ``.grad`` is that memory, or, inside an accumulation window,
-    the sum so far plus it (the sum is moved out of the graphs' memory before the next replay).
+    ``params``: the trained parameters. A graph writes their gradients into its pool, into blocks its
+    activations freed late in its backward (gradients that lived through the whole step, as
+    accumulating in place would need, cost their size at the step's peak: 0.23 GiB for the 1.8B
+    model's adapter), and the pool counts those blocks free after the capture, so the graphs of other
+    sizes reuse them instead of each keeping its own. After a replay ``.grad`` is that memory, or,
+    inside an accumulation window, the sum so far plus it (the sum is moved out of the pool before
+    the next replay).
     """
 
     def __init__(self, step: Step, params: list[torch.nn.Parameter], *, warmup: int = 1, max_graphs: int = 8):
@@ -83,7 +101,7 @@ class GraphedStep:
         self.graphs: dict[tuple, _Graph] = {}
         self.seen: collections.Counter = collections.Counter()
         self.pool = None  # one memory pool for all graphs: they never run at the same time
-        self.in_pool: set[int] = set()  # data_ptr of every graph's gradients
+        self.in_pool: set[int] = set()  # the storage data_ptr of every graph's gradients
         self.failed: str | None = None
 
     def __call__(self, inputs: dict, num_items: Any = None) -> torch.Tensor:
@@ -97,13 +115,13 @@ class GraphedStep:
             return self.step(inputs, num_items)
         so_far = self._sums_so_far()
         loss = graph.replay(inputs, num_items)
-        self._add(so_far, graph.grads)
+        self._add(so_far, graph.gradients())
         return loss
 
     def _sums_so_far(self) -> list[torch.Tensor | None]:
         """The gradients accumulated so far, out of the graphs' memory (a replay overwrites it)."""
-        return [None if p.grad is None else p.grad.clone() if p.grad.data_ptr() in self.in_pool else p.grad
-                for p in self.params]
+        return [None if p.grad is None else p.grad.clone() if p.grad.untyped_storage().data_ptr() in self.in_pool
+                else p.grad for p in self.params]
 
     def _add(self, so_far: list[torch.Tensor | None], grads: list[torch.Tensor | None]) -> None:
         for p, acc, g in zip(self.params, so_far, grads):
@@ -134,13 +152,15 @@ class GraphedStep:
             return self.step(inputs, num_items)
         if self.pool is None:
             self.pool = graph.pool()
-        grads = [p.grad for p in self.params]
-        self.in_pool.update(g.data_ptr() for g in grads if g is not None)
+        captured = _Graph(graph, static, static_items, loss, [p.grad for p in self.params])
+        for p in self.params:
+            p.grad = None  # the last owners of the gradients' blocks: from now on the pool counts them free
+        self.in_pool.update(where[0] for where in captured.grads if where is not None)
         log.info("training step captured as CUDA graph %d (%s)", len(self.graphs) + 1,
                  ", ".join(f"{n} {tuple(v.shape)}" for n, v in static.items() if torch.is_tensor(v)))
-        self.graphs[key] = _Graph(graph, static, static_items, loss, grads)
-        loss = self.graphs[key].replay(inputs, num_items)  # a capture records the kernels, it runs none
-        self._add(so_far, grads)
+        self.graphs[key] = captured
+        loss = captured.replay(inputs, num_items)  # a capture records the kernels, it runs none
+        self._add(so_far, captured.gradients())
         return loss
 
 
