@@ -4,8 +4,8 @@
 
 Runs the case's model as benchmarks/train_gpu.py builds it, 4 warm-up steps, then 2 steps under
 torch.profiler; prints the wall time a step, the summed kernel time a step (what a CUDA graph of the
-step cannot go below), the kernels that take most of it grouped by name prefix (TOP=25 of them: ms and launches a step), and
-the memory: weights, + LoRA gradients and optimizer state (static), peak.
+step cannot go below), the kernels that take most of it grouped by name prefix (TOP=25 of them:
+ms and launches a step), and the memory: weights, + LoRA gradients and optimizer state (static), peak.
 """
 from __future__ import annotations
 

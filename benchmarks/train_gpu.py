@@ -17,9 +17,10 @@ dropout 0 instead of the presets' 0.1), ``plain`` (no fast path: transformers + 
 trainer.lora builds it), ``compile`` (torch.compile each decoder layer), ``ro`` (the same with
 mode="reduce-overhead": CUDA graphs of each compiled layer), ``nockpt`` (no activation
 checkpointing), ``offload`` (checkpointed layer inputs kept in pinned CPU memory), ``adam8``
-(bitsandbytes 8-bit AdamW), ``nofold`` (QLoRA layers as peft
-runs them, not ``trainer.qlora_fold``), ``cce`` (the loss by cut_cross_entropy, not ``trainer.lm_loss``'s), ``graph`` (compiled layers and each micro-step replayed as a CUDA graph,
-``trainer.graphs``: what ``train`` runs on a GPU with lora_dropout 0; short rows padded to static sizes).
+(bitsandbytes 8-bit AdamW), ``nofold`` (QLoRA layers as peft runs them, not ``trainer.qlora_fold``),
+``cce`` (the loss by cut_cross_entropy, not ``trainer.lm_loss``'s), ``graph`` (compiled layers and each
+micro-step replayed as a CUDA graph, ``trainer.graphs``: what ``train`` runs on a GPU with lora_dropout 0;
+short rows padded to static sizes).
 """
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ from chat.fast import KVCache, StaticCacheDecoder, fast_decode_problem
 from chat.history import Message, build_prompt, normalize_messages
 from chat.quant import quantize_int8, resolve_quantize
 from chat.stream import IncrementalDetokenizer
-from model import CheckpointError, build_tiny_checkpoint, load_model, load_tokenizer, stop_token_ids
+from model import (ADAPTER_CONFIG, CheckpointError, build_tiny_checkpoint, load_adapter, load_model, load_tokenizer,
+                   stop_token_ids)
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,8 @@ class ChatEngine:
         if not (path / "config.json").is_file():
             raise EngineError(f"{path}: no config.json here; "
                               "pass a model folder (e.g. the output of `assistant merge`)")
-        if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-            raise EngineError(f"{adapter}: no adapter_config.json here; pass the adapter folder of a training run")
+        if adapter is not None and not (Path(adapter) / ADAPTER_CONFIG).is_file():
+            raise EngineError(f"{adapter}: no {ADAPTER_CONFIG} here; pass the adapter folder of a training run")
         torch_device = resolve_device(device)
         try:
             quantize = resolve_quantize(quantize, torch_device)
@@ -167,10 +168,8 @@ class ChatEngine:
             tokenizer = load_tokenizer(path)
             model = load_model(path, dtype=load_dtype, device=torch_device)
             if adapter is not None:
-                from peft import PeftModel
-
                 # Merged once at load: decoding then costs the same as a merged model.
-                model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+                model = load_adapter(model, adapter).merge_and_unload()
             if quantize == "int8":
                 quantize_int8(model)
                 model.to(torch_dtype)  # what is left (embeddings, norms) computes in torch_dtype

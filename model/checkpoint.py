@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 LFS_POINTER_PREFIX = b"version https://git-lfs"
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+ADAPTER_CONFIG = "adapter_config.json"  # a peft LoRA adapter folder, as training writes it
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -236,3 +238,25 @@ def save_model(model: PreTrainedModel, tokenizer, out_dir: str | Path, *, layout
         raise
     log.info("saved %s layout (%s) to %s", layout, str(torch_dtype).removeprefix("torch."), out_dir)
     return out_dir
+
+
+def load_adapter(base: torch.nn.Module, adapter_dir: str | Path):
+    """``base`` with the LoRA adapter of ``adapter_dir`` (a peft PeftModel), after checking that every
+    saved tensor found its layer."""
+    import peft  # only adapter users pay for the import
+
+    adapter_dir = Path(adapter_dir)
+    try:
+        model = peft.PeftModel.from_pretrained(base, str(adapter_dir))
+    except (RuntimeError, ValueError) as err:  # shape mismatch / target modules missing
+        raise CheckpointError(f"{adapter_dir}: adapter does not fit its base model ({str(err).splitlines()[0]}); "
+                              "was it trained on a different base?") from err
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    if weights.exists():  # an older peft's adapter_model.bin loads unchecked
+        with safe_open(str(weights), framework="pt") as f:
+            saved = len(list(f.keys()))
+        loaded = sum(1 for name, _ in model.named_parameters() if "lora_" in name)
+        if saved != loaded:
+            raise CheckpointError(f"{weights}: holds {saved} tensors but the base has {loaded} "
+                                  "LoRA parameters for it; was it trained on a different base?")
+    return model

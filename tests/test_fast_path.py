@@ -173,6 +173,10 @@ def test_generation_still_works_after_apply(tiny_checkpoint, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_fast_path_matches_plain_qlora_on_gpu(tiny_checkpoint, tmp_path):
+def test_fast_path_matches_plain_qlora_on_gpu(tiny_checkpoint, tmp_path, caplog):
+    """QLoRA with its adapters folded into the dequantised weights (trainer.qlora_fold) against plain peft."""
     pytest.importorskip("bitsandbytes")
+    caplog.set_level("INFO", logger="trainer.fast")
     compare(tiny_checkpoint, tmp_path, "qlora", rel_loss=2e-2, rel_grad=5e-2)
+    folded = [r.getMessage() for r in caplog.records if "fold their adapter" in r.getMessage()]
+    assert folded and not folded[0].startswith("fast path: 0 "), folded

@@ -102,7 +102,8 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> t
         dtype = getattr(torch, cfg.quant.bnb_4bit_compute_dtype) if cfg is not None else torch.bfloat16
         cast = _cast_frozen(lm, dtype)
         log.info("fast path: %d frozen tensors back to %s (prepare_model_for_kbit_training made them fp32)", cast, dtype)
-        log.info("fast path: %d QLoRA layers fold their adapter into the dequantised weight", qlora_fold.apply(model))
+        folded = qlora_fold.apply(model)
+        log.info("fast path: %d QLoRA layers fold their adapter into the dequantised weight", folded)
     _register_attention()
     lm.set_attn_implementation(ATTENTION)
     lm.config.use_cache = False

@@ -13,17 +13,13 @@ import json
 import logging
 from pathlib import Path
 
-import peft
 import torch
-from safetensors import safe_open
 
 import model as model_layer
-from model import CheckpointError
+from model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CheckpointError, load_adapter
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MERGE_INFO_NAME = "merge.json"
 RUN_INFO_NAME = "run.json"  # written by trainer.train
 
@@ -55,22 +51,6 @@ def read_source(source: Path) -> dict:
         raise CheckpointError(f"{source / ADAPTER_CONFIG}: no base_model_name_or_path and no {RUN_INFO_NAME}; "
                               "set base_model_name_or_path to the base model folder")
     return {"base": base, "adapter": str(source), "weights_sha256": _sha256(source / ADAPTER_WEIGHTS), "run": run}
-
-
-def load_adapter(base: torch.nn.Module, adapter_dir: Path) -> peft.PeftModel:
-    """PeftModel with the adapter loaded, after checking that every saved tensor found its layer."""
-    try:
-        model = peft.PeftModel.from_pretrained(base, str(adapter_dir))
-    except (RuntimeError, ValueError) as err:  # shape mismatch / target modules missing
-        raise CheckpointError(f"{adapter_dir}: adapter does not fit its base model ({str(err).splitlines()[0]}); "
-                              "was it trained on a different base?") from err
-    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as f:
-        saved = len(list(f.keys()))
-    loaded = sum(1 for name, _ in model.named_parameters() if "lora_" in name)
-    if saved != loaded:
-        raise CheckpointError(f"{adapter_dir / ADAPTER_WEIGHTS}: holds {saved} tensors but the base has {loaded} "
-                              "LoRA parameters for it; was it trained on a different base?")
-    return model
 
 
 def _check_finite(model: torch.nn.Module, where: Path) -> None:

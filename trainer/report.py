@@ -44,10 +44,10 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load_for_eval(path: str | Path, dtype: str = "float32"):
     """A merged model folder, or a run/adapter folder (base + LoRA adapter, merged in memory)."""
     folder = Path(path)
-    if not (folder / merge.ADAPTER_CONFIG).exists():
+    if not (folder / model_layer.ADAPTER_CONFIG).exists():
         return model_layer.load_model(folder, dtype=dtype), model_layer.load_tokenizer(folder)
     base = merge.read_source(folder)["base"]
-    model = merge.load_adapter(model_layer.load_model(base, dtype=dtype), folder).merge_and_unload()
+    model = model_layer.load_adapter(model_layer.load_model(base, dtype=dtype), folder).merge_and_unload()
     tok_dir = folder if (folder / "tokenizer_config.json").exists() else Path(base)
     return model, model_layer.load_tokenizer(tok_dir)
 
