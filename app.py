@@ -22,8 +22,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from chat import ChatEngine, GenerationSettings, ensure_demo_model
-from hub import fetch_model, redact  # redact: URL credentials and token values out of what the page shows
+from myassistant.chat import ChatEngine, GenerationSettings, ensure_demo_model
+from myassistant.hub import fetch_model, redact  # redact: URL credentials and token values out of what the page shows
 
 log = logging.getLogger("app")
 if __name__ == "__main__":  # before the model loads, so its messages show

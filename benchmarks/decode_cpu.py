@@ -30,9 +30,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from chat import ChatEngine, GenerationSettings, GenerationStats  # noqa: E402
-from chat.quant import quantize_int8  # noqa: E402
-from model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
+from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats  # noqa: E402
+from myassistant.chat.quant import quantize_int8  # noqa: E402
+from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 SHAPES = {
     "internlm2-1.8b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16,

@@ -34,8 +34,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.decode_cpu import SHAPES  # noqa: E402
-from chat import ChatEngine, GenerationSettings, GenerationStats  # noqa: E402
-from model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
+from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats  # noqa: E402
+from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 BANDWIDTH_BYTES_PER_S = 3.0e12
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def cli(*args: str, launcher: list[str] | None = None) -> None:
-    cmd = (launcher or [sys.executable]) + ["-m", "scripts.cli", *args]
+    cmd = (launcher or [sys.executable]) + ["-m", "myassistant.scripts.cli", *args]
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -49,7 +49,7 @@ def max_rel(a: dict[int, float], b: dict[int, float]) -> float:
 
 
 def merged_logits(folder: Path) -> torch.Tensor:
-    from model import load_model
+    from myassistant.model import load_model
 
     m = load_model(folder, dtype="float32")
     with torch.no_grad():
@@ -76,8 +76,8 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    from model import build_tiny_checkpoint
-    from trainer.identity import IdentitySpec, write_identity_dataset
+    from myassistant.model import build_tiny_checkpoint
+    from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
 
     base = build_tiny_checkpoint(work / "base", hidden_size=args.hidden, num_hidden_layers=4, num_attention_heads=8,
                                  num_key_value_heads=4, intermediate_size=args.hidden * 2)

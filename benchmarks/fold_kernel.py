@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from trainer import qlora_fold
+from myassistant.trainer.gpu import qlora_fold
 
 SHAPES = {"1_8b": dict(wqkv=(4096, 2048), wo=(2048, 2048), w1=(8192, 2048), w2=(2048, 8192)),
           "7b": dict(wqkv=(6144, 4096), wo=(4096, 4096), w1=(14336, 4096), w2=(4096, 14336))}

@@ -72,8 +72,8 @@ def build_checkpoint(shape: str = SHAPE, *, reuse_peers: bool = True) -> Path:
     """
     from safetensors.torch import save_file
 
-    import model as model_layer
-    from model import internlm2
+    import myassistant.model as model_layer
+    from myassistant.model import internlm2
 
     peers = Path(tempfile.gettempdir()) / f"internlm2_{shape}_shape"
     if reuse_peers and (peers / "config.json").exists():
@@ -102,7 +102,7 @@ def build_checkpoint(shape: str = SHAPE, *, reuse_peers: bool = True) -> Path:
 # ----------------------------------------------------------------------------- one case
 
 def run_config(base: Path, method: str, dropout: float, extra: list[str] = ()):
-    from trainer.config import load_config
+    from myassistant.trainer.config import load_config
 
     chats = BENCH_DIR / "one_chat.jsonl"  # the config wants a data file; the loop feeds random tokens
     chats.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
@@ -111,8 +111,8 @@ def run_config(base: Path, method: str, dropout: float, extra: list[str] = ()):
 
 
 def build(cfg, variants: set[str]):
-    from trainer import fast
-    from trainer.lora import build_model
+    from myassistant.trainer.gpu import fast
+    from myassistant.trainer.lora import build_model
 
     model = build_model(cfg)
     os.environ["ASSISTANT_FOLD"] = "0" if "nofold" in variants else "1"
@@ -128,8 +128,8 @@ def build(cfg, variants: set[str]):
 
 def batches(kind: str, bs: int, n: int, vocab: int, variants: set[str]):
     """(batch dict, samples, real tokens) for each step. short: U[32,256]-token chats packed like training."""
-    from trainer import data as data_lib
-    from trainer import fast
+    from myassistant.trainer import data as data_lib
+    from myassistant.trainer.gpu import fast
 
     g = torch.Generator().manual_seed(0)
     if kind == "qlora":
@@ -187,7 +187,7 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
 
     step = forward_backward
     if "graph" in variants and CUDA:
-        from trainer.graphs import GraphedStep
+        from myassistant.trainer.gpu.graphs import GraphedStep
 
         step = GraphedStep(forward_backward, params)
     samples = tokens = 0
@@ -237,11 +237,12 @@ class ProgressLines(__import__("transformers").TrainerCallback):
 
 def proof(steps: int = int(os.environ.get("PROOF_STEPS", 300))) -> dict:
     """trainer.train.train as a user runs it: the 1.8B QLoRA preset on generated identity data, packed."""
-    import trainer.train as train_mod
-    from trainer import data as data_lib
-    from trainer import fast, lora
-    from trainer.config import PRESETS_DIR, load_config
-    from trainer.identity import IdentitySpec, write_identity_dataset
+    import myassistant.trainer.train as train_mod
+    from myassistant.trainer import data as data_lib
+    from myassistant.trainer.gpu import fast
+    from myassistant.trainer import lora
+    from myassistant.trainer.config import PRESETS_DIR, load_config
+    from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
 
     wired = hasattr(train_mod, "fast")
     if not wired and CUDA:  # what train.py does once the fast path is wired in (see trainer/fast.py)

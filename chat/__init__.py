@@ -1,5 +1,5 @@
 """Serving: a streaming chat engine (decode loop, incremental detokenisation, history trimming)."""
-from chat.decode import GenerationSettings
-from chat.engine import ChatEngine, EngineError, GenerationStats, ensure_demo_model
+from myassistant.chat.decode import GenerationSettings
+from myassistant.chat.engine import ChatEngine, EngineError, GenerationStats, ensure_demo_model
 
 __all__ = ["ChatEngine", "EngineError", "GenerationSettings", "GenerationStats", "ensure_demo_model"]

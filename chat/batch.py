@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from chat.decode import GenerationSettings
-from chat.fast import KVCache, StaticCacheDecoder
-from chat.sampler import RowParams, apply_repetition_penalty, sample_rows
+from myassistant.chat.decode import GenerationSettings
+from myassistant.chat.fast import KVCache, StaticCacheDecoder
+from myassistant.chat.sampler import RowParams, apply_repetition_penalty, sample_rows
 
 log = logging.getLogger(__name__)
 

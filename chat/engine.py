@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from chat.batch import BatchDecoder
-from chat.decode import GenerationSettings, generate_tokens
-from chat.fast import KVCache, StaticCacheDecoder, fast_decode_problem
-from chat.history import Message, build_prompt, normalize_messages
-from chat.quant import quantize_int8, resolve_quantize
-from chat.stream import IncrementalDetokenizer
-from model import (ADAPTER_CONFIG, CheckpointError, build_tiny_checkpoint, load_adapter, load_model, load_tokenizer,
+from myassistant.chat.batch import BatchDecoder
+from myassistant.chat.decode import GenerationSettings, generate_tokens
+from myassistant.chat.fast import KVCache, StaticCacheDecoder, fast_decode_problem
+from myassistant.chat.history import Message, build_prompt, normalize_messages
+from myassistant.chat.quant import quantize_int8, resolve_quantize
+from myassistant.chat.stream import IncrementalDetokenizer
+from myassistant.model import (ADAPTER_CONFIG, CheckpointError, build_tiny_checkpoint, load_adapter, load_model, load_tokenizer,
                    stop_token_ids)
 
 log = logging.getLogger(__name__)

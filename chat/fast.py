@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from chat.decode import Forward
+from myassistant.chat.decode import Forward
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ from .remote import HF_PREFIX, default_cache_dir, is_git_url, refuse_credentials
 
 log = logging.getLogger(__name__)
 
-APP_PACKAGES = ("chat", "hub", "model")  # what app.py imports, directly or through chat/
+APP_PACKAGES = ("chat", "hub", "model")  # what app.py imports, directly or through chat/ (as myassistant.*)
 APP_FILES = ("app.py", "requirements.txt", "packages.txt")
+PACKAGE = "myassistant"  # the app imports the packages under this name; __init__.py is the package's own
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _ENTRY = '''"""Entry point of this app repo, written by `assistant push-app`: serves {model_repo}.
@@ -54,7 +55,7 @@ def write_app_folder(model_repo: str, out_dir: str | Path, *, title: str | None 
                      project_root: str | Path | None = None) -> Path:
     """Write the app repo's files into `out_dir` (replaced as a whole); returns it."""
     root = Path(project_root or PROJECT_ROOT)
-    missing = [n for n in (*APP_FILES, *APP_PACKAGES) if not (root / n).exists()]
+    missing = [n for n in (*APP_FILES, *APP_PACKAGES, "__init__.py") if not (root / n).exists()]
     if missing:
         raise HubError(f"{root}: missing {', '.join(missing)}: push-app copies the project's app from its root "
                        "folder; run it from a checkout of the project (or pass project_root)")
@@ -70,10 +71,12 @@ def write_app_folder(model_repo: str, out_dir: str | Path, *, title: str | None 
     shutil.copy2(root / "app.py", tmp / "assistant_app.py")
     for name in APP_FILES[1:]:
         shutil.copy2(root / name, tmp / name)
+    (tmp / PACKAGE).mkdir()
+    shutil.copy2(root / "__init__.py", tmp / PACKAGE / "__init__.py")
     for package in APP_PACKAGES:
         for rel, src in folder_files(root / package).items():
-            (tmp / package / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, tmp / package / rel)
+            (tmp / PACKAGE / package / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tmp / PACKAGE / package / rel)
     (tmp / "app.py").write_text(_ENTRY.format(model_repo=model_repo), encoding="utf-8")
     readme = (f"{_front_matter(title)}\n# {title}\n\nA chat app for the model `{model_repo}`, made with "
               "myassistant. It clones the model at start-up (set `MODEL_REPO` to serve another one).\n")

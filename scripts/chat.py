@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chat import ChatEngine, GenerationSettings, GenerationStats
+from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats
 
 
 def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings) -> str:

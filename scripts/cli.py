@@ -13,18 +13,24 @@ import sys
 
 # command -> (module under scripts/, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "tiny": ("scripts.tiny", "write a tiny InternLM2-format checkpoint (for tests and the offline demo)"),
-    "data": ("scripts.data", "generate self-cognition data / validate and inspect a data file"),
-    "presets": ("scripts.presets", "list the shipped training presets or copy one to edit"),
-    "train": ("scripts.train", "fine-tune (QLoRA / LoRA / full) from a YAML config"),
-    "report": ("scripts.report", "measure identity accuracy and leak of a fine-tuned model"),
-    "merge": ("scripts.merge", "merge a LoRA adapter into standalone safetensors weights"),
-    "push": ("scripts.push", "push a model folder to a git-lfs remote or the Hugging Face Hub"),
-    "push-app": ("scripts.push_app", "write and push the Gradio app repo for a model repo"),
-    "clone": ("scripts.clone", "clone a model repo (git-lfs or Hugging Face) and verify its weights"),
-    "chat": ("scripts.chat", "chat with a model in the terminal (streaming)"),
-    "demo": ("scripts.demo", "the whole pipeline offline on a tiny model"),
+    "tiny": ("myassistant.scripts.tiny", "write a tiny InternLM2-format checkpoint (for tests and the offline demo)"),
+    "data": ("myassistant.scripts.data", "generate self-cognition data / validate and inspect a data file"),
+    "presets": ("myassistant.scripts.presets", "list the shipped training presets or copy one to edit"),
+    "train": ("myassistant.scripts.train", "fine-tune (QLoRA / LoRA / full) from a YAML config"),
+    "report": ("myassistant.scripts.report", "measure identity accuracy and leak of a fine-tuned model"),
+    "merge": ("myassistant.scripts.merge", "merge a LoRA adapter into standalone safetensors weights"),
+    "push": ("myassistant.scripts.push", "push a model folder to a git-lfs remote or the Hugging Face Hub"),
+    "push-app": ("myassistant.scripts.push_app", "write and push the Gradio app repo for a model repo"),
+    "clone": ("myassistant.scripts.clone", "clone a model repo (git-lfs or Hugging Face) and verify its weights"),
+    "chat": ("myassistant.scripts.chat", "chat with a model in the terminal (streaming)"),
+    "demo": ("myassistant.scripts.demo", "the whole pipeline offline on a tiny model"),
 }
+
+
+def _short_names(record: logging.LogRecord) -> bool:
+    """Log lines name the module without the package prefix every module of ours shares."""
+    record.where = record.name.removeprefix("myassistant.")
+    return True
 
 
 def _usage() -> str:
@@ -42,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         sys.stderr.write(f"assistant: unknown command {name!r}\n\n{_usage()}")
         return 2
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="[%(where)s] %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_short_names)
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)

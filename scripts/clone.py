@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from hub import fetch_model
+from myassistant.hub import fetch_model
 
 
 def main(argv: list[str] | None = None) -> int:

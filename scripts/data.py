@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "identity":
-        from trainer.identity import IdentitySpec, write_identity_dataset
+        from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
 
         spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
                             count=args.count, ratio=args.ratio, general=args.general,
@@ -38,12 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write((out / "meta.json").read_text(encoding="utf-8"))
         return 0
 
-    from trainer.data import describe, load_records
+    from myassistant.trainer.data import describe, load_records
 
     records = load_records(args.file, args.format)
     tokenizer = None
     if args.tokenizer:
-        from model import load_tokenizer
+        from myassistant.model import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
     stats = describe(records, tokenizer, args.max_length)

@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=7860, help="the app's port (default 7860)")
     args = p.parse_args(argv)
 
-    from hub import push_folder
-    from trainer import demo
+    from myassistant.hub import push_folder
+    from myassistant.trainer import demo
 
     cfg = demo.DemoConfig(name=args.name, author=args.author, workdir=Path(args.workdir))
     paths = cfg.paths

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SETUP_BROWSER=${SETUP_BROWSER:-0} bash scripts/setup.sh  # the demo needs no browser; the tests do
 . .venv/bin/activate
-exec python -m scripts.cli demo "$@"
+exec python -m myassistant.scripts.cli demo "$@"

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shard-size", default="2GB", help="largest weights file (default 2GB)")
     args = parser.parse_args(argv)
 
-    from trainer.merge import merge
+    from myassistant.trainer.merge import merge
 
     out = merge(args.run_dir, args.out, layout=args.layout, dtype=args.dtype, max_shard_size=args.max_shard_size)
     sys.stdout.write(f"{out}\n")

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     copy.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
     args = parser.parse_args(argv)
 
-    from trainer.config import copy_preset, list_presets
+    from myassistant.trainer.config import copy_preset, list_presets
 
     if args.command == "list":
         presets = list_presets()

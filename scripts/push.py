@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from hub import push_folder
+from myassistant.hub import push_folder
 
 
 def main(argv: list[str] | None = None) -> int:

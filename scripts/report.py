@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=48)
     args = p.parse_args(argv)
 
-    from trainer.report import REPORT_MD, write_report
+    from myassistant.trainer.identity.report import REPORT_MD, write_report
 
     rep = write_report(args.model, args.data, base=args.base, out_dir=args.out, max_new_tokens=args.max_new_tokens)
     from pathlib import Path

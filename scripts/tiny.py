@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nul-piece", action="store_true", help="add a vocabulary piece with a NUL byte, as the real InternLM2 one has")
     args = p.parse_args(argv)
 
-    from model import build_tiny_checkpoint
+    from myassistant.model import build_tiny_checkpoint
 
     corpus = None
     if args.corpus:

@@ -1,7 +1,7 @@
 """``assistant train --config X.yaml [section.key=value ...] [--resume] [--deepspeed zero2]``.
 
-Several GPUs: ``torchrun --nproc_per_node N -m scripts.cli train --config X.yaml --deepspeed zero2``
-(or ``accelerate launch -m scripts.cli train ...``).
+Several GPUs: ``torchrun --nproc_per_node N -m myassistant.scripts.cli train --config X.yaml --deepspeed zero2``
+(or ``accelerate launch -m myassistant.scripts.cli train ...``).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.config import DEEPSPEED_PRESETS, describe_fields
+    from myassistant.trainer.config import DEEPSPEED_PRESETS, describe_fields
 
     parser = argparse.ArgumentParser(
         prog="assistant train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from trainer.config import load_config
+    from myassistant.trainer.config import load_config
 
     overrides = list(args.overrides) + ([f"train.deepspeed={args.deepspeed}"] if args.deepspeed else [])
     cfg = load_config(args.config, overrides)
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
         return 0
 
-    from trainer.train import train
+    from myassistant.trainer.train import train
 
     run_dir = train(cfg, resume=args.resume)
     sys.stdout.write(f"{run_dir}\n")

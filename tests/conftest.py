@@ -23,7 +23,7 @@ def root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny InternLM2-format model folder (random weights, real sentencepiece tokenizer)."""
-    from model import build_tiny_checkpoint
+    from myassistant.model import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "internlm2-tiny")
 
@@ -33,5 +33,5 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: floa
     import subprocess
 
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "scripts.cli", *args], cwd=cwd, env=full_env, text=True,
+    return subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", *args], cwd=cwd, env=full_env, text=True,
                           capture_output=True, timeout=timeout, input=input)

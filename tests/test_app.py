@@ -22,8 +22,8 @@ APP_ENV_KEYS = ("MODEL_REPO", "MODEL_CACHE", "DEMO_MODEL_DIR", "APP_LAZY_LOAD", 
 
 def lfs_model_repo(tmp: Path, **tiny_kwargs) -> str:
     """A tiny model pushed to a local bare git repo with its weights in git-lfs; returns its file:// URL."""
-    from hub import push_folder
-    from model import build_tiny_checkpoint
+    from myassistant.hub import push_folder
+    from myassistant.model import build_tiny_checkpoint
 
     folder = build_tiny_checkpoint(tmp / "tiny-assistant", **tiny_kwargs)
     bare = tmp / "remote" / "tiny-assistant.git"
@@ -131,8 +131,8 @@ def test_demo_model_is_built_and_loaded_lazily_when_nothing_is_configured(load_a
 def test_running_app_completes_20_concurrent_chats(model_repo, tmp_path):
     from gradio_client import Client
 
-    from chat import ChatEngine
-    from hub import fetch_model
+    from myassistant.chat import ChatEngine
+    from myassistant.hub import fetch_model
 
     questions = [f"{i} + {i} = ? 你好 {i}" for i in range(20)]
     engine = ChatEngine.from_pretrained(fetch_model(model_repo, tmp_path / "check"))

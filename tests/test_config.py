@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
-from trainer.config import (DEEPSPEED_PRESETS, SECTIONS, ConfigError, RunConfig, lora_target_modules, load_config,
+from myassistant.trainer.config import (DEEPSPEED_PRESETS, SECTIONS, ConfigError, RunConfig, lora_target_modules, load_config,
                             save_config)
 
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))

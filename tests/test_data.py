@@ -11,8 +11,8 @@ import datasets
 import pytest
 import torch
 
-from model import build_tiny_checkpoint, load_model, load_tokenizer
-from trainer.data import IGNORE_INDEX, DataError, collate, load_records, pack, tokenize_records
+from myassistant.model import build_tiny_checkpoint, load_model, load_tokenizer
+from myassistant.trainer.data import IGNORE_INDEX, DataError, collate, load_records, pack, tokenize_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,13 +223,13 @@ def test_pack_restarts_positions_and_masks_the_first_label(tokenizer):
 def test_check_command_reports_counts_and_bad_data(tmp_path, tiny):
     good = jsonl(tmp_path / "good.jsonl", [CONVERSATION, CONVERSATION, {"messages": CONVERSATION["messages"][:3]}])
     bad = write(tmp_path / "bad.jsonl", json.dumps(CONVERSATION) + "\n{oops\n")
-    run = subprocess.run([sys.executable, "-m", "scripts.cli", "data", "check", str(good), "--tokenizer", str(tiny),
+    run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(good), "--tokenizer", str(tiny),
                           "--max-length", "20"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     stats = json.loads(run.stdout)
     assert stats["records"] == 3 and stats["assistant_turns"] == 5 and stats["duplicates"] == 1
     assert stats["longer_than_max_length"] == 3 and stats["tokens_max"] > 20
-    run = subprocess.run([sys.executable, "-m", "scripts.cli", "data", "check", str(bad)], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(bad)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith(f"assistant data: error: {bad}:2: malformed JSON")

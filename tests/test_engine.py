@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from chat import ChatEngine, EngineError, GenerationSettings, GenerationStats
-from chat.stream import IncrementalDetokenizer
-from model import build_tiny_checkpoint
+from myassistant.chat import ChatEngine, EngineError, GenerationSettings, GenerationStats
+from myassistant.chat.stream import IncrementalDetokenizer
+from myassistant.model import build_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=40)
@@ -197,7 +197,7 @@ def test_base_plus_adapter_is_merged_at_load(tmp_path, tiny_dir, engine):
 
 
 def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scripts.cli", "chat", *args], cwd=ROOT, input=stdin,
+    return subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "chat", *args], cwd=ROOT, input=stdin,
                           capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": ""})
 
 

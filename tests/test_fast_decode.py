@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from chat import ChatEngine, EngineError, GenerationSettings
-from chat.batch import MIN_BUCKET
-from chat.fast import decoder_layer
-from chat.quant import Int8Linear
-from model import build_tiny_checkpoint, stop_token_ids
+from myassistant.chat import ChatEngine, EngineError, GenerationSettings
+from myassistant.chat.batch import MIN_BUCKET
+from myassistant.chat.fast import decoder_layer
+from myassistant.chat.quant import Int8Linear
+from myassistant.model import build_tiny_checkpoint, stop_token_ids
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=40)
 QUESTIONS = ["Who are you?", "你好，世界！龘靐齉 ok", "Tell me a story about the sea and the wind"]
@@ -197,7 +197,7 @@ def test_switches_and_fallbacks(tiny_dir, exact, monkeypatch):
     assert list(plain.tokens(prompt_ids, GREEDY)) == list(exact.tokens(prompt_ids, GREEDY))
     monkeypatch.delenv("ASSISTANT_FAST_DECODE")
 
-    from chat import quant
+    from myassistant.chat import quant
 
     quant.int8_kernel.cache_clear()
     monkeypatch.setenv("ASSISTANT_INT8_KERNEL", "weight_only")

@@ -13,11 +13,11 @@ import random
 import pytest
 import torch
 
-import model as model_layer
-from trainer import data as data_lib
-from trainer import fast, lm_loss
-from trainer.config import load_config
-from trainer.lora import build_model
+import myassistant.model as model_layer
+from myassistant.trainer import data as data_lib
+from myassistant.trainer.gpu import fast, lm_loss
+from myassistant.trainer.config import load_config
+from myassistant.trainer.lora import build_model
 
 torch.set_num_threads(1)
 

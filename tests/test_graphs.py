@@ -14,9 +14,9 @@ import torch
 
 from test_fast_path import loss_and_grads, packed_samples, randomize_lora, run_config
 from test_train import losses, overrides, write_chats
-from trainer import fast, graphs
-from trainer.config import load_config
-from trainer.lora import build_model
+from myassistant.trainer.gpu import fast, graphs
+from myassistant.trainer.config import load_config
+from myassistant.trainer.lora import build_model
 
 
 def test_static_batches_have_fixed_sizes_and_the_same_loss_and_gradients(tiny_checkpoint, tmp_path):
@@ -114,12 +114,12 @@ def test_graphed_micro_steps_train_like_eager_ones(tiny_checkpoint, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_train_on_a_gpu_captures_its_step_and_learns_like_the_eager_run(tiny_checkpoint, tmp_path, caplog,
                                                                          monkeypatch):
-    from trainer.train import train
+    from myassistant.trainer.train import train
 
     pytest.importorskip("bitsandbytes")
     data = write_chats(tmp_path / "chats.jsonl")
     settings = dict(max_steps=8, eval_steps=0, save_steps=4, gradient_checkpointing=True, report_to="none")
-    with caplog.at_level(logging.INFO, logger="trainer"):
+    with caplog.at_level(logging.INFO, logger="myassistant.trainer"):
         graphed = train(load_config(None, overrides(tiny_checkpoint, data, tmp_path / "graphed", "qlora", **settings)))
     assert "training step captured as CUDA graph 1" in caplog.text
     assert "CUDA graph capture failed" not in caplog.text

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hub import push_app
+from myassistant.hub import push_app
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPO = "https://code.openxlab.org.cn/alice/tiny-assistant.git"
@@ -30,7 +30,7 @@ def _clone(remote: Path, dest: Path) -> Path:
 def test_push_app_cli_writes_the_app_repo(tmp_path):
     remote = _bare(tmp_path / "app.git")
     env = {**os.environ, "HOME": str(tmp_path), "ASSISTANT_CACHE": str(tmp_path / "cache"), "GIT_CONFIG_NOSYSTEM": "1"}
-    result = subprocess.run([sys.executable, "-m", "scripts.cli", "push-app", "--model-repo", MODEL_REPO, "--to",
+    result = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "push-app", "--model-repo", MODEL_REPO, "--to",
                              str(remote), "--title", "Alice's assistant"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -48,7 +48,7 @@ def test_push_app_cli_writes_the_app_repo(tmp_path):
     assert f'os.environ.setdefault("MODEL_REPO", {MODEL_REPO!r})' in entry
     compile(entry, "app.py", "exec")
 
-    again = subprocess.run([sys.executable, "-m", "scripts.cli", "push-app", "--model-repo", MODEL_REPO, "--to",
+    again = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "push-app", "--model-repo", MODEL_REPO, "--to",
                             str(remote), "--title", "Alice's assistant"], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 0 and "already up to date" in again.stdout, again.stderr
@@ -59,6 +59,7 @@ def test_app_entry_point_defaults_model_repo_and_runs_the_app(tmp_path):
     for package in ("chat", "hub", "model"):
         (project / package).mkdir(parents=True)
         (project / package / "__init__.py").write_text("")
+    (project / "__init__.py").write_text("")
     (project / "app.py").write_text("import os\nprint('MODEL_REPO=' + os.environ['MODEL_REPO'], __name__)\n")
     (project / "requirements.txt").write_text("gradio\n")
     (project / "packages.txt").write_text("git-lfs\n")
@@ -76,7 +77,7 @@ def test_app_entry_point_defaults_model_repo_and_runs_the_app(tmp_path):
 
 
 def test_push_app_refuses_credentials_in_the_model_repo(tmp_path):
-    from hub import HubError
+    from myassistant.hub import HubError
 
     with pytest.raises(HubError, match="carries credentials") as err:
         push_app("https://alice:s3cret-token@example.com/m.git", str(_bare(tmp_path / "a.git")),

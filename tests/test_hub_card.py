@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from hub import model_card
+from myassistant.hub import model_card
 
 
 def _front_matter(card: str) -> dict:

@@ -23,7 +23,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _assistant(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "scripts.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -18,7 +18,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 def _assistant(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "GIT_TOKEN", "OPENXLAB_TOKEN")}
     full.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **env)
-    return subprocess.run([sys.executable, "-m", "scripts.cli", *args], cwd=ROOT, env=full, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", *args], cwd=ROOT, env=full, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -38,14 +38,15 @@ def _hf_cache(root: Path, repo_id: str) -> Path:
 
 
 def test_hub_imports_no_torch_and_nothing_of_ours():
-    code = ("import sys, hub; roots = {m.split('.')[0] for m in sys.modules}; "
-            "print(sorted(roots & {'torch', 'transformers', 'chat', 'model', 'trainer'}))")
+    code = ("import sys, myassistant.hub; roots = {'.'.join(m.split('.')[:2]) for m in sys.modules}; "
+            "print(sorted(roots & {'torch', 'transformers', 'myassistant.chat', 'myassistant.model', "
+            "'myassistant.trainer'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_fetch_model_signature():
-    from hub import fetch_model
+    from myassistant.hub import fetch_model
 
     params = inspect.signature(fetch_model).parameters
     assert list(params)[:2] == ["source", "cache_dir"] and params["cache_dir"].default is None

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data import DataError, load_records
-from trainer.identity import FILES, GENERAL_DATA, TRAIN_CORES, IdentitySpec, write_identity_dataset
+from myassistant.trainer.data import DataError, load_records
+from myassistant.trainer.identity.generate import FILES, GENERAL_DATA, TRAIN_CORES, IdentitySpec, write_identity_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def core(question: str) -> str:
 
 def test_command_writes_the_mix_with_system_prompt(tmp_path):
     out = tmp_path / "alice"
-    run = subprocess.run([sys.executable, "-m", "scripts.cli", "data", "identity", "--name", "Alice", "--author", "Bob",
+    run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "identity", "--name", "Alice", "--author", "Bob",
                           "--system", "You are helpful.", "--count", "100", "--ratio", "0.5", "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

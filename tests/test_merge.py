@@ -10,13 +10,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import model
+from myassistant import model
 from conftest import run_cli
-from model import CheckpointError
+from myassistant.model import CheckpointError
 from test_train import overrides, write_chats
-from trainer.config import load_config
-from trainer.merge import merge
-from trainer.train import train
+from myassistant.trainer.config import load_config
+from myassistant.trainer.merge import merge
+from myassistant.trainer.train import train
 
 IDS = torch.randint(3, 200, (2, 17), generator=torch.Generator().manual_seed(0))
 

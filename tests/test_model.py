@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import model
+from myassistant import model
 from conftest import FIXTURES, ROOT, run_cli
-from model.checkpoint import CheckpointError
+from myassistant.model.checkpoint import CheckpointError
 
 GOLDEN = FIXTURES / "internlm2"
 
@@ -61,8 +61,8 @@ def _spm_variants():
 @pytest.mark.parametrize("variant", _spm_variants())
 def test_tokenizer_ids_equal_sentencepiece(tmp_path, variant):
     sentencepiece = pytest.importorskip("sentencepiece")
-    from model.tiny import default_corpus, train_spm_tokenizer
-    from model.tokenizer import tokenizer_from_spm
+    from myassistant.model.tiny import default_corpus, train_spm_tokenizer
+    from myassistant.model.tokenizer import tokenizer_from_spm
 
     f = train_spm_tokenizer(default_corpus(), tmp_path / "tokenizer.model", 800, **variant)
     ours = tokenizer_from_spm(f)

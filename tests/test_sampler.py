@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from chat.sampler import RowParams, apply_repetition_penalty, sample_rows
+from myassistant.chat.sampler import RowParams, apply_repetition_penalty, sample_rows
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
 

@@ -17,8 +17,8 @@ from safetensors import safe_open
 from transformers import TrainerCallback
 
 from conftest import ROOT, run_cli
-from trainer.config import ConfigError, load_config
-from trainer.train import train
+from myassistant.trainer.config import ConfigError, load_config
+from myassistant.trainer.train import train
 
 PROMPTS = ["你是谁", "Who are you?"]
 
@@ -103,7 +103,7 @@ def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_p
     out, settings = tmp_path / "killed", {"max_steps": 40, "save_steps": 2, "eval_steps": 0, "report_to": "none"}
     args = overrides(tiny_checkpoint, chats, out, **settings)
     reference = train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "reference", **settings)))
-    cmd = [sys.executable, "-m", "scripts.cli", "train", *args]
+    cmd = [sys.executable, "-m", "myassistant.scripts.cli", "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -138,7 +138,7 @@ def test_full_finetune_writes_standalone_weights(tiny_checkpoint, chats, tmp_pat
     from transformers import AutoModelForCausalLM
 
     trained = AutoModelForCausalLM.from_pretrained(run)
-    import model
+    from myassistant import model
 
     base = model.load_model(tiny_checkpoint)
     assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
@@ -191,7 +191,7 @@ def test_deepspeed_without_deepspeed_is_a_clear_error(tiny_checkpoint, chats, tm
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
                     reason="QLoRA needs CUDA and bitsandbytes")
 def test_qlora_trains_and_merges_on_gpu(tiny_checkpoint, chats, tmp_path):
-    from trainer.merge import merge
+    from myassistant.trainer.merge import merge
 
     run = train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "q", method="qlora",
                                             learning_rate=1e-3, gradient_checkpointing=True)))

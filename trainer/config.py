@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from trainer.formats import FORMATS
+from myassistant.trainer.data.formats import FORMATS
 
 RUN_CONFIG_NAME = "run_config.yaml"
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -21,12 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import model as model_layer
-from trainer.config import PRESETS_DIR, load_config
-from trainer.identity import GENERAL_DATA, IdentitySpec, write_identity_dataset
-from trainer.merge import merge
-from trainer.report import REPORT_JSON, REPORT_MD, write_report
-from trainer.train import RUN_INFO_NAME, train
+import myassistant.model as model_layer
+from myassistant.trainer.config import PRESETS_DIR, load_config
+from myassistant.trainer.identity import GENERAL_DATA, IdentitySpec, write_identity_dataset
+from myassistant.trainer.merge import merge
+from myassistant.trainer.identity.report import REPORT_JSON, REPORT_MD, write_report
+from myassistant.trainer.train import RUN_INFO_NAME, train
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import peft
 import torch
 from transformers import PreTrainedModel
 
-import model as model_layer
-from trainer.config import ConfigError, QuantConfig, RunConfig, lora_target_modules
+import myassistant.model as model_layer
+from myassistant.trainer.config import ConfigError, QuantConfig, RunConfig, lora_target_modules
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-import model as model_layer
-from model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CheckpointError, load_adapter
+import myassistant.model as model_layer
+from myassistant.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CheckpointError, load_adapter
 
 log = logging.getLogger(__name__)
 

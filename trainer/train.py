@@ -8,8 +8,8 @@ that describes itself:
     adapter_model.safetensors + adapter_config.json (LoRA/QLoRA) or model.safetensors + config.json (full)
     tokenizer files   metrics.jsonl   eval_samples.jsonl   tensorboard/   checkpoint-N/ (newest few)
 
-Several GPUs: ``torchrun --nproc_per_node N -m scripts.cli train --config X.yaml --deepspeed zero2``
-(or ``accelerate launch -m scripts.cli train ...``); the Trainer reads the launcher's environment.
+Several GPUs: ``torchrun --nproc_per_node N -m myassistant.scripts.cli train --config X.yaml --deepspeed zero2``
+(or ``accelerate launch -m myassistant.scripts.cli train ...``); the Trainer reads the launcher's environment.
 """
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 
-import model as model_layer
-from trainer import data as data_lib
-from trainer import fast, graphs
-from trainer.callbacks import EvalPrompts, MetricsFile, ProgressBar, read_jsonl, truncate_jsonl
-from trainer.config import RUN_CONFIG_NAME, ConfigError, RunConfig, load_config, save_config
-from trainer.lora import bf16_supported, build_model, count_parameters
+import myassistant.model as model_layer
+from myassistant.trainer import data as data_lib
+from myassistant.trainer.gpu import fast, graphs
+from myassistant.trainer.callbacks import EvalPrompts, MetricsFile, ProgressBar, read_jsonl, truncate_jsonl
+from myassistant.trainer.config import RUN_CONFIG_NAME, ConfigError, RunConfig, load_config, save_config
+from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from trainer import data as data_lib
-from trainer import lm_loss, qlora_fold
+from myassistant.trainer import data as data_lib
+from myassistant.trainer.gpu import lm_loss, qlora_fold
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from trainer import data as data_lib
+from myassistant.trainer import data as data_lib
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import model as model_layer
-from trainer import merge
-from trainer.identity import FILES
-from trainer.formats import DataError
+import myassistant.model as model_layer
+from myassistant.trainer import merge
+from myassistant.trainer.identity import FILES
+from myassistant.trainer.data.formats import DataError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Regenerate general.jsonl: short general conversations in Chinese and English, made from tables.
 
-    python trainer/assets/make_general.py   # writes trainer/assets/general.jsonl next to this file
+    python trainer/identity/assets/make_general.py   # writes general.jsonl next to this file
 
 Answers are short, plain and never mention any assistant identity (no name, no "I am an AI"), so the
 set can teach a tiny base model to converse, dilute identity data, and probe for identity leaks.

@@ -19,8 +19,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data import load_records
-from .formats import DataError
+from ..data import DataError, load_records
 
 log = logging.getLogger(__name__)
 
