@@ -128,6 +128,8 @@ def build(cfg, variants: set[str]):
 
 def batches(kind: str, bs: int, n: int, vocab: int, variants: set[str]):
     """(batch dict, samples, real tokens) for each step. short: U[32,256]-token chats packed like training."""
+    import datasets
+
     from myassistant.trainer import data as data_lib
     from myassistant.trainer.gpu import fast
 
@@ -137,7 +139,7 @@ def batches(kind: str, bs: int, n: int, vocab: int, variants: set[str]):
         return [({"input_ids": x, "labels": x}, bs, bs * SEQ)] * n
     lengths = torch.randint(32, min(256, SEQ) + 1, (n * bs * SEQ // 100,), generator=g).tolist()
     ids = [torch.randint(3, vocab, (k,), generator=g).tolist() for k in lengths]
-    rows = data_lib.pack(data_lib.datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}), SEQ)
+    rows = data_lib.pack(datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}), SEQ)
     rows = [rows[i] for i in range(min(len(rows), n * bs))]
     collate = (data_lib.collate if "plain" in variants else
                functools.partial(fast.collate, static=True) if "graph" in variants else fast.collate)

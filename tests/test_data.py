@@ -97,7 +97,7 @@ def test_bad_files_name_file_line_and_field(tmp_path, name, text, expected):
 
 def test_mostly_duplicate_file_warns(tmp_path, caplog):
     other = {"text": "something else"}
-    with caplog.at_level(logging.WARNING, logger="trainer.data"):
+    with caplog.at_level(logging.WARNING, logger="myassistant.trainer.data"):
         load_records(jsonl(tmp_path / "dup.jsonl", [{"text": "same"}] * 8 + [other, {"text": "x"}]))
     assert "7 of 10 records are identical; the model will over-fit" in caplog.text
     caplog.clear()
@@ -131,7 +131,7 @@ def test_labels_cover_every_assistant_turn_and_its_end_token(tokenizer):
 
 def test_long_samples_are_truncated_and_counted_not_dropped(tokenizer, caplog):
     records = [CONVERSATION, {"text": "short"}, {"text": "a much longer text " * 20}]
-    with caplog.at_level(logging.WARNING, logger="trainer.data"):
+    with caplog.at_level(logging.WARNING, logger="myassistant.trainer.data"):
         data = tokenize_records(records, tokenizer, max_length=24)
     assert len(data) == 3
     assert [len(ids) for ids in data["input_ids"]] == [24, len(tokenizer("short").input_ids) + 1, 24]

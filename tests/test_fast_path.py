@@ -11,6 +11,7 @@ import copy
 import random
 
 import pytest
+import datasets
 import torch
 
 import myassistant.model as model_layer
@@ -38,7 +39,7 @@ def packed_samples(vocab: int, n: int = 9, max_length: int = 64, seed: int = 0) 
     rng = random.Random(seed)
     ids = [[rng.randrange(3, vocab) for _ in range(rng.randint(5, 30))] for _ in range(n)]
     labels = [[-100] * (len(s) // 2) + s[len(s) // 2:] for s in ids]
-    rows = data_lib.pack(data_lib.datasets.Dataset.from_dict({"input_ids": ids, "labels": labels}), max_length)
+    rows = data_lib.pack(datasets.Dataset.from_dict({"input_ids": ids, "labels": labels}), max_length)
     return [rows[i] for i in range(len(rows))]
 
 
@@ -176,7 +177,7 @@ def test_generation_still_works_after_apply(tiny_checkpoint, tmp_path):
 def test_fast_path_matches_plain_qlora_on_gpu(tiny_checkpoint, tmp_path, caplog):
     """QLoRA with its adapters folded into the dequantised weights (trainer.qlora_fold) against plain peft."""
     pytest.importorskip("bitsandbytes")
-    caplog.set_level("INFO", logger="trainer.fast")
+    caplog.set_level("INFO", logger="myassistant.trainer.gpu.fast")
     compare(tiny_checkpoint, tmp_path, "qlora", rel_loss=2e-2, rel_grad=5e-2)
     folded = [r.getMessage() for r in caplog.records if "fold their adapter" in r.getMessage()]
     assert folded and not folded[0].startswith("fast path: 0 "), folded

@@ -36,8 +36,8 @@ def test_push_app_cli_writes_the_app_repo(tmp_path):
     assert result.returncode == 0, result.stderr
     app = _clone(remote, tmp_path / "clone")
     files = {p.relative_to(app).as_posix() for p in app.rglob("*") if ".git" not in p.relative_to(app).parts}
-    assert {"app.py", "assistant_app.py", "requirements.txt", "packages.txt", "README.md", "chat/__init__.py",
-            "hub/__init__.py", "model/__init__.py"} <= files
+    assert {"app.py", "assistant_app.py", "requirements.txt", "packages.txt", "README.md", "myassistant/__init__.py",
+            "myassistant/chat/__init__.py", "myassistant/hub/__init__.py", "myassistant/model/__init__.py"} <= files
     assert not any("__pycache__" in f for f in files)
     assert (app / "assistant_app.py").read_bytes() == (ROOT / "app.py").read_bytes()
     assert (app / "requirements.txt").read_bytes() == (ROOT / "requirements.txt").read_bytes()

@@ -65,7 +65,7 @@ def test_merged_folder_is_standalone(merged, lora_run, tiny_checkpoint):
 
 def test_merging_twice_is_a_no_op(merged, lora_run, caplog):
     before = {p.name: p.stat().st_mtime_ns for p in merged.iterdir()}
-    with caplog.at_level("INFO", logger="trainer.merge"):
+    with caplog.at_level("INFO", logger="myassistant.trainer.merge"):
         assert merge(lora_run, merged, dtype="float32") == merged
     assert "already merged" in caplog.text
     assert {p.name: p.stat().st_mtime_ns for p in merged.iterdir()} == before
