@@ -1,24 +1,38 @@
-"""The model layer shared by training and serving: load/save any checkpoint, tokenizers, templates."""
+"""The model layer shared by training and serving: load/save any checkpoint, tokenizers, templates, LLaVA."""
 from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CheckpointError, load_adapter, load_model, load_state_dict,
                          read_config, save_model)
 from .generate import generate_replies
+from .llava import (IMAGE_TOKEN, PROJECTOR_WEIGHTS, build_llava, image_token_count, is_llava, load_llava, load_projector,
+                    save_llava, save_projector)
 from .templates import INTERNLM2_CHAT, TEMPLATES
 from .tiny import build_tiny_checkpoint
+from .tiny_vision import build_tiny_llava, build_tiny_vision_encoder
 from .tokenizer import load_tokenizer, stop_token_ids
 
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "CheckpointError",
+    "IMAGE_TOKEN",
+    "PROJECTOR_WEIGHTS",
     "INTERNLM2_CHAT",
     "TEMPLATES",
+    "build_llava",
     "build_tiny_checkpoint",
+    "build_tiny_llava",
+    "build_tiny_vision_encoder",
     "generate_replies",
+    "image_token_count",
+    "is_llava",
     "load_adapter",
+    "load_llava",
     "load_model",
+    "load_projector",
     "load_state_dict",
     "load_tokenizer",
     "read_config",
+    "save_llava",
     "save_model",
+    "save_projector",
     "stop_token_ids",
 ]

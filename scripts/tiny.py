@@ -1,4 +1,5 @@
-"""assistant tiny OUT_DIR: write a tiny InternLM2-format checkpoint (random weights, real tokenizer)."""
+"""assistant tiny OUT_DIR [--llava | --vision]: write a tiny InternLM2-format checkpoint (random weights, real
+tokenizer), a tiny merged multimodal (Llava) model, or a tiny CLIP vision encoder."""
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=1000, help="sentencepiece BPE target size")
     p.add_argument("--corpus", help="text file (one sample a line) to train the tokenizer on; default: built-in zh+en")
     p.add_argument("--nul-piece", action="store_true", help="add a vocabulary piece with a NUL byte, as the real InternLM2 one has")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--llava", action="store_true", help="a merged multimodal model: tiny CLIP + tiny InternLM2 + projector")
+    kind.add_argument("--vision", action="store_true", help="a tiny CLIP vision encoder folder (for multimodal training)")
     args = p.parse_args(argv)
 
-    from myassistant.model import build_tiny_checkpoint
+    from myassistant.model import build_tiny_checkpoint, build_tiny_llava, build_tiny_vision_encoder
+
+    if args.llava or args.vision:
+        print(build_tiny_llava(args.out_dir, seed=args.seed) if args.llava
+              else build_tiny_vision_encoder(args.out_dir, seed=args.seed))
+        return 0
 
     corpus = None
     if args.corpus:

@@ -35,3 +35,19 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: floa
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", *args], cwd=cwd, env=full_env, text=True,
                           capture_output=True, timeout=timeout, input=input)
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_encoder(tmp_path_factory) -> Path:
+    """A tiny random CLIP vision tower folder with its image processor (16 patches a picture)."""
+    from myassistant.model import build_tiny_vision_encoder
+
+    return build_tiny_vision_encoder(tmp_path_factory.mktemp("vision") / "clip-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    """A tiny merged multimodal folder (Llava: tiny CLIP + tiny InternLM2), what plain transformers loads."""
+    from myassistant.model import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("llava") / "llava-tiny")

@@ -1,0 +1,54 @@
+"""Tiny multimodal parts, made locally for tests and demos: a random CLIP vision tower, a whole tiny Llava.
+
+``build_tiny_vision_encoder`` writes what a CLIP download holds for its vision side (config.json of a
+``CLIPVisionModel``, safetensors, ``preprocessor_config.json``), only small. ``build_tiny_llava`` puts it
+in front of a tiny InternLM2 (``build_tiny_checkpoint``) through ``build_llava`` and saves the merged
+folder: what serving code can be tested with (random weights: answers are noise, but every path runs).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+from .checkpoint import _atomic_dir, _replace_dir
+from .llava import build_llava, save_llava
+from .tiny import build_tiny_checkpoint
+
+
+def build_tiny_vision_encoder(out_dir: str | Path, *, seed: int = 0, image_size: int = 56, patch_size: int = 14,
+                              hidden_size: int = 32, num_hidden_layers: int = 2, num_attention_heads: int = 4,
+                              intermediate_size: int = 64) -> Path:
+    """A random CLIP vision tower folder ((image_size / patch_size)^2 patches, 16 by default) + its processor."""
+    out_dir = Path(out_dir)
+    tmp = _atomic_dir(out_dir)
+    try:
+        config = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=intermediate_size,
+                                  num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                                  image_size=image_size, patch_size=patch_size, projection_dim=hidden_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            CLIPVisionModel(config).save_pretrained(str(tmp))
+        CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                              crop_size={"height": image_size, "width": image_size}).save_pretrained(str(tmp))
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, dtype: str = "float32", **vision_kwargs) -> Path:
+    """A complete tiny merged Llava folder (tiny CLIP + tiny InternLM2 + projector), random weights.
+
+    It loads with plain ``LlavaForConditionalGeneration`` / ``AutoProcessor``; 16 image tokens a picture.
+    """
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="tiny-llava-") as work:
+        encoder = build_tiny_vision_encoder(Path(work) / "vision", seed=seed, **vision_kwargs)
+        llm = build_tiny_checkpoint(Path(work) / "llm", seed=seed, dtype=dtype)
+        model, processor = build_llava(encoder, llm, dtype=dtype, seed=seed)
+        return save_llava(model, processor, out_dir, dtype=dtype)
