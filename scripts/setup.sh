@@ -26,11 +26,34 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 need=()
 command -v git-lfs >/dev/null || need+=(git-lfs)
-if [ "${SETUP_BROWSER:-1}" = 1 ] && ! command -v chromium >/dev/null; then need+=(chromium); fi
+if [ "${SETUP_BROWSER:-1}" = 1 ]; then
+  command -v chromium >/dev/null || need+=(chromium)
+  # CJK glyphs in the browser test's screenshots (the demo model answers Chinese questions too)
+  fc-list :lang=zh 2>/dev/null | grep -q . || need+=(fonts-noto-cjk)
+fi
+# apt takes fcntl locks; `apt-get update` does not wait for its lists lock (DPkg::Lock::Timeout only
+# covers dpkg's), so wait here until no other apt holds it (up to 10 min).
+wait_for_apt_lists() {
+  python3 - /var/lib/apt/lists/lock <<'PY'
+import fcntl, sys, time
+deadline = time.monotonic() + 600
+with open(sys.argv[1], "a") as lock:
+    while True:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit(f"[setup] {sys.argv[1]} still held by another apt after 10 min")
+            time.sleep(2)
+PY
+}
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "[setup] apt-get install ${need[*]}" >&2
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    wait_for_apt_lists
+    apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null || { wait_for_apt_lists; apt-get update -qq >/dev/null; }
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >/dev/null
   else
     echo "[setup] please install: ${need[*]} (Debian/Ubuntu: sudo apt-get install ${need[*]})" >&2
   fi
