@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from myassistant.chat.decode import GenerationSettings
+from myassistant.chat.decode import Embed, GenerationSettings
 from myassistant.chat.fast import KVCache, StaticCacheDecoder
 from myassistant.chat.sampler import RowParams, apply_repetition_penalty, sample_rows
 
@@ -50,6 +50,7 @@ class Chat:
     produced: int = 0
     done: bool = False
     generator: torch.Generator | None = None
+    embed: Embed | None = None  # the prompt's input embeddings, made when the chat is admitted (images)
 
 
 class BatchDecoder:
@@ -84,9 +85,9 @@ class BatchDecoder:
         return length <= self.max_len
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop_ids: list[int],
-                 cancel: threading.Event | None = None) -> Iterator[int]:
+                 cancel: threading.Event | None = None, embed: Embed | None = None) -> Iterator[int]:
         """Yield new token ids until a stop id (not yielded), `max_new_tokens`, `cancel`, or close."""
-        chat = Chat(list(prompt_ids), settings, frozenset(stop_ids), cancel or threading.Event())
+        chat = Chat(list(prompt_ids), settings, frozenset(stop_ids), cancel or threading.Event(), embed=embed)
         if not settings.greedy:
             chat.generator = torch.Generator(device=self.device)
             if settings.seed is None:
@@ -161,7 +162,7 @@ class BatchDecoder:
                                         device=self.device)
             self.seen[row] = False
             self.seen[row, ids[0]] = True
-        logits = self.decoder.prefill(ids, self.cache, row)
+        logits = self.decoder.prefill(ids, self.cache, row, None if chat.embed is None else chat.embed(ids))
         first = self._sample(logits, [chat], offset=row)
         chat.row, chat.position = row, len(chat.prompt_ids)
         self.chats[row] = chat

@@ -30,6 +30,9 @@ from transformers.generation.logits_process import (
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # new token ids [1, n] -> logits of the last one [1, vocab]
+# Prompt ids [1, n] -> the prompt's input embeddings [1, n, hidden]: how an image enters a chat (chat.vision);
+# None = the model's embedding table.
+Embed = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -79,12 +82,19 @@ def logits_processors(settings: GenerationSettings) -> LogitsProcessorList:
     return processors
 
 
-def dynamic_cache_forward(model: PreTrainedModel) -> Forward:
-    """The model's own forward with a growing ``DynamicCache``: works for every causal LM."""
+def dynamic_cache_forward(model: PreTrainedModel, embed: Embed | None = None) -> Forward:
+    """The model's own forward with a growing ``DynamicCache``: works for every causal LM.
+
+    `embed` makes the prompt's input embeddings (the first call's ids); later tokens use the model's table.
+    """
     cache = DynamicCache(config=model.config)
 
     def forward(ids: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        if embed is not None and cache.get_seq_length() == 0:
+            inputs = {"inputs_embeds": embed(ids)}
+        else:
+            inputs = {"input_ids": ids}
+        return model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
 
     return forward
 

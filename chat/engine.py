@@ -1,7 +1,8 @@
 """The chat engine shared by the Gradio app and the chat CLI.
 
 ``ChatEngine.from_pretrained(folder)`` loads a merged model (or base + LoRA adapter) through
-``model/``; ``engine.stream(messages, settings)`` yields the reply as text deltas. `ChatEngine.tokens`
+``model/``; ``engine.stream(messages, settings)`` yields the reply as text deltas. A multimodal
+(Llava) folder is served the same way, its images entering in the prefill (`chat.vision`). `ChatEngine.tokens`
 picks the fastest decoder the model allows: on a GPU, `chat.batch` (all concurrent chats share
 each CUDA-graphed step over one static cache); on the CPU, `chat.decode.generate_tokens` over a
 static cache of the chat's own (`chat.fast`); for a model of another layout, over the model's own
@@ -22,11 +23,13 @@ from typing import Any
 import torch
 
 from myassistant.chat.batch import BatchDecoder
-from myassistant.chat.decode import GenerationSettings, generate_tokens
+from myassistant.chat.decode import Embed, GenerationSettings, dynamic_cache_forward, generate_tokens
+from myassistant.chat.errors import EngineError
 from myassistant.chat.fast import KVCache, StaticCacheDecoder, fast_decode_problem
 from myassistant.chat.history import Message, build_prompt, normalize_messages
 from myassistant.chat.quant import quantize_int8, resolve_quantize
 from myassistant.chat.stream import IncrementalDetokenizer
+from myassistant.chat.vision import ImageEncoder, find_images, is_multimodal, load_multimodal
 from myassistant.model import (ADAPTER_CONFIG, CheckpointError, build_tiny_checkpoint, load_adapter, load_model, load_tokenizer,
                    stop_token_ids)
 
@@ -35,12 +38,6 @@ log = logging.getLogger(__name__)
 ROWS_ENV = "ASSISTANT_DECODE_ROWS"  # chats decoded together on a GPU (default 8)
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
-
-
-class EngineError(Exception):
-    """The model could not be loaded or the request cannot be served as asked."""
-
-    user_error = True
 
 
 @dataclasses.dataclass
@@ -119,9 +116,13 @@ class ChatEngine:
     """A loaded model + tokenizer that streams chat replies; safe to share between threads."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", max_context: int | None = None,
-                 fast: bool = True, batched: bool | None = None, cuda_graphs: bool = True) -> None:
-        """batched: decode concurrent chats together (`chat.batch`; default: on a GPU)."""
+                 fast: bool = True, batched: bool | None = None, cuda_graphs: bool = True,
+                 vision: ImageEncoder | None = None) -> None:
+        """model: the causal LM that decodes (for a multimodal model, `vision.text_model`);
+        batched: decode concurrent chats together (`chat.batch`; default: on a GPU);
+        vision: the image side of a multimodal model (None = text only)."""
         self.model = model
+        self.vision = vision
         self.tokenizer = tokenizer
         self.name = name
         self.stop_ids = stop_token_ids(tokenizer)
@@ -166,12 +167,17 @@ class ChatEngine:
         load_dtype = torch.bfloat16 if quantize == "int8" and torch_dtype == torch.float32 else torch_dtype
         try:
             tokenizer = load_tokenizer(path)
-            model = load_model(path, dtype=load_dtype, device=torch_device)
+            processor = None
+            if is_multimodal(path):
+                model, processor = load_multimodal(path, load_dtype, torch_device)
+            else:
+                model = load_model(path, dtype=load_dtype, device=torch_device)
             if adapter is not None:
                 # Merged once at load: decoding then costs the same as a merged model.
                 model = load_adapter(model, adapter).merge_and_unload()
+            vision = None if processor is None else ImageEncoder(model, processor)
             if quantize == "int8":
-                quantize_int8(model)
+                quantize_int8(model if vision is None else vision.text_model)  # the vision tower stays as loaded
                 model.to(torch_dtype)  # what is left (embeddings, norms) computes in torch_dtype
         except CheckpointError as err:
             raise EngineError(str(err)) from err
@@ -181,6 +187,8 @@ class ChatEngine:
         model.eval()
         log.info("loaded %s on %s in %s%s", path.name, torch_device, str(torch_dtype).removeprefix("torch."),
                  ", int8 linear weights" if quantize == "int8" else "")
+        if vision is not None:
+            return cls(vision.text_model, tokenizer, name=path.name, vision=vision)
         return cls(model, tokenizer, name=path.name)
 
     def prompt(self, messages: list[Message], settings: GenerationSettings) -> tuple[list[int], int, int]:
@@ -189,30 +197,37 @@ class ChatEngine:
         At least half the window is kept for the prompt, so a large `max_new_tokens` cannot
         squeeze the conversation out; the reply is then capped by what is left.
         """
+        if self.vision is not None:
+            messages = self.vision.placeholders(messages)
         messages = normalize_messages(messages, settings.system_prompt)
         budget = max(self.max_context - settings.max_new_tokens, self.max_context // 2)
         ids, dropped = build_prompt(self.tokenizer, messages, budget)
         return ids, min(settings.max_new_tokens, self.max_context - len(ids)), dropped
 
     def tokens(
-        self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event | None = None
+        self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event | None = None,
+        embed: Embed | None = None,
     ) -> Iterator[int]:
-        """Generated token ids for ready prompt ids.
+        """Generated token ids for ready prompt ids (`embed`: their input embeddings, for images).
 
         A request longer than the batched cache's rows decodes alone over a static cache sized to it.
         """
         if self.batch is not None and self.batch.fits(len(prompt_ids) + settings.max_new_tokens + 1):
-            return self.batch.generate(prompt_ids, settings, self.stop_ids, cancel)
-        forward = None
+            return self.batch.generate(prompt_ids, settings, self.stop_ids, cancel, embed)
+        forward = None if embed is None else dynamic_cache_forward(self.model, embed)
         if self.decoder is not None:
-            forward = self.decoder.eager(self.decoder.new_cache(len(prompt_ids) + settings.max_new_tokens))
+            forward = self.decoder.eager(self.decoder.new_cache(len(prompt_ids) + settings.max_new_tokens), embed)
         return generate_tokens(self.model, prompt_ids, settings, self.stop_ids, lock=self.lock, cancel=cancel,
                                forward=forward)
 
     def warm_up(self) -> None:
         """Compile and capture the decode steps a first chat and two concurrent ones need (seconds to
         a minute on a GPU; nothing to do elsewhere), so the first user does not wait for it."""
-        if self.batch is None or self.model.device.type != "cuda":
+        if self.model.device.type != "cuda":
+            return
+        if self.vision is not None:
+            self.vision.warm_up()
+        if self.batch is None:
             return
         settings = GenerationSettings(temperature=0, max_new_tokens=4)
         ids = self.tokenizer.encode("hello, how are you today?", add_special_tokens=False) or [0, 0]
@@ -233,16 +248,23 @@ class ChatEngine:
     ) -> Iterator[str]:
         """Yield the assistant's reply to `messages` as text deltas.
 
+        Images are content parts of the messages (`chat.vision`); a text-only model refuses them.
         Stops at the model's stop tokens, `max_new_tokens`, when `cancel` is set, or when the
         caller closes the generator (the decode loop runs inside it, so nothing keeps computing).
         """
         settings = dataclasses.replace(settings or GenerationSettings(), **overrides)
         stats = stats if stats is not None else GenerationStats()
         start = time.perf_counter()
+        images = find_images(messages)
+        if images and self.vision is None:
+            raise EngineError(f"{self.name} is a text-only model: it cannot read images")
         prompt_ids, max_new, stats.dropped_messages = self.prompt(messages, settings)
+        embed = None
+        if images:
+            prompt_ids, embed = self.vision.prepare(prompt_ids, images)
         stats.prompt_tokens = len(prompt_ids)
         detokenizer = IncrementalDetokenizer(self.tokenizer)
-        tokens = self.tokens(prompt_ids, dataclasses.replace(settings, max_new_tokens=max(max_new, 1)), cancel)
+        tokens = self.tokens(prompt_ids, dataclasses.replace(settings, max_new_tokens=max(max_new, 1)), cancel, embed)
         try:
             for token_id in tokens:
                 stats.new_tokens += 1

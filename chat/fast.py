@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from myassistant.chat.decode import Forward
+from myassistant.chat.decode import Embed, Forward
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +169,16 @@ class StaticCacheDecoder:
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1].float()
 
-    def prefill(self, ids: torch.Tensor, cache: KVCache, row: int = 0) -> torch.Tensor:
-        """Logits [1, vocab] (float32) after prompt `ids` [1, n], written from position 0 of cache row `row`."""
+    def prefill(self, ids: torch.Tensor, cache: KVCache, row: int = 0,
+                embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [1, vocab] (float32) after prompt `ids` [1, n], written from position 0 of cache row `row`.
+
+        `embeds` [1, n, hidden]: the prompt's input embeddings when they are not the table's (images).
+        """
         n = ids.shape[1]
         positions = torch.arange(n, device=self.device)
         rows = torch.tensor([row], device=self.device)
-        x = self.model.model.embed_tokens(ids)
+        x = self.model.model.embed_tokens(ids) if embeds is None else embeds.to(self.dtype)
         cos, sin = self.cos[:n][None], self.sin[:n][None]
         for i, layer in enumerate(self.layers):  # compiled too: fewer launches from a slow host
             x = self.decode_layer(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, None)
@@ -198,8 +202,9 @@ class StaticCacheDecoder:
             x = self.decode_layer(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, mask)
         return self._logits(x)
 
-    def eager(self, cache: KVCache) -> Forward:
-        """A step function over row 0 of `cache` for `chat.decode.generate_tokens` (no graphs, no batching)."""
+    def eager(self, cache: KVCache, embed: Embed | None = None) -> Forward:
+        """A step function over row 0 of `cache` for `chat.decode.generate_tokens` (no graphs, no batching);
+        `embed` makes the prompt's input embeddings."""
         pos = 0
 
         def step(ids: torch.Tensor) -> torch.Tensor:
@@ -207,7 +212,7 @@ class StaticCacheDecoder:
             n = ids.shape[1]
             if n > 1:
                 assert pos == 0, "a prompt is prefilled at the start of the cache only"
-                logits = self.prefill(ids, cache)
+                logits = self.prefill(ids, cache, embeds=None if embed is None else embed(ids))
             else:
                 logits = self.decode(ids[0], torch.tensor([pos], device=self.device), cache, pos + 1)
             pos += n

@@ -1,10 +1,12 @@
-"""assistant chat MODEL_DIR: streaming multi-turn chat in the terminal (or one answer with --prompt)."""
+"""assistant chat MODEL_DIR: streaming multi-turn chat in the terminal (or one answer with --prompt);
+with a multimodal model, --image PATH (or /image PATH in the chat) asks about a picture."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats
+from myassistant.chat import ChatEngine, EngineError, GenerationSettings, GenerationStats
+from myassistant.chat.vision import read_image
 
 
 def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings) -> str:
@@ -22,12 +24,23 @@ def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings
     return "".join(parts)
 
 
+def user_message(text: str, images: list[str]) -> dict:
+    """The user's message; pictures as image parts before the text (`chat.vision`)."""
+    if not images:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [*({"type": "image", "image": path} for path in images),
+                                        {"type": "text", "text": text}]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="assistant chat", description=__doc__,
-                                     epilog="In the chat: /reset starts over, /exit quits, Ctrl-C stops an answer.")
+                                     epilog="In the chat: /image PATH attaches a picture to your next message, "
+                                            "/reset starts over, /exit quits, Ctrl-C stops an answer.")
     parser.add_argument("model_dir", help="merged model folder, or the base model folder with --adapter")
     parser.add_argument("--adapter", help="LoRA adapter folder (peft format) to apply on top of MODEL_DIR")
     parser.add_argument("--prompt", help="answer this one message and exit")
+    parser.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="a picture for the (first) message; a multimodal model only; may be repeated")
     parser.add_argument("--system", help="system prompt")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     parser.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling, 1 = off (default 0.8)")
@@ -46,12 +59,17 @@ def main(argv: list[str] | None = None) -> int:
                                       max_new_tokens=args.max_new_tokens, seed=args.seed)
     except ValueError as err:
         parser.error(str(err))
+    for path in args.image:
+        read_image(path)  # a bad path fails before the model loads
     engine = ChatEngine.from_pretrained(args.model_dir, args.adapter, device=args.device, dtype=args.dtype,
                                         quantize=args.quantize)
+    if args.image and engine.vision is None:
+        raise EngineError(f"{args.model_dir} is a text-only model: --image needs a multimodal (Llava) model")
     if args.prompt is not None:
-        reply(engine, [{"role": "user", "content": args.prompt}], settings)
+        reply(engine, [user_message(args.prompt, args.image)], settings)
         return 0
     history: list[dict] = []
+    images = list(args.image)  # for the next message
     while True:
         try:
             text = input(">>> ").strip()
@@ -61,8 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         if text == "/exit":
             return 0
         if text == "/reset":
-            history = []
+            history, images = [], []
             sys.stderr.write("[new conversation]\n")
+        elif text.startswith("/image"):
+            path = text.removeprefix("/image").strip()
+            try:
+                if engine.vision is None:
+                    raise EngineError(f"{args.model_dir} is a text-only model: it cannot read images")
+                read_image(path)
+            except EngineError as err:
+                sys.stderr.write(f"error: {err}\n")
+            else:
+                images.append(path)
+                sys.stderr.write(f"[{path} goes with your next message]\n")
         elif text:
-            history.append({"role": "user", "content": text})
+            history.append(user_message(text, images))
+            images = []
             history.append({"role": "assistant", "content": reply(engine, history, settings)})

@@ -1,0 +1,181 @@
+"""Chats about pictures (chat.vision): a tiny Llava served by the chat engine and the chat CLI, on the CPU."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from conftest import run_cli
+
+from myassistant.chat import ChatEngine, EngineError, GenerationSettings
+from myassistant.model import build_tiny_checkpoint, load_model, load_tokenizer
+
+GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
+
+
+def build_tiny_llava(out_dir: Path) -> Path:
+    """A tiny random Llava folder: CLIP tower (28 px, 16 patches) + the tiny InternLM2 as Llama + processor."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              LlavaProcessor)
+
+    llm_dir = build_tiny_checkpoint(out_dir.parent / f"{out_dir.name}-llm")
+    tokenizer = load_tokenizer(llm_dir)
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    llm = load_model(llm_dir)
+    llm.resize_token_embeddings(len(tokenizer))
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=28, patch_size=7, projection_dim=32)
+    config = LlavaConfig(vision_config=vision, text_config=llm.config, projector_hidden_act="gelu",
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+                         vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config)
+    model.model.language_model.load_state_dict(llm.model.state_dict())
+    model.lm_head.load_state_dict(llm.lm_head.state_dict())
+    model.generation_config = llm.generation_config
+    model.save_pretrained(out_dir)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=7,
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(out_dir)
+    return out_dir
+
+
+def draw(path: Path, shape: str, colour: str, mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> Path:
+    image = Image.new("RGB", size, "white")
+    box = (size[0] // 5, size[1] // 5, size[0] * 4 // 5, size[1] * 4 // 5)
+    (ImageDraw.Draw(image).ellipse if shape == "circle" else ImageDraw.Draw(image).rectangle)(box, fill=colour)
+    image.convert(mode).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory) -> Path:
+    return build_tiny_llava(tmp_path_factory.mktemp("vision") / "tiny-llava")
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("pictures")
+    return {"red_circle": draw(folder / "red_circle.png", "circle", "red"),
+            "blue_square": draw(folder / "blue_square.jpg", "square", "blue")}
+
+
+@pytest.fixture(scope="module")
+def engine(llava_dir) -> ChatEngine:
+    return ChatEngine.from_pretrained(llava_dir, device="cpu", quantize="none")  # fp32: exact
+
+
+def ask_about(image, text: str = "What is in the picture?") -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image", "image": str(image)}, {"type": "text", "text": text}]}]
+
+
+def llava_generate(engine: ChatEngine, prompt_ids: list[int], images: list[Path], max_new_tokens: int) -> list[int]:
+    """transformers' own LlavaForConditionalGeneration.generate for the same prompt and pictures."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(engine.vision.model.name_or_path)
+    pixels = processor.image_processor(images=[Image.open(p).convert("RGB") for p in images],
+                                       return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        out = engine.vision.model.generate(input_ids=torch.tensor([prompt_ids]), pixel_values=pixels,
+                                           max_new_tokens=max_new_tokens, do_sample=False,
+                                           eos_token_id=engine.stop_ids, pad_token_id=engine.stop_ids[0])
+    new = out[0, len(prompt_ids):].tolist()
+    return new[: next((i for i, t in enumerate(new) if t in engine.stop_ids), len(new))]
+
+
+@pytest.mark.parametrize("decoder", ["static_cache", "batched", "model_forward"])
+def test_an_image_chat_streams_the_tokens_of_llava_generate(engine, pictures, decoder):
+    served = {"static_cache": engine,
+              "batched": ChatEngine(engine.model, engine.tokenizer, batched=True, vision=engine.vision),
+              "model_forward": ChatEngine(engine.model, engine.tokenizer, fast=False, vision=engine.vision)}[decoder]
+    answers = {}
+    for name, image in pictures.items():
+        messages = ask_about(image)
+        ids, _, _ = served.prompt(messages, GREEDY)
+        ids, embed = served.vision.prepare(ids, [image])
+        assert ids.count(engine.vision.image_token_id) == engine.vision.tokens_per_image == 16
+        tokens = list(served.tokens(ids, GREEDY, embed=embed))
+        assert tokens == llava_generate(engine, ids, [image], GREEDY.max_new_tokens)
+        deltas = list(served.stream(messages, GREEDY))
+        assert len(deltas) > 1 and "".join(deltas) == engine.tokenizer.decode(tokens, skip_special_tokens=True)
+        answers[name] = "".join(deltas)
+    assert answers["red_circle"] != answers["blue_square"]  # the picture reaches the model
+
+
+def test_text_chats_on_a_multimodal_model_equal_its_language_model(engine):
+    messages = [{"role": "user", "content": "Who are you?"}]
+    ids, _, _ = engine.prompt(messages, GREEDY)
+    with torch.inference_mode():
+        out = engine.vision.model.generate(input_ids=torch.tensor([ids]), max_new_tokens=GREEDY.max_new_tokens,
+                                           do_sample=False, eos_token_id=engine.stop_ids,
+                                           pad_token_id=engine.stop_ids[0])
+    want = out[0, len(ids):].tolist()
+    want = want[: next((i for i, t in enumerate(want) if t in engine.stop_ids), len(want))]
+    assert engine.generate(messages, GREEDY) == engine.tokenizer.decode(want, skip_special_tokens=True)
+
+
+def test_history_keeps_its_picture_and_a_trimmed_one_is_dropped(engine, pictures):
+    first = ask_about(pictures["red_circle"])
+    reply = engine.generate(first, GREEDY)
+    # Gradio 6 hands the history back with file parts
+    history = [{"role": "user", "content": [{"type": "file", "file": {"path": str(pictures["red_circle"])}},
+                                            {"type": "text", "text": "What is in the picture?"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": reply}]}]
+    follow_up = history + [{"role": "user", "content": "And its colour?"}]
+    ids, _, _ = engine.prompt(follow_up, GREEDY)
+    ids, embed = engine.vision.prepare(ids, [pictures["red_circle"]])
+    assert ids.count(engine.vision.image_token_id) == 16
+    assert engine.generate(follow_up, GREEDY) == engine.tokenizer.decode(
+        llava_generate(engine, ids, [pictures["red_circle"]], GREEDY.max_new_tokens), skip_special_tokens=True)
+    # A window too small for the first turn: the picture goes with it, the rest is served as text.
+    small = ChatEngine(engine.model, engine.tokenizer, max_context=64, vision=engine.vision)
+    long_history = history + [{"role": "user", "content": "word " * 20}, {"role": "assistant", "content": "ok"}]
+    messages = long_history + [{"role": "user", "content": "And now?"}]
+    ids, _, dropped = small.prompt(messages, GREEDY)
+    assert dropped >= 2 and small.vision.prepare(ids, [pictures["red_circle"]]) == (ids, None)
+    assert isinstance(small.generate(messages, GREEDY), str)
+
+
+def test_grey_transparent_huge_and_tiny_pictures_are_read(engine, tmp_path):
+    for name, mode, size in (("grey.png", "L", (40, 30)), ("rgba.png", "RGBA", (30, 40)),
+                             ("huge.jpg", "RGB", (3000, 2000)), ("tiny.bmp", "RGB", (2, 2))):
+        picture = draw(tmp_path / name, "circle", "green", mode, size)
+        assert engine.generate(ask_about(picture), GREEDY, max_new_tokens=4)
+
+
+def test_unreadable_pictures_and_text_only_models_are_one_line_errors(engine, tmp_path, tiny_checkpoint):
+    with pytest.raises(EngineError, match=f"^image {tmp_path / 'missing.png'}: no such file$"):
+        engine.generate(ask_about(tmp_path / "missing.png"), GREEDY)
+    (tmp_path / "fake.png").write_text("not a picture")
+    with pytest.raises(EngineError, match=f"^image {tmp_path / 'fake.png'}: not a readable image"):
+        engine.generate(ask_about(tmp_path / "fake.png"), GREEDY)
+    text_only = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu")
+    with pytest.raises(EngineError, match="is a text-only model: it cannot read images"):
+        text_only.generate(ask_about(tmp_path / "fake.png"), GREEDY)
+
+
+def chat_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return run_cli("chat", *args, env={"OMP_NUM_THREADS": "1"}, timeout=120, input=stdin)
+
+
+def test_chat_cli_asks_about_a_picture(llava_dir, pictures, engine, tmp_path):
+    greedy = ("--temperature", "0", "--max-new-tokens", "12", "--device", "cpu", "--quantize", "none")
+    done = chat_cli(str(llava_dir), "--image", str(pictures["red_circle"]), "--prompt", "What is in the picture?",
+                   *greedy)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == engine.generate(ask_about(pictures["red_circle"]), GREEDY, max_new_tokens=12) + "\n"
+
+    done = chat_cli(str(llava_dir), *greedy, stdin=f"/image {tmp_path / 'nope.png'}\n/image {pictures['blue_square']}\n"
+                   "What is in the picture?\nAnd now?\n/exit\n")
+    assert done.returncode == 0, done.stderr
+    assert f"image {tmp_path / 'nope.png'}: no such file" in done.stderr
+    first_reply = engine.generate(ask_about(pictures["blue_square"]), GREEDY, max_new_tokens=12)
+    assert done.stdout.split(">>> ")[3] == first_reply + "\n"
+
+    done = chat_cli(str(llava_dir), "--image", str(tmp_path / "nope.png"), "--prompt", "hi", *greedy)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == f"assistant chat: error: image {tmp_path / 'nope.png'}: no such file"
