@@ -29,9 +29,9 @@ from myassistant.chat.fast import KVCache, StaticCacheDecoder, fast_decode_probl
 from myassistant.chat.history import Message, build_prompt, normalize_messages
 from myassistant.chat.quant import quantize_int8, resolve_quantize
 from myassistant.chat.stream import IncrementalDetokenizer
-from myassistant.chat.vision import ImageEncoder, find_images, is_multimodal, load_multimodal
-from myassistant.model import (ADAPTER_CONFIG, CheckpointError, build_tiny_checkpoint, load_adapter, load_model, load_tokenizer,
-                   stop_token_ids)
+from myassistant.chat.vision import ImageEncoder, find_images
+from myassistant.model import (ADAPTER_CONFIG, CheckpointError, build_tiny_checkpoint, is_llava, load_adapter, load_llava,
+                               load_model, load_tokenizer, stop_token_ids)
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,8 @@ class ChatEngine:
         try:
             tokenizer = load_tokenizer(path)
             processor = None
-            if is_multimodal(path):
-                model, processor = load_multimodal(path, load_dtype, torch_device)
+            if is_llava(path):
+                model, processor = load_llava(path, dtype=load_dtype, device=torch_device)
             else:
                 model = load_model(path, dtype=load_dtype, device=torch_device)
             if adapter is not None:

@@ -1,13 +1,13 @@
 """Chats about pictures: a Llava model served through the text decoders, images costing prefill only.
 
-A multimodal model folder is what transformers calls image-text-to-text: a `config.json` with a
-`vision_config` (`LlavaForConditionalGeneration`: a CLIP / SigLIP vision tower, an MLP projector and
-a Llama-layout LLM, as `assistant merge` writes a LLaVA run) and a processor (`AutoProcessor`: the
-tower's image processor and the tokenizer with its `<image>` token). The engine decodes with the LLM
-alone, through a causal-LM view that shares the Llava's modules (`language_model_view`), so every
-text decoder (static cache, CUDA graphs, batched chats) serves image chats unchanged. An image enters
-once, in the prefill: its features replace the embeddings of its image tokens (`ImageEncoder.embed`),
-exactly as ``LlavaForConditionalGeneration.forward`` does; every later step is a text step.
+A multimodal model folder holds transformers' `LlavaForConditionalGeneration` (a CLIP / SigLIP vision
+tower, an MLP projector and a Llama-layout LLM, as `model.build_llava` makes and `assistant merge`
+writes it) and its processor (`AutoProcessor`: the tower's image processor and the tokenizer with its
+`<image>` token); `model.load_llava` loads both. The engine decodes with the LLM alone, through a
+causal-LM view that shares the Llava's modules (`language_model_view`), so every text decoder (static
+cache, CUDA graphs, batched chats) serves image chats unchanged. An image enters once, in the prefill:
+its features replace the embeddings of its image tokens (`ImageEncoder.embed`), exactly as
+``LlavaForConditionalGeneration.forward`` does; every later step is a text step.
 
 Requests carry images as content parts of a message (the OpenAI / transformers chat-template shape):
 
@@ -26,34 +26,16 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from myassistant.chat.decode import Embed
 from myassistant.chat.errors import EngineError
 from myassistant.chat.history import Message, message_text
-from myassistant.model import CheckpointError, read_config
-from myassistant.model.checkpoint import weight_files
+from myassistant.model import image_token_count
 
 log = logging.getLogger(__name__)
 
 ImageSource = Any  # a path (str / Path) or a PIL image
-
-
-def is_multimodal(folder: str | Path) -> bool:
-    """Whether the model folder holds an image-text-to-text model (its config has a vision tower)."""
-    return "vision_config" in read_config(folder)
-
-
-def load_multimodal(folder: Path, dtype: torch.dtype, device: torch.device) -> tuple[PreTrainedModel, Any]:
-    """(model, processor) of a multimodal folder, plain transformers, no remote code."""
-    weight_files(folder)  # git-lfs pointers and missing shards as one clear line, before transformers reads
-    model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype, device_map=device,
-                                                        attn_implementation="sdpa", trust_remote_code=False)
-    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=False)
-    if getattr(processor, "image_processor", None) is None:
-        raise CheckpointError(f"{folder}: no image processor (processor_config.json / preprocessor_config.json); "
-                              "a multimodal model folder needs the processor saved beside the weights")
-    return model.eval(), processor
 
 
 def language_model_view(model: PreTrainedModel) -> PreTrainedModel:
@@ -66,15 +48,6 @@ def language_model_view(model: PreTrainedModel) -> PreTrainedModel:
     view.lm_head = model.lm_head
     view.generation_config = model.generation_config
     return view.eval()
-
-
-def image_tokens_per_image(config: Any) -> int:
-    """Image features (and so image tokens) one image gives: the tower's patches, plus its CLS token
-    where it has one, minus the CLS that the "default" feature strategy drops."""
-    vision = config.vision_config
-    tokens = (vision.image_size // vision.patch_size) ** 2
-    tokens += 1 if vision.model_type == "clip_vision_model" else 0
-    return tokens - (1 if config.vision_feature_select_strategy == "default" else 0)
 
 
 def read_image(source: ImageSource) -> Image.Image:
@@ -122,11 +95,14 @@ class ImageEncoder:
 
     def __init__(self, model: PreTrainedModel, processor: Any) -> None:
         self.model = model
-        self.image_processor = processor.image_processor
+        self.image_processor = getattr(processor, "image_processor", None)
+        if self.image_processor is None:
+            raise EngineError(f"{model.name_or_path}: no image processor (processor_config.json); a multimodal "
+                              "model folder needs its processor saved beside the weights")
         self.text_model = language_model_view(model)
         self.image_token_id = model.config.image_token_id
         self.image_token = processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
-        self.tokens_per_image = image_tokens_per_image(model.config)
+        self.tokens_per_image = image_token_count(model)
 
     def placeholders(self, messages: list[Message]) -> list[Message]:
         """Messages whose images are replaced by their image tokens (in the text, before it).
