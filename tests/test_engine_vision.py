@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,8 @@ def llava_generate(engine: ChatEngine, prompt_ids: list[int], images: list[Path]
     pixels = processor.image_processor(images=[Image.open(p).convert("RGB") for p in images],
                                        return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
-        out = engine.vision.model.generate(input_ids=torch.tensor([prompt_ids]), pixel_values=pixels,
+        out = engine.vision.model.generate(input_ids=torch.tensor([prompt_ids], device=engine.model.device),
+                                           pixel_values=pixels.to(engine.model.device, engine.model.dtype),
                                            max_new_tokens=max_new_tokens, do_sample=False,
                                            eos_token_id=engine.stop_ids, pad_token_id=engine.stop_ids[0])
     new = out[0, len(prompt_ids):].tolist()
@@ -74,6 +76,31 @@ def test_an_image_chat_streams_the_tokens_of_llava_generate(engine, pictures, de
             assert "".join(deltas) == full
         answers[name] = tokens
     assert answers["red_circle"] != answers["blue_square"]  # the picture reaches the model
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_image_chats_share_the_graphed_batched_steps_and_stream_llava_generate_tokens(tiny_llava, pictures):
+    engine = ChatEngine.from_pretrained(tiny_llava, dtype="fp32")  # fp32: exact against generate
+    assert engine.batch is not None and engine.batch.cuda_graphs
+    engine.warm_up()
+    runs = {}
+
+    def run(name: str) -> None:
+        runs[name] = list(engine.stream(ask_about(pictures[name]), GREEDY))
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in pictures]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, image in pictures.items():
+        ids, _, _ = engine.prompt(ask_about(image), GREEDY)
+        ids, embed = engine.vision.prepare(ids, [image])
+        tokens = list(engine.tokens(ids, GREEDY, embed=embed))
+        assert tokens == llava_generate(engine, ids, [image], GREEDY.max_new_tokens)
+        assert "".join(runs[name]) == engine.generate(ask_about(image), GREEDY)
+    assert engine.batch.graphs and engine.batch.broken is None
 
 
 def test_text_chats_on_a_multimodal_model_equal_its_language_model(engine):
