@@ -21,12 +21,10 @@ One JSON line per case:
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,7 +35,8 @@ from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, Lla
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.decode_cpu import SHAPES  # noqa: E402
-from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats  # noqa: E402
+from benchmarks.decode_gpu import concurrent, emit, reply  # noqa: E402
+from myassistant.chat import ChatEngine, GenerationSettings  # noqa: E402
 from myassistant.chat.vision import ImageEncoder  # noqa: E402
 from myassistant.model import IMAGE_TOKEN, build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
@@ -53,10 +52,6 @@ if TINY:
 DEVICE = "cpu" if TINY else "cuda"
 DTYPE = torch.float32 if TINY else torch.bfloat16
 QUESTION = "What is in the picture? Describe it in detail, please."
-
-
-def emit(case: str, **fields) -> None:
-    print(json.dumps({"case": case, **fields}), flush=True)
 
 
 def sync() -> None:
@@ -86,13 +81,6 @@ def picture() -> Image.Image:
     image = Image.new("RGB", (640, 480), "white")
     ImageDraw.Draw(image).ellipse((160, 120, 480, 360), fill="red")
     return image
-
-
-def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings) -> GenerationStats:
-    stats = GenerationStats()
-    for _ in engine.stream(messages, settings, stats=stats):
-        pass
-    return stats
 
 
 def median_replies(engine: ChatEngine, messages: list[dict], settings: GenerationSettings, runs: int = 3) -> dict:
@@ -130,21 +118,6 @@ def hf_generate(model, ids: torch.Tensor, pixels: torch.Tensor, new_tokens: int)
     tokens = out.sequences[0, ids.shape[1]:].tolist()
     return {"prompt_tokens": ids.shape[1], "new_tokens": len(tokens), "tokens_per_s": round(len(tokens) / seconds, 1),
             "first_token_ms": first_ms}, tokens, out.scores
-
-
-def concurrent(engine: ChatEngine, messages: list[dict], chats: int, settings: GenerationSettings) -> dict:
-    stats = [GenerationStats() for _ in range(chats)]
-    threads = [threading.Thread(target=lambda s=s: [None for _ in engine.stream(messages, settings, stats=s)])
-               for s in stats]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    return {"min_chat_decode_tokens_per_s": round(min(s.tokens_per_s for s in stats), 1),
-            "max_first_token_ms": round(max(s.first_token_s for s in stats) * 1e3, 1),
-            "total_tokens_per_s": round(sum(s.new_tokens for s in stats) / wall, 1)}
 
 
 def main() -> int:
@@ -189,8 +162,8 @@ def main() -> int:
         top2 = peer_scores[same][0].float().topk(2).values
         result["generate_top2_gap_at_split"] = round(float(top2[0] - top2[1]), 4)
     emit("same_tokens_bf16", **result)
-    concurrent(engine, with_image, 4, GenerationSettings(temperature=0, max_new_tokens=8))  # this row bucket
-    emit("concurrent_4_image", new_tokens=new_tokens, **concurrent(engine, with_image, 4, settings))
+    concurrent(engine, with_image, 4, 8)  # captures this row bucket
+    emit("concurrent_4_image", new_tokens=new_tokens, **concurrent(engine, with_image, 4, new_tokens))
     return 0
 
 
