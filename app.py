@@ -2,7 +2,8 @@
 
 Environment:
   MODEL_REPO         the model: a git URL (cloned with git-lfs), a Hugging Face repo id, or a local
-                     folder; unset = the project's tiny demo model (built on first start)
+                     folder; unset = the project's tiny demo model (built on first start). A multimodal
+                     (Llava) model gets a message box that takes pictures too.
   MODEL_CACHE        where cloned models live (default ./.cache/models next to this file)
   DEMO_MODEL_DIR     where the demo model is built (default ./.cache/demo-model)
   APP_LAZY_LOAD=1    load the model on the first request instead of at import
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from myassistant.chat import ChatEngine, GenerationSettings, ensure_demo_model
+from myassistant.chat import ChatEngine, EngineError, GenerationSettings, ensure_demo_model
+from myassistant.chat.vision import is_llava, user_message
 from myassistant.hub import fetch_model, redact  # redact: URL credentials and token values out of what the page shows
 
 log = logging.getLogger("app")
@@ -82,7 +84,7 @@ def load_error_text() -> str:
 
 
 def respond(
-    message: str,
+    message: str | dict,
     history: list[dict],
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
     temperature: float = DEFAULT_TEMPERATURE,
@@ -91,7 +93,8 @@ def respond(
     repetition_penalty: float = 1.0,
     max_new_tokens: int = 512,
 ) -> Iterator[str]:
-    """Stream the growing reply to `message` after `history` (Gradio messages format)."""
+    """Stream the growing reply to `message` after `history` (Gradio messages format); `message` is a
+    {"text", "files"} dict when the page takes pictures."""
     engine = get_engine()
     if engine is None:
         yield load_error_text()
@@ -103,10 +106,19 @@ def respond(
     except ValueError as err:
         yield f"⚠️ {err}"
         return
+    if isinstance(message, dict):  # the multimodal textbox: pictures (file paths) and text
+        files = [f.get("path") if isinstance(f, dict) else f for f in message.get("files") or []]
+        message = user_message(message.get("text") or "", files)
+    else:
+        message = user_message(message)
     reply = ""
-    for delta in engine.stream([*history, {"role": "user", "content": message}], settings):
-        reply += delta
-        yield reply
+    try:
+        for delta in engine.stream([*history, message], settings):
+            reply += delta
+            yield reply
+    except EngineError as err:  # a picture that cannot be read
+        yield f"{reply}\n\n⚠️ {err}".lstrip()
+        return
     if not reply:
         yield "(the model ended its reply without any text)"
 
@@ -127,8 +139,21 @@ def description() -> str:
     return text
 
 
+def accepts_images() -> bool:
+    """Whether the served model reads pictures (a multimodal model): then the message box takes them.
+    Loaded lazily, only a local MODEL_REPO folder can be checked before the page is built."""
+    if LAZY_LOAD:
+        return bool(MODEL_REPO) and Path(MODEL_REPO).is_dir() and is_llava(MODEL_REPO)
+    engine = get_engine()
+    return engine is not None and engine.vision is not None
+
+
+IMAGES = accepts_images()
 demo = gr.ChatInterface(
     respond,
+    multimodal=IMAGES,
+    textbox=gr.MultimodalTextbox(file_types=["image"], file_count="multiple", sources=["upload"],
+                                 placeholder="Type a message, or add a picture…") if IMAGES else None,
     title=f"{model_title()} chat",
     description=description(),
     additional_inputs=[
@@ -140,7 +165,8 @@ demo = gr.ChatInterface(
         gr.Slider(1, 2048, value=512, step=1, label="Max new tokens"),
     ],
     additional_inputs_accordion="Settings",
-    examples=[["Who are you?"], ["What can you help me with?"], ["请用中文介绍一下你自己。"]],
+    examples=[[{"text": text, "files": []} if IMAGES else text]
+              for text in ("Who are you?", "What can you help me with?", "请用中文介绍一下你自己。")],
     cache_examples=False,  # caching would run the model at start-up on Spaces
     concurrency_limit=CONCURRENCY,
     api_name="chat",

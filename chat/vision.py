@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from myassistant.chat.decode import Embed
 from myassistant.chat.errors import EngineError
 from myassistant.chat.history import Message, message_text
-from myassistant.model import image_token_count
+from myassistant.model import image_token_count, is_llava  # noqa: F401 - is_llava: for app.py, which imports chat only
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,14 @@ def message_images(message: Message) -> list[ImageSource]:
     if not isinstance(content, (list, tuple)):
         content = [content]
     return [image for part in content if (image := part_image(part)) is not None]
+
+
+def user_message(text: str, images: list[ImageSource] = ()) -> Message:
+    """A user's message: plain text, or its pictures as image parts before the text."""
+    if not images:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [*({"type": "image", "image": image} for image in images),
+                                        {"type": "text", "text": text}]}
 
 
 def find_images(messages: list[Message]) -> list[ImageSource]:

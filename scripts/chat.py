@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from myassistant.chat import ChatEngine, EngineError, GenerationSettings, GenerationStats
-from myassistant.chat.vision import read_image
+from myassistant.chat.vision import read_image, user_message
 
 
 def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings) -> str:
@@ -22,14 +22,6 @@ def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings
     sys.stderr.write(f"[{stats.new_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s, "
                      f"first token {stats.first_token_s or 0:.2f} s, prompt {stats.prompt_tokens} tokens]\n")
     return "".join(parts)
-
-
-def user_message(text: str, images: list[str]) -> dict:
-    """The user's message; pictures as image parts before the text (`chat.vision`)."""
-    if not images:
-        return {"role": "user", "content": text}
-    return {"role": "user", "content": [*({"type": "image", "image": path} for path in images),
-                                        {"type": "text", "text": text}]}
 
 
 def main(argv: list[str] | None = None) -> int:
