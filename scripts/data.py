@@ -21,11 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("--eval-general", type=int, default=40, help="held-out general prompts for the leak measure (default 40)")
     ident.add_argument("--seed", type=int, default=0)
     ident.add_argument("--out", required=True, help="output folder")
-    check = sub.add_parser("check", help="validate a data file and print its counts")
-    check.add_argument("file")
+    check = sub.add_parser("check", help="validate a data file (folder, glob) and print its counts")
+    check.add_argument("file", help="a data file, a folder or a glob of raw-text files")
     check.add_argument("--format", default="auto", help="auto, openai, xtuner, alpaca, sharegpt or text (default auto)")
     check.add_argument("--tokenizer", help="model folder whose tokenizer gives token statistics")
     check.add_argument("--max-length", type=int, default=2048, help="tokens per sample for the statistics (default 2048)")
+    check.add_argument("--text-unit", default="paragraph", help="raw .txt: paragraph (default), line or file per document")
+    check.add_argument("--text-field", default="text", help="raw text: the JSON field / Parquet column (default text)")
+    check.add_argument("--encoding", default="utf-8", help="raw text: the files' encoding (default utf-8)")
     args = parser.parse_args(argv)
 
     if args.command == "identity":
@@ -39,13 +42,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from myassistant.trainer.data import describe, load_records
+    from myassistant.trainer.data.corpus import TextSpec
+    from myassistant.trainer.data.sources import describe_text, source_kind
 
-    records = load_records(args.file, args.format)
+    spec = TextSpec(text_unit=args.text_unit, text_field=args.text_field, encoding=args.encoding)
     tokenizer = None
     if args.tokenizer:
         from myassistant.model import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
-    stats = describe(records, tokenizer, args.max_length)
+    if source_kind(args.file, args.format, spec) == "text":  # documents, tokens and the blocks training sees
+        stats = describe_text(args.file, spec, tokenizer, args.max_length)
+    else:
+        stats = describe(load_records(args.file, args.format), tokenizer, args.max_length)
     sys.stdout.write(json.dumps({"file": args.file, **stats}, indent=2) + "\n")
     return 0

@@ -1,23 +1,46 @@
-"""assistant report MODEL --data DIR: identity accuracy and leak of a fine-tuned model vs its base."""
+"""assistant report MODEL --data DATA: the report that fits the run, the trained model vs its base.
+
+A run trained on chats (the identity recipe): identity accuracy and leak; DATA is the folder written by
+`assistant data identity`. A pre-training run (raw text, alone or mixed with chats): perplexity on
+held-out domain text and on general chat data; DATA is the held-out text (file, folder or glob).
+The kind is read from the run (run.json, also through a merged folder); --kind overrides it.
+"""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="assistant report", description=__doc__)
     p.add_argument("model", help="merged model folder, or a training run folder (base + adapter)")
-    p.add_argument("--data", required=True, help="folder written by `assistant data identity` (held-out sets + meta.json)")
+    p.add_argument("--data", required=True, help="identity: folder written by `assistant data identity`; "
+                                                 "pre-training: held-out domain text")
+    p.add_argument("--kind", choices=("auto", "identity", "pretrain"), default="auto",
+                   help="which report (default: from the run; a --data folder with meta.json means identity)")
     p.add_argument("--base", help="base model folder to measure side by side (default: the run's base)")
+    p.add_argument("--chat-data", help="pre-training: general chats to score (default: the shipped zh+en set)")
     p.add_argument("--out", help="where to write report.json / report.md (default: the model folder)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     args = p.parse_args(argv)
 
-    from myassistant.trainer.identity.report import REPORT_MD, write_report
+    kind = args.kind
+    if kind == "auto":
+        from myassistant.trainer.perplexity import run_kind
 
-    rep = write_report(args.model, args.data, base=args.base, out_dir=args.out, max_new_tokens=args.max_new_tokens)
-    from pathlib import Path
+        recorded = run_kind(args.model)
+        kind = ("pretrain" if recorded in ("pretrain", "mixed") else "identity" if recorded == "chat"
+                else "identity" if (Path(args.data) / "meta.json").exists() else "pretrain")
+    if kind == "pretrain":
+        from myassistant.trainer.identity.report import REPORT_MD
+        from myassistant.trainer.perplexity import write_pretrain_report
 
-    out = Path(args.out or args.model)
-    print((out / REPORT_MD).read_text(encoding="utf-8"))
-    return 0 if rep["fine_tuned"] else 1
+        rep = write_pretrain_report(args.model, args.data, base=args.base, chat_data=args.chat_data, out_dir=args.out)
+        ok = rep["trained"]["held_out"]["tokens"] > 0
+    else:
+        from myassistant.trainer.identity.report import REPORT_MD, write_report
+
+        rep = write_report(args.model, args.data, base=args.base, out_dir=args.out, max_new_tokens=args.max_new_tokens)
+        ok = bool(rep["fine_tuned"])
+    print((Path(args.out or args.model) / REPORT_MD).read_text(encoding="utf-8"))
+    return 0 if ok else 1

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from myassistant.trainer.data.corpus import TEXT_UNITS
 from myassistant.trainer.data.formats import FORMATS
 
 RUN_CONFIG_NAME = "run_config.yaml"
@@ -76,10 +77,32 @@ class QuantConfig:
 
 
 @dataclass
+class SourceConfig:
+    path: str = _f("", "a data file, a folder or a glob; required")
+    kind: str = _f("auto", "text (pre-training: every token, in max_length blocks) | chat (instruction data: "
+                           "truncated to max_length) | auto (from the format)")
+    format: str = _f("", "data format of this source; empty = data.format")
+    text_unit: str = _f("", "what one document of a .txt file is; empty = data.text_unit")
+    text_field: str = _f("", "the field / column holding the text; empty = data.text_field")
+    encoding: str = _f("", "text encoding of the files; empty = data.encoding")
+
+
+SOURCE_KINDS = ("auto", "text", "chat")
+
+
+@dataclass
 class DataConfig:
-    train_file: str = _f("", "training data file (JSON/JSONL conversations, or raw text); required")
+    train_file: str = _f("", "training data: a file (JSON/JSONL conversations, or raw text), a folder or a glob; "
+                             "this or data.sources is required")
+    sources: list[SourceConfig] = _f([], "several sources mixed in one run, each with its own rule, e.g. "
+                                        "[{path: corpus/, kind: text}, {path: chats.jsonl, kind: chat}]")
     format: str = _f("auto", "data format: auto | openai | xtuner | alpaca | sharegpt | text")
-    max_length: int = _f(2048, "tokens per sample (longer samples are truncated and counted)")
+    max_length: int = _f(2048, "tokens per sample: raw text is cut into blocks of this many tokens (nothing lost); "
+                               "longer conversations are truncated and counted")
+    text_unit: str = _f("paragraph", "one document of a .txt file: paragraph (blank-line separated) | line | file")
+    text_field: str = _f("text", "the field of .jsonl/.json records (column of .parquet) holding raw text")
+    encoding: str = _f("utf-8", "encoding of raw-text files (e.g. gb18030 for GBK text)")
+    num_proc: int = _f(0, "processes tokenising a raw-text corpus (0 = one per CPU core); cached on disk")
     pack: bool = _f(True, "pack short samples into max_length sequences (no attention across samples)")
     eval_prompts: list[str] = _f([], "prompts answered (greedy) every train.eval_steps and at the end")
 
@@ -172,6 +195,9 @@ def _coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         raise ValueError(f"expected a string, got {value!r}")
+    if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        items = value if isinstance(value, list) else [value]
+        return [_coerce_item(item, typing.get_args(tp)[0]) for item in items]
     if typing.get_origin(tp) is list:
         if isinstance(value, str):
             value = [value]
@@ -179,6 +205,19 @@ def _coerce(value: Any, tp: Any) -> Any:
             raise ValueError(f"expected a list of strings, got {value!r}")
         return list(value)
     raise TypeError(f"unsupported config type {tp}")
+
+
+def _coerce_item(value: Any, cls: type) -> Any:
+    """One entry of a list of dataclasses (``data.sources``): a mapping of its keys, or a path string."""
+    if isinstance(value, str):
+        value = {"path": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping like {{path: ..., kind: ...}}, got {value!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in value if k not in hints]
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(hints)})")
+    return cls(**{k: _coerce(v, hints[k]) for k, v in value.items()})
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -262,8 +301,19 @@ def validate(cfg: RunConfig) -> list[str]:
         (q.bnb_4bit_quant_type in ("nf4", "fp4"), f"quant.bnb_4bit_quant_type: {q.bnb_4bit_quant_type!r} is not nf4 or fp4"),
         (q.bnb_4bit_compute_dtype in DTYPES[1:],
          f"quant.bnb_4bit_compute_dtype: {q.bnb_4bit_compute_dtype!r} is not one of {', '.join(DTYPES[1:])}"),
-        (bool(d.train_file), "data.train_file: required: a JSON/JSONL/text file, e.g. data.train_file=data/identity.jsonl"),
+        (bool(d.train_file) or bool(d.sources),
+         "data.train_file: required: a JSON/JSONL/text file, e.g. data.train_file=data/identity.jsonl (or data.sources)"),
+        (not (d.train_file and d.sources), "data.sources: set data.train_file or data.sources, not both"),
         (d.format in DATA_FORMATS, f"data.format: {d.format!r} is not one of {', '.join(DATA_FORMATS)}"),
+        (d.text_unit in TEXT_UNITS, f"data.text_unit: {d.text_unit!r} is not one of {', '.join(TEXT_UNITS)}"),
+        (d.num_proc >= 0, f"data.num_proc: must be >= 0 (0 = one per CPU core), got {d.num_proc}"),
+        *((bool(s.path), f"data.sources[{i}].path: required") for i, s in enumerate(d.sources)),
+        *((s.kind in SOURCE_KINDS, f"data.sources[{i}].kind: {s.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
+          for i, s in enumerate(d.sources)),
+        *((s.format in ("",) + DATA_FORMATS, f"data.sources[{i}].format: {s.format!r} is not one of "
+           f"{', '.join(DATA_FORMATS)}") for i, s in enumerate(d.sources)),
+        *((s.text_unit in ("",) + TEXT_UNITS, f"data.sources[{i}].text_unit: {s.text_unit!r} is not one of "
+           f"{', '.join(TEXT_UNITS)}") for i, s in enumerate(d.sources)),
         (d.max_length > 0, f"data.max_length: must be > 0, got {d.max_length}"),
         (bool(t.output_dir), "train.output_dir: required"),
         (t.learning_rate > 0, f"train.learning_rate: must be > 0, got {t.learning_rate}"),

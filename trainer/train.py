@@ -31,6 +31,7 @@ import myassistant.model as model_layer
 from myassistant.trainer import data as data_lib
 from myassistant.trainer.gpu import fast, graphs
 from myassistant.trainer.callbacks import EvalPrompts, MetricsFile, ProgressBar, read_jsonl, truncate_jsonl
+from myassistant.trainer.data.sources import build_training_data
 from myassistant.trainer.config import RUN_CONFIG_NAME, ConfigError, RunConfig, load_config, save_config
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
 
@@ -147,7 +148,8 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     run_dir = Path(cfg.train.output_dir).resolve()
     cfg = dataclasses.replace(cfg)  # paths are stored absolute so the run folder works from anywhere
     cfg.model = dataclasses.replace(cfg.model, base=_absolute(cfg.model.base))
-    cfg.data = dataclasses.replace(cfg.data, train_file=_absolute(cfg.data.train_file))
+    cfg.data = dataclasses.replace(cfg.data, train_file=_absolute(cfg.data.train_file),
+                                   sources=[dataclasses.replace(s, path=_absolute(s.path)) for s in cfg.data.sources])
     cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir))
     args = training_arguments(cfg, run_dir, deepspeed_config(cfg.train.deepspeed))  # sets up the process group
     main = args.process_index == 0  # only the first process writes the run folder's own files
@@ -156,11 +158,8 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
 
     # -- data
     tokenizer = model_layer.load_tokenizer(cfg.model.base)
-    records = data_lib.load_records(cfg.data.train_file, fmt=cfg.data.format)
-    dataset = data_lib.tokenize_records(records, tokenizer, cfg.data.max_length)
-    if cfg.data.pack:
-        dataset = data_lib.pack(dataset, cfg.data.max_length)
-    chat = "messages" in records[0]
+    data = build_training_data(cfg.data, tokenizer)  # raw text: whole, in blocks; chats: truncated (logged)
+    dataset = data.dataset
 
     # -- model (on a GPU, LoRA/QLoRA take the fast path: fused loss, varlen attention; ASSISTANT_FAST=0 = off)
     model = build_model(cfg)
@@ -174,14 +173,13 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     # -- derived numbers, logged before the first step (nanoGPT's "tokens per iteration")
     world = args.world_size
     seqs_per_step = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * world
-    n_tokens = sum(len(ids) for ids in dataset["input_ids"])
     trainable, total = count_parameters(model)
     steps_per_epoch = math.ceil(len(dataset) / seqs_per_step)
     log.info("config:\n%s", json.dumps(cfg.to_dict(), indent=1, ensure_ascii=False))
     log.info("method %s | trainable params %s of %s (%.3f%%) | weights %s", cfg.quant.method, f"{trainable:,}",
              f"{total:,}", 100 * trainable / max(total, 1), next(model.parameters()).dtype)
     log.info("data %d records -> %d sequences, %s tokens | effective batch %d seqs (%d x %d accum x %d devices) "
-             "| <= %s tokens/step | %d steps/epoch", len(records), len(dataset), f"{n_tokens:,}", seqs_per_step,
+             "| <= %s tokens/step | %d steps/epoch", data.records, len(dataset), f"{data.tokens:,}", seqs_per_step,
              cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps, world,
              f"{seqs_per_step * cfg.data.max_length:,}", steps_per_epoch)
 
@@ -201,7 +199,7 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
         cbs.append(TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
     cbs += [ProgressBar(), EvalPrompts(tokenizer, cfg.data.eval_prompts, cfg.train.eval_steps,
                                        run_dir / EVAL_SAMPLES_NAME, max_new_tokens=cfg.train.eval_max_new_tokens,
-                                       chat=chat, stop_ids=model_layer.stop_token_ids(tokenizer)), *callbacks]
+                                       chat=data.chat, stop_ids=model_layer.stop_token_ids(tokenizer)), *callbacks]
     pad_id = tokenizer.pad_token_id or 0
     collate = (functools.partial(fast.collate, pad_token_id=pad_id, static=not no_graphs) if use_fast
                else functools.partial(data_lib.collate, pad_token_id=pad_id))
@@ -215,7 +213,7 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     # -- save: final weights + run.json, each renamed into place when complete
     _save_final(trainer, run_dir)
     if trainer.is_world_process_zero():
-        _write_run_info(cfg, run_dir, trainer, trainable, total, time.perf_counter() - started)
+        _write_run_info(cfg, run_dir, trainer, trainable, total, time.perf_counter() - started, data.kind)
     log.info("run folder: %s", run_dir)
     return run_dir
 
@@ -238,7 +236,8 @@ def _save_final(trainer: Trainer, run_dir: Path) -> None:
         tmp.rmdir()
 
 
-def _write_run_info(cfg: RunConfig, run_dir: Path, trainer: Trainer, trainable: int, total: int, seconds: float) -> None:
+def _write_run_info(cfg: RunConfig, run_dir: Path, trainer: Trainer, trainable: int, total: int, seconds: float,
+                    kind: str) -> None:
     losses = [row for row in read_jsonl(run_dir / METRICS_NAME) if "loss" in row]
     info = {
         "base_model": cfg.model.base,
@@ -247,6 +246,8 @@ def _write_run_info(cfg: RunConfig, run_dir: Path, trainer: Trainer, trainable: 
         "layout": "llama",
         "data_file": cfg.data.train_file,
         "data_format": cfg.data.format,
+        "data_sources": [s.path for s in cfg.data.sources],
+        "kind": kind,  # pretrain | mixed | chat: which report fits the run
         "max_length": cfg.data.max_length,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,

@@ -78,14 +78,13 @@ def _labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[in
     return labels
 
 
-def tokenize_records(records: Sequence[dict], tokenizer, max_length: int, *,
-                     split_text: bool = False) -> datasets.Dataset:
+def tokenize_records(records: Sequence[dict], tokenizer, max_length: int) -> datasets.Dataset:
     """Token ids and labels for each record (``input_ids``, ``labels``).
 
     Conversations go through the tokenizer's chat template and train on every assistant turn (all of
     them, multi-turn) including the end-of-turn token; raw text trains on every token, with bos and eos
-    added. Samples longer than ``max_length`` are cut to it and counted in a warning, never dropped;
-    with ``split_text`` (incremental pre-training) long raw texts become several ``max_length`` pieces.
+    added. Samples longer than ``max_length`` are cut to it and counted in a warning, never dropped.
+    Pre-training corpora do not come here: ``trainer.data.blocks`` keeps every token of raw text.
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("tokenize_records needs a fast tokenizer (character offsets); load it with model.load_tokenizer")
@@ -106,12 +105,6 @@ def tokenize_records(records: Sequence[dict], tokenizer, max_length: int, *,
     for ids, offsets, turn_spans in zip(encoded["input_ids"], encoded["offset_mapping"], spans):
         if turn_spans is None:
             ids = bos + ids + eos
-            if split_text:
-                pieces = [ids[i:i + max_length] for i in range(0, len(ids), max_length)]
-                all_ids += pieces
-                all_labels += [list(piece) for piece in pieces]
-                lengths += map(len, pieces)
-                continue
             labels = list(ids)
         else:
             labels = _labels(ids, offsets, turn_spans)

@@ -209,13 +209,19 @@ PARSERS: dict[str, Callable[[_Where, object], dict]] = {
 
 
 def read_text_documents(path: Path) -> list[dict]:
-    """A ``.txt`` file: documents are separated by one or more blank lines."""
-    text = read_text(path)
-    docs = [d.strip() for d in re.split(r"\n\s*\n", text)]
-    docs = [d for d in docs if d]
+    """A ``.txt`` file in memory: documents are separated by one or more blank lines (``trainer.data.corpus``)."""
+    from .corpus import TextSpec, check_file, iter_pieces
+
+    check_file(path, TextSpec())
+    docs, pieces = [], []
+    for piece in iter_pieces([path], TextSpec()):
+        pieces.append(piece["text"])
+        if piece["last"]:
+            docs.append({"text": "".join(pieces)})
+            pieces = []
     if not docs:
         raise DataError(f"{path}: the file is empty; it needs at least one document")
-    return [{"text": d} for d in docs]
+    return docs
 
 
 def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[dict], str]:

@@ -1,0 +1,275 @@
+"""Incremental pre-training on raw text: every token trained once, in max_length blocks; what a document
+is (units, JSONL, Parquet, folders, globs); the token cache; resume; mixed sources; bad input; and the
+pre-training report (held-out perplexity before/after) on a tiny model the tests build."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import TrainerCallback
+
+from conftest import run_cli
+from myassistant.model import load_tokenizer
+from myassistant.trainer.config import load_config
+from myassistant.trainer.data import DataError, IGNORE_INDEX
+from myassistant.trainer.data.blocks import TextBlocks, tokenize_corpus
+from myassistant.trainer.data.corpus import TextSpec
+from myassistant.trainer.identity import GENERAL_DATA
+from myassistant.trainer.perplexity import write_pretrain_report
+from myassistant.trainer.train import train
+
+TOWNS = ["Ilbor", "Quen", "Marrow", "Tessel", "Dunlo", "Varn"]
+GOODS = ["salt", "copper", "wool", "amber", "grain", "tin"]
+SEASONS = ["spring", "summer", "autumn", "winter"]
+
+
+def domain_documents(n: int, seed: int) -> list[str]:
+    """A made-up trading almanac: a domain the tiny base has never seen, with held-out text like it."""
+    r = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        a, b, c = r.sample(TOWNS, 3)
+        docs.append(f"The harbour of {a} ships {r.choice(GOODS)} to {b} every {r.choice(SEASONS)}.\n"
+                    f"Traders from {c} pay in {r.choice(GOODS)} when the river is high.\n"
+                    f"In {r.choice(SEASONS)} the road from {a} to {c} is closed.")
+    return docs
+
+
+@pytest.fixture(autouse=True)
+def token_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("ASSISTANT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_checkpoint):
+    return load_tokenizer(tiny_checkpoint)
+
+
+def doc_ids(tokenizer, docs: list[str]) -> list[int]:
+    """The stream training must see: each document's tokens, then eos."""
+    return [t for d in docs for t in tokenizer(d, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]]
+
+
+class Batches(TrainerCallback):
+    """Records every collated batch the model is called with (a forward pre-hook), with the step it belongs to."""
+
+    def __init__(self):
+        self.rows, self.step = [], 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.step = state.global_step
+        model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step = state.global_step
+
+    def hook(self, module, args, kwargs):
+        if module.training:
+            self.rows += [(self.step + 1, *row) for row in zip(*(kwargs[k].tolist() for k in
+                                                                  ("input_ids", "labels", "position_ids")))]
+
+
+def pretrain_overrides(base: Path, data: str, out: Path, **train_kw) -> list[str]:
+    settings = {"num_train_epochs": 1, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1,
+                "learning_rate": 3e-3, "gradient_checkpointing": False, "report_to": "none", "logging_steps": 1,
+                "save_steps": 1000, **train_kw}
+    return [f"model.base={base}", f"data.train_file={data}", "data.max_length=32", "quant.method=full",
+            f"train.output_dir={out}", *(f"train.{k}={v}" for k, v in settings.items())]
+
+
+# -- every token once ---------------------------------------------------------------------------------
+
+def test_text_file_trains_every_token_exactly_once(tiny_checkpoint, tokenizer, tmp_path, caplog):
+    docs = domain_documents(7, seed=3)
+    corpus = tmp_path / "almanac.txt"
+    corpus.write_text("\n\n\n".join(docs) + "\n", encoding="utf-8")
+    stream = doc_ids(tokenizer, docs)
+    n_tokens, max_length = len(stream) - len(docs), 32
+    blocks = math.ceil((n_tokens + len(docs)) / max_length)
+    assert blocks > 3 * len(docs) // 2  # documents longer than a block: truncation would lose most tokens
+
+    seen = Batches()
+    with caplog.at_level("INFO"):
+        run = train(load_config(None, pretrain_overrides(tiny_checkpoint, str(corpus), tmp_path / "run")), callbacks=(seen,))
+    assert f"{len(docs)} documents (.txt unit: paragraph), {n_tokens:,} tokens + {len(docs)} eos -> {blocks} blocks" in caplog.text
+    assert "nothing truncated" in caplog.text and "were truncated" not in caplog.text
+    assert json.loads((run / "run.json").read_text())["steps"] == blocks
+
+    rows = seen.rows
+    assert len(rows) == blocks  # one block a step (batch 1), one epoch
+    expected = {tuple(stream[i:i + max_length]) for i in range(0, len(stream), max_length)}
+    assert {tuple(ids) for _, ids, _, _ in rows} == expected  # every block once, none cut or padded
+    assert Counter(t for _, ids, _, _ in rows for t in ids) == Counter(stream)  # every token once
+    starts = {i for i, t in enumerate(stream) if i == 0 or stream[i - 1] == tokenizer.eos_token_id}
+    for _, ids, labels, positions in rows:
+        lo = next(i for i in range(0, len(stream), max_length) if tuple(stream[i:i + max_length]) == tuple(ids))
+        for j, (token, label, pos) in enumerate(zip(ids, labels, positions)):
+            restart = j == 0 or lo + j in starts  # attention and positions per document, as packing does
+            assert pos == (0 if restart else positions[j - 1] + 1)
+            assert label == (IGNORE_INDEX if restart else token)
+
+
+@pytest.mark.parametrize("unit, expected", [
+    ("paragraph", ["one\nstill one", "two", "three a\nthree b"]),
+    ("line", ["one", "still one", "two", "three a", "three b"]),
+    ("file", ["one\nstill one\n\n\ntwo\n \nthree a\nthree b\n"]),
+])
+def test_txt_units(tokenizer, tmp_path, unit, expected):
+    path = tmp_path / "units.txt"
+    path.write_text("one\nstill one\n\n\ntwo\n \nthree a\nthree b\n", encoding="utf-8")
+    stream = tokenize_corpus(path, tokenizer, TextSpec(text_unit=unit))
+    assert stream.documents == len(expected)
+    assert stream.tokens.tolist() == doc_ids(tokenizer, expected)
+
+
+def test_folder_glob_jsonl_and_parquet(tiny_checkpoint, tokenizer, tmp_path):
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha one\n\nalpha two\n", encoding="utf-8")
+    (folder / "sub" / "b.jsonl").write_text('{"body": "beta one"}\n\n{"body": "beta two", "id": 2}\n', encoding="utf-8")
+    pq.write_table(pa.table({"body": ["gamma one", None, "gamma two"], "n": [1, 2, 3]}), folder / "c.parquet")
+    (folder / "notes.md").write_text("not part of the corpus", encoding="utf-8")
+    spec = TextSpec(text_field="body")
+    stream = tokenize_corpus(folder, tokenizer, spec)  # files in sorted order: a.txt, c.parquet, sub/b.jsonl
+    docs = ["alpha one", "alpha two", "gamma one", "gamma two", "beta one", "beta two"]
+    assert stream.tokens.tolist() == doc_ids(tokenizer, docs)
+    assert tokenize_corpus(str(folder / "**" / "*.jsonl"), tokenizer, spec).tokens.tolist() == doc_ids(tokenizer, docs[4:])
+    rows = TextBlocks(stream, 4)
+    assert len(rows) == math.ceil(len(stream.tokens) / 4) and sum(len(rows[i]["input_ids"]) for i in range(len(rows))) == len(stream.tokens)
+
+    run = run_cli("data", "check", str(folder / "c.parquet"), "--text-field", "body", "--tokenizer",
+                  str(tiny_checkpoint), "--max-length", "3")
+    assert run.returncode == 0, run.stderr
+    stats = json.loads(run.stdout)
+    n = len(doc_ids(tokenizer, docs[2:4])) - 2
+    assert (stats["kind"], stats["documents"], stats["tokens"], stats["eos"], stats["blocks"]) == ("text", 2, n, 2, math.ceil((n + 2) / 3))
+
+
+def test_second_tokenisation_comes_from_the_cache(tokenizer, tmp_path, token_cache, caplog):
+    path = tmp_path / "c.txt"
+    path.write_text("first\n\nsecond\n", encoding="utf-8")
+    with caplog.at_level("INFO"):
+        first = tokenize_corpus(path, tokenizer)
+        assert "tokenised 2 documents" in caplog.text
+        caplog.clear()
+        again = tokenize_corpus(path, tokenizer)
+        assert "from the cache" in caplog.text and again.folder == first.folder
+        path.write_text("first\n\nsecond\n\nthird\n", encoding="utf-8")  # a changed file is tokenised again
+        assert tokenize_corpus(path, tokenizer).documents == 3
+    assert len([p for p in token_cache.glob("corpus/*") if not p.name.startswith(".")]) == 2
+
+
+# -- resume -------------------------------------------------------------------------------------------
+
+def test_resume_lands_in_the_right_block(tiny_checkpoint, tokenizer, tmp_path):
+    corpus = tmp_path / "almanac.txt"
+    corpus.write_text("\n\n".join(domain_documents(6, seed=5)), encoding="utf-8")
+    settings = {"save_steps": 4, "per_device_train_batch_size": 2}
+
+    class StopAt4(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 4
+
+    whole = Batches()
+    train(load_config(None, pretrain_overrides(tiny_checkpoint, str(corpus), tmp_path / "whole", **settings)),
+          callbacks=(whole,))
+    cfg = load_config(None, pretrain_overrides(tiny_checkpoint, str(corpus), tmp_path / "cut", **settings))
+    before, after = Batches(), Batches()
+    train(cfg, callbacks=(StopAt4(), before))
+    train(cfg, resume=True, callbacks=(after,))
+    assert [r for r in whole.rows if r[0] <= 4] == before.rows
+    assert [r for r in whole.rows if r[0] > 4] == after.rows and after.rows[0][0] == 5
+
+
+# -- mixed sources and the report ---------------------------------------------------------------------
+
+def test_mixed_sources_each_keep_their_rule_and_report_dispatches(tiny_checkpoint, tmp_path, caplog):
+    corpus, chats = tmp_path / "almanac.txt", tmp_path / "chats.jsonl"
+    corpus.write_text("\n\n".join(domain_documents(4, seed=1)), encoding="utf-8")
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Question {i} " * 20},
+                                                      {"role": "assistant", "content": "An answer."}]}) + "\n"
+                             for i in range(6)), encoding="utf-8")
+    sources = json.dumps([{"path": str(corpus), "kind": "text"}, {"path": str(chats)}])
+    args = [a for a in pretrain_overrides(tiny_checkpoint, "", tmp_path / "mixed", max_steps=3) if "train_file" not in a]
+    with caplog.at_level("INFO"):
+        run = train(load_config(None, [*args, f"data.sources={sources}"]))
+    assert f"{corpus}: raw text kept whole" in caplog.text
+    assert f"{chats}: instruction data, truncated to max_length=32 (6 of 6 at the limit), packed" in caplog.text
+    assert json.loads((run / "run.json").read_text())["kind"] == "mixed"
+    saved = load_config(run / "run_config.yaml")
+    assert [(s.path, s.kind) for s in saved.data.sources] == [(str(corpus), "text"), (str(chats), "auto")]
+
+    report = run_cli("report", str(run), "--data", str(corpus), "--chat-data", str(chats))
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "## Pre-training report" in report.stdout and "held-out domain text `almanac.txt`" in report.stdout
+
+
+@pytest.mark.parametrize("bad", [
+    [{"path": "x.txt", "kind": "book"}], [{"path": "x.txt", "unit": "line"}], [{"kind": "text"}],
+])
+def test_bad_sources_are_config_errors(bad, tmp_path):
+    from myassistant.trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.sources"):
+        load_config(None, ["model.base=m", f"data.sources={json.dumps(bad)}"])
+
+
+def test_pretraining_lowers_held_out_perplexity(tiny_checkpoint, tmp_path):
+    """The proof on CPU: a base that never saw the domain, one epoch of its text, held-out text scored."""
+    corpus, held_out, chats = tmp_path / "almanac.txt", tmp_path / "held_out.txt", tmp_path / "general.jsonl"
+    corpus.write_text("\n\n".join(domain_documents(160, seed=0)), encoding="utf-8")
+    held_out.write_text("\n\n".join(domain_documents(20, seed=99)), encoding="utf-8")
+    chats.write_text("".join(GENERAL_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8")
+    args = pretrain_overrides(tiny_checkpoint, str(corpus), tmp_path / "run", per_device_train_batch_size=4,
+                              logging_steps=20)
+    run = train(load_config(None, [*args, "data.max_length=64"]))
+    rep = write_pretrain_report(run, held_out, chat_data=chats)
+    trained, base = rep["trained"]["held_out"]["perplexity"], rep["base"]["held_out"]["perplexity"]
+    print(f"held-out perplexity: base {base}, trained {trained}; general chat: base "
+          f"{rep['base']['chat']['perplexity']}, trained {rep['trained']['chat']['perplexity']}")
+    assert trained < base / 20, (trained, base)
+    assert rep["trained"]["held_out"]["tokens"] == rep["base"]["held_out"]["tokens"] > 1000
+    assert "| held-out domain text `held_out.txt` |" in (run / "report.md").read_text(encoding="utf-8")
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("model.txt", b"\x7fELF\x02\x01\x01\x00\x00\x00 binary", "a binary file (NUL byte at offset 7)"),
+    ("blank.txt", b"\n \n\n", "no text in 1 file(s): the document set is empty"),
+    ("*.nothing", None, "the pattern matches no file"),
+])
+def test_bad_input_stops_before_training(tiny_checkpoint, tmp_path, name, content, expected):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        train(load_config(None, pretrain_overrides(tiny_checkpoint, str(tmp_path / name), out)))
+    assert not out.exists()
+
+
+def test_non_utf8_file_is_one_line_naming_the_encoding(tiny_checkpoint, tmp_path):
+    (tmp_path / "gbk.txt").write_bytes("第一段文字。\n\n第二段。\n".encode("gb18030"))
+    run = run_cli("train", *pretrain_overrides(tiny_checkpoint, str(tmp_path / "gbk.txt"), tmp_path / "run"))
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"assistant train: error: {tmp_path / 'gbk.txt'}:1: not utf-8 text (byte 0xb5: invalid start byte); "
+        "it decodes as gb18030: set data.encoding=gb18030 (or save the file as UTF-8)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_declared_encoding_reads_gbk_text(tokenizer, tmp_path):
+    path = tmp_path / "gbk.txt"
+    path.write_bytes("你好。\n\n谢谢你的帮助。\n".encode("gb18030"))
+    with pytest.raises(DataError, match="data.encoding=gb18030"):
+        tokenize_corpus(path, tokenizer)
+    stream = tokenize_corpus(path, tokenizer, TextSpec(encoding="gb18030"))
+    assert stream.tokens.tolist() == doc_ids(tokenizer, ["你好。", "谢谢你的帮助。"])

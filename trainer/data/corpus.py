@@ -1,0 +1,227 @@
+"""Raw-text corpora for incremental pre-training: which files, what one document is, and bad input.
+
+A source is a file, a folder (every ``.txt``/``.jsonl``/``.json``/``.parquet`` under it, sorted) or a glob.
+What a document is:
+- ``.txt``: ``text_unit`` ``paragraph`` (separated by blank lines, the default), ``line`` (one per line) or
+  ``file`` (the whole file);
+- ``.jsonl`` / ``.json``: the ``text_field`` of each record (default ``text``);
+- ``.parquet`` (what corpora ship as): the ``text_field`` column, read one row group at a time.
+
+Files are read as a stream, never whole, so a multi-GB corpus costs memory of one piece: a document
+longer than ``PIECE_CHARS`` is yielded in pieces cut at line ends, ``last`` marking its final piece
+(``trainer.data.blocks`` puts eos only there). A binary file, a file that is not in ``encoding`` (the
+message names encodings the bytes do decode as), a glob that matches nothing and a document set with
+no text stop with one ``DataError`` before anything is tokenised.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .formats import DataError
+
+log = logging.getLogger(__name__)
+
+TEXT_UNITS = ("paragraph", "line", "file")
+SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+PIECE_CHARS = 1 << 20  # longer documents are tokenised in pieces of about this many characters
+SNIFF_BYTES = 1 << 20  # read up front to refuse binary and wrongly-encoded files before any work
+# Encodings a non-UTF-8 text file commonly is, tried in order to name one in the error.
+CANDIDATE_ENCODINGS = ("gb18030", "big5", "shift_jis", "euc-kr", "cp1252")
+_BLANK = re.compile(r"[ \t\r\f\v]*\n?")
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """How to read documents out of files (the ``data.text_*`` / ``data.encoding`` settings)."""
+
+    text_unit: str = "paragraph"
+    text_field: str = "text"
+    encoding: str = "utf-8"
+
+
+def find_files(path: str | Path) -> list[Path]:
+    """The files of a source: a file, a folder (searched recursively for known suffixes) or a glob."""
+    text = str(path)
+    if glob.has_magic(text):
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        if not files:
+            raise DataError(f"{text}: the pattern matches no file; check the path (globs are relative to "
+                            "where you run the command) ")
+        return files
+    p = Path(text).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not files:
+            raise DataError(f"{p}: the folder holds no {', '.join(SUFFIXES)} file")
+        return files
+    if not p.is_file():
+        raise DataError(f"{p}: no such data file or folder")
+    return [p]
+
+
+def check_file(path: Path, spec: TextSpec) -> None:
+    """Refuse a binary file or text not in ``spec.encoding``, naming the file, the line and a fix."""
+    if path.suffix.lower() == ".parquet":
+        return _check_parquet(path, spec)
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    nul = head.find(b"\0")
+    if nul >= 0 and not head.startswith((b"\xff\xfe", b"\xfe\xff")):  # NUL: not text (UTF-16 aside)
+        raise DataError(f"{path}: a binary file (NUL byte at offset {nul}), not text; "
+                        f"training reads text files ({', '.join(SUFFIXES)})")
+    try:
+        head.decode(spec.encoding)
+    except LookupError:
+        raise DataError(f"data.encoding: {spec.encoding!r} is not an encoding Python knows (e.g. utf-8, gb18030)") from None
+    except UnicodeDecodeError as err:
+        if len(head) == SNIFF_BYTES and err.start >= len(head) - 4:
+            return  # a character cut at the end of the sample, not a wrong encoding
+        raise _decode_error(path, head, err, spec.encoding) from None
+
+
+def _decode_error(path: Path, data: bytes, err: UnicodeDecodeError, encoding: str, line_offset: int = 0) -> DataError:
+    line = line_offset + data[: err.start].count(b"\n") + 1
+    fits = [e for e in CANDIDATE_ENCODINGS if e != encoding and _decodes(data, e)]
+    hint = (f"it decodes as {fits[0]}: set data.encoding={fits[0]} (or save the file as UTF-8)" if fits
+            else "save it as UTF-8, or set data.encoding to the file's encoding")
+    return DataError(f"{path}:{line}: not {encoding} text (byte 0x{data[err.start]:02x}: {err.reason}); {hint}")
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as err:
+        return err.start >= len(data) - 4  # only a character cut at the end
+    return True
+
+
+def _check_parquet(path: Path, spec: TextSpec) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a file that is not Parquet
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+    if spec.text_field not in schema.names:
+        raise DataError(f"{path}: no column '{spec.text_field}' (columns: {', '.join(schema.names)}); "
+                        "set data.text_field to the column that holds the text")
+
+
+# ----------------------------------------------------------------------------- documents
+
+def iter_pieces(files: list[Path], spec: TextSpec) -> Iterator[dict]:
+    """``{"text", "last"}`` rows of every document of ``files`` in order; ``last``: the document ends here."""
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            yield from _parquet_pieces(path, spec)
+        elif suffix in (".jsonl", ".json"):
+            yield from _json_pieces(path, spec)
+        else:
+            yield from _txt_pieces(path, spec)
+
+
+def _lines(path: Path, encoding: str) -> Iterator[str]:
+    """The lines of a text file (ends kept), decoding errors as ``DataError`` with the line number."""
+    lineno = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            lineno += 1
+            try:
+                yield raw.decode(encoding if lineno > 1 or encoding != "utf-8" else "utf-8-sig")
+            except UnicodeDecodeError as err:
+                raise _decode_error(path, raw, err, encoding, lineno - 1) from None
+
+
+def _txt_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
+    if spec.text_unit == "line":
+        for line in _lines(path, spec.encoding):
+            if line.strip():
+                yield {"text": line.rstrip("\r\n"), "last": True}
+        return
+    buf: list[str] = []
+    size, cut = 0, False  # cut: pieces of the current document were handed on already
+
+    def end() -> Iterator[dict]:
+        text = "".join(buf)
+        if spec.text_unit == "paragraph":
+            text = text.rstrip() if cut else text.strip()
+        if text or cut:  # a cut document's last piece may be empty; it still ends the document
+            yield {"text": text, "last": True}
+
+    for line in _lines(path, spec.encoding):
+        if spec.text_unit == "paragraph" and _BLANK.fullmatch(line):
+            yield from end()
+            buf, size, cut = [], 0, False
+            continue
+        buf.append(line)
+        size += len(line)
+        if size >= PIECE_CHARS:  # one long document: hand it on in pieces cut at line ends
+            head = "".join(buf)
+            yield {"text": head.lstrip() if spec.text_unit == "paragraph" and not cut else head, "last": False}
+            buf, size, cut = [], 0, True
+    yield from end()
+
+
+def _field(path: Path, where: str, record: object, spec: TextSpec) -> str:
+    if not isinstance(record, dict):
+        raise DataError(f"{path}:{where}: the record must be a JSON object with a '{spec.text_field}' field")
+    value = record.get(spec.text_field)
+    if not isinstance(value, str):
+        found = ", ".join(sorted(record)) or "none"
+        problem = "is missing" if value is None else f"must be a string, got {type(value).__name__}"
+        raise DataError(f"{path}:{where}: field '{spec.text_field}' {problem} (keys: {found}); "
+                        "set data.text_field to the field that holds the text")
+    return value
+
+
+def _json_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
+    if path.suffix.lower() == ".json":  # one JSON array: read whole (JSON Lines is the format for big data)
+        from .formats import read_json_records
+
+        for line, record in read_json_records(path):
+            text = _field(path, str(line), record, spec)
+            if text.strip():
+                yield {"text": text, "last": True}
+        return
+    for lineno, line in enumerate(_lines(path, spec.encoding), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+        text = _field(path, str(lineno), record, spec)
+        if text.strip():  # an empty document adds nothing (not even its eos)
+            yield {"text": text, "last": True}
+
+
+def _parquet_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    _check_parquet(path, spec)
+    with pq.ParquetFile(path) as f:
+        row = 0
+        for batch in f.iter_batches(batch_size=1024, columns=[spec.text_field]):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                if value is not None and not isinstance(value, str):
+                    raise DataError(f"{path}: row {row}: column '{spec.text_field}' holds {type(value).__name__}, not text")
+                if value and value.strip():
+                    yield {"text": value, "last": True}
+
+
+def fingerprint(files: list[Path]) -> list[tuple[str, int, int]]:
+    """What identifies the files' contents for the token cache: path, size, modification time."""
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append((str(f.resolve()), st.st_size, st.st_mtime_ns))
+    return out
