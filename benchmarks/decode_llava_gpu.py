@@ -13,6 +13,7 @@ One JSON line per case:
 - ``ours_image`` / ``ours_text``: ``engine.stream`` with / without the picture (a PIL image: the image
   processor's resize and normalise are inside the time to first token); tokens/s over the whole reply,
   decode-only tokens/s (first token to last) and time to first token; medians of 3.
+  ``ours_text_same_length``: a text prompt as long as the picture's (its cache as long too).
 - ``ratios``: image vs text decode tokens/s (goal >= 0.9), ours vs ``generate``.
 - ``prefill_parts_ms``: the image processor (CPU) and the vision tower + projector (GPU) alone.
 - ``same_tokens_bf16``: the engine's reply vs ``generate``'s; where they part, ``generate``'s top-2 logit
@@ -147,6 +148,10 @@ def main() -> int:
     emit("ours_image", **ours_image)
     ours_text = median_replies(engine, text_only, settings)
     emit("ours_text", **ours_text)
+    words = QUESTION.split() * 100
+    while len(engine.prompt([{"role": "user", "content": " ".join(words)}], settings)[0]) > len(prompt_ids):
+        words.pop()
+    emit("ours_text_same_length", **median_replies(engine, [{"role": "user", "content": " ".join(words)}], settings))
     emit("ratios", image_vs_text_decode=round(ours_image["decode_tokens_per_s"] / ours_text["decode_tokens_per_s"], 3),
          image_vs_text_whole_reply=round(ours_image["tokens_per_s"] / ours_text["tokens_per_s"], 3),
          ours_vs_generate=round(ours_image["tokens_per_s"] / peer["tokens_per_s"], 2),

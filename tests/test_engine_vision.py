@@ -100,6 +100,16 @@ def test_gpu_image_chats_share_the_graphed_batched_steps_and_stream_llava_genera
         tokens = list(engine.tokens(ids, GREEDY, embed=embed))
         assert tokens == llava_generate(engine, ids, [image], GREEDY.max_new_tokens)
         assert "".join(runs[name]) == engine.generate(ask_about(image), GREEDY)
+    # a picture-sized prompt: a cache bucket of 1024+ entries
+    long_question = [{"role": "user", "content": " ".join(f"word{i}" for i in range(600))}]
+    ids, _, _ = engine.prompt(long_question, GREEDY)
+    assert len(ids) >= 1024
+    with torch.inference_mode():
+        out = engine.model.generate(torch.tensor([ids], device="cuda"), max_new_tokens=GREEDY.max_new_tokens,
+                                    do_sample=False, eos_token_id=engine.stop_ids, pad_token_id=engine.stop_ids[0])
+    want = out[0, len(ids):].tolist()
+    assert list(engine.tokens(ids, GREEDY)) == want[: next((i for i, t in enumerate(want) if t in engine.stop_ids),
+                                                          len(want))]
     assert engine.batch.graphs and engine.batch.broken is None
 
 
