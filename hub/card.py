@@ -20,7 +20,7 @@ REPORT_JSON = ("report.json", "report/report.json")
 REPORT_MD = ("report.md", "report/report.md")
 # Keys of the training config shown as hyper-parameters (section.key, the trainer's names).
 _NOT_HYPER = ("output_dir", "eval_prompts", "train_file", "report_to", "logging_steps", "save_steps",
-              "save_total_limit", "eval_steps", "base")
+              "save_total_limit", "eval_steps", "base", "sources", "num_proc")
 
 
 def _read(folder: Path, names: tuple[str, ...]) -> tuple[Path | None, Any]:

@@ -109,7 +109,7 @@ def tokenize_corpus(path: str | Path, tokenizer, spec: TextSpec = TextSpec(), *,
         log.info("%s: tokenised %s documents into %s tokens in %.1f s (%.0f tokens/s), cached in %s", path,
                  f"{stream.documents:,}", f"{len(stream.tokens):,}", time.perf_counter() - started,
                  len(stream.tokens) / max(time.perf_counter() - started, 1e-9), folder)
-        (work / "hf").exists() and shutil.rmtree(work / "hf")
+        shutil.rmtree(work / "hf", ignore_errors=True)  # the Arrow files: the stream is all a run reads
         try:
             work.rename(folder)
         except OSError:  # another process cached the same corpus meanwhile: use theirs
