@@ -24,7 +24,9 @@ def picture(tmp_path_factory):
 @pytest.fixture(scope="module")
 def expected(tiny_llava, picture) -> dict[str, str]:
     engine = ChatEngine.from_pretrained(tiny_llava)
-    return {"image": engine.generate(ask_about(picture), temperature=0, max_new_tokens=16),
+    image = engine.generate(ask_about(picture), temperature=0, max_new_tokens=16)
+    follow_up = [*ask_about(picture), {"role": "assistant", "content": image}, {"role": "user", "content": "Its colour?"}]
+    return {"image": image, "follow_up": engine.generate(follow_up, temperature=0, max_new_tokens=16),
             "text": engine.generate([{"role": "user", "content": "Who are you?"}], temperature=0, max_new_tokens=16)}
 
 
@@ -61,8 +63,8 @@ def test_upload_a_picture_in_the_browser_and_see_the_answer(tiny_llava, picture,
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url)
-            box = page.get_by_placeholder("Type a message, or add a picture…")
-            sync_api.expect(box).to_be_visible(timeout=30_000)
+            sync_api.expect(page.get_by_placeholder("Type a message, or add a picture…")).to_be_visible(timeout=30_000)
+            box = page.locator("textarea").first  # Gradio blanks the placeholder once a message is sent
             numbers = page.get_by_test_id("number-input")  # temperature, top-p, top-k, repetition, max tokens
             for index, value in ((0, "0"), (4, "16")):
                 numbers.nth(index).fill(value)
@@ -75,6 +77,11 @@ def test_upload_a_picture_in_the_browser_and_see_the_answer(tiny_llava, picture,
             answer = page.get_by_test_id("bot").last
             sync_api.expect(answer).to_have_text(expected["image"].strip(), timeout=60_000)
             sync_api.expect(page.get_by_test_id("user").first.locator("img")).to_be_visible()  # the picture, sent
+            box.fill("Its colour?")  # the follow-up reads the picture from the history Gradio sends back
+            box.press("Enter")
+            sync_api.expect(page.get_by_test_id("bot")).to_have_count(2, timeout=30_000)
+            sync_api.expect(page.get_by_test_id("bot").last).to_have_text(expected["follow_up"].strip(), timeout=60_000)
+            sync_api.expect(page.locator("button.submit-button")).to_be_visible(timeout=30_000)  # the reply is done
             page.screenshot(path=str(ARTIFACTS / "app_browser_image.png"), full_page=True)
         finally:
             browser.close()
