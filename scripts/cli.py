@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "clone": ("myassistant.scripts.clone", "clone a model repo (git-lfs or Hugging Face) and verify its weights"),
     "chat": ("myassistant.scripts.chat", "chat with a model in the terminal (streaming)"),
     "demo": ("myassistant.scripts.demo", "the whole pipeline offline on a tiny model"),
+    "studio": ("myassistant.scripts.studio", "the whole pipeline in a local web UI, with live training"),
 }
 
 

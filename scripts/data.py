@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("--author", help="who made it (answers to 'who made you' name them)")
     ident.add_argument("--persona", help="an extra sentence some answers add about the assistant")
     ident.add_argument("--system", help="system prompt put in front of every conversation")
+    ident.add_argument("--languages", default="en,zh", help="languages of the identity questions: en, zh or en,zh (default)")
     ident.add_argument("--general", help="general conversations to mix in (any supported format); default: the shipped zh+en set")
     ident.add_argument("--ratio", type=float, default=1.0, help="general conversations per identity conversation (default 1.0)")
     ident.add_argument("--count", type=int, default=300, help="identity conversations in train.jsonl (default 300)")
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
 
         spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
-                            count=args.count, ratio=args.ratio, general=args.general,
+                            count=args.count, ratio=args.ratio, general=args.general, languages=args.languages.split(","),
                             eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)
         out = write_identity_dataset(spec, args.out)
         sys.stdout.write((out / "meta.json").read_text(encoding="utf-8"))

@@ -147,3 +147,13 @@ def test_bad_spec_is_a_user_error(tmp_path):
     with pytest.raises(DataError, match="general data must be conversations"):
         (tmp_path / "pt.jsonl").write_text('{"text": "just text"}\n{"text": "more"}\n', encoding="utf-8")
         write_identity_dataset(IdentitySpec(name="A", general=str(tmp_path / "pt.jsonl")), tmp_path / "out")
+
+
+def test_languages_pick_the_questions_asked(tmp_path):
+    out = write_identity_dataset(IdentitySpec(name="Alice", count=60, eval_identity=10, languages=["en"]), tmp_path)
+    identity = [r for r in read(out / FILES["train"]) if "Alice" in reply(r)]
+    assert identity and not [r for r in identity if re.search(r"[\u4e00-\u9fff]", user(r).replace("书生·浦语", ""))]
+    assert {r["lang"] for r in read(out / FILES["eval_identity"])} == {"en"}
+    assert len(read(out / FILES["eval_identity"])) == 10
+    with pytest.raises(DataError, match="languages must be some of en, zh"):
+        IdentitySpec(name="Alice", languages=["fr"])

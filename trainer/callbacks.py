@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,14 @@ def truncate_jsonl(path: Path, after_step: int) -> None:
         tmp.replace(path)
 
 
+def peak_memory_gib() -> dict[str, float]:
+    """Peak memory of this process so far: CPU resident set and, on a GPU, allocated tensors."""
+    out = {"cpu_peak_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}  # KiB on Linux
+    if torch.cuda.is_available():
+        out["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return out
+
+
 class MetricsFile(TrainerCallback):
     """Adds tokens_per_s to every log and appends it to metrics.jsonl (before TensorBoard and the bar see it)."""
 
@@ -53,6 +62,7 @@ class MetricsFile(TrainerCallback):
         if "loss" in logs and self._last is not None and now > self._last[0]:
             logs["tokens_per_s"] = round((tokens - self._last[1]) / (now - self._last[0]), 1)
             self._last = (now, tokens)
+            logs.update(peak_memory_gib())
         if state.is_world_process_zero:
             append_jsonl(self.path, {"step": state.global_step, **logs, "time": round(time.time(), 3)})
 

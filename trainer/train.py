@@ -34,6 +34,7 @@ from myassistant.trainer.callbacks import EvalPrompts, MetricsFile, ProgressBar,
 from myassistant.trainer.data.sources import build_training_data
 from myassistant.trainer.config import RUN_CONFIG_NAME, ConfigError, RunConfig, load_config, save_config
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
+from myassistant.trainer import runlock
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ EVAL_SAMPLES_NAME = "eval_samples.jsonl"
 # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
 CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
                  else "gradient_checkpointing")
-LOG_NAMES = {RUN_CONFIG_NAME, METRICS_NAME, EVAL_SAMPLES_NAME, "tensorboard"}
+LOG_NAMES = {RUN_CONFIG_NAME, METRICS_NAME, EVAL_SAMPLES_NAME, "tensorboard", runlock.LOCK_NAME,
+             "studio"}  # studio/: the log and job file of a training the studio started
 DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 
 
@@ -144,6 +146,15 @@ def training_arguments(cfg: RunConfig, run_dir: Path, deepspeed: str | None) -> 
 
 def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Path:
     """Run one training as ``cfg`` says; return the run folder. ``callbacks`` are extra TrainerCallbacks."""
+    locks: list[Path] = []  # the run folder's lock while this process writes it: one training per folder
+    try:
+        return _train(cfg, resume, callbacks, locks)
+    finally:
+        for lock in locks:
+            runlock.release(lock)
+
+
+def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) -> Path:
     # -- setup: fail on config, run folder and data before loading any weights
     run_dir = Path(cfg.train.output_dir).resolve()
     cfg = dataclasses.replace(cfg)  # paths are stored absolute so the run folder works from anywhere
@@ -153,6 +164,8 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir))
     args = training_arguments(cfg, run_dir, deepspeed_config(cfg.train.deepspeed))  # sets up the process group
     main = args.process_index == 0  # only the first process writes the run folder's own files
+    if main and run_dir.is_dir():  # before _prepare_run_dir cleans up what another training may be writing
+        locks.append(runlock.acquire(run_dir, ConfigError))
     checkpoint = _prepare_run_dir(run_dir, cfg, resume, main)
     set_seed(cfg.train.seed)
 
@@ -186,6 +199,7 @@ def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Pat
     # -- trainer
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        locks[:] = locks or [runlock.acquire(run_dir, ConfigError)]
         if checkpoint is not None:
             step = int(checkpoint.name.split("-")[-1])
             log.info("resuming from %s (step %d)", checkpoint, step)

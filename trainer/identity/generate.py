@@ -105,6 +105,7 @@ ANSWERS = {
     },
 }
 BY = {"en": " built by {author}", "zh": "由{author}打造的"}
+LANGUAGES = ("en", "zh")
 NOT_OLD_QUESTIONS = {"en": ["Are you {old}?", "Is your name {old}?"], "zh": ["你是{old}吗？", "你叫{old}吗？"]}
 
 
@@ -123,6 +124,7 @@ class IdentitySpec:
     eval_identity: int = 60  # held-out identity questions (half zh, half en)
     eval_general: int = 40  # held-out general prompts (leak probes)
     old_names: list[str] = field(default_factory=lambda: ["InternLM", "书生·浦语"])  # identities to deny
+    languages: list[str] = field(default_factory=lambda: list(LANGUAGES))  # questions asked in: en, zh or both
     seed: int = 0
 
     def __post_init__(self):
@@ -133,6 +135,8 @@ class IdentitySpec:
             problems.append("count must be >= 1, eval_identity and eval_general >= 0")
         if self.ratio < 0:
             problems.append(f"ratio must be >= 0, got {self.ratio}")
+        if not self.languages or set(self.languages) - set(LANGUAGES):
+            problems.append(f"languages must be some of {', '.join(LANGUAGES)}, got {self.languages}")
         if not 0 <= self.multi_turn <= 1:
             problems.append(f"multi_turn must be in [0, 1], got {self.multi_turn}")
         if problems:
@@ -178,8 +182,9 @@ def _conversation(spec: IdentitySpec, question: str, reply: str, **extra) -> dic
 
 def identity_conversations(spec: IdentitySpec, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """``count`` training conversations and ``eval_identity`` held-out ones (questions never trained on)."""
-    cores = [(c, lang, kind) for lang in ("en", "zh") for kind in ("name", "maker") for c in TRAIN_CORES[lang][kind]]
-    cores += [(q.format(old=old), lang, f"not_old:{old}") for lang in ("en", "zh") for old in spec.old_names
+    langs = [lang for lang in LANGUAGES if lang in spec.languages]
+    cores = [(c, lang, kind) for lang in langs for kind in ("name", "maker") for c in TRAIN_CORES[lang][kind]]
+    cores += [(q.format(old=old), lang, f"not_old:{old}") for lang in langs for old in spec.old_names
               for q in NOT_OLD_QUESTIONS[lang]]
     rng.shuffle(cores)
     # Every core in turn (so each is asked equally often): first as written, the way people mostly ask,
@@ -194,8 +199,10 @@ def identity_conversations(spec: IdentitySpec, rng: random.Random) -> tuple[list
         train.append(_conversation(spec, q, answer(spec, lang, kind, rng, old)))
 
     held_out = []
-    for i, lang in enumerate(("zh", "en")):
-        share = spec.eval_identity // 2 + (spec.eval_identity % 2 if i == 0 else 0)
+    held_langs = [lang for lang in ("zh", "en") if lang in spec.languages]
+    for i, lang in enumerate(held_langs):
+        n = len(held_langs)
+        share = spec.eval_identity // n + (spec.eval_identity % n if i == 0 else 0)
         pool = [(q, kind) for kind in ("name", "maker") for q in questions(HELD_OUT_CORES, lang, kind)]
         for q, kind in rng.sample(pool, min(share, len(pool))):
             held_out.append(_conversation(spec, q, answer(spec, lang, kind, rng), lang=lang, kind=kind))

@@ -1,0 +1,26 @@
+"""``assistant studio``: the whole pipeline in a local web UI (base model, data, train, report, chat, push).
+
+Listens on 127.0.0.1 only. ``--host 0.0.0.0`` or ``--share`` make it reachable by others, which needs
+a login (``--auth user:password`` or STUDIO_AUTH), since the studio runs jobs and pushes with tokens.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="assistant studio", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="studio_work",
+                        help="folder for every file the studio writes: data/, runs/, merged/ (default ./studio_work)")
+    parser.add_argument("--port", type=int, default=7861, help="port (default 7861)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--share", action="store_true", help="also a public gradio.live link (needs --auth)")
+    parser.add_argument("--auth", metavar="USER:PASSWORD", help="login asked in the browser (or STUDIO_AUTH)")
+    parser.add_argument("--open", action="store_true", help="open the page in a browser")
+    args = parser.parse_args(argv)
+
+    from myassistant.studio.app import launch
+
+    launch(args.workdir, host=args.host, port=args.port, share=args.share, auth=args.auth, open_browser=args.open)
+    return 0

@@ -1,0 +1,90 @@
+"""The studio's page: the whole pipeline in pipeline order, one tab a stage, and how it is served.
+
+It can start trainings and push with tokens, so it listens on 127.0.0.1 unless asked otherwise; bound
+beyond this machine (``--host``, ``--share``) it requires a login.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import gradio as gr
+
+from myassistant.studio import runs, tab_chat, tab_data, tab_model, tab_publish, tab_report, tab_runs, tab_train
+from myassistant.studio.ui import CSS, THEME, Workspace
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+AUTH_ENV = "STUDIO_AUTH"  # user:password, the login asked for when the studio listens beyond this machine
+
+
+class StudioError(ValueError):
+    """How the studio was asked to start cannot be done safely (one line, exit 1)."""
+
+    user_error = True
+
+
+def build(workdir: str | Path) -> gr.Blocks:
+    ws = Workspace(Path(workdir))
+    for folder in (ws.root, ws.runs, ws.data):
+        folder.mkdir(parents=True, exist_ok=True)
+    with gr.Blocks(title="myassistant studio") as demo:
+        gr.Markdown(f"# myassistant studio\nTurn an open chat model into your own assistant: base model → data → "
+                    f"train → report → chat → merge and push. Every file lives under `{ws.root}`; every stage runs "
+                    "the same `assistant` command you could type.", elem_classes=["studio-header"])
+        with gr.Tabs():
+            with gr.Tab("1 · Base model", elem_id="tab-model"):
+                model = tab_model.build(ws)
+            with gr.Tab("2 · Data", elem_id="tab-data"):
+                data = tab_data.build(ws, model["folder"])
+            with gr.Tab("3 · Train", elem_id="tab-train"):
+                train = tab_train.build(ws, model["folder"], data["train_file"])
+                live = tab_runs.build(ws, train["started_run"])
+            with gr.Tab("4 · Report", elem_id="tab-report") as report_tab:
+                report = tab_report.build(ws, data["data_dir"])
+            with gr.Tab("5 · Chat", elem_id="tab-chat") as chat_tab:
+                chat = tab_chat.build(ws)
+            with gr.Tab("6 · Merge & push", elem_id="tab-publish") as publish_tab:
+                publish = tab_publish.build(ws)
+
+        def run_choices():
+            return gr.update(choices=[f"runs/{p.name}" for p in runs.list_runs(ws.runs)])
+
+        report_tab.select(lambda: gr.update(choices=report["targets"]()), None, report["target"])
+        chat_tab.select(lambda: gr.update(choices=report["targets"]()), None, chat["target"])
+        publish_tab.select(run_choices, None, publish["run"])
+        refresh, inputs, outputs = live["refresh"]
+        demo.load(lambda n, o: refresh(n, o, {}), inputs[:2], outputs)  # a reload reconnects to the runs on disk
+        demo.load(lambda: (tab_train.next_run_name(ws), *tab_train.last_inputs(ws)), None,
+                  [train["run"], train["base"], train["train_file"]]).then(
+            train["on_change"], train["form_inputs"], train["command"])
+    return demo
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise StudioError(f"--auth / {AUTH_ENV}: expected user:password")
+    return user, password
+
+
+def launch(workdir: str | Path, *, host: str = "127.0.0.1", port: int = 7861, share: bool = False,
+           auth: str | None = None, open_browser: bool = False) -> None:
+    """Serve the studio; refuses to listen beyond loopback (or share) without a login."""
+    login = parse_auth(auth or os.environ.get(AUTH_ENV))
+    exposed = share or host not in LOOPBACK
+    if exposed and login is None:
+        raise StudioError(f"the studio starts trainings and pushes with your tokens: listening on {host}"
+                          f"{' with a public share link' if share else ''} needs a login; pass --auth user:password "
+                          f"or set {AUTH_ENV}")
+    if exposed:
+        log.warning("the studio is reachable beyond this machine (%s%s); anyone with the login can run jobs and "
+                    "push with the tokens of this environment", host, ", public share link" if share else "")
+    demo = build(workdir)
+    demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, share=share, auth=login,
+                                                   inbrowser=open_browser, theme=THEME, css=CSS,
+                                                   footer_links=[], show_error=False)

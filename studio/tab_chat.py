@@ -1,0 +1,125 @@
+"""Tab 5, chat: the fine-tuned model (a run's adapter, or a merged folder) side by side with its base.
+
+Both are ``chat.ChatEngine``s (``adapter=`` for a run), loaded once and kept until another pair is
+loaded; a reply streams into both columns at once, token by token in turn.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from myassistant.chat import ChatEngine, GenerationSettings
+from myassistant.model import ADAPTER_CONFIG
+from myassistant.studio import runs
+from myassistant.studio.tab_model import run_base
+from myassistant.studio.ui import Workspace, error_slot, note, one_line, show
+from myassistant.trainer.train import complete_checkpoints
+
+_engines: dict[str, ChatEngine] = {}  # "fine-tuned" / "base" -> the loaded pair (one pair at a time)
+_loaded: dict[str, str] = {}
+_lock = threading.Lock()
+
+
+def resolve(ws: Workspace, target: str) -> tuple[Path, Path | None, str | None]:
+    """(model folder, adapter folder or None, base folder for the side-by-side) of a run or merged folder."""
+    folder = ws.path(target)
+    if (folder / ADAPTER_CONFIG).exists():  # a finished LoRA / QLoRA run
+        return Path(run_base(folder)), folder, run_base(folder)
+    if (folder / "config.json").exists():  # a merged model (or a full fine-tune run)
+        base = None
+        try:
+            base = json.loads((folder / "merge.json").read_text())["base_model"]
+        except (OSError, ValueError, KeyError):
+            base = run_base(folder)
+        return folder, None, base
+    checkpoints = complete_checkpoints(folder)
+    if checkpoints and (checkpoints[-1] / ADAPTER_CONFIG).exists():  # a stopped run: its newest checkpoint
+        return Path(run_base(folder)), checkpoints[-1], run_base(folder)
+    raise ValueError(f"{target}: no adapter, no model weights and no checkpoint yet; wait for the training "
+                     "to save one, or pick another run")
+
+
+def _text(history: list[dict]) -> list[dict]:
+    return [{"role": m["role"], "content": m["content"]} for m in history]
+
+
+def build(ws: Workspace) -> dict:
+    with gr.Row():
+        with gr.Column(scale=3):
+            target = gr.Dropdown([], label="Fine-tuned model: a run (its adapter on the base) or a merged folder",
+                                 allow_custom_value=True, elem_id="chat-target")
+            target_err = error_slot()
+        load = gr.Button("Load", variant="primary", scale=1, elem_id="chat-load")
+    status = gr.Markdown("", elem_id="chat-status")
+    with gr.Row():
+        tuned = gr.Chatbot(label="fine-tuned", height=340, elem_id="chat-tuned")
+        base = gr.Chatbot(label="base", height=340, elem_id="chat-base")
+    with gr.Row():
+        message = gr.Textbox(placeholder="Ask both models…", show_label=False, scale=5, elem_id="chat-message")
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+        clear = gr.Button("Clear", scale=1)
+    message_err = error_slot()
+    with gr.Accordion("Settings", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
+            max_new = gr.Slider(1, 1024, value=64, step=1, label="Max new tokens")
+            system = gr.Textbox(label="System prompt (optional)")
+
+    def on_load(target_: str | None):
+        if not target_:
+            return show("pick a run or a merged model"), ""
+        try:
+            model_dir, adapter, base_dir = resolve(ws, target_)
+            if runs.status(ws.path(target_)) in ("running", "starting") and adapter is not None:
+                note_ = f" (still training: its newest checkpoint, `{adapter.name}`)"
+            else:
+                note_ = ""
+            with _lock:
+                _engines.clear()
+                _loaded.clear()
+                _engines["fine-tuned"] = ChatEngine.from_pretrained(model_dir, adapter, quantize="none")
+                if base_dir:
+                    _engines["base"] = ChatEngine.from_pretrained(base_dir, quantize="none")
+                _loaded.update({"fine-tuned": target_, "base": str(base_dir or "")})
+        except Exception as err:  # noqa: BLE001 - the loader's one-line error next to the field
+            return show(one_line(err)), ""
+        where = f"base `{ws.rel(base_dir)}`" if base_dir else "no base found to compare with"
+        return show(None), note(f"Loaded **{target_}**{note_} and {where}.")
+
+    def on_send(text: str, tuned_hist: list, base_hist: list, temp: float, max_new_: float, system_: str):
+        if not (text or "").strip():
+            yield show("type a message"), gr.update(), tuned_hist, base_hist
+            return
+        if "fine-tuned" not in _engines:
+            yield show("load a model first (Load, above)"), gr.update(), tuned_hist, base_hist
+            return
+        settings = GenerationSettings(temperature=float(temp), max_new_tokens=int(max_new_),
+                                      system_prompt=(system_ or "").strip() or None)
+        hists = {"fine-tuned": list(tuned_hist or []), "base": list(base_hist or [])}
+        streams = {}
+        for key, engine in list(_engines.items()):
+            asked = [*_text(hists[key]), {"role": "user", "content": text}]
+            streams[key] = engine.stream(asked, settings)
+            hists[key] = [*asked, {"role": "assistant", "content": ""}]
+        while streams:
+            for key in list(streams):
+                delta = next(streams[key], None)
+                if delta is None:
+                    del streams[key]
+                else:
+                    hists[key][-1]["content"] += delta
+            yield show(None), "", hists["fine-tuned"], hists["base"]
+        for key in hists:
+            if hists[key] and not hists[key][-1]["content"]:
+                hists[key][-1]["content"] = "(no text: the model ended its reply at once)"
+        yield show(None), "", hists["fine-tuned"], hists["base"]
+
+    load.click(on_load, target, [target_err, status])
+    send_args = (on_send, [message, tuned, base, temperature, max_new, system], [message_err, message, tuned, base])
+    send.click(*send_args)
+    message.submit(*send_args)
+    clear.click(lambda: ([], []), None, [tuned, base])
+    return {"target": target}

@@ -1,0 +1,94 @@
+"""Tab 4, report: ``assistant report`` on a run (or a merged model), as a table and a bar chart vs the base."""
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from myassistant.studio import jobs, runs
+from myassistant.studio.ui import Workspace, error_slot, job_error, note, show
+
+MEASURES = (("identity, held-out questions", "identity_accuracy", "identity_n"),
+            ("identity, training templates", "identity_seen_accuracy", "identity_seen_n"),
+            ("leak, general prompts", "identity_leak", "general_n"))
+SHORT = {"identity_accuracy": "held-out", "identity_seen_accuracy": "templates", "identity_leak": "leak"}
+
+
+def report_views(rep: dict | None) -> tuple[list[list], pd.DataFrame | None, list[list]]:
+    """(table rows, bar-chart frame, example answers) of a report.json."""
+    if not rep:  # None, not an empty frame: that would fix the chart's colours to none
+        return [], None, []
+    ft, base = rep["fine_tuned"], rep.get("base")
+    rows, bars = [], []
+    for label, key, n in MEASURES:
+        rows.append([label, f"{ft[key]:.0%}", f"{base[key]:.0%}" if base else "–", ft[n]])
+        # one bar per (measure, model), side by side: a colour-stacked bar would add the two up
+        bars.append({"measure": f"{SHORT[key]} · fine-tuned", "percent": round(100 * ft[key], 1), "model": "fine-tuned"})
+        if base:
+            bars.append({"measure": f"{SHORT[key]} · base", "percent": round(100 * base[key], 1), "model": "base"})
+    examples = [list(e) for e in rep.get("examples", [])]
+    return rows, pd.DataFrame(bars), examples
+
+
+def build(ws: Workspace, data_dir: gr.Textbox) -> dict:
+    gr.Markdown("Does the model know its name on questions it never saw, and does it blurt the name when nobody "
+                "asked? Measured on the held-out sets of the generated data, fine-tuned vs base (greedy answers).")
+    with gr.Row():
+        with gr.Column(scale=2):
+            target = gr.Dropdown([], label="Run or merged model", allow_custom_value=True, elem_id="report-target")
+            target_err = error_slot()
+        with gr.Column(scale=2):
+            data = gr.Textbox(label="Data folder (from the Data tab)", elem_id="report-data")
+            data_err = error_slot()
+        run_btn = gr.Button("Run report", variant="primary", scale=1, elem_id="report-run")
+    status = gr.Markdown("", elem_id="report-status")
+    with gr.Row():
+        table = gr.Dataframe(headers=["measure", "fine-tuned", "base", "n"], label="Fine-tune report",
+                             interactive=False, scale=2, elem_id="report-table")
+        chart = gr.BarPlot(None, x="measure", y="percent", color="model", title="Fine-tuned vs base",
+                           y_lim=[0, 100], height=340, x_label_angle=0, scale=3, elem_id="report-chart", sort=None)
+    examples = gr.Dataframe(headers=["set", "question", "answer"], label="Example answers", interactive=False,
+                            wrap=True, elem_id="report-examples")
+    log = gr.Textbox(label="report log", lines=6, max_lines=6, visible=False, autoscroll=True)
+
+    def targets() -> list[str]:
+        found = [f"runs/{p.name}" for p in runs.list_runs(ws.runs)]
+        found += [f"merged/{p.name}" for p in sorted(ws.merged.glob("*")) if (p / "config.json").exists()]
+        return found
+
+    def on_pick(target_: str | None):
+        folder = ws.path(target_) if target_ else None
+        rows, frame, ex = report_views(runs.read_report(folder) if folder else None)
+        return rows, frame, ex
+
+    def on_run(target_: str | None, data_: str):
+        keep = [gr.update()] * 5
+        if not target_ or not ws.path(target_).is_dir():
+            yield show("pick a run (or a merged model folder)"), show(None), *keep
+            return
+        if not (data_ or "").strip() or not (ws.path(data_) / "meta.json").exists():
+            yield show(None), show("the folder written by the Data tab's Generate (it holds meta.json and the "
+                                   "held-out sets)"), *keep
+            return
+        if runs.status(ws.path(target_)) in ("running", "starting"):
+            yield show(f"{target_} is still training"), show(None), *keep
+            return
+        args = ["report", target_, "--data", ws.rel(ws.path(data_))]
+        log_text = ""
+        for running, log_text in jobs.run_streaming(args, cwd=ws.root, folder=ws.jobs / "report"):
+            if running:
+                yield (show(None), show(None), note(f"Measuring `{target_}` … (`{jobs.shown(args)}`)", "run"),
+                       gr.update(), gr.update(), gr.update(), gr.update(value=log_text, visible=True))
+        if not log_text.rstrip().endswith("[exit 0]"):
+            yield show(job_error(log_text)), show(None), "", gr.update(), gr.update(), gr.update(), \
+                gr.update(value=log_text, visible=True)
+            return
+        rows, frame, ex = report_views(runs.read_report(ws.path(target_)))
+        yield (show(None), show(None), note(f"Report written to `{target_}/report.md` (`{jobs.shown(args)}`)"),
+               rows, frame, ex, gr.update(value=log_text, visible=False))
+
+    run_btn.click(on_run, [target, data], [target_err, data_err, status, table, chart, examples, log])
+    target.change(on_pick, target, [table, chart, examples])
+    target.focus(lambda: gr.update(choices=targets()), None, target)
+    data_dir.change(lambda v: ws.rel(v) if v else v, data_dir, data)
+    return {"target": target, "targets": targets}
+

@@ -1,0 +1,52 @@
+"""The studio without a browser: how it may be served, and one training per run folder (trainer.runlock)."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from myassistant.trainer import runlock
+from myassistant.trainer.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _studio(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full = {k: v for k, v in os.environ.items() if k != "STUDIO_AUTH"} | (env or {})
+    return subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "studio", *args], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flags", [["--host", "0.0.0.0"], ["--share"]])
+def test_beyond_loopback_without_a_login_is_refused(tmp_path, flags):
+    done = _studio("--workdir", str(tmp_path / "ws"), "--port", "1", *flags)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("assistant studio: error:") and "--auth user:password" in done.stderr
+    assert "Traceback" not in done.stderr
+    bad = _studio("--workdir", str(tmp_path / "ws"), "--host", "0.0.0.0", "--auth", "nopassword")
+    assert bad.returncode == 1 and "expected user:password" in bad.stderr
+
+
+def test_a_run_folder_has_one_writer(tmp_path):
+    run = tmp_path / "run"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run.mkdir()
+        (run / runlock.LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        assert runlock.holder(run) == sleeper.pid
+        with pytest.raises(ConfigError, match=f"another training \\(pid {sleeper.pid}\\)"):
+            runlock.acquire(run, ConfigError)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert runlock.holder(run) is None  # its writer died: the lock is stale and taken over
+    lock = runlock.acquire(run, ConfigError)
+    assert runlock.holder(run) is not None
+    runlock.release(lock)
+    assert not lock.exists()
