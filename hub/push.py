@@ -31,8 +31,11 @@ def folder_files(folder: Path) -> dict[str, Path]:
 def push_folder(folder: str | Path, remote: str, *, private: bool = False, message: str | None = None,
                 branch: str = "main", card: bool = True, name: str | None = None,
                 cache_dir: str | Path | None = None, repo_type: str = "model",
-                token_env: tuple[str, ...] = GIT_TOKEN_ENVS) -> PushResult:
+                token_env: tuple[str, ...] = GIT_TOKEN_ENVS, add: list[str | Path] | tuple = ()) -> PushResult:
     """Make `remote`'s `branch` hold exactly the files of `folder` (+ a model card README.md when `card`).
+
+    `add`: files from elsewhere pushed at the top of the repo too, e.g. the GGUF of `assistant export`
+    and its Modelfile (``*.gguf`` is stored in git-lfs, so a laptop can pull that one file).
 
     `remote`: `hf:owner/name` for the Hugging Face Hub; else a git URL or the path of a bare repo.
     Pushing the same files again makes no commit; a changed file makes one.
@@ -41,6 +44,10 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
     if not folder.is_dir():
         raise HubError(f"{folder}: no such folder to push")
     files = folder_files(folder)
+    for extra in map(lambda p: Path(p).expanduser(), add):
+        if not extra.is_file():
+            raise HubError(f"{extra}: no such file to add to the push")
+        files[extra.name] = extra
     if not files:
         raise HubError(f"{folder}: the folder is empty, nothing to push")
     left = pointer_files(folder)

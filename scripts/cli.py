@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("myassistant.scripts.train", "fine-tune (QLoRA / LoRA / full) from a YAML config"),
     "report": ("myassistant.scripts.report", "measure identity accuracy and leak of a fine-tuned model"),
     "merge": ("myassistant.scripts.merge", "merge a LoRA adapter into standalone safetensors weights"),
+    "export": ("myassistant.scripts.export", "export a model folder to GGUF (llama.cpp, Ollama, LM Studio)"),
     "push": ("myassistant.scripts.push", "push a model folder to a git-lfs remote or the Hugging Face Hub"),
     "push-app": ("myassistant.scripts.push_app", "write and push the Gradio app repo for a model repo"),
     "clone": ("myassistant.scripts.clone", "clone a model repo (git-lfs or Hugging Face) and verify its weights"),

@@ -98,6 +98,29 @@ def test_push_clone_roundtrip_noop_and_one_commit_per_change(tmp_path, remote, m
     assert "using the cached clone" in offline.stderr
 
 
+def test_push_adds_a_gguf_in_lfs_that_can_be_pulled_alone(tmp_path, remote, model):
+    gguf = tmp_path / "export" / "model-q4_k_m.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + os.urandom(300_000))
+    (gguf.parent / "model-q4_k_m.Modelfile").write_text("FROM ./model-q4_k_m.gguf\n")
+    env = _env(tmp_path)
+    done = _assistant(["push", str(model), "--to", str(remote), "--add", str(gguf),
+                       "--add", str(gguf.with_suffix(".Modelfile"))], env)
+    assert done.returncode == 0, done.stderr
+    assert _git(remote, "show", "main:model-q4_k_m.gguf").startswith("version https://git-lfs.github.com/spec/v1")
+    assert _git(remote, "show", "main:model-q4_k_m.Modelfile") == "FROM ./model-q4_k_m.gguf\n"
+    # A laptop takes just the GGUF: clone without LFS content, then pull that one file.
+    laptop = tmp_path / "laptop"
+    subprocess.run(["git", "clone", "-q", remote.as_uri(), str(laptop)], env={**env, "GIT_LFS_SKIP_SMUDGE": "1"},
+                   check=True)
+    subprocess.run(["git", "lfs", "install", "--local"], cwd=laptop, env=env, check=True, capture_output=True)
+    subprocess.run(["git", "lfs", "pull", "--include", "model-q4_k_m.gguf"], cwd=laptop, env=env, check=True)
+    assert (laptop / "model-q4_k_m.gguf").read_bytes() == gguf.read_bytes()
+    assert (laptop / "model.safetensors").read_bytes().startswith(b"version https://git-lfs")
+    missing = _assistant(["push", str(model), "--to", str(remote), "--add", str(tmp_path / "nope.gguf")], env)
+    assert missing.returncode == 1 and "nope.gguf: no such file" in missing.stderr
+
+
 def test_missing_lfs_objects_are_reported_as_pointer_files(tmp_path, remote, model):
     env = _env(tmp_path)
     assert _assistant(["push", str(model), "--to", str(remote)], env).returncode == 0

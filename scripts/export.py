@@ -1,0 +1,26 @@
+"""``assistant export MODEL_DIR --to gguf --quant q8_0 --out FILE.gguf``: a model folder -> GGUF + Ollama Modelfile.
+
+MODEL_DIR is a merged model (`assistant merge`), a base checkpoint or `assistant tiny`'s output, in InternLM2
+or Llama layout. The GGUF runs in llama.cpp (`llama-cli -m FILE.gguf -cnv`), LM Studio (import the file) and
+Ollama (`ollama create NAME -f FILE.Modelfile`, written beside it).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from myassistant.export import QUANTS, export_gguf
+
+    quants = "; ".join(f"{name}: {help_}" for name, (_, _, help_) in QUANTS.items())
+    parser = argparse.ArgumentParser(prog="assistant export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", help="model folder (merged weights; a LoRA run folder must be merged first)")
+    parser.add_argument("--to", choices=("gguf",), default="gguf", help="output format (gguf)")
+    parser.add_argument("--quant", choices=tuple(QUANTS), default="q8_0", help=f"weight format (default q8_0). {quants}")
+    parser.add_argument("--out", required=True, help="the .gguf file to write (complete or not at all)")
+    args = parser.parse_args(argv)
+    result = export_gguf(args.model_dir, args.out, quant=args.quant)
+    sys.stdout.write(f"{result.gguf}\n")
+    return 0

@@ -1,0 +1,130 @@
+"""assistant export: the tiny model as GGUF, read back with llama.cpp's own reader (and run by llama.cpp itself
+where llama-cpp-python is installed: tests/test_export_llama_cpp.py)."""
+from __future__ import annotations
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from myassistant.export import ExportError, export_gguf
+from myassistant.model import load_model, load_tokenizer
+from myassistant.scripts.export import main as export_main
+
+HF_TO_GGUF = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def interleaved(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Row 2j of a head is its row j, row 2j+1 its row d/2 + j (the order llama.cpp rotates pairs in)."""
+    d = weight.shape[0] // heads
+    order = [h * d + (j // 2 if j % 2 == 0 else d // 2 + j // 2) for h in range(heads) for j in range(d)]
+    return weight[order]
+
+
+def expected_tensors(folder) -> dict[str, torch.Tensor]:
+    model = load_model(folder, dtype=torch.float32)
+    cfg, out = model.config, {}
+    for key, value in model.state_dict().items():
+        if key == "model.embed_tokens.weight":
+            out["token_embd.weight"] = value
+        elif key == "model.norm.weight":
+            out["output_norm.weight"] = value
+        elif key == "lm_head.weight":
+            out["output.weight"] = value
+        else:
+            _, _, layer, *module, _ = key.split(".")
+            name = HF_TO_GGUF[".".join(module)]
+            if name == "attn_q":
+                value = interleaved(value, cfg.num_attention_heads)
+            elif name == "attn_k":
+                value = interleaved(value, cfg.num_key_value_heads)
+            out[f"blk.{layer}.{name}.weight"] = value
+    return out
+
+
+def field(reader: gguf.GGUFReader, key: str):
+    f = reader.fields[key]
+    if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
+        return [f.parts[i].tobytes().decode() if f.types[-1] == gguf.GGUFValueType.STRING else f.parts[i][0]
+                for i in f.data]
+    value = f.parts[f.data[0]]
+    return value.tobytes().decode() if f.types[0] == gguf.GGUFValueType.STRING else value[0]
+
+
+@pytest.mark.parametrize("quant, tolerance", [("f16", 1e-3), ("q8_0", 1e-2), ("q4_0", 0.15)])
+def test_gguf_reads_back_as_the_model(tmp_path, tiny_checkpoint, quant, tolerance):
+    out = export_gguf(tiny_checkpoint, tmp_path / f"tiny-{quant}.gguf", quant=quant).gguf
+    reader = gguf.GGUFReader(out)
+    want = expected_tensors(tiny_checkpoint)
+    got = {t.name: t for t in reader.tensors}
+    assert set(got) == set(want)
+    for name, tensor in got.items():
+        assert tuple(int(n) for n in tensor.shape[::-1]) == tuple(want[name].shape), name
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(want[name].shape)
+        error = np.linalg.norm(values - want[name].numpy()) / np.linalg.norm(want[name].numpy())
+        assert error < tolerance, (name, error)
+        if tensor.data.ndim == 1 or want[name].ndim == 1:
+            assert tensor.tensor_type == gguf.GGMLQuantizationType.F32, name
+    expected_type = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}[quant]
+    assert got["blk.0.ffn_down.weight"].tensor_type == gguf.GGMLQuantizationType[expected_type]
+
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert field(reader, "general.architecture") == "llama"
+    assert field(reader, "llama.block_count") == config["num_hidden_layers"]
+    assert field(reader, "llama.attention.head_count_kv") == config["num_key_value_heads"]
+    assert field(reader, "llama.rope.freq_base") == pytest.approx(config["rope_theta"])
+    assert field(reader, "tokenizer.ggml.model") == "llama"
+    tokens = field(reader, "tokenizer.ggml.tokens")
+    vocab = tokenizer.get_vocab()
+    assert len(tokens) == config["vocab_size"] and all(tokens[i] == t for t, i in vocab.items())
+    im_end = vocab["<|im_end|>"]
+    assert field(reader, "tokenizer.ggml.eos_token_id") == im_end
+    assert field(reader, "tokenizer.ggml.eot_token_id") == im_end
+    assert field(reader, "tokenizer.ggml.bos_token_id") == tokenizer.bos_token_id
+    assert bool(field(reader, "tokenizer.ggml.add_bos_token")) is True
+    assert field(reader, "tokenizer.chat_template") == tokenizer.chat_template
+    types = field(reader, "tokenizer.ggml.token_type")
+    assert types[im_end] == gguf.TokenType.CONTROL and types[vocab["<0x0A>"]] == gguf.TokenType.BYTE
+
+    modelfile = out.with_suffix(".Modelfile").read_text()
+    assert modelfile.startswith(f"FROM ./{out.name}\n")
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>{{ .Role }}" in modelfile
+
+
+def test_cli_export_and_bad_input_leave_no_file(tmp_path, tiny_checkpoint, capsys):
+    done = run_cli("export", str(tiny_checkpoint), "--to", "gguf", "--quant", "f16", "--out", str(tmp_path / "m.gguf"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "m.gguf")
+    with pytest.raises(SystemExit):
+        export_main(["--help"])
+    help_text = capsys.readouterr().out
+    assert all(q in help_text for q in ("f16", "q8_0", "q4_0", "q4_k_m"))
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "adapter_config.json").write_text("{}")
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_checkpoint.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    out_dir = tmp_path / "out"
+    done = run_cli("export", str(run_dir), "--quant", "q4_0", "--out", str(out_dir / "x.gguf"))
+    assert done.returncode == 1 and "merge first" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    cases = [(other, "f16", "not a Llama-layout model"), (broken, "q8_0", "truncated"),
+             (tiny_checkpoint, "q3_x", "q3_x"), (tiny_checkpoint, "f16", "end in .gguf")]
+    for folder, quant, message in cases:
+        with pytest.raises(ExportError, match=message):
+            export_gguf(folder, out_dir / ("x.bin" if message == "end in .gguf" else "x.gguf"), quant=quant)
+    assert not out_dir.exists() or not list(out_dir.iterdir()), list(out_dir.iterdir())
