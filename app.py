@@ -7,7 +7,8 @@ Environment:
   MODEL_CACHE        where cloned models live (default ./.cache/models next to this file)
   DEMO_MODEL_DIR     where the demo model is built (default ./.cache/demo-model)
   APP_LAZY_LOAD=1    load the model on the first request instead of at import
-  APP_CONCURRENCY    chats generating at once (default 1; the others wait in Gradio's queue)
+  APP_CONCURRENCY    chats generating at once (default 8: they share each decode step, chat.batch;
+                     more wait in Gradio's queue)
   APP_SYSTEM_PROMPT  the system prompt box's default (default empty: no system message)
   APP_TEMPERATURE    the temperature slider's default (default 0.8; 0 = greedy)
   GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   where to listen (default 0.0.0.0:7860 on a hosting
@@ -35,7 +36,7 @@ MODEL_REPO = os.environ.get("MODEL_REPO", "").strip()
 MODEL_CACHE = Path(os.environ.get("MODEL_CACHE") or ROOT / ".cache" / "models")
 DEMO_MODEL_DIR = Path(os.environ.get("DEMO_MODEL_DIR") or ROOT / ".cache" / "demo-model")
 LAZY_LOAD = os.environ.get("APP_LAZY_LOAD", "0") == "1"
-CONCURRENCY = int(os.environ.get("APP_CONCURRENCY", "1"))
+CONCURRENCY = int(os.environ.get("APP_CONCURRENCY", "8"))
 HOSTED = os.environ.get("SYSTEM") == "spaces" or any(
     key in os.environ for key in ("SPACE_ID", "OPENXLAB_APP_ID", "OPENXLAB_SPACE_ID", "OPENXLAB_USER"))
 # Empty by default: a prompt the fine-tune never saw can override what it learned (a tiny model then

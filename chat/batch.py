@@ -28,6 +28,7 @@ from myassistant.chat.sampler import RowParams, apply_repetition_penalty, sample
 log = logging.getLogger(__name__)
 
 MIN_BUCKET = 256  # shortest cache length a step attends over
+AHEAD = 4  # tokens a chat may have waiting unread; when every chat has as many, the scheduler waits
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32)
 
 
@@ -104,6 +105,11 @@ class BatchDecoder:
             while (item := chat.out.get()) is not None:
                 if isinstance(item, BaseException):
                     raise RuntimeError(f"decoding failed: {item}") from item
+                if chat.cancel.is_set():
+                    return
+                if chat.out.qsize() < AHEAD:
+                    with self.wake:
+                        self.wake.notify()
                 yield item
         finally:
             chat.done = True  # the scheduler frees the row before its next step
@@ -115,8 +121,8 @@ class BatchDecoder:
         inflight: tuple[list[Chat], list[int] | torch.Tensor, torch.cuda.Event | None] | None = None
         while True:
             with self.wake:
-                while not self.pending and inflight is None and not any(self.chats):
-                    self.wake.wait()
+                while not self.pending and inflight is None and (not any(self.chats) or self._all_ahead()):
+                    self.wake.wait(timeout=None if not any(self.chats) else 0.5)
                 free = [r for r, c in enumerate(self.chats) if c is None]
                 admit, self.pending = self.pending[:len(free)], self.pending[len(free):]
             try:
@@ -128,6 +134,9 @@ class BatchDecoder:
                     if inflight is not None:
                         self._deliver(*inflight)
                     inflight = launched
+                    if inflight is not None and inflight[2] is None:  # no GPU to overlap with: deliver now
+                        self._deliver(*inflight)
+                        inflight = None
             except Exception as err:  # noqa: BLE001 - handed to every waiting consumer
                 log.exception("batched decoding failed")
                 for chat in [*admit, *(c for c in self.chats if c)]:
@@ -135,6 +144,12 @@ class BatchDecoder:
                     chat.done = True
                 self._free_finished()
                 inflight = None
+
+    def _all_ahead(self) -> bool:
+        """Every live chat has AHEAD tokens unread (its reader is slow or gone): no step until one reads.
+        Checked again every half second, so a cancelled or closed chat is freed even when nobody reads."""
+        live = [c for c in self.chats if c is not None]
+        return all(c.out.qsize() >= AHEAD and not (c.done or c.cancel.is_set()) for c in live)
 
     def _finish(self, chat: Chat) -> None:
         chat.done = True

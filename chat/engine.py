@@ -3,10 +3,10 @@
 ``ChatEngine.from_pretrained(folder)`` loads a merged model (or base + LoRA adapter) through
 ``model/``; ``engine.stream(messages, settings)`` yields the reply as text deltas. A multimodal
 (Llava) folder is served the same way, its images entering in the prefill (`chat.vision`). `ChatEngine.tokens`
-picks the fastest decoder the model allows: on a GPU, `chat.batch` (all concurrent chats share
-each CUDA-graphed step over one static cache); on the CPU, `chat.decode.generate_tokens` over a
-static cache of the chat's own (`chat.fast`); for a model of another layout, over the model's own
-forward. On the CPU, linear layers get int8 weights (`chat.quant`) unless ``quantize="none"`` or
+picks the fastest decoder the model allows: `chat.batch` (all concurrent chats share each step over
+one static cache; CUDA-graphed on a GPU); for a request longer than the batch cache's rows,
+`chat.decode.generate_tokens` over a static cache of its own (`chat.fast`); for a model of another
+layout, over the model's own forward. On the CPU, linear layers get int8 weights (`chat.quant`) unless ``quantize="none"`` or
 ``ASSISTANT_QUANTIZE=none``.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from myassistant.model import (ADAPTER_CONFIG, CheckpointError, build_tiny_check
 
 log = logging.getLogger(__name__)
 
-ROWS_ENV = "ASSISTANT_DECODE_ROWS"  # chats decoded together on a GPU (default 8)
+ROWS_ENV = "ASSISTANT_DECODE_ROWS"  # chats decoded together (default 8)
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
 
@@ -85,15 +85,30 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
+def available_memory(device: torch.device) -> float:
+    """Bytes free for a cache on `device`: free GPU memory, or MemAvailable of the host's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            fields = dict(line.split(":", 1) for line in fh)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return float("inf")
+
+
 def batch_cache_plan(model: Any, max_context: int) -> tuple[int, int]:
-    """(rows, tokens per row) of the batched decoder's cache: 8 x 8192 where it takes at most a
-    third of the free GPU memory, else fewer tokens (down to 2048), then fewer rows."""
+    """(rows, tokens per row) of the batched decoder's cache: 8 x 8192 on a GPU where it takes at most
+    a third of the free memory, else fewer tokens (down to 2048), then fewer rows. On a CPU 8 x 2048
+    within a quarter of the available RAM (the cache is fp32 there: 3.2 GB for InternLM2-1.8B); a
+    longer chat decodes alone over a cache of its own."""
     value = os.environ.get(ROWS_ENV, "8")
     if not value.strip().isdigit() or int(value) < 1:
-        raise EngineError(f"{ROWS_ENV}={value!r}: must be a whole number >= 1 (chats decoded together on a GPU)")
+        raise EngineError(f"{ROWS_ENV}={value!r}: must be a whole number >= 1 (chats decoded together)")
     rows = int(value)
-    length = min(max_context, 8192)
-    budget = torch.cuda.mem_get_info(model.device)[0] / 3 if model.device.type == "cuda" else float("inf")
+    cpu = model.device.type == "cpu"
+    length = min(max_context, 2048 if cpu else 8192)
+    budget = available_memory(model.device) / (4 if cpu else 3)
     per_token = KVCache.bytes_per_token(model.config, model.model.embed_tokens.weight.dtype)
     while rows * length * per_token > budget and (length > 2048 or rows > 1):
         if length > 2048:
@@ -119,7 +134,8 @@ class ChatEngine:
                  fast: bool = True, batched: bool | None = None, cuda_graphs: bool = True,
                  vision: ImageEncoder | None = None) -> None:
         """model: the causal LM that decodes (for a multimodal model, `vision.text_model`);
-        batched: decode concurrent chats together (`chat.batch`; default: on a GPU);
+        batched: decode concurrent chats together (`chat.batch`; default on: a decode step reads every
+        weight once whether it advances one chat or eight, on a CPU as on a GPU);
         vision: the image side of a multimodal model (None = text only)."""
         self.model = model
         self.vision = vision
@@ -135,7 +151,7 @@ class ChatEngine:
         problem = fast_decode_problem(model) if fast else "switched off"
         if problem is None:
             self.decoder = StaticCacheDecoder(model, self.max_context)
-            if batched if batched is not None else model.device.type == "cuda":
+            if batched is not False:
                 rows, length = batch_cache_plan(model, self.max_context)
                 self.batch = BatchDecoder(self.decoder, rows, length, cuda_graphs=cuda_graphs)
         else:

@@ -51,14 +51,25 @@ class Int8Linear(nn.Module):
                 warnings.simplefilter("ignore", UserWarning)  # the deprecation of quantised tensors
                 qweight = torch._make_per_channel_quantized_tensor(
                     q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
-                self.packed = torch.ops.quantized.linear_prepack(qweight, bias)
+                self.packed = torch.ops.quantized.linear_prepack(qweight, None)
+            self.bias = bias
+            self.range_row = torch.zeros(1, self.in_features)
+            self.range_row[0, :2] = torch.tensor([-1.0, 1.0])
         else:
             self.weight, self.scale, self.bias = q, scale, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.kernel == "dynamic":
-            out = torch.ops.quantized.linear_dynamic(rows.float(), self.packed, False)
+            # The kernel quantises its whole input with one scale and zero point (from its min and max).
+            # Each row is scaled to peak 1 (and back after: the layer is linear), and a last row holding
+            # -1 and 1 pins the range to [-1, 1]: every row (token) is quantised on its own, so a chat's
+            # numbers do not depend on its other prompt tokens or the chats sharing a batched step.
+            peak = rows.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
+            pinned = torch.cat([rows.float() / peak, self.range_row], dim=0)
+            out = torch.ops.quantized.linear_dynamic(pinned, self.packed, False)[:-1] * peak
+            if self.bias is not None:
+                out = out + self.bias
         else:
             rows = rows.to(torch.bfloat16)
             if rows.shape[0] <= GEMV_MAX_ROWS:

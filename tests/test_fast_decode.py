@@ -55,9 +55,10 @@ def prompt_of_length(engine: ChatEngine, tokens: int) -> list[int]:
 
 @pytest.mark.parametrize("question", QUESTIONS)
 def test_static_cache_tokens_equal_greedy_generate(exact, question):
-    assert exact.decoder is not None and exact.batch is None  # CPU: a static cache per chat, no graphs
-    prompt_ids, _, _ = exact.prompt(ask(question), GREEDY)
-    assert list(exact.tokens(prompt_ids, GREEDY)) == generate_ids(exact, prompt_ids, GREEDY.max_new_tokens)
+    alone = ChatEngine(exact.model, exact.tokenizer, batched=False)  # a static cache per chat, no batching
+    assert alone.decoder is not None and alone.batch is None
+    prompt_ids, _, _ = alone.prompt(ask(question), GREEDY)
+    assert list(alone.tokens(prompt_ids, GREEDY)) == generate_ids(exact, prompt_ids, GREEDY.max_new_tokens)
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +165,9 @@ def test_seeded_sampling_is_the_same_on_the_fast_and_the_plain_path(exact):
     assert plain.decoder is None
     settings = GenerationSettings(temperature=0.9, top_p=0.9, top_k=40, repetition_penalty=1.2, max_new_tokens=30,
                                   seed=3)
+    alone = ChatEngine(exact.model, exact.tokenizer, batched=False)  # the batched path samples by its own draws
     prompt_ids, _, _ = exact.prompt(ask(QUESTIONS[0]), settings)
-    assert list(exact.tokens(prompt_ids, settings)) == list(plain.tokens(prompt_ids, settings))
+    assert list(alone.tokens(prompt_ids, settings)) == list(plain.tokens(prompt_ids, settings))
 
 
 def test_cpu_default_is_int8_and_streams_what_generate_gives_on_the_same_weights(tiny_dir, exact):

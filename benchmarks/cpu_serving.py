@@ -1,0 +1,216 @@
+"""CPU serving of the InternLM2-1.8B shape: the chat engine vs llama.cpp on our exported GGUF vs transformers.
+
+    python benchmarks/cpu_serving.py                       # 1.8B shape, 1 and 2 threads (~25 min, ~9 GiB RAM)
+    python benchmarks/cpu_serving.py --shape small --threads 2 --new-tokens 8   # a quick look
+
+Random weights (seed 0, the shape of /work/shared/peers/cpu_decode_peer.py) and the tiny checkpoint's
+tokenizer (the vocabulary padded to 92544). Every case runs in its own process (a clean peak RSS),
+one JSON line each:
+
+- ``hf_generate_fp32``: transformers ``generate`` (the peer).
+- ``engine_fp32`` / ``engine_int8``: `ChatEngine.tokens` as the app runs it (batched decoder; int8 =
+  `chat.quant`, the CPU default).
+- ``llama_cpp_q8_0`` / ``llama_cpp_q4_0`` / ``llama_cpp_q4_k_m``: llama-cpp-python on the GGUF that
+  `export.save_gguf` writes from the same weights.
+- ``engine_int8_x8``: 8 chats at once through the engine (short prompts): total tokens/s against one chat.
+
+Per case: ``ttft_s`` (a 512-token chat prompt to its first token), ``decode_tokens_per_s`` (after the
+first), ``peak_rss_gib`` (before the quality pass), ``top1_vs_fp32`` (teacher-forced top-1 agreement with
+the fp32 model's logits over QUALITY_PROMPTS) and the 1-minute load average at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling decode_cpu.py, run from anywhere
+from decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
+from myassistant.chat import ChatEngine, GenerationSettings  # noqa: E402
+from myassistant.chat.quant import quantize_int8  # noqa: E402
+from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
+
+GGUF_CASES = {"llama_cpp_q8_0": "q8_0", "llama_cpp_q4_0": "q4_0", "llama_cpp_q4_k_m": "q4_k_m"}
+CASES = ["hf_generate_fp32", "engine_fp32", "engine_int8", *GGUF_CASES, "engine_int8_x8"]
+
+
+def build(shape: str, work: Path):
+    """The seeded random model (fp32) and the tokenizer: the same in every process."""
+    torch.manual_seed(0)
+    config = LlamaConfig(**SHAPES[shape], rope_theta=1e6, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                         max_position_embeddings=4096)
+    model = LlamaForCausalLM(config).eval()
+    tok_dir = work / "tok"
+    if not (tok_dir / "config.json").exists():
+        build_tiny_checkpoint(tok_dir)
+    return model, load_tokenizer(tok_dir)
+
+
+def prompts(engine: ChatEngine, prompt_tokens: int) -> tuple[list[int], list[list[int]]]:
+    question = " ".join(["tell me about the weather today"] * (prompt_tokens // 6 + 1))
+    long_ids = engine.prompt([{"role": "user", "content": question}], GenerationSettings())[0][-prompt_tokens:]
+    quality = [engine.prompt([{"role": "user", "content": q}], GenerationSettings())[0] for q in QUALITY_PROMPTS]
+    return long_ids, quality
+
+
+def peak_rss_gib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def agreement(top1: np.ndarray, work: Path) -> float:
+    return round(float((top1 == np.load(work / "fp32_top1.npy")).mean()), 4)
+
+
+def torch_top1(model, quality: list[list[int]]) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate([model(torch.tensor([ids])).logits[0].argmax(-1).numpy() for ids in quality])
+
+
+def time_engine(engine: ChatEngine, ids: list[int], new: int) -> tuple[float, float]:
+    """(seconds to the first token, decode tokens/s after it)."""
+    start, first = time.perf_counter(), None
+    count = 0
+    for _ in engine.tokens(ids, GenerationSettings(temperature=0, max_new_tokens=new)):
+        count += 1
+        first = first or time.perf_counter() - start
+    total = time.perf_counter() - start
+    return first, (count - 1) / (total - first)
+
+
+def concurrent(engine: ChatEngine, prompts_: list[list[int]], new: int) -> float:
+    """Total tokens/s of len(prompts_) chats decoded at once."""
+    counts = [0] * len(prompts_)
+
+    def run(i: int) -> None:
+        for _ in engine.tokens(prompts_[i], GenerationSettings(temperature=0, max_new_tokens=new)):
+            counts[i] += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts_))]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counts == [new] * len(prompts_), counts  # every stream complete
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def run_llama_cpp(path: Path, ids: list[int], quality: list[list[int]], new: int, threads: int, work: Path) -> dict:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                          verbose=False)
+    llm.eval(ids[:8])  # burn-in
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(ids)
+    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    first = time.perf_counter() - start
+    for _ in range(new - 1):
+        llm.eval([token])
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    decode = (new - 1) / (time.perf_counter() - start - first)
+    row = {"ttft_s": round(first, 3), "decode_tokens_per_s": round(decode, 3), "peak_rss_gib": peak_rss_gib(),
+           "gguf_mib": round(path.stat().st_size / 2**20)}
+    del llm
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=threads, logits_all=True, verbose=False)
+    top1 = []
+    for q in quality:
+        llm.reset()
+        llm.eval(q)
+        top1.append(np.argmax(llm.scores[:len(q)], axis=-1))
+    return row | {"top1_vs_fp32": agreement(np.concatenate(top1), work)}
+
+
+def run_case(case: str, args, work: Path) -> dict:
+    torch.set_num_threads(args.threads)
+    model, tokenizer = build(args.shape, work)
+    engine = ChatEngine(model, tokenizer, fast=False)  # templating only
+    ids, quality = prompts(engine, args.prompt_tokens)
+    if case in GGUF_CASES:
+        del model, engine
+        return run_llama_cpp(work / f"{GGUF_CASES[case]}.gguf", ids, quality, args.new_tokens, args.threads, work)
+    if case == "hf_generate_fp32":
+        x = torch.tensor([ids])
+        with torch.inference_mode():
+            model.generate(x[:, :8], max_new_tokens=2, do_sample=False)  # burn-in
+            start = time.perf_counter()
+            model.generate(x, max_new_tokens=1, do_sample=False)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            model.generate(x, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+            decode = (args.new_tokens - 1) / (time.perf_counter() - start - first)
+        return {"ttft_s": round(first, 3), "decode_tokens_per_s": round(decode, 3), "peak_rss_gib": peak_rss_gib(),
+                "top1_vs_fp32": 1.0}
+    if case != "engine_fp32":
+        quantize_int8(model)
+    engine = ChatEngine(model, tokenizer)
+    engine.stop_ids = []  # random weights: decode the full length
+    time_engine(engine, ids[:8], 2)  # burn-in
+    if case == "engine_int8_x8":
+        short = [ids[-48 - i:] for i in range(8)]
+        one = concurrent(engine, short[:1], args.new_tokens)
+        eight = concurrent(engine, short, args.new_tokens)
+        return {"one_chat_tokens_per_s": round(one, 3), "eight_chats_tokens_per_s": round(eight, 3),
+                "ratio": round(eight / one, 2), "peak_rss_gib": peak_rss_gib()}
+    first, decode = time_engine(engine, ids, args.new_tokens)
+    row = {"ttft_s": round(first, 3), "decode_tokens_per_s": round(decode, 3), "peak_rss_gib": peak_rss_gib()}
+    return row | {"top1_vs_fp32": agreement(torch_top1(model, quality), work)}
+
+
+def prepare(args, work: Path) -> None:
+    """The fp32 reference top-1 and the GGUF files, written once."""
+    from myassistant.export.gguf import save_gguf
+
+    model, tokenizer = build(args.shape, work)
+    engine = ChatEngine(model, tokenizer, fast=False)
+    np.save(work / "fp32_top1.npy", torch_top1(model, prompts(engine, args.prompt_tokens)[1]))
+    for quant in sorted({GGUF_CASES[c] for c in args.cases if c in GGUF_CASES}):
+        save_gguf(model, tokenizer, work / f"{quant}.gguf", quant, args.shape)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=SHAPES, default="internlm2-1.8b")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES)
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.case:
+        args.threads = args.threads[0]
+        print(json.dumps(run_case(args.case, args, Path(args.work))), flush=True)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="cpu-serving-") as tmp:
+        work = Path(tmp)
+        prepare(args, work)
+        for threads in args.threads:
+            for case in args.cases:
+                cmd = [sys.executable, __file__, "--case", case, "--work", tmp, "--shape", args.shape, "--threads",
+                       str(threads), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens)]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                row = {"case": case, "shape": args.shape, "threads": threads, "new_tokens": args.new_tokens,
+                       "prompt_tokens": args.prompt_tokens}
+                if done.returncode:
+                    row["error"] = done.stderr.strip().splitlines()[-1:]
+                else:
+                    row |= json.loads(done.stdout.strip().splitlines()[-1])
+                print(json.dumps(row | {"load": round(os.getloadavg()[0], 2)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
