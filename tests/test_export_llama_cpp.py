@@ -78,10 +78,17 @@ def test_f16_gives_our_greedy_replies_and_q8_0_our_top1(tiny_checkpoint, exporte
     for prompt in prompts:
         ours = list(engine.tokens(prompt, GREEDY))
         assert llama_greedy(f16, prompt, GREEDY.max_new_tokens, stops) == ours
+    # Teacher-forced top-1 against the fp32 model. A random tiny model has near-ties everywhere (median
+    # top-1/top-2 margin ~0.03 for a logit std of ~0.16), and any 8-bit path flips some of them: measured
+    # over all positions, llama.cpp q8_0 agrees on 88 %, our own int8 engine on 90 %. Where the top-1 is
+    # clear (margin > 0.01, ~70 % of positions) both agree on 100 %.
     reference = load_model(tiny_checkpoint, dtype=torch.float32)
     with torch.inference_mode():
-        want = np.concatenate([reference(torch.tensor([p])).logits[0].argmax(-1).numpy() for p in prompts])
+        logits = torch.cat([reference(torch.tensor([p])).logits[0] for p in prompts])
+    want, top2 = logits.argmax(-1).numpy(), logits.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]).numpy() > 0.01
     got = np.concatenate([teacher_forced_top1(q8, p) for p in prompts])
-    assert (got == want).mean() >= 0.95, (got == want).mean()
+    assert clear.sum() >= 0.5 * len(clear) and (got == want)[clear].mean() >= 0.95, (got == want)[clear].mean()
+    assert (got == want).mean() >= 0.8, (got == want).mean()
     k_quant = np.concatenate([teacher_forced_top1(load(exported["q4_k_m"]), p) for p in prompts])
-    assert (k_quant == want).mean() >= 0.5  # 4-bit on a random tiny model: it runs and mostly agrees
+    assert (k_quant == want)[clear].mean() >= 0.8  # 4/5/6-bit mix (rows of 64 take llama.cpp's fallbacks)
