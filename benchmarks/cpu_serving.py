@@ -135,12 +135,11 @@ def run_llama_cpp(path: Path, ids: list[int], quality: list[list[int]], new: int
 
 def run_case(case: str, args, work: Path) -> dict:
     torch.set_num_threads(args.threads)
-    model, tokenizer = build(args.shape, work)
-    engine = ChatEngine(model, tokenizer, fast=False)  # templating only
-    ids, quality = prompts(engine, args.prompt_tokens)
-    if case in GGUF_CASES:
-        del model, engine
+    saved = json.loads((work / "prompts.json").read_text())
+    ids, quality = saved["long"], saved["quality"]
+    if case in GGUF_CASES:  # no torch model in this process
         return run_llama_cpp(work / f"{GGUF_CASES[case]}.gguf", ids, quality, args.new_tokens, args.threads, work)
+    model, tokenizer = build(args.shape, work)
     if case == "hf_generate_fp32":
         x = torch.tensor([ids])
         with torch.inference_mode():
@@ -174,8 +173,9 @@ def prepare(args, work: Path) -> None:
     from myassistant.export.gguf import save_gguf
 
     model, tokenizer = build(args.shape, work)
-    engine = ChatEngine(model, tokenizer, fast=False)
-    np.save(work / "fp32_top1.npy", torch_top1(model, prompts(engine, args.prompt_tokens)[1]))
+    long_ids, quality = prompts(ChatEngine(model, tokenizer, fast=False), args.prompt_tokens)  # templating only
+    (work / "prompts.json").write_text(json.dumps({"long": long_ids, "quality": quality}))
+    np.save(work / "fp32_top1.npy", torch_top1(model, quality))
     for quant in sorted({GGUF_CASES[c] for c in args.cases if c in GGUF_CASES}):
         save_gguf(model, tokenizer, work / f"{quant}.gguf", quant, args.shape)
 
