@@ -162,7 +162,7 @@ def run_case(case: str, args, work: Path) -> dict:
         one = concurrent(engine, short[:1], args.new_tokens)
         eight = concurrent(engine, short, args.new_tokens)
         return {"one_chat_tokens_per_s": round(one, 3), "eight_chats_tokens_per_s": round(eight, 3),
-                "ratio": round(eight / one, 2), "peak_rss_gib": peak_rss_gib()}
+                "ratio": round(eight / one, 2), "batch_rows": engine.batch.rows, "peak_rss_gib": peak_rss_gib()}
     first, decode = time_engine(engine, ids, args.new_tokens)
     row = {"ttft_s": round(first, 3), "decode_tokens_per_s": round(decode, 3), "peak_rss_gib": peak_rss_gib()}
     return row | {"top1_vs_fp32": agreement(torch_top1(model, quality), work)}

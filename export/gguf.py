@@ -134,8 +134,27 @@ def write_hparams(writer: gguf.GGUFWriter, cfg, name: str, file_type: gguf.Llama
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
+def _encode(tensor: torch.Tensor, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    data = tensor.numpy()
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return data
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return data.astype(np.float16)
+    return gguf.quants.quantize(data, qtype)
+
+
+def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
+    if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        return int(np.prod(shape)) * (4 if qtype == gguf.GGMLQuantizationType.F32 else 2)
+    return int(np.prod(gguf.quant_shape_to_byte_shape(shape, qtype)))
+
+
 def write_gguf(model, tokenizer, path: Path, quant: str, name: str) -> int:
-    """Write the GGUF file at `path` (weights as `quant` asks, q4_k_m as f16); returns the tensor count."""
+    """Write the GGUF file at `path` (weights as `quant` asks, q4_k_m as f16); returns the tensor count.
+
+    Tensors are converted one at a time as they are written (the header first lists their sizes), so
+    the peak memory is the model plus one tensor, not the model plus the whole file.
+    """
     kind, file_type, _ = QUANTS[quant]
     if kind == "F16" and quant != "f16":
         file_type = gguf.LlamaFileType.MOSTLY_F16  # the input of llama.cpp's quantiser
@@ -145,17 +164,14 @@ def write_gguf(model, tokenizer, path: Path, quant: str, name: str) -> int:
     count = 0
     for tensor_name, tensor in llama_cpp_tensors(model):
         qtype = storage_type(tensor_name, tensor, quant)
-        data = tensor.numpy()
-        if qtype == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(tensor_name, data)
-        elif qtype == gguf.GGMLQuantizationType.F16:
-            writer.add_tensor(tensor_name, data.astype(np.float16))
-        else:
-            writer.add_tensor(tensor_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        writer.add_tensor_info(tensor_name, tuple(tensor.shape), np.dtype(np.float32),
+                               _nbytes(tuple(tensor.shape), qtype), raw_dtype=qtype)
         count += 1
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
+    for tensor_name, tensor in llama_cpp_tensors(model):
+        writer.write_tensor_data(_encode(tensor, storage_type(tensor_name, tensor, quant)))
     writer.close()
     return count
 

@@ -24,6 +24,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip install -q -e ".[dev]"
   echo "$want" > "$stamp"
 fi
+# llama.cpp in-process (k-quant export, tests/test_export_llama_cpp.py): built from source, so asked for:
+# SETUP_LLAMA_CPP=1 (53 min on a busy 2-core machine; the multimodal part is left out).
+if [ "${SETUP_LLAMA_CPP:-0}" = 1 ] && ! python -c "import llama_cpp" 2>/dev/null; then
+  echo "[setup] building llama-cpp-python (llama.cpp from source)" >&2
+  CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" pip install -q "llama-cpp-python>=0.3.16" \
+    || echo "[setup] llama-cpp-python did not build: the llama_cpp tests are skipped" >&2
+fi
 need=()
 command -v git-lfs >/dev/null || need+=(git-lfs)
 if [ "${SETUP_BROWSER:-1}" = 1 ]; then

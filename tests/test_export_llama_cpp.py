@@ -13,7 +13,7 @@ import torch
 
 from myassistant.chat import ChatEngine, GenerationSettings
 from myassistant.export import export_gguf
-from myassistant.model import load_model, load_tokenizer
+from myassistant.model import build_tiny_checkpoint, load_model, load_tokenizer
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 pytestmark = pytest.mark.llama_cpp
@@ -56,9 +56,15 @@ def teacher_forced_top1(llm, ids: list[int]) -> np.ndarray:
     return np.argmax(llm.scores[:len(ids)], axis=-1)
 
 
-def test_llama_cpp_tokenises_exactly_as_our_tokenizer(tiny_checkpoint, exported):
+@pytest.mark.parametrize("space_prefix", [False, True])
+def test_llama_cpp_tokenises_exactly_as_our_tokenizer(tiny_checkpoint, exported, tmp_path, space_prefix):
+    if space_prefix:  # sentencepiece's add_dummy_prefix ("▁" before each text segment), as Llama 2 tokenizers
+        tiny_checkpoint = build_tiny_checkpoint(tmp_path / "prefix", add_dummy_prefix=True)
+        gguf_file = export_gguf(tiny_checkpoint, tmp_path / "prefix.gguf", quant="f16").gguf
+    else:
+        gguf_file = exported["f16"]
     tokenizer = load_tokenizer(tiny_checkpoint)
-    llm = load(exported["f16"])
+    llm = load(gguf_file)
     for text in TEXTS:
         ours = tokenizer.encode(text, add_special_tokens=False)
         assert llm.tokenize(text.encode(), add_bos=False, special=True) == ours, text
