@@ -115,8 +115,8 @@ def build(cfg, variants: set[str]):
     from myassistant.trainer.lora import build_model
 
     model = build_model(cfg)
-    os.environ["ASSISTANT_FOLD"] = "0" if "nofold" in variants else "1"
-    os.environ["ASSISTANT_LOSS"] = "cce" if "cce" in variants else "auto"
+    cfg.train.qlora_fold = "nofold" not in variants
+    cfg.train.lm_loss = "cce" if "cce" in variants else "auto"
     if "plain" not in variants:
         fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else bool(variants & {"compile", "graph"}))
     if "nockpt" not in variants:

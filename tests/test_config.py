@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT, run_cli
@@ -109,3 +110,24 @@ def test_deepspeed_configs_leave_batch_numbers_to_the_trainer(name):
     assert ("offload_optimizer" in ds["zero_optimization"]) == name.endswith("_offload")
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
         assert ds[key] == "auto", key
+
+
+def test_gpu_training_switches_are_run_config_fields_not_environment(tiny_checkpoint, tmp_path, monkeypatch):
+    from myassistant.trainer.gpu import fast, graphs
+
+    base = [f"model.base={tiny_checkpoint}", "data.train_file=x.jsonl"]
+    cfg = load_config(None, [*base, "train.fast_path=false", "train.qlora_fold=false", "train.lm_loss=cce",
+                             "train.cuda_graphs=false"])
+    assert (cfg.train.fast_path, cfg.train.qlora_fold, cfg.train.lm_loss, cfg.train.cuda_graphs) == (False, False, "cce", False)
+    assert not fast.enabled(cfg)  # off by the config, on any machine
+    assert graphs.unavailable(cfg) == "train.cuda_graphs is false"
+    saved = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))["train"]  # what run_config.yaml records
+    assert {k: saved[k] for k in ("fast_path", "qlora_fold", "lm_loss", "cuda_graphs")} == {
+        "fast_path": False, "qlora_fold": False, "lm_loss": "cce", "cuda_graphs": False}
+    with pytest.raises(ConfigError, match="train.lm_loss: 'fast' is not one of auto, cce"):
+        load_config(None, [*base, "train.lm_loss=fast"])
+    for name in ("ASSISTANT_FAST", "ASSISTANT_CUDA_GRAPHS", "ASSISTANT_FOLD", "ASSISTANT_LOSS"):
+        monkeypatch.setenv(name, "0")  # the old switches are gone: the run config alone decides
+    defaults = load_config(None, base)
+    assert graphs.unavailable(defaults) in (None, "no CUDA GPU")
+    assert fast.enabled(defaults) == torch.cuda.is_available()

@@ -45,7 +45,7 @@ def test_static_batches_have_fixed_sizes_and_the_same_loss_and_gradients(tiny_ch
         torch.testing.assert_close(static_grads[name], g, rtol=1e-5, atol=1e-7)
 
 
-def test_why_a_run_stays_eager_is_named(tiny_checkpoint, tmp_path, monkeypatch):
+def test_why_a_run_stays_eager_is_named(tiny_checkpoint, tmp_path):
     cfg = run_config(tiny_checkpoint, tmp_path, "qlora")
     if torch.cuda.is_available():
         assert graphs.unavailable(cfg) is None
@@ -53,8 +53,8 @@ def test_why_a_run_stays_eager_is_named(tiny_checkpoint, tmp_path, monkeypatch):
         assert graphs.unavailable(cfg) == "no CUDA GPU"
     cfg.lora.lora_dropout = 0.1
     assert graphs.unavailable(cfg) in ("no CUDA GPU", "lora.lora_dropout=0.1 (needs 0)")
-    monkeypatch.setenv("ASSISTANT_CUDA_GRAPHS", "0")
-    assert graphs.unavailable(cfg) == "ASSISTANT_CUDA_GRAPHS=0"
+    cfg.lora.lora_dropout, cfg.train.cuda_graphs = 0.0, False
+    assert graphs.unavailable(cfg) == "train.cuda_graphs is false"
 
 
 def qlora_model(cfg, seed: int = 0):
@@ -112,8 +112,7 @@ def test_graphed_micro_steps_train_like_eager_ones(tiny_checkpoint, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_train_on_a_gpu_captures_its_step_and_learns_like_the_eager_run(tiny_checkpoint, tmp_path, caplog,
-                                                                         monkeypatch):
+def test_train_on_a_gpu_captures_its_step_and_learns_like_the_eager_run(tiny_checkpoint, tmp_path, caplog):
     from myassistant.trainer.train import train
 
     pytest.importorskip("bitsandbytes")
@@ -123,8 +122,8 @@ def test_train_on_a_gpu_captures_its_step_and_learns_like_the_eager_run(tiny_che
         graphed = train(load_config(None, overrides(tiny_checkpoint, data, tmp_path / "graphed", "qlora", **settings)))
     assert "training step captured as CUDA graph 1" in caplog.text
     assert "CUDA graph capture failed" not in caplog.text
-    monkeypatch.setenv("ASSISTANT_CUDA_GRAPHS", "0")
-    eager = train(load_config(None, overrides(tiny_checkpoint, data, tmp_path / "eager", "qlora", **settings)))
+    eager = train(load_config(None, overrides(tiny_checkpoint, data, tmp_path / "eager", "qlora", cuda_graphs=False,
+                                              **settings)))
     a, b = losses(graphed), losses(eager)
     assert a.keys() == b.keys() and len(a) == 8
     for step in a:

@@ -20,7 +20,6 @@ import yaml
 from myassistant.trainer.data.corpus import TEXT_UNITS
 from myassistant.trainer.data.formats import FORMATS
 
-RUN_CONFIG_NAME = "run_config.yaml"
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 # InternLM2 module names -> the Llama names they become when model.load_model converts the layout.
@@ -37,6 +36,7 @@ METHODS = ("qlora", "lora", "full")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEEPSPEED_PRESETS = ("zero2", "zero3", "zero2_offload", "zero3_offload")
 DATA_FORMATS = ("auto", *FORMATS)
+LM_LOSSES = ("auto", "cce")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
@@ -133,6 +133,12 @@ class TrainConfig:
                              "then fewer, fused kernels); false = eager")
     cuda_graphs: bool = _f(True, "GPU LoRA/QLoRA with compile, lora_dropout 0: replay each micro-step as a CUDA graph "
                                  "(no kernel-launch overhead); false = launch kernels one by one")
+    fast_path: bool = _f(True, "GPU LoRA/QLoRA: frozen weights in bf16, chunked loss, varlen flash attention for packed "
+                               "rows (trainer.gpu.fast); false = plain transformers + peft (and no compile, no graphs)")
+    qlora_fold: bool = _f(True, "GPU QLoRA on the fast path: fold each adapter into its weight as it is dequantised, "
+                                "one GEMM a layer (trainer.gpu.qlora_fold); false = peft's forward")
+    lm_loss: str = _f("auto", "GPU fast path's loss: auto (cuBLAS GEMMs + a Triton pass for a frozen lm_head, else "
+                              "cut_cross_entropy) | cce (cut_cross_entropy first)")
     report_to: str = _f("tensorboard", "tensorboard | none (metrics.jsonl is always written)")
 
 
@@ -331,6 +337,7 @@ def validate(cfg: RunConfig) -> list[str]:
         (t.deepspeed is None or t.deepspeed in DEEPSPEED_PRESETS or t.deepspeed.endswith(".json"),
          f"train.deepspeed: {t.deepspeed!r} is not one of {', '.join(DEEPSPEED_PRESETS)}, a .json file or null"),
         (t.report_to in ("tensorboard", "none"), f"train.report_to: {t.report_to!r} is not tensorboard or none"),
+        (t.lm_loss in LM_LOSSES, f"train.lm_loss: {t.lm_loss!r} is not one of {', '.join(LM_LOSSES)}"),
     ]
     return [msg for ok, msg in checks if not ok]
 

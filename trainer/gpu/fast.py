@@ -24,13 +24,13 @@ Wiring in ``trainer/train.py`` (after ``model = build_model(cfg)``)::
         model = fast.apply(model, cfg)
     collate = fast.collate if fast.enabled(cfg) else functools.partial(data_lib.collate, ...)
 
-``ASSISTANT_FAST=0`` in the environment turns it off (the plain transformers + peft path).
+``train.fast_path: false`` turns it off (the plain transformers + peft path); ``train.qlora_fold`` and
+``train.lm_loss`` choose its kernels.
 """
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import types
 
 import torch
@@ -50,9 +50,8 @@ ATTENTION = "assistant_varlen"  # the name this module registers with transforme
 
 
 def enabled(cfg) -> bool:
-    """The fast path is the default for LoRA / QLoRA on a CUDA GPU; ``ASSISTANT_FAST=0`` turns it off."""
-    return (torch.cuda.is_available() and cfg.quant.method in ("qlora", "lora")
-            and os.environ.get("ASSISTANT_FAST", "1") != "0")
+    """The fast path is the default for LoRA / QLoRA on a CUDA GPU; ``train.fast_path: false`` turns it off."""
+    return cfg.train.fast_path and torch.cuda.is_available() and cfg.quant.method in ("qlora", "lora")
 
 
 def collate(features, *, pad_token_id: int = 0, static: bool = False):
@@ -96,18 +95,20 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> t
     """Switch a (peft-wrapped) causal LM to the fast path in place; returns it.
 
     ``compile``: torch.compile each decoder layer (a string: with that torch.compile mode).
+    ``cfg.train.qlora_fold`` and ``cfg.train.lm_loss`` pick the kernels (both on / "auto" without a cfg).
     """
     lm = _causal_lm(model)
     if getattr(lm, "is_loaded_in_4bit", False):
         dtype = getattr(torch, cfg.quant.bnb_4bit_compute_dtype) if cfg is not None else torch.bfloat16
         cast = _cast_frozen(lm, dtype)
         log.info("fast path: %d frozen tensors back to %s (prepare_model_for_kbit_training made them fp32)", cast, dtype)
-        folded = qlora_fold.apply(model)
-        log.info("fast path: %d QLoRA layers fold their adapter into the dequantised weight", folded)
+        if cfg is None or cfg.train.qlora_fold:
+            folded = qlora_fold.apply(model)
+            log.info("fast path: %d QLoRA layers fold their adapter into the dequantised weight", folded)
     _register_attention()
     lm.set_attn_implementation(ATTENTION)
     lm.config.use_cache = False
-    lm.forward = types.MethodType(_forward, lm)
+    lm.forward = types.MethodType(functools.partial(_forward, loss=cfg.train.lm_loss if cfg is not None else "auto"), lm)
     if compile:
         _compile_layers(lm, compile if isinstance(compile, str) else None)
     log.info("fast path: chunked linear cross-entropy (trainer.lm_loss), varlen flash attention for packed rows%s",
@@ -165,7 +166,7 @@ def _cast_frozen(lm: torch.nn.Module, dtype: torch.dtype) -> int:
 # ----------------------------------------------------------------------------- model
 
 def _forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-             labels=None, num_items_in_batch=None, **kwargs):
+             labels=None, num_items_in_batch=None, *, loss: str = "auto", **kwargs):
     """The causal LM's forward with the fused loss; without labels (generation) the class's own forward."""
     if labels is None:
         return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -180,8 +181,8 @@ def _forward(self, input_ids=None, attention_mask=None, position_ids=None, past_
             kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=int(longest), max_length_k=int(longest))
     out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
-    loss = lm_loss.linear_cross_entropy(out.last_hidden_state, self.lm_head.weight, labels, num_items_in_batch)
-    return CausalLMOutputWithPast(loss=loss)
+    return CausalLMOutputWithPast(loss=lm_loss.linear_cross_entropy(
+        out.last_hidden_state, self.lm_head.weight, labels, num_items_in_batch, kernel=loss))
 
 
 # ----------------------------------------------------------------------------- attention

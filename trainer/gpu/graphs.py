@@ -12,13 +12,12 @@ into the graph's input tensors and replays. The optimizer step stays eager
 
 Needs: CUDA; a few fixed input shapes (``trainer.fast.collate(static=True)``); no random numbers in
 the step (LoRA dropout 0: the activation checkpoint would have to read the RNG state, which a
-capture does not allow); no DeepSpeed. ``ASSISTANT_CUDA_GRAPHS=0`` turns it off.
+capture does not allow); no DeepSpeed. ``train.cuda_graphs: false`` turns it off.
 """
 from __future__ import annotations
 
 import collections
 import logging
-import os
 from typing import Any, Callable
 
 import torch
@@ -31,8 +30,6 @@ Step = Callable[[dict, Any], torch.Tensor]  # (batch on the GPU, num_items_in_ba
 
 def unavailable(cfg) -> str | None:
     """Why the training step of ``cfg`` cannot be a CUDA graph, or None when it can."""
-    if os.environ.get("ASSISTANT_CUDA_GRAPHS", "1") == "0":
-        return "ASSISTANT_CUDA_GRAPHS=0"
     checks = [(not cfg.train.cuda_graphs, "train.cuda_graphs is false"),
               (not torch.cuda.is_available(), "no CUDA GPU"),
               (cfg.quant.method not in ("qlora", "lora"), f"quant.method={cfg.quant.method} (LoRA / QLoRA only)"),

@@ -7,7 +7,8 @@ Three ways, the first that applies:
   them in place into ``softmax - onehot`` with each row's loss, and cuBLAS again for the hidden
   states' gradient; so backward only scales a stored gradient. Two GEMMs a token instead of the
   three of a recompute-in-backward kernel, and cuBLAS's speed for them.
-- CUDA, bf16: ``cut_cross_entropy`` (also trains the lm_head; ``ASSISTANT_LOSS=cce`` picks it first).
+- CUDA, bf16: ``cut_cross_entropy`` (also trains the lm_head; ``kernel="cce"``, i.e. ``train.lm_loss: cce``,
+  picks it first).
 - Otherwise: torch's cross-entropy in checkpointed chunks of ``CE_CHUNK`` tokens.
 
 All have ``transformers.loss.loss_utils.ForCausalLMLoss``'s semantics (labels shift left by one, -100
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +32,17 @@ GPU_CHUNK = 1024  # tokens per chunk of the GPU loss: 1024 x 92544 bf16 logits =
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
-    """transformers' causal-LM loss of ``hidden @ weight.T`` against ``labels`` without whole logits."""
+                         num_items_in_batch: torch.Tensor | int | None = None, *, kernel: str = "auto") -> torch.Tensor:
+    """transformers' causal-LM loss of ``hidden @ weight.T`` against ``labels`` without whole logits.
+
+    ``kernel``: "auto" (the first of the module doc's ways that applies) or "cce" (cut_cross_entropy first).
+    """
     targets = F.pad(labels, (0, 1), value=data_lib.IGNORE_INDEX)[..., 1:].reshape(-1).to(hidden.device)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     if hidden.dtype != weight.dtype:
         hidden = hidden.to(weight.dtype)
     half = hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16)
-    if half and not weight.requires_grad and os.environ.get("ASSISTANT_LOSS") != "cce" and _softmax_grad() is not None:
+    if half and not weight.requires_grad and kernel != "cce" and _softmax_grad() is not None:
         total = _GradInForward.apply(hidden, weight, targets)
     elif half and _cce() is not None:  # its backward takes bf16/fp16 only
         total = _cce()(hidden, weight, targets)

@@ -17,13 +17,12 @@ here ``W + s B A`` is rounded to bf16 once per element. Both lose an adapter con
 
 Used by ``trainer.fast.apply`` for peft ``lora.Linear4bit`` layers with one adapter, no dropout,
 no DoRA and no bias, in training mode; everything else (eval, generation, merged adapters) keeps
-peft's forward. ``ASSISTANT_FOLD=0`` turns it off.
+peft's forward. ``train.qlora_fold: false`` turns it off.
 """
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import types
 
 import torch
@@ -33,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def enabled() -> bool:
-    return os.environ.get("ASSISTANT_FOLD", "1") != "0" and _op() is not None
+    """Whether the kernel can run here (Triton and a CUDA GPU)."""
+    return _op() is not None
 
 
 # ----------------------------------------------------------------------------- the kernel
