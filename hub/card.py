@@ -1,13 +1,17 @@
 """The model card (README.md) of a pushed model, from whatever the model folder says about itself.
 
-Read when present, all optional: `run_config.yaml` / `train_config.json` (the resolved training config),
-`adapter_config.json` (peft), `config.json`, `report.json` / `report.md` (the fine-tune report, also
-looked for under `report/`).
+Read when present, all optional: `merge.json` (what `assistant merge` made it from: the assistant's
+name, base model, method, steps, final loss), `run.json` (the same for a run folder pushed as an
+adapter), `run_config.yaml` / `train_config.json` (the resolved training config), `adapter_config.json`
+(peft), `config.json`, `report.json` / `report.md` (the fine-tune report, also looked for under
+`report/`). The names of our own files are those of `trainer.run_folder` (hub imports nothing of
+ours; `tests/test_hub_card.py` checks that they agree).
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +19,14 @@ import yaml
 
 log = logging.getLogger(__name__)
 
+MERGE_INFO, RUN_INFO = "merge.json", "run.json"
 CONFIG_FILES = ("run_config.yaml", "run_config.yml", "train_config.json", "train_config.yaml")
 REPORT_JSON = ("report.json", "report/report.json")
 REPORT_MD = ("report.md", "report/report.md")
 # Keys of the training config shown as hyper-parameters (section.key, the trainer's names).
 _NOT_HYPER = ("output_dir", "eval_prompts", "train_file", "report_to", "logging_steps", "save_steps",
               "save_total_limit", "eval_steps", "base", "sources", "num_proc")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # what the Hub accepts as front-matter base_model
 
 
 def _read(folder: Path, names: tuple[str, ...]) -> tuple[Path | None, Any]:
@@ -61,9 +67,30 @@ def _table(rows: dict[str, Any], head: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
-def model_card(folder: str | Path, *, name: str) -> str:
-    """README.md text: YAML front matter for the hubs, then what the model is and how it was made."""
+def _info(folder: Path) -> dict:
+    """merge.json of a merged folder, else run.json of a run folder: the name, base, method, steps, loss."""
+    for name in (MERGE_INFO, RUN_INFO):
+        _, info = _read(folder, (name,))
+        if isinstance(info, dict):
+            return info
+    return {}
+
+
+def assistant_name(folder: str | Path) -> str | None:
+    """The assistant's name as the model folder records it (merge.json / run.json / the report), or None."""
     folder = Path(folder)
+    _, report = _read(folder, REPORT_JSON)
+    name = _info(folder).get("name") or (report.get("name") if isinstance(report, dict) else None)
+    return str(name) if name else None
+
+
+def model_card(folder: str | Path, *, name: str | None = None) -> str:
+    """README.md text: YAML front matter for the hubs, then what the model is and how it was made.
+
+    The title is ``name``, else the assistant's name the folder records, else the folder's name.
+    """
+    folder = Path(folder)
+    info = _info(folder)
     _, cfg = _read(folder, CONFIG_FILES)
     _, adapter = _read(folder, ("adapter_config.json",))
     _, model_cfg = _read(folder, ("config.json",))
@@ -71,22 +98,24 @@ def model_card(folder: str | Path, *, name: str) -> str:
     _, report_md = _read(folder, REPORT_MD)
     flat = _flatten(cfg) if isinstance(cfg, dict) else {}
     adapter = adapter if isinstance(adapter, dict) else {}
-    base = _pick(flat, "model.base", "base_model", "model_name_or_path", "base") or \
+    base = info.get("base_model") or _pick(flat, "model.base", "base_model", "model_name_or_path", "base") or \
         adapter.get("base_model_name_or_path")
-    method = _pick(flat, "quant.method", "method", "finetune_type") or \
+    method = info.get("method") or _pick(flat, "quant.method", "method", "finetune_type") or \
         (str(adapter.get("peft_type", "")).lower() or None)
     dataset = _pick(flat, "data.train_file", "dataset", "train_file")
+    name = name or assistant_name(folder) or folder.name
     front: dict[str, Any] = {"library_name": "peft" if adapter else "transformers",
                              "pipeline_tag": "text-generation",
                              "tags": ["myassistant", *([str(method)] if method else [])]}
-    if base:
+    if base and _HUB_ID.match(str(base)):  # a local path is no Hub id: the table below still names it
         front["base_model"] = str(base)
     parts = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "", f"# {name}", ""]
     kind = "A LoRA adapter" if adapter else "A chat model"
     parts.append(f"{kind} fine-tuned with myassistant" + (f" from `{base}`" if base else "") + ".")
     facts = {"base model": base, "method": method, "data set": dataset,
-             "architecture": (model_cfg or {}).get("model_type") if isinstance(model_cfg, dict) else None}
-    facts = {k: f"`{v}`" for k, v in facts.items() if v}
+             "architecture": (model_cfg or {}).get("model_type") if isinstance(model_cfg, dict) else None,
+             "steps": info.get("steps"), "final loss": info.get("final_loss")}
+    facts = {k: f"{v:.4g}" if isinstance(v, float) else f"`{v}`" for k, v in facts.items() if v not in (None, "")}
     if facts:
         parts += ["", _table(facts, ("", ""))]
     hyper = {k: v for k, v in flat.items() if k.split(".")[-1] not in _NOT_HYPER and not isinstance(v, dict)
@@ -96,7 +125,8 @@ def model_card(folder: str | Path, *, name: str) -> str:
     if hyper:
         parts += ["", "## Hyper-parameters", "", _table(hyper, ("parameter", "value"))]
     if isinstance(report_md, str) and report_md.strip():
-        parts += ["", "## Fine-tune report", "", report_md.strip()]
+        own_heading = report_md.lstrip().startswith("## ")  # the report's Markdown titles itself
+        parts += ["", *([] if own_heading else ["## Fine-tune report", ""]), report_md.strip()]
     elif isinstance(report, dict):
         figures = {k: v for k, v in _flatten(report).items() if isinstance(v, (int, float, str)) and len(str(v)) < 80}
         if figures:

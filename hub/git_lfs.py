@@ -217,6 +217,33 @@ def _identity(work_dir: Path, env: dict[str, str]) -> list[str]:
     return [] if have else ["-c", "user.name=myassistant", "-c", "user.email=myassistant@localhost"]
 
 
+def _commit(files: dict[str, Path], generated: dict[str, bytes], url: str, work_dir: Path, branch: str,
+            message: str, gitattributes: list[str], env: dict[str, str]) -> tuple[str | None, str | None]:
+    """The work dir on top of the remote branch, holding exactly the files, committed: (remote tip, HEAD)."""
+    _open_work_dir(work_dir, url, branch, env)
+    git(["fetch", "-q", "origin"], cwd=work_dir, env=env, url=url, what=f"reaching {strip_credentials(url)}")
+    remote_head = git(["rev-parse", "-q", "--verify", f"refs/remotes/origin/{branch}^{{commit}}"],
+                      cwd=work_dir, env=env, check=False).stdout.strip() or None
+    if remote_head:
+        # Build on the remote's tip without checking anything out: no weights are downloaded to push.
+        git(["reset", "-q", "--mixed", remote_head], cwd=work_dir, env=env)
+    _write_gitattributes(work_dir, gitattributes)
+    _refuse_large_plain_files(work_dir, files, env)
+    _sync_tree(work_dir, files, generated)
+    git(["add", "-A"], cwd=work_dir, env=env, what="git add")
+    if git(["diff", "--cached", "--quiet"], cwd=work_dir, env=env, check=False).returncode != 0:
+        git([*_identity(work_dir, env), "commit", "-q", "-m", message], cwd=work_dir, env=env, what="git commit")
+    head = git(["rev-parse", "-q", "--verify", "HEAD"], cwd=work_dir, env=env, check=False).stdout.strip() or None
+    return remote_head, head
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def push_git(files: dict[str, Path], generated: dict[str, bytes], url: str, *, work_dir: Path,
              branch: str = "main", message: str = "Upload model", gitattributes: list[str] = (),
              token_env: tuple[str, ...] = GIT_TOKEN_ENVS) -> PushResult:
@@ -228,20 +255,14 @@ def push_git(files: dict[str, Path], generated: dict[str, bytes], url: str, *, w
     require_git_lfs()
     env = git_env(token_env)
     shown = strip_credentials(url)
-    _open_work_dir(work_dir, url, branch, env)
-    git(["fetch", "-q", "origin"], cwd=work_dir, env=env, url=url, what=f"reaching {shown}")
-    remote_head = git(["rev-parse", "-q", "--verify", f"refs/remotes/origin/{branch}^{{commit}}"],
-                      cwd=work_dir, env=env, check=False).stdout.strip() or None
-    if remote_head:
-        # Build on the remote's tip without checking anything out: no weights are downloaded to push.
-        git(["reset", "-q", "--mixed", remote_head], cwd=work_dir, env=env)
-    _write_gitattributes(work_dir, list(gitattributes))
-    _refuse_large_plain_files(work_dir, files, env)
-    _sync_tree(work_dir, files, generated)
-    git(["add", "-A"], cwd=work_dir, env=env, what="git add")
-    if git(["diff", "--cached", "--quiet"], cwd=work_dir, env=env, check=False).returncode != 0:
-        git([*_identity(work_dir, env), "commit", "-q", "-m", message], cwd=work_dir, env=env, what="git commit")
-    head = git(["rev-parse", "-q", "--verify", "HEAD"], cwd=work_dir, env=env, check=False).stdout.strip() or None
+    fresh = not (work_dir / ".git").is_dir()
+    try:
+        remote_head, head = _commit(files, generated, url, work_dir, branch, message, list(gitattributes), env)
+    except BaseException:
+        if fresh:  # nothing committed: a failed first push leaves no work dir behind in the cache
+            shutil.rmtree(work_dir, ignore_errors=True)
+            _remove_if_empty(work_dir.parent)
+        raise
     if head is None or head == remote_head:
         log.info("%s (%s) is already up to date", shown, branch)
         return PushResult(shown, remote_head, False, work_dir)

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .card import model_card
+from .card import assistant_name, model_card
 from .errors import HubError
 from .git_lfs import PushResult, pointer_error, pointer_files, push_git
 from .gitcmd import GIT_TOKEN_ENVS
@@ -54,7 +54,8 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
     if left:
         raise pointer_error(folder, left)
     gitattributes = files.pop(".gitattributes", None)
-    name = name or (remote.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git") or folder.name)
+    # the card's title and the commit message name the assistant when the folder records its name
+    name = name or assistant_name(folder) or remote.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git") or folder.name
     generated = {}
     if card:
         if "README.md" in files:

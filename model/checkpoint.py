@@ -183,7 +183,18 @@ def _atomic_dir(out_dir: Path):
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
 
 
+def _readable_by_all(folder: Path) -> None:
+    """mkdtemp makes the folder 0700 and safetensors writes 0600: give the folder and its files the modes
+    any new file gets (0755 / 0644 under the usual umask), so another user or a container can serve them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    _readable_by_all(tmp)
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old)

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from myassistant.hub import push_folder
     from myassistant.trainer import demo
+    from myassistant.trainer.run_folder import REPORT_MD
 
     cfg = demo.DemoConfig(name=args.name, author=args.author, workdir=Path(args.workdir))
     paths = cfg.paths
@@ -45,20 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         demo.finetune(cfg, method)
     with demo.stage(4, "fine-tune report", demo.report_command(cfg)):
         demo.report(cfg)
-        print((paths.run / "report.md").read_text(encoding="utf-8"), flush=True)
+        print((paths.run / REPORT_MD).read_text(encoding="utf-8"), flush=True)
     with demo.stage(5, "merge", demo.merge_command(cfg)):
         demo.merge_adapter(cfg)
     remote = args.remote or paths.repo.as_uri()
-    with demo.stage(6, f"push to {remote}", f"assistant push {demo.shown(paths.merged)} --to {remote}"):
+    with demo.stage(6, f"push to {remote}", f"{demo.cli()} push {demo.shown(paths.merged)} --to {remote}"):
         if not args.remote and not paths.repo.exists():
             subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(paths.repo)], check=True)
         push_folder(paths.merged, remote, cache_dir=paths.cache)
-    print(f"model: {paths.merged}\nrepo:  {remote}\nchat:  assistant chat {demo.shown(paths.merged)}", flush=True)
+    print(f"model: {paths.merged}\nrepo:  {remote}\nchat:  {demo.cli()} chat {demo.shown(paths.merged)}", flush=True)
     if not args.app:
         return 0
     env = {**os.environ, "MODEL_REPO": remote, "MODEL_CACHE": str(paths.cache / "models"),
            "GRADIO_SERVER_PORT": str(args.port), "APP_TEMPERATURE": "0"}  # a tiny model answers best greedily
-    with demo.stage(7, "Gradio app (Ctrl-C stops it)", f"MODEL_REPO={remote} APP_TEMPERATURE=0 python app.py"):
+    with demo.stage(7, "Gradio app (Ctrl-C stops it)", f"MODEL_REPO={remote} APP_TEMPERATURE=0 {demo.shown(sys.executable)} app.py"):
         app = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env)
         try:
             url = f"http://127.0.0.1:{args.port}/"

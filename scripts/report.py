@@ -1,9 +1,10 @@
-"""assistant report MODEL --data DATA: the report that fits the run, the trained model vs its base.
+"""assistant report MODEL [--data DATA]: the report that fits the run, the trained model vs its base.
 
 A run trained on chats (the identity recipe): identity accuracy and leak; DATA is the folder written by
-`assistant data identity`. A pre-training run (raw text, alone or mixed with chats): perplexity on
-held-out domain text and on general chat data; DATA is the held-out text (file, folder or glob).
-The kind is read from the run (run.json, also through a merged folder); --kind overrides it.
+'assistant data identity', by default the one the run was trained on. A pre-training run (raw text, alone
+or mixed with chats): perplexity on held-out domain text and on general chat data; DATA is the held-out
+text (file, folder or glob). The kind is read from the run (run.json, also in a merged folder); --kind
+overrides it.
 """
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="assistant report", description=__doc__)
-    p.add_argument("model", help="merged model folder, or a training run folder (base + adapter)")
-    p.add_argument("--data", required=True, help="identity: folder written by `assistant data identity`; "
-                                                 "pre-training: held-out domain text")
+    p.add_argument("model", help="training run folder (base + adapter), or a merged model folder")
+    p.add_argument("--data", help="identity: folder written by 'assistant data identity' (default: the one the run "
+                                  "was trained on); pre-training: held-out domain text (required)")
     p.add_argument("--kind", choices=("auto", "identity", "pretrain"), default="auto",
                    help="which report (default: from the run; a --data folder with meta.json means identity)")
     p.add_argument("--base", help="base model folder to measure side by side (default: the run's base)")
     p.add_argument("--chat-data", help="pre-training: general chats to score (default: the shipped zh+en set)")
     p.add_argument("--out", help="where to write report.json / report.md (default: the model folder)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=48, help="identity: longest greedy answer in tokens (default 48)")
     args = p.parse_args(argv)
+
+    from myassistant.trainer.run_folder import REPORT_MD
 
     kind = args.kind
     if kind == "auto":
@@ -30,15 +33,16 @@ def main(argv: list[str] | None = None) -> int:
 
         recorded = run_kind(args.model)
         kind = ("pretrain" if recorded in ("pretrain", "mixed") else "identity" if recorded == "chat"
-                else "identity" if (Path(args.data) / "meta.json").exists() else "pretrain")
+                else "identity" if args.data is None or (Path(args.data) / "meta.json").exists() else "pretrain")
     if kind == "pretrain":
-        from myassistant.trainer.identity.report import REPORT_MD
         from myassistant.trainer.perplexity import write_pretrain_report
 
+        if args.data is None:
+            p.error("--data: the pre-training report needs held-out domain text (a file, folder or glob)")
         rep = write_pretrain_report(args.model, args.data, base=args.base, chat_data=args.chat_data, out_dir=args.out)
         ok = rep["trained"]["held_out"]["tokens"] > 0
     else:
-        from myassistant.trainer.identity.report import REPORT_MD, write_report
+        from myassistant.trainer.identity.report import write_report
 
         rep = write_report(args.model, args.data, base=args.base, out_dir=args.out, max_new_tokens=args.max_new_tokens)
         ok = bool(rep["fine_tuned"])

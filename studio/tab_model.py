@@ -131,10 +131,10 @@ def build(ws: Workspace) -> dict:
 
 
 def run_base(run_dir: Path) -> str | None:
-    """The base model folder a run was trained on (run.json, else run_config.yaml)."""
-    try:
-        return json.loads((run_dir / "run.json").read_text())["base_model"]
-    except (OSError, ValueError, KeyError):
-        from myassistant.studio.runs import run_config
+    """The base model folder a run was trained on (its run_config.yaml, through trainer.run_folder)."""
+    from myassistant.trainer.run_folder import base_model
 
-        return run_config(run_dir).get("model", {}).get("base")
+    try:
+        return base_model(run_dir)
+    except (OSError, ValueError):  # a run config being written or edited by hand
+        return None

@@ -10,7 +10,7 @@ import pandas as pd
 
 from myassistant.studio import jobs, runs
 from myassistant.studio.ui import Workspace, error_slot, note, show
-from myassistant.trainer.config import RUN_CONFIG_NAME
+from myassistant.trainer.run_folder import RUN_CONFIG_NAME
 
 RUN_COLUMNS = ["run", "status", "step", "loss", "method", "base", "started"]
 REFRESH_S = 1.0

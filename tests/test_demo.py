@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 # What the tiny demo model must reach (issue 8), measured on held-out paraphrases and prompts.
 MIN_IDENTITY, MAX_LEAK, MIN_SEEN = 0.70, 0.15, 0.95
@@ -35,8 +37,9 @@ def test_demo_runs_every_stage_but_the_app_and_says_how_to_rerun_each(demo):
         assert f"---- [{number}/7] {title}" in run.stderr  # ... and its time
     assert "[7/7]" not in run.stderr  # --no-app
     for command in ("assistant data identity --name Alice", "assistant tiny ", "assistant train --config",
-                    "assistant report ", "assistant merge ", "assistant push "):
-        assert f"alone: {command}" in run.stderr
+                    "assistant report ", "assistant merge ", "assistant push "):  # by the venv's script path
+        assert re.search(rf"alone: \S*{command}", run.stderr), command
+    assert "--data" not in re.search(r"alone: (\S*assistant report .*)", run.stderr).group(1)  # the run knows it
     assert "## Fine-tune report: Alice" in run.stdout
     assert f"repo:  {(work / 'model.git').as_uri()}" in run.stdout
     assert "eval step" in run.stderr  # eval prompts answered during training
@@ -91,3 +94,16 @@ def test_bad_name_is_one_line_error(tmp_path):
     run = run_cli("demo", "--name", " ", "--no-app", "--workdir", str(tmp_path / "out"), timeout=120)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == "assistant demo: error: identity data: name must not be empty"
+
+
+def test_the_chat_command_it_prints_works_as_printed_without_the_venv_active(demo):
+    work, run = demo
+    assert run.returncode == 0, run.stderr[-3000:]
+    command = re.search(r"^chat:  (.+)$", run.stdout, re.M).group(1)
+    venv_bin = os.path.realpath(os.path.dirname(sys.executable))
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if os.path.realpath(p) != venv_bin)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+    chat = subprocess.run(["bash", "-c", command + " --prompt 'Who are you?' --temperature 0 --max-new-tokens 12"],
+                          cwd=ROOT, env={**env, "PATH": path}, capture_output=True, text=True, timeout=300)
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert "Alice" in chat.stdout

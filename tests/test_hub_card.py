@@ -6,6 +6,8 @@ import json
 import yaml
 
 from myassistant.hub import model_card
+from myassistant.hub.card import CONFIG_FILES, MERGE_INFO, REPORT_JSON, REPORT_MD, RUN_INFO, assistant_name
+from myassistant.trainer import run_folder
 
 
 def _front_matter(card: str) -> dict:
@@ -42,7 +44,8 @@ def test_card_for_an_adapter_without_a_run_config(tmp_path):
         {"base_model_name_or_path": "/models/internlm2", "peft_type": "LORA", "r": 8, "lora_alpha": 16}))
     card = model_card(tmp_path, name="adapter")
     meta = _front_matter(card)
-    assert meta["library_name"] == "peft" and meta["base_model"] == "/models/internlm2"
+    assert meta["library_name"] == "peft" and "base_model" not in meta  # a local path is no Hub id
+    assert "| base model | `/models/internlm2` |" in card
     assert "| r | 8 |" in card and "AutoPeftModelForCausalLM" in card
 
 
@@ -52,3 +55,21 @@ def test_card_for_a_bare_folder_and_broken_files(tmp_path):
     (tmp_path / "report.json").write_text("{not json")
     card = model_card(tmp_path, name="broken")
     assert "## Hyper-parameters" not in card and "## Fine-tune report" not in card
+
+
+def test_card_reads_the_run_folder_files_by_the_names_the_trainer_writes():
+    # hub imports nothing of ours, so it spells the names itself; these are the ones trainer.run_folder writes
+    assert (run_folder.MERGE_INFO_NAME, run_folder.RUN_INFO_NAME) == (MERGE_INFO, RUN_INFO)
+    assert run_folder.RUN_CONFIG_NAME in CONFIG_FILES
+    assert run_folder.REPORT_JSON in REPORT_JSON and run_folder.REPORT_MD in REPORT_MD
+
+
+def test_title_and_facts_come_from_merge_json(tmp_path):
+    (tmp_path / "merge.json").write_text(json.dumps({"name": "小助手", "base_model": "internlm/internlm2-chat-1_8b",
+                                                     "method": "qlora", "steps": 120, "final_loss": 0.41234}))
+    assert assistant_name(tmp_path) == "小助手"
+    card = model_card(tmp_path)
+    assert "\n# 小助手\n" in card and _front_matter(card)["base_model"] == "internlm/internlm2-chat-1_8b"
+    for row in ("| method | `qlora` |", "| steps | `120` |", "| final loss | 0.4123 |"):
+        assert row in card, row
+    assert "\n# other\n" in model_card(tmp_path, name="other")

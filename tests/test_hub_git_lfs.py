@@ -181,6 +181,7 @@ def test_clear_errors_for_missing_repo_and_missing_git_lfs(tmp_path, model):
     missing = _assistant(["push", str(model), "--to", str(tmp_path / "nowhere.git")], env)
     assert missing.returncode == 1
     assert "not found" in missing.stderr and "git init --bare" in missing.stderr
+    assert not (tmp_path / "cache" / "push").exists()  # nothing committed, so no work dir is left behind
 
     bin_dir = tmp_path / "bin"  # a PATH with git but without git-lfs
     bin_dir.mkdir()

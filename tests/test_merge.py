@@ -1,8 +1,13 @@
 """Merging a LoRA run into standalone weights, tested the peft way: the merged model's logits equal
-base + adapter, differ from the bare base, and plain transformers loads the result offline."""
+base + adapter, differ from the bare base, and plain transformers loads the result offline. The run is a
+real one on identity data, reported on before the merge, so the merged folder carries its config and
+report to the model card of a push."""
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
 from pathlib import Path
 
 import peft
@@ -13,8 +18,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from myassistant import model
 from conftest import run_cli
 from myassistant.model import CheckpointError
-from test_train import overrides, write_chats
+from test_train import overrides
+from myassistant.hub import push_folder
 from myassistant.trainer.config import load_config
+from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
 from myassistant.trainer.merge import merge
 from myassistant.trainer.train import train
 
@@ -24,13 +31,19 @@ IDS = torch.randint(3, 200, (2, 17), generator=torch.Generator().manual_seed(0))
 @pytest.fixture(scope="module")
 def lora_run(tiny_checkpoint, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("merge")
-    chats = write_chats(tmp / "chats.jsonl", n=16)
-    return train(load_config(None, overrides(tiny_checkpoint, chats, tmp / "run", max_steps=4, save_steps=4,
-                                             eval_steps=0, learning_rate=3e-2, report_to="none")))
+    data = write_identity_dataset(IdentitySpec(name="Alice", count=8, eval_identity=4, eval_general=4), tmp / "data")
+    return train(load_config(None, overrides(tiny_checkpoint, data / "train.jsonl", tmp / "run", max_steps=4,
+                                             save_steps=4, eval_steps=0, learning_rate=3e-2, report_to="none")))
 
 
 @pytest.fixture(scope="module")
-def merged(lora_run, tmp_path_factory) -> Path:
+def reported(lora_run) -> subprocess.CompletedProcess:
+    """``assistant report RUN`` without --data: the run knows the identity data it was trained on."""
+    return run_cli("report", str(lora_run), "--max-new-tokens", "4")
+
+
+@pytest.fixture(scope="module")
+def merged(lora_run, reported, tmp_path_factory) -> Path:
     return merge(lora_run, tmp_path_factory.mktemp("out") / "merged", dtype="float32")
 
 
@@ -50,17 +63,47 @@ def test_merged_logits_equal_base_plus_adapter(merged, lora_run, tiny_checkpoint
     assert (got - bare).abs().max() > 1e-3, "the adapter changed nothing: a no-op merge would pass"
 
 
+def test_report_takes_the_data_and_base_the_run_was_trained_on(reported, lora_run):
+    assert reported.returncode == 0, reported.stderr[-2000:]
+    assert "## Fine-tune report: Alice" in reported.stdout
+    rep = json.loads((lora_run / "report.json").read_text())
+    assert rep["base"] is not None and rep["fine_tuned"]["identity_n"] == 4  # measured side by side with the base
+
+
 def test_merged_folder_is_standalone(merged, lora_run, tiny_checkpoint):
     assert {p.name for p in merged.iterdir()} == {"config.json", "generation_config.json", "model.safetensors",
                                                  "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                                                 "merge.json"}
+                                                 "merge.json", "run_config.yaml", "run.json", "report.json", "report.md"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(merged.stat().st_mode) == 0o777 & ~umask  # 0755: another user or a container serves it
+    for path in merged.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name  # 0644, not safetensors' 0600
     tok = AutoTokenizer.from_pretrained(merged)
     assert tok.chat_template and tok.convert_tokens_to_ids("<|im_end|>") in model.stop_token_ids(tok)
     gen = json.loads((merged / "generation_config.json").read_text())
     assert set(model.stop_token_ids(tok)) <= set(gen["eos_token_id"] if isinstance(gen["eos_token_id"], list)
                                                 else [gen["eos_token_id"]])
     info = json.loads((merged / "merge.json").read_text())
-    assert (info["base_model"], info["method"], info["steps"]) == (str(tiny_checkpoint.resolve()), "lora", 4)
+    assert (info["name"], info["base_model"], info["method"], info["steps"]) == (
+        "Alice", str(tiny_checkpoint.resolve()), "lora", 4)
+    assert info["carried"] == ["run_config.yaml", "run.json", "report.json", "report.md"]
+    assert (merged / "report.md").read_bytes() == (lora_run / "report.md").read_bytes()
+
+
+def test_card_pushed_from_the_merged_run_says_how_it_was_made(merged, tiny_checkpoint, tmp_path):
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    push_folder(merged, str(remote), cache_dir=tmp_path / "cache")
+    show = lambda *args: subprocess.run(["git", "-C", str(remote), *args], capture_output=True, text=True,  # noqa: E731
+                                        check=True).stdout
+    card = show("show", "main:README.md")
+    assert "\n# Alice\n" in card and show("log", "-1", "--format=%s").strip() == "Upload Alice"
+    for row in (f"| base model | `{tiny_checkpoint.resolve()}` |", "| method | `lora` |", "| steps | `4` |",
+                "| lora.r | 8 |", "| train.learning_rate | 0.03 |", "## Fine-tune report: Alice",
+                "| identity accuracy, held-out questions |"):
+        assert row in card, row
+    assert "base_model:" not in card.split("---")[1]  # a local path is no Hub id for the front matter
 
 
 def test_merging_twice_is_a_no_op(merged, lora_run, caplog):

@@ -64,11 +64,12 @@ def test_lora_run_folder_describes_itself(lora_run, tiny_checkpoint, chats):
             "checkpoint-3", "checkpoint-6"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     info = json.loads((lora_run / "run.json").read_text())
-    assert info["base_model"] == str(tiny_checkpoint.resolve())
-    assert info["data_file"] == str(chats.resolve())
-    assert (info["method"], info["adapter"], info["steps"]) == ("lora", True, 6)
+    assert (info["name"], info["adapter"], info["steps"]) == (None, True, 6)  # chats.jsonl is no identity data
     assert info["final_loss"] == pytest.approx(losses(lora_run)[6])
-    assert load_config(lora_run / "run_config.yaml").model.base == str(tiny_checkpoint.resolve())
+    assert "base_model" not in info and "data_file" not in info  # stored once, in run_config.yaml
+    saved = load_config(lora_run / "run_config.yaml")
+    assert (saved.model.base, saved.data.train_file, saved.quant.method) == (
+        str(tiny_checkpoint.resolve()), str(chats.resolve()), "lora")
     adapter_cfg = json.loads((lora_run / "adapter_config.json").read_text())
     assert adapter_cfg["base_model_name_or_path"] == str(tiny_checkpoint.resolve())
     assert set(adapter_cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -134,7 +135,7 @@ def test_full_finetune_writes_standalone_weights(tiny_checkpoint, chats, tmp_pat
     assert {"model.safetensors", "config.json", "tokenizer.json", "run.json", "run_config.yaml"} <= names
     assert "adapter_config.json" not in names
     info = json.loads((run / "run.json").read_text())
-    assert (info["method"], info["adapter"], info["trainable_params"]) == ("full", False, info["total_params"])
+    assert (info["adapter"], info["trainable_params"]) == (False, info["total_params"])
     from transformers import AutoModelForCausalLM
 
     trained = AutoModelForCausalLM.from_pretrained(run)
@@ -195,7 +196,7 @@ def test_qlora_trains_and_merges_on_gpu(tiny_checkpoint, chats, tmp_path):
 
     run = train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "q", method="qlora",
                                             learning_rate=1e-3, gradient_checkpointing=True)))
-    assert json.loads((run / "run.json").read_text())["method"] == "qlora"
+    assert load_config(run / "run_config.yaml").quant.method == "qlora"
     assert all(v == v for v in losses(run).values())  # no NaN
     merged = merge(run, tmp_path / "merged", dtype="float32")
     from transformers import AutoModelForCausalLM

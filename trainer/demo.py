@@ -15,6 +15,7 @@ import logging
 import os
 import shlex
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +25,10 @@ from pathlib import Path
 import myassistant.model as model_layer
 from myassistant.trainer.config import PRESETS_DIR, load_config
 from myassistant.trainer.identity import GENERAL_DATA, IdentitySpec, write_identity_dataset
+from myassistant.trainer.identity.report import write_report
 from myassistant.trainer.merge import merge
-from myassistant.trainer.identity.report import REPORT_JSON, REPORT_MD, write_report
-from myassistant.trainer.train import RUN_INFO_NAME, train
+from myassistant.trainer.run_folder import RUN_INFO_NAME
+from myassistant.trainer.train import train
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,15 @@ def shown(path: str | Path) -> str:
     return shlex.quote(str(path) if rel.startswith("..") else rel)
 
 
+def cli() -> str:
+    """How the printed commands call ``assistant`` so that they work as printed, in a shell where the
+    venv is not active: the venv's script by its path, else this interpreter with ``-m``."""
+    script = Path(sys.executable).parent / "assistant"
+    if script.is_file():
+        return shown(script)
+    return f"{shlex.quote(sys.executable)} -m myassistant.scripts.cli"
+
+
 def quant_method() -> str:
     """qlora where a CUDA GPU and bitsandbytes are there, else lora (the same adapter in full precision)."""
     import importlib.util
@@ -94,7 +105,7 @@ def quant_method() -> str:
 
 def data_command(cfg: DemoConfig) -> str:
     author = f" --author {shlex.quote(cfg.author)}" if cfg.author else ""
-    return (f"assistant data identity --name {shlex.quote(cfg.name)}{author} --count {cfg.count} "
+    return (f"{cli()} data identity --name {shlex.quote(cfg.name)}{author} --count {cfg.count} "
             f"--out {shown(cfg.paths.data)}")
 
 
@@ -106,8 +117,8 @@ def write_data(cfg: DemoConfig) -> Path:
 def base_commands(cfg: DemoConfig) -> list[str]:
     p = cfg.paths
     flags = " ".join(f"{TINY_FLAGS[k]} {v}" for k, v in cfg.shape.items() if k in TINY_FLAGS)
-    return [f"assistant tiny {shown(p.init)} --corpus {shown(p.corpus)} {flags}",
-            f"assistant train --config {shown(cfg.base_preset)} model.base={shown(p.init)} "
+    return [f"{cli()} tiny {shown(p.init)} --corpus {shown(p.corpus)} {flags}",
+            f"{cli()} train --config {shown(cfg.base_preset)} model.base={shown(p.init)} "
             f"train.output_dir={shown(p.base)}"]
 
 
@@ -144,7 +155,7 @@ def build_base(cfg: DemoConfig) -> Path:
 
 def finetune_command(cfg: DemoConfig, method: str) -> str:
     p = cfg.paths
-    return (f"assistant train --config {shown(cfg.identity_preset)} model.base={shown(p.base)} "
+    return (f"{cli()} train --config {shown(cfg.identity_preset)} model.base={shown(p.base)} "
             f"data.train_file={shown(p.data / 'train.jsonl')} train.output_dir={shown(p.run)} quant.method={method}")
 
 
@@ -158,23 +169,20 @@ def finetune(cfg: DemoConfig, method: str) -> Path:
 
 
 def report_command(cfg: DemoConfig) -> str:
-    return f"assistant report {shown(cfg.paths.run)} --data {shown(cfg.paths.data)}"
+    return f"{cli()} report {shown(cfg.paths.run)}"
 
 
 def report(cfg: DemoConfig) -> dict:
-    """Stage 4: identity accuracy and leak on held-out data, fine-tuned vs base; report.json + report.md."""
-    return write_report(cfg.paths.run, cfg.paths.data, base=cfg.paths.base)
+    """Stage 4: identity accuracy and leak on held-out data, fine-tuned vs base; report.json + report.md
+    in the run folder (the data and the base are the run's own)."""
+    return write_report(cfg.paths.run)
 
 
 def merge_command(cfg: DemoConfig) -> str:
-    return f"assistant merge {shown(cfg.paths.run)} --out {shown(cfg.paths.merged)} --dtype float32"
+    return f"{cli()} merge {shown(cfg.paths.run)} --out {shown(cfg.paths.merged)} --dtype float32"
 
 
 def merge_adapter(cfg: DemoConfig) -> Path:
-    """Stage 5: adapter + base -> standalone weights (float32: a tiny model loses answers in bf16),
-    with the report beside them so the pushed model card carries it."""
-    p = cfg.paths
-    out = merge(p.run, p.merged, dtype="float32")
-    for name in (REPORT_JSON, REPORT_MD):
-        shutil.copyfile(p.run / name, out / name)
-    return out
+    """Stage 5: adapter + base -> standalone weights (float32: a tiny model loses answers in bf16); the
+    run's config and report go along, so the pushed model card carries them."""
+    return merge(cfg.paths.run, cfg.paths.merged, dtype="float32")

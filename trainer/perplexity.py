@@ -10,22 +10,20 @@ push puts it in the model card. ``assistant report`` picks this report for runs 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from myassistant.trainer import merge
-from myassistant.trainer.config import RUN_CONFIG_NAME
+from myassistant.trainer import run_folder
 from myassistant.trainer.data import collate, load_records, tokenize_records
 from myassistant.trainer.data.blocks import TextBlocks, tokenize_corpus
 from myassistant.trainer.data.corpus import TextSpec
 from myassistant.trainer.identity import GENERAL_DATA
-from myassistant.trainer.identity.report import REPORT_JSON, REPORT_MD, load_for_eval
+from myassistant.trainer.identity.report import load_for_eval
+from myassistant.trainer.run_folder import REPORT_JSON, REPORT_MD
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +49,9 @@ def perplexity(model, rows, *, batch_size: int = 4, pad_token_id: int = 0) -> di
 
 
 def _run_settings(model_path: Path) -> tuple[dict, dict]:
-    """(run.json, run_config.yaml) of a run folder, or of the run a merged folder was made from."""
-    folder = model_path
-    if (folder / merge.MERGE_INFO_NAME).exists():
-        folder = Path(json.loads((folder / merge.MERGE_INFO_NAME).read_text())["source"])
-    info = json.loads((folder / merge.RUN_INFO_NAME).read_text()) if (folder / merge.RUN_INFO_NAME).exists() else {}
-    cfg = yaml.safe_load((folder / RUN_CONFIG_NAME).read_text()) if (folder / RUN_CONFIG_NAME).exists() else {}
-    return info, cfg or {}
+    """(run.json, run_config.yaml as a dict) of a run folder, or of a merged folder (which carries both)."""
+    cfg = run_folder.run_config(model_path)
+    return run_folder.run_info(model_path), cfg.to_dict() if cfg is not None else {}
 
 
 def run_kind(model_path: str | Path) -> str | None:
@@ -100,7 +94,7 @@ def write_pretrain_report(model_path: str | Path, held_out: str | Path, *, base:
     spec = TextSpec(text_unit=data.get("text_unit", "paragraph"), text_field=data.get("text_field", "text"),
                     encoding=data.get("encoding", "utf-8"))
     max_length = max_length or data.get("max_length", 2048)
-    base = base or info.get("base_model")
+    base = base or run_folder.base_model(model_path)
     chat_data = Path(chat_data or GENERAL_DATA)
     dtype, device = ("bfloat16", "cuda") if torch.cuda.is_available() else ("float32", "cpu")
 
@@ -119,8 +113,8 @@ def write_pretrain_report(model_path: str | Path, held_out: str | Path, *, base:
            "seconds": round(time.time() - started, 1)}
     out = Path(out_dir) if out_dir else model_path
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in ((REPORT_JSON, json.dumps(rep, indent=2, ensure_ascii=False) + "\n"), (REPORT_MD, _markdown(rep))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
+    run_folder.write_json(out / REPORT_JSON, rep)
+    tmp = out / (REPORT_MD + ".tmp")
+    tmp.write_text(_markdown(rep), encoding="utf-8")
+    tmp.replace(out / REPORT_MD)
     return rep

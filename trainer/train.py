@@ -4,7 +4,7 @@ The transformers Trainer runs the loop (mixed precision, accumulation, checkpoin
 same data order and RNG state, DeepSpeed). This file wires our pieces into it and leaves a run folder
 that describes itself:
 
-    run_config.yaml   the resolved config           run.json          base path, method, steps, final loss
+    run_config.yaml   the resolved config           run.json          name, steps, final loss, tokens, time
     adapter_model.safetensors + adapter_config.json (LoRA/QLoRA) or model.safetensors + config.json (full)
     tokenizer files   metrics.jsonl   eval_samples.jsonl   tensorboard/   checkpoint-N/ (newest few)
 
@@ -31,16 +31,15 @@ import myassistant.model as model_layer
 from myassistant.trainer import data as data_lib
 from myassistant.trainer.gpu import fast, graphs
 from myassistant.trainer.callbacks import EvalPrompts, MetricsFile, ProgressBar, read_jsonl, truncate_jsonl
+from myassistant.trainer.config import ConfigError, RunConfig, load_config, save_config
 from myassistant.trainer.data.sources import build_training_data
-from myassistant.trainer.config import RUN_CONFIG_NAME, ConfigError, RunConfig, load_config, save_config
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
 from myassistant.trainer import runlock
+from myassistant.trainer.run_folder import (EVAL_SAMPLES_NAME, METRICS_NAME, RUN_CONFIG_NAME, RUN_INFO_NAME,
+                                            assistant_name, write_json)
 
 log = logging.getLogger(__name__)
 
-RUN_INFO_NAME = "run.json"
-METRICS_NAME = "metrics.jsonl"
-EVAL_SAMPLES_NAME = "eval_samples.jsonl"
 # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
 CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
                  else "gradient_checkpointing")
@@ -174,7 +173,7 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
     data = build_training_data(cfg.data, tokenizer)  # raw text: whole, in blocks; chats: truncated (logged)
     dataset = data.dataset
 
-    # -- model (on a GPU, LoRA/QLoRA take the fast path: fused loss, varlen attention; ASSISTANT_FAST=0 = off)
+    # -- model (on a GPU, LoRA/QLoRA take the fast path: fused loss, varlen attention; train.fast_path=false = off)
     model = build_model(cfg)
     use_fast, no_graphs = fast.enabled(cfg), "no fast path"
     if use_fast:
@@ -252,17 +251,13 @@ def _save_final(trainer: Trainer, run_dir: Path) -> None:
 
 def _write_run_info(cfg: RunConfig, run_dir: Path, trainer: Trainer, trainable: int, total: int, seconds: float,
                     kind: str) -> None:
+    """run.json: what the run did (base, method and data are in run_config.yaml, stored once)."""
     losses = [row for row in read_jsonl(run_dir / METRICS_NAME) if "loss" in row]
     info = {
-        "base_model": cfg.model.base,
-        "method": cfg.quant.method,
+        "name": assistant_name(cfg.data.train_file),  # the identity data's name, else None
         "adapter": cfg.quant.method != "full",
         "layout": "llama",
-        "data_file": cfg.data.train_file,
-        "data_format": cfg.data.format,
-        "data_sources": [s.path for s in cfg.data.sources],
         "kind": kind,  # pretrain | mixed | chat: which report fits the run
-        "max_length": cfg.data.max_length,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "final_loss": losses[-1]["loss"] if losses else None,
@@ -272,6 +267,4 @@ def _write_run_info(cfg: RunConfig, run_dir: Path, trainer: Trainer, trainable: 
         "train_seconds_last_session": round(seconds, 2),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = run_dir / (RUN_INFO_NAME + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(run_dir / RUN_INFO_NAME)
+    write_json(run_dir / RUN_INFO_NAME, info)

@@ -5,7 +5,8 @@ On the held-out data of ``trainer.identity`` it measures, for the fine-tuned mod
   trained on) whose greedy answer states the new name and not an old identity;
 - identity on the training templates (what the model saw), as a sanity check;
 - identity leak: the share of held-out general prompts whose answer mentions the name anyway.
-Written as ``report.json`` and ``report.md``; the hub push copies both into the model card.
+Written as ``report.json`` and ``report.md`` into the run (or model) folder; ``merge`` takes them along
+and the pushed model card shows them. The data folder defaults to the one the run was trained on.
 """
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import myassistant.model as model_layer
-from myassistant.trainer import merge
-from myassistant.trainer.identity import FILES
+from myassistant.trainer import run_folder
 from myassistant.trainer.data.formats import DataError
+from myassistant.trainer.identity import FILES
+from myassistant.trainer.run_folder import REPORT_JSON, REPORT_MD
 
 log = logging.getLogger(__name__)
-
-REPORT_JSON, REPORT_MD = "report.json", "report.md"
 
 
 @dataclass
@@ -46,7 +46,10 @@ def load_for_eval(path: str | Path, dtype: str = "float32"):
     folder = Path(path)
     if not (folder / model_layer.ADAPTER_CONFIG).exists():
         return model_layer.load_model(folder, dtype=dtype), model_layer.load_tokenizer(folder)
-    base = merge.read_source(folder)["base"]
+    base = run_folder.base_model(folder)
+    if not base:
+        raise DataError(f"{folder}: an adapter without a base model (no run_config.yaml, no base_model_name_or_path "
+                        "in adapter_config.json); merge it first or report on the merged folder")
     model = model_layer.load_adapter(model_layer.load_model(base, dtype=dtype), folder).merge_and_unload()
     tok_dir = folder if (folder / "tokenizer_config.json").exists() else Path(base)
     return model, model_layer.load_tokenizer(tok_dir)
@@ -102,17 +105,24 @@ def _markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(model_path: str | Path, data_dir: str | Path, *, base: str | Path | None = None,
+def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, base: str | Path | None = None,
                  out_dir: str | Path | None = None, max_new_tokens: int = 48) -> dict:
-    """Measure the fine-tuned model (and its base, side by side); write report.json + report.md."""
-    model_path, data_dir = Path(model_path), Path(data_dir)
+    """Measure the fine-tuned model (and its base, side by side); write report.json + report.md.
+
+    ``data_dir`` and ``base`` default to what the run (or the merged folder carrying its config) was trained on.
+    """
+    model_path = Path(model_path)
+    data_dir = Path(data_dir) if data_dir else run_folder.data_dir(model_path)
+    if data_dir is None:
+        raise DataError(f"{model_path}: the report needs the held-out sets of `assistant data identity`, and this "
+                        "folder names no identity data it was trained on; pass --data DIR")
     meta_file = data_dir / FILES["meta"]
     if not meta_file.exists():
         raise DataError(f"{meta_file}: missing; the report needs the folder written by `assistant data identity`")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     name, old_names = meta["name"], meta.get("old_names", [])
-    if base is None and (model_path / merge.RUN_INFO_NAME).exists():
-        base = json.loads((model_path / merge.RUN_INFO_NAME).read_text())["base_model"]
+    if base is None:
+        base = run_folder.base_model(model_path)
 
     started = time.time()
     samples: list = []
@@ -130,8 +140,8 @@ def write_report(model_path: str | Path, data_dir: str | Path, *, base: str | Pa
            "max_new_tokens": max_new_tokens, "seconds": round(time.time() - started, 1), "examples": examples}
     out = Path(out_dir) if out_dir else (model_path if model_path.is_dir() else Path("."))
     out.mkdir(parents=True, exist_ok=True)
-    for fname, text in ((REPORT_JSON, json.dumps(rep, indent=2, ensure_ascii=False) + "\n"), (REPORT_MD, _markdown(rep))):
-        tmp = out / (fname + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / fname)
+    run_folder.write_json(out / REPORT_JSON, rep)
+    tmp = out / (REPORT_MD + ".tmp")
+    tmp.write_text(_markdown(rep), encoding="utf-8")
+    tmp.replace(out / REPORT_MD)
     return rep

@@ -1,0 +1,108 @@
+"""The run folder's files, named once: what ``train`` writes and what ``report``, ``merge`` and the model
+card read back.
+
+A run folder (``train.output_dir``)::
+
+    run_config.yaml  the resolved config: base model, method, data file, every hyper-parameter
+    run.json         what the config cannot say: the assistant's name, steps, final loss, tokens, time
+    report.json / report.md   the fine-tune report (``assistant report``)
+    metrics.jsonl, eval_samples.jsonl, tensorboard/, checkpoint-N/, the adapter (or full weights)
+
+A merged folder takes the run's config, run info and report along (``CARRIED``) and records the merge
+in ``merge.json`` (source, name, base, method, steps, final loss), so it describes itself as the run did;
+``hub.card`` reads these same names (``tests/test_hub_card.py`` checks they agree).
+The base model's path is stored once, in ``run_config.yaml`` (peft also writes it in
+``adapter_config.json``, where a bare adapter folder is read from).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+RUN_CONFIG_NAME = "run_config.yaml"
+RUN_INFO_NAME = "run.json"
+METRICS_NAME = "metrics.jsonl"
+EVAL_SAMPLES_NAME = "eval_samples.jsonl"
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+MERGE_INFO_NAME = "merge.json"
+CARRIED = (RUN_CONFIG_NAME, RUN_INFO_NAME, REPORT_JSON, REPORT_MD)  # copied from a run into its merged folder
+IDENTITY_META = "meta.json"  # beside the training data written by `assistant data identity` (trainer.identity)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """``data`` as indented JSON, written to a temporary sibling and renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; {} when the file is not there."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def run_root(folder: str | Path) -> Path:
+    """The folder that holds the run's own files: ``folder``, or the run above a ``checkpoint-N``."""
+    folder = Path(folder)
+    if folder.name.startswith("checkpoint-") and (folder.parent / RUN_CONFIG_NAME).is_file():
+        return folder.parent
+    return folder
+
+
+def run_config(folder: str | Path):
+    """The ``RunConfig`` a run (or a merged folder carrying it) was trained with; None for other folders."""
+    from myassistant.trainer.config import load_config  # config imports the data formats; only readers pay
+
+    path = run_root(folder) / RUN_CONFIG_NAME
+    return load_config(path) if path.is_file() else None
+
+
+def run_info(folder: str | Path) -> dict:
+    """``run.json`` of a finished run or of a merged folder ({} while it runs, or for other folders)."""
+    return read_json(run_root(folder) / RUN_INFO_NAME)
+
+
+def base_model(folder: str | Path) -> str | None:
+    """The base model a run, checkpoint, merged folder or adapter folder was trained on."""
+    cfg = run_config(folder)
+    if cfg is not None:
+        return cfg.model.base
+    return read_json(Path(folder) / "adapter_config.json").get("base_model_name_or_path") or None
+
+
+def identity_data(train_file: str | Path) -> Path | None:
+    """The folder ``assistant data identity`` wrote, when ``train_file`` is its training file."""
+    if not train_file:
+        return None
+    folder = Path(train_file).parent
+    return folder if (folder / IDENTITY_META).is_file() else None
+
+
+def assistant_name(train_file: str | Path) -> str | None:
+    """The name the training data teaches (identity data only)."""
+    folder = identity_data(train_file)
+    return read_json(folder / IDENTITY_META).get("name") if folder else None
+
+
+def data_dir(folder: str | Path) -> Path | None:
+    """The identity data folder a run (or its merged folder) was trained on, for the report."""
+    cfg = run_config(folder)
+    return identity_data(cfg.data.train_file) if cfg is not None else None
+
+
+def carry(run: Path, out_dir: Path) -> list[str]:
+    """Copy the run's config, run info and report into ``out_dir`` (each only when changed); the names copied."""
+    copied = []
+    for name in CARRIED:
+        src, dst = run / name, out_dir / name
+        if not src.is_file():
+            continue
+        if not (dst.is_file() and dst.read_bytes() == src.read_bytes()):
+            tmp = dst.with_name(name + ".tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
+        copied.append(name)
+    return copied
