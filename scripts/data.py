@@ -1,4 +1,4 @@
-"""``assistant data identity|check``: write self-cognition data, or validate and describe a data file."""
+"""assistant data identity|check: write self-cognition data, or validate and describe a data file."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,11 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="assistant data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    ident = sub.add_parser("identity", help="write self-cognition training and held-out evaluation data")
+    ident = sub.add_parser(
+        "identity", help="write self-cognition training and held-out evaluation data",
+        description="Write self-cognition data for a new name: train.jsonl (identity conversations mixed with "
+                    "general chat), the held-out sets the report measures (eval_identity.jsonl, "
+                    "eval_identity_seen.jsonl, eval_general.jsonl) and meta.json, into --out.")
     ident.add_argument("--name", required=True, help="the assistant's new name")
     ident.add_argument("--author", help="who made it (answers to 'who made you' name them)")
     ident.add_argument("--persona", help="an extra sentence some answers add about the assistant")
@@ -20,11 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("--count", type=int, default=300, help="identity conversations in train.jsonl (default 300)")
     ident.add_argument("--eval-identity", type=int, default=60, help="held-out identity questions (default 60)")
     ident.add_argument("--eval-general", type=int, default=40, help="held-out general prompts for the leak measure (default 40)")
-    ident.add_argument("--seed", type=int, default=0)
+    ident.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files (default 0)")
     ident.add_argument("--out", required=True, help="output folder")
-    check = sub.add_parser("check", help="validate a data file (folder, glob) and print its counts")
-    check.add_argument("file", help="a data file, a folder or a glob of raw-text files")
-    check.add_argument("--format", default="auto", help="auto, openai, xtuner, alpaca, sharegpt or text (default auto)")
+    check = sub.add_parser(
+        "check", help="validate a data file (folder, glob) and print its counts",
+        description="Read training data as 'assistant train' would (every record checked; a bad one is named by "
+                    "file:line and field) and print its counts as JSON: records, assistant turns, system prompts, "
+                    "duplicates (raw text: documents), and with --tokenizer the token statistics.")
+    check.add_argument("file", help="a data file (JSON array or JSONL of conversations, raw text), a folder or a glob "
+                                    "of raw-text files")
+    check.add_argument("--format", default="auto",
+                       help="auto (detected from the first record), openai, xtuner, alpaca, sharegpt or text (default auto)")
     check.add_argument("--tokenizer", help="model folder whose tokenizer gives token statistics")
     check.add_argument("--max-length", type=int, default=2048, help="tokens per sample for the statistics (default 2048)")
     check.add_argument("--text-unit", default="paragraph", help="raw .txt: paragraph (default), line or file per document")

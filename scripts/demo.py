@@ -1,7 +1,7 @@
-"""``assistant demo --name Alice``: the whole pipeline offline on a tiny model, each stage timed.
+"""assistant demo --name Alice: the whole pipeline offline on a tiny model, each stage timed.
 
-data → tiny base → LoRA → report → merge (``trainer.demo``) → push to a git-lfs repo → Gradio app.
-Every stage prints the ``assistant`` command that re-runs it alone on the same files.
+data → tiny base → LoRA → report → merge (trainer.demo) → push to a git-lfs repo → Gradio app.
+Every stage prints the command that re-runs it alone on the same files.
 """
 from __future__ import annotations
 

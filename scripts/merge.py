@@ -1,4 +1,7 @@
-"""``assistant merge RUN_DIR --out DIR [--layout internlm2]``: adapter + base -> standalone safetensors."""
+"""assistant merge RUN_DIR --out DIR [--layout internlm2]: adapter + base -> standalone safetensors.
+
+The merged folder takes the run's config and report along and records the merge in merge.json, so the
+model card of 'assistant push' names the base model, method, hyper-parameters and figures."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +10,12 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="assistant merge", description=__doc__)
-    parser.add_argument("run_dir", help="run folder of `assistant train` (or an adapter / checkpoint-N folder)")
+    parser.add_argument("run_dir", help="run folder of 'assistant train' (or an adapter / checkpoint-N folder)")
     parser.add_argument("--out", required=True, help="folder for the merged model (written complete or not at all)")
     parser.add_argument("--layout", choices=("llama", "internlm2"), default="llama",
                         help="llama: plain AutoModelForCausalLM loads it (default); internlm2: the original key layout")
-    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
+                        help="dtype of the merge and the written weights (default bfloat16; float32 for tiny models)")
     parser.add_argument("--max-shard-size", default="2GB", help="largest weights file (default 2GB)")
     args = parser.parse_args(argv)
 

@@ -1,4 +1,4 @@
-"""``assistant presets list | copy NAME DEST``: the shipped training configs, and a copy to edit."""
+"""assistant presets list | copy NAME DEST: the shipped training configs, and a copy to edit."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the shipped presets")
     copy = sub.add_parser("copy", help="copy a preset to edit it")
-    copy.add_argument("name", help="preset name, as `assistant presets list` prints it")
+    copy.add_argument("name", help="preset name, as 'assistant presets list' prints it")
     copy.add_argument("dest", help="file to write, or a folder to put NAME.yaml in")
     copy.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
-"""``assistant train --config X.yaml [section.key=value ...] [--resume] [--deepspeed zero2]``.
+"""assistant train --config X.yaml [section.key=value ...] [--resume] [--deepspeed zero2]
 
-Several GPUs: ``torchrun --nproc_per_node N -m myassistant.scripts.cli train --config X.yaml --deepspeed zero2``
-(or ``accelerate launch -m myassistant.scripts.cli train ...``).
+Several GPUs: torchrun --nproc_per_node N -m myassistant.scripts.cli train --config X.yaml --deepspeed zero2
+(or: accelerate launch -m myassistant.scripts.cli train ...).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="assistant train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (YAML sections, or section.key=value overrides):\n" + describe_fields())
-    parser.add_argument("--config", help="YAML config (see `assistant presets list`)")
+    parser.add_argument("--config", help="YAML config (see 'assistant presets list')")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.max_steps=100")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
     parser.add_argument("--deepspeed", choices=DEEPSPEED_PRESETS, help="DeepSpeed ZeRO preset (sets train.deepspeed)")

@@ -6,6 +6,7 @@ layout there, which is why the LoRA target names are the Llama ones).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 
@@ -76,7 +77,7 @@ def build_model(cfg: RunConfig) -> PreTrainedModel:
         task_type="CAUSAL_LM",
     )
     try:
-        return peft.get_peft_model(base, lora)
+        model = peft.get_peft_model(base, lora)
     except ValueError as err:
         if "target" not in str(err).lower():
             raise
@@ -84,6 +85,11 @@ def build_model(cfg: RunConfig) -> PreTrainedModel:
             f"lora.target_modules: {cfg.lora.target_modules} match no layer of {cfg.model.base}; "
             f"its linear layers are {', '.join(_linear_names(base))}"
         ) from err
+    # The vocabulary is never resized, so an adapter never needs the base's embeddings. peft's default ("auto")
+    # finds that out on every save by reading the base's config.json as the converted model's config class
+    # (LlamaConfig on an InternLM2 folder: transformers warns "model of type internlm2 ... of type llama").
+    model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
+    return model
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

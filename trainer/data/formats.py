@@ -104,7 +104,7 @@ def detect_format(path: Path, first: object) -> str:
     raise DataError(
         f"{path}: cannot tell the data format (first record has keys: {found}); expected one of the keys "
         "messages (openai), conversation (xtuner), conversations (sharegpt), instruction (alpaca), text; "
-        "or name the format with --format"
+        "or name the format: data.format=NAME for 'assistant train', --format NAME for 'assistant data check'"
     )
 
 

@@ -1,0 +1,54 @@
+"""--help of every command: each argument and sub-command says what it is, and no reST backticks show."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import pytest
+
+from conftest import run_cli
+from myassistant.scripts.cli import COMMANDS
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _parsers(module_name: str, monkeypatch) -> list[argparse.ArgumentParser]:
+    """The command's parser and its sub-commands' parsers, caught where main() parses its arguments."""
+    caught = []
+
+    def parse_args(self, args=None, namespace=None):
+        caught.append(self)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_args)
+    with pytest.raises(_Parsed):
+        importlib.import_module(module_name).main([])
+    parsers = list(caught)
+    for parser in caught:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {a.dest for a in action._choices_actions if a.help}
+                assert helped == set(action.choices), f"{parser.prog}: sub-commands without help"
+                parsers += action.choices.values()
+    return parsers
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_argument_has_help_and_no_backticks_show(command, monkeypatch):
+    for parser in _parsers(COMMANDS[command][0], monkeypatch):
+        texts = [parser.description or "", parser.epilog or ""]
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{parser.prog}: {'/'.join(action.option_strings) or action.dest} has no help"
+            texts.append(action.help)
+        assert not [t for t in texts if "`" in t], f"{parser.prog}: backticks in its help"
+
+
+def test_sub_command_help_describes_it():
+    run = run_cli("data", "identity", "--help", timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "held-out" in run.stdout and "--seed SEED" in run.stdout and "`" not in run.stdout
