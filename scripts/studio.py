@@ -1,7 +1,7 @@
-"""``assistant studio``: the whole pipeline in a local web UI (base model, data, train, report, chat, push).
+"""assistant studio: the whole pipeline in a local web UI (base model, data, train, report, chat, push).
 
-Listens on 127.0.0.1 only. ``--host 0.0.0.0`` or ``--share`` make it reachable by others, which needs
-a login (``--auth user:password`` or STUDIO_AUTH), since the studio runs jobs and pushes with tokens.
+Listens on 127.0.0.1 only. --host 0.0.0.0 or --share make it reachable by others, which needs
+a login (--auth user:password or STUDIO_AUTH), since the studio runs jobs and pushes with tokens.
 """
 from __future__ import annotations
 
