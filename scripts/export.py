@@ -1,8 +1,8 @@
-"""``assistant export MODEL_DIR --to gguf --quant q8_0 --out FILE.gguf``: a model folder -> GGUF + Ollama Modelfile.
+"""assistant export MODEL_DIR --to gguf --quant q8_0 --out FILE.gguf: a model folder -> GGUF + Ollama Modelfile.
 
-MODEL_DIR is a merged model (`assistant merge`), a base checkpoint or `assistant tiny`'s output, in InternLM2
-or Llama layout. The GGUF runs in llama.cpp (`llama-cli -m FILE.gguf -cnv`), LM Studio (import the file) and
-Ollama (`ollama create NAME -f FILE.Modelfile`, written beside it).
+MODEL_DIR is a merged model ('assistant merge'), a base checkpoint or the output of 'assistant tiny', in InternLM2
+or Llama layout. The GGUF runs in llama.cpp ('llama-cli -m FILE.gguf -cnv'), LM Studio (import the file) and
+Ollama ('ollama create NAME -f FILE.Modelfile', written beside it).
 """
 from __future__ import annotations
 

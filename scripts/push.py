@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-card", dest="card", action="store_false",
                         help="keep the folder's own README.md instead of writing a model card")
     parser.add_argument("--add", action="append", default=[], metavar="FILE",
-                        help="also push FILE at the top of the repo (repeatable), e.g. a GGUF from `assistant export` "
+                        help="also push FILE at the top of the repo (repeatable), e.g. a GGUF from 'assistant export' "
                              "and its .Modelfile; *.gguf goes to git-lfs")
     parser.add_argument("--cache-dir", default=None,
                         help="where the push work dir is kept (default: $ASSISTANT_CACHE or ~/.cache/myassistant)")
