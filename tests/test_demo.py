@@ -103,7 +103,7 @@ def test_the_chat_command_it_prints_works_as_printed_without_the_venv_active(dem
     venv_bin = os.path.realpath(os.path.dirname(sys.executable))
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if os.path.realpath(p) != venv_bin)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
-    chat = subprocess.run(["bash", "-c", command + " --prompt 'Who are you?' --temperature 0 --max-new-tokens 12"],
+    chat = subprocess.run(["bash", "-c", command + " --prompt 'Who are you?' --temperature 0 --max-new-tokens 12 --quantize none"],
                           cwd=ROOT, env={**env, "PATH": path}, capture_output=True, text=True, timeout=300)
     assert chat.returncode == 0, chat.stderr[-2000:]
     assert "Alice" in chat.stdout
