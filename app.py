@@ -10,6 +10,8 @@ Environment:
   APP_CONCURRENCY    chats generating at once (default 8: they share each decode step, chat.batch;
                      more wait in Gradio's queue)
   APP_SYSTEM_PROMPT  the system prompt box's default (default empty: no system message)
+  APP_IDENTITY_GUARD=1  a system prompt's sentences naming the assistant ("You are Alice.") reach the
+                     model only on turns that ask about it, so general answers stay free of the name
   APP_TEMPERATURE    the temperature slider's default (default 0.8; 0 = greedy)
   GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   where to listen (default 0.0.0.0:7860 on a hosting
                      platform, 127.0.0.1:7860 elsewhere)
@@ -43,6 +45,7 @@ HOSTED = os.environ.get("SYSTEM") == "spaces" or any(
 # answers everything with its identity); set APP_SYSTEM_PROMPT to the one used in training, if any.
 DEFAULT_SYSTEM_PROMPT = os.environ.get("APP_SYSTEM_PROMPT", "")
 DEFAULT_TEMPERATURE = float(os.environ.get("APP_TEMPERATURE", "0.8"))
+IDENTITY_GUARD = os.environ.get("APP_IDENTITY_GUARD", "0") == "1"  # chat.guard; the report measures it
 
 
 def model_title() -> str:
@@ -103,7 +106,8 @@ def respond(
     try:
         settings = GenerationSettings(system_prompt=system_prompt or None, temperature=float(temperature),
                                       top_p=float(top_p), top_k=int(top_k),
-                                      repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens))
+                                      repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
+                                      identity_guard=IDENTITY_GUARD)
     except ValueError as err:
         yield f"⚠️ {err}"
         return

@@ -46,6 +46,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.0  # 1 = off; >1 discourages repeats
     max_new_tokens: int = 512  # upper bound; also capped by the context window
     seed: int | None = None  # fixed seed for reproducible sampling; None = fresh randomness
+    identity_guard: bool = False  # system-prompt sentences naming the assistant only on turns asking about it (chat.guard)
 
     def __post_init__(self) -> None:
         problems = []

@@ -26,6 +26,7 @@ from myassistant.chat.batch import BatchDecoder
 from myassistant.chat.decode import Embed, GenerationSettings, dynamic_cache_forward, generate_tokens
 from myassistant.chat.errors import EngineError
 from myassistant.chat.fast import KVCache, StaticCacheDecoder, fast_decode_problem
+from myassistant.chat.guard import guard_identity
 from myassistant.chat.history import Message, build_prompt, normalize_messages
 from myassistant.chat.quant import quantize_int8, resolve_quantize
 from myassistant.chat.stream import IncrementalDetokenizer
@@ -216,6 +217,8 @@ class ChatEngine:
         if self.vision is not None:
             messages = self.vision.placeholders(messages)
         messages = normalize_messages(messages, settings.system_prompt)
+        if settings.identity_guard:
+            messages = guard_identity(messages)
         budget = max(self.max_context - settings.max_new_tokens, self.max_context // 2)
         ids, dropped = build_prompt(self.tokenizer, messages, budget)
         return ids, min(settings.max_new_tokens, self.max_context - len(ids)), dropped

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", action="append", default=[], metavar="PATH",
                         help="a picture for the (first) message; a multimodal model only; may be repeated")
     parser.add_argument("--system", help="system prompt")
+    parser.add_argument("--identity-guard", action="store_true",
+                        help="the system prompt's sentences naming the assistant only on turns that ask about it")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     parser.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling, 1 = off (default 0.8)")
     parser.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = GenerationSettings(system_prompt=args.system, temperature=args.temperature, top_p=args.top_p,
                                       top_k=args.top_k, repetition_penalty=args.repetition_penalty,
-                                      max_new_tokens=args.max_new_tokens, seed=args.seed)
+                                      max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                      identity_guard=args.identity_guard)
     except ValueError as err:
         parser.error(str(err))
     for path in args.image:

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="assistant data", description=__doc__)
@@ -20,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("--system", help="system prompt put in front of every conversation")
     ident.add_argument("--languages", default="en,zh", help="languages of the identity questions: en, zh or en,zh (default)")
     ident.add_argument("--general", help="general conversations to mix in (any supported format); default: the shipped zh+en set")
-    ident.add_argument("--ratio", type=float, default=1.0, help="general conversations per identity conversation (default 1.0)")
+    ident.add_argument("--ratio", type=float, default=IdentitySpec.ratio,
+                       help=f"general conversations per identity conversation (default {IdentitySpec.ratio})")
+    ident.add_argument("--multi-turn", type=float, default=IdentitySpec.multi_turn,
+                       help="share of training chats that are multi-turn: identity asked after general turns, general "
+                            f"after identity turns (0..1, default {IdentitySpec.multi_turn})")
     ident.add_argument("--count", type=int, default=300, help="identity conversations in train.jsonl (default 300)")
     ident.add_argument("--eval-identity", type=int, default=60, help="held-out identity questions (default 60)")
     ident.add_argument("--eval-general", type=int, default=40, help="held-out general prompts for the leak measure (default 40)")
@@ -43,10 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "identity":
-        from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
-
         spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
-                            count=args.count, ratio=args.ratio, general=args.general, languages=args.languages.split(","),
+                            count=args.count, ratio=args.ratio, multi_turn=args.multi_turn, general=args.general,
+                            languages=args.languages.split(","),
                             eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)
         out = write_identity_dataset(spec, args.out)
         sys.stdout.write((out / "meta.json").read_text(encoding="utf-8"))

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from myassistant.hub import push_folder
     from myassistant.trainer import demo
-    from myassistant.trainer.run_folder import REPORT_MD
+    from myassistant.trainer.identity.report import summary as report_summary
 
     cfg = demo.DemoConfig(name=args.name, author=args.author, workdir=Path(args.workdir))
     paths = cfg.paths
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     with demo.stage(3, f"identity fine-tune ({method})", demo.finetune_command(cfg, method)):
         demo.finetune(cfg, method)
     with demo.stage(4, "fine-tune report", demo.report_command(cfg)):
-        demo.report(cfg)
-        print((paths.run / REPORT_MD).read_text(encoding="utf-8"), flush=True)
+        print(report_summary(demo.report(cfg)), flush=True)
     with demo.stage(5, "merge", demo.merge_command(cfg)):
         demo.merge_adapter(cfg)
     remote = args.remote or paths.repo.as_uri()

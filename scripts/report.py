@@ -1,6 +1,7 @@
 """assistant report MODEL [--data DATA]: the report that fits the run, the trained model vs its base.
 
-A run trained on chats (the identity recipe): identity accuracy and leak; DATA is the folder written by
+A run trained on chats (the identity recipe): identity (single- and multi-turn), leak and general ability
+kept, zh and en apart (--system: also with a system prompt, unguarded and guarded); DATA is the folder written by
 'assistant data identity', by default the one the run was trained on. A pre-training run (raw text, alone
 or mixed with chats): perplexity on held-out domain text and on general chat data; DATA is the held-out
 text (file, folder or glob). The kind is read from the run (run.json, also in a merged folder); --kind
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chat-data", help="pre-training: general chats to score (default: the shipped zh+en set)")
     p.add_argument("--out", help="where to write report.json / report.md (default: the model folder)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="identity: longest greedy answer in tokens (default 48)")
+    p.add_argument("--system", help="identity: also measure identity and leak with this system prompt (e.g. \"You are "
+                                    "Alice.\"), without and with the identity guard (the app's APP_IDENTITY_GUARD=1)")
     args = p.parse_args(argv)
 
     from myassistant.trainer.run_folder import REPORT_MD
@@ -40,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.data is None:
             p.error("--data: the pre-training report needs held-out domain text (a file, folder or glob)")
         rep = write_pretrain_report(args.model, args.data, base=args.base, chat_data=args.chat_data, out_dir=args.out)
-        ok = rep["trained"]["held_out"]["tokens"] > 0
-    else:
-        from myassistant.trainer.identity.report import write_report
+        print((Path(args.out or args.model) / REPORT_MD).read_text(encoding="utf-8"))
+        return 0 if rep["trained"]["held_out"]["tokens"] > 0 else 1
+    from myassistant.trainer.identity.report import summary, write_report
 
-        rep = write_report(args.model, args.data, base=args.base, out_dir=args.out, max_new_tokens=args.max_new_tokens)
-        ok = bool(rep["fine_tuned"])
-    print((Path(args.out or args.model) / REPORT_MD).read_text(encoding="utf-8"))
-    return 0 if ok else 1
+    rep = write_report(args.model, args.data, base=args.base, out_dir=args.out, max_new_tokens=args.max_new_tokens,
+                       system=args.system)
+    print(summary(rep))
+    return 0

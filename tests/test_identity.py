@@ -38,21 +38,26 @@ def core(question: str) -> str:
 def test_command_writes_the_mix_with_system_prompt(tmp_path):
     out = tmp_path / "alice"
     run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "identity", "--name", "Alice", "--author", "Bob",
-                          "--system", "You are helpful.", "--count", "100", "--ratio", "0.5", "--out", str(out)],
+                          "--system", "You are helpful.", "--count", "100", "--ratio", "0.5", "--multi-turn", "0.3",
+                          "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES.values())  # no temporary files left behind
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     assert json.loads(run.stdout) == meta
-    assert meta["name"] == "Alice" and meta["author"] == "Bob"
+    assert meta["name"] == "Alice" and meta["author"] == "Bob" and meta["multi_turn"] == 0.3
     assert meta["counts"] == {"train_identity": 100, "train_general": 50, "train": 150, "eval_identity": 60,
-                              "eval_identity_seen": 60, "eval_general": 40}
+                              "eval_identity_seen": 60, "eval_general": 40, "eval_identity_multi": 60,
+                              "eval_general_multi": 40}
     train = load_records(out / "train.jsonl")  # the output passes our own validation
     assert len(train) == 150
     assert all(r["messages"][0] == {"role": "system", "content": "You are helpful."} for r in train)
     assert sum("Alice" in reply(r) for r in train) == 100
-    for name in ("eval_identity.jsonl", "eval_identity_seen.jsonl", "eval_general.jsonl"):
-        assert all(r["messages"][0]["role"] == "system" for r in read(out / name))
+    for name in ("eval_identity.jsonl", "eval_identity_seen.jsonl", "eval_general.jsonl", "eval_identity_multi.jsonl",
+                 "eval_general_multi.jsonl"):
+        records = read(out / name)
+        assert records and all(r["messages"][0]["role"] == "system" for r in records)
+        assert all(m["role"] != "system" for r in records for m in r["messages"][1:])
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +91,26 @@ def test_identity_answers_are_varied_and_carry_name_and_author(alice):
     assert any(reply(r).startswith(("No", "不是")) and "InternLM" in user(r) for r in identity)
 
 
-def test_every_core_is_asked_and_some_mid_conversation(alice):
-    identity = [r for r in read(alice / "train.jsonl") if "Alice" in reply(r)]
+def turns(record: dict) -> list[tuple[str, str]]:
+    """(question, answer) pairs of a conversation."""
+    chat = [m for m in record["messages"] if m["role"] != "system"]
+    assert [m["role"] for m in chat] == ["user", "assistant"] * (len(chat) // 2)
+    return [(chat[i]["content"], chat[i + 1]["content"]) for i in range(0, len(chat), 2)]
+
+
+def test_every_core_is_asked_and_half_the_chats_are_multi_turn(alice):
+    train = read(alice / "train.jsonl")
+    identity = [r for r in train if "Alice" in reply(r)]
     asked = {user(r) for r in identity}
     assert all(q in asked for lang in TRAIN_CORES for kind in TRAIN_CORES[lang] for q in TRAIN_CORES[lang][kind])
-    later = [r for r in identity if len(r["messages"]) == 4]
-    assert len(later) == 80 and all(m["role"] == ("user", "assistant")[i % 2] for r in later
-                                    for i, m in enumerate(r["messages"]))
-    assert not any("Alice" in r["messages"][1]["content"] for r in later)  # the first exchange is general chat
+    # Identity asked late: after 1-3 general exchanges, none of which names the assistant.
+    late = [turns(r) for r in identity if len(turns(r)) > 1]
+    assert len(late) == 200 and {len(t) for t in late} == {2, 3, 4}
+    assert not any("Alice" in a for t in late for _, a in t[:-1])
+    # General asked after identity: the name was said earlier in the chat, the last answer leaves it out.
+    general = [turns(r) for r in train if "Alice" not in reply(r)]
+    after = [t for t in general if len(t) > 1]
+    assert len(after) == 200 and all("Alice" in t[0][1] and "Alice" not in t[-1][1] for t in after)
     seen = read(alice / "eval_identity_seen.jsonl")
     assert len(seen) == 60 and all(len(r["messages"]) == 2 for r in seen)
     assert not any("InternLM" in user(r) or "书生" in user(r) for r in seen)  # a denial names the old identity
@@ -101,12 +118,28 @@ def test_every_core_is_asked_and_some_mid_conversation(alice):
     assert sum(reply(r).startswith(("I am Alice", "我是Alice")) for r in identity) > 0.75 * len(identity)
 
 
+def test_held_out_multi_turn_chats_are_built_only_from_held_out_questions(alice):
+    train_questions = {q for r in read(alice / "train.jsonl") for q, _ in turns(r)}
+    singles = {user(r) for name in ("eval_identity.jsonl", "eval_general.jsonl") for r in read(alice / name)}
+    identity, general = read(alice / "eval_identity_multi.jsonl"), read(alice / "eval_general_multi.jsonl")
+    assert len(identity) == 60 and len(general) == 40
+    for record in identity + general:
+        asked = [q for q, _ in turns(record)]
+        assert set(asked) <= singles and not set(asked) & train_questions
+        assert record["turn"] == len(asked) >= 2 and record["lang"] in ("zh", "en")
+    assert {r["turn"] for r in identity} == {2, 3, 4} and all("Alice" in reply(r) for r in identity)
+    assert not any("Alice" in a for r in identity for _, a in turns(r)[:-1])  # the name comes up only at the end
+    assert all("Alice" in turns(r)[0][1] and "Alice" not in reply(r) for r in general)  # ... or only at the start
+    assert {r["lang"] for r in general} == {"zh", "en"}
+
+
 def test_general_mix_never_mentions_the_name_and_probes_are_held_out(alice):
     train, probes = read(alice / "train.jsonl"), read(alice / "eval_general.jsonl")
     general = [r for r in train if "Alice" not in reply(r)]
     assert len(general) == 400
+    assert not any("Alice" in a for r in general if len(r["messages"]) == 2 for _, a in turns(r))
     assert len(probes) == 40 and {r["lang"] for r in probes} == {"zh", "en"}
-    assert not {user(r) for r in probes} & {user(r) for r in general}
+    assert not {user(r) for r in probes} & {q for r in train for q, _ in turns(r)}
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
@@ -129,6 +162,7 @@ def test_general_data_from_any_format_repeats_when_short(tmp_path, caplog):
                                  tmp_path / "zed")
     general = [r for r in read(out / "train.jsonl") if "Zed" not in reply(r)]
     assert len(general) == 40 and len({user(r) for r in general}) == 6
+    assert len(read(out / "eval_general_multi.jsonl")) == 4
     assert len(read(out / "eval_general.jsonl")) == 4
     assert "40 general conversations asked for, 6 available; repeating them" in caplog.text
 

@@ -168,14 +168,20 @@ def finetune(cfg: DemoConfig, method: str) -> Path:
     return train(load_config(cfg.identity_preset, overrides))
 
 
+def system_prompt(cfg: DemoConfig) -> str:
+    """The system prompt an app would give the assistant; the report measures leak with it and guarded."""
+    return f"You are {cfg.name}, an AI assistant."
+
+
 def report_command(cfg: DemoConfig) -> str:
-    return f"{cli()} report {shown(cfg.paths.run)}"
+    return f"{cli()} report {shown(cfg.paths.run)} --system {shlex.quote(system_prompt(cfg))}"
 
 
 def report(cfg: DemoConfig) -> dict:
-    """Stage 4: identity accuracy and leak on held-out data, fine-tuned vs base; report.json + report.md
-    in the run folder (the data and the base are the run's own)."""
-    return write_report(cfg.paths.run)
+    """Stage 4: identity (single- and multi-turn), leak and agreement with the base on held-out data, fine-tuned
+    vs base, also with a system prompt (unguarded and guarded); report.json + report.md in the run folder
+    (the data and the base are the run's own)."""
+    return write_report(cfg.paths.run, system=system_prompt(cfg))
 
 
 def merge_command(cfg: DemoConfig) -> str:

@@ -6,8 +6,11 @@ set uses one half, the held-out evaluation set (``eval_identity.jsonl``) only th
 held-out question is worded differently from anything trained on, yet built the same way. General
 conversations (the shipped zh+en set or any data file) are mixed in at a chosen ratio so the model
 does not answer *everything* with its identity; some of them are held out as leak probes
-(``eval_general.jsonl``). Evaluation records end with a reference answer: the prompt is
-``messages[:-1]``.
+(``eval_general.jsonl``). A share of the training conversations (``multi_turn``) is multi-turn: the
+identity question asked after general exchanges, general questions asked after identity exchanges
+(``probes``), so the name neither fades late in a chat nor spills into later answers; the held-out sets
+are written as multi-turn chats too (``eval_identity_multi.jsonl``, ``eval_general_multi.jsonl``).
+Evaluation records end with a reference answer: the prompt is ``messages[:-1]``.
 """
 from __future__ import annotations
 
@@ -20,12 +23,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data import DataError, load_records
+from . import probes
+from .probes import lang_of
 
 log = logging.getLogger(__name__)
 
 GENERAL_DATA = Path(__file__).parent / "assets" / "general.jsonl"
 FILES = {"train": "train.jsonl", "eval_identity": "eval_identity.jsonl",
          "eval_identity_seen": "eval_identity_seen.jsonl", "eval_general": "eval_general.jsonl",
+         "eval_identity_multi": "eval_identity_multi.jsonl", "eval_general_multi": "eval_general_multi.jsonl",
          "meta": "meta.json"}
 
 # Core questions per language and kind ("name": who/what are you, "maker": who made you). Many cores:
@@ -119,7 +125,9 @@ class IdentitySpec:
     system: str | None = None  # a system prompt put in front of every conversation
     count: int = 300  # identity conversations in train.jsonl
     ratio: float = 1.0  # general conversations per identity conversation in train.jsonl
-    multi_turn: float = 0.2  # share of identity conversations asked after a general exchange, 0..1
+    # Share of the training conversations that are multi-turn, 0..1: identity questions asked after 1-3
+    # general exchanges, general questions asked after identity exchanges (so the name does not spill over).
+    multi_turn: float = 0.5
     general: str | None = None  # general data file (any supported format); None = the shipped zh+en set
     eval_identity: int = 60  # held-out identity questions (half zh, half en)
     eval_general: int = 40  # held-out general prompts (leak probes)
@@ -141,10 +149,6 @@ class IdentitySpec:
             problems.append(f"multi_turn must be in [0, 1], got {self.multi_turn}")
         if problems:
             raise DataError("identity data: " + "; ".join(problems))
-
-
-def lang_of(text: str) -> str:
-    return "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en"
 
 
 def _wrap(core: str, lang: str, prefix: str, tail: str, keep_punct: bool) -> str:
@@ -234,16 +238,18 @@ def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) 
     return train, evals
 
 
-def with_history(identity: list[dict], general: list[dict], share: float, rng: random.Random) -> list[dict]:
-    """The last ``share`` of the identity conversations, asked after one general exchange (the name must
-    hold mid-conversation too); the first ones stay single-turn for ``eval_identity_seen``."""
-    n = round(len(identity) * share) if general else 0
-    out = identity[: len(identity) - n]
-    for record in identity[len(identity) - n:]:
-        before = [m for m in rng.choice(general)["messages"] if m["role"] != "system"]
-        system = [m for m in record["messages"] if m["role"] == "system"]
-        out.append({**record, "messages": system + before + [m for m in record["messages"] if m["role"] != "system"]})
-    return out
+def mix_turns(identity: list[dict], general: list[dict], share: float,
+              rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """The last ``share`` of each list made multi-turn: identity asked after general exchanges, general
+    asked after identity exchanges; the first ones stay single-turn (``eval_identity_seen`` asks them)."""
+    def split(records: list[dict]) -> tuple[list[dict], list[dict]]:
+        n = round(len(records) * share)
+        return records[: len(records) - n], records[len(records) - n:]
+
+    single_identity, late_identity = split(identity)
+    single_general, late_general = split(general)
+    return (single_identity + probes.identity_late(late_identity, general, rng),
+            single_general + probes.general_after(late_general, identity, rng))
 
 
 def _prompt_text(record: dict) -> str:
@@ -261,20 +267,22 @@ def _jsonl(records: list[dict]) -> str:
 
 
 def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
-    """Write train.jsonl, eval_identity.jsonl, eval_identity_seen.jsonl, eval_general.jsonl and meta.json."""
+    """Write train.jsonl, the held-out evaluation sets (``FILES``: single- and multi-turn) and meta.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(spec.seed)
     identity, eval_identity = identity_conversations(spec, rng)
     general, eval_general = general_conversations(spec, round(spec.count * spec.ratio), rng)
-    identity = with_history(identity, general, spec.multi_turn, rng)
+    identity, general = mix_turns(identity, general, spec.multi_turn, rng)
     train = identity + general
     rng.shuffle(train)
     # Training questions asked again, to measure how well the model learned what it saw. Not the "are you
     # InternLM?" ones: their right answer names the old identity too, which the report counts as wrong.
     asked_old = [r for r in identity if any(old.lower() in _prompt_text(r).lower() for old in spec.old_names)]
     seen = [dict(r, lang=lang_of(_prompt_text(r))) for r in identity if r not in asked_old][: spec.eval_identity]
-    files = {"train": train, "eval_identity": eval_identity, "eval_identity_seen": seen, "eval_general": eval_general}
+    identity_multi, general_multi = probes.held_out_multi(eval_identity, eval_general, spec.seed)
+    files = {"train": train, "eval_identity": eval_identity, "eval_identity_seen": seen, "eval_general": eval_general,
+             "eval_identity_multi": identity_multi, "eval_general_multi": general_multi}
     for key, records in files.items():
         _write_atomic(out / FILES[key], _jsonl(records))
     meta = {"format": "openai", **asdict(spec), "general": str(spec.general or GENERAL_DATA.name),

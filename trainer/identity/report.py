@@ -1,10 +1,16 @@
-"""The fine-tune report: did the model learn its name, and does it keep it to itself?
+"""The fine-tune report: did the model learn its name, does it keep it to itself, and what did it forget?
 
-On the held-out data of ``trainer.identity`` it measures, for the fine-tuned model and its base:
-- identity accuracy: the share of held-out identity questions (zh and en, worded unlike anything
-  trained on) whose greedy answer states the new name and not an old identity;
-- identity on the training templates (what the model saw), as a sanity check;
-- identity leak: the share of held-out general prompts whose answer mentions the name anyway.
+On the held-out data of ``trainer.identity`` it measures the fine-tuned model and its base on the same
+prompts, each figure for all prompts and for Chinese and English apart, with the number of prompts:
+- identity: held-out identity questions (worded unlike anything trained on) answered with the new name
+  and no old identity; asked first, and asked as the 2nd-4th turn after general turns; and the
+  training questions asked again (what the model saw);
+- leak: held-out general prompts whose answer names the assistant anyway; asked first, and asked after
+  one or more identity turns (where a model trained on single Q/A pairs says its name to everything);
+- general ability kept: how often the greedy answer to a held-out general prompt is word for word the
+  base model's, and the word overlap of answers with the data's reference answers;
+- with ``system``: identity and leak with that system prompt, and with the identity guard
+  (``chat.guard``) on.
 Written as ``report.json`` and ``report.md`` into the run (or model) folder; ``merge`` takes them along
 and the pushed model card shows them. The data folder defaults to the one the run was trained on.
 """
@@ -13,32 +19,64 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import myassistant.model as model_layer
+from myassistant.chat.guard import guard_identity
 from myassistant.trainer import run_folder
 from myassistant.trainer.data.formats import DataError
-from myassistant.trainer.identity import FILES
+from myassistant.trainer.identity import FILES, probes, score
 from myassistant.trainer.run_folder import REPORT_JSON, REPORT_MD
 
 log = logging.getLogger(__name__)
 
+SETS = ("eval_identity", "eval_identity_seen", "eval_general", "eval_identity_multi", "eval_general_multi")
 
-@dataclass
-class Figures:
-    identity_accuracy: float  # held-out identity questions answered with the name
-    identity_seen_accuracy: float  # training-template questions answered with the name
-    identity_leak: float  # held-out general prompts whose answer mentions the name
-    identity_n: int
-    identity_seen_n: int
-    general_n: int
+
+@dataclass(frozen=True)
+class Measure:
+    key: str  # the figure's key in report.json
+    label: str
+    prompts: str  # an evaluation set (FILES key), "+system" with the system prompt, "+guard" with it guarded
+    score: str  # name: says the name | leak: mentions it | agree: same answer as the base | overlap: with reference
+
+
+MEASURES = [
+    Measure("identity", "identity, held-out questions", "eval_identity", "name"),
+    Measure("identity_multi", "identity, held-out, asked as turn 2-4", "eval_identity_multi", "name"),
+    Measure("identity_seen", "identity, training questions", "eval_identity_seen", "name"),
+    Measure("leak", "leak, held-out general prompts", "eval_general", "leak"),
+    Measure("leak_multi", "leak, general prompts after identity turns", "eval_general_multi", "leak"),
+    Measure("agreement", "general answers word for word the base's", "eval_general", "agree"),
+    Measure("agreement_multi", "the same, after identity turns", "eval_general_multi", "agree"),
+    Measure("overlap", "general answers, word overlap with the reference", "eval_general", "overlap"),
+    # With a system prompt (write_report's ``system``), as is and guarded.
+    Measure("identity_system", "identity, with the system prompt", "eval_identity+system", "name"),
+    Measure("leak_system", "leak, with the system prompt", "eval_general+system", "leak"),
+    Measure("leak_multi_system", "leak after identity turns, with the system prompt", "eval_general_multi+system", "leak"),
+    Measure("identity_guarded", "identity, system prompt + guard", "eval_identity+guard", "name"),
+    Measure("leak_guarded", "leak, system prompt + guard", "eval_general+guard", "leak"),
+    Measure("leak_multi_guarded", "leak after identity turns, system prompt + guard", "eval_general_multi+guard", "leak"),
+]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         raise DataError(f"{path}: missing; write the evaluation data with `assistant data identity --out {path.parent}`")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_sets(data_dir: Path, seed: int = 0) -> dict[str, list[dict]]:
+    """The evaluation sets; the multi-turn ones are built from the single-turn ones for data folders
+    written before they existed."""
+    sets = {k: _read_jsonl(data_dir / FILES[k]) for k in SETS if "multi" not in k}
+    multi = ("eval_identity_multi", "eval_general_multi")
+    if all((data_dir / FILES[k]).exists() for k in multi):
+        sets.update({k: _read_jsonl(data_dir / FILES[k]) for k in multi})
+    else:
+        sets.update(zip(multi, probes.held_out_multi(sets["eval_identity"], sets["eval_general"], seed)))
+    return sets
 
 
 def load_for_eval(path: str | Path, dtype: str = "float32"):
@@ -55,62 +93,121 @@ def load_for_eval(path: str | Path, dtype: str = "float32"):
     return model, model_layer.load_tokenizer(tok_dir)
 
 
-def says_name(reply: str, name: str, old_names: list[str]) -> bool:
-    low = reply.lower()
-    return name.lower() in low and not any(old.lower() in low for old in old_names)
+def prompts(records: list[dict], variant: str, system: str | None) -> list[list[dict]]:
+    """The conversations to answer: each record without its reference answer, as ``variant`` says."""
+    if variant in ("system", "guard"):
+        records = probes.with_system(records, system or "")
+    convs = [r["messages"][:-1] for r in records]
+    return [guard_identity(c) for c in convs] if variant == "guard" else convs
 
 
-def measure(model, tokenizer, data_dir: Path, name: str, old_names: list[str], max_new_tokens: int = 48,
-            samples: list | None = None) -> Figures:
-    """Greedy answers to the three evaluation sets; ``samples`` collects (set, prompt, reply) rows."""
-    def replies(records: list[dict]) -> list[str]:
-        prompts = [r["messages"][:-1] for r in records]  # evaluation records end with a reference answer
-        return model_layer.generate_replies(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+def answer(model, tokenizer, sets: dict[str, list[dict]], keys: list[str], system: str | None,
+           max_new_tokens: int) -> dict[str, list[str]]:
+    """Greedy replies to every prompt set in ``keys`` (one batched pass over all of them)."""
+    convs, spans = [], {}
+    for key in keys:
+        name, _, variant = key.partition("+")
+        batch = prompts(sets[name], variant, system)
+        spans[key] = (len(convs), len(convs) + len(batch))
+        convs += batch
+    replies = model_layer.generate_replies(model, tokenizer, convs, max_new_tokens=max_new_tokens)
+    return {key: replies[a:b] for key, (a, b) in spans.items()}
 
-    sets = {k: _read_jsonl(data_dir / FILES[k]) for k in ("eval_identity", "eval_identity_seen", "eval_general")}
-    answers = {k: replies(v) for k, v in sets.items()}
-    if samples is not None:
-        for k, recs in sets.items():
-            samples += [(k, r["messages"][-2]["content"], a) for r, a in zip(recs, answers[k])]
 
-    def share(key: str, hit) -> float:
-        got = answers[key]
-        return round(sum(map(hit, got)) / len(got), 4) if got else 0.0
+def _scores(m: Measure, records: list[dict], got: list[str], base: list[str] | None, name: str,
+            old_names: list[str]) -> list[float] | None:
+    if m.score == "name":
+        return [float(score.says_name(a, name, old_names)) for a in got]
+    if m.score == "leak":
+        return [float(score.mentions(a, name)) for a in got]
+    if m.score == "overlap":
+        return [score.overlap(a, r["messages"][-1]["content"]) for a, r in zip(got, records)]
+    return None if base is None else [float(score.same_answer(a, b)) for a, b in zip(got, base)]
 
-    return Figures(
-        identity_accuracy=share("eval_identity", lambda a: says_name(a, name, old_names)),
-        identity_seen_accuracy=share("eval_identity_seen", lambda a: says_name(a, name, old_names)),
-        identity_leak=share("eval_general", lambda a: name.lower() in a.lower()),
-        identity_n=len(answers["eval_identity"]), identity_seen_n=len(answers["eval_identity_seen"]),
-        general_n=len(answers["eval_general"]),
-    )
+
+def figures(measures: list[Measure], sets: dict, fine: dict, base: dict | None, name: str,
+            old_names: list[str]) -> dict[str, dict]:
+    out = {}
+    for m in measures:
+        records = sets[m.prompts.partition("+")[0]]
+        langs = [r.get("lang") or probes.lang_of(probes.question(r)) for r in records]
+        base_got = base[m.prompts] if base else None
+        ft = _scores(m, records, fine[m.prompts], base_got, name, old_names)
+        if ft is None:
+            continue
+        ft_value, n = score.figure(ft, langs)
+        base_value = None
+        if base_got is not None and m.score != "agree":
+            base_value = score.figure(_scores(m, records, base_got, None, name, old_names), langs)[0]
+        out[m.key] = {"label": m.label, "fine_tuned": ft_value, "base": base_value, "n": n}
+    return out
+
+
+# The report's first figures, under the names report.json had before the per-language figures (the studio reads them).
+FLAT = {"identity": ("identity_accuracy", "identity_n"), "identity_seen": ("identity_seen_accuracy", "identity_seen_n"),
+        "leak": ("identity_leak", "general_n")}
+
+
+def flat(figs: dict, side: str) -> dict | None:
+    """{identity_accuracy, identity_seen_accuracy, identity_leak, *_n} of one side (fine_tuned or base)."""
+    if figs["identity"][side] is None:
+        return None
+    return {k: v for key, (value, n) in FLAT.items() for k, v in ((value, figs[key][side]["all"]), (n, figs[key]["n"]["all"]))}
+
+
+def _examples(sets: dict, fine: dict, name: str, old_names: list[str]) -> list[list[str]]:
+    """A few answers per set, failures first: [set, last question, answer]."""
+    out = []
+    for key, per_set in (("eval_identity", 3), ("eval_identity_multi", 2), ("eval_general", 2), ("eval_general_multi", 3)):
+        rows = [(probes.question(r), a) for r, a in zip(sets[key], fine[key])]
+        ok = (lambda a: score.says_name(a, name, old_names)) if "identity" in key else (lambda a: not score.mentions(a, name))
+        out += [[key, q, a] for q, a in sorted(rows, key=lambda row: ok(row[1]))[:per_set]]
+    return out
+
+
+def _cell(values: dict | None, percent: bool = True) -> str:
+    if not values or values["all"] is None:
+        return "–"
+    show = (lambda v: "–" if v is None else f"{v:.0%}") if percent else (lambda v: "–" if v is None else f"{v:.2f}")
+    return f"{show(values['all'])} ({show(values['zh'])} / {show(values['en'])})"
+
+
+def table(rep: dict, markdown: bool = False) -> str:
+    """The figures as a table: measure, fine-tuned, base, prompts; each cell "all (zh / en)"."""
+    head = ["measure", "fine-tuned", "base", "prompts"]
+    rows = [[f["label"], _cell(f["fine_tuned"], key != "overlap"), _cell(f["base"], key != "overlap"),
+             f"{f['n']['all']} ({f['n']['zh']} / {f['n']['en']})"] for key, f in rep["figures"].items()]
+    if markdown:
+        return "\n".join("| " + " | ".join(r) + " |" for r in [head, ["---"] * 4, *rows])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows])
+
+
+def summary(rep: dict) -> str:
+    """What the terminal shows: a title and the text table."""
+    return f"Fine-tune report: {rep['name']} (each cell: all prompts (zh / en))\n{table(rep)}"
 
 
 def _markdown(rep: dict) -> str:
-    ft, base = rep["fine_tuned"], rep["base"]
-    rows = [
-        ("identity accuracy, held-out questions", "identity_accuracy", "identity_n"),
-        ("identity accuracy, training templates", "identity_seen_accuracy", "identity_seen_n"),
-        ("identity leak, held-out general prompts", "identity_leak", "general_n"),
-    ]
-    lines = [f"## Fine-tune report: {rep['name']}", "", "| measure | fine-tuned | base | n |", "|---|---|---|---|"]
-    for label, key, n in rows:
-        b = f"{base[key]:.0%}" if base else "–"
-        lines.append(f"| {label} | {ft[key]:.0%} | {b} | {ft[n]} |")
-    lines += ["", f"Greedy answers, up to {rep['max_new_tokens']} new tokens. Model: `{rep['model']}`; "
-              f"base: `{rep['base_model'] or '–'}`."]
+    lines = [f"## Fine-tune report: {rep['name']}", "", table(rep, markdown=True), "",
+             f"Each cell: all prompts (Chinese / English). Greedy answers, up to {rep['max_new_tokens']} new tokens. "
+             "Identity: the answer states the name; leak: an answer to a general prompt names the assistant; "
+             "\"word for word the base's\": general ability kept (the base answers these prompts as it did before "
+             f"the fine-tune). Model: `{rep['model']}`; base: `{rep['base_model'] or '–'}`."]
+    if rep.get("system_prompt"):
+        lines += ["", f"System prompt: `{rep['system_prompt']}`; the guard leaves its naming sentences out of turns "
+                      "that do not ask about the assistant (`APP_IDENTITY_GUARD=1` in the app)."]
     if rep.get("examples"):
-        lines += ["", "| set | question | answer |", "|---|---|---|"]
+        lines += ["", "| set | last question | answer |", "|---|---|---|"]
         lines += [f"| {s} | {q} | {a.replace('|', '/').replace(chr(10), ' ')} |" for s, q, a in rep["examples"]]
     return "\n".join(lines) + "\n"
 
 
 def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, base: str | Path | None = None,
-                 out_dir: str | Path | None = None, max_new_tokens: int = 48) -> dict:
-    """Measure the fine-tuned model (and its base, side by side); write report.json + report.md.
-
-    ``data_dir`` and ``base`` default to what the run (or the merged folder carrying its config) was trained on.
-    """
+                 out_dir: str | Path | None = None, max_new_tokens: int = 48, system: str | None = None) -> dict:
+    """Measure the fine-tuned model (and its base, on the same prompts); write report.json + report.md.
+    ``system``: also measure identity and leak with this system prompt, unguarded and guarded.
+    ``data_dir`` and ``base`` default to what the run (or the merged folder carrying its config) was trained on."""
     model_path = Path(model_path)
     data_dir = Path(data_dir) if data_dir else run_folder.data_dir(model_path)
     if data_dir is None:
@@ -125,19 +222,21 @@ def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, 
         base = run_folder.base_model(model_path)
 
     started = time.time()
-    samples: list = []
+    sets = load_sets(data_dir, meta.get("seed", 0))
+    measures = [m for m in MEASURES if system or "+" not in m.prompts]
+    keys = sorted({m.prompts for m in measures})
     model, tok = load_for_eval(model_path)
-    fine = measure(model, tok, data_dir, name, old_names, max_new_tokens, samples)
-    log.info("fine-tuned: %s", fine)
-    base_fig = None
+    fine = answer(model, tok, sets, keys, system, max_new_tokens)
+    base_replies = None
     if base:
+        del model
         base_model, base_tok = load_for_eval(base)
-        base_fig = measure(base_model, base_tok, data_dir, name, old_names, max_new_tokens)
-        log.info("base: %s", base_fig)
-    examples = [s for s in samples if s[0] == "eval_identity"][:4] + [s for s in samples if s[0] == "eval_general"][:3]
-    rep = {"name": name, "model": str(model_path), "base_model": str(base) if base else None,
-           "fine_tuned": asdict(fine), "base": asdict(base_fig) if base_fig else None,
-           "max_new_tokens": max_new_tokens, "seconds": round(time.time() - started, 1), "examples": examples}
+        base_replies = answer(base_model, base_tok, sets, keys, system, max_new_tokens)
+    figs = figures(measures, sets, fine, base_replies, name, old_names)
+    rep = {"name": name, "model": str(model_path), "base_model": str(base) if base else None, "system_prompt": system,
+           "figures": figs, "fine_tuned": flat(figs, "fine_tuned"), "base": flat(figs, "base"),
+           "max_new_tokens": max_new_tokens, "seconds": round(time.time() - started, 1),
+           "examples": _examples(sets, fine, name, old_names)}
     out = Path(out_dir) if out_dir else (model_path if model_path.is_dir() else Path("."))
     out.mkdir(parents=True, exist_ok=True)
     run_folder.write_json(out / REPORT_JSON, rep)

@@ -1,0 +1,84 @@
+"""The identity recipe's defaults, chosen by measurement: a small sweep of the offline demo's LoRA
+(data mix, steps, learning rate, LoRA targets) on one trained demo base, each setting scored by the
+fine-tune report (held-out identity and leak, single- and multi-turn; agreement with the base).
+
+    assistant demo --name Alice --no-app --workdir demo_out          # builds the base once (stage 2)
+    nice -n 10 python benchmarks/identity_sweep.py --base demo_out/base --work /tmp/sweep [CASE[@SEED] ...]
+
+Prints one JSON object on stdout (a row per case); progress and a text table go to stderr. Every case
+reuses the same base, so the cases differ only in what is listed in CASES. README: the table measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from myassistant.trainer.config import PRESETS_DIR, load_config
+from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
+from myassistant.trainer.identity.report import write_report
+from myassistant.trainer.train import train
+
+ATTENTION = "[q_proj,k_proj,v_proj,o_proj]"
+# name -> (IdentitySpec fields, training overrides); "default" is what the shipped demo runs.
+CASES = {
+    "single_turn": ({"multi_turn": 0.0}, []),  # the recipe before issue 18 had 0.2 (one general turn first)
+    "default": ({}, []),
+    "ratio2": ({"ratio": 2.0}, []),
+    "multi_all": ({"multi_turn": 1.0}, []),
+    "lr1e-3": ({}, ["train.learning_rate=1.0e-3"]),
+    "steps600": ({}, ["train.max_steps=600"]),
+    "attention_only": ({}, [f"lora.target_modules={ATTENTION}"]),
+}
+KEYS = ("identity", "identity_multi", "leak", "leak_multi", "agreement", "agreement_multi", "leak_system",
+        "leak_guarded")
+
+
+def run_case(name: str, base: Path, work: Path, seed: int, count: int) -> dict:
+    spec_fields, overrides = CASES[name]
+    folder = work / f"{name}-s{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    data = write_identity_dataset(IdentitySpec(name="Alice", count=count, seed=seed, **spec_fields), folder / "data")
+    started = time.perf_counter()
+    cfg = load_config(PRESETS_DIR / "demo_identity_lora.yaml",
+                      [f"model.base={base}", f"data.train_file={data / 'train.jsonl'}",
+                       f"train.output_dir={folder / 'run'}", "quant.method=lora", f"train.seed={seed}",
+                       "train.eval_steps=0", *overrides])
+    run = train(cfg)
+    train_s = time.perf_counter() - started
+    rep = write_report(run, data, base=base, system="You are Alice, an AI assistant.")
+    fig = rep["figures"]
+    return {"case": name, "seed": seed, "spec": spec_fields, "overrides": overrides, "train_s": round(train_s, 1),
+            **{k: fig[k]["fine_tuned"] for k in KEYS if k in fig},
+            "n": {k: fig[k]["n"]["all"] for k in KEYS if k in fig},
+            "base": {k: fig[k]["base"]["all"] for k in KEYS if k in fig and fig[k]["base"]}}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cases", nargs="*", default=list(CASES),
+                   help=f"cases to run, CASE or CASE@SEED (data and training seed; default 0); default all: {', '.join(CASES)}")
+    p.add_argument("--base", type=Path, required=True, help="a trained demo base (demo_out/base)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/identity_sweep"))
+    p.add_argument("--count", type=int, default=400, help="identity conversations (the demo's count)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    rows = []
+    for case in args.cases:
+        name, _, seed = case.partition("@")
+        if name not in CASES:
+            p.error(f"unknown case {name!r}; one of {', '.join(CASES)}")
+        rows.append(run_case(name, args.base.resolve(), args.work, int(seed or 0), args.count))
+        r = rows[-1]
+        print(f"{name:16s} s{r['seed']} " + " ".join(f"{k}={r[k]['all']:.0%}" for k in KEYS if k in r)
+              + f" train {r['train_s']:.0f}s", file=sys.stderr, flush=True)
+    print(json.dumps({"name": "identity_sweep", "device": "cpu", "base": str(args.base), "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""assistant report: every figure against the base on the same prompts, zh and en apart, with its prompt count."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
+from myassistant.trainer.identity.report import MEASURES
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    spec = IdentitySpec(name="Alice", count=40, eval_identity=8, eval_general=6)
+    return write_identity_dataset(spec, tmp_path_factory.mktemp("report") / "data")
+
+
+def test_report_measures_every_figure_for_both_models_and_both_languages(tiny_checkpoint, data, tmp_path):
+    out = tmp_path / "report"
+    run = run_cli("report", str(tiny_checkpoint), "--data", str(data), "--base", str(tiny_checkpoint), "--out", str(out),
+                  "--max-new-tokens", "6", "--system", "You are Alice.", timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    figures = rep["figures"]
+    assert list(figures) == [m.key for m in MEASURES]
+    counts = {"identity": 8, "identity_multi": 8, "identity_seen": 8, "leak": 6, "leak_multi": 6, "agreement": 6,
+              "agreement_multi": 6, "overlap": 6, "identity_system": 8, "leak_system": 6, "leak_multi_system": 6,
+              "identity_guarded": 8, "leak_guarded": 6, "leak_multi_guarded": 6}
+    for key, figure in figures.items():
+        assert figure["n"]["all"] == counts[key] == figure["n"]["zh"] + figure["n"]["en"], key
+        assert figure["n"]["zh"] and figure["n"]["en"], key
+        assert set(figure["fine_tuned"]) == {"all", "zh", "en"}, key
+    # The same weights on both sides: the same answers, so every figure is the base's and agreement is 100 %.
+    assert figures["agreement"]["fine_tuned"] == figures["agreement_multi"]["fine_tuned"] == {"all": 1.0, "zh": 1.0, "en": 1.0}
+    assert figures["agreement"]["base"] is None
+    assert all(f["fine_tuned"] == f["base"] for k, f in figures.items() if not k.startswith("agreement"))
+    # What the terminal, report.md (the model card) show: every figure with the prompts it rests on.
+    assert run.stdout.startswith("Fine-tune report: Alice")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for figure in figures.values():
+        assert figure["label"] in run.stdout and figure["label"] in md
+    assert "| identity, held-out, asked as turn 2-4 |" in md and "| 8 (4 / 4) |" in md
+    assert "System prompt: `You are Alice.`" in md
+    assert rep["fine_tuned"] == {"identity_accuracy": figures["identity"]["fine_tuned"]["all"], "identity_n": 8,
+                                 "identity_seen_accuracy": figures["identity_seen"]["fine_tuned"]["all"],
+                                 "identity_seen_n": 8, "identity_leak": figures["leak"]["fine_tuned"]["all"],
+                                 "general_n": 6} == rep["base"]
+
+
+def test_data_written_before_multi_turn_sets_still_reports(tiny_checkpoint, data, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in data.iterdir():
+        if "multi" not in f.name:
+            (old / f.name).write_bytes(f.read_bytes())
+    from myassistant.trainer.identity.report import write_report
+
+    rep = write_report(tiny_checkpoint, old, out_dir=tmp_path / "out", max_new_tokens=4)
+    assert rep["figures"]["identity_multi"]["n"]["all"] == 8 and rep["figures"]["leak_multi"]["n"]["all"] == 6
+    assert rep["base_model"] is None and rep["base"] is None and "agreement" not in rep["figures"]
+
+
+def test_missing_data_is_one_line_error(tiny_checkpoint, tmp_path):
+    run = run_cli("report", str(tiny_checkpoint), "--data", str(tmp_path), "--kind", "identity", timeout=300)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].endswith("meta.json: missing; the report needs the folder written by "
+                                                        "`assistant data identity`")
