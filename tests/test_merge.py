@@ -65,7 +65,7 @@ def test_merged_logits_equal_base_plus_adapter(merged, lora_run, tiny_checkpoint
 
 def test_report_takes_the_data_and_base_the_run_was_trained_on(reported, lora_run):
     assert reported.returncode == 0, reported.stderr[-2000:]
-    assert "## Fine-tune report: Alice" in reported.stdout
+    assert "Fine-tune report: Alice" in reported.stdout and "identity, held-out, asked as turn 2-4" in reported.stdout
     rep = json.loads((lora_run / "report.json").read_text())
     assert rep["base"] is not None and rep["fine_tuned"]["identity_n"] == 4  # measured side by side with the base
 
@@ -101,7 +101,7 @@ def test_card_pushed_from_the_merged_run_says_how_it_was_made(merged, tiny_check
     assert "\n# Alice\n" in card and show("log", "-1", "--format=%s").strip() == "Upload Alice"
     for row in (f"| base model | `{tiny_checkpoint.resolve()}` |", "| method | `lora` |", "| steps | `4` |",
                 "| lora.r | 8 |", "| train.learning_rate | 0.03 |", "## Fine-tune report: Alice",
-                "| identity accuracy, held-out questions |"):
+                "| identity, held-out questions |", "| leak, general prompts after identity turns |"):
         assert row in card, row
     assert "base_model:" not in card.split("---")[1]  # a local path is no Hub id for the front matter
 
