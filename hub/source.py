@@ -38,7 +38,8 @@ def fetch_model(source: str, cache_dir: str | Path | None = None, *,
         return local.resolve()
     if is_git_url(source) or bare_repo:
         url = git_url(source)
-        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir() / "models"
+        # absolute: git runs in the clone's parent folder, where a relative path would point elsewhere
+        root = Path(cache_dir).expanduser().resolve() if cache_dir else default_cache_dir() / "models"
         return clone_or_update(url, root / slug(url), token_env=tuple(token_env))
     repo_id = hf_repo_id(source)
     if repo_id is None:

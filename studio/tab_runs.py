@@ -6,9 +6,8 @@ browser sees the same trainings, and a training started from a terminal shows up
 from __future__ import annotations
 
 import gradio as gr
-import pandas as pd
 
-from myassistant.studio import jobs, runs
+from myassistant.studio import chart, jobs, runs
 from myassistant.studio.ui import Workspace, error_slot, note, show
 from myassistant.trainer.run_folder import RUN_CONFIG_NAME
 
@@ -16,12 +15,8 @@ RUN_COLUMNS = ["run", "status", "step", "loss", "method", "base", "started"]
 REFRESH_S = 1.0
 
 
-def loss_frame(ws: Workspace, names: list[str]) -> pd.DataFrame:
-    rows = [{"step": r["step"], "loss": r["loss"], "run": name}
-            for name in names for r in runs.metrics(ws.runs / name)]
-    frame = pd.DataFrame(rows, columns=["step", "loss", "run"])
-    # typed even when empty: the plot takes its axis types (quantitative, not categories) from the frame
-    return frame.astype({"step": "int64", "loss": "float64", "run": "str"})
+def shown_runs(ws: Workspace, name: str | None, others: list[str] | None) -> list[str]:
+    return [n for n in dict.fromkeys([name, *(others or [])]) if n and (ws.runs / n).is_dir()]
 
 
 def eval_rows(ws: Workspace, name: str | None) -> list[list]:
@@ -41,14 +36,15 @@ def build(ws: Workspace, started_run: gr.Textbox) -> dict:
     action = gr.Markdown("", elem_id="runs-action")
     live = gr.Markdown("", elem_id="runs-live", elem_classes=["live-figures"])
     with gr.Row(equal_height=True):
-        plot = gr.LinePlot(None, x="step", y="loss", color="run", title="Training loss", height=320,
-                           x_title="optimizer step", y_title="loss", scale=3, elem_id="runs-loss")
+        with gr.Column(scale=3, variant="panel"):
+            plot = gr.HTML(chart.line_chart({}, title="Training loss", x_title="optimizer step", y_title="loss"),
+                           elem_id="runs-loss")
         evals = gr.Dataframe(headers=["step", "prompt", "answer"], label="Eval prompts, as answered during training",
                              interactive=False, wrap=True, scale=2, max_height=320, elem_id="runs-evals")
     with gr.Accordion("Training log", open=False):
         log = gr.Textbox(lines=12, max_lines=12, show_label=False, autoscroll=True, elem_id="runs-log")
     table = gr.Dataframe(headers=RUN_COLUMNS, label="All runs", interactive=False, elem_id="runs-table")
-    seen = gr.State({})  # what the page shows already: unchanged plots are not sent again
+    seen = gr.State({})  # what the page shows already (run names, plotted points): unchanged parts are not resent
 
     def refresh(name: str | None, others: list[str] | None, shown: dict):
         names = [p.name for p in runs.list_runs(ws.runs)]
@@ -56,13 +52,13 @@ def build(ws: Workspace, started_run: gr.Textbox) -> dict:
         if not name and names:
             name = names[0]
             out_selected = gr.update(choices=names, value=name)
-        picked = [n for n in dict.fromkeys([name, *(others or [])]) if n and (ws.runs / n).is_dir()]
-        frame = loss_frame(ws, picked)
-        key = (tuple(picked), len(frame))
-        # an empty frame would fix the plot's colours to none: "no value" until there is a point
-        out_plot = gr.update(value=frame if len(frame) else None) if shown.get("plot") != key else gr.update()
         summaries = [runs.summary(ws.runs / n) for n in names]
         table_rows = [[s[c] for c in RUN_COLUMNS] for s in summaries]
+        picked = shown_runs(ws, name, others)
+        series = {n: [(r["step"], r["loss"]) for r in runs.metrics(ws.runs / n)] for n in picked}
+        key = (tuple(picked), tuple(len(v) for v in series.values()))
+        out_plot = gr.update() if shown.get("plot") == key else chart.line_chart(
+            series, title="Training loss", x_title="optimizer step", y_title="loss")
         text = runs.live_text(ws.runs / name) if name and (ws.runs / name).is_dir() else "No runs yet: start one above."
         tail = runs.tail(runs.log_path(ws.runs / name), 60) if name else ""
         evals_ = eval_rows(ws, name)

@@ -205,3 +205,16 @@ def test_failed_push_keeps_the_commit_and_resumes(tmp_path, remote, model):
     resumed = _assistant(["push", str(model), "--to", str(remote)], env)
     assert resumed.returncode == 0 and "pushed" in resumed.stdout, resumed.stderr
     assert _git(remote, "rev-list", "--count", "main").strip() == "1"
+
+
+def test_clone_into_a_relative_cache_dir(tmp_path, remote, model):
+    env = _env(tmp_path)
+    assert _assistant(["push", str(model), "--to", str(remote)], env).returncode == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    cloned = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "clone", remote.as_uri(), "--cache-dir",
+                             "models"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert cloned.returncode == 0, cloned.stderr
+    clone = Path(cloned.stdout.strip())
+    assert clone.parent == work / "models"
+    assert (clone / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()

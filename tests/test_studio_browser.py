@@ -124,8 +124,8 @@ def step_of(page) -> int:
 
 
 def loss_path(page) -> str:
-    """The drawn loss line (the SVG path Vega renders); changes whenever a point is added."""
-    line = page.locator("#runs-loss path[aria-roledescription='line mark']")
+    """The drawn loss line (an SVG path); changes whenever a point is added."""
+    line = page.locator("#runs-loss path.loss-line")
     return line.first.get_attribute("d") or "" if line.count() else ""
 
 
