@@ -5,7 +5,6 @@ loaded; a reply streams into both columns at once, token by token in turn.
 """
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import gradio as gr
 from myassistant.chat import ChatEngine, GenerationSettings
 from myassistant.model import ADAPTER_CONFIG
 from myassistant.studio import runs
-from myassistant.studio.tab_model import run_base
 from myassistant.studio.ui import Workspace, error_slot, note, one_line, show
+from myassistant.trainer.run_folder import base_model
 from myassistant.trainer.train import complete_checkpoints
 
 _engines: dict[str, ChatEngine] = {}  # "fine-tuned" / "base" -> the loaded pair (one pair at a time)
@@ -26,18 +25,16 @@ _lock = threading.Lock()
 def resolve(ws: Workspace, target: str) -> tuple[Path, Path | None, str | None]:
     """(model folder, adapter folder or None, base folder for the side-by-side) of a run or merged folder."""
     folder = ws.path(target)
+    base = base_model(folder)  # from the run's (or the merged folder's carried) run_config.yaml
+    if base is None and not (folder / "config.json").exists():
+        raise ValueError(f"{target}: no run_config.yaml or adapter_config.json names its base model")
     if (folder / ADAPTER_CONFIG).exists():  # a finished LoRA / QLoRA run
-        return Path(run_base(folder)), folder, run_base(folder)
+        return Path(base), folder, base
     if (folder / "config.json").exists():  # a merged model (or a full fine-tune run)
-        base = None
-        try:
-            base = json.loads((folder / "merge.json").read_text())["base_model"]
-        except (OSError, ValueError, KeyError):
-            base = run_base(folder)
         return folder, None, base
     checkpoints = complete_checkpoints(folder)
     if checkpoints and (checkpoints[-1] / ADAPTER_CONFIG).exists():  # a stopped run: its newest checkpoint
-        return Path(run_base(folder)), checkpoints[-1], run_base(folder)
+        return Path(base), checkpoints[-1], base
     raise ValueError(f"{target}: no adapter, no model weights and no checkpoint yet; wait for the training "
                      "to save one, or pick another run")
 

@@ -1,7 +1,6 @@
 """Tab 1, base model: a folder, a Hugging Face id or a git URL (cloned and verified by ``assistant clone``)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import gradio as gr
@@ -129,12 +128,3 @@ def build(ws: Workspace) -> dict:
     source.submit(on_load, source, outputs)
     return {"folder": folder, "source": source}
 
-
-def run_base(run_dir: Path) -> str | None:
-    """The base model folder a run was trained on (its run_config.yaml, through trainer.run_folder)."""
-    from myassistant.trainer.run_folder import base_model
-
-    try:
-        return base_model(run_dir)
-    except (OSError, ValueError):  # a run config being written or edited by hand
-        return None

@@ -6,14 +6,11 @@ empty, the job inherits the studio's environment (HF_TOKEN / OPENXLAB_TOKEN / GI
 """
 from __future__ import annotations
 
-import shutil
-
 import gradio as gr
 
 from myassistant.hub import redact
 from myassistant.studio import jobs, runs
 from myassistant.studio.ui import Workspace, error_slot, job_error, note, show
-from myassistant.trainer.identity.report import REPORT_JSON, REPORT_MD
 
 TOKEN_HELP = ("Blank = from the studio's environment (HF_TOKEN for hf: targets, OPENXLAB_TOKEN / GIT_TOKEN for git). "
               "A typed token is handed to the push process only; never shown, logged or saved.")
@@ -87,9 +84,6 @@ def build(ws: Workspace) -> dict:
         if not text.rstrip().endswith("[exit 0]"):
             yield show(None), show(job_error(text)), "", gr.update(), gr.update(value=text, visible=True), gr.update()
             return
-        for name in (REPORT_JSON, REPORT_MD):  # the model card picks the report up from the merged folder
-            if (run_dir / name).exists():
-                shutil.copyfile(run_dir / name, out_dir / name)
         yield (show(None), show(None), note(f"Merged into `{ws.rel(out_dir)}` (`{jobs.shown(args)}`)"), "",
                gr.update(value=text, visible=False), ws.rel(out_dir))
 

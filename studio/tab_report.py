@@ -5,6 +5,7 @@ import gradio as gr
 import pandas as pd
 
 from myassistant.studio import jobs, runs
+from myassistant.trainer import run_folder
 from myassistant.studio.ui import Workspace, error_slot, job_error, note, show
 
 MEASURES = (("identity, held-out questions", "identity_accuracy", "identity_n"),
@@ -55,10 +56,11 @@ def build(ws: Workspace, data_dir: gr.Textbox) -> dict:
         found += [f"merged/{p.name}" for p in sorted(ws.merged.glob("*")) if (p / "config.json").exists()]
         return found
 
-    def on_pick(target_: str | None):
+    def on_pick(target_: str | None, data_: str):
         folder = ws.path(target_) if target_ else None
         rows, frame, ex = report_views(runs.read_report(folder) if folder else None)
-        return rows, frame, ex
+        found = run_folder.data_dir(folder) if folder and folder.is_dir() else None  # the run's identity data
+        return rows, frame, ex, ws.rel(found) if found and not (data_ or "").strip() else gr.update()
 
     def on_run(target_: str | None, data_: str):
         keep = [gr.update()] * 5
@@ -87,7 +89,7 @@ def build(ws: Workspace, data_dir: gr.Textbox) -> dict:
                rows, frame, ex, gr.update(value=log_text, visible=False))
 
     run_btn.click(on_run, [target, data], [target_err, data_err, status, table, chart, examples, log])
-    target.change(on_pick, target, [table, chart, examples])
+    target.change(on_pick, [target, data], [table, chart, examples, data])
     target.focus(lambda: gr.update(choices=targets()), None, target)
     data_dir.change(lambda v: ws.rel(v) if v else v, data_dir, data)
     return {"target": target, "targets": targets}

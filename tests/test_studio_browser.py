@@ -221,7 +221,8 @@ def test_the_whole_pipeline_in_the_browser(tmp_path):
         page.locator("#report-run").click()
         expect_text(page, "Report written", 240)
         assert "identity, held-out questions" in page.locator("#report-table").inner_text()
-        assert page.locator("#report-chart path[aria-roledescription='bar'], #report-chart .mark-rect path").count() >= 1
+        bars = page.locator("#report-chart path[aria-roledescription='bar'], #report-chart .mark-rect path")
+        wait_for(lambda: bars.count() >= 2, 60, "the bar chart")  # drawn by Vega after the table
         page.screenshot(path=str(ARTIFACTS / "studio_4_report.png"), full_page=True)
 
         # 5. chat: the run's adapter beside its base
