@@ -8,24 +8,28 @@ from myassistant.studio import jobs, runs
 from myassistant.trainer import run_folder
 from myassistant.studio.ui import Workspace, error_slot, job_error, note, show
 
-MEASURES = (("identity, held-out questions", "identity_accuracy", "identity_n"),
-            ("identity, training templates", "identity_seen_accuracy", "identity_seen_n"),
-            ("leak, general prompts", "identity_leak", "general_n"))
-SHORT = {"identity_accuracy": "held-out", "identity_seen_accuracy": "templates", "identity_leak": "leak"}
+def _cell(values: dict | None, percent: bool) -> str:
+    """"all (zh / en)", as the report's own table writes a figure."""
+    if values is None:
+        return "–"
+    fmt = (lambda v: "–" if v is None else f"{v:.0%}") if percent else (lambda v: "–" if v is None else f"{v:.2f}")
+    return f"{fmt(values.get('all'))} ({fmt(values.get('zh'))} / {fmt(values.get('en'))})"
 
 
 def report_views(rep: dict | None) -> tuple[list[list], pd.DataFrame | None, list[list]]:
     """(table rows, bar-chart frame, example answers) of a report.json."""
-    if not rep:  # None, not an empty frame: that would fix the chart's colours to none
+    if not rep or "figures" not in rep:  # None, not an empty frame: that would fix the chart's colours to none
         return [], None, []
-    ft, base = rep["fine_tuned"], rep.get("base")
     rows, bars = [], []
-    for label, key, n in MEASURES:
-        rows.append([label, f"{ft[key]:.0%}", f"{base[key]:.0%}" if base else "–", ft[n]])
-        # one bar per (measure, model), side by side: a colour-stacked bar would add the two up
-        bars.append({"measure": f"{SHORT[key]} · fine-tuned", "percent": round(100 * ft[key], 1), "model": "fine-tuned"})
-        if base:
-            bars.append({"measure": f"{SHORT[key]} · base", "percent": round(100 * base[key], 1), "model": "base"})
+    for key, f in rep["figures"].items():
+        percent = key != "overlap"  # word overlap is a ratio, not a share of prompts
+        rows.append([f["label"], _cell(f["fine_tuned"], percent), _cell(f["base"], percent), f["n"]["all"]])
+        if percent:
+            for side, values in (("fine-tuned", f["fine_tuned"]), ("base", f["base"])):
+                if values and values.get("all") is not None:
+                    # one bar per (measure, model): bars of one x would be stacked, adding the two up
+                    bars.append({"measure": f"{f['label']} · {side}", "percent": round(100 * values["all"], 1),
+                                 "model": side})
     examples = [list(e) for e in rep.get("examples", [])]
     return rows, pd.DataFrame(bars), examples
 
@@ -42,11 +46,11 @@ def build(ws: Workspace, data_dir: gr.Textbox) -> dict:
             data_err = error_slot()
         run_btn = gr.Button("Run report", variant="primary", scale=1, elem_id="report-run")
     status = gr.Markdown("", elem_id="report-status")
-    with gr.Row():
-        table = gr.Dataframe(headers=["measure", "fine-tuned", "base", "n"], label="Fine-tune report",
-                             interactive=False, scale=2, elem_id="report-table")
-        chart = gr.BarPlot(None, x="measure", y="percent", color="model", title="Fine-tuned vs base",
-                           y_lim=[0, 100], height=340, x_label_angle=0, scale=3, elem_id="report-chart", sort=None)
+    table = gr.Dataframe(headers=["measure", "fine-tuned: all (zh / en)", "base", "prompts"],
+                         label="Fine-tune report", wrap=True,
+                         interactive=False, elem_id="report-table")
+    chart = gr.BarPlot(None, x="measure", y="percent", color="model", title="Fine-tuned vs base (all prompts)",
+                       y_lim=[0, 100], height=380, x_label_angle=-35, elem_id="report-chart", sort=None)
     examples = gr.Dataframe(headers=["set", "question", "answer"], label="Example answers", interactive=False,
                             wrap=True, elem_id="report-examples")
     log = gr.Textbox(label="report log", lines=6, max_lines=6, visible=False, autoscroll=True)
