@@ -11,8 +11,10 @@ random-token benchmarks need. The loop is the Trainer's step without the Trainer
 non-reentrant per-layer activation checkpointing, fused AdamW), with the peers' settings: LoRA r64
 alpha 16 on all seven linear layers, seq 2048, 3 warm-up (6 when compiled) + 10 timed steps on random tokens.
 
-A case is ``ours_<kind><batch>[_<variant>...]``: kind ``qlora`` (full 2048-token rows) or ``short``
-(32-256-token chats packed into 2048-token rows, ``batch`` rows a step); variants ``d0`` (LoRA
+A case is ``ours_<kind><batch>[_<variant>...]``: kind ``qlora`` (full 2048-token rows), ``short``
+(32-256-token chats packed into 2048-token rows, ``batch`` rows a step) or ``llava`` (LLaVA stage 2 as
+``trainer.multimodal`` builds it: a random CLIP-ViT-L/14-336 tower and projector in front of the LLM, one
+picture a row, its 576 image tokens at the row's start and without loss, as ``gpu_llava_peer.py``); variants ``d0`` (LoRA
 dropout 0 instead of the presets' 0.1), ``plain`` (no fast path: transformers + peft as
 trainer.lora builds it), ``compile`` (torch.compile each decoder layer), ``ro`` (the same with
 mode="reduce-overhead": CUDA graphs of each compiled layer), ``nockpt`` (no activation
@@ -99,6 +101,25 @@ def build_checkpoint(shape: str = SHAPE, *, reuse_peers: bool = True) -> Path:
     return out
 
 
+def build_vision_encoder() -> Path:
+    """A CLIP-ViT-L/14-336 vision tower with random bf16 weights and its image processor (once)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    out = BENCH_DIR / f"clip_vit_large_p14_{IMAGE}"
+    if not (out / "model.safetensors").exists():
+        config = CLIPVisionConfig(**VISION, image_size=IMAGE, patch_size=14, projection_dim=VISION["hidden_size"])
+        with torch.device(DEVICE):
+            CLIPVisionModel(config).to(torch.bfloat16).save_pretrained(str(out))
+        CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}).save_pretrained(str(out))
+    return out
+
+
+VISION = (dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16) if SHAPE != "tiny"
+          else dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4))
+IMAGE = 336 if SHAPE != "tiny" else 56
+PATCHES = (IMAGE // 14) ** 2  # image tokens a picture: 576 for ViT-L/14-336
+
+
 # ----------------------------------------------------------------------------- one case
 
 def run_config(base: Path, method: str, dropout: float, extra: list[str] = ()):
@@ -114,7 +135,12 @@ def build(cfg, variants: set[str]):
     from myassistant.trainer.gpu import fast
     from myassistant.trainer.lora import build_model
 
-    model = build_model(cfg)
+    if cfg.vision.encoder:
+        from myassistant.trainer.multimodal.model import build_training_model
+
+        model = build_training_model(cfg)[0]
+    else:
+        model = build_model(cfg)
     cfg.train.qlora_fold = "nofold" not in variants
     cfg.train.lm_loss = "cce" if "cce" in variants else "auto"
     if "plain" not in variants:
@@ -134,6 +160,13 @@ def batches(kind: str, bs: int, n: int, vocab: int, variants: set[str]):
     from myassistant.trainer.gpu import fast
 
     g = torch.Generator().manual_seed(0)
+    if kind == "llava":  # vocab: the image token's id; the rows above it are the vocabulary's padding
+        x = torch.randint(0, vocab, (bs, SEQ), generator=g)
+        x[:, 1:1 + PATCHES] = vocab
+        labels = x.clone()
+        labels[:, :1 + PATCHES] = -100
+        pixels = torch.randn(bs, 3, IMAGE, IMAGE, generator=g)
+        return [({"input_ids": x, "labels": labels, "pixel_values": pixels}, bs, bs * SEQ)] * n
     if kind == "qlora":
         x = torch.randint(0, vocab, (bs, SEQ), generator=g)
         return [({"input_ids": x, "labels": x}, bs, bs * SEQ)] * n
@@ -165,7 +198,8 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
     if CUDA:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    cfg = run_config(base, method, 0.0 if "d0" in variants else 0.1)
+    vision = [f"vision.encoder={build_vision_encoder()}"] if kind == "llava" else []
+    cfg = run_config(base, method, 0.0 if "d0" in variants else 0.1, vision)
     model = build(cfg, variants)
     params = [p for p in model.parameters() if p.requires_grad]
     if "adam8" in variants:
@@ -174,7 +208,8 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
         opt = bnb.optim.AdamW8bit(params, lr=2e-4)
     else:
         opt = torch.optim.AdamW(params, lr=2e-4, fused=CUDA)
-    data = batches(kind, bs, warm + steps, model.config.vocab_size, variants)
+    vocab = model.config.image_token_id if kind == "llava" else model.config.vocab_size
+    data = batches(kind, bs, warm + steps, vocab, variants)
     if "graph" in variants:  # the timed steps' batches first run untimed: each size is captured as training goes on
         data = data[warm:] + data[warm:]
         warm = steps
@@ -276,6 +311,8 @@ def proof(steps: int = int(os.environ.get("PROOF_STEPS", 300))) -> dict:
 # ----------------------------------------------------------------------------- ratios
 
 PAIRS = [  # (ours, peer, field): the issue's targets are ratios against these peers
+    ("ours_llava1_d0_graph", "llava_qlora1", "tokens_per_s"), ("ours_llava4_d0_graph", "llava_qlora4", "tokens_per_s"),
+    ("ours_llava2_d0_graph", "llava_qlora4", "tokens_per_s"),
     ("ours_qlora1_d0", "unsloth_qlora1", "tokens_per_s"), ("ours_qlora1", "qlora1", "tokens_per_s"),
     ("ours_qlora1_d0_compile", "unsloth_qlora1", "tokens_per_s"),
     ("ours_qlora4_d0_compile", "unsloth_qlora4", "tokens_per_s"), ("ours_short4_compile", "qlora_short16", "samples_per_s"),

@@ -104,8 +104,9 @@ def model_card(folder: str | Path, *, name: str | None = None) -> str:
         (str(adapter.get("peft_type", "")).lower() or None)
     dataset = _pick(flat, "data.train_file", "dataset", "train_file")
     name = name or assistant_name(folder) or folder.name
+    llava = isinstance(model_cfg, dict) and model_cfg.get("model_type") == "llava"  # a multimodal model
     front: dict[str, Any] = {"library_name": "peft" if adapter else "transformers",
-                             "pipeline_tag": "text-generation",
+                             "pipeline_tag": "image-text-to-text" if llava else "text-generation",
                              "tags": ["myassistant", *([str(method)] if method else [])]}
     if base and _HUB_ID.match(str(base)):  # a local path is no Hub id: the table below still names it
         front["base_model"] = str(base)
@@ -133,8 +134,11 @@ def model_card(folder: str | Path, *, name: str | None = None) -> str:
             parts += ["", "## Fine-tune report", "", _table(figures, ("figure", "value"))]
     loader = ("from peft import AutoPeftModelForCausalLM", "AutoPeftModelForCausalLM") if adapter else \
         ("from transformers import AutoModelForCausalLM", "AutoModelForCausalLM")
-    parts += ["", "## Use", "", "```python", loader[0], "from transformers import AutoTokenizer", "",
+    if llava:
+        loader = ("from transformers import AutoModelForImageTextToText", "AutoModelForImageTextToText")
+    tokenizer = "AutoProcessor" if llava else "AutoTokenizer"
+    parts += ["", "## Use", "", "```python", loader[0], f"from transformers import {tokenizer}", "",
               'path = "PATH"  # a local clone of this repo: `assistant clone <this repo>` prints it',
-              "tok = AutoTokenizer.from_pretrained(path)",
+              f"{'processor' if llava else 'tok'} = {tokenizer}.from_pretrained(path)",
               f"model = {loader[1]}.from_pretrained(path)", "```", ""]
     return "\n".join(parts)

@@ -265,7 +265,7 @@ def load_adapter(base: torch.nn.Module, adapter_dir: str | Path):
     weights = adapter_dir / ADAPTER_WEIGHTS
     if weights.exists():  # an older peft's adapter_model.bin loads unchecked
         with safe_open(str(weights), framework="pt") as f:
-            saved = len(list(f.keys()))
+            saved = sum("lora_" in k for k in f.keys())  # modules_to_save copies (a Llava's projector) aside
         loaded = sum(1 for name, _ in model.named_parameters() if "lora_" in name)
         if saved != loaded:
             raise CheckpointError(f"{weights}: holds {saved} tensors but the base has {loaded} "

@@ -146,14 +146,12 @@ def image_token_count(model: LlavaForConditionalGeneration) -> int:
     return model.config.image_seq_length
 
 
-def projector_state(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
-
-
-def save_projector(model: LlavaForConditionalGeneration, out_file: str | Path) -> Path:
+def save_projector(projector: torch.nn.Module, out_file: str | Path) -> Path:
+    """The weights of a projector module (``model.model.multi_modal_projector``) as one safetensors file."""
     out_file = Path(out_file)
     tmp = out_file.with_name(out_file.name + ".tmp")
-    save_file(projector_state(model), str(tmp), metadata={"format": "pt"})
+    state = {k: v.detach().to("cpu").contiguous() for k, v in projector.state_dict().items()}
+    save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(out_file)
     return out_file
 

@@ -1,4 +1,5 @@
-"""assistant data identity|check: write self-cognition data, or validate and describe a data file."""
+"""assistant data identity|shapes|check: write self-cognition data or the synthetic picture set, or validate and
+describe a data file (LLaVA files with pictures too)."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("--eval-general", type=int, default=40, help="held-out general prompts for the leak measure (default 40)")
     ident.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files (default 0)")
     ident.add_argument("--out", required=True, help="output folder")
+    shapes = sub.add_parser("shapes", help="write the synthetic picture set (coloured shapes, LLaVA format) for the "
+                                           "multimodal recipe: pretrain.jsonl, finetune.jsonl, held-out eval.jsonl")
+    shapes.add_argument("--out", required=True, help="output folder")
+    shapes.add_argument("--per-class", type=int, default=24, help="training pictures per colour and shape (default 24)")
+    shapes.add_argument("--eval-per-class", type=int, default=4, help="held-out pictures per class (default 4)")
+    shapes.add_argument("--size", type=int, default=64, help="picture side in pixels (default 64)")
+    shapes.add_argument("--seed", type=int, default=0)
     check = sub.add_parser(
         "check", help="validate a data file (folder, glob) and print its counts",
         description="Read training data as 'assistant train' would (every record checked; a bad one is named by "
@@ -46,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--text-unit", default="paragraph", help="raw .txt: paragraph (default), line or file per document")
     check.add_argument("--text-field", default="text", help="raw text: the JSON field / Parquet column (default text)")
     check.add_argument("--encoding", default="utf-8", help="raw text: the files' encoding (default utf-8)")
+    check.add_argument("--image-folder", help="folder the image paths of a LLaVA file are relative to "
+                                              "(default: the data file's folder); every picture is opened")
     args = parser.parse_args(argv)
 
     if args.command == "identity":
@@ -54,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
                             languages=args.languages.split(","),
                             eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)
         out = write_identity_dataset(spec, args.out)
+        sys.stdout.write((out / "meta.json").read_text(encoding="utf-8"))
+        return 0
+
+    if args.command == "shapes":
+        from myassistant.trainer.multimodal import write_shapes_dataset
+
+        out = write_shapes_dataset(args.out, per_class=args.per_class, eval_per_class=args.eval_per_class,
+                                   size=args.size, seed=args.seed)
         sys.stdout.write((out / "meta.json").read_text(encoding="utf-8"))
         return 0
 
@@ -67,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         from myassistant.model import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
-    if source_kind(args.file, args.format, spec) == "text":  # documents, tokens and the blocks training sees
+    from myassistant.trainer.multimodal.data import describe_llava, has_images, load_llava_records
+
+    if args.image_folder or has_images(args.file):  # a LLaVA file: records with pictures
+        records = load_llava_records(args.file, args.image_folder, fmt=args.format, decode=True)
+        stats = describe_llava(records, tokenizer, args.max_length)
+    elif source_kind(args.file, args.format, spec) == "text":  # documents, tokens and the blocks training sees
         stats = describe_text(args.file, spec, tokenizer, args.max_length)
     else:
         stats = describe(load_records(args.file, args.format), tokenizer, args.max_length)

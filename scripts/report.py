@@ -6,6 +6,8 @@ kept, zh and en apart (--system: also with a system prompt, unguarded and guarde
 or mixed with chats): perplexity on held-out domain text and on general chat data; DATA is the held-out
 text (file, folder or glob). The kind is read from the run (run.json, also in a merged folder); --kind
 overrides it.
+A multimodal (LLaVA) run or merged folder: accuracy on held-out pictures vs the same parts before
+training; DATA is a folder with eval.jsonl ('assistant data shapes') or a LLaVA file with reference answers.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="assistant report", description=__doc__)
     p.add_argument("model", help="training run folder (base + adapter), or a merged model folder")
     p.add_argument("--data", help="identity: folder written by 'assistant data identity' (default: the one the run "
-                                  "was trained on); pre-training: held-out domain text (required)")
-    p.add_argument("--kind", choices=("auto", "identity", "pretrain"), default="auto",
+                                  "was trained on); pre-training: held-out domain text (required); pictures: "
+                                  "eval.jsonl's folder (required)")
+    p.add_argument("--kind", choices=("auto", "identity", "pretrain", "pictures"), default="auto",
                    help="which report (default: from the run; a --data folder with meta.json means identity)")
     p.add_argument("--base", help="base model folder to measure side by side (default: the run's base)")
     p.add_argument("--chat-data", help="pre-training: general chats to score (default: the shipped zh+en set)")
@@ -29,8 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from myassistant.trainer.run_folder import REPORT_MD
+    from myassistant.trainer.multimodal import report as pictures
 
     kind = args.kind
+    if kind == "auto" and pictures.is_multimodal(args.model):
+        kind = "pictures"
+    if kind == "pictures":
+        if args.data is None:
+            p.error("--data: the picture report needs held-out questions about pictures (a folder with eval.jsonl)")
+        pictures.write_picture_report(args.model, args.data, out_dir=args.out, max_new_tokens=args.max_new_tokens)
+        print((Path(args.out or args.model) / REPORT_MD).read_text(encoding="utf-8"))
+        return 0
     if kind == "auto":
         from myassistant.trainer.perplexity import run_kind
 

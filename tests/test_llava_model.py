@@ -47,7 +47,7 @@ def test_llava_text_path_is_the_llm_and_rebuilds_are_identical(tiny_vision_encod
     assert ours.shape[-1] % 64 == 0 and ours.shape[-1] > theirs.shape[-1]  # <image> added, rounded up
     torch.testing.assert_close(ours[..., : theirs.shape[-1]], theirs)
     again, _ = model.build_llava(tiny_vision_encoder, tiny_checkpoint, seed=1)
-    model.save_projector(llava, tmp_path / "projector.safetensors")
+    model.save_projector(llava.model.multi_modal_projector, tmp_path / "projector.safetensors")
     model.load_projector(again, tmp_path)
     for (k, a), b in zip(llava.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k

@@ -37,6 +37,7 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 DEEPSPEED_PRESETS = ("zero2", "zero3", "zero2_offload", "zero3_offload")
 DATA_FORMATS = ("auto", *FORMATS)
 LM_LOSSES = ("auto", "cce")
+VISION_STAGES = ("pretrain", "finetune")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
@@ -105,6 +106,16 @@ class DataConfig:
     num_proc: int = _f(0, "processes tokenising a raw-text corpus (0 = one per CPU core); cached on disk")
     pack: bool = _f(True, "pack short samples into max_length sequences (no attention across samples)")
     eval_prompts: list[str] = _f([], "prompts answered (greedy) every train.eval_steps and at the end")
+    image_folder: str = _f("", "multimodal: the folder the records' image paths are relative to; empty = the data file's folder")
+
+
+@dataclass
+class VisionConfig:
+    encoder: str = _f("", "vision encoder folder (CLIP / SigLIP) for a LLaVA run (pictures + chats); empty = text only")
+    stage: str = _f("finetune", "pretrain: only the projector trains, encoder and LLM frozen | finetune: the projector "
+                                "and LoRA/QLoRA on the LLM (quant.method)")
+    projector: str = _f("", "finetune: a pretrain run folder or projector.safetensors to start from; empty = a new projector")
+    lora_encoder: bool = _f(False, "finetune: LoRA (lora.r, lora.lora_alpha) on the vision encoder's linear layers too")
 
 
 @dataclass
@@ -148,6 +159,7 @@ class RunConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -294,7 +306,7 @@ def _parse_override(text: str) -> tuple[str, str, Any] | str:
 
 def validate(cfg: RunConfig) -> list[str]:
     """Every value problem in ``cfg`` (empty when the config can run)."""
-    m, lo, q, d, t = cfg.model, cfg.lora, cfg.quant, cfg.data, cfg.train
+    m, lo, q, d, t, v = cfg.model, cfg.lora, cfg.quant, cfg.data, cfg.train, cfg.vision
     checks = [
         (bool(m.base), "model.base: required: the base model folder, e.g. model.base=models/internlm2-chat-1_8b"),
         (m.dtype in DTYPES, f"model.dtype: {m.dtype!r} is not one of {', '.join(DTYPES)}"),
@@ -321,6 +333,10 @@ def validate(cfg: RunConfig) -> list[str]:
         *((s.text_unit in ("",) + TEXT_UNITS, f"data.sources[{i}].text_unit: {s.text_unit!r} is not one of "
            f"{', '.join(TEXT_UNITS)}") for i, s in enumerate(d.sources)),
         (d.max_length > 0, f"data.max_length: must be > 0, got {d.max_length}"),
+        (v.stage in VISION_STAGES, f"vision.stage: {v.stage!r} is not one of {', '.join(VISION_STAGES)}"),
+        (not v.encoder or v.stage == "pretrain" or q.method != "full",
+         "quant.method: full is not a multimodal finetune method; use lora or qlora"),
+        (not (v.projector or v.lora_encoder) or bool(v.encoder), "vision.projector / vision.lora_encoder: need vision.encoder"),
         (bool(t.output_dir), "train.output_dir: required"),
         (t.learning_rate > 0, f"train.learning_rate: must be > 0, got {t.learning_rate}"),
         (t.lr_scheduler_type in SCHEDULERS, f"train.lr_scheduler_type: {t.lr_scheduler_type!r} is not one of {', '.join(SCHEDULERS)}"),

@@ -40,6 +40,10 @@ def read_source(source: Path) -> dict:
     cfg, info = run_folder.run_config(source), run_folder.run_info(source)
     facts = {"name": info.get("name"), "base_model": run_folder.base_model(source),
              "method": cfg.quant.method if cfg else "lora", "steps": info.get("steps"), "final_loss": info.get("final_loss")}
+    if cfg is not None and cfg.vision.encoder:  # a multimodal (LLaVA) run: projector, + adapter after a finetune
+        from myassistant.trainer.multimodal.merge import read_multimodal_source
+
+        return read_multimodal_source(source, cfg, facts)
     if facts["method"] == "full":  # full fine-tune: the run folder holds the weights
         weights = [source / n for n in ("model.safetensors", "model.safetensors.index.json") if (source / n).exists()]
         if not weights:
@@ -85,6 +89,23 @@ def merge(source: str | Path, out_dir: str | Path, *, layout: str = "llama", dty
 
     # The merge runs in the output dtype: fp32 for exact checks, bf16 halves the memory of a 7B merge.
     torch_dtype = getattr(torch, dtype)
+    if src.get("vision_encoder"):
+        if layout != "llama":
+            raise CheckpointError(f"{source}: a multimodal run merges into a Llava folder; --layout {layout} is for text models")
+        from myassistant.trainer.multimodal.merge import trained_llava
+
+        merged, processor = trained_llava(src, torch_dtype)
+        _check_finite(merged, source)
+        model_layer.save_llava(merged, processor, out_dir, dtype=torch_dtype, max_shard_size=max_shard_size)
+    else:
+        _merge_text(src, source, out_dir, layout, torch_dtype, max_shard_size)
+    info["carried"] = run_folder.carry(run_folder.run_root(source), out_dir)  # the run's config and report
+    run_folder.write_json(done, info)  # written last: its presence means the merge is complete
+    log.info("merged %s into %s -> %s (%s layout, %s)", source, src["load"], out_dir, layout, dtype)
+    return out_dir
+
+
+def _merge_text(src: dict, source: Path, out_dir: Path, layout: str, torch_dtype, max_shard_size) -> None:
     base = model_layer.load_model(src["load"], dtype=torch_dtype)
     tokenizer = model_layer.load_tokenizer(src["load"])
     if src["adapter"] is None:
@@ -93,7 +114,3 @@ def merge(source: str | Path, out_dir: str | Path, *, layout: str = "llama", dty
         merged = load_adapter(base, Path(src["adapter"])).merge_and_unload(safe_merge=True)
     _check_finite(merged, source)
     model_layer.save_model(merged, tokenizer, out_dir, layout=layout, dtype=torch_dtype, max_shard_size=max_shard_size)
-    info["carried"] = run_folder.carry(run_folder.run_root(source), out_dir)  # the run's config and report
-    run_folder.write_json(done, info)  # written last: its presence means the merge is complete
-    log.info("merged %s into %s -> %s (%s layout, %s)", source, src["load"], out_dir, layout, dtype)
-    return out_dir

@@ -22,6 +22,7 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
@@ -32,7 +33,7 @@ from myassistant.trainer import data as data_lib
 from myassistant.trainer.gpu import fast, graphs
 from myassistant.trainer.callbacks import EvalPrompts, MetricsFile, ProgressBar, read_jsonl, truncate_jsonl
 from myassistant.trainer.config import ConfigError, RunConfig, load_config, save_config
-from myassistant.trainer.data.sources import build_training_data
+from myassistant.trainer.data.sources import TrainingData, build_training_data
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
 from myassistant.trainer import runlock
 from myassistant.trainer.run_folder import (EVAL_SAMPLES_NAME, METRICS_NAME, RUN_CONFIG_NAME, RUN_INFO_NAME,
@@ -141,6 +142,26 @@ def training_arguments(cfg: RunConfig, run_dir: Path, deepspeed: str | None) -> 
     )
 
 
+# ----------------------------------------------------------------------------- recipes
+
+@dataclasses.dataclass
+class Recipe:
+    """What a run trains on and how it is kept: ``text_recipe`` below, or trainer.multimodal's."""
+    tokenizer: Any
+    data: TrainingData  # rows of input_ids / labels (/ position_ids, / what wrap_collate reads), counts, kind
+    model: torch.nn.Module
+    wrap_collate: Callable[[Callable], Callable] = lambda collate: collate  # what batches need beyond token ids
+    save: Callable | None = None  # (model, folder): the final weights, instead of trainer.save_model
+    run_info: dict = dataclasses.field(default_factory=dict)  # more keys for run.json
+
+
+def text_recipe(cfg: RunConfig) -> Recipe:
+    """Chats and raw text through the tokenizer (``trainer.data.sources``), on ``trainer.lora.build_model``'s model."""
+    tokenizer = model_layer.load_tokenizer(cfg.model.base)
+    data = build_training_data(cfg.data, tokenizer)  # raw text: whole, in blocks; chats: truncated (logged)
+    return Recipe(tokenizer, data, build_model(cfg))
+
+
 # ----------------------------------------------------------------------------- train
 
 def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Path:
@@ -159,7 +180,10 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
     cfg = dataclasses.replace(cfg)  # paths are stored absolute so the run folder works from anywhere
     cfg.model = dataclasses.replace(cfg.model, base=_absolute(cfg.model.base))
     cfg.data = dataclasses.replace(cfg.data, train_file=_absolute(cfg.data.train_file),
-                                   sources=[dataclasses.replace(s, path=_absolute(s.path)) for s in cfg.data.sources])
+                                   sources=[dataclasses.replace(s, path=_absolute(s.path)) for s in cfg.data.sources],
+                                   image_folder=_absolute(cfg.data.image_folder))
+    cfg.vision = dataclasses.replace(cfg.vision, encoder=_absolute(cfg.vision.encoder),
+                                     projector=_absolute(cfg.vision.projector))
     cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir))
     args = training_arguments(cfg, run_dir, deepspeed_config(cfg.train.deepspeed))  # sets up the process group
     main = args.process_index == 0  # only the first process writes the run folder's own files
@@ -168,13 +192,17 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
     checkpoint = _prepare_run_dir(run_dir, cfg, resume, main)
     set_seed(cfg.train.seed)
 
-    # -- data
-    tokenizer = model_layer.load_tokenizer(cfg.model.base)
-    data = build_training_data(cfg.data, tokenizer)  # raw text: whole, in blocks; chats: truncated (logged)
+    # -- data and model: chats and texts (text_recipe), or pictures with chats (trainer.multimodal)
+    if cfg.vision.encoder:
+        from myassistant.trainer.multimodal.recipe import multimodal_recipe
+
+        recipe = multimodal_recipe(cfg)
+    else:
+        recipe = text_recipe(cfg)
+    tokenizer, data, model = recipe.tokenizer, recipe.data, recipe.model
     dataset = data.dataset
 
-    # -- model (on a GPU, LoRA/QLoRA take the fast path: fused loss, varlen attention; train.fast_path=false = off)
-    model = build_model(cfg)
+    # -- on a GPU, LoRA/QLoRA take the fast path: fused loss, varlen attention; train.fast_path=false = off
     use_fast, no_graphs = fast.enabled(cfg), "no fast path"
     if use_fast:
         model = fast.apply(model, cfg, compile=cfg.train.compile)
@@ -217,16 +245,18 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
     collate = (functools.partial(fast.collate, pad_token_id=pad_id, static=not no_graphs) if use_fast
                else functools.partial(data_lib.collate, pad_token_id=pad_id))
     trainer = (Trainer if no_graphs else graphs.GraphedTrainer)(
-        model=model, args=args, train_dataset=dataset, data_collator=collate, processing_class=tokenizer, callbacks=cbs)
+        model=model, args=args, train_dataset=dataset, data_collator=recipe.wrap_collate(collate),
+        processing_class=tokenizer, callbacks=cbs)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     # -- save: final weights + run.json, each renamed into place when complete
-    _save_final(trainer, run_dir)
+    _save_final(trainer, run_dir, recipe.save)
     if trainer.is_world_process_zero():
-        _write_run_info(cfg, run_dir, trainer, trainable, total, time.perf_counter() - started, data.kind)
+        _write_run_info(cfg, run_dir, trainer, trainable, total, time.perf_counter() - started, data.kind,
+                        recipe.run_info)
     log.info("run folder: %s", run_dir)
     return run_dir
 
@@ -237,11 +267,16 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve()) if path else path
 
 
-def _save_final(trainer: Trainer, run_dir: Path) -> None:
-    """Adapter (or full weights) and tokenizer into the run folder, written to a temp folder first."""
+def _save_final(trainer: Trainer, run_dir: Path, save: Callable | None = None) -> None:
+    """Adapter (or full weights) and tokenizer into the run folder, written to a temp folder first.
+    ``save(model, folder)`` replaces ``trainer.save_model`` (a recipe that keeps other files)."""
     tmp = run_dir / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))  # gathers ZeRO-3 shards; peft models save only the adapter
+    if save is None:
+        trainer.save_model(str(tmp))  # gathers ZeRO-3 shards; peft models save only the adapter
+    elif trainer.is_world_process_zero():
+        tmp.mkdir()
+        save(trainer.model, tmp)
     if trainer.is_world_process_zero():
         (tmp / "training_args.bin").unlink(missing_ok=True)
         for f in tmp.iterdir():
@@ -250,8 +285,9 @@ def _save_final(trainer: Trainer, run_dir: Path) -> None:
 
 
 def _write_run_info(cfg: RunConfig, run_dir: Path, trainer: Trainer, trainable: int, total: int, seconds: float,
-                    kind: str) -> None:
-    """run.json: what the run did (base, method and data are in run_config.yaml, stored once)."""
+                    kind: str, extra: dict | None = None) -> None:
+    """run.json: what the run did (base, method and data are in run_config.yaml, stored once); ``extra``: the
+    recipe's keys (a multimodal run: vision_encoder, stage, adapter)."""
     losses = [row for row in read_jsonl(run_dir / METRICS_NAME) if "loss" in row]
     info = {
         "name": assistant_name(cfg.data.train_file),  # the identity data's name, else None
@@ -266,5 +302,6 @@ def _write_run_info(cfg: RunConfig, run_dir: Path, trainer: Trainer, trainable: 
         "total_params": total,
         "train_seconds_last_session": round(seconds, 2),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
     }
     write_json(run_dir / RUN_INFO_NAME, info)

@@ -135,10 +135,12 @@ def pack(dataset: datasets.Dataset, max_length: int) -> datasets.Dataset:
     runs with a KV cache: train with ``model.config.use_cache = False`` (the Trainer sets it from
     ``TrainingArguments.use_cache``, False by default).
     """
-    rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
-    row: dict[str, list[int]] = {key: [] for key in rows}
+    # other list columns (a sample's images) are joined per row too, in the samples' order
+    extra = {c: dataset[c] for c in dataset.column_names if c not in ("input_ids", "labels", "position_ids")}
+    rows: dict[str, list[list]] = {key: [] for key in ["input_ids", "labels", "position_ids", *extra]}
+    row: dict[str, list] = {key: [] for key in rows}
     samples = 0
-    for ids, labels in zip(dataset["input_ids"], dataset["labels"]):
+    for i, (ids, labels) in enumerate(zip(dataset["input_ids"], dataset["labels"])):
         if len(ids) > max_length:
             raise ValueError(f"a sample of {len(ids)} tokens does not fit max_length={max_length}; "
                              "tokenize with the same max_length before packing")
@@ -149,6 +151,8 @@ def pack(dataset: datasets.Dataset, max_length: int) -> datasets.Dataset:
         row["input_ids"] += ids
         row["labels"] += [IGNORE_INDEX] + list(labels[1:])
         row["position_ids"] += range(len(ids))
+        for key, column in extra.items():
+            row[key] += column[i]
         samples += 1
     if row["input_ids"]:
         for key in rows:

@@ -98,7 +98,7 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> t
     ``cfg.train.qlora_fold`` and ``cfg.train.lm_loss`` pick the kernels (both on / "auto" without a cfg).
     """
     lm = _causal_lm(model)
-    if getattr(lm, "is_loaded_in_4bit", False):
+    if any(type(p).__name__ == "Params4bit" for p in lm.parameters()):
         dtype = getattr(torch, cfg.quant.bnb_4bit_compute_dtype) if cfg is not None else torch.bfloat16
         cast = _cast_frozen(lm, dtype)
         log.info("fast path: %d frozen tensors back to %s (prepare_model_for_kbit_training made them fp32)", cast, dtype)
@@ -106,9 +106,11 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> t
             folded = qlora_fold.apply(model)
             log.info("fast path: %d QLoRA layers fold their adapter into the dequantised weight", folded)
     _register_attention()
-    lm.set_attn_implementation(ATTENTION)
+    _decoder(lm).set_attn_implementation(ATTENTION)  # a Llava's vision tower keeps its own (sdpa)
     lm.config.use_cache = False
     lm.forward = types.MethodType(functools.partial(_forward, loss=cfg.train.lm_loss if cfg is not None else "auto"), lm)
+    if _decoder(lm) is not lm.model:  # a Llava
+        lm.vision_trains = any(p.requires_grad for p in lm.model.vision_tower.parameters())
     if compile:
         _compile_layers(lm, compile if isinstance(compile, str) else None)
     log.info("fast path: chunked linear cross-entropy (trainer.lm_loss), varlen flash attention for packed rows%s",
@@ -125,7 +127,7 @@ def _compile_layers(lm: torch.nn.Module, mode: str | None) -> None:
     (generation during training, with a growing cache) stay eager: nothing to recompile per token.
     """
     torch._dynamo.config.suppress_errors = True  # a layer that fails to compile runs eagerly, with a warning
-    for layer in lm.model.layers:
+    for layer in _decoder(lm).layers:
         forward = types.MethodType(getattr(type(layer).forward, "__wrapped__", type(layer).forward), layer)
         compiled = torch.compile(forward, mode=mode)
         layer.forward = functools.partial(_layer_call, layer, forward, compiled, uses_rng(layer))
@@ -154,6 +156,11 @@ def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return inner
 
 
+def _decoder(lm: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack: a causal LM's ``model``, or the LLM inside a Llava (``model.language_model``)."""
+    return getattr(lm.model, "language_model", lm.model)
+
+
 def _cast_frozen(lm: torch.nn.Module, dtype: torch.dtype) -> int:
     n = 0
     for param in lm.parameters():
@@ -166,9 +173,11 @@ def _cast_frozen(lm: torch.nn.Module, dtype: torch.dtype) -> int:
 # ----------------------------------------------------------------------------- model
 
 def _forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-             labels=None, num_items_in_batch=None, *, loss: str = "auto", **kwargs):
-    """The causal LM's forward with the fused loss; without labels (generation) the class's own forward."""
+             labels=None, num_items_in_batch=None, pixel_values=None, *, loss: str = "auto", **kwargs):
+    """The causal LM's (or Llava's) forward with the fused loss; without labels (generation) the class's own."""
     if labels is None:
+        if pixel_values is not None:
+            kwargs["pixel_values"] = pixel_values
         return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs)
     kwargs.pop("use_cache", None)
@@ -179,10 +188,39 @@ def _forward(self, input_ids=None, attention_mask=None, position_ids=None, past_
         else:
             cu = cu.to(position_ids.device, non_blocking=True)
             kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=int(longest), max_length_k=int(longest))
-    out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
+    decoder = _decoder(self)
+    if decoder is not self.model:  # a Llava: the pictures' features go into the image tokens' places
+        inputs_embeds = _with_pictures(self, input_ids, pixel_values)
+        input_ids = None
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
     return CausalLMOutputWithPast(loss=lm_loss.linear_cross_entropy(
         out.last_hidden_state, self.lm_head.weight, labels, num_items_in_batch, kernel=loss))
+
+
+def _with_pictures(llava, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    """Token embeddings with each image token's replaced by the next picture feature, in order.
+
+    Llava's own ``masked_scatter`` and its count check read values back to the host, which a CUDA graph
+    cannot; a running count of image tokens indexes the features instead (same result, no sync).
+    """
+    embeds = llava.model.get_input_embeddings()(input_ids)
+    if pixel_values is None:
+        return embeds
+    vision = llava.model.vision_tower
+    training = vision.training
+    vision.train(False)  # no activation checkpoint (its RNG bookkeeping cannot be captured) and no dropout
+    try:  # a frozen encoder (no LoRA on it) keeps no activations for backward
+        with torch.set_grad_enabled(torch.is_grad_enabled() and getattr(llava, "vision_trains", True)):
+            out = llava.model.get_image_features(
+                pixel_values, vision_feature_layer=llava.config.vision_feature_layer,
+                vision_feature_select_strategy=llava.config.vision_feature_select_strategy)
+    finally:
+        vision.train(training)
+    features = torch.cat(list(out.pooler_output)).to(embeds.dtype).reshape(-1, embeds.shape[-1])
+    is_image = input_ids == llava.config.image_token_id
+    index = (torch.cumsum(is_image.reshape(-1), 0) - 1).clamp_(min=0).reshape(is_image.shape)
+    return torch.where(is_image.unsqueeze(-1), features[index], embeds)
 
 
 # ----------------------------------------------------------------------------- attention

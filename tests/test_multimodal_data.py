@@ -1,0 +1,101 @@
+"""LLaVA data: `assistant data check` on real picture files, image-token expansion, labels, packing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from myassistant.model import IMAGE_TOKEN, load_llava
+from myassistant.trainer.data import IGNORE_INDEX, DataError, pack
+from myassistant.trainer.multimodal import load_llava_records, tokenize_llava, write_shapes_dataset
+from myassistant.trainer.multimodal.data import collate
+
+
+def _chat(question: str, answer: str, image: str | list | None = None) -> dict:
+    record = {"id": "x", "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+    if image is not None:
+        record["image"] = image
+    return record
+
+
+def _write(folder: Path, records: list[dict], name: str = "data.jsonl") -> Path:
+    path = folder / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def pictures(tmp_path) -> Path:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.new("RGB", (640, 480), "red").save(folder / "big.jpg")
+    Image.new("L", (20, 30), 90).save(folder / "gray.png")
+    Image.new("RGBA", (33, 17), (0, 0, 255, 80)).save(folder / "rgba.png")
+    Image.new("RGB", (1, 1), "green").save(folder / "dot.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def test_data_check_accepts_a_llava_file_with_text_chats(tmp_path, pictures):
+    path = _write(tmp_path, [_chat("<image>\nWhat colour?", "Red.", "pics/big.jpg"), _chat("Hi", "Hello!"),
+                             _chat("Describe <image> please", "Grey.", "pics/gray.png"),
+                             _chat("<image>\n<image>\nCompare.", "Blue and green.", ["pics/rgba.png", "pics/dot.png"])])
+    proc = run_cli("data", "check", str(path))
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)
+    assert (stats["records"], stats["with_images"], stats["text_only"], stats["images"]) == (4, 3, 1, 4)
+
+
+@pytest.mark.parametrize("record, line_problem", [
+    (_chat("<image>\nWhat?", "A cat.", "pics/missing.jpg"), "pics/missing.jpg not found"),
+    (_chat("<image>\nWhat?", "A cat.", "pics/broken.jpg"), "pics/broken.jpg cannot be read"),
+    (_chat("<image>\nWhat?", "A cat."), "has 1 <image> placeholder(s) but no image"),
+    (_chat("What is it?", "A cat.", "pics/big.jpg"), "names 1 image(s) but has no <image> placeholder"),
+    (_chat("<image> and <image>?", "Cats.", "pics/big.jpg"), "has 2 <image> placeholders for 1 image(s)"),
+])
+def test_data_check_names_file_line_and_picture(tmp_path, pictures, record, line_problem):
+    path = _write(tmp_path, [_chat("<image>\nOk?", "Yes.", "pics/dot.png"), record])
+    proc = run_cli("data", "check", str(path), "--image-folder", str(tmp_path))
+    assert proc.returncode == 1
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{path}:2:" in err and line_problem in err
+
+
+def test_tokens_expand_pictures_without_loss_and_pack_with_text(tiny_llava, tmp_path, pictures):
+    _, processor = load_llava(tiny_llava)
+    tok = processor.tokenizer
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    path = _write(tmp_path, [_chat("<image>\nWhat colour?", "Red.", "pics/big.jpg"), _chat("Hi", "Hello!"),
+                             _chat("<image>\nAnd this?", "Grey, a long answer " * 6, "pics/gray.png")])
+    records = load_llava_records(path)
+    data = tokenize_llava(records, tok, max_length=512, image_tokens=16)
+    first = data[0]
+    assert first["input_ids"].count(image_id) == 16
+    assert all(label == IGNORE_INDEX for t, label in zip(first["input_ids"], first["labels"]) if t == image_id)
+    learned = tok.decode([t for t, label in zip(first["input_ids"], first["labels"]) if label != IGNORE_INDEX])
+    assert learned == "Red.<|im_end|>"  # the assistant turn only
+    assert data["images"][1] == []
+    packed = pack(data, 512)
+    assert len(packed) == 1 and packed[0]["images"] == [str(pictures / "big.jpg"), str(pictures / "gray.png")]
+    batch = collate([packed[0]], text_collate=lambda f: {"input_ids": f[0]["input_ids"]},
+                    image_processor=processor.image_processor)
+    assert tuple(batch["pixel_values"].shape) == (2, 3, 56, 56)
+    # a sample cut at max_length never keeps part of a picture: the picture goes, with the text after it
+    cut = tokenize_llava(records[2:], tok, max_length=15, image_tokens=16)
+    assert cut[0]["images"] == [] and image_id not in cut[0]["input_ids"]
+
+
+def test_shapes_set_is_llava_data_with_held_out_pictures(tmp_path):
+    out = write_shapes_dataset(tmp_path / "shapes", per_class=2, eval_per_class=1)
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["pretrain"], meta["eval"]) == (24, 12)
+    train = {r["images"][0] for r in load_llava_records(out / "finetune.jsonl") if r["images"]}
+    held_out = load_llava_records(out / "eval.jsonl")
+    assert len(train) == 24 and not train & {r["images"][0] for r in held_out}
+    assert held_out[0]["messages"][-1]["content"].startswith("a ")
+    with pytest.raises(DataError, match="image folder does not exist"):
+        load_llava_records(out / "eval.jsonl", tmp_path / "nowhere")

@@ -1,0 +1,99 @@
+"""The two LLaVA stages on tiny models through the real CLI: stage 1 trains only the projector, stage 2 starts
+from it, merge writes a folder plain transformers loads and answers about pictures with, report and push run."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+
+from conftest import run_cli
+from myassistant.trainer.config import load_config
+from myassistant.trainer.multimodal import write_shapes_dataset
+from myassistant.trainer.train import train
+
+QUICK = ["quant.method=lora", "data.max_length=256", "train.per_device_train_batch_size=4",
+         "train.gradient_accumulation_steps=1", "train.gradient_checkpointing=false", "train.report_to=none",
+         "train.logging_steps=1", "train.save_steps=100", "train.learning_rate=1e-2", "train.warmup_ratio=0"]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return write_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", per_class=1, eval_per_class=1, size=56)
+
+
+def _stage(tiny_checkpoint, tiny_vision_encoder, shapes, out, stage: str, *extra: str) -> list[str]:
+    data = "pretrain" if stage == "pretrain" else "finetune"
+    return [f"model.base={tiny_checkpoint}", f"vision.encoder={tiny_vision_encoder}", f"vision.stage={stage}",
+            f"data.train_file={shapes / (data + '.jsonl')}", f"train.output_dir={out}", *QUICK, *extra]
+
+
+class _Snapshot(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.model = model
+
+
+def test_stage_one_changes_only_the_projector(tiny_checkpoint, tiny_vision_encoder, shapes, tmp_path):
+    snap = _Snapshot()
+    cfg = load_config(None, _stage(tiny_checkpoint, tiny_vision_encoder, shapes, tmp_path / "s1", "pretrain",
+                                   "train.max_steps=1"))
+    run = train(cfg, callbacks=(snap,))
+    after = snap.model.state_dict()
+    changed = sorted(k for k, v in snap.before.items() if not torch.equal(v, after[k]))
+    assert changed and all(k.startswith("model.multi_modal_projector.") for k in changed), changed
+    assert len(changed) == 4  # both linear layers, weight and bias: the projector trained
+    info = json.loads((run / "run.json").read_text())
+    assert (info["stage"], info["adapter"], info["vision_encoder"]) == ("pretrain", False, str(tiny_vision_encoder))
+    saved = load_file(run / "projector.safetensors")
+    torch.testing.assert_close(saved["linear_1.weight"], after["model.multi_modal_projector.linear_1.weight"])
+
+
+def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shapes, tmp_path):
+    s1, s2, merged = tmp_path / "s1", tmp_path / "s2", tmp_path / "merged"
+    proc = run_cli("train", *_stage(tiny_checkpoint, tiny_vision_encoder, shapes, s1, "pretrain", "train.max_steps=2"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("train", *_stage(tiny_checkpoint, tiny_vision_encoder, shapes, s2, "finetune", "train.max_steps=2",
+                                    f"vision.projector={s1}", "vision.lora_encoder=true", "lora.r=4"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((s2 / "run.json").read_text())
+    assert info["adapter"] and info["projector_from"] == str(s1)
+    adapter = json.loads((s2 / "adapter_config.json").read_text())
+    assert "vision_tower" in adapter["target_modules"] and adapter["modules_to_save"] == ["multi_modal_projector"]
+
+    proc = run_cli("merge", str(s2), "--out", str(merged), "--dtype", "float32")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = AutoModelForImageTextToText.from_pretrained(merged)
+    processor = AutoProcessor.from_pretrained(merged)
+    ask = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+    inputs = processor(images=Image.open(next((shapes / "images").iterdir())),
+                       text=processor.apply_chat_template(ask, add_generation_prompt=True), return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    assert json.loads((merged / "merge.json").read_text())["vision_encoder"] == str(tiny_vision_encoder)
+
+    proc = run_cli("report", str(merged), "--data", str(shapes), "--max-new-tokens", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads((merged / "report.json").read_text())
+    assert rep["kind"] == "pictures" and rep["fine_tuned"]["n"] == 12 and rep["base"]["n"] == 12
+    assert "right colour, held-out pictures" in proc.stdout
+
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    proc = run_cli("push", str(merged), "--to", str(remote), env={"HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = subprocess.run(["git", "ls-tree", "-r", "--name-only", "main"], cwd=remote, capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert {"model.safetensors", "processor_config.json", "README.md"} <= set(files)
+
+
+def test_multimodal_config_errors_before_any_weights(tiny_checkpoint, tmp_path):
+    proc = run_cli("train", f"model.base={tiny_checkpoint}", "data.train_file=x.jsonl", "vision.stage=later",
+                   "vision.projector=runs/s1", "quant.method=full")
+    assert proc.returncode == 1
+    assert "vision.stage: 'later' is not one of pretrain, finetune" in proc.stderr
+    assert "vision.projector / vision.lora_encoder: need vision.encoder" in proc.stderr

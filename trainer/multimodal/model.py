@@ -1,0 +1,84 @@
+"""The Llava to train in each stage, and what a multimodal run folder keeps of it.
+
+Stage ``pretrain`` (LLaVA's stage 1): the vision encoder and the LLM are frozen, only the projector
+trains; the LLM is 4-bit for ``quant.method: qlora`` (a frozen 4-bit LLM still passes gradients to
+the projector), else in ``model.dtype``. Stage ``finetune``: the projector trains on, the LLM gets LoRA
+(QLoRA on a 4-bit LLM), and with ``vision.lora_encoder`` the encoder's linear layers get LoRA too. The
+projector trains in fp32 (the optimizer's master copy) whatever the frozen weights are in.
+
+A run folder holds ``projector.safetensors`` (both stages) and, after a finetune, the peft adapter, in
+which the projector is a ``modules_to_save`` copy: checkpoints and ``--resume`` keep it with the LoRA
+weights, and ``merge_and_unload`` puts it back in place.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import peft
+import torch
+
+import myassistant.model as model_layer
+from myassistant.trainer.config import ALL_LINEAR, RunConfig, lora_target_modules
+from myassistant.trainer.lora import bnb_config, weights_dtype
+
+log = logging.getLogger(__name__)
+
+PROJECTOR = "multi_modal_projector"
+ENCODER_LINEAR = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # CLIP / SigLIP attention and MLP
+
+
+def lora_targets(cfg: RunConfig) -> str:
+    """peft ``target_modules`` as one regex: the LLM's chosen layers (and the encoder's linear layers)."""
+    llm = lora_target_modules(cfg.lora.target_modules)
+    llm = ALL_LINEAR if llm == "all-linear" else llm
+    pattern = rf".*language_model\..*\.({'|'.join(llm)})"
+    if cfg.vision.lora_encoder:
+        pattern += rf"|.*vision_tower\..*\.({'|'.join(ENCODER_LINEAR)})"
+    return pattern
+
+
+def build_training_model(cfg: RunConfig):
+    """(model, processor) for ``cfg.vision.stage``; only the parameters that stage trains need grads."""
+    method = cfg.quant.method
+    extra = {"quantization_config": bnb_config(cfg.quant)} if method == "qlora" else {}
+    device = {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
+    model, processor = model_layer.build_llava(cfg.vision.encoder, cfg.model.base, projector=cfg.vision.projector or None,
+                                               dtype=weights_dtype(cfg), device=device, seed=cfg.train.seed, **extra)
+    model.name_or_path = cfg.model.base
+    # without a KV cache the LLM sees packed samples (positions restarting at 0) apart; the Trainer turns off
+    # the Llava's use_cache, not its LLM's
+    model.model.language_model.config.use_cache = False
+    model.requires_grad_(False)
+    if cfg.vision.stage == "finetune":
+        lora = peft.LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
+                               target_modules=lora_targets(cfg), bias=cfg.lora.bias, modules_to_save=[PROJECTOR])
+        model = peft.get_peft_model(model, lora)
+    else:
+        projector_of(model).requires_grad_(True)
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    model.train()
+    return model, processor
+
+
+def llava_of(model: torch.nn.Module):
+    """The LlavaForConditionalGeneration inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if isinstance(model, peft.PeftModel) else model
+
+
+def projector_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The projector that trains (peft's ``modules_to_save`` copy in a finetune)."""
+    projector = getattr(llava_of(model).model, PROJECTOR)
+    if hasattr(projector, "modules_to_save"):
+        projector = projector.modules_to_save[projector.active_adapter]
+    return projector
+
+
+def save_run_weights(model: torch.nn.Module, processor, folder: Path) -> None:
+    """What a multimodal run folder keeps: the projector, the adapter (finetune), the processor."""
+    model_layer.save_projector(projector_of(model), folder / model_layer.PROJECTOR_WEIGHTS)
+    if isinstance(model, peft.PeftModel):
+        model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))

@@ -1,0 +1,117 @@
+"""The picture report: does the model answer questions about pictures it never saw?
+
+On a held-out LLaVA file (``eval.jsonl`` of the data folder: questions about pictures, each with the
+reference answer), greedy answers of the fine-tuned model, and of the same parts before training (the
+encoder and LLM with a new projector), are scored:
+- accuracy: the share of answers that contain the reference answer (case and punctuation ignored);
+- with a ``meta.json`` naming ``colours`` and ``shapes`` (``trainer.multimodal.shapes``): the share
+  naming the right colour, and the right shape, and only that one.
+Written as ``report.json`` and ``report.md`` next to the model (or into ``out_dir``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import myassistant.model as model_layer
+from myassistant.trainer import merge, run_folder
+from myassistant.trainer.data.formats import DataError
+from myassistant.trainer.run_folder import REPORT_JSON, REPORT_MD
+from myassistant.trainer.multimodal.data import load_llava_records, open_image
+from myassistant.trainer.multimodal.shapes import FILES
+
+log = logging.getLogger(__name__)
+
+
+
+def is_multimodal(path: str | Path) -> bool:
+    """A merged Llava folder, or a multimodal run folder."""
+    cfg = run_folder.run_config(path) if Path(path).is_dir() else None
+    return model_layer.is_llava(path) or bool(cfg and cfg.vision.encoder)
+
+
+def load_for_eval(path: str | Path, dtype: str = "float32"):
+    """(model, processor) of a merged Llava folder or a multimodal run folder (merged in memory)."""
+    folder = Path(path)
+    if model_layer.is_llava(folder):
+        return model_layer.load_llava(folder, dtype=dtype)
+    from myassistant.trainer.multimodal.merge import trained_llava
+
+    return trained_llava(merge.read_source(folder.resolve()), dtype)
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def score(answers: list[str], references: list[str], meta: dict) -> dict:
+    n = len(answers)
+    out = {"accuracy": round(sum(_words(r) in _words(a) for a, r in zip(answers, references)) / max(n, 1), 4), "n": n}
+    for key in ("colours", "shapes"):
+        names = meta.get(key)
+        if names:
+            def right(answer: str, reference: str) -> bool:
+                said = {w for w in _words(answer).split() if w in names}
+                return said == {w for w in _words(reference).split() if w in names}
+            out[f"{key[:-1]}_accuracy"] = round(sum(map(right, answers, references)) / max(n, 1), 4)
+    return out
+
+
+def measure(model, processor, records: list[dict], meta: dict, max_new_tokens: int, samples: list | None = None) -> dict:
+    prompts = [r["messages"][:-1] for r in records]
+    pictures = [[open_image(p) for p in r["images"]] for r in records]
+    answers = model_layer.generate_replies(model, processor.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                           processor=processor, images=pictures)
+    references = [r["messages"][-1]["content"] for r in records]
+    if samples is not None:
+        samples += [(Path(r["images"][0]).name if r["images"] else "-", r["messages"][-2]["content"], a, ref)
+                    for r, a, ref in zip(records, answers, references)]
+    return score(answers, references, meta)
+
+
+def _markdown(rep: dict) -> str:
+    ft, base = rep["fine_tuned"], rep["base"]
+    lines = ["## Picture report", "", "| measure | fine-tuned | before training | n |", "|---|---|---|---|"]
+    for key, label in (("accuracy", "answer contains the reference"), ("colour_accuracy", "right colour"),
+                       ("shape_accuracy", "right shape")):
+        if key in ft:
+            b = f"{base[key]:.0%}" if base else "–"
+            lines.append(f"| {label}, held-out pictures | {ft[key]:.0%} | {b} | {ft['n']} |")
+    lines += ["", f"Greedy answers, up to {rep['max_new_tokens']} new tokens. Model: `{rep['model']}`.", "",
+              "| picture | question | answer | reference |", "|---|---|---|---|"]
+    lines += [f"| {p} | {q.replace(chr(10), ' ')} | {a.replace('|', '/')} | {r} |" for p, q, a, r in rep["examples"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_picture_report(model_path: str | Path, data_dir: str | Path, *, out_dir: str | Path | None = None,
+                         max_new_tokens: int = 16, base: bool = True) -> dict:
+    """Measure a multimodal model (and its parts before training) on held-out pictures; write the report."""
+    model_path, data_dir = Path(model_path), Path(data_dir)
+    eval_file = data_dir / FILES["eval"] if data_dir.is_dir() else data_dir
+    if not eval_file.is_file():
+        raise DataError(f"{eval_file}: missing; the picture report needs held-out questions about pictures "
+                        "(a LLaVA file with reference answers), e.g. `assistant data shapes --out DIR`")
+    meta_file = eval_file.parent / FILES["meta"]
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    records = load_llava_records(eval_file)
+    started, samples = time.time(), []
+    model, processor = load_for_eval(model_path)
+    fine = measure(model, processor, records, meta, max_new_tokens, samples)
+    log.info("fine-tuned: %s", fine)
+    cfg, before = run_folder.run_config(model_path), None  # a merged folder carries its run's config
+    if base and cfg is not None and cfg.vision.encoder:
+        untrained, untrained_processor = model_layer.build_llava(cfg.vision.encoder, cfg.model.base)
+        before = measure(untrained, untrained_processor, records, meta, max_new_tokens)
+        log.info("before training: %s", before)
+    rep = {"kind": "pictures", "model": str(model_path), "eval_file": str(eval_file), "fine_tuned": fine,
+           "base": before, "max_new_tokens": max_new_tokens, "seconds": round(time.time() - started, 1),
+           "examples": samples[:8]}
+    out = Path(out_dir) if out_dir else model_path
+    out.mkdir(parents=True, exist_ok=True)
+    run_folder.write_json(out / REPORT_JSON, rep)
+    (out / (REPORT_MD + ".tmp")).write_text(_markdown(rep), encoding="utf-8")
+    (out / (REPORT_MD + ".tmp")).replace(out / REPORT_MD)
+    return rep
