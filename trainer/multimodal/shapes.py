@@ -32,8 +32,8 @@ def draw_shape(colour: str, shape: str, rng: random.Random, size: int = 64) -> I
     shade = rng.randint(200, 250)
     img = Image.new("RGB", (size, size), (shade, shade, shade))
     pen = ImageDraw.Draw(img)
-    r = rng.uniform(0.28, 0.38) * size
-    cx, cy = (size / 2 + rng.uniform(-0.06, 0.06) * size for _ in range(2))
+    r = rng.uniform(0.32, 0.37) * size  # jittered, not so much that a small square fills like a big circle
+    cx, cy = (size / 2 + rng.uniform(-0.04, 0.04) * size for _ in range(2))
     fill = tuple(min(255, max(0, c + rng.randint(-15, 15))) for c in COLOURS[colour])
     if shape == "circle":
         pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
