@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open", action="store_true", help="open the page in a browser")
     args = parser.parse_args(argv)
 
+    from myassistant.studio.serve import login_for
+
+    login_for(args.host, args.share, args.auth)  # refused before the heavy imports: exposed needs a login
     from myassistant.studio.app import launch
 
     launch(args.workdir, host=args.host, port=args.port, share=args.share, auth=args.auth, open_browser=args.open)

@@ -1,29 +1,13 @@
-"""The studio's page: the whole pipeline in pipeline order, one tab a stage, and how it is served.
-
-It can start trainings and push with tokens, so it listens on 127.0.0.1 unless asked otherwise; bound
-beyond this machine (``--host``, ``--share``) it requires a login.
-"""
+"""The studio's page: the whole pipeline in pipeline order, one tab a stage, served where ``studio.serve`` allows."""
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
 import gradio as gr
 
 from myassistant.studio import runs, tab_chat, tab_data, tab_model, tab_publish, tab_report, tab_runs, tab_train
+from myassistant.studio.serve import login_for, warn_if_exposed
 from myassistant.studio.ui import CSS, THEME, Workspace
-
-log = logging.getLogger(__name__)
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-AUTH_ENV = "STUDIO_AUTH"  # user:password, the login asked for when the studio listens beyond this machine
-
-
-class StudioError(ValueError):
-    """How the studio was asked to start cannot be done safely (one line, exit 1)."""
-
-    user_error = True
 
 
 def build(workdir: str | Path) -> gr.Blocks:
@@ -57,33 +41,17 @@ def build(workdir: str | Path) -> gr.Blocks:
         publish_tab.select(run_choices, None, publish["run"])
         refresh, inputs, outputs = live["refresh"]
         demo.load(lambda n, o: refresh(n, o, {}), inputs[:2], outputs)  # a reload reconnects to the runs on disk
-        demo.load(lambda: (tab_train.next_run_name(ws), *tab_train.last_inputs(ws)), None,
-                  [train["run"], train["base"], train["train_file"]]).then(
+        demo.load(lambda base, file: (tab_train.next_run_name(ws), *tab_train.last_inputs(ws, base, file)),
+                  [train["base"], train["train_file"]], [train["run"], train["base"], train["train_file"]]).then(
             train["on_change"], train["form_inputs"], train["command"])
     return demo
-
-
-def parse_auth(text: str | None) -> tuple[str, str] | None:
-    if not text:
-        return None
-    user, sep, password = text.partition(":")
-    if not sep or not user or not password:
-        raise StudioError(f"--auth / {AUTH_ENV}: expected user:password")
-    return user, password
 
 
 def launch(workdir: str | Path, *, host: str = "127.0.0.1", port: int = 7861, share: bool = False,
            auth: str | None = None, open_browser: bool = False) -> None:
     """Serve the studio; refuses to listen beyond loopback (or share) without a login."""
-    login = parse_auth(auth or os.environ.get(AUTH_ENV))
-    exposed = share or host not in LOOPBACK
-    if exposed and login is None:
-        raise StudioError(f"the studio starts trainings and pushes with your tokens: listening on {host}"
-                          f"{' with a public share link' if share else ''} needs a login; pass --auth user:password "
-                          f"or set {AUTH_ENV}")
-    if exposed:
-        log.warning("the studio is reachable beyond this machine (%s%s); anyone with the login can run jobs and "
-                    "push with the tokens of this environment", host, ", public share link" if share else "")
+    login = login_for(host, share, auth)
+    warn_if_exposed(host, share)
     demo = build(workdir)
     demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, share=share, auth=login,
                                                    inbrowser=open_browser, theme=THEME, css=CSS,

@@ -88,13 +88,14 @@ def next_run_name(ws: Workspace) -> str:
     return f"run-{n}"
 
 
-def last_inputs(ws: Workspace) -> tuple[str, str]:
-    """(base, data file) of the newest run: what a fresh page starts from."""
-    for run_dir in runs.list_runs(ws.runs):
-        cfg = runs.run_config(run_dir)
-        if cfg:
-            return cfg["model"]["base"], cfg["data"]["train_file"]
-    return "", ""
+def last_inputs(ws: Workspace, base: str, train_file: str) -> tuple[str, str]:
+    """(base, data file) for a fresh page: what is typed already, else the newest run's."""
+    if not (base or "").strip() or not (train_file or "").strip():
+        for run_dir in runs.list_runs(ws.runs):
+            cfg = runs.run_config(run_dir)
+            if cfg:
+                return base or cfg["model"]["base"], train_file or cfg["data"]["train_file"]
+    return base, train_file
 
 
 def train_args(ws: Workspace, preset: str, overrides_: list[str]) -> list[str]:

@@ -141,6 +141,8 @@ def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.5):
 
 def start_training(page, base: Path, data: Path | None, **knobs) -> None:
     page.get_by_role("tab", name="3 · Train").click()
+    wait_for(lambda: page.locator("#train-run input, #train-run textarea").first.input_value(), 60,
+             "the page to load (it fills the run name)")
     if data is not None:
         fill(page, "train-base", base)
         fill(page, "train-file", data)
@@ -148,7 +150,7 @@ def start_training(page, base: Path, data: Path | None, **knobs) -> None:
     for key, value in knobs.items():
         fill(page, f"train-{key}", value)
     page.locator("#train-start").click()
-    expect_text(page, "Started")
+    wait_for(lambda: "Started" in page.locator("#train-started").inner_text(), 60, "the training to start")
 
 
 def _bare_repo(path: Path) -> Path:
