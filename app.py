@@ -1,34 +1,39 @@
 """The hosted chat app (Hugging Face Spaces / OpenXLab apps / your own machine): `python app.py`.
 
-Environment:
+Environment (README "Environment variables" lists them all):
   MODEL_REPO         the model: a git URL (cloned with git-lfs), a Hugging Face repo id, or a local
                      folder; unset = the project's tiny demo model (built on first start). A multimodal
                      (Llava) model gets a message box that takes pictures too.
   MODEL_CACHE        where cloned models live (default ./.cache/models next to this file)
   DEMO_MODEL_DIR     where the demo model is built (default ./.cache/demo-model)
-  APP_LAZY_LOAD=1    load the model on the first request instead of at import
-  APP_CONCURRENCY    chats generating at once (default 8: they share each decode step, chat.batch;
-                     more wait in Gradio's queue)
-  APP_SYSTEM_PROMPT  the system prompt box's default (default empty: no system message)
-  APP_IDENTITY_GUARD=1  a system prompt's sentences naming the assistant ("You are Alice.") reach the
-                     model only on turns that ask about it, so general answers stay free of the name
-  APP_TEMPERATURE    the temperature slider's default (default 0.8; 0 = greedy)
+  APP_TITLE, APP_SYSTEM_PROMPT, APP_IDENTITY_GUARD, APP_CONCURRENCY and the ASSISTANT_* serving switches:
+                     chat.ServeConfig
   GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   where to listen (default 0.0.0.0:7860 on a hosting
                      platform, 127.0.0.1:7860 elsewhere)
+
+Importing this file loads no model (tests, tools and `gradio app.py` reloads stay fast): `python app.py`
+fetches the model folder (a clone or download; whether it reads pictures decides the message box), then
+loads the weights beside the starting server; the first page view or request waits for them. The page
+then shows the assistant's name (APP_TITLE, else what the model folder records), and its sliders start
+from the model's generation_config.json.
 """
 from __future__ import annotations
 
+import html
 import logging
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
 
-from myassistant.chat import ChatEngine, EngineError, GenerationSettings, ensure_demo_model
+from myassistant.chat import (ChatEngine, EngineError, GenerationSettings, GenerationStats, ServeConfig,
+                              ensure_demo_model)
 from myassistant.chat.vision import is_llava, user_message
-from myassistant.hub import fetch_model, redact  # redact: URL credentials and token values out of what the page shows
+# redact: URL credentials and token values out of what the page shows
+from myassistant.hub import assistant_name, fetch_model, model_info, redact
 
 log = logging.getLogger("app")
 if __name__ == "__main__":  # before the model loads, so its messages show
@@ -37,78 +42,130 @@ ROOT = Path(__file__).resolve().parent
 MODEL_REPO = os.environ.get("MODEL_REPO", "").strip()
 MODEL_CACHE = Path(os.environ.get("MODEL_CACHE") or ROOT / ".cache" / "models")
 DEMO_MODEL_DIR = Path(os.environ.get("DEMO_MODEL_DIR") or ROOT / ".cache" / "demo-model")
-LAZY_LOAD = os.environ.get("APP_LAZY_LOAD", "0") == "1"
-CONCURRENCY = int(os.environ.get("APP_CONCURRENCY", "8"))
 HOSTED = os.environ.get("SYSTEM") == "spaces" or any(
     key in os.environ for key in ("SPACE_ID", "OPENXLAB_APP_ID", "OPENXLAB_SPACE_ID", "OPENXLAB_USER"))
-# Empty by default: a prompt the fine-tune never saw can override what it learned (a tiny model then
-# answers everything with its identity); set APP_SYSTEM_PROMPT to the one used in training, if any.
-DEFAULT_SYSTEM_PROMPT = os.environ.get("APP_SYSTEM_PROMPT", "")
-DEFAULT_TEMPERATURE = float(os.environ.get("APP_TEMPERATURE", "0.8"))
-IDENTITY_GUARD = os.environ.get("APP_IDENTITY_GUARD", "0") == "1"  # chat.guard; the report measures it
+try:
+    CONFIG, CONFIG_ERROR = ServeConfig.from_env(), None
+except EngineError as err:  # shown on the page like any other load failure
+    CONFIG, CONFIG_ERROR = ServeConfig(), str(err)
+TAB_TITLE_JS = "() => { const h = document.getElementById('app-title'); if (h) document.title = h.textContent; }"
+MAX_NEW_TOKENS = 4096  # the slider's end until the model is loaded; then its context
+EXAMPLES = ["Who are you?", "What can you help me with?", "请用中文介绍一下你自己。"]
 
 
-def model_title() -> str:
+def source_name() -> str:
+    """What the page calls the model before it is loaded: the repo's or folder's last name."""
     if not MODEL_REPO:
-        return "demo model"
+        return "Demo model"
     return redact(MODEL_REPO).rstrip("/").removesuffix(".git").rsplit("/", 1)[-1] or MODEL_REPO
 
 
-def load_engine() -> ChatEngine:
-    """Fetch (clone / download / reuse) the model named by MODEL_REPO, or build the demo model."""
-    if MODEL_REPO:
-        folder = fetch_model(MODEL_REPO, MODEL_CACHE)
-    else:
-        folder = ensure_demo_model(DEMO_MODEL_DIR)
-    engine = ChatEngine.from_pretrained(folder)
-    engine.warm_up()  # on a GPU: compile and capture the decode steps before the first user waits on them
-    return engine
+class Served:
+    """The model folder and its engine, each made once (the first caller makes it, the others wait)."""
+
+    def __init__(self) -> None:
+        self.engine: ChatEngine | None = None
+        self.folder: Path | None = None
+        self.error: str | None = None
+        self.lock = threading.RLock()
+
+    def fetch(self) -> Path | None:
+        """The model folder (cloned, downloaded or built); None (and `error` set) when that fails."""
+        with self.lock:
+            if self.folder is None and self.error is None:
+                self._attempt(lambda: setattr(self, "folder", fetch_model(MODEL_REPO, MODEL_CACHE) if MODEL_REPO
+                                              else ensure_demo_model(DEMO_MODEL_DIR)))
+        return self.folder
+
+    def get(self) -> ChatEngine | None:
+        """The engine; None (and `error` set) when the model cannot be loaded."""
+        with self.lock:
+            if self.engine is None and self.fetch() is not None:
+                self._attempt(self._load)
+        return self.engine
+
+    def _load(self) -> None:
+        engine = ChatEngine.from_pretrained(self.folder, config=CONFIG)
+        engine.warm_up()  # on a GPU: compile and capture the decode steps before the first user waits
+        self.engine = engine
+
+    def _attempt(self, step) -> None:
+        try:
+            if CONFIG_ERROR:
+                raise EngineError(CONFIG_ERROR)
+            step()
+        except Exception as err:  # noqa: BLE001 - any failure becomes a message on the page
+            log.error("cannot load the model: %s", err, exc_info=not getattr(type(err), "user_error", False))
+            self.error = redact(f"{type(err).__name__}: {err}")
 
 
-_engine: ChatEngine | None = None
-_load_error: str | None = None
-_load_lock = threading.Lock()
+served = Served()
 
 
-def get_engine() -> ChatEngine | None:
-    """The engine, loaded once; None (and `_load_error` set) when the model cannot be loaded."""
-    global _engine, _load_error
-    with _load_lock:
-        if _engine is None and _load_error is None:
-            try:
-                _engine = load_engine()
-            except Exception as err:  # noqa: BLE001 - any failure becomes a message on the page
-                log.error("cannot load the model: %s", err, exc_info=not getattr(type(err), "user_error", False))
-                _load_error = redact(f"{type(err).__name__}: {err}")
-    return _engine
+def title() -> str:
+    """APP_TITLE, else the assistant's name the served folder records, else the model's own name."""
+    if CONFIG.title:
+        return CONFIG.title
+    return (served.folder and assistant_name(served.folder)) or source_name()
 
 
 def load_error_text() -> str:
-    return f"⚠️ The model could not be loaded, so this app cannot answer.\n\n{_load_error}"
+    return f"⚠️ **The model could not be loaded**, so this app cannot answer.\n\n> {served.error}"
+
+
+def header() -> str:
+    """The page's heading and the line under it (Markdown): who this is, what it runs on, or why it cannot answer."""
+    heading = f"<h1 id='app-title'>{html.escape(title())}</h1>\n\n"
+    if served.error is not None:
+        source = f"`{redact(MODEL_REPO)}`" if MODEL_REPO else "unset: the demo model"
+        return heading + f"{load_error_text()}\n\nCheck `MODEL_REPO` (now {source}) and the app's logs."
+    engine = served.engine
+    if engine is None:
+        return heading + "Loading the model…"
+    base = model_info(served.folder).get("base_model")
+    made = f"Fine-tuned from `{Path(base).name if Path(base).is_absolute() else base}`" if base else "A chat model"
+    where = f"`{redact(MODEL_REPO)}`" if MODEL_REPO else "the built-in demo model"
+    text = f"{made}, served from {where} · {engine.model.device.type}, context {engine.max_context:,} tokens."
+    if not MODEL_REPO:
+        text += (" The demo model is tiny and untrained, so its replies are gibberish: set `MODEL_REPO` to a git URL,"
+                 " a Hugging Face repo id or a local folder to serve your own assistant.")
+    return heading + text
+
+
+def accepts_images() -> bool:
+    """Whether the page takes pictures: the model reads them (a multimodal model). Known without loading
+    weights once its folder is here: a local MODEL_REPO, or what `python app.py` fetched before building the page."""
+    folder = served.folder or (Path(MODEL_REPO) if MODEL_REPO and Path(MODEL_REPO).is_dir() else None)
+    return folder is not None and is_llava(folder)
 
 
 def respond(
     message: str | dict,
     history: list[dict],
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-    temperature: float = DEFAULT_TEMPERATURE,
-    top_p: float = 0.8,
-    top_k: int = 0,
-    repetition_penalty: float = 1.0,
-    max_new_tokens: int = 512,
+    system_prompt: str | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    repetition_penalty: float | None = None,
+    max_new_tokens: int | None = None,
 ) -> Iterator[str]:
     """Stream the growing reply to `message` after `history` (Gradio messages format); `message` is a
-    {"text", "files"} dict when the page takes pictures."""
-    engine = get_engine()
+    {"text", "files"} dict when the page takes pictures.
+
+    Settings left at None take the model's defaults (`engine.defaults`); an empty message gets no reply.
+    """
+    if not_empty(message)["is_valid"] is False:
+        return
+    engine = served.get()
     if engine is None:
         yield load_error_text()
         return
+    given = {"temperature": (float, temperature), "top_p": (float, top_p), "top_k": (int, top_k),
+             "repetition_penalty": (float, repetition_penalty), "max_new_tokens": (int, max_new_tokens)}
     try:
-        settings = GenerationSettings(system_prompt=system_prompt or None, temperature=float(temperature),
-                                      top_p=float(top_p), top_k=int(top_k),
-                                      repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
-                                      identity_guard=IDENTITY_GUARD)
-    except ValueError as err:
+        settings = replace(engine.defaults, system_prompt=system_prompt or None, identity_guard=CONFIG.identity_guard,
+                           **{k: kind(v) for k, (kind, v) in given.items() if v is not None})
+    except (TypeError, ValueError) as err:
         yield f"⚠️ {err}"
         return
     if isinstance(message, dict):  # the multimodal textbox: pictures (file paths) and text
@@ -116,69 +173,103 @@ def respond(
         message = user_message(message.get("text") or "", files)
     else:
         message = user_message(message)
-    reply = ""
+    reply, stats = "", GenerationStats()
     try:
-        for delta in engine.stream([*history, message], settings):
+        for delta in engine.stream([*history, message], settings, stats=stats):
+            if not reply:
+                say_what_was_left_out(stats, len(history))
             reply += delta
             yield reply
     except EngineError as err:  # a picture that cannot be read
         yield f"{reply}\n\n⚠️ {err}".lstrip()
         return
     if not reply:
+        say_what_was_left_out(stats, len(history))
         yield "(the model ended its reply without any text)"
 
 
-def description() -> str:
-    if not LAZY_LOAD:
-        get_engine()
-    if _load_error is not None:
-        source = redact(MODEL_REPO) or "unset"
-        return f"**{load_error_text()}**\n\nCheck `MODEL_REPO` (now `{source}`) and the logs."
-    where = f"`{redact(MODEL_REPO)}`" if MODEL_REPO else "the project's built-in demo model"
-    text = f"Chat with **{model_title()}**, served from {where}."
-    if not MODEL_REPO:
-        text += (" It is tiny and has random weights, so its replies are gibberish: set `MODEL_REPO` to a git URL,"
-                 " a Hugging Face repo id or a local folder to serve your own assistant.")
-    if _engine is not None:
-        text += f" Running on `{_engine.model.device}`, context {_engine.max_context} tokens."
-    return text
+def say_what_was_left_out(stats: GenerationStats, history_messages: int) -> None:
+    """A notice on the page when the conversation did not fit the model's context."""
+    if stats.message_cut:
+        gr.Warning(f"Your message is longer than the model's context: only its last {stats.prompt_tokens:,} "
+                   "tokens were read, the start was cut off.", duration=20)
+    elif stats.dropped_messages:
+        gr.Info(f"The {stats.dropped_messages} oldest of {history_messages} messages no longer fit the model's "
+                "context and were left out.")
 
 
-def accepts_images() -> bool:
-    """Whether the served model reads pictures (a multimodal model): then the message box takes them.
-    Loaded lazily, only a local MODEL_REPO folder can be checked before the page is built."""
-    if LAZY_LOAD:
-        return bool(MODEL_REPO) and Path(MODEL_REPO).is_dir() and is_llava(MODEL_REPO)
-    engine = get_engine()
-    return engine is not None and engine.vision is not None
+def not_empty(message: str | dict | None) -> dict:
+    """The send check: an empty or blank message (and no picture) is not sent."""
+    if isinstance(message, dict):
+        filled = bool((message.get("text") or "").strip() or message.get("files"))
+    else:
+        filled = bool((message or "").strip())
+    return gr.validate(filled, "Type a message first.")
 
 
-IMAGES = accepts_images()
-demo = gr.ChatInterface(
-    respond,
-    multimodal=IMAGES,
-    textbox=gr.MultimodalTextbox(file_types=["image"], file_count="multiple", sources=["upload"],
-                                 placeholder="Type a message, or add a picture…") if IMAGES else None,
-    title=f"{model_title()} chat",
-    description=description(),
-    additional_inputs=[
-        gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2),
-        gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature (0 = greedy)"),
-        gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="Top-p"),
-        gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)"),
-        gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty"),
-        gr.Slider(1, 2048, value=512, step=1, label="Max new tokens"),
-    ],
-    additional_inputs_accordion="Settings",
-    examples=[[{"text": text, "files": []} if IMAGES else text]
-              for text in ("Who are you?", "What can you help me with?", "请用中文介绍一下你自己。")],
-    cache_examples=False,  # caching would run the model at start-up on Spaces
-    concurrency_limit=CONCURRENCY,
-    api_name="chat",
-)
+def page_load() -> tuple:
+    """On each page view (after the model has loaded): the heading, the chat's placeholder, and the sliders at
+    the model's defaults (max new tokens up to its context)."""
+    engine = served.get()
+    d = engine.defaults if engine is not None else GenerationSettings()
+    longest = engine.max_context if engine is not None else MAX_NEW_TOKENS
+    return (header(), gr.Chatbot(placeholder=placeholder()), d.temperature, d.top_p, d.top_k, d.repetition_penalty,
+            gr.Slider(value=min(d.max_new_tokens, longest), maximum=longest))
+
+
+def placeholder() -> str:
+    """What the empty chat shows."""
+    return f"<center><h2>{html.escape(title())}</h2>Ask a question, or pick one of the examples.</center>"
+
+
+def build_page(images: bool) -> gr.Blocks:
+    """The page; `images`: a message box that takes pictures (a multimodal model)."""
+    d = GenerationSettings()  # replaced on page load by the model's defaults
+    with gr.Blocks(title=title(), fill_height=True) as page:
+        heading = gr.Markdown(f"<h1 id='app-title'>{html.escape(title())}</h1>\n\nLoading the model…",
+                              elem_id="app-header")
+        sliders = [
+            gr.Slider(0.0, 2.0, value=d.temperature, step=0.05, label="Temperature (0 = greedy)", render=False),
+            gr.Slider(0.05, 1.0, value=d.top_p, step=0.05, label="Top-p", render=False),
+            gr.Slider(0, 200, value=d.top_k, step=1, label="Top-k (0 = off)", render=False),
+            gr.Slider(1.0, 2.0, value=d.repetition_penalty, step=0.05, label="Repetition penalty", render=False),
+            gr.Slider(1, MAX_NEW_TOKENS, value=d.max_new_tokens, step=1, label="Max new tokens", render=False),
+        ]
+        chatbot = gr.Chatbot(show_label=False, scale=1, min_height=420, elem_id="chat", placeholder=placeholder(),
+                             render=False)
+        gr.ChatInterface(
+            respond,
+            chatbot=chatbot,
+            multimodal=images,
+            textbox=gr.MultimodalTextbox(file_types=["image"], file_count="multiple", sources=["upload"],
+                                         placeholder="Type a message, or add a picture…", label="Message",
+                                         show_label=False, submit_btn=True, stop_btn=True, autofocus=True, scale=7)
+            if images else gr.Textbox(placeholder="Type a message…", label="Message", show_label=False,
+                                      submit_btn=True, stop_btn=True, autofocus=True, scale=7),
+            additional_inputs=[gr.Textbox(CONFIG.system_prompt, label="System prompt", lines=2, render=False),
+                               *sliders],
+            additional_inputs_accordion=gr.Accordion("Settings", open=False, elem_id="settings", render=False),
+            examples=[[{"text": text, "files": []} if images else text] for text in EXAMPLES],
+            cache_examples=False,  # caching would run the model at start-up on Spaces
+            concurrency_limit=CONFIG.concurrency,
+            fill_height=True,
+            api_name="chat",
+            validator=not_empty,
+        )
+        # every page view waits for the model (concurrently), then shows its name, also in the browser's tab
+        page.load(page_load, outputs=[heading, chatbot, *sliders], concurrency_limit=None,
+                  api_visibility="private").then(None, js=TAB_TITLE_JS)
+    return page
 
 
 if __name__ == "__main__":
+    served.fetch()  # the folder says whether the model reads pictures; the weights load beside the server
+IMAGES = accepts_images()
+demo = build_page(IMAGES)
+
+
+if __name__ == "__main__":
+    threading.Thread(target=served.get, name="load-model", daemon=True).start()
     demo.queue().launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if HOSTED else "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),

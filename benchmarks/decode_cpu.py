@@ -30,7 +30,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats  # noqa: E402
+from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats, ServeConfig  # noqa: E402
 from myassistant.chat.quant import quantize_int8  # noqa: E402
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     model = LlamaForCausalLM(config).eval()
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
-    engine = ChatEngine(model, tokenizer, name=args.shape, fast=False)  # templating only, until bf16
+    # templating only, until bf16
+    engine = ChatEngine(model, tokenizer, name=args.shape, config=ServeConfig(fast_decode=False))
     question = " ".join(["tell me about the weather today"] * (args.prompt_tokens // 6))
     prompt_ids, _, _ = engine.prompt([{"role": "user", "content": question}], GenerationSettings())
     quality_ids = [engine.prompt([{"role": "user", "content": q}], GenerationSettings())[0] for q in QUALITY_PROMPTS]

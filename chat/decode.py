@@ -13,6 +13,7 @@ sampling uses transformers' own logits processors, so greedy output equals ``mod
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -29,6 +30,10 @@ from transformers.generation.logits_process import (
 )
 
 
+log = logging.getLogger(__name__)
+
+# generation_config.json keys that GenerationSettings takes over (the same names)
+GENERATION_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
 Forward = Callable[[torch.Tensor], torch.Tensor]  # new token ids [1, n] -> logits of the last one [1, vocab]
 # Prompt ids [1, n] -> the prompt's input embeddings [1, n, hidden]: how an image enters a chat (chat.vision);
 # None = the model's embedding table.
@@ -37,7 +42,8 @@ Embed = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class GenerationSettings:
-    """What a user can set for one reply."""
+    """What a user can set for one reply. These defaults are the project's only ones: the app and
+    `assistant chat` start from them, as the model's ``generation_config.json`` changes them."""
 
     system_prompt: str | None = None  # used when the messages bring no system message
     temperature: float = 0.8  # 0 = greedy (deterministic)
@@ -66,6 +72,19 @@ class GenerationSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @classmethod
+    def from_generation_config(cls, gen: dict) -> GenerationSettings:
+        """The defaults a model asks for in its ``generation_config.json`` (transformers' names):
+        the keys it sets replace this class's defaults; ``do_sample: false`` means greedy."""
+        values = {key: gen[key] for key in GENERATION_KEYS if gen.get(key) is not None}
+        if gen.get("do_sample") is False:
+            values["temperature"] = 0.0
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            log.warning("generation_config.json: %s; using the default sampling settings", err)
+            return cls()
 
 
 def logits_processors(settings: GenerationSettings) -> LogitsProcessorList:

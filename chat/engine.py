@@ -6,14 +6,15 @@
 picks the fastest decoder the model allows: `chat.batch` (all concurrent chats share each step over
 one static cache; CUDA-graphed on a GPU); for a request longer than the batch cache's rows,
 `chat.decode.generate_tokens` over a static cache of its own (`chat.fast`); for a model of another
-layout, over the model's own forward. On the CPU, linear layers get int8 weights (`chat.quant`) unless ``quantize="none"`` or
-``ASSISTANT_QUANTIZE=none``.
+layout, over the model's own forward. On the CPU, linear layers get int8 weights (`chat.quant`) unless
+``quantize="none"``. How to serve (device, dtype, int8, decoder, rows) is a `chat.config.ServeConfig`;
+what to answer with by default (`engine.defaults`) comes from the model folder's ``generation_config.json``.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from myassistant.chat.batch import BatchDecoder
+from myassistant.chat.config import ServeConfig
 from myassistant.chat.decode import Embed, GenerationSettings, dynamic_cache_forward, generate_tokens
 from myassistant.chat.errors import EngineError
 from myassistant.chat.fast import KVCache, StaticCacheDecoder, fast_decode_problem
@@ -36,7 +38,6 @@ from myassistant.model import (ADAPTER_CONFIG, CheckpointError, build_tiny_check
 
 log = logging.getLogger(__name__)
 
-ROWS_ENV = "ASSISTANT_DECODE_ROWS"  # chats decoded together (default 8)
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
 
@@ -48,6 +49,7 @@ class GenerationStats:
     prompt_tokens: int = 0
     new_tokens: int = 0
     dropped_messages: int = 0  # history messages trimmed to fit the context window
+    message_cut: bool = False  # the new message itself was cut from its start to fit
     first_token_s: float | None = None  # from the request (templating included) to the first token
     elapsed_s: float = 0.0
 
@@ -98,15 +100,11 @@ def available_memory(device: torch.device) -> float:
         return float("inf")
 
 
-def batch_cache_plan(model: Any, max_context: int) -> tuple[int, int]:
-    """(rows, tokens per row) of the batched decoder's cache: 8 x 8192 on a GPU where it takes at most
-    a third of the free memory, else fewer tokens (down to 2048), then fewer rows. On a CPU 8 x 2048
-    within a quarter of the available RAM (the cache is fp32 there: 3.2 GB for InternLM2-1.8B); a
-    longer chat decodes alone over a cache of its own."""
-    value = os.environ.get(ROWS_ENV, "8")
-    if not value.strip().isdigit() or int(value) < 1:
-        raise EngineError(f"{ROWS_ENV}={value!r}: must be a whole number >= 1 (chats decoded together)")
-    rows = int(value)
+def batch_cache_plan(model: Any, max_context: int, rows: int = 8) -> tuple[int, int]:
+    """(rows, tokens per row) of the batched decoder's cache: `rows` x 8192 on a GPU where it takes at
+    most a third of the free memory, else fewer tokens (down to 2048), then fewer rows. On a CPU
+    `rows` x 2048 within a quarter of the available RAM (the cache is fp32 there: 3.2 GB for
+    InternLM2-1.8B at 8 rows); a longer chat decodes alone over a cache of its own."""
     cpu = model.device.type == "cpu"
     length = min(max_context, 2048 if cpu else 8192)
     budget = available_memory(model.device) / (4 if cpu else 3)
@@ -117,6 +115,17 @@ def batch_cache_plan(model: Any, max_context: int) -> tuple[int, int]:
         else:
             rows //= 2
     return max(rows, 1), length
+
+
+def read_generation_config(folder: Path) -> dict:
+    """The folder's ``generation_config.json`` ({} when absent or unreadable: the defaults serve)."""
+    path = folder / "generation_config.json"
+    try:
+        gen = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as err:
+        log.warning("%s: not read (%s); default sampling settings", path, err)
+        return {}
+    return gen if isinstance(gen, dict) else {}
 
 
 def ensure_demo_model(out_dir: str | Path) -> Path:
@@ -132,16 +141,19 @@ class ChatEngine:
     """A loaded model + tokenizer that streams chat replies; safe to share between threads."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", max_context: int | None = None,
-                 fast: bool = True, batched: bool | None = None, cuda_graphs: bool = True,
-                 vision: ImageEncoder | None = None) -> None:
+                 config: ServeConfig | None = None, defaults: GenerationSettings | None = None,
+                 batched: bool | None = None, cuda_graphs: bool = True, vision: ImageEncoder | None = None) -> None:
         """model: the causal LM that decodes (for a multimodal model, `vision.text_model`);
-        batched: decode concurrent chats together (`chat.batch`; default on: a decode step reads every
-        weight once whether it advances one chat or eight, on a CPU as on a GPU);
-        vision: the image side of a multimodal model (None = text only)."""
+        config: the decoder switches (`fast_decode`, `compile`, `decode_rows`) are read from it;
+        defaults: the settings a request starts from; batched: decode concurrent chats together
+        (`chat.batch`; default on: a decode step reads every weight once whether it advances one chat
+        or eight, on a CPU as on a GPU); vision: the image side of a multimodal model (None = text only)."""
+        config = config or ServeConfig()
         self.model = model
         self.vision = vision
         self.tokenizer = tokenizer
         self.name = name
+        self.defaults = defaults or GenerationSettings()
         self.stop_ids = stop_token_ids(tokenizer)
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None) or 2048
         # One forward at a time on the shared model; taken per decode step (see chat.decode).
@@ -149,37 +161,36 @@ class ChatEngine:
         # The fast decoder (chat.fast) where the model allows it, else model(...) per step.
         self.decoder: StaticCacheDecoder | None = None
         self.batch: BatchDecoder | None = None
-        problem = fast_decode_problem(model) if fast else "switched off"
+        problem = fast_decode_problem(model) if config.fast_decode else "switched off (fast_decode=False)"
         if problem is None:
-            self.decoder = StaticCacheDecoder(model, self.max_context)
+            self.decoder = StaticCacheDecoder(model, self.max_context, compile=config.compile)
             if batched is not False:
-                rows, length = batch_cache_plan(model, self.max_context)
+                rows, length = batch_cache_plan(model, self.max_context, config.decode_rows)
                 self.batch = BatchDecoder(self.decoder, rows, length, cuda_graphs=cuda_graphs)
         else:
             log.info("static-cache decoder off (%s): decoding with the model's own forward", problem)
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, adapter: str | Path | None = None, device: str = "auto",
-        dtype: str | torch.dtype = "auto", quantize: str = "auto",
+        cls, path: str | Path, adapter: str | Path | None = None, config: ServeConfig | None = None, **changes: Any,
     ) -> ChatEngine:
         """Load a merged model folder, or a base model folder plus a peft LoRA adapter folder.
 
-        quantize: "auto" = int8 weights on the CPU (unless ASSISTANT_QUANTIZE=none), none on a GPU;
-        "int8"; "none".
+        `changes` replace fields of `config` (``device="cpu"``, ``quantize="none"``, ...).
         """
+        try:
+            config = dataclasses.replace(config or ServeConfig(), **changes)
+        except TypeError as err:  # an unknown field
+            raise EngineError(f"serving config: {err}") from None
         path = Path(path)
         if not (path / "config.json").is_file():
             raise EngineError(f"{path}: no config.json here; "
                               "pass a model folder (e.g. the output of `assistant merge`)")
         if adapter is not None and not (Path(adapter) / ADAPTER_CONFIG).is_file():
             raise EngineError(f"{adapter}: no {ADAPTER_CONFIG} here; pass the adapter folder of a training run")
-        torch_device = resolve_device(device)
-        try:
-            quantize = resolve_quantize(quantize, torch_device)
-        except ValueError as err:
-            raise EngineError(str(err)) from err
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        torch_device = resolve_device(config.device)
+        quantize = resolve_quantize(config.quantize, torch_device, config.int8_kernel)
+        torch_dtype = resolve_dtype(config.dtype, torch_device)
         # Weights about to be quantised are read in bf16: half the peak memory of fp32.
         load_dtype = torch.bfloat16 if quantize == "int8" and torch_dtype == torch.float32 else torch_dtype
         try:
@@ -194,7 +205,8 @@ class ChatEngine:
                 model = load_adapter(model, adapter).merge_and_unload()
             vision = None if processor is None else ImageEncoder(model, processor)
             if quantize == "int8":
-                quantize_int8(model if vision is None else vision.text_model)  # the vision tower stays as loaded
+                # the vision tower stays as loaded
+                quantize_int8(model if vision is None else vision.text_model, config.int8_kernel)
                 model.to(torch_dtype)  # what is left (embeddings, norms) computes in torch_dtype
         except CheckpointError as err:
             raise EngineError(str(err)) from err
@@ -204,11 +216,12 @@ class ChatEngine:
         model.eval()
         log.info("loaded %s on %s in %s%s", path.name, torch_device, str(torch_dtype).removeprefix("torch."),
                  ", int8 linear weights" if quantize == "int8" else "")
-        if vision is not None:
-            return cls(vision.text_model, tokenizer, name=path.name, vision=vision)
-        return cls(model, tokenizer, name=path.name)
+        defaults = GenerationSettings.from_generation_config(read_generation_config(path))
+        return cls(model if vision is None else vision.text_model, tokenizer, name=path.name, config=config,
+                   defaults=defaults, vision=vision)
 
-    def prompt(self, messages: list[Message], settings: GenerationSettings) -> tuple[list[int], int, int]:
+    def prompt(self, messages: list[Message], settings: GenerationSettings,
+               stats: GenerationStats | None = None) -> tuple[list[int], int, int]:
         """(prompt ids, max new tokens, messages dropped) for the messages within the context window.
 
         At least half the window is kept for the prompt, so a large `max_new_tokens` cannot
@@ -221,6 +234,9 @@ class ChatEngine:
             messages = guard_identity(messages)
         budget = max(self.max_context - settings.max_new_tokens, self.max_context // 2)
         ids, dropped = build_prompt(self.tokenizer, messages, budget)
+        if stats is not None:
+            turns = len(messages) - (bool(messages) and messages[0]["role"] == "system")
+            stats.dropped_messages, stats.message_cut = dropped, dropped > 0 and dropped >= turns
         return ids, min(settings.max_new_tokens, self.max_context - len(ids)), dropped
 
     def tokens(
@@ -271,13 +287,13 @@ class ChatEngine:
         Stops at the model's stop tokens, `max_new_tokens`, when `cancel` is set, or when the
         caller closes the generator (the decode loop runs inside it, so nothing keeps computing).
         """
-        settings = dataclasses.replace(settings or GenerationSettings(), **overrides)
+        settings = dataclasses.replace(settings or self.defaults, **overrides)
         stats = stats if stats is not None else GenerationStats()
         start = time.perf_counter()
         images = find_images(messages)
         if images and self.vision is None:
             raise EngineError(f"{self.name} is a text-only model: it cannot read images")
-        prompt_ids, max_new, stats.dropped_messages = self.prompt(messages, settings)
+        prompt_ids, max_new, _ = self.prompt(messages, settings, stats)
         embed = None
         if images:
             prompt_ids, embed = self.vision.prepare(prompt_ids, images)

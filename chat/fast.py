@@ -18,7 +18,6 @@ cache entries with a mask hiding the rest. Greedy output equals ``model.generate
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch.nn import functional as F
@@ -28,8 +27,6 @@ from myassistant.chat.decode import Embed, Forward
 
 log = logging.getLogger(__name__)
 
-FAST_DECODE_ENV = "ASSISTANT_FAST_DECODE"  # "0" = always the plain transformers loop
-COMPILE_ENV = "ASSISTANT_COMPILE"  # "0" = no torch.compile of the decode step (default: on a GPU)
 # Rotary types whose tables depend on the position only (dynamic NTK only beyond
 # max_position_embeddings, which the engine never goes past).
 STATIC_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "llama3"}
@@ -37,8 +34,6 @@ STATIC_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "llama3"}
 
 def fast_decode_problem(model: torch.nn.Module) -> str | None:
     """Why `model` cannot use the fast decoder (None when it can)."""
-    if os.environ.get(FAST_DECODE_ENV, "1").strip() == "0":
-        return f"{FAST_DECODE_ENV}=0"
     if type(model).__name__ != "LlamaForCausalLM":
         return f"{type(model).__name__} is not the Llama layout"
     rope_type = getattr(model.model.rotary_emb, "rope_type", "default")
@@ -134,15 +129,11 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tenso
     return x + mlp.down_proj(mlp.act_fn(gate) * up)
 
 
-def use_compile(device: torch.device) -> bool:
-    setting = os.environ.get(COMPILE_ENV, "").strip()
-    return setting == "1" if setting else device.type == "cuda"
-
-
 class StaticCacheDecoder:
     """Prefill and decode steps of a ``LlamaForCausalLM`` over a `KVCache`."""
 
     def __init__(self, model: torch.nn.Module, max_len: int, compile: bool | None = None) -> None:
+        """compile: torch.compile the per-layer step (None = on a GPU: on a CPU it does not pay)."""
         self.model = model
         self.layers = list(model.model.layers)
         self.max_len = max_len
@@ -151,7 +142,7 @@ class StaticCacheDecoder:
         self.kv_heads = model.config.num_key_value_heads
         self.head_dim = self.layers[0].self_attn.head_dim
         self.fused = [fuse_projections(layer) for layer in self.layers]
-        compile = use_compile(self.device) if compile is None else compile
+        compile = self.device.type == "cuda" if compile is None else compile
         # dynamic: one compile covers every batch size, cache length and prompt length (b == 1 and
         # the prefill get their own).
         self.decode_layer = torch.compile(decoder_layer, dynamic=True) if compile else decoder_layer

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import warnings
 
 import torch
@@ -26,9 +25,6 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_ENV = "ASSISTANT_QUANTIZE"  # "none" turns the CPU int8 path off; "int8" asks for it
-QUANTIZE_CHOICES = ("auto", "int8", "none")
-KERNEL_ENV = "ASSISTANT_INT8_KERNEL"  # "weight_only" forces the exact-activation kernel
 GEMV_MAX_ROWS = 16  # weight_only: up to this many rows its kernel beats dequantise + bf16 matmul
 
 
@@ -98,11 +94,11 @@ def _kernel_works(kernel: str) -> str | None:
 
 
 @functools.cache
-def int8_kernel() -> str | None:
-    """The int8 kernel this torch build and CPU run: 'dynamic', 'weight_only', or None."""
-    kernels = ["dynamic", "weight_only"]
-    if os.environ.get(KERNEL_ENV, "").strip() == "weight_only":
-        kernels = ["weight_only"]
+def int8_kernel(prefer: str = "auto") -> str | None:
+    """The int8 kernel this torch build and CPU run: 'dynamic', 'weight_only', or None.
+
+    prefer: "auto" (dynamic, else weight_only), or one of them (that one, else None)."""
+    kernels = ["dynamic", "weight_only"] if prefer == "auto" else [prefer]
     for kernel in kernels:
         if (problem := _kernel_works(kernel)) is None:
             return kernel
@@ -110,19 +106,14 @@ def int8_kernel() -> str | None:
     return None
 
 
-def resolve_quantize(quantize: str, device: torch.device) -> str:
-    """'int8' or 'none' for a request: 'auto' = int8 on the CPU, unless the environment turns it off."""
-    env = os.environ.get(QUANTIZE_ENV, "").strip().lower()
-    if quantize == "auto" and env:
-        quantize = env
-    if quantize not in QUANTIZE_CHOICES:
-        raise ValueError(f"quantize={quantize!r} (or {QUANTIZE_ENV}) must be one of {', '.join(QUANTIZE_CHOICES)}")
+def resolve_quantize(quantize: str, device: torch.device, kernel: str = "auto") -> str:
+    """'int8' or 'none' for a request ('auto', 'int8' or 'none'): 'auto' = int8 on the CPU."""
     if quantize == "auto":
         quantize = "int8" if device.type == "cpu" else "none"
     if quantize == "int8" and device.type != "cpu":
         log.warning("int8 weights are a CPU decode path; %s keeps its half-precision weights", device)
         return "none"
-    if quantize == "int8" and int8_kernel() is None:
+    if quantize == "int8" and int8_kernel(kernel) is None:
         log.warning("int8 weights are off: no int8 kernel runs with torch %s here; decoding unquantised",
                     torch.__version__)
         return "none"
@@ -130,9 +121,11 @@ def resolve_quantize(quantize: str, device: torch.device) -> str:
 
 
 @torch.no_grad()
-def quantize_int8(model: nn.Module) -> int:
-    """Replace every ``nn.Linear`` of `model` (lm_head included) in place; returns how many."""
-    kernel = int8_kernel()
+def quantize_int8(model: nn.Module, prefer: str = "auto") -> int:
+    """Replace every ``nn.Linear`` of `model` (lm_head included) in place; returns how many.
+
+    prefer: the int8 kernel, as for `int8_kernel`."""
+    kernel = int8_kernel(prefer)
     if kernel is None:
         raise RuntimeError(f"no int8 kernel runs with torch {torch.__version__} on this machine")
     targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]

@@ -5,11 +5,11 @@ Tokens come from the environment only: HF_TOKEN for the Hub; OPENXLAB_TOKEN / GI
 GIT_USERNAME) for git remotes, handed to git by a transient credential helper, never written anywhere.
 """
 from .app_repo import push_app, write_app_folder
-from .card import assistant_name, model_card
+from .card import assistant_name, model_card, model_info
 from .errors import HubError, redact
 from .git_lfs import LFS_PATTERNS, PushResult
 from .push import push_folder
 from .source import fetch_model
 
-__all__ = ["HubError", "LFS_PATTERNS", "PushResult", "assistant_name", "fetch_model", "model_card", "push_app",
-           "push_folder", "redact", "write_app_folder"]
+__all__ = ["HubError", "LFS_PATTERNS", "PushResult", "assistant_name", "fetch_model", "model_card", "model_info",
+           "push_app", "push_folder", "redact", "write_app_folder"]

@@ -67,8 +67,10 @@ def _table(rows: dict[str, Any], head: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _info(folder: Path) -> dict:
-    """merge.json of a merged folder, else run.json of a run folder: the name, base, method, steps, loss."""
+def model_info(folder: str | Path) -> dict:
+    """merge.json of a merged folder, else run.json of a run folder: the name, base, method, steps, loss
+    ({} for other folders)."""
+    folder = Path(folder)
     for name in (MERGE_INFO, RUN_INFO):
         _, info = _read(folder, (name,))
         if isinstance(info, dict):
@@ -80,7 +82,7 @@ def assistant_name(folder: str | Path) -> str | None:
     """The assistant's name as the model folder records it (merge.json / run.json / the report), or None."""
     folder = Path(folder)
     _, report = _read(folder, REPORT_JSON)
-    name = _info(folder).get("name") or (report.get("name") if isinstance(report, dict) else None)
+    name = model_info(folder).get("name") or (report.get("name") if isinstance(report, dict) else None)
     return str(name) if name else None
 
 
@@ -90,7 +92,7 @@ def model_card(folder: str | Path, *, name: str | None = None) -> str:
     The title is ``name``, else the assistant's name the folder records, else the folder's name.
     """
     folder = Path(folder)
-    info = _info(folder)
+    info = model_info(folder)
     _, cfg = _read(folder, CONFIG_FILES)
     _, adapter = _read(folder, ("adapter_config.json",))
     _, model_cfg = _read(folder, ("config.json",))

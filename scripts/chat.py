@@ -3,9 +3,11 @@ with a multimodal model, --image PATH (or /image PATH in the chat) asks about a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from myassistant.chat import ChatEngine, EngineError, GenerationSettings, GenerationStats
+from myassistant.chat import ChatEngine, EngineError, GenerationSettings, GenerationStats, ServeConfig
+from myassistant.chat.config import CHOICES
 from myassistant.chat.vision import read_image, user_message
 
 
@@ -19,6 +21,8 @@ def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings
     except KeyboardInterrupt:  # raised inside the decode loop, so generation has stopped
         print(" [stopped]", end="")
     print(flush=True)
+    if stats.message_cut:
+        sys.stderr.write(f"[the message was too long: only its last part was read, {stats.prompt_tokens} tokens]\n")
     sys.stderr.write(f"[{stats.new_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s, "
                      f"first token {stats.first_token_s or 0:.2f} s, prompt {stats.prompt_tokens} tokens]\n")
     return "".join(parts)
@@ -36,30 +40,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--system", help="system prompt")
     parser.add_argument("--identity-guard", action="store_true",
                         help="the system prompt's sentences naming the assistant only on turns that ask about it")
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    parser.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling, 1 = off (default 0.8)")
-    parser.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off (default)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
-    parser.add_argument("--seed", type=int, help="fixed sampling seed, for repeatable answers")
-    parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", help="auto (GPU bf16/fp16, CPU fp32), bf16, fp16, fp32")
-    parser.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"],
-                        help="int8 linear weights: auto = on the CPU only (default; ASSISTANT_QUANTIZE=none turns off)")
+    sampling = parser.add_argument_group("sampling (default: what the model's generation_config.json sets, else "
+                                         "the value shown)")
+    d = GenerationSettings()
+    sampling.add_argument("--temperature", type=float, help=f"0 = greedy ({d.temperature})")
+    sampling.add_argument("--top-p", type=float, help=f"nucleus sampling, 1 = off ({d.top_p})")
+    sampling.add_argument("--top-k", type=int, help=f"0 = off ({d.top_k})")
+    sampling.add_argument("--repetition-penalty", type=float, help=f"1 = off ({d.repetition_penalty})")
+    sampling.add_argument("--max-new-tokens", type=int, help=f"longest answer in tokens ({d.max_new_tokens})")
+    sampling.add_argument("--seed", type=int, help="fixed sampling seed, for repeatable answers")
+    serving = parser.add_argument_group("serving (chat.ServeConfig; the app sets it from environment variables)")
+    s = ServeConfig()
+    serving.add_argument("--device", default=s.device, help="auto (GPU if present), cpu, cuda, cuda:1, ...")
+    serving.add_argument("--dtype", default=s.dtype, choices=CHOICES["dtype"], help="auto = GPU bf16/fp16, CPU fp32")
+    serving.add_argument("--quantize", default=s.quantize, choices=CHOICES["quantize"],
+                         help="int8 linear weights; auto = on the CPU only")
+    serving.add_argument("--int8-kernel", default=s.int8_kernel, choices=CHOICES["int8_kernel"],
+                         help="auto = dynamic where torch runs it, else weight_only")
+    serving.add_argument("--fast-decode", action=argparse.BooleanOptionalAction, default=s.fast_decode,
+                         help="static-cache decoder where the model allows it (default on)")
+    serving.add_argument("--compile", action=argparse.BooleanOptionalAction, default=s.compile,
+                         help="torch.compile the decode step (default: on a GPU)")
     args = parser.parse_args(argv)
+    given = {name: getattr(args, name) for name in ("temperature", "top_p", "top_k", "repetition_penalty",
+                                                    "max_new_tokens", "seed") if getattr(args, name) is not None}
     try:
-        settings = GenerationSettings(system_prompt=args.system, temperature=args.temperature, top_p=args.top_p,
-                                      top_k=args.top_k, repetition_penalty=args.repetition_penalty,
-                                      max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                      identity_guard=args.identity_guard)
+        GenerationSettings(**given)  # bad values stop here, before the model loads
     except ValueError as err:
         parser.error(str(err))
     for path in args.image:
         read_image(path)  # a bad path fails before the model loads
-    engine = ChatEngine.from_pretrained(args.model_dir, args.adapter, device=args.device, dtype=args.dtype,
-                                        quantize=args.quantize)
+    config = ServeConfig(device=args.device, dtype=args.dtype, quantize=args.quantize, int8_kernel=args.int8_kernel,
+                         fast_decode=args.fast_decode, compile=args.compile)
+    engine = ChatEngine.from_pretrained(args.model_dir, args.adapter, config)
     if args.image and engine.vision is None:
         raise EngineError(f"{args.model_dir} is a text-only model: --image needs a multimodal (Llava) model")
+    settings = dataclasses.replace(engine.defaults, system_prompt=args.system, identity_guard=args.identity_guard,
+                                   **given)
     if args.prompt is not None:
         reply(engine, [user_message(args.prompt, args.image)], settings)
         return 0

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.app:
         return 0
     env = {**os.environ, "MODEL_REPO": remote, "MODEL_CACHE": str(paths.cache / "models"),
-           "GRADIO_SERVER_PORT": str(args.port), "APP_TEMPERATURE": "0"}  # a tiny model answers best greedily
-    with demo.stage(7, "Gradio app (Ctrl-C stops it)", f"MODEL_REPO={remote} APP_TEMPERATURE=0 {demo.shown(sys.executable)} app.py"):
+           "GRADIO_SERVER_PORT": str(args.port)}
+    with demo.stage(7, "Gradio app (Ctrl-C stops it)", f"MODEL_REPO={remote} {demo.shown(sys.executable)} app.py"):
         app = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env)
         try:
             url = f"http://127.0.0.1:{args.port}/"

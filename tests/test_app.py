@@ -1,7 +1,8 @@
-"""app.py: `import app` + iterate `respond`, and a real app server under 20 concurrent gradio_client chats."""
+"""app.py: `import app` (loads nothing), `respond` and the page's parts, a real server under 20 gradio_client chats."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import socket
 import subprocess
@@ -15,17 +16,24 @@ from pathlib import Path
 
 import pytest
 
+from myassistant.chat import GenerationSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 QUIET_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-APP_ENV_KEYS = ("MODEL_REPO", "MODEL_CACHE", "DEMO_MODEL_DIR", "APP_LAZY_LOAD", "APP_CONCURRENCY")
+APP_ENV_KEYS = ("MODEL_REPO", "MODEL_CACHE", "DEMO_MODEL_DIR", "APP_TITLE", "APP_SYSTEM_PROMPT", "APP_CONCURRENCY",
+                "ASSISTANT_QUANTIZE", "ASSISTANT_FAST_DECODE", "ASSISTANT_COMPILE", "ASSISTANT_DECODE_ROWS")
 
 
-def lfs_model_repo(tmp: Path, **tiny_kwargs) -> str:
-    """A tiny model pushed to a local bare git repo with its weights in git-lfs; returns its file:// URL."""
+def lfs_model_repo(tmp: Path, name: str | None = None, **tiny_kwargs) -> str:
+    """A tiny model pushed to a local bare git repo with its weights in git-lfs; returns its file:// URL.
+
+    name: the assistant's name, recorded as `assistant merge` records it (merge.json)."""
     from myassistant.hub import push_folder
     from myassistant.model import build_tiny_checkpoint
 
     folder = build_tiny_checkpoint(tmp / "tiny-assistant", **tiny_kwargs)
+    if name:
+        (folder / "merge.json").write_text(json.dumps({"name": name, "base_model": "internlm2-tiny"}))
     bare = tmp / "remote" / "tiny-assistant.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
     push_folder(folder, bare.as_uri(), cache_dir=tmp / "push-cache")
@@ -95,37 +103,77 @@ def greedy_reply(app, message: str, history: list | None = None) -> list[str]:
     return list(app.respond(message, history or [], "You are Tiny.", 0.0, 0.8, 0, 1.0, 24))
 
 
-def test_respond_streams_the_growing_reply_of_a_cloned_git_lfs_model(load_app, model_repo, tmp_path):
+def test_import_loads_nothing_and_the_first_request_loads_the_cloned_git_lfs_model(load_app, model_repo, tmp_path):
     app = load_app(MODEL_REPO=model_repo)
-    assert app.demo.title == "tiny-assistant chat" and model_repo in app.demo.description
-    assert (tmp_path / "models").is_dir() and app._engine is not None
+    assert app.served.engine is None and not (tmp_path / "models").exists()  # no clone, no model at import
+    assert "Loading the model" in app.header() and app.title() == "tiny-assistant"
     replies = greedy_reply(app, "Who are you?")
+    engine = app.served.engine
+    assert engine is not None and (tmp_path / "models").is_dir()
     assert len(replies) > 1 and all(b.startswith(a) for a, b in zip(replies, replies[1:]))
     messages = [{"role": "system", "content": "You are Tiny."}, {"role": "user", "content": "Who are you?"}]
-    assert replies[-1] == app._engine.generate(messages, temperature=0, max_new_tokens=24)
+    assert replies[-1] == engine.generate(messages, temperature=0, max_new_tokens=24)
     # Gradio 6 hands history over as content parts
     history = [{"role": "user", "content": [{"type": "text", "text": "Who are you?"}]},
                {"role": "assistant", "content": [{"type": "text", "text": replies[-1]}]}]
     follow_up = greedy_reply(app, "And then?", history)[-1]
-    assert follow_up == app._engine.generate(
+    assert follow_up == engine.generate(
         messages + [{"role": "assistant", "content": replies[-1]}, {"role": "user", "content": "And then?"}],
         temperature=0, max_new_tokens=24)
+    text = app.header()
+    assert "tiny-assistant" in text and model_repo in text and f"context {engine.max_context:,} tokens" in text
+
+
+def test_settings_left_unset_take_the_models_generation_config(load_app, model_repo, tmp_path):
+    app = load_app(MODEL_REPO=model_repo, APP_TITLE="Tiny Tim")
+    engine = app.served.get()
+    assert app.title() == "Tiny Tim"
+    # the tiny checkpoint's generation_config.json sets no sampling: the one set of defaults in the code
+    assert engine.defaults == GenerationSettings()
+    heading, _, *sliders, longest = app.page_load()
+    assert "Tiny Tim" in heading and sliders == [0.8, 0.8, 0, 1.0] and longest.value == 512
+    assert longest.maximum == engine.max_context
+    engine.defaults = GenerationSettings(temperature=0, max_new_tokens=12)  # as a merged model's would
+    assert app.page_load()[2:6] == (0, 0.8, 0, 1.0) and app.page_load()[6].value == 12
+    messages = [{"role": "user", "content": "Who are you?"}]
+    assert list(app.respond("Who are you?", []))[-1] == engine.generate(messages, temperature=0, max_new_tokens=12)
+
+
+def test_empty_and_blank_messages_get_no_reply(load_app, model_repo):
+    app = load_app(MODEL_REPO=model_repo)
+    for message in ("", "   ", "\n\t "):
+        assert list(app.respond(message, [])) == []
+        assert app.not_empty(message)["is_valid"] is False
+    assert app.not_empty(" hi ")["is_valid"] is True
+    assert app.served.engine is None  # not even loaded for it
+
+
+def test_a_message_longer_than_the_context_is_answered_and_said_to_be_cut(load_app, model_repo):
+    app = load_app(MODEL_REPO=model_repo)
+    engine = app.served.get()
+    long_message = " ".join(f"word{i}" for i in range(engine.max_context)) + " THE END"
+    with pytest.warns(UserWarning, match="only its last .* tokens were read"):
+        replies = list(app.respond(long_message, [], "", 0.0, 0.8, 0, 1.0, 8))
+    assert replies
 
 
 def test_an_unloadable_model_gives_a_page_with_the_error(load_app, tmp_path):
     app = load_app(MODEL_REPO="https://someone:SECRET-TOKEN@127.0.0.1:9/nobody/missing.git")
-    assert "could not be loaded" in app.demo.description and "SECRET" not in app.demo.description
     (reply,) = greedy_reply(app, "hello?")
-    assert reply.startswith("⚠️ The model could not be loaded") and "SECRET" not in reply
+    assert reply.startswith("⚠️ **The model could not be loaded**") and "SECRET" not in reply
+    text = app.page_load()[0]
+    assert "could not be loaded" in text and "SECRET" not in text and "missing" in text
     app = load_app(MODEL_REPO=str(tmp_path / "no-such-model"))
-    assert "could not be loaded" in app.demo.description
+    assert "could not be loaded" in app.page_load()[0]
+    app = load_app(ASSISTANT_DECODE_ROWS="eight")  # a bad serving variable is shown the same way
+    assert "ASSISTANT_DECODE_ROWS='eight'" in app.page_load()[0]
 
 
-def test_demo_model_is_built_and_loaded_lazily_when_nothing_is_configured(load_app, tmp_path):
-    app = load_app(DEMO_MODEL_DIR=str(tmp_path / "demo"), APP_LAZY_LOAD="1")
-    assert app._engine is None and "demo model" in app.demo.description
+def test_demo_model_is_built_on_the_first_request_when_nothing_is_configured(load_app, tmp_path):
+    app = load_app(DEMO_MODEL_DIR=str(tmp_path / "demo"))
+    assert app.served.engine is None and not (tmp_path / "demo").exists()
     assert greedy_reply(app, "hi")[-1] and (tmp_path / "demo" / "config.json").is_file()
-    assert app._engine is not None
+    assert "demo model" in app.header() and app.title() == "Demo model"
 
 
 def test_running_app_completes_20_concurrent_chats(model_repo, tmp_path):

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from conftest import run_cli
 
-from myassistant.chat import ChatEngine, EngineError, GenerationSettings
+from myassistant.chat import ChatEngine, EngineError, GenerationSettings, ServeConfig
 
 GREEDY = GenerationSettings(temperature=0, max_new_tokens=24)
 
@@ -60,7 +60,8 @@ def llava_generate(engine: ChatEngine, prompt_ids: list[int], images: list[Path]
 def test_an_image_chat_streams_the_tokens_of_llava_generate(engine, pictures, decoder):
     served = {"static_cache": ChatEngine(engine.model, engine.tokenizer, batched=False, vision=engine.vision),
               "batched": engine,  # the default
-              "model_forward": ChatEngine(engine.model, engine.tokenizer, fast=False, vision=engine.vision)}[decoder]
+              "model_forward": ChatEngine(engine.model, engine.tokenizer, config=ServeConfig(fast_decode=False),
+                                          vision=engine.vision)}[decoder]
     answers = {}
     for name, image in pictures.items():
         messages = ask_about(image)

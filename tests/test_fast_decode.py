@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from myassistant.chat import ChatEngine, EngineError, GenerationSettings
+from myassistant.chat import ChatEngine, EngineError, GenerationSettings, ServeConfig
 from myassistant.chat.batch import MIN_BUCKET
 from myassistant.chat.fast import decoder_layer
 from myassistant.chat.quant import Int8Linear
@@ -161,7 +161,7 @@ def test_compiled_decode_step_equals_eager_with_one_compile_for_all_layers(exact
 
 
 def test_seeded_sampling_is_the_same_on_the_fast_and_the_plain_path(exact):
-    plain = ChatEngine(exact.model, exact.tokenizer, fast=False)
+    plain = ChatEngine(exact.model, exact.tokenizer, config=ServeConfig(fast_decode=False))
     assert plain.decoder is None
     settings = GenerationSettings(temperature=0.9, top_p=0.9, top_k=40, repetition_penalty=1.2, max_new_tokens=30,
                                   seed=3)
@@ -190,37 +190,25 @@ def test_cpu_default_is_int8_and_streams_what_generate_gives_on_the_same_weights
     assert (ours.argmax(-1) == want.argmax(-1)).float().mean().item() > 0.85
 
 
-def test_switches_and_fallbacks(tiny_dir, exact, monkeypatch):
-    monkeypatch.setenv("ASSISTANT_QUANTIZE", "none")
-    assert not any(isinstance(m, Int8Linear) for m in ChatEngine.from_pretrained(tiny_dir, device="cpu").model.modules())
-    monkeypatch.setenv("ASSISTANT_QUANTIZE", "int4")
-    with pytest.raises(EngineError, match="ASSISTANT_QUANTIZE"):
-        ChatEngine.from_pretrained(tiny_dir, device="cpu")
-    monkeypatch.delenv("ASSISTANT_QUANTIZE")
+def test_serving_switches_and_fallbacks(tiny_dir, exact):
+    assert not any(isinstance(m, Int8Linear) for m in
+                   ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="none").model.modules())
+    with pytest.raises(EngineError, match="quantize='int4'"):
+        ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="int4")
+    with pytest.raises(EngineError, match="decode_rows=0"):
+        ChatEngine(exact.model, exact.tokenizer, config=ServeConfig(decode_rows=0), batched=True)
+    rows = ChatEngine(exact.model, exact.tokenizer, config=ServeConfig(decode_rows=2), batched=True)
+    assert rows.batch.rows == 2
 
-    monkeypatch.setenv("ASSISTANT_DECODE_ROWS", "eight")
-    with pytest.raises(EngineError, match="ASSISTANT_DECODE_ROWS='eight'"):
-        ChatEngine(exact.model, exact.tokenizer, batched=True)
-    monkeypatch.delenv("ASSISTANT_DECODE_ROWS")
-
-    monkeypatch.setenv("ASSISTANT_FAST_DECODE", "0")
-    plain = ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="none")
+    plain = ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="none", fast_decode=False)
     assert plain.decoder is None
     prompt_ids, _, _ = plain.prompt(ask(QUESTIONS[0]), GREEDY)
     assert list(plain.tokens(prompt_ids, GREEDY)) == list(exact.tokens(prompt_ids, GREEDY))
-    monkeypatch.delenv("ASSISTANT_FAST_DECODE")
 
-    from myassistant.chat import quant
-
-    quant.int8_kernel.cache_clear()
-    monkeypatch.setenv("ASSISTANT_INT8_KERNEL", "weight_only")
-    try:
-        engine = ChatEngine.from_pretrained(tiny_dir, device="cpu")
-        assert engine.model.lm_head.kernel == "weight_only"
-        prompt_ids, _, _ = engine.prompt(ask(QUESTIONS[1]), GREEDY)
-        assert list(engine.tokens(prompt_ids, GREEDY)) == generate_ids(engine, prompt_ids, GREEDY.max_new_tokens)
-    finally:
-        quant.int8_kernel.cache_clear()
+    engine = ChatEngine.from_pretrained(tiny_dir, device="cpu", int8_kernel="weight_only")
+    assert engine.model.lm_head.kernel == "weight_only"
+    prompt_ids, _, _ = engine.prompt(ask(QUESTIONS[1]), GREEDY)
+    assert list(engine.tokens(prompt_ids, GREEDY)) == generate_ids(engine, prompt_ids, GREEDY.max_new_tokens)
 
 
 @pytest.mark.gpu

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from myassistant import model
 from conftest import run_cli
+from myassistant.chat import GenerationSettings
 from myassistant.model import CheckpointError
 from test_train import overrides
 from myassistant.hub import push_folder
@@ -89,6 +90,9 @@ def test_merged_folder_is_standalone(merged, lora_run, tiny_checkpoint):
         "Alice", str(tiny_checkpoint.resolve()), "lora", 4)
     assert info["carried"] == ["run_config.yaml", "run.json", "report.json", "report.md"]
     assert (merged / "report.md").read_bytes() == (lora_run / "report.md").read_bytes()
+    # what the app and `assistant chat` start from: cold sampling, not transformers' greedy or 0.8
+    served = GenerationSettings.from_generation_config(gen)
+    assert gen["do_sample"] and 0 < served.temperature == gen["temperature"] <= 0.5
 
 
 def test_card_pushed_from_the_merged_run_says_how_it_was_made(merged, tiny_checkpoint, tmp_path):

@@ -23,6 +23,11 @@ from myassistant.trainer.run_folder import MERGE_INFO_NAME
 
 log = logging.getLogger(__name__)
 
+# The merged model's generation_config.json: what the app and `assistant chat` sample with unless told
+# otherwise. Cold: a fine-tune answers best near its training targets, and a small one turns to word
+# salad at the usual 0.8 (top_k 0 = off, so top_p alone cuts the tail).
+SERVE_SAMPLING = {"do_sample": True, "temperature": 0.3, "top_p": 0.8, "top_k": 0}
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -113,4 +118,5 @@ def _merge_text(src: dict, source: Path, out_dir: Path, layout: str, torch_dtype
     else:
         merged = load_adapter(base, Path(src["adapter"])).merge_and_unload(safe_merge=True)
     _check_finite(merged, source)
+    merged.generation_config.update(**SERVE_SAMPLING)
     model_layer.save_model(merged, tokenizer, out_dir, layout=layout, dtype=torch_dtype, max_shard_size=max_shard_size)
