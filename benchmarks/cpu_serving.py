@@ -37,7 +37,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling decode_cpu.py, run from anywhere
 from decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
-from myassistant.chat import ChatEngine, GenerationSettings  # noqa: E402
+from myassistant.chat import ChatEngine, GenerationSettings, ServeConfig  # noqa: E402
 from myassistant.chat.quant import quantize_int8  # noqa: E402
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
@@ -173,7 +173,8 @@ def prepare(args, work: Path) -> None:
     from myassistant.export.gguf import save_gguf
 
     model, tokenizer = build(args.shape, work)
-    long_ids, quality = prompts(ChatEngine(model, tokenizer, fast=False), args.prompt_tokens)  # templating only
+    templating = ChatEngine(model, tokenizer, config=ServeConfig(fast_decode=False))  # templating only
+    long_ids, quality = prompts(templating, args.prompt_tokens)
     (work / "prompts.json").write_text(json.dumps({"long": long_ids, "quality": quality}))
     np.save(work / "fp32_top1.npy", torch_top1(model, quality))
     for quant in sorted({GGUF_CASES[c] for c in args.cases if c in GGUF_CASES}):
