@@ -22,7 +22,7 @@ def test_from_env_reads_only_the_documented_variables_and_names_a_bad_one():
             ServeConfig.from_env({name: value})
         assert info.type.user_error
     assert set(ENV) <= {f"ASSISTANT_{n}" for n in ("QUANTIZE", "FAST_DECODE", "COMPILE", "DECODE_ROWS")} | {
-        f"APP_{n}" for n in ("TITLE", "SYSTEM_PROMPT", "CONCURRENCY")}
+        f"APP_{n}" for n in ("TITLE", "SYSTEM_PROMPT", "IDENTITY_GUARD", "CONCURRENCY")}
 
 
 def test_flags_values_are_checked_like_the_environment():
