@@ -111,15 +111,20 @@ def run_llama_cpp(path: Path, ids: list[int], quality: list[list[int]], new: int
 
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads,
                           verbose=False)
+    vocab = llm.n_vocab()
+
+    def next_token() -> int:  # the last position's logits (llm.scores holds them only with logits_all)
+        return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))))
+
     llm.eval(ids[:8])  # burn-in
     llm.reset()
     start = time.perf_counter()
     llm.eval(ids)
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    token = next_token()
     first = time.perf_counter() - start
     for _ in range(new - 1):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = next_token()
     decode = (new - 1) / (time.perf_counter() - start - first)
     row = {"ttft_s": round(first, 3), "decode_tokens_per_s": round(decode, 3), "peak_rss_gib": peak_rss_gib(),
            "gguf_mib": round(path.stat().st_size / 2**20)}
