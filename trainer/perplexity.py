@@ -23,7 +23,6 @@ from myassistant.trainer.data.blocks import TextBlocks, tokenize_corpus
 from myassistant.trainer.data.corpus import TextSpec
 from myassistant.trainer.identity import GENERAL_DATA
 from myassistant.trainer.identity.report import load_for_eval
-from myassistant.trainer.run_folder import REPORT_JSON, REPORT_MD
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +111,4 @@ def write_pretrain_report(model_path: str | Path, held_out: str | Path, *, base:
            "held_out": str(held_out), "chat_data": str(chat_data), "max_length": max_length, **figures,
            "seconds": round(time.time() - started, 1)}
     out = Path(out_dir) if out_dir else model_path
-    out.mkdir(parents=True, exist_ok=True)
-    run_folder.write_json(out / REPORT_JSON, rep)
-    tmp = out / (REPORT_MD + ".tmp")
-    tmp.write_text(_markdown(rep), encoding="utf-8")
-    tmp.replace(out / REPORT_MD)
-    return rep
+    return run_folder.write_report(out, rep, _markdown(rep))

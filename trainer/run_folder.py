@@ -39,6 +39,16 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
+def write_report(out: Path, report: dict, markdown: str) -> dict:
+    """A report as ``report.json`` and ``report.md`` in ``out`` (each written whole, then renamed into place)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / REPORT_JSON, report)
+    tmp = out / (REPORT_MD + ".tmp")
+    tmp.write_text(markdown, encoding="utf-8")
+    tmp.replace(out / REPORT_MD)
+    return report
+
+
 def read_json(path: Path) -> dict:
     """A JSON object from ``path``; {} when the file is not there."""
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

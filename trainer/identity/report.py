@@ -27,7 +27,6 @@ from myassistant.chat.guard import guard_identity
 from myassistant.trainer import run_folder
 from myassistant.trainer.data.formats import DataError
 from myassistant.trainer.identity import FILES, probes, score
-from myassistant.trainer.run_folder import REPORT_JSON, REPORT_MD
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +237,4 @@ def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, 
            "max_new_tokens": max_new_tokens, "seconds": round(time.time() - started, 1),
            "examples": _examples(sets, fine, name, old_names)}
     out = Path(out_dir) if out_dir else (model_path if model_path.is_dir() else Path("."))
-    out.mkdir(parents=True, exist_ok=True)
-    run_folder.write_json(out / REPORT_JSON, rep)
-    tmp = out / (REPORT_MD + ".tmp")
-    tmp.write_text(_markdown(rep), encoding="utf-8")
-    tmp.replace(out / REPORT_MD)
-    return rep
+    return run_folder.write_report(out, rep, _markdown(rep))

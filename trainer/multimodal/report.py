@@ -19,7 +19,6 @@ from pathlib import Path
 import myassistant.model as model_layer
 from myassistant.trainer import merge, run_folder
 from myassistant.trainer.data.formats import DataError
-from myassistant.trainer.run_folder import REPORT_JSON, REPORT_MD
 from myassistant.trainer.multimodal.data import load_llava_records, open_image
 from myassistant.trainer.multimodal.shapes import FILES
 
@@ -110,8 +109,4 @@ def write_picture_report(model_path: str | Path, data_dir: str | Path, *, out_di
            "base": before, "max_new_tokens": max_new_tokens, "seconds": round(time.time() - started, 1),
            "examples": samples[:8]}
     out = Path(out_dir) if out_dir else model_path
-    out.mkdir(parents=True, exist_ok=True)
-    run_folder.write_json(out / REPORT_JSON, rep)
-    (out / (REPORT_MD + ".tmp")).write_text(_markdown(rep), encoding="utf-8")
-    (out / (REPORT_MD + ".tmp")).replace(out / REPORT_MD)
-    return rep
+    return run_folder.write_report(out, rep, _markdown(rep))
