@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes.add_argument("--per-class", type=int, default=24, help="training pictures per colour and shape (default 24)")
     shapes.add_argument("--eval-per-class", type=int, default=4, help="held-out pictures per class (default 4)")
     shapes.add_argument("--size", type=int, default=64, help="picture side in pixels (default 64)")
-    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--seed", type=int, default=0, help="random seed: the same seed draws the same pictures (default 0)")
     check = sub.add_parser(
         "check", help="validate a data file (folder, glob) and print its counts",
         description="Read training data as 'assistant train' would (every record checked; a bad one is named by "
