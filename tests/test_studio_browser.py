@@ -150,7 +150,7 @@ def start_training(page, base: Path, data: Path | None, **knobs) -> None:
     for key, value in knobs.items():
         fill(page, f"train-{key}", value)
     page.locator("#train-start").click()
-    wait_for(lambda: "Started" in page.locator("#train-started").inner_text(), 60, "the training to start")
+    wait_for(lambda: "Started" in page.locator("#train-started").inner_text(), 300, "the training to start")
 
 
 def _bare_repo(path: Path) -> Path:
