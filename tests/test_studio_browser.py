@@ -211,7 +211,13 @@ def test_the_whole_pipeline_in_the_browser(tmp_path):
             return "finished" in live(page)
 
         wait_for(finished, 300, "the training to finish", every_s=0.3)
-        assert len(drawn) >= 2, f"the loss plot was drawn {len(drawn)} time(s) while training"
+        # A fast machine may finish 40 steps between two refreshes, so one drawing while running is
+        # enough, as long as the finished plot was drawn again with more points.
+        assert drawn, "the loss plot was never drawn while training"
+        points = lambda path: path.count("L") + 1
+        final = loss_path(page)
+        assert points(final) > min(map(points, drawn)), (
+            f"the loss plot was not redrawn as steps came: {sorted(map(points, drawn))} then {points(final)} points")
         assert "step 40" in live(page)
         assert page.locator("#runs-evals").inner_text().count("Who are you?") >= 1
         page.locator("#runs-live").scroll_into_view_if_needed()
