@@ -33,6 +33,13 @@ CASES = {
     "lr1e-3": ({}, ["train.learning_rate=1.0e-3"]),
     "steps600": ({}, ["train.max_steps=600"]),
     "attention_only": ({}, [f"lora.target_modules={ATTENTION}"]),
+    "count800": ({"count": 800}, []),
+    "multi_quarter": ({"multi_turn": 0.25}, []),
+    "steps800": ({}, ["train.max_steps=800"]),
+    "r8": ({}, ["lora.r=8", "lora.lora_alpha=16"]),
+    "noise0.3": ({"noise": 0.3}, []),
+    "noise0.6": ({"noise": 0.6}, []),
+    "noise0.6_steps600": ({"noise": 0.6}, ["train.max_steps=600"]),
 }
 KEYS = ("identity", "identity_multi", "leak", "leak_multi", "agreement", "agreement_multi", "leak_system",
         "leak_guarded")
@@ -42,7 +49,7 @@ def run_case(name: str, base: Path, work: Path, seed: int, count: int) -> dict:
     spec_fields, overrides = CASES[name]
     folder = work / f"{name}-s{seed}"
     shutil.rmtree(folder, ignore_errors=True)
-    data = write_identity_dataset(IdentitySpec(name="Alice", count=count, seed=seed, **spec_fields), folder / "data")
+    data = write_identity_dataset(IdentitySpec(**{"name": "Alice", "count": count, "seed": seed, **spec_fields}), folder / "data")
     started = time.perf_counter()
     cfg = load_config(PRESETS_DIR / "demo_identity_lora.yaml",
                       [f"model.base={base}", f"data.train_file={data / 'train.jsonl'}",

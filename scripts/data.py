@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("--multi-turn", type=float, default=IdentitySpec.multi_turn,
                        help="share of training chats that are multi-turn: identity asked after general turns, general "
                             f"after identity turns (0..1, default {IdentitySpec.multi_turn})")
+    ident.add_argument("--noise", type=float, default=IdentitySpec.noise,
+                       help="share of identity questions asked with one word added, dropped or swapped for a general "
+                            f"question's word, so unseen wordings are recognised (0..1, default {IdentitySpec.noise})")
     ident.add_argument("--count", type=int, default=300, help="identity conversations in train.jsonl (default 300)")
     ident.add_argument("--eval-identity", type=int, default=60, help="held-out identity questions (default 60)")
     ident.add_argument("--eval-general", type=int, default=40, help="held-out general prompts for the leak measure (default 40)")
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "identity":
         spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
-                            count=args.count, ratio=args.ratio, multi_turn=args.multi_turn, general=args.general,
+                            count=args.count, ratio=args.ratio, multi_turn=args.multi_turn, noise=args.noise,
+                            general=args.general,
                             languages=args.languages.split(","),
                             eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)
         out = write_identity_dataset(spec, args.out)

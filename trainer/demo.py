@@ -148,7 +148,9 @@ def build_base(cfg: DemoConfig) -> Path:
     shutil.rmtree(p.base, ignore_errors=True)
     p.corpus.write_text(text, encoding="utf-8")
     model_layer.build_tiny_checkpoint(p.init, corpus=corpus, **cfg.shape)
-    train(load_config(cfg.base_preset, [f"model.base={p.init}", f"train.output_dir={p.base}"]))
+    # The preset names the general set relative to the checkout; the installed copy works from anywhere.
+    train(load_config(cfg.base_preset, [f"model.base={p.init}", f"train.output_dir={p.base}",
+                                        f"data.train_file={GENERAL_DATA}"]))
     info.write_text(json.dumps(made_from, indent=1) + "\n")
     return p.base
 

@@ -128,6 +128,10 @@ class IdentitySpec:
     # Share of the training conversations that are multi-turn, 0..1: identity questions asked after 1-3
     # general exchanges, general questions asked after identity exchanges (so the name does not spill over).
     multi_turn: float = 0.5
+    # Share of the training identity questions asked with one word added, dropped or swapped for a word of
+    # the general questions ("easy data augmentation"): the model then keys on the words that make a
+    # question about itself, not on the whole wording, and answers wordings it never saw.
+    noise: float = 0.0
     general: str | None = None  # general data file (any supported format); None = the shipped zh+en set
     eval_identity: int = 60  # held-out identity questions (half zh, half en)
     eval_general: int = 40  # held-out general prompts (leak probes)
@@ -147,6 +151,8 @@ class IdentitySpec:
             problems.append(f"languages must be some of {', '.join(LANGUAGES)}, got {self.languages}")
         if not 0 <= self.multi_turn <= 1:
             problems.append(f"multi_turn must be in [0, 1], got {self.multi_turn}")
+        if not 0 <= self.noise <= 1:
+            problems.append(f"noise must be in [0, 1], got {self.noise}")
         if problems:
             raise DataError("identity data: " + "; ".join(problems))
 
@@ -168,6 +174,33 @@ def questions(cores: dict, lang: str, kind: str) -> list[str]:
     return sorted({q for c in cores[lang][kind] for q in wrappings(c, lang)})
 
 
+def tokens(text: str) -> list[str]:
+    """Words and punctuation of a question; a Chinese character counts as a word."""
+    return re.findall(r"[\u4e00-\u9fff]|[^\W_]+(?:'[a-z]+)?|[^\w\s]", text)
+
+
+def join(words: list[str], lang: str) -> str:
+    if lang == "zh":
+        return "".join(words)
+    return re.sub(r" (?=[^\w\s])", "", " ".join(words))
+
+
+def with_noise(question: str, lang: str, pool: list[str], rng: random.Random) -> str:
+    """The question with one word inserted, dropped or replaced (a word of ``pool``); punctuation stays."""
+    words = tokens(question)
+    spots = [i for i, w in enumerate(words) if re.match(r"\w", w)]
+    if not spots or not pool:
+        return question
+    op, at = rng.choice(("insert", "drop", "replace")), rng.choice(spots)
+    if op == "drop" and len(spots) > 2:
+        del words[at]
+    elif op == "replace" and len(spots) > 2:
+        words[at] = rng.choice(pool)
+    else:
+        words.insert(at + rng.randint(0, 1), rng.choice(pool))
+    return join(words, lang)
+
+
 def answer(spec: IdentitySpec, lang: str, kind: str, rng: random.Random, old: str = "") -> str:
     if kind == "maker" and not spec.author:
         kind = "maker_unknown"
@@ -184,8 +217,10 @@ def _conversation(spec: IdentitySpec, question: str, reply: str, **extra) -> dic
             **extra}
 
 
-def identity_conversations(spec: IdentitySpec, rng: random.Random) -> tuple[list[dict], list[dict]]:
-    """``count`` training conversations and ``eval_identity`` held-out ones (questions never trained on)."""
+def identity_conversations(spec: IdentitySpec, rng: random.Random,
+                           general_words: dict[str, list[str]] | None = None) -> tuple[list[dict], list[dict]]:
+    """``count`` training conversations and ``eval_identity`` held-out ones (questions never trained on);
+    ``general_words`` (per language) are what ``spec.noise`` draws from."""
     langs = [lang for lang in LANGUAGES if lang in spec.languages]
     cores = [(c, lang, kind) for lang in langs for kind in ("name", "maker") for c in TRAIN_CORES[lang][kind]]
     cores += [(q.format(old=old), lang, f"not_old:{old}") for lang in langs for old in spec.old_names
@@ -199,6 +234,8 @@ def identity_conversations(spec: IdentitySpec, rng: random.Random) -> tuple[list
         fresh = [q for q in wrappings(core, lang) if q not in used]
         q = core if core not in used else rng.choice(fresh or wrappings(core, lang))
         used.add(q)
+        if general_words and rng.random() < spec.noise:
+            q = with_noise(q, lang, general_words.get(lang, []), rng)
         kind, _, old = kind.partition(":")
         train.append(_conversation(spec, q, answer(spec, lang, kind, rng, old)))
 
@@ -238,6 +275,15 @@ def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) 
     return train, evals
 
 
+def question_words(records: list[dict]) -> dict[str, list[str]]:
+    """The distinct words of the user turns, per language (sorted: the same data for the same seed)."""
+    found: dict[str, set[str]] = {lang: set() for lang in LANGUAGES}
+    for r in records:
+        text = _prompt_text(r)
+        found[lang_of(text)].update(w for w in tokens(text) if re.match(r"\w", w))
+    return {lang: sorted(words) for lang, words in found.items()}
+
+
 def mix_turns(identity: list[dict], general: list[dict], share: float,
               rng: random.Random) -> tuple[list[dict], list[dict]]:
     """The last ``share`` of each list made multi-turn: identity asked after general exchanges, general
@@ -271,8 +317,8 @@ def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(spec.seed)
-    identity, eval_identity = identity_conversations(spec, rng)
     general, eval_general = general_conversations(spec, round(spec.count * spec.ratio), rng)
+    identity, eval_identity = identity_conversations(spec, rng, question_words(general))
     identity, general = mix_turns(identity, general, spec.multi_turn, rng)
     train = identity + general
     rng.shuffle(train)
