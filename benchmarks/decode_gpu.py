@@ -17,7 +17,11 @@ Cases (random weights, greedy, stop tokens off so every reply has --new-tokens t
 - ``ttft_512``: time to first token for a ~512-token chat prompt, templating and history trimming included.
 - ``step_ms``: one graphed decode step replayed back to back (GPU time, no host work) for 1 and 8 rows.
 - ``concurrent_N``: N chats streaming at once from threads, sharing the steps; per-chat and total tokens/s.
-- ``roofline``: weight bytes / 3.0 TB/s (H100 copy bandwidth measured on the lent machine).
+- ``copy_bandwidth``: this GPU's memory bandwidth, measured in the same run: a 4 GiB ``dst.copy_(src)``
+  timed with CUDA events, bytes read + written / time (median of 10).
+- ``roofline``: weight bytes / the measured copy bandwidth: the tokens/s a batch-1 step that only read
+  the weights once would reach; ``decode_of_bandwidth``: the engine's decode-only tokens/s x weight
+  bytes / the measured bandwidth (the fraction of the memory system a decode step uses).
 """
 from __future__ import annotations
 
@@ -37,9 +41,6 @@ from benchmarks.decode_cpu import SHAPES  # noqa: E402
 from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats  # noqa: E402
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
-BANDWIDTH_BYTES_PER_S = 3.0e12
-
-
 def emit(case: str, **fields) -> None:
     print(json.dumps({"case": case, **fields}), flush=True)
 
@@ -49,6 +50,24 @@ def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings
     for _ in engine.stream(messages, settings, stats=stats):
         pass
     return stats
+
+
+def copy_bandwidth(gib: int = 4, reps: int = 10) -> float:
+    """Bytes/s of a device-to-device copy of `gib` GiB (read + write counted), median of `reps`."""
+    src = torch.empty(gib << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * (gib << 30) / sorted(times)[reps // 2]
 
 
 def build(shape: str, dtype: torch.dtype, device: str) -> LlamaForCausalLM:
@@ -133,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             peer = args.new_tokens / (time.perf_counter() - start)
     emit("hf_generate", tokens_per_s=round(peer, 1))
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    roofline = BANDWIDTH_BYTES_PER_S / weight_bytes
+    bandwidth = copy_bandwidth()
+    emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
+    roofline = bandwidth / weight_bytes
     reply(engine, short, settings)
     stats = reply(engine, short, settings)
     emit("engine", prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
@@ -151,8 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     for chats in (2, 4, 8):
         concurrent(engine, short, chats, 16)  # captures this row bucket
         emit(f"concurrent_{chats}", new_tokens=args.new_tokens, **concurrent(engine, short, chats, args.new_tokens))
-    emit("step_ms", rows_1=round(step_ms(engine, 1), 3), rows_8=round(step_ms(engine, 8), 3))
-    emit("roofline", weights_gb=round(weight_bytes / 1e9, 2), tokens_per_s=round(roofline, 1))
+    rows_1_ms = step_ms(engine, 1)
+    emit("step_ms", rows_1=round(rows_1_ms, 3), rows_8=round(step_ms(engine, 8), 3))
+    emit("roofline", weights_gb=round(weight_bytes / 1e9, 2), tokens_per_s=round(roofline, 1),
+         bandwidth_tb_per_s=round(bandwidth / 1e12, 3),
+         decode_of_bandwidth=round(stats.tokens_per_s * weight_bytes / bandwidth, 3),
+         step_1_row_of_bandwidth=round(weight_bytes / bandwidth / (rows_1_ms / 1e3), 3))
 
     if not args.no_fp32:
         del engine, model

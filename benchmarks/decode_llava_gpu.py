@@ -19,6 +19,8 @@ One JSON line per case:
 - ``same_tokens_bf16``: the engine's reply vs ``generate``'s; where they part, ``generate``'s top-2 logit
   gap there (random weights give near-ties that bf16 rounding flips; fp32 exactness is a CPU test).
 - ``concurrent_4_image``: four image chats at once, sharing the decode steps.
+- ``attention_us``: one layer's decode attention alone (GPU time in a CUDA graph) over cache buckets of
+  256-8192, SDPA with the engine's mask vs `chat.attention`'s split-KV kernel (used from 1024 on).
 """
 from __future__ import annotations
 
@@ -121,6 +123,42 @@ def hf_generate(model, ids: torch.Tensor, pixels: torch.Tensor, new_tokens: int)
             "first_token_ms": first_ms}, tokens, out.scores
 
 
+def attention_us(rows: int, length: int, reps: int = 20) -> dict:
+    """GPU microseconds of one decode step's attention (InternLM2-1.8B heads: 8 kv heads x 2 queries, 128
+    wide, bf16) over a cache bucket of `length`, rows at position length - 1: SDPA with the engine's mask vs
+    the split-KV kernel, each as 24 calls (one per layer) in a CUDA graph, replayed."""
+    from torch.nn import functional as F
+
+    from myassistant.chat.attention import split_kv_attention
+
+    kv_heads, group, dim = 8, 2, 128
+    q = torch.randn(rows, kv_heads, group, dim, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(rows, kv_heads, length, dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    positions = torch.full((rows,), length - 1, device="cuda")
+    mask = torch.zeros(rows, 1, 1, length, device="cuda", dtype=torch.bfloat16)
+    cases = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=dim ** -0.5),
+             "split_kv": lambda: split_kv_attention(q, k, v, positions, dim ** -0.5)}
+    out = {}
+    for name, fn in cases.items():
+        for _ in range(2):
+            fn()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(24):
+                fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        graph.replay()
+        start.record()
+        for _ in range(reps):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        out[name] = round(start.elapsed_time(end) * 1e3 / reps / 24, 2)
+    ref = cases["sdpa"]().float()
+    out["max_abs_diff"] = round(float((cases["split_kv"]().float() - ref).abs().max()), 5)
+    return out
+
+
 def main() -> int:
     new_tokens = int(os.environ.get("NEW_TOKENS", 32 if TINY else 256))
     model, processor = build()
@@ -132,6 +170,9 @@ def main() -> int:
     start = time.perf_counter()
     engine.warm_up()
     emit("warm_up", seconds=round(time.perf_counter() - start, 1))
+    if DEVICE == "cuda":
+        for rows in (1, 8):
+            emit("attention_us", rows=rows, **{str(n): attention_us(rows, n) for n in (256, 512, 1024, 2048, 8192)})
 
     image = picture()
     with_image = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": QUESTION}]}]

@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from myassistant.chat.attention import decode_attention
 from myassistant.chat.decode import Embed, Forward
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,10 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tenso
         o = o.transpose(1, 2).reshape(b, n, -1)
     else:
         # The query heads sharing a kv head are attended as rows of one query block:
-        # grouped-query attention with no copy of the cache.
+        # grouped-query attention with no copy of the cache (split over many blocks on long caches).
         length = mask.shape[-1]
-        o = F.scaled_dot_product_attention(q.reshape(b, kv_heads, -1, head_dim), k_cache[:b, :, :length],
-                                           v_cache[:b, :, :length], attn_mask=mask, scale=attn.scaling)
+        o = decode_attention(q.reshape(b, kv_heads, -1, head_dim), k_cache[:b, :, :length], v_cache[:b, :, :length],
+                             mask, positions, attn.scaling)
         o = o.reshape(b, 1, -1)
     x = x + attn.o_proj(o)
     h = layer.post_attention_layernorm(x)

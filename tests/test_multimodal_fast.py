@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 
+import pytest
 import torch
 
 from myassistant.trainer import data as data_lib
@@ -29,10 +30,13 @@ def _loss_and_grads(model, batch):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_llava_fast_path_matches_plain_forward(tiny_checkpoint, tiny_vision_encoder, tmp_path):
+@pytest.mark.parametrize("stage,lora_encoder", [("finetune", "true"), ("finetune", "false"), ("pretrain", "false")])
+def test_llava_fast_path_matches_plain_forward(tiny_checkpoint, tiny_vision_encoder, tmp_path, stage, lora_encoder):
+    """With a frozen encoder too: the projector gets its gradient (stage 1 trains nothing else)."""
     shapes = write_shapes_dataset(tmp_path / "shapes", per_class=1, eval_per_class=0, size=56)
     cfg = load_config(None, [f"model.base={tiny_checkpoint}", f"vision.encoder={tiny_vision_encoder}",
-                             "vision.lora_encoder=true", "quant.method=lora", "lora.r=4", "lora.lora_dropout=0",
+                             f"vision.stage={stage}", f"vision.lora_encoder={lora_encoder}", "quant.method=lora",
+                             "lora.r=4", "lora.lora_dropout=0",
                              f"data.train_file={shapes / 'finetune.jsonl'}", f"train.output_dir={tmp_path / 'run'}"])
     plain, processor = build_training_model(cfg)
     for name, p in plain.named_parameters():
@@ -48,6 +52,7 @@ def test_llava_fast_path_matches_plain_forward(tiny_checkpoint, tiny_vision_enco
     want = _loss_and_grads(plain, pictures(features, text_collate=data_lib.collate))
     got = _loss_and_grads(quick, pictures(features, text_collate=fast.collate))
     assert abs(want[0] - got[0]) < 1e-4 * abs(want[0])
-    assert want[1].keys() == got[1].keys() and any("vision_tower" in k for k in want[1])
+    assert want[1].keys() == got[1].keys() and any("multi_modal_projector" in k for k in want[1])
+    assert any("vision_tower" in k for k in want[1]) == (lora_encoder == "true")
     for name, grad in want[1].items():
         torch.testing.assert_close(got[1][name], grad, rtol=1e-3, atol=1e-6, msg=name)

@@ -207,17 +207,20 @@ def _with_pictures(llava, input_ids: torch.Tensor, pixel_values: torch.Tensor | 
     embeds = llava.model.get_input_embeddings()(input_ids)
     if pixel_values is None:
         return embeds
-    vision = llava.model.vision_tower
+    vision, config = llava.model.vision_tower, llava.config
     training = vision.training
     vision.train(False)  # no activation checkpoint (its RNG bookkeeping cannot be captured) and no dropout
-    try:  # a frozen encoder (no LoRA on it) keeps no activations for backward
+    try:  # a frozen encoder (no LoRA on it) keeps no activations for backward; the projector always trains
         with torch.set_grad_enabled(torch.is_grad_enabled() and getattr(llava, "vision_trains", True)):
-            out = llava.model.get_image_features(
-                pixel_values, vision_feature_layer=llava.config.vision_feature_layer,
-                vision_feature_select_strategy=llava.config.vision_feature_select_strategy)
+            hidden = vision(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
     finally:
         vision.train(training)
-    features = torch.cat(list(out.pooler_output)).to(embeds.dtype).reshape(-1, embeds.shape[-1])
+    # what LlavaModel.get_image_features selects (the CLS token dropped for "default"), then the projector
+    # outside the no-grad region above
+    layers = config.vision_feature_layer
+    drop = 1 if config.vision_feature_select_strategy == "default" else 0
+    selected = torch.cat([hidden[i][:, drop:] for i in ([layers] if isinstance(layers, int) else layers)], dim=-1)
+    features = llava.model.multi_modal_projector(selected).to(embeds.dtype).reshape(-1, embeds.shape[-1])
     is_image = input_ids == llava.config.image_token_id
     index = (torch.cumsum(is_image.reshape(-1), 0) - 1).clamp_(min=0).reshape(is_image.shape)
     return torch.where(is_image.unsqueeze(-1), features[index], embeds)

@@ -1,0 +1,155 @@
+"""Decode attention (one new token per cache row) over long caches: split-KV ("flash-decoding") on a GPU.
+
+A decode step's attention reads each row's whole cache for one query token. SDPA's kernels give one
+thread block to each (row, kv head) and walk the cache inside it: at batch 1 that is 8 blocks on 132
+SMs for InternLM2-1.8B, so a 1k-token cache (an image chat: 576 image tokens) costs latency, not
+bandwidth (its keys and values are 4 MB a layer). Here the cache is split into chunks of `SPLIT_KEYS`
+keys, one program per (row, kv head, chunk) computes the chunk's softmax-weighted values and its
+log-sum-exp, and a second kernel combines the chunks. Chunks past a row's position are skipped, so
+the cost follows the row's real length, not its cache bucket.
+
+The query heads that share a kv head are the rows of one query block (grouped-query attention with
+no copy of the cache), padded to 16 for the tensor cores. The dots run on fp32 tiles: tf32 for bf16 /
+fp16 caches (exact in the keys and values: tf32 keeps more mantissa bits than bf16), IEEE fp32 for fp32
+caches (the engine's fp32 replies equal ``generate``'s). Row i attends to keys 0..positions[i],
+the same as the engine's mask. Used for cache buckets of `SPLIT_FROM` keys and more on CUDA; shorter
+buckets, CPUs and machines without Triton keep SDPA. The kernels run under Triton's interpreter on a
+CPU (TRITON_INTERPRET=1), which is how tests check them without a GPU.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: SDPA everywhere
+    triton = None
+
+SPLIT_FROM = 1024  # cache buckets from this length attend with the split kernel (shorter ones: SDPA is as fast)
+SPLIT_KEYS = 64  # keys per program at least; more when the grid would exceed MAX_PROGRAMS
+MAX_PROGRAMS = 1024
+BLOCK_KEYS = 64
+HEAD_DIMS = (16, 32, 64, 128, 256)  # widths the kernel takes (powers of two, >= 16 for tensor-core dots)
+
+
+if triton is not None:
+    @triton.jit
+    def _split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, lse_ptr, scale,
+                      sq_b, sq_h, sq_g, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_s, so_g, sl_b, sl_h, sl_s,
+                      kv_heads, group, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+                      SPLIT: tl.constexpr, PRECISION: tl.constexpr):
+        s = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // kv_heads
+        h = bh % kv_heads
+        end = tl.load(pos_ptr + b) + 1  # keys 0..position
+        start = s * SPLIT
+        if start < end:
+            stop = tl.minimum(start + SPLIT, end)
+            g = tl.arange(0, BLOCK_G)
+            d = tl.arange(0, HEAD_DIM)
+            q = tl.load(q_ptr + b * sq_b + h * sq_h + g[:, None] * sq_g + d[None, :], mask=g[:, None] < group, other=0.0)
+            q = q.to(tl.float32)
+            m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+            l = tl.zeros([BLOCK_G], tl.float32)
+            acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+            for n0 in range(0, SPLIT, BLOCK_N):  # constexpr bounds: Triton's interpreter (numpy 2) needs them
+                n = start + n0 + tl.arange(0, BLOCK_N)
+                valid = n < stop
+                k = tl.load(k_ptr + b * sk_b + h * sk_h + n[:, None] * sk_l + d[None, :], mask=valid[:, None], other=0.0)
+                scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=PRECISION) * scale
+                scores = tl.where(valid[None, :], scores, float("-inf"))
+                m_new = tl.maximum(m, tl.max(scores, 1))
+                alpha = tl.exp(m - m_new)
+                p = tl.exp(scores - m_new[:, None])
+                l = l * alpha + tl.sum(p, 1)
+                v = tl.load(v_ptr + b * sv_b + h * sv_h + n[:, None] * sv_l + d[None, :], mask=valid[:, None], other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
+                m = m_new
+            rows = g < group
+            tl.store(o_ptr + b * so_b + h * so_h + s * so_s + g[:, None] * so_g + d[None, :], acc / l[:, None],
+                     mask=rows[:, None])
+            tl.store(lse_ptr + b * sl_b + h * sl_h + s * sl_s + g, m + tl.log(l), mask=rows)
+
+    @triton.jit
+    def _combine_kernel(part_ptr, lse_ptr, pos_ptr, out_ptr, so_b, so_h, so_s, so_g, sl_b, sl_h, sl_s,
+                        kv_heads, group, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, SPLIT: tl.constexpr,
+                        CHUNKS: tl.constexpr):
+        bh = tl.program_id(0)
+        b = bh // kv_heads
+        h = bh % kv_heads
+        chunks = (tl.load(pos_ptr + b) + SPLIT) // SPLIT  # the chunks holding keys 0..position
+        g = tl.arange(0, BLOCK_G)
+        d = tl.arange(0, HEAD_DIM)
+        rows = g < group
+        m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        weight = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+        for s in range(0, CHUNKS):
+            live = s < chunks
+            lse = tl.load(lse_ptr + b * sl_b + h * sl_h + s * sl_s + g, mask=rows & live, other=float("-inf"))
+            part = tl.load(part_ptr + b * so_b + h * so_h + s * so_s + g[:, None] * so_g + d[None, :],
+                           mask=rows[:, None] & live, other=0.0)
+            m_new = tl.maximum(m, lse)  # chunk 0 always holds a key: m is finite from there on
+            alpha = tl.exp(m - m_new)
+            w = tl.exp(lse - m_new)
+            weight = weight * alpha + w
+            acc = acc * alpha[:, None] + part * w[:, None]
+            m = m_new
+        out = acc / weight[:, None]
+        tl.store(out_ptr + bh * group * HEAD_DIM + g[:, None] * HEAD_DIM + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=rows[:, None])
+
+
+def split_size(rows: int, kv_heads: int, length: int) -> int:
+    """Keys per program: SPLIT_KEYS, doubled until the grid has at most MAX_PROGRAMS programs."""
+    split = SPLIT_KEYS
+    while rows * kv_heads * -(-length // split) > MAX_PROGRAMS:
+        split *= 2
+    return split
+
+
+@torch.library.custom_op("myassistant::split_kv_attention", mutates_args=())
+def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                       scale: float) -> torch.Tensor:
+    """Attention of q [b, kv_heads, group, d] over k, v [b, kv_heads, L, d] (strided views of a cache),
+    row i over keys 0..positions[i] (< L): [b, kv_heads, group, d]. Triton kernels (interpreted on a CPU)."""
+    b, kv_heads, group, head_dim = q.shape
+    length = k.shape[2]
+    assert k.stride(-1) == 1 and v.stride(-1) == 1, "the cache's head dimension must be contiguous"
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    split = split_size(b, kv_heads, length)
+    chunks = -(-length // split)
+    block_g = max(16, triton.next_power_of_2(group))
+    part = torch.empty(b, kv_heads, chunks, group, head_dim, dtype=torch.float32, device=q.device)
+    lse = torch.empty(b, kv_heads, chunks, group, dtype=torch.float32, device=q.device)
+    out = torch.empty_like(q)
+    _split_kernel[(chunks, b * kv_heads)](
+        q, k, v, positions, part, lse, scale, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *part.stride()[:4], *lse.stride()[:3], kv_heads, group, HEAD_DIM=head_dim, BLOCK_G=block_g,
+        BLOCK_N=BLOCK_KEYS, SPLIT=split, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4)
+    _combine_kernel[(b * kv_heads,)](part, lse, positions, out, *part.stride()[:4], *lse.stride()[:3], kv_heads, group,
+                                     HEAD_DIM=head_dim, BLOCK_G=block_g, SPLIT=split, CHUNKS=chunks, num_warps=4)
+    return out
+
+
+@split_kv_attention.register_fake
+def _(q, k, v, positions, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def uses_split(q: torch.Tensor, length: int) -> bool:
+    """Whether a decode step over `length` cache keys attends with the split kernel."""
+    return triton is not None and q.is_cuda and length >= SPLIT_FROM and q.shape[-1] in HEAD_DIMS
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """One decode step's attention: q [b, kv_heads, group, d] over the cache k, v [b, kv_heads, L, d];
+    `mask` [b, 1, 1, L] (0 / -inf) hides keys past each row's position (positions [b])."""
+    if uses_split(q, k.shape[2]):
+        return split_kv_attention(q, k, v, positions, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
