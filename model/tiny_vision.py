@@ -1,9 +1,12 @@
-"""Tiny multimodal parts, made locally for tests and demos: a random CLIP vision tower, a whole tiny Llava.
+"""Tiny multimodal parts, made locally for tests and demos: a random CLIP or SigLIP vision tower, a whole tiny Llava.
 
-``build_tiny_vision_encoder`` writes what a CLIP download holds for its vision side (config.json of a
-``CLIPVisionModel``, safetensors, ``preprocessor_config.json``), only small. ``build_tiny_llava`` puts it
-in front of a tiny InternLM2 (``build_tiny_checkpoint``) through ``build_llava`` and saves the merged
-folder: what serving code can be tested with (random weights: answers are noise, but every path runs).
+``build_tiny_vision_encoder`` writes what a CLIP (or SigLIP) download holds for its vision side
+(config.json of a ``CLIPVisionModel`` / ``SiglipVisionModel``, safetensors, ``preprocessor_config.json``),
+only small. SigLIP has no CLS token (every output is a patch) and its own image processor (a plain
+resize to a square, mean and std 0.5), so LLaVA reads all its features ("full") where it drops CLIP's
+first. ``build_tiny_llava`` puts a tower in front of a tiny InternLM2 (``build_tiny_checkpoint``) through
+``build_llava`` and saves the merged folder: what serving code can be tested with (random weights:
+answers are noise, but every path runs).
 """
 from __future__ import annotations
 
@@ -12,28 +15,40 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, SiglipImageProcessorPil,
+                          SiglipVisionConfig, SiglipVisionModel)
 
 from .checkpoint import _atomic_dir, _replace_dir
 from .llava import build_llava, save_llava
 from .tiny import build_tiny_checkpoint
 
 
-def build_tiny_vision_encoder(out_dir: str | Path, *, seed: int = 0, image_size: int = 56, patch_size: int = 14,
-                              hidden_size: int = 32, num_hidden_layers: int = 2, num_attention_heads: int = 4,
-                              intermediate_size: int = 64) -> Path:
-    """A random CLIP vision tower folder ((image_size / patch_size)^2 patches, 16 by default) + its processor."""
+ENCODER_KINDS = ("clip", "siglip")
+
+
+def build_tiny_vision_encoder(out_dir: str | Path, *, kind: str = "clip", seed: int = 0, image_size: int = 56,
+                              patch_size: int = 14, hidden_size: int = 32, num_hidden_layers: int = 2,
+                              num_attention_heads: int = 4, intermediate_size: int = 64) -> Path:
+    """A random CLIP or SigLIP (`kind`) vision tower folder ((image_size / patch_size)^2 patches, 16 by
+    default) + its image processor."""
+    if kind not in ENCODER_KINDS:
+        raise ValueError(f"vision encoder kind {kind!r}: expected one of {', '.join(ENCODER_KINDS)}")
     out_dir = Path(out_dir)
     tmp = _atomic_dir(out_dir)
     try:
-        config = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=intermediate_size,
-                                  num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-                                  image_size=image_size, patch_size=patch_size, projection_dim=hidden_size)
+        sizes = dict(hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=num_hidden_layers,
+                     num_attention_heads=num_attention_heads, image_size=image_size, patch_size=patch_size)
+        if kind == "clip":
+            cls, config = CLIPVisionModel, CLIPVisionConfig(**sizes, projection_dim=hidden_size)
+            processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                              crop_size={"height": image_size, "width": image_size})
+        else:
+            cls, config = SiglipVisionModel, SiglipVisionConfig(**sizes)
+            processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            CLIPVisionModel(config).save_pretrained(str(tmp))
-        CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                              crop_size={"height": image_size, "width": image_size}).save_pretrained(str(tmp))
+            cls(config).save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -42,7 +57,8 @@ def build_tiny_vision_encoder(out_dir: str | Path, *, seed: int = 0, image_size:
 
 
 def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, dtype: str = "float32", **vision_kwargs) -> Path:
-    """A complete tiny merged Llava folder (tiny CLIP + tiny InternLM2 + projector), random weights.
+    """A complete tiny merged Llava folder (tiny CLIP, or SigLIP with ``kind="siglip"``, + tiny InternLM2 +
+    projector), random weights.
 
     It loads with plain ``LlavaForConditionalGeneration`` / ``AutoProcessor``; 16 image tokens a picture.
     """

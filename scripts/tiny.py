@@ -1,5 +1,5 @@
-"""assistant tiny OUT_DIR [--llava | --vision]: write a tiny InternLM2-format checkpoint (random weights, real
-tokenizer), a tiny merged multimodal (Llava) model, or a tiny CLIP vision encoder."""
+"""assistant tiny OUT_DIR [--llava | --vision] [--encoder clip|siglip]: write a tiny InternLM2-format checkpoint
+(random weights, real tokenizer), a tiny merged multimodal (Llava) model, or a tiny CLIP / SigLIP vision encoder."""
 from __future__ import annotations
 
 import argparse
@@ -20,13 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--llava", action="store_true", help="a merged multimodal model: tiny CLIP + tiny InternLM2 + projector")
     kind.add_argument("--vision", action="store_true", help="a tiny CLIP vision encoder folder (for multimodal training)")
+    p.add_argument("--encoder", choices=("clip", "siglip"), default="clip",
+                   help="the vision tower of --vision / --llava: CLIP (default) or SigLIP")
     args = p.parse_args(argv)
 
     from myassistant.model import build_tiny_checkpoint, build_tiny_llava, build_tiny_vision_encoder
 
     if args.llava or args.vision:
-        print(build_tiny_llava(args.out_dir, seed=args.seed) if args.llava
-              else build_tiny_vision_encoder(args.out_dir, seed=args.seed))
+        print(build_tiny_llava(args.out_dir, seed=args.seed, kind=args.encoder) if args.llava
+              else build_tiny_vision_encoder(args.out_dir, seed=args.seed, kind=args.encoder))
         return 0
 
     corpus = None

@@ -62,8 +62,9 @@ def test_vision_encoder_errors_are_one_line(tiny_checkpoint, tiny_vision_encoder
 
 
 def test_cli_writes_tiny_llava_and_vision_encoder(tmp_path):
-    for flag, name in (("--vision", "clip"), ("--llava", "llava")):
-        proc = run_cli("tiny", str(tmp_path / name), flag, timeout=300)
+    for flags, name in ((["--vision"], "clip"), (["--llava"], "llava"), (["--vision", "--encoder", "siglip"], "siglip")):
+        proc = run_cli("tiny", str(tmp_path / name), *flags, timeout=300)
         assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "clip" / "config.json").read_text())["model_type"] == "clip_vision_model"
+    assert json.loads((tmp_path / "siglip" / "config.json").read_text())["model_type"] == "siglip_vision_model"
     assert model.is_llava(tmp_path / "llava") and not model.is_llava(tmp_path / "clip")

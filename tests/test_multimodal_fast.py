@@ -12,6 +12,7 @@ import functools
 import pytest
 import torch
 
+from myassistant.model import build_tiny_vision_encoder
 from myassistant.trainer import data as data_lib
 from myassistant.trainer.config import load_config
 from myassistant.trainer.gpu import fast
@@ -30,9 +31,14 @@ def _loss_and_grads(model, batch):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("stage,lora_encoder", [("finetune", "true"), ("finetune", "false"), ("pretrain", "false")])
-def test_llava_fast_path_matches_plain_forward(tiny_checkpoint, tiny_vision_encoder, tmp_path, stage, lora_encoder):
-    """With a frozen encoder too: the projector gets its gradient (stage 1 trains nothing else)."""
+@pytest.mark.parametrize("stage,lora_encoder,encoder", [("finetune", "true", "clip"), ("finetune", "false", "clip"),
+                                                        ("pretrain", "false", "clip"), ("finetune", "true", "siglip")])
+def test_llava_fast_path_matches_plain_forward(tiny_checkpoint, tiny_vision_encoder, tmp_path, stage, lora_encoder,
+                                               encoder):
+    """With a frozen encoder too: the projector gets its gradient (stage 1 trains nothing else). SigLIP:
+    every output of the tower is a picture feature (no CLS token to drop)."""
+    if encoder == "siglip":
+        tiny_vision_encoder = build_tiny_vision_encoder(tmp_path / "siglip", kind="siglip")
     shapes = write_shapes_dataset(tmp_path / "shapes", per_class=1, eval_per_class=0, size=56)
     cfg = load_config(None, [f"model.base={tiny_checkpoint}", f"vision.encoder={tiny_vision_encoder}",
                              f"vision.stage={stage}", f"vision.lora_encoder={lora_encoder}", "quant.method=lora",

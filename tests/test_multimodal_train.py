@@ -97,3 +97,38 @@ def test_multimodal_config_errors_before_any_weights(tiny_checkpoint, tmp_path):
     assert proc.returncode == 1
     assert "vision.stage: 'later' is not one of pretrain, finetune" in proc.stderr
     assert "vision.projector / vision.lora_encoder: need vision.encoder" in proc.stderr
+
+
+def test_a_siglip_encoder_trains_merges_and_chats(tiny_checkpoint, shapes, tmp_path):
+    """SigLIP (no CLS token: every output is a patch, all read) through both stages (LoRA on the encoder
+    too), merged, loaded with plain transformers and asked about a picture by the chat engine."""
+    from myassistant.chat import ChatEngine, GenerationSettings
+    from myassistant.model import build_tiny_vision_encoder
+
+    siglip = build_tiny_vision_encoder(tmp_path / "siglip-tiny", kind="siglip")
+    s1, s2, merged = tmp_path / "s1", tmp_path / "s2", tmp_path / "merged"
+    train(load_config(None, _stage(tiny_checkpoint, siglip, shapes, s1, "pretrain", "train.max_steps=1")))
+    train(load_config(None, _stage(tiny_checkpoint, siglip, shapes, s2, "finetune", "train.max_steps=1",
+                                   f"vision.projector={s1}", "vision.lora_encoder=true", "lora.r=4")))
+    proc = run_cli("merge", str(s2), "--out", str(merged), "--dtype", "float32")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    model = AutoModelForImageTextToText.from_pretrained(merged)
+    processor = AutoProcessor.from_pretrained(merged)
+    assert model.config.vision_config.model_type == "siglip_vision_model"
+    assert model.config.vision_feature_select_strategy == "full" and model.config.image_seq_length == 16
+    picture = Image.open(next((shapes / "images").iterdir()))
+    ask = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+    inputs = processor(images=picture, text=processor.apply_chat_template(ask, add_generation_prompt=True),
+                       add_special_tokens=False, return_tensors="pt")  # the template has the BOS
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16  # 4 x 4 patches, no CLS
+    want = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+
+    engine = ChatEngine.from_pretrained(merged, device="cpu", quantize="none")
+    engine.stop_ids = []
+    ids, _, _ = engine.prompt([{"role": "user", "content": [{"type": "image", "image": picture},
+                                                            {"type": "text", "text": "What is in the picture?"}]}],
+                              GenerationSettings(temperature=0, max_new_tokens=6))
+    ids, embed = engine.vision.prepare(ids, [picture])
+    assert ids == inputs["input_ids"][0].tolist()
+    assert list(engine.tokens(ids, GenerationSettings(temperature=0, max_new_tokens=6), embed=embed)) == want.tolist()

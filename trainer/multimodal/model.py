@@ -33,8 +33,8 @@ def lora_targets(cfg: RunConfig) -> str:
     llm = lora_target_modules(cfg.lora.target_modules)
     llm = ALL_LINEAR if llm == "all-linear" else llm
     pattern = rf".*language_model\..*\.({'|'.join(llm)})"
-    if cfg.vision.lora_encoder:
-        pattern += rf"|.*vision_tower\..*\.({'|'.join(ENCODER_LINEAR)})"
+    if cfg.vision.lora_encoder:  # the encoder's layers, not SigLIP's pooling head (LLaVA never reads it)
+        pattern += rf"|.*vision_tower\..*\.layers\.\d+\..*\.({'|'.join(ENCODER_LINEAR)})"
     return pattern
 
 
