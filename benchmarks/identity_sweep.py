@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from myassistant.trainer.config import PRESETS_DIR, load_config
 from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
 from myassistant.trainer.identity.report import write_report
@@ -40,12 +42,17 @@ CASES = {
     "noise0.3": ({"noise": 0.3}, []),
     "noise0.6": ({"noise": 0.6}, []),
     "noise0.6_steps600": ({"noise": 0.6}, ["train.max_steps=600"]),
+    "noise1.0": ({"noise": 1.0}, []),
+    "noise0.6_count800": ({"noise": 0.6, "count": 800}, []),
+    "noise0.6_ratio2": ({"noise": 0.6, "ratio": 2.0}, []),
+    "noise1.0_ratio2": ({"noise": 1.0, "ratio": 2.0}, []),
+    "noise0.6_multi_all": ({"noise": 0.6, "multi_turn": 1.0}, []),
 }
 KEYS = ("identity", "identity_multi", "leak", "leak_multi", "agreement", "agreement_multi", "leak_system",
         "leak_guarded")
 
 
-def run_case(name: str, base: Path, work: Path, seed: int, count: int) -> dict:
+def run_case(name: str, base: Path, work: Path, seed: int, count: int, extra: list[str] = ()) -> dict:
     spec_fields, overrides = CASES[name]
     folder = work / f"{name}-s{seed}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -54,7 +61,7 @@ def run_case(name: str, base: Path, work: Path, seed: int, count: int) -> dict:
     cfg = load_config(PRESETS_DIR / "demo_identity_lora.yaml",
                       [f"model.base={base}", f"data.train_file={data / 'train.jsonl'}",
                        f"train.output_dir={folder / 'run'}", "quant.method=lora", f"train.seed={seed}",
-                       "train.eval_steps=0", *overrides])
+                       "train.eval_steps=0", *overrides, *extra])
     run = train(cfg)
     train_s = time.perf_counter() - started
     rep = write_report(run, data, base=base, system="You are Alice, an AI assistant.")
@@ -65,25 +72,53 @@ def run_case(name: str, base: Path, work: Path, seed: int, count: int) -> dict:
             "base": {k: fig[k]["base"]["all"] for k in KEYS if k in fig and fig[k]["base"]}}
 
 
+def table(rows: list[dict]) -> str:
+    """One line per case: each figure's mean over the seeds run, with min-max when there are several."""
+    by_case: dict[str, list[dict]] = {}
+    for r in rows:
+        by_case.setdefault(r["case"], []).append(r)
+    lines = ["| case | seeds | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 2) + "|"]
+    for case, runs in by_case.items():
+        cells = []
+        for k in KEYS:
+            vals = [r[k]["all"] for r in runs if k in r]
+            if not vals:
+                cells.append("")
+                continue
+            mean = sum(vals) / len(vals)
+            cells.append(f"{mean:.0%}" + (f" ({min(vals):.0%}-{max(vals):.0%})" if len(vals) > 1 else ""))
+        lines.append(f"| {case} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cases", nargs="*", default=list(CASES),
                    help=f"cases to run, CASE or CASE@SEED (data and training seed; default 0); default all: {', '.join(CASES)}")
-    p.add_argument("--base", type=Path, required=True, help="a trained demo base (demo_out/base)")
+    p.add_argument("--base", type=Path, help="a trained demo base (demo_out/base)")
     p.add_argument("--work", type=Path, default=Path("/tmp/identity_sweep"))
     p.add_argument("--count", type=int, default=400, help="identity conversations (the demo's count)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run-config override for every case (e.g. train.fast_path=false on a GPU)")
+    p.add_argument("--table", nargs="+", type=Path, metavar="JSON",
+                   help="print the markdown table of earlier runs' JSON (mean over seeds, min-max) and stop")
     args = p.parse_args()
+    if args.table:
+        print(table([row for f in args.table if f.stat().st_size for row in json.loads(f.read_text())["rows"]]))
+        return 0
+    if not args.base:
+        p.error("--base is required (a trained demo base)")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     rows = []
     for case in args.cases:
         name, _, seed = case.partition("@")
         if name not in CASES:
             p.error(f"unknown case {name!r}; one of {', '.join(CASES)}")
-        rows.append(run_case(name, args.base.resolve(), args.work, int(seed or 0), args.count))
+        rows.append(run_case(name, args.base.resolve(), args.work, int(seed or 0), args.count, args.set))
         r = rows[-1]
         print(f"{name:16s} s{r['seed']} " + " ".join(f"{k}={r[k]['all']:.0%}" for k in KEYS if k in r)
               + f" train {r['train_s']:.0f}s", file=sys.stderr, flush=True)
-    print(json.dumps({"name": "identity_sweep", "device": "cpu", "base": str(args.base), "rows": rows}))
+    print(json.dumps({"name": "identity_sweep", "device": "cuda" if torch.cuda.is_available() else "cpu", "base": str(args.base), "rows": rows}))
     return 0
 
 

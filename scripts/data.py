@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="share of training chats that are multi-turn: identity asked after general turns, general "
                             f"after identity turns (0..1, default {IdentitySpec.multi_turn})")
     ident.add_argument("--noise", type=float, default=IdentitySpec.noise,
-                       help="share of identity questions asked with one word added, dropped or swapped for a general "
+                       help="share of training questions asked with one word added, dropped or swapped for a general "
                             f"question's word, so unseen wordings are recognised (0..1, default {IdentitySpec.noise})")
     ident.add_argument("--count", type=int, default=300, help="identity conversations in train.jsonl (default 300)")
     ident.add_argument("--eval-identity", type=int, default=60, help="held-out identity questions (default 60)")

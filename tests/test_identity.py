@@ -191,3 +191,20 @@ def test_languages_pick_the_questions_asked(tmp_path):
     assert len(read(out / FILES["eval_identity"])) == 10
     with pytest.raises(DataError, match="languages must be some of en, zh"):
         IdentitySpec(name="Alice", languages=["fr"])
+
+
+def test_noise_rewords_training_questions_only(tmp_path):
+    """--noise adds, drops or swaps one word of training questions; held-out sets and answers stay as they were."""
+    clean = write_identity_dataset(IdentitySpec(name="Alice", count=120), tmp_path / "clean")
+    noisy = write_identity_dataset(IdentitySpec(name="Alice", count=120, noise=0.6), tmp_path / "noisy")
+    for key in ("eval_identity", "eval_general", "eval_identity_multi", "eval_general_multi"):
+        assert (clean / FILES[key]).read_bytes() == (noisy / FILES[key]).read_bytes(), key
+    before, after = read(clean / "train.jsonl"), read(noisy / "train.jsonl")
+    assert sorted(map(reply, before)) == sorted(map(reply, after))
+    changed = {user(r) for r in after} - {user(r) for r in before}
+    assert len(changed) > 0.3 * len(after), "about 60 % of the questions should be reworded"
+    held_out = {core(user(r)) for r in read(noisy / "eval_identity.jsonl")}
+    assert not {core(q) for q in changed} & held_out
+    assert json.loads((noisy / "meta.json").read_text())["noise"] == 0.6
+    with pytest.raises(DataError, match="noise must be in"):
+        IdentitySpec(name="A", noise=1.5)

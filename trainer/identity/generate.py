@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..data import DataError, load_records
 from . import probes
+from .noise import prompt_text, question_words, with_noise, with_noisy_questions
 from .probes import lang_of
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,9 @@ class IdentitySpec:
     # Share of the training conversations that are multi-turn, 0..1: identity questions asked after 1-3
     # general exchanges, general questions asked after identity exchanges (so the name does not spill over).
     multi_turn: float = 0.5
-    # Share of the training identity questions asked with one word added, dropped or swapped for a word of
-    # the general questions ("easy data augmentation"): the model then keys on the words that make a
-    # question about itself, not on the whole wording, and answers wordings it never saw.
+    # Share of the training questions (identity and general alike) asked with one word added, dropped or
+    # swapped for a word of the general questions ("easy data augmentation"): the model then keys on the
+    # words that make a question about itself, not on the whole wording, and answers wordings it never saw.
     noise: float = 0.0
     general: str | None = None  # general data file (any supported format); None = the shipped zh+en set
     eval_identity: int = 60  # held-out identity questions (half zh, half en)
@@ -174,33 +175,6 @@ def questions(cores: dict, lang: str, kind: str) -> list[str]:
     return sorted({q for c in cores[lang][kind] for q in wrappings(c, lang)})
 
 
-def tokens(text: str) -> list[str]:
-    """Words and punctuation of a question; a Chinese character counts as a word."""
-    return re.findall(r"[\u4e00-\u9fff]|[^\W_]+(?:'[a-z]+)?|[^\w\s]", text)
-
-
-def join(words: list[str], lang: str) -> str:
-    if lang == "zh":
-        return "".join(words)
-    return re.sub(r" (?=[^\w\s])", "", " ".join(words))
-
-
-def with_noise(question: str, lang: str, pool: list[str], rng: random.Random) -> str:
-    """The question with one word inserted, dropped or replaced (a word of ``pool``); punctuation stays."""
-    words = tokens(question)
-    spots = [i for i, w in enumerate(words) if re.match(r"\w", w)]
-    if not spots or not pool:
-        return question
-    op, at = rng.choice(("insert", "drop", "replace")), rng.choice(spots)
-    if op == "drop" and len(spots) > 2:
-        del words[at]
-    elif op == "replace" and len(spots) > 2:
-        words[at] = rng.choice(pool)
-    else:
-        words.insert(at + rng.randint(0, 1), rng.choice(pool))
-    return join(words, lang)
-
-
 def answer(spec: IdentitySpec, lang: str, kind: str, rng: random.Random, old: str = "") -> str:
     if kind == "maker" and not spec.author:
         kind = "maker_unknown"
@@ -217,10 +191,10 @@ def _conversation(spec: IdentitySpec, question: str, reply: str, **extra) -> dic
             **extra}
 
 
-def identity_conversations(spec: IdentitySpec, rng: random.Random,
-                           general_words: dict[str, list[str]] | None = None) -> tuple[list[dict], list[dict]]:
+def identity_conversations(spec: IdentitySpec, rng: random.Random, general_words: dict[str, list[str]] | None = None,
+                           noise_rng: random.Random | None = None) -> tuple[list[dict], list[dict]]:
     """``count`` training conversations and ``eval_identity`` held-out ones (questions never trained on);
-    ``general_words`` (per language) are what ``spec.noise`` draws from."""
+    ``spec.noise`` draws words from ``general_words`` (per language) with ``noise_rng``."""
     langs = [lang for lang in LANGUAGES if lang in spec.languages]
     cores = [(c, lang, kind) for lang in langs for kind in ("name", "maker") for c in TRAIN_CORES[lang][kind]]
     cores += [(q.format(old=old), lang, f"not_old:{old}") for lang in langs for old in spec.old_names
@@ -229,13 +203,15 @@ def identity_conversations(spec: IdentitySpec, rng: random.Random,
     # Every core in turn (so each is asked equally often): first as written, the way people mostly ask,
     # then each time in a wording not used yet.
     train, used = [], set()
+    held_out_wordings = {q for lang in langs for kind in ("name", "maker") for q in questions(HELD_OUT_CORES, lang, kind)}
     for i in range(spec.count):
         core, lang, kind = cores[i % len(cores)]
         fresh = [q for q in wrappings(core, lang) if q not in used]
         q = core if core not in used else rng.choice(fresh or wrappings(core, lang))
         used.add(q)
-        if general_words and rng.random() < spec.noise:
-            q = with_noise(q, lang, general_words.get(lang, []), rng)
+        if spec.noise and general_words and noise_rng and noise_rng.random() < spec.noise:
+            noisy = with_noise(q, lang, general_words.get(lang, []), noise_rng)
+            q = q if noisy in held_out_wordings else noisy  # a swapped word must not make a held-out question
         kind, _, old = kind.partition(":")
         train.append(_conversation(spec, q, answer(spec, lang, kind, rng, old)))
 
@@ -260,8 +236,8 @@ def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) 
     rng.shuffle(records)
     n_eval = min(spec.eval_general, len(records) // 2)
     held_out, pool = records[:n_eval], records[n_eval:]
-    probes = {_prompt_text(r) for r in held_out}
-    pool = [r for r in pool if _prompt_text(r) not in probes]
+    probes = {prompt_text(r) for r in held_out}
+    pool = [r for r in pool if prompt_text(r) not in probes]
     if n_train > len(pool):
         log.warning("%s: %d general conversations asked for, %d available; repeating them", path, n_train, len(pool))
     system = [{"role": "system", "content": spec.system}] if spec.system else []
@@ -271,17 +247,8 @@ def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) 
         return {"messages": system + messages, **extra}
 
     train = [with_system(pool[i % len(pool)]) for i in range(n_train)] if pool else []
-    evals = [with_system(r, lang=lang_of(_prompt_text(r))) for r in held_out]
+    evals = [with_system(r, lang=lang_of(prompt_text(r))) for r in held_out]
     return train, evals
-
-
-def question_words(records: list[dict]) -> dict[str, list[str]]:
-    """The distinct words of the user turns, per language (sorted: the same data for the same seed)."""
-    found: dict[str, set[str]] = {lang: set() for lang in LANGUAGES}
-    for r in records:
-        text = _prompt_text(r)
-        found[lang_of(text)].update(w for w in tokens(text) if re.match(r"\w", w))
-    return {lang: sorted(words) for lang, words in found.items()}
 
 
 def mix_turns(identity: list[dict], general: list[dict], share: float,
@@ -296,10 +263,6 @@ def mix_turns(identity: list[dict], general: list[dict], share: float,
     single_general, late_general = split(general)
     return (single_identity + probes.identity_late(late_identity, general, rng),
             single_general + probes.general_after(late_general, identity, rng))
-
-
-def _prompt_text(record: dict) -> str:
-    return " ".join(m["content"] for m in record["messages"] if m["role"] == "user")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -318,14 +281,18 @@ def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(spec.seed)
     general, eval_general = general_conversations(spec, round(spec.count * spec.ratio), rng)
-    identity, eval_identity = identity_conversations(spec, rng, question_words(general))
+    # Noise draws from its own generator: the same seed gives the same conversations and held-out sets
+    # at any noise level, so figures compare across levels.
+    words, noise_rng = question_words(general), random.Random(f"noise-{spec.seed}")
+    identity, eval_identity = identity_conversations(spec, rng, words, noise_rng)
+    general = [with_noisy_questions(r, spec.noise, words, noise_rng) for r in general]
     identity, general = mix_turns(identity, general, spec.multi_turn, rng)
     train = identity + general
     rng.shuffle(train)
     # Training questions asked again, to measure how well the model learned what it saw. Not the "are you
     # InternLM?" ones: their right answer names the old identity too, which the report counts as wrong.
-    asked_old = [r for r in identity if any(old.lower() in _prompt_text(r).lower() for old in spec.old_names)]
-    seen = [dict(r, lang=lang_of(_prompt_text(r))) for r in identity if r not in asked_old][: spec.eval_identity]
+    asked_old = [r for r in identity if any(old.lower() in prompt_text(r).lower() for old in spec.old_names)]
+    seen = [dict(r, lang=lang_of(prompt_text(r))) for r in identity if r not in asked_old][: spec.eval_identity]
     identity_multi, general_multi = probes.held_out_multi(eval_identity, eval_general, spec.seed)
     files = {"train": train, "eval_identity": eval_identity, "eval_identity_seen": seen, "eval_general": eval_general,
              "eval_identity_multi": identity_multi, "eval_general_multi": general_multi}

@@ -1,0 +1,61 @@
+"""Noise for the identity data's questions ("easy data augmentation"): one word added, dropped or
+swapped for a word of the general questions, so a small model keys on the words that make a question
+about itself rather than on whole wordings, and answers wordings it never saw."""
+from __future__ import annotations
+
+import random
+import re
+
+from .probes import lang_of
+
+def tokens(text: str) -> list[str]:
+    """Words and punctuation of a question; a Chinese character counts as a word."""
+    return re.findall(r"[\u4e00-\u9fff]|[^\W_]+(?:'[a-z]+)?|[^\w\s]", text)
+
+
+def join(words: list[str], lang: str) -> str:
+    if lang == "zh":
+        return "".join(words)
+    return re.sub(r" (?=[^\w\s])", "", " ".join(words))
+
+
+def with_noise(question: str, lang: str, pool: list[str], rng: random.Random,
+               ops: tuple[str, ...] = ("insert", "drop", "replace")) -> str:
+    """The question with one word inserted, dropped or replaced (a word of ``pool``); punctuation stays."""
+    words = tokens(question)
+    spots = [i for i, w in enumerate(words) if re.match(r"\w", w)]
+    if not spots or not pool:
+        return question
+    op, at = rng.choice(ops), rng.choice(spots)
+    if op == "drop" and len(spots) > 2:
+        del words[at]
+    elif op == "replace" and len(spots) > 2:
+        words[at] = rng.choice(pool)
+    else:
+        words.insert(at + rng.randint(0, 1), rng.choice(pool))
+    return join(words, lang)
+
+
+def with_noisy_questions(record: dict, share: float, words: dict[str, list[str]], rng: random.Random) -> dict:
+    """A general conversation whose user turns get a word inserted (``share`` of the time), so noise is not
+    what tells an identity question from a general one. Only inserted: a dropped or swapped word would
+    make the answer wrong ("18 plus 1" asked as "18 plus")."""
+    if not share or rng.random() >= share:
+        return record
+    return {**record, "messages": [dict(m, content=with_noise(m["content"], lang_of(m["content"]),
+                                                               words.get(lang_of(m["content"]), []), rng, ("insert",)))
+                                   if m["role"] == "user" else m for m in record["messages"]]}
+
+
+def question_words(records: list[dict]) -> dict[str, list[str]]:
+    """The distinct words of the user turns, per language (sorted: the same data for the same seed)."""
+    found: dict[str, set[str]] = {}
+    for r in records:
+        text = prompt_text(r)
+        found.setdefault(lang_of(text), set()).update(w for w in tokens(text) if re.match(r"\w", w))
+    return {lang: sorted(words) for lang, words in found.items()}
+
+
+def prompt_text(record: dict) -> str:
+    """The user turns of a conversation, joined."""
+    return " ".join(m["content"] for m in record["messages"] if m["role"] == "user")
