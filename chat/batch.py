@@ -13,9 +13,11 @@ frees the chat's row at the next step.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -80,6 +82,7 @@ class BatchDecoder:
         self.pending: list[Chat] = []
         self.wake = threading.Condition()
         self.thread: threading.Thread | None = None
+        self.closing = False
 
     # -- consumer side ---------------------------------------------------------------------------
     def fits(self, length: int) -> bool:
@@ -100,6 +103,7 @@ class BatchDecoder:
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="batch-decoder", daemon=True)
                 self.thread.start()
+                atexit.register(_close_at_exit, weakref.ref(self))
             self.wake.notify()
         try:
             while (item := chat.out.get()) is not None:
@@ -116,13 +120,26 @@ class BatchDecoder:
             with self.wake:
                 self.wake.notify()
 
+    def close(self) -> None:
+        """Stop the scheduler thread between two steps and wait for it. Run at interpreter exit: a daemon
+        thread still inside a torch op when Python finalizes is ended there, and the process aborts
+        ("terminate called without an active exception", exit code -6)."""
+        with self.wake:
+            self.closing = True
+            self.wake.notify_all()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=30)
+
     # -- scheduler thread ------------------------------------------------------------------------
     def _run(self) -> None:
         inflight: tuple[list[Chat], list[int] | torch.Tensor, torch.cuda.Event | None] | None = None
         while True:
             with self.wake:
-                while not self.pending and inflight is None and (not any(self.chats) or self._all_ahead()):
+                while (not self.closing and not self.pending and inflight is None
+                       and (not any(self.chats) or self._all_ahead())):
                     self.wake.wait(timeout=None if not any(self.chats) else 0.5)
+                if self.closing:
+                    return
                 free = [r for r, c in enumerate(self.chats) if c is None]
                 admit, self.pending = self.pending[:len(free)], self.pending[len(free):]
             try:
@@ -277,3 +294,9 @@ class BatchDecoder:
         chat.produced += 1
         if chat.produced >= chat.settings.max_new_tokens or chat.position + 1 >= self.max_len:
             self._finish(chat)
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    if (decoder := ref()) is not None:
+        decoder.close()
+
