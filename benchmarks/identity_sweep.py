@@ -30,6 +30,7 @@ ATTENTION = "[q_proj,k_proj,v_proj,o_proj]"
 CASES = {
     "single_turn": ({"multi_turn": 0.0}, []),  # the recipe before issue 18 had 0.2 (one general turn first)
     "default": ({}, []),
+    "noise0": ({"noise": 0.0}, []),  # before the noise knob
     "ratio2": ({"ratio": 2.0}, []),
     "multi_all": ({"multi_turn": 1.0}, []),
     "lr1e-3": ({}, ["train.learning_rate=1.0e-3"]),
@@ -47,6 +48,11 @@ CASES = {
     "noise0.6_ratio2": ({"noise": 0.6, "ratio": 2.0}, []),
     "noise1.0_ratio2": ({"noise": 1.0, "ratio": 2.0}, []),
     "noise0.6_multi_all": ({"noise": 0.6, "multi_turn": 1.0}, []),
+    "noise1.0_lr1e-3": ({"noise": 1.0}, ["train.learning_rate=1.0e-3"]),
+    "noise1.0_ratio2_lr1e-3": ({"noise": 1.0, "ratio": 2.0}, ["train.learning_rate=1.0e-3"]),
+    "noise1.0_ratio3": ({"noise": 1.0, "ratio": 3.0}, []),
+    "noise1.0_steps250": ({"noise": 1.0}, ["train.max_steps=250"]),
+    "noise1.0_ratio2_steps600": ({"noise": 1.0, "ratio": 2.0}, ["train.max_steps=600"]),
 }
 KEYS = ("identity", "identity_multi", "leak", "leak_multi", "agreement", "agreement_multi", "leak_system",
         "leak_guarded")
