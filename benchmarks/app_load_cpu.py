@@ -1,9 +1,11 @@
 """20 users chat with the running app at once (gradio_client), on the CPU: latency per chat, all complete.
 
     python benchmarks/app_load_cpu.py                 # APP_CONCURRENCY 1 and 8, 20 chats of 48 new tokens
+    python benchmarks/app_load_cpu.py --shape internlm2-1.8b    # the 1.8B shape (3.4 GB of bf16 weights)
 
-The app (`python app.py`, a real process on 127.0.0.1) serves a random model of the benchmark's
-``small`` shape (hidden 512, 8 layers; the tiny tokenizer) built locally. Each chat is a new client
+The app (`python app.py`, a real process on 127.0.0.1) serves a random model built locally: the layers of
+the ``small`` shape (hidden 512, 8 layers) or of InternLM2-1.8B (hidden 2048, 24 layers), with the tiny
+tokenizer's vocabulary (the 1.8B model's output layer is 92544 rows: 11 % of its int8 weights, left out here). Each chat is a new client
 session; greedy, so every reply is checked against the same question asked alone. One JSON line per
 APP_CONCURRENCY: latency min / median / max (request to full reply), total tokens/s, replies that
 match their solo run.
@@ -24,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling decode_cpu.py, run from anywhere
+from decode_cpu import SHAPES  # noqa: E402
 QUESTION = "Question {i}: what is {i} + {i}? 你好 {i}"
 
 
@@ -51,28 +55,43 @@ def start_app(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"app.py did not start:\n{log.read_text()[-2000:]}")
 
 
+def peak_rss_gib(pid: int) -> float:
+    """The app process's peak resident memory so far (VmHWM)."""
+    with open(f"/proc/{pid}/status") as fh:
+        return round(next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 2**20, 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chats", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--shape", choices=["small", "internlm2-1.8b"], default="small")
+    parser.add_argument("--threads", type=int, help="the app's OMP_NUM_THREADS (default: torch's, one per core)")
     args = parser.parse_args(argv)
     from gradio_client import Client
 
-    from myassistant.chat import ChatEngine
+    from myassistant.chat import ChatEngine, GenerationStats
     from myassistant.model import build_tiny_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="app-load-") as tmp:
-        model_dir = build_tiny_checkpoint(Path(tmp) / "small", hidden_size=512, num_hidden_layers=8,
-                                          num_attention_heads=8, num_key_value_heads=4, intermediate_size=1408)
+        layers = {key: value for key, value in SHAPES[args.shape].items() if key != "vocab_size"}
+        model_dir = build_tiny_checkpoint(Path(tmp) / args.shape, dtype="bfloat16", **layers)
+        if args.threads:  # the solo replies with the app's threads
+            import torch
+            torch.set_num_threads(args.threads)
         engine = ChatEngine.from_pretrained(model_dir, device="cpu")
         questions = [QUESTION.format(i=i) for i in range(args.chats)]
-        solo = [engine.generate([{"role": "user", "content": q}], temperature=0, max_new_tokens=args.new_tokens)
-                for q in questions]
-        tokens = sum(len(engine.tokenizer.encode(r, add_special_tokens=False)) for r in solo)
+        solo, tokens = [], 0
+        for q in questions:  # each alone: the reply every concurrent chat must get, and its token count
+            stats = GenerationStats()
+            solo.append("".join(engine.stream([{"role": "user", "content": q}], temperature=0,
+                                              max_new_tokens=args.new_tokens, stats=stats)))
+            tokens += stats.new_tokens
         del engine
         for concurrency in args.concurrency:
-            proc, url = start_app({"MODEL_REPO": str(model_dir), "APP_CONCURRENCY": str(concurrency)},
+            threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+            proc, url = start_app({"MODEL_REPO": str(model_dir), "APP_CONCURRENCY": str(concurrency), **threads},
                                   Path(tmp) / f"app-{concurrency}.log")
             try:
                 def chat(q: str) -> tuple[str, float]:
@@ -84,17 +103,18 @@ def main(argv: list[str] | None = None) -> int:
                 with ThreadPoolExecutor(args.chats) as pool:
                     results = list(pool.map(chat, questions, timeout=1800))
                 wall = time.perf_counter() - start
+                rss = peak_rss_gib(proc.pid)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
             latencies = [s for _, s in results]
-            print(json.dumps({"app_concurrency": concurrency, "chats": args.chats, "new_tokens_max": args.new_tokens,
+            print(json.dumps({"shape": args.shape, "threads": args.threads or os.cpu_count(), "app_concurrency": concurrency, "chats": args.chats, "new_tokens_max": args.new_tokens,
                               "complete": sum(bool(r) for r, _ in results),
                               "same_as_solo": sum(r == want for (r, _), want in zip(results, solo)),
                               "latency_min_s": round(min(latencies), 2),
                               "latency_median_s": round(statistics.median(latencies), 2),
                               "latency_max_s": round(max(latencies), 2), "wall_s": round(wall, 2),
-                              "total_tokens_per_s": round(tokens / wall, 1), "load": round(os.getloadavg()[0], 2)}),
+                              "total_tokens_per_s": round(tokens / wall, 1), "app_peak_rss_gib": rss, "load": round(os.getloadavg()[0], 2)}),
                   flush=True)
     return 0
 

@@ -12,7 +12,8 @@ one JSON line each:
   `chat.quant`, the CPU default).
 - ``llama_cpp_q8_0`` / ``llama_cpp_q4_0`` / ``llama_cpp_q4_k_m``: llama-cpp-python on the GGUF that
   `export.save_gguf` writes from the same weights.
-- ``engine_int8_x8``: 8 chats at once through the engine (short prompts): total tokens/s against one chat.
+- ``engine_int8_x8``: 8 chats started at once through the engine (``--chat-prompt-tokens`` 48-55, ``--chat-new-tokens``
+  64 each): total tokens/s against one chat alone, first and last chat's latency, prefill passes and steps.
 
 Per case: ``ttft_s`` (a 512-token chat prompt to its first token), ``decode_tokens_per_s`` (after the
 first), ``peak_rss_gib`` (before the quality pass), ``top1_vs_fp32`` (teacher-forced top-1 agreement with
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -65,7 +65,10 @@ def prompts(engine: ChatEngine, prompt_tokens: int) -> tuple[list[int], list[lis
 
 
 def peak_rss_gib() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    """This process's peak resident memory (VmHWM; ru_maxrss would carry the forking parent's peak over exec)."""
+    with open("/proc/self/status") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    return round(kib / 2**20, 2)
 
 
 def agreement(top1: np.ndarray, work: Path) -> float:
@@ -88,13 +91,14 @@ def time_engine(engine: ChatEngine, ids: list[int], new: int) -> tuple[float, fl
     return first, (count - 1) / (total - first)
 
 
-def concurrent(engine: ChatEngine, prompts_: list[list[int]], new: int) -> float:
-    """Total tokens/s of len(prompts_) chats decoded at once."""
-    counts = [0] * len(prompts_)
+def concurrent(engine: ChatEngine, prompts_: list[list[int]], new: int) -> tuple[float, list[float]]:
+    """(total tokens/s, each chat's seconds from request to last token) of len(prompts_) chats started at once."""
+    counts, latencies = [0] * len(prompts_), [0.0] * len(prompts_)
 
     def run(i: int) -> None:
         for _ in engine.tokens(prompts_[i], GenerationSettings(temperature=0, max_new_tokens=new)):
             counts[i] += 1
+        latencies[i] = time.perf_counter() - start
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts_))]
     start = time.perf_counter()
@@ -103,7 +107,7 @@ def concurrent(engine: ChatEngine, prompts_: list[list[int]], new: int) -> float
     for t in threads:
         t.join()
     assert counts == [new] * len(prompts_), counts  # every stream complete
-    return sum(counts) / (time.perf_counter() - start)
+    return sum(counts) / (time.perf_counter() - start), latencies
 
 
 def run_llama_cpp(path: Path, ids: list[int], quality: list[list[int]], new: int, threads: int, work: Path) -> dict:
@@ -163,11 +167,15 @@ def run_case(case: str, args, work: Path) -> dict:
     engine.stop_ids = []  # random weights: decode the full length
     time_engine(engine, ids[:8], 2)  # burn-in
     if case == "engine_int8_x8":
-        short = [ids[-48 - i:] for i in range(8)]
-        one = concurrent(engine, short[:1], args.new_tokens)
-        eight = concurrent(engine, short, args.new_tokens)
-        return {"one_chat_tokens_per_s": round(one, 3), "eight_chats_tokens_per_s": round(eight, 3),
-                "ratio": round(eight / one, 2), "batch_rows": engine.batch.rows, "peak_rss_gib": peak_rss_gib()}
+        short = [ids[-args.chat_prompt_tokens - i:] for i in range(8)]  # 8 different prompts
+        one, _ = concurrent(engine, short[:1], args.chat_new_tokens)
+        passes, steps = engine.batch.prefill_passes, engine.batch.steps
+        eight, latencies = concurrent(engine, short, args.chat_new_tokens)
+        return {"chat_prompt_tokens": args.chat_prompt_tokens, "chat_new_tokens": args.chat_new_tokens,
+                "one_chat_tokens_per_s": round(one, 3), "eight_chats_tokens_per_s": round(eight, 3),
+                "ratio": round(eight / one, 2), "latency_s": [round(min(latencies), 2), round(max(latencies), 2)],
+                "prefill_passes": engine.batch.prefill_passes - passes, "steps": engine.batch.steps - steps,
+                "batch_rows": engine.batch.rows, "peak_rss_gib": peak_rss_gib()}
     first, decode = time_engine(engine, ids, args.new_tokens)
     row = {"ttft_s": round(first, 3), "decode_tokens_per_s": round(decode, 3), "peak_rss_gib": peak_rss_gib()}
     return row | {"top1_vs_fp32": agreement(torch_top1(model, quality), work)}
@@ -192,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--chat-prompt-tokens", type=int, default=48, help="engine_int8_x8: each chat's prompt")
+    parser.add_argument("--chat-new-tokens", type=int, default=64, help="engine_int8_x8: each chat's reply")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES)
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -199,14 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.case:
         args.threads = args.threads[0]
         print(json.dumps(run_case(args.case, args, Path(args.work))), flush=True)
-        return 0
+        os._exit(0)  # measured and said: no interpreter teardown under the engine's daemon scheduler thread
     with tempfile.TemporaryDirectory(prefix="cpu-serving-") as tmp:
         work = Path(tmp)
         prepare(args, work)
         for threads in args.threads:
             for case in args.cases:
                 cmd = [sys.executable, __file__, "--case", case, "--work", tmp, "--shape", args.shape, "--threads",
-                       str(threads), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens)]
+                       str(threads), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+                       "--chat-prompt-tokens", str(args.chat_prompt_tokens), "--chat-new-tokens", str(args.chat_new_tokens)]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 row = {"case": case, "shape": args.shape, "threads": threads, "new_tokens": args.new_tokens,
                        "prompt_tokens": args.prompt_tokens}

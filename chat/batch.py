@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 MIN_BUCKET = 256  # shortest cache length a step attends over
 AHEAD = 4  # tokens a chat may have waiting unread; when every chat has as many, the scheduler waits
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32)
+PACKED_TOKENS = 2048  # most prompt tokens prefilled in one pass on a CPU
+CPU_LENGTH_STEP = 16  # without CUDA graphs a step attends over the longest row rounded up to this, not a bucket
 
 
 def bucket(length: int, limit: int) -> int:
@@ -78,6 +80,7 @@ class BatchDecoder:
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.broken: str | None = None  # why graphs were given up, if they were
         self.steps = 0
+        self.prefill_passes = 0  # prefills run (several chats may share one on a CPU)
         self.chats: list[Chat | None] = [None] * rows
         self.pending: list[Chat] = []
         self.wake = threading.Condition()
@@ -144,8 +147,7 @@ class BatchDecoder:
                 admit, self.pending = self.pending[:len(free)], self.pending[len(free):]
             try:
                 with torch.inference_mode():
-                    for row, chat in zip(free, admit):
-                        self._admit(chat, row)
+                    self._admit_all(admit, free)
                     self._free_finished()
                     launched = self._launch() if any(self.chats) else None
                     if inflight is not None:
@@ -181,20 +183,48 @@ class BatchDecoder:
                 self.live[row] = 0
                 self.positions[row] = 0
 
-    def _admit(self, chat: Chat, row: int) -> None:
-        if chat.done or chat.cancel.is_set():
-            return self._finish(chat)
+    def _admit_all(self, chats: list[Chat], free: list[int]) -> None:
+        """Prefill `chats` into the `free` rows. On a CPU, text chats that arrived together share one pass
+        (`StaticCacheDecoder.prefill_packed`, up to PACKED_TOKENS tokens each): a prefill there is
+        bound by the weights' reads for short prompts and by arithmetic for long ones, so packing saves
+        a pass over the weights per chat. On a GPU each has its own (compiled) prefill."""
+        waiting = []
+        for chat, row in zip(chats, free):
+            if chat.done or chat.cancel.is_set():
+                self._finish(chat)
+            elif self.cuda_graphs or self.device.type != "cpu" or chat.embed is not None:
+                self._admit(chat, row, self._prefill(chat, row))
+            else:
+                waiting.append((chat, row))
+        while waiting:
+            group, tokens = [], 0
+            while waiting and (not group or tokens + len(waiting[0][0].prompt_ids) <= PACKED_TOKENS):
+                group.append(waiting.pop(0))
+                tokens += len(group[-1][0].prompt_ids)
+            if len(group) == 1:
+                self._admit(*group[0], self._prefill(*group[0]))
+                continue
+            logits = self.decoder.prefill_packed([c.prompt_ids for c, _ in group], self.cache, [r for _, r in group])
+            self.prefill_passes += 1
+            for i, (chat, row) in enumerate(group):
+                self._admit(chat, row, logits[i:i + 1])
+
+    def _prefill(self, chat: Chat, row: int) -> torch.Tensor:
+        ids = torch.tensor([chat.prompt_ids], device=self.device)
+        self.prefill_passes += 1
+        return self.decoder.prefill(ids, self.cache, row, None if chat.embed is None else chat.embed(ids))
+
+    def _admit(self, chat: Chat, row: int, logits: torch.Tensor) -> None:
+        """Chat takes `row`, its prompt prefilled there (`logits` [1, vocab] after it): the first token."""
         s = chat.settings
         self.params.set_row(row, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                             penalty=s.repetition_penalty)
-        ids = torch.tensor([chat.prompt_ids], device=self.device)
         if s.repetition_penalty != 1.0:
             if self.seen is None:
                 self.seen = torch.zeros(self.rows, self.decoder.model.config.vocab_size, dtype=torch.bool,
                                         device=self.device)
             self.seen[row] = False
-            self.seen[row, ids[0]] = True
-        logits = self.decoder.prefill(ids, self.cache, row, None if chat.embed is None else chat.embed(ids))
+            self.seen[row, torch.tensor(chat.prompt_ids, device=self.device)] = True
         first = self._sample(logits, [chat], offset=row)
         chat.row, chat.position = row, len(chat.prompt_ids)
         self.chats[row] = chat
@@ -256,10 +286,13 @@ class BatchDecoder:
     def _launch(self) -> tuple[list[Chat | None], list[int] | torch.Tensor, torch.cuda.Event | None]:
         """Queue one decode step for every live row; the sampled tokens stay on the device as next inputs."""
         top = max(r for r, c in enumerate(self.chats) if c is not None) + 1
-        b = next((size for size in ROW_BUCKETS if size >= top), self.rows)
-        b = min(b, self.rows)
+        b = min(next((size for size in ROW_BUCKETS if size >= top), self.rows), self.rows) if self.cuda_graphs else top
         chats = self.chats[:b]
-        length = bucket(max(c.position for c in chats if c) + 1, self.max_len)
+        longest = max(c.position for c in chats if c) + 1
+        if self.cuda_graphs:
+            length = bucket(longest, self.max_len)
+        else:  # the cache read is what costs a CPU step's attention: no more of it than needed
+            length = min(-(-longest // CPU_LENGTH_STEP) * CPU_LENGTH_STEP, self.max_len)
         if self.seen is not None and any(c and c.settings.repetition_penalty != 1.0 for c in chats):
             self.seen[torch.arange(b, device=self.device), self.tokens[:b]] = True
         logits = self._logits(b, length)

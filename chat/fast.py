@@ -87,12 +87,15 @@ def fuse_projections(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor
 
 def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tensor] | None, x: torch.Tensor,
                   cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                  rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+                  rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                  segments: tuple[int, ...] | None = None) -> torch.Tensor:
     """One decoder layer over `x` [b, n, hidden] that writes its keys and values into the cache.
 
     Decode (mask given): n == 1, row i of `x` is cache row rows[i] at positions[i]; attention over
     the first mask.shape[-1] entries of rows 0..b-1. Prefill (mask None): b == 1, `positions` [n]
-    from 0 in cache row rows[0]; causal attention over the new tokens.
+    from 0 in cache row rows[0]; causal attention over the new tokens. Packed prefill (`segments`,
+    the prompts' lengths, summing to n): several prompts one after the other, `rows` and `positions`
+    given per token; each prompt attends causally to itself only.
     """
     attn, mlp = layer.self_attn, layer.mlp
     b, n, _ = x.shape
@@ -111,8 +114,12 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tenso
     v_cache[rows, :, positions] = v.transpose(1, 2).reshape(-1, kv_heads, head_dim)
     if mask is None:
         repeat = q.shape[1] // kv_heads
-        o = F.scaled_dot_product_attention(q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1),
-                                           is_causal=True, scale=attn.scaling)
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        if segments is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling)
+        else:  # each prompt alone: the same attention, in the same shapes, as its own prefill
+            o = torch.cat([F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=attn.scaling)
+                           for qs, ks, vs in zip(*(t.split(segments, dim=2) for t in (q, k, v)))], dim=2)
         o = o.transpose(1, 2).reshape(b, n, -1)
     else:
         # The query heads sharing a kv head are attended as rows of one query block:
@@ -159,6 +166,7 @@ class StaticCacheDecoder:
                            min(max_len or self.max_len, self.max_len), self.dtype, self.device)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [b, vocab] of the last token of each row of `x` [b, n, hidden]."""
         return self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1].float()
 
     def prefill(self, ids: torch.Tensor, cache: KVCache, row: int = 0,
@@ -175,6 +183,25 @@ class StaticCacheDecoder:
         for i, layer in enumerate(self.layers):  # compiled too: fewer launches from a slow host
             x = self.decode_layer(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, None)
         return self._logits(x)
+
+    def prefill_packed(self, prompts: list[list[int]], cache: KVCache, rows: list[int]) -> torch.Tensor:
+        """Logits [len(prompts), vocab] after each prompt, prompt i written from position 0 of cache row rows[i].
+
+        One pass for all: every weight is read once for all the prompts' tokens (linear layers see
+        one matrix of all their rows), attention stays per prompt. Each prompt's numbers are those of
+        its own `prefill` where the linear layers compute each row on its own (int8 on the CPU).
+        """
+        lengths = [len(p) for p in prompts]
+        ids = torch.tensor([[t for p in prompts for t in p]], device=self.device)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in lengths])
+        token_rows = torch.cat([torch.full((n,), r, device=self.device) for n, r in zip(lengths, rows)])
+        x = self.model.model.embed_tokens(ids)
+        cos, sin = self.cos[positions][None], self.sin[positions][None]
+        for i, layer in enumerate(self.layers):  # eager: a compiled layer would recompile for each set of lengths
+            x = decoder_layer(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], token_rows, positions, None,
+                              tuple(lengths))
+        last = torch.tensor(lengths, device=self.device).cumsum(0) - 1
+        return self._logits(x[0, last][:, None])
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, attend_len: int,
                key_index: torch.Tensor | None = None) -> torch.Tensor:

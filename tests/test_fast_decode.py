@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,26 @@ def test_concurrent_chats_share_decode_steps_and_each_gets_its_own_reply(exact, 
     assert [replies[i] for i in range(6)] == [alone[q] for q in questions]
     tokens = sum(len(exact.tokenizer.encode(r, add_special_tokens=False)) for r in replies.values())
     assert batched.batch.steps - steps_before < 0.6 * tokens  # rows advanced together, not one chat per step
+
+
+def test_prompts_prefilled_together_get_the_numbers_of_their_own_prefill(tiny_dir):
+    """On the CPU the batched decoder prefills chats that arrive together in one pass (each weight read
+    once for all their tokens); with int8 layers (each row computed on its own) a chat's logits and cache
+    entries are exactly those of its own prefill, so a reply does not depend on who asked at the same time."""
+    engine = ChatEngine.from_pretrained(tiny_dir, device="cpu")
+    prompts = [engine.prompt(ask(q), GREEDY)[0] for q in QUESTIONS]
+    decoder = engine.decoder
+    with torch.inference_mode():
+        alone, packed = decoder.new_cache(256, rows=3), decoder.new_cache(256, rows=3)
+        want = torch.cat([decoder.prefill(torch.tensor([p]), alone, row) for row, p in enumerate(prompts)])
+        got = decoder.prefill_packed(prompts, packed, [2, 0, 1])  # prompt i into row [2, 0, 1][i]
+    assert torch.equal(got, want)
+    assert torch.equal(packed.k[:, [2, 0, 1]], alone.k) and torch.equal(packed.v[:, [2, 0, 1]], alone.v)
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(8)]
+    expected = {q: engine.generate(ask(q), GREEDY) for q in QUESTIONS}
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda q: engine.generate(ask(q), GREEDY), questions))
+    assert replies == [expected[q] for q in questions]
 
 
 def test_closing_a_stream_frees_its_row_and_others_go_on(exact, batched):
