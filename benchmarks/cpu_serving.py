@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.case:
         args.threads = args.threads[0]
         print(json.dumps(run_case(args.case, args, Path(args.work))), flush=True)
-        os._exit(0)  # measured and said: no interpreter teardown under the engine's daemon scheduler thread
+        return 0
     with tempfile.TemporaryDirectory(prefix="cpu-serving-") as tmp:
         work = Path(tmp)
         prepare(args, work)
