@@ -8,16 +8,17 @@ tokenizer (the vocabulary padded to 92544). Every case runs in its own process (
 one JSON line each:
 
 - ``hf_generate_fp32``: transformers ``generate`` (the peer).
-- ``engine_fp32`` / ``engine_int8``: `ChatEngine.tokens` as the app runs it (batched decoder; int8 =
-  `chat.quant`, the CPU default).
+- ``engine_fp32`` / ``engine_int8`` / ``engine_int8_two_pass``: `ChatEngine.tokens` as the app runs it
+  (batched decoder; int8 = `chat.quant`, the CPU default; two_pass = ``ASSISTANT_QUANTIZE=int8_two_pass``).
 - ``llama_cpp_q8_0`` / ``llama_cpp_q4_0`` / ``llama_cpp_q4_k_m``: llama-cpp-python on the GGUF that
   `export.save_gguf` writes from the same weights.
 - ``engine_int8_x8``: 8 chats started at once through the engine (``--chat-prompt-tokens`` 48-55, ``--chat-new-tokens``
   64 each): total tokens/s against one chat alone, first and last chat's latency, prefill passes and steps.
 
 Per case: ``ttft_s`` (a 512-token chat prompt to its first token), ``decode_tokens_per_s`` (after the
-first), ``peak_rss_gib`` (before the quality pass), ``top1_vs_fp32`` (teacher-forced top-1 agreement with
-the fp32 model's logits over QUALITY_PROMPTS) and the 1-minute load average at the end.
+first), ``peak_rss_gib`` (before the quality pass), ``top1_vs_fp32`` and ``logits_rel_err`` (teacher-forced
+over QUALITY_PROMPTS: top-1 agreement with the fp32 model, and ‖logits - fp32's‖ / ‖fp32's‖) and the 1-minute
+load average at the end.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from myassistant.chat.quant import quantize_int8  # noqa: E402
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 GGUF_CASES = {"llama_cpp_q8_0": "q8_0", "llama_cpp_q4_0": "q4_0", "llama_cpp_q4_k_m": "q4_k_m"}
-CASES = ["hf_generate_fp32", "engine_fp32", "engine_int8", *GGUF_CASES, "engine_int8_x8"]
+CASES = ["hf_generate_fp32", "engine_fp32", "engine_int8", "engine_int8_two_pass", *GGUF_CASES, "engine_int8_x8"]
 
 
 def build(shape: str, work: Path):
@@ -71,13 +72,17 @@ def peak_rss_gib() -> float:
     return round(kib / 2**20, 2)
 
 
-def agreement(top1: np.ndarray, work: Path) -> float:
-    return round(float((top1 == np.load(work / "fp32_top1.npy")).mean()), 4)
+def quality_row(logits: np.ndarray, work: Path) -> dict:
+    """Teacher-forced top-1 agreement and relative logits error (‖ours - fp32‖ / ‖fp32‖) against the fp32 model."""
+    ref = np.load(work / "fp32_logits.npy")
+    return {"top1_vs_fp32": round(float((logits.argmax(-1) == ref.argmax(-1)).mean()), 4),
+            "logits_rel_err": round(float(np.linalg.norm(logits - ref) / np.linalg.norm(ref)), 4)}
 
 
-def torch_top1(model, quality: list[list[int]]) -> np.ndarray:
+def torch_logits(model, quality: list[list[int]]) -> np.ndarray:
+    """[positions, vocab] float32 logits of every prompt position (teacher-forced)."""
     with torch.inference_mode():
-        return np.concatenate([model(torch.tensor([ids])).logits[0].argmax(-1).numpy() for ids in quality])
+        return np.concatenate([model(torch.tensor([ids])).logits[0].float().numpy() for ids in quality])
 
 
 def time_engine(engine: ChatEngine, ids: list[int], new: int) -> tuple[float, float]:
@@ -134,12 +139,12 @@ def run_llama_cpp(path: Path, ids: list[int], quality: list[list[int]], new: int
            "gguf_mib": round(path.stat().st_size / 2**20)}
     del llm
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=threads, logits_all=True, verbose=False)
-    top1 = []
+    logits = []
     for q in quality:
         llm.reset()
         llm.eval(q)
-        top1.append(np.argmax(llm.scores[:len(q)], axis=-1))
-    return row | {"top1_vs_fp32": agreement(np.concatenate(top1), work)}
+        logits.append(np.array(llm.scores[:len(q)], dtype=np.float32))
+    return row | quality_row(np.concatenate(logits), work)
 
 
 def run_case(case: str, args, work: Path) -> dict:
@@ -160,9 +165,9 @@ def run_case(case: str, args, work: Path) -> dict:
             model.generate(x, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
             decode = (args.new_tokens - 1) / (time.perf_counter() - start - first)
         return {"ttft_s": round(first, 3), "decode_tokens_per_s": round(decode, 3), "peak_rss_gib": peak_rss_gib(),
-                "top1_vs_fp32": 1.0}
+                "top1_vs_fp32": 1.0, "logits_rel_err": 0.0}
     if case != "engine_fp32":
-        quantize_int8(model)
+        quantize_int8(model, two_pass=case == "engine_int8_two_pass")
     engine = ChatEngine(model, tokenizer)
     engine.stop_ids = []  # random weights: decode the full length
     time_engine(engine, ids[:8], 2)  # burn-in
@@ -178,7 +183,7 @@ def run_case(case: str, args, work: Path) -> dict:
                 "batch_rows": engine.batch.rows, "peak_rss_gib": peak_rss_gib()}
     first, decode = time_engine(engine, ids, args.new_tokens)
     row = {"ttft_s": round(first, 3), "decode_tokens_per_s": round(decode, 3), "peak_rss_gib": peak_rss_gib()}
-    return row | {"top1_vs_fp32": agreement(torch_top1(model, quality), work)}
+    return row | quality_row(torch_logits(model, quality), work)
 
 
 def prepare(args, work: Path) -> None:
@@ -189,7 +194,7 @@ def prepare(args, work: Path) -> None:
     templating = ChatEngine(model, tokenizer, config=ServeConfig(fast_decode=False))  # templating only
     long_ids, quality = prompts(templating, args.prompt_tokens)
     (work / "prompts.json").write_text(json.dumps({"long": long_ids, "quality": quality}))
-    np.save(work / "fp32_top1.npy", torch_top1(model, quality))
+    np.save(work / "fp32_logits.npy", torch_logits(model, quality))
     for quant in sorted({GGUF_CASES[c] for c in args.cases if c in GGUF_CASES}):
         save_gguf(model, tokenizer, work / f"{quant}.gguf", quant, args.shape)
 

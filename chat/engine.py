@@ -192,7 +192,7 @@ class ChatEngine:
         quantize = resolve_quantize(config.quantize, torch_device, config.int8_kernel)
         torch_dtype = resolve_dtype(config.dtype, torch_device)
         # Weights about to be quantised are read in bf16: half the peak memory of fp32.
-        load_dtype = torch.bfloat16 if quantize == "int8" and torch_dtype == torch.float32 else torch_dtype
+        load_dtype = torch.bfloat16 if quantize != "none" and torch_dtype == torch.float32 else torch_dtype
         try:
             tokenizer = load_tokenizer(path)
             processor = None
@@ -204,9 +204,10 @@ class ChatEngine:
                 # Merged once at load: decoding then costs the same as a merged model.
                 model = load_adapter(model, adapter).merge_and_unload()
             vision = None if processor is None else ImageEncoder(model, processor)
-            if quantize == "int8":
+            if quantize != "none":
                 # the vision tower stays as loaded
-                quantize_int8(model if vision is None else vision.text_model, config.int8_kernel)
+                quantize_int8(model if vision is None else vision.text_model, config.int8_kernel,
+                              two_pass=quantize == "int8_two_pass")
                 model.to(torch_dtype)  # what is left (embeddings, norms) computes in torch_dtype
         except CheckpointError as err:
             raise EngineError(str(err)) from err
@@ -215,7 +216,7 @@ class ChatEngine:
             raise EngineError(f"cannot load the model from {what}: {err}") from err
         model.eval()
         log.info("loaded %s on %s in %s%s", path.name, torch_device, str(torch_dtype).removeprefix("torch."),
-                 ", int8 linear weights" if quantize == "int8" else "")
+                 f", {quantize} linear weights" if quantize != "none" else "")
         defaults = GenerationSettings.from_generation_config(read_generation_config(path))
         return cls(model if vision is None else vision.text_model, tokenizer, name=path.name, config=config,
                    defaults=defaults, vision=vision)

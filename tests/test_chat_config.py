@@ -16,7 +16,7 @@ def test_from_env_reads_only_the_documented_variables_and_names_a_bad_one():
                                                     title="Alice", system_prompt=" You are Alice. ", concurrency=3)
     assert ServeConfig.from_env({"ASSISTANT_COMPILE": ""}).compile is None  # empty = unset
     for name, value, says in (("ASSISTANT_DECODE_ROWS", "eight", "whole number"), ("APP_CONCURRENCY", "0", ">= 1"),
-                              ("ASSISTANT_QUANTIZE", "int4", "auto, int8, none"),
+                              ("ASSISTANT_QUANTIZE", "int4", "auto, int8, int8_two_pass, none"),
                               ("ASSISTANT_FAST_DECODE", "no", "0 or 1")):
         with pytest.raises(EngineError, match=f"{name}='{value}'.*{says}") as info:
             ServeConfig.from_env({name: value})
