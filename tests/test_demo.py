@@ -15,11 +15,11 @@ import pytest
 
 from conftest import ROOT, run_cli
 
-# What the tiny demo model must reach, measured on held-out paraphrases and prompts. The multi-turn recipe
-# measured (benchmarks/README.md, "Identity recipe": seeds 0 and 1 on one demo base, and this test's own run):
-# identity 60-73 % single-turn and 65-70 % as turn 2-4 (8 % with single-turn data), leak 0-12.5 % /
-# 10-17.5 %; issue 18's goals (90 % / 85 %, 5 % / 10 %) are not reached yet. The margins hold across those runs.
-MIN_IDENTITY, MIN_IDENTITY_MULTI, MIN_SEEN, MAX_LEAK, MAX_LEAK_MULTI = 0.50, 0.50, 0.90, 0.20, 0.25
+# What the tiny demo model must reach, measured on held-out paraphrases and prompts. The recipe (multi-turn
+# mix, --noise 1.0, hard negatives in the general set) measured on CPU (README "Does it know its name",
+# data seeds 0 and 1 on one demo base): identity 78-83 % single-turn and 85-88 % as turn 2-4, leak 5-15 % and
+# 5-15 % after identity turns; seeds move each figure by 5-10 points. The margins hold across those runs.
+MIN_IDENTITY, MIN_IDENTITY_MULTI, MIN_SEEN, MAX_LEAK, MAX_LEAK_MULTI = 0.65, 0.65, 0.90, 0.20, 0.25
 STAGE_TITLES = ["self-cognition data", "tiny base model", "identity fine-tune", "fine-tune report", "merge", "push to"]
 
 

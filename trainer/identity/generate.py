@@ -132,7 +132,7 @@ class IdentitySpec:
     # Share of the training questions (identity and general alike) asked with one word added, dropped or
     # swapped for a word of the general questions ("easy data augmentation"): the model then keys on the
     # words that make a question about itself, not on the whole wording, and answers wordings it never saw.
-    noise: float = 0.5
+    noise: float = 1.0
     general: str | None = None  # general data file (any supported format); None = the shipped zh+en set
     eval_identity: int = 60  # held-out identity questions (half zh, half en)
     eval_general: int = 40  # held-out general prompts (leak probes)
