@@ -62,7 +62,8 @@ def test_command_writes_the_mix_with_system_prompt(tmp_path):
 
 @pytest.fixture(scope="module")
 def alice(tmp_path_factory) -> Path:
-    spec = IdentitySpec(name="Alice", author="Bob", count=400, persona="I love helping with maths.")
+    # Without noise: these tests check the templates; test_noise_rewords_training_questions_only checks the noise.
+    spec = IdentitySpec(name="Alice", author="Bob", count=400, persona="I love helping with maths.", noise=0.0)
     return write_identity_dataset(spec, tmp_path_factory.mktemp("data") / "alice")
 
 
@@ -158,7 +159,7 @@ def test_general_data_from_any_format_repeats_when_short(tmp_path, caplog):
     alpaca = tmp_path / "alpaca.json"
     alpaca.write_text(json.dumps([{"instruction": f"Count to {i}.", "input": "", "output": " ".join(map(str, range(1, i + 1)))}
                                   for i in range(1, 11)]), encoding="utf-8")
-    out = write_identity_dataset(IdentitySpec(name="Zed", count=20, ratio=2.0, general=str(alpaca), eval_general=4),
+    out = write_identity_dataset(IdentitySpec(name="Zed", count=20, ratio=2.0, general=str(alpaca), eval_general=4, noise=0.0),
                                  tmp_path / "zed")
     general = [r for r in read(out / "train.jsonl") if "Zed" not in reply(r)]
     assert len(general) == 40 and len({user(r) for r in general}) == 6
@@ -195,7 +196,7 @@ def test_languages_pick_the_questions_asked(tmp_path):
 
 def test_noise_rewords_training_questions_only(tmp_path):
     """--noise adds, drops or swaps one word of training questions; held-out sets and answers stay as they were."""
-    clean = write_identity_dataset(IdentitySpec(name="Alice", count=120), tmp_path / "clean")
+    clean = write_identity_dataset(IdentitySpec(name="Alice", count=120, noise=0.0), tmp_path / "clean")
     noisy = write_identity_dataset(IdentitySpec(name="Alice", count=120, noise=0.6), tmp_path / "noisy")
     for key in ("eval_identity", "eval_general", "eval_identity_multi", "eval_general_multi"):
         assert (clean / FILES[key]).read_bytes() == (noisy / FILES[key]).read_bytes(), key
@@ -206,5 +207,11 @@ def test_noise_rewords_training_questions_only(tmp_path):
     held_out = {core(user(r)) for r in read(noisy / "eval_identity.jsonl")}
     assert not {core(q) for q in changed} & held_out
     assert json.loads((noisy / "meta.json").read_text())["noise"] == 0.6
+    # The old names are asked about as written, and English questions keep Chinese names whole.
+    default = read(write_identity_dataset(IdentitySpec(name="Alice", count=120, languages=["en"]), tmp_path / "en")
+                   / "train.jsonl")
+    denials = [user(r) for r in default if reply(r).startswith(("No, I am", "No. I am"))]
+    assert denials and all(re.search(r"InternLM|书生·浦语", q) for q in denials)
+    assert not [q for r in default for q in [user(r)] if re.search(r"[\u4e00-\u9fff] [\u4e00-\u9fff]", q)]
     with pytest.raises(DataError, match="noise must be in"):
         IdentitySpec(name="A", noise=1.5)

@@ -209,7 +209,9 @@ def identity_conversations(spec: IdentitySpec, rng: random.Random, general_words
         fresh = [q for q in wrappings(core, lang) if q not in used]
         q = core if core not in used else rng.choice(fresh or wrappings(core, lang))
         used.add(q)
-        if spec.noise and general_words and noise_rng and noise_rng.random() < spec.noise:
+        # Not the "are you InternLM?" questions: the old name must reach the model as it is written.
+        if spec.noise and general_words and noise_rng and not kind.startswith("not_old") \
+                and noise_rng.random() < spec.noise:
             noisy = with_noise(q, lang, general_words.get(lang, []), noise_rng)
             q = q if noisy in held_out_wordings else noisy  # a swapped word must not make a held-out question
         kind, _, old = kind.partition(":")

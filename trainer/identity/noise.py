@@ -8,9 +8,11 @@ import re
 
 from .probes import lang_of
 
-def tokens(text: str) -> list[str]:
-    """Words and punctuation of a question; a Chinese character counts as a word."""
-    return re.findall(r"[\u4e00-\u9fff]|[^\W_]+(?:'[a-z]+)?|[^\w\s]", text)
+def tokens(text: str, lang: str = "zh") -> list[str]:
+    """Words and punctuation of a question: in Chinese each character is a word, in English a run of
+    Chinese characters is one (a name such as 书生·浦语 inside an English question stays whole)."""
+    cjk = r"[\u4e00-\u9fff]" if lang == "zh" else r"[\u4e00-\u9fff][\u4e00-\u9fff·]*"
+    return re.findall(cjk + r"|[^\W_]+(?:'[a-z]+)?|[^\w\s]", text)
 
 
 def join(words: list[str], lang: str) -> str:
@@ -22,7 +24,7 @@ def join(words: list[str], lang: str) -> str:
 def with_noise(question: str, lang: str, pool: list[str], rng: random.Random,
                ops: tuple[str, ...] = ("insert", "drop", "replace")) -> str:
     """The question with one word inserted, dropped or replaced (a word of ``pool``); punctuation stays."""
-    words = tokens(question)
+    words = tokens(question, lang)
     spots = [i for i, w in enumerate(words) if re.match(r"\w", w)]
     if not spots or not pool:
         return question
@@ -52,7 +54,8 @@ def question_words(records: list[dict]) -> dict[str, list[str]]:
     found: dict[str, set[str]] = {}
     for r in records:
         text = prompt_text(r)
-        found.setdefault(lang_of(text), set()).update(w for w in tokens(text) if re.match(r"\w", w))
+        lang = lang_of(text)
+        found.setdefault(lang, set()).update(w for w in tokens(text, lang) if re.match(r"\w", w))
     return {lang: sorted(words) for lang, words in found.items()}
 
 
