@@ -63,7 +63,7 @@ def test_upload_a_picture_in_the_browser_and_see_the_answer(tiny_llava, picture,
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url)
-            sync_api.expect(page.get_by_placeholder("Type a message, or add a picture…")).to_be_visible(timeout=30_000)
+            sync_api.expect(page.get_by_placeholder("Type a message, or add a picture…")).to_be_visible(timeout=120_000)
             box = page.locator("textarea").first  # Gradio blanks the placeholder once a message is sent
             page.locator("#settings").get_by_text("Settings").click()  # the settings start closed
             numbers = page.get_by_test_id("number-input")  # temperature, top-p, top-k, repetition, max tokens
@@ -71,18 +71,18 @@ def test_upload_a_picture_in_the_browser_and_see_the_answer(tiny_llava, picture,
                 numbers.nth(index).fill(value)
                 numbers.nth(index).press("Tab")
             page.locator("input[type=file]").first.set_input_files(str(picture))
-            sync_api.expect(page.locator("img[src*='red_circle']").first).to_be_visible(timeout=30_000)
+            sync_api.expect(page.locator("img[src*='red_circle']").first).to_be_visible(timeout=120_000)
             box.fill("What is in the picture?")
             box.press("Enter")
 
             answer = page.get_by_test_id("bot").last
-            sync_api.expect(answer).to_have_text(expected["image"].strip(), timeout=60_000)
+            sync_api.expect(answer).to_have_text(expected["image"].strip(), timeout=180_000)
             sync_api.expect(page.get_by_test_id("user").first.locator("img")).to_be_visible()  # the picture, sent
             box.fill("Its colour?")  # the follow-up reads the picture from the history Gradio sends back
             box.press("Enter")
-            sync_api.expect(page.get_by_test_id("bot")).to_have_count(2, timeout=30_000)
-            sync_api.expect(page.get_by_test_id("bot").last).to_have_text(expected["follow_up"].strip(), timeout=60_000)
-            sync_api.expect(page.locator("button.submit-button")).to_be_visible(timeout=30_000)  # the reply is done
+            sync_api.expect(page.get_by_test_id("bot")).to_have_count(2, timeout=120_000)
+            sync_api.expect(page.get_by_test_id("bot").last).to_have_text(expected["follow_up"].strip(), timeout=180_000)
+            sync_api.expect(page.locator("button.submit-button")).to_be_visible(timeout=120_000)  # the reply is done
             page.screenshot(path=str(ARTIFACTS / "app_browser_image.png"), full_page=True)
         finally:
             browser.close()
