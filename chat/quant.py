@@ -68,16 +68,16 @@ class Int8Linear(nn.Module):
             # numbers do not depend on its other prompt tokens or the chats sharing a batched step.
             peak = rows.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
             scaled = rows.float() / peak
-            if not self.two_pass:
-                out = torch.ops.quantized.linear_dynamic(torch.cat([scaled, self.range_row]), self.packed, False)[:-1]
-                out = out * peak
-            else:  # what the first pass rounds away (steps of 1/127.5 in [-1, 1]), scaled to peak 1 itself
+            passes = [scaled]
+            if self.two_pass:  # what the first pass rounds away (steps of 1/127.5 in [-1, 1]), scaled to peak 1 itself
                 rest = scaled - torch.round(scaled * 127.5) / 127.5
                 rest_peak = rest.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
-                both = torch.ops.quantized.linear_dynamic(torch.cat([scaled, rest / rest_peak, self.range_row]),
-                                                          self.packed, False)
-                n = rows.shape[0]
-                out = both[:n] * peak + both[n:2 * n] * (rest_peak * peak)
+                passes.append(rest / rest_peak)
+            both = torch.ops.quantized.linear_dynamic(torch.cat([*passes, self.range_row]), self.packed, False)
+            n = rows.shape[0]
+            out = both[:n] * peak
+            if self.two_pass:
+                out = out + both[n:2 * n] * (rest_peak * peak)
             if self.bias is not None:
                 out = out + self.bias
         else:
