@@ -24,8 +24,8 @@ from pathlib import Path
 
 from ..data import DataError, load_records
 from . import probes
-from .noise import prompt_text, question_words, with_noise, with_noisy_questions
-from .probes import lang_of
+from .noise import question_words, with_noise, with_noisy_questions
+from .probes import lang_of, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,8 @@ def _conversation(spec: IdentitySpec, question: str, reply: str, **extra) -> dic
             **extra}
 
 
-def identity_conversations(spec: IdentitySpec, rng: random.Random, general_words: dict[str, list[str]] | None = None,
-                           noise_rng: random.Random | None = None) -> tuple[list[dict], list[dict]]:
+def identity_conversations(spec: IdentitySpec, rng: random.Random, general_words: dict[str, list[str]],
+                           noise_rng: random.Random) -> tuple[list[dict], list[dict]]:
     """``count`` training conversations and ``eval_identity`` held-out ones (questions never trained on);
     ``spec.noise`` draws words from ``general_words`` (per language) with ``noise_rng``."""
     langs = [lang for lang in LANGUAGES if lang in spec.languages]
@@ -210,8 +210,7 @@ def identity_conversations(spec: IdentitySpec, rng: random.Random, general_words
         q = core if core not in used else rng.choice(fresh or wrappings(core, lang))
         used.add(q)
         # Not the "are you InternLM?" questions: the old name must reach the model as it is written.
-        if spec.noise and general_words and noise_rng and not kind.startswith("not_old") \
-                and noise_rng.random() < spec.noise:
+        if spec.noise and not kind.startswith("not_old") and noise_rng.random() < spec.noise:
             noisy = with_noise(q, lang, general_words.get(lang, []), noise_rng)
             q = q if noisy in held_out_wordings else noisy  # a swapped word must not make a held-out question
         kind, _, old = kind.partition(":")
@@ -238,8 +237,8 @@ def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) 
     rng.shuffle(records)
     n_eval = min(spec.eval_general, len(records) // 2)
     held_out, pool = records[:n_eval], records[n_eval:]
-    probes = {prompt_text(r) for r in held_out}
-    pool = [r for r in pool if prompt_text(r) not in probes]
+    held_out_prompts = {prompt_text(r) for r in held_out}
+    pool = [r for r in pool if prompt_text(r) not in held_out_prompts]
     if n_train > len(pool):
         log.warning("%s: %d general conversations asked for, %d available; repeating them", path, n_train, len(pool))
     system = [{"role": "system", "content": spec.system}] if spec.system else []

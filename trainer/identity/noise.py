@@ -6,7 +6,8 @@ from __future__ import annotations
 import random
 import re
 
-from .probes import lang_of
+from .probes import lang_of, prompt_text
+
 
 def tokens(text: str, lang: str = "zh") -> list[str]:
     """Words and punctuation of a question: in Chinese each character is a word, in English a run of
@@ -44,9 +45,13 @@ def with_noisy_questions(record: dict, share: float, words: dict[str, list[str]]
     make the answer wrong ("18 plus 1" asked as "18 plus")."""
     if not share or rng.random() >= share:
         return record
-    return {**record, "messages": [dict(m, content=with_noise(m["content"], lang_of(m["content"]),
-                                                               words.get(lang_of(m["content"]), []), rng, ("insert",)))
-                                   if m["role"] == "user" else m for m in record["messages"]]}
+
+    def noisy(text: str) -> str:
+        lang = lang_of(text)
+        return with_noise(text, lang, words.get(lang, []), rng, ("insert",))
+
+    return {**record, "messages": [dict(m, content=noisy(m["content"])) if m["role"] == "user" else m
+                                   for m in record["messages"]]}
 
 
 def question_words(records: list[dict]) -> dict[str, list[str]]:
@@ -57,8 +62,3 @@ def question_words(records: list[dict]) -> dict[str, list[str]]:
         lang = lang_of(text)
         found.setdefault(lang, set()).update(w for w in tokens(text, lang) if re.match(r"\w", w))
     return {lang: sorted(words) for lang, words in found.items()}
-
-
-def prompt_text(record: dict) -> str:
-    """The user turns of a conversation, joined."""
-    return " ".join(m["content"] for m in record["messages"] if m["role"] == "user")

@@ -25,6 +25,11 @@ def exchange(record: dict) -> list[dict]:
     return [m for m in record["messages"] if m["role"] != "system"]
 
 
+def prompt_text(record: dict) -> str:
+    """The user turns of a conversation, joined."""
+    return " ".join(m["content"] for m in record["messages"] if m["role"] == "user")
+
+
 def question(record: dict) -> str:
     """The last user message: what the record's final answer replies to."""
     return [m["content"] for m in record["messages"] if m["role"] == "user"][-1]
