@@ -41,25 +41,23 @@ def has_images(path: str | Path) -> bool:
 
 def open_image(path: str | Path, where: str = "") -> Image.Image:
     """The picture at ``path`` as RGB (grayscale, palette and RGBA converted), or one DataError line."""
+    return _open(path, where, decode=True)
+
+
+def _open(path: str | Path, where: str, decode: bool) -> Image.Image | None:
+    """The picture decoded (``decode``), or only its header read (None); a missing or unreadable file is one
+    DataError line naming ``where`` and the path."""
     at = f"{where}: " if where else ""
     try:
         with Image.open(path) as img:
+            if not decode:
+                return None
             img.load()
             return img.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"{at}image {path} not found; check data.image_folder (--image-folder)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{at}image {path} cannot be read ({err}); replace the file or drop the record") from None
-
-
-def _check_header(path: Path, where: str) -> None:
-    try:
-        with Image.open(path):
-            pass
-    except FileNotFoundError:
-        raise DataError(f"{where}: image {path} not found; check data.image_folder (--image-folder)") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{where}: image {path} cannot be read ({err}); replace the file or drop the record") from None
 
 
 def _image_names(where: _Where, obj: dict) -> list[str]:
@@ -99,10 +97,7 @@ def load_llava_records(path: str | Path, image_folder: str | Path | None = None,
             raise DataError(f"{where.prefix}: {problem}; put one {IMAGE_TOKEN} in the question for each image")
         images = [folder / name for name in names]
         for image in images:
-            if decode:
-                open_image(image, where.prefix)
-            else:
-                _check_header(image, where.prefix)
+            _open(image, where.prefix, decode)
         records.append({**record, "images": [str(p) for p in images]})
     if not records:
         raise DataError(f"{path}: the file holds no records (an empty JSON array)")
