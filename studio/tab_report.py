@@ -5,15 +5,9 @@ import gradio as gr
 import pandas as pd
 
 from myassistant.studio import jobs, runs
-from myassistant.trainer import run_folder
 from myassistant.studio.ui import Workspace, error_slot, job_error, note, show
-
-def _cell(values: dict | None, percent: bool) -> str:
-    """"all (zh / en)", as the report's own table writes a figure."""
-    if values is None:
-        return "–"
-    fmt = (lambda v: "–" if v is None else f"{v:.0%}") if percent else (lambda v: "–" if v is None else f"{v:.2f}")
-    return f"{fmt(values.get('all'))} ({fmt(values.get('zh'))} / {fmt(values.get('en'))})"
+from myassistant.trainer import run_folder
+from myassistant.trainer.identity.report import cell
 
 
 def report_views(rep: dict | None) -> tuple[list[list], pd.DataFrame | None, list[list]]:
@@ -23,7 +17,7 @@ def report_views(rep: dict | None) -> tuple[list[list], pd.DataFrame | None, lis
     rows, bars = [], []
     for key, f in rep["figures"].items():
         percent = key != "overlap"  # word overlap is a ratio, not a share of prompts
-        rows.append([f["label"], _cell(f["fine_tuned"], percent), _cell(f["base"], percent), f["n"]["all"]])
+        rows.append([f["label"], cell(f["fine_tuned"], percent), cell(f["base"], percent), f["n"]["all"]])
         if percent:
             for side, values in (("fine-tuned", f["fine_tuned"]), ("base", f["base"])):
                 if values and values.get("all") is not None:

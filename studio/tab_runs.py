@@ -15,6 +15,11 @@ RUN_COLUMNS = ["run", "status", "step", "loss", "method", "base", "started"]
 REFRESH_S = 1.0
 
 
+def loss_chart(series: dict[str, list[tuple[float, float]]]) -> str:
+    """The training-loss chart of ``{run: [(step, loss), ...]}``."""
+    return chart.line_chart(series, title="Training loss", x_title="optimizer step", y_title="loss")
+
+
 def shown_runs(ws: Workspace, name: str | None, others: list[str] | None) -> list[str]:
     return [n for n in dict.fromkeys([name, *(others or [])]) if n and (ws.runs / n).is_dir()]
 
@@ -37,7 +42,7 @@ def build(ws: Workspace, started_run: gr.Textbox) -> dict:
     live = gr.Markdown("", elem_id="runs-live", elem_classes=["live-figures"])
     with gr.Row(equal_height=True):
         with gr.Column(scale=3, variant="panel"):
-            plot = gr.HTML(chart.line_chart({}, title="Training loss", x_title="optimizer step", y_title="loss"),
+            plot = gr.HTML(loss_chart({}),
                            elem_id="runs-loss")
         evals = gr.Dataframe(headers=["step", "prompt", "answer"], label="Eval prompts, as answered during training",
                              interactive=False, wrap=True, scale=2, max_height=320, elem_id="runs-evals")
@@ -57,8 +62,7 @@ def build(ws: Workspace, started_run: gr.Textbox) -> dict:
         picked = shown_runs(ws, name, others)
         series = {n: [(r["step"], r["loss"]) for r in runs.metrics(ws.runs / n)] for n in picked}
         key = (tuple(picked), tuple(len(v) for v in series.values()))
-        out_plot = gr.update() if shown.get("plot") == key else chart.line_chart(
-            series, title="Training loss", x_title="optimizer step", y_title="loss")
+        out_plot = gr.update() if shown.get("plot") == key else loss_chart(series)
         text = runs.live_text(ws.runs / name) if name and (ws.runs / name).is_dir() else "No runs yet: start one above."
         tail = runs.tail(runs.log_path(ws.runs / name), 60) if name else ""
         evals_ = eval_rows(ws, name)

@@ -164,7 +164,8 @@ def _examples(sets: dict, fine: dict, name: str, old_names: list[str]) -> list[l
     return out
 
 
-def _cell(values: dict | None, percent: bool = True) -> str:
+def cell(values: dict | None, percent: bool = True) -> str:
+    """A figure as "all (zh / en)": percentages, or ratios with two decimals; "–" where there is none."""
     if not values or values["all"] is None:
         return "–"
     show = (lambda v: "–" if v is None else f"{v:.0%}") if percent else (lambda v: "–" if v is None else f"{v:.2f}")
@@ -174,7 +175,7 @@ def _cell(values: dict | None, percent: bool = True) -> str:
 def table(rep: dict, markdown: bool = False) -> str:
     """The figures as a table: measure, fine-tuned, base, prompts; each cell "all (zh / en)"."""
     head = ["measure", "fine-tuned", "base", "prompts"]
-    rows = [[f["label"], _cell(f["fine_tuned"], key != "overlap"), _cell(f["base"], key != "overlap"),
+    rows = [[f["label"], cell(f["fine_tuned"], key != "overlap"), cell(f["base"], key != "overlap"),
              f"{f['n']['all']} ({f['n']['zh']} / {f['n']['en']})"] for key, f in rep["figures"].items()]
     if markdown:
         return "\n".join("| " + " | ".join(r) + " |" for r in [head, ["---"] * 4, *rows])
