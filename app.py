@@ -226,8 +226,7 @@ def build_page(images: bool) -> gr.Blocks:
     """The page; `images`: a message box that takes pictures (a multimodal model)."""
     d = GenerationSettings()  # replaced on page load by the model's defaults
     with gr.Blocks(title=title(), fill_height=True) as page:
-        heading = gr.Markdown(f"<h1 id='app-title'>{html.escape(title())}</h1>\n\nLoading the model…",
-                              elem_id="app-header")
+        heading = gr.Markdown(header(), elem_id="app-header")  # "Loading the model…" until page_load
         sliders = [
             gr.Slider(0.0, 2.0, value=d.temperature, step=0.05, label="Temperature (0 = greedy)", render=False),
             gr.Slider(0.05, 1.0, value=d.top_p, step=0.05, label="Top-p", render=False),

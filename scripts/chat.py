@@ -8,6 +8,7 @@ import sys
 
 from myassistant.chat import ChatEngine, EngineError, GenerationSettings, GenerationStats, ServeConfig
 from myassistant.chat.config import CHOICES
+from myassistant.chat.decode import GENERATION_KEYS
 from myassistant.chat.vision import read_image, user_message
 
 
@@ -62,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--compile", action=argparse.BooleanOptionalAction, default=s.compile,
                          help="torch.compile the decode step (default: on a GPU)")
     args = parser.parse_args(argv)
-    given = {name: getattr(args, name) for name in ("temperature", "top_p", "top_k", "repetition_penalty",
-                                                    "max_new_tokens", "seed") if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in (*GENERATION_KEYS, "seed") if getattr(args, name) is not None}
     try:
         GenerationSettings(**given)  # bad values stop here, before the model loads
     except ValueError as err:
