@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling decode_cpu.py, run from anywhere
-from decode_cpu import SHAPES  # noqa: E402
+from decode_cpu import SHAPES, peak_rss_gib  # noqa: E402
 QUESTION = "Question {i}: what is {i} + {i}? 你好 {i}"
 
 
@@ -53,12 +53,6 @@ def start_app(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
     proc.kill()
     raise SystemExit(f"app.py did not start:\n{log.read_text()[-2000:]}")
-
-
-def peak_rss_gib(pid: int) -> float:
-    """The app process's peak resident memory so far (VmHWM)."""
-    with open(f"/proc/{pid}/status") as fh:
-        return round(next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 2**20, 2)
 
 
 def main(argv: list[str] | None = None) -> int:

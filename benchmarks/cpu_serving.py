@@ -37,7 +37,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling decode_cpu.py, run from anywhere
-from decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
+from decode_cpu import QUALITY_PROMPTS, SHAPES, peak_rss_gib  # noqa: E402
 from myassistant.chat import ChatEngine, GenerationSettings, ServeConfig  # noqa: E402
 from myassistant.chat.quant import quantize_int8  # noqa: E402
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
@@ -63,13 +63,6 @@ def prompts(engine: ChatEngine, prompt_tokens: int) -> tuple[list[int], list[lis
     long_ids = engine.prompt([{"role": "user", "content": question}], GenerationSettings())[0][-prompt_tokens:]
     quality = [engine.prompt([{"role": "user", "content": q}], GenerationSettings())[0] for q in QUALITY_PROMPTS]
     return long_ids, quality
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory (VmHWM; ru_maxrss would carry the forking parent's peak over exec)."""
-    with open("/proc/self/status") as fh:
-        kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
-    return round(kib / 2**20, 2)
 
 
 def quality_row(logits: np.ndarray, work: Path) -> dict:

@@ -47,6 +47,12 @@ QUALITY_PROMPTS = [  # the fixed prompt set for teacher-forced agreement
 ]
 
 
+def peak_rss_gib(pid: int | str = "self") -> float:
+    """A process's peak resident memory so far, GiB (VmHWM; ru_maxrss would carry a forking parent's peak over exec)."""
+    with open(f"/proc/{pid}/status") as fh:
+        return round(next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 2**20, 2)
+
+
 def load() -> float:
     return round(os.getloadavg()[0], 2)
 

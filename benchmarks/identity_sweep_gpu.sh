@@ -4,12 +4,13 @@
 # Same demo base for every case; one JSON file per case in $OUT. Locally, the table:
 #   python benchmarks/identity_sweep.py --table <files_at>/*.json
 #
-#   device run, carry [".cache/i22a_whl", ".cache/sweep_base"]:  CASES="default@0 noise0.6@0 ..." bash benchmarks/identity_sweep_gpu.sh
+#   device run, carry [".cache/i22a_whl", ".cache/sweep_base"]:  P=16 OMP=1 SET=train.fast_path=false CASES="default@0 noise0.6@0 ..." bash benchmarks/identity_sweep_gpu.sh
 #   (.cache/sweep_base: a trained demo base, `assistant demo --no-app`'s demo_out/base; .cache/i22a_whl: the
 #    wheels benchmarks/gpu_llava_train.sh carries: transformers, peft, datasets)
 set -o pipefail
 OUT=${OUT:-/tmp/sweep_out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2
+# P processes at once, OMP threads each (the measured calls: P=16 OMP=1 on the 16-core host)
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP:-2}
 W=${WHEELS:-.cache/i22a_whl}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $W/*.whl \
     >/dev/null 2>&1 || { echo "wheels: install failed"; exit 1; }

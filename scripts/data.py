@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "identity":
         spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
                             count=args.count, ratio=args.ratio, multi_turn=args.multi_turn, noise=args.noise,
-                            general=args.general,
-                            languages=args.languages.split(","),
+                            general=args.general, languages=args.languages.split(","),
                             eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)
         out = write_identity_dataset(spec, args.out)
         sys.stdout.write((out / "meta.json").read_text(encoding="utf-8"))
