@@ -37,6 +37,8 @@ from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E40
 SHAPES = {
     "internlm2-1.8b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16,
                            num_key_value_heads=8, vocab_size=92544),
+    "internlm2-7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=92544),
     "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
                   num_key_value_heads=4, vocab_size=92544),
 }

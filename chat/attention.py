@@ -27,7 +27,8 @@ try:
 except ImportError:  # CPU-only installs: SDPA everywhere
     triton = None
 
-SPLIT_FROM = 1024  # cache buckets from this length attend with the split kernel (shorter ones: SDPA is as fast)
+SPLIT_FROM = 256  # every cache bucket (chat.batch's shortest is 256): SDPA's flash kernel took 8.6 us a layer
+# at 256 keys on an H200 (benchmarks/decode_profile.py), 13 % of a batch-1 step
 SPLIT_KEYS = 64  # keys per program at least; more when the grid would exceed MAX_PROGRAMS
 MAX_PROGRAMS = 1024
 BLOCK_KEYS = 64

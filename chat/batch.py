@@ -25,6 +25,7 @@ import torch
 
 from myassistant.chat.decode import Embed, GenerationSettings
 from myassistant.chat.fast import KVCache, StaticCacheDecoder
+from myassistant.chat.prefill import PrefillGraphs
 from myassistant.chat.sampler import RowParams, apply_repetition_penalty, sample_rows
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class BatchDecoder:
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.broken: str | None = None  # why graphs were given up, if they were
+        self.prefills = PrefillGraphs(decoder, self.cache, self.pool) if self.cuda_graphs else None
         self.steps = 0
         self.prefill_passes = 0  # prefills run (several chats may share one on a CPU)
         self.chats: list[Chat | None] = [None] * rows
@@ -210,8 +212,11 @@ class BatchDecoder:
                 self._admit(chat, row, logits[i:i + 1])
 
     def _prefill(self, chat: Chat, row: int) -> torch.Tensor:
-        ids = torch.tensor([chat.prompt_ids], device=self.device)
         self.prefill_passes += 1
+        if self.prefills is not None and chat.embed is None and not self.broken:
+            if (logits := self.prefills.run(chat.prompt_ids, row)) is not None:  # one graph replay (chat.prefill)
+                return logits
+        ids = torch.tensor([chat.prompt_ids], device=self.device)
         return self.decoder.prefill(ids, self.cache, row, None if chat.embed is None else chat.embed(ids))
 
     def _admit(self, chat: Chat, row: int, logits: torch.Tensor) -> None:

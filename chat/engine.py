@@ -30,6 +30,7 @@ from myassistant.chat.errors import EngineError
 from myassistant.chat.fast import KVCache, StaticCacheDecoder, fast_decode_problem
 from myassistant.chat.guard import guard_identity
 from myassistant.chat.history import Message, build_prompt, normalize_messages
+from myassistant.chat.prefill import BUCKETS as PREFILL_BUCKETS
 from myassistant.chat.quant import quantize_int8, resolve_quantize
 from myassistant.chat.stream import IncrementalDetokenizer
 from myassistant.chat.vision import ImageEncoder, find_images
@@ -268,6 +269,9 @@ class ChatEngine:
         settings = GenerationSettings(temperature=0, max_new_tokens=4)
         ids = self.tokenizer.encode("hello, how are you today?", add_special_tokens=False) or [0, 0]
         list(self.tokens(ids, settings))
+        for size in PREFILL_BUCKETS:  # the graphed prefills of prompts up to 1024 tokens (chat.prefill)
+            if 64 < size <= min(1024, self.batch.max_len // 2):
+                list(self.tokens((ids * size)[:size - 8], dataclasses.replace(settings, max_new_tokens=1)))
         first, second = self.tokens(ids, settings), self.tokens(ids, settings)
         next(first, None)
         list(second)

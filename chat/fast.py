@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from myassistant.chat import gemv
 from myassistant.chat.attention import decode_attention
 from myassistant.chat.decode import Embed, Forward
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # Rotary types whose tables depend on the position only (dynamic NTK only beyond
 # max_position_embeddings, which the engine never goes past).
 STATIC_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "llama3"}
+SILU = ("SiLU", "SiLUActivation")  # torch's and transformers' modules: the activation chat.gemv fuses
 
 
 def fast_decode_problem(model: torch.nn.Module) -> str | None:
@@ -100,11 +102,20 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tenso
     attn, mlp = layer.self_attn, layer.mlp
     b, n, _ = x.shape
     kv_heads, head_dim = k_cache.shape[1], k_cache.shape[-1]
-    h = layer.input_layernorm(x)
-    if fused is not None:
-        q, k, v = F.linear(h, fused[0]).split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim], -1)
+    fused_kernels = (mask is not None and fused is not None and gemv.usable(fused[0], b)
+                     and type(mlp.act_fn).__name__ in SILU)
+    if fused_kernels:  # norms, SiLU*mul and residual adds inside the matrix products (chat.gemv)
+        norm = layer.input_layernorm
+        q, k, v = gemv.gemv(x.view(b, -1), fused[0], None, norm.weight, norm.variance_epsilon, False, False).split(
+            [attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim], -1)
+        q, k, v = q[:, None], k[:, None], v[:, None]
     else:
-        q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        h = layer.input_layernorm(x)
+        if fused is not None:
+            q, k, v = F.linear(h, fused[0]).split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim],
+                                                  -1)
+        else:
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
     q = q.reshape(b, n, -1, head_dim).transpose(1, 2)
     k = k.reshape(b, n, kv_heads, head_dim).transpose(1, 2)
     v = v.reshape(b, n, kv_heads, head_dim).transpose(1, 2)
@@ -128,6 +139,11 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tenso
         o = decode_attention(q.reshape(b, kv_heads, -1, head_dim), k_cache[:b, :, :length], v_cache[:b, :, :length],
                              mask, positions, attn.scaling)
         o = o.reshape(b, 1, -1)
+    if fused_kernels:
+        x = gemv.gemv(o.view(b, -1), attn.o_proj.weight, x.view(b, -1), None, 0.0, False, False)
+        norm = layer.post_attention_layernorm
+        act = gemv.gemv(x, fused[1], None, norm.weight, norm.variance_epsilon, True, False)
+        return gemv.gemv(act, mlp.down_proj.weight, x, None, 0.0, False, False).view(b, 1, -1)
     x = x + attn.o_proj(o)
     h = layer.post_attention_layernorm(x)
     if fused is not None:
@@ -167,6 +183,9 @@ class StaticCacheDecoder:
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits [b, vocab] of the last token of each row of `x` [b, n, hidden]."""
+        head, norm = self.model.lm_head, self.model.model.norm
+        if _plain_linear(head) and gemv.usable(head.weight, x.shape[0]):  # norm, product and cast in one kernel
+            return gemv.gemv(x[:, -1], head.weight, None, norm.weight, norm.variance_epsilon, False, True)
         return self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1].float()
 
     def prefill(self, ids: torch.Tensor, cache: KVCache, row: int = 0,
@@ -176,13 +195,19 @@ class StaticCacheDecoder:
         `embeds` [1, n, hidden]: the prompt's input embeddings when they are not the table's (images).
         """
         n = ids.shape[1]
-        positions = torch.arange(n, device=self.device)
-        rows = torch.tensor([row], device=self.device)
         x = self.model.model.embed_tokens(ids) if embeds is None else embeds.to(self.dtype)
+        return self.prefill_rows(x, cache, torch.tensor([row], device=self.device), torch.arange(n, device=self.device))
+
+    def prefill_rows(self, x: torch.Tensor, cache: KVCache, rows: torch.Tensor, positions: torch.Tensor,
+                     last: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [1, vocab] after the input embeddings `x` [1, n] written at `positions` (arange(n)) of cache row
+        rows[0]: of the token at index `last` [1] (default the last one). Tensors only: a CUDA graph captures it
+        (chat.prefill)."""
+        n = x.shape[1]
         cos, sin = self.cos[:n][None], self.sin[:n][None]
         for i, layer in enumerate(self.layers):  # compiled too: fewer launches from a slow host
             x = self.decode_layer(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, None)
-        return self._logits(x)
+        return self._logits(x if last is None else x.index_select(1, last))
 
     def prefill_packed(self, prompts: list[list[int]], cache: KVCache, rows: list[int]) -> torch.Tensor:
         """Logits [len(prompts), vocab] after each prompt, prompt i written from position 0 of cache row rows[i].

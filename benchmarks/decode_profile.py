@@ -1,0 +1,98 @@
+"""Where a decode step's time goes: per-kernel GPU times of one step (1 and 8 rows) and of a 512-token prefill.
+
+    python3 -m benchmarks.decode_profile [--shape internlm2-1.8b] [--baseline]
+
+The engine's decode step is run eagerly (compiled layers, no graph: the same kernels a graph replays)
+under torch.profiler; kernels are grouped by name, GPU microseconds per step. Also: one graphed step
+replayed back to back (GPU time, 1 and 8 rows) and the host side of a first token (templating,
+prefill, first sample). ``--baseline`` runs the same with the fused kernels of chat.gemv off
+(the cuBLAS products and the modules around them).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.decode_cpu import SHAPES  # noqa: E402
+from benchmarks.decode_gpu import build, concurrent, emit, reply, step_ms  # noqa: E402
+from myassistant.chat import ChatEngine, GenerationSettings, gemv  # noqa: E402
+from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
+
+
+def kernels(fn, reps: int = 3, top: int = 25) -> dict:
+    """GPU time per call of fn() by kernel name (the `top` longest), kernels per call, total us per call."""
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for evt in prof.key_averages():
+        us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
+        if us and str(getattr(evt, "device_type", "")).endswith("CUDA"):
+            rows.append((evt.key[:90], evt.count / reps, us / reps))
+    rows.sort(key=lambda r: -r[2])
+    return {"gpu_us": round(sum(r[2] for r in rows), 1), "kernels": round(sum(r[1] for r in rows), 1),
+            "top": [[name, count, round(us, 1)] for name, count, us in rows[:top]]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=SHAPES, default="internlm2-1.8b")
+    parser.add_argument("--baseline", action="store_true", help="chat.gemv's fused kernels off")
+    args = parser.parse_args(argv)
+    if args.baseline:
+        gemv.triton = None
+    label = "baseline" if args.baseline else "fused"
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
+    model = build(args.shape, torch.bfloat16, "cuda")
+    engine = ChatEngine(model, tokenizer, name=args.shape)
+    engine.stop_ids = []
+    start = time.perf_counter()
+    engine.warm_up()
+    short = [{"role": "user", "content": "Tell me about the weather today, please."}]
+    concurrent(engine, short, 8, 16)  # captures the 8-row step
+    emit("profile_warm_up", path=label, seconds=round(time.perf_counter() - start, 1))
+    batch = engine.batch
+    with torch.inference_mode():
+        for rows in (1, 8):
+            emit("profile_step", path=label, rows=rows, graph_ms=round(step_ms(engine, rows), 3),
+                 **kernels(lambda: batch._step_logits(rows, 256)))
+        long = [{"role": "user", "content": " ".join(["tell me about the weather today"] * 71)}]
+        one = GenerationSettings(temperature=0, max_new_tokens=1)
+        ids, _, _ = engine.prompt(long, one)
+        x = torch.tensor([ids], device="cuda")
+        emit("profile_prefill", path=label, tokens=len(ids),
+             **kernels(lambda: engine.decoder.prefill(x, batch.cache, 0)))
+        times = {}
+        for _ in range(5):
+            t0 = time.perf_counter()
+            engine.prompt(long, one)
+            t1 = time.perf_counter()
+            logits = engine.decoder.prefill(x, batch.cache, 0)
+            torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            int(logits.argmax())
+            t3 = time.perf_counter()
+            for key, value in (("template_ms", t1 - t0), ("prefill_ms", t2 - t1), ("sample_ms", t3 - t2)):
+                times.setdefault(key, []).append(value * 1e3)
+    reply(engine, long, one)
+    ttft = sorted(reply(engine, long, one).first_token_s for _ in range(5))[2]
+    emit("profile_ttft", path=label, first_token_ms=round(ttft * 1e3, 2),
+         **{k: round(sorted(v)[2], 2) for k, v in times.items()})
+    stats = reply(engine, short, GenerationSettings(temperature=0, max_new_tokens=256))
+    emit("profile_engine", path=label, decode_tokens_per_s=round(stats.tokens_per_s, 1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Skinny matrix products of a decode step (1-16 rows against a weight matrix) with the neighbours fused in.
+
+A batch-1 decode step of a 1.8B model is 97 matrix products of 1-8 rows against 2048-wide weights:
+pure weight reads. cuBLAS's kernels for these shapes reach about half the GPU's copy bandwidth and
+each product comes with its own RMSNorm, SiLU*mul, residual add and cast kernels around it (on top
+of the read, every extra kernel is a launch and a ramp-up in a graph). Here one Triton kernel does:
+
+- ``NORM``: the RMSNorm of the input rows as the prologue (each program recomputes the rows' mean
+  square from the 2048-wide input, read from L2: no normalised copy is written);
+- the product, each program owning BLOCK_N output features over the whole K (weights streamed once,
+  fp32 accumulation on the tensor cores, the rows padded to 16);
+- ``GATED``: SiLU(gate) * up as the epilogue of the merged [gate; up] weight (a program reads gate
+  rows j and up rows I + j, so the 2I-wide intermediate is never written);
+- ``RESIDUAL``: the residual add as the epilogue.
+
+Every rounding step is the model's own (normalised input rounded to the weights' dtype before the
+norm's weight, SiLU and products rounded as bf16 tensors would be), so the result differs from the
+module chain only by the summation order of the product. Used on CUDA for bf16 / fp16 weights and at
+most MAX_ROWS rows; elsewhere (CPU, fp32, prefill) the model's modules run as before. The kernel runs
+under Triton's interpreter on a CPU (TRITON_INTERPRET=1), which is how tests check it without a GPU.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the model's modules everywhere
+    triton = None
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 16  # rows a product takes (one tensor-core tile); more rows go to cuBLAS, which is good there
+BLOCK_K = 256
+# Programs a launch should have: at one program per multiprocessor (132 on an H100/H200) too few loads
+# are in flight to stream the weights (measured: 0.3-0.5 of the copy bandwidth for the 2048-wide
+# o_proj, down and qkv at 128 programs, 0.8-0.93 for gate/up and lm_head at 1,000+).
+TARGET_PROGRAMS = 400
+
+
+def candidates(n: int, k: int) -> list[tuple[int, int, int, int, int]]:
+    """(BLOCK_N, BLOCK_K, SPLIT, warps, stages) to try for an [n, k] weight: per block width, the K split that
+    gives about TARGET_PROGRAMS programs. The first is the pick where nothing was timed (CPU, inside a capture)."""
+    block_k = BLOCK_K if k % BLOCK_K == 0 else 64 if k % 64 == 0 else 16
+    found = []
+    for block_n in (32, 16, 64):
+        split = 1
+        while triton.cdiv(n, block_n) * split < TARGET_PROGRAMS and k % (2 * split * block_k) == 0 and split < 8:
+            split *= 2
+        found.append((block_n, block_k, split, 4, 3))
+    # whole-K programs: gate/up's double blocks stream best unsplit (0.80 of the copy bandwidth against 0.65)
+    found += [c for c in ((64, block_k, 1, 4, 3), (32, block_k, 1, 4, 4)) if c not in found]
+    return found
+
+
+if triton is not None:
+    @triton.jit
+    def _prefetch_l2(ptrs):
+        """Ask for the lines at `ptrs` to be loaded into L2 (a hint: nothing waits for it)."""
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
+    @triton.jit
+    def _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype: tl.constexpr,
+                  GATED: tl.constexpr, RESIDUAL: tl.constexpr):
+        out = acc
+        if GATED:  # act_fn(gate) * up on bf16 tensors: each op rounded to the dtype
+            gate = acc.to(dtype).to(tl.float32)
+            act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+            out = act * acc2.to(dtype).to(tl.float32)
+        if RESIDUAL:  # x + proj(...): the product rounded, then the sum
+            res = tl.load(res_ptr + m[:, None] * stride_rm + n[None, :], mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+            out = out.to(dtype).to(tl.float32) + res.to(tl.float32)
+        tl.store(out_ptr + m[:, None] * stride_om + n[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, M, N, stride_xm, stride_wn, stride_om,
+                     stride_rm, eps, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
+                     STAGES: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
+        pid = tl.program_id(0)
+        part = tl.program_id(1)  # which K / SPLIT slice of the product this program sums
+        n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        m = tl.arange(0, BLOCK_M)
+        kk = tl.arange(0, BLOCK_K)
+        m_ok = m < M
+        n_ok = n < N
+        dtype = w_ptr.dtype.element_ty
+        first = part * (K // SPLIT)
+        if PDL:
+            # Launched before the previous kernel (its input) has finished: weights never depend on it, so the
+            # first tiles of this program's slice are fetched into L2 now, then it waits, then it lets the next
+            # product launch the same way. Hides most of each launch's ramp-up in a chain of products.
+            lines = tl.arange(0, (2 * BLOCK_K if K // SPLIT >= 2 * BLOCK_K else K // SPLIT) // 64) * 64
+            rows = tl.minimum(n, N - 1)
+            _prefetch_l2(w_ptr + rows[:, None] * stride_wn + first + lines[None, :])
+            if GATED:
+                _prefetch_l2(w_ptr + (rows + N)[:, None] * stride_wn + first + lines[None, :])
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        # K is a constant of the compiled kernel (a model has two or three widths; Triton's interpreter
+        # wants constant loop bounds) and a multiple of SPLIT * BLOCK_K (the host picks them so).
+        if NORM:  # the rows' mean square, over the whole K whatever slice this program sums
+            sq = tl.zeros([BLOCK_M], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                xs = tl.load(x_ptr + m[:, None] * stride_xm + (k0 + kk)[None, :], mask=m_ok[:, None], other=0.0)
+                xs = xs.to(tl.float32)
+                sq += tl.sum(xs * xs, 1)
+            rstd = 1.0 / tl.sqrt(sq / K + eps)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        x_rows = x_ptr + m[:, None] * stride_xm + first + kk[None, :]
+        w_rows = w_ptr + n[:, None] * stride_wn + first + kk[None, :]
+        for k0 in tl.range(0, K // SPLIT, BLOCK_K, num_stages=STAGES):
+            x = tl.load(x_rows + k0, mask=m_ok[:, None], other=0.0)
+            if NORM:  # LlamaRMSNorm: weight * (x * rstd).to(dtype)
+                nw = tl.load(nw_ptr + first + k0 + kk).to(tl.float32)
+                x = ((x.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32) * nw[None, :]).to(dtype)
+            w = tl.load(w_rows + k0, mask=n_ok[:, None], other=0.0)
+            if UPCAST:  # Triton's interpreter multiplies bf16 tiles wrongly; exact in fp32
+                x = x.to(tl.float32)
+                w = w.to(tl.float32)
+            acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
+            if GATED:
+                w2 = tl.load(w_rows + N * stride_wn + k0, mask=n_ok[:, None], other=0.0)
+                if UPCAST:
+                    w2 = w2.to(tl.float32)
+                acc2 += tl.dot(x, tl.trans(w2), input_precision=PRECISION)
+        if SPLIT == 1:
+            _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype, GATED, RESIDUAL)
+        else:
+            # Split K: each program leaves its fp32 partial sums in the workspace; the last of a column
+            # block's SPLIT programs to arrive (a counter per block) adds them in a fixed order and writes
+            # the output, then zeroes the counter for the next launch. One launch, no reduction kernel.
+            tile = m[:, None] * N + n[None, :]
+            ws = ws_ptr + part * 2 * BLOCK_M * N
+            tl.store(ws + tile, acc, mask=n_ok[None, :])
+            if GATED:
+                tl.store(ws + BLOCK_M * N + tile, acc2, mask=n_ok[None, :])
+            tl.debug_barrier()  # every thread's partial stored before the counter says so
+            arrived = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel")
+            if arrived == SPLIT - 1:
+                tl.debug_barrier()
+                acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+                acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+                for s in tl.static_range(SPLIT):
+                    ws = ws_ptr + s * 2 * BLOCK_M * N
+                    acc += tl.load(ws + tile, mask=n_ok[None, :], other=0.0, cache_modifier=".cg")
+                    if GATED:
+                        acc2 += tl.load(ws + BLOCK_M * N + tile, mask=n_ok[None, :], other=0.0, cache_modifier=".cg")
+                _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype, GATED, RESIDUAL)
+                tl.atomic_xchg(count_ptr + pid, 0)
+
+
+_scratch: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # (workspace, counters) per device
+PDL = True  # programmatic dependent launch (Hopper+): each product prefetches its weights before the previous ends
+_pdl_works: bool | None = None  # None: not tried yet
+_kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+_picked: dict[tuple, tuple[int, int, int, int, int]] = {}  # the timed choice per (shape, fusions, rows)
+
+
+def _buffers(device: torch.device, ws_floats: int, counters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split-K workspace and zeroed counters, grown when a larger product comes (never inside a capture:
+    every shape runs eagerly before its graph is captured). Replaced buffers stay allocated: graphs captured
+    with them still use them."""
+    ws, count = _scratch.get(device, (None, None))
+    if ws is None or ws.numel() < ws_floats or count.numel() < counters:
+        ws = torch.empty(max(ws_floats, 0 if ws is None else ws.numel()), dtype=torch.float32, device=device)
+        count = torch.zeros(max(counters, 0 if count is None else count.numel()), dtype=torch.int32, device=device)
+        _scratch[device] = ws, count
+        _kept.append((ws, count))
+    return ws, count
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None,
+            norm_weight: torch.Tensor | None, eps: float, gated: bool, config: tuple[int, int, int, int, int]) -> None:
+    m, k = x.shape
+    n = out.shape[1]
+    block_n, block_k, split, warps, stages = config
+    assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
+    tiles = triton.cdiv(n, block_n)
+    ws, count = _buffers(x.device, split * 2 * MAX_ROWS * n if split > 1 else 1, tiles)
+    dummy = weight  # pointer arguments of the fusions that are off: never read
+    args = (x, weight, out, dummy if residual is None else residual, dummy if norm_weight is None else norm_weight, ws,
+            count, m, n, x.stride(0), weight.stride(0), out.stride(0), 0 if residual is None else residual.stride(0), eps)
+    meta = dict(K=k, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, BLOCK_M=MAX_ROWS,
+                BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=not x.is_cuda,
+                PRECISION="ieee" if weight.dtype == torch.float32 else "tf32", num_warps=warps)
+    pdl = x.is_cuda and PDL and _pdl_works is not False
+    if pdl and _pdl_works is None and not torch.cuda.is_current_stream_capturing():
+        try:  # the first launch on a GPU finds out whether this Triton and driver launch with PDL
+            _gemv_kernel[(tiles, split)](*args, **meta, PDL=True, launch_pdl=True)
+            _pdl_ok(True)
+            return
+        except Exception as err:  # noqa: BLE001 - any failure: plain launches from now on
+            _pdl_ok(False, err)
+            pdl = False
+    _gemv_kernel[(tiles, split)](*args, **meta, PDL=pdl, **({"launch_pdl": True} if pdl else {}))
+
+
+def _pdl_ok(works: bool, err: Exception | None = None) -> None:
+    global _pdl_works
+    _pdl_works = works
+    if err is not None:
+        log.warning("launching the decode products with PDL failed (%s): plain launches", err)
+
+
+def _pick(x, weight, out, residual, norm_weight, eps, gated) -> tuple[int, int, int, int, int]:
+    """The fastest candidate for this product, timed once on the real tensors with the L2 flushed before each run
+    (a decode step reads every weight from memory); the first candidate where timing is not possible."""
+    n, k = out.shape[1], x.shape[1]
+    found = candidates(n, k)
+    key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, x.shape[0] > 1)
+    if key in _picked or not x.is_cuda or torch.cuda.is_current_stream_capturing():
+        return _picked.get(key, found[0])
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device=x.device)
+    times = {}
+    for config in found:
+        _launch(x, weight, out, residual, norm_weight, eps, gated, config)  # compile
+        runs = []
+        for _ in range(10):
+            flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            _launch(x, weight, out, residual, norm_weight, eps, gated, config)
+            end.record()
+            end.synchronize()
+            runs.append(start.elapsed_time(end))
+        times[config] = sorted(runs)[len(runs) // 2]
+    _picked[key] = min(times, key=times.get)
+    return _picked[key]
+
+
+@torch.library.custom_op("myassistant::gemv", mutates_args=())
+def gemv(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor | None,
+         eps: float, gated: bool, out_float: bool) -> torch.Tensor:
+    """``[norm](x) @ weight.T`` for x [m, K] (m <= MAX_ROWS): [m, N], or [m, N/2] when `gated` (SiLU(gate) * up of
+    the merged [gate; up] weight); plus `residual` [m, N] when given; float32 when `out_float` (logits)."""
+    n = weight.shape[0] // 2 if gated else weight.shape[0]
+    out = torch.empty(x.shape[0], n, dtype=torch.float32 if out_float else weight.dtype, device=x.device)
+    _launch(x, weight, out, residual, norm_weight, eps, gated, _pick(x, weight, out, residual, norm_weight, eps, gated))
+    return out
+
+
+@gemv.register_fake
+def _(x, weight, residual, norm_weight, eps, gated, out_float):
+    n = weight.shape[0] // 2 if gated else weight.shape[0]
+    return x.new_empty(x.shape[0], n, dtype=torch.float32 if out_float else weight.dtype)
+
+
+def usable(weight: torch.Tensor, rows: int) -> bool:
+    """Whether a product of `rows` rows against `weight` runs the fused kernel (CUDA, bf16 / fp16, few rows)."""
+    return (triton is not None and weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)
+            and rows <= MAX_ROWS and weight.shape[1] % 16 == 0)

@@ -1,0 +1,100 @@
+"""The decode step's fused matrix products (chat.gemv): RMSNorm prologue, SiLU*mul and residual epilogues,
+float32 logits; against the same steps in float64 (each rounding the model's modules make, made too), and a
+whole decode step with the kernels against the model's modules.
+
+On a GPU the Triton kernel runs for real (`gpu`); on a CPU under Triton's interpreter when Triton is installed
+(its bf16 conversions truncate, so bf16 is checked loosely there and float32 tightly)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+# (norm, gated, residual, float32 out): the products of a decode step (qkv, gate/up, o/down, lm_head) and a bare one
+VARIANTS = [(True, False, False, False), (True, True, False, False), (False, False, True, False),
+            (True, False, False, True), (False, False, False, False)]
+
+
+def reference(x, w, res, nw, gated, dtype):
+    """float64 with the modules' roundings to `dtype` (normalised input, norm output, product, SiLU, up)."""
+    r = lambda t: t.to(dtype).double()  # noqa: E731
+    h = x.double()
+    if nw is not None:
+        h = r(nw.double() * r(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)))
+    y = h @ w.double().T
+    if gated:
+        g, u = y.chunk(2, -1)
+        y = r(F.silu(r(g))) * r(u)
+    if res is not None:
+        y = res.double() + r(y)
+    return y
+
+
+def check(device: str, bf16_tol: float) -> None:
+    from myassistant.chat.gemv import gemv
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, bf16_tol)):
+        for norm, gated, residual, out_float in VARIANTS:
+            for rows, n, k in ((1, 72, 256), (3, 64, 512), (8, 48, 1024), (16, 80, 256)):
+                w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, dtype)
+                x = torch.randn(rows, k, generator=gen).to(device, dtype)
+                nw = (1 + 0.1 * torch.randn(k, generator=gen)).to(device, dtype) if norm else None
+                res = torch.randn(rows, n, generator=gen).to(device, dtype) if residual else None
+                got = gemv(x, w, res, nw, 1e-5, gated, out_float)
+                want = reference(x, w, res, nw, gated, dtype)
+                assert got.shape == want.shape and got.dtype == (torch.float32 if out_float else dtype)
+                err = float((got.double() - want).norm() / want.norm())
+                assert err <= tol, f"{dtype} norm={norm} gated={gated} residual={residual} rows={rows}: error {err}"
+
+
+def check_decode_step(device: str, dtype: torch.dtype, tol: float) -> None:
+    """A decode step with the fused kernels (forced on where they are not used by default) against the modules."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from myassistant.chat import fast, gemv
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=500, rms_norm_eps=1e-5)
+    model = LlamaForCausalLM(config).to(device, dtype).eval()
+    ids = torch.randint(0, 500, (2, 12), device=device)
+    usable = gemv.usable
+    logits = []
+    for fused in (False, True):
+        gemv.usable = (lambda w, rows: rows <= gemv.MAX_ROWS) if fused else (lambda w, rows: False)
+        decoder = fast.StaticCacheDecoder(model, 64, compile=False)
+        cache = decoder.new_cache(rows=2)
+        with torch.inference_mode():
+            for row in range(2):
+                decoder.prefill(ids[row:row + 1, :10], cache, row)
+            positions = torch.tensor([10, 10], device=device)
+            decoder.decode(ids[:, 10], positions, cache, 16)
+            logits.append(decoder.decode(ids[:, 11], positions + 1, cache, 16))
+    gemv.usable = usable
+    err = float((logits[1] - logits[0]).norm() / logits[0].norm())
+    assert err <= tol, f"{dtype}: fused decode step differs from the modules' by {err}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
+def test_fused_products_and_decode_step_under_tritons_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}  # read when the kernel is defined: a fresh process
+    code = ("import torch, test_gemv as t; t.check('cpu', 4e-2); t.check_decode_step('cpu', torch.float32, 1e-5);"
+            "t.check_decode_step('cpu', torch.bfloat16, 3e-2)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, text=True,
+                          capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_fused_products_and_decode_step():
+    check("cuda", 1e-2)
+    check_decode_step("cuda", torch.float32, 1e-5)
+    check_decode_step("cuda", torch.bfloat16, 1e-2)
