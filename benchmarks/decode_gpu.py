@@ -16,8 +16,6 @@ Cases (random weights, greedy, stop tokens off so every reply has --new-tokens t
 - ``same_tokens_fp32``: the same comparison with fp32 weights (no near-ties at this precision).
 - ``ttft_512``: time to first token for a ~512-token chat prompt, templating and history trimming included.
 - ``step_ms``: one graphed decode step replayed back to back (GPU time, no host work) for 1 and 8 rows.
-- ``pdl``: the 1-row step's graph with chat.gemv's products launched with programmatic dependent launch (the
-  default) against a graph captured with plain launches: the largest logit difference and both replay times.
 - ``concurrent_N``: N chats streaming at once from threads, sharing the steps; per-chat and total tokens/s.
 - ``copy_bandwidth``: this GPU's memory bandwidth, measured in the same run: a 4 GiB ``dst.copy_(src)``
   timed with CUDA events, bytes read + written / time (median of 10).
@@ -107,28 +105,6 @@ def step_ms(engine: ChatEngine, rows: int, length: int = 256, reps: int = 50) ->
     return (time.perf_counter() - start) / reps * 1e3
 
 
-def pdl_check(engine: ChatEngine) -> dict:
-    """The 1-row step captured with chat.gemv's products launched with PDL (the default) against one captured
-    with plain launches: same logits (a race would show here), and each graph's replay time."""
-    batch = engine.batch
-    with torch.inference_mode():
-        graph, logits = batch.graphs[(1, 256)]
-        graph.replay()
-        with_pdl = logits.clone()
-        gemv.PDL = False
-        try:
-            plain_graph, plain_logits = batch._graph(1, 256)
-            plain_graph.replay()
-        finally:
-            gemv.PDL = True
-    result = {"pdl_launches": gemv._pdl_works, "max_abs_diff": float((with_pdl - plain_logits).abs().max()),
-              "step_ms_pdl": round(step_ms(engine, 1), 3)}
-    batch.graphs[(1, 256)] = plain_graph, plain_logits
-    result["step_ms_plain"] = round(step_ms(engine, 1), 3)
-    batch.graphs[(1, 256)] = graph, logits
-    return result
-
-
 def concurrent(engine: ChatEngine, messages: list[dict], chats: int, new_tokens: int) -> dict:
     stats = [GenerationStats() for _ in range(chats)]
     settings = GenerationSettings(temperature=0, max_new_tokens=new_tokens)
@@ -201,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         emit(f"concurrent_{chats}", new_tokens=args.new_tokens, **result,
              slowest_of_one_chat=round(result["min_chat_tokens_per_s"] / (stats.new_tokens / stats.elapsed_s), 3))
     rows_1_ms = step_ms(engine, 1)
-    emit("pdl", **pdl_check(engine))
     emit("step_ms", rows_1=round(rows_1_ms, 3), rows_8=round(step_ms(engine, 8), 3))
     emit("roofline", weights_gb=round(weight_bytes / 1e9, 2), tokens_per_s=round(roofline, 1),
          bandwidth_tb_per_s=round(bandwidth / 1e12, 3),

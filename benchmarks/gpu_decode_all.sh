@@ -4,23 +4,14 @@
 #   2. the decode step's products against cuBLAS (benchmarks.gemv_gpu; SWEEP=1 adds the config sweep);
 #   3. per-kernel profiles of a decode step and a 512-token prefill, fused and baseline (benchmarks.decode_profile);
 #   4. text decode, 1.8B, with the copy bandwidth measured in the same run (benchmarks.decode_gpu --no-fp32);
-#   5. the 7B shape: bf16 and weight-only int8 / int4 decode (benchmarks.decode_gpu --shape internlm2-7b).
+#   5. the 7B shape in bf16 (benchmarks.decode_gpu --shape internlm2-7b).
 #
 #   device run, carry [".cache/i22a_whl"]: bash benchmarks/gpu_decode_all.sh
 #   (PARTS="tests gemv profile decode 7b" picks parts; .cache/i22a_whl holds transformers 5.24, see README.md)
-set -o pipefail
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-OUT=${OUT:-/tmp/gpu_decode}; mkdir -p "$OUT"
-W=${WHEELS:-.cache/i22a_whl}
+OUT=${OUT:-/tmp/gpu_decode}
+source benchmarks/gpu_env.sh
 PARTS=${PARTS:-tests gemv profile decode 7b}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $W/*.whl \
-    >/dev/null 2>&1 || echo "wheels: install failed"
-mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/myassistant  # the checkout is the package `myassistant`
-export PYTHONPATH=/tmp/site:/tmp/pkg:$PWD
-RES="$OUT/results.jsonl"; : > "$RES"
-json() { grep -ao '{"[a-z_0-9]*": .*}$' | tee -a "$RES"; }
 has() { [[ " $PARTS " == *" $1 "* ]]; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 if has tests; then echo "=== gpu tests"
 timeout "${T_TESTS:-240}" python3 -m pytest -v -p no:cacheprovider -m gpu ${TESTS:-tests/test_gemv.py \
@@ -35,4 +26,4 @@ timeout "${T_PROF:-80}" python3 -m benchmarks.decode_profile 2>&1 | tee "$OUT/pr
 if has decode; then echo "=== 1.8B decode"
 timeout "${T_DECODE:-110}" python3 -m benchmarks.decode_gpu --no-fp32 2>&1 | tee "$OUT/decode.log" | json; fi
 if has 7b; then echo "=== 7B decode"
-timeout "${T_7B:-150}" python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --quant 2>&1 | tee "$OUT/decode7b.log" | json; fi
+timeout "${T_7B:-150}" python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --new-tokens 128 2>&1 | tee "$OUT/decode7b.log" | json; fi

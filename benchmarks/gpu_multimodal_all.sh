@@ -9,17 +9,8 @@
 #   device run, carry [".cache/i22a_whl"]: bash benchmarks/gpu_multimodal_all.sh
 #   (.cache/i22a_whl: bitsandbytes 0.50.2 slimmed as benchmarks/README.md says, transformers 5.24.0, peft 0.21.2,
 #    datasets, dill, multiprocess)
-set -o pipefail
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-OUT=${OUT:-/tmp/gpu_multimodal}; mkdir -p "$OUT"
-W=${WHEELS:-.cache/i22a_whl}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $W/*.whl \
-    >/dev/null 2>&1 || echo "wheels: install failed"
-mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/myassistant  # the checkout is the package `myassistant`
-export PYTHONPATH=/tmp/site:/tmp/pkg:$PWD
-RES="$OUT/results.jsonl"; : > "$RES"
-json() { grep -ao '{"[a-z_0-9]*": .*}$' | tee -a "$RES"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+OUT=${OUT:-/tmp/gpu_multimodal}
+source benchmarks/gpu_env.sh
 
 echo "=== split-KV attention vs SDPA"
 timeout "${T_ATTN:-45}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_decode_attention.py 2>&1 | tail -3

@@ -1,17 +1,26 @@
 """Skinny matrix products of a decode step (1-16 rows against a weight matrix) with the neighbours fused in.
 
 A batch-1 decode step of a 1.8B model is 97 matrix products of 1-8 rows against 2048-wide weights:
-pure weight reads. cuBLAS's kernels for these shapes reach about half the GPU's copy bandwidth and
-each product comes with its own RMSNorm, SiLU*mul, residual add and cast kernels around it (on top
-of the read, every extra kernel is a launch and a ramp-up in a graph). Here one Triton kernel does:
+pure weight reads, each with its own RMSNorm, SiLU*mul, residual add or cast kernel around it under
+cuBLAS (every extra kernel is a launch and a ramp-up in a graph). Here one Triton kernel does:
 
 - ``NORM``: the RMSNorm of the input rows as the prologue (each program recomputes the rows' mean
   square from the 2048-wide input, read from L2: no normalised copy is written);
-- the product, each program owning BLOCK_N output features over the whole K (weights streamed once,
-  fp32 accumulation on the tensor cores, the rows padded to 16);
+- the product, each program owning BLOCK_N output features (weights streamed once, fp32 accumulation
+  on the tensor cores, the rows padded to 16), over the whole K or a 1/SPLIT slice of it: the slices'
+  partial sums meet in a workspace and the last program of a column block to arrive adds them in a
+  fixed order (one launch, deterministic);
 - ``GATED``: SiLU(gate) * up as the epilogue of the merged [gate; up] weight (a program reads gate
   rows j and up rows I + j, so the 2I-wide intermediate is never written);
 - ``RESIDUAL``: the residual add as the epilogue.
+
+Block width and split are timed per product shape at its first (eager) call, with the L2 flushed.
+Measured on an H200 (benchmarks/gemv_gpu.py, graphs of back-to-back products, fraction of the copy
+bandwidth, 1 row, ours / cuBLAS with the modules around it): qkv 0.35 / 0.24, o_proj 0.27 / 0.27,
+gate/up 0.65 / 0.45, down 0.55 / 0.57, lm_head 0.88 / 0.82. The small products are bound by a fixed
+~5 us a kernel (o_proj: 7.4 us for 2 us of reads, ours and cuBLAS alike), not by the reads; launching
+with programmatic dependent launch and prefetching each product's first weight tiles into L2 before
+waiting on the previous kernel did not shorten a step (1.618 vs 1.592 ms), so it was dropped.
 
 Every rounding step is the model's own (normalised input rounded to the weights' dtype before the
 norm's weight, SiLU and products rounded as bf16 tensors would be), so the result differs from the
@@ -21,8 +30,6 @@ under Triton's interpreter on a CPU (TRITON_INTERPRET=1), which is how tests che
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 
 try:
@@ -30,8 +37,6 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs: the model's modules everywhere
     triton = None
-
-log = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # rows a product takes (one tensor-core tile); more rows go to cuBLAS, which is good there
 BLOCK_K = 256
@@ -58,12 +63,6 @@ def candidates(n: int, k: int) -> list[tuple[int, int, int, int, int]]:
 
 if triton is not None:
     @triton.jit
-    def _prefetch_l2(ptrs):
-        """Ask for the lines at `ptrs` to be loaded into L2 (a hint: nothing waits for it)."""
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                                  is_pure=False, pack=1)
-
-    @triton.jit
     def _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype: tl.constexpr,
                   GATED: tl.constexpr, RESIDUAL: tl.constexpr):
         out = acc
@@ -81,7 +80,7 @@ if triton is not None:
     def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, M, N, stride_xm, stride_wn, stride_om,
                      stride_rm, eps, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
-                     STAGES: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
+                     STAGES: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
         pid = tl.program_id(0)
         part = tl.program_id(1)  # which K / SPLIT slice of the product this program sums
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -91,17 +90,6 @@ if triton is not None:
         n_ok = n < N
         dtype = w_ptr.dtype.element_ty
         first = part * (K // SPLIT)
-        if PDL:
-            # Launched before the previous kernel (its input) has finished: weights never depend on it, so the
-            # first tiles of this program's slice are fetched into L2 now, then it waits, then it lets the next
-            # product launch the same way. Hides most of each launch's ramp-up in a chain of products.
-            lines = tl.arange(0, (2 * BLOCK_K if K // SPLIT >= 2 * BLOCK_K else K // SPLIT) // 64) * 64
-            rows = tl.minimum(n, N - 1)
-            _prefetch_l2(w_ptr + rows[:, None] * stride_wn + first + lines[None, :])
-            if GATED:
-                _prefetch_l2(w_ptr + (rows + N)[:, None] * stride_wn + first + lines[None, :])
-            tl.extra.cuda.gdc_wait()
-            tl.extra.cuda.gdc_launch_dependents()
         # K is a constant of the compiled kernel (a model has two or three widths; Triton's interpreter
         # wants constant loop bounds) and a multiple of SPLIT * BLOCK_K (the host picks them so).
         if NORM:  # the rows' mean square, over the whole K whatever slice this program sums
@@ -157,8 +145,6 @@ if triton is not None:
 
 
 _scratch: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # (workspace, counters) per device
-PDL = True  # programmatic dependent launch (Hopper+): each product prefetches its weights before the previous ends
-_pdl_works: bool | None = None  # None: not tried yet
 _kept: list[tuple[torch.Tensor, torch.Tensor]] = []
 _picked: dict[tuple, tuple[int, int, int, int, int]] = {}  # the timed choice per (shape, fusions, rows)
 
@@ -190,23 +176,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, residual: 
     meta = dict(K=k, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, BLOCK_M=MAX_ROWS,
                 BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=not x.is_cuda,
                 PRECISION="ieee" if weight.dtype == torch.float32 else "tf32", num_warps=warps)
-    pdl = x.is_cuda and PDL and _pdl_works is not False
-    if pdl and _pdl_works is None and not torch.cuda.is_current_stream_capturing():
-        try:  # the first launch on a GPU finds out whether this Triton and driver launch with PDL
-            _gemv_kernel[(tiles, split)](*args, **meta, PDL=True, launch_pdl=True)
-            _pdl_ok(True)
-            return
-        except Exception as err:  # noqa: BLE001 - any failure: plain launches from now on
-            _pdl_ok(False, err)
-            pdl = False
-    _gemv_kernel[(tiles, split)](*args, **meta, PDL=pdl, **({"launch_pdl": True} if pdl else {}))
-
-
-def _pdl_ok(works: bool, err: Exception | None = None) -> None:
-    global _pdl_works
-    _pdl_works = works
-    if err is not None:
-        log.warning("launching the decode products with PDL failed (%s): plain launches", err)
+    _gemv_kernel[(tiles, split)](*args, **meta)
 
 
 def _pick(x, weight, out, residual, norm_weight, eps, gated) -> tuple[int, int, int, int, int]:

@@ -44,13 +44,17 @@ def check(device: str) -> None:
             assert err <= tol, f"{dtype} rows {rows} length {length}: max error {err}"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
-def test_split_kv_attention_equals_sdpa_under_tritons_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}  # read when the kernels are defined: a fresh process
-    code = "import test_decode_attention as t; t.check('cpu')"
+def run_interpreted(code: str) -> None:
+    """Run `code` in a fresh Python in tests/ with Triton's interpreter on (read when kernels are defined)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, text=True,
                           capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
+def test_split_kv_attention_equals_sdpa_under_tritons_interpreter():
+    run_interpreted("import test_decode_attention as t; t.check('cpu')")
 
 
 @pytest.mark.gpu

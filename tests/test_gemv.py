@@ -7,13 +7,10 @@ On a GPU the Triton kernel runs for real (`gpu`); on a CPU under Triton's interp
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from test_decode_attention import run_interpreted
 from torch.nn import functional as F
 
 # (norm, gated, residual, float32 out): the products of a decode step (qkv, gate/up, o/down, lm_head) and a bare one
@@ -84,12 +81,8 @@ def check_decode_step(device: str, dtype: torch.dtype, tol: float) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
 def test_fused_products_and_decode_step_under_tritons_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}  # read when the kernel is defined: a fresh process
-    code = ("import torch, test_gemv as t; t.check('cpu', 4e-2); t.check_decode_step('cpu', torch.float32, 1e-5);"
-            "t.check_decode_step('cpu', torch.bfloat16, 3e-2)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, text=True,
-                          capture_output=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2); t.check_decode_step('cpu', torch.float32, 1e-5);"
+                    "t.check_decode_step('cpu', torch.bfloat16, 3e-2)")
 
 
 @pytest.mark.gpu
