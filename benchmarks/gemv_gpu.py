@@ -25,7 +25,8 @@ from benchmarks.decode_cpu import SHAPES  # noqa: E402
 from benchmarks.decode_gpu import copy_bandwidth, emit  # noqa: E402
 from myassistant.chat import gemv  # noqa: E402
 
-SWEEP = list(itertools.product((16, 32, 64), (256,), (1, 2, 4, 8), (4,), (3, 4)))  # BLOCK_N, BLOCK_K, SPLIT, warps, stages
+# (BLOCK_N, BLOCK_K, SPLIT, warps, stages)
+SWEEP = list(itertools.product((16, 32, 64), (256,), (1, 2, 4, 8), (4,), (3, 4)))
 
 
 def products(shape: dict) -> dict[str, tuple[int, int, bool, bool, bool]]:

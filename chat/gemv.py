@@ -172,7 +172,8 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, residual: 
     ws, count = _buffers(x.device, split * 2 * MAX_ROWS * n if split > 1 else 1, tiles)
     dummy = weight  # pointer arguments of the fusions that are off: never read
     args = (x, weight, out, dummy if residual is None else residual, dummy if norm_weight is None else norm_weight, ws,
-            count, m, n, x.stride(0), weight.stride(0), out.stride(0), 0 if residual is None else residual.stride(0), eps)
+            count, m, n, x.stride(0), weight.stride(0), out.stride(0),
+            0 if residual is None else residual.stride(0), eps)
     meta = dict(K=k, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, BLOCK_M=MAX_ROWS,
                 BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=not x.is_cuda,
                 PRECISION="ieee" if weight.dtype == torch.float32 else "tf32", num_warps=warps)
