@@ -16,9 +16,6 @@ Cases (random weights, greedy, stop tokens off so every reply has --new-tokens t
 - ``same_tokens_fp32``: the same comparison with fp32 weights (no near-ties at this precision).
 - ``ttft_512``: time to first token for a ~512-token chat prompt, templating and history trimming included.
 - ``step_ms``: one graphed decode step replayed back to back (GPU time, no host work) for 1 and 8 rows.
-- ``quality`` (``--weight-bits 8|4``): the decoder layers' weights quantised weight-only before warm-up; the
-  teacher-forced top-1 agreement and relative logits error against bf16 on the fixed prompts (all later cases
-  then run quantised; ``roofline`` still counts bf16 bytes, ``roofline_quantised`` the bytes a step reads).
 - ``concurrent_N``: N chats streaming at once from threads, sharing the steps; per-chat and total tokens/s.
 - ``copy_bandwidth``: this GPU's memory bandwidth, measured in the same run: a 4 GiB ``dst.copy_(src)``
   timed with CUDA events, bytes read + written / time (median of 10).
@@ -40,7 +37,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmarks.decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
+from benchmarks.decode_cpu import SHAPES  # noqa: E402
 from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats, gemv  # noqa: E402
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
@@ -108,35 +105,6 @@ def step_ms(engine: ChatEngine, rows: int, length: int = 256, reps: int = 50) ->
     return (time.perf_counter() - start) / reps * 1e3
 
 
-def teacher_forced(engine: ChatEngine, sequences: list[list[int]], follow: int = 0) -> list[torch.Tensor]:
-    """Float32 logits at every position of each sequence, fed one token at a time through the engine's decoder
-    (the decode steps' products); with `follow`, that many greedy tokens are appended to each sequence first."""
-    decoder, out = engine.decoder, []
-    with torch.inference_mode():
-        for seq in sequences:
-            step, logits = decoder.eager(decoder.new_cache(len(seq) + follow + 1)), []
-            for i in range(len(seq) + follow):
-                if i >= len(seq):
-                    seq.append(int(logits[-1].argmax()))
-                logits.append(step(torch.tensor([[seq[i]]], device=decoder.device))[0])
-            out.append(torch.stack(logits))
-    return out
-
-
-def quantised_quality(engine: ChatEngine, bits: int) -> dict:
-    """Teacher-forced top-1 agreement and relative logits error of the quantised decode against bf16: the 8 fixed
-    chat prompts and 32 greedy bf16 tokens after each, fed the same tokens in both (random weights: near-ties
-    make this a pessimistic measure, as the CPU int8 one in README_decode.md)."""
-    settings = GenerationSettings(temperature=0, max_new_tokens=32)
-    sequences = [engine.prompt([{"role": "user", "content": p}], settings)[0] for p in QUALITY_PROMPTS]
-    want = torch.cat(teacher_forced(engine, sequences, follow=32))
-    engine.decoder.quantize_weights(bits)
-    got = torch.cat(teacher_forced(engine, sequences))
-    agree = float((got.argmax(-1) == want.argmax(-1)).float().mean())
-    return {"positions": len(want), "top1_agreement": round(agree, 3),
-            "relative_logits_error": round(float((got - want).norm() / want.norm()), 4)}
-
-
 def concurrent(engine: ChatEngine, messages: list[dict], chats: int, new_tokens: int) -> dict:
     stats = [GenerationStats() for _ in range(chats)]
     settings = GenerationSettings(temperature=0, max_new_tokens=new_tokens)
@@ -159,8 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=SHAPES, default="internlm2-1.8b")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--no-fp32", action="store_true", help="skip the fp32 token comparison")
-    parser.add_argument("--weight-bits", type=int, choices=(16, 8, 4), default=16,
-                        help="decode with weight-only int8 / int4 layer weights (StaticCacheDecoder.quantize_weights)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
@@ -168,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = ChatEngine(model, tokenizer, name=args.shape)
     engine.stop_ids = []  # random weights: every reply runs the full length
     emit("device", name=torch.cuda.get_device_name(0), torch=torch.__version__, rows=engine.batch.rows,
-         cache_tokens_per_row=engine.batch.max_len, shape=args.shape, weight_bits=args.weight_bits)
-    if args.weight_bits < 16:
-        emit("quality", bits=args.weight_bits, **quantised_quality(engine, args.weight_bits))
+         cache_tokens_per_row=engine.batch.max_len)
     start = time.perf_counter()
     engine.warm_up()
     emit("warm_up", seconds=round(time.perf_counter() - start, 1), graphs=sorted(engine.batch.graphs),
@@ -218,14 +182,6 @@ def main(argv: list[str] | None = None) -> int:
          bandwidth_tb_per_s=round(bandwidth / 1e12, 3),
          decode_of_bandwidth=round(stats.tokens_per_s * weight_bytes / bandwidth, 3),
          step_1_row_of_bandwidth=round(weight_bytes / bandwidth / (rows_1_ms / 1e3), 3))
-    if args.weight_bits < 16:  # the bytes a step reads: the layers' quantised weights instead of their bf16 ones
-        dense = sum(m.weight.numel() * m.weight.element_size() for m in model.model.layers.modules()
-                    if isinstance(m, torch.nn.Linear))
-        quantised = sum(t.numel() * t.element_size() for weights in engine.decoder.fused for w in weights for t in w)
-        read = weight_bytes - dense + quantised
-        emit("roofline_quantised", weights_gb=round(read / 1e9, 2), tokens_per_s=round(bandwidth / read, 1),
-             decode_of_bandwidth=round(stats.tokens_per_s * read / bandwidth, 3),
-             step_1_row_of_bandwidth=round(read / bandwidth / (rows_1_ms / 1e3), 3))
 
     if not args.no_fp32:
         del engine, model

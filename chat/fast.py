@@ -65,16 +65,14 @@ def _plain_linear(module: torch.nn.Module) -> bool:
     return type(module) is torch.nn.Linear and module.bias is None
 
 
-Weights = tuple  # a layer's (qkv, gate_up, o_proj, down_proj) weights: tensors, or chat.gemv.QuantWeight
+def fuse_projections(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One [q;k;v] and one [gate;up] weight for `layer`, the model's Linear weights made views into them.
 
-
-def fuse_projections(layer: torch.nn.Module) -> Weights | None:
-    """[q;k;v], [gate;up], o_proj and down_proj weights of `layer`, the model's Linear weights made views into the
-    merged ones. None when the projections are not plain bias-free Linear layers (int8, LoRA, ...).
+    None when the projections are not plain bias-free Linear layers (int8, LoRA, ...).
     """
     attn, mlp = layer.self_attn, layer.mlp
     groups = ((attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj))
-    if not all(_plain_linear(m) for m in (*groups[0], *groups[1], attn.o_proj, mlp.down_proj)):
+    if not all(_plain_linear(m) for group in groups for m in group):
         return None
     fused = []
     with torch.no_grad():
@@ -86,15 +84,10 @@ def fuse_projections(layer: torch.nn.Module) -> Weights | None:
                 m.weight = torch.nn.Parameter(weight[start:start + rows], requires_grad=False)
                 start += rows
             fused.append(weight)
-    return fused[0], fused[1], attn.o_proj.weight, mlp.down_proj.weight
+    return fused[0], fused[1]
 
 
-def _matmul(x: torch.Tensor, weight: torch.Tensor | gemv.QuantWeight) -> torch.Tensor:
-    """x @ weight.T for the paths without the fused kernels (prefill, CPU): quantised weights dequantised first."""
-    return F.linear(x, gemv.dequantize(weight, x.dtype) if isinstance(weight, gemv.QuantWeight) else weight)
-
-
-def decoder_layer(layer: torch.nn.Module, fused: Weights | None, x: torch.Tensor,
+def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tensor] | None, x: torch.Tensor,
                   cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
                   segments: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -112,13 +105,14 @@ def decoder_layer(layer: torch.nn.Module, fused: Weights | None, x: torch.Tensor
     fused_kernels = (mask is not None and fused is not None and gemv.usable(fused[0], b)
                      and type(mlp.act_fn).__name__ in SILU)
     if fused_kernels:  # norms, SiLU*mul and residual adds inside the matrix products (chat.gemv)
-        q, k, v = gemv.product(x.view(b, -1), fused[0], norm=layer.input_layernorm).split(
+        norm = layer.input_layernorm
+        q, k, v = gemv.gemv(x.view(b, -1), fused[0], None, norm.weight, norm.variance_epsilon, False, False).split(
             [attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim], -1)
         q, k, v = q[:, None], k[:, None], v[:, None]
     else:
         h = layer.input_layernorm(x)
         if fused is not None:
-            q, k, v = _matmul(h, fused[0]).split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim],
+            q, k, v = F.linear(h, fused[0]).split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim],
                                                   -1)
         else:
             q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
@@ -146,16 +140,17 @@ def decoder_layer(layer: torch.nn.Module, fused: Weights | None, x: torch.Tensor
                              mask, positions, attn.scaling)
         o = o.reshape(b, 1, -1)
     if fused_kernels:
-        x = gemv.product(o.view(b, -1), fused[2], residual=x.view(b, -1))
-        act = gemv.product(x, fused[1], norm=layer.post_attention_layernorm, gated=True)
-        return gemv.product(act, fused[3], residual=x).view(b, 1, -1)
-    if fused is None:
-        x = x + attn.o_proj(o)
-        h = layer.post_attention_layernorm(x)
-        return x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
-    x = x + _matmul(o, fused[2])
-    gate, up = _matmul(layer.post_attention_layernorm(x), fused[1]).chunk(2, dim=-1)
-    return x + _matmul(mlp.act_fn(gate) * up, fused[3])
+        x = gemv.gemv(o.view(b, -1), attn.o_proj.weight, x.view(b, -1), None, 0.0, False, False)
+        norm = layer.post_attention_layernorm
+        act = gemv.gemv(x, fused[1], None, norm.weight, norm.variance_epsilon, True, False)
+        return gemv.gemv(act, mlp.down_proj.weight, x, None, 0.0, False, False).view(b, 1, -1)
+    x = x + attn.o_proj(o)
+    h = layer.post_attention_layernorm(x)
+    if fused is not None:
+        gate, up = F.linear(h, fused[1]).chunk(2, dim=-1)
+    else:
+        gate, up = mlp.gate_proj(h), mlp.up_proj(h)
+    return x + mlp.down_proj(mlp.act_fn(gate) * up)
 
 
 class StaticCacheDecoder:
@@ -171,7 +166,6 @@ class StaticCacheDecoder:
         self.kv_heads = model.config.num_key_value_heads
         self.head_dim = self.layers[0].self_attn.head_dim
         self.fused = [fuse_projections(layer) for layer in self.layers]
-        self.weight_bits = 16
         compile = self.device.type == "cuda" if compile is None else compile
         # dynamic: one compile covers every batch size, cache length and prompt length (b == 1 and
         # the prefill get their own).
@@ -182,16 +176,6 @@ class StaticCacheDecoder:
             cos, sin = model.model.rotary_emb(probe, positions)  # the same tables the model computes
             self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
 
-    def quantize_weights(self, bits: int) -> None:
-        """Weight-only int8 (a scale per row) or int4 (a scale per row and 128 columns) for the decoder layers'
-        products (chat.gemv); the lm_head, embeddings and norms stay. Decode steps read the quantised weights in
-        the fused kernels; the prefill multiplies by their dequantised copies. Before any step is compiled or
-        captured. The model's own modules keep their weights (its `forward` and `generate` are unchanged), so
-        this saves no memory yet: it measures the speed and quality of the quantised decode."""
-        assert bits in (8, 4) and self.weight_bits == 16, "quantise once, to 8 or 4 bits"
-        self.fused = [None if w is None else tuple(gemv.quantize(t, bits) for t in w) for w in self.fused]
-        self.weight_bits = bits
-
     def new_cache(self, max_len: int | None = None, rows: int = 1) -> KVCache:
         with torch.inference_mode():
             return KVCache(len(self.layers), rows, self.kv_heads, self.head_dim,
@@ -201,7 +185,7 @@ class StaticCacheDecoder:
         """Float32 logits [b, vocab] of the last token of each row of `x` [b, n, hidden]."""
         head, norm = self.model.lm_head, self.model.model.norm
         if _plain_linear(head) and gemv.usable(head.weight, x.shape[0]):  # norm, product and cast in one kernel
-            return gemv.product(x[:, -1], head.weight, norm=norm, out_float=True)
+            return gemv.gemv(x[:, -1], head.weight, None, norm.weight, norm.variance_epsilon, False, True)
         return self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1].float()
 
     def prefill(self, ids: torch.Tensor, cache: KVCache, row: int = 0,
