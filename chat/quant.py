@@ -1,22 +1,25 @@
 """Int8 linear layers for CPU decoding.
 
 Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth, provided
-the kernel keeps up: int8 weights read a quarter of fp32's bytes and half of bf16's. Two of
-torch's own kernels are used, both with symmetric per-output-channel int8 weights:
+the kernel keeps up: int8 weights read a quarter of fp32's bytes and half of bf16's. Three kernels:
 
-- ``dynamic`` (default where torch has fbgemm/x86 quantized engines): ``quantized.linear_dynamic``,
-  which quantises each activation row to int8 on the fly (per token when decoding) and multiplies
-  with VNNI int8 dot products. It streams weights at about the memory bandwidth (~13 GB/s on one
+- ``blocks`` (the default where it builds): `chat.int8_blocks`, our C kernel with a scale per 32
+  weights and per 32 activations of a row (llama.cpp q8_0's granularity and bytes, each scale the best
+  of a few): on the 1.8B shape its logits are closer to fp32's than q8_0's and it decodes faster
+  (benchmarks/cpu_serving.py).
+- ``dynamic`` (torch's fbgemm/x86 quantized engine, symmetric per-output-channel int8 weights):
+  ``quantized.linear_dynamic``, which quantises each activation row to int8 on the fly (per token when
+  decoding) and multiplies with VNNI int8 dot products. It streams weights at about the memory bandwidth (~13 GB/s on one
   core of this 2-core AVX-512 machine). One scale per token is coarse where a row has outliers (the
   down projection's input, SwiGLU's product): ``two_pass`` quantises what the first pass rounded away as a
   second row of the same matrix product (the weights are still read once), which brings the logits error
   of the 1.8B shape from 0.12 to 0.07 of fp32's (llama.cpp q8_0: 0.063) for ~8 % more decode time at
   one chat and ~1.9x the prefill time (benchmarks/cpu_serving.py).
-- ``weight_only`` (the fallback): ``aten._weight_int8pack_mm`` (bf16 activations, weights
+- ``weight_only`` (the last resort): ``aten._weight_int8pack_mm`` (bf16 activations, weights
   dequantised in the kernel), exact in the activations but compute-bound at ~4-6 GB/s here.
 
-Quantised tensors are deprecated in torch 2.13 (pytorch#184982) but work; where they stop
-working the weight-only kernel takes over (`int8_kernel`).
+Quantised tensors are deprecated in torch 2.13 (pytorch#184982) but work; `int8_kernel` takes the
+first kernel that runs here and gives the right numbers.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ import warnings
 
 import torch
 from torch import nn
+
+from myassistant.chat import int8_blocks
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +47,15 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.kernel = linear.in_features, linear.out_features, kernel
         self.two_pass = two_pass and kernel == "dynamic"  # the weight-only kernel keeps its activations in bf16
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        if kernel == "blocks":
+            self.codes, self.scales = int8_blocks.pack(linear.weight.detach())
+            self.bias = bias
+            return
         weight = linear.weight.detach().float()
         # Scales rounded to bf16 before quantising: the weight_only kernel multiplies by bf16 scales.
         scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)
         q = torch.round(weight / scale.float()[:, None]).clamp(-128, 127).to(torch.int8).contiguous()
-        bias = None if linear.bias is None else linear.bias.detach().float().clone()
         if kernel == "dynamic":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # the deprecation of quantised tensors
@@ -61,7 +70,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.kernel == "dynamic":
+        if self.kernel == "blocks":
+            out = int8_blocks.linear(rows, self.codes, self.scales, self.out_features)
+            if self.bias is not None:
+                out = out + self.bias
+        elif self.kernel == "dynamic":
             # The kernel quantises its whole input with one scale and zero point (from its min and max).
             # Each row is scaled to peak 1 (and back after: the layer is linear), and a last row holding
             # -1 and 1 pins the range to [-1, 1]: every row (token) is quantised on its own, so a chat's
@@ -101,7 +114,7 @@ def _kernel_works(kernel: str) -> str | None:
         linear = nn.Linear(64, 32)
         x = torch.randn(3, 64)
         got, want = Int8Linear(linear, kernel)(x), linear(x).detach()
-    except (RuntimeError, AttributeError, NotImplementedError) as err:
+    except (RuntimeError, AttributeError, NotImplementedError, OSError) as err:
         return f"{kernel}: {str(err).splitlines()[0]}"
     if not torch.allclose(got, want, rtol=0.05, atol=0.05 * want.abs().max().item()):
         return f"{kernel}: wrong results"
@@ -110,10 +123,10 @@ def _kernel_works(kernel: str) -> str | None:
 
 @functools.cache
 def int8_kernel(prefer: str = "auto") -> str | None:
-    """The int8 kernel this torch build and CPU run: 'dynamic', 'weight_only', or None.
+    """The int8 kernel this machine runs: 'blocks', 'dynamic', 'weight_only', or None.
 
-    prefer: "auto" (dynamic, else weight_only), or one of them (that one, else None)."""
-    kernels = ["dynamic", "weight_only"] if prefer == "auto" else [prefer]
+    prefer: "auto" (blocks, else dynamic, else weight_only), or one of them (that one, else None)."""
+    kernels = ["blocks", "dynamic", "weight_only"] if prefer == "auto" else [prefer]
     for kernel in kernels:
         if (problem := _kernel_works(kernel)) is None:
             return kernel
@@ -146,6 +159,8 @@ def quantize_int8(model: nn.Module, prefer: str = "auto", two_pass: bool = False
     targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, Int8Linear(linear, kernel, two_pass))
+        # a layer whose inputs do not come in whole blocks of 32 takes torch's per-channel kernel
+        own = kernel if kernel != "blocks" or int8_blocks.fits(linear) else int8_kernel("dynamic") or "weight_only"
+        setattr(model.get_submodule(parent_name), child, Int8Linear(linear, own, two_pass))
     log.info("int8 weights (%s kernel) in %d linear layers", kernel, len(targets))
     return len(targets)

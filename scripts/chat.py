@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--quantize", default=s.quantize, choices=CHOICES["quantize"],
                          help="int8 linear weights; auto = on the CPU only")
     serving.add_argument("--int8-kernel", default=s.int8_kernel, choices=CHOICES["int8_kernel"],
-                         help="auto = dynamic where torch runs it, else weight_only")
+                         help="auto = blocks (a scale per 32 weights, C built at first use) where it builds, else dynamic, "
+                              "else weight_only")
     serving.add_argument("--fast-decode", action=argparse.BooleanOptionalAction, default=s.fast_decode,
                          help="static-cache decoder where the model allows it (default on)")
     serving.add_argument("--compile", action=argparse.BooleanOptionalAction, default=s.compile,

@@ -214,8 +214,8 @@ def test_cpu_default_is_int8_and_streams_what_generate_gives_on_the_same_weights
 def test_two_pass_int8_activations_are_closer_to_the_weights_and_decode_the_same_way(tiny_dir, exact):
     """quantize="int8_two_pass": what one int8 pass rounds away from the activations is a second row of the
     same product; closer logits than one pass, greedy replies equal `generate` on the same weights."""
-    one = ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="int8")
-    two = ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="int8_two_pass")
+    one = ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="int8", int8_kernel="dynamic")
+    two = ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="int8_two_pass", int8_kernel="dynamic")
     assert two.model.lm_head.two_pass and not one.model.lm_head.two_pass
     prompts = [torch.tensor([exact.prompt(ask(q), GREEDY)[0]]) for q in QUESTIONS]
     with torch.inference_mode():

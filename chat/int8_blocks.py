@@ -1,0 +1,103 @@
+"""Int8 weights with a scale per block of 32 (llama.cpp q8_0's granularity) for CPU decoding.
+
+torch's int8 kernels scale weights per output channel and (fbgemm) activations per token, which is
+coarse where a row has outliers: the 1.8B shape's logits error was twice llama.cpp q8_0's
+(benchmarks/cpu_serving.py). Here a small C kernel (``int8_blocks.c``, AVX-512 VNNI) keeps a scale
+per 32 weights (fp16, 1.0625 bytes a weight like q8_0) and quantises the activations per 32 values
+of each row, so it reads as few bytes as q8_0 and rounds no more. It is compiled with the system's C
+compiler at first use and cached (``$XDG_CACHE_HOME/myassistant``); where there is no compiler or no
+AVX-512 VNNI, `load` says why and `chat.quant` uses torch's kernels.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+BLOCK = 32  # columns per scale, as in the C source
+GROUP = 16  # output rows interleaved per 64-byte vector
+SOURCE = Path(__file__).with_name("int8_blocks.c")
+CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma", "-fopenmp",
+          "-shared", "-fPIC"]
+WEIGHT_STEPS, WEIGHT_STEP = 16, 0.003  # the scales a weight block tries: max/127 * (1 + i * step), |i| <= steps
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
+
+
+def _cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "myassistant"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        return base
+    except OSError:  # a read-only home (some hosts): the temporary folder
+        return Path(tempfile.gettempdir())
+
+
+@functools.cache
+def load() -> ctypes.CDLL:
+    """The compiled kernel (built once per source and flags); RuntimeError saying why where it cannot run."""
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    if missing := [f for f in CPU_FLAGS if f not in flags]:
+        raise RuntimeError(f"this CPU lacks {', '.join(missing)}")
+    source = SOURCE.read_bytes()
+    tag = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    lib_path = _cache_dir() / f"int8_blocks-{tag}.so"
+    if not lib_path.exists():
+        compiler = os.environ.get("CC", "cc")
+        tmp = lib_path.with_name(f"{lib_path.name}.{os.getpid()}.tmp")
+        try:
+            done = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
+        except OSError as err:
+            raise RuntimeError(f"no C compiler ({compiler}: {err.strerror})") from None
+        if done.returncode:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"{compiler} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        os.replace(tmp, lib_path)  # whole or not at all: another process may be loading it
+    lib = ctypes.CDLL(str(lib_path))
+    lib.int8_blocks_linear.restype = ctypes.c_int
+    lib.int8_blocks_linear.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.int8_blocks_quantize.restype = None
+    lib.int8_blocks_quantize.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_float,
+                                         ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+def fits(linear: torch.nn.Linear) -> bool:
+    """Whether the kernel takes this layer (its inputs come in whole blocks)."""
+    return linear.in_features % BLOCK == 0
+
+
+@torch.no_grad()
+def pack(weight: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 weights + 128 in the kernel's interleaved layout, fp16 scales) of a [out, in] weight.
+
+    Each block's scale is the best of WEIGHT_STEPS around max/127 (C: `round_block`); rows are
+    converted `chunk_rows` at a time, so a bf16 lm_head is not held in fp32 whole."""
+    n, k = weight.shape
+    groups = -(-n // GROUP)
+    codes = torch.zeros(groups * GROUP, k, dtype=torch.int8)
+    scales = torch.zeros(groups * GROUP, k // BLOCK, dtype=torch.int16)  # fp16 bits
+    for start in range(0, n, chunk_rows):
+        rows = weight[start:start + chunk_rows].float().contiguous()
+        load().int8_blocks_quantize(rows.data_ptr(), len(rows), k, WEIGHT_STEPS, WEIGHT_STEP, 1,
+                                    codes[start:].data_ptr(), scales[start:].data_ptr())
+    codes = (codes.to(torch.int16) + 128).to(torch.uint8)  # unsigned: VNNI multiplies unsigned by signed bytes
+    codes = codes.reshape(groups, GROUP, k // 4, 4).permute(0, 2, 1, 3).contiguous()
+    scales = scales.view(torch.float16).reshape(groups, GROUP, k // BLOCK).permute(0, 2, 1).contiguous()
+    return codes, scales
+
+
+def linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, out_features: int) -> torch.Tensor:
+    """x [rows, in] @ W.T for the packed W, float32; each row computed on its own."""
+    x = x.float().contiguous()
+    out = torch.empty(x.shape[0], out_features)
+    if load().int8_blocks_linear(x.data_ptr(), x.shape[0], x.shape[1], codes.data_ptr(), scales.data_ptr(),
+                                 out_features, out.data_ptr(), torch.get_num_threads()):
+        raise MemoryError("int8_blocks: no memory for the activations' int8 copy")
+    return out
