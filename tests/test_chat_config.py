@@ -11,9 +11,10 @@ def test_from_env_reads_only_the_documented_variables_and_names_a_bad_one():
     assert ServeConfig.from_env({}) == ServeConfig()
     env = {"ASSISTANT_QUANTIZE": "None", "ASSISTANT_DECODE_ROWS": "4", "ASSISTANT_FAST_DECODE": "0",
            "ASSISTANT_COMPILE": "1", "APP_TITLE": "Alice", "APP_SYSTEM_PROMPT": " You are Alice. ",
-           "APP_CONCURRENCY": "3", "ASSISTANT_SOMETHING_ELSE": "x"}
+           "APP_CONCURRENCY": "3", "ASSISTANT_INT8_KERNEL": "Dynamic", "ASSISTANT_SOMETHING_ELSE": "x"}
     assert ServeConfig.from_env(env) == ServeConfig(quantize="none", decode_rows=4, fast_decode=False, compile=True,
-                                                    title="Alice", system_prompt=" You are Alice. ", concurrency=3)
+                                                    title="Alice", system_prompt=" You are Alice. ", concurrency=3,
+                                                    int8_kernel="dynamic")
     assert ServeConfig.from_env({"ASSISTANT_COMPILE": ""}).compile is None  # empty = unset
     for name, value, says in (("ASSISTANT_DECODE_ROWS", "eight", "whole number"), ("APP_CONCURRENCY", "0", ">= 1"),
                               ("ASSISTANT_QUANTIZE", "int4", "auto, int8, int8_two_pass, none"),
@@ -21,7 +22,8 @@ def test_from_env_reads_only_the_documented_variables_and_names_a_bad_one():
         with pytest.raises(EngineError, match=f"{name}='{value}'.*{says}") as info:
             ServeConfig.from_env({name: value})
         assert info.type.user_error
-    assert set(ENV) <= {f"ASSISTANT_{n}" for n in ("QUANTIZE", "FAST_DECODE", "COMPILE", "DECODE_ROWS")} | {
+    assert set(ENV) <= {f"ASSISTANT_{n}" for n in ("QUANTIZE", "INT8_KERNEL", "FAST_DECODE", "COMPILE",
+                                                              "DECODE_ROWS")} | {
         f"APP_{n}" for n in ("TITLE", "SYSTEM_PROMPT", "IDENTITY_GUARD", "CONCURRENCY")}
 
 
