@@ -12,6 +12,7 @@ one JSON line each:
   the app runs it (batched decoder; int8 = `chat.quant`, the CPU default: a scale per 32 weights and per 32
   activations, `chat.int8_blocks`; dynamic = torch's fbgemm kernel, per-channel weights and one scale per token,
   ``ASSISTANT_INT8_KERNEL=dynamic``; two_pass = that with ``ASSISTANT_QUANTIZE=int8_two_pass``).
+- ``engine_int4``: ``ASSISTANT_QUANTIZE=int4``, the blocks kernel with q4_0's weights (4 bits, fp16 scale per 32).
 - ``llama_cpp_q8_0`` / ``llama_cpp_q4_0`` / ``llama_cpp_q4_k_m``: llama-cpp-python on the GGUF that
   `export.save_gguf` writes from the same weights.
 - ``engine_int8_x8``: 8 chats started at once through the engine (``--chat-prompt-tokens`` 48-55, ``--chat-new-tokens``
@@ -47,7 +48,7 @@ from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E40
 GGUF_CASES = {"llama_cpp_q8_0": "q8_0", "llama_cpp_q4_0": "q4_0", "llama_cpp_q4_k_m": "q4_k_m"}
 # the int8 kernel of each engine case: auto = the app's CPU default (blocks where it builds, chat.int8_blocks)
 INT8_KERNELS = {"engine_int8": "auto", "engine_int8_dynamic": "dynamic", "engine_int8_two_pass": "dynamic",
-                "engine_int8_x8": "auto"}
+                "engine_int4": "blocks", "engine_int8_x8": "auto"}
 CASES = ["hf_generate_fp32", "engine_fp32", *INT8_KERNELS, *GGUF_CASES]
 
 
@@ -165,7 +166,8 @@ def run_case(case: str, args, work: Path) -> dict:
         return {"ttft_s": round(first, 3), "decode_tokens_per_s": round(decode, 3), "peak_rss_gib": peak_rss_gib(),
                 "top1_vs_fp32": 1.0, "logits_rel_err": 0.0}
     if case != "engine_fp32":
-        quantize_int8(model, INT8_KERNELS[case], two_pass=case == "engine_int8_two_pass")
+        quantize_int8(model, INT8_KERNELS[case], two_pass=case == "engine_int8_two_pass",
+                      bits=4 if case == "engine_int4" else 8)
     engine = ChatEngine(model, tokenizer)
     engine.stop_ids = []  # random weights: decode the full length
     time_engine(engine, ids[:8], 2)  # burn-in

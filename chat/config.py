@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from myassistant.chat.errors import EngineError
 
 # Fields with a fixed set of values (the first is the default).
-CHOICES = {"quantize": ("auto", "int8", "int8_two_pass", "none"), "int8_kernel": ("auto", "blocks", "dynamic", "weight_only"),
+CHOICES = {"quantize": ("auto", "int8", "int8_two_pass", "int4", "none"), "int8_kernel": ("auto", "blocks", "dynamic", "weight_only"),
            "dtype": ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")}
 
 
@@ -34,7 +34,7 @@ class ServeConfig:
     # the engine
     device: str = "auto"  # auto (a GPU if there is one) | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (GPU bf16, else fp16; CPU fp32) | bf16 | fp16 | fp32
-    quantize: str = "auto"  # int8 linear weights: auto = on the CPU only | int8 | int8_two_pass | none
+    quantize: str = "auto"  # int8 linear weights: auto = on the CPU only | int8 | int8_two_pass | int4 | none
     int8_kernel: str = "auto"  # auto (blocks, else dynamic, else weight_only) | blocks | dynamic | weight_only
     fast_decode: bool = True  # static-cache decoder where the model allows; False = the model's own forward
     compile: bool | None = None  # torch.compile the decode step; None = on a GPU only

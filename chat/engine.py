@@ -208,7 +208,7 @@ class ChatEngine:
             if quantize != "none":
                 # the vision tower stays as loaded
                 quantize_int8(model if vision is None else vision.text_model, config.int8_kernel,
-                              two_pass=quantize == "int8_two_pass")
+                              two_pass=quantize == "int8_two_pass", bits=4 if quantize == "int4" else 8)
                 model.to(torch_dtype)  # what is left (embeddings, norms) computes in torch_dtype
         except CheckpointError as err:
             raise EngineError(str(err)) from err

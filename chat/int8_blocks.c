@@ -1,11 +1,12 @@
-/* Int8 matrix products with a scale per block of 32 weights and per block of 32 activations
- * (llama.cpp's q8_0 granularity), for chat/int8_blocks.py. AVX-512 VNNI; built at first use.
+/* Int8 (or int4) matrix products with a scale per block of 32 weights and per block of 32 activations
+ * (llama.cpp's q8_0 / q4_0 granularity), for chat/int8_blocks.py. AVX-512 VNNI; built at first use.
  *
  * Weights, packed by int8_blocks.pack(): output rows in groups of 16; for each group and each 4
  * columns k..k+3 one 64-byte vector holding the 16 rows' 4 bytes (row r at bytes 4r..4r+3), stored
  * as w + 128 (unsigned: VNNI multiplies unsigned by signed bytes); per group and block of 32
  * columns, the 16 rows' scales as fp16. So a group's bytes are read once, in order, for all rows
- * of activations, and one dot-product instruction adds 4 columns of 16 outputs.
+ * of activations, and one dot-product instruction adds 4 columns of 16 outputs. Int4 weights (w + 8,
+ * 0..15) hold two such vectors in 64 bytes: columns k..k+3 in the low nibbles, k+4..k+7 in the high.
  *
  * Activations are quantised here per row and block of 32 (`round_block`), so each row's
  * numbers are the same whatever other rows share the call (a chat alone or batched). */
@@ -20,18 +21,22 @@
 #define ACT_STEPS 4  /* activations: 9 scales tried per block (weights: as many as int8_blocks.pack asks) */
 #define ACT_STEP 0.008f
 
-/* Rounds a block of 32 values to int8 with the scale, among max|x| / 127 * (1 + i * step) for |i| <= steps, that
- * rounds them closest (a scale a little off the maximum often fits the other 31 values better: 12-20 % less
- * squared error than the maximum's scale alone); half: the scale is stored as fp16, so that one is tried. */
-static float round_block(const float *x, int8_t *q, int steps, float step, int half) {
+/* Rounds a block of 32 values to `top`-level signed integers (127: int8 in -127..127; 8: int4 in -8..7, the
+ * largest magnitude on -8 as q4_0 does) with the scale, among the maximum's * (1 + i * step) for |i| <= steps,
+ * that rounds them closest (a scale a little off the maximum often fits the other 31 values better: 12-20 %
+ * less squared error for int8); half: the scale is stored as fp16, so that one is tried. */
+static float round_block(const float *x, int8_t *q, int steps, float step, int half, int top) {
     __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
-    float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
-    const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    float amax = 0.0f, peak = 0.0f;  /* the largest magnitude, and that value with its sign */
+    for (int j = 0; j < BLOCK; j++)
+        if (fabsf(x[j]) > amax) amax = fabsf(x[j]), peak = x[j];
+    float base = top == 8 ? peak / -8.0f : amax / 127.0f;
+    const __m512 lo = _mm512_set1_ps(top == 8 ? -8.0f : -127.0f), hi = _mm512_set1_ps(top == 8 ? 7.0f : 127.0f);
     float best = INFINITY, best_scale = 0.0f;
     for (int i = -steps; i <= steps && amax > 0.0f; i++) {
-        float scale = amax / 127.0f * (1.0f + (float)i * step);
+        float scale = base * (1.0f + (float)i * step);
         if (half) scale = _cvtsh_ss(_cvtss_sh(scale, _MM_FROUND_TO_NEAREST_INT));
-        if (!(scale > 0.0f)) continue;
+        if (!(fabsf(scale) > 0.0f) || !isfinite(scale)) continue;
         __m512 s = _mm512_set1_ps(scale), inv = _mm512_set1_ps(1.0f / scale);
         __m512 r0 = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_roundscale_ps(_mm512_mul_ps(x0, inv), _MM_FROUND_TO_NEAREST_INT)));
         __m512 r1 = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_roundscale_ps(_mm512_mul_ps(x1, inv), _MM_FROUND_TO_NEAREST_INT)));
@@ -42,7 +47,7 @@ static float round_block(const float *x, int8_t *q, int steps, float step, int h
             best_scale = scale;
         }
     }
-    __m512 inv = _mm512_set1_ps(best_scale > 0.0f ? 1.0f / best_scale : 0.0f);
+    __m512 inv = _mm512_set1_ps(best_scale != 0.0f ? 1.0f / best_scale : 0.0f);
     __m512i i0 = _mm512_cvtps_epi32(_mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_roundscale_ps(_mm512_mul_ps(x0, inv), _MM_FROUND_TO_NEAREST_INT))));
     __m512i i1 = _mm512_cvtps_epi32(_mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_roundscale_ps(_mm512_mul_ps(x1, inv), _MM_FROUND_TO_NEAREST_INT))));
     _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(i0));
@@ -50,23 +55,24 @@ static float round_block(const float *x, int8_t *q, int steps, float step, int h
     return best_scale;
 }
 
-/* Rows of k values (k a multiple of 32) to int8 codes and a scale per block of 32 (fp16 bits where half). */
-void int8_blocks_quantize(const float *x, int64_t rows, int64_t k, int steps, float step, int half, int8_t *q,
-                          void *scales) {
+/* Rows of k values (k a multiple of 32) to integer codes (`top` as in round_block) and a scale per block of
+ * 32 (fp16 bits where half). */
+void int8_blocks_quantize(const float *x, int64_t rows, int64_t k, int steps, float step, int half, int top,
+                          int8_t *q, void *scales) {
     for (int64_t i = 0; i < rows * (k / BLOCK); i++) {
-        float scale = round_block(x + i * BLOCK, q + i * BLOCK, steps, step, half);
+        float scale = round_block(x + i * BLOCK, q + i * BLOCK, steps, step, half, top);
         if (half) ((uint16_t *)scales)[i] = _cvtss_sh(scale, _MM_FROUND_TO_NEAREST_INT);
         else ((float *)scales)[i] = scale;
     }
 }
 
-static void quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q, float *d, int32_t *sums) {
+static void quantize_rows(const float *x, int64_t m, int64_t k, int offset, int8_t *q, float *d, int32_t *sums) {
     int64_t blocks = k / BLOCK;
-    int8_blocks_quantize(x, m, k, ACT_STEPS, ACT_STEP, 0, q, d);
+    int8_blocks_quantize(x, m, k, ACT_STEPS, ACT_STEP, 0, 127, q, d);
     for (int64_t i = 0; i < m * blocks; i++) {
         int32_t sum = 0;
         for (int j = 0; j < BLOCK; j++) sum += q[i * BLOCK + j];
-        sums[i] = -128 * sum;  /* the weights are stored + 128: this takes off what that adds to a block's dot */
+        sums[i] = -offset * sum;  /* the weights are stored + offset: this takes off what that adds to a dot */
     }
 }
 
@@ -75,8 +81,8 @@ static void quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q, float
  * then acc += dot * weight scale * activation scale, in block order: a row's numbers do not depend on the tiling. */
 static inline __attribute__((always_inline)) void tile_product(
         const uint8_t *w, const uint16_t *wd, const int8_t *q, const float *d, const int32_t *sums,
-        int64_t k, int tile, int ng, float *out, int64_t n, int64_t n_valid) {
-    int64_t blocks = k / BLOCK;
+        int64_t k, int bits, int tile, int ng, float *out, int64_t n, int64_t n_valid) {
+    int64_t blocks = k / BLOCK, stride = 16 * k * bits / 8;  /* a group's weight bytes */
     __m512 acc[TILE_ROWS][TILE_GROUPS];
     for (int r = 0; r < tile; r++)
         for (int g = 0; g < ng; g++) acc[r][g] = _mm512_setzero_ps();
@@ -84,12 +90,32 @@ static inline __attribute__((always_inline)) void tile_product(
         __m512i dot[TILE_ROWS][TILE_GROUPS];
         for (int r = 0; r < tile; r++)
             for (int g = 0; g < ng; g++) dot[r][g] = _mm512_set1_epi32(sums[r * blocks + b]);
-        for (int j = 0; j < BLOCK / 4; j++) {  /* 4 columns of the 16 outputs of each group, for every row */
-            __m512i wj[TILE_GROUPS];
-            for (int g = 0; g < ng; g++) wj[g] = _mm512_loadu_si512(w + g * 16 * k + (b * BLOCK / 4 + j) * 64);
-            for (int r = 0; r < tile; r++) {
-                __m512i a = _mm512_set1_epi32(((const int32_t *)(q + r * k + b * BLOCK))[j]);
-                for (int g = 0; g < ng; g++) dot[r][g] = _mm512_dpbusd_epi32(dot[r][g], wj[g], a);
+        const int32_t *a = (const int32_t *)(q + b * BLOCK);  /* row r's 4 activations for columns 4j.. at a[r*k/4 + j] */
+        if (bits == 8) {
+            for (int j = 0; j < BLOCK / 4; j++) {  /* 4 columns of the 16 outputs of each group, for every row */
+                __m512i wj[TILE_GROUPS];
+                for (int g = 0; g < ng; g++) wj[g] = _mm512_loadu_si512(w + g * stride + (b * BLOCK / 4 + j) * 64);
+                for (int r = 0; r < tile; r++) {
+                    __m512i ar = _mm512_set1_epi32(a[r * k / 4 + j]);
+                    for (int g = 0; g < ng; g++) dot[r][g] = _mm512_dpbusd_epi32(dot[r][g], wj[g], ar);
+                }
+            }
+        } else {  /* int4: one 64-byte load holds 8 columns of the 16 outputs, as low and high nibbles */
+            const __m512i low = _mm512_set1_epi8(0x0F);
+            for (int j = 0; j < BLOCK / 8; j++) {
+                __m512i wj[TILE_GROUPS];
+                for (int g = 0; g < ng; g++)
+                    wj[g] = _mm512_and_si512(_mm512_loadu_si512(w + g * stride + (b * BLOCK / 8 + j) * 64), low);
+                for (int r = 0; r < tile; r++) {
+                    __m512i ar = _mm512_set1_epi32(a[r * k / 4 + 2 * j]);
+                    for (int g = 0; g < ng; g++) dot[r][g] = _mm512_dpbusd_epi32(dot[r][g], wj[g], ar);
+                }
+                for (int g = 0; g < ng; g++)
+                    wj[g] = _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(w + g * stride + (b * BLOCK / 8 + j) * 64), 4), low);
+                for (int r = 0; r < tile; r++) {
+                    __m512i ar = _mm512_set1_epi32(a[r * k / 4 + 2 * j + 1]);
+                    for (int g = 0; g < ng; g++) dot[r][g] = _mm512_dpbusd_epi32(dot[r][g], wj[g], ar);
+                }
             }
         }
         for (int g = 0; g < ng; g++) {
@@ -106,25 +132,25 @@ static inline __attribute__((always_inline)) void tile_product(
     }
 }
 
-#define TILE_CASES(NG) \
+#define TILE_CASES(NG, BITS) \
     switch (rows) { \
-        case 1: tile_product(wg, wdg, qr, dr, sr, k, 1, NG, o, n, n_valid); break; \
-        case 2: tile_product(wg, wdg, qr, dr, sr, k, 2, NG, o, n, n_valid); break; \
-        case 3: tile_product(wg, wdg, qr, dr, sr, k, 3, NG, o, n, n_valid); break; \
-        default: tile_product(wg, wdg, qr, dr, sr, k, 4, NG, o, n, n_valid); break; \
+        case 1: tile_product(wg, wdg, qr, dr, sr, k, BITS, 1, NG, o, n, n_valid); break; \
+        case 2: tile_product(wg, wdg, qr, dr, sr, k, BITS, 2, NG, o, n, n_valid); break; \
+        case 3: tile_product(wg, wdg, qr, dr, sr, k, BITS, 3, NG, o, n, n_valid); break; \
+        default: tile_product(wg, wdg, qr, dr, sr, k, BITS, 4, NG, o, n, n_valid); break; \
     }
 
-#define TILE_CASES_ONE \
+#define TILE_CASES_ONE(BITS) \
     switch (rows) { \
-        case 1: tile_product(wg1, wdg1, qr, dr, sr, k, 1, 1, o1, n, n_valid1); break; \
-        case 2: tile_product(wg1, wdg1, qr, dr, sr, k, 2, 1, o1, n, n_valid1); break; \
-        case 3: tile_product(wg1, wdg1, qr, dr, sr, k, 3, 1, o1, n, n_valid1); break; \
-        default: tile_product(wg1, wdg1, qr, dr, sr, k, 4, 1, o1, n, n_valid1); break; \
+        case 1: tile_product(wg1, wdg1, qr, dr, sr, k, BITS, 1, 1, o1, n, n_valid1); break; \
+        case 2: tile_product(wg1, wdg1, qr, dr, sr, k, BITS, 2, 1, o1, n, n_valid1); break; \
+        case 3: tile_product(wg1, wdg1, qr, dr, sr, k, BITS, 3, 1, o1, n, n_valid1); break; \
+        default: tile_product(wg1, wdg1, qr, dr, sr, k, BITS, 4, 1, o1, n, n_valid1); break; \
     }
 
 /* out[m, n] = x[m, k] @ W.T for the packed W (n outputs); x is float32, row-major. Returns 0, or -1 when out of memory. */
 int int8_blocks_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, const uint16_t *wd, int64_t n,
-                       float *out, int threads) {
+                       int bits, float *out, int threads) {
     int64_t blocks = k / BLOCK, groups = (n + 15) / 16;
     int8_t *q = malloc(m * k);
     float *d = malloc(m * blocks * sizeof(float));
@@ -133,12 +159,13 @@ int int8_blocks_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, c
         free(q); free(d); free(sums);
         return -1;
     }
-    quantize_rows(x, m, k, q, d, sums);
+    quantize_rows(x, m, k, bits == 8 ? 128 : 8, q, d, sums);
+    int64_t stride = 16 * k * bits / 8;
     int64_t tiles = (groups + TILE_GROUPS - 1) / TILE_GROUPS;
     #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t t = 0; t < tiles; t++) {
         int64_t g0 = t * TILE_GROUPS, ng = groups - g0 < TILE_GROUPS ? groups - g0 : TILE_GROUPS;
-        const uint8_t *wg = w + g0 * 16 * k;
+        const uint8_t *wg = w + g0 * stride;
         const uint16_t *wdg = wd + g0 * 16 * blocks;
         int64_t n_valid = n - g0 * 16;
         for (int64_t r0 = 0; r0 < m; r0 += TILE_ROWS) {
@@ -148,14 +175,14 @@ int int8_blocks_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, c
             const int32_t *sr = sums + r0 * blocks;
             float *o = out + r0 * n + g0 * 16;
             if (ng == TILE_GROUPS) {  /* constants each: the accumulators stay in registers */
-                TILE_CASES(TILE_GROUPS)
+                if (bits == 8) { TILE_CASES(TILE_GROUPS, 8) } else { TILE_CASES(TILE_GROUPS, 4) }
             } else {
                 for (int64_t e = 0; e < ng; e++) {  /* the last groups, one at a time */
-                    const uint8_t *wg1 = wg + e * 16 * k;
+                    const uint8_t *wg1 = wg + e * stride;
                     const uint16_t *wdg1 = wdg + e * 16 * blocks;
                     float *o1 = o + e * 16;
                     int64_t n_valid1 = n_valid - e * 16;
-                    TILE_CASES_ONE
+                    if (bits == 8) { TILE_CASES_ONE(8) } else { TILE_CASES_ONE(4) }
                 }
             }
         }

@@ -1,4 +1,4 @@
-"""Int8 weights with a scale per block of 32 (llama.cpp q8_0's granularity) for CPU decoding.
+"""Int8 (or int4) weights with a scale per block of 32 (llama.cpp q8_0's / q4_0's granularity) for CPU decoding.
 
 torch's int8 kernels scale weights per output channel and (fbgemm) activations per token, which is
 coarse where a row has outliers: the 1.8B shape's logits error was twice llama.cpp q8_0's
@@ -25,7 +25,8 @@ GROUP = 16  # output rows interleaved per 64-byte vector
 SOURCE = Path(__file__).with_name("int8_blocks.c")
 CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma", "-fopenmp",
           "-shared", "-fPIC"]
-WEIGHT_STEPS, WEIGHT_STEP = 16, 0.003  # the scales a weight block tries: max/127 * (1 + i * step), |i| <= steps
+# the scales a weight block tries, by bits: its maximum's * (1 + i * step) for |i| <= steps
+WEIGHT_STEPS = {8: (16, 0.003), 4: (16, 0.02)}
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
 
 
@@ -61,10 +62,10 @@ def load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(lib_path))
     lib.int8_blocks_linear.restype = ctypes.c_int
     lib.int8_blocks_linear.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+                                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
     lib.int8_blocks_quantize.restype = None
     lib.int8_blocks_quantize.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_float,
-                                         ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+                                         ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
@@ -74,30 +75,36 @@ def fits(linear: torch.nn.Linear) -> bool:
 
 
 @torch.no_grad()
-def pack(weight: torch.Tensor, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 weights + 128 in the kernel's interleaved layout, fp16 scales) of a [out, in] weight.
+def pack(weight: torch.Tensor, bits: int = 8, chunk_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes in the kernel's interleaved layout, fp16 scales) of a [out, in] weight: int8 + 128, or for
+    ``bits=4`` int4 + 8 with two columns' codes a byte.
 
-    Each block's scale is the best of WEIGHT_STEPS around max/127 (C: `round_block`); rows are
+    Each block's scale is the best of WEIGHT_STEPS around its maximum's (C: `round_block`); rows are
     converted `chunk_rows` at a time, so a bf16 lm_head is not held in fp32 whole."""
     n, k = weight.shape
     groups = -(-n // GROUP)
     codes = torch.zeros(groups * GROUP, k, dtype=torch.int8)
     scales = torch.zeros(groups * GROUP, k // BLOCK, dtype=torch.int16)  # fp16 bits
+    steps, step = WEIGHT_STEPS[bits]
     for start in range(0, n, chunk_rows):
         rows = weight[start:start + chunk_rows].float().contiguous()
-        load().int8_blocks_quantize(rows.data_ptr(), len(rows), k, WEIGHT_STEPS, WEIGHT_STEP, 1,
+        load().int8_blocks_quantize(rows.data_ptr(), len(rows), k, steps, step, 1, 127 if bits == 8 else 8,
                                     codes[start:].data_ptr(), scales[start:].data_ptr())
-    codes = (codes.to(torch.int16) + 128).to(torch.uint8)  # unsigned: VNNI multiplies unsigned by signed bytes
-    codes = codes.reshape(groups, GROUP, k // 4, 4).permute(0, 2, 1, 3).contiguous()
+    offset = 128 if bits == 8 else 8  # unsigned: VNNI multiplies unsigned by signed bytes
+    codes = (codes.to(torch.int16) + offset).to(torch.uint8)
+    codes = codes.reshape(groups, GROUP, k // 4, 4).permute(0, 2, 1, 3).contiguous()  # [group, 4 columns, row, 4]
+    if bits == 4:  # columns 8j..8j+3 in the low nibbles, 8j+4..8j+7 in the high ones
+        pairs = codes.reshape(groups, k // 8, 2, GROUP * 4)
+        codes = (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).contiguous()
     scales = scales.view(torch.float16).reshape(groups, GROUP, k // BLOCK).permute(0, 2, 1).contiguous()
     return codes, scales
 
 
-def linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, out_features: int) -> torch.Tensor:
+def linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, out_features: int, bits: int = 8) -> torch.Tensor:
     """x [rows, in] @ W.T for the packed W, float32; each row computed on its own."""
     x = x.float().contiguous()
     out = torch.empty(x.shape[0], out_features)
     if load().int8_blocks_linear(x.data_ptr(), x.shape[0], x.shape[1], codes.data_ptr(), scales.data_ptr(),
-                                 out_features, out.data_ptr(), torch.get_num_threads()):
+                                 out_features, bits, out.data_ptr(), torch.get_num_threads()):
         raise MemoryError("int8_blocks: no memory for the activations' int8 copy")
     return out

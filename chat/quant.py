@@ -6,7 +6,8 @@ the kernel keeps up: int8 weights read a quarter of fp32's bytes and half of bf1
 - ``blocks`` (the default where it builds): `chat.int8_blocks`, our C kernel with a scale per 32
   weights and per 32 activations of a row (llama.cpp q8_0's granularity and bytes, each scale the best
   of a few): on the 1.8B shape its logits are closer to fp32's than q8_0's and it decodes faster
-  (benchmarks/cpu_serving.py).
+  (benchmarks/cpu_serving.py). It also runs int4 weights (``quantize="int4"``: q4_0's 4 bits and
+  scale per 32, 0.5625 bytes a weight).
 - ``dynamic`` (torch's fbgemm/x86 quantized engine, symmetric per-output-channel int8 weights):
   ``quantized.linear_dynamic``, which quantises each activation row to int8 on the fly (per token when
   decoding) and multiplies with VNNI int8 dot products. It streams weights at about the memory bandwidth (~13 GB/s on one
@@ -43,13 +44,14 @@ class Int8Linear(nn.Module):
     The weights live in plain attributes, not buffers: ``model.to(dtype)`` must not touch them.
     """
 
-    def __init__(self, linear: nn.Linear, kernel: str = "dynamic", two_pass: bool = False) -> None:
+    def __init__(self, linear: nn.Linear, kernel: str = "dynamic", two_pass: bool = False, bits: int = 8) -> None:
         super().__init__()
         self.in_features, self.out_features, self.kernel = linear.in_features, linear.out_features, kernel
+        self.bits = bits if kernel == "blocks" else 8  # int4 weights: the blocks kernel only
         self.two_pass = two_pass and kernel == "dynamic"  # the weight-only kernel keeps its activations in bf16
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         if kernel == "blocks":
-            self.codes, self.scales = int8_blocks.pack(linear.weight.detach())
+            self.codes, self.scales = int8_blocks.pack(linear.weight.detach(), self.bits)
             self.bias = bias
             return
         weight = linear.weight.detach().float()
@@ -71,7 +73,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if self.kernel == "blocks":
-            out = int8_blocks.linear(rows, self.codes, self.scales, self.out_features)
+            out = int8_blocks.linear(rows, self.codes, self.scales, self.out_features, self.bits)
             if self.bias is not None:
                 out = out + self.bias
         elif self.kernel == "dynamic":
@@ -104,7 +106,8 @@ class Int8Linear(nn.Module):
         return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, int8 weights, kernel={self.kernel}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits} weights, "
+                f"kernel={self.kernel}"
                 + (", two-pass activations" if self.two_pass else ""))
 
 
@@ -135,9 +138,12 @@ def int8_kernel(prefer: str = "auto") -> str | None:
 
 
 def resolve_quantize(quantize: str, device: torch.device, kernel: str = "auto") -> str:
-    """'int8', 'int8_two_pass' or 'none' for a request (one of them or 'auto' = int8 on the CPU)."""
+    """'int8', 'int8_two_pass', 'int4' or 'none' for a request (one of them or 'auto' = int8 on the CPU)."""
     if quantize == "auto":
         quantize = "int8" if device.type == "cpu" else "none"
+    if quantize == "int4" and device.type == "cpu" and (kernel not in ("auto", "blocks") or int8_kernel("blocks") is None):
+        log.warning("int4 weights run on the blocks kernel only (chat.int8_blocks), not here: int8 weights instead")
+        quantize = "int8"
     if quantize != "none" and device.type != "cpu":
         log.warning("int8 weights are a CPU decode path; %s keeps its half-precision weights", device)
         return "none"
@@ -149,18 +155,21 @@ def resolve_quantize(quantize: str, device: torch.device, kernel: str = "auto") 
 
 
 @torch.no_grad()
-def quantize_int8(model: nn.Module, prefer: str = "auto", two_pass: bool = False) -> int:
+def quantize_int8(model: nn.Module, prefer: str = "auto", two_pass: bool = False, bits: int = 8) -> int:
     """Replace every ``nn.Linear`` of `model` (lm_head included) in place; returns how many.
 
-    prefer: the int8 kernel, as for `int8_kernel`; two_pass: activations in two int8 passes (`Int8Linear`)."""
+    prefer: the int8 kernel, as for `int8_kernel`; two_pass: activations in two int8 passes (`Int8Linear`);
+    bits: 4 = int4 weights (the blocks kernel; a layer it does not take keeps int8)."""
     kernel = int8_kernel(prefer)
     if kernel is None:
         raise RuntimeError(f"no int8 kernel runs with torch {torch.__version__} on this machine")
+    if bits == 4 and kernel != "blocks":
+        raise RuntimeError("int4 weights need the blocks kernel (chat.int8_blocks)")
     targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         # a layer whose inputs do not come in whole blocks of 32 takes torch's per-channel kernel
         own = kernel if kernel != "blocks" or int8_blocks.fits(linear) else int8_kernel("dynamic") or "weight_only"
-        setattr(model.get_submodule(parent_name), child, Int8Linear(linear, own, two_pass))
-    log.info("int8 weights (%s kernel) in %d linear layers", kernel, len(targets))
+        setattr(model.get_submodule(parent_name), child, Int8Linear(linear, own, two_pass, bits))
+    log.info("int%d weights (%s kernel) in %d linear layers", bits, kernel, len(targets))
     return len(targets)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--device", default=s.device, help="auto (GPU if present), cpu, cuda, cuda:1, ...")
     serving.add_argument("--dtype", default=s.dtype, choices=CHOICES["dtype"], help="auto = GPU bf16/fp16, CPU fp32")
     serving.add_argument("--quantize", default=s.quantize, choices=CHOICES["quantize"],
-                         help="int8 linear weights; auto = on the CPU only")
+                         help="int8 linear weights; auto = on the CPU only; int4 = 4-bit (the blocks kernel)")
     serving.add_argument("--int8-kernel", default=s.int8_kernel, choices=CHOICES["int8_kernel"],
                          help="auto = blocks (a scale per 32 weights, C built at first use) where it builds, else dynamic, "
                               "else weight_only")

@@ -17,7 +17,7 @@ def test_from_env_reads_only_the_documented_variables_and_names_a_bad_one():
                                                     int8_kernel="dynamic")
     assert ServeConfig.from_env({"ASSISTANT_COMPILE": ""}).compile is None  # empty = unset
     for name, value, says in (("ASSISTANT_DECODE_ROWS", "eight", "whole number"), ("APP_CONCURRENCY", "0", ">= 1"),
-                              ("ASSISTANT_QUANTIZE", "int4", "auto, int8, int8_two_pass, none"),
+                              ("ASSISTANT_QUANTIZE", "int3", "auto, int8, int8_two_pass, int4, none"),
                               ("ASSISTANT_FAST_DECODE", "no", "0 or 1")):
         with pytest.raises(EngineError, match=f"{name}='{value}'.*{says}") as info:
             ServeConfig.from_env({name: value})

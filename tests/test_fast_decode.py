@@ -230,8 +230,8 @@ def test_two_pass_int8_activations_are_closer_to_the_weights_and_decode_the_same
 def test_serving_switches_and_fallbacks(tiny_dir, exact):
     assert not any(isinstance(m, Int8Linear) for m in
                    ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="none").model.modules())
-    with pytest.raises(EngineError, match="quantize='int4'"):
-        ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="int4")
+    with pytest.raises(EngineError, match="quantize='int3'"):
+        ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="int3")
     with pytest.raises(EngineError, match="decode_rows=0"):
         ChatEngine(exact.model, exact.tokenizer, config=ServeConfig(decode_rows=0), batched=True)
     rows = ChatEngine(exact.model, exact.tokenizer, config=ServeConfig(decode_rows=2), batched=True)

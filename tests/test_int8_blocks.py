@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,28 +25,57 @@ def tiny_dir(tmp_path_factory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("blocks") / "tiny", hidden_size=256, intermediate_size=768)
 
 
-def block_rounded(weight: torch.Tensor) -> torch.Tensor:
-    """The weight rounded per block of 32 with the block's maximum as 127 (q8_0's rule)."""
+def rounded_as_llama_cpp(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """The weight rounded per block of 32 as q8_0 (max |w| on 127) or q4_0 (the largest magnitude on -8) do."""
     blocks = weight.reshape(weight.shape[0], -1, 32)
-    scale = (blocks.abs().amax(-1, keepdim=True) / 127).half().float()
-    return (torch.round(blocks / scale).clamp(-127, 127) * scale).reshape(weight.shape)
+    if bits == 8:
+        scale, low, high = blocks.abs().amax(-1, keepdim=True) / 127, -127, 127
+    else:
+        scale, low, high = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True)) / -8, -8, 7
+    scale = scale.half().float()
+    return (torch.round(blocks / scale).clamp(low, high) * scale).reshape(weight.shape)
 
 
+def unpacked(codes: torch.Tensor, scales: torch.Tensor, bits: int, outputs: int) -> torch.Tensor:
+    """The weights `int8_blocks.pack` stored, as floats."""
+    groups, blocks = codes.shape[0], scales.shape[1]
+    if bits == 4:
+        codes = torch.stack([codes & 15, codes >> 4], 2)  # low nibbles: the first 4 columns of 8
+    codes = codes.reshape(groups, blocks * 8, 16, 4).permute(0, 2, 1, 3).reshape(groups * 16, blocks * 32)
+    scale = scales.permute(0, 2, 1).reshape(groups * 16, blocks).float().repeat_interleave(32, 1)
+    return ((codes.float() - (128 if bits == 8 else 8)) * scale)[:outputs]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("outputs", [37, 80, 100])  # the kernel takes 16 outputs at a time, 3 such groups together
-def test_each_row_is_its_own_product_and_blocks_round_at_least_as_close_as_q8_0(outputs):
+def test_each_row_is_its_own_product_and_blocks_round_at_least_as_close_as_llama_cpp(outputs, bits):
     torch.manual_seed(0)
     weight, x = torch.randn(outputs, 96) * 0.02, torch.randn(11, 96)
     x[3, 5] = 40.0  # an outlier coarsens only its own block's rounding
-    codes, scales = int8_blocks.pack(weight)
-    groups = codes.shape[0]
-    unpacked = ((codes.permute(0, 2, 1, 3).reshape(groups * 16, 96).float() - 128)
-                * scales.permute(0, 2, 1).reshape(groups * 16, 3).float().repeat_interleave(32, 1))[:outputs]
-    assert (unpacked - weight).norm() < 0.95 * (block_rounded(weight) - weight).norm()  # the best scale of a few
-    out, exact = int8_blocks.linear(x, codes, scales, outputs), x @ weight.T
-    assert (out - exact).norm() < 0.02 * exact.norm()  # measured: 0.007-0.013
-    assert (out - exact)[3].norm() < 0.02 * exact[3].norm()
+    codes, scales = int8_blocks.pack(weight, bits)
+    stored = unpacked(codes, scales, bits, outputs)
+    assert (stored - weight).norm() < 0.97 * (rounded_as_llama_cpp(weight, bits) - weight).norm()  # best of a few
+    out = int8_blocks.linear(x, codes, scales, outputs, bits)
+    assert (out - x @ stored.T).norm() < 0.02 * out.norm()  # the rest: the activations' int8 rounding
+    exact = x @ weight.T
+    assert (out - exact).norm() < (0.02 if bits == 8 else 0.15) * exact.norm()  # measured: 0.007-0.013, 0.08
     for row in (0, 3, 10):  # a row gives the same numbers alone as among others (a chat alone or batched)
-        assert torch.equal(int8_blocks.linear(x[row:row + 1], codes, scales, outputs)[0], out[row])
+        assert torch.equal(int8_blocks.linear(x[row:row + 1], codes, scales, outputs, bits)[0], out[row])
+
+
+def logits_error(engine: ChatEngine, exact: ChatEngine, greedy_as_generate: bool) -> float:
+    """‖logits - fp32's‖ / ‖fp32's‖ over QUESTIONS (teacher-forced); greedy_as_generate: first check that the
+    engine's greedy replies are `generate`'s on the same (quantised) model."""
+    prompts = [torch.tensor([exact.prompt([{"role": "user", "content": q}], GREEDY)[0]]) for q in QUESTIONS]
+    with torch.inference_mode():
+        want = torch.cat([exact.model(p).logits[0] for p in prompts])
+        got = torch.cat([engine.model(p).logits[0] for p in prompts])
+        for p in prompts if greedy_as_generate else []:
+            out = engine.model.generate(p, do_sample=False, max_new_tokens=GREEDY.max_new_tokens,
+                                        eos_token_id=engine.stop_ids, pad_token_id=engine.stop_ids[0])
+            want_ids = [t for t in out[0, p.shape[1]:].tolist() if t not in engine.stop_ids]
+            assert list(engine.tokens(p[0].tolist(), GREEDY)) == want_ids
+    return ((got - want).norm() / want.norm()).item()
 
 
 def test_blocks_are_closer_to_fp32_than_per_token_int8_and_decode_as_generate(tiny_dir):
@@ -53,19 +83,23 @@ def test_blocks_are_closer_to_fp32_than_per_token_int8_and_decode_as_generate(ti
     blocks = ChatEngine.from_pretrained(tiny_dir, device="cpu")  # the CPU default
     per_token = ChatEngine.from_pretrained(tiny_dir, device="cpu", int8_kernel="dynamic")
     assert blocks.model.lm_head.kernel == "blocks" and per_token.model.lm_head.kernel == "dynamic"
-    prompts = [torch.tensor([exact.prompt([{"role": "user", "content": q}], GREEDY)[0]]) for q in QUESTIONS]
-    with torch.inference_mode():
-        want = torch.cat([exact.model(p).logits[0] for p in prompts])
-        errors = [(torch.cat([e.model(p).logits[0] for p in prompts]) - want).norm() / want.norm()
-                  for e in (blocks, per_token)]
+    errors = [logits_error(e, exact, greedy_as_generate=True) for e in (blocks, per_token)]
     assert errors[0] < 0.85 * errors[1]  # measured: 0.0168 against 0.0233 (fbgemm two-pass: 0.0171)
-    for p in prompts:
-        ids = p[0].tolist()
-        with torch.inference_mode():
-            out = blocks.model.generate(p, do_sample=False, max_new_tokens=GREEDY.max_new_tokens,
-                                        eos_token_id=blocks.stop_ids, pad_token_id=blocks.stop_ids[0])
-        want_ids = out[0, len(ids):].tolist()
-        assert list(blocks.tokens(ids, GREEDY)) == [t for t in want_ids if t not in blocks.stop_ids]
+
+
+def test_int4_weights_are_half_the_bytes_and_a_reply_is_the_same_alone_or_batched(tiny_dir):
+    exact = ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="none")
+    eight = ChatEngine.from_pretrained(tiny_dir, device="cpu")
+    four = ChatEngine.from_pretrained(tiny_dir, device="cpu", quantize="int4")
+    assert (four.model.lm_head.bits, eight.model.lm_head.bits) == (4, 8)
+    assert 2 * four.model.lm_head.codes.numel() == eight.model.lm_head.codes.numel()
+    errors = [logits_error(e, exact, greedy_as_generate=False) for e in (four, eight)]
+    assert errors[1] < errors[0] < 0.25  # measured: 0.193 against 0.017 (a 4-bit random model: coarse)
+    alone = {q: four.generate([{"role": "user", "content": q}], GREEDY) for q in QUESTIONS}
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda q: four.generate([{"role": "user", "content": q}], GREEDY), questions))
+    assert together == [alone[q] for q in questions]
 
 
 def test_a_layer_without_whole_blocks_takes_the_per_channel_kernel():
