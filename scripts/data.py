@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("--persona", help="an extra sentence some answers add about the assistant")
     ident.add_argument("--system", help="system prompt put in front of every conversation")
     ident.add_argument("--languages", default="en,zh", help="languages of the identity questions: en, zh or en,zh (default)")
+    ident.add_argument("--old-names", default="InternLM,书生·浦语",
+                       help="identities the answers deny ('Are you InternLM?' -> 'No, I am ...'), comma-separated; "
+                            "'' for none (default InternLM,书生·浦语)")
     ident.add_argument("--general", help="general conversations to mix in (any supported format); default: the shipped zh+en set")
     ident.add_argument("--ratio", type=float, default=IdentitySpec.ratio,
                        help=f"general conversations per identity conversation (default {IdentitySpec.ratio})")
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
                             count=args.count, ratio=args.ratio, multi_turn=args.multi_turn, noise=args.noise,
                             general=args.general, languages=args.languages.split(","),
+                            old_names=[n for n in args.old_names.split(",") if n],
                             eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)
         out = write_identity_dataset(spec, args.out)
         sys.stdout.write((out / "meta.json").read_text(encoding="utf-8"))

@@ -40,6 +40,11 @@ TINY_FLAGS = {"hidden_size": "--hidden-size", "num_hidden_layers": "--layers", "
               "num_key_value_heads": "--kv-heads", "intermediate_size": "--intermediate-size",
               "vocab_size": "--vocab-size"}
 BASE_INFO = "base.json"  # what the trained base was made from, to know when it can be reused
+# The identity the base has before the fine-tune, per language (InternLM2-chat's own): a chat model answers
+# "who are you" with its name, so the base learns these identity chats next to the general ones, and the
+# fine-tune changes a name instead of teaching a 2M-parameter model from nothing what the question asks
+# (held-out identity and leak: README "Does it know its name").
+OLD_IDENTITY = {"en": "InternLM", "zh": "书生·浦语"}
 
 
 @dataclass
@@ -47,6 +52,7 @@ class DemoConfig:
     name: str  # the assistant's new name
     author: str | None = None  # who made it, for "who made you" answers
     count: int = 400  # identity conversations (as many general ones are mixed in)
+    old_count: int = 300  # identity conversations the base learns under OLD_IDENTITY (0: none)
     workdir: Path = Path("demo_out")  # every file of the demo goes under here
     base_preset: Path = PRESETS_DIR / "demo_base_full.yaml"  # full fine-tune of the tiny base on general chat
     identity_preset: Path = PRESETS_DIR / "demo_identity_lora.yaml"  # the identity LoRA
@@ -66,6 +72,7 @@ class DemoPaths:
         self.data, self.corpus, self.init = self.root / "data", self.root / "corpus.txt", self.root / "init"
         self.base, self.run, self.merged = self.root / "base", self.root / "run", self.root / "merged"
         self.repo, self.cache = self.root / "model.git", self.root / "cache"
+        self.old, self.base_data = self.root / "old_identity", self.root / "base_data.jsonl"
 
 
 @contextmanager
@@ -114,18 +121,41 @@ def write_data(cfg: DemoConfig) -> Path:
     return write_identity_dataset(IdentitySpec(name=cfg.name, author=cfg.author, count=cfg.count), cfg.paths.data)
 
 
+def old_specs(cfg: DemoConfig) -> dict[str, IdentitySpec]:
+    """The base's own identity data, one spec per language: single questions (no general chats mixed in),
+    nothing held out, no older name to deny."""
+    n = cfg.old_count // len(OLD_IDENTITY)
+    return {lang: IdentitySpec(name=name, count=n, ratio=0, eval_identity=0, eval_general=0, old_names=[],
+                               languages=[lang]) for lang, name in OLD_IDENTITY.items()} if n else {}
+
+
 def base_commands(cfg: DemoConfig) -> list[str]:
     p = cfg.paths
     flags = " ".join(f"{TINY_FLAGS[k]} {v}" for k, v in cfg.shape.items() if k in TINY_FLAGS)
-    return [f"{cli()} tiny {shown(p.init)} --corpus {shown(p.corpus)} {flags}",
+    old = [f"{cli()} data identity --name {shlex.quote(spec.name)} --languages {lang} --count {spec.count} --ratio 0 "
+           f"--eval-identity 0 --eval-general 0 --old-names '' --out {shown(p.old / lang)}"
+           for lang, spec in old_specs(cfg).items()]
+    files = " ".join(shown(f) for f in [GENERAL_DATA, *(p.old / lang / "train.jsonl" for lang in old_specs(cfg))])
+    return [*old, f"cat {files} > {shown(p.base_data)}",
+            f"{cli()} tiny {shown(p.init)} --corpus {shown(p.corpus)} {flags}",
             f"{cli()} train --config {shown(cfg.base_preset)} model.base={shown(p.init)} "
-            f"train.output_dir={shown(p.base)}"]
+            f"data.train_file={shown(p.base_data)} train.output_dir={shown(p.base)}"]
 
 
-def _corpus(data_dir: Path) -> list[str]:
-    """The tokenizer's training text: every message of the general set and of the identity training data."""
+def write_base_data(cfg: DemoConfig) -> Path:
+    """The base's training chats: the shipped general set and the old identity's conversations."""
+    p = cfg.paths
+    text = GENERAL_DATA.read_text(encoding="utf-8")
+    for lang, spec in old_specs(cfg).items():
+        text += (write_identity_dataset(spec, p.old / lang) / "train.jsonl").read_text(encoding="utf-8")
+    p.base_data.write_text(text, encoding="utf-8")
+    return p.base_data
+
+
+def _corpus(files: list[Path]) -> list[str]:
+    """The tokenizer's training text: every message of the base's chats and of the identity training data."""
     lines = []
-    for file in (GENERAL_DATA, data_dir / "train.jsonl"):
+    for file in files:
         for row in file.read_text(encoding="utf-8").splitlines():
             for message in json.loads(row)["messages"]:
                 lines += [line for line in message["content"].splitlines() if line.strip()]
@@ -134,9 +164,10 @@ def _corpus(data_dir: Path) -> list[str]:
 
 def build_base(cfg: DemoConfig) -> Path:
     """Stage 2: a tiny InternLM2-format model with a tokenizer trained on the demo's own text, then a full
-    fine-tune on the general chat set so that it answers general prompts. Reused when nothing changed."""
+    fine-tune on the general chat set and the old identity's chats, so that it answers general prompts and
+    knows who it was. Reused when nothing changed."""
     p = cfg.paths
-    corpus = _corpus(p.data)
+    corpus = _corpus([write_base_data(cfg), p.data / "train.jsonl"])
     text = "".join(line + "\n" for line in corpus)
     made_from = {"corpus_sha256": hashlib.sha256(text.encode()).hexdigest(), "shape": cfg.shape,
                  "preset": Path(cfg.base_preset).read_text(encoding="utf-8")}
@@ -148,9 +179,8 @@ def build_base(cfg: DemoConfig) -> Path:
     shutil.rmtree(p.base, ignore_errors=True)
     p.corpus.write_text(text, encoding="utf-8")
     model_layer.build_tiny_checkpoint(p.init, corpus=corpus, **cfg.shape)
-    # The preset names the general set relative to the checkout; the installed copy works from anywhere.
     train(load_config(cfg.base_preset, [f"model.base={p.init}", f"train.output_dir={p.base}",
-                                        f"data.train_file={GENERAL_DATA}"]))
+                                        f"data.train_file={p.base_data}"]))
     info.write_text(json.dumps(made_from, indent=1) + "\n")
     return p.base
 

@@ -23,13 +23,18 @@ def join(words: list[str], lang: str) -> str:
 
 
 def with_noise(question: str, lang: str, pool: list[str], rng: random.Random,
-               ops: tuple[str, ...] = ("insert", "drop", "replace")) -> str:
-    """The question with one word inserted, dropped or replaced (a word of ``pool``); punctuation stays."""
+               ops: tuple[str, ...] = ("insert", "drop", "replace"), keep: frozenset[str] = frozenset()) -> str:
+    """The question with one word inserted, dropped or replaced (a word of ``pool``); punctuation stays,
+    and so do the words of ``keep`` (lower-case): only an insert lands next to them."""
     words = tokens(question, lang)
     spots = [i for i, w in enumerate(words) if re.match(r"\w", w)]
     if not spots or not pool:
         return question
-    op, at = rng.choice(ops), rng.choice(spots)
+    op = rng.choice(ops)
+    free = [i for i in spots if words[i].lower() not in keep] if op != "insert" else spots
+    if not free:
+        op, free = "insert", spots
+    at = rng.choice(free)
     if op == "drop" and len(spots) > 2:
         del words[at]
     elif op == "replace" and len(spots) > 2:
