@@ -53,20 +53,6 @@ CASES = {
     "noise1.0_ratio3": ({"noise": 1.0, "ratio": 3.0}, []),
     "noise1.0_steps250": ({"noise": 1.0}, ["train.max_steps=250"]),
     "noise1.0_ratio2_steps600": ({"noise": 1.0, "ratio": 2.0}, ["train.max_steps=600"]),
-    # Session 7: general questions in the identity questions' greetings/closings (wrap), look-alike general
-    # chats rehearsed more often (hard), both with the mix, lr and dropout around them.
-    "wrap0.5": ({"wrap": 0.5}, []),
-    "wrap1.0": ({"wrap": 1.0}, []),
-    "hard2": ({"hard": 2}, []),
-    "wrap0.5_hard2": ({"wrap": 0.5, "hard": 2}, []),
-    "wrap1.0_hard2": ({"wrap": 1.0, "hard": 2}, []),
-    "wrap0.5_hard2_ratio2": ({"wrap": 0.5, "hard": 2, "ratio": 2.0}, []),
-    "wrap0.5_hard2_lr1e-3": ({"wrap": 0.5, "hard": 2}, ["train.learning_rate=1.0e-3"]),
-    "wrap0.5_hard2_dropout0.1": ({"wrap": 0.5, "hard": 2}, ["lora.lora_dropout=0.1"]),
-    "keep": ({"keep_cues": True}, []),
-    "keep_ratio2": ({"keep_cues": True, "ratio": 2.0}, []),
-    "keep_hard2": ({"keep_cues": True, "hard": 2}, []),
-    "keep_steps250": ({"keep_cues": True}, ["train.max_steps=250"]),
 }
 KEYS = ("identity", "identity_multi", "leak", "leak_multi", "agreement", "agreement_multi", "leak_system",
         "leak_guarded")

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     paths.root.mkdir(parents=True, exist_ok=True)
     with demo.stage(1, "self-cognition data", demo.data_command(cfg)):
         demo.write_data(cfg)
-    with demo.stage(2, "tiny base model, taught general chat", *demo.base_commands(cfg)):
+    with demo.stage(2, "tiny base model, taught general chat and who it is", *demo.base_commands(cfg)):
         demo.build_base(cfg)
     method = demo.quant_method()
     with demo.stage(3, f"identity fine-tune ({method})", demo.finetune_command(cfg, method)):

@@ -15,13 +15,14 @@ import pytest
 
 from conftest import ROOT, run_cli
 
-# What the tiny demo model must reach, measured on held-out paraphrases and prompts. The recipe (multi-turn
-# mix, --noise 1.0, hard negatives in the general set) measured on CPU over four runs (README "Does it know its
-# name": data seeds 0 and 1 on one base, and two fresh-clone demos with their own bases): identity 78-95 %
-# single-turn and 85-88 % as turn 2-4, leak 5-32 % and 5-25 % after identity turns. The base's own training
-# varies between runs, and the leak most with it; the margins hold across those runs and still catch a model
-# that names itself everywhere (base: 0 % leak; the failure the issue shows: nearly 100 %).
-MIN_IDENTITY, MIN_IDENTITY_MULTI, MIN_SEEN, MAX_LEAK, MAX_LEAK_MULTI = 0.65, 0.65, 0.90, 0.45, 0.40
+# What the tiny demo model must reach, measured on held-out paraphrases and prompts. The recipe (a base that knows
+# an old identity, InternLM / 书生·浦语; multi-turn mix, --noise 1.0, hard negatives) on CPU (README "Does it know
+# its name"; this test's demo: 93 / 95 / 12 / 10 %): identity 93-95 % single-turn and 92-95 % as turn 2-4, leak
+# 8-15 % and 8-10 % after identity turns over its data seeds and fine-tune variants; with a base taught clean
+# old-identity questions, 88-95 %, 83-88 %, 8-10 %, 10-15 % (CPU, 4 seeds) and 87-93 %, 88-97 %, 2-12 %, 5-18 %
+# (GPU, 6 seeds). The margins hold across those runs and still catch a model that names itself everywhere (base:
+# 0 % leak; the failure the issue shows: nearly 100 %) or one that did not learn the name (base: 0 % identity).
+MIN_IDENTITY, MIN_IDENTITY_MULTI, MIN_SEEN, MAX_LEAK, MAX_LEAK_MULTI = 0.75, 0.75, 0.90, 0.25, 0.25
 STAGE_TITLES = ["self-cognition data", "tiny base model", "identity fine-tune", "fine-tune report", "merge", "push to"]
 
 

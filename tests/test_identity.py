@@ -215,3 +215,20 @@ def test_noise_rewords_training_questions_only(tmp_path):
     assert not [q for r in default for q in [user(r)] if re.search(r"[\u4e00-\u9fff] [\u4e00-\u9fff]", q)]
     with pytest.raises(DataError, match="noise must be in"):
         IdentitySpec(name="A", noise=1.5)
+
+
+def test_old_names_flag_names_the_identities_denied_or_none(tmp_path):
+    """--old-names '' writes an identity that denies none (the demo base's own InternLM data); a list is split."""
+    def run(*flags: str) -> list[dict]:
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        done = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "identity", "--name", "InternLM",
+                               "--count", "80", "--ratio", "0", "--languages", "en", *flags, "--out", str(out)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["old_names"] == (flags[1].split(",") if flags[1] else [])
+        return read(out / "train.jsonl")
+
+    none = run("--old-names", "")
+    assert len(none) == 80 and all(reply(r).startswith(("I am InternLM", "My name is InternLM")) for r in none)
+    denied = [user(r) for r in run("--old-names", "GPT,Claude") if reply(r).startswith(("No, I am", "No. I am"))]
+    assert denied and all(re.search(r"GPT|Claude", q) for q in denied)

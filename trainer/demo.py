@@ -45,6 +45,7 @@ BASE_INFO = "base.json"  # what the trained base was made from, to know when it 
 # fine-tune changes a name instead of teaching a 2M-parameter model from nothing what the question asks
 # (held-out identity and leak: README "Does it know its name").
 OLD_IDENTITY = {"en": "InternLM", "zh": "书生·浦语"}
+OLD_RATIO = 0.25  # general chats per old identity chat in the base's identity data
 
 
 @dataclass
@@ -122,17 +123,19 @@ def write_data(cfg: DemoConfig) -> Path:
 
 
 def old_specs(cfg: DemoConfig) -> dict[str, IdentitySpec]:
-    """The base's own identity data, one spec per language: single questions (no general chats mixed in),
-    nothing held out, no older name to deny."""
+    """The base's own identity data, one spec per language, made as the fine-tune's is (noise, multi-turn), with
+    a few general chats (their words are what the noise draws from); nothing held out, no older name to deny.
+    The base then knows its identity from many wordings, and so does the fine-tuned model (README "Does it know
+    its name": held-out identity, single- and multi-turn, against a base taught single clean questions)."""
     n = cfg.old_count // len(OLD_IDENTITY)
-    return {lang: IdentitySpec(name=name, count=n, ratio=0, eval_identity=0, eval_general=0, old_names=[],
+    return {lang: IdentitySpec(name=name, count=n, ratio=OLD_RATIO, eval_identity=0, eval_general=0, old_names=[],
                                languages=[lang]) for lang, name in OLD_IDENTITY.items()} if n else {}
 
 
 def base_commands(cfg: DemoConfig) -> list[str]:
     p = cfg.paths
     flags = " ".join(f"{TINY_FLAGS[k]} {v}" for k, v in cfg.shape.items() if k in TINY_FLAGS)
-    old = [f"{cli()} data identity --name {shlex.quote(spec.name)} --languages {lang} --count {spec.count} --ratio 0 "
+    old = [f"{cli()} data identity --name {shlex.quote(spec.name)} --languages {lang} --count {spec.count} --ratio {OLD_RATIO} "
            f"--eval-identity 0 --eval-general 0 --old-names '' --out {shown(p.old / lang)}"
            for lang, spec in old_specs(cfg).items()]
     files = " ".join(shown(f) for f in [GENERAL_DATA, *(p.old / lang / "train.jsonl" for lang in old_specs(cfg))])

@@ -19,13 +19,12 @@ import logging
 import os
 import random
 import re
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data import DataError, load_records
 from . import probes
-from .noise import question_words, tokens, with_noise, with_noisy_questions
+from .noise import question_words, with_noise, with_noisy_questions
 from .probes import lang_of, prompt_text
 
 log = logging.getLogger(__name__)
@@ -134,16 +133,6 @@ class IdentitySpec:
     # swapped for a word of the general questions ("easy data augmentation"): the model then keys on the
     # words that make a question about itself, not on the whole wording, and answers wordings it never saw.
     noise: float = 1.0
-    # Share of the general training questions asked inside the identity questions' greetings and closings
-    # ("Hi, ... Thanks.", "请问，…我很好奇。"): otherwise only identity questions carry them, and a small model
-    # answers any greeting ("你好吗？") with its name.
-    wrap: float = 0.0
-    # The noise never drops or swaps the words that mark a question as one about the assistant (``telling_words``:
-    # who, you, name, 你, 谁, ...): a swapped "you" ("Who made gravity?" answered "I am Alice") teaches the leak.
-    keep_cues: bool = False
-    # Extra copies of the general chats whose question shares the identity questions' telling words ("who",
-    # "you", "你", "谁"; ``look_alike``) in the mix: the hard negatives, rehearsed more often.
-    hard: int = 0
     general: str | None = None  # general data file (any supported format); None = the shipped zh+en set
     eval_identity: int = 60  # held-out identity questions (half zh, half en)
     eval_general: int = 40  # held-out general prompts (leak probes)
@@ -165,10 +154,6 @@ class IdentitySpec:
             problems.append(f"multi_turn must be in [0, 1], got {self.multi_turn}")
         if not 0 <= self.noise <= 1:
             problems.append(f"noise must be in [0, 1], got {self.noise}")
-        if not 0 <= self.wrap <= 1:
-            problems.append(f"wrap must be in [0, 1], got {self.wrap}")
-        if self.hard < 0:
-            problems.append(f"hard must be >= 0, got {self.hard}")
         if problems:
             raise DataError("identity data: " + "; ".join(problems))
 
@@ -183,17 +168,6 @@ def _wrap(core: str, lang: str, prefix: str, tail: str, keep_punct: bool) -> str
 def wrappings(core: str, lang: str) -> list[str]:
     """Every distinct question the templates make from one core question."""
     return sorted({_wrap(core, lang, p, t, k) for p in PREFIXES[lang] for t in TAILS[lang] for k in (True, False)})
-
-
-def wrapped(record: dict, rng: random.Random) -> dict:
-    """A general conversation whose questions come with an identity question's greeting or closing or both."""
-    def wrap(text: str) -> str:
-        lang = lang_of(text)
-        pairs = [(p, t) for p in PREFIXES[lang] for t in TAILS[lang] if p or t]
-        return _wrap(text, lang, *rng.choice(pairs), keep_punct=True)
-
-    return {**record, "messages": [dict(m, content=wrap(m["content"])) if m["role"] == "user" else m
-                                   for m in record["messages"]]}
 
 
 def questions(cores: dict, lang: str, kind: str) -> list[str]:
@@ -218,7 +192,7 @@ def _conversation(spec: IdentitySpec, question: str, reply: str, **extra) -> dic
 
 
 def identity_conversations(spec: IdentitySpec, rng: random.Random, general_words: dict[str, list[str]],
-                           noise_rng: random.Random, cues: frozenset[str] = frozenset()) -> tuple[list[dict], list[dict]]:
+                           noise_rng: random.Random) -> tuple[list[dict], list[dict]]:
     """``count`` training conversations and ``eval_identity`` held-out ones (questions never trained on);
     ``spec.noise`` draws words from ``general_words`` (per language) with ``noise_rng``."""
     langs = [lang for lang in LANGUAGES if lang in spec.languages]
@@ -237,7 +211,7 @@ def identity_conversations(spec: IdentitySpec, rng: random.Random, general_words
         used.add(q)
         # Not the "are you InternLM?" questions: the old name must reach the model as it is written.
         if spec.noise and not kind.startswith("not_old") and noise_rng.random() < spec.noise:
-            noisy = with_noise(q, lang, general_words.get(lang, []), noise_rng, keep=cues)
+            noisy = with_noise(q, lang, general_words.get(lang, []), noise_rng)
             q = q if noisy in held_out_wordings else noisy  # a swapped word must not make a held-out question
         kind, _, old = kind.partition(":")
         train.append(_conversation(spec, q, answer(spec, lang, kind, rng, old)))
@@ -253,28 +227,8 @@ def identity_conversations(spec: IdentitySpec, rng: random.Random, general_words
     return train, held_out
 
 
-def telling_words(general: list[dict], langs: list[str]) -> set[str]:
-    """Words that mark a question as one about the assistant: in at least 5 % of the training identity
-    questions and at least 3 times as often there as in the general questions (who, you, your, 你, 谁, ...)."""
-    words = set()
-    for lang in langs:
-        asked = [q for kind in ("name", "maker") for q in questions(TRAIN_CORES, lang, kind)]
-        plain = [prompt_text(r) for r in general if lang_of(prompt_text(r)) == lang]
-        share = lambda qs: Counter(w.lower() for q in qs for w in set(tokens(q, lang)) if w[0].isalnum())
-        own, other = share(asked), share(plain)
-        words |= {w for w, n in own.items() if n >= 0.05 * len(asked) and n / len(asked) >= 3 * other[w] / max(len(plain), 1)}
-    return words
-
-
-def look_alike(record: dict, words: set[str]) -> bool:
-    """A general conversation whose question has a word that marks identity questions: a hard negative."""
-    text = prompt_text(record)
-    return any(w.lower() in words for w in tokens(text, lang_of(text)))
-
-
 def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
-    """``n_train`` general conversations for the mix and ``eval_general`` held-out prompts, disjoint; with
-    ``spec.hard``, the look-alike ones are that many times more often in the mix."""
+    """``n_train`` general conversations for the mix and ``eval_general`` held-out prompts, disjoint."""
     path = spec.general or GENERAL_DATA
     records = load_records(path)
     if any("messages" not in r for r in records):
@@ -293,10 +247,6 @@ def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) 
         messages = [m for m in r["messages"] if m["role"] != "system"] if spec.system else r["messages"]
         return {"messages": system + messages, **extra}
 
-    if spec.hard and pool:  # its own generator: hard=0 writes the data it always did
-        words = telling_words(pool, [lang for lang in LANGUAGES if lang in spec.languages])
-        pool = pool + [r for r in pool if look_alike(r, words)] * spec.hard
-        random.Random(f"hard-{spec.seed}").shuffle(pool)
     train = [with_system(pool[i % len(pool)]) for i in range(n_train)] if pool else []
     evals = [with_system(r, lang=lang_of(prompt_text(r))) for r in held_out]
     return train, evals
@@ -335,12 +285,8 @@ def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
     # Noise draws from its own generator: the same seed gives the same conversations and held-out sets
     # at any noise level, so figures compare across levels.
     words, noise_rng = question_words(general), random.Random(f"noise-{spec.seed}")
-    cues = frozenset(telling_words(general, spec.languages)) if spec.keep_cues else frozenset()
-    identity, eval_identity = identity_conversations(spec, rng, words, noise_rng, cues)
+    identity, eval_identity = identity_conversations(spec, rng, words, noise_rng)
     general = [with_noisy_questions(r, spec.noise, words, noise_rng) for r in general]
-    if spec.wrap:
-        wrap_rng = random.Random(f"wrap-{spec.seed}")
-        general = [wrapped(r, wrap_rng) if wrap_rng.random() < spec.wrap else r for r in general]
     identity, general = mix_turns(identity, general, spec.multi_turn, rng)
     train = identity + general
     rng.shuffle(train)

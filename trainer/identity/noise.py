@@ -23,18 +23,13 @@ def join(words: list[str], lang: str) -> str:
 
 
 def with_noise(question: str, lang: str, pool: list[str], rng: random.Random,
-               ops: tuple[str, ...] = ("insert", "drop", "replace"), keep: frozenset[str] = frozenset()) -> str:
-    """The question with one word inserted, dropped or replaced (a word of ``pool``); punctuation stays,
-    and so do the words of ``keep`` (lower-case): only an insert lands next to them."""
+               ops: tuple[str, ...] = ("insert", "drop", "replace")) -> str:
+    """The question with one word inserted, dropped or replaced (a word of ``pool``); punctuation stays."""
     words = tokens(question, lang)
     spots = [i for i, w in enumerate(words) if re.match(r"\w", w)]
     if not spots or not pool:
         return question
-    op = rng.choice(ops)
-    free = [i for i in spots if words[i].lower() not in keep] if op != "insert" else spots
-    if not free:
-        op, free = "insert", spots
-    at = rng.choice(free)
+    op, at = rng.choice(ops), rng.choice(spots)
     if op == "drop" and len(spots) > 2:
         del words[at]
     elif op == "replace" and len(spots) > 2:
