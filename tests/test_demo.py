@@ -17,8 +17,8 @@ from conftest import ROOT, run_cli
 
 # What the tiny demo model must reach, measured on held-out paraphrases and prompts. The recipe (a base that knows
 # an old identity, InternLM / 书生·浦语; multi-turn mix, --noise 1.0, hard negatives) on CPU (README "Does it know
-# its name"; this test's demo: 93 / 95 / 12 / 10 %): identity 93-95 % single-turn and 92-95 % as turn 2-4, leak
-# 8-15 % and 8-10 % after identity turns over its data seeds and fine-tune variants; with a base taught clean
+# its name"; this test's demo: 93 / 95 / 12 / 10 %): identity 93-95 % single-turn and 92-97 % as turn 2-4, leak
+# 0-18 % and 2-10 % after identity turns over 3 data seeds and fine-tune variants; with a base taught clean
 # old-identity questions, 88-95 %, 83-88 %, 8-10 %, 10-15 % (CPU, 4 seeds) and 87-93 %, 88-97 %, 2-12 %, 5-18 %
 # (GPU, 6 seeds). The margins hold across those runs and still catch a model that names itself everywhere (base:
 # 0 % leak; the failure the issue shows: nearly 100 %) or one that did not learn the name (base: 0 % identity).
