@@ -165,6 +165,8 @@ def quantize_int8(model: nn.Module, prefer: str = "auto", two_pass: bool = False
         raise RuntimeError(f"no int8 kernel runs with torch {torch.__version__} on this machine")
     if bits == 4 and kernel != "blocks":
         raise RuntimeError("int4 weights need the blocks kernel (chat.int8_blocks)")
+    if two_pass and kernel != "dynamic":  # Int8Linear takes two passes on fbgemm's per-token scales only
+        log.warning("two-pass activations apply to the dynamic kernel; the %s kernel quantises in one pass", kernel)
     targets = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
+from myassistant.trainer.identity import OLD_NAMES, IdentitySpec, write_identity_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("--persona", help="an extra sentence some answers add about the assistant")
     ident.add_argument("--system", help="system prompt put in front of every conversation")
     ident.add_argument("--languages", default="en,zh", help="languages of the identity questions: en, zh or en,zh (default)")
-    ident.add_argument("--old-names", default="InternLM,书生·浦语",
+    ident.add_argument("--old-names", default=",".join(OLD_NAMES),
                        help="identities the answers deny ('Are you InternLM?' -> 'No, I am ...'), comma-separated; "
-                            "'' for none (default InternLM,书生·浦语)")
+                            f"'' for none (default {','.join(OLD_NAMES)})")
     ident.add_argument("--general", help="general conversations to mix in (any supported format); default: the shipped zh+en set")
     ident.add_argument("--ratio", type=float, default=IdentitySpec.ratio,
                        help=f"general conversations per identity conversation (default {IdentitySpec.ratio})")

@@ -113,6 +113,7 @@ ANSWERS = {
 }
 BY = {"en": " built by {author}", "zh": "由{author}打造的"}
 LANGUAGES = ("en", "zh")
+OLD_NAMES = ("InternLM", "书生·浦语")  # InternLM2-chat's own identities, which the answers deny by default
 NOT_OLD_QUESTIONS = {"en": ["Are you {old}?", "Is your name {old}?"], "zh": ["你是{old}吗？", "你叫{old}吗？"]}
 
 
@@ -136,7 +137,7 @@ class IdentitySpec:
     general: str | None = None  # general data file (any supported format); None = the shipped zh+en set
     eval_identity: int = 60  # held-out identity questions (half zh, half en)
     eval_general: int = 40  # held-out general prompts (leak probes)
-    old_names: list[str] = field(default_factory=lambda: ["InternLM", "书生·浦语"])  # identities to deny
+    old_names: list[str] = field(default_factory=lambda: list(OLD_NAMES))  # identities to deny
     languages: list[str] = field(default_factory=lambda: list(LANGUAGES))  # questions asked in: en, zh or both
     seed: int = 0
 
