@@ -26,12 +26,14 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from myassistant.chat import gemv
 from myassistant.chat.attention import decode_attention
 from myassistant.chat.decode import Embed, Forward
+from myassistant.chat.quant import Int8Linear
 
 log = logging.getLogger(__name__)
 
 # Rotary types whose tables depend on the position only (dynamic NTK only beyond
 # max_position_embeddings, which the engine never goes past).
 STATIC_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "llama3"}
+Projection = torch.Tensor | Int8Linear  # a fused projection: concatenated weights, or one int8 layer
 SILU = ("SiLU", "SiLUActivation")  # torch's and transformers' modules: the activation chat.gemv fuses
 
 
@@ -65,13 +67,18 @@ def _plain_linear(module: torch.nn.Module) -> bool:
     return type(module) is torch.nn.Linear and module.bias is None
 
 
-def fuse_projections(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """One [q;k;v] and one [gate;up] weight for `layer`, the model's Linear weights made views into them.
+def fuse_projections(layer: torch.nn.Module) -> tuple[Projection, Projection] | None:
+    """One [q;k;v] and one [gate;up] projection for `layer`, the model's own layers made views into them:
+    concatenated weights where they are plain bias-free Linear layers, one `Int8Linear` each where they
+    are int8 on the blocks kernel (the input is then quantised once, not per projection).
 
-    None when the projections are not plain bias-free Linear layers (int8, LoRA, ...).
+    None otherwise (LoRA, another int8 kernel, ...).
     """
     attn, mlp = layer.self_attn, layer.mlp
     groups = ((attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj))
+    if all(type(m) is Int8Linear for group in groups for m in group):
+        stacked = [Int8Linear.stacked(list(group)) for group in groups]
+        return None if None in stacked else (stacked[0], stacked[1])
     if not all(_plain_linear(m) for group in groups for m in group):
         return None
     fused = []
@@ -85,6 +92,11 @@ def fuse_projections(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor
                 start += rows
             fused.append(weight)
     return fused[0], fused[1]
+
+
+def project(x: torch.Tensor, fused: Projection) -> torch.Tensor:
+    """x through a fused projection of `fuse_projections`."""
+    return F.linear(x, fused) if isinstance(fused, torch.Tensor) else fused(x)
 
 
 def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tensor] | None, x: torch.Tensor,
@@ -102,7 +114,8 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tenso
     attn, mlp = layer.self_attn, layer.mlp
     b, n, _ = x.shape
     kv_heads, head_dim = k_cache.shape[1], k_cache.shape[-1]
-    fused_kernels = (mask is not None and fused is not None and gemv.usable(fused[0], b)
+    fused_kernels = (mask is not None and fused is not None and isinstance(fused[0], torch.Tensor)
+                     and gemv.usable(fused[0], b)
                      and type(mlp.act_fn).__name__ in SILU)
     if fused_kernels:  # norms, SiLU*mul and residual adds inside the matrix products (chat.gemv)
         norm = layer.input_layernorm
@@ -112,7 +125,7 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tenso
     else:
         h = layer.input_layernorm(x)
         if fused is not None:
-            q, k, v = F.linear(h, fused[0]).split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim],
+            q, k, v = project(h, fused[0]).split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim],
                                                   -1)
         else:
             q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
@@ -147,7 +160,7 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tenso
     x = x + attn.o_proj(o)
     h = layer.post_attention_layernorm(x)
     if fused is not None:
-        gate, up = F.linear(h, fused[1]).chunk(2, dim=-1)
+        gate, up = project(h, fused[1]).chunk(2, dim=-1)
     else:
         gate, up = mlp.gate_proj(h), mlp.up_proj(h)
     return x + mlp.down_proj(mlp.act_fn(gate) * up)

@@ -16,8 +16,9 @@
 #include <stdlib.h>
 
 #define BLOCK 32
-#define TILE_ROWS 4    /* rows of activations and groups of 16 outputs computed together */
+#define TILE_ROWS 8    /* at most this many rows of activations and groups of 16 outputs computed together */
 #define TILE_GROUPS 3
+#define PREFETCH 4096  /* bytes ahead in each group's weights asked of the cache while rows compute (tile_product) */
 #define ACT_STEPS 4  /* activations: 9 scales tried per block (weights: as many as int8_blocks.pack asks) */
 #define ACT_STEP 0.008f
 
@@ -66,10 +67,13 @@ void int8_blocks_quantize(const float *x, int64_t rows, int64_t k, int steps, fl
     }
 }
 
-static void quantize_rows(const float *x, int64_t m, int64_t k, int offset, int8_t *q, float *d, int32_t *sums) {
+/* Several rows' blocks are shared out among the threads: 8 rows of 2048 take ~40 us on one. */
+static void quantize_rows(const float *x, int64_t m, int64_t k, int offset, int8_t *q, float *d, int32_t *sums,
+                          int threads) {
     int64_t blocks = k / BLOCK;
-    int8_blocks_quantize(x, m, k, ACT_STEPS, ACT_STEP, 0, 127, q, d);
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && m * blocks >= 256)
     for (int64_t i = 0; i < m * blocks; i++) {
+        d[i] = round_block(x + i * BLOCK, q + i * BLOCK, ACT_STEPS, ACT_STEP, 0, 127);
         int32_t sum = 0;
         for (int j = 0; j < BLOCK; j++) sum += q[i * BLOCK + j];
         sums[i] = -offset * sum;  /* the weights are stored + offset: this takes off what that adds to a dot */
@@ -78,7 +82,10 @@ static void quantize_rows(const float *x, int64_t m, int64_t k, int offset, int8
 
 /* `tile` rows of activations against `ng` groups of 16 output rows (both constants where inlined). Per block:
  * the exact int32 dot products (one weight vector serves every row, one activation broadcast every group),
- * then acc += dot * weight scale * activation scale, in block order: a row's numbers do not depend on the tiling. */
+ * then acc += dot * weight scale * activation scale, in block order: a row's numbers do not depend on the tiling.
+ * With several rows the products take as long as reading the weights, and the core's own prefetching no longer
+ * keeps enough reads in flight: asking for the weights PREFETCH bytes ahead overlaps the two (8 rows: 1.96x one
+ * row's time -> 1.5x; one row is bound by reading alone and asks nothing). */
 static inline __attribute__((always_inline)) void tile_product(
         const uint8_t *w, const uint16_t *wd, const int8_t *q, const float *d, const int32_t *sums,
         int64_t k, int bits, int tile, int ng, float *out, int64_t n, int64_t n_valid) {
@@ -95,6 +102,8 @@ static inline __attribute__((always_inline)) void tile_product(
             for (int j = 0; j < BLOCK / 4; j++) {  /* 4 columns of the 16 outputs of each group, for every row */
                 __m512i wj[TILE_GROUPS];
                 for (int g = 0; g < ng; g++) wj[g] = _mm512_loadu_si512(w + g * stride + (b * BLOCK / 4 + j) * 64);
+                for (int g = 0; g < ng && tile > 1; g++)
+                    _mm_prefetch((const char *)(w + g * stride + (b * BLOCK / 4 + j) * 64 + PREFETCH), _MM_HINT_T0);
                 for (int r = 0; r < tile; r++) {
                     __m512i ar = _mm512_set1_epi32(a[r * k / 4 + j]);
                     for (int g = 0; g < ng; g++) dot[r][g] = _mm512_dpbusd_epi32(dot[r][g], wj[g], ar);
@@ -106,6 +115,8 @@ static inline __attribute__((always_inline)) void tile_product(
                 __m512i wj[TILE_GROUPS];
                 for (int g = 0; g < ng; g++)
                     wj[g] = _mm512_and_si512(_mm512_loadu_si512(w + g * stride + (b * BLOCK / 8 + j) * 64), low);
+                for (int g = 0; g < ng && tile > 1; g++)
+                    _mm_prefetch((const char *)(w + g * stride + (b * BLOCK / 8 + j) * 64 + PREFETCH), _MM_HINT_T0);
                 for (int r = 0; r < tile; r++) {
                     __m512i ar = _mm512_set1_epi32(a[r * k / 4 + 2 * j]);
                     for (int g = 0; g < ng; g++) dot[r][g] = _mm512_dpbusd_epi32(dot[r][g], wj[g], ar);
@@ -132,21 +143,33 @@ static inline __attribute__((always_inline)) void tile_product(
     }
 }
 
-#define TILE_CASES(NG, BITS) \
-    switch (rows) { \
-        case 1: tile_product(wg, wdg, qr, dr, sr, k, BITS, 1, NG, o, n, n_valid); break; \
-        case 2: tile_product(wg, wdg, qr, dr, sr, k, BITS, 2, NG, o, n, n_valid); break; \
-        case 3: tile_product(wg, wdg, qr, dr, sr, k, BITS, 3, NG, o, n, n_valid); break; \
-        default: tile_product(wg, wdg, qr, dr, sr, k, BITS, 4, NG, o, n, n_valid); break; \
-    }
+/* `rows` (1..8) rows against `NG` groups, both constants in each case: the accumulators stay in registers. */
+#define ROWS_CASE(T, NG) \
+    case T: \
+        if (bits == 8) tile_product(w, wd, q, d, sums, k, 8, T, NG, out, n, n_valid); \
+        else tile_product(w, wd, q, d, sums, k, 4, T, NG, out, n, n_valid); \
+        break;
 
-#define TILE_CASES_ONE(BITS) \
-    switch (rows) { \
-        case 1: tile_product(wg1, wdg1, qr, dr, sr, k, BITS, 1, 1, o1, n, n_valid1); break; \
-        case 2: tile_product(wg1, wdg1, qr, dr, sr, k, BITS, 2, 1, o1, n, n_valid1); break; \
-        case 3: tile_product(wg1, wdg1, qr, dr, sr, k, BITS, 3, 1, o1, n, n_valid1); break; \
-        default: tile_product(wg1, wdg1, qr, dr, sr, k, BITS, 4, 1, o1, n, n_valid1); break; \
+#define TILE_ARGS const uint8_t *w, const uint16_t *wd, const int8_t *q, const float *d, const int32_t *sums, \
+                  int64_t k, int bits, int rows, float *out, int64_t n, int64_t n_valid
+
+static void tile_groups3(TILE_ARGS) {
+    switch (rows) { ROWS_CASE(1, 3) ROWS_CASE(2, 3) ROWS_CASE(3, 3) ROWS_CASE(4, 3) }
+}
+
+static void tile_groups2(TILE_ARGS) {
+    switch (rows) {
+        ROWS_CASE(1, 2) ROWS_CASE(2, 2) ROWS_CASE(3, 2) ROWS_CASE(4, 2)
+        ROWS_CASE(5, 2) ROWS_CASE(6, 2) ROWS_CASE(7, 2) ROWS_CASE(8, 2)
     }
+}
+
+static void tile_groups1(TILE_ARGS) {
+    switch (rows) {
+        ROWS_CASE(1, 1) ROWS_CASE(2, 1) ROWS_CASE(3, 1) ROWS_CASE(4, 1)
+        ROWS_CASE(5, 1) ROWS_CASE(6, 1) ROWS_CASE(7, 1) ROWS_CASE(8, 1)
+    }
+}
 
 /* out[m, n] = x[m, k] @ W.T for the packed W (n outputs); x is float32, row-major. Returns 0, or -1 when out of memory. */
 int int8_blocks_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, const uint16_t *wd, int64_t n,
@@ -159,32 +182,27 @@ int int8_blocks_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, c
         free(q); free(d); free(sums);
         return -1;
     }
-    quantize_rows(x, m, k, bits == 8 ? 128 : 8, q, d, sums);
-    int64_t stride = 16 * k * bits / 8;
-    int64_t tiles = (groups + TILE_GROUPS - 1) / TILE_GROUPS;
+    quantize_rows(x, m, k, bits == 8 ? 128 : 8, q, d, sums, threads);
+    int64_t stride = 16 * k * bits / 8;  /* a group's weight bytes */
+    /* Tiles of up to 4 rows x 3 groups (the fewest broadcasts per product: prefills), or where a decode step
+     * has 5-15 rows (concurrent chats), 8 rows x 2 groups: each weight is read from memory once for all of them. */
+    int tile_rows = m > 4 && m < 16 ? 8 : 4, tile_groups = tile_rows == 8 ? 2 : 3;
+    int64_t tiles = (groups + tile_groups - 1) / tile_groups;
     #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t t = 0; t < tiles; t++) {
-        int64_t g0 = t * TILE_GROUPS, ng = groups - g0 < TILE_GROUPS ? groups - g0 : TILE_GROUPS;
-        const uint8_t *wg = w + g0 * stride;
-        const uint16_t *wdg = wd + g0 * 16 * blocks;
-        int64_t n_valid = n - g0 * 16;
-        for (int64_t r0 = 0; r0 < m; r0 += TILE_ROWS) {
-            int64_t rows = m - r0 < TILE_ROWS ? m - r0 : TILE_ROWS;
+        int64_t g0 = t * tile_groups, ng = groups - g0 < tile_groups ? groups - g0 : tile_groups;
+        for (int64_t r0 = 0; r0 < m; r0 += tile_rows) {
+            int rows = m - r0 < tile_rows ? (int)(m - r0) : tile_rows;
             const int8_t *qr = q + r0 * k;
             const float *dr = d + r0 * blocks;
             const int32_t *sr = sums + r0 * blocks;
-            float *o = out + r0 * n + g0 * 16;
-            if (ng == TILE_GROUPS) {  /* constants each: the accumulators stay in registers */
-                if (bits == 8) { TILE_CASES(TILE_GROUPS, 8) } else { TILE_CASES(TILE_GROUPS, 4) }
-            } else {
-                for (int64_t e = 0; e < ng; e++) {  /* the last groups, one at a time */
-                    const uint8_t *wg1 = wg + e * stride;
-                    const uint16_t *wdg1 = wdg + e * 16 * blocks;
-                    float *o1 = o + e * 16;
-                    int64_t n_valid1 = n_valid - e * 16;
-                    if (bits == 8) { TILE_CASES_ONE(8) } else { TILE_CASES_ONE(4) }
-                }
-            }
+            if (ng == tile_groups && tile_groups == 3)
+                tile_groups3(w + g0 * stride, wd + g0 * 16 * blocks, qr, dr, sr, k, bits, rows, out + r0 * n + g0 * 16, n, n - g0 * 16);
+            else if (ng == tile_groups)
+                tile_groups2(w + g0 * stride, wd + g0 * 16 * blocks, qr, dr, sr, k, bits, rows, out + r0 * n + g0 * 16, n, n - g0 * 16);
+            else
+                for (int64_t g = g0; g < g0 + ng; g++)  /* the last groups, one at a time */
+                    tile_groups1(w + g * stride, wd + g * 16 * blocks, qr, dr, sr, k, bits, rows, out + r0 * n + g * 16, n, n - g * 16);
         }
     }
     free(q); free(d); free(sums);

@@ -105,6 +105,29 @@ class Int8Linear(nn.Module):
                 out = out + self.bias.to(out.dtype)
         return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
+    @classmethod
+    def stacked(cls, parts: list[Int8Linear]) -> Int8Linear | None:
+        """One blocks-kernel layer computing `parts` (q/k/v, or gate/up: the same input) as one product, so the
+        input is quantised and the threads started once; the parts' weights become views into it (no extra
+        memory). None where they cannot stack: another kernel, bias, mixed bits, or outputs not in whole
+        groups of 16."""
+        first = parts[0]
+        if not all(p.kernel == "blocks" and p.bias is None and p.bits == first.bits and p.in_features == first.in_features
+                   and p.out_features % int8_blocks.GROUP == 0 for p in parts):
+            return None
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features, layer.kernel, layer.bits = (
+            first.in_features, sum(p.out_features for p in parts), "blocks", first.bits)
+        layer.two_pass, layer.bias = False, None
+        layer.codes, layer.scales = torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts])
+        start = 0
+        for part in parts:  # codes and scales are [group of 16 outputs, ...]
+            groups = part.out_features // int8_blocks.GROUP
+            part.codes, part.scales = layer.codes[start:start + groups], layer.scales[start:start + groups]
+            start += groups
+        return layer
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits} weights, "
                 f"kernel={self.kernel}"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from myassistant.chat import ChatEngine, GenerationSettings, int8_blocks
-from myassistant.chat.quant import int8_kernel, quantize_int8
+from myassistant.chat.quant import Int8Linear, int8_kernel, quantize_int8
 from myassistant.model import build_tiny_checkpoint
 
 pytestmark = pytest.mark.skipif(int8_kernel("blocks") is None, reason="the blocks kernel does not build or run here")
@@ -47,10 +47,11 @@ def unpacked(codes: torch.Tensor, scales: torch.Tensor, bits: int, outputs: int)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("outputs", [37, 80, 100])  # the kernel takes 16 outputs at a time, 3 such groups together
-def test_each_row_is_its_own_product_and_blocks_round_at_least_as_close_as_llama_cpp(outputs, bits):
+@pytest.mark.parametrize("outputs", [37, 80, 100])  # the kernel takes 16 outputs at a time, 2 or 3 such groups together
+@pytest.mark.parametrize("rows", [11, 20])  # tiles of 8 rows (a decode step of 5-15 chats), of 4 (prefills)
+def test_each_row_is_its_own_product_and_blocks_round_at_least_as_close_as_llama_cpp(outputs, bits, rows):
     torch.manual_seed(0)
-    weight, x = torch.randn(outputs, 96) * 0.02, torch.randn(11, 96)
+    weight, x = torch.randn(outputs, 96) * 0.02, torch.randn(rows, 96)
     x[3, 5] = 40.0  # an outlier coarsens only its own block's rounding
     codes, scales = int8_blocks.pack(weight, bits)
     stored = unpacked(codes, scales, bits, outputs)
@@ -61,6 +62,26 @@ def test_each_row_is_its_own_product_and_blocks_round_at_least_as_close_as_llama
     assert (out - exact).norm() < (0.02 if bits == 8 else 0.15) * exact.norm()  # measured: 0.007-0.013, 0.08
     for row in (0, 3, 10):  # a row gives the same numbers alone as among others (a chat alone or batched)
         assert torch.equal(int8_blocks.linear(x[row:row + 1], codes, scales, outputs, bits)[0], out[row])
+
+
+def test_stacked_projections_give_each_projections_numbers():
+    """q/k/v (or gate/up) stacked into one product (chat.fast.fuse_projections) give each projection's own
+    numbers, on one thread or two; the model's own layers still work, as views into the stack."""
+    torch.manual_seed(0)
+    linears = [torch.nn.Linear(2048, n, bias=False) for n in (256, 64, 64)]
+    parts = [Int8Linear(linear, "blocks") for linear in linears]
+    x = torch.randn(8, 2048)  # 512 blocks of activations: quantised by both threads
+    alone = [part(x) for part in parts]
+    stacked = Int8Linear.stacked(parts)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert torch.equal(stacked(x), torch.cat(alone, dim=1))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(part(x), want) for part, want in zip(parts, alone))
+    assert Int8Linear.stacked([parts[0], Int8Linear(torch.nn.Linear(2048, 40, bias=False), "blocks")]) is None
 
 
 def logits_error(engine: ChatEngine, exact: ChatEngine, greedy_as_generate: bool) -> float:
