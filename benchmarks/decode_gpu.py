@@ -1,9 +1,11 @@
-"""GPU decode speed of the chat engine (batched decoder, CUDA graphs) on the InternLM2-1.8B shape, bf16.
+"""GPU decode speed of the chat engine (batched decoder, CUDA graphs) on the InternLM2-1.8B shape (--shape), bf16
+and weight-only int8 / int4 layer weights (--weight-bits).
 
 One device call runs this (the peer, ``model.generate``, is timed in the same process) and, for the
 peer's other cases, ../shared/peers/gpu_decode_peer.py (see benchmarks/gpu_all.sh):
 
     python3 -m benchmarks.decode_gpu
+    python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --new-tokens 128 --weight-bits 16 8 4 --chats 8
 
 Cases (random weights, greedy, stop tokens off so every reply has --new-tokens tokens):
 - ``warm_up``: compiling and capturing the steps a first chat and two concurrent ones need.
@@ -16,12 +18,18 @@ Cases (random weights, greedy, stop tokens off so every reply has --new-tokens t
 - ``same_tokens_fp32``: the same comparison with fp32 weights (no near-ties at this precision).
 - ``ttft_512``: time to first token for a ~512-token chat prompt, templating and history trimming included.
 - ``step_ms``: one graphed decode step replayed back to back (GPU time, no host work) for 1 and 8 rows.
+- ``quality_bf16`` / ``quality`` (``--weight-bits 16 8 4``: the cases run for each form in turn on the same model,
+  the layers' weights quantised weight-only from the bf16 ones): teacher-forced top-1 agreement and relative
+  logits error against the bf16 decode steps over 8 fixed chat prompts and 32 greedy bf16 tokens after each;
+  ``quality_bf16`` gives the yardstick: the model's own modules (one forward per sequence) against the same steps.
 - ``concurrent_N``: N chats streaming at once from threads, sharing the steps; per-chat and total tokens/s.
 - ``copy_bandwidth``: this GPU's memory bandwidth, measured in the same run: a 4 GiB ``dst.copy_(src)``
   timed with CUDA events, bytes read + written / time (median of 10).
 - ``roofline``: weight bytes / the measured copy bandwidth: the tokens/s a batch-1 step that only read
   the weights once would reach; ``decode_of_bandwidth``: the engine's decode-only tokens/s x weight
-  bytes / the measured bandwidth (the fraction of the memory system a decode step uses).
+  bytes / the measured bandwidth (the fraction of the memory system a decode step uses). Weight bytes: every
+  parameter (quantised layers at their quantised size); ``*_read``: without the embedding table, of which a
+  step reads one row.
 """
 from __future__ import annotations
 
@@ -37,8 +45,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmarks.decode_cpu import SHAPES  # noqa: E402
+from benchmarks.decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
 from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats, gemv  # noqa: E402
+from myassistant.chat.prefill import PrefillGraphs  # noqa: E402
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 def emit(case: str, **fields) -> None:
@@ -105,6 +114,62 @@ def step_ms(engine: ChatEngine, rows: int, length: int = 256, reps: int = 50) ->
     return (time.perf_counter() - start) / reps * 1e3
 
 
+def teacher_forced(engine: ChatEngine, sequences: list[list[int]], follow: int = 0) -> list[torch.Tensor]:
+    """Float32 logits at every position of each sequence, fed one token at a time through the engine's decoder
+    (the decode steps' products); with `follow`, that many greedy tokens are appended to each sequence first."""
+    decoder, out = engine.decoder, []
+    with torch.inference_mode():
+        for seq in sequences:
+            step, logits = decoder.eager(decoder.new_cache(len(seq) + follow + 1)), []
+            for i in range(len(seq) + follow):
+                if i >= len(seq):
+                    seq.append(int(logits[-1].argmax()))
+                logits.append(step(torch.tensor([[seq[i]]], device=decoder.device))[0])
+            out.append(torch.stack(logits))
+    return out
+
+
+def bf16_reference(engine: ChatEngine) -> tuple[list[list[int]], torch.Tensor, dict]:
+    """The 8 fixed chat prompts with 32 greedy bf16 tokens after each, the bf16 decode steps' logits at every
+    position, and the yardstick: how often the model's own modules (one forward over each whole sequence, cuBLAS)
+    pick the same top-1 token as those steps (two bf16 computations that differ only in summation order)."""
+    settings = GenerationSettings(temperature=0, max_new_tokens=32)
+    sequences = [engine.prompt([{"role": "user", "content": p}], settings)[0] for p in QUALITY_PROMPTS]
+    steps = teacher_forced(engine, sequences, follow=32)
+    want = torch.cat(steps)
+    with torch.inference_mode():
+        modules = torch.cat([engine.model(torch.tensor([s], device=engine.decoder.device)).logits[0].float()
+                             for s in sequences])
+    return sequences, want, {"positions": len(want), **agreement(modules, want, "bf16_modules"),
+                             **steps_vs_prefill(engine, sequences, steps)}
+
+
+def steps_vs_prefill(engine: ChatEngine, sequences: list[list[int]], steps: list[torch.Tensor]) -> dict:
+    """The last position's logits of the decode steps (fused kernels over the current weights) against a prefill of
+    each whole sequence (cuBLAS over the same weights, dequantised): a check of the kernels at the model's shapes."""
+    decoder = engine.decoder
+    with torch.inference_mode():
+        prefill = torch.cat([decoder.prefill(torch.tensor([s], device=decoder.device), decoder.new_cache(len(s) + 1))
+                             for s in sequences])
+    last = torch.stack([t[-1] for t in steps])
+    return agreement(last, prefill, "steps_vs_prefill")
+
+
+def agreement(got: torch.Tensor, want: torch.Tensor, name: str) -> dict:
+    return {f"{name}_top1_agreement": round(float((got.argmax(-1) == want.argmax(-1)).float().mean()), 3),
+            f"{name}_relative_logits_error": round(float((got - want).norm() / want.norm()), 4)}
+
+
+def switch_weights(engine: ChatEngine, bits: int) -> None:
+    """The engine's decode steps over weight-only `bits` weights (16: bf16 again), captured anew."""
+    engine.decoder.quantize_weights(bits)
+    batch = engine.batch
+    batch.graphs.clear()
+    if batch.prefills is not None:  # a new memory pool: capturing into one whose graphs are all gone fails
+        batch.pool = torch.cuda.graph_pool_handle()
+        batch.prefills = PrefillGraphs(engine.decoder, batch.cache, batch.pool)
+
+
 def concurrent(engine: ChatEngine, messages: list[dict], chats: int, new_tokens: int) -> dict:
     stats = [GenerationStats() for _ in range(chats)]
     settings = GenerationSettings(temperature=0, max_new_tokens=new_tokens)
@@ -127,62 +192,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=SHAPES, default="internlm2-1.8b")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--no-fp32", action="store_true", help="skip the fp32 token comparison")
+    parser.add_argument("--weight-bits", type=int, nargs="+", choices=(16, 8, 4), default=[16],
+                        help="the layers' weights: bf16 (16) and / or weight-only int8 / int4, one after the other on "
+                             "the same model (StaticCacheDecoder.quantize_weights)")
+    parser.add_argument("--chats", type=int, nargs="*", default=[2, 4, 8], help="concurrent chats to time")
     args = parser.parse_args(argv)
+    # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
     model = build(args.shape, torch.bfloat16, "cuda")
     engine = ChatEngine(model, tokenizer, name=args.shape)
     engine.stop_ids = []  # random weights: every reply runs the full length
     emit("device", name=torch.cuda.get_device_name(0), torch=torch.__version__, rows=engine.batch.rows,
-         cache_tokens_per_row=engine.batch.max_len)
-    start = time.perf_counter()
-    engine.warm_up()
-    emit("warm_up", seconds=round(time.perf_counter() - start, 1), graphs=sorted(engine.batch.graphs),
-         products_picked={f"{k[0]}x{k[1]}{'_gated' if k[2] else ''}{'_rows' if k[-1] else '_row'}": v
-                          for k, v in gemv._picked.items()})
-
+         cache_tokens_per_row=engine.batch.max_len, shape=args.shape, weight_bits=args.weight_bits)
+    if any(bits < 16 for bits in args.weight_bits):
+        sequences, want, yardstick = bf16_reference(engine)
+        emit("quality_bf16", **yardstick)
+    bandwidth = copy_bandwidth()
+    emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
     short = [{"role": "user", "content": "Tell me about the weather today, please."}]
     settings = GenerationSettings(temperature=0, max_new_tokens=args.new_tokens)
     prompt_ids, _, _ = engine.prompt(short, settings)
-    ids = torch.tensor([prompt_ids], device="cuda")
-    with torch.inference_mode():
-        for _ in range(2):  # the second is timed
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
-            torch.cuda.synchronize()
-            peer = args.new_tokens / (time.perf_counter() - start)
-    emit("hf_generate", tokens_per_s=round(peer, 1))
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    bandwidth = copy_bandwidth()
-    emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
-    roofline = bandwidth / weight_bytes
-    reply(engine, short, settings)
-    stats = reply(engine, short, settings)
-    emit("engine", prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
-         tokens_per_s=round(stats.new_tokens / stats.elapsed_s, 1), decode_tokens_per_s=round(stats.tokens_per_s, 1),
-         first_token_ms=round(stats.first_token_s * 1e3, 1), vs_hf_generate=round(stats.new_tokens / stats.elapsed_s / peer, 2),
-         of_roofline=round(stats.tokens_per_s / roofline, 2), graph_problem=engine.batch.broken)
-    emit("same_tokens_bf16", **compare(engine, prompt_ids, args.new_tokens))
-
-    long = [{"role": "user", "content": " ".join(["tell me about the weather today"] * 71)}]
-    one = GenerationSettings(temperature=0, max_new_tokens=1)
-    reply(engine, long, one)
-    times = sorted(reply(engine, long, one).first_token_s for _ in range(5))
-    emit("ttft_512", prompt_tokens=len(engine.prompt(long, one)[0]), first_token_ms=round(times[2] * 1e3, 1))
-
-    for chats in (2, 4, 8):
-        concurrent(engine, short, chats, 16)  # captures this row bucket
-        result = concurrent(engine, short, chats, args.new_tokens)
-        emit(f"concurrent_{chats}", new_tokens=args.new_tokens, **result,
-             slowest_of_one_chat=round(result["min_chat_tokens_per_s"] / (stats.new_tokens / stats.elapsed_s), 3))
-    rows_1_ms = step_ms(engine, 1)
-    emit("step_ms", rows_1=round(rows_1_ms, 3), rows_8=round(step_ms(engine, 8), 3))
-    emit("roofline", weights_gb=round(weight_bytes / 1e9, 2), tokens_per_s=round(roofline, 1),
-         bandwidth_tb_per_s=round(bandwidth / 1e12, 3),
-         decode_of_bandwidth=round(stats.tokens_per_s * weight_bytes / bandwidth, 3),
-         step_1_row_of_bandwidth=round(weight_bytes / bandwidth / (rows_1_ms / 1e3), 3))
-
+    peer = None
+    for bits in args.weight_bits:
+        if bits != engine.decoder.weight_bits:
+            switch_weights(engine, bits)
+        if bits < 16:
+            steps = teacher_forced(engine, sequences)
+            emit("quality", bits=bits, positions=len(want), **agreement(torch.cat(steps), want, f"int{bits}"),
+                 **steps_vs_prefill(engine, sequences, steps))
+        start = time.perf_counter()
+        engine.warm_up()
+        emit("warm_up", bits=bits, seconds=round(time.perf_counter() - start, 1), graphs=sorted(engine.batch.graphs),
+             products_picked={f"{k[0]}x{k[1]}{'_gated' if k[2] else ''}_{str(k[-2])[6:]}{'_rows' if k[-1] else '_row'}":
+                              v for k, v in gemv._picked.items()})
+        if peer is None:
+            peer = hf_generate(model, prompt_ids, args.new_tokens)
+            emit("hf_generate", tokens_per_s=round(peer, 1))
+        run_cases(engine, bits, short, settings, peer, bandwidth, args)
     if not args.no_fp32:
         del engine, model
         torch.cuda.empty_cache()
@@ -191,6 +239,65 @@ def main(argv: list[str] | None = None) -> int:
         engine32.stop_ids = []
         emit("same_tokens_fp32", **compare(engine32, prompt_ids, 64))
     return 0
+
+
+def hf_generate(model: LlamaForCausalLM, prompt_ids: list[int], new_tokens: int) -> float:
+    """The peer's tokens/s: ``model.generate`` (dynamic cache, batch 1), the second of two runs."""
+    ids = torch.tensor([prompt_ids], device="cuda")
+    with torch.inference_mode():
+        for _ in range(2):  # the second is timed
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            torch.cuda.synchronize()
+    return new_tokens / (time.perf_counter() - start)
+
+
+def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: GenerationSettings, peer: float,
+              bandwidth: float, args: argparse.Namespace) -> None:
+    """One chat, the bf16 token comparison, first token, concurrent chats, graphed steps and the bandwidth
+    fractions of the engine's decode over `bits`-bit layer weights."""
+    model = engine.model
+    reply(engine, short, settings)
+    stats = reply(engine, short, settings)
+    one_chat = stats.new_tokens / stats.elapsed_s
+    emit("engine", bits=bits, prompt_tokens=stats.prompt_tokens, new_tokens=stats.new_tokens,
+         tokens_per_s=round(one_chat, 1), decode_tokens_per_s=round(stats.tokens_per_s, 1),
+         first_token_ms=round(stats.first_token_s * 1e3, 1), vs_hf_generate=round(one_chat / peer, 2),
+         graph_problem=engine.batch.broken)
+    if bits == 16:
+        emit("same_tokens_bf16", **compare(engine, engine.prompt(short, settings)[0], args.new_tokens))
+
+    long = [{"role": "user", "content": " ".join(["tell me about the weather today"] * 71)}]
+    one = GenerationSettings(temperature=0, max_new_tokens=1)
+    reply(engine, long, one)
+    times = sorted(reply(engine, long, one).first_token_s for _ in range(5))
+    emit("ttft_512", bits=bits, prompt_tokens=len(engine.prompt(long, one)[0]), first_token_ms=round(times[2] * 1e3, 1))
+
+    for chats in args.chats:
+        concurrent(engine, short, chats, 16)  # captures this row bucket
+        result = concurrent(engine, short, chats, args.new_tokens)
+        emit(f"concurrent_{chats}", bits=bits, new_tokens=args.new_tokens, **result,
+             slowest_of_one_chat=round(result["min_chat_tokens_per_s"] / one_chat, 3))
+    if (1, 256) not in engine.batch.graphs:
+        return  # no graphs (engine's graph_problem says why)
+    rows_1_ms = step_ms(engine, 1)
+    rows_8_ms = step_ms(engine, 8) if (8, 256) in engine.batch.graphs else None
+    emit("step_ms", bits=bits, rows_1=round(rows_1_ms, 3), rows_8=rows_8_ms and round(rows_8_ms, 3))
+    # Bytes a step reads: every parameter (as the 1.8B figures count), and without the embedding table, of
+    # which a step reads one row; the layers' products count their quantised bytes when quantised.
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    dense = sum(m.weight.numel() * m.weight.element_size() for m in model.model.layers.modules()
+                if isinstance(m, torch.nn.Linear))
+    products = sum(t.numel() * t.element_size() for weights in engine.decoder.fused for w in weights
+                   for t in (w if isinstance(w, tuple) else (w,)))
+    weight_bytes = total - dense + products
+    read = weight_bytes - model.model.embed_tokens.weight.numel() * model.model.embed_tokens.weight.element_size()
+    emit("roofline", bits=bits, weights_gb=round(weight_bytes / 1e9, 2), tokens_per_s=round(bandwidth / weight_bytes, 1),
+         bandwidth_tb_per_s=round(bandwidth / 1e12, 3),
+         decode_of_bandwidth=round(stats.tokens_per_s * weight_bytes / bandwidth, 3),
+         step_1_row_of_bandwidth=round(weight_bytes / bandwidth / (rows_1_ms / 1e3), 3),
+         read_gb=round(read / 1e9, 2), decode_of_bandwidth_read=round(stats.tokens_per_s * read / bandwidth, 3))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ SiLU*mul, down_proj + residual, lm_head with the final norm) and 1 / 8 rows: the
 kernel against the module chain in float64, and the GPU time of both as CUDA graphs that cycle through
 enough copies of the weight to miss the 60 MB L2 (every product reads its weight from memory, as in a
 decode step), as bytes of weight read / time against the copy bandwidth measured in the same run.
-``--sweep`` times every (BLOCK_N, BLOCK_K, warps, stages) of a small grid per shape and prints the best.
+``--bits 8|4``: ours on weight-only int8 / int4 copies (cuBLAS on their dequantised bf16 matrices; the bandwidth
+fraction counts the quantised bytes). ``--sweep`` times every (BLOCK_N, BLOCK_K, SPLIT, warps, stages) of a small
+grid per shape and prints the best.
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=SHAPES, default="internlm2-1.8b")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--bits", type=int, choices=(16, 8, 4), default=16, help="weight-only int8 / int4 for ours")
     args = parser.parse_args(argv)
     bandwidth = copy_bandwidth()
     emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
@@ -82,34 +85,41 @@ def main(argv: list[str] | None = None) -> int:
     dt = torch.bfloat16
     for name, (n, k, norm, gated, residual) in products(SHAPES[args.shape]).items():
         copies = max(2, -(-(512 << 20) // (n * k * 2)))  # >= 512 MB of weights: none of them stays in L2
-        weights = [torch.randn(n, k, device="cuda", dtype=dt) * k ** -0.5 for _ in range(copies)]
+        dense = [torch.randn(n, k, device="cuda", dtype=dt) * k ** -0.5 for _ in range(copies)]
+        # ours: (weight, scale) as chat.gemv takes them; quantised ones against their dequantised matrix
+        weights = [(w, None) if args.bits == 16 else tuple(gemv.quantize(w, args.bits)) for w in dense]
+        if args.bits < 16:
+            dense = [gemv.dequantize(gemv.QuantWeight(*w), dt) for w in weights]
         nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(dt) if norm else None
         out_n = n // 2 if gated else n
         for rows in (1, 8):
             x = torch.randn(rows, k, device="cuda", dtype=dt)
             res = torch.randn(rows, out_n, device="cuda", dtype=dt) if residual else None
             out_float = name == "lm_head"
-            ours = gemv.gemv(x, weights[0], res, nw, 1e-5, gated, out_float)
-            exact = reference(x.double(), weights[0].double(), None if res is None else res.double(),
+            ours = gemv.gemv(x, *weights[0], res, nw, 1e-5, gated, out_float)
+            exact = reference(x.double(), dense[0].double(), None if res is None else res.double(),
                               None if nw is None else nw.double(), gated, False)
-            cublas = reference(x, weights[0], res, nw, gated, out_float)
+            cublas = reference(x, dense[0], res, nw, gated, out_float)
             err = lambda y: float((y.double() - exact).norm() / exact.norm())  # noqa: E731
-            t_ours = graph_time(lambda i: gemv.gemv(x, weights[i], res, nw, 1e-5, gated, out_float), copies)
-            t_cublas = graph_time(lambda i: reference(x, weights[i], res, nw, gated, out_float), copies)
-            ideal = n * k * 2 / bandwidth
-            emit("gemv", product=name, n=n, k=k, rows=rows, ours_us=round(t_ours * 1e6, 2),
+            t_ours = graph_time(lambda i: gemv.gemv(x, *weights[i], res, nw, 1e-5, gated, out_float), copies)
+            t_cublas = graph_time(lambda i: reference(x, dense[i], res, nw, gated, out_float), copies)
+            ideal = sum(t.numel() * t.element_size() for t in weights[0] if t is not None) / bandwidth
+            emit("gemv", bits=args.bits, product=name, n=n, k=k, rows=rows, ours_us=round(t_ours * 1e6, 2),
                  cublas_us=round(t_cublas * 1e6, 2), ours_of_bandwidth=round(ideal / t_ours, 3),
                  cublas_of_bandwidth=round(ideal / t_cublas, 3), error_ours=f"{err(ours):.2e}",
                  error_cublas=f"{err(cublas):.2e}",
-                 picked=[v for key, v in gemv._picked.items() if key[:2] == (out_n, k) and key[-1] == (rows > 1)])
+                 picked=[v for key, v in gemv._picked.items() if key[:2] == (out_n, k) and key[-1] == (rows > 1)
+                         and key[-2] == weights[0][0].dtype])
             if args.sweep:
                 out = torch.empty(rows, out_n, dtype=torch.float32 if out_float else dt, device="cuda")
                 times = {}
                 for config in SWEEP:
-                    if k % (config[1] * config[2]):
+                    if args.bits == 4:  # an int4 block spans one group of columns
+                        config = (config[0], gemv.GROUP, *config[2:])
+                    if k % (config[1] * config[2]) or config in times:
                         continue
                     try:
-                        times[config] = graph_time(lambda i: gemv._launch(x, weights[i], out, res, nw, 1e-5, gated,
+                        times[config] = graph_time(lambda i: gemv._launch(x, *weights[i], out, res, nw, 1e-5, gated,
                                                                           config), copies, reps=3)
                     except Exception as e:  # noqa: BLE001 - a config that does not compile (shared memory)
                         times[config] = float("inf")
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 best = sorted(times, key=times.get)[:3]
                 emit("sweep", product=name, rows=rows, key=f"{'gated' if gated else 'plain'}_{out_n}x{k}",
                      best=[[list(c), round(ideal / times[c], 3)] for c in best])
-        del weights
+        del weights, dense
         torch.cuda.empty_cache()
     return 0
 

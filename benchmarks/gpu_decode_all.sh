@@ -4,7 +4,8 @@
 #   2. the decode step's products against cuBLAS (benchmarks.gemv_gpu; SWEEP=1 adds the config sweep);
 #   3. per-kernel profiles of a decode step and a 512-token prefill, fused and baseline (benchmarks.decode_profile);
 #   4. text decode, 1.8B, with the copy bandwidth measured in the same run (benchmarks.decode_gpu --no-fp32);
-#   5. the 7B shape in bf16 (benchmarks.decode_gpu --shape internlm2-7b).
+#   5. the 7B shape in bf16, weight-only int8 and int4 in one process (benchmarks.decode_gpu --shape internlm2-7b
+#      --weight-bits 16 8 4; BITS and CHATS pick).
 #
 #   device run, carry [".cache/i22a_whl"]: bash benchmarks/gpu_decode_all.sh
 #   (PARTS="tests gemv profile decode 7b" picks parts; .cache/i22a_whl holds transformers 5.24, see README.md)
@@ -25,5 +26,6 @@ timeout "${T_PROF:-80}" python3 -m benchmarks.decode_profile 2>&1 | tee "$OUT/pr
     | tee "$OUT/profile_base.log" | json; fi
 if has decode; then echo "=== 1.8B decode"
 timeout "${T_DECODE:-110}" python3 -m benchmarks.decode_gpu --no-fp32 2>&1 | tee "$OUT/decode.log" | json; fi
-if has 7b; then echo "=== 7B decode"
-timeout "${T_7B:-150}" python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --new-tokens 128 2>&1 | tee "$OUT/decode7b.log" | json; fi
+if has 7b; then echo "=== 7B decode"  # one process: the random 7B model built once, bf16 then int8 then int4
+timeout "${T_7B:-420}" python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --new-tokens 128 \
+    --weight-bits ${BITS:-16 8 4} --chats ${CHATS:-8} 2>&1 | tee "$OUT/decode7b.log" | json; fi

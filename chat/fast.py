@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 # Rotary types whose tables depend on the position only (dynamic NTK only beyond
 # max_position_embeddings, which the engine never goes past).
 STATIC_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "llama3"}
-Projection = torch.Tensor | Int8Linear  # a fused projection: concatenated weights, or one int8 layer
+# a fused projection: concatenated weights (weight-only quantised ones: chat.gemv.QuantWeight), or a module (an
+# int8 layer, a layer that is not a plain Linear)
+Projection = torch.Tensor | gemv.QuantWeight | torch.nn.Module
 SILU = ("SiLU", "SiLUActivation")  # torch's and transformers' modules: the activation chat.gemv fuses
 
 
@@ -67,18 +69,20 @@ def _plain_linear(module: torch.nn.Module) -> bool:
     return type(module) is torch.nn.Linear and module.bias is None
 
 
-def fuse_projections(layer: torch.nn.Module) -> tuple[Projection, Projection] | None:
-    """One [q;k;v] and one [gate;up] projection for `layer`, the model's own layers made views into them:
-    concatenated weights where they are plain bias-free Linear layers, one `Int8Linear` each where they
-    are int8 on the blocks kernel (the input is then quantised once, not per projection).
+def fuse_projections(layer: torch.nn.Module) -> tuple[Projection, ...] | None:
+    """The [q;k;v], [gate;up], o_proj and down_proj projections of `layer`, the model's own layers made views into
+    them: concatenated weights where they are plain bias-free Linear layers, one `Int8Linear` each where they
+    are int8 on the blocks kernel (the input is then quantised once, not per projection); o_proj and down_proj
+    as their weights where plain, else as the modules themselves.
 
-    None otherwise (LoRA, another int8 kernel, ...).
+    None otherwise (LoRA on q/k/v or gate/up, another int8 kernel, ...).
     """
     attn, mlp = layer.self_attn, layer.mlp
     groups = ((attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj))
+    outs = tuple(m.weight if _plain_linear(m) else m for m in (attn.o_proj, mlp.down_proj))
     if all(type(m) is Int8Linear for group in groups for m in group):
         stacked = [Int8Linear.stacked(list(group)) for group in groups]
-        return None if None in stacked else (stacked[0], stacked[1])
+        return None if None in stacked else (stacked[0], stacked[1], *outs)
     if not all(_plain_linear(m) for group in groups for m in group):
         return None
     fused = []
@@ -91,15 +95,17 @@ def fuse_projections(layer: torch.nn.Module) -> tuple[Projection, Projection] | 
                 m.weight = torch.nn.Parameter(weight[start:start + rows], requires_grad=False)
                 start += rows
             fused.append(weight)
-    return fused[0], fused[1]
+    return (fused[0], fused[1], *outs)
 
 
 def project(x: torch.Tensor, fused: Projection) -> torch.Tensor:
-    """x through a fused projection of `fuse_projections`."""
+    """x through a projection of `fuse_projections` (weight-only quantised weights dequantised first)."""
+    if isinstance(fused, gemv.QuantWeight):
+        return F.linear(x, gemv.dequantize(fused, x.dtype))
     return F.linear(x, fused) if isinstance(fused, torch.Tensor) else fused(x)
 
 
-def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tensor] | None, x: torch.Tensor,
+def decoder_layer(layer: torch.nn.Module, fused: tuple[Projection, ...] | None, x: torch.Tensor,
                   cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
                   segments: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -114,12 +120,11 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tenso
     attn, mlp = layer.self_attn, layer.mlp
     b, n, _ = x.shape
     kv_heads, head_dim = k_cache.shape[1], k_cache.shape[-1]
-    fused_kernels = (mask is not None and fused is not None and isinstance(fused[0], torch.Tensor)
-                     and gemv.usable(fused[0], b)
+    fused_kernels = (mask is not None and fused is not None  # weights (plain or quantised), not modules
+                     and not any(isinstance(p, torch.nn.Module) for p in fused) and gemv.usable(fused[0], b)
                      and type(mlp.act_fn).__name__ in SILU)
     if fused_kernels:  # norms, SiLU*mul and residual adds inside the matrix products (chat.gemv)
-        norm = layer.input_layernorm
-        q, k, v = gemv.gemv(x.view(b, -1), fused[0], None, norm.weight, norm.variance_epsilon, False, False).split(
+        q, k, v = gemv.product(x.view(b, -1), fused[0], norm=layer.input_layernorm).split(
             [attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim], -1)
         q, k, v = q[:, None], k[:, None], v[:, None]
     else:
@@ -153,17 +158,16 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[torch.Tensor, torch.Tenso
                              mask, positions, attn.scaling)
         o = o.reshape(b, 1, -1)
     if fused_kernels:
-        x = gemv.gemv(o.view(b, -1), attn.o_proj.weight, x.view(b, -1), None, 0.0, False, False)
-        norm = layer.post_attention_layernorm
-        act = gemv.gemv(x, fused[1], None, norm.weight, norm.variance_epsilon, True, False)
-        return gemv.gemv(act, mlp.down_proj.weight, x, None, 0.0, False, False).view(b, 1, -1)
-    x = x + attn.o_proj(o)
-    h = layer.post_attention_layernorm(x)
-    if fused is not None:
-        gate, up = project(h, fused[1]).chunk(2, dim=-1)
-    else:
-        gate, up = mlp.gate_proj(h), mlp.up_proj(h)
-    return x + mlp.down_proj(mlp.act_fn(gate) * up)
+        x = gemv.product(o.view(b, -1), fused[2], residual=x.view(b, -1))
+        act = gemv.product(x, fused[1], norm=layer.post_attention_layernorm, gated=True)
+        return gemv.product(act, fused[3], residual=x).view(b, 1, -1)
+    if fused is None:
+        x = x + attn.o_proj(o)
+        h = layer.post_attention_layernorm(x)
+        return x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+    x = x + project(o, fused[2])
+    gate, up = project(layer.post_attention_layernorm(x), fused[1]).chunk(2, dim=-1)
+    return x + project(mlp.act_fn(gate) * up, fused[3])
 
 
 class StaticCacheDecoder:
@@ -178,7 +182,9 @@ class StaticCacheDecoder:
         self.dtype = model.model.embed_tokens.weight.dtype
         self.kv_heads = model.config.num_key_value_heads
         self.head_dim = self.layers[0].self_attn.head_dim
-        self.fused = [fuse_projections(layer) for layer in self.layers]
+        self.dense = [fuse_projections(layer) for layer in self.layers]  # the layers' own (bf16) weights
+        self.fused = self.dense  # what the steps multiply by (quantize_weights)
+        self.weight_bits = 16
         compile = self.device.type == "cuda" if compile is None else compile
         # dynamic: one compile covers every batch size, cache length and prompt length (b == 1 and
         # the prefill get their own).
@@ -189,6 +195,18 @@ class StaticCacheDecoder:
             cos, sin = model.model.rotary_emb(probe, positions)  # the same tables the model computes
             self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
 
+    def quantize_weights(self, bits: int) -> None:
+        """Weight-only int8 (a scale per row) or int4 (a scale per row and 128 columns) for the decoder layers'
+        products (chat.gemv), quantised from the bf16 weights; 16 goes back to those. The lm_head, embeddings
+        and norms stay. Decode steps read the quantised weights in the fused kernels; the prefill multiplies by
+        their dequantised copies. Steps captured before (CUDA graphs) still use the old weights: capture again.
+        The model's own modules keep their weights (its `forward` and `generate` are unchanged), so this saves no
+        memory yet: it measures the speed and quality of the quantised decode."""
+        assert bits in (16, 8, 4), "weight bits: 16, 8 or 4"
+        self.fused = [w if w is None or bits == 16 else
+                      tuple(gemv.quantize(p, bits) if isinstance(p, torch.Tensor) else p for p in w) for w in self.dense]
+        self.weight_bits = bits
+
     def new_cache(self, max_len: int | None = None, rows: int = 1) -> KVCache:
         with torch.inference_mode():
             return KVCache(len(self.layers), rows, self.kv_heads, self.head_dim,
@@ -198,7 +216,7 @@ class StaticCacheDecoder:
         """Float32 logits [b, vocab] of the last token of each row of `x` [b, n, hidden]."""
         head, norm = self.model.lm_head, self.model.model.norm
         if _plain_linear(head) and gemv.usable(head.weight, x.shape[0]):  # norm, product and cast in one kernel
-            return gemv.gemv(x[:, -1], head.weight, None, norm.weight, norm.variance_epsilon, False, True)
+            return gemv.product(x[:, -1], head.weight, norm=norm, out_float=True)
         return self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1].float()
 
     def prefill(self, ids: torch.Tensor, cache: KVCache, row: int = 0,

@@ -27,8 +27,14 @@ norm's weight, SiLU and products rounded as bf16 tensors would be), so the resul
 module chain only by the summation order of the product. Used on CUDA for bf16 / fp16 weights and at
 most MAX_ROWS rows; elsewhere (CPU, fp32, prefill) the model's modules run as before. The kernel runs
 under Triton's interpreter on a CPU (TRITON_INTERPRET=1), which is how tests check it without a GPU.
+
+Weight-only int8 / int4 (`quantize`, ``QUANT``): the same kernel over int8 rows with a scale each, or int4 weights
+two to a byte with a scale per row and 128 columns. On the 7B shape (H200, benchmarks/README.md): int8 decodes
+1.36x faster than bf16; int4, dequantised in registers into two half-width tiles, is slower than bf16 so far.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -46,10 +52,11 @@ BLOCK_K = 256
 TARGET_PROGRAMS = 400
 
 
-def candidates(n: int, k: int) -> list[tuple[int, int, int, int, int]]:
+def candidates(n: int, k: int, group: int = 0) -> list[tuple[int, int, int, int, int]]:
     """(BLOCK_N, BLOCK_K, SPLIT, warps, stages) to try for an [n, k] weight: per block width, the K split that
-    gives about TARGET_PROGRAMS programs. The first is the pick where nothing was timed (CPU, inside a capture)."""
-    block_k = BLOCK_K if k % BLOCK_K == 0 else 64 if k % 64 == 0 else 16
+    gives about TARGET_PROGRAMS programs. The first is the pick where nothing was timed (CPU, inside a capture).
+    `group`: an int4 weight's group size, which is then the block's K."""
+    block_k = group or (BLOCK_K if k % BLOCK_K == 0 else 64 if k % 64 == 0 else 16)
     found = []
     for block_n in (32, 16, 64):
         split = 1
@@ -62,6 +69,33 @@ def candidates(n: int, k: int) -> list[tuple[int, int, int, int, int]]:
 
 
 if triton is not None:
+    @triton.jit
+    def _x_tile(x_ptrs, nw_ptr, first, k0, cols, m_ok, rstd, dtype: tl.constexpr, NORM: tl.constexpr,
+                UPCAST: tl.constexpr):
+        """The input rows at `x_ptrs` (columns first + k0 + cols), RMS-normalised as LlamaRMSNorm does:
+        weight * (x * rstd).to(dtype)."""
+        x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
+        if NORM:
+            nw = tl.load(nw_ptr + first + k0 + cols).to(tl.float32)
+            x = ((x.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32) * nw[None, :]).to(dtype)
+        if UPCAST:  # Triton's interpreter multiplies bf16 tiles wrongly; exact in fp32
+            x = x.to(tl.float32)
+        return x
+
+    @triton.jit
+    def _dot_int4(xe, xo, packed, scale, dtype: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+        """x @ w.T for a packed int4 tile: (nibble - 8) * the group's scale, rounded to the dtype as `dequantize`."""
+        low = ((packed & 15).to(tl.float32) - 8.0) * scale[:, None]
+        high = ((packed >> 4).to(tl.float32) - 8.0) * scale[:, None]
+        if not UPCAST:
+            low = low.to(dtype)
+            high = high.to(dtype)
+        else:
+            low = low.to(dtype).to(tl.float32)
+            high = high.to(dtype).to(tl.float32)
+        return (tl.dot(xe, tl.trans(low), input_precision=PRECISION)
+                + tl.dot(xo, tl.trans(high), input_precision=PRECISION))
+
     @triton.jit
     def _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype: tl.constexpr,
                   GATED: tl.constexpr, RESIDUAL: tl.constexpr):
@@ -77,10 +111,11 @@ if triton is not None:
                  mask=m_ok[:, None] & n_ok[None, :])
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, M, N, stride_xm, stride_wn, stride_om,
-                     stride_rm, eps, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
-                     STAGES: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, s_ptr, M, N, stride_xm, stride_wn,
+                     stride_om, stride_rm, stride_sn, eps, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr,
+                     RESIDUAL: tl.constexpr, QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr, UPCAST: tl.constexpr,
+                     PRECISION: tl.constexpr):
         pid = tl.program_id(0)
         part = tl.program_id(1)  # which K / SPLIT slice of the product this program sums
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -88,7 +123,7 @@ if triton is not None:
         kk = tl.arange(0, BLOCK_K)
         m_ok = m < M
         n_ok = n < N
-        dtype = w_ptr.dtype.element_ty
+        dtype = x_ptr.dtype.element_ty  # the activations' (the weights may be int8 / packed int4)
         first = part * (K // SPLIT)
         # K is a constant of the compiled kernel (a model has two or three widths; Triton's interpreter
         # wants constant loop bounds) and a multiple of SPLIT * BLOCK_K (the host picks them so).
@@ -99,25 +134,46 @@ if triton is not None:
                 xs = xs.to(tl.float32)
                 sq += tl.sum(xs * xs, 1)
             rstd = 1.0 / tl.sqrt(sq / K + eps)
+        else:
+            rstd = eps  # unused without the norm
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         x_rows = x_ptr + m[:, None] * stride_xm + first + kk[None, :]
         w_rows = w_ptr + n[:, None] * stride_wn + first + kk[None, :]
         for k0 in tl.range(0, K // SPLIT, BLOCK_K, num_stages=STAGES):
-            x = tl.load(x_rows + k0, mask=m_ok[:, None], other=0.0)
-            if NORM:  # LlamaRMSNorm: weight * (x * rstd).to(dtype)
-                nw = tl.load(nw_ptr + first + k0 + kk).to(tl.float32)
-                x = ((x.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32) * nw[None, :]).to(dtype)
-            w = tl.load(w_rows + k0, mask=n_ok[:, None], other=0.0)
-            if UPCAST:  # Triton's interpreter multiplies bf16 tiles wrongly; exact in fp32
-                x = x.to(tl.float32)
-                w = w.to(tl.float32)
-            acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
-            if GATED:
-                w2 = tl.load(w_rows + N * stride_wn + k0, mask=n_ok[:, None], other=0.0)
+            if QUANT == 4:  # packed nibbles: byte j of a row holds k = 2j (low) and 2j + 1 (high); BLOCK_K == group
+                kh = tl.arange(0, BLOCK_K // 2)
+                even = first + k0 + 2 * kh
+                x_even = x_ptr + m[:, None] * stride_xm + even[None, :]
+                xe = _x_tile(x_even, nw_ptr, first, k0, 2 * kh, m_ok, rstd, dtype, NORM, UPCAST)
+                xo = _x_tile(x_even + 1, nw_ptr, first, k0, 2 * kh + 1, m_ok, rstd, dtype, NORM, UPCAST)
+                packed = w_ptr + n[:, None] * stride_wn + (first + k0) // 2 + kh[None, :]
+                group = (first + k0) // BLOCK_K
+                acc += _dot_int4(xe, xo, tl.load(packed, mask=n_ok[:, None], other=0),
+                                 tl.load(s_ptr + n * stride_sn + group, mask=n_ok, other=0.0), dtype, UPCAST, PRECISION)
+                if GATED:
+                    acc2 += _dot_int4(xe, xo, tl.load(packed + N * stride_wn, mask=n_ok[:, None], other=0),
+                                      tl.load(s_ptr + (n + N) * stride_sn + group, mask=n_ok, other=0.0), dtype, UPCAST,
+                                      PRECISION)
+            else:  # bf16 / fp16 / fp32 weights, or int8 ones (exact in bf16 / fp16) converted for the dot
+                x = _x_tile(x_rows + k0, nw_ptr, first, k0, kk, m_ok, rstd, dtype, NORM, UPCAST)
+                w = tl.load(w_rows + k0, mask=n_ok[:, None], other=0.0)
+                if QUANT == 8 and not UPCAST:  # exact in bf16 / fp16 (the interpreter converts through fp32)
+                    w = w.to(dtype)
                 if UPCAST:
-                    w2 = w2.to(tl.float32)
-                acc2 += tl.dot(x, tl.trans(w2), input_precision=PRECISION)
+                    w = w.to(tl.float32)
+                acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
+                if GATED:
+                    w2 = tl.load(w_rows + N * stride_wn + k0, mask=n_ok[:, None], other=0.0)
+                    if QUANT == 8 and not UPCAST:
+                        w2 = w2.to(dtype)
+                    if UPCAST:
+                        w2 = w2.to(tl.float32)
+                    acc2 += tl.dot(x, tl.trans(w2), input_precision=PRECISION)
+        if QUANT == 8:  # per output row scales: the product of the int8 rows, then the scale
+            acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)[None, :]
+            if GATED:
+                acc2 = acc2 * tl.load(s_ptr + n + N, mask=n_ok, other=0.0)[None, :]
         if SPLIT == 1:
             _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype, GATED, RESIDUAL)
         else:
@@ -162,42 +218,81 @@ def _buffers(device: torch.device, ws_floats: int, counters: int) -> tuple[torch
     return ws, count
 
 
-def _launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None,
-            norm_weight: torch.Tensor | None, eps: float, gated: bool, config: tuple[int, int, int, int, int]) -> None:
+class QuantWeight(NamedTuple):
+    """A weight-only quantised [N, K] matrix: int8 `q` [N, K] with a scale per row (`scale` [N]), or int4 packed two
+    to a byte along K (`q` uint8 [N, K/2], the low nibble first, stored + 8) with a scale per row and group of
+    `GROUP` columns (`scale` [N, K/GROUP]). Rows can be sliced like the matrix's."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+
+
+GROUP = 128  # int4 columns sharing a scale
+
+
+def quantize(weight: torch.Tensor, bits: int) -> QuantWeight:
+    """Symmetric round-to-nearest weight-only quantisation of `weight` [N, K] to 8 or 4 bits (scales in fp32)."""
+    w = weight.float()
+    if bits == 8:
+        scale = w.abs().amax(1).clamp(min=1e-12) / 127
+        return QuantWeight(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale)
+    assert bits == 4 and w.shape[1] % GROUP == 0, "int4 needs K a multiple of the group size"
+    groups = w.reshape(w.shape[0], -1, GROUP)
+    scale = groups.abs().amax(2).clamp(min=1e-12) / 7
+    q = (torch.round(groups / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8).reshape(w.shape)
+    return QuantWeight(q[:, 0::2] | (q[:, 1::2] << 4), scale)
+
+
+def dequantize(weight: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
+    """The [N, K] matrix `weight` stands for, in `dtype` (the prefill's products and the references use it)."""
+    q, scale = weight
+    if q.dtype == torch.int8:
+        return (q.float() * scale[:, None]).to(dtype)
+    values = torch.stack([(q & 15), (q >> 4)], -1).reshape(q.shape[0], -1).float() - 8
+    return (values.reshape(q.shape[0], -1, GROUP) * scale[..., None]).reshape(q.shape[0], -1).to(dtype)
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor,
+            residual: torch.Tensor | None, norm_weight: torch.Tensor | None, eps: float, gated: bool,
+            config: tuple[int, int, int, int, int]) -> None:
     m, k = x.shape
     n = out.shape[1]
     block_n, block_k, split, warps, stages = config
+    quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
     tiles = triton.cdiv(n, block_n)
     ws, count = _buffers(x.device, split * 2 * MAX_ROWS * n if split > 1 else 1, tiles)
-    dummy = weight  # pointer arguments of the fusions that are off: never read
+    dummy = x  # pointer arguments of the fusions that are off: never read
     args = (x, weight, out, dummy if residual is None else residual, dummy if norm_weight is None else norm_weight, ws,
-            count, m, n, x.stride(0), weight.stride(0), out.stride(0),
-            0 if residual is None else residual.stride(0), eps)
-    meta = dict(K=k, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, BLOCK_M=MAX_ROWS,
-                BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=not x.is_cuda,
-                PRECISION="ieee" if weight.dtype == torch.float32 else "tf32", num_warps=warps)
+            count, ws if scale is None else scale, m, n, x.stride(0), weight.stride(0), out.stride(0),
+            0 if residual is None else residual.stride(0), 0 if scale is None else scale.stride(0), eps)
+    meta = dict(K=k, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, QUANT=quant,
+                BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages,
+                UPCAST=not x.is_cuda, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps)
     _gemv_kernel[(tiles, split)](*args, **meta)
 
 
-def _pick(x, weight, out, residual, norm_weight, eps, gated) -> tuple[int, int, int, int, int]:
+def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple[int, int, int, int, int]:
     """The fastest candidate for this product, timed once on the real tensors with the L2 flushed before each run
     (a decode step reads every weight from memory); the first candidate where timing is not possible."""
     n, k = out.shape[1], x.shape[1]
-    found = candidates(n, k)
-    key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, x.shape[0] > 1)
+    found = candidates(n, k, GROUP if weight.dtype == torch.uint8 else 0)
+    key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, weight.dtype, x.shape[0] > 1)
     if key in _picked or not x.is_cuda or torch.cuda.is_current_stream_capturing():
         return _picked.get(key, found[0])
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=x.device)
     times = {}
     for config in found:
-        _launch(x, weight, out, residual, norm_weight, eps, gated, config)  # compile
+        try:
+            _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config)  # compile
+        except triton.runtime.errors.OutOfResources:  # too much shared memory (fp32 tiles): not a candidate
+            continue
         runs = []
         for _ in range(10):
             flush.zero_()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            _launch(x, weight, out, residual, norm_weight, eps, gated, config)
+            _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config)
             end.record()
             end.synchronize()
             runs.append(start.elapsed_time(end))
@@ -206,24 +301,40 @@ def _pick(x, weight, out, residual, norm_weight, eps, gated) -> tuple[int, int, 
     return _picked[key]
 
 
+def _out_features(weight: torch.Tensor, gated: bool) -> int:
+    return weight.shape[0] // 2 if gated else weight.shape[0]
+
+
 @torch.library.custom_op("myassistant::gemv", mutates_args=())
-def gemv(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor | None,
-         eps: float, gated: bool, out_float: bool) -> torch.Tensor:
+def gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, residual: torch.Tensor | None,
+         norm_weight: torch.Tensor | None, eps: float, gated: bool, out_float: bool) -> torch.Tensor:
     """``[norm](x) @ weight.T`` for x [m, K] (m <= MAX_ROWS): [m, N], or [m, N/2] when `gated` (SiLU(gate) * up of
-    the merged [gate; up] weight); plus `residual` [m, N] when given; float32 when `out_float` (logits)."""
-    n = weight.shape[0] // 2 if gated else weight.shape[0]
-    out = torch.empty(x.shape[0], n, dtype=torch.float32 if out_float else weight.dtype, device=x.device)
-    _launch(x, weight, out, residual, norm_weight, eps, gated, _pick(x, weight, out, residual, norm_weight, eps, gated))
+    the merged [gate; up] weight); plus `residual` [m, N] when given; float32 when `out_float` (logits).
+    `weight` in x's dtype, or a `QuantWeight`'s q with its `scale`."""
+    out = torch.empty(x.shape[0], _out_features(weight, gated), dtype=torch.float32 if out_float else x.dtype,
+                      device=x.device)
+    _launch(x, weight, scale, out, residual, norm_weight, eps, gated,
+            _pick(x, weight, scale, out, residual, norm_weight, eps, gated))
     return out
 
 
 @gemv.register_fake
-def _(x, weight, residual, norm_weight, eps, gated, out_float):
-    n = weight.shape[0] // 2 if gated else weight.shape[0]
-    return x.new_empty(x.shape[0], n, dtype=torch.float32 if out_float else weight.dtype)
+def _(x, weight, scale, residual, norm_weight, eps, gated, out_float):
+    return x.new_empty(x.shape[0], _out_features(weight, gated), dtype=torch.float32 if out_float else x.dtype)
 
 
-def usable(weight: torch.Tensor, rows: int) -> bool:
-    """Whether a product of `rows` rows against `weight` runs the fused kernel (CUDA, bf16 / fp16, few rows)."""
+def product(x: torch.Tensor, weight: torch.Tensor | QuantWeight, residual: torch.Tensor | None = None,
+            norm: torch.nn.Module | None = None, gated: bool = False, out_float: bool = False) -> torch.Tensor:
+    """`gemv` with a model's RMSNorm module (`norm`) and a plain or quantised weight."""
+    q, scale = weight if isinstance(weight, QuantWeight) else (weight, None)
+    return gemv(x, q, scale, residual, None if norm is None else norm.weight,
+                0.0 if norm is None else norm.variance_epsilon, gated, out_float)
+
+
+def usable(weight: torch.Tensor | QuantWeight, rows: int) -> bool:
+    """Whether a product of `rows` rows against `weight` runs the fused kernel (CUDA, bf16 / fp16 or quantised,
+    few rows)."""
+    if isinstance(weight, QuantWeight):
+        return triton is not None and weight.q.is_cuda and rows <= MAX_ROWS
     return (triton is not None and weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)
             and rows <= MAX_ROWS and weight.shape[1] % 16 == 0)

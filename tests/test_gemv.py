@@ -34,25 +34,71 @@ def reference(x, w, res, nw, gated, dtype):
 
 
 def check(device: str, bf16_tol: float) -> None:
-    from myassistant.chat.gemv import gemv
+    """Every fusion, plain bf16 / fp32 weights and weight-only int8 / int4 ones (against their dequantised matrices)."""
+    from myassistant.chat.gemv import dequantize, product, quantize
 
     gen = torch.Generator().manual_seed(0)
-    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, bf16_tol)):
+    for bits, dtype, tol in ((16, torch.float32, 1e-5), (16, torch.bfloat16, bf16_tol), (8, torch.bfloat16, bf16_tol),
+                             (4, torch.bfloat16, bf16_tol)):
         for norm, gated, residual, out_float in VARIANTS:
             for rows, n, k in ((1, 72, 256), (3, 64, 512), (8, 48, 1024), (16, 80, 256)):
                 w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, dtype)
                 x = torch.randn(rows, k, generator=gen).to(device, dtype)
-                nw = (1 + 0.1 * torch.randn(k, generator=gen)).to(device, dtype) if norm else None
+                nw = torch.nn.RMSNorm(k, eps=1e-5).to(device, dtype).requires_grad_(False) if norm else None
+                if nw is not None:
+                    nw.weight.copy_(1 + 0.1 * torch.randn(k, generator=gen))
+                    nw.variance_epsilon = 1e-5
                 res = torch.randn(rows, n, generator=gen).to(device, dtype) if residual else None
-                got = gemv(x, w, res, nw, 1e-5, gated, out_float)
-                want = reference(x, w, res, nw, gated, dtype)
+                weight = w if bits == 16 else quantize(w, bits)
+                got = product(x, weight, res, nw, gated, out_float)
+                exact = w if bits == 16 else dequantize(weight, torch.float64 if bits == 8 else dtype)
+                want = reference(x, exact, res, None if nw is None else nw.weight, gated, dtype)
                 assert got.shape == want.shape and got.dtype == (torch.float32 if out_float else dtype)
                 err = float((got.double() - want).norm() / want.norm())
-                assert err <= tol, f"{dtype} norm={norm} gated={gated} residual={residual} rows={rows}: error {err}"
+                case = f"{bits} bits {dtype} norm={norm} gated={gated} residual={residual} rows={rows}"
+                assert err <= tol, f"{case}: error {err}"
 
 
-def check_decode_step(device: str, dtype: torch.dtype, tol: float) -> None:
-    """A decode step with the fused kernels (forced on where they are not used by default) against the modules."""
+def test_weight_only_quantisation_round_trip():
+    from myassistant.chat.gemv import dequantize, quantize
+
+    w = torch.randn(96, 512, generator=torch.Generator().manual_seed(0)) * 0.02
+    for bits, tol in ((8, 0.01), (4, 0.15)):
+        q = quantize(w, bits)
+        assert q.q.shape == (96, 512 if bits == 8 else 256)
+        err = float((dequantize(q, torch.float32) - w).norm() / w.norm())
+        assert err <= tol, f"{bits} bits: relative error {err}"
+        rows = dequantize(type(q)(q.q[10:20], q.scale[10:20]), torch.float32)  # rows slice like the matrix's
+        assert torch.equal(rows, dequantize(q, torch.float32)[10:20])
+
+
+def test_decoder_switches_weight_forms_and_back():
+    """StaticCacheDecoder.quantize_weights: int8 / int4 layer weights change the logits a little / more, and 16 bits
+    gives the unquantised decoder's logits back exactly (CPU: the prefill's dequantised products, no Triton)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from myassistant.chat import fast
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=500, rms_norm_eps=1e-5)
+    decoder = fast.StaticCacheDecoder(LlamaForCausalLM(config).eval(), 32, compile=False)
+    ids = torch.randint(0, 500, (1, 12))
+
+    def logits(bits: int) -> torch.Tensor:
+        decoder.quantize_weights(bits)
+        with torch.inference_mode():
+            return decoder.prefill(ids, decoder.new_cache())
+
+    want = logits(16)
+    errors = {bits: float((logits(bits) - want).norm() / want.norm()) for bits in (8, 4)}
+    assert 0 < errors[8] < 0.03 and errors[8] < errors[4] < 0.5, errors
+    assert torch.equal(logits(16), want)
+
+
+def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 16) -> None:
+    """A decode step with the fused kernels (forced on where they are not used by default) against the modules
+    (with `bits` < 16: both over the same weight-only quantised weights, the modules' dequantised)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from myassistant.chat import fast, gemv
@@ -67,6 +113,8 @@ def check_decode_step(device: str, dtype: torch.dtype, tol: float) -> None:
     for fused in (False, True):
         gemv.usable = (lambda w, rows: rows <= gemv.MAX_ROWS) if fused else (lambda w, rows: False)
         decoder = fast.StaticCacheDecoder(model, 64, compile=False)
+        if bits < 16:
+            decoder.quantize_weights(bits)
         cache = decoder.new_cache(rows=2)
         with torch.inference_mode():
             for row in range(2):
@@ -76,13 +124,15 @@ def check_decode_step(device: str, dtype: torch.dtype, tol: float) -> None:
             logits.append(decoder.decode(ids[:, 11], positions + 1, cache, 16))
     gemv.usable = usable
     err = float((logits[1] - logits[0]).norm() / logits[0].norm())
-    assert err <= tol, f"{dtype}: fused decode step differs from the modules' by {err}"
+    assert err <= tol, f"{dtype}, {bits} bits: fused decode step differs from the modules' by {err}"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
 def test_fused_products_and_decode_step_under_tritons_interpreter():
     run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2);"
-                    "t.check_decode_step('cpu', torch.float32, 1e-5); t.check_decode_step('cpu', torch.bfloat16, 3e-2)")
+                    "t.check_decode_step('cpu', torch.float32, 1e-5); t.check_decode_step('cpu', torch.bfloat16, 3e-2);"
+                    "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 8);"
+                    "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 4)")
 
 
 @pytest.mark.gpu
@@ -91,3 +141,5 @@ def test_gpu_fused_products_and_decode_step():
     check("cuda", 1e-2)
     check_decode_step("cuda", torch.float32, 1e-5)
     check_decode_step("cuda", torch.bfloat16, 1e-2)
+    check_decode_step("cuda", torch.bfloat16, 1e-2, 8)
+    check_decode_step("cuda", torch.bfloat16, 1e-2, 4)

@@ -1,0 +1,85 @@
+"""Is the bf16 decode kernel (chat.gemv._gemv_kernel) the same machine code as at another revision?
+
+Compiles the kernel of this tree and of `--against` (a git revision) for sm_90 without a GPU (Triton's own
+ptxas) for the configurations a decode step uses, and compares the PTX instructions (debug labels and line
+tables left out: they name source lines, not instructions; parameters by name). The same instructions mean
+the same bits and, up to ptxas' scheduling, the same speed, so a change to the kernel's other paths
+(weight-only int8 / int4) needs no GPU run to show that bf16 stays as it was.
+
+    python benchmarks/gemv_ptx.py --against f495808      # needs Triton (pip install triton), no GPU
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+ROOT = Path(__file__).resolve().parents[1]
+# (BLOCK_N, BLOCK_K, SPLIT, warps, stages), NORM, GATED, RESIDUAL, K, float32 out: qkv, gate/up, o / down, lm_head
+CASES = [((32, 256, 2, 4, 3), True, False, False, 2048, False), ((32, 256, 1, 4, 3), True, True, False, 4096, False),
+         ((16, 256, 4, 4, 3), False, False, True, 8192, False), ((64, 256, 8, 4, 3), False, False, True, 14336, False),
+         ((64, 256, 1, 4, 3), True, False, False, 4096, True), ((32, 256, 1, 4, 4), True, True, False, 2048, False)]
+POINTERS = {"x_ptr": "bf16", "w_ptr": "bf16", "out_ptr": "bf16", "res_ptr": "bf16", "nw_ptr": "bf16",
+            "ws_ptr": "fp32", "count_ptr": "i32", "s_ptr": "fp32"}
+
+
+def load(source: str, name: str):
+    """chat/gemv.py's text as a module (its own imports only need torch and triton)."""
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def instructions(module, case) -> list[str]:
+    (block_n, block_k, split, warps, stages), norm, gated, residual, k, out_float = case
+    kernel = module._gemv_kernel
+    consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=0, BLOCK_M=16, BLOCK_N=block_n,
+                  BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False, PRECISION="tf32")
+    consts = {name: value for name, value in consts.items() if name in kernel.arg_names}
+    pointers = {**POINTERS, "out_ptr": "fp32" if out_float else "bf16"}
+    signature = {name: "constexpr" if name in consts else f"*{pointers[name]}" if name in pointers
+                 else "fp32" if name == "eps" else "i32" for name in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(kernel.arg_names.index(name),): value for name, value in consts.items()})
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
+    ptx = ptx.split(".section\t.debug")[0]
+    # parameters by name, not number: the int8 / int4 arguments shift the numbers of those after them
+    return [re.sub(r"_gemv_kernel_param_\d+", "param", line) for line in ptx.splitlines()
+            if line.strip() and not line.startswith("$L__tmp")
+            and not line.strip().startswith(("//", ".param", ".file", ".loc", "_gemv_kernel_param"))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--against", required=True, help="git revision whose chat/gemv.py is the reference")
+    args = parser.parse_args(argv)
+    old = load(subprocess.run(["git", "show", f"{args.against}:chat/gemv.py"], cwd=ROOT, check=True, text=True,
+                              capture_output=True).stdout, "gemv_reference")
+    new = load((ROOT / "chat" / "gemv.py").read_text(), "gemv_tree")
+    same_all = True
+    for case in CASES:
+        a, b = instructions(old, case), instructions(new, case)
+        # the same instructions, possibly in another order (ptxas schedules them again anyway)
+        same = sorted(a) == sorted(b)
+        same_all &= same
+        print(json.dumps({"case": "ptx", "config": case[0], "norm": case[1], "gated": case[2], "residual": case[3],
+                          "k": case[4], "float_out": case[5], "instructions": [len(a), len(b)], "identical": a == b,
+                          "lines_in_another_place": sum(x != y for x, y in zip(a, b)), "same_instructions": same}))
+    print(json.dumps({"case": "summary", "against": args.against, "same_instructions": same_all}))
+    return 0 if same_all else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
