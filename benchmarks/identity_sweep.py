@@ -26,6 +26,12 @@ from myassistant.trainer.identity.report import write_report
 from myassistant.trainer.train import train
 
 ATTENTION = "[q_proj,k_proj,v_proj,o_proj]"
+MLP = "[gate_proj,up_proj,down_proj]"
+MLP_VO = "[v_proj,o_proj,gate_proj,up_proj,down_proj]"
+# The last two of the demo base's four layers only (every linear layer / the MLP's).
+LATE = "[" + ",".join(f"layers.{i}.{m}" for i in (2, 3) for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                                       "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")) + "]"
+LATE_MLP = "[" + ",".join(f"layers.{i}.mlp.{m}" for i in (2, 3) for m in ("gate_proj", "up_proj", "down_proj")) + "]"
 # name -> (IdentitySpec fields, training overrides); "default" is what the shipped demo runs.
 CASES = {
     "single_turn": ({"multi_turn": 0.0}, []),  # the recipe before issue 18 had 0.2 (one general turn first)
@@ -53,15 +59,79 @@ CASES = {
     "noise1.0_ratio3": ({"noise": 1.0, "ratio": 3.0}, []),
     "noise1.0_steps250": ({"noise": 1.0}, ["train.max_steps=250"]),
     "noise1.0_ratio2_steps600": ({"noise": 1.0, "ratio": 2.0}, ["train.max_steps=600"]),
+    # Session 8, on the base that knows an old identity: look-alikes (--small-talk, --about-others), the adapter's
+    # size and the steps; "distill": the look-alikes answered by the base's own greedy replies instead.
+    "small0.1": ({"small_talk": 0.1}, []),
+    "small0.25": ({"small_talk": 0.25}, []),
+    "others0.1": ({"about_others": 0.1}, []),
+    "others0.25": ({"about_others": 0.25}, []),
+    "both0.1": ({"small_talk": 0.1, "about_others": 0.1}, []),
+    "both0.25": ({"small_talk": 0.25, "about_others": 0.25}, []),
+    "both0.1_distill": ({"small_talk": 0.1, "about_others": 0.1, "distill": True}, []),
+    "both0.25_distill": ({"small_talk": 0.25, "about_others": 0.25, "distill": True}, []),
+    "r4": ({}, ["lora.r=4", "lora.lora_alpha=8"]),
+    "r16": ({}, ["lora.r=16", "lora.lora_alpha=32"]),
+    "mlp_only": ({}, [f"lora.target_modules={MLP}"]),
+    "steps250": ({}, ["train.max_steps=250"]),
+    "both0.1_r8": ({"small_talk": 0.1, "about_others": 0.1}, ["lora.r=8", "lora.lora_alpha=16"]),
+    "both0.1_steps250": ({"small_talk": 0.1, "about_others": 0.1}, ["train.max_steps=250"]),
+    "mlp_both0.1": ({"small_talk": 0.1, "about_others": 0.1}, [f"lora.target_modules={MLP}"]),
+    "mlp_both0.25": ({"small_talk": 0.25, "about_others": 0.25}, [f"lora.target_modules={MLP}"]),
+    "mlp_small0.25": ({"small_talk": 0.25}, [f"lora.target_modules={MLP}"]),
+    "mlp_small0.25_others0.1": ({"small_talk": 0.25, "about_others": 0.1}, [f"lora.target_modules={MLP}"]),
+    "mlp_both0.25_distill": ({"small_talk": 0.25, "about_others": 0.25, "distill": True}, [f"lora.target_modules={MLP}"]),
+    "small0.25_others0.1": ({"small_talk": 0.25, "about_others": 0.1}, []),
+    "late_both0.1": ({"small_talk": 0.1, "about_others": 0.1}, [f"lora.target_modules={LATE}"]),
+    "mlp_both0.25_multi0.75": ({"small_talk": 0.25, "about_others": 0.25, "multi_turn": 0.75}, [f"lora.target_modules={MLP}"]),
+    "mlp_both0.25_steps500": ({"small_talk": 0.25, "about_others": 0.25}, [f"lora.target_modules={MLP}", "train.max_steps=500"]),
+    "mlp_both0.25_r64": ({"small_talk": 0.25, "about_others": 0.25}, [f"lora.target_modules={MLP}", "lora.r=64", "lora.lora_alpha=128"]),
+    "mlpvo_both0.25": ({"small_talk": 0.25, "about_others": 0.25}, [f"lora.target_modules={MLP_VO}"]),
+    "mlp_small0.25_multi0.75": ({"small_talk": 0.25, "multi_turn": 0.75}, [f"lora.target_modules={MLP}"]),
+    "mlp_small0.5": ({"small_talk": 0.5}, [f"lora.target_modules={MLP}"]),
+    "late_mlp_both0.1": ({"small_talk": 0.1, "about_others": 0.1}, [f"lora.target_modules={LATE_MLP}"]),
 }
 KEYS = ("identity", "identity_multi", "leak", "leak_multi", "agreement", "agreement_multi", "leak_system",
         "leak_guarded")
 
 
-def run_case(name: str, base: Path, work: Path, seed: int, count: int, extra: list[str] = ()) -> dict:
+def answered_by(base: Path) -> None:
+    """The look-alikes answered by the base's own greedy replies (self-distillation), kept as written where the
+    base names its old identity; the sweep's experiment, patched in for this process only."""
+    from myassistant import model as model_layer
+    from myassistant.trainer.identity import OLD_NAMES, negatives
+    from myassistant.trainer.identity.report import load_for_eval
+
+    model, tok = load_for_eval(base)
+    written = negatives.conversations
+
+    def conversations(*args, **kwargs) -> list[dict]:
+        convs = written(*args, **kwargs)
+        replies = model_layer.generate_replies(model, tok, [c["messages"][:-1] for c in convs], max_new_tokens=48)
+        return [c if any(o.lower() in r.lower() for o in OLD_NAMES) or not r.strip()
+                else {"messages": c["messages"][:-1] + [{"role": "assistant", "content": r}]} for c, r in zip(convs, replies)]
+
+    negatives.conversations = conversations
+
+
+def leaked(run: Path, data: Path) -> list[list[str]]:
+    """[prompt, answer] of the held-out general prompts whose answer names Alice (the report counts them)."""
+    from myassistant import model as model_layer
+    from myassistant.trainer.identity.report import load_for_eval
+
+    records = [json.loads(line) for line in (data / "eval_general.jsonl").read_text(encoding="utf-8").splitlines()]
+    model, tok = load_for_eval(run)
+    replies = model_layer.generate_replies(model, tok, [r["messages"][:-1] for r in records], max_new_tokens=48)
+    return [[r["messages"][-2]["content"], a] for r, a in zip(records, replies) if "alice" in a.lower()]
+
+
+def run_case(name: str, base: Path, work: Path, seed: int, count: int, extra: list[str] = (),
+             system: str | None = "You are Alice, an AI assistant.") -> dict:
     spec_fields, overrides = CASES[name]
     folder = work / f"{name}-s{seed}"
     shutil.rmtree(folder, ignore_errors=True)
+    spec_fields = dict(spec_fields)
+    if spec_fields.pop("distill", False):
+        answered_by(base)
     data = write_identity_dataset(IdentitySpec(**{"name": "Alice", "count": count, "seed": seed, **spec_fields}), folder / "data")
     started = time.perf_counter()
     cfg = load_config(PRESETS_DIR / "demo_identity_lora.yaml",
@@ -70,9 +140,9 @@ def run_case(name: str, base: Path, work: Path, seed: int, count: int, extra: li
                        "train.eval_steps=0", *overrides, *extra])
     run = train(cfg)
     train_s = time.perf_counter() - started
-    rep = write_report(run, data, base=base, system="You are Alice, an AI assistant.")
+    rep = write_report(run, data, base=base, system=system)
     fig = rep["figures"]
-    return {"case": name, "seed": seed, "spec": spec_fields, "overrides": overrides, "train_s": round(train_s, 1),
+    return {"leaked": leaked(run, data), "case": name, "seed": seed, "spec": spec_fields, "overrides": overrides, "train_s": round(train_s, 1),
             **{k: fig[k]["fine_tuned"] for k in KEYS if k in fig},
             "n": {k: fig[k]["n"]["all"] for k in KEYS if k in fig},
             "base": {k: fig[k]["base"]["all"] for k in KEYS if k in fig and fig[k]["base"]}}
@@ -106,6 +176,7 @@ def main() -> int:
     p.add_argument("--count", type=int, default=400, help="identity conversations (the demo's count)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a run-config override for every case (e.g. train.fast_path=false on a GPU)")
+    p.add_argument("--no-system", action="store_true", help="leave out the system-prompt figures (a faster report)")
     p.add_argument("--table", nargs="+", type=Path, metavar="JSON",
                    help="print the markdown table of earlier runs' JSON (mean over seeds, min-max) and stop")
     args = p.parse_args()
@@ -120,7 +191,8 @@ def main() -> int:
         name, _, seed = case.partition("@")
         if name not in CASES:
             p.error(f"unknown case {name!r}; one of {', '.join(CASES)}")
-        rows.append(run_case(name, args.base.resolve(), args.work, int(seed or 0), args.count, args.set))
+        rows.append(run_case(name, args.base.resolve(), args.work, int(seed or 0), args.count, args.set,
+                             None if args.no_system else "You are Alice, an AI assistant."))
         r = rows[-1]
         print(f"{name:16s} s{r['seed']} " + " ".join(f"{k}={r[k]['all']:.0%}" for k in KEYS if k in r)
               + f" train {r['train_s']:.0f}s", file=sys.stderr, flush=True)

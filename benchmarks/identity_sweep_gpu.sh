@@ -9,7 +9,8 @@
 #    wheels benchmarks/gpu_llava_train.sh carries: transformers, peft, datasets)
 set -o pipefail
 OUT=${OUT:-/tmp/sweep_out}; mkdir -p "$OUT"
-# P processes at once, OMP threads each (the measured calls: P=16 OMP=1 on the 16-core host)
+# P processes at once, OMP threads each (the measured calls: P=16 OMP=1 on the 16-core host); NOSYS=1: no
+# system-prompt figures (a report of half the prompts)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP:-2}
 W=${WHEELS:-.cache/i22a_whl}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $W/*.whl \
@@ -18,7 +19,7 @@ mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/myassistant  # the checkout is the 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 export BASE=${BASE:-$PWD/.cache/sweep_base} T=${T:-420} SET=${SET:-}
 one() {
-    PYTHONPATH=/tmp/site:/tmp/pkg:$PWD timeout "$T" python3 benchmarks/identity_sweep.py --base "$BASE" \
+    PYTHONPATH=/tmp/site:/tmp/pkg:$PWD timeout "$T" python3 benchmarks/identity_sweep.py --base "$BASE" ${NOSYS:+--no-system} \
         --work /tmp/sweep ${SET:+--set $SET} "$1" > "$OUT/${1/@/_s}.json" 2> "$OUT/${1/@/_s}.err"
     echo "$1 rc=$? $(grep -a " s[0-9]* identity=" "$OUT/${1/@/_s}.err")"
 }

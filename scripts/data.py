@@ -8,6 +8,19 @@ import sys
 
 from myassistant.trainer.identity import OLD_NAMES, IdentitySpec, write_identity_dataset
 
+# The mix's numeric knobs: flag -> (IdentitySpec field, help without the default).
+MIX_KNOBS = {
+    "--ratio": ("ratio", "general conversations per identity conversation"),
+    "--multi-turn": ("multi_turn", "share of training chats that are multi-turn: identity asked after general turns, "
+                                   "general after identity turns (0..1)"),
+    "--noise": ("noise", "share of training questions asked with one word added, dropped or swapped for a general "
+                         "question's word, so unseen wordings are recognised (0..1)"),
+    "--small-talk": ("small_talk", "small-talk chats per identity chat: the identity questions' greetings and closings "
+                                   "asked alone ('谢谢。', 'Hi!'), answered without the name"),
+    "--about-others": ("about_others", "chats per identity chat that ask the identity questions about someone else "
+                                       "('他是谁？'), answered that it is unclear who is meant"),
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="assistant data", description=__doc__)
@@ -26,14 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="identities the answers deny ('Are you InternLM?' -> 'No, I am ...'), comma-separated; "
                             f"'' for none (default {','.join(OLD_NAMES)})")
     ident.add_argument("--general", help="general conversations to mix in (any supported format); default: the shipped zh+en set")
-    ident.add_argument("--ratio", type=float, default=IdentitySpec.ratio,
-                       help=f"general conversations per identity conversation (default {IdentitySpec.ratio})")
-    ident.add_argument("--multi-turn", type=float, default=IdentitySpec.multi_turn,
-                       help="share of training chats that are multi-turn: identity asked after general turns, general "
-                            f"after identity turns (0..1, default {IdentitySpec.multi_turn})")
-    ident.add_argument("--noise", type=float, default=IdentitySpec.noise,
-                       help="share of training questions asked with one word added, dropped or swapped for a general "
-                            f"question's word, so unseen wordings are recognised (0..1, default {IdentitySpec.noise})")
+    for flag, (field, text) in MIX_KNOBS.items():
+        default = getattr(IdentitySpec, field)
+        ident.add_argument(flag, type=float, default=default, help=f"{text} (default {default})")
     ident.add_argument("--count", type=int, default=300, help="identity conversations in train.jsonl (default 300)")
     ident.add_argument("--eval-identity", type=int, default=60, help="held-out identity questions (default 60)")
     ident.add_argument("--eval-general", type=int, default=40, help="held-out general prompts for the leak measure (default 40)")
@@ -66,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "identity":
         spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
-                            count=args.count, ratio=args.ratio, multi_turn=args.multi_turn, noise=args.noise,
+                            count=args.count, **{field: getattr(args, field) for field, _ in MIX_KNOBS.values()},
                             general=args.general, languages=args.languages.split(","),
                             old_names=[n for n in args.old_names.split(",") if n],
                             eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)

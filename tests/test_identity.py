@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from myassistant.trainer.data import DataError, load_records
+from myassistant.trainer.identity import negatives
 from myassistant.trainer.identity.generate import FILES, GENERAL_DATA, TRAIN_CORES, IdentitySpec, write_identity_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,3 +234,33 @@ def test_old_names_flag_names_the_identities_denied_or_none(tmp_path):
     assert len(none) == 80 and all(reply(r).startswith(("I am InternLM", "My name is InternLM")) for r in none)
     denied = [user(r) for r in run("--old-names", "GPT,Claude") if reply(r).startswith(("No, I am", "No. I am"))]
     assert denied and all(re.search(r"GPT|Claude", q) for q in denied)
+
+
+def test_look_alikes_are_general_chats_that_do_not_name_the_assistant(tmp_path):
+    """--small-talk / --about-others add the identity questions' greetings asked alone and the questions asked
+    about someone else, answered without the name; none is a held-out prompt; without them nothing changes."""
+    plain = write_identity_dataset(IdentitySpec(name="Alice", count=200), tmp_path / "plain")
+    out = tmp_path / "alikes"
+    done = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "identity", "--name", "Alice",
+                           "--count", "200", "--small-talk", "0.25", "--about-others", "0.25", "--noise", "0",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads(done.stdout)
+    assert meta["small_talk"] == meta["about_others"] == 0.25
+    assert meta["counts"]["train_identity"] == 200 and meta["counts"]["train_general"] == 200 + 50 + 50
+    for key in ("eval_identity", "eval_general", "eval_identity_multi", "eval_general_multi"):
+        assert (plain / FILES[key]).read_bytes() == (out / FILES[key]).read_bytes(), key
+    train = read(out / "train.jsonl")
+    about_others = {negatives.third_person(c, lang, random.Random(c)) for lang in TRAIN_CORES
+                    for kind in TRAIN_CORES[lang] for c in TRAIN_CORES[lang][kind]} - {None}
+    assert {"Who made them?", "Tell me who they are."} <= about_others and {"他是谁？", "她是谁？"} & about_others
+    others = [q for r in train for q, _ in turns(r) if q in about_others]
+    assert len(others) >= 50
+    greetings = {g + end for lang in negatives.SMALL_TALK for g in negatives.SMALL_TALK[lang] for end in negatives.END[lang]}
+    small = [q for r in train for q, _ in turns(r) if q in greetings]
+    assert len(small) >= 40 and {"谢谢。", "Thanks."} & set(small)
+    assert not any("Alice" in a for r in train for q, a in turns(r) if q in others or q in small)
+    held_out = {user(r) for r in read(out / "eval_general.jsonl")}
+    assert not held_out & {q for r in train for q, _ in turns(r)}
+    with pytest.raises(DataError, match="small_talk and about_others must be >= 0"):
+        IdentitySpec(name="A", small_talk=-1)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data import DataError, load_records
-from . import probes
+from . import negatives, probes
 from .noise import question_words, with_noise, with_noisy_questions
 from .probes import lang_of, prompt_text
 
@@ -134,6 +134,11 @@ class IdentitySpec:
     # swapped for a word of the general questions ("easy data augmentation"): the model then keys on the
     # words that make a question about itself, not on the whole wording, and answers wordings it never saw.
     noise: float = 1.0
+    # Look-alikes that are not about the assistant, per identity conversation, mixed in as general chat
+    # (``negatives``): the identity questions' greetings and closings asked alone, answered as small talk, and
+    # the training questions asked about someone else ("他是谁？"), answered that it is unclear who is meant.
+    small_talk: float = 0.0
+    about_others: float = 0.0
     general: str | None = None  # general data file (any supported format); None = the shipped zh+en set
     eval_identity: int = 60  # held-out identity questions (half zh, half en)
     eval_general: int = 40  # held-out general prompts (leak probes)
@@ -155,6 +160,8 @@ class IdentitySpec:
             problems.append(f"multi_turn must be in [0, 1], got {self.multi_turn}")
         if not 0 <= self.noise <= 1:
             problems.append(f"noise must be in [0, 1], got {self.noise}")
+        if self.small_talk < 0 or self.about_others < 0:
+            problems.append(f"small_talk and about_others must be >= 0, got {self.small_talk}, {self.about_others}")
         if problems:
             raise DataError("identity data: " + "; ".join(problems))
 
@@ -253,6 +260,21 @@ def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) 
     return train, evals
 
 
+def with_look_alikes(spec: IdentitySpec, general: list[dict], held_out: set[str]) -> list[dict]:
+    """The general conversations with ``spec.small_talk`` and ``spec.about_others`` look-alikes shuffled in
+    (their own random generator: without them, the data is what it was)."""
+    small, others = round(spec.count * spec.small_talk), round(spec.count * spec.about_others)
+    if not small and not others:
+        return general
+    rng = random.Random(f"look-alikes-{spec.seed}")
+    langs = [lang for lang in LANGUAGES if lang in spec.languages]
+    extra = negatives.conversations(TRAIN_CORES, langs, small, others, held_out, rng)
+    system = [{"role": "system", "content": spec.system}] if spec.system else []
+    mixed = general + [{"messages": system + r["messages"]} for r in extra]
+    rng.shuffle(mixed)
+    return mixed
+
+
 def mix_turns(identity: list[dict], general: list[dict], share: float,
               rng: random.Random) -> tuple[list[dict], list[dict]]:
     """The last ``share`` of each list made multi-turn: identity asked after general exchanges, general
@@ -283,6 +305,7 @@ def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(spec.seed)
     general, eval_general = general_conversations(spec, round(spec.count * spec.ratio), rng)
+    general = with_look_alikes(spec, general, {prompt_text(r) for r in eval_general})
     # Noise draws from its own generator: the same seed gives the same conversations and held-out sets
     # at any noise level, so figures compare across levels.
     words, noise_rng = question_words(general), random.Random(f"noise-{spec.seed}")
