@@ -188,7 +188,7 @@ int int8_blocks_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, c
      * has 5-15 rows (concurrent chats), 8 rows x 2 groups: each weight is read from memory once for all of them. */
     int tile_rows = m > 4 && m < 16 ? 8 : 4, tile_groups = tile_rows == 8 ? 2 : 3;
     int64_t tiles = (groups + tile_groups - 1) / tile_groups;
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    #pragma omp parallel for num_threads(threads) schedule(dynamic, 2) if (threads > 1)
     for (int64_t t = 0; t < tiles; t++) {
         int64_t g0 = t * tile_groups, ng = groups - g0 < tile_groups ? groups - g0 : tile_groups;
         for (int64_t r0 = 0; r0 < m; r0 += tile_rows) {
