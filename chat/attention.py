@@ -13,13 +13,16 @@ no copy of the cache), padded to 16 for the tensor cores. The dots run on fp32 t
 fp16 caches (exact in the keys and values: tf32 keeps more mantissa bits than bf16), IEEE fp32 for fp32
 caches (the engine's fp32 replies equal ``generate``'s). Row i attends to keys 0..positions[i],
 the same as the engine's mask. Used for cache buckets of `SPLIT_FROM` keys and more on CUDA; shorter
-buckets, CPUs and machines without Triton keep SDPA. The kernels run under Triton's interpreter on a
+buckets and machines without Triton keep SDPA; on a CPU fp32 caches take a C kernel (`chat.attention_cpu`)
+where it builds. The kernels run under Triton's interpreter on a
 CPU (TRITON_INTERPRET=1), which is how tests check them without a GPU.
 """
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
+
+from myassistant.chat import attention_cpu
 
 try:
     import triton
@@ -150,7 +153,10 @@ def uses_split(q: torch.Tensor, length: int) -> bool:
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                      scale: float) -> torch.Tensor:
     """One decode step's attention: q [b, kv_heads, group, d] over the cache k, v [b, kv_heads, L, d];
-    `mask` [b, 1, 1, L] (0 / -inf) hides keys past each row's position (positions [b])."""
+    `mask` [b, 1, 1, L] (0 / -inf) hides keys past each row's position (positions [b]). The kernels take
+    `positions` instead: the engine's mask is exactly keys 0..positions[i] (chat.fast.StaticCacheDecoder.decode)."""
     if uses_split(q, k.shape[2]):
         return split_kv_attention(q, k, v, positions, scale)
+    if attention_cpu.takes(q, k, v, positions):
+        return attention_cpu.attend(q, k, v, positions, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

@@ -5,20 +5,18 @@ coarse where a row has outliers: the 1.8B shape's logits error was twice llama.c
 (benchmarks/cpu_serving.py). Here a small C kernel (``int8_blocks.c``, AVX-512 VNNI) keeps a scale
 per 32 weights (fp16, 1.0625 bytes a weight like q8_0) and quantises the activations per 32 values
 of each row, so it reads as few bytes as q8_0 and rounds no more. It is compiled with the system's C
-compiler at first use and cached (``$XDG_CACHE_HOME/myassistant``); where there is no compiler or no
+compiler at first use and cached (`chat.clib`); where there is no compiler or no
 AVX-512 VNNI, `load` says why and `chat.quant` uses torch's kernels.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from myassistant.chat import clib
 
 BLOCK = 32  # columns per scale, as in the C source
 GROUP = 16  # output rows interleaved per 64-byte vector
@@ -30,36 +28,10 @@ WEIGHT_STEPS = {8: (16, 0.003), 4: (16, 0.02)}
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
 
 
-def _cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "myassistant"
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        return base
-    except OSError:  # a read-only home (some hosts): the temporary folder
-        return Path(tempfile.gettempdir())
-
-
 @functools.cache
 def load() -> ctypes.CDLL:
     """The compiled kernel (built once per source and flags); RuntimeError saying why where it cannot run."""
-    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    if missing := [f for f in CPU_FLAGS if f not in flags]:
-        raise RuntimeError(f"this CPU lacks {', '.join(missing)}")
-    source = SOURCE.read_bytes()
-    tag = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
-    lib_path = _cache_dir() / f"int8_blocks-{tag}.so"
-    if not lib_path.exists():
-        compiler = os.environ.get("CC", "cc")
-        tmp = lib_path.with_name(f"{lib_path.name}.{os.getpid()}.tmp")
-        try:
-            done = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
-        except OSError as err:
-            raise RuntimeError(f"no C compiler ({compiler}: {err.strerror})") from None
-        if done.returncode:
-            tmp.unlink(missing_ok=True)
-            raise RuntimeError(f"{compiler} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-        os.replace(tmp, lib_path)  # whole or not at all: another process may be loading it
-    lib = ctypes.CDLL(str(lib_path))
+    lib = clib.build(SOURCE, CFLAGS, CPU_FLAGS)
     lib.int8_blocks_linear.restype = ctypes.c_int
     lib.int8_blocks_linear.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
