@@ -20,11 +20,14 @@ from pathlib import Path
 
 import torch
 
-from myassistant.trainer.config import PRESETS_DIR, load_config
+from myassistant.trainer.config import ALL_LINEAR, PRESETS_DIR, load_config
 from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
 from myassistant.trainer.identity.report import write_report
 from myassistant.trainer.train import train
 
+# Every case starts from LoRA on all linear layers (the demo's preset before session 9; it is MLP-only since),
+# so a case's name says all that differs and the tables' rows keep their meaning.
+ALL = "[" + ",".join(ALL_LINEAR) + "]"
 ATTENTION = "[q_proj,k_proj,v_proj,o_proj]"
 MLP = "[gate_proj,up_proj,down_proj]"
 MLP_VO = "[v_proj,o_proj,gate_proj,up_proj,down_proj]"
@@ -32,7 +35,10 @@ MLP_VO = "[v_proj,o_proj,gate_proj,up_proj,down_proj]"
 LATE = "[" + ",".join(f"layers.{i}.{m}" for i in (2, 3) for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                                                        "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")) + "]"
 LATE_MLP = "[" + ",".join(f"layers.{i}.mlp.{m}" for i in (2, 3) for m in ("gate_proj", "up_proj", "down_proj")) + "]"
-# name -> (IdentitySpec fields, training overrides); "default" is what the shipped demo runs.
+MLP_QK = "[q_proj,k_proj,gate_proj,up_proj,down_proj]"
+ATT_RANK = "lora.rank_pattern=[q_proj={0},k_proj={0},v_proj={0},o_proj={0}]"  # the MLP keeps lora.r
+DISTILL = {"small_talk": 0.25, "about_others": 0.25, "distill": True}
+# name -> (IdentitySpec fields, training overrides); "default": the demo's recipe before session 9.
 CASES = {
     "single_turn": ({"multi_turn": 0.0}, []),  # the recipe before issue 18 had 0.2 (one general turn first)
     "default": ({}, []),
@@ -60,7 +66,8 @@ CASES = {
     "noise1.0_steps250": ({"noise": 1.0}, ["train.max_steps=250"]),
     "noise1.0_ratio2_steps600": ({"noise": 1.0, "ratio": 2.0}, ["train.max_steps=600"]),
     # Session 8, on the base that knows an old identity: look-alikes (--small-talk, --about-others), the adapter's
-    # size and the steps; "distill": the look-alikes answered by the base's own greedy replies instead.
+    # size and the steps; "distill": the look-alikes answered by the base's own greedy replies instead
+    # (`assistant data identity --look-alikes-from BASE`).
     "small0.1": ({"small_talk": 0.1}, []),
     "small0.25": ({"small_talk": 0.25}, []),
     "others0.1": ({"about_others": 0.1}, []),
@@ -89,28 +96,19 @@ CASES = {
     "mlp_small0.25_multi0.75": ({"small_talk": 0.25, "multi_turn": 0.75}, [f"lora.target_modules={MLP}"]),
     "mlp_small0.5": ({"small_talk": 0.5}, [f"lora.target_modules={MLP}"]),
     "late_mlp_both0.1": ({"small_talk": 0.1, "about_others": 0.1}, [f"lora.target_modules={LATE_MLP}"]),
+    # Session 9, around "mlp_both0.25_distill" (the look-alikes answered by the base: the --look-alikes-from knob):
+    # a smaller LoRA on attention than on the MLP (lora.rank_pattern), more identity chats, steps, multi-turn.
+    "att4_both0.25_distill": (DISTILL, [ATT_RANK.format(4)]),
+    "att8_both0.25_distill": (DISTILL, [ATT_RANK.format(8)]),
+    "att2_both0.25_distill": (DISTILL, [ATT_RANK.format(2)]),
+    "att4_both0.25_distill_count600": ({**DISTILL, "count": 600}, [ATT_RANK.format(4)]),
+    "mlp_both0.25_distill_count600": ({**DISTILL, "count": 600}, [f"lora.target_modules={MLP}"]),
+    "mlp_both0.25_distill_multi0.75": ({**DISTILL, "multi_turn": 0.75}, [f"lora.target_modules={MLP}"]),
+    "mlpqk_both0.25_distill": (DISTILL, [f"lora.target_modules={MLP_QK}"]),
+    "mlp_both0.25_distill_steps600": (DISTILL, [f"lora.target_modules={MLP}", "train.max_steps=600"]),
 }
 KEYS = ("identity", "identity_multi", "leak", "leak_multi", "agreement", "agreement_multi", "leak_system",
         "leak_guarded")
-
-
-def answered_by(base: Path) -> None:
-    """The look-alikes answered by the base's own greedy replies (self-distillation), kept as written where the
-    base names its old identity; the sweep's experiment, patched in for this process only."""
-    from myassistant import model as model_layer
-    from myassistant.trainer.identity import OLD_NAMES, negatives
-    from myassistant.trainer.identity.report import load_for_eval
-
-    model, tok = load_for_eval(base)
-    written = negatives.conversations
-
-    def conversations(*args, **kwargs) -> list[dict]:
-        convs = written(*args, **kwargs)
-        replies = model_layer.generate_replies(model, tok, [c["messages"][:-1] for c in convs], max_new_tokens=48)
-        return [c if any(o.lower() in r.lower() for o in OLD_NAMES) or not r.strip()
-                else {"messages": c["messages"][:-1] + [{"role": "assistant", "content": r}]} for c, r in zip(convs, replies)]
-
-    negatives.conversations = conversations
 
 
 def leaked(run: Path, data: Path) -> list[list[str]]:
@@ -130,14 +128,14 @@ def run_case(name: str, base: Path, work: Path, seed: int, count: int, extra: li
     folder = work / f"{name}-s{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     spec_fields = dict(spec_fields)
-    if spec_fields.pop("distill", False):
-        answered_by(base)
+    if spec_fields.pop("distill", False):  # the look-alikes answered by the base itself
+        spec_fields["look_alikes_from"] = str(base)
     data = write_identity_dataset(IdentitySpec(**{"name": "Alice", "count": count, "seed": seed, **spec_fields}), folder / "data")
     started = time.perf_counter()
     cfg = load_config(PRESETS_DIR / "demo_identity_lora.yaml",
                       [f"model.base={base}", f"data.train_file={data / 'train.jsonl'}",
                        f"train.output_dir={folder / 'run'}", "quant.method=lora", f"train.seed={seed}",
-                       "train.eval_steps=0", *overrides, *extra])
+                       "train.eval_steps=0", f"lora.target_modules={ALL}", *overrides, *extra])
     run = train(cfg)
     train_s = time.perf_counter() - started
     rep = write_report(run, data, base=base, system=system)

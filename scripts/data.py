@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     for flag, (field, text) in MIX_KNOBS.items():
         default = getattr(IdentitySpec, field)
         ident.add_argument(flag, type=float, default=default, help=f"{text} (default {default})")
+    ident.add_argument("--look-alikes-from", metavar="MODEL_DIR",
+                       help="answer the --small-talk / --about-others chats with this model's greedy replies (the base "
+                            "you fine-tune: it keeps its own behaviour on them); the template answer stays where a "
+                            "reply names the assistant or an old identity (default: the template answers)")
     ident.add_argument("--count", type=int, default=300, help="identity conversations in train.jsonl (default 300)")
     ident.add_argument("--eval-identity", type=int, default=60, help="held-out identity questions (default 60)")
     ident.add_argument("--eval-general", type=int, default=40, help="held-out general prompts for the leak measure (default 40)")
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "identity":
         spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
                             count=args.count, **{field: getattr(args, field) for field, _ in MIX_KNOBS.values()},
-                            general=args.general, languages=args.languages.split(","),
+                            general=args.general, look_alikes_from=args.look_alikes_from, languages=args.languages.split(","),
                             old_names=[n for n in args.old_names.split(",") if n],
                             eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)
         out = write_identity_dataset(spec, args.out)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     with demo.stage(2, "tiny base model, taught general chat and who it is", *demo.base_commands(cfg)):
         demo.build_base(cfg)
     method = demo.quant_method()
-    with demo.stage(3, f"identity fine-tune ({method})", demo.finetune_command(cfg, method)):
+    with demo.stage(3, f"identity fine-tune ({method})", demo.finetune_data_command(cfg), demo.finetune_command(cfg, method)):
         demo.finetune(cfg, method)
     with demo.stage(4, "fine-tune report", demo.report_command(cfg)):
         print(report_summary(demo.report(cfg)), flush=True)

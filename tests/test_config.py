@@ -131,3 +131,17 @@ def test_gpu_training_switches_are_run_config_fields_not_environment(tiny_checkp
     defaults = load_config(None, base)
     assert graphs.unavailable(defaults) in (None, "no CUDA GPU")
     assert fast.enabled(defaults) == torch.cuda.is_available()
+
+
+def test_rank_pattern_gives_some_modules_another_rank_at_the_same_scale(tiny_checkpoint):
+    """lora.rank_pattern: NAME=RANK (InternLM2 names mapped), lora_alpha following so alpha / r stays."""
+    from myassistant.trainer.lora import build_model
+
+    cfg = load_config(ROOT / "configs" / "tiny_lora_cpu.yaml", [f"model.base={tiny_checkpoint}", "quant.method=lora",
+                                                                "lora.r=16", "lora.lora_alpha=32", "lora.rank_pattern=[wqkv=4]"])
+    ranks = {name.rsplit(".", 1)[-1]: (mod.r["default"], mod.scaling["default"])
+             for name, mod in build_model(cfg).named_modules() if hasattr(mod, "lora_A") and name.endswith("proj")}
+    assert ranks["q_proj"] == ranks["k_proj"] == ranks["v_proj"] == (4, 2.0)
+    assert ranks["o_proj"] == ranks["up_proj"] == (16, 2.0)
+    with pytest.raises(ConfigError, match=r"lora.rank_pattern: 'q_proj' is not NAME=RANK, e.g. q_proj=4"):
+        load_config(ROOT / "configs" / "tiny_lora_cpu.yaml", ["lora.rank_pattern=[q_proj]"])

@@ -16,13 +16,13 @@ import pytest
 from conftest import ROOT, run_cli
 
 # What the tiny demo model must reach, measured on held-out paraphrases and prompts. The recipe (a base that knows
-# an old identity, InternLM / 书生·浦语; multi-turn mix, --noise 1.0, hard negatives) on CPU (README "Does it know
-# its name"; this test's demo: 93 / 95 / 12 / 10 %): identity 93-95 % single-turn and 92-97 % as turn 2-4, leak
-# 0-18 % and 2-10 % after identity turns over 3 data seeds and fine-tune variants; with a base taught clean
-# old-identity questions, 88-95 %, 83-88 %, 8-10 %, 10-15 % (CPU, 4 seeds) and 87-93 %, 88-97 %, 2-12 %, 5-18 %
-# (GPU, 6 seeds). The margins hold across those runs and still catch a model that names itself everywhere (base:
-# 0 % leak; the failure the issue shows: nearly 100 %) or one that did not learn the name (base: 0 % identity).
-MIN_IDENTITY, MIN_IDENTITY_MULTI, MIN_SEEN, MAX_LEAK, MAX_LEAK_MULTI = 0.75, 0.75, 0.90, 0.25, 0.25
+# an old identity, InternLM / 书生·浦语; LoRA on the MLP only; multi-turn mix 0.75, --noise 1.0, hard negatives,
+# look-alikes answered by the base) over data seeds 0-4 on the GPU and 0-2 on CPU (README "Does it know its name";
+# this test's demo, seed 0: 93 / 92 / 2 / 2 %, training questions 98 %): identity 88-95 % single-turn and 85-93 % as
+# turn 2-4, leak 0-5 % and 2-12 % after identity turns. The margins (3-6 prompts beyond the worst seed) still catch
+# a model that names itself everywhere (base: 0 % leak; the failure the issue shows: nearly 100 %) or one that did
+# not learn the name (base: 0 % identity).
+MIN_IDENTITY, MIN_IDENTITY_MULTI, MIN_SEEN, MAX_LEAK, MAX_LEAK_MULTI = 0.80, 0.75, 0.90, 0.125, 0.20
 STAGE_TITLES = ["self-cognition data", "tiny base model", "identity fine-tune", "fine-tune report", "merge", "push to"]
 
 
@@ -46,6 +46,9 @@ def test_demo_runs_every_stage_but_the_app_and_says_how_to_rerun_each(demo):
                     "assistant report ", "assistant merge ", "assistant push "):  # by the venv's script path
         assert re.search(rf"alone: \S*{command}", run.stderr), command
     assert "--data" not in re.search(r"alone: (\S*assistant report .*)", run.stderr).group(1)  # the run knows it
+    # Stage 3 writes the fine-tune's data once the base exists: its look-alikes answered by the base.
+    assert re.search(r"alone: \S*assistant data identity --name Alice .*--look-alikes-from \S*base --out", run.stderr)
+    assert json.loads((work / "data" / "meta.json").read_text(encoding="utf-8"))["look_alikes_from"] == str(work / "base")
     assert "Fine-tune report: Alice" in run.stdout
     assert f"repo:  {(work / 'model.git').as_uri()}" in run.stdout
     assert "eval step" in run.stderr  # eval prompts answered during training

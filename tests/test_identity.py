@@ -264,3 +264,53 @@ def test_look_alikes_are_general_chats_that_do_not_name_the_assistant(tmp_path):
     assert not held_out & {q for r in train for q, _ in turns(r)}
     with pytest.raises(DataError, match="small_talk and about_others must be >= 0"):
         IdentitySpec(name="A", small_talk=-1)
+
+
+def test_look_alikes_from_a_model_are_its_greedy_replies_unless_they_name_an_identity(tmp_path, tiny_checkpoint):
+    """--look-alikes-from MODEL_DIR answers the look-alikes with the model's greedy replies (what the base already
+    says to them), keeps the template answer where a reply names the assistant or an old identity, and changes
+    nothing else; a bad folder is one line and writes nothing."""
+    from myassistant import model as model_layer
+
+    flags = dict(name="Alice", count=40, small_talk=0.25, about_others=0.25, noise=0.0)
+    templated = read(write_identity_dataset(IdentitySpec(**flags), tmp_path / "templates") / "train.jsonl")
+    out = tmp_path / "answered"
+    done = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "identity", "--name", "Alice",
+                           "--count", "40", "--small-talk", "0.25", "--about-others", "0.25", "--noise", "0",
+                           "--look-alikes-from", str(tiny_checkpoint), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["look_alikes_from"] == str(tiny_checkpoint)
+    answered = read(out / "train.jsonl")
+    templates = {a for lang in negatives.SMALL_TALK for answers in negatives.SMALL_TALK[lang].values() for a in answers}
+    templates |= {a for answers in negatives.UNCLEAR.values() for a in answers}
+    # The same chats in the same order; only the look-alikes' answers differ.
+    assert [[q for q, _ in turns(r)] for r in answered] == [[q for q, _ in turns(r)] for r in templated]
+    pairs = [(q, old, new) for r, s in zip(templated, answered) for (q, old), (_, new) in zip(turns(r), turns(s))]
+    assert all(old == new for _, old, new in pairs if old not in templates)
+    look_alikes = sorted({q for q, old, _ in pairs if old in templates})
+    assert len(look_alikes) >= 5
+    model, tok = model_layer.load_model(tiny_checkpoint), model_layer.load_tokenizer(tiny_checkpoint)
+    replies = dict(zip(look_alikes, model_layer.generate_replies(model, tok, [[{"role": "user", "content": q}]
+                                                                            for q in look_alikes], batch_size=1,
+                                                                           max_new_tokens=negatives.REPLY_TOKENS)))
+    assert all(new == replies[q] if replies[q].strip() else new in templates for q, old, new in pairs if old in templates)
+
+    # A reply that names an identity (here: a word of one reply made an old name) keeps the template answer.
+    some = [w for w in sorted(set(re.findall(r"[a-z]{3,}", " ".join(replies.values()).lower())))
+            if 0 < sum(w in r.lower() for r in replies.values()) < len(replies)]
+    word = some[len(some) // 2]
+    named = write_identity_dataset(IdentitySpec(**flags, old_names=[word], look_alikes_from=str(tiny_checkpoint)),
+                                   tmp_path / "named")
+    got = [(q, a) for r in read(named / "train.jsonl") for q, a in turns(r) if q in replies]
+    assert all((a in templates) == (word in replies[q].lower() or not replies[q].strip()) for q, a in got)
+    assert any(a in templates for _, a in got) and any(a not in templates for _, a in got)
+
+    bad = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "identity", "--name", "Alice",
+                          "--small-talk", "0.25", "--look-alikes-from", str(tmp_path / "nowhere"), "--out",
+                          str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and not (tmp_path / "bad").exists()
+    assert bad.stderr.strip().splitlines()[-1] == ("assistant data: error: identity data: look_alikes_from: "
+                                                   f"{tmp_path / 'nowhere'}: no such model folder")
+    with pytest.raises(DataError, match="look_alikes_from answers the look-alikes: give small_talk or about_others"):
+        IdentitySpec(name="A", look_alikes_from=str(tiny_checkpoint))

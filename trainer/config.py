@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ class LoraConfig:
     lora_dropout: float = _f(0.0, "dropout on the LoRA input, 0 <= p < 1 (peft's and Unsloth's default; XTuner "
                                   "uses 0.1; above 0 the GPU step cannot be a CUDA graph)")
     target_modules: list[str] = _f(ALL_LINEAR, "modules to adapt; InternLM2 names wqkv/wo/w1/w2/w3 are mapped; or [all-linear]")
+    rank_pattern: list[str] = _f([], "other ranks for some of them, NAME=RANK (peft's rank_pattern; lora_alpha "
+                                     "follows so alpha / r stays), e.g. [q_proj=4, k_proj=4]")
     bias: str = _f("none", "train biases: none | all | lora_only")
 
 
@@ -167,6 +170,13 @@ class RunConfig:
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}  # type: ignore[misc]
+
+
+def lora_rank_pattern(lora: LoraConfig) -> tuple[dict[str, int], dict[str, float]]:
+    """peft ``rank_pattern`` and ``alpha_pattern`` of ``lora.rank_pattern`` (validated): the same scale alpha / r."""
+    ranks = {mapped: int(entry.partition("=")[2]) for entry in lora.rank_pattern
+             for mapped in INTERNLM2_TO_LLAMA.get(entry.partition("=")[0].strip(), (entry.partition("=")[0].strip(),))}
+    return ranks, {name: rank * lora.lora_alpha / lora.r for name, rank in ranks.items()}
 
 
 def lora_target_modules(names: list[str]) -> list[str] | str:
@@ -314,6 +324,8 @@ def validate(cfg: RunConfig) -> list[str]:
         (lo.lora_alpha > 0, f"lora.lora_alpha: must be > 0, got {lo.lora_alpha}"),
         (0 <= lo.lora_dropout < 1, f"lora.lora_dropout: must be in [0, 1), got {lo.lora_dropout}"),
         (bool(lo.target_modules), "lora.target_modules: empty; e.g. [q_proj, v_proj] or [all-linear]"),
+        *((bool(re.fullmatch(r"\s*[\w.]+\s*=\s*[1-9]\d*\s*", e)), f"lora.rank_pattern: {e!r} is not NAME=RANK, e.g. q_proj=4")
+          for e in lo.rank_pattern),
         (lo.bias in ("none", "all", "lora_only"), f"lora.bias: {lo.bias!r} is not one of none, all, lora_only"),
         (q.method in METHODS, f"quant.method: {q.method!r} is not one of {', '.join(METHODS)}"),
         (q.bnb_4bit_quant_type in ("nf4", "fp4"), f"quant.bnb_4bit_quant_type: {q.bnb_4bit_quant_type!r} is not nf4 or fp4"),

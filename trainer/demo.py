@@ -54,6 +54,10 @@ class DemoConfig:
     author: str | None = None  # who made it, for "who made you" answers
     count: int = 400  # identity conversations (as many general ones are mixed in)
     old_count: int = 300  # identity conversations the base learns under OLD_IDENTITY (0: none)
+    # The fine-tune's data (stage 3, once the base exists): its share of multi-turn chats, and the look-alikes
+    # (--small-talk and --about-others, per identity chat) answered by the base itself (--look-alikes-from).
+    multi_turn: float = 0.75
+    look_alikes: float = 0.25
     workdir: Path = Path("demo_out")  # every file of the demo goes under here
     base_preset: Path = PRESETS_DIR / "demo_base_full.yaml"  # full fine-tune of the tiny base on general chat
     identity_preset: Path = PRESETS_DIR / "demo_identity_lora.yaml"  # the identity LoRA
@@ -111,15 +115,30 @@ def quant_method() -> str:
     return "qlora" if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") else "lora"
 
 
-def data_command(cfg: DemoConfig) -> str:
+def data_command(cfg: DemoConfig, flags: str = "") -> str:
     author = f" --author {shlex.quote(cfg.author)}" if cfg.author else ""
-    return (f"{cli()} data identity --name {shlex.quote(cfg.name)}{author} --count {cfg.count} "
+    return (f"{cli()} data identity --name {shlex.quote(cfg.name)}{author} --count {cfg.count} {flags}"
             f"--out {shown(cfg.paths.data)}")
 
 
 def write_data(cfg: DemoConfig) -> Path:
-    """Stage 1: self-cognition conversations for the name, mixed 1:1 with general chat, + held-out sets."""
+    """Stage 1: self-cognition conversations for the name, mixed 1:1 with general chat, + held-out sets (the
+    base's tokenizer learns their words; stage 3 writes the fine-tune's mix of them once the base exists)."""
     return write_identity_dataset(IdentitySpec(name=cfg.name, author=cfg.author, count=cfg.count), cfg.paths.data)
+
+
+def finetune_spec(cfg: DemoConfig) -> IdentitySpec:
+    """The fine-tune's data: stage 1's, with its multi-turn share and the look-alikes answered by the base."""
+    return IdentitySpec(name=cfg.name, author=cfg.author, count=cfg.count, multi_turn=cfg.multi_turn,
+                        small_talk=cfg.look_alikes, about_others=cfg.look_alikes,
+                        look_alikes_from=str(cfg.paths.base) if cfg.look_alikes else None)
+
+
+def finetune_data_command(cfg: DemoConfig) -> str:
+    spec = finetune_spec(cfg)
+    look_alikes = (f"--small-talk {spec.small_talk} --about-others {spec.about_others} "
+                   f"--look-alikes-from {shown(cfg.paths.base)} " if spec.look_alikes_from else "")
+    return data_command(cfg, f"--multi-turn {spec.multi_turn} {look_alikes}")
 
 
 def old_specs(cfg: DemoConfig) -> dict[str, IdentitySpec]:
@@ -195,8 +214,10 @@ def finetune_command(cfg: DemoConfig, method: str) -> str:
 
 
 def finetune(cfg: DemoConfig, method: str) -> Path:
-    """Stage 3: the identity LoRA (QLoRA on a GPU) on the base; progress bar and eval prompts as it trains."""
+    """Stage 3: the fine-tune's data (``finetune_spec``), then the identity LoRA (QLoRA on a GPU) on the base;
+    progress bar and eval prompts as it trains."""
     p = cfg.paths
+    write_identity_dataset(finetune_spec(cfg), p.data)
     shutil.rmtree(p.run, ignore_errors=True)  # a new adapter each run; the base is what is worth keeping
     overrides = [f"model.base={p.base}", f"data.train_file={p.data / 'train.jsonl'}", f"train.output_dir={p.run}",
                  f"quant.method={method}"]

@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel
 
 import myassistant.model as model_layer
-from myassistant.trainer.config import ConfigError, QuantConfig, RunConfig, lora_target_modules
+from myassistant.trainer.config import ConfigError, QuantConfig, RunConfig, lora_rank_pattern, lora_target_modules
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def build_model(cfg: RunConfig) -> PreTrainedModel:
         target_modules=lora_target_modules(cfg.lora.target_modules),
         bias=cfg.lora.bias,
         task_type="CAUSAL_LM",
+        **dict(zip(("rank_pattern", "alpha_pattern"), lora_rank_pattern(cfg.lora))),
     )
     try:
         model = peft.get_peft_model(base, lora)

@@ -139,6 +139,9 @@ class IdentitySpec:
     # the training questions asked about someone else ("他是谁？"), answered that it is unclear who is meant.
     small_talk: float = 0.0
     about_others: float = 0.0
+    # A model folder whose greedy replies answer those look-alikes (the base to fine-tune: it keeps its own
+    # behaviour on them), the template answer kept where the reply names an identity; None = the templates.
+    look_alikes_from: str | None = None
     general: str | None = None  # general data file (any supported format); None = the shipped zh+en set
     eval_identity: int = 60  # held-out identity questions (half zh, half en)
     eval_general: int = 40  # held-out general prompts (leak probes)
@@ -162,6 +165,8 @@ class IdentitySpec:
             problems.append(f"noise must be in [0, 1], got {self.noise}")
         if self.small_talk < 0 or self.about_others < 0:
             problems.append(f"small_talk and about_others must be >= 0, got {self.small_talk}, {self.about_others}")
+        if self.look_alikes_from and not (self.small_talk or self.about_others):
+            problems.append("look_alikes_from answers the look-alikes: give small_talk or about_others too")
         if problems:
             raise DataError("identity data: " + "; ".join(problems))
 
@@ -269,6 +274,8 @@ def with_look_alikes(spec: IdentitySpec, general: list[dict], held_out: set[str]
     rng = random.Random(f"look-alikes-{spec.seed}")
     langs = [lang for lang in LANGUAGES if lang in spec.languages]
     extra = negatives.conversations(TRAIN_CORES, langs, small, others, held_out, rng)
+    if spec.look_alikes_from:
+        extra = negatives.answered_by(extra, spec.look_alikes_from, [spec.name, *spec.old_names])
     system = [{"role": "system", "content": spec.system}] if spec.system else []
     mixed = general + [{"messages": system + r["messages"]} for r in extra]
     rng.shuffle(mixed)
@@ -301,8 +308,6 @@ def _jsonl(records: list[dict]) -> str:
 
 def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
     """Write train.jsonl, the held-out evaluation sets (``FILES``: single- and multi-turn) and meta.json."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(spec.seed)
     general, eval_general = general_conversations(spec, round(spec.count * spec.ratio), rng)
     general = with_look_alikes(spec, general, {prompt_text(r) for r in eval_general})
@@ -321,6 +326,8 @@ def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
     identity_multi, general_multi = probes.held_out_multi(eval_identity, eval_general, spec.seed)
     files = {"train": train, "eval_identity": eval_identity, "eval_identity_seen": seen, "eval_general": eval_general,
              "eval_identity_multi": identity_multi, "eval_general_multi": general_multi}
+    out = Path(out_dir)  # made only now: a bad input (a general file, a model folder) leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
     for key, records in files.items():
         _write_atomic(out / FILES[key], _jsonl(records))
     meta = {"format": "openai", **asdict(spec), "general": str(spec.general or GENERAL_DATA.name),

@@ -8,12 +8,15 @@ single-turn leak). Two kinds of minimal pairs tell it what the question is about
 - about someone else: the training cores asked about a third person ("你是谁？" → "他是谁？", "Who made
   you?" → "Who made them?"), answered that it is unclear who is meant.
 Both are made from the generator's own templates (never from the held-out sets), and mixed in as general
-conversations, so they are asked after identity turns too.
+conversations, so they are asked after identity turns too. ``answered_by`` has a model answer them instead (the
+base being fine-tuned: its own greedy replies, so the fine-tune keeps its behaviour on them rather than
+learning the templates' wording); the template answer stays where the reply names an identity or is empty.
 """
 from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 # The identity questions' greetings and closings (generate.PREFIXES / TAILS, without the empty ones), asked alone.
 SMALL_TALK = {
@@ -84,3 +87,27 @@ def conversations(cores: dict[str, dict[str, list[str]]], languages: list[str], 
             continue
         out.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
     return out
+
+
+REPLY_TOKENS = 48  # longer than any template answer
+
+
+def answered_by(convs: list[dict], model_dir: str | Path, names: list[str]) -> list[dict]:
+    """``convs`` (user, assistant) with the assistant's answer replaced by the greedy reply of the model in
+    ``model_dir`` (a model folder, or a run folder with an adapter), except where the reply is empty or names
+    one of ``names`` (the new name, the old identities): there the template answer stays."""
+    import myassistant.model as model_layer
+    from myassistant.trainer.data import DataError
+    from myassistant.trainer.identity.report import load_for_eval
+
+    try:
+        model, tokenizer = load_for_eval(model_dir)
+    except Exception as err:  # a bad folder is the flag's: said in one line, naming it
+        if not getattr(type(err), "user_error", False):
+            raise
+        raise DataError(f"identity data: look_alikes_from: {err}") from None
+    replies = model_layer.generate_replies(model, tokenizer, [c["messages"][:-1] for c in convs],
+                                           max_new_tokens=REPLY_TOKENS)
+    return [c if not r.strip() or any(n and n.lower() in r.lower() for n in names)
+            else {"messages": c["messages"][:-1] + [{"role": "assistant", "content": r}]}
+            for c, r in zip(convs, replies)]
