@@ -18,10 +18,13 @@ Cases (random weights, greedy, stop tokens off so every reply has --new-tokens t
 - ``same_tokens_fp32``: the same comparison with fp32 weights (no near-ties at this precision).
 - ``ttft_512``: time to first token for a ~512-token chat prompt, templating and history trimming included.
 - ``step_ms``: one graphed decode step replayed back to back (GPU time, no host work) for 1 and 8 rows.
-- ``quality_bf16`` / ``quality`` (``--weight-bits 16 8 4``: the cases run for each form in turn on the same model,
-  the layers' weights quantised weight-only from the bf16 ones): teacher-forced top-1 agreement and relative
+- ``quality_bf16`` / ``quality`` (``--weight-bits 16 8 4``: the cases run for each form in turn, each a model loaded
+  onto the GPU from the same bf16 model in host memory as the engine loads one, int8 / int4 a layer at a time
+  through `chat.weight_only.to_device`): teacher-forced top-1 agreement and relative
   logits error against the bf16 decode steps over 8 fixed chat prompts and 32 greedy bf16 tokens after each;
   ``quality_bf16`` gives the yardstick: the model's own modules (one forward per sequence) against the same steps.
+- ``memory``: GPU memory per form: right after loading (allocated, and the peak while loading), then after the
+  warm-up and every case (allocated, peak), and the model's own tensors (``weights_gib``).
 - ``concurrent_N``: N chats streaming at once from threads, sharing the steps; per-chat and total tokens/s.
 - ``copy_bandwidth``: this GPU's memory bandwidth, measured in the same run: a 4 GiB ``dst.copy_(src)``
   timed with CUDA events, bytes read + written / time (median of 10).
@@ -34,6 +37,8 @@ Cases (random weights, greedy, stop tokens off so every reply has --new-tokens t
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import json
 import sys
 import tempfile
@@ -46,8 +51,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
-from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats, gemv  # noqa: E402
-from myassistant.chat.prefill import PrefillGraphs  # noqa: E402
+from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats, gemv, weight_only  # noqa: E402
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 def emit(case: str, **fields) -> None:
@@ -160,14 +164,19 @@ def agreement(got: torch.Tensor, want: torch.Tensor, name: str) -> dict:
             f"{name}_relative_logits_error": round(float((got - want).norm() / want.norm()), 4)}
 
 
-def switch_weights(engine: ChatEngine, bits: int) -> None:
-    """The engine's decode steps over weight-only `bits` weights (16: bf16 again), captured anew."""
-    engine.decoder.quantize_weights(bits)
-    batch = engine.batch
-    batch.graphs.clear()
-    if batch.prefills is not None:  # a new memory pool: capturing into one whose graphs are all gone fails
-        batch.pool = torch.cuda.graph_pool_handle()
-        batch.prefills = PrefillGraphs(engine.decoder, batch.cache, batch.pool)
+def load_form(host: LlamaForCausalLM, bits: int) -> LlamaForCausalLM:
+    """A copy of the host (CPU) model on the GPU as the engine loads one: bf16 as it is, int8 / int4 through
+    `weight_only.to_device` (a layer at a time, no bf16 copy of the layers kept)."""
+    model = copy.deepcopy(host)
+    if bits == 16:
+        return model.to("cuda")
+    return weight_only.to_device(model, torch.device("cuda"), bits, model.model.layers)
+
+
+def memory(**fields) -> dict:
+    gib = lambda b: round(b / 2 ** 30, 2)  # noqa: E731
+    return {**{k: gib(v) for k, v in fields.items()}, "allocated_gib": gib(torch.cuda.memory_allocated()),
+            "max_allocated_gib": gib(torch.cuda.max_memory_allocated())}
 
 
 def concurrent(engine: ChatEngine, messages: list[dict], chats: int, new_tokens: int) -> dict:
@@ -193,32 +202,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--no-fp32", action="store_true", help="skip the fp32 token comparison")
     parser.add_argument("--weight-bits", type=int, nargs="+", choices=(16, 8, 4), default=[16],
-                        help="the layers' weights: bf16 (16) and / or weight-only int8 / int4, one after the other on "
-                             "the same model (StaticCacheDecoder.quantize_weights)")
+                        help="the layers' weights: bf16 (16) and / or weight-only int8 / int4, one after the other, each "
+                             "loaded from the same bf16 model in host memory (chat.weight_only.to_device)")
     parser.add_argument("--chats", type=int, nargs="*", default=[2, 4, 8], help="concurrent chats to time")
     args = parser.parse_args(argv)
     # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
-    model = build(args.shape, torch.bfloat16, "cuda")
-    engine = ChatEngine(model, tokenizer, name=args.shape)
-    engine.stop_ids = []  # random weights: every reply runs the full length
-    emit("device", name=torch.cuda.get_device_name(0), torch=torch.__version__, rows=engine.batch.rows,
-         cache_tokens_per_row=engine.batch.max_len, shape=args.shape, weight_bits=args.weight_bits)
-    if any(bits < 16 for bits in args.weight_bits):
-        sequences, want, yardstick = bf16_reference(engine)
-        emit("quality_bf16", **yardstick)
-    bandwidth = copy_bandwidth()
-    emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
-    short = [{"role": "user", "content": "Tell me about the weather today, please."}]
-    settings = GenerationSettings(temperature=0, max_new_tokens=args.new_tokens)
-    prompt_ids, _, _ = engine.prompt(short, settings)
-    peer = None
-    for bits in args.weight_bits:
-        if bits != engine.decoder.weight_bits:
-            switch_weights(engine, bits)
-        if bits < 16:
+    forms = sorted(set(args.weight_bits), key=lambda b: (b != 16, args.weight_bits.index(b)))  # bf16 first: the reference
+    quantised = forms != [16]
+    # several forms: one random bf16 model kept in host memory, each form loaded from it as the engine loads
+    host = build(args.shape, torch.bfloat16, "cuda").cpu() if quantised else None
+    bandwidth = sequences = want = peer = None
+    for bits in forms:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        model = load_form(host, bits) if quantised else build(args.shape, torch.bfloat16, "cuda")
+        loaded = memory(load_peak_gib=torch.cuda.max_memory_allocated())
+        engine = ChatEngine(model, tokenizer, name=args.shape)
+        engine.stop_ids = []  # random weights: every reply runs the full length
+        emit("device", name=torch.cuda.get_device_name(0), torch=torch.__version__, rows=engine.batch.rows,
+             cache_tokens_per_row=engine.batch.max_len, shape=args.shape, bits=bits)
+        if bandwidth is None:
+            bandwidth = copy_bandwidth()
+            emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
+        short = [{"role": "user", "content": "Tell me about the weather today, please."}]
+        settings = GenerationSettings(temperature=0, max_new_tokens=args.new_tokens)
+        prompt_ids, _, _ = engine.prompt(short, settings)
+        if bits == 16 and quantised:
+            sequences, want, yardstick = bf16_reference(engine)
+            emit("quality_bf16", **yardstick)
+        elif bits < 16:
             steps = teacher_forced(engine, sequences)
             emit("quality", bits=bits, positions=len(want), **agreement(torch.cat(steps), want, f"int{bits}"),
                  **steps_vs_prefill(engine, sequences, steps))
@@ -231,8 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             peer = hf_generate(model, prompt_ids, args.new_tokens)
             emit("hf_generate", tokens_per_s=round(peer, 1))
         run_cases(engine, bits, short, settings, peer, bandwidth, args)
-    if not args.no_fp32:
+        emit("memory", bits=bits, **loaded, serving=memory(
+            weights_gib=sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))))
         del engine, model
+        gc.collect()
+        weight_only._scratch.clear()
+        weight_only._kept.clear()
+    if not args.no_fp32:
         torch.cuda.empty_cache()
         model32 = build(args.shape, torch.float32, "cuda")
         engine32 = ChatEngine(model32, tokenizer, name=args.shape)
@@ -286,12 +306,7 @@ def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: Genera
     emit("step_ms", bits=bits, rows_1=round(rows_1_ms, 3), rows_8=rows_8_ms and round(rows_8_ms, 3))
     # Bytes a step reads: every parameter (as the 1.8B figures count), and without the embedding table, of
     # which a step reads one row; the layers' products count their quantised bytes when quantised.
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    dense = sum(m.weight.numel() * m.weight.element_size() for m in model.model.layers.modules()
-                if isinstance(m, torch.nn.Linear))
-    products = sum(t.numel() * t.element_size() for weights in engine.decoder.fused for w in weights
-                   for t in (w if isinstance(w, tuple) else (w,)))
-    weight_bytes = total - dense + products
+    weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     read = weight_bytes - model.model.embed_tokens.weight.numel() * model.model.embed_tokens.weight.element_size()
     emit("roofline", bits=bits, weights_gb=round(weight_bytes / 1e9, 2), tokens_per_s=round(bandwidth / weight_bytes, 1),
          bandwidth_tb_per_s=round(bandwidth / 1e12, 3),

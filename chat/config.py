@@ -34,7 +34,9 @@ class ServeConfig:
     # the engine
     device: str = "auto"  # auto (a GPU if there is one) | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (GPU bf16, else fp16; CPU fp32) | bf16 | fp16 | fp32
-    quantize: str = "auto"  # int8 linear weights: auto = on the CPU only | int8 | int8_two_pass | int4 | none
+    # int8 / int4 weights: auto = int8 on the CPU, none on a GPU | int8 | int8_two_pass | int4 | none. CPU: every
+    # Linear on chat.quant's kernels; GPU: the decoder layers' weights weight-only int8 / int4 (chat.weight_only)
+    quantize: str = "auto"
     int8_kernel: str = "auto"  # auto (blocks, else dynamic, else weight_only) | blocks | dynamic | weight_only
     fast_decode: bool = True  # static-cache decoder where the model allows; False = the model's own forward
     compile: bool | None = None  # torch.compile the decode step; None = on a GPU only

@@ -7,7 +7,8 @@ picks the fastest decoder the model allows: `chat.batch` (all concurrent chats s
 one static cache; CUDA-graphed on a GPU); for a request longer than the batch cache's rows,
 `chat.decode.generate_tokens` over a static cache of its own (`chat.fast`); for a model of another
 layout, over the model's own forward. On the CPU, linear layers get int8 weights (`chat.quant`) unless
-``quantize="none"``. How to serve (device, dtype, int8, decoder, rows) is a `chat.config.ServeConfig`;
+``quantize="none"``; on a GPU ``quantize="int8" | "int4"`` makes the decoder layers weight-only int8 / int4
+(`chat.weight_only`: loaded a layer at a time, no bf16 copy kept). How to serve (device, dtype, int8, decoder, rows) is a `chat.config.ServeConfig`;
 what to answer with by default (`engine.defaults`) comes from the model folder's ``generation_config.json``.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from myassistant.chat import weight_only
 from myassistant.chat.batch import BatchDecoder
 from myassistant.chat.config import ServeConfig
 from myassistant.chat.decode import Embed, GenerationSettings, dynamic_cache_forward, generate_tokens
@@ -194,20 +196,26 @@ class ChatEngine:
         torch_dtype = resolve_dtype(config.dtype, torch_device)
         # Weights about to be quantised are read in bf16: half the peak memory of fp32.
         load_dtype = torch.bfloat16 if quantize != "none" and torch_dtype == torch.float32 else torch_dtype
+        # GPU int8 / int4: read into host memory, then moved to the GPU a layer at a time, quantised as it goes
+        gpu_bits = weight_only.BITS[quantize] if torch_device.type == "cuda" and quantize != "none" else None
+        load_device = torch.device("cpu") if gpu_bits else torch_device
         try:
             tokenizer = load_tokenizer(path)
             processor = None
             if is_llava(path):
-                model, processor = load_llava(path, dtype=load_dtype, device=torch_device)
+                model, processor = load_llava(path, dtype=load_dtype, device=load_device)
             else:
-                model = load_model(path, dtype=load_dtype, device=torch_device)
+                model = load_model(path, dtype=load_dtype, device=load_device)
             if adapter is not None:
                 # Merged once at load: decoding then costs the same as a merged model.
                 model = load_adapter(model, adapter).merge_and_unload()
             vision = None if processor is None else ImageEncoder(model, processor)
-            if quantize != "none":
+            text_model = model if vision is None else vision.text_model
+            if gpu_bits:
+                weight_only.to_device(model, torch_device, gpu_bits, text_model.model.layers)
+            elif quantize != "none":
                 # the vision tower stays as loaded
-                quantize_int8(model if vision is None else vision.text_model, config.int8_kernel,
+                quantize_int8(text_model, config.int8_kernel,
                               two_pass=quantize == "int8_two_pass", bits=4 if quantize == "int4" else 8)
                 model.to(torch_dtype)  # what is left (embeddings, norms) computes in torch_dtype
         except CheckpointError as err:

@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from myassistant.chat import gemv
+from myassistant.chat import gemv, weight_only
 from myassistant.chat.attention import decode_attention
 from myassistant.chat.decode import Embed, Forward
 from myassistant.chat.quant import Int8Linear
@@ -71,15 +71,19 @@ def _plain_linear(module: torch.nn.Module) -> bool:
 
 def fuse_projections(layer: torch.nn.Module) -> tuple[Projection, ...] | None:
     """The [q;k;v], [gate;up], o_proj and down_proj projections of `layer`, the model's own layers made views into
-    them: concatenated weights where they are plain bias-free Linear layers, one `Int8Linear` each where they
-    are int8 on the blocks kernel (the input is then quantised once, not per projection); o_proj and down_proj
-    as their weights where plain, else as the modules themselves.
+    them: concatenated weights where they are plain bias-free Linear layers (or weight-only quantised ones,
+    `chat.weight_only.QuantLinear`: one stacked `QuantWeight`), one `Int8Linear` each where they are int8 on the
+    blocks kernel (the input is then quantised once, not per projection); o_proj and down_proj as their weights
+    where plain or weight-only quantised, else as the modules themselves.
 
     None otherwise (LoRA on q/k/v or gate/up, another int8 kernel, ...).
     """
     attn, mlp = layer.self_attn, layer.mlp
     groups = ((attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj))
-    outs = tuple(m.weight if _plain_linear(m) else m for m in (attn.o_proj, mlp.down_proj))
+    outs = tuple(m.weight if _plain_linear(m) else m.quant if type(m) is weight_only.QuantLinear else m
+                 for m in (attn.o_proj, mlp.down_proj))
+    if all(type(m) is weight_only.QuantLinear for group in groups for m in group):
+        return (*(weight_only.stack(list(group)) for group in groups), *outs)
     if all(type(m) is Int8Linear for group in groups for m in group):
         stacked = [Int8Linear.stacked(list(group)) for group in groups]
         return None if None in stacked else (stacked[0], stacked[1], *outs)
@@ -99,9 +103,9 @@ def fuse_projections(layer: torch.nn.Module) -> tuple[Projection, ...] | None:
 
 
 def project(x: torch.Tensor, fused: Projection) -> torch.Tensor:
-    """x through a projection of `fuse_projections` (weight-only quantised weights dequantised first)."""
+    """x through a projection of `fuse_projections`."""
     if isinstance(fused, gemv.QuantWeight):
-        return F.linear(x, gemv.dequantize(fused, x.dtype))
+        return weight_only.linear(x, fused)
     return F.linear(x, fused) if isinstance(fused, torch.Tensor) else fused(x)
 
 
@@ -182,9 +186,7 @@ class StaticCacheDecoder:
         self.dtype = model.model.embed_tokens.weight.dtype
         self.kv_heads = model.config.num_key_value_heads
         self.head_dim = self.layers[0].self_attn.head_dim
-        self.dense = [fuse_projections(layer) for layer in self.layers]  # the layers' own (bf16) weights
-        self.fused = self.dense  # what the steps multiply by (quantize_weights)
-        self.weight_bits = 16
+        self.fused = [fuse_projections(layer) for layer in self.layers]
         compile = self.device.type == "cuda" if compile is None else compile
         # dynamic: one compile covers every batch size, cache length and prompt length (b == 1 and
         # the prefill get their own).
@@ -194,18 +196,6 @@ class StaticCacheDecoder:
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             cos, sin = model.model.rotary_emb(probe, positions)  # the same tables the model computes
             self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
-
-    def quantize_weights(self, bits: int) -> None:
-        """Weight-only int8 (a scale per row) or int4 (a scale per row and 128 columns) for the decoder layers'
-        products (chat.gemv), quantised from the bf16 weights; 16 goes back to those. The lm_head, embeddings
-        and norms stay. Decode steps read the quantised weights in the fused kernels; the prefill multiplies by
-        their dequantised copies. Steps captured before (CUDA graphs) still use the old weights: capture again.
-        The model's own modules keep their weights (its `forward` and `generate` are unchanged), so this saves no
-        memory yet: it measures the speed and quality of the quantised decode."""
-        assert bits in (16, 8, 4), "weight bits: 16, 8 or 4"
-        self.fused = [w if w is None or bits == 16 else
-                      tuple(gemv.quantize(p, bits) if isinstance(p, torch.Tensor) else p for p in w) for w in self.dense]
-        self.weight_bits = bits
 
     def new_cache(self, max_len: int | None = None, rows: int = 1) -> KVCache:
         with torch.inference_mode():

@@ -50,21 +50,33 @@ BLOCK_K = 256
 # are in flight to stream the weights (measured: 0.3-0.5 of the copy bandwidth for the 2048-wide
 # o_proj, down and qkv at 128 programs, 0.8-0.93 for gate/up and lm_head at 1,000+).
 TARGET_PROGRAMS = 400
+GROUP = 128  # int4 columns sharing a scale
 
 
-def candidates(n: int, k: int, group: int = 0) -> list[tuple[int, int, int, int, int]]:
+def candidates(n: int, k: int, quant: int = 0) -> list[tuple[int, int, int, int, int]]:
     """(BLOCK_N, BLOCK_K, SPLIT, warps, stages) to try for an [n, k] weight: per block width, the K split that
     gives about TARGET_PROGRAMS programs. The first is the pick where nothing was timed (CPU, inside a capture).
-    `group`: an int4 weight's group size, which is then the block's K."""
-    block_k = group or (BLOCK_K if k % BLOCK_K == 0 else 64 if k % 64 == 0 else 16)
+    `quant` 8 / 4: weight-only int8 / int4, whose rows are 1/2 and 1/4 of bf16's bytes: wider K blocks are tried
+    too (an int4 block is whole groups of GROUP columns) so that a load streams as many bytes as bf16's."""
+    if quant == 4:
+        widths = [b for b in (4 * GROUP, 2 * GROUP, GROUP) if k % b == 0]
+        return [c for block_k in widths for c in _split_candidates(n, k, block_k, (32, 64, 128))][:8]
+    block_k = BLOCK_K if k % BLOCK_K == 0 else 64 if k % 64 == 0 else 16
+    found = _split_candidates(n, k, block_k, (32, 16, 64))
+    # whole-K programs: gate/up's double blocks stream best unsplit (0.80 of the copy bandwidth against 0.65)
+    found += [c for c in ((64, block_k, 1, 4, 3), (32, block_k, 1, 4, 4)) if c not in found]
+    if quant == 8 and k % (2 * block_k) == 0:
+        found += _split_candidates(n, k, 2 * block_k, (32, 64))
+    return found
+
+
+def _split_candidates(n: int, k: int, block_k: int, widths: tuple[int, ...]) -> list[tuple[int, int, int, int, int]]:
     found = []
-    for block_n in (32, 16, 64):
+    for block_n in widths:
         split = 1
         while triton.cdiv(n, block_n) * split < TARGET_PROGRAMS and k % (2 * split * block_k) == 0 and split < 8:
             split *= 2
         found.append((block_n, block_k, split, 4, 3))
-    # whole-K programs: gate/up's double blocks stream best unsplit (0.80 of the copy bandwidth against 0.65)
-    found += [c for c in ((64, block_k, 1, 4, 3), (32, block_k, 1, 4, 4)) if c not in found]
     return found
 
 
@@ -83,18 +95,22 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _dot_int4(xe, xo, packed, scale, dtype: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-        """x @ w.T for a packed int4 tile: (nibble - 8) * the group's scale, rounded to the dtype as `dequantize`."""
-        low = ((packed & 15).to(tl.float32) - 8.0) * scale[:, None]
-        high = ((packed >> 4).to(tl.float32) - 8.0) * scale[:, None]
-        if not UPCAST:
-            low = low.to(dtype)
-            high = high.to(dtype)
-        else:
-            low = low.to(dtype).to(tl.float32)
-            high = high.to(dtype).to(tl.float32)
-        return (tl.dot(xe, tl.trans(low), input_precision=PRECISION)
-                + tl.dot(xo, tl.trans(high), input_precision=PRECISION))
+    def _int4_values(nibbles, MAGIC: tl.constexpr, dtype: tl.constexpr):
+        """Nibbles (0..15, the stored value + 8) as `dtype` tiles of nibble - 8: with MAGIC (the bits of 128.0 in bf16,
+        1024.0 in fp16, whose last mantissa bits are then the nibble) an OR, a bitcast and one packed subtraction
+        (exact), no integer-to-float conversion."""
+        if MAGIC == 0:  # float32 (and Triton's interpreter, which has no bf16 bit patterns): exact
+            return nibbles.to(tl.float32) - 8.0
+        base: tl.constexpr = 136.0 if MAGIC == 0x4300 else 1032.0
+        return (nibbles.to(tl.int16) | MAGIC).to(dtype, bitcast=True) - base
+
+    @triton.jit
+    def _dot_int4(xl, xh, packed, scale, dtype: tl.constexpr, MAGIC: tl.constexpr, PRECISION: tl.constexpr):
+        """x @ w.T for one group of a packed int4 tile (xl, xh: the x columns of the low and high nibbles) times
+        the group's scales (applied to the fp32 sums: the weights are exact integers in the dot)."""
+        part = (tl.dot(xl, tl.trans(_int4_values(packed & 15, MAGIC, dtype)), input_precision=PRECISION)
+                + tl.dot(xh, tl.trans(_int4_values(packed >> 4, MAGIC, dtype)), input_precision=PRECISION))
+        return part * scale[None, :]
 
     @triton.jit
     def _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype: tl.constexpr,
@@ -115,7 +131,7 @@ if triton is not None:
                      stride_om, stride_rm, stride_sn, eps, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr,
                      RESIDUAL: tl.constexpr, QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr, UPCAST: tl.constexpr,
-                     PRECISION: tl.constexpr):
+                     PRECISION: tl.constexpr, GROUP: tl.constexpr, MAGIC: tl.constexpr):
         pid = tl.program_id(0)
         part = tl.program_id(1)  # which K / SPLIT slice of the product this program sums
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -141,20 +157,21 @@ if triton is not None:
         x_rows = x_ptr + m[:, None] * stride_xm + first + kk[None, :]
         w_rows = w_ptr + n[:, None] * stride_wn + first + kk[None, :]
         for k0 in tl.range(0, K // SPLIT, BLOCK_K, num_stages=STAGES):
-            if QUANT == 4:  # packed nibbles: byte j of a row holds k = 2j (low) and 2j + 1 (high); BLOCK_K == group
-                kh = tl.arange(0, BLOCK_K // 2)
-                even = first + k0 + 2 * kh
-                x_even = x_ptr + m[:, None] * stride_xm + even[None, :]
-                xe = _x_tile(x_even, nw_ptr, first, k0, 2 * kh, m_ok, rstd, dtype, NORM, UPCAST)
-                xo = _x_tile(x_even + 1, nw_ptr, first, k0, 2 * kh + 1, m_ok, rstd, dtype, NORM, UPCAST)
-                packed = w_ptr + n[:, None] * stride_wn + (first + k0) // 2 + kh[None, :]
-                group = (first + k0) // BLOCK_K
-                acc += _dot_int4(xe, xo, tl.load(packed, mask=n_ok[:, None], other=0),
-                                 tl.load(s_ptr + n * stride_sn + group, mask=n_ok, other=0.0), dtype, UPCAST, PRECISION)
-                if GATED:
-                    acc2 += _dot_int4(xe, xo, tl.load(packed + N * stride_wn, mask=n_ok[:, None], other=0),
-                                      tl.load(s_ptr + (n + N) * stride_sn + group, mask=n_ok, other=0.0), dtype, UPCAST,
-                                      PRECISION)
+            if QUANT == 4:  # BLOCK_K / GROUP groups; byte j of a group: column j (low nibble), GROUP / 2 + j (high)
+                half = tl.arange(0, GROUP // 2)
+                for g in tl.static_range(BLOCK_K // GROUP):
+                    col = first + k0 + g * GROUP
+                    x_group = x_ptr + m[:, None] * stride_xm + (col + half)[None, :]
+                    xl = _x_tile(x_group, nw_ptr, col, 0, half, m_ok, rstd, dtype, NORM, UPCAST)
+                    xh = _x_tile(x_group + GROUP // 2, nw_ptr, col, GROUP // 2, half, m_ok, rstd, dtype, NORM, UPCAST)
+                    packed = w_ptr + n[:, None] * stride_wn + col // 2 + half[None, :]
+                    scales = s_ptr + n * stride_sn + col // GROUP
+                    acc += _dot_int4(xl, xh, tl.load(packed, mask=n_ok[:, None], other=0),
+                                     tl.load(scales, mask=n_ok, other=0.0), dtype, MAGIC, PRECISION)
+                    if GATED:
+                        acc2 += _dot_int4(xl, xh, tl.load(packed + N * stride_wn, mask=n_ok[:, None], other=0),
+                                          tl.load(scales + N * stride_sn, mask=n_ok, other=0.0), dtype, MAGIC,
+                                          PRECISION)
             else:  # bf16 / fp16 / fp32 weights, or int8 ones (exact in bf16 / fp16) converted for the dot
                 x = _x_tile(x_rows + k0, nw_ptr, first, k0, kk, m_ok, rstd, dtype, NORM, UPCAST)
                 w = tl.load(w_rows + k0, mask=n_ok[:, None], other=0.0)
@@ -220,14 +237,12 @@ def _buffers(device: torch.device, ws_floats: int, counters: int) -> tuple[torch
 
 class QuantWeight(NamedTuple):
     """A weight-only quantised [N, K] matrix: int8 `q` [N, K] with a scale per row (`scale` [N]), or int4 packed two
-    to a byte along K (`q` uint8 [N, K/2], the low nibble first, stored + 8) with a scale per row and group of
-    `GROUP` columns (`scale` [N, K/GROUP]). Rows can be sliced like the matrix's."""
+    to a byte (`q` uint8 [N, K/2], stored + 8) with a scale per row and group of `GROUP` columns (`scale`
+    [N, K/GROUP]): byte j of a group holds its column j in the low nibble and column GROUP/2 + j in the high one,
+    so a kernel's two nibble tiles meet contiguous columns of x. Rows can be sliced like the matrix's."""
 
     q: torch.Tensor
     scale: torch.Tensor
-
-
-GROUP = 128  # int4 columns sharing a scale
 
 
 def quantize(weight: torch.Tensor, bits: int) -> QuantWeight:
@@ -239,17 +254,18 @@ def quantize(weight: torch.Tensor, bits: int) -> QuantWeight:
     assert bits == 4 and w.shape[1] % GROUP == 0, "int4 needs K a multiple of the group size"
     groups = w.reshape(w.shape[0], -1, GROUP)
     scale = groups.abs().amax(2).clamp(min=1e-12) / 7
-    q = (torch.round(groups / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8).reshape(w.shape)
-    return QuantWeight(q[:, 0::2] | (q[:, 1::2] << 4), scale)
+    q = (torch.round(groups / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8)
+    return QuantWeight((q[..., :GROUP // 2] | (q[..., GROUP // 2:] << 4)).reshape(w.shape[0], -1), scale)
 
 
 def dequantize(weight: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
-    """The [N, K] matrix `weight` stands for, in `dtype` (the prefill's products and the references use it)."""
+    """The [N, K] matrix `weight` stands for, in `dtype` (the references use it; chat.weight_only has the kernel)."""
     q, scale = weight
     if q.dtype == torch.int8:
         return (q.float() * scale[:, None]).to(dtype)
-    values = torch.stack([(q & 15), (q >> 4)], -1).reshape(q.shape[0], -1).float() - 8
-    return (values.reshape(q.shape[0], -1, GROUP) * scale[..., None]).reshape(q.shape[0], -1).to(dtype)
+    groups = q.reshape(q.shape[0], -1, GROUP // 2)
+    values = torch.cat([groups & 15, groups >> 4], -1).float() - 8
+    return (values * scale[..., None]).reshape(q.shape[0], -1).to(dtype)
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor,
@@ -266,9 +282,12 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     args = (x, weight, out, dummy if residual is None else residual, dummy if norm_weight is None else norm_weight, ws,
             count, ws if scale is None else scale, m, n, x.stride(0), weight.stride(0), out.stride(0),
             0 if residual is None else residual.stride(0), 0 if scale is None else scale.stride(0), eps)
+    # int4 weights are made from the bits of 128 + nibble (bf16 0x4300 | nibble) or 1024 + nibble (fp16 0x6400 | nibble)
+    magic = 0 if not x.is_cuda or quant != 4 else {torch.bfloat16: 0x4300, torch.float16: 0x6400}.get(x.dtype, 0)
     meta = dict(K=k, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, QUANT=quant,
                 BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages,
-                UPCAST=not x.is_cuda, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps)
+                UPCAST=not x.is_cuda, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", GROUP=GROUP,
+                MAGIC=magic, num_warps=warps)
     _gemv_kernel[(tiles, split)](*args, **meta)
 
 
@@ -276,7 +295,7 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple[int
     """The fastest candidate for this product, timed once on the real tensors with the L2 flushed before each run
     (a decode step reads every weight from memory); the first candidate where timing is not possible."""
     n, k = out.shape[1], x.shape[1]
-    found = candidates(n, k, GROUP if weight.dtype == torch.uint8 else 0)
+    found = candidates(n, k, 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0)
     key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, weight.dtype, x.shape[0] > 1)
     if key in _picked or not x.is_cuda or torch.cuda.is_current_stream_capturing():
         return _picked.get(key, found[0])

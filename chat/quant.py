@@ -25,6 +25,7 @@ first kernel that runs here and gives the right numbers.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import warnings
 
@@ -161,14 +162,20 @@ def int8_kernel(prefer: str = "auto") -> str | None:
 
 
 def resolve_quantize(quantize: str, device: torch.device, kernel: str = "auto") -> str:
-    """'int8', 'int8_two_pass', 'int4' or 'none' for a request (one of them or 'auto' = int8 on the CPU)."""
+    """'int8', 'int8_two_pass', 'int4' or 'none' for a request (one of them or 'auto' = int8 on the CPU). On a CUDA GPU
+    'int8' / 'int4' (two_pass: 'int8') are weight-only layers (chat.weight_only)."""
     if quantize == "auto":
         quantize = "int8" if device.type == "cpu" else "none"
     if quantize == "int4" and device.type == "cpu" and (kernel not in ("auto", "blocks") or int8_kernel("blocks") is None):
         log.warning("int4 weights run on the blocks kernel only (chat.int8_blocks), not here: int8 weights instead")
         quantize = "int8"
+    if quantize != "none" and device.type == "cuda":  # weight-only int8 / int4 layers (chat.weight_only)
+        if importlib.util.find_spec("triton") is None:
+            log.warning("int8 / int4 weights on %s need Triton: half-precision weights instead", device)
+            return "none"
+        return "int4" if quantize == "int4" else "int8"
     if quantize != "none" and device.type != "cpu":
-        log.warning("int8 weights are a CPU decode path; %s keeps its half-precision weights", device)
+        log.warning("int8 weights are a CPU / CUDA decode path; %s keeps its half-precision weights", device)
         return "none"
     if quantize != "none" and int8_kernel(kernel) is None:
         log.warning("int8 weights are off: no int8 kernel runs with torch %s here; decoding unquantised",

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--device", default=s.device, help="auto (GPU if present), cpu, cuda, cuda:1, ...")
     serving.add_argument("--dtype", default=s.dtype, choices=CHOICES["dtype"], help="auto = GPU bf16/fp16, CPU fp32")
     serving.add_argument("--quantize", default=s.quantize, choices=CHOICES["quantize"],
-                         help="int8 linear weights; auto = on the CPU only; int4 = 4-bit (the blocks kernel)")
+                         help="int8 / int4 linear weights; auto = int8 on the CPU only; on a GPU int8 / int4 are "
+                              "weight-only decoder layers (chat.weight_only)")
     serving.add_argument("--int8-kernel", default=s.int8_kernel, choices=CHOICES["int8_kernel"],
                          help="auto = blocks (a scale per 32 weights, C built at first use) where it builds, else dynamic, "
                               "else weight_only")

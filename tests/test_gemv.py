@@ -72,49 +72,26 @@ def test_weight_only_quantisation_round_trip():
         assert torch.equal(rows, dequantize(q, torch.float32)[10:20])
 
 
-def test_decoder_switches_weight_forms_and_back():
-    """StaticCacheDecoder.quantize_weights: int8 / int4 layer weights change the logits a little / more, and 16 bits
-    gives the unquantised decoder's logits back exactly (CPU: the prefill's dequantised products, no Triton)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from myassistant.chat import fast
-
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=500, rms_norm_eps=1e-5)
-    decoder = fast.StaticCacheDecoder(LlamaForCausalLM(config).eval(), 32, compile=False)
-    ids = torch.randint(0, 500, (1, 12))
-
-    def logits(bits: int) -> torch.Tensor:
-        decoder.quantize_weights(bits)
-        with torch.inference_mode():
-            return decoder.prefill(ids, decoder.new_cache())
-
-    want = logits(16)
-    errors = {bits: float((logits(bits) - want).norm() / want.norm()) for bits in (8, 4)}
-    assert 0 < errors[8] < 0.03 and errors[8] < errors[4] < 0.5, errors
-    assert torch.equal(logits(16), want)
-
-
 def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 16) -> None:
     """A decode step with the fused kernels (forced on where they are not used by default) against the modules
-    (with `bits` < 16: both over the same weight-only quantised weights, the modules' dequantised)."""
+    (with `bits` < 16: both over the same weight-only quantised layers, chat.weight_only: the modules multiply by
+    the dequantised matrices)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from myassistant.chat import fast, gemv
+    from myassistant.chat import fast, gemv, weight_only
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=500, rms_norm_eps=1e-5)
     model = LlamaForCausalLM(config).to(device, dtype).eval()
+    if bits < 16:
+        weight_only.to_device(model, torch.device(device), bits, model.model.layers)
     ids = torch.randint(0, 500, (2, 12), device=device)
     usable = gemv.usable
     logits = []
     for fused in (False, True):
         gemv.usable = (lambda w, rows: rows <= gemv.MAX_ROWS) if fused else (lambda w, rows: False)
         decoder = fast.StaticCacheDecoder(model, 64, compile=False)
-        if bits < 16:
-            decoder.quantize_weights(bits)
         cache = decoder.new_cache(rows=2)
         with torch.inference_mode():
             for row in range(2):
