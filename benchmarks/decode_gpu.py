@@ -202,15 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--no-fp32", action="store_true", help="skip the fp32 token comparison")
     parser.add_argument("--weight-bits", type=int, nargs="+", choices=(16, 8, 4), default=[16],
-                        help="the layers' weights: bf16 (16) and / or weight-only int8 / int4, one after the other, each "
-                             "loaded from the same bf16 model in host memory (chat.weight_only.to_device)")
+                        help="the layers' weights: bf16 (16) and / or weight-only int8 / int4, one after the other, "
+                             "each loaded from the same bf16 model in host memory (chat.weight_only.to_device)")
     parser.add_argument("--chats", type=int, nargs="*", default=[2, 4, 8], help="concurrent chats to time")
     args = parser.parse_args(argv)
     # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
-    forms = sorted(set(args.weight_bits), key=lambda b: (b != 16, args.weight_bits.index(b)))  # bf16 first: the reference
+    # bf16 first (the quality reference), then the others in the order given
+    forms = sorted(set(args.weight_bits), key=lambda b: (b != 16, args.weight_bits.index(b)))
     quantised = forms != [16]
     # several forms: one random bf16 model kept in host memory, each form loaded from it as the engine loads
     host = build(args.shape, torch.bfloat16, "cuda").cpu() if quantised else None

@@ -8,7 +8,8 @@ one static cache; CUDA-graphed on a GPU); for a request longer than the batch ca
 `chat.decode.generate_tokens` over a static cache of its own (`chat.fast`); for a model of another
 layout, over the model's own forward. On the CPU, linear layers get int8 weights (`chat.quant`) unless
 ``quantize="none"``; on a GPU ``quantize="int8" | "int4"`` makes the decoder layers weight-only int8 / int4
-(`chat.weight_only`: loaded a layer at a time, no bf16 copy kept). How to serve (device, dtype, int8, decoder, rows) is a `chat.config.ServeConfig`;
+(`chat.weight_only`: loaded a layer at a time, no bf16 copy kept). How to serve (device, dtype, int8, decoder,
+rows) is a `chat.config.ServeConfig`;
 what to answer with by default (`engine.defaults`) comes from the model folder's ``generation_config.json``.
 """
 from __future__ import annotations
