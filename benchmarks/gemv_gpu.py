@@ -8,8 +8,8 @@ kernel against the module chain in float64, and the GPU time of both as CUDA gra
 enough copies of the weight to miss the 60 MB L2 (every product reads its weight from memory, as in a
 decode step), as bytes of weight read / time against the copy bandwidth measured in the same run.
 ``--bits 8|4``: ours on weight-only int8 / int4 copies (cuBLAS on their dequantised bf16 matrices; the bandwidth
-fraction counts the quantised bytes; int4's 1 row twice: the CUDA cores allowed, and tensor-core dots only).
-``--sweep`` times every (BLOCK_N, BLOCK_K, SPLIT, warps, stages) of a small grid per shape and prints the best.
+fraction counts the quantised bytes). ``--sweep`` times every (BLOCK_N, BLOCK_K, SPLIT, warps, stages) of a small
+grid per shape and prints the best.
 """
 from __future__ import annotations
 
@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             dense = [gemv.dequantize(gemv.QuantWeight(*w), dt) for w in weights]
         nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(dt) if norm else None
         out_n = n // 2 if gated else n
-        for rows, cores in ((1, True), (1, False), (8, False)) if args.bits == 4 else ((1, False), (8, False)):
-            gemv.INT4_CORES = cores  # int4, 1 row: on the CUDA cores, or tensor-core dots as for several rows
-            gemv._picked.clear()
+        for rows in (1, 8):
             x = torch.randn(rows, k, device="cuda", dtype=dt)
             res = torch.randn(rows, out_n, device="cuda", dtype=dt) if residual else None
             out_float = name == "lm_head"
@@ -106,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             t_ours = graph_time(lambda i: gemv.gemv(x, *weights[i], res, nw, 1e-5, gated, out_float), copies)
             t_cublas = graph_time(lambda i: reference(x, dense[i], res, nw, gated, out_float), copies)
             ideal = sum(t.numel() * t.element_size() for t in weights[0] if t is not None) / bandwidth
-            emit("gemv", bits=args.bits, **({"int4_cores": cores} if args.bits == 4 else {}), product=name, n=n, k=k,
-                 rows=rows, ours_us=round(t_ours * 1e6, 2),
+            emit("gemv", bits=args.bits, product=name, n=n, k=k, rows=rows, ours_us=round(t_ours * 1e6, 2),
                  cublas_us=round(t_cublas * 1e6, 2), ours_of_bandwidth=round(ideal / t_ours, 3),
                  cublas_of_bandwidth=round(ideal / t_cublas, 3), error_ours=f"{err(ours):.2e}",
                  error_cublas=f"{err(cublas):.2e}",

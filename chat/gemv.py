@@ -28,9 +28,13 @@ module chain only by the summation order of the product. Used on CUDA for bf16 /
 most MAX_ROWS rows; elsewhere (CPU, fp32, prefill) the model's modules run as before. The kernel runs
 under Triton's interpreter on a CPU (TRITON_INTERPRET=1), which is how tests check it without a GPU.
 
-Weight-only int8 / int4 (`quantize`, ``QUANT``): the same kernel over int8 rows with a scale each, or int4 weights
-two to a byte with a scale per row and 128 columns. On the 7B shape (H200, benchmarks/README.md): int8 decodes
-1.36x faster than bf16; int4, dequantised in registers into two half-width tiles, is slower than bf16 so far.
+Weight-only int8 / int4 (`quantize`, ``QUANT``; served by chat.weight_only): the same kernel over int8 rows with a
+scale each, or int4 weights two to a byte with a scale per row and 128 columns. An int4 group's bytes hold columns
+j and 64 + j, so its two nibble tiles meet contiguous x columns; inline PTX turns 4 bytes into 8 bf16 weights
+(nibble - 8, exact) without a conversion instruction, and the group's scales multiply the fp32 sums. On the 7B shape
+(H200, benchmarks/README.md, 1 row, µs, int4 / int8): qkv 15.3 / 15.8, o_proj 9.1 / 9.8, gate/up 50.7 / 46.2: int4
+is as fast as int8 a product, not faster (0.2-0.3 of the bandwidth over its bytes: Triton brings the packed bytes
+to the tensor-core layout through shared memory a byte at a time).
 """
 from __future__ import annotations
 
@@ -51,19 +55,16 @@ BLOCK_K = 256
 # o_proj, down and qkv at 128 programs, 0.8-0.93 for gate/up and lm_head at 1,000+).
 TARGET_PROGRAMS = 400
 GROUP = 128  # int4 columns sharing a scale
-INT4_CORES = True  # 1-row int4 products may run on the CUDA cores (False: tensor-core dots only, as for several rows)
 
 
-def candidates(n: int, k: int, quant: int = 0, one_row: bool = False) -> list[tuple]:
-    """(BLOCK_N, BLOCK_K, SPLIT, warps, stages[, CORES]) to try for an [n, k] weight: per block width, the K split
-    that gives about TARGET_PROGRAMS programs. The first is the pick where nothing was timed (CPU, inside a capture).
+def candidates(n: int, k: int, quant: int = 0) -> list[tuple[int, int, int, int, int]]:
+    """(BLOCK_N, BLOCK_K, SPLIT, warps, stages) to try for an [n, k] weight: per block width, the K split that
+    gives about TARGET_PROGRAMS programs. The first is the pick where nothing was timed (CPU, inside a capture).
     `quant` 8 / 4: weight-only int8 / int4, whose rows are 1/2 and 1/4 of bf16's bytes: wider K blocks are tried
-    too (an int4 block is whole groups of GROUP columns) so that a load streams as many bytes as bf16's; one int4
-    row (`one_row`) also on the CUDA cores (CORES, first) as well as with tensor-core dots."""
+    too (an int4 block is whole groups of GROUP columns) so that a load streams as many bytes as bf16's."""
     if quant == 4:
         widths = [b for b in (4 * GROUP, 2 * GROUP, GROUP) if k % b == 0]
-        found = [c for block_k in widths for c in _split_candidates(n, k, block_k, (32, 64, 128))][:6]
-        return [(*c, True) for c in found] + found if one_row and INT4_CORES else found
+        return [c for block_k in widths for c in _split_candidates(n, k, block_k, (32, 64, 128))][:8]
     block_k = BLOCK_K if k % BLOCK_K == 0 else 64 if k % 64 == 0 else 16
     found = _split_candidates(n, k, block_k, (32, 16, 64))
     # whole-K programs: gate/up's double blocks stream best unsplit (0.80 of the copy bandwidth against 0.65)
@@ -99,19 +100,18 @@ if triton is not None:
 
     @triton.jit
     def _int4_values(nibbles, MAGIC: tl.constexpr, dtype: tl.constexpr):
-        """Nibbles (0..15, the stored value + 8) as `dtype` tiles of nibble - 8: with MAGIC (the bits of 128.0 in bf16,
-        1024.0 in fp16, whose last mantissa bits are then the nibble) an OR, a bitcast and one packed subtraction
-        (exact), no integer-to-float conversion."""
+        """Nibbles (0..15, the stored value + 8) as `dtype` tiles of nibble - 8: fp16 (MAGIC 0x6400, the bits of 1024.0,
+        whose last mantissa bits are then the nibble) by an OR, a bitcast and a subtraction (exact), no conversion."""
         if MAGIC == 0:  # float32 (and Triton's interpreter, which has no bf16 bit patterns): exact
             return nibbles.to(tl.float32) - 8.0
-        base: tl.constexpr = 136.0 if MAGIC == 0x4300 else 1032.0
-        return (nibbles.to(tl.int16) | MAGIC).to(dtype, bitcast=True) - base
+        return (nibbles.to(tl.int16) | MAGIC).to(dtype, bitcast=True) - 1032.0
 
     @triton.jit
     def _dot_int4(xl, xh, packed, scale, dtype: tl.constexpr, MAGIC: tl.constexpr, PRECISION: tl.constexpr):
         """x @ w.T for one group of a packed int4 tile (xl, xh: the x columns of the low and high nibbles) times
         the group's scales (applied to the fp32 sums: the weights are exact integers in the dot)."""
-        if MAGIC == -1:  # bf16, 4 bytes at a time on 32-bit words: 2 byte permutes, 4 LOP3s, 1 shift, 4 bf16x2 subs
+        if MAGIC == -1:  # bf16, 4 bytes a 32-bit word: 2 byte permutes, 4 LOP3s (nibble | the bits of 128.0), 2 shifts
+            # and 4 bf16x2 subtractions of 136.0 give 8 weights
             low, high = tl.inline_asm_elementwise(
                 """{
                 .reg .b32 a, b, c;
@@ -137,44 +137,6 @@ if triton is not None:
         return part * scale[None, :]
 
     @triton.jit
-    def _fma_int4(xl, xh, packed, scale, UPCAST: tl.constexpr):
-        """The products of one row (xl, xh: [1, GROUP / 2]) with a packed int4 group, times the group's scales, per
-        column: nibble - 8 as float32 from the bits of 2^23 + nibble (a shift, a LOP3 and a subtraction, no
-        conversion), on a GPU by inline PTX over 4 bytes a 32-bit word."""
-        if UPCAST:  # Triton's interpreter: no inline PTX
-            low = ((packed & 15).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
-            high = ((packed >> 4).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
-        else:
-            low, high = tl.inline_asm_elementwise(
-                """{
-                .reg .b32 t;
-                lop3.b32 $0, $8, 0xf, 0x4b000000, 0xea;
-                shr.b32 t, $8, 8;
-                lop3.b32 $1, t, 0xf, 0x4b000000, 0xea;
-                shr.b32 t, $8, 16;
-                lop3.b32 $2, t, 0xf, 0x4b000000, 0xea;
-                shr.b32 t, $8, 24;
-                lop3.b32 $3, t, 0xf, 0x4b000000, 0xea;
-                shr.b32 t, $8, 4;
-                lop3.b32 $4, t, 0xf, 0x4b000000, 0xea;
-                shr.b32 t, $8, 12;
-                lop3.b32 $5, t, 0xf, 0x4b000000, 0xea;
-                shr.b32 t, $8, 20;
-                lop3.b32 $6, t, 0xf, 0x4b000000, 0xea;
-                shr.b32 t, $8, 28;
-                or.b32 $7, t, 0x4b000000;
-                sub.f32 $0, $0, 0f4B000008;
-                sub.f32 $1, $1, 0f4B000008;
-                sub.f32 $2, $2, 0f4B000008;
-                sub.f32 $3, $3, 0f4B000008;
-                sub.f32 $4, $4, 0f4B000008;
-                sub.f32 $5, $5, 0f4B000008;
-                sub.f32 $6, $6, 0f4B000008;
-                sub.f32 $7, $7, 0f4B000008;
-                }""", "=r,=r,=r,=r,=r,=r,=r,=r,r", [packed], dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
-        return (low * xl.to(tl.float32) + high * xh.to(tl.float32)) * scale[:, None]
-
-    @triton.jit
     def _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype: tl.constexpr,
                   GATED: tl.constexpr, RESIDUAL: tl.constexpr):
         out = acc
@@ -193,7 +155,7 @@ if triton is not None:
                      stride_om, stride_rm, stride_sn, eps, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr,
                      RESIDUAL: tl.constexpr, QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr, UPCAST: tl.constexpr,
-                     PRECISION: tl.constexpr, GROUP: tl.constexpr, MAGIC: tl.constexpr, CORES: tl.constexpr):
+                     PRECISION: tl.constexpr, GROUP: tl.constexpr, MAGIC: tl.constexpr):
         pid = tl.program_id(0)
         part = tl.program_id(1)  # which K / SPLIT slice of the product this program sums
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -216,9 +178,6 @@ if triton is not None:
             rstd = eps  # unused without the norm
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        # CORES (one row of int4 on the CUDA cores): products summed per column of a group, reduced at the end
-        wide = tl.zeros([BLOCK_N, GROUP // 2], tl.float32)
-        wide2 = tl.zeros([BLOCK_N, GROUP // 2], tl.float32)
         x_rows = x_ptr + m[:, None] * stride_xm + first + kk[None, :]
         w_rows = w_ptr + n[:, None] * stride_wn + first + kk[None, :]
         for k0 in tl.range(0, K // SPLIT, BLOCK_K, num_stages=STAGES):
@@ -231,19 +190,12 @@ if triton is not None:
                     xh = _x_tile(x_group + GROUP // 2, nw_ptr, col, GROUP // 2, half, m_ok, rstd, dtype, NORM, UPCAST)
                     packed = w_ptr + n[:, None] * stride_wn + col // 2 + half[None, :]
                     scales = s_ptr + n * stride_sn + col // GROUP
-                    if CORES:
-                        wide += _fma_int4(xl, xh, tl.load(packed, mask=n_ok[:, None], other=0),
-                                          tl.load(scales, mask=n_ok, other=0.0), UPCAST)
-                        if GATED:
-                            wide2 += _fma_int4(xl, xh, tl.load(packed + N * stride_wn, mask=n_ok[:, None], other=0),
-                                               tl.load(scales + N * stride_sn, mask=n_ok, other=0.0), UPCAST)
-                    else:
-                        acc += _dot_int4(xl, xh, tl.load(packed, mask=n_ok[:, None], other=0),
-                                         tl.load(scales, mask=n_ok, other=0.0), dtype, MAGIC, PRECISION)
-                        if GATED:
-                            acc2 += _dot_int4(xl, xh, tl.load(packed + N * stride_wn, mask=n_ok[:, None], other=0),
-                                              tl.load(scales + N * stride_sn, mask=n_ok, other=0.0), dtype, MAGIC,
-                                              PRECISION)
+                    acc += _dot_int4(xl, xh, tl.load(packed, mask=n_ok[:, None], other=0),
+                                     tl.load(scales, mask=n_ok, other=0.0), dtype, MAGIC, PRECISION)
+                    if GATED:
+                        acc2 += _dot_int4(xl, xh, tl.load(packed + N * stride_wn, mask=n_ok[:, None], other=0),
+                                          tl.load(scales + N * stride_sn, mask=n_ok, other=0.0), dtype, MAGIC,
+                                          PRECISION)
             else:  # bf16 / fp16 / fp32 weights, or int8 ones (exact in bf16 / fp16) converted for the dot
                 x = _x_tile(x_rows + k0, nw_ptr, first, k0, kk, m_ok, rstd, dtype, NORM, UPCAST)
                 w = tl.load(w_rows + k0, mask=n_ok[:, None], other=0.0)
@@ -259,9 +211,6 @@ if triton is not None:
                     if UPCAST:
                         w2 = w2.to(tl.float32)
                     acc2 += tl.dot(x, tl.trans(w2), input_precision=PRECISION)
-        if CORES:
-            acc = tl.sum(wide, 1)[None, :]
-            acc2 = tl.sum(wide2, 1)[None, :]
         if QUANT == 8:  # per output row scales: the product of the int8 rows, then the scale
             acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)[None, :]
             if GATED:
@@ -294,7 +243,7 @@ if triton is not None:
 
 _scratch: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # (workspace, counters) per device
 _kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-_picked: dict[tuple, tuple] = {}  # the timed choice per (shape, fusions, rows)
+_picked: dict[tuple, tuple[int, int, int, int, int]] = {}  # the timed choice per (shape, fusions, rows)
 
 
 def _buffers(device: torch.device, ws_floats: int, counters: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,10 +294,10 @@ def dequantize(weight: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor,
             residual: torch.Tensor | None, norm_weight: torch.Tensor | None, eps: float, gated: bool,
-            config: tuple) -> None:
+            config: tuple[int, int, int, int, int]) -> None:
     m, k = x.shape
     n = out.shape[1]
-    block_n, block_k, split, warps, stages, *cores = config
+    block_n, block_k, split, warps, stages = config
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
     tiles = triton.cdiv(n, block_n)
@@ -359,20 +308,19 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
             0 if residual is None else residual.stride(0), 0 if scale is None else scale.stride(0), eps)
     # int4 tiles for the dots: from the bits of 128 + nibble (bf16: inline PTX, -1) or 1024 + nibble (fp16 0x6400)
     magic = 0 if not x.is_cuda or quant != 4 else {torch.bfloat16: -1, torch.float16: 0x6400}.get(x.dtype, 0)
-    cores = bool(cores and cores[0]) and quant == 4 and m == 1
     meta = dict(K=k, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, QUANT=quant,
-                BLOCK_M=1 if cores else MAX_ROWS, CORES=cores, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split,
+                BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split,
                 STAGES=stages, UPCAST=not x.is_cuda, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
                 GROUP=GROUP, MAGIC=magic, num_warps=warps)
     _gemv_kernel[(tiles, split)](*args, **meta)
 
 
-def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple:
+def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple[int, int, int, int, int]:
     """The fastest candidate for this product, timed once on the real tensors with the L2 flushed before each run
     (a decode step reads every weight from memory); the first candidate where timing is not possible."""
     n, k = out.shape[1], x.shape[1]
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
-    found = candidates(n, k, quant, x.shape[0] == 1)
+    found = candidates(n, k, quant)
     key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, weight.dtype, x.shape[0] > 1)
     if key in _picked or not x.is_cuda or torch.cuda.is_current_stream_capturing():
         return _picked.get(key, found[0])
