@@ -82,3 +82,18 @@ def test_gpu_engine_serves_int8_int4_layers_like_their_dequantised_weights(tmp_p
     agree = float((logits.argmax(-1) == torch.tensor(reply, device="cuda")).float().mean())
     assert agree >= 0.9, f"{quantize}: top-1 agreement with the dequantised reference {agree}"
     assert isinstance(engine.generate(messages, temperature=0, max_new_tokens=8), str)  # the model's own forward path
+
+
+def test_quantize_switch_means_weight_only_layers_on_a_gpu():
+    """ServeConfig.quantize on a CUDA device: int8 / int4 (two_pass: int8) weight-only layers where Triton is
+    installed, bf16 otherwise; auto stays bf16 there (the CPU's default int8 is a CPU path)."""
+    import importlib.util
+
+    from myassistant.chat.quant import resolve_quantize
+
+    cuda = torch.device("cuda")
+    has_triton = importlib.util.find_spec("triton") is not None
+    assert resolve_quantize("auto", cuda) == "none"
+    assert resolve_quantize("none", cuda) == "none"
+    assert resolve_quantize("int4", cuda) == ("int4" if has_triton else "none")
+    assert resolve_quantize("int8_two_pass", cuda) == ("int8" if has_triton else "none")
