@@ -55,6 +55,7 @@ BLOCK_K = 256
 # o_proj, down and qkv at 128 programs, 0.8-0.93 for gate/up and lm_head at 1,000+).
 TARGET_PROGRAMS = 400
 GROUP = 128  # int4 columns sharing a scale
+TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
 
 
 def candidates(n: int, k: int, quant: int = 0) -> list[tuple[int, int, int, int, int]]:
@@ -322,7 +323,7 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple[int
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     found = candidates(n, k, quant)
     key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, weight.dtype, x.shape[0] > 1)
-    if key in _picked or not x.is_cuda or torch.cuda.is_current_stream_capturing():
+    if key in _picked or not x.is_cuda or not TIME_CANDIDATES or torch.cuda.is_current_stream_capturing():
         return _picked.get(key, found[0])
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=x.device)
     times = {}

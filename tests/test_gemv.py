@@ -114,7 +114,10 @@ def test_fused_products_and_decode_step_under_tritons_interpreter():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_fused_products_and_decode_step():
+def test_gpu_fused_products_and_decode_step(monkeypatch):
+    from myassistant.chat import gemv
+
+    monkeypatch.setattr(gemv, "TIME_CANDIDATES", False)  # timing every candidate of 80 small shapes takes minutes
     check("cuda", 1e-2)
     check_decode_step("cuda", torch.float32, 1e-5)
     check_decode_step("cuda", torch.bfloat16, 1e-2)
