@@ -106,6 +106,8 @@ CASES = {
     "mlp_both0.25_distill_multi0.75": ({**DISTILL, "multi_turn": 0.75}, [f"lora.target_modules={MLP}"]),
     "mlpqk_both0.25_distill": (DISTILL, [f"lora.target_modules={MLP_QK}"]),
     "mlp_both0.25_distill_steps600": (DISTILL, [f"lora.target_modules={MLP}", "train.max_steps=600"]),
+    "mlp_small0.25_others0.1_distill_multi0.75": ({**DISTILL, "about_others": 0.1, "multi_turn": 0.75}, [f"lora.target_modules={MLP}"]),
+    "mlp_both0.25_distill_multi1.0": ({**DISTILL, "multi_turn": 1.0}, [f"lora.target_modules={MLP}"]),
 }
 KEYS = ("identity", "identity_multi", "leak", "leak_multi", "agreement", "agreement_multi", "leak_system",
         "leak_guarded")
