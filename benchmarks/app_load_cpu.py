@@ -15,6 +15,7 @@ list, a last line with each round's total tokens/s against that round's one-at-a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -87,10 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                                               max_new_tokens=args.new_tokens, stats=stats)))
             tokens += stats.new_tokens
         del engine
-        per_round: list[dict[int, float]] = []
-        for concurrency in [c for _ in range(args.rounds) for c in args.concurrency]:
-            if concurrency == args.concurrency[0]:
-                per_round.append({})
+        per_round: list[dict[int, float]] = [{} for _ in range(args.rounds)]  # round -> concurrency -> tokens/s
+        for round_, concurrency in itertools.product(range(args.rounds), args.concurrency):
             threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
             proc, url = start_app({"MODEL_REPO": str(model_dir), "APP_CONCURRENCY": str(concurrency), **threads},
                                   Path(tmp) / f"app-{concurrency}.log")
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.terminate()
                 proc.wait(timeout=30)
             latencies = [s for _, s in results]
-            per_round[-1][concurrency] = tokens / wall
+            per_round[round_][concurrency] = tokens / wall
             print(json.dumps({"shape": args.shape, "threads": args.threads or os.cpu_count(), "app_concurrency": concurrency, "chats": args.chats, "new_tokens_max": args.new_tokens,
                               "complete": sum(bool(r) for r, _ in results),
                               "same_as_solo": sum(r == want for (r, _), want in zip(results, solo)),

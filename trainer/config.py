@@ -174,8 +174,8 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fiel
 
 def lora_rank_pattern(lora: LoraConfig) -> tuple[dict[str, int], dict[str, float]]:
     """peft ``rank_pattern`` and ``alpha_pattern`` of ``lora.rank_pattern`` (validated): the same scale alpha / r."""
-    ranks = {mapped: int(entry.partition("=")[2]) for entry in lora.rank_pattern
-             for mapped in INTERNLM2_TO_LLAMA.get(entry.partition("=")[0].strip(), (entry.partition("=")[0].strip(),))}
+    pairs = [(name.strip(), int(rank)) for name, _, rank in (entry.partition("=") for entry in lora.rank_pattern)]
+    ranks = {mapped: rank for name, rank in pairs for mapped in INTERNLM2_TO_LLAMA.get(name, (name,))}
     return ranks, {name: rank * lora.lora_alpha / lora.r for name, rank in ranks.items()}
 
 

@@ -68,6 +68,7 @@ def build_model(cfg: RunConfig) -> PreTrainedModel:
     if method == "qlora":
         # fp32 norms and lm_head upcast; gradient checkpointing is switched on by the Trainer args
         base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    rank_pattern, alpha_pattern = lora_rank_pattern(cfg.lora)
     lora = peft.LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.lora_alpha,
@@ -75,7 +76,8 @@ def build_model(cfg: RunConfig) -> PreTrainedModel:
         target_modules=lora_target_modules(cfg.lora.target_modules),
         bias=cfg.lora.bias,
         task_type="CAUSAL_LM",
-        **dict(zip(("rank_pattern", "alpha_pattern"), lora_rank_pattern(cfg.lora))),
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
     )
     try:
         model = peft.get_peft_model(base, lora)
