@@ -38,6 +38,7 @@ to the tensor-core layout through shared memory a byte at a time).
 """
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import torch
@@ -48,6 +49,8 @@ try:
 except ImportError:  # CPU-only installs: the model's modules everywhere
     triton = None
 
+log = logging.getLogger(__name__)
+
 MAX_ROWS = 16  # rows a product takes (one tensor-core tile); more rows go to cuBLAS, which is good there
 BLOCK_K = 256
 # Programs a launch should have: at one program per multiprocessor (132 on an H100/H200) too few loads
@@ -56,13 +59,20 @@ BLOCK_K = 256
 TARGET_PROGRAMS = 400
 GROUP = 128  # int4 columns sharing a scale
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
+# True: one-row int8 / int4 products also try chat.gemv_cores (the CUDA cores). Off: slower than the tensor-core
+# kernel on an H200 at 7B (benchmarks/README.md), and _pick's eager timings (launch gaps included) chose it wrongly.
+CORES_ONE_ROW = False
 
 
-def candidates(n: int, k: int, quant: int = 0) -> list[tuple[int, int, int, int, int]]:
+def candidates(n: int, k: int, quant: int = 0, rows: int = MAX_ROWS) -> list[tuple]:
     """(BLOCK_N, BLOCK_K, SPLIT, warps, stages) to try for an [n, k] weight: per block width, the K split that
     gives about TARGET_PROGRAMS programs. The first is the pick where nothing was timed (CPU, inside a capture).
     `quant` 8 / 4: weight-only int8 / int4, whose rows are 1/2 and 1/4 of bf16's bytes: wider K blocks are tried
-    too (an int4 block is whole groups of GROUP columns) so that a load streams as many bytes as bf16's."""
+    too (an int4 block is whole groups of GROUP columns) so that a load streams as many bytes as bf16's; for one
+    row with CORES_ONE_ROW also chat.gemv_cores' products on the CUDA cores (configurations ending in True)."""
+    if quant and rows == 1 and CORES_ONE_ROW:
+        from myassistant.chat import gemv_cores
+        return [*candidates(n, k, quant)[:3], *gemv_cores.candidates(n, k, quant)]  # fewer compiles at the warm-up
     if quant == 4:
         widths = [b for b in (4 * GROUP, 2 * GROUP, GROUP) if k % b == 0]
         return [c for block_k in widths for c in _split_candidates(n, k, block_k, (32, 64, 128))][:8]
@@ -152,6 +162,52 @@ if triton is not None:
                  mask=m_ok[:, None] & n_ok[None, :])
 
     @triton.jit
+    def _rstd(x_ptr, m, m_ok, kk, stride_xm, eps, K: tl.constexpr, NORM: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+        """1 / RMS of the input rows over the whole K (whatever slice of it a program sums); `eps` without the norm
+        (unused)."""
+        if NORM:
+            sq = tl.zeros([BLOCK_M], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                xs = tl.load(x_ptr + m[:, None] * stride_xm + (k0 + kk)[None, :], mask=m_ok[:, None], other=0.0)
+                xs = xs.to(tl.float32)
+                sq += tl.sum(xs * xs, 1)
+            rstd = 1.0 / tl.sqrt(sq / K + eps)
+        else:
+            rstd = eps
+        return rstd
+
+    @triton.jit
+    def _finish(acc, acc2, ws_ptr, count_ptr, res_ptr, out_ptr, pid, part, m, n, m_ok, n_ok, N, stride_om, stride_rm,
+                dtype: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, SPLIT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """The epilogue over a program's fp32 sums, or over the K slices' sums once the last of them is in."""
+        if SPLIT == 1:
+            _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype, GATED, RESIDUAL)
+        else:
+            # Split K: each program leaves its fp32 partial sums in the workspace; the last of a column
+            # block's SPLIT programs to arrive (a counter per block) adds them in a fixed order and writes
+            # the output, then zeroes the counter for the next launch. One launch, no reduction kernel.
+            tile = m[:, None] * N + n[None, :]
+            ws = ws_ptr + part * 2 * BLOCK_M * N
+            tl.store(ws + tile, acc, mask=n_ok[None, :])
+            if GATED:
+                tl.store(ws + BLOCK_M * N + tile, acc2, mask=n_ok[None, :])
+            tl.debug_barrier()  # every thread's partial stored before the counter says so
+            arrived = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel")
+            if arrived == SPLIT - 1:
+                tl.debug_barrier()
+                acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+                acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+                for s in tl.static_range(SPLIT):
+                    ws = ws_ptr + s * 2 * BLOCK_M * N
+                    acc += tl.load(ws + tile, mask=n_ok[None, :], other=0.0, cache_modifier=".cg")
+                    if GATED:
+                        acc2 += tl.load(ws + BLOCK_M * N + tile, mask=n_ok[None, :], other=0.0, cache_modifier=".cg")
+                _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype, GATED, RESIDUAL)
+                tl.atomic_xchg(count_ptr + pid, 0)
+
+    @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, s_ptr, M, N, stride_xm, stride_wn,
                      stride_om, stride_rm, stride_sn, eps, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr,
                      RESIDUAL: tl.constexpr, QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -168,15 +224,7 @@ if triton is not None:
         first = part * (K // SPLIT)
         # K is a constant of the compiled kernel (a model has two or three widths; Triton's interpreter
         # wants constant loop bounds) and a multiple of SPLIT * BLOCK_K (the host picks them so).
-        if NORM:  # the rows' mean square, over the whole K whatever slice this program sums
-            sq = tl.zeros([BLOCK_M], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                xs = tl.load(x_ptr + m[:, None] * stride_xm + (k0 + kk)[None, :], mask=m_ok[:, None], other=0.0)
-                xs = xs.to(tl.float32)
-                sq += tl.sum(xs * xs, 1)
-            rstd = 1.0 / tl.sqrt(sq / K + eps)
-        else:
-            rstd = eps  # unused without the norm
+        rstd = _rstd(x_ptr, m, m_ok, kk, stride_xm, eps, K, NORM, BLOCK_M, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         x_rows = x_ptr + m[:, None] * stride_xm + first + kk[None, :]
@@ -216,35 +264,14 @@ if triton is not None:
             acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)[None, :]
             if GATED:
                 acc2 = acc2 * tl.load(s_ptr + n + N, mask=n_ok, other=0.0)[None, :]
-        if SPLIT == 1:
-            _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype, GATED, RESIDUAL)
-        else:
-            # Split K: each program leaves its fp32 partial sums in the workspace; the last of a column
-            # block's SPLIT programs to arrive (a counter per block) adds them in a fixed order and writes
-            # the output, then zeroes the counter for the next launch. One launch, no reduction kernel.
-            tile = m[:, None] * N + n[None, :]
-            ws = ws_ptr + part * 2 * BLOCK_M * N
-            tl.store(ws + tile, acc, mask=n_ok[None, :])
-            if GATED:
-                tl.store(ws + BLOCK_M * N + tile, acc2, mask=n_ok[None, :])
-            tl.debug_barrier()  # every thread's partial stored before the counter says so
-            arrived = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel")
-            if arrived == SPLIT - 1:
-                tl.debug_barrier()
-                acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-                acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-                for s in tl.static_range(SPLIT):
-                    ws = ws_ptr + s * 2 * BLOCK_M * N
-                    acc += tl.load(ws + tile, mask=n_ok[None, :], other=0.0, cache_modifier=".cg")
-                    if GATED:
-                        acc2 += tl.load(ws + BLOCK_M * N + tile, mask=n_ok[None, :], other=0.0, cache_modifier=".cg")
-                _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype, GATED, RESIDUAL)
-                tl.atomic_xchg(count_ptr + pid, 0)
+        _finish(acc, acc2, ws_ptr, count_ptr, res_ptr, out_ptr, pid, part, m, n, m_ok, n_ok, N, stride_om, stride_rm,
+                dtype, GATED, RESIDUAL, SPLIT, BLOCK_M, BLOCK_N)
 
 
 _scratch: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # (workspace, counters) per device
 _kept: list[tuple[torch.Tensor, torch.Tensor]] = []
 _picked: dict[tuple, tuple[int, int, int, int, int]] = {}  # the timed choice per (shape, fusions, rows)
+timed: dict[tuple, dict[tuple, float]] = {}  # _pick's median ms per candidate, per key of _picked (benchmarks read it)
 
 
 def _buffers(device: torch.device, ws_floats: int, counters: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,11 +325,14 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
             config: tuple[int, int, int, int, int]) -> None:
     m, k = x.shape
     n = out.shape[1]
-    block_n, block_k, split, warps, stages = config
+    block_n, block_k, split, warps, stages = config[:5]
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
     tiles = triton.cdiv(n, block_n)
     ws, count = _buffers(x.device, split * 2 * MAX_ROWS * n if split > 1 else 1, tiles)
+    if config[5:] == (True,):  # one row on the CUDA cores
+        from myassistant.chat import gemv_cores
+        return gemv_cores.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count)
     dummy = x  # pointer arguments of the fusions that are off: never read
     args = (x, weight, out, dummy if residual is None else residual, dummy if norm_weight is None else norm_weight, ws,
             count, ws if scale is None else scale, m, n, x.stride(0), weight.stride(0), out.stride(0),
@@ -321,7 +351,7 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple[int
     (a decode step reads every weight from memory); the first candidate where timing is not possible."""
     n, k = out.shape[1], x.shape[1]
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
-    found = candidates(n, k, quant)
+    found = candidates(n, k, quant, x.shape[0])
     key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, weight.dtype, x.shape[0] > 1)
     if key in _picked or not x.is_cuda or not TIME_CANDIDATES or torch.cuda.is_current_stream_capturing():
         return _picked.get(key, found[0])
@@ -331,6 +361,11 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple[int
         try:
             _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config)  # compile
         except triton.runtime.errors.OutOfResources:  # too much shared memory (fp32 tiles): not a candidate
+            continue
+        except Exception as e:  # noqa: BLE001 - a candidate that does not compile here is not one (the first must)
+            if config == found[0]:
+                raise
+            log.warning("gemv candidate %s for %dx%d: %s", config, n, k, e)
             continue
         runs = []
         for _ in range(10):
@@ -342,6 +377,7 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple[int
             end.synchronize()
             runs.append(start.elapsed_time(end))
         times[config] = sorted(runs)[len(runs) // 2]
+    timed[key] = times
     _picked[key] = min(times, key=times.get)
     return _picked[key]
 

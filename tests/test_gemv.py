@@ -35,13 +35,14 @@ def reference(x, w, res, nw, gated, dtype):
 
 def check(device: str, bf16_tol: float) -> None:
     """Every fusion, plain bf16 / fp32 weights and weight-only int8 / int4 ones (against their dequantised matrices)."""
+    from myassistant.chat import gemv, gemv_cores
     from myassistant.chat.gemv import dequantize, product, quantize
 
     gen = torch.Generator().manual_seed(0)
     for bits, dtype, tol in ((16, torch.float32, 1e-5), (16, torch.bfloat16, bf16_tol), (8, torch.bfloat16, bf16_tol),
                              (4, torch.bfloat16, bf16_tol)):
         for norm, gated, residual, out_float in VARIANTS:
-            for rows, n, k in ((1, 72, 256), (3, 64, 512), (8, 48, 1024), (16, 80, 256)):
+            for rows, n, k in ((1, 72, 256), (1, 40, 1024), (3, 64, 512), (8, 48, 1024), (16, 80, 256)):
                 w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, dtype)
                 x = torch.randn(rows, k, generator=gen).to(device, dtype)
                 nw = torch.nn.RMSNorm(k, eps=1e-5).to(device, dtype).requires_grad_(False) if norm else None
@@ -50,13 +51,20 @@ def check(device: str, bf16_tol: float) -> None:
                     nw.variance_epsilon = 1e-5
                 res = torch.randn(rows, n, generator=gen).to(device, dtype) if residual else None
                 weight = w if bits == 16 else quantize(w, bits)
-                got = product(x, weight, res, nw, gated, out_float)
                 exact = w if bits == 16 else dequantize(weight, torch.float64 if bits == 8 else dtype)
                 want = reference(x, exact, res, None if nw is None else nw.weight, gated, dtype)
+                case = f"{bits} bits {dtype} norm={norm} gated={gated} residual={residual} rows={rows} n={n} k={k}"
+                got = product(x, weight, res, nw, gated, out_float)
                 assert got.shape == want.shape and got.dtype == (torch.float32 if out_float else dtype)
                 err = float((got.double() - want).norm() / want.norm())
-                case = f"{bits} bits {dtype} norm={norm} gated={gated} residual={residual} rows={rows}"
                 assert err <= tol, f"{case}: error {err}"
+                # one row on the CUDA cores too (chat.gemv_cores): K split as timing may pick it, and whole
+                cores = gemv_cores.candidates(n, k, bits) if bits < 16 and rows == 1 else []
+                for config in {c: None for c in cores[:1] + [(*c[:2], 1, *c[3:]) for c in cores[:1]]}:
+                    got = torch.empty_like(want, dtype=torch.float32 if out_float else dtype)
+                    gemv._launch(x, *weight, got, res, None if nw is None else nw.weight, 1e-5, gated, config)
+                    err = float((got.double() - want).norm() / want.norm())
+                    assert err <= tol, f"{case} {config}: error {err}"
 
 
 def test_weight_only_quantisation_round_trip():
