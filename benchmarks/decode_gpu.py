@@ -6,6 +6,8 @@ peer's other cases, ../shared/peers/gpu_decode_peer.py (see benchmarks/gpu_all.s
 
     python3 -m benchmarks.decode_gpu
     python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --new-tokens 128 --weight-bits 16 8 4 --chats 8
+    python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --no-peer --new-tokens 128 --chats 8 \
+        --weight-bits 8 --reference /tmp/ref7b.pt     # then --weight-bits 4 in another process: the same reference
 
 Cases (random weights, greedy, stop tokens off so every reply has --new-tokens tokens):
 - ``warm_up``: compiling and capturing the steps a first chat and two concurrent ones need.
@@ -23,6 +25,10 @@ Cases (random weights, greedy, stop tokens off so every reply has --new-tokens t
   through `chat.weight_only.to_device`): teacher-forced top-1 agreement and relative
   logits error against the bf16 decode steps over 8 fixed chat prompts and 32 greedy bf16 tokens after each;
   ``quality_bf16`` gives the yardstick: the model's own modules (one forward per sequence) against the same steps.
+- ``reference`` (``--reference PATH``, int8 / int4 forms only, one process each: the bf16 cases are not run): the
+  quality cases' yardstick is then the bf16 model's own modules (one forward per sequence, 32 greedy tokens of
+  ``generate`` after each prompt), computed and saved by the first process, loaded by the next (same seed, same
+  random model: ``same_model`` checks it).
 - ``memory``: GPU memory per form: right after loading (allocated, and the peak while loading), then after the
   warm-up and every case (allocated, peak), and the model's own tensors (``weights_gib``).
 - ``concurrent_N``: N chats streaming at once from threads, sharing the steps; per-chat and total tokens/s.
@@ -51,7 +57,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
-from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats, gemv, weight_only  # noqa: E402
+from myassistant.chat import (ChatEngine, GenerationSettings, GenerationStats, ServeConfig, gemv,  # noqa: E402
+                              weight_only)
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 def emit(case: str, **fields) -> None:
@@ -164,10 +171,33 @@ def agreement(got: torch.Tensor, want: torch.Tensor, name: str) -> dict:
             f"{name}_relative_logits_error": round(float((got - want).norm() / want.norm()), 4)}
 
 
-def load_form(host: LlamaForCausalLM, bits: int) -> LlamaForCausalLM:
-    """A copy of the host (CPU) model on the GPU as the engine loads one: bf16 as it is, int8 / int4 through
-    `weight_only.to_device` (a layer at a time, no bf16 copy of the layers kept)."""
-    model = copy.deepcopy(host)
+def modules_reference(model: LlamaForCausalLM, tokenizer, path: str) -> tuple[list[list[int]], torch.Tensor]:
+    """The 8 fixed chat prompts with 32 greedy tokens of the bf16 model's own modules (``generate``) after each, and
+    the modules' float32 logits at every position (one forward per sequence), saved at `path` with a checksum of the
+    random weights (each process builds the same model from the same seed)."""
+    engine = ChatEngine(model, tokenizer, name="reference", config=ServeConfig(fast_decode=False))  # the template
+    settings = GenerationSettings(temperature=0, max_new_tokens=32)
+    sequences, logits = [], []
+    with torch.inference_mode():
+        for prompt in QUALITY_PROMPTS:
+            ids = torch.tensor([engine.prompt([{"role": "user", "content": prompt}], settings)[0]], device="cuda")
+            seq = model.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+            sequences.append(seq[0].tolist())
+            logits.append(model(seq).logits[0].float())
+    want = torch.cat(logits)
+    torch.save({"sequences": sequences, "want": want.cpu(), "checksum": checksum(model)}, path + ".tmp")
+    Path(path + ".tmp").rename(path)
+    return sequences, want
+
+
+def checksum(model: LlamaForCausalLM) -> float:
+    return float(model.model.layers[0].self_attn.q_proj.weight.detach().float().sum())
+
+
+def load_form(host: LlamaForCausalLM, bits: int, keep_host: bool = True) -> LlamaForCausalLM:
+    """A copy of the host (CPU) model on the GPU as the engine loads one (`keep_host` False: the host model itself):
+    bf16 as it is, int8 / int4 through `weight_only.to_device` (a layer at a time, no bf16 copy of the layers kept)."""
+    model = copy.deepcopy(host) if keep_host else host
     if bits == 16:
         return model.to("cuda")
     return weight_only.to_device(model, torch.device("cuda"), bits, model.model.layers)
@@ -205,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the layers' weights: bf16 (16) and / or weight-only int8 / int4, one after the other, "
                              "each loaded from the same bf16 model in host memory (chat.weight_only.to_device)")
     parser.add_argument("--chats", type=int, nargs="*", default=[2, 4, 8], help="concurrent chats to time")
+    parser.add_argument("--reference", metavar="PATH",
+                        help="int8 / int4 forms without bf16's cases: top-1 against the bf16 modules' logits, computed "
+                             "and saved at PATH by the first process (from the same random model), loaded by the next")
+    parser.add_argument("--no-peer", action="store_true", help="skip the peer (`generate`)")
     args = parser.parse_args(argv)
     # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -213,13 +247,30 @@ def main(argv: list[str] | None = None) -> int:
     # bf16 first (the quality reference), then the others in the order given
     forms = sorted(set(args.weight_bits), key=lambda b: (b != 16, args.weight_bits.index(b)))
     quantised = forms != [16]
+    if args.reference:
+        assert 16 not in forms, "--reference: int8 / int4 forms only (bf16 is the reference)"
     # several forms: one random bf16 model kept in host memory, each form loaded from it as the engine loads
-    host = build(args.shape, torch.bfloat16, "cuda").cpu() if quantised else None
+    host = build(args.shape, torch.bfloat16, "cuda") if quantised else None
     bandwidth = sequences = want = peer = None
+    if args.reference:
+        loaded = Path(args.reference).exists()
+        if loaded:
+            saved = torch.load(args.reference)
+            sequences, want = saved["sequences"], saved["want"].cuda()
+            same = saved["checksum"] == checksum(host)
+        else:
+            sequences, want = modules_reference(host, tokenizer, args.reference)
+            same = True
+        emit("reference", of="bf16 modules (one forward a sequence)", positions=len(want), same_model=same,
+             path=args.reference, loaded=loaded)
+    if args.no_peer:
+        peer = float("nan")  # vs_hf_generate: not measured
+    host = host.cpu() if quantised else None
     for bits in forms:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        model = load_form(host, bits) if quantised else build(args.shape, torch.bfloat16, "cuda")
+        model = load_form(host, bits, keep_host=len(forms) > 1) if quantised else build(args.shape, torch.bfloat16,
+                                                                                          "cuda")
         loaded = memory(load_peak_gib=torch.cuda.max_memory_allocated())
         engine = ChatEngine(model, tokenizer, name=args.shape)
         engine.stop_ids = []  # random weights: every reply runs the full length
@@ -236,13 +287,15 @@ def main(argv: list[str] | None = None) -> int:
             emit("quality_bf16", **yardstick)
         elif bits < 16:
             steps = teacher_forced(engine, sequences)
-            emit("quality", bits=bits, positions=len(want), **agreement(torch.cat(steps), want, f"int{bits}"),
-                 **steps_vs_prefill(engine, sequences, steps))
+            emit("quality", bits=bits, positions=len(want), against="bf16 modules" if args.reference else "bf16 steps",
+                 **agreement(torch.cat(steps), want, f"int{bits}"), **steps_vs_prefill(engine, sequences, steps))
         start = time.perf_counter()
         engine.warm_up()
         emit("warm_up", bits=bits, seconds=round(time.perf_counter() - start, 1), graphs=sorted(engine.batch.graphs),
              products_picked={f"{k[0]}x{k[1]}{'_gated' if k[2] else ''}_{str(k[-2])[6:]}{'_rows' if k[-1] else '_row'}":
                               v for k, v in gemv._picked.items()})
+        if bits < 16:
+            emit("products_timed", bits=bits, **products_timed(bandwidth))
         if peer is None:
             peer = hf_generate(model, prompt_ids, args.new_tokens)
             emit("hf_generate", tokens_per_s=round(peer, 1))
@@ -260,6 +313,28 @@ def main(argv: list[str] | None = None) -> int:
         engine32.stop_ids = []
         emit("same_tokens_fp32", **compare(engine32, prompt_ids, 64))
     return 0
+
+
+def products_timed(bandwidth: float) -> dict:
+    """Per quantised product shape and row bucket: the best tensor-core and CUDA-core (chat.gemv_cores) candidate
+    `chat.gemv._pick` timed at the warm-up (µs, L2 flushed, eager launches) and their fraction of the copy bandwidth
+    over the quantised bytes (int4: half a byte a weight plus a float32 scale per 128; int8: a byte plus one a row)."""
+    found = {}
+    for key, times in gemv.timed.items():
+        n, k, gated, _, _, _, wdtype, rows = key
+        if wdtype not in (torch.int8, torch.uint8):
+            continue
+        n_w = 2 * n if gated else n
+        size = n_w * k // 2 + n_w * k // gemv.GROUP * 4 if wdtype == torch.uint8 else n_w * k + n_w * 4
+        best = {}
+        for config, ms in times.items():
+            kind = "cores" if config[5:] == (True,) else "tensor_cores"
+            if ms < best.get(kind, (float("inf"),))[0]:
+                best[kind] = (ms, config)
+        found[f"{n_w}x{k}{'_gated' if gated else ''}_{'rows' if rows else 'row'}"] = {
+            kind: {"us": round(ms * 1e3, 1), "of_bandwidth": round(size / bandwidth / (ms / 1e3), 3),
+                   "config": list(config)} for kind, (ms, config) in best.items()}
+    return found
 
 
 def hf_generate(model: LlamaForCausalLM, prompt_ids: list[int], new_tokens: int) -> float:
