@@ -1,5 +1,6 @@
 """QLoRA folding (trainer.qlora_fold): the one-kernel W + s B A equals bitsandbytes' dequantisation plus
-the adapter. That a folded model trains like plain peft (loss and LoRA gradients) is
+the adapter; a layer that keeps W' for backward gives the gradients of one that rebuilds it. That a folded
+model trains like plain peft (loss and LoRA gradients) is
 tests/test_fast_path.py::test_fast_path_matches_plain_qlora_on_gpu."""
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from myassistant.trainer.gpu import qlora_fold
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def quantized_linear(n_out: int, n_in: int, quant_type: str, nested: bool):
@@ -20,6 +21,8 @@ def quantized_linear(n_out: int, n_in: int, quant_type: str, nested: bool):
     return layer.cuda()
 
 
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("n_out,n_in,quant_type,nested,rank", [
     (4096, 2048, "nf4", True, 64),   # the 1.8B model's wqkv, the presets' quantisation
     (2048, 8192, "nf4", False, 64),  # w2 without double quantisation
@@ -38,3 +41,71 @@ def test_folded_weight_is_dequantised_weight_plus_adapter(n_out, n_in, quant_typ
     base = qlora_fold.folded_weight_reference(weight, lora_a, lora_b * 0, 0.25)
     # the reference's W is bitsandbytes' bf16 one: half a unit in the last place of W, half of the sum
     assert ((got - exact).abs() <= (base.abs() + exact.abs()) * 2**-8 + 1e-6).all()
+
+
+
+@pytest.mark.gpu
+@gpu
+def test_kept_folded_weights_fold_each_layer_twice_a_step_and_change_nothing(tiny_checkpoint, tmp_path):
+    """``fast.apply(keep_folded=True)``, compiled layers under activation checkpointing: the W' the recompute
+    builds serves the backward, so a step folds each layer twice (first forward, recompute), not three times,
+    with the loss and gradients of the same model without a checkpoint (which folds in forward and backward)."""
+    pytest.importorskip("bitsandbytes")
+    from test_fast_path import loss_and_grads, packed_samples, randomize_lora, run_config
+    from myassistant.trainer.gpu import fast
+    from myassistant.trainer.lora import build_model
+
+    cfg = run_config(tiny_checkpoint, tmp_path, "qlora")
+    model = build_model(cfg)
+    randomize_lora(model)
+    fast.apply(model, cfg, compile=True, keep_folded=True)
+    model.config.use_cache = False
+    model.train()
+    batch = fast.collate(packed_samples(model.config.vocab_size))
+    layers = sum(hasattr(m, "_peft_forward") for m in model.modules())
+
+    def step_and_folds():
+        loss_and_grads(model, batch)  # compiles, autotunes
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            loss, grads = loss_and_grads(model, batch)
+            torch.cuda.synchronize()
+        return loss, grads, sum(e.device_type == torch.autograd.DeviceType.CUDA and "fold_kernel" in e.name
+                                for e in prof.events())
+
+    loss, grads, folds = step_and_folds()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kept_loss, kept_grads, kept_folds = step_and_folds()
+    assert layers > 0 and folds == kept_folds == 2 * layers, (folds, kept_folds, layers)
+    assert kept_loss == pytest.approx(loss, rel=1e-5)
+    for name, g in grads.items():
+        assert (kept_grads[name] - g).norm() <= 1e-3 * g.norm().clamp_min(1e-12), name
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_kept_w_under_a_checkpoint_folds_twice_a_step_with_the_same_gradients(monkeypatch, keep):
+    """The layer's autograd (CPU; the fold as W + s B A in torch): under a non-reentrant activation checkpoint a
+    kept W' (the recompute's) serves the backward, so a step folds twice instead of three times, and x, A and B get
+    the gradients of ``x @ (W + s B A).T``."""
+    from torch.utils.checkpoint import checkpoint
+
+    folds = []
+
+    def fold(quant, meta, lora_a, lora_b, scale):  # stands in for the kernel: quant[0] is the dense weight
+        folds.append(1)
+        return quant[0] + scale * lora_b @ lora_a
+
+    monkeypatch.setattr(qlora_fold, "_folded", fold)
+    g = torch.Generator().manual_seed(0)
+    w, x, a, b = (torch.randn(*shape, generator=g, dtype=torch.float64)
+                  for shape in ((24, 16), (2, 5, 16), (4, 16), (24, 4)))
+    for t in (x, a, b):
+        t.requires_grad_()
+    layer = lambda x: qlora_fold._FoldedLinear.apply(x, a, b, 0.5, (), keep, w).square().sum()  # noqa: E731
+    checkpoint(layer, x, use_reentrant=False).backward()
+    assert len(folds) == (2 if keep else 3)
+    got = [t.grad.clone() for t in (x, a, b)]
+    for t in (x, a, b):
+        t.grad = None
+    torch.nn.functional.linear(x, w + 0.5 * b @ a).square().sum().backward()
+    for mine, want in zip(got, (x.grad, a.grad, b.grad)):
+        torch.testing.assert_close(mine, want)

@@ -91,10 +91,14 @@ def _next_power_of_two(n: int, least: int) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
-def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> torch.nn.Module:
+def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False,
+          keep_folded: bool = False) -> torch.nn.Module:
     """Switch a (peft-wrapped) causal LM to the fast path in place; returns it.
 
     ``compile``: torch.compile each decoder layer (a string: with that torch.compile mode).
+    ``keep_folded``: with ``compile`` and activation checkpointing, each folded QLoRA layer keeps the W' its
+    recompute builds for its backward (``qlora_fold._FoldedLinear``: two folds a step instead of three, one
+    layer's bf16 weights more at the peak); not yet measured on a GPU, so not what ``train`` runs.
     ``cfg.train.qlora_fold`` and ``cfg.train.lm_loss`` pick the kernels (both on / "auto" without a cfg).
     """
     lm = _causal_lm(model)
@@ -112,13 +116,13 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> t
     if _decoder(lm) is not lm.model:  # a Llava
         lm.vision_trains = any(p.requires_grad for p in lm.model.vision_tower.parameters())
     if compile:
-        _compile_layers(lm, compile if isinstance(compile, str) else None)
+        _compile_layers(lm, compile if isinstance(compile, str) else None, keep_folded)
     log.info("fast path: chunked linear cross-entropy (trainer.lm_loss), varlen flash attention for packed rows%s",
              ", compiled decoder layers" if compile else "")
     return model
 
 
-def _compile_layers(lm: torch.nn.Module, mode: str | None) -> None:
+def _compile_layers(lm: torch.nn.Module, mode: str | None, keep_folded: bool = False) -> None:
     """torch.compile each decoder layer's forward for training, the activation checkpoint around it.
 
     transformers takes the checkpoint inside ``forward``; compiled whole, that region keeps every
@@ -130,13 +134,17 @@ def _compile_layers(lm: torch.nn.Module, mode: str | None) -> None:
     for layer in _decoder(lm).layers:
         forward = types.MethodType(getattr(type(layer).forward, "__wrapped__", type(layer).forward), layer)
         compiled = torch.compile(forward, mode=mode)
-        layer.forward = functools.partial(_layer_call, layer, forward, compiled, uses_rng(layer))
+        layer.forward = functools.partial(_layer_call, layer, forward, compiled, uses_rng(layer), keep_folded)
 
 
-def _layer_call(layer: torch.nn.Module, eager, compiled, rng: bool, *args, **kwargs):
+def _layer_call(layer: torch.nn.Module, eager, compiled, rng: bool, keep_folded: bool, *args, **kwargs):
     if not (layer.training and torch.is_grad_enabled()):
         return eager(*args, **kwargs)
-    if getattr(layer, "gradient_checkpointing", False):
+    checkpointed = bool(getattr(layer, "gradient_checkpointing", False))
+    if keep_folded and layer.__dict__.get("keeps_folded") is not checkpointed:  # once, again if checkpointing changes
+        qlora_fold.keep_for_backward(layer, checkpointed)  # without a checkpoint every layer's W' would stay alive
+        layer.keeps_folded = checkpointed
+    if checkpointed:
         kwargs.pop("use_cache", None)
         # the RNG state matters to the recompute only with dropout; reading it is not allowed in a CUDA graph
         return checkpoint(compiled, *args, use_reentrant=False, preserve_rng_state=rng, **kwargs)

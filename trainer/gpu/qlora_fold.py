@@ -139,19 +139,25 @@ def folded_weight_reference(weight, lora_a: torch.Tensor, lora_b: torch.Tensor, 
 # ----------------------------------------------------------------------------- the layer
 
 class _FoldedLinear(torch.autograd.Function):
-    """``x @ (W + s B A).T`` with gradients for x, A and B; W' is rebuilt in backward, not kept."""
+    """``x @ (W + s B A).T`` with gradients for x, A and B.
+
+    ``keep``: W' is saved for backward (the layer runs under an activation checkpoint: its first forward
+    saves nothing, and the W' its recompute builds serves the backward, which then builds none: two folds a
+    step instead of three, for one layer's W' alive between its recompute and its backward). Without a
+    checkpoint every layer's W' would stay alive until backward, so W' is rebuilt there instead.
+    """
 
     @staticmethod
-    def forward(ctx, x, lora_a, lora_b, scale, meta, *quant):
+    def forward(ctx, x, lora_a, lora_b, scale, meta, keep, *quant):
         w = _folded(quant, meta, lora_a, lora_b, scale)
-        ctx.save_for_backward(x, lora_a, lora_b, *quant)
-        ctx.scale, ctx.meta = scale, meta
+        ctx.save_for_backward(x, lora_a, lora_b, *((w,) if keep else quant))
+        ctx.scale, ctx.meta, ctx.keep, ctx.n_quant = scale, meta, keep, len(quant)
         return F.linear(x.to(w.dtype), w)
 
     @staticmethod
     def backward(ctx, dy):
-        x, lora_a, lora_b, *quant = ctx.saved_tensors
-        w = _folded(tuple(quant), ctx.meta, lora_a, lora_b, ctx.scale)
+        x, lora_a, lora_b, *rest = ctx.saved_tensors
+        w = rest[0] if ctx.keep else _folded(tuple(rest), ctx.meta, lora_a, lora_b, ctx.scale)
         dy = dy.to(w.dtype)
         dx = (dy @ w).to(x.dtype) if ctx.needs_input_grad[0] else None
         x2, dy2 = x.reshape(-1, x.shape[-1]).to(w.dtype), dy.reshape(-1, dy.shape[-1])
@@ -159,7 +165,15 @@ class _FoldedLinear(torch.autograd.Function):
         xa = (x2 @ lora_a.to(w.dtype).t()) * ctx.scale  # [tokens, r]
         grad_a = (dyb.t() @ x2).to(lora_a.dtype)
         grad_b = (dy2.t() @ xa).to(lora_b.dtype)
-        return (dx, grad_a, grad_b, None, None) + (None,) * len(quant)
+        return (dx, grad_a, grad_b, None, None, None) + (None,) * ctx.n_quant
+
+
+def keep_for_backward(module: torch.nn.Module, keep: bool) -> None:
+    """Whether the folded layers inside ``module`` save W' for backward (only under an activation checkpoint,
+    see ``_FoldedLinear``); ``trainer.gpu.fast`` sets it where it takes the checkpoint."""
+    for m in module.modules():
+        if hasattr(m, "_peft_forward"):
+            m.keep_folded = keep
 
 
 def foldable(module: torch.nn.Module) -> str | None:
@@ -192,7 +206,7 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return self._peft_forward(x, *args, **kwargs)
     quant, meta = _quant_args(self.get_base_layer().weight)
     return _FoldedLinear.apply(x, self.lora_A[names[0]].weight, self.lora_B[names[0]].weight,
-                               float(self.scaling[names[0]]), meta, *quant)
+                               float(self.scaling[names[0]]), meta, getattr(self, "keep_folded", False), *quant)
 
 
 def apply(model: torch.nn.Module) -> int:
