@@ -22,7 +22,8 @@ checkpointing), ``offload`` (checkpointed layer inputs kept in pinned CPU memory
 (bitsandbytes 8-bit AdamW), ``nofold`` (QLoRA layers as peft runs them, not ``trainer.qlora_fold``),
 ``cce`` (the loss by cut_cross_entropy, not ``trainer.lm_loss``'s), ``graph`` (compiled layers and each
 micro-step replayed as a CUDA graph, ``trainer.graphs``: what ``train`` runs on a GPU with lora_dropout 0;
-short rows padded to static sizes).
+short rows padded to static sizes), ``keep`` (with ``graph`` / ``compile``: each QLoRA layer keeps the W' its
+checkpoint's recompute folds for its backward, ``fast.apply(keep_folded=True)``).
 """
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ def build(cfg, variants: set[str]):
     cfg.train.qlora_fold = "nofold" not in variants
     cfg.train.lm_loss = "cce" if "cce" in variants else "auto"
     if "plain" not in variants:
-        fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else bool(variants & {"compile", "graph"}))
+        fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else bool(variants & {"compile", "graph"}),
+                   keep_folded="keep" in variants)
     if "nockpt" not in variants:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -320,6 +322,12 @@ PAIRS = [  # (ours, peer, field): the issue's targets are ratios against these p
     ("ours_qlora1_d0_graph", "unsloth_qlora4", "tokens_per_s"), ("ours_qlora2_d0_graph", "unsloth_qlora4", "tokens_per_s"),
     ("ours_qlora3_d0_graph", "unsloth_qlora4", "tokens_per_s"), ("ours_short4_d0_graph", "qlora_short16", "samples_per_s"),
     ("ours_qlora1_d0_graph_adam8@7b", "unsloth_qlora1@7b", "tokens_per_s"),
+    ("ours_qlora1_d0_graph_adam8_keep@7b", "unsloth_qlora1@7b", "tokens_per_s"),
+    ("ours_qlora2_d0_graph_adam8@7b", "unsloth_qlora2@7b", "tokens_per_s"),
+    ("ours_qlora2_d0_graph_adam8_keep@7b", "unsloth_qlora2@7b", "tokens_per_s"),
+    ("ours_qlora3_d0_graph_keep", "unsloth_qlora4", "tokens_per_s"),
+    ("ours_qlora4_d0_graph_adam8", "unsloth_qlora4", "tokens_per_s"),
+    ("ours_qlora4_d0_graph_adam8_keep", "unsloth_qlora4", "tokens_per_s"),
     ("ours_qlora4_d0", "unsloth_qlora4", "tokens_per_s"), ("ours_qlora4", "qlora4", "tokens_per_s"),
     ("ours_short4", "qlora_short16", "samples_per_s"),
     ("ours_qlora1_d0@7b", "unsloth_qlora1@7b", "tokens_per_s"),

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 21's training figures in one device call: ours (folded QLoRA, compiled layers, each micro-step a CUDA graph)
+# and Unsloth on the same GPU; one JSON line per case, then the ratios (ours / peer, same call).
+#
+#   device run, carry [".cache/i22a_whl", "<peer dir>"]:  PEER_DIR=<peer dir> bash benchmarks/gpu_train_i21.sh
+#
+# <peer dir> (default .cache/i21_peer): gpu_unsloth_peer.py from ../shared/peers (its CASES dict given
+# "unsloth_qlora2": dict(bs=2)) and wheels/ (Unsloth's set from ../shared/peers/wheels minus datasets, dill and
+# multiprocess, which come from WHEELS with bitsandbytes); peers' code is never committed. The peer runs on the image's
+# transformers (Unsloth pins <= 5.17), ours on WHEELS' (5.24).
+# PARTS (default all, in this order): tests (gpu tests of the fold and the fast path), 7b (Unsloth and ours at batch 1
+# and 2), 1_8b (Unsloth bs4; ours bs3, and bs4 with 8-bit AdamW), fold (the fold kernel vs bitsandbytes'
+# dequantisation, 7B shapes); each part has its own time limit (T_<part>). Ours runs each case as `train` does and
+# with `_keep` (fast.apply(keep_folded=True)); CASES_7B / CASES_1_8B / PEER_1_8B change the cases. All parts with
+# these defaults need more than one call's 10 minutes: split them, e.g. PARTS="tests 7b", then PARTS="1_8b fold".
+set -o pipefail
+OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+W=${WHEELS:-.cache/i22a_whl}; P=${PEER_DIR:-.cache/i21_peer}; PARTS=${PARTS:-tests 7b 1_8b fold}
+PIP="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade"
+$PIP --target /tmp/site $W/*.whl >/dev/null 2>&1 || { echo "wheels: install failed"; exit 1; }
+$PIP --target /tmp/site_peer $W/bitsandbytes-*.whl $W/datasets-*.whl $W/dill-*.whl $W/multiprocess-*.whl \
+    "$P"/wheels/*.whl >/dev/null 2>&1 || echo "peer wheels: install failed"
+mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/myassistant  # the checkout is the package `myassistant`
+RES="$OUT/results.jsonl"; : > "$RES"
+json() { grep -ao '{"[a-z_0-9]*": .*}$' | tee -a "$RES"; }
+ours() { PYTHONPATH=/tmp/site:/tmp/pkg:$PWD timeout "$1" python3 -m "${@:2}" 2>&1 | tee -a "$OUT/log_ours" | json; }
+peer() { PYTHONPATH=/tmp/site_peer timeout "$1" python3 "$P/gpu_unsloth_peer.py" "${@:2}" 2>&1 | tee -a "$OUT/log_peer" \
+           | grep -ao '{"[a-z_0-9]*": .*}$' | sed "s/^{/{\"shape\": \"${SHAPE:-1_8b}\", /" | tee -a "$RES"; }
+with_keep() { for c in "$@"; do echo "$c ${c}_keep"; done; }  # each case as train runs it, then with keep_folded
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# the peer writes each shape's random checkpoint (ours reads it too) while the tests run, then names make_only an
+# unknown case; the timed parts wait for it
+(for shape in 7b 1_8b; do SHAPE=$shape PYTHONPATH=/tmp/site_peer python3 "$P/gpu_unsloth_peer.py" make_only; done) \
+    > "$OUT/log_make" 2>&1 &
+MAKE=$!
+for part in $PARTS; do
+    echo "--- $part ($(date -u +%T))"
+    case $part in 7b|1_8b) wait $MAKE ;; esac
+    case $part in
+    tests) PYTHONPATH=/tmp/site:/tmp/pkg:$PWD timeout "${T_tests:-150}" python3 -m pytest -q -p no:cacheprovider -m gpu \
+               tests/test_qlora_fold.py tests/test_fast_path.py 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
+    fold) SHAPE=7b ours "${T_fold:-60}" benchmarks.fold_kernel ;;
+    7b) SHAPE=7b peer "${T_7b_peer:-170}" unsloth_qlora1 unsloth_qlora2
+        SHAPE=7b ours "${T_7b:-300}" benchmarks.train_gpu ${CASES_7B:-$(with_keep ours_qlora1_d0_graph_adam8 \
+                                                                               ours_qlora2_d0_graph_adam8)} ;;
+    1_8b) peer "${T_1_8b_peer:-70}" ${PEER_1_8B:-unsloth_qlora4}
+          ours "${T_1_8b:-200}" benchmarks.train_gpu ${CASES_1_8B:-$(with_keep ours_qlora3_d0_graph \
+                                                                         ours_qlora4_d0_graph_adam8)} ;;
+    esac
+done
+echo "--- ratios ($(date -u +%T))"
+PYTHONPATH=/tmp/site:/tmp/pkg:$PWD python3 -m benchmarks.train_gpu --report "$RES" | tee "$OUT/ratios.jsonl"
