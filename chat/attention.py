@@ -40,21 +40,49 @@ HEAD_DIMS = (16, 32, 64, 128, 256)  # widths the kernel takes (powers of two, >=
 
 if triton is not None:
     @triton.jit
-    def _split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, lse_ptr, scale,
-                      sq_b, sq_h, sq_g, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_s, so_g, sl_b, sl_h, sl_s,
-                      kv_heads, group, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                      SPLIT: tl.constexpr, PRECISION: tl.constexpr):
+    def _rotated(ptr, d, cos, sin, HALF: tl.constexpr, HEAD_DIM: tl.constexpr, dtype: tl.constexpr):
+        """x * cos + rotate_half(x) * sin for the head vectors at `ptr` (column d of each; rotate_half(x)[d] is
+        -x[d + HALF] in the first half, x[d - HALF] in the second), each product and the sum rounded to `dtype`
+        as the model's apply_rotary_pos_emb on `dtype` tensors rounds them."""
+        x = tl.load(ptr + d).to(tl.float32)
+        partner = tl.load(ptr + (d + HALF) % HEAD_DIM).to(tl.float32)
+        partner = tl.where(d < HALF, -partner, partner)
+        a = (x * cos).to(dtype).to(tl.float32)
+        b = (partner * sin).to(dtype).to(tl.float32)
+        return (a + b).to(dtype)
+
+    @triton.jit
+    def _split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, lse_ptr, out_ptr, count_ptr, new_k_ptr, new_v_ptr,
+                      cos_ptr, sin_ptr, scale, sq_b, sq_h, sq_g, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_s,
+                      so_g, sl_b, sl_h, sl_s, snew_b, sc_b, kv_heads, group, HEAD_DIM: tl.constexpr,
+                      BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, CHUNKS: tl.constexpr,
+                      ROTARY: tl.constexpr, PRECISION: tl.constexpr):
         s = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // kv_heads
         h = bh % kv_heads
-        end = tl.load(pos_ptr + b) + 1  # keys 0..position
+        position = tl.load(pos_ptr + b)
+        end = position + 1  # keys 0..position
         start = s * SPLIT
         if start < end:
             stop = tl.minimum(start + SPLIT, end)
             g = tl.arange(0, BLOCK_G)
             d = tl.arange(0, HEAD_DIM)
-            q = tl.load(q_ptr + b * sq_b + h * sq_h + g[:, None] * sq_g + d[None, :], mask=g[:, None] < group, other=0.0)
+            rows = g < group
+            q_rows = q_ptr + b * sq_b + h * sq_h + tl.where(rows, g, 0)[:, None] * sq_g  # padding rows: row 0
+            if ROTARY:  # q rows of a qkv product: rotary here; the new key (rotated) and value into the cache first
+                dtype = k_ptr.dtype.element_ty
+                cos = tl.load(cos_ptr + b * sc_b + d).to(tl.float32)
+                sin = tl.load(sin_ptr + b * sc_b + d).to(tl.float32)
+                q = _rotated(q_rows, d[None, :], cos[None, :], sin[None, :], HEAD_DIM // 2, HEAD_DIM, dtype)
+                if start <= position and position < stop:  # the chunk that holds the new token
+                    new_k = _rotated(new_k_ptr + b * snew_b + h * HEAD_DIM, d, cos, sin, HEAD_DIM // 2, HEAD_DIM, dtype)
+                    tl.store(k_ptr + b * sk_b + h * sk_h + position * sk_l + d, new_k)
+                    tl.store(v_ptr + b * sv_b + h * sv_h + position * sv_l + d,
+                             tl.load(new_v_ptr + b * snew_b + h * HEAD_DIM + d))
+                    tl.debug_barrier()  # every thread's part of the new key and value stored before any reads them
+            else:
+                q = tl.load(q_rows + d[None, :], mask=rows[:, None], other=0.0)
             q = q.to(tl.float32)
             m = tl.full([BLOCK_G], float("-inf"), tl.float32)
             l = tl.zeros([BLOCK_G], tl.float32)
@@ -72,39 +100,50 @@ if triton is not None:
                 v = tl.load(v_ptr + b * sv_b + h * sv_h + n[:, None] * sv_l + d[None, :], mask=valid[:, None], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
                 m = m_new
-            rows = g < group
             tl.store(o_ptr + b * so_b + h * so_h + s * so_s + g[:, None] * so_g + d[None, :], acc / l[:, None],
                      mask=rows[:, None])
             tl.store(lse_ptr + b * sl_b + h * sl_h + s * sl_s + g, m + tl.log(l), mask=rows)
+            # The last of the row's live chunks to arrive (a counter per row and kv head) combines them all in a
+            # fixed order and zeroes the counter for the next launch: one kernel, deterministic.
+            tl.debug_barrier()  # every thread's part stored before the counter says so
+            live = (position + SPLIT) // SPLIT  # the chunks holding keys 0..position
+            arrived = tl.atomic_add(count_ptr + bh, 1, sem="acq_rel")
+            if arrived == live - 1:
+                tl.debug_barrier()
+                m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+                weight = tl.zeros([BLOCK_G], tl.float32)
+                acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+                for c in range(0, CHUNKS):
+                    on = c < live
+                    lse = tl.load(lse_ptr + b * sl_b + h * sl_h + c * sl_s + g, mask=rows & on, other=float("-inf"),
+                                  cache_modifier=".cg")
+                    part = tl.load(o_ptr + b * so_b + h * so_h + c * so_s + g[:, None] * so_g + d[None, :],
+                                   mask=rows[:, None] & on, other=0.0, cache_modifier=".cg")
+                    m_new = tl.maximum(m, lse)  # chunk 0 always holds a key: m is finite from there on
+                    alpha = tl.exp(m - m_new)
+                    w = tl.exp(lse - m_new)
+                    weight = weight * alpha + w
+                    acc = acc * alpha[:, None] + part * w[:, None]
+                    m = m_new
+                out = acc / weight[:, None]
+                tl.store(out_ptr + bh * group * HEAD_DIM + g[:, None] * HEAD_DIM + d[None, :],
+                         out.to(out_ptr.dtype.element_ty), mask=rows[:, None])
+                tl.atomic_xchg(count_ptr + bh, 0)
 
-    @triton.jit
-    def _combine_kernel(part_ptr, lse_ptr, pos_ptr, out_ptr, so_b, so_h, so_s, so_g, sl_b, sl_h, sl_s,
-                        kv_heads, group, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, SPLIT: tl.constexpr,
-                        CHUNKS: tl.constexpr):
-        bh = tl.program_id(0)
-        b = bh // kv_heads
-        h = bh % kv_heads
-        chunks = (tl.load(pos_ptr + b) + SPLIT) // SPLIT  # the chunks holding keys 0..position
-        g = tl.arange(0, BLOCK_G)
-        d = tl.arange(0, HEAD_DIM)
-        rows = g < group
-        m = tl.full([BLOCK_G], float("-inf"), tl.float32)
-        weight = tl.zeros([BLOCK_G], tl.float32)
-        acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-        for s in range(0, CHUNKS):
-            live = s < chunks
-            lse = tl.load(lse_ptr + b * sl_b + h * sl_h + s * sl_s + g, mask=rows & live, other=float("-inf"))
-            part = tl.load(part_ptr + b * so_b + h * so_h + s * so_s + g[:, None] * so_g + d[None, :],
-                           mask=rows[:, None] & live, other=0.0)
-            m_new = tl.maximum(m, lse)  # chunk 0 always holds a key: m is finite from there on
-            alpha = tl.exp(m - m_new)
-            w = tl.exp(lse - m_new)
-            weight = weight * alpha + w
-            acc = acc * alpha[:, None] + part * w[:, None]
-            m = m_new
-        out = acc / weight[:, None]
-        tl.store(out_ptr + bh * group * HEAD_DIM + g[:, None] * HEAD_DIM + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=rows[:, None])
+
+_counters: dict[torch.device, torch.Tensor] = {}  # zeroed arrival counters per device (each launch leaves them 0)
+_kept: list[torch.Tensor] = []
+
+
+def _arrivals(device: torch.device, n: int) -> torch.Tensor:
+    """At least `n` zeroed counters; grown outside graph captures only (every shape runs eagerly first), replaced
+    ones kept allocated (graphs captured with them still use them)."""
+    count = _counters.get(device)
+    if count is None or count.numel() < n:
+        count = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
+        _counters[device] = count
+        _kept.append(count)
+    return count
 
 
 def split_size(rows: int, kv_heads: int, length: int) -> int:
@@ -115,34 +154,61 @@ def split_size(rows: int, kv_heads: int, length: int) -> int:
     return split
 
 
-@torch.library.custom_op("myassistant::split_kv_attention", mutates_args=())
-def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-                       scale: float) -> torch.Tensor:
-    """Attention of q [b, kv_heads, group, d] over k, v [b, kv_heads, L, d] (strided views of a cache),
-    row i over keys 0..positions[i] (< L): [b, kv_heads, group, d]. Triton kernels (interpreted on a CPU)."""
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, scale: float,
+            out: torch.Tensor, rotary: tuple[torch.Tensor, ...] | None = None) -> None:
+    """The split kernel over q [b, kv_heads, group, d] (a strided view) into `out` (its shape, contiguous);
+    `rotary`: (new keys, new values [b, kv_heads * d] views, cos, sin [b, d]) when q is unrotated."""
     b, kv_heads, group, head_dim = q.shape
     length = k.shape[2]
-    assert k.stride(-1) == 1 and v.stride(-1) == 1, "the cache's head dimension must be contiguous"
-    if q.stride(-1) != 1:
-        q = q.contiguous()
+    assert k.stride(-1) == 1 and v.stride(-1) == 1 and q.stride(-1) == 1, "head dimensions must be contiguous"
     split = split_size(b, kv_heads, length)
     chunks = -(-length // split)
     block_g = max(16, triton.next_power_of_2(group))
     part = torch.empty(b, kv_heads, chunks, group, head_dim, dtype=torch.float32, device=q.device)
     lse = torch.empty(b, kv_heads, chunks, group, dtype=torch.float32, device=q.device)
-    out = torch.empty_like(q)
+    new_k, new_v, cos, sin = rotary if rotary is not None else (q, q, q, q)  # unread without the rotary
     _split_kernel[(chunks, b * kv_heads)](
-        q, k, v, positions, part, lse, scale, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-        *part.stride()[:4], *lse.stride()[:3], kv_heads, group, HEAD_DIM=head_dim, BLOCK_G=block_g,
-        BLOCK_N=BLOCK_KEYS, SPLIT=split, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4)
-    _combine_kernel[(b * kv_heads,)](part, lse, positions, out, *part.stride()[:4], *lse.stride()[:3], kv_heads, group,
-                                     HEAD_DIM=head_dim, BLOCK_G=block_g, SPLIT=split, CHUNKS=chunks, num_warps=4)
+        q, k, v, positions, part, lse, out, _arrivals(q.device, b * kv_heads), new_k, new_v, cos, sin, scale,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *part.stride()[:4], *lse.stride()[:3],
+        new_k.stride(0), cos.stride(0), kv_heads, group, HEAD_DIM=head_dim, BLOCK_G=block_g, BLOCK_N=BLOCK_KEYS,
+        SPLIT=split, CHUNKS=chunks, ROTARY=rotary is not None,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4)
+
+
+@torch.library.custom_op("myassistant::split_kv_attention", mutates_args=())
+def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                       scale: float) -> torch.Tensor:
+    """Attention of q [b, kv_heads, group, d] over k, v [b, kv_heads, L, d] (strided views of a cache),
+    row i over keys 0..positions[i] (< L): [b, kv_heads, group, d]. One Triton kernel (interpreted on a CPU)."""
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    _attend(q if q.stride(-1) == 1 else q.contiguous(), k, v, positions, scale, out)
     return out
 
 
 @split_kv_attention.register_fake
 def _(q, k, v, positions, scale):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("myassistant::rotary_split_attention", mutates_args=("k", "v"))
+def rotary_split_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           positions: torch.Tensor, scale: float) -> torch.Tensor:
+    """A decode step's attention from its qkv product's rows `qkv` [b, (heads + 2 kv_heads) * d] in one kernel:
+    the rotary embedding (cos, sin [b, d]: each row's at its position) on the queries and the new keys, the new
+    keys and values written at positions[i] of cache row i (k, v [b, kv_heads, L, d] views), then attention as
+    `split_kv_attention`: [b, heads * d]. The embedding rounds as the model's modules do on its dtype."""
+    b, kv_heads, _, head_dim = k.shape
+    heads = qkv.shape[1] // head_dim - 2 * kv_heads
+    q = qkv[:, :heads * head_dim].view(b, kv_heads, heads // kv_heads, head_dim)
+    new_k, new_v = qkv[:, heads * head_dim:].split(kv_heads * head_dim, 1)
+    out = qkv.new_empty(b, heads * head_dim)
+    _attend(q, k, v, positions, scale, out, (new_k, new_v, cos, sin))
+    return out
+
+
+@rotary_split_attention.register_fake
+def _(qkv, cos, sin, k, v, positions, scale):
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1] - 2 * k.shape[1] * k.shape[3])
 
 
 def uses_split(q: torch.Tensor, length: int) -> bool:

@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from myassistant.chat import gemv, weight_only
+from myassistant.chat import attention, gemv, weight_only
 from myassistant.chat.attention import decode_attention
 from myassistant.chat.decode import Embed, Forward
 from myassistant.chat.quant import Int8Linear
@@ -109,6 +109,20 @@ def project(x: torch.Tensor, fused: Projection) -> torch.Tensor:
     return F.linear(x, fused) if isinstance(fused, torch.Tensor) else fused(x)
 
 
+def fused_products(layer: torch.nn.Module, fused: tuple[Projection, ...] | None, rows: int) -> bool:
+    """Whether a decode step of `rows` rows multiplies with chat.gemv's kernels, norms and SiLU*mul fused in."""
+    return (fused is not None and not any(isinstance(p, torch.nn.Module) for p in fused)  # weights, not modules
+            and gemv.usable(fused[0], rows) and type(layer.mlp.act_fn).__name__ in SILU)
+
+
+def _fused_rest(layer: torch.nn.Module, fused: tuple[Projection, ...], x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """A decode step's layer output after its attention `o`: o_proj + residual, then the MLP, in three kernels."""
+    b = x.shape[0]
+    x = gemv.product(o.view(b, -1), fused[2], residual=x.view(b, -1))
+    act = gemv.product(x, fused[1], norm=layer.post_attention_layernorm, gated=True)
+    return gemv.product(act, fused[3], residual=x).view(b, 1, -1)
+
+
 def decoder_layer(layer: torch.nn.Module, fused: tuple[Projection, ...] | None, x: torch.Tensor,
                   cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
@@ -124,12 +138,15 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[Projection, ...] | None, 
     attn, mlp = layer.self_attn, layer.mlp
     b, n, _ = x.shape
     kv_heads, head_dim = k_cache.shape[1], k_cache.shape[-1]
-    fused_kernels = (mask is not None and fused is not None  # weights (plain or quantised), not modules
-                     and not any(isinstance(p, torch.nn.Module) for p in fused) and gemv.usable(fused[0], b)
-                     and type(mlp.act_fn).__name__ in SILU)
+    fused_kernels = mask is not None and fused_products(layer, fused, b)
     if fused_kernels:  # norms, SiLU*mul and residual adds inside the matrix products (chat.gemv)
-        q, k, v = gemv.product(x.view(b, -1), fused[0], norm=layer.input_layernorm).split(
-            [attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim], -1)
+        qkv = gemv.product(x.view(b, -1), fused[0], norm=layer.input_layernorm)
+        length = mask.shape[-1]
+        if attention.uses_split(k_cache, length):  # rotary, cache writes and attention in one kernel
+            o = attention.rotary_split_attention(qkv, cos.view(b, -1), sin.view(b, -1), k_cache[:b, :, :length],
+                                                 v_cache[:b, :, :length], positions, attn.scaling)
+            return _fused_rest(layer, fused, x, o)
+        q, k, v = qkv.split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim], -1)
         q, k, v = q[:, None], k[:, None], v[:, None]
     else:
         h = layer.input_layernorm(x)
@@ -162,9 +179,7 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[Projection, ...] | None, 
                              mask, positions, attn.scaling)
         o = o.reshape(b, 1, -1)
     if fused_kernels:
-        x = gemv.product(o.view(b, -1), fused[2], residual=x.view(b, -1))
-        act = gemv.product(x, fused[1], norm=layer.post_attention_layernorm, gated=True)
-        return gemv.product(act, fused[3], residual=x).view(b, 1, -1)
+        return _fused_rest(layer, fused, x, o)
     if fused is None:
         x = x + attn.o_proj(o)
         h = layer.post_attention_layernorm(x)
@@ -264,7 +279,10 @@ class StaticCacheDecoder:
         x = self.model.model.embed_tokens(tokens[:, None])
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
         for i, layer in enumerate(self.layers):
-            x = self.decode_layer(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, mask)
+            # a layer of kernels only (chat.gemv, chat.attention) has nothing left to compile
+            one_kernel_attention = fused_products(layer, self.fused[i], b) and attention.uses_split(cache.k, attend_len)
+            step = decoder_layer if one_kernel_attention else self.decode_layer
+            x = step(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, mask)
         return self._logits(x)
 
     def eager(self, cache: KVCache, embed: Embed | None = None) -> Forward:

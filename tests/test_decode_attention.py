@@ -44,6 +44,47 @@ def check(device: str) -> None:
             assert err <= tol, f"{dtype} rows {rows} length {length}: max error {err}"
 
 
+def check_rotary(device: str) -> None:
+    """rotary_split_attention from a qkv product's rows: the model's rotary embedding on q and the new key, key and
+    value written into the cache at each row's position, attention over keys 0..position (SDPA with the mask)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from myassistant.chat.attention import rotary_split_attention
+
+    gen = torch.Generator().manual_seed(1)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        for rows, kv_heads, group, dim, length, max_len in CASES:
+            heads = kv_heads * group
+            cache_k, cache_v = (torch.randn(rows + 1, kv_heads, max_len, dim, generator=gen).to(device, dtype)
+                                for _ in range(2))
+            qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim, generator=gen).to(device, dtype)
+            angles = torch.rand(rows, dim // 2, generator=gen) * 6
+            cos, sin = (f(torch.cat([angles, angles], -1)).to(device, dtype) for f in (torch.cos, torch.sin))
+            positions = torch.randint(0, length, (rows,), generator=gen)
+            positions[0] = length - 1
+            if rows > 1:
+                positions[1] = 0
+            positions = positions.to(device)
+            q, k_new, v_new = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], -1)
+            q, k_new = apply_rotary_pos_emb(q.view(rows, heads, 1, dim), k_new.view(rows, kv_heads, 1, dim),
+                                            cos[:, None], sin[:, None])
+            want_k, want_v = cache_k.clone(), cache_v.clone()
+            for i, p in enumerate(positions.tolist()):
+                want_k[i, :, p], want_v[i, :, p] = k_new[i, :, 0], v_new.view(rows, kv_heads, dim)[i]
+            mask = torch.where(torch.arange(length, device=device)[None] <= positions[:, None], 0.0, float("-inf"))
+            want = F.scaled_dot_product_attention(
+                q.view(rows, kv_heads, group, dim).float(), want_k[:rows, :, :length].float(),
+                want_v[:rows, :, :length].float(), scale=dim ** -0.5, attn_mask=mask.view(rows, 1, 1, length))
+            got = rotary_split_attention(qkv, cos, sin, cache_k[:rows, :, :length], cache_v[:rows, :, :length],
+                                         positions, dim ** -0.5)
+            # bitwise the model's roundings, except under the interpreter, whose bf16 conversions truncate
+            exact = dtype == torch.float32 or device != "cpu"
+            same = torch.equal if exact else lambda a, b: torch.allclose(a.float(), b.float(), rtol=2 ** -6, atol=2 ** -6)
+            assert same(cache_k, want_k) and torch.equal(cache_v, want_v), f"{dtype} rows {rows}: cache writes"
+            err = float((got.float() - want.reshape(rows, -1)).abs().max())
+            assert got.shape == (rows, heads * dim) and err <= tol, f"{dtype} rows {rows} length {length}: error {err}"
+
+
 def run_interpreted(code: str) -> None:
     """Run `code` in a fresh Python in tests/ with Triton's interpreter on (read when kernels are defined)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -54,10 +95,11 @@ def run_interpreted(code: str) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
 def test_split_kv_attention_equals_sdpa_under_tritons_interpreter():
-    run_interpreted("import test_decode_attention as t; t.check('cpu')")
+    run_interpreted("import test_decode_attention as t; t.check('cpu'); t.check_rotary('cpu')")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_split_kv_attention_equals_sdpa():
     check("cuda")
+    check_rotary("cuda")

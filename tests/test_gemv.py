@@ -86,7 +86,7 @@ def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 1
     the dequantised matrices)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from myassistant.chat import fast, gemv, weight_only
+    from myassistant.chat import attention, fast, gemv, weight_only
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
@@ -95,10 +95,12 @@ def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 1
     if bits < 16:
         weight_only.to_device(model, torch.device(device), bits, model.model.layers)
     ids = torch.randint(0, 500, (2, 12), device=device)
-    usable = gemv.usable
+    usable, uses_split = gemv.usable, attention.uses_split
     logits = []
     for fused in (False, True):
         gemv.usable = (lambda w, rows: rows <= gemv.MAX_ROWS) if fused else (lambda w, rows: False)
+        # fused: rotary, cache writes and attention in one kernel (chat.attention), also on short caches and CPUs
+        attention.uses_split = (lambda q, length: True) if fused else (lambda q, length: False)
         decoder = fast.StaticCacheDecoder(model, 64, compile=False)
         cache = decoder.new_cache(rows=2)
         with torch.inference_mode():
@@ -107,7 +109,7 @@ def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 1
             positions = torch.tensor([10, 10], device=device)
             decoder.decode(ids[:, 10], positions, cache, 16)
             logits.append(decoder.decode(ids[:, 11], positions + 1, cache, 16))
-    gemv.usable = usable
+    gemv.usable, attention.uses_split = usable, uses_split
     err = float((logits[1] - logits[0]).norm() / logits[0].norm())
     assert err <= tol, f"{dtype}, {bits} bits: fused decode step differs from the modules' by {err}"
 
