@@ -178,6 +178,18 @@ if triton is not None:
         return rstd
 
     @triton.jit
+    def _rstd_rows(x_ptr, m, M, stride_xm, eps, K: tl.constexpr, BLOCK_M: tl.constexpr):
+        """`_rstd` with each row read in one load (K a power of two): one L2 round trip before the weights stream,
+        not K / BLOCK_K (they are dependent loads of a 16-row tile)."""
+        sq = tl.zeros([BLOCK_M], tl.float32)
+        cols = tl.arange(0, K)
+        for r in tl.static_range(BLOCK_M):
+            if r < M:
+                xs = tl.load(x_ptr + r * stride_xm + cols).to(tl.float32)
+                sq = tl.where(m == r, tl.sum(xs * xs, 0), sq)
+        return 1.0 / tl.sqrt(sq / K + eps)
+
+    @triton.jit
     def _finish(acc, acc2, ws_ptr, count_ptr, res_ptr, out_ptr, pid, part, m, n, m_ok, n_ok, N, stride_om, stride_rm,
                 dtype: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, SPLIT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -189,10 +201,11 @@ if triton is not None:
             # block's SPLIT programs to arrive (a counter per block) adds them in a fixed order and writes
             # the output, then zeroes the counter for the next launch. One launch, no reduction kernel.
             tile = m[:, None] * N + n[None, :]
+            ok = m_ok[:, None] & n_ok[None, :]  # the real rows only: a 1-row product moves 1/16 of the tile
             ws = ws_ptr + part * 2 * BLOCK_M * N
-            tl.store(ws + tile, acc, mask=n_ok[None, :])
+            tl.store(ws + tile, acc, mask=ok)
             if GATED:
-                tl.store(ws + BLOCK_M * N + tile, acc2, mask=n_ok[None, :])
+                tl.store(ws + BLOCK_M * N + tile, acc2, mask=ok)
             tl.debug_barrier()  # every thread's partial stored before the counter says so
             arrived = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel")
             if arrived == SPLIT - 1:
@@ -201,9 +214,9 @@ if triton is not None:
                 acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
                 for s in tl.static_range(SPLIT):
                     ws = ws_ptr + s * 2 * BLOCK_M * N
-                    acc += tl.load(ws + tile, mask=n_ok[None, :], other=0.0, cache_modifier=".cg")
+                    acc += tl.load(ws + tile, mask=ok, other=0.0, cache_modifier=".cg")
                     if GATED:
-                        acc2 += tl.load(ws + BLOCK_M * N + tile, mask=n_ok[None, :], other=0.0, cache_modifier=".cg")
+                        acc2 += tl.load(ws + BLOCK_M * N + tile, mask=ok, other=0.0, cache_modifier=".cg")
                 _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype, GATED, RESIDUAL)
                 tl.atomic_xchg(count_ptr + pid, 0)
 
@@ -224,7 +237,10 @@ if triton is not None:
         first = part * (K // SPLIT)
         # K is a constant of the compiled kernel (a model has two or three widths; Triton's interpreter
         # wants constant loop bounds) and a multiple of SPLIT * BLOCK_K (the host picks them so).
-        rstd = _rstd(x_ptr, m, m_ok, kk, stride_xm, eps, K, NORM, BLOCK_M, BLOCK_K)
+        if NORM and QUANT == 0 and K <= 8192 and (K & (K - 1)) == 0:  # bf16 / fp16: a row in one load
+            rstd = _rstd_rows(x_ptr, m, M, stride_xm, eps, K, BLOCK_M)
+        else:
+            rstd = _rstd(x_ptr, m, m_ok, kk, stride_xm, eps, K, NORM, BLOCK_M, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         x_rows = x_ptr + m[:, None] * stride_xm + first + kk[None, :]
