@@ -57,6 +57,11 @@ BLOCK_K = 256
 # are in flight to stream the weights (measured: 0.3-0.5 of the copy bandwidth for the 2048-wide
 # o_proj, down and qkv at 128 programs, 0.8-0.93 for gate/up and lm_head at 1,000+).
 TARGET_PROGRAMS = 400
+# bf16 / fp16 weights: about one program a multiprocessor streams best once the norm prologue is one load a row
+# (benchmarks/decode_tune_gpu.py, H200, 1 row, graphs of back-to-back products, fraction of the copy bandwidth:
+# o_proj 0.32 at 128 programs of 16 whole rows against 0.30 at 512, down 0.64 at 128 of 64 rows x K/4, gate/up
+# 0.78 at 256 of 32 whole rows against 0.68 at 512)
+BF16_PROGRAMS = 128
 GROUP = 128  # int4 columns sharing a scale
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
 # True: one-row int8 / int4 products also try chat.gemv_cores (the CUDA cores). Off: slower than the tensor-core
@@ -77,6 +82,8 @@ def candidates(n: int, k: int, quant: int = 0, rows: int = MAX_ROWS) -> list[tup
         widths = [b for b in (4 * GROUP, 2 * GROUP, GROUP) if k % b == 0]
         return [c for block_k in widths for c in _split_candidates(n, k, block_k, (32, 64, 128))][:8]
     block_k = BLOCK_K if k % BLOCK_K == 0 else 64 if k % 64 == 0 else 16
+    if quant == 0:
+        return _split_candidates(n, k, block_k, (32, 16, 64), BF16_PROGRAMS, (3, 4))
     found = _split_candidates(n, k, block_k, (32, 16, 64))
     # whole-K programs: gate/up's double blocks stream best unsplit (0.80 of the copy bandwidth against 0.65)
     found += [c for c in ((64, block_k, 1, 4, 3), (32, block_k, 1, 4, 4)) if c not in found]
@@ -85,13 +92,14 @@ def candidates(n: int, k: int, quant: int = 0, rows: int = MAX_ROWS) -> list[tup
     return found
 
 
-def _split_candidates(n: int, k: int, block_k: int, widths: tuple[int, ...]) -> list[tuple[int, int, int, int, int]]:
+def _split_candidates(n: int, k: int, block_k: int, widths: tuple[int, ...], programs: int = TARGET_PROGRAMS,
+                      stages: tuple[int, ...] = (3,)) -> list[tuple[int, int, int, int, int]]:
     found = []
     for block_n in widths:
         split = 1
-        while triton.cdiv(n, block_n) * split < TARGET_PROGRAMS and k % (2 * split * block_k) == 0 and split < 8:
+        while triton.cdiv(n, block_n) * split < programs and k % (2 * split * block_k) == 0 and split < 8:
             split *= 2
-        found.append((block_n, block_k, split, 4, 3))
+        found += [(block_n, block_k, split, 4, s) for s in stages]
     return found
 
 
