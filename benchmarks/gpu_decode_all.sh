@@ -4,7 +4,8 @@
 #   2. the decode step's products against cuBLAS (benchmarks.gemv_gpu; SWEEP=1 adds the config sweep);
 #   3. per-kernel profiles of a decode step and a 512-token prefill, fused and baseline (benchmarks.decode_profile);
 #   4. text decode, 1.8B, with the copy bandwidth measured in the same run (benchmarks.decode_gpu --no-fp32);
-#   5. the 7B shape in bf16, weight-only int8 and int4 in one process (benchmarks.decode_gpu --shape internlm2-7b
+#   5. (PARTS="tune") product configurations timed in graphs, and the step with the best (benchmarks.decode_tune_gpu);
+#   6. the 7B shape in bf16, weight-only int8 and int4 in one process (benchmarks.decode_gpu --shape internlm2-7b
 #      --weight-bits 16 8 4; BITS and CHATS pick).
 #
 #   6. (`7bq`, not in the default PARTS) the 7B shape in weight-only int8 and int4 (BITS, default "8 4"), each form in
@@ -29,6 +30,8 @@ if has profile; then echo "=== profiles"
 timeout "${T_PROF:-80}" python3 -m benchmarks.decode_profile 2>&1 | tee "$OUT/profile.log" | json
 [ -n "$BASELINE" ] && timeout "${T_PROF:-80}" python3 -m benchmarks.decode_profile --baseline 2>&1 \
     | tee "$OUT/profile_base.log" | json; fi
+if has tune; then echo "=== product configurations in graphs, then the step with the best"  # PARTS="tune"
+timeout "${T_TUNE:-240}" python3 -m benchmarks.decode_tune_gpu 2>&1 | tee "$OUT/tune.log" | json; fi
 if has decode; then echo "=== 1.8B decode"
 timeout "${T_DECODE:-110}" python3 -m benchmarks.decode_gpu --no-fp32 2>&1 | tee "$OUT/decode.log" | json; fi
 if has 7b; then echo "=== 7B decode"  # one process: the random 7B model built once, bf16 then int8 then int4

@@ -17,8 +17,9 @@ cuBLAS (every extra kernel is a launch and a ramp-up in a graph). Here one Trito
 Block width and split are timed per product shape at its first (eager) call, with the L2 flushed.
 Measured on an H200 (benchmarks/gemv_gpu.py, graphs of back-to-back products, fraction of the copy
 bandwidth, 1 row, ours / cuBLAS with the modules around it): qkv 0.35 / 0.24, o_proj 0.27 / 0.27,
-gate/up 0.65 / 0.45, down 0.55 / 0.57, lm_head 0.88 / 0.82. The small products are bound by a fixed
-~5 us a kernel (o_proj: 7.4 us for 2 us of reads, ours and cuBLAS alike), not by the reads; launching
+gate/up 0.65 / 0.45, down 0.55 / 0.57, lm_head 0.88 / 0.82; with the norm reading a row in one load (best of
+a grid, benchmarks/decode_tune_gpu.py): 0.47, 0.32, 0.78, 0.64, 0.94. The small products are bound by a fixed
+~4-5 us a kernel (o_proj: 6.2 us for 2 us of reads; cuBLAS 7.4), not by the reads; launching
 with programmatic dependent launch and prefetching each product's first weight tiles into L2 before
 waiting on the previous kernel did not shorten a step (1.618 vs 1.592 ms), so it was dropped.
 
@@ -57,10 +58,8 @@ BLOCK_K = 256
 # are in flight to stream the weights (measured: 0.3-0.5 of the copy bandwidth for the 2048-wide
 # o_proj, down and qkv at 128 programs, 0.8-0.93 for gate/up and lm_head at 1,000+).
 TARGET_PROGRAMS = 400
-# bf16 / fp16 weights: about one program a multiprocessor streams best once the norm prologue is one load a row
-# (benchmarks/decode_tune_gpu.py, H200, 1 row, graphs of back-to-back products, fraction of the copy bandwidth:
-# o_proj 0.32 at 128 programs of 16 whole rows against 0.30 at 512, down 0.64 at 128 of 64 rows x K/4, gate/up
-# 0.78 at 256 of 32 whole rows against 0.68 at 512)
+# bf16 / fp16: about a program a multiprocessor streams best (benchmarks/decode_tune_gpu.py, H200: gate/up 0.78 of
+# the copy bandwidth at 256 programs of 32 whole rows, 0.68 at 512; o_proj 0.32 at 128, 0.30 at 512)
 BF16_PROGRAMS = 128
 GROUP = 128  # int4 columns sharing a scale
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
