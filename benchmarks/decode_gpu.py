@@ -239,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="int8 / int4 forms without bf16's cases: top-1 against the bf16 modules' logits, computed "
                              "and saved at PATH by the first process (from the same random model), loaded by the next")
     parser.add_argument("--no-peer", action="store_true", help="skip the peer (`generate`)")
+    parser.add_argument("--w-first", action="store_true",
+                        help="int8 / int4 products with the weights as the dots' first operand (chat.gemv.W_FIRST)")
     args = parser.parse_args(argv)
+    gemv.W_FIRST = args.w_first
     # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     with tempfile.TemporaryDirectory() as tmp:

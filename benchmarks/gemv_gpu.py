@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--products", nargs="+", help="only these (qkv o_proj gate_up down lm_head)")
     parser.add_argument("--cores", action="store_true", help="int8 / int4, 1 row: time chat.gemv_cores' configurations")
+    parser.add_argument("--w-first", action="store_true", help="int8 / int4: the weights as the dots' first operand")
     args = parser.parse_args(argv)
+    gemv.W_FIRST = args.w_first
     bandwidth = copy_bandwidth()
     emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
     torch.manual_seed(0)

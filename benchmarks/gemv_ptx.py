@@ -46,7 +46,8 @@ def instructions(module, case) -> list[str]:
     (block_n, block_k, split, warps, stages), norm, gated, residual, k, out_float = case
     kernel = module._gemv_kernel
     consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=0, BLOCK_M=16, BLOCK_N=block_n,
-                  BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False, PRECISION="tf32", GROUP=128, MAGIC=0)
+                  BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False, PRECISION="tf32", GROUP=128, MAGIC=0,
+                  W_FIRST=False)
     consts = {name: value for name, value in consts.items() if name in kernel.arg_names}
     pointers = {**POINTERS, "out_ptr": "fp32" if out_float else "bf16"}
     signature = {name: "constexpr" if name in consts else f"*{pointers[name]}" if name in pointers

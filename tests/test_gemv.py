@@ -33,14 +33,26 @@ def reference(x, w, res, nw, gated, dtype):
     return y
 
 
-def check(device: str, bf16_tol: float) -> None:
-    """Every fusion, plain bf16 / fp32 weights and weight-only int8 / int4 ones (against their dequantised matrices)."""
+def check(device: str, bf16_tol: float, w_first: bool = False) -> None:
+    """Every fusion, plain bf16 / fp32 weights and weight-only int8 / int4 ones (against their dequantised matrices);
+    `w_first`: the quantised ones only, with the weights as the dots' first operand (gemv.W_FIRST)."""
+    from myassistant.chat import gemv
+
+    gemv.W_FIRST = w_first
+    try:
+        check_forms(device, bf16_tol, w_first)
+    finally:
+        gemv.W_FIRST = False
+
+
+def check_forms(device: str, bf16_tol: float, quantised_only: bool) -> None:
     from myassistant.chat import gemv, gemv_cores
     from myassistant.chat.gemv import dequantize, product, quantize
 
     gen = torch.Generator().manual_seed(0)
-    for bits, dtype, tol in ((16, torch.float32, 1e-5), (16, torch.bfloat16, bf16_tol), (8, torch.bfloat16, bf16_tol),
-                             (4, torch.bfloat16, bf16_tol)):
+    forms = ((16, torch.float32, 1e-5), (16, torch.bfloat16, bf16_tol), (8, torch.bfloat16, bf16_tol),
+             (4, torch.bfloat16, bf16_tol))
+    for bits, dtype, tol in forms[2:] if quantised_only else forms:
         for norm, gated, residual, out_float in VARIANTS:
             for rows, n, k in ((1, 72, 256), (1, 40, 1024), (3, 64, 512), (8, 48, 1024), (16, 80, 256)):
                 w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, dtype)
@@ -116,7 +128,7 @@ def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 1
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
 def test_fused_products_and_decode_step_under_tritons_interpreter():
-    run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2);"
+    run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2); t.check('cpu', 4e-2, w_first=True);"
                     "t.check_decode_step('cpu', torch.float32, 1e-5); t.check_decode_step('cpu', torch.bfloat16, 3e-2);"
                     "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 8);"
                     "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 4)")
@@ -129,6 +141,7 @@ def test_gpu_fused_products_and_decode_step(monkeypatch):
 
     monkeypatch.setattr(gemv, "TIME_CANDIDATES", False)  # timing every candidate of 80 small shapes takes minutes
     check("cuda", 1e-2)
+    check("cuda", 1e-2, w_first=True)
     check_decode_step("cuda", torch.float32, 1e-5)
     check_decode_step("cuda", torch.bfloat16, 1e-2)
     check_decode_step("cuda", torch.bfloat16, 1e-2, 8)
