@@ -7,6 +7,10 @@ the same bits and, up to ptxas' scheduling, the same speed, so a change to the k
 (weight-only int8 / int4) needs no GPU run to show that bf16 stays as it was.
 
     python benchmarks/gemv_ptx.py --against f495808      # needs Triton (pip install triton), no GPU
+
+``--quant``: instead, for the int8 / int4 candidates of the 7B shape's products (the package importable), each with
+the weights as the dots' second operand and as their first (`gemv.W_FIRST`): the tensor-core instruction, the bytes
+a thread reads from shared memory in the main loop, and ptxas' registers and spills.
 """
 from __future__ import annotations
 
@@ -50,11 +54,7 @@ def instructions(module, case) -> list[str]:
                   W_FIRST=False)
     consts = {name: value for name, value in consts.items() if name in kernel.arg_names}
     pointers = {**POINTERS, "out_ptr": "fp32" if out_float else "bf16"}
-    signature = {name: "constexpr" if name in consts else f"*{pointers[name]}" if name in pointers
-                 else "fp32" if name == "eps" else "i32" for name in kernel.arg_names}
-    source = ASTSource(fn=kernel, signature=signature,
-                       constexprs={(kernel.arg_names.index(name),): value for name, value in consts.items()})
-    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
+    ptx = compile_ptx(kernel, consts, pointers, warps).asm["ptx"]
     ptx = ptx.split(".section\t.debug")[0]
     # parameters by name, not number: the int8 / int4 arguments shift the numbers of those after them
     return [re.sub(r"_gemv_kernel_param_\d+", "param", line) for line in ptx.splitlines()
@@ -62,10 +62,68 @@ def instructions(module, case) -> list[str]:
             and not line.strip().startswith(("//", ".param", ".file", ".loc", "_gemv_kernel_param"))]
 
 
+def compile_ptx(kernel, consts: dict, pointers: dict, warps: int):
+    """The kernel compiled for sm_90 with the integer arguments' divisibility by 16 a GPU compile sees."""
+    signature = {name: "constexpr" if name in consts else f"*{pointers[name]}" if name in pointers
+                 else "fp32" if name == "eps" else "i32" for name in kernel.arg_names}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
+               if name in pointers or name == "N" or name.startswith("stride_")}
+    source = ASTSource(fn=kernel, signature=signature, attrs=aligned,
+                       constexprs={(kernel.arg_names.index(name),): value for name, value in consts.items()})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+
+
+def shared_bytes(ptx: str) -> int:
+    """Bytes one thread reads from shared memory in the main loop (the loop with the most tensor-core ops)."""
+    heads = [m.start() for m in re.finditer("Loop Header", ptx)] or [0]
+    loop = max((ptx[a:b] for a, b in zip(heads, heads[1:] + [len(ptx)])), key=lambda t: t.count("mma"))
+    loads = re.findall(r"ld\.shared(?:\.v(\d))?\.b(\d+)", loop)
+    return (sum(int(v or 1) * int(b) // 8 for v, b in loads)
+            + sum(4 * int(x) for x in re.findall(r"ldmatrix\S*\.x(\d)", loop)))  # x1 / x2 / x4: 4 bytes a matrix
+
+
+def quant(module) -> None:
+    import triton.backends.nvidia
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.decode_cpu import SHAPES
+    from benchmarks.gemv_gpu import products
+    ptxas = Path(triton.backends.nvidia.__file__).parent / "bin" / "ptxas"
+    for bits in (4, 8):
+        pointers = {**POINTERS, "w_ptr": "u8" if bits == 4 else "i8"}
+        for name, (n, k, norm, gated, residual) in products(SHAPES["internlm2-7b"]).items():
+            if name == "lm_head":
+                continue
+            for (block_n, block_k, split, warps, stages) in module.candidates(n // 2 if gated else n, k, bits):
+                for w_first in (False, True):
+                    consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=bits, BLOCK_M=16,
+                                  BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False,
+                                  PRECISION="tf32", GROUP=128, MAGIC=-1 if bits == 4 else 0, W_FIRST=w_first)
+                    ptx = compile_ptx(module._gemv_kernel, consts, pointers, warps).asm["ptx"]
+                    with tempfile.TemporaryDirectory() as tmp:
+                        Path(tmp, "k.ptx").write_text(ptx)
+                        info = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.o"],
+                                              capture_output=True, text=True).stderr
+                    print(json.dumps({"case": "quant_ptx", "bits": bits, "product": name,
+                                      "config": [block_n, block_k, split, warps, stages], "w_first": w_first,
+                                      "mma": "wgmma" if "wgmma.mma_async" in ptx else "mma.sync",
+                                      "shared_bytes_per_thread": shared_bytes(ptx),
+                                      "packed_bytes_per_thread": block_n * block_k // (2 if bits == 4 else 1)
+                                      * (2 if gated else 1) // (32 * warps),
+                                      "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
+                                      "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1))}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--against", required=True, help="git revision whose chat/gemv.py is the reference")
+    parser.add_argument("--against", help="git revision whose chat/gemv.py is the reference")
+    parser.add_argument("--quant", action="store_true", help="the int8 / int4 candidates' PTX (see above)")
     args = parser.parse_args(argv)
+    if args.quant:
+        quant(load((ROOT / "chat" / "gemv.py").read_text(), "gemv_tree"))
+        return 0
+    if not args.against:
+        parser.error("--against REV (or --quant)")
     old = load(subprocess.run(["git", "show", f"{args.against}:chat/gemv.py"], cwd=ROOT, check=True, text=True,
                               capture_output=True).stdout, "gemv_reference")
     new = load((ROOT / "chat" / "gemv.py").read_text(), "gemv_tree")
