@@ -58,7 +58,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
 from myassistant.chat import (ChatEngine, GenerationSettings, GenerationStats, ServeConfig, gemv,  # noqa: E402
-                              weight_only)
+                              int_weights, weight_only)
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 def emit(case: str, **fields) -> None:
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def products_timed(bandwidth: float) -> dict:
     """Per quantised product shape and row bucket: the best tensor-core and CUDA-core (chat.gemv_cores) candidate
-    `chat.gemv._pick` timed at the warm-up (µs, L2 flushed, eager launches) and their fraction of the copy bandwidth
+    `chat.gemv._pick` timed at the warm-up (µs, L2 flushed, in CUDA graphs) and their fraction of the copy bandwidth
     over the quantised bytes (int4: half a byte a weight plus a float32 scale per 128; int8: a byte plus one a row)."""
     found = {}
     for key, times in gemv.timed.items():
@@ -328,7 +328,7 @@ def products_timed(bandwidth: float) -> dict:
         if wdtype not in (torch.int8, torch.uint8):
             continue
         n_w = 2 * n if gated else n
-        size = n_w * k // 2 + n_w * k // gemv.GROUP * 4 if wdtype == torch.uint8 else n_w * k + n_w * 4
+        size = n_w * k // 2 + n_w * k // int_weights.GROUP * 4 if wdtype == torch.uint8 else n_w * k + n_w * 4
         best = {}
         for config, ms in times.items():
             kind = "cores" if config[5:] == (True,) else "tensor_cores"

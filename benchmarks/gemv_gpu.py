@@ -25,7 +25,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.decode_cpu import SHAPES  # noqa: E402
 from benchmarks.decode_gpu import copy_bandwidth, emit  # noqa: E402
-from myassistant.chat import gemv, gemv_cores  # noqa: E402
+from myassistant.chat import gemv, gemv_cores, int_weights  # noqa: E402
 
 # (BLOCK_N, BLOCK_K, SPLIT, warps, stages)
 SWEEP = list(itertools.product((16, 32, 64), (256,), (1, 2, 4, 8), (4,), (3, 4)))
@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         copies = max(2, -(-(512 << 20) // (n * k * 2)))  # >= 512 MB of weights: none of them stays in L2
         dense = [torch.randn(n, k, device="cuda", dtype=dt) * k ** -0.5 for _ in range(copies)]
         # ours: (weight, scale) as chat.gemv takes them; quantised ones against their dequantised matrix
-        weights = [(w, None) if args.bits == 16 else tuple(gemv.quantize(w, args.bits)) for w in dense]
+        weights = [(w, None) if args.bits == 16 else tuple(int_weights.quantize(w, args.bits)) for w in dense]
         if args.bits < 16:
-            dense = [gemv.dequantize(gemv.QuantWeight(*w), dt) for w in weights]
+            dense = [int_weights.dequantize(int_weights.QuantWeight(*w), dt) for w in weights]
         nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(dt) if norm else None
         out_n = n // 2 if gated else n
         for rows in args.rows:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 times = {}
                 for config in SWEEP:
                     if args.bits == 4:  # an int4 block spans one group of columns
-                        config = (config[0], gemv.GROUP, *config[2:])
+                        config = (config[0], int_weights.GROUP, *config[2:])
                     if k % (config[1] * config[2]) or config in times:
                         continue
                     try:

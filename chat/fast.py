@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from myassistant.chat import attention, gemv, weight_only
+from myassistant.chat import attention, gemv, int_weights, weight_only
 from myassistant.chat.attention import decode_attention
 from myassistant.chat.decode import Embed, Forward
 from myassistant.chat.quant import Int8Linear
@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 # Rotary types whose tables depend on the position only (dynamic NTK only beyond
 # max_position_embeddings, which the engine never goes past).
 STATIC_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "llama3"}
-# a fused projection: concatenated weights (weight-only quantised ones: chat.gemv.QuantWeight), or a module (an
+# a fused projection: concatenated weights (weight-only quantised ones: chat.int_weights.QuantWeight), or a module (an
 # int8 layer, a layer that is not a plain Linear)
-Projection = torch.Tensor | gemv.QuantWeight | torch.nn.Module
+Projection = torch.Tensor | int_weights.QuantWeight | torch.nn.Module
 SILU = ("SiLU", "SiLUActivation")  # torch's and transformers' modules: the activation chat.gemv fuses
 
 
@@ -107,7 +107,7 @@ def fuse_projections(layer: torch.nn.Module) -> tuple[Projection, ...] | None:
 
 def project(x: torch.Tensor, fused: Projection) -> torch.Tensor:
     """x through a projection of `fuse_projections`."""
-    if isinstance(fused, gemv.QuantWeight):
+    if isinstance(fused, int_weights.QuantWeight):
         return weight_only.linear(x, fused)
     return F.linear(x, fused) if isinstance(fused, torch.Tensor) else fused(x)
 

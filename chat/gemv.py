@@ -14,7 +14,7 @@ cuBLAS (every extra kernel is a launch and a ramp-up in a graph). Here one Trito
   rows j and up rows I + j, so the 2I-wide intermediate is never written);
 - ``RESIDUAL``: the residual add as the epilogue.
 
-Block width and split are timed per product shape at its first (eager) call, with the L2 flushed.
+Block width and split are timed per product shape at its first call, in CUDA graphs (chat.gemv_pick).
 Measured on an H200 (benchmarks/gemv_gpu.py, graphs of back-to-back products, fraction of the copy
 bandwidth, 1 row, ours / cuBLAS with the modules around it): qkv 0.35 / 0.24, o_proj 0.27 / 0.27,
 gate/up 0.65 / 0.45, down 0.55 / 0.57, lm_head 0.88 / 0.82; with the norm reading a row in one load (best of
@@ -29,7 +29,7 @@ module chain only by the summation order of the product. Used on CUDA for bf16 /
 most MAX_ROWS rows; elsewhere (CPU, fp32, prefill) the model's modules run as before. The kernel runs
 under Triton's interpreter on a CPU (TRITON_INTERPRET=1), which is how tests check it without a GPU.
 
-Weight-only int8 / int4 (`quantize`, ``QUANT``; served by chat.weight_only): the same kernel over int8 rows with a
+Weight-only int8 / int4 (chat.int_weights, ``QUANT``; served by chat.weight_only): the same kernel over int8 rows with a
 scale each, or int4 weights two to a byte with a scale per row and 128 columns. An int4 group's bytes hold columns
 j and 64 + j, so its two nibble tiles meet contiguous x columns; inline PTX turns 4 bytes into 8 bf16 weights
 (nibble - 8, exact) without a conversion instruction, and the group's scales multiply the fp32 sums. On the 7B shape
@@ -43,9 +43,11 @@ registers, each packed byte read from shared memory once); checked on a CPU, not
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
 
 import torch
+
+from myassistant.chat import gemv_pick
+from myassistant.chat.int_weights import GROUP, QuantWeight
 
 try:
     import triton
@@ -56,54 +58,11 @@ except ImportError:  # CPU-only installs: the model's modules everywhere
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # rows a product takes (one tensor-core tile); more rows go to cuBLAS, which is good there
-BLOCK_K = 256
-# Programs a launch should have: at one program per multiprocessor (132 on an H100/H200) too few loads
-# are in flight to stream the weights (measured: 0.3-0.5 of the copy bandwidth for the 2048-wide
-# o_proj, down and qkv at 128 programs, 0.8-0.93 for gate/up and lm_head at 1,000+).
-TARGET_PROGRAMS = 400
-# bf16 / fp16: about a program a multiprocessor streams best (benchmarks/decode_tune_gpu.py, H200: gate/up 0.78 of
-# the copy bandwidth at 256 programs of 32 whole rows, 0.68 at 512; o_proj 0.32 at 128, 0.30 at 512)
-BF16_PROGRAMS = 128
-GROUP = 128  # int4 columns sharing a scale
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
 # True: one-row int8 / int4 products also try chat.gemv_cores (the CUDA cores). Off: slower than the tensor-core
 # kernel on an H200 at 7B (benchmarks/README.md), and _pick's eager timings (launch gaps included) chose it wrongly.
 CORES_ONE_ROW = False
 W_FIRST = False  # int8 / int4: the weights as the dots' first operand (out^T = W x^T)
-
-
-def candidates(n: int, k: int, quant: int = 0, rows: int = MAX_ROWS) -> list[tuple]:
-    """(BLOCK_N, BLOCK_K, SPLIT, warps, stages) to try for an [n, k] weight: per block width, the K split that
-    gives about TARGET_PROGRAMS programs. The first is the pick where nothing was timed (CPU, inside a capture).
-    `quant` 8 / 4: weight-only int8 / int4, whose rows are 1/2 and 1/4 of bf16's bytes: wider K blocks are tried
-    too (an int4 block is whole groups of GROUP columns) so that a load streams as many bytes as bf16's; for one
-    row with CORES_ONE_ROW also chat.gemv_cores' products on the CUDA cores (configurations ending in True)."""
-    if quant and rows == 1 and CORES_ONE_ROW:
-        from myassistant.chat import gemv_cores
-        return [*candidates(n, k, quant)[:3], *gemv_cores.candidates(n, k, quant)]  # fewer compiles at the warm-up
-    if quant == 4:
-        widths = [b for b in (4 * GROUP, 2 * GROUP, GROUP) if k % b == 0]
-        return [c for block_k in widths for c in _split_candidates(n, k, block_k, (32, 64, 128))][:8]
-    block_k = BLOCK_K if k % BLOCK_K == 0 else 64 if k % 64 == 0 else 16
-    if quant == 0:
-        return _split_candidates(n, k, block_k, (32, 16, 64), BF16_PROGRAMS, (3, 4))
-    found = _split_candidates(n, k, block_k, (32, 16, 64))
-    # whole-K programs: gate/up's double blocks stream best unsplit (0.80 of the copy bandwidth against 0.65)
-    found += [c for c in ((64, block_k, 1, 4, 3), (32, block_k, 1, 4, 4)) if c not in found]
-    if quant == 8 and k % (2 * block_k) == 0:
-        found += _split_candidates(n, k, 2 * block_k, (32, 64))
-    return found
-
-
-def _split_candidates(n: int, k: int, block_k: int, widths: tuple[int, ...], programs: int = TARGET_PROGRAMS,
-                      stages: tuple[int, ...] = (3,)) -> list[tuple[int, int, int, int, int]]:
-    found = []
-    for block_n in widths:
-        split = 1
-        while triton.cdiv(n, block_n) * split < programs and k % (2 * split * block_k) == 0 and split < 8:
-            split *= 2
-        found += [(block_n, block_k, split, 4, s) for s in stages]
-    return found
 
 
 if triton is not None:
@@ -339,39 +298,6 @@ def _buffers(device: torch.device, ws_floats: int, counters: int) -> tuple[torch
     return ws, count
 
 
-class QuantWeight(NamedTuple):
-    """A weight-only quantised [N, K] matrix: int8 `q` [N, K] with a scale per row (`scale` [N]), or int4 packed two
-    to a byte (`q` uint8 [N, K/2], stored + 8) with a scale per row and group of `GROUP` columns (`scale`
-    [N, K/GROUP]): byte j of a group holds its column j in the low nibble and column GROUP/2 + j in the high one,
-    so a kernel's two nibble tiles meet contiguous columns of x. Rows can be sliced like the matrix's."""
-
-    q: torch.Tensor
-    scale: torch.Tensor
-
-
-def quantize(weight: torch.Tensor, bits: int) -> QuantWeight:
-    """Symmetric round-to-nearest weight-only quantisation of `weight` [N, K] to 8 or 4 bits (scales in fp32)."""
-    w = weight.float()
-    if bits == 8:
-        scale = w.abs().amax(1).clamp(min=1e-12) / 127
-        return QuantWeight(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale)
-    assert bits == 4 and w.shape[1] % GROUP == 0, "int4 needs K a multiple of the group size"
-    groups = w.reshape(w.shape[0], -1, GROUP)
-    scale = groups.abs().amax(2).clamp(min=1e-12) / 7
-    q = (torch.round(groups / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8)
-    return QuantWeight((q[..., :GROUP // 2] | (q[..., GROUP // 2:] << 4)).reshape(w.shape[0], -1), scale)
-
-
-def dequantize(weight: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
-    """The [N, K] matrix `weight` stands for, in `dtype` (the references use it; chat.weight_only has the kernel)."""
-    q, scale = weight
-    if q.dtype == torch.int8:
-        return (q.float() * scale[:, None]).to(dtype)
-    groups = q.reshape(q.shape[0], -1, GROUP // 2)
-    values = torch.cat([groups & 15, groups >> 4], -1).float() - 8
-    return (values * scale[..., None]).reshape(q.shape[0], -1).to(dtype)
-
-
 def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor,
             residual: torch.Tensor | None, norm_weight: torch.Tensor | None, eps: float, gated: bool,
             config: tuple[int, int, int, int, int]) -> None:
@@ -398,39 +324,35 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     _gemv_kernel[(tiles, split)](*args, **meta)
 
 
+def candidates(n: int, k: int, quant: int = 0, rows: int = MAX_ROWS) -> list[tuple]:
+    """chat.gemv_pick's candidates for an [n, k] weight, with this module's CORES_ONE_ROW."""
+    return gemv_pick.candidates(n, k, quant, rows, CORES_ONE_ROW)
+
+
 def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple[int, int, int, int, int]:
-    """The fastest candidate for this product, timed once on the real tensors with the L2 flushed before each run
-    (a decode step reads every weight from memory); the first candidate where timing is not possible."""
+    """The fastest candidate for this product, timed once on the real tensors inside CUDA graphs with the L2 flushed
+    (chat.gemv_pick); the first candidate where timing is not possible (CPU, inside a capture, TIME_CANDIDATES off)."""
     n, k = out.shape[1], x.shape[1]
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     found = candidates(n, k, quant, x.shape[0])
     key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, weight.dtype, x.shape[0] > 1)
     if key in _picked or not x.is_cuda or not TIME_CANDIDATES or torch.cuda.is_current_stream_capturing():
         return _picked.get(key, found[0])
-    flush = torch.empty(256 << 20, dtype=torch.uint8, device=x.device)
-    times = {}
+    compiled = []
     for config in found:
         try:
-            _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config)  # compile
+            _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config)  # compile, grow the buffers
+            compiled.append(config)
         except triton.runtime.errors.OutOfResources:  # too much shared memory (fp32 tiles): not a candidate
             continue
         except Exception as e:  # noqa: BLE001 - a candidate that does not compile here is not one (the first must)
             if config == found[0]:
                 raise
             log.warning("gemv candidate %s for %dx%d: %s", config, n, k, e)
-            continue
-        runs = []
-        for _ in range(10):
-            flush.zero_()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config)
-            end.record()
-            end.synchronize()
-            runs.append(start.elapsed_time(end))
-        times[config] = sorted(runs)[len(runs) // 2]
+    times = gemv_pick.time_in_graphs(
+        compiled, lambda config: _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config), x.device)
     timed[key] = times
-    _picked[key] = min(times, key=times.get)
+    _picked[key] = min(times, key=times.get) if times else found[0]
     return _picked[key]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from myassistant.chat import gemv
+from myassistant.chat import gemv, gemv_pick, int_weights
 
 triton = gemv.triton
 if triton is not None:
@@ -124,11 +124,11 @@ def candidates(n: int, k: int, quant: int) -> list[tuple[int, int, int, int, int
 def config(n: int, k: int, quant: int, block_n: int, warps: int, steps: int) -> tuple | None:
     """The configuration of `block_n` rows and `steps` steps of 16 words a loop trip, K split until about
     TARGET_PROGRAMS programs (None where K is no multiple of the trip)."""
-    block_k = steps * (gemv.GROUP if quant == 4 else 64)
+    block_k = steps * (int_weights.GROUP if quant == 4 else 64)
     if k % block_k:
         return None
     split = 1
-    while triton.cdiv(n, block_n) * split < gemv.TARGET_PROGRAMS and k % (2 * split * block_k) == 0 and split < 8:
+    while triton.cdiv(n, block_n) * split < gemv_pick.TARGET_PROGRAMS and k % (2 * split * block_k) == 0 and split < 8:
         split *= 2
     return block_n, block_k, split, warps, 1, True
 
@@ -148,5 +148,5 @@ def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torc
         x, words, out, dummy if residual is None else residual, dummy if norm_weight is None else norm_weight, ws,
         count, scale, n, x.stride(0), words.stride(0), out.stride(0), 0 if residual is None else residual.stride(0),
         scale.stride(0), eps, K=k, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None,
-        QUANT=quant, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, UPCAST=not x.is_cuda, GROUP=gemv.GROUP,
+        QUANT=quant, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, UPCAST=not x.is_cuda, GROUP=int_weights.GROUP,
         num_warps=warps)

@@ -1,7 +1,7 @@
 """Weight-only int8 / int4 decoder layers on a GPU: a model whose layers' bf16 weights are gone.
 
 `to_device` moves a model (loaded on the CPU) to the GPU one decoder layer at a time, each layer's Linear weights
-quantised there (`chat.gemv.quantize`: int8 with a scale per row, or int4 with a scale per row and 128 columns)
+quantised there (`chat.int_weights.quantize`: int8 with a scale per row, or int4 with a scale per row and 128 columns)
 and its bf16 copy dropped at once: the GPU never holds more than one layer in bf16 beside the quantised rest,
 so a 7B model loads in int4 where its bf16 weights would not fit. Embeddings, norms and the lm_head stay as they
 are. `QuantLinear` is the layer that replaces an ``nn.Linear``: a few rows (a decode step) go through the fused
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from myassistant.chat import gemv
-from myassistant.chat.gemv import QuantWeight
+from myassistant.chat import gemv, int_weights
+from myassistant.chat.int_weights import QuantWeight
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,13 @@ BITS = {"int8": 8, "int4": 4}  # ServeConfig.quantize -> bits of the layers' wei
 
 class QuantLinear(nn.Module):
     """A bias-free ``nn.Linear`` whose weight is weight-only int8 / int4 (buffers `q` and `scale`, see
-    `chat.gemv.QuantWeight`); it computes in the dtype its Linear had."""
+    `chat.int_weights.QuantWeight`); it computes in the dtype its Linear had."""
 
     def __init__(self, linear: nn.Linear, bits: int) -> None:
         super().__init__()
         self.in_features, self.out_features, self.bits = linear.in_features, linear.out_features, bits
         self.dtype = linear.weight.dtype  # of the activations it multiplies (the dequantised matrix's)
-        q, scale = gemv.quantize(linear.weight.detach(), bits)
+        q, scale = int_weights.quantize(linear.weight.detach(), bits)
         self.register_buffer("q", q)
         self.register_buffer("scale", scale)
 
@@ -82,7 +82,7 @@ def quantize_layer(layer: nn.Module, bits: int) -> int:
     """Replace every bias-free ``nn.Linear`` inside `layer` by a `QuantLinear`; returns how many (int4 takes inputs in
     whole groups of 128 only: narrower layers keep their weights)."""
     targets = [(name, m) for name, m in layer.named_modules() if type(m) is nn.Linear and m.bias is None
-               and (bits == 8 or m.in_features % gemv.GROUP == 0)]
+               and (bits == 8 or m.in_features % int_weights.GROUP == 0)]
     for name, module in targets:
         parent, _, child = name.rpartition(".")
         setattr(layer.get_submodule(parent), child, QuantLinear(module, bits))
@@ -111,7 +111,7 @@ if triton is not None:
     @triton.jit
     def _dequantize_kernel(q_ptr, s_ptr, out_ptr, N, stride_q, stride_s, stride_o, K: tl.constexpr,
                            QUANT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
-        """out[n, k] = q * scale rounded to out's dtype (as chat.gemv.dequantize): int8 rows, or int4 groups whose
+        """out[n, k] = q * scale rounded to out's dtype (as chat.int_weights.dequantize): int8 rows, or int4 groups whose
         byte j holds column j (low nibble) and GROUP / 2 + j (high), stored + 8."""
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         col = tl.program_id(1) * GROUP
@@ -151,13 +151,13 @@ def _matrix(weight: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
     product after the other). Grown outside CUDA graph captures only: every shape runs eagerly first."""
     q, scale = weight
     n, k = q.shape[0], q.shape[1] * (2 if q.dtype == torch.uint8 else 1)
-    if triton is None or not q.is_cuda or k % gemv.GROUP:
-        return gemv.dequantize(weight, dtype)
+    if triton is None or not q.is_cuda or k % int_weights.GROUP:
+        return int_weights.dequantize(weight, dtype)
     out = _buffer(q.device, dtype, n * k)[:n * k].view(n, k)
     block_n = 32
-    _dequantize_kernel[(triton.cdiv(n, block_n), k // gemv.GROUP)](
+    _dequantize_kernel[(triton.cdiv(n, block_n), k // int_weights.GROUP)](
         q, scale, out, n, q.stride(0), scale.stride(0), out.stride(0), K=k, QUANT=4 if q.dtype == torch.uint8 else 8,
-        GROUP=gemv.GROUP, BLOCK_N=block_n)
+        GROUP=int_weights.GROUP, BLOCK_N=block_n)
     return out
 
 

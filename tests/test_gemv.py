@@ -47,7 +47,8 @@ def check(device: str, bf16_tol: float, w_first: bool = False) -> None:
 
 def check_forms(device: str, bf16_tol: float, quantised_only: bool) -> None:
     from myassistant.chat import gemv, gemv_cores
-    from myassistant.chat.gemv import dequantize, product, quantize
+    from myassistant.chat.gemv import product
+    from myassistant.chat.int_weights import dequantize, quantize
 
     gen = torch.Generator().manual_seed(0)
     forms = ((16, torch.float32, 1e-5), (16, torch.bfloat16, bf16_tol), (8, torch.bfloat16, bf16_tol),
@@ -80,7 +81,7 @@ def check_forms(device: str, bf16_tol: float, quantised_only: bool) -> None:
 
 
 def test_weight_only_quantisation_round_trip():
-    from myassistant.chat.gemv import dequantize, quantize
+    from myassistant.chat.int_weights import dequantize, quantize
 
     w = torch.randn(96, 512, generator=torch.Generator().manual_seed(0)) * 0.02
     for bits, tol in ((8, 0.01), (4, 0.15)):

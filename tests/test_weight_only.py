@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from myassistant.chat import fast, gemv, weight_only
+from myassistant.chat import fast, int_weights, weight_only
 
 
 def tiny_llama(dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
@@ -24,7 +24,7 @@ def dequantised_reference(model: torch.nn.Module, bits: int) -> torch.nn.Module:
     with torch.no_grad():
         for module in reference.model.layers.modules():
             if type(module) is torch.nn.Linear:
-                module.weight.copy_(gemv.dequantize(gemv.quantize(module.weight, bits), module.weight.dtype))
+                module.weight.copy_(int_weights.dequantize(int_weights.quantize(module.weight, bits), module.weight.dtype))
     return reference
 
 

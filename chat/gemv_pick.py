@@ -1,0 +1,98 @@
+"""Which configuration each fused decode product of chat.gemv runs: the candidates per weight shape, and their
+timing inside a CUDA graph, where a decode step runs them.
+
+A product's time depends on its tile width, K split, warps and pipeline stages more than any rule of thumb says
+(benchmarks/decode_tune_gpu.py), so chat.gemv times a short list per shape at its first call (the warm-up). The
+timing is of the kernel as a step's graph replays it: launched back to back inside a graph, each launch after a
+256 MB write that leaves none of the weights in the L2, less the writes alone. Timed eagerly instead, each launch
+carried the host's launch gap, which is larger for some configurations than others: the warm-up picked slower
+configurations for the 1.8B shape's qkv and lm_head (about 25 us a step) and the slower CUDA-core int8 products
+at 7B (benchmarks/README_decode.md, benchmarks/README.md).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from myassistant.chat.int_weights import GROUP
+
+BLOCK_K = 256
+# Programs a launch should have: at one program per multiprocessor (132 on an H100/H200) too few loads
+# are in flight to stream the weights (measured: 0.3-0.5 of the copy bandwidth for the 2048-wide
+# o_proj, down and qkv at 128 programs, 0.8-0.93 for gate/up and lm_head at 1,000+).
+TARGET_PROGRAMS = 400
+# bf16 / fp16: about a program a multiprocessor streams best (benchmarks/decode_tune_gpu.py, H200: gate/up 0.78 of
+# the copy bandwidth at 256 programs of 32 whole rows, 0.68 at 512; o_proj 0.32 at 128, 0.30 at 512)
+BF16_PROGRAMS = 128
+FLUSH_BYTES = 256 << 20  # more than any GPU's L2
+REPEATS = 8  # launches in a timed graph
+
+
+def candidates(n: int, k: int, quant: int = 0, rows: int = 16, cores_one_row: bool = False) -> list[tuple]:
+    """(BLOCK_N, BLOCK_K, SPLIT, warps, stages) to try for an [n, k] weight: per block width, the K split that
+    gives about TARGET_PROGRAMS programs. The first is the pick where nothing was timed (CPU, inside a capture).
+    `quant` 8 / 4: weight-only int8 / int4, whose rows are 1/2 and 1/4 of bf16's bytes: wider K blocks are tried
+    too (an int4 block is whole groups of GROUP columns) so that a load streams as many bytes as bf16's; for one
+    row with `cores_one_row` also chat.gemv_cores' products on the CUDA cores (configurations ending in True)."""
+    if quant and rows == 1 and cores_one_row:
+        from myassistant.chat import gemv_cores
+        return [*candidates(n, k, quant)[:3], *gemv_cores.candidates(n, k, quant)]  # fewer compiles at the warm-up
+    if quant == 4:
+        widths = [b for b in (4 * GROUP, 2 * GROUP, GROUP) if k % b == 0]
+        return [c for block_k in widths for c in _split_candidates(n, k, block_k, (32, 64, 128))][:8]
+    block_k = BLOCK_K if k % BLOCK_K == 0 else 64 if k % 64 == 0 else 16
+    if quant == 0:
+        return _split_candidates(n, k, block_k, (32, 16, 64), BF16_PROGRAMS, (3, 4))
+    found = _split_candidates(n, k, block_k, (32, 16, 64))
+    # whole-K programs: gate/up's double blocks stream best unsplit (0.80 of the copy bandwidth against 0.65)
+    found += [c for c in ((64, block_k, 1, 4, 3), (32, block_k, 1, 4, 4)) if c not in found]
+    if quant == 8 and k % (2 * block_k) == 0:
+        found += _split_candidates(n, k, 2 * block_k, (32, 64))
+    return found
+
+
+def _split_candidates(n: int, k: int, block_k: int, widths: tuple[int, ...], programs: int = TARGET_PROGRAMS,
+                      stages: tuple[int, ...] = (3,)) -> list[tuple[int, int, int, int, int]]:
+    found = []
+    for block_n in widths:
+        split = 1
+        while -(-n // block_n) * split < programs and k % (2 * split * block_k) == 0 and split < 8:
+            split *= 2
+        found += [(block_n, block_k, split, 4, s) for s in stages]
+    return found
+
+
+def graph_ms(body: Callable[[], None], repeats: int = REPEATS) -> float:
+    """Median ms of replaying a CUDA graph of `repeats` calls of `body` (its kernels compiled, its buffers made)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            body()
+    graph.replay()
+    runs = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        runs.append(start.elapsed_time(end))
+    return sorted(runs)[len(runs) // 2]
+
+
+def time_in_graphs(configs: list[tuple], launch: Callable[[tuple], None], device: torch.device) -> dict[tuple, float]:
+    """ms a launch of each configuration takes in a graph with the L2 flushed before it (see the module's text);
+    a configuration whose graph cannot be captured is left out."""
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device=device)
+    flushes = graph_ms(flush.zero_)
+    times = {}
+    for config in configs:
+        def body(config=config):
+            flush.zero_()
+            launch(config)
+        try:
+            times[config] = max(graph_ms(body) - flushes, 0.0) / REPEATS
+        except RuntimeError:  # a capture that fails here fails in the step too: not a candidate
+            torch.cuda.synchronize(device)
+    return times
