@@ -33,51 +33,56 @@ def reference(x, w, res, nw, gated, dtype):
     return y
 
 
-def check(device: str, bf16_tol: float, w_first: bool = False) -> None:
-    """Every fusion, plain bf16 / fp32 weights and weight-only int8 / int4 ones (against their dequantised matrices);
-    `w_first`: the quantised ones only, with the weights as the dots' first operand (gemv.W_FIRST)."""
+# the weight forms `check` multiplies by: (bits, dtype), int8 / int4 against their dequantised matrices
+FORMS = {"fp32": (16, torch.float32), "bf16": (16, torch.bfloat16), "int8": (8, torch.bfloat16),
+         "int4": (4, torch.bfloat16)}
+
+
+def check(device: str, bf16_tol: float, w_first: bool = False, forms: tuple[str, ...] = tuple(FORMS)) -> None:
+    """Every fusion over the weight `forms`; `w_first`: the quantised ones only, with the weights as the dots'
+    first operand (gemv.W_FIRST)."""
     from myassistant.chat import gemv
 
     gemv.W_FIRST = w_first
     try:
-        check_forms(device, bf16_tol, w_first)
+        for form in forms:
+            bits, dtype = FORMS[form]
+            if bits < 16 or not w_first:
+                check_form(device, bits, dtype, 1e-5 if dtype == torch.float32 else bf16_tol)
     finally:
         gemv.W_FIRST = False
 
 
-def check_forms(device: str, bf16_tol: float, quantised_only: bool) -> None:
+def check_form(device: str, bits: int, dtype: torch.dtype, tol: float) -> None:
     from myassistant.chat import gemv, gemv_cores
     from myassistant.chat.gemv import product
     from myassistant.chat.int_weights import dequantize, quantize
 
     gen = torch.Generator().manual_seed(0)
-    forms = ((16, torch.float32, 1e-5), (16, torch.bfloat16, bf16_tol), (8, torch.bfloat16, bf16_tol),
-             (4, torch.bfloat16, bf16_tol))
-    for bits, dtype, tol in forms[2:] if quantised_only else forms:
-        for norm, gated, residual, out_float in VARIANTS:
-            for rows, n, k in ((1, 72, 256), (1, 40, 1024), (3, 64, 512), (8, 48, 1024), (16, 80, 256)):
-                w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, dtype)
-                x = torch.randn(rows, k, generator=gen).to(device, dtype)
-                nw = torch.nn.RMSNorm(k, eps=1e-5).to(device, dtype).requires_grad_(False) if norm else None
-                if nw is not None:
-                    nw.weight.copy_(1 + 0.1 * torch.randn(k, generator=gen))
-                    nw.variance_epsilon = 1e-5
-                res = torch.randn(rows, n, generator=gen).to(device, dtype) if residual else None
-                weight = w if bits == 16 else quantize(w, bits)
-                exact = w if bits == 16 else dequantize(weight, torch.float64 if bits == 8 else dtype)
-                want = reference(x, exact, res, None if nw is None else nw.weight, gated, dtype)
-                case = f"{bits} bits {dtype} norm={norm} gated={gated} residual={residual} rows={rows} n={n} k={k}"
-                got = product(x, weight, res, nw, gated, out_float)
-                assert got.shape == want.shape and got.dtype == (torch.float32 if out_float else dtype)
+    for norm, gated, residual, out_float in VARIANTS:
+        for rows, n, k in ((1, 72, 256), (1, 40, 1024), (3, 64, 512), (8, 48, 1024), (16, 80, 256)):
+            w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, dtype)
+            x = torch.randn(rows, k, generator=gen).to(device, dtype)
+            nw = torch.nn.RMSNorm(k, eps=1e-5).to(device, dtype).requires_grad_(False) if norm else None
+            if nw is not None:
+                nw.weight.copy_(1 + 0.1 * torch.randn(k, generator=gen))
+                nw.variance_epsilon = 1e-5
+            res = torch.randn(rows, n, generator=gen).to(device, dtype) if residual else None
+            weight = w if bits == 16 else quantize(w, bits)
+            exact = w if bits == 16 else dequantize(weight, torch.float64 if bits == 8 else dtype)
+            want = reference(x, exact, res, None if nw is None else nw.weight, gated, dtype)
+            case = f"{bits} bits {dtype} norm={norm} gated={gated} residual={residual} rows={rows} n={n} k={k}"
+            got = product(x, weight, res, nw, gated, out_float)
+            assert got.shape == want.shape and got.dtype == (torch.float32 if out_float else dtype)
+            err = float((got.double() - want).norm() / want.norm())
+            assert err <= tol, f"{case}: error {err}"
+            # one row on the CUDA cores too (chat.gemv_cores): K split as timing may pick it, and whole
+            cores = gemv_cores.candidates(n, k, bits) if bits < 16 and rows == 1 else []
+            for config in {c: None for c in cores[:1] + [(*c[:2], 1, *c[3:]) for c in cores[:1]]}:
+                got = torch.empty_like(want, dtype=torch.float32 if out_float else dtype)
+                gemv._launch(x, *weight, got, res, None if nw is None else nw.weight, 1e-5, gated, config)
                 err = float((got.double() - want).norm() / want.norm())
-                assert err <= tol, f"{case}: error {err}"
-                # one row on the CUDA cores too (chat.gemv_cores): K split as timing may pick it, and whole
-                cores = gemv_cores.candidates(n, k, bits) if bits < 16 and rows == 1 else []
-                for config in {c: None for c in cores[:1] + [(*c[:2], 1, *c[3:]) for c in cores[:1]]}:
-                    got = torch.empty_like(want, dtype=torch.float32 if out_float else dtype)
-                    gemv._launch(x, *weight, got, res, None if nw is None else nw.weight, 1e-5, gated, config)
-                    err = float((got.double() - want).norm() / want.norm())
-                    assert err <= tol, f"{case} {config}: error {err}"
+                assert err <= tol, f"{case} {config}: error {err}"
 
 
 def test_weight_only_quantisation_round_trip():
@@ -137,13 +142,21 @@ def test_fused_products_and_decode_step_under_tritons_interpreter():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_fused_products_and_decode_step(monkeypatch):
+@pytest.mark.parametrize("form,w_first", [(f, False) for f in FORMS] + [("int8", True), ("int4", True)])
+def test_gpu_fused_products(monkeypatch, form, w_first):
+    """One weight form a test (each compiles ~25 kernels: a time-boxed device call reports those it reached)."""
     from myassistant.chat import gemv
 
-    monkeypatch.setattr(gemv, "TIME_CANDIDATES", False)  # timing every candidate of 80 small shapes takes minutes
-    check("cuda", 1e-2)
-    check("cuda", 1e-2, w_first=True)
-    check_decode_step("cuda", torch.float32, 1e-5)
-    check_decode_step("cuda", torch.bfloat16, 1e-2)
-    check_decode_step("cuda", torch.bfloat16, 1e-2, 8)
-    check_decode_step("cuda", torch.bfloat16, 1e-2, 4)
+    monkeypatch.setattr(gemv, "TIME_CANDIDATES", False)  # timing every candidate of 20 small shapes takes minutes
+    check("cuda", 1e-2, w_first, (form,))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype,bits", [(torch.float32, 16), (torch.bfloat16, 16), (torch.bfloat16, 8),
+                                        (torch.bfloat16, 4)], ids=["fp32", "bf16", "int8", "int4"])
+def test_gpu_fused_decode_step(monkeypatch, dtype, bits):
+    from myassistant.chat import gemv
+
+    monkeypatch.setattr(gemv, "TIME_CANDIDATES", False)
+    check_decode_step("cuda", dtype, 1e-5 if dtype == torch.float32 else 1e-2, bits)
