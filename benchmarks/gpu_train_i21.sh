@@ -38,8 +38,14 @@ for part in $PARTS; do
     echo "--- $part ($(date -u +%T))"
     case $part in 7b|1_8b) wait $MAKE ;; esac
     case $part in
-    tests) PYTHONPATH=/tmp/site:/tmp/pkg:$PWD timeout "${T_tests:-150}" python3 -m pytest -q -p no:cacheprovider -m gpu \
-               tests/test_qlora_fold.py tests/test_fast_path.py 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
+    # the fold against bitsandbytes first and alone (seconds; its failure's reason printed before any box ends),
+    # then the fast path against plain peft, then the rest
+    tests) for t in "tests/test_qlora_fold.py::test_folded_weight_is_dequantised_weight_plus_adapter" \
+                    "tests/test_fast_path.py tests/test_qlora_fold.py --deselect \
+                     tests/test_qlora_fold.py::test_folded_weight_is_dequantised_weight_plus_adapter"; do
+               PYTHONPATH=/tmp/site:/tmp/pkg:$PWD timeout "${T_tests:-240}" python3 -m pytest -v -p no:cacheprovider \
+                   -m gpu $t 2>&1 | tee -a "$OUT/tests.log" | grep -a "PASSED\|FAILED\|ERROR\|passed\|failed\|^E "
+           done ;;
     fold) SHAPE=7b ours "${T_fold:-60}" benchmarks.fold_kernel ;;
     7b) SHAPE=7b peer "${T_7b_peer:-170}" unsloth_qlora1 unsloth_qlora2
         SHAPE=7b ours "${T_7b:-300}" benchmarks.train_gpu ${CASES_7B:-$(with_keep ours_qlora1_d0_graph_adam8 \
