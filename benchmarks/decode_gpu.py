@@ -58,7 +58,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
 from myassistant.chat import (ChatEngine, GenerationSettings, GenerationStats, ServeConfig, gemv,  # noqa: E402
-                              int_weights, weight_only)
+                              int_weights, scratch, weight_only)
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 def emit(case: str, **fields) -> None:
@@ -307,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                  **agreement(torch.cat(steps), want, f"int{bits}"), **steps_vs_prefill(engine, sequences, steps))
         del engine, model
         gc.collect()
-        weight_only._scratch.clear()
-        weight_only._kept.clear()
+        scratch.release(weight_only.SCRATCH)
     if not args.no_fp32:
         torch.cuda.empty_cache()
         model32 = build(args.shape, torch.float32, "cuda")

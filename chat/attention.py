@@ -30,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from myassistant.chat import attention_cpu
+from myassistant.chat.scratch import scratch
 
 try:
     import triton
@@ -138,21 +139,6 @@ if triton is not None:
                 tl.atomic_xchg(count_ptr + bh, 0)
 
 
-_counters: dict[torch.device, torch.Tensor] = {}  # zeroed arrival counters per device (each launch leaves them 0)
-_kept: list[torch.Tensor] = []
-
-
-def _arrivals(device: torch.device, n: int) -> torch.Tensor:
-    """At least `n` zeroed counters; grown outside graph captures only (every shape runs eagerly first), replaced
-    ones kept allocated (graphs captured with them still use them)."""
-    count = _counters.get(device)
-    if count is None or count.numel() < n:
-        count = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
-        _counters[device] = count
-        _kept.append(count)
-    return count
-
-
 def split_size(rows: int, kv_heads: int, length: int) -> int:
     """Keys per program: SPLIT_KEYS, doubled until the grid has at most MAX_PROGRAMS programs."""
     split = SPLIT_KEYS
@@ -174,8 +160,10 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
     part = torch.empty(b, kv_heads, chunks, group, head_dim, dtype=torch.float32, device=q.device)
     lse = torch.empty(b, kv_heads, chunks, group, dtype=torch.float32, device=q.device)
     new_k, new_v, cos, sin = rotary if rotary is not None else (q, q, q, q)  # unread without the rotary
+    # a zeroed arrival counter per (row, kv head): the last chunk to arrive combines them (each launch leaves 0)
+    count = scratch("attention counters", q.device, torch.int32, max(b * kv_heads, 64), zeroed=True)
     _split_kernel[(chunks, b * kv_heads)](
-        q, k, v, positions, part, lse, out, _arrivals(q.device, b * kv_heads), new_k, new_v, cos, sin, scale,
+        q, k, v, positions, part, lse, out, count, new_k, new_v, cos, sin, scale,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *part.stride()[:4], *lse.stride()[:3],
         new_k.stride(0), cos.stride(0), kv_heads, group, HEAD_DIM=head_dim, BLOCK_G=block_g, BLOCK_N=BLOCK_KEYS,
         SPLIT=split, CHUNKS=chunks, ROTARY=rotary is not None,

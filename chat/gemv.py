@@ -48,6 +48,7 @@ import torch
 
 from myassistant.chat import gemv_pick
 from myassistant.chat.int_weights import GROUP, QuantWeight
+from myassistant.chat.scratch import scratch
 
 try:
     import triton
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 MAX_ROWS = 16  # rows a product takes (one tensor-core tile); more rows go to cuBLAS, which is good there
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
 # True: one-row int8 / int4 products also try chat.gemv_cores (the CUDA cores). Off: slower than the tensor-core
-# kernel on an H200 at 7B (benchmarks/README.md), and _pick's eager timings (launch gaps included) chose it wrongly.
+# kernel on an H200 at 7B (benchmarks/README.md).
 CORES_ONE_ROW = False
 W_FIRST = False  # int8 / int4: the weights as the dots' first operand (out^T = W x^T)
 
@@ -279,23 +280,8 @@ if triton is not None:
                 dtype, GATED, RESIDUAL, SPLIT, BLOCK_M, BLOCK_N)
 
 
-_scratch: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # (workspace, counters) per device
-_kept: list[tuple[torch.Tensor, torch.Tensor]] = []
 _picked: dict[tuple, tuple[int, int, int, int, int]] = {}  # the timed choice per (shape, fusions, rows)
 timed: dict[tuple, dict[tuple, float]] = {}  # _pick's median ms per candidate, per key of _picked (benchmarks read it)
-
-
-def _buffers(device: torch.device, ws_floats: int, counters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split-K workspace and zeroed counters, grown when a larger product comes (never inside a capture:
-    every shape runs eagerly before its graph is captured). Replaced buffers stay allocated: graphs captured
-    with them still use them."""
-    ws, count = _scratch.get(device, (None, None))
-    if ws is None or ws.numel() < ws_floats or count.numel() < counters:
-        ws = torch.empty(max(ws_floats, 0 if ws is None else ws.numel()), dtype=torch.float32, device=device)
-        count = torch.zeros(max(counters, 0 if count is None else count.numel()), dtype=torch.int32, device=device)
-        _scratch[device] = ws, count
-        _kept.append((ws, count))
-    return ws, count
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor,
@@ -307,7 +293,9 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
     tiles = triton.cdiv(n, block_n)
-    ws, count = _buffers(x.device, split * 2 * MAX_ROWS * n if split > 1 else 1, tiles)
+    # split K: each slice's fp32 partial sums, and a zeroed arrival counter per column block
+    ws = scratch("gemv workspace", x.device, torch.float32, split * 2 * MAX_ROWS * n if split > 1 else 1)
+    count = scratch("gemv counters", x.device, torch.int32, tiles, zeroed=True)
     if config[5:] == (True,):  # one row on the CUDA cores
         from myassistant.chat import gemv_cores
         return gemv_cores.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count)

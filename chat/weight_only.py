@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from myassistant.chat import gemv, int_weights
 from myassistant.chat.int_weights import QuantWeight
+from myassistant.chat.scratch import scratch
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ def stack(modules: list[QuantLinear]) -> QuantWeight:
         rows = m.q.shape[0]
         m.q, m.scale = q[start:start + rows], scale[start:start + rows]
         start += rows
-    _buffer(q.device, modules[0].dtype, q.shape[0] * modules[0].in_features)
+    if q.is_cuda:
+        scratch(SCRATCH, q.device, modules[0].dtype, q.shape[0] * modules[0].in_features)
     return QuantWeight(q, scale)
 
 
@@ -132,18 +134,7 @@ if triton is not None:
             tl.store(out + GROUP // 2, high.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
-_scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-_kept: list[torch.Tensor] = []  # replaced scratch buffers: graphs captured with them still read them
-
-
-def _buffer(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:
-    buffer = _scratch.get((device, dtype))
-    if device.type == "cuda" and (buffer is None or buffer.numel() < numel):
-        if torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("dequantisation scratch too small inside a CUDA graph capture")
-        buffer = _scratch[device, dtype] = torch.empty(numel, dtype=dtype, device=device)
-        _kept.append(buffer)
-    return buffer
+SCRATCH = "dequantised matrix"  # chat.scratch's name of the buffer a prefill's matrices are dequantised into
 
 
 def _matrix(weight: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
@@ -153,7 +144,7 @@ def _matrix(weight: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
     n, k = q.shape[0], q.shape[1] * (2 if q.dtype == torch.uint8 else 1)
     if triton is None or not q.is_cuda or k % int_weights.GROUP:
         return int_weights.dequantize(weight, dtype)
-    out = _buffer(q.device, dtype, n * k)[:n * k].view(n, k)
+    out = scratch(SCRATCH, q.device, dtype, n * k, in_capture=False)[:n * k].view(n, k)
     block_n = 32
     _dequantize_kernel[(triton.cdiv(n, block_n), k // int_weights.GROUP)](
         q, scale, out, n, q.stride(0), scale.stride(0), out.stride(0), K=k, QUANT=4 if q.dtype == torch.uint8 else 8,
