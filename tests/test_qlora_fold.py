@@ -75,7 +75,9 @@ def test_kept_folded_weights_fold_each_layer_twice_a_step_and_change_nothing(tin
     loss, grads, folds = step_and_folds()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     kept_loss, kept_grads, kept_folds = step_and_folds()
-    assert layers > 0 and folds == kept_folds == 2 * layers, (folds, kept_folds, layers)
+    # without a checkpoint a layer folds in forward and in backward, unless the compiled graph keeps the forward's
+    # W' for backward itself (the op is pure, so AOTAutograd may save its output: 25 of 28 folds on an H200)
+    assert layers > 0 and kept_folds == 2 * layers and layers <= folds <= 2 * layers, (folds, kept_folds, layers)
     assert kept_loss == pytest.approx(loss, rel=1e-5)
     for name, g in grads.items():
         assert (kept_grads[name] - g).norm() <= 1e-3 * g.norm().clamp_min(1e-12), name

@@ -151,6 +151,9 @@ class TrainConfig:
                                "rows (trainer.gpu.fast); false = plain transformers + peft (and no compile, no graphs)")
     qlora_fold: bool = _f(True, "GPU QLoRA on the fast path: fold each adapter into its weight as it is dequantised, "
                                 "one GEMM a layer (trainer.gpu.qlora_fold); false = peft's forward")
+    qlora_keep_folded: bool = _f(True, "folded QLoRA with compile and gradient_checkpointing: the weight the checkpoint's "
+                                       "recompute folds serves backward (2 folds a step, not 3; one layer's bf16 weight "
+                                       "more at the peak: ~0.1 GiB at 1.8B, ~0.4 GiB at 7B)")
     lm_loss: str = _f("auto", "GPU fast path's loss: auto (cuBLAS GEMMs + a Triton pass for a frozen lm_head, else "
                               "cut_cross_entropy) | cce (cut_cross_entropy first)")
     report_to: str = _f("tensorboard", "tensorboard | none (metrics.jsonl is always written)")
