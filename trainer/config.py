@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import yaml
 
 from myassistant.trainer.data.corpus import TEXT_UNITS
 from myassistant.trainer.data.formats import FORMATS
+from myassistant.trainer.yaml_fields import apply_tree, key_lines, parse_override
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -194,129 +194,6 @@ def lora_target_modules(names: list[str]) -> list[str] | str:
     return out
 
 
-def _coerce(value: Any, tp: Any) -> Any:
-    """Return ``value`` as type ``tp`` or raise ValueError with a short reason."""
-    args = typing.get_args(tp)
-    if type(None) in args:  # "X | None"
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError(f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"expected a string, got {value!r}")
-    if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
-        items = value if isinstance(value, list) else [value]
-        return [_coerce_item(item, typing.get_args(tp)[0]) for item in items]
-    if typing.get_origin(tp) is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"expected a list of strings, got {value!r}")
-        return list(value)
-    raise TypeError(f"unsupported config type {tp}")
-
-
-def _coerce_item(value: Any, cls: type) -> Any:
-    """One entry of a list of dataclasses (``data.sources``): a mapping of its keys, or a path string."""
-    if isinstance(value, str):
-        value = {"path": value}
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping like {{path: ..., kind: ...}}, got {value!r}")
-    hints = typing.get_type_hints(cls)
-    unknown = [k for k in value if k not in hints]
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(hints)})")
-    return cls(**{k: _coerce(v, hints[k]) for k, v in value.items()})
-
-
-def _key_lines(text: str) -> dict[str, int]:
-    """``"section"`` / ``"section.key"`` -> 1-based line in the YAML text, for error messages."""
-    lines: dict[str, int] = {}
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-    if isinstance(root, yaml.MappingNode):
-        for sec_node, body in root.value:
-            lines[str(sec_node.value)] = sec_node.start_mark.line + 1
-            if isinstance(body, yaml.MappingNode):
-                for key_node, _ in body.value:
-                    lines[f"{sec_node.value}.{key_node.value}"] = key_node.start_mark.line + 1
-    return lines
-
-
-def _merge_section(obj: Any, section: str, values: Any, where: str, lines: dict[str, int], problems: list[str]) -> None:
-    at = f"{where}:{lines[section]}" if section in lines else where
-    if not isinstance(values, dict):
-        problems.append(f"{at}: {section}: expected a mapping of keys, got {values!r}")
-        return
-    hints = typing.get_type_hints(type(obj))
-    for key, value in values.items():
-        name = f"{section}.{key}"
-        at = f"{where}:{lines[name]}" if name in lines else where
-        if key not in hints:
-            close = difflib.get_close_matches(str(key), hints, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(hints)})"
-            problems.append(f"{at}: {name}: unknown key{hint}")
-            continue
-        try:
-            setattr(obj, key, _coerce(value, hints[key]))
-        except ValueError as err:
-            problems.append(f"{at}: {name}: {err}")
-
-
-def _apply(cfg: RunConfig, tree: Any, where: str, problems: list[str], lines: dict[str, int] | None = None) -> None:
-    lines = lines or {}
-    if tree is None:
-        return
-    if not isinstance(tree, dict):
-        problems.append(f"{where}: expected sections {', '.join(SECTIONS)} at the top level")
-        return
-    for section, values in tree.items():
-        if section not in SECTIONS:
-            close = difflib.get_close_matches(str(section), SECTIONS, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else f" (sections: {', '.join(SECTIONS)})"
-            at = f"{where}:{lines[section]}" if section in lines else where
-            problems.append(f"{at}: {section}: unknown section{hint}")
-            continue
-        _merge_section(getattr(cfg, section), section, values, where, lines, problems)
-
-
-def _parse_override(text: str) -> tuple[str, str, Any] | str:
-    """``section.key=value`` -> (section, key, YAML-parsed value), or a problem string."""
-    path, sep, raw = text.partition("=")
-    section, dot, key = path.strip().partition(".")
-    if not sep or not dot or not key:
-        return f"override {text!r}: expected section.key=value, e.g. train.max_steps=100"
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return section, key, value
-
-
 def validate(cfg: RunConfig) -> list[str]:
     """Every value problem in ``cfg`` (empty when the config can run)."""
     m, lo, q, d, t, v = cfg.model, cfg.lora, cfg.quant, cfg.data, cfg.train, cfg.vision
@@ -387,14 +264,14 @@ def load_config(yaml_path: str | Path | None, overrides: list[str] | tuple[str, 
             mark = getattr(err, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}{line}: not valid YAML: {getattr(err, 'problem', err)}") from None
-        _apply(cfg, tree, str(path), problems, _key_lines(text))
+        apply_tree(cfg, tree, str(path), problems, key_lines(text))
     for text in overrides:
-        parsed = _parse_override(text)
+        parsed = parse_override(text)
         if isinstance(parsed, str):
             problems.append(parsed)
             continue
         section, key, value = parsed
-        _apply(cfg, {section: {key: value}}, f"override {text!r}", problems)
+        apply_tree(cfg, {section: {key: value}}, f"override {text!r}", problems)
     problems += validate(cfg)  # values that failed to parse kept their (valid) defaults
     if problems:
         where = str(yaml_path) if yaml_path else "config"
