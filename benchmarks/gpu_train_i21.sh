@@ -10,8 +10,9 @@
 # transformers (Unsloth pins <= 5.17), ours on WHEELS' (5.24).
 # PARTS (default all, in this order): tests (gpu tests of the fold and the fast path), 7b (Unsloth and ours at batch 1
 # and 2), 1_8b (Unsloth bs4; ours bs3, and bs4 with 8-bit AdamW), fold (the fold kernel vs bitsandbytes'
-# dequantisation, 7B shapes); each part has its own time limit (T_<part>). Ours runs each case as `train` does and
-# with `_keep` (fast.apply(keep_folded=True)); CASES_7B / CASES_1_8B / PEER_1_8B change the cases. All parts with
+# dequantisation, 7B shapes); each part has its own time limit (T_<part>). Ours runs each case without and with
+# `_keep` (fast.apply(keep_folded=True), `train`'s default since 2026-12-02 session 11: train.qlora_keep_folded);
+# CASES_7B / CASES_1_8B / PEER_1_8B change the cases. All parts with
 # these defaults need more than one call's 10 minutes: split them, e.g. PARTS="tests 7b", then PARTS="1_8b fold".
 set -o pipefail
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
@@ -27,7 +28,7 @@ json() { grep -ao '{"[a-z_0-9]*": .*}$' | tee -a "$RES"; }
 ours() { PYTHONPATH=/tmp/site:/tmp/pkg:$PWD timeout "$1" python3 -m "${@:2}" 2>&1 | tee -a "$OUT/log_ours" | json; }
 peer() { PYTHONPATH=/tmp/site_peer timeout "$1" python3 "$P/gpu_unsloth_peer.py" "${@:2}" 2>&1 | tee -a "$OUT/log_peer" \
            | grep -ao '{"[a-z_0-9]*": .*}$' | sed "s/^{/{\"shape\": \"${SHAPE:-1_8b}\", /" | tee -a "$RES"; }
-with_keep() { for c in "$@"; do echo "$c ${c}_keep"; done; }  # each case as train runs it, then with keep_folded
+with_keep() { for c in "$@"; do echo "$c ${c}_keep"; done; }  # each case without, then with keep_folded (train's default)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # the peer writes each shape's random checkpoint (ours reads it too) while the tests run, then names make_only an
 # unknown case; the timed parts wait for it
