@@ -39,17 +39,15 @@ def enabled() -> bool:
 # ----------------------------------------------------------------------------- the kernel
 
 @functools.cache
-def _op():
-    """The custom op ``assistant::qlora_folded_weight`` (a Triton kernel), or None without Triton/CUDA."""
-    try:
-        import triton
-        import triton.language as tl
-        from torch.library import triton_op, wrap_triton
-    except ImportError as err:
-        log.info("QLoRA folding unavailable (%s)", err)
-        return None
-    if not torch.cuda.is_available():
-        return None
+def _kernel():
+    """The fold's Triton kernel (autotuned), built without a GPU too (tests compile it for sm_90 to read its PTX)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def mul_rounded(x, y):  # x * y rounded on its own: never contracted into a fused multiply-add with a sum after it
+        return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [x, y], dtype=tl.float32, is_pure=True,
+                                         pack=1)
 
     @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
                               for bm, bn, w in ((64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 256, 8),
@@ -75,9 +73,11 @@ def _op():
         blk = tl.program_id(1) * NB + tl.arange(0, NB)
         at = rows * (n_in // BLOCKSIZE) + blk[None, :]
         in_blocks = in_rows & (blk < n_in // BLOCKSIZE)[None, :]
-        if NESTED:  # double quantisation: the blocks' absmax are 8-bit codes, with their own blockwise scale
-            absmax = (tl.load(code2_ptr + tl.load(absmax_ptr + at, mask=in_blocks, other=0).to(tl.int32))
-                      * tl.load(absmax2_ptr + at // BLOCKSIZE2, mask=in_blocks, other=0.0) + tl.load(offset_ptr))
+        if NESTED:  # double quantisation: the blocks' absmax are 8-bit codes, with their own blockwise scale;
+            # rounded twice, as bitsandbytes does (its product, then + offset in another op): a fused multiply-add
+            # moves ~8 % of the absmax by one unit and, now and then, a bf16 weight (a gpu test failed so once)
+            absmax = mul_rounded(tl.load(code2_ptr + tl.load(absmax_ptr + at, mask=in_blocks, other=0).to(tl.int32)),
+                                 tl.load(absmax2_ptr + at // BLOCKSIZE2, mask=in_blocks, other=0.0)) + tl.load(offset_ptr)
         else:
             absmax = tl.load(absmax_ptr + at, mask=in_blocks, other=0.0)
         w = tl.reshape(tl.reshape(w, (BM, NB, BLOCKSIZE)) * absmax[:, :, None], (BM, BN))
@@ -87,6 +87,22 @@ def _op():
                     other=0.0)
         w += scale * tl.dot(b.to(tl.bfloat16), a.to(tl.bfloat16))  # autocast's precision for the adapter
         tl.store(out_ptr + rows * n_in + rn[None, :], w.to(out_ptr.dtype.element_ty), mask=in_rows & (rn < n_in)[None, :])
+
+    return fold_kernel
+
+
+@functools.cache
+def _op():
+    """The custom op ``assistant::qlora_folded_weight`` (a Triton kernel), or None without Triton/CUDA."""
+    try:
+        import triton
+        from torch.library import triton_op, wrap_triton
+        fold_kernel = _kernel()
+    except ImportError as err:
+        log.info("QLoRA folding unavailable (%s)", err)
+        return None
+    if not torch.cuda.is_available():
+        return None
 
     @triton_op("assistant::qlora_folded_weight", mutates_args=())
     def folded_weight_op(q: torch.Tensor, absmax: torch.Tensor, absmax2: torch.Tensor, code2: torch.Tensor,
