@@ -9,7 +9,8 @@ enough copies of the weight to miss the 60 MB L2 (every product reads its weight
 decode step), as bytes of weight read / time against the copy bandwidth measured in the same run.
 ``--bits 8|4``: ours on weight-only int8 / int4 copies (cuBLAS on their dequantised bf16 matrices; the bandwidth
 fraction counts the quantised bytes). ``--sweep`` times every (BLOCK_N, BLOCK_K, SPLIT, warps, stages) of a small
-grid per shape and prints the best.
+grid per shape and prints the best. ``--pdl``: ours launched with programmatic dependent launch (chat.pdl), so each
+product of a graph's chain prefetches its weights while the one before it ends.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.decode_cpu import SHAPES  # noqa: E402
 from benchmarks.decode_gpu import copy_bandwidth, emit  # noqa: E402
-from myassistant.chat import gemv, gemv_cores, int_weights  # noqa: E402
+from myassistant.chat import gemv, gemv_cores, int_weights, pdl  # noqa: E402
 
 # (BLOCK_N, BLOCK_K, SPLIT, warps, stages)
 SWEEP = list(itertools.product((16, 32, 64), (256,), (1, 2, 4, 8), (4,), (3, 4)))
@@ -84,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--products", nargs="+", help="only these (qkv o_proj gate_up down lm_head)")
     parser.add_argument("--cores", action="store_true", help="int8 / int4, 1 row: time chat.gemv_cores' configurations")
     parser.add_argument("--w-first", action="store_true", help="int8 / int4: the weights as the dots' first operand")
+    parser.add_argument("--pdl", action="store_true", help="ours with programmatic dependent launch (chat.pdl)")
     args = parser.parse_args(argv)
-    gemv.W_FIRST = args.w_first
+    gemv.W_FIRST, pdl.ENABLED = args.w_first, args.pdl
     bandwidth = copy_bandwidth()
     emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
     torch.manual_seed(0)

@@ -6,7 +6,11 @@ On a GPU the Triton kernel runs for real (`gpu`); on a CPU under Triton's interp
 (its bf16 conversions truncate, so bf16 is checked loosely there and float32 tightly)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,19 +42,28 @@ FORMS = {"fp32": (16, torch.float32), "bf16": (16, torch.bfloat16), "int8": (8, 
          "int4": (4, torch.bfloat16)}
 
 
-def check(device: str, bf16_tol: float, w_first: bool = False, forms: tuple[str, ...] = tuple(FORMS)) -> None:
-    """Every fusion over the weight `forms`; `w_first`: the quantised ones only, with the weights as the dots'
-    first operand (gemv.W_FIRST)."""
+@contextlib.contextmanager
+def switches(w_first: bool = False, pdl: bool = False):
+    """gemv.W_FIRST and chat.pdl.ENABLED set for the block (both off after it)."""
     from myassistant.chat import gemv
+    from myassistant.chat import pdl as launch
 
-    gemv.W_FIRST = w_first
+    gemv.W_FIRST, launch.ENABLED = w_first, pdl
     try:
+        yield
+    finally:
+        gemv.W_FIRST, launch.ENABLED = False, False
+
+
+def check(device: str, bf16_tol: float, w_first: bool = False, forms: tuple[str, ...] = tuple(FORMS),
+          pdl: bool = False) -> None:
+    """Every fusion over the weight `forms`; `w_first`: the quantised ones only, with the weights as the dots'
+    first operand (gemv.W_FIRST); `pdl`: launched with programmatic dependent launch (chat.pdl)."""
+    with switches(w_first, pdl):
         for form in forms:
             bits, dtype = FORMS[form]
             if bits < 16 or not w_first:
                 check_form(device, bits, dtype, 1e-5 if dtype == torch.float32 else bf16_tol)
-    finally:
-        gemv.W_FIRST = False
 
 
 def check_form(device: str, bits: int, dtype: torch.dtype, tol: float) -> None:
@@ -98,10 +111,15 @@ def test_weight_only_quantisation_round_trip():
         assert torch.equal(rows, dequantize(q, torch.float32)[10:20])
 
 
-def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 16) -> None:
+def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 16, pdl: bool = False) -> None:
     """A decode step with the fused kernels (forced on where they are not used by default) against the modules
     (with `bits` < 16: both over the same weight-only quantised layers, chat.weight_only: the modules multiply by
-    the dequantised matrices)."""
+    the dequantised matrices); `pdl`: the kernels launched with programmatic dependent launch (chat.pdl)."""
+    with switches(pdl=pdl):
+        decode_step_error(device, dtype, tol, bits)
+
+
+def decode_step_error(device: str, dtype: torch.dtype, tol: float, bits: int) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from myassistant.chat import attention, fast, gemv, weight_only
@@ -137,26 +155,42 @@ def test_fused_products_and_decode_step_under_tritons_interpreter():
     run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2); t.check('cpu', 4e-2, w_first=True);"
                     "t.check_decode_step('cpu', torch.float32, 1e-5); t.check_decode_step('cpu', torch.bfloat16, 3e-2);"
                     "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 8);"
-                    "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 4)")
+                    "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 4);"
+                    "t.check('cpu', 4e-2, forms=('bf16',), pdl=True);"
+                    "t.check_decode_step('cpu', torch.bfloat16, 3e-2, pdl=True)")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
+def test_pdl_kernels_touch_nothing_but_their_weights_before_waiting_on_the_previous_kernel():
+    """The decode kernels compiled for sm_90 (no GPU needed): with chat.pdl on, each releases the next kernel, waits
+    on the previous one before any global load, store or atomic (the products prefetch weight lines into L2 first);
+    off, no PDL instruction at all."""
+    proc = subprocess.run([sys.executable, "benchmarks/gemv_ptx.py", "--pdl"], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count('"as_it_should_be": true') == 14  # 6 products and the attention, with and without
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("form,w_first", [(f, False) for f in FORMS] + [("int8", True), ("int4", True)])
-def test_gpu_fused_products(monkeypatch, form, w_first):
+@pytest.mark.parametrize("form,w_first,pdl", [(f, False, False) for f in FORMS]
+                         + [("int8", True, False), ("int4", True, False), ("bf16", False, True)])
+def test_gpu_fused_products(monkeypatch, form, w_first, pdl):
     """One weight form a test (each compiles ~25 kernels: a time-boxed device call reports those it reached)."""
     from myassistant.chat import gemv
 
     monkeypatch.setattr(gemv, "TIME_CANDIDATES", False)  # timing every candidate of 20 small shapes takes minutes
-    check("cuda", 1e-2, w_first, (form,))
+    check("cuda", 1e-2, w_first, (form,), pdl)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype,bits", [(torch.float32, 16), (torch.bfloat16, 16), (torch.bfloat16, 8),
-                                        (torch.bfloat16, 4)], ids=["fp32", "bf16", "int8", "int4"])
-def test_gpu_fused_decode_step(monkeypatch, dtype, bits):
+@pytest.mark.parametrize("dtype,bits,pdl", [(torch.float32, 16, False), (torch.bfloat16, 16, False),
+                                            (torch.bfloat16, 8, False), (torch.bfloat16, 4, False),
+                                            (torch.bfloat16, 16, True)],
+                         ids=["fp32", "bf16", "int8", "int4", "bf16_pdl"])
+def test_gpu_fused_decode_step(monkeypatch, dtype, bits, pdl):
     from myassistant.chat import gemv
 
     monkeypatch.setattr(gemv, "TIME_CANDIDATES", False)
-    check_decode_step("cuda", dtype, 1e-5 if dtype == torch.float32 else 1e-2, bits)
+    check_decode_step("cuda", dtype, 1e-5 if dtype == torch.float32 else 1e-2, bits, pdl)
