@@ -174,7 +174,8 @@ def test_pdl_kernels_touch_nothing_but_their_weights_before_waiting_on_the_previ
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("form,w_first,pdl", [(f, False, False) for f in FORMS]
-                         + [("int8", True, False), ("int4", True, False), ("bf16", False, True)])
+                         + [("int8", True, False), ("int4", True, False), ("bf16", False, True)],
+                         ids=[f"{f}-False" for f in FORMS] + ["int8-True", "int4-True", "bf16-pdl"])
 def test_gpu_fused_products(monkeypatch, form, w_first, pdl):
     """One weight form a test (each compiles ~25 kernels: a time-boxed device call reports those it reached)."""
     from myassistant.chat import gemv
