@@ -154,7 +154,9 @@ def test_missing_lfs_objects_are_reported_as_pointer_files(tmp_path, remote, mod
 def test_corrupt_download_is_detected(tmp_path, remote, model):
     env = _env(tmp_path)
     assert _assistant(["push", str(model), "--to", str(remote)], env).returncode == 0
-    clone = Path(_assistant(["clone", str(remote)], env).stdout.strip())
+    cloned = _assistant(["clone", str(remote)], env)
+    assert cloned.returncode == 0, cloned.stderr
+    clone = Path(cloned.stdout.strip())
     data = bytearray((clone / "tokenizer.model").read_bytes())
     data[0] ^= 0xFF
     (clone / "tokenizer.model").write_bytes(bytes(data))  # same size, different bytes
