@@ -109,7 +109,9 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False,
         log.info("fast path: %d frozen tensors back to %s (prepare_model_for_kbit_training made them fp32)", cast, dtype)
         if cfg is None or cfg.train.qlora_fold:
             folded = qlora_fold.apply(model)
-            log.info("fast path: %d QLoRA layers fold their adapter into the dequantised weight", folded)
+            log.info("fast path: %d QLoRA layers fold their adapter into the dequantised weight%s", folded,
+                     "; under activation checkpointing the recompute's fold serves backward (train.qlora_keep_folded)"
+                     if keep_folded and compile and folded else "")
     _register_attention()
     _decoder(lm).set_attn_implementation(ATTENTION)  # a Llava's vision tower keeps its own (sdpa)
     lm.config.use_cache = False
