@@ -11,7 +11,7 @@
 # PARTS (default all, in this order): tests (gpu tests of the fold and the fast path), 7b (Unsloth and ours at batch 1
 # and 2), 1_8b (Unsloth bs4; ours bs3, and bs4 with 8-bit AdamW), fold (the fold kernel vs bitsandbytes'
 # dequantisation, 7B shapes); each part has its own time limit (T_<part>). Ours runs each case without and with
-# `_keep` (fast.apply(keep_folded=True), `train`'s default since 2026-12-02 session 11: train.qlora_keep_folded);
+# `_keep` (train.qlora_keep_folded, `train`'s default since 2026-12-02 session 11);
 # CASES_7B / CASES_1_8B / PEER_1_8B change the cases. All parts with
 # these defaults need more than one call's 10 minutes: split them, e.g. PARTS="tests 7b", then PARTS="1_8b fold".
 set -o pipefail

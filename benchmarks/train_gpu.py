@@ -23,7 +23,7 @@ checkpointing), ``offload`` (checkpointed layer inputs kept in pinned CPU memory
 ``cce`` (the loss by cut_cross_entropy, not ``trainer.lm_loss``'s), ``graph`` (compiled layers and each
 micro-step replayed as a CUDA graph, ``trainer.graphs``: what ``train`` runs on a GPU with lora_dropout 0;
 short rows padded to static sizes), ``keep`` (with ``graph`` / ``compile``: each QLoRA layer keeps the W' its
-checkpoint's recompute folds for its backward, ``fast.apply(keep_folded=True)``).
+checkpoint's recompute folds for its backward, ``train.qlora_keep_folded``, ``train``'s default).
 """
 from __future__ import annotations
 
@@ -144,9 +144,9 @@ def build(cfg, variants: set[str]):
         model = build_model(cfg)
     cfg.train.qlora_fold = "nofold" not in variants
     cfg.train.lm_loss = "cce" if "cce" in variants else "auto"
+    cfg.train.qlora_keep_folded = "keep" in variants
     if "plain" not in variants:
-        fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else bool(variants & {"compile", "graph"}),
-                   keep_folded="keep" in variants)
+        fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else bool(variants & {"compile", "graph"}))
     if "nockpt" not in variants:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

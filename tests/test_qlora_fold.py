@@ -78,7 +78,7 @@ def test_double_quantised_absmax_is_rounded_twice_as_bitsandbytes_does():
 @pytest.mark.gpu
 @gpu
 def test_kept_folded_weights_fold_each_layer_twice_a_step_and_change_nothing(tiny_checkpoint, tmp_path):
-    """``fast.apply(keep_folded=True)``, compiled layers under activation checkpointing: the W' the recompute
+    """``train.qlora_keep_folded`` (the default), compiled layers under activation checkpointing: the W' the recompute
     builds serves the backward, so a step folds each layer twice (first forward, recompute), not three times,
     with the loss and gradients of the same model without a checkpoint (which folds in forward and backward)."""
     pytest.importorskip("bitsandbytes")
@@ -89,7 +89,8 @@ def test_kept_folded_weights_fold_each_layer_twice_a_step_and_change_nothing(tin
     cfg = run_config(tiny_checkpoint, tmp_path, "qlora")
     model = build_model(cfg)
     randomize_lora(model)
-    fast.apply(model, cfg, compile=True, keep_folded=True)
+    cfg.train.qlora_keep_folded = True
+    fast.apply(model, cfg, compile=True)
     model.config.use_cache = False
     model.train()
     batch = fast.collate(packed_samples(model.config.vocab_size))

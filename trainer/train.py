@@ -205,7 +205,7 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
     # -- on a GPU, LoRA/QLoRA take the fast path: fused loss, varlen attention; train.fast_path=false = off
     use_fast, no_graphs = fast.enabled(cfg), "no fast path"
     if use_fast:
-        model = fast.apply(model, cfg, compile=cfg.train.compile, keep_folded=cfg.train.qlora_keep_folded)
+        model = fast.apply(model, cfg, compile=cfg.train.compile)
         no_graphs = graphs.unavailable(cfg)
         log.info("training step: %s", f"eager ({no_graphs})" if no_graphs
                  else "a CUDA graph per batch size, captured at its second micro-step")

@@ -91,17 +91,17 @@ def _next_power_of_two(n: int, least: int) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
-def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False,
-          keep_folded: bool = False) -> torch.nn.Module:
+def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> torch.nn.Module:
     """Switch a (peft-wrapped) causal LM to the fast path in place; returns it.
 
     ``compile``: torch.compile each decoder layer (a string: with that torch.compile mode).
-    ``keep_folded``: with ``compile`` and activation checkpointing, each folded QLoRA layer keeps the W' its
-    recompute builds for its backward (``qlora_fold._FoldedLinear``: two folds a step instead of three, one
-    layer's bf16 weights more at the peak); ``train`` passes ``cfg.train.qlora_keep_folded`` (on by default: +8 % at
-    7B bs1, +3 % at 1.8B bs3 on an H200, benchmarks/README.md).
     ``cfg.train.qlora_fold`` and ``cfg.train.lm_loss`` pick the kernels (both on / "auto" without a cfg).
+    ``cfg.train.qlora_keep_folded`` (off without a cfg): with ``compile`` and activation checkpointing, each folded
+    QLoRA layer keeps the W' its recompute builds for its backward (``qlora_fold._FoldedLinear``: two folds a step
+    instead of three, one layer's bf16 weights more at the peak; +8 % at 7B bs1, +3 % at 1.8B bs3 on an H200,
+    benchmarks/README.md).
     """
+    keep_folded = cfg is not None and cfg.train.qlora_keep_folded
     lm = _causal_lm(model)
     if any(type(p).__name__ == "Params4bit" for p in lm.parameters()):
         dtype = getattr(torch, cfg.quant.bnb_4bit_compute_dtype) if cfg is not None else torch.bfloat16
