@@ -86,15 +86,20 @@ def key_lines(text: str) -> dict[str, int]:
     return lines
 
 
+def _place(where: str, lines: dict[str, int], key: str) -> str:
+    """``where:line`` of ``key`` ("section" or "section.key") when the file's lines are known, else ``where``."""
+    return f"{where}:{lines[key]}" if key in lines else where
+
+
 def _merge_section(obj: Any, section: str, values: Any, where: str, lines: dict[str, int], problems: list[str]) -> None:
-    at = f"{where}:{lines[section]}" if section in lines else where
+    at = _place(where, lines, section)
     if not isinstance(values, dict):
         problems.append(f"{at}: {section}: expected a mapping of keys, got {values!r}")
         return
     hints = typing.get_type_hints(type(obj))
     for key, value in values.items():
         name = f"{section}.{key}"
-        at = f"{where}:{lines[name]}" if name in lines else where
+        at = _place(where, lines, name)
         if key not in hints:
             close = difflib.get_close_matches(str(key), hints, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(hints)})"
@@ -120,7 +125,7 @@ def apply_tree(cfg: Any, tree: Any, where: str, problems: list[str], lines: dict
         if section not in sections:
             close = difflib.get_close_matches(str(section), sections, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f" (sections: {', '.join(sections)})"
-            at = f"{where}:{lines[section]}" if section in lines else where
+            at = _place(where, lines, section)
             problems.append(f"{at}: {section}: unknown section{hint}")
             continue
         _merge_section(getattr(cfg, section), section, values, where, lines, problems)
