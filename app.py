@@ -23,6 +23,7 @@ import html
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -50,6 +51,9 @@ except EngineError as err:  # shown on the page like any other load failure
     CONFIG, CONFIG_ERROR = ServeConfig(), str(err)
 TAB_TITLE_JS = "() => { const h = document.getElementById('app-title'); if (h) document.title = h.textContent; }"
 MAX_NEW_TOKENS = 4096  # the slider's end until the model is loaded; then its context
+# The page gets the growing reply at most this often: each update re-renders the whole message, so a decoder at
+# hundreds of tokens/s, sent every token, left Chromium too busy to show the reply (or Stop) at ~20k characters.
+UPDATE_EVERY_S = 0.05
 EXAMPLES = ["Who are you?", "What can you help me with?", "请用中文介绍一下你自己。"]
 
 
@@ -173,16 +177,21 @@ def respond(
         message = user_message(message.get("text") or "", files)
     else:
         message = user_message(message)
-    reply, stats = "", GenerationStats()
+    reply, shown, stats = "", "", GenerationStats()
+    last_update = 0.0
     try:
         for delta in engine.stream([*history, message], settings, stats=stats):
             if not reply:
                 say_what_was_left_out(stats, len(history))
             reply += delta
-            yield reply
+            if time.monotonic() - last_update >= UPDATE_EVERY_S:
+                shown, last_update = reply, time.monotonic()
+                yield reply
     except EngineError as err:  # a picture that cannot be read
         yield f"{reply}\n\n⚠️ {err}".lstrip()
         return
+    if reply != shown:
+        yield reply
     if not reply:
         say_what_was_left_out(stats, len(history))
         yield "(the model ended its reply without any text)"

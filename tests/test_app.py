@@ -24,20 +24,46 @@ APP_ENV_KEYS = ("MODEL_REPO", "MODEL_CACHE", "DEMO_MODEL_DIR", "APP_TITLE", "APP
                 "ASSISTANT_QUANTIZE", "ASSISTANT_FAST_DECODE", "ASSISTANT_COMPILE", "ASSISTANT_DECODE_ROWS")
 
 
-def lfs_model_repo(tmp: Path, name: str | None = None, **tiny_kwargs) -> str:
+def lfs_model_repo(tmp: Path, name: str | None = None, endless: bool = False, **tiny_kwargs) -> str:
     """A tiny model pushed to a local bare git repo with its weights in git-lfs; returns its file:// URL.
 
-    name: the assistant's name, recorded as `assistant merge` records it (merge.json)."""
+    name: the assistant's name, recorded as `assistant merge` records it (merge.json);
+    endless: a model that says only plain words and never ends its reply (see `never_ending`)."""
     from myassistant.hub import push_folder
     from myassistant.model import build_tiny_checkpoint
 
     folder = build_tiny_checkpoint(tmp / "tiny-assistant", **tiny_kwargs)
+    if endless:
+        never_ending(folder)
     if name:
         (folder / "merge.json").write_text(json.dumps({"name": name, "base_model": "internlm2-tiny"}))
     bare = tmp / "remote" / "tiny-assistant.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
     push_folder(folder, bare.as_uri(), cache_dir=tmp / "push-cache")
     return bare.as_uri()
+
+
+def never_ending(folder: Path, max_new_tokens: int = 30_000) -> None:
+    """Make the random model say only plain words and, decoding greedily (its default now), never end its reply:
+    every output row but those of the ASCII-word tokens is zeroed, so a stop token's logit (0) is never the largest.
+    Greedy decoding of the random model did reach a stop token (a reply ended after ~1,200 tokens, 5 s, and a busy
+    browser clicked Stop after it had gone), and sampling picks zeroed rows."""
+    from safetensors.torch import load_file, save_file
+
+    from myassistant.model import load_tokenizer
+
+    tokenizer = load_tokenizer(folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    words = [i for i, piece in enumerate(tokenizer.convert_ids_to_tokens(range(weights["output.weight"].shape[0])))
+             if piece.lstrip("\u2581").isascii() and piece.lstrip("\u2581").isalpha()]
+    assert len(words) > 50, f"{folder}: only {len(words)} word tokens"
+    keep = weights["output.weight"][words]
+    weights["output.weight"].zero_()
+    weights["output.weight"][words] = keep
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    generation = json.loads((folder / "generation_config.json").read_text())
+    generation.update(do_sample=False, max_new_tokens=max_new_tokens)
+    (folder / "generation_config.json").write_text(json.dumps(generation))
 
 
 def free_port() -> int:
