@@ -20,6 +20,7 @@ from the model's generation_config.json.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
 import threading
@@ -50,7 +51,7 @@ try:
 except EngineError as err:  # shown on the page like any other load failure
     CONFIG, CONFIG_ERROR = ServeConfig(), str(err)
 TAB_TITLE_JS = "() => { const h = document.getElementById('app-title'); if (h) document.title = h.textContent; }"
-MAX_NEW_TOKENS = 4096  # the slider's end until the model is loaded; then its context
+MAX_NEW_TOKENS = 4096  # the slider's end where the model's context is not known before it loads
 # The page gets the growing reply at most this often: each update re-renders the whole message, so a decoder at
 # hundreds of tokens/s, sent every token, left Chromium too busy to show the reply (or Stop) at ~20k characters.
 UPDATE_EVERY_S = 0.05
@@ -136,11 +137,29 @@ def header() -> str:
     return heading + text
 
 
+def folder_at_hand() -> Path | None:
+    """The model folder when it is known without loading weights: a local MODEL_REPO, or what `python app.py`
+    fetched before building the page."""
+    return served.folder or (Path(MODEL_REPO) if MODEL_REPO and Path(MODEL_REPO).is_dir() else None)
+
+
 def accepts_images() -> bool:
-    """Whether the page takes pictures: the model reads them (a multimodal model). Known without loading
-    weights once its folder is here: a local MODEL_REPO, or what `python app.py` fetched before building the page."""
-    folder = served.folder or (Path(MODEL_REPO) if MODEL_REPO and Path(MODEL_REPO).is_dir() else None)
+    """Whether the page takes pictures: the model reads them (a multimodal model)."""
+    folder = folder_at_hand()
     return folder is not None and is_llava(folder)
+
+
+def context_window() -> int:
+    """The model's context as its config.json says (a LLaVA's in its text_config), else MAX_NEW_TOKENS: the end of
+    the max-tokens slider as the server checks it. Page loads move the page's slider to the loaded model's context,
+    but an API caller's value is checked against the slider the page was built with."""
+    folder = folder_at_hand()
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder else {}
+        context = config.get("text_config", config).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return MAX_NEW_TOKENS  # the engine's load says what is wrong with the folder
+    return context if isinstance(context, int) and context > 0 else MAX_NEW_TOKENS
 
 
 def respond(
@@ -241,7 +260,7 @@ def build_page(images: bool) -> gr.Blocks:
             gr.Slider(0.05, 1.0, value=d.top_p, step=0.05, label="Top-p", render=False),
             gr.Slider(0, 200, value=d.top_k, step=1, label="Top-k (0 = off)", render=False),
             gr.Slider(1.0, 2.0, value=d.repetition_penalty, step=0.05, label="Repetition penalty", render=False),
-            gr.Slider(1, MAX_NEW_TOKENS, value=d.max_new_tokens, step=1, label="Max new tokens", render=False),
+            gr.Slider(1, context_window(), value=d.max_new_tokens, step=1, label="Max new tokens", render=False),
         ]
         chatbot = gr.Chatbot(show_label=False, scale=1, min_height=420, elem_id="chat", placeholder=placeholder(),
                              render=False)

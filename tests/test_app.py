@@ -223,3 +223,15 @@ def test_running_app_completes_20_concurrent_chats(model_repo, tmp_path):
         with ThreadPoolExecutor(20) as pool:
             replies = list(pool.map(chat, questions, timeout=180))
     assert replies == expected
+
+
+def test_an_api_caller_may_ask_for_as_many_tokens_as_the_context_holds(tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    repo = lfs_model_repo(tmp_path, max_position_embeddings=8192)
+    with running_app({"MODEL_REPO": repo, "MODEL_CACHE": str(tmp_path / "models")}, tmp_path / "app.log") as url:
+        client = Client(url, verbose=False)
+        assert client.predict("hi", "", 0.0, 0.8, 0, 1.0, 6000, api_name="/chat")  # more than the page's 4,096
+        with pytest.raises(AppError, match="greater than maximum value 8192"):
+            client.predict("hi", "", 0.0, 0.8, 0, 1.0, 9000, api_name="/chat")
