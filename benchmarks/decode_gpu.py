@@ -239,12 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="int8 / int4 forms without bf16's cases: top-1 against the bf16 modules' logits, computed "
                              "and saved at PATH by the first process (from the same random model), loaded by the next")
     parser.add_argument("--no-peer", action="store_true", help="skip the peer (`generate`)")
-    parser.add_argument("--w-first", action="store_true",
-                        help="int8 / int4 products with the weights as the dots' first operand (chat.gemv.W_FIRST)")
     parser.add_argument("--pdl", type=int, nargs="?", const=pdl.PREFETCH_BYTES >> 10, metavar="PREFETCH_KIB", help=
                         "Triton kernels with programmatic dependent launch (chat.pdl); KiB a program prefetches")
     args = parser.parse_args(argv)
-    gemv.W_FIRST = args.w_first
     pdl.ENABLED, pdl.PREFETCH_BYTES = args.pdl is not None, (args.pdl or 0) << 10
     # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -320,24 +317,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def products_timed(bandwidth: float) -> dict:
-    """Per quantised product shape and row bucket: the best tensor-core and CUDA-core (chat.gemv_cores) candidate
-    `chat.gemv._pick` timed at the warm-up (µs, L2 flushed, in CUDA graphs) and their fraction of the copy bandwidth
-    over the quantised bytes (int4: half a byte a weight plus a float32 scale per 128; int8: a byte plus one a row)."""
+    """Per quantised product shape and row bucket: the best candidate `chat.gemv._pick` timed at the warm-up (µs, L2
+    flushed, in CUDA graphs) and its fraction of the copy bandwidth over the quantised bytes (int4: half a byte a
+    weight plus a float32 scale per 128; int8: a byte plus one a row)."""
     found = {}
     for key, times in gemv.timed.items():
         n, k, gated, _, _, _, wdtype, rows = key
-        if wdtype not in (torch.int8, torch.uint8):
+        if wdtype not in (torch.int8, torch.uint8) or not times:
             continue
         n_w = 2 * n if gated else n
         size = n_w * k // 2 + n_w * k // int_weights.GROUP * 4 if wdtype == torch.uint8 else n_w * k + n_w * 4
-        best = {}
-        for config, ms in times.items():
-            kind = "cores" if config[5:] == (True,) else "tensor_cores"
-            if ms < best.get(kind, (float("inf"),))[0]:
-                best[kind] = (ms, config)
+        config = min(times, key=times.get)
         found[f"{n_w}x{k}{'_gated' if gated else ''}_{'rows' if rows else 'row'}"] = {
-            kind: {"us": round(ms * 1e3, 1), "of_bandwidth": round(size / bandwidth / (ms / 1e3), 3),
-                   "config": list(config)} for kind, (ms, config) in best.items()}
+            "us": round(times[config] * 1e3, 1), "of_bandwidth": round(size / bandwidth / (times[config] / 1e3), 3),
+            "config": list(config)}
     return found
 
 

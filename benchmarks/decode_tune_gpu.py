@@ -24,7 +24,7 @@ from benchmarks.decode_cpu import SHAPES  # noqa: E402
 from benchmarks.decode_gpu import build, copy_bandwidth, emit  # noqa: E402
 from benchmarks.decode_profile import kernels  # noqa: E402
 from benchmarks.gemv_gpu import graph_time, products  # noqa: E402
-from myassistant.chat import gemv  # noqa: E402
+from myassistant.chat import gemv, gemv_pick  # noqa: E402
 from myassistant.chat.batch import BatchDecoder  # noqa: E402
 from myassistant.chat.fast import StaticCacheDecoder  # noqa: E402
 
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
              for name, (n, k, norm, gated, residual) in products(SHAPES[args.shape]).items()}
     pool = multiprocessing.get_context("spawn").Pool(args.workers)
     start = time.perf_counter()
-    own = [(spec, rows, gemv.candidates(spec[0] // 2 if spec[3] else spec[0], spec[1])) for spec in specs.values()
-           for rows in (1, 8)]  # chat.gemv's own candidates (the warm-up times them), both row kinds
+    own = [(spec, rows, gemv_pick.candidates(spec[0] // 2 if spec[3] else spec[0], spec[1]))
+           for spec in specs.values() for rows in (1, 8)]  # chat.gemv's own candidates (the warm-up times them), both row kinds
     precompile(pool, [(spec, 1, grid(spec[0], spec[1], spec[3], spec[5])) for spec in specs.values()] + own,
                args.workers)
     emit("precompiled", seconds=round(time.perf_counter() - start, 1))

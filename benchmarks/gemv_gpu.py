@@ -26,12 +26,10 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.decode_cpu import SHAPES  # noqa: E402
 from benchmarks.decode_gpu import copy_bandwidth, emit  # noqa: E402
-from myassistant.chat import gemv, gemv_cores, int_weights, pdl  # noqa: E402
+from myassistant.chat import gemv, int_weights, pdl  # noqa: E402
 
 # (BLOCK_N, BLOCK_K, SPLIT, warps, stages)
 SWEEP = list(itertools.product((16, 32, 64), (256,), (1, 2, 4, 8), (4,), (3, 4)))
-# one row on the CUDA cores (chat.gemv_cores, --cores): (rows a program, warps, steps of 16 words a loop trip)
-CORES = [(32, 1, 2), (64, 1, 2), (64, 1, 4), (32, 1, 1), (64, 2, 2), (128, 4, 2)]
 
 
 def products(shape: dict) -> dict[str, tuple[int, int, bool, bool, bool]]:
@@ -83,13 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", type=int, choices=(16, 8, 4), default=16, help="weight-only int8 / int4 for ours")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--products", nargs="+", help="only these (qkv o_proj gate_up down lm_head)")
-    parser.add_argument("--cores", action="store_true", help="int8 / int4, 1 row: time chat.gemv_cores' configurations")
-    parser.add_argument("--w-first", action="store_true", help="int8 / int4: the weights as the dots' first operand")
     parser.add_argument("--pdl", type=int, nargs="?", const=pdl.PREFETCH_BYTES >> 10, metavar="PREFETCH_KIB",
                         help="ours with programmatic dependent launch (chat.pdl), KiB of weights a program prefetches")
     parser.add_argument("--pdl-late-release", action="store_true", help="--pdl: release after the wait")
     args = parser.parse_args(argv)
-    gemv.W_FIRST, pdl.ENABLED, pdl.PREFETCH_BYTES = args.w_first, args.pdl is not None, (args.pdl or 0) << 10
+    pdl.ENABLED, pdl.PREFETCH_BYTES = args.pdl is not None, (args.pdl or 0) << 10
     pdl.EARLY_RELEASE = not args.pdl_late_release
     bandwidth = copy_bandwidth()
     emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3), pdl_prefetch_kib=args.pdl,
@@ -125,20 +121,6 @@ def main(argv: list[str] | None = None) -> int:
                  error_cublas=f"{err(cublas):.2e}",
                  picked=[v for key, v in gemv._picked.items() if key[:2] == (out_n, k) and key[-1] == (rows > 1)
                          and key[-2] == weights[0][0].dtype])
-            if args.cores and rows == 1 and args.bits < 16:
-                out = torch.empty(rows, out_n, dtype=torch.float32 if out_float else dt, device="cuda")
-                for block_n, warps, steps in CORES:
-                    config = gemv_cores.config(out_n, k, args.bits, block_n, warps, steps)
-                    try:
-                        gemv._launch(x, *weights[0], out, res, nw, 1e-5, gated, config)
-                        t = graph_time(lambda i: gemv._launch(x, *weights[i], out, res, nw, 1e-5, gated, config),
-                                       copies, reps=3)
-                        gemv._launch(x, *weights[0], out, res, nw, 1e-5, gated, config)  # the error's weights
-                    except Exception as e:  # noqa: BLE001 - one that does not compile: reported, not fatal
-                        print(f"{config}: {type(e).__name__}: {e}", file=sys.stderr)
-                        continue
-                    emit("cores", bits=args.bits, product=name, config=list(config), us=round(t * 1e6, 2),
-                         of_bandwidth=round(ideal / t, 3), error=f"{err(out):.2e}")
             if args.sweep:
                 out = torch.empty(rows, out_n, dtype=torch.float32 if out_float else dt, device="cuda")
                 times = {}

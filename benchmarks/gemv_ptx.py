@@ -1,16 +1,16 @@
-"""Is the bf16 decode kernel (chat.gemv._gemv_kernel) the same machine code as at another revision?
+"""Is the decode kernel (chat.gemv._gemv_kernel) the same machine code as at another revision?
 
 Compiles the kernel of this tree and of `--against` (a git revision) for sm_90 without a GPU (Triton's own
 ptxas) for the configurations a decode step uses, and compares the PTX instructions (debug labels and line
-tables left out: they name source lines, not instructions; parameters by name). The same instructions mean
-the same bits and, up to ptxas' scheduling, the same speed, so a change to the kernel's other paths
-(weight-only int8 / int4) needs no GPU run to show that bf16 stays as it was.
+tables left out: they name source lines, not instructions; parameters by name), over bf16 weights and weight-only
+int8 / int4 ones. The same instructions mean the same bits and, up to ptxas' scheduling, the same speed, so a change
+to one of the kernel's paths (or its removal of another) needs no GPU run to show that the others stay as they were.
 
     python benchmarks/gemv_ptx.py --against f495808      # needs Triton (pip install triton), no GPU
 
-``--quant``: instead, for the int8 / int4 candidates of the 7B shape's products (the package importable), each with
-the weights as the dots' second operand and as their first (`gemv.W_FIRST`): the tensor-core instruction, the bytes
-a thread reads from shared memory in the main loop, and ptxas' registers and spills.
+``--quant``: instead, for the int8 / int4 candidates of the 7B shape's products (the package importable): the
+tensor-core instruction, the bytes a thread reads from shared memory in the main loop, and ptxas' registers and
+spills.
 
 ``--pdl``: the decode step's kernels as chat.pdl launches them (the bf16 products of CASES and the rotary attention
 kernel, PDL on): the `griddepcontrol` instructions and L2 prefetches in their PTX, and every global memory access
@@ -51,14 +51,16 @@ def load(source: str, name: str):
     return module
 
 
-def instructions(module, case) -> list[str]:
+def instructions(module, case, bits: int = 16) -> list[str]:
+    """The kernel's PTX instructions for a case over `bits`-bit weights (16: bf16, 8 / 4: weight-only)."""
     (block_n, block_k, split, warps, stages), norm, gated, residual, k, out_float = case
     kernel = module._gemv_kernel
-    consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=0, BLOCK_M=16, BLOCK_N=block_n,
-                  BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False, PRECISION="tf32", GROUP=128, MAGIC=0,
-                  W_FIRST=False, PDL=False, ASM=False, EARLY_RELEASE=True, PREFETCH=0)
+    # W_FIRST: an argument of revisions before 2026-12-02 (its removal), off there
+    consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=bits % 16, BLOCK_M=16, BLOCK_N=block_n,
+                  BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False, PRECISION="tf32", GROUP=128,
+                  MAGIC=-1 if bits == 4 else 0, W_FIRST=False, PDL=False, ASM=False, EARLY_RELEASE=True, PREFETCH=0)
     consts = {name: value for name, value in consts.items() if name in kernel.arg_names}
-    pointers = {**POINTERS, "out_ptr": "fp32" if out_float else "bf16"}
+    pointers = {**POINTERS, "out_ptr": "fp32" if out_float else "bf16", "w_ptr": {16: "bf16", 8: "i8", 4: "u8"}[bits]}
     ptx = compile_ptx(kernel, consts, pointers, warps).asm["ptx"]
     ptx = ptx.split(".section\t.debug")[0]
     # parameters by name, not number: the int8 / int4 arguments shift the numbers of those after them
@@ -93,31 +95,31 @@ def quant(module) -> None:
     sys.path.insert(0, str(ROOT))
     from benchmarks.decode_cpu import SHAPES
     from benchmarks.gemv_gpu import products
+    from myassistant.chat import gemv_pick
     ptxas = Path(triton.backends.nvidia.__file__).parent / "bin" / "ptxas"
     for bits in (4, 8):
         pointers = {**POINTERS, "w_ptr": "u8" if bits == 4 else "i8"}
         for name, (n, k, norm, gated, residual) in products(SHAPES["internlm2-7b"]).items():
             if name == "lm_head":
                 continue
-            for (block_n, block_k, split, warps, stages) in module.candidates(n // 2 if gated else n, k, bits):
-                for w_first in (False, True):
-                    consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=bits, BLOCK_M=16,
-                                  BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False,
-                                  PRECISION="tf32", GROUP=128, MAGIC=-1 if bits == 4 else 0, W_FIRST=w_first,
-                                  PDL=False, ASM=False, EARLY_RELEASE=True, PREFETCH=0)
-                    ptx = compile_ptx(module._gemv_kernel, consts, pointers, warps).asm["ptx"]
-                    with tempfile.TemporaryDirectory() as tmp:
-                        Path(tmp, "k.ptx").write_text(ptx)
-                        info = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.o"],
-                                              capture_output=True, text=True).stderr
-                    print(json.dumps({"case": "quant_ptx", "bits": bits, "product": name,
-                                      "config": [block_n, block_k, split, warps, stages], "w_first": w_first,
-                                      "mma": "wgmma" if "wgmma.mma_async" in ptx else "mma.sync",
-                                      "shared_bytes_per_thread": shared_bytes(ptx),
-                                      "packed_bytes_per_thread": block_n * block_k // (2 if bits == 4 else 1)
-                                      * (2 if gated else 1) // (32 * warps),
-                                      "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
-                                      "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1))}))
+            for (block_n, block_k, split, warps, stages) in gemv_pick.candidates(n // 2 if gated else n, k, bits):
+                consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=bits, BLOCK_M=16,
+                              BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False,
+                              PRECISION="tf32", GROUP=128, MAGIC=-1 if bits == 4 else 0, PDL=False, ASM=False,
+                              EARLY_RELEASE=True, PREFETCH=0)
+                ptx = compile_ptx(module._gemv_kernel, consts, pointers, warps).asm["ptx"]
+                with tempfile.TemporaryDirectory() as tmp:
+                    Path(tmp, "k.ptx").write_text(ptx)
+                    info = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.o"],
+                                          capture_output=True, text=True).stderr
+                print(json.dumps({"case": "quant_ptx", "bits": bits, "product": name,
+                                  "config": [block_n, block_k, split, warps, stages],
+                                  "mma": "wgmma" if "wgmma.mma_async" in ptx else "mma.sync",
+                                  "shared_bytes_per_thread": shared_bytes(ptx),
+                                  "packed_bytes_per_thread": block_n * block_k // (2 if bits == 4 else 1)
+                                  * (2 if gated else 1) // (32 * warps),
+                                  "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
+                                  "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1))}))
 
 
 # the rotary attention kernel of a 1.8B layer (chat.attention._split_kernel): 8 kv heads of 2 query heads, 256 keys
@@ -151,7 +153,7 @@ def pdl_check() -> bool:
             (block_n, block_k, split, warps, stages), norm, gated, residual, k, out_float = case
             consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=0, BLOCK_M=16, BLOCK_N=block_n,
                           BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False, PRECISION="tf32", GROUP=128,
-                          MAGIC=0, W_FIRST=False, **flags,
+                          MAGIC=0, **flags,
                           PREFETCH=pdl.prefetch_columns(k // split, block_n * (2 if gated else 1), 2) if on else 0)
             pointers = {**POINTERS, "out_ptr": "fp32" if out_float else "bf16"}
             report = pdl_report(compile_ptx(gemv._gemv_kernel, consts, pointers, warps).asm["ptx"])
@@ -192,14 +194,16 @@ def main(argv: list[str] | None = None) -> int:
                               capture_output=True).stdout, "gemv_reference")
     new = load((ROOT / "chat" / "gemv.py").read_text(), "gemv_tree")
     same_all = True
-    for case in CASES:
-        a, b = instructions(old, case), instructions(new, case)
-        # the same instructions, possibly in another order (ptxas schedules them again anyway)
-        same = sorted(a) == sorted(b)
-        same_all &= same
-        print(json.dumps({"case": "ptx", "config": case[0], "norm": case[1], "gated": case[2], "residual": case[3],
-                          "k": case[4], "float_out": case[5], "instructions": [len(a), len(b)], "identical": a == b,
-                          "lines_in_another_place": sum(x != y for x, y in zip(a, b)), "same_instructions": same}))
+    for bits in (16, 8, 4):
+        for case in CASES:
+            a, b = instructions(old, case, bits), instructions(new, case, bits)
+            # the same instructions, possibly in another order (ptxas schedules them again anyway)
+            same = sorted(a) == sorted(b)
+            same_all &= same
+            print(json.dumps({"case": "ptx", "bits": bits, "config": case[0], "norm": case[1], "gated": case[2],
+                              "residual": case[3], "k": case[4], "float_out": case[5], "instructions": [len(a), len(b)],
+                              "identical": a == b, "lines_in_another_place": sum(x != y for x, y in zip(a, b)),
+                              "same_instructions": same}))
     print(json.dumps({"case": "summary", "against": args.against, "same_instructions": same_all}))
     return 0 if same_all else 1
 

@@ -12,8 +12,7 @@
 #   7. (`7bq`, not in the default PARTS) the 7B shape in weight-only int8 and int4 (BITS, default "8 4"), each form in
 #      its own process under its own time box (T_Q), top-1 against the bf16 modules' logits that the first process
 #      saves (--reference): no bf16 decode cases, no peer. The first form builds the reference and compiles with cold
-#      caches: 160 s did not cover int4's quality case (2026-12-02), nor int8's cases up to the 8 chats. W_FIRST=1:
-#      the quantised products with the weights as the dots' first operand (chat.gemv.W_FIRST).
+#      caches: 160 s did not cover int4's quality case (2026-12-02), nor int8's cases up to the 8 chats.
 #
 #   device run, carry [".cache/i22a_whl"]: bash benchmarks/gpu_decode_all.sh
 #   (PARTS="tests gemv profile decode 7b" picks parts; .cache/i22a_whl holds transformers 5.24, see README.md)
@@ -44,6 +43,6 @@ timeout "${T_7B:-420}" python3 -m benchmarks.decode_gpu --shape internlm2-7b --n
 if has 7bq; then echo "=== 7B int8 / int4, a process each"
 for bits in ${BITS:-8 4}; do
 timeout "${T_Q:-280}" python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --no-peer --new-tokens 128 \
-    --weight-bits "$bits" --chats ${CHATS:-8} --reference /tmp/reference7b.pt ${W_FIRST:+--w-first} 2>&1 \
+    --weight-bits "$bits" --chats ${CHATS:-8} --reference /tmp/reference7b.pt 2>&1 \
     | tee -a "$OUT/decode7bq.log" | json
 done; fi

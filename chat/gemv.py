@@ -34,11 +34,9 @@ scale each, or int4 weights two to a byte with a scale per row and 128 columns. 
 j and 64 + j, so its two nibble tiles meet contiguous x columns; inline PTX turns 4 bytes into 8 bf16 weights
 (nibble - 8, exact) without a conversion instruction, and the group's scales multiply the fp32 sums. On the 7B shape
 (H200, benchmarks/README.md, 1 row, µs, int4 / int8): qkv 15.3 / 15.8, o_proj 9.1 / 9.8, gate/up 50.7 / 46.2: int4
-is as fast as int8 a product, not faster (0.2-0.3 of the bandwidth over its bytes). Their PTX (sm_90) suggests a
-cause (not timed apart): the x rows are the dot's first operand, so Triton uses Ampere's mma.sync (16 x 8 x 16 a
-warp, the rows padded to 16) and reads each packed byte from shared memory 4.5 times (int8: twice). `W_FIRST` computes
-out^T = W x^T instead: the weights are the first operand (64+ rows: Hopper's wgmma, the unpacked weights in
-registers, each packed byte read from shared memory once); checked on a CPU, not yet timed on a GPU, so off.
+is as fast as int8 a product, not faster (0.2-0.3 of the bandwidth over its bytes). Tried and measured slower or no
+better on an H200 (benchmarks/README.md), so removed: the weights as the dots' first operand (out^T = W x^T, Hopper's
+wgmma) and one-row int8 / int4 products on the CUDA cores.
 """
 from __future__ import annotations
 
@@ -60,10 +58,6 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # rows a product takes (one tensor-core tile); more rows go to cuBLAS, which is good there
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
-# True: one-row int8 / int4 products also try chat.gemv_cores (the CUDA cores). Off: slower than the tensor-core
-# kernel on an H200 at 7B (benchmarks/README.md).
-CORES_ONE_ROW = False
-W_FIRST = False  # int8 / int4: the weights as the dots' first operand (out^T = W x^T)
 
 
 if triton is not None:
@@ -89,8 +83,7 @@ if triton is not None:
         return (nibbles.to(tl.int16) | MAGIC).to(dtype, bitcast=True) - 1032.0
 
     @triton.jit
-    def _dot_int4(xl, xh, packed, scale, dtype: tl.constexpr, MAGIC: tl.constexpr, PRECISION: tl.constexpr,
-                  W_FIRST: tl.constexpr):
+    def _dot_int4(xl, xh, packed, scale, dtype: tl.constexpr, MAGIC: tl.constexpr, PRECISION: tl.constexpr):
         """x @ w.T for one group of a packed int4 tile (xl, xh: the x columns of the low and high nibbles) times
         the group's scales (applied to the fp32 sums: the weights are exact integers in the dot)."""
         if MAGIC == -1:  # bf16, 4 bytes a 32-bit word: 2 byte permutes, 4 LOP3s (nibble | the bits of 128.0), 2 shifts
@@ -115,13 +108,8 @@ if triton is not None:
         else:
             low = _int4_values(packed & 15, MAGIC, dtype)
             high = _int4_values(packed >> 4, MAGIC, dtype)
-        if W_FIRST:  # [BLOCK_N, BLOCK_M]: the weights as the dot's first operand (Hopper's wgmma takes 64+ rows)
-            part = (tl.dot(low, tl.trans(xl), input_precision=PRECISION)
-                    + tl.dot(high, tl.trans(xh), input_precision=PRECISION)) * scale[:, None]
-        else:
-            part = (tl.dot(xl, tl.trans(low), input_precision=PRECISION)
-                    + tl.dot(xh, tl.trans(high), input_precision=PRECISION)) * scale[None, :]
-        return part
+        return (tl.dot(xl, tl.trans(low), input_precision=PRECISION)
+                + tl.dot(xh, tl.trans(high), input_precision=PRECISION)) * scale[None, :]
 
     @triton.jit
     def _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype: tl.constexpr,
@@ -201,9 +189,8 @@ if triton is not None:
                      stride_om, stride_rm, stride_sn, eps, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr,
                      RESIDUAL: tl.constexpr, QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr, UPCAST: tl.constexpr,
-                     PRECISION: tl.constexpr, GROUP: tl.constexpr, MAGIC: tl.constexpr, W_FIRST: tl.constexpr,
-                     PDL: tl.constexpr = False, ASM: tl.constexpr = False, EARLY_RELEASE: tl.constexpr = True,
-                     PREFETCH: tl.constexpr = 0):
+                     PRECISION: tl.constexpr, GROUP: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr = False,
+                     ASM: tl.constexpr = False, EARLY_RELEASE: tl.constexpr = True, PREFETCH: tl.constexpr = 0):
         pid = tl.program_id(0)
         part = tl.program_id(1)  # which K / SPLIT slice of the product this program sums
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -224,9 +211,6 @@ if triton is not None:
             rstd = _rstd(x_ptr, m, m_ok, kk, stride_xm, eps, K, NORM, BLOCK_M, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        if W_FIRST:  # quantised weights: [BLOCK_N, BLOCK_M] sums, the weights as the dots' first operand
-            acc_t = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-            acc2_t = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
         x_rows = x_ptr + m[:, None] * stride_xm + first + kk[None, :]
         w_rows = w_ptr + n[:, None] * stride_wn + first + kk[None, :]
         for k0 in tl.range(0, K // SPLIT, BLOCK_K, num_stages=STAGES):
@@ -239,20 +223,12 @@ if triton is not None:
                     xh = _x_tile(x_group + GROUP // 2, nw_ptr, col, GROUP // 2, half, m_ok, rstd, dtype, NORM, UPCAST)
                     packed = w_ptr + n[:, None] * stride_wn + col // 2 + half[None, :]
                     scales = s_ptr + n * stride_sn + col // GROUP
-                    part1 = _dot_int4(xl, xh, tl.load(packed, mask=n_ok[:, None], other=0),
-                                      tl.load(scales, mask=n_ok, other=0.0), dtype, MAGIC, PRECISION, W_FIRST)
-                    if W_FIRST:
-                        acc_t += part1
-                    else:
-                        acc += part1
+                    acc += _dot_int4(xl, xh, tl.load(packed, mask=n_ok[:, None], other=0),
+                                     tl.load(scales, mask=n_ok, other=0.0), dtype, MAGIC, PRECISION)
                     if GATED:
-                        part2 = _dot_int4(xl, xh, tl.load(packed + N * stride_wn, mask=n_ok[:, None], other=0),
+                        acc2 += _dot_int4(xl, xh, tl.load(packed + N * stride_wn, mask=n_ok[:, None], other=0),
                                           tl.load(scales + N * stride_sn, mask=n_ok, other=0.0), dtype, MAGIC,
-                                          PRECISION, W_FIRST)
-                        if W_FIRST:
-                            acc2_t += part2
-                        else:
-                            acc2 += part2
+                                          PRECISION)
             else:  # bf16 / fp16 / fp32 weights, or int8 ones (exact in bf16 / fp16) converted for the dot
                 x = _x_tile(x_rows + k0, nw_ptr, first, k0, kk, m_ok, rstd, dtype, NORM, UPCAST)
                 w = tl.load(w_rows + k0, mask=n_ok[:, None], other=0.0)
@@ -260,23 +236,14 @@ if triton is not None:
                     w = w.to(dtype)
                 if UPCAST:
                     w = w.to(tl.float32)
-                if W_FIRST:
-                    acc_t += tl.dot(w, tl.trans(x), input_precision=PRECISION)
-                else:
-                    acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
+                acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
                 if GATED:
                     w2 = tl.load(w_rows + N * stride_wn + k0, mask=n_ok[:, None], other=0.0)
                     if QUANT == 8 and not UPCAST:
                         w2 = w2.to(dtype)
                     if UPCAST:
                         w2 = w2.to(tl.float32)
-                    if W_FIRST:
-                        acc2_t += tl.dot(w2, tl.trans(x), input_precision=PRECISION)
-                    else:
-                        acc2 += tl.dot(x, tl.trans(w2), input_precision=PRECISION)
-        if W_FIRST:
-            acc = tl.trans(acc_t)
-            acc2 = tl.trans(acc2_t)
+                    acc2 += tl.dot(x, tl.trans(w2), input_precision=PRECISION)
         if QUANT == 8:  # per output row scales: the product of the int8 rows, then the scale
             acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)[None, :]
             if GATED:
@@ -301,9 +268,6 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     # split K: each slice's fp32 partial sums, and a zeroed arrival counter per column block
     ws = scratch("gemv workspace", x.device, torch.float32, split * 2 * MAX_ROWS * n if split > 1 else 1)
     count = scratch("gemv counters", x.device, torch.int32, tiles, zeroed=True)
-    if config[5:] == (True,):  # one row on the CUDA cores
-        from myassistant.chat import gemv_cores
-        return gemv_cores.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count)
     dummy = x  # pointer arguments of the fusions that are off: never read
     args = (x, weight, out, dummy if residual is None else residual, dummy if norm_weight is None else norm_weight, ws,
             count, ws if scale is None else scale, m, n, x.stride(0), weight.stride(0), out.stride(0),
@@ -313,7 +277,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     meta = dict(K=k, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, QUANT=quant,
                 BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split,
                 STAGES=stages, UPCAST=not x.is_cuda, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-                GROUP=GROUP, MAGIC=magic, W_FIRST=bool(quant) and W_FIRST, num_warps=warps,
+                GROUP=GROUP, MAGIC=magic, num_warps=warps,
                 **pdl.launch_options(x.device))
     if meta["PDL"]:  # the slice's first weight bytes into L2 before waiting on the previous kernel
         meta["PREFETCH"] = pdl.prefetch_columns(k // split // (2 if quant == 4 else 1), block_n * (2 if gated else 1),
@@ -321,17 +285,12 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     _gemv_kernel[(tiles, split)](*args, **meta)
 
 
-def candidates(n: int, k: int, quant: int = 0, rows: int = MAX_ROWS) -> list[tuple]:
-    """chat.gemv_pick's candidates for an [n, k] weight, with this module's CORES_ONE_ROW."""
-    return gemv_pick.candidates(n, k, quant, rows, CORES_ONE_ROW)
-
-
 def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple[int, int, int, int, int]:
     """The fastest candidate for this product, timed once on the real tensors inside CUDA graphs with the L2 flushed
     (chat.gemv_pick); the first candidate where timing is not possible (CPU, inside a capture, TIME_CANDIDATES off)."""
     n, k = out.shape[1], x.shape[1]
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
-    found = candidates(n, k, quant, x.shape[0])
+    found = gemv_pick.candidates(n, k, quant)
     key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, weight.dtype, x.shape[0] > 1)
     if key in _picked or not x.is_cuda or not TIME_CANDIDATES or torch.cuda.is_current_stream_capturing():
         return _picked.get(key, found[0])

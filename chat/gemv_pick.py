@@ -6,8 +6,8 @@ A product's time depends on its tile width, K split, warps and pipeline stages m
 timing is of the kernel as a step's graph replays it: launched back to back inside a graph, each launch after a
 256 MB write that leaves none of the weights in the L2, less the writes alone. Timed eagerly instead, each launch
 carried the host's launch gap, which is larger for some configurations than others: the warm-up picked slower
-configurations for the 1.8B shape's qkv and lm_head (about 25 us a step) and the slower CUDA-core int8 products
-at 7B (benchmarks/README_decode.md, benchmarks/README.md).
+configurations for the 1.8B shape's qkv and lm_head (about 25 us a step) and slower one-row int8 products at 7B
+(benchmarks/README_decode.md, benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -29,15 +29,11 @@ FLUSH_BYTES = 256 << 20  # more than any GPU's L2
 REPEATS = 8  # launches in a timed graph
 
 
-def candidates(n: int, k: int, quant: int = 0, rows: int = 16, cores_one_row: bool = False) -> list[tuple]:
+def candidates(n: int, k: int, quant: int = 0) -> list[tuple]:
     """(BLOCK_N, BLOCK_K, SPLIT, warps, stages) to try for an [n, k] weight: per block width, the K split that
     gives about TARGET_PROGRAMS programs. The first is the pick where nothing was timed (CPU, inside a capture).
     `quant` 8 / 4: weight-only int8 / int4, whose rows are 1/2 and 1/4 of bf16's bytes: wider K blocks are tried
-    too (an int4 block is whole groups of GROUP columns) so that a load streams as many bytes as bf16's; for one
-    row with `cores_one_row` also chat.gemv_cores' products on the CUDA cores (configurations ending in True)."""
-    if quant and rows == 1 and cores_one_row:
-        from myassistant.chat import gemv_cores
-        return [*candidates(n, k, quant)[:3], *gemv_cores.candidates(n, k, quant)]  # fewer compiles at the warm-up
+    too (an int4 block is whole groups of GROUP columns) so that a load streams as many bytes as bf16's."""
     if quant == 4:
         widths = [b for b in (4 * GROUP, 2 * GROUP, GROUP) if k % b == 0]
         return [c for block_k in widths for c in _split_candidates(n, k, block_k, (32, 64, 128))][:8]

@@ -54,8 +54,9 @@ def test_page_names_the_assistant_streams_the_answer_and_stop_stops_it(tmp_path,
     page, expect = browser_page
     # A model that never ends its reply and a context of 32k tokens: its greedy reply runs for minutes, so Stop is
     # pressed while it runs even when a loaded machine renders the page slowly.
-    repo = lfs_model_repo(tmp_path, name="Tiny Tim", endless=True, hidden_size=512, num_hidden_layers=4, intermediate_size=1024,
-                          num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=32768)
+    repo = lfs_model_repo(tmp_path, name="Tiny Tim", endless=True, hidden_size=512, num_hidden_layers=4,
+                          intermediate_size=1024, num_attention_heads=8, num_key_value_heads=4,
+                          max_position_embeddings=32768)
     with running_app({"MODEL_REPO": repo, "MODEL_CACHE": str(tmp_path / "models")}, tmp_path / "app.log") as url:
         page.goto(url)
         expect(page.locator("#app-title")).to_have_text("Tiny Tim", timeout=60_000)
