@@ -13,6 +13,7 @@ sampling uses transformers' own logits processors, so greedy output equals ``mod
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -108,13 +109,15 @@ def dynamic_cache_forward(model: PreTrainedModel, embed: Embed | None = None) ->
     `embed` makes the prompt's input embeddings (the first call's ids); later tokens use the model's table.
     """
     cache = DynamicCache(config=model.config)
+    # transformers 5.2x renamed forward's past_key_values to cache; the old name warns, and goes in 5.40
+    cache_keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def forward(ids: torch.Tensor) -> torch.Tensor:
         if embed is not None and cache.get_seq_length() == 0:
             inputs = {"inputs_embeds": embed(ids)}
         else:
             inputs = {"input_ids": ids}
-        return model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        return model(**inputs, **{cache_keyword: cache}, use_cache=True, logits_to_keep=1).logits[:, -1].float()
 
     return forward
 

@@ -183,17 +183,19 @@ def _cast_frozen(lm: torch.nn.Module, dtype: torch.dtype) -> int:
 
 # ----------------------------------------------------------------------------- model
 
-def _forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-             labels=None, num_items_in_batch=None, pixel_values=None, *, loss: str = "auto", **kwargs):
-    """The causal LM's (or Llava's) forward with the fused loss; without labels (generation) the class's own."""
+def _forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, labels=None,
+             num_items_in_batch=None, pixel_values=None, *, loss: str = "auto", **kwargs):
+    """The causal LM's (or Llava's) forward with the fused loss; without labels (generation) the class's own, the
+    cache passed on under the name it came by (`past_key_values`, or `cache` since transformers 5.2x)."""
     if labels is None:
         if pixel_values is not None:
             kwargs["pixel_values"] = pixel_values
         return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                  past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs)
+                                  inputs_embeds=inputs_embeds, **kwargs)
     kwargs.pop("use_cache", None)
+    cached = [kwargs.pop(name, None) for name in ("past_key_values", "cache")] != [None, None]
     cu, longest = kwargs.pop("cu_seq_lens", None), kwargs.pop("max_length", None)
-    if attention_mask is None and position_ids is not None and past_key_values is None:
+    if attention_mask is None and position_ids is not None and not cached:
         if cu is None:
             kwargs.update(varlen_kwargs(position_ids))
         else:
