@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +32,7 @@ import gradio as gr
 
 from myassistant.chat import (ChatEngine, EngineError, GenerationSettings, GenerationStats, ServeConfig,
                               ensure_demo_model)
+from myassistant.chat.stream import Pacer
 from myassistant.chat.vision import is_llava, user_message
 # redact: URL credentials and token values out of what the page shows
 from myassistant.hub import assistant_name, fetch_model, model_info, redact
@@ -52,9 +52,6 @@ except EngineError as err:  # shown on the page like any other load failure
     CONFIG, CONFIG_ERROR = ServeConfig(), str(err)
 TAB_TITLE_JS = "() => { const h = document.getElementById('app-title'); if (h) document.title = h.textContent; }"
 MAX_NEW_TOKENS = 4096  # the slider's end where the model's context is not known before it loads
-# The page gets the growing reply at most this often: each update re-renders the whole message, so a decoder at
-# hundreds of tokens/s, sent every token, left Chromium too busy to show the reply (or Stop) at ~20k characters.
-UPDATE_EVERY_S = 0.05
 EXAMPLES = ["Who are you?", "What can you help me with?", "请用中文介绍一下你自己。"]
 
 
@@ -196,15 +193,14 @@ def respond(
         message = user_message(message.get("text") or "", files)
     else:
         message = user_message(message)
-    reply, shown, stats = "", "", GenerationStats()
-    last_update = 0.0
+    reply, shown, stats, pacer = "", "", GenerationStats(), Pacer()
     try:
         for delta in engine.stream([*history, message], settings, stats=stats):
             if not reply:
                 say_what_was_left_out(stats, len(history))
             reply += delta
-            if time.monotonic() - last_update >= UPDATE_EVERY_S:
-                shown, last_update = reply, time.monotonic()
+            if pacer.due():  # the page gets the growing reply at most every 50 ms
+                shown = reply
                 yield reply
     except EngineError as err:  # a picture that cannot be read
         yield f"{reply}\n\n⚠️ {err}".lstrip()

@@ -6,8 +6,12 @@ those tokens back until the character is complete, and decodes only a small wind
 tokens each step (the window starts one emitted chunk back, so the space a sentencepiece token
 carries in front of it is kept), never the whole reply: the cost per token stays flat.
 The approach is the one of text-generation-inference / vLLM (prefix and read offsets).
+
+`Pacer` says when a page should get the growing reply again.
 """
 from __future__ import annotations
+
+import time
 
 from transformers import PreTrainedTokenizerBase
 
@@ -54,3 +58,20 @@ class IncrementalDetokenizer:
         if self._read_offset == len(self.ids):
             return ""
         return self._delta(force=True)
+
+
+class Pacer:
+    """`due()` is True at most every `every_s` seconds (the first time at once): a page re-renders the whole message
+    at each update, so a decoder at hundreds of tokens/s sending every token left Chromium too busy to show the reply
+    or its Stop button at ~20k characters. The caller sends the final state whether due or not."""
+
+    def __init__(self, every_s: float = 0.05) -> None:
+        self.every_s = every_s
+        self.last = -float("inf")
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return False
+        self.last = now
+        return True

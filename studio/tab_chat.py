@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from myassistant.chat import ChatEngine, GenerationSettings
+from myassistant.chat.stream import Pacer
 from myassistant.model import ADAPTER_CONFIG
 from myassistant.studio import runs
 from myassistant.studio.ui import Workspace, error_slot, note, one_line, show
@@ -101,6 +102,7 @@ def build(ws: Workspace) -> dict:
             asked = [*_text(hists[key]), {"role": "user", "content": text}]
             streams[key] = engine.stream(asked, settings)
             hists[key] = [*asked, {"role": "assistant", "content": ""}]
+        pacer = Pacer()  # the page gets the growing replies at most every 50 ms
         while streams:
             for key in list(streams):
                 delta = next(streams[key], None)
@@ -108,7 +110,8 @@ def build(ws: Workspace) -> dict:
                     del streams[key]
                 else:
                     hists[key][-1]["content"] += delta
-            yield show(None), "", hists["fine-tuned"], hists["base"]
+            if pacer.due():
+                yield show(None), "", hists["fine-tuned"], hists["base"]
         for key in hists:
             if hists[key] and not hists[key][-1]["content"]:
                 hists[key][-1]["content"] = "(no text: the model ended its reply at once)"

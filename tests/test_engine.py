@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from myassistant.chat import ChatEngine, EngineError, GenerationSettings, GenerationStats
-from myassistant.chat.stream import IncrementalDetokenizer
+from myassistant.chat.stream import IncrementalDetokenizer, Pacer
 from myassistant.model import build_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +97,13 @@ def test_detokenizer_streams_byte_fallback_chinese_cleanly(engine):
     # a byte-fallback character is held back until its last byte arrives
     first_byte = pieces.index("<0xE9>")
     assert deltas[first_byte] == deltas[first_byte + 1] == ""
+
+
+def test_a_pacer_lets_an_update_through_at_once_then_at_most_every_interval():
+    pacer = Pacer(every_s=1.0)
+    assert pacer.due() and not pacer.due()
+    time.sleep(1.05)
+    assert pacer.due() and not pacer.due()
 
 
 @pytest.mark.parametrize("batched", [False, True])
