@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+# What the tiny builders write (text model, Llava, vision tower): a folder holding only these, and small, is an earlier
+# tiny build that may be replaced; anything else is someone's, and stays.
+TINY_FILES = {"config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.model",
+              "tokenizer_config.json", "chat_template.jinja", "processor_config.json", "tokenizer.json",
+              "preprocessor_config.json"}
+TINY_MAX_BYTES = 256 << 20
+
+
+def not_replaceable(out: Path) -> str | None:
+    """Why `out` must not be replaced by a tiny build (None: it is absent, empty or an earlier tiny build)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out}: is a file, not a folder"
+    others = sorted(p.name for p in out.iterdir() if p.name not in TINY_FILES or not p.is_file())
+    if others:
+        return f"{out}: holds files a tiny build does not write ({', '.join(others[:3])}); choose a new folder"
+    if sum(p.stat().st_size for p in out.iterdir()) > TINY_MAX_BYTES:
+        return f"{out}: holds a model larger than a tiny build; choose a new folder"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="assistant tiny", description=__doc__)
-    p.add_argument("out_dir", help="folder to write (replaced if it exists)")
+    p.add_argument("out_dir", help="folder to write (an earlier tiny build there is replaced; other files are not)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--hidden-size", type=int, default=64, help="hidden_size (default 64)")
     p.add_argument("--layers", type=int, default=2, help="num_hidden_layers (default 2)")
@@ -23,12 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", choices=("clip", "siglip"), default="clip",
                    help="the vision tower of --vision / --llava: CLIP (default) or SigLIP")
     args = p.parse_args(argv)
+    out_dir = Path(args.out_dir).resolve()  # "." has no name to make a temporary sibling from
+    from myassistant.model import CheckpointError, build_tiny_checkpoint, build_tiny_llava, build_tiny_vision_encoder
 
-    from myassistant.model import build_tiny_checkpoint, build_tiny_llava, build_tiny_vision_encoder
+    if problem := not_replaceable(out_dir):
+        raise CheckpointError(problem)
 
     if args.llava or args.vision:
-        print(build_tiny_llava(args.out_dir, seed=args.seed, kind=args.encoder) if args.llava
-              else build_tiny_vision_encoder(args.out_dir, seed=args.seed, kind=args.encoder))
+        print(build_tiny_llava(out_dir, seed=args.seed, kind=args.encoder) if args.llava
+              else build_tiny_vision_encoder(out_dir, seed=args.seed, kind=args.encoder))
         return 0
 
     corpus = None
@@ -36,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.corpus, encoding="utf-8") as fh:
             corpus = [line.rstrip("\n") for line in fh if line.strip()]
     out = build_tiny_checkpoint(
-        args.out_dir, seed=args.seed, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+        out_dir, seed=args.seed, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
         intermediate_size=args.intermediate_size, vocab_size=args.vocab_size, corpus=corpus, nul_piece=args.nul_piece,
     )

@@ -52,3 +52,20 @@ def test_sub_command_help_describes_it():
     run = run_cli("data", "identity", "--help", timeout=120)
     assert run.returncode == 0, run.stderr
     assert "held-out" in run.stdout and "--seed SEED" in run.stdout and "`" not in run.stdout
+
+
+def test_commands_that_write_a_folder_never_replace_someone_elses(tmp_path):
+    """`assistant tiny` and `assistant data shapes` replace an earlier build of theirs, but refuse a folder holding
+    other files, and leave it as it was."""
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for args in (("tiny", str(mine)), ("data", "shapes", "--out", str(mine), "--per-class", "1")):
+        refused = run_cli(*args)
+        assert refused.returncode == 1 and ("notes.txt" in refused.stderr or "no picture set" in refused.stderr)
+        assert "Traceback" not in refused.stderr and [p.name for p in mine.iterdir()] == ["notes.txt"]
+    for args in (("tiny", str(tmp_path / "tiny")), ("data", "shapes", "--out", str(tmp_path / "set"), "--per-class", "1")):
+        assert run_cli(*args).returncode == 0
+        again = run_cli(*args)  # an earlier build of its own is replaced
+        assert again.returncode == 0, again.stderr
+    assert run_cli("tiny", ".", cwd=tmp_path / "tiny").returncode == 0  # "." is a folder like any other

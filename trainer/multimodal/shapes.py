@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from myassistant.trainer.data.formats import DataError
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 70), "blue": (40, 80, 220), "yellow": (235, 205, 40)}
 SHAPES = ("circle", "square", "triangle")
 QUESTIONS = ["What is in the picture?", "Describe the picture.", "What shape is shown, and in which colour?",
@@ -53,10 +55,20 @@ def _record(rid: str, image: str, question: str, reply: str) -> dict:
                                                          {"from": "gpt", "value": reply}]}
 
 
+def _is_picture_set(folder: Path) -> bool:
+    try:
+        return json.loads((folder / FILES["meta"]).read_text(encoding="utf-8")).get("kind") == "pictures"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def write_shapes_dataset(out_dir: str | Path, *, per_class: int = 24, eval_per_class: int = 4, seed: int = 0,
                          size: int = 64) -> Path:
-    """Write the picture set (``per_class`` training and ``eval_per_class`` held-out pictures per class)."""
-    out_dir = Path(out_dir)
+    """Write the picture set (``per_class`` training and ``eval_per_class`` held-out pictures per class); an earlier
+    set in `out_dir` is replaced, any other non-empty folder refused."""
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not _is_picture_set(out_dir):
+        raise DataError(f"{out_dir}: is not empty and holds no picture set (meta.json); choose a new --out folder")
     rng = random.Random(seed)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
