@@ -98,6 +98,9 @@ def test_resume_after_stop_matches_uninterrupted_run(lora_run, tiny_checkpoint, 
     for step in (4, 5, 6):
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
     assert json.loads((tmp_path / "run" / "run.json").read_text())["steps"] == 6
+    finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    train(cfg, resume=True)  # a finished run: nothing left to train (the Trainer alone took one more step)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == finished
 
 
 def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_path):

@@ -190,6 +190,12 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
     if main and run_dir.is_dir():  # before _prepare_run_dir cleans up what another training may be writing
         locks.append(runlock.acquire(run_dir, ConfigError))
     checkpoint = _prepare_run_dir(run_dir, cfg, resume, main)
+    done_at = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+    if 0 < cfg.train.max_steps <= done_at and (run_dir / RUN_INFO_NAME).exists():
+        # the Trainer would take one more step before it checks max_steps
+        log.info("%s: already trained to step %d, train.max_steps=%d: nothing left to train", run_dir, done_at,
+                 cfg.train.max_steps)
+        return run_dir
     set_seed(cfg.train.seed)
 
     # -- data and model: chats and texts (text_recipe), or pictures with chats (trainer.multimodal)
