@@ -83,10 +83,12 @@ def test_cli_prints_config_errors_as_one_line(tmp_path):
 
 
 def test_cli_check_prints_the_resolved_config():
-    result = run_cli("train", "--config", "configs/tiny_lora_cpu.yaml", "train.max_steps=3", "--deepspeed", "zero2", "--check")
+    result = run_cli("train", "--config", "configs/tiny_lora_cpu.yaml", "train.max_steps=3", "--deepspeed", "zero2",
+                     "--check", "train.seed=7")  # overrides before and after the flags
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert resolved["train"]["max_steps"] == 3 and resolved["train"]["deepspeed"] == "zero2"
+    assert resolved["train"]["seed"] == 7
     assert resolved["lora"]["r"] == 16 and resolved["lora"]["lora_dropout"] == 0.0
 
 
