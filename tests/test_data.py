@@ -230,3 +230,13 @@ def test_check_command_reports_counts_and_bad_data(tmp_path, tiny):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith(f"assistant data: error: {bad}:2: malformed JSON")
+
+
+def test_a_utf8_bom_is_read_whether_the_format_is_named_or_detected(tmp_path):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + (json.dumps(CONVERSATION, ensure_ascii=False) + "\n").encode())
+    for extra in ((), ("--format", "openai")):
+        run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(bom), *extra],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["records"] == 1
