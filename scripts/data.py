@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="auto (detected from the first record), openai, xtuner, alpaca, sharegpt or text (default auto)")
     check.add_argument("--tokenizer", help="model folder whose tokenizer gives token statistics")
     check.add_argument("--max-length", type=int, default=2048, help="tokens per sample for the statistics (default 2048)")
-    check.add_argument("--text-unit", default="paragraph", help="raw .txt: paragraph (default), line or file per document")
+    check.add_argument("--text-unit", default="paragraph", choices=("paragraph", "line", "file"),  # corpus.TEXT_UNITS
+                       help="raw .txt: paragraph (default), line or file per document")
     check.add_argument("--text-field", default="text", help="raw text: the JSON field / Parquet column (default text)")
     check.add_argument("--encoding", default="utf-8", help="raw text: the files' encoding (default utf-8)")
     check.add_argument("--image-folder", help="folder the image paths of a LLaVA file are relative to "

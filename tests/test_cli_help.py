@@ -69,3 +69,10 @@ def test_commands_that_write_a_folder_never_replace_someone_elses(tmp_path):
         again = run_cli(*args)  # an earlier build of its own is replaced
         assert again.returncode == 0, again.stderr
     assert run_cli("tiny", ".", cwd=tmp_path / "tiny").returncode == 0  # "." is a folder like any other
+
+
+def test_data_check_offers_the_text_units_the_corpus_reader_knows():
+    from myassistant.trainer.data.corpus import TEXT_UNITS
+
+    refused = run_cli("data", "check", "x.txt", "--text-unit", "bogus")
+    assert refused.returncode == 2 and f"choose from {', '.join(map(repr, TEXT_UNITS))}" in refused.stderr
