@@ -22,6 +22,7 @@ import gguf
 import numpy as np
 import torch
 
+from myassistant.export.modelfile import sampling_of
 from myassistant.export.vocab import vocab_from_tokenizer, write_vocab
 from myassistant.model import ADAPTER_CONFIG, CheckpointError, load_model, load_tokenizer, read_config
 
@@ -176,9 +177,9 @@ def write_gguf(model, tokenizer, path: Path, quant: str, name: str) -> int:
     return count
 
 
-def save_gguf(model, tokenizer, out: Path, quant: str, name: str) -> int:
+def save_gguf(model, tokenizer, out: Path, quant: str, name: str, sampling: dict | None = None) -> int:
     """Write a loaded ``LlamaForCausalLM`` + tokenizer as the GGUF `out` (temporary sibling, then renamed)
-    and its Modelfile; returns the tensor count."""
+    and its Modelfile (`sampling`: the model's parameters, `modelfile.sampling_of`); returns the tensor count."""
     from myassistant.export.modelfile import write_modelfile
     from myassistant.export.quantize import llama_cpp_quantize
 
@@ -202,7 +203,7 @@ def save_gguf(model, tokenizer, out: Path, quant: str, name: str) -> int:
     finally:
         tmp.unlink(missing_ok=True)
         staged.unlink(missing_ok=True)
-    write_modelfile(out, tokenizer, num_ctx)
+    write_modelfile(out, tokenizer, num_ctx, sampling)
     return count
 
 
@@ -224,7 +225,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "q8_0") -> 
         raise ExportError(str(err)) from None
     if type(model).__name__ != "LlamaForCausalLM":
         raise ExportError(f"{folder}: loads as {type(model).__name__}, not a Llama-layout model")
-    count = save_gguf(model, tokenizer, out, quant, folder.name)
+    count = save_gguf(model, tokenizer, out, quant, folder.name, sampling_of(folder))
     size = out.stat().st_size
     log.info("wrote %s (%s, %d tensors, %.1f MiB)", out, quant, count, size / 2**20)
     return ExportResult(gguf=out, quant=quant, tensors=count, bytes=size)

@@ -3,6 +3,7 @@ where llama-cpp-python is installed: tests/test_export_llama_cpp.py)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import gguf
 import numpy as np
@@ -95,6 +96,19 @@ def test_gguf_reads_back_as_the_model(tmp_path, tiny_checkpoint, quant, toleranc
     modelfile = out.with_suffix(".Modelfile").read_text()
     assert modelfile.startswith(f"FROM ./{out.name}\n")
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>{{ .Role }}" in modelfile
+
+
+def test_the_modelfile_samples_as_the_model_folder_asks(tmp_path, tiny_checkpoint):
+    merged = tmp_path / "merged"  # `assistant merge` writes its sampling defaults into generation_config.json
+    shutil.copytree(tiny_checkpoint, merged)
+    generation = json.loads((merged / "generation_config.json").read_text())
+    (merged / "generation_config.json").write_text(json.dumps(
+        {**generation, "temperature": 0.3, "top_p": 0.7, "top_k": 40, "repetition_penalty": 1.05}))
+    out = export_gguf(merged, tmp_path / "m.gguf", quant="f16").gguf
+    params = [line for line in out.with_suffix(".Modelfile").read_text().splitlines() if line.startswith("PARAMETER ")
+              and "stop" not in line]
+    assert params == ["PARAMETER temperature 0.3", "PARAMETER top_p 0.7", "PARAMETER repeat_penalty 1.05",
+                      "PARAMETER top_k 40", "PARAMETER num_ctx 2048"]
 
 
 def test_cli_export_and_bad_input_leave_no_file(tmp_path, tiny_checkpoint, capsys):
