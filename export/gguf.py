@@ -218,6 +218,10 @@ def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "q8_0") -> 
     check_source(folder)
     if out.suffix != ".gguf":
         raise ExportError(f"{out}: the output file should end in .gguf")
+    try:  # before the model loads
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"--out {out}: cannot write there ({err.strerror})") from None
     try:
         tokenizer = load_tokenizer(folder)
         model = load_model(folder, dtype=torch.float32)

@@ -92,6 +92,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     from .checkpoint import CheckpointError, check_not_lfs_pointer
 
     folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such model folder")
     cfg = _read_tokenizer_config(folder)
     spm_file = folder / "tokenizer.model"
     remote_class = bool(cfg.get("auto_map")) or cfg.get("tokenizer_class", "").startswith("InternLM2")

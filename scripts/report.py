@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--system", help="identity: also measure identity and leak with this system prompt (e.g. \"You are "
                                     "Alice.\"), without and with the identity guard (the app's APP_IDENTITY_GUARD=1)")
     args = p.parse_args(argv)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():  # before minutes of answering
+        p.error(f"--out {args.out}: is a file; the report writes report.json and report.md into a folder")
 
     from myassistant.trainer.run_folder import REPORT_MD
     from myassistant.trainer.multimodal import report as pictures

@@ -76,3 +76,21 @@ def test_data_check_offers_the_text_units_the_corpus_reader_knows():
 
     refused = run_cli("data", "check", "x.txt", "--text-unit", "bogus")
     assert refused.returncode == 2 and f"choose from {', '.join(map(repr, TEXT_UNITS))}" in refused.stderr
+
+
+def test_wrong_paths_are_named_in_one_line_before_any_work(tmp_path, tiny_checkpoint):
+    afile, missing, run = tmp_path / "afile", tmp_path / "missing", tmp_path / "run"
+    afile.write_text("x")
+    run.mkdir()
+    (run / "adapter_config.json").write_text("{}")
+    cases = [(("report", str(tiny_checkpoint), "--out", str(afile)), "is a file"),
+             (("data", "identity", "--name", "Bob", "--out", str(afile)), "is a file"),
+             (("export", str(tiny_checkpoint), "--out", "/proc/nope/x.gguf"), "cannot write there"),
+             (("chat", str(run), "--prompt", "hi"), "adapter, not a model"),
+             (("train", "--config", "configs/tiny_lora_cpu.yaml", f"model.base={missing}",
+               f"train.output_dir={tmp_path / 'out'}"), f"{missing}: no such model folder"),
+             (("report", str(missing)), f"{missing}: no such model folder")]
+    for args, message in cases:
+        result = run_cli(*args)
+        assert result.returncode in (1, 2) and message in result.stderr.strip().splitlines()[-1], (args, result.stderr)
+        assert "Traceback" not in result.stderr, args

@@ -308,6 +308,8 @@ def _jsonl(records: list[dict]) -> str:
 
 def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
     """Write train.jsonl, the held-out evaluation sets (``FILES``: single- and multi-turn) and meta.json."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise DataError(f"--out {out_dir}: is a file; the data is written into a folder")
     rng = random.Random(spec.seed)
     general, eval_general = general_conversations(spec, round(spec.count * spec.ratio), rng)
     general = with_look_alikes(spec, general, {prompt_text(r) for r in eval_general})

@@ -209,6 +209,9 @@ def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, 
     ``system``: also measure identity and leak with this system prompt, unguarded and guarded.
     ``data_dir`` and ``base`` default to what the run (or the merged folder carrying its config) was trained on."""
     model_path = Path(model_path)
+    if not model_path.is_dir():
+        raise model_layer.CheckpointError(f"{model_path}: no such model folder")
+    out = Path(out_dir) if out_dir else model_path
     data_dir = Path(data_dir) if data_dir else run_folder.data_dir(model_path)
     if data_dir is None:
         raise DataError(f"{model_path}: the report needs the held-out sets of `assistant data identity`, and this "
@@ -237,5 +240,4 @@ def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, 
            "figures": figs, "fine_tuned": flat(figs, "fine_tuned"), "base": flat(figs, "base"),
            "max_new_tokens": max_new_tokens, "seconds": round(time.time() - started, 1),
            "examples": _examples(sets, fine, name, old_names)}
-    out = Path(out_dir) if out_dir else (model_path if model_path.is_dir() else Path("."))
     return run_folder.write_report(out, rep, _markdown(rep))
