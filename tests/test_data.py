@@ -240,3 +240,12 @@ def test_a_utf8_bom_is_read_whether_the_format_is_named_or_detected(tmp_path):
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout)["records"] == 1
+
+
+def test_a_folder_or_glob_of_chat_files_is_told_apart_from_a_missing_file(tmp_path):
+    (tmp_path / "chats").mkdir()
+    jsonl(tmp_path / "chats" / "a.jsonl", [CONVERSATION])
+    for given in (tmp_path / "chats", tmp_path / "chats" / "*.jsonl"):
+        run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(given)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1 and "chat data is one file" in run.stderr.strip().splitlines()[-1], run.stderr

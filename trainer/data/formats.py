@@ -230,6 +230,9 @@ def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[dict], str]:
     if fmt not in ("auto",) + FORMATS:
         raise DataError(f"unknown data format '{fmt}'; choose auto or one of {', '.join(FORMATS)}")
     if not path.is_file():
+        if path.is_dir() or any(c in str(path) for c in "*?["):
+            raise DataError(f"{path}: chat data is one file; folders and globs are for raw text (or list each file "
+                            "in data.sources)")
         raise DataError(f"{path}: no such data file")
     if path.suffix == ".txt" and fmt in ("auto", "text"):
         return read_text_documents(path), "text"
