@@ -79,6 +79,10 @@ ARRAY_WITH_BAD_ROLE = '[\n  {"messages": [{"role": "user", "content": "hi"}, {"r
     ("broken.jsonl", json.dumps(CONVERSATION) + "\n\n" + '{"messages": [\n', "broken.jsonl:3: malformed JSON"),
     ("broken.json", '[\n {"text": "a"},\n {"text": "b"\n]', "broken.json:4: malformed JSON"),
     ("role.json", ARRAY_WITH_BAD_ROLE, "role.json:3: field 'messages[0].role' is 'robot', not one of system, user, assistant"),
+    ("oneline.json", json.dumps([CONVERSATION, {"messages": [{"role": "user"}]}]),  # as json.dump writes it
+     f"oneline.json:1:{len(json.dumps(CONVERSATION)) + 4} (record 2): field 'messages[0].content' is missing"),
+    ("oneline_broken.json", '[{"text": "a"}, {"text" "b"}]', "oneline_broken.json:1: malformed JSON (Expecting ':' "
+     "delimiter at column 25)"),
     ("missing.jsonl", json.dumps(CONVERSATION) + "\n" + '{"messages": [{"role": "user"}]}\n',
      "missing.jsonl:2: field 'messages[0].content' is missing"),
     ("blank.jsonl", '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}\n',

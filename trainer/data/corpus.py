@@ -187,7 +187,7 @@ def _json_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
         from .formats import read_json_records
 
         for line, record in read_json_records(path):
-            text = _field(path, str(line), record, spec)
+            text = _field(path, line, record, spec)
             if text.strip():
                 yield {"text": text, "last": True}
         return

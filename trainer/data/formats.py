@@ -44,8 +44,9 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path}:{line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
 
 
-def read_json_records(path: Path) -> Iterator[tuple[int, object]]:
-    """Yield ``(line, record)`` from a JSON array or a JSON Lines file; malformed JSON names file:line."""
+def read_json_records(path: Path) -> Iterator[tuple[str, object]]:
+    """Yield ``(where, record)`` from a JSON array or a JSON Lines file, `where` the record's line (a one-line array:
+    line:column and its number); malformed JSON names file:line and the column."""
     text = read_text(path)
     if not text.strip():
         raise DataError(f"{path}: the file is empty; it needs at least one record")
@@ -57,29 +58,38 @@ def read_json_records(path: Path) -> Iterator[tuple[int, object]]:
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            yield str(lineno), json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno}); "
                             "each line must be one complete JSON record") from None
 
 
-def _read_array(path: Path, text: str, idx: int) -> Iterator[tuple[int, object]]:
-    """Walk a JSON array element by element, so that each record knows the line it starts on."""
+def _read_array(path: Path, text: str, idx: int) -> Iterator[tuple[str, object]]:
+    """Walk a JSON array element by element, so that each record knows the line it starts on (and, where the whole
+    array is one line, as `json.dump` writes it by default, its column and number)."""
     decoder = json.JSONDecoder()
     ws = re.compile(r"\s*")
+    one_line = "\n" not in text.strip()
+
+    def line_col(pos: int) -> tuple[int, int]:
+        return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
 
     def fail(pos: int, msg: str) -> DataError:
-        return DataError(f"{path}:{text.count(chr(10), 0, pos) + 1}: malformed JSON ({msg})")
+        line, col = line_col(pos)
+        return DataError(f"{path}:{line}: malformed JSON ({msg} at column {col})")
 
     idx = ws.match(text, idx).end()
     if text.startswith("]", idx):
         return
+    number = 0
     while True:
         try:
             record, end = decoder.raw_decode(text, idx)
         except json.JSONDecodeError as err:
             raise fail(err.pos, err.msg) from None
-        yield text.count("\n", 0, idx) + 1, record
+        number += 1
+        line, col = line_col(idx)
+        yield (f"{line}:{col} (record {number})" if one_line else str(line)), record
         idx = ws.match(text, end).end()
         if text.startswith("]", idx):
             if text[idx + 1:].strip():
@@ -111,7 +121,7 @@ def detect_format(path: Path, first: object) -> str:
 class _Where:
     """Builds error messages that point at one record."""
 
-    def __init__(self, path: Path, line: int):
+    def __init__(self, path: Path, line: str):
         self.prefix = f"{path}:{line}"
 
     def error(self, field: str, problem: str) -> DataError:

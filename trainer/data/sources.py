@@ -52,7 +52,7 @@ def _first_record(path: Path, spec: TextSpec) -> object:
     if path.suffix.lower() == ".json":
         from .formats import read_json_records
 
-        return next(iter(read_json_records(path)), (0, {}))[1]
+        return next(iter(read_json_records(path)), ("0", {}))[1]
     check_file(path, spec)
     with open(path, encoding="utf-8-sig" if spec.encoding == "utf-8" else spec.encoding) as f:  # a BOM is no JSON
         for line in f:
