@@ -91,6 +91,12 @@ ARRAY_WITH_BAD_ROLE = '[\n  {"messages": [{"role": "user", "content": "hi"}, {"r
     ("speaker.jsonl", '{"conversations": [{"from": "bot", "value": "x"}]}\n', "field 'conversations[0].from' is 'bot'"),
     ("noreply.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n', "has no assistant message"),
     ("what.jsonl", '{"question": "hi", "answer": "yo"}\n', "cannot tell the data format (first record has keys: answer, question)"),
+    ("picture.jsonl", json.dumps({"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                                     {"from": "gpt", "value": "A cat."}]}) + "\n",
+     "picture.jsonl:1: field 'image' names a picture, and text data has none"),
+    ("no_picture.jsonl", json.dumps({"conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                       {"from": "gpt", "value": "A cat."}]}) + "\n",
+     "no_picture.jsonl:1: field 'image' is missing: the record opens with the <image> placeholder"),
 ])
 def test_bad_files_name_file_line_and_field(tmp_path, name, text, expected):
     with pytest.raises(DataError) as err:

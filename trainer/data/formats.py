@@ -246,12 +246,22 @@ def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[dict], str]:
         raise DataError(f"{path}: no such data file")
     if path.suffix == ".txt" and fmt in ("auto", "text"):
         return read_text_documents(path), "text"
+    from myassistant.model.llava import IMAGE_TOKEN
+
     records, parse = [], None
     for line, obj in read_json_records(path):
         if parse is None:
             fmt = detect_format(path, obj) if fmt == "auto" else fmt
             parse = PARSERS[fmt]
-        records.append(parse(_Where(path, line), obj))
+        where = _Where(path, line)
+        record = parse(where, obj)
+        # a picture record read as text would train on the words "<image>", its picture dropped
+        if isinstance(obj, dict) and obj.get("image"):
+            raise where.error("image", "names a picture, and text data has none: a multimodal run reads it "
+                                       "(vision.encoder set, see README \"Multimodal\")")
+        if any(m["role"] == "user" and m["content"].startswith(IMAGE_TOKEN) for m in record.get("messages", [])[:2]):
+            raise where.error("image", f"is missing: the record opens with the {IMAGE_TOKEN} placeholder of a picture")
+        records.append(record)
     if not records:
         raise DataError(f"{path}: the file holds no records (an empty JSON array)")
     return records, fmt
