@@ -231,6 +231,11 @@ def _commit(files: dict[str, Path], generated: dict[str, bytes], url: str, work_
     _refuse_large_plain_files(work_dir, files, env)
     _sync_tree(work_dir, files, generated)
     git(["add", "-A"], cwd=work_dir, env=env, what="git add")
+    removed = git(["diff", "--cached", "--name-only", "--diff-filter=D"], cwd=work_dir, env=env).stdout.split()
+    if removed:  # a push makes the repo hold the folder: say what that takes away (an earlier --add's files)
+        log.warning("removing from %s what the folder no longer has: %s (push them with --add to keep them)",
+                    strip_credentials(url), ", ".join(removed[:5]) + (f" and {len(removed) - 5} more" if len(removed) > 5
+                                                                        else ""))
     if git(["diff", "--cached", "--quiet"], cwd=work_dir, env=env, check=False).returncode != 0:
         git([*_identity(work_dir, env), "commit", "-q", "-m", message], cwd=work_dir, env=env, what="git commit")
     head = git(["rev-parse", "-q", "--verify", "HEAD"], cwd=work_dir, env=env, check=False).stdout.strip() or None
