@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         GenerationSettings(**given)  # bad values stop here, before the model loads
     except ValueError as err:
         parser.error(str(err))
+    if args.prompt is not None and not args.prompt.strip() and not args.image:
+        parser.error("--prompt: the message is empty")
     for path in args.image:
         read_image(path)  # a bad path fails before the model loads
     config = ServeConfig(device=args.device, dtype=args.dtype, quantize=args.quantize, int8_kernel=args.int8_kernel,

@@ -78,7 +78,7 @@ def test_data_check_offers_the_text_units_the_corpus_reader_knows():
     assert refused.returncode == 2 and f"choose from {', '.join(map(repr, TEXT_UNITS))}" in refused.stderr
 
 
-def test_wrong_paths_are_named_in_one_line_before_any_work(tmp_path, tiny_checkpoint):
+def test_wrong_input_is_named_in_one_line_before_any_work(tmp_path, tiny_checkpoint):
     afile, missing, run = tmp_path / "afile", tmp_path / "missing", tmp_path / "run"
     afile.write_text("x")
     run.mkdir()
@@ -87,6 +87,7 @@ def test_wrong_paths_are_named_in_one_line_before_any_work(tmp_path, tiny_checkp
              (("data", "identity", "--name", "Bob", "--out", str(afile)), "is a file"),
              (("export", str(tiny_checkpoint), "--out", "/proc/nope/x.gguf"), "cannot write there"),
              (("chat", str(run), "--prompt", "hi"), "adapter, not a model"),
+             (("chat", str(tiny_checkpoint), "--prompt", " "), "--prompt: the message is empty"),
              (("train", "--config", "configs/tiny_lora_cpu.yaml", f"model.base={missing}",
                f"train.output_dir={tmp_path / 'out'}"), f"{missing}: no such model folder"),
              (("report", str(missing)), f"{missing}: no such model folder")]

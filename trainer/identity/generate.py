@@ -235,6 +235,9 @@ def identity_conversations(spec: IdentitySpec, rng: random.Random, general_words
         n = len(held_langs)
         share = spec.eval_identity // n + (spec.eval_identity % n if i == 0 else 0)
         pool = [(q, kind) for kind in ("name", "maker") for q in questions(HELD_OUT_CORES, lang, kind)]
+        if share > len(pool):
+            log.warning("eval_identity: %d %s held-out questions asked for, %d exist: all of them are used", share,
+                        lang, len(pool))
         for q, kind in rng.sample(pool, min(share, len(pool))):
             held_out.append(_conversation(spec, q, answer(spec, lang, kind, rng), lang=lang, kind=kind))
     return train, held_out
