@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import warnings
 
 # command -> (module under scripts/, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         sys.stderr.write(f"assistant: unknown command {name!r}\n\n{_usage()}")
         return 2
+    # peft reads transformers' deprecated name on every LoRA model it makes: nothing a user can act on
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     logging.basicConfig(level=logging.INFO, format="[%(where)s] %(message)s", stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_short_names)

@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("--eval-general", type=int, default=40, help="held-out general prompts for the leak measure (default 40)")
     ident.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files (default 0)")
     ident.add_argument("--out", required=True, help="output folder")
-    shapes = sub.add_parser("shapes", help="write the synthetic picture set (coloured shapes, LLaVA format) for the "
-                                           "multimodal recipe: pretrain.jsonl, finetune.jsonl, held-out eval.jsonl")
+    shapes_help = ("write the synthetic picture set (coloured shapes, LLaVA format) for the multimodal recipe: "
+                   "pretrain.jsonl, finetune.jsonl, held-out eval.jsonl")
+    shapes = sub.add_parser("shapes", help=shapes_help, description=shapes_help[0].upper() + shapes_help[1:] + ".")
     shapes.add_argument("--out", required=True, help="output folder")
     shapes.add_argument("--per-class", type=int, default=24, help="training pictures per colour and shape (default 24)")
     shapes.add_argument("--eval-per-class", type=int, default=4, help="held-out pictures per class (default 4)")
