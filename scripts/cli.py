@@ -39,13 +39,21 @@ def _short_names(record: logging.LogRecord) -> bool:
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
-    return f"usage: assistant <command> [options]\n\ncommands:\n{rows}\n"
+    return f"usage: assistant <command> [options]   (assistant --version)\n\ncommands:\n{rows}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(_usage())
+        return 0
+    if argv[0] == "--version":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            sys.stdout.write(f"assistant (myassistant) {version('myassistant')}\n")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            sys.stdout.write("assistant (myassistant), not installed: run from a checkout\n")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

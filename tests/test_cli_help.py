@@ -52,6 +52,8 @@ def test_sub_command_help_describes_it():
     run = run_cli("data", "identity", "--help", timeout=120)
     assert run.returncode == 0, run.stderr
     assert "held-out" in run.stdout and "--seed SEED" in run.stdout and "`" not in run.stdout
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("assistant (myassistant)")
 
 
 def test_commands_that_write_a_folder_never_replace_someone_elses(tmp_path):
