@@ -152,7 +152,9 @@ class EvalPrompts(TrainerCallback):
                                  synced_gpus=is_deepspeed_zero3_enabled())  # ZeRO-3 shards need every rank
             answer = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
             rows.append({"step": state.global_step, "prompt": prompt, "answer": answer})
-            log.info("eval step %d | %s -> %s", state.global_step, prompt, answer)
+            # a random or young model's answer may hold control characters: shown escaped, kept as is in the file
+            shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in answer)
+            log.info("eval step %d | %s -> %s", state.global_step, prompt, shown)
         if state.is_world_process_zero:
             for row in rows:
                 append_jsonl(self.path, row)
