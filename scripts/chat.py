@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from myassistant.chat import ChatEngine, EngineError, GenerationSettings, GenerationStats, ServeConfig
 from myassistant.chat.config import CHOICES
 from myassistant.chat.decode import GENERATION_KEYS
-from myassistant.chat.vision import read_image, user_message
+from myassistant.chat.vision import is_llava, read_image, user_message
 
 
 def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings) -> str:
@@ -72,13 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.prompt is not None and not args.prompt.strip() and not args.image:
         parser.error("--prompt: the message is empty")
+    if args.image and Path(args.model_dir, "config.json").is_file() and not is_llava(Path(args.model_dir)):
+        parser.error(f"--image: {args.model_dir} is a text-only model; pictures need a multimodal (Llava) model")
     for path in args.image:
         read_image(path)  # a bad path fails before the model loads
     config = ServeConfig(device=args.device, dtype=args.dtype, quantize=args.quantize, int8_kernel=args.int8_kernel,
                          fast_decode=args.fast_decode, compile=args.compile)
     engine = ChatEngine.from_pretrained(args.model_dir, args.adapter, config)
-    if args.image and engine.vision is None:
-        raise EngineError(f"{args.model_dir} is a text-only model: --image needs a multimodal (Llava) model")
     settings = dataclasses.replace(engine.defaults, system_prompt=args.system, identity_guard=args.identity_guard,
                                    **given)
     if args.prompt is not None:

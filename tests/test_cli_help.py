@@ -90,6 +90,7 @@ def test_wrong_input_is_named_in_one_line_before_any_work(tmp_path, tiny_checkpo
              (("export", str(tiny_checkpoint), "--out", "/proc/nope/x.gguf"), "cannot write there"),
              (("chat", str(run), "--prompt", "hi"), "adapter, not a model"),
              (("chat", str(tiny_checkpoint), "--prompt", " "), "--prompt: the message is empty"),
+             (("chat", str(tiny_checkpoint), "--image", str(afile), "--prompt", "what?"), "is a text-only model"),
              (("train", "--config", "configs/tiny_lora_cpu.yaml", f"model.base={missing}",
                f"train.output_dir={tmp_path / 'out'}"), f"{missing}: no such model folder"),
              (("report", str(missing)), f"{missing}: no such model folder")]

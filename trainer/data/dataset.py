@@ -35,6 +35,10 @@ def load_records(path: str | Path, fmt: str = "auto") -> list[dict]:
     if duplicates > DUPLICATE_SHARE * len(records):
         log.warning("%s: %d of %d records are identical; the model will over-fit them "
                     "(deduplicate, or mix in other data)", path, duplicates, len(records))
+    unanswered = sum(1 for r in records if r.get("messages") and r["messages"][-1]["role"] == "user")
+    if unanswered:  # only assistant turns carry labels
+        log.warning("%s: %d of %d records end with a user message that no reply follows; that last message "
+                    "teaches nothing (only assistant turns are learned)", path, unanswered, len(records))
     return records
 
 
