@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from myassistant.trainer.data.corpus import TEXT_UNITS
 from myassistant.trainer.identity import OLD_NAMES, IdentitySpec, write_identity_dataset
 
 # The mix's numeric knobs: flag -> (IdentitySpec field, help without the default).
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="auto (detected from the first record), openai, xtuner, alpaca, sharegpt or text (default auto)")
     check.add_argument("--tokenizer", help="model folder whose tokenizer gives token statistics")
     check.add_argument("--max-length", type=int, default=2048, help="tokens per sample for the statistics (default 2048)")
-    check.add_argument("--text-unit", default="paragraph", choices=("paragraph", "line", "file"),  # corpus.TEXT_UNITS
+    check.add_argument("--text-unit", default="paragraph", choices=TEXT_UNITS,
                        help="raw .txt: paragraph (default), line or file per document")
     check.add_argument("--text-field", default="text", help="raw text: the JSON field / Parquet column (default text)")
     check.add_argument("--encoding", default="utf-8", help="raw text: the files' encoding (default utf-8)")
