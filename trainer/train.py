@@ -64,10 +64,15 @@ def deepspeed_config(name: str | None) -> str | None:
     return str(path)
 
 
+def checkpoint_step(folder: Path) -> int:
+    """N of a checkpoint-N folder."""
+    return int(folder.name.split("-")[-1])
+
+
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """checkpoint-N folders the Trainer finished writing (trainer_state.json is written last), oldest first."""
     found = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return sorted((p for p in found if (p / "trainer_state.json").exists()), key=lambda p: int(p.name.split("-")[-1]))
+    return sorted((p for p in found if (p / "trainer_state.json").exists()), key=checkpoint_step)
 
 
 def _remove_partial_checkpoints(folders: list[Path]) -> None:
@@ -190,7 +195,7 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
     if main and run_dir.is_dir():  # before _prepare_run_dir cleans up what another training may be writing
         locks.append(runlock.acquire(run_dir, ConfigError))
     checkpoint = _prepare_run_dir(run_dir, cfg, resume, main)
-    done_at = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+    done_at = checkpoint_step(checkpoint) if checkpoint else 0
     if 0 < cfg.train.max_steps <= done_at and (run_dir / RUN_INFO_NAME).exists():
         # the Trainer would take one more step before it checks max_steps
         log.info("%s: already trained to step %d, train.max_steps=%d: nothing left to train", run_dir, done_at,
