@@ -261,7 +261,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
             config: tuple[int, int, int, int, int]) -> None:
     m, k = x.shape
     n = out.shape[1]
-    block_n, block_k, split, warps, stages = config[:5]
+    block_n, block_k, split, warps, stages = config
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
     tiles = triton.cdiv(n, block_n)
