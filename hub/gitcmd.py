@@ -97,13 +97,17 @@ def git(args: list[str], *, cwd: Path | str | None, env: dict[str, str], url: st
         encoding: str = "utf-8") -> subprocess.CompletedProcess[str]:
     """Run `git args...`; on failure raise a HubError that says what failed and what to do.
 
-    `encoding="latin-1"` maps bytes 1:1 to characters, for output that is binary or sized in bytes.
+    `encoding="latin-1"` maps bytes 1:1 to characters, for output that is binary or sized in bytes. The bytes are
+    decoded here, not by a text-mode pipe: its newline translation turned a blob's CR LF into one character, and
+    `git cat-file --batch`'s sizes then no longer matched.
     """
     try:
-        done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, input=input,
-                              encoding=encoding, errors="replace")
+        raw = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True,
+                             input=None if input is None else input.encode(encoding))
     except FileNotFoundError as err:
         raise HubError("git is not installed: install it (Debian/Ubuntu: `apt-get install git git-lfs`)") from err
+    done = subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(encoding, errors="replace"),
+                                       raw.stderr.decode(encoding, errors="replace"))
     if done.stderr.strip():
         log.debug("git %s: %s", args[0], redact(done.stderr.strip()))
     if check and done.returncode != 0:

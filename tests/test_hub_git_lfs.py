@@ -47,7 +47,9 @@ def model(tmp_path) -> Path:
     (folder / "sub" / "extra.bin").write_bytes(os.urandom(5_000))
     (folder / "config.json").write_text('{"model_type": "internlm2"}\n')
     (folder / "notes.md").write_text("你好，我是小助手。\n", encoding="utf-8")  # small, not LFS, multi-byte
-    (folder / "tiny.dat").write_bytes(os.urandom(200))  # small binary blob outside LFS
+    # a small binary blob outside LFS; with CR LF pairs in it, which text-mode reads once shortened (~1 run in 40 of
+    # the suite, where the random bytes held one)
+    (folder / "tiny.dat").write_bytes(b"\r\n" + os.urandom(200) + b"\r\n")
     (folder / "run_config.yaml").write_text("model:\n  base: internlm/internlm2-chat-1_8b\nquant:\n  method: lora\n")
     return folder
 
