@@ -241,14 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peer", action="store_true", help="skip the peer (`generate`)")
     parser.add_argument("--pdl", type=int, nargs="?", const=pdl.PREFETCH_BYTES >> 10, metavar="PREFETCH_KIB", help=
                         "Triton kernels with programmatic dependent launch (chat.pdl); KiB a program prefetches")
-    parser.add_argument("--pdl-preload", type=int, default=pdl.PRELOAD, choices=(0, 1),
-                        help="--pdl: the products load their first weight tile before the wait (chat.pdl.PRELOAD)")
-    parser.add_argument("--pdl-late-release", action="store_true", help="--pdl: release the next kernel after the wait")
     parser.add_argument("--prefetch-next", type=int, default=0, metavar="MIB", help="the decode attention's spare "
                         "programs ask this many MiB of the layer's next weights into L2 (chat.attention.PREFETCH_NEXT)")
     args = parser.parse_args(argv)
     pdl.ENABLED, pdl.PREFETCH_BYTES = args.pdl is not None, (args.pdl or 0) << 10
-    pdl.PRELOAD, pdl.EARLY_RELEASE = args.pdl_preload, not args.pdl_late_release
     attention.PREFETCH_NEXT = args.prefetch_next << 20
     # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -285,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         engine.stop_ids = []  # random weights: every reply runs the full length
         emit("device", name=torch.cuda.get_device_name(0), torch=torch.__version__, rows=engine.batch.rows,
              cache_tokens_per_row=engine.batch.max_len, shape=args.shape, bits=bits, pdl_prefetch_kib=args.pdl,
-             pdl_preload=args.pdl is not None and args.pdl_preload, pdl_late_release=args.pdl_late_release,
              prefetch_next_mib=args.prefetch_next)
         if bandwidth is None:
             bandwidth = copy_bandwidth()

@@ -58,8 +58,7 @@ def instructions(module, case, bits: int = 16) -> list[str]:
     # W_FIRST: an argument of revisions before 2026-12-02 (its removal), off there
     consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=bits % 16, BLOCK_M=16, BLOCK_N=block_n,
                   BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False, PRECISION="tf32", GROUP=128,
-                  MAGIC=-1 if bits == 4 else 0, W_FIRST=False, PDL=False, ASM=False, EARLY_RELEASE=True, PREFETCH=0,
-                  PRELOAD=0)
+                  MAGIC=-1 if bits == 4 else 0, W_FIRST=False, PDL=False, ASM=False, EARLY_RELEASE=True, PREFETCH=0)
     consts = {name: value for name, value in consts.items() if name in kernel.arg_names}
     pointers = {**POINTERS, "out_ptr": "fp32" if out_float else "bf16", "w_ptr": {16: "bf16", 8: "i8", 4: "u8"}[bits]}
     ptx = compile_ptx(kernel, consts, pointers, warps).asm["ptx"]
@@ -107,7 +106,7 @@ def quant(module) -> None:
                 consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=bits, BLOCK_M=16,
                               BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False,
                               PRECISION="tf32", GROUP=128, MAGIC=-1 if bits == 4 else 0, PDL=False, ASM=False,
-                              EARLY_RELEASE=True, PREFETCH=0, PRELOAD=0)
+                              EARLY_RELEASE=True, PREFETCH=0)
                 ptx = compile_ptx(module._gemv_kernel, consts, pointers, warps).asm["ptx"]
                 with tempfile.TemporaryDirectory() as tmp:
                     Path(tmp, "k.ptx").write_text(ptx)
@@ -124,8 +123,7 @@ def quant(module) -> None:
 
 
 # the rotary attention kernel of a 1.8B layer (chat.attention._split_kernel): 8 kv heads of 2 query heads, 256 keys
-ATTENTION = dict(HEAD_DIM=128, BLOCK_G=16, BLOCK_N=64, SPLIT=64, CHUNKS=4, ROTARY=True, PRECISION="tf32", PF0_LINES=0,
-                 PF1_LINES=0)
+ATTENTION = dict(HEAD_DIM=128, BLOCK_G=16, BLOCK_N=64, SPLIT=64, CHUNKS=4, ROTARY=True, PRECISION="tf32")
 ATTENTION_POINTERS = {"q_ptr": "bf16", "k_ptr": "bf16", "v_ptr": "bf16", "pos_ptr": "i64", "o_ptr": "fp32",
                       "lse_ptr": "fp32", "out_ptr": "bf16", "count_ptr": "i32", "new_k_ptr": "bf16",
                       "new_v_ptr": "bf16", "cos_ptr": "bf16", "sin_ptr": "bf16"}
@@ -141,11 +139,7 @@ def pdl_report(ptx: str) -> dict:
             "releases": sum("griddepcontrol.launch_dependents" in line for line in lines),
             "release_before_wait": release is not None and release < wait,
             "l2_prefetches_before_wait": sum("prefetch.global.L2" in line for line in lines[:wait]),
-            "global_accesses_before_wait": [line.strip() for line in lines[:wait] if GLOBAL_ACCESS.match(line)][:3],
-            "global_loads_before_wait": sum(bool(GLOBAL_ACCESS.match(line)) and "ld.global" in line
-                                            for line in lines[:wait]),
-            "other_global_accesses_before_wait": sum(bool(GLOBAL_ACCESS.match(line)) and "ld.global" not in line
-                                                     for line in lines[:wait])}
+            "global_accesses_before_wait": [line.strip() for line in lines[:wait] if GLOBAL_ACCESS.match(line)][:3]}
 
 
 def pdl_check() -> bool:
@@ -153,35 +147,30 @@ def pdl_check() -> bool:
     from myassistant.chat import attention, gemv, pdl
 
     ok = True
-    for on, preload in ((True, 0), (True, 1), (False, 0)):
+    for on in (True, False):
         flags = dict(PDL=on, ASM=on, EARLY_RELEASE=True)
         for case in CASES:
             (block_n, block_k, split, warps, stages), norm, gated, residual, k, out_float = case
             consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=0, BLOCK_M=16, BLOCK_N=block_n,
                           BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False, PRECISION="tf32", GROUP=128,
-                          MAGIC=0, **flags, PRELOAD=preload,
+                          MAGIC=0, **flags,
                           PREFETCH=pdl.prefetch_columns(k // split, block_n * (2 if gated else 1), 2) if on else 0)
             pointers = {**POINTERS, "out_ptr": "fp32" if out_float else "bf16"}
             report = pdl_report(compile_ptx(gemv._gemv_kernel, consts, pointers, warps).asm["ptx"])
-            ok &= print_pdl({"kernel": "gemv", "config": case[0], "gated": gated, "k": k, "pdl": on, "preload": preload,
-                             "prefetch_columns": consts["PREFETCH"], **report}, on, consts["PREFETCH"] > 0, preload)
-        if not preload:
-            report = pdl_report(compile_ptx(attention._split_kernel, {**ATTENTION, **flags}, ATTENTION_POINTERS, 4)
-                                .asm["ptx"])
-            ok &= print_pdl({"kernel": "rotary_attention", "pdl": on, **report}, on, False)
+            ok &= print_pdl({"kernel": "gemv", "config": case[0], "gated": gated, "k": k, "pdl": on,
+                             "prefetch_columns": consts["PREFETCH"], **report}, on, consts["PREFETCH"] > 0)
+        report = pdl_report(compile_ptx(attention._split_kernel, {**ATTENTION, **flags}, ATTENTION_POINTERS, 4)
+                            .asm["ptx"])
+        ok &= print_pdl({"kernel": "rotary_attention", "pdl": on, **report}, on, False)
     return ok
 
 
-def print_pdl(report: dict, on: bool, prefetches: bool, preload: int = 0) -> bool:
+def print_pdl(report: dict, on: bool, prefetches: bool) -> bool:
     """Print a kernel's report with whether it is as it should be: with PDL one wait, a release before it, the L2
-    prefetches where asked and no global access before the wait but (`preload`) the weight tile's loads; without,
-    none of those instructions."""
+    prefetches where asked and no global access before the wait; without, none of those instructions."""
     if on:
-        before = report["global_accesses_before_wait"]
-        good = (report["waits"] == 1 and report["release_before_wait"]
-                and (report["l2_prefetches_before_wait"] > 0) == prefetches
-                and (report["global_loads_before_wait"] > 0 == report["other_global_accesses_before_wait"] if preload
-                     else not before))
+        good = (report["waits"] == 1 and report["release_before_wait"] and not report["global_accesses_before_wait"]
+                and (report["l2_prefetches_before_wait"] > 0) == prefetches)
     else:
         good = report["waits"] == report["releases"] == report["l2_prefetches_before_wait"] == 0
     print(json.dumps({"case": "pdl_ptx", **report, "as_it_should_be": good}))

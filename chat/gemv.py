@@ -112,16 +112,6 @@ if triton is not None:
                 + tl.dot(xh, tl.trans(high), input_precision=PRECISION)) * scale[None, :]
 
     @triton.jit
-    def _dot_w(x, w, dtype: tl.constexpr, QUANT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-        """x @ w.T for a bf16 / fp16 / fp32 or int8 weight tile (int8: exact in bf16 / fp16; Triton's interpreter
-        converts through fp32)."""
-        if QUANT == 8 and not UPCAST:
-            w = w.to(dtype)
-        if UPCAST:
-            w = w.to(tl.float32)
-        return tl.dot(x, tl.trans(w), input_precision=PRECISION)
-
-    @triton.jit
     def _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype: tl.constexpr,
                   GATED: tl.constexpr, RESIDUAL: tl.constexpr):
         out = acc
@@ -200,8 +190,7 @@ if triton is not None:
                      RESIDUAL: tl.constexpr, QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr, UPCAST: tl.constexpr,
                      PRECISION: tl.constexpr, GROUP: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr = False,
-                     ASM: tl.constexpr = False, EARLY_RELEASE: tl.constexpr = True, PREFETCH: tl.constexpr = 0,
-                     PRELOAD: tl.constexpr = 0):
+                     ASM: tl.constexpr = False, EARLY_RELEASE: tl.constexpr = True, PREFETCH: tl.constexpr = 0):
         pid = tl.program_id(0)
         part = tl.program_id(1)  # which K / SPLIT slice of the product this program sums
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -211,17 +200,9 @@ if triton is not None:
         n_ok = n < N
         dtype = x_ptr.dtype.element_ty  # the activations' (the weights may be int8 / packed int4)
         first = part * (K // SPLIT)
-        if PDL:  # chat.pdl: the next kernel released, this slice's first weights into L2 (PRELOAD: its first tile
-            # into registers), the previous kernel awaited
-            pdl.begin(w_ptr, tl.minimum(n, N - 1), N, stride_wn, first // 2 if QUANT == 4 else first, ASM,
-                      EARLY_RELEASE, PREFETCH, GATED)
-            if PRELOAD:
-                w_tile = w_ptr + n[:, None] * stride_wn + first + kk[None, :]
-                w_first = tl.load(w_tile, mask=n_ok[:, None], other=0.0)
-                w2_first = w_first
-                if GATED:
-                    w2_first = tl.load(w_tile + N * stride_wn, mask=n_ok[:, None], other=0.0)
-            pdl.wait_previous(ASM, EARLY_RELEASE)
+        if PDL:  # chat.pdl: the next kernel released, this slice's first weights into L2, the previous kernel awaited
+            pdl.prologue(w_ptr, tl.minimum(n, N - 1), N, stride_wn, first // 2 if QUANT == 4 else first, ASM,
+                         EARLY_RELEASE, PREFETCH, GATED)
         # K is a constant of the compiled kernel (a model has two or three widths; Triton's interpreter
         # wants constant loop bounds) and a multiple of SPLIT * BLOCK_K (the host picks them so).
         if NORM and QUANT == 0 and K <= 8192 and (K & (K - 1)) == 0:  # bf16 / fp16: a row in one load
@@ -232,13 +213,7 @@ if triton is not None:
         acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         x_rows = x_ptr + m[:, None] * stride_xm + first + kk[None, :]
         w_rows = w_ptr + n[:, None] * stride_wn + first + kk[None, :]
-        if PDL:
-            if PRELOAD:  # the first tile, loaded before the wait
-                x = _x_tile(x_rows, nw_ptr, first, 0, kk, m_ok, rstd, dtype, NORM, UPCAST)
-                acc += _dot_w(x, w_first, dtype, QUANT, UPCAST, PRECISION)
-                if GATED:
-                    acc2 += _dot_w(x, w2_first, dtype, QUANT, UPCAST, PRECISION)
-        for k0 in tl.range(BLOCK_K * PRELOAD * PDL, K // SPLIT, BLOCK_K, num_stages=STAGES):
+        for k0 in tl.range(0, K // SPLIT, BLOCK_K, num_stages=STAGES):
             if QUANT == 4:  # BLOCK_K / GROUP groups; byte j of a group: column j (low nibble), GROUP / 2 + j (high)
                 half = tl.arange(0, GROUP // 2)
                 for g in tl.static_range(BLOCK_K // GROUP):
@@ -256,10 +231,19 @@ if triton is not None:
                                           PRECISION)
             else:  # bf16 / fp16 / fp32 weights, or int8 ones (exact in bf16 / fp16) converted for the dot
                 x = _x_tile(x_rows + k0, nw_ptr, first, k0, kk, m_ok, rstd, dtype, NORM, UPCAST)
-                acc += _dot_w(x, tl.load(w_rows + k0, mask=n_ok[:, None], other=0.0), dtype, QUANT, UPCAST, PRECISION)
+                w = tl.load(w_rows + k0, mask=n_ok[:, None], other=0.0)
+                if QUANT == 8 and not UPCAST:  # exact in bf16 / fp16 (the interpreter converts through fp32)
+                    w = w.to(dtype)
+                if UPCAST:
+                    w = w.to(tl.float32)
+                acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
                 if GATED:
-                    acc2 += _dot_w(x, tl.load(w_rows + N * stride_wn + k0, mask=n_ok[:, None], other=0.0), dtype,
-                                   QUANT, UPCAST, PRECISION)
+                    w2 = tl.load(w_rows + N * stride_wn + k0, mask=n_ok[:, None], other=0.0)
+                    if QUANT == 8 and not UPCAST:
+                        w2 = w2.to(dtype)
+                    if UPCAST:
+                        w2 = w2.to(tl.float32)
+                    acc2 += tl.dot(x, tl.trans(w2), input_precision=PRECISION)
         if QUANT == 8:  # per output row scales: the product of the int8 rows, then the scale
             acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)[None, :]
             if GATED:
@@ -295,7 +279,6 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
                 STAGES=stages, UPCAST=not x.is_cuda, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
                 GROUP=GROUP, MAGIC=magic, num_warps=warps,
                 **pdl.launch_options(x.device))
-    meta["PRELOAD"] = pdl.preload(x.device) if quant != 4 else 0
     if meta["PDL"]:  # the slice's first weight bytes into L2 before waiting on the previous kernel
         meta["PREFETCH"] = pdl.prefetch_columns(k // split // (2 if quant == 4 else 1), block_n * (2 if gated else 1),
                                                 weight.element_size())

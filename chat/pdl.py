@@ -41,9 +41,6 @@ except ImportError:  # CPU-only installs: nothing launches a Triton kernel
 ENABLED = False  # launch the decode step's Triton kernels with PDL where the GPU has it (sm_90+)
 PREFETCH_BYTES = 64 << 10  # of its weight slice a program asks into L2 before waiting (0: none)
 EARLY_RELEASE = True  # release the next kernel before the wait (False: right after it, as the earlier form did)
-# chat.gemv's bf16 / int8 products load their first weight tile into registers before the wait (weights are never
-# written by a step), so its DRAM latency passes while the previous kernel finishes (0: off)
-PRELOAD = 1
 
 
 def active(device: torch.device) -> bool:
@@ -63,11 +60,6 @@ def launch_options(device: torch.device) -> dict:
     gpu = active(device)
     return {"PDL": gpu or (ENABLED and device.type == "cpu"), "ASM": gpu, "EARLY_RELEASE": EARLY_RELEASE,
             **({"launch_pdl": True} if gpu else {})}
-
-
-def preload(device: torch.device) -> int:
-    """Weight tiles a PDL-launched product loads before its wait (PRELOAD; 0 where PDL is off)."""
-    return PRELOAD if ENABLED and (device.type == "cpu" or active(device)) else 0
 
 
 def prefetch_columns(slice_columns: int, rows: int, element_bytes: int) -> int:
@@ -104,29 +96,16 @@ if triton is not None:
         _prefetch_l2(w_ptr + rows[:, None] * stride_wn + first + lines[None, :], ASM)
 
     @triton.jit
-    def begin(w_ptr, rows, N, stride_wn, first, ASM: tl.constexpr, EARLY_RELEASE: tl.constexpr,
-              COLUMNS: tl.constexpr, GATED: tl.constexpr):
-        """Steps 1-2 of the module's text: the next kernel released (EARLY_RELEASE), COLUMNS of the weight `rows` from
-        `first` asked into L2 (GATED: rows + N too; COLUMNS 0: none). Nothing the previous kernel writes may be read
-        before `wait_previous`."""
+    def prologue(w_ptr, rows, N, stride_wn, first, ASM: tl.constexpr, EARLY_RELEASE: tl.constexpr,
+                 COLUMNS: tl.constexpr, GATED: tl.constexpr):
+        """A kernel's PDL prologue (steps 1-3 of the module's text): COLUMNS of the weight `rows` from `first`
+        prefetched (GATED: rows + N too; COLUMNS 0: none); without weights, `w_ptr` unread and COLUMNS 0."""
         if EARLY_RELEASE:
             _release(ASM)
         if COLUMNS > 0:
             _prefetch(w_ptr, rows, stride_wn, first, ASM, COLUMNS)
             if GATED:
                 _prefetch(w_ptr, rows + N, stride_wn, first, ASM, COLUMNS)
-
-    @triton.jit
-    def wait_previous(ASM: tl.constexpr, EARLY_RELEASE: tl.constexpr):
-        """Step 3: the previous kernel finished, its writes visible (then the next released, without EARLY_RELEASE)."""
         _wait(ASM)
         if not EARLY_RELEASE:
             _release(ASM)
-
-    @triton.jit
-    def prologue(w_ptr, rows, N, stride_wn, first, ASM: tl.constexpr, EARLY_RELEASE: tl.constexpr,
-                 COLUMNS: tl.constexpr, GATED: tl.constexpr):
-        """A kernel's PDL prologue (steps 1-3 of the module's text): COLUMNS of the weight `rows` from `first`
-        prefetched (GATED: rows + N too; COLUMNS 0: none); without weights, `w_ptr` unread and COLUMNS 0."""
-        begin(w_ptr, rows, N, stride_wn, first, ASM, EARLY_RELEASE, COLUMNS, GATED)
-        wait_previous(ASM, EARLY_RELEASE)
