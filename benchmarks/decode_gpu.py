@@ -57,7 +57,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
-from myassistant.chat import (ChatEngine, GenerationSettings, GenerationStats, ServeConfig, attention, gemv,  # noqa: E402
+from myassistant.chat import (ChatEngine, GenerationSettings, GenerationStats, ServeConfig, gemv,  # noqa: E402
                               int_weights, pdl, scratch, weight_only)
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
@@ -241,11 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peer", action="store_true", help="skip the peer (`generate`)")
     parser.add_argument("--pdl", type=int, nargs="?", const=pdl.PREFETCH_BYTES >> 10, metavar="PREFETCH_KIB", help=
                         "Triton kernels with programmatic dependent launch (chat.pdl); KiB a program prefetches")
-    parser.add_argument("--prefetch-next", type=int, default=0, metavar="MIB", help="the decode attention's spare "
-                        "programs ask this many MiB of the layer's next weights into L2 (chat.attention.PREFETCH_NEXT)")
     args = parser.parse_args(argv)
     pdl.ENABLED, pdl.PREFETCH_BYTES = args.pdl is not None, (args.pdl or 0) << 10
-    attention.PREFETCH_NEXT = args.prefetch_next << 20
     # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     with tempfile.TemporaryDirectory() as tmp:
@@ -280,8 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = ChatEngine(model, tokenizer, name=args.shape)
         engine.stop_ids = []  # random weights: every reply runs the full length
         emit("device", name=torch.cuda.get_device_name(0), torch=torch.__version__, rows=engine.batch.rows,
-             cache_tokens_per_row=engine.batch.max_len, shape=args.shape, bits=bits, pdl_prefetch_kib=args.pdl,
-             prefetch_next_mib=args.prefetch_next)
+             cache_tokens_per_row=engine.batch.max_len, shape=args.shape, bits=bits, pdl_prefetch_kib=args.pdl)
         if bandwidth is None:
             bandwidth = copy_bandwidth()
             emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))

@@ -45,13 +45,6 @@ SPLIT_KEYS = 64  # keys per program at least; more when the grid would exceed MA
 MAX_PROGRAMS = 1024
 BLOCK_KEYS = 64
 HEAD_DIMS = (16, 32, 64, 128, 256)  # widths the kernel takes (powers of two, >= 16 for tensor-core dots)
-# Bytes of the layer's next weights (o_proj's, then the first columns of every gate/up row) that spare programs of
-# the one-kernel decode attention ask into L2 while the others read the cache: at short contexts the kernel has
-# 8-32 busy programs and leaves the memory system idle for ~7 us a layer (H200, 1.8B shape). 0: off (opt-in while
-# it is measured: benchmarks/decode_gpu.py --prefetch-next).
-PREFETCH_NEXT = 0
-PREFETCH_PROGRAMS = 96  # programs the prefetch is spread over (about one a multiprocessor with the busy ones)
-LINE = 128  # bytes a prefetch asks for
 
 
 if triton is not None:
@@ -68,32 +61,16 @@ if triton is not None:
         return (a + b).to(dtype)
 
     @triton.jit
-    def _prefetch_rows(ptr, rows, lines, stride, program, LINES: tl.constexpr, ASM: tl.constexpr):
-        """Program `program`'s LINES of the first `lines` 128-byte lines of each of `rows` rows (`stride` bytes apart)
-        at `ptr` into L2 (lines past the last are asked again as the last: a hint costs nothing)."""
-        base = ptr.to(tl.pointer_type(tl.uint8))
-        for j in range(0, LINES, 128):
-            line = tl.minimum(program * LINES + j + tl.arange(0, 128), rows * lines - 1)
-            pdl._prefetch_l2(base + (line // lines).to(tl.int64) * stride + (line % lines) * 128, ASM)
-
-    @triton.jit
     def _split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, lse_ptr, out_ptr, count_ptr, new_k_ptr, new_v_ptr,
                       cos_ptr, sin_ptr, scale, sq_b, sq_h, sq_g, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_s,
                       so_g, sl_b, sl_h, sl_s, snew_b, sc_b, kv_heads, group, HEAD_DIM: tl.constexpr,
                       BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, CHUNKS: tl.constexpr,
                       ROTARY: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
-                      ASM: tl.constexpr = False, EARLY_RELEASE: tl.constexpr = True, pf0_ptr=None, pf0_rows=0,
-                      pf0_lines=1, pf0_stride=0, pf1_ptr=None, pf1_rows=0, pf1_lines=1, pf1_stride=0, PF0_LINES: tl.constexpr = 0, PF1_LINES: tl.constexpr = 0):
+                      ASM: tl.constexpr = False, EARLY_RELEASE: tl.constexpr = True):
         if PDL:  # chat.pdl: every program waits (all it reads but the cache comes from the kernels before it)
             pdl.prologue(pos_ptr, tl.arange(0, 1), 0, 0, 0, ASM, EARLY_RELEASE, 0, False)
         s = tl.program_id(0)
         bh = tl.program_id(1)
-        if s >= CHUNKS:  # a spare program (PREFETCH_NEXT): its share of the next weights into L2, no attention
-            spare = (s - CHUNKS) * tl.num_programs(1) + bh
-            if PF0_LINES > 0:
-                _prefetch_rows(pf0_ptr, pf0_rows, pf0_lines, pf0_stride, spare, PF0_LINES, ASM)
-            if PF1_LINES > 0:
-                _prefetch_rows(pf1_ptr, pf1_rows, pf1_lines, pf1_stride, spare, PF1_LINES, ASM)
         b = bh // kv_heads
         h = bh % kv_heads
         position = tl.load(pos_ptr + b)
@@ -174,28 +151,10 @@ def split_size(rows: int, kv_heads: int, length: int) -> int:
     return split
 
 
-def prefetch_plan(weights: tuple[torch.Tensor, ...], budget: int, programs: int) -> dict:
-    """The spare programs' kernel arguments for PREFETCH_NEXT: `budget` bytes of `weights` (2-D, in the order the
-    next kernels read them), each a number of first lines of every row, spread over `programs` programs."""
-    plan = {}
-    for i, w in enumerate(weights[:2]):
-        row_bytes, stride = w.shape[1] * w.element_size(), w.stride(0) * w.element_size()
-        lines = min(row_bytes, budget // w.shape[0]) // LINE
-        if lines == 0:
-            break
-        share = -(-w.shape[0] * lines // programs)
-        plan.update({f"pf{i}_ptr": w, f"pf{i}_rows": w.shape[0], f"pf{i}_lines": lines, f"pf{i}_stride": stride,
-                     f"PF{i}_LINES": -(-share // 128) * 128})
-        budget -= w.shape[0] * lines * LINE
-    return plan
-
-
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, scale: float,
-            out: torch.Tensor, rotary: tuple[torch.Tensor, ...] | None = None,
-            prefetch: tuple[torch.Tensor, ...] = ()) -> None:
+            out: torch.Tensor, rotary: tuple[torch.Tensor, ...] | None = None) -> None:
     """The split kernel over q [b, kv_heads, group, d] (a strided view) into `out` (its shape, contiguous);
-    `rotary`: (new keys, new values [b, kv_heads * d] views, cos, sin [b, d]) when q is unrotated; `prefetch`: the
-    weights the next kernels read (PREFETCH_NEXT)."""
+    `rotary`: (new keys, new values [b, kv_heads * d] views, cos, sin [b, d]) when q is unrotated."""
     b, kv_heads, group, head_dim = q.shape
     length = k.shape[2]
     assert k.stride(-1) == 1 and v.stride(-1) == 1 and q.stride(-1) == 1, "head dimensions must be contiguous"
@@ -207,9 +166,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
     new_k, new_v, cos, sin = rotary if rotary is not None else (q, q, q, q)  # unread without the rotary
     # a zeroed arrival counter per (row, kv head): the last chunk to arrive combines them (each launch leaves 0)
     count = scratch("attention counters", q.device, torch.int32, max(b * kv_heads, 64), zeroed=True)
-    spare = -(-PREFETCH_PROGRAMS // (b * kv_heads)) if PREFETCH_NEXT and prefetch else 0
-    plan = prefetch_plan(prefetch, PREFETCH_NEXT, spare * b * kv_heads) if spare else {}
-    _split_kernel[(chunks + spare * bool(plan), b * kv_heads)](
+    _split_kernel[(chunks, b * kv_heads)](
         q, k, v, positions, part, lse, out, count, new_k, new_v, cos, sin, scale,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *part.stride()[:4], *lse.stride()[:3],
         new_k.stride(0), cos.stride(0), kv_heads, group, HEAD_DIM=head_dim, BLOCK_G=block_g, BLOCK_N=BLOCK_KEYS,
@@ -217,8 +174,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
         # the rotary embedding's products rounded before their sum, as the model's modules do (a fused
         # multiply-add of bf16 values would round once)
-        enable_fp_fusion=rotary is None, **plan,
-        **pdl.launch_options(q.device))
+        enable_fp_fusion=rotary is None, **pdl.launch_options(q.device))
 
 
 @torch.library.custom_op("myassistant::split_kv_attention", mutates_args=())
@@ -238,24 +194,22 @@ def _(q, k, v, positions, scale):
 
 @torch.library.custom_op("myassistant::rotary_split_attention", mutates_args=("k", "v"))
 def rotary_split_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           positions: torch.Tensor, scale: float, next_a: torch.Tensor | None = None,
-                           next_b: torch.Tensor | None = None) -> torch.Tensor:
+                           positions: torch.Tensor, scale: float) -> torch.Tensor:
     """A decode step's attention from its qkv product's rows `qkv` [b, (heads + 2 kv_heads) * d] in one kernel:
     the rotary embedding (cos, sin [b, d]: each row's at its position) on the queries and the new keys, the new
     keys and values written at positions[i] of cache row i (k, v [b, kv_heads, L, d] views), then attention as
-    `split_kv_attention`: [b, heads * d]. The embedding rounds as the model's modules do on its dtype. `next_a`,
-    `next_b`: the weights the next two kernels read, asked into L2 meanwhile (PREFETCH_NEXT)."""
+    `split_kv_attention`: [b, heads * d]. The embedding rounds as the model's modules do on its dtype."""
     b, kv_heads, _, head_dim = k.shape
     heads = qkv.shape[1] // head_dim - 2 * kv_heads
     q = qkv[:, :heads * head_dim].view(b, kv_heads, heads // kv_heads, head_dim)
     new_k, new_v = qkv[:, heads * head_dim:].split(kv_heads * head_dim, 1)
     out = qkv.new_empty(b, heads * head_dim)
-    _attend(q, k, v, positions, scale, out, (new_k, new_v, cos, sin), tuple(w for w in (next_a, next_b) if w is not None))
+    _attend(q, k, v, positions, scale, out, (new_k, new_v, cos, sin))
     return out
 
 
 @rotary_split_attention.register_fake
-def _(qkv, cos, sin, k, v, positions, scale, next_a=None, next_b=None):
+def _(qkv, cos, sin, k, v, positions, scale):
     return qkv.new_empty(qkv.shape[0], qkv.shape[1] - 2 * k.shape[1] * k.shape[3])
 
 

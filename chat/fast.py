@@ -118,11 +118,6 @@ def fused_products(layer: torch.nn.Module, fused: tuple[Projection, ...] | None,
             and gemv.usable(fused[0], rows) and type(layer.mlp.act_fn).__name__ in SILU)
 
 
-def _weight_bytes(*weights: Projection) -> tuple[torch.Tensor, ...]:
-    """The matrices of `weights` as the kernels read them (a quantised weight's packed values)."""
-    return tuple(w.q if isinstance(w, int_weights.QuantWeight) else w for w in weights)
-
-
 def _fused_rest(layer: torch.nn.Module, fused: tuple[Projection, ...], x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
     """A decode step's layer output after its attention `o`: o_proj + residual, then the MLP, in three kernels."""
     b = x.shape[0]
@@ -152,8 +147,7 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[Projection, ...] | None, 
         length = mask.shape[-1]
         if attention.uses_split(k_cache, length):  # rotary, cache writes and attention in one kernel
             o = attention.rotary_split_attention(qkv, cos.view(b, -1), sin.view(b, -1), k_cache[:b, :, :length],
-                                                 v_cache[:b, :, :length], positions, attn.scaling,
-                                                 *_weight_bytes(fused[2], fused[1]))
+                                                 v_cache[:b, :, :length], positions, attn.scaling)
             return _fused_rest(layer, fused, x, o)
         q, k, v = qkv.split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim], -1)
         q, k, v = q[:, None], k[:, None], v[:, None]

@@ -46,19 +46,15 @@ def check(device: str) -> None:
 
 def check_rotary(device: str) -> None:
     """rotary_split_attention from a qkv product's rows: the model's rotary embedding on q and the new key, key and
-    value written into the cache at each row's position, attention over keys 0..position (SDPA with the mask).
-    Every other case with spare programs asking the next weights into L2 (attention.PREFETCH_NEXT): the same result."""
+    value written into the cache at each row's position, attention over keys 0..position (SDPA with the mask)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from myassistant.chat import attention
     from myassistant.chat.attention import rotary_split_attention
 
     gen = torch.Generator().manual_seed(1)
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
-        for case, (rows, kv_heads, group, dim, length, max_len) in enumerate(CASES):
+        for rows, kv_heads, group, dim, length, max_len in CASES:
             heads = kv_heads * group
-            next_weights = (torch.randn(64, 96, device=device, dtype=dtype), torch.randn(200, 128, device=device,
-                                                                                           dtype=dtype)[:, :96])
             cache_k, cache_v = (torch.randn(rows + 1, kv_heads, max_len, dim, generator=gen).to(device, dtype)
                                 for _ in range(2))
             qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim, generator=gen).to(device, dtype)
@@ -79,12 +75,8 @@ def check_rotary(device: str) -> None:
             want = F.scaled_dot_product_attention(
                 q.view(rows, kv_heads, group, dim).float(), want_k[:rows, :, :length].float(),
                 want_v[:rows, :, :length].float(), scale=dim ** -0.5, attn_mask=mask.view(rows, 1, 1, length))
-            attention.PREFETCH_NEXT = 1 << 20 if case % 2 else 0  # both whole, a strided view too
-            try:
-                got = rotary_split_attention(qkv, cos, sin, cache_k[:rows, :, :length], cache_v[:rows, :, :length],
-                                             positions, dim ** -0.5, *next_weights)
-            finally:
-                attention.PREFETCH_NEXT = 0
+            got = rotary_split_attention(qkv, cos, sin, cache_k[:rows, :, :length], cache_v[:rows, :, :length],
+                                         positions, dim ** -0.5)
             # bf16 on a GPU: bitwise the model's roundings; float32 up to a fused multiply-add; Triton's interpreter
             # truncates bf16 conversions
             loose = 2 ** -6 if device == "cpu" and dtype == torch.bfloat16 else 1e-6 if dtype == torch.float32 else 0
@@ -112,18 +104,3 @@ def test_split_kv_attention_equals_sdpa_under_tritons_interpreter():
 def test_gpu_split_kv_attention_equals_sdpa():
     check("cuda")
     check_rotary("cuda")
-
-
-def test_prefetch_plan_covers_the_budget_a_first_part_of_every_row():
-    """PREFETCH_NEXT's plan: the first weight whole where the budget holds it, then the first lines of every row of
-    the next; the spare programs' shares cover all of it."""
-    from myassistant.chat.attention import prefetch_plan
-
-    first, second = torch.empty(2048, 2048, dtype=torch.bfloat16), torch.empty(16384, 2048, dtype=torch.bfloat16)
-    plan = prefetch_plan((first, second), 24 << 20, 96)
-    assert plan["pf0_lines"] == 2048 * 2 // 128 and plan["pf0_rows"] == 2048 and plan["pf0_stride"] == 4096
-    assert plan["pf1_lines"] == ((24 << 20) - 2048 * 4096) // 16384 // 128 and plan["pf1_rows"] == 16384
-    for i in (0, 1):
-        assert plan[f"PF{i}_LINES"] % 128 == 0 and plan[f"PF{i}_LINES"] * 96 >= plan[f"pf{i}_rows"] * plan[f"pf{i}_lines"]
-    assert "pf1_ptr" not in prefetch_plan((first, second), 2048 * 4096, 96)  # the budget ends with the first
-    assert prefetch_plan((first,), 1000, 96) == {}  # less than a line a row: nothing
