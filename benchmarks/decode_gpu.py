@@ -4,7 +4,7 @@ and weight-only int8 / int4 layer weights (--weight-bits).
 One device call runs this (the peer, ``model.generate``, is timed in the same process) and, for the
 peer's other cases, ../shared/peers/gpu_decode_peer.py (see benchmarks/gpu_all.sh):
 
-    python3 -m benchmarks.decode_gpu                     # --pdl: the step's Triton kernels with PDL (chat.pdl)
+    python3 -m benchmarks.decode_gpu
     python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --new-tokens 128 --weight-bits 16 8 4 --chats 8
     python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --no-peer --new-tokens 128 --chats 8 \
         --weight-bits 8 --reference /tmp/ref7b.pt     # then --weight-bits 4 in another process: the same reference
@@ -58,7 +58,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
 from myassistant.chat import (ChatEngine, GenerationSettings, GenerationStats, ServeConfig, gemv,  # noqa: E402
-                              int_weights, pdl, scratch, weight_only)
+                              int_weights, scratch, weight_only)
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 def emit(case: str, **fields) -> None:
@@ -239,10 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="int8 / int4 forms without bf16's cases: top-1 against the bf16 modules' logits, computed "
                              "and saved at PATH by the first process (from the same random model), loaded by the next")
     parser.add_argument("--no-peer", action="store_true", help="skip the peer (`generate`)")
-    parser.add_argument("--pdl", type=int, nargs="?", const=pdl.PREFETCH_BYTES >> 10, metavar="PREFETCH_KIB", help=
-                        "Triton kernels with programmatic dependent launch (chat.pdl); KiB a program prefetches")
     args = parser.parse_args(argv)
-    pdl.ENABLED, pdl.PREFETCH_BYTES = args.pdl is not None, (args.pdl or 0) << 10
     # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     with tempfile.TemporaryDirectory() as tmp:
@@ -277,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = ChatEngine(model, tokenizer, name=args.shape)
         engine.stop_ids = []  # random weights: every reply runs the full length
         emit("device", name=torch.cuda.get_device_name(0), torch=torch.__version__, rows=engine.batch.rows,
-             cache_tokens_per_row=engine.batch.max_len, shape=args.shape, bits=bits, pdl_prefetch_kib=args.pdl)
+             cache_tokens_per_row=engine.batch.max_len, shape=args.shape, bits=bits)
         if bandwidth is None:
             bandwidth = copy_bandwidth()
             emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))

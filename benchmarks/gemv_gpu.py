@@ -9,8 +9,7 @@ enough copies of the weight to miss the 60 MB L2 (every product reads its weight
 decode step), as bytes of weight read / time against the copy bandwidth measured in the same run.
 ``--bits 8|4``: ours on weight-only int8 / int4 copies (cuBLAS on their dequantised bf16 matrices; the bandwidth
 fraction counts the quantised bytes). ``--sweep`` times every (BLOCK_N, BLOCK_K, SPLIT, warps, stages) of a small
-grid per shape and prints the best. ``--pdl [KIB]``: ours launched with programmatic dependent launch (chat.pdl), so
-each product of a graph's chain prefetches KIB of its weights a program (0: none) while the one before it ends.
+grid per shape and prints the best.
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.decode_cpu import SHAPES  # noqa: E402
 from benchmarks.decode_gpu import copy_bandwidth, emit  # noqa: E402
-from myassistant.chat import gemv, int_weights, pdl  # noqa: E402
+from myassistant.chat import gemv, int_weights  # noqa: E402
 
 # (BLOCK_N, BLOCK_K, SPLIT, warps, stages)
 SWEEP = list(itertools.product((16, 32, 64), (256,), (1, 2, 4, 8), (4,), (3, 4)))
@@ -81,15 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", type=int, choices=(16, 8, 4), default=16, help="weight-only int8 / int4 for ours")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--products", nargs="+", help="only these (qkv o_proj gate_up down lm_head)")
-    parser.add_argument("--pdl", type=int, nargs="?", const=pdl.PREFETCH_BYTES >> 10, metavar="PREFETCH_KIB",
-                        help="ours with programmatic dependent launch (chat.pdl), KiB of weights a program prefetches")
-    parser.add_argument("--pdl-late-release", action="store_true", help="--pdl: release after the wait")
     args = parser.parse_args(argv)
-    pdl.ENABLED, pdl.PREFETCH_BYTES = args.pdl is not None, (args.pdl or 0) << 10
-    pdl.EARLY_RELEASE = not args.pdl_late_release
     bandwidth = copy_bandwidth()
-    emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3), pdl_prefetch_kib=args.pdl,
-         pdl_late_release=args.pdl_late_release)
+    emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
     torch.manual_seed(0)
     dt = torch.bfloat16
     for name, (n, k, norm, gated, residual) in products(SHAPES[args.shape]).items():

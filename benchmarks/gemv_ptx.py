@@ -11,11 +11,6 @@ to one of the kernel's paths (or its removal of another) needs no GPU run to sho
 ``--quant``: instead, for the int8 / int4 candidates of the 7B shape's products (the package importable): the
 tensor-core instruction, the bytes a thread reads from shared memory in the main loop, and ptxas' registers and
 spills.
-
-``--pdl``: the decode step's kernels as chat.pdl launches them (the bf16 products of CASES and the rotary attention
-kernel, PDL on): the `griddepcontrol` instructions and L2 prefetches in their PTX, and every global memory access
-before the first `griddepcontrol.wait` (none may be there but the weights' prefetches); and without PDL none of them.
-Exits 1 where one is missing or an access comes before the wait.
 """
 from __future__ import annotations
 
@@ -51,11 +46,30 @@ def load(source: str, name: str):
     return module
 
 
+def load_revision(rev: str):
+    """chat/gemv.py of git revision `rev` as a module; the chat modules it imports that this tree no longer has
+    (chat.pdl before its removal) come from the revision too."""
+    import myassistant.chat
+
+    def show(path: str) -> str:
+        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, text=True,
+                              capture_output=True).stdout
+
+    source = show("chat/gemv.py")
+    for names in re.findall(r"^from myassistant\.chat import ([\w, ]+)", source, re.MULTILINE):
+        for name in (n.strip() for n in names.split(",")):
+            if importlib.util.find_spec(f"myassistant.chat.{name}") is None:
+                module = load(show(f"chat/{name}.py"), f"{name}_reference")
+                sys.modules[f"myassistant.chat.{name}"] = module
+                setattr(myassistant.chat, name, module)
+    return load(source, "gemv_reference")
+
+
 def instructions(module, case, bits: int = 16) -> list[str]:
     """The kernel's PTX instructions for a case over `bits`-bit weights (16: bf16, 8 / 4: weight-only)."""
     (block_n, block_k, split, warps, stages), norm, gated, residual, k, out_float = case
     kernel = module._gemv_kernel
-    # W_FIRST: an argument of revisions before 2026-12-02 (its removal), off there
+    # W_FIRST, PDL, ASM, EARLY_RELEASE, PREFETCH: arguments of earlier revisions (before their removal), off there
     consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=bits % 16, BLOCK_M=16, BLOCK_N=block_n,
                   BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False, PRECISION="tf32", GROUP=128,
                   MAGIC=-1 if bits == 4 else 0, W_FIRST=False, PDL=False, ASM=False, EARLY_RELEASE=True, PREFETCH=0)
@@ -122,76 +136,17 @@ def quant(module) -> None:
                                   "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1))}))
 
 
-# the rotary attention kernel of a 1.8B layer (chat.attention._split_kernel): 8 kv heads of 2 query heads, 256 keys
-ATTENTION = dict(HEAD_DIM=128, BLOCK_G=16, BLOCK_N=64, SPLIT=64, CHUNKS=4, ROTARY=True, PRECISION="tf32")
-ATTENTION_POINTERS = {"q_ptr": "bf16", "k_ptr": "bf16", "v_ptr": "bf16", "pos_ptr": "i64", "o_ptr": "fp32",
-                      "lse_ptr": "fp32", "out_ptr": "bf16", "count_ptr": "i32", "new_k_ptr": "bf16",
-                      "new_v_ptr": "bf16", "cos_ptr": "bf16", "sin_ptr": "bf16"}
-GLOBAL_ACCESS = re.compile(r"^\s*(?:@%p\d+\s+)?(ld\.global|st\.global|atom\.|red\.|cp\.async\.(?!commit|wait))")
-
-
-def pdl_report(ptx: str) -> dict:
-    """The PDL instructions of a kernel's PTX and the first global accesses before its first wait (all, without one)."""
-    lines = ptx.split(".section\t.debug")[0].splitlines()
-    wait = next((i for i, line in enumerate(lines) if "griddepcontrol.wait" in line), len(lines))
-    release = next((i for i, line in enumerate(lines) if "griddepcontrol.launch_dependents" in line), None)
-    return {"waits": sum("griddepcontrol.wait" in line for line in lines),
-            "releases": sum("griddepcontrol.launch_dependents" in line for line in lines),
-            "release_before_wait": release is not None and release < wait,
-            "l2_prefetches_before_wait": sum("prefetch.global.L2" in line for line in lines[:wait]),
-            "global_accesses_before_wait": [line.strip() for line in lines[:wait] if GLOBAL_ACCESS.match(line)][:3]}
-
-
-def pdl_check() -> bool:
-    """--pdl (see the module's text): True where every kernel has the instructions in a safe order."""
-    from myassistant.chat import attention, gemv, pdl
-
-    ok = True
-    for on in (True, False):
-        flags = dict(PDL=on, ASM=on, EARLY_RELEASE=True)
-        for case in CASES:
-            (block_n, block_k, split, warps, stages), norm, gated, residual, k, out_float = case
-            consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=0, BLOCK_M=16, BLOCK_N=block_n,
-                          BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False, PRECISION="tf32", GROUP=128,
-                          MAGIC=0, **flags,
-                          PREFETCH=pdl.prefetch_columns(k // split, block_n * (2 if gated else 1), 2) if on else 0)
-            pointers = {**POINTERS, "out_ptr": "fp32" if out_float else "bf16"}
-            report = pdl_report(compile_ptx(gemv._gemv_kernel, consts, pointers, warps).asm["ptx"])
-            ok &= print_pdl({"kernel": "gemv", "config": case[0], "gated": gated, "k": k, "pdl": on,
-                             "prefetch_columns": consts["PREFETCH"], **report}, on, consts["PREFETCH"] > 0)
-        report = pdl_report(compile_ptx(attention._split_kernel, {**ATTENTION, **flags}, ATTENTION_POINTERS, 4)
-                            .asm["ptx"])
-        ok &= print_pdl({"kernel": "rotary_attention", "pdl": on, **report}, on, False)
-    return ok
-
-
-def print_pdl(report: dict, on: bool, prefetches: bool) -> bool:
-    """Print a kernel's report with whether it is as it should be: with PDL one wait, a release before it, the L2
-    prefetches where asked and no global access before the wait; without, none of those instructions."""
-    if on:
-        good = (report["waits"] == 1 and report["release_before_wait"] and not report["global_accesses_before_wait"]
-                and (report["l2_prefetches_before_wait"] > 0) == prefetches)
-    else:
-        good = report["waits"] == report["releases"] == report["l2_prefetches_before_wait"] == 0
-    print(json.dumps({"case": "pdl_ptx", **report, "as_it_should_be": good}))
-    return good
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--against", help="git revision whose chat/gemv.py is the reference")
     parser.add_argument("--quant", action="store_true", help="the int8 / int4 candidates' PTX (see above)")
-    parser.add_argument("--pdl", action="store_true", help="the PDL instructions of the decode kernels (see above)")
     args = parser.parse_args(argv)
-    if args.pdl:
-        return 0 if pdl_check() else 1
     if args.quant:
         quant(load((ROOT / "chat" / "gemv.py").read_text(), "gemv_tree"))
         return 0
     if not args.against:
-        parser.error("--against REV (or --quant, --pdl)")
-    old = load(subprocess.run(["git", "show", f"{args.against}:chat/gemv.py"], cwd=ROOT, check=True, text=True,
-                              capture_output=True).stdout, "gemv_reference")
+        parser.error("--against REV (or --quant)")
+    old = load_revision(args.against)
     new = load((ROOT / "chat" / "gemv.py").read_text(), "gemv_tree")
     same_all = True
     for bits in (16, 8, 4):

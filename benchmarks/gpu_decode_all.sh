@@ -3,8 +3,7 @@
 #   1. the gpu-marked decode tests (fused matrix-product kernels, graphed decode == generate, split-KV attention);
 #   2. the decode step's products against cuBLAS (benchmarks.gemv_gpu; SWEEP=1 adds the config sweep);
 #   3. per-kernel profiles of a decode step and a 512-token prefill, fused and baseline (benchmarks.decode_profile);
-#   4. text decode, 1.8B, with the copy bandwidth measured in the same run (benchmarks.decode_gpu --no-fp32); PDL=1:
-#      then the same again with the step's Triton kernels launched with PDL (--pdl, chat.pdl; PDL_KIB: the prefetch);
+#   4. text decode, 1.8B, with the copy bandwidth measured in the same run (benchmarks.decode_gpu --no-fp32);
 #   5. (PARTS="tune") product configurations timed in graphs, and the step with the best (benchmarks.decode_tune_gpu);
 #   6. the 7B shape in bf16, weight-only int8 and int4 in one process (benchmarks.decode_gpu --shape internlm2-7b
 #      --weight-bits 16 8 4; BITS and CHATS pick).
@@ -34,9 +33,7 @@ timeout "${T_PROF:-80}" python3 -m benchmarks.decode_profile 2>&1 | tee "$OUT/pr
 if has tune; then echo "=== product configurations in graphs, then the step with the best"  # PARTS="tune"
 timeout "${T_TUNE:-240}" python3 -m benchmarks.decode_tune_gpu 2>&1 | tee "$OUT/tune.log" | json; fi
 if has decode; then echo "=== 1.8B decode"
-for pdl in "" ${PDL:+"--pdl $PDL_KIB"}; do  # PDL=1: then again with PDL launches (PDL_KIB: prefetch), same call
-timeout "${T_DECODE:-110}" python3 -m benchmarks.decode_gpu --no-fp32 $pdl 2>&1 | tee -a "$OUT/decode.log" | json
-done; fi
+timeout "${T_DECODE:-110}" python3 -m benchmarks.decode_gpu --no-fp32 2>&1 | tee -a "$OUT/decode.log" | json; fi
 if has 7b; then echo "=== 7B decode"  # one process: the random 7B model built once, bf16 then int8 then int4
 timeout "${T_7B:-420}" python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --new-tokens 128 \
     --weight-bits ${BITS:-16 8 4} --chats ${CHATS:-8} 2>&1 | tee "$OUT/decode7b.log" | json; fi

@@ -1,12 +1,11 @@
 """Two questions under issue 21's decode step, answered on the GPU itself (H100 / H200, CUDA graphs as a step runs):
 
-- ``pdl_overlap``: does a kernel launched with programmatic dependent launch (chat.pdl) start before the kernel it
+- ``pdl_overlap``: does a kernel launched with programmatic dependent launch (PDL) start before the kernel it
   follows has finished, in a captured graph and eagerly? Kernel A (one program) releases its dependents, then spins
   for --spin-us; kernel B (launched with PDL) stores the GPU clock when it starts, before its wait, and after it.
   ``b_started_before_a_ended_us`` > 0: B's programs ran while A still did (PDL active).
-- ``l2_prefetch``: does asking a weight into L2 (``prefetch.global.L2``, as chat.pdl and chat.attention's spare
-  programs do) make the next kernel's read of it faster? A read of --mib MiB (every line once, ~4 programs a
-  multiprocessor) timed in graphs after a write that flushes the L2: cold; after the prefetch kernel and a spin that
+- ``l2_prefetch``: does asking a weight into L2 (``prefetch.global.L2``) make the next kernel's read of it faster?
+  A read of --mib MiB (every line once, ~4 programs a multiprocessor) timed in graphs after a write that flushes the L2: cold; after the prefetch kernel and a spin that
   gives it time; right after the prefetch kernel; after a plain read of the same bytes and the spin (the L2 at its
   best). Each less the same graph without the timed read.
 
@@ -24,7 +23,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from myassistant.chat import gemv_pick, pdl  # noqa: E402
+from myassistant.chat import gemv_pick  # noqa: E402
 
 
 @triton.jit
@@ -68,7 +67,8 @@ def _prefetch(x_ptr, lines, LINES: tl.constexpr):
     base = x_ptr.to(tl.pointer_type(tl.uint8))
     for j in range(0, LINES, 128):
         line = tl.minimum(tl.program_id(0) * LINES + j + tl.arange(0, 128), lines - 1)
-        pdl._prefetch_l2(base + line.to(tl.int64) * 128, True)
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [base + line.to(tl.int64) * 128],
+                                  dtype=tl.int32, is_pure=False, pack=1)
 
 
 def pdl_overlap(spin_us: float) -> dict:

@@ -13,8 +13,7 @@ row's real length, not its cache bucket.
 itself: each program applies the rotary embedding to its queries, and the program whose chunk holds the new
 token writes the rotated key and the value into the cache first, so a layer's rotary, cache writes and
 attention are one kernel (they were four: rotary, two cache writes, split and combine; H200, 1.8B shape,
-1 row: 176 us a step for the 24 layers against 217). With chat.pdl on, it launches with programmatic dependent
-launch like the products around it (every program waits on the previous kernel before its first read).
+1 row: 176 us a step for the 24 layers against 217).
 
 The query heads that share a kv head are the rows of one query block (grouped-query attention with
 no copy of the cache), padded to 16 for the tensor cores. The dots run on fp32 tiles: tf32 for bf16 /
@@ -30,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from myassistant.chat import attention_cpu, pdl
+from myassistant.chat import attention_cpu
 from myassistant.chat.scratch import scratch
 
 try:
@@ -65,10 +64,7 @@ if triton is not None:
                       cos_ptr, sin_ptr, scale, sq_b, sq_h, sq_g, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_s,
                       so_g, sl_b, sl_h, sl_s, snew_b, sc_b, kv_heads, group, HEAD_DIM: tl.constexpr,
                       BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, CHUNKS: tl.constexpr,
-                      ROTARY: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr = False,
-                      ASM: tl.constexpr = False, EARLY_RELEASE: tl.constexpr = True):
-        if PDL:  # chat.pdl: every program waits (all it reads but the cache comes from the kernels before it)
-            pdl.prologue(pos_ptr, tl.arange(0, 1), 0, 0, 0, ASM, EARLY_RELEASE, 0, False)
+                      ROTARY: tl.constexpr, PRECISION: tl.constexpr):
         s = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // kv_heads
@@ -174,7 +170,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
         # the rotary embedding's products rounded before their sum, as the model's modules do (a fused
         # multiply-add of bf16 values would round once)
-        enable_fp_fusion=rotary is None, **pdl.launch_options(q.device))
+        enable_fp_fusion=rotary is None)
 
 
 @torch.library.custom_op("myassistant::split_kv_attention", mutates_args=())

@@ -19,9 +19,9 @@ Measured on an H200 (benchmarks/gemv_gpu.py, graphs of back-to-back products, fr
 bandwidth, 1 row, ours / cuBLAS with the modules around it): qkv 0.35 / 0.24, o_proj 0.27 / 0.27,
 gate/up 0.65 / 0.45, down 0.55 / 0.57, lm_head 0.88 / 0.82; with the norm reading a row in one load (best of
 a grid, benchmarks/decode_tune_gpu.py): 0.47, 0.32, 0.78, 0.64, 0.94. The small products are bound by a fixed
-~4-5 us a kernel (o_proj: 6.2 us for 2 us of reads; cuBLAS 7.4), not by the reads. Opt-in
-(chat.pdl.ENABLED, not yet measured): programmatic dependent launch, each program prefetching its
-first weights into L2 before waiting on the previous kernel (`PDL`).
+~4-5 us a kernel (o_proj: 6.2 us for 2 us of reads; cuBLAS 7.4), not by the reads. Launching the kernels with
+programmatic dependent launch (each program prefetching or loading its first weights before waiting on the previous
+kernel) measured no faster or slower in three forms, so it was removed (benchmarks/README_decode.md).
 
 Every rounding step is the model's own (normalised input rounded to the weights' dtype before the
 norm's weight, SiLU and products rounded as bf16 tensors would be), so the result differs from the
@@ -44,7 +44,7 @@ import logging
 
 import torch
 
-from myassistant.chat import gemv_pick, pdl
+from myassistant.chat import gemv_pick
 from myassistant.chat.int_weights import GROUP, QuantWeight
 from myassistant.chat.scratch import scratch
 
@@ -189,8 +189,7 @@ if triton is not None:
                      stride_om, stride_rm, stride_sn, eps, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr,
                      RESIDUAL: tl.constexpr, QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr, UPCAST: tl.constexpr,
-                     PRECISION: tl.constexpr, GROUP: tl.constexpr, MAGIC: tl.constexpr, PDL: tl.constexpr = False,
-                     ASM: tl.constexpr = False, EARLY_RELEASE: tl.constexpr = True, PREFETCH: tl.constexpr = 0):
+                     PRECISION: tl.constexpr, GROUP: tl.constexpr, MAGIC: tl.constexpr):
         pid = tl.program_id(0)
         part = tl.program_id(1)  # which K / SPLIT slice of the product this program sums
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -200,9 +199,6 @@ if triton is not None:
         n_ok = n < N
         dtype = x_ptr.dtype.element_ty  # the activations' (the weights may be int8 / packed int4)
         first = part * (K // SPLIT)
-        if PDL:  # chat.pdl: the next kernel released, this slice's first weights into L2, the previous kernel awaited
-            pdl.prologue(w_ptr, tl.minimum(n, N - 1), N, stride_wn, first // 2 if QUANT == 4 else first, ASM,
-                         EARLY_RELEASE, PREFETCH, GATED)
         # K is a constant of the compiled kernel (a model has two or three widths; Triton's interpreter
         # wants constant loop bounds) and a multiple of SPLIT * BLOCK_K (the host picks them so).
         if NORM and QUANT == 0 and K <= 8192 and (K & (K - 1)) == 0:  # bf16 / fp16: a row in one load
@@ -277,11 +273,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     meta = dict(K=k, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, QUANT=quant,
                 BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split,
                 STAGES=stages, UPCAST=not x.is_cuda, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-                GROUP=GROUP, MAGIC=magic, num_warps=warps,
-                **pdl.launch_options(x.device))
-    if meta["PDL"]:  # the slice's first weight bytes into L2 before waiting on the previous kernel
-        meta["PREFETCH"] = pdl.prefetch_columns(k // split // (2 if quant == 4 else 1), block_n * (2 if gated else 1),
-                                                weight.element_size())
+                GROUP=GROUP, MAGIC=magic, num_warps=warps)
     _gemv_kernel[(tiles, split)](*args, **meta)
 
 

@@ -6,11 +6,7 @@ On a GPU the Triton kernel runs for real (`gpu`); on a CPU under Triton's interp
 (its bf16 conversions truncate, so bf16 is checked loosely there and float32 tightly)."""
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -42,24 +38,11 @@ FORMS = {"fp32": (16, torch.float32), "bf16": (16, torch.bfloat16), "int8": (8, 
          "int4": (4, torch.bfloat16)}
 
 
-@contextlib.contextmanager
-def pdl_launches(on: bool):
-    """chat.pdl.ENABLED set for the block (off after it)."""
-    from myassistant.chat import pdl
-
-    pdl.ENABLED = on
-    try:
-        yield
-    finally:
-        pdl.ENABLED = False
-
-
-def check(device: str, bf16_tol: float, forms: tuple[str, ...] = tuple(FORMS), pdl: bool = False) -> None:
-    """Every fusion over the weight `forms`; `pdl`: launched with programmatic dependent launch (chat.pdl)."""
-    with pdl_launches(pdl):
-        for form in forms:
-            bits, dtype = FORMS[form]
-            check_form(device, bits, dtype, 1e-5 if dtype == torch.float32 else bf16_tol)
+def check(device: str, bf16_tol: float, forms: tuple[str, ...] = tuple(FORMS)) -> None:
+    """Every fusion over the weight `forms`."""
+    for form in forms:
+        bits, dtype = FORMS[form]
+        check_form(device, bits, dtype, 1e-5 if dtype == torch.float32 else bf16_tol)
 
 
 def check_form(device: str, bits: int, dtype: torch.dtype, tol: float) -> None:
@@ -99,15 +82,10 @@ def test_weight_only_quantisation_round_trip():
         assert torch.equal(rows, dequantize(q, torch.float32)[10:20])
 
 
-def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 16, pdl: bool = False) -> None:
+def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 16) -> None:
     """A decode step with the fused kernels (forced on where they are not used by default) against the modules
     (with `bits` < 16: both over the same weight-only quantised layers, chat.weight_only: the modules multiply by
-    the dequantised matrices); `pdl`: the kernels launched with programmatic dependent launch (chat.pdl)."""
-    with pdl_launches(pdl):
-        decode_step_error(device, dtype, tol, bits)
-
-
-def decode_step_error(device: str, dtype: torch.dtype, tol: float, bits: int) -> None:
+    the dequantised matrices)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from myassistant.chat import attention, fast, gemv, weight_only
@@ -143,42 +121,26 @@ def test_fused_products_and_decode_step_under_tritons_interpreter():
     run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2);"
                     "t.check_decode_step('cpu', torch.float32, 1e-5); t.check_decode_step('cpu', torch.bfloat16, 3e-2);"
                     "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 8);"
-                    "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 4);"
-                    "t.check('cpu', 4e-2, forms=('bf16',), pdl=True);"
-                    "t.check_decode_step('cpu', torch.bfloat16, 3e-2, pdl=True)")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
-def test_pdl_kernels_touch_nothing_but_their_weights_before_waiting_on_the_previous_kernel():
-    """The decode kernels compiled for sm_90 (no GPU needed): with chat.pdl on, each releases the next kernel, waits
-    on the previous one before any global load, store or atomic (the products prefetch weight lines into L2 first);
-    off, no PDL instruction at all."""
-    proc = subprocess.run([sys.executable, "benchmarks/gemv_ptx.py", "--pdl"], cwd=Path(__file__).parents[1],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count('"as_it_should_be": true') == 14  # 6 products and the attention, with and without
+                    "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 4)")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("form,pdl", [(f, False) for f in FORMS] + [("bf16", True)],
-                         ids=[*FORMS, "bf16-pdl"])
-def test_gpu_fused_products(monkeypatch, form, pdl):
+@pytest.mark.parametrize("form", list(FORMS))
+def test_gpu_fused_products(monkeypatch, form):
     """One weight form a test (each compiles ~25 kernels: a time-boxed device call reports those it reached)."""
     from myassistant.chat import gemv
 
     monkeypatch.setattr(gemv, "TIME_CANDIDATES", False)  # timing every candidate of 20 small shapes takes minutes
-    check("cuda", 1e-2, (form,), pdl)
+    check("cuda", 1e-2, (form,))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype,bits,pdl", [(torch.float32, 16, False), (torch.bfloat16, 16, False),
-                                            (torch.bfloat16, 8, False), (torch.bfloat16, 4, False),
-                                            (torch.bfloat16, 16, True)],
-                         ids=["fp32", "bf16", "int8", "int4", "bf16_pdl"])
-def test_gpu_fused_decode_step(monkeypatch, dtype, bits, pdl):
+@pytest.mark.parametrize("dtype,bits", [(torch.float32, 16), (torch.bfloat16, 16), (torch.bfloat16, 8),
+                                        (torch.bfloat16, 4)], ids=["fp32", "bf16", "int8", "int4"])
+def test_gpu_fused_decode_step(monkeypatch, dtype, bits):
     from myassistant.chat import gemv
 
     monkeypatch.setattr(gemv, "TIME_CANDIDATES", False)
-    check_decode_step("cuda", dtype, 1e-5 if dtype == torch.float32 else 1e-2, bits, pdl)
+    check_decode_step("cuda", dtype, 1e-5 if dtype == torch.float32 else 1e-2, bits)
