@@ -119,8 +119,7 @@ def quant(module) -> None:
             for (block_n, block_k, split, warps, stages) in gemv_pick.candidates(n // 2 if gated else n, k, bits):
                 consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=bits, BLOCK_M=16,
                               BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False,
-                              PRECISION="tf32", GROUP=128, MAGIC=-1 if bits == 4 else 0, PDL=False, ASM=False,
-                              EARLY_RELEASE=True, PREFETCH=0)
+                              PRECISION="tf32", GROUP=128, MAGIC=-1 if bits == 4 else 0)
                 ptx = compile_ptx(module._gemv_kernel, consts, pointers, warps).asm["ptx"]
                 with tempfile.TemporaryDirectory() as tmp:
                     Path(tmp, "k.ptx").write_text(ptx)
