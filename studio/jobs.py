@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from myassistant.hub.errors import redact
 from myassistant.trainer.runlock import pid_alive
 
 JOB_NAME = "job.json"
@@ -26,8 +27,9 @@ STOP_GRACE_S = 20  # after SIGINT (KeyboardInterrupt in the job), SIGKILL if it 
 
 
 def shown(args: list[str]) -> str:
-    """The command a user would type for ``args``."""
-    return "assistant " + shlex.join(args)
+    """The command a user would type for ``args``, without the credentials of a URL in it or a token's value: it is
+    written to the job file and the log, and shown on the page."""
+    return redact("assistant " + shlex.join(args))
 
 
 def read_job(path: Path) -> dict:

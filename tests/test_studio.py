@@ -33,6 +33,21 @@ def test_beyond_loopback_without_a_login_is_refused(tmp_path, flags):
     assert bad.returncode == 1 and "expected user:password" in bad.stderr
 
 
+def test_a_jobs_file_log_and_command_line_shown_hold_no_url_credentials(tmp_path):
+    """A URL typed with its token in it (the Base model tab takes any URL) is run, but the job file, the log and the
+    command the page shows hold it without the token."""
+    from myassistant.studio import jobs
+
+    args = ["clone", "https://bob:SECRETTOK31@127.0.0.1:9/x.git", "--cache-dir", str(tmp_path / "models")]
+    job_file, log_file = tmp_path / "job" / jobs.JOB_NAME, tmp_path / "job" / "job.log"
+    jobs.start(args, cwd=tmp_path, job_file=job_file, log_file=log_file).wait(timeout=120)
+    shown = jobs.shown(args)
+    assert "SECRETTOK31" not in shown and "https://127.0.0.1:9/x.git" in shown
+    for written in (job_file, log_file):
+        assert "SECRETTOK31" not in written.read_text(), written.name
+    assert "https://127.0.0.1:9/x.git" in job_file.read_text()
+
+
 def test_a_run_folder_has_one_writer(tmp_path):
     run = tmp_path / "run"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
