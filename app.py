@@ -32,6 +32,7 @@ import gradio as gr
 
 from myassistant.chat import (ChatEngine, EngineError, GenerationSettings, GenerationStats, ServeConfig,
                               ensure_demo_model)
+from myassistant.chat.engine import read_generation_config
 from myassistant.chat.stream import Pacer
 from myassistant.chat.vision import is_llava, user_message
 # redact: URL credentials and token values out of what the page shows
@@ -246,9 +247,17 @@ def placeholder() -> str:
     return f"<center><h2>{html.escape(title())}</h2>Ask a question, or pick one of the examples.</center>"
 
 
+def folder_defaults() -> GenerationSettings:
+    """The sampling settings of the model's generation_config.json when the folder is at hand (else the engine's
+    defaults): the sliders' values when the page is built, which an API caller (gradio_client) gets for the
+    settings it leaves out; a page view moves them to the loaded model's anyway."""
+    folder = folder_at_hand()
+    return GenerationSettings.from_generation_config(read_generation_config(folder)) if folder else GenerationSettings()
+
+
 def build_page(images: bool) -> gr.Blocks:
     """The page; `images`: a message box that takes pictures (a multimodal model)."""
-    d = GenerationSettings()  # replaced on page load by the model's defaults
+    d = folder_defaults()
     with gr.Blocks(title=title(), fill_height=True) as page:
         heading = gr.Markdown(header(), elem_id="app-header")  # "Loading the model…" until page_load
         sliders = [

@@ -24,17 +24,22 @@ APP_ENV_KEYS = ("MODEL_REPO", "MODEL_CACHE", "DEMO_MODEL_DIR", "APP_TITLE", "APP
                 "ASSISTANT_QUANTIZE", "ASSISTANT_FAST_DECODE", "ASSISTANT_COMPILE", "ASSISTANT_DECODE_ROWS")
 
 
-def lfs_model_repo(tmp: Path, name: str | None = None, endless: bool = False, **tiny_kwargs) -> str:
+def lfs_model_repo(tmp: Path, name: str | None = None, endless: bool = False, generation: dict | None = None,
+                   **tiny_kwargs) -> str:
     """A tiny model pushed to a local bare git repo with its weights in git-lfs; returns its file:// URL.
 
     name: the assistant's name, recorded as `assistant merge` records it (merge.json);
-    endless: a model that says only plain words and never ends its reply (see `never_ending`)."""
+    endless: a model that says only plain words and never ends its reply (see `never_ending`);
+    generation: keys set in its generation_config.json."""
     from myassistant.hub import push_folder
     from myassistant.model import build_tiny_checkpoint
 
     folder = build_tiny_checkpoint(tmp / "tiny-assistant", **tiny_kwargs)
     if endless:
         never_ending(folder)
+    if generation:
+        config = json.loads((folder / "generation_config.json").read_text())
+        (folder / "generation_config.json").write_text(json.dumps({**config, **generation}))
     if name:
         (folder / "merge.json").write_text(json.dumps({"name": name, "base_model": "internlm2-tiny"}))
     bare = tmp / "remote" / "tiny-assistant.git"
@@ -225,13 +230,17 @@ def test_running_app_completes_20_concurrent_chats(model_repo, tmp_path):
     assert replies == expected
 
 
-def test_an_api_caller_may_ask_for_as_many_tokens_as_the_context_holds(tmp_path):
+def test_an_api_caller_may_ask_for_as_many_tokens_as_the_context_holds_and_gets_the_models_sampling(tmp_path):
+    """The settings an API caller leaves out are the model's generation_config.json's (here greedy, 12 tokens), as a
+    page view's are: the same question gets the same reply."""
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    repo = lfs_model_repo(tmp_path, max_position_embeddings=8192)
+    repo = lfs_model_repo(tmp_path, max_position_embeddings=8192, generation={"do_sample": False, "max_new_tokens": 12})
     with running_app({"MODEL_REPO": repo, "MODEL_CACHE": str(tmp_path / "models")}, tmp_path / "app.log") as url:
         client = Client(url, verbose=False)
         assert client.predict("hi", "", 0.0, 0.8, 0, 1.0, 6000, api_name="/chat")  # more than the page's 4,096
         with pytest.raises(AppError, match="greater than maximum value 8192"):
             client.predict("hi", "", 0.0, 0.8, 0, 1.0, 9000, api_name="/chat")
+        replies = [client.predict("Who are you?", api_name="/chat") for _ in range(3)]
+    assert replies[0] and replies.count(replies[0]) == 3, replies
