@@ -22,7 +22,8 @@ import gguf
 import numpy as np
 import torch
 
-from myassistant.export.modelfile import sampling_of
+from myassistant.export.modelfile import modelfile_path, sampling_of, write_modelfile
+from myassistant.export.quantize import llama_cpp_quantize, require_quantiser
 from myassistant.export.vocab import vocab_from_tokenizer, write_vocab
 from myassistant.model import ADAPTER_CONFIG, CheckpointError, load_model, load_tokenizer, read_config
 
@@ -180,9 +181,6 @@ def write_gguf(model, tokenizer, path: Path, quant: str, name: str) -> int:
 def save_gguf(model, tokenizer, out: Path, quant: str, name: str, sampling: dict | None = None) -> int:
     """Write a loaded ``LlamaForCausalLM`` + tokenizer as the GGUF `out` (temporary sibling, then renamed)
     and its Modelfile (`sampling`: the model's parameters, `modelfile.sampling_of`); returns the tensor count."""
-    from myassistant.export.modelfile import write_modelfile
-    from myassistant.export.quantize import llama_cpp_quantize
-
     out.parent.mkdir(parents=True, exist_ok=True)
     num_ctx = min(model.config.max_position_embeddings, 4096)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -207,6 +205,23 @@ def save_gguf(model, tokenizer, out: Path, quant: str, name: str, sampling: dict
     return count
 
 
+def check_writable(out: Path) -> None:
+    """Refuse, before any work, an `out` that cannot be written: a folder at its name or its Modelfile's, a parent
+    that is a file, a place the file system does not let us write."""
+    for path in (out, modelfile_path(out)):
+        if path.is_dir():
+            raise ExportError(f"--out {out}: {path} is a folder; name the .gguf file to write")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ExportError(f"--out {out}: {parent} is a file, not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise ExportError(f"--out {out}: cannot write there ({err.strerror})") from None
+
+
 def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "q8_0") -> ExportResult:
     """`model_dir` (InternLM2 or Llama layout, merged) -> the GGUF file `out` and an Ollama Modelfile beside it.
 
@@ -215,13 +230,14 @@ def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "q8_0") -> 
     if quant not in QUANTS:
         raise ExportError(f"--quant {quant!r} is not one of {', '.join(QUANTS)}")
     folder, out = Path(model_dir).expanduser(), Path(out).expanduser()
+    if folder.is_file():
+        raise ExportError(f"{folder} is a file: give the model's folder (the one with config.json)")
     check_source(folder)
     if out.suffix != ".gguf":
         raise ExportError(f"{out}: the output file should end in .gguf")
-    try:  # before the model loads
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ExportError(f"--out {out}: cannot write there ({err.strerror})") from None
+    check_writable(out)
+    if QUANTS[quant][0] == "F16" and quant != "f16":  # a k-quant: llama.cpp's quantiser, checked before the work
+        require_quantiser()
     try:
         tokenizer = load_tokenizer(folder)
         model = load_model(folder, dtype=torch.float32)

@@ -29,11 +29,16 @@ def llama_cpp_available() -> str | None:
     return None
 
 
-def llama_cpp_quantize(src: Path, dst: Path, file_type: int, threads: int | None = None) -> None:
-    """Quantise the GGUF `src` (f16/f32) into `dst` as llama.cpp's `file_type` (a gguf.LlamaFileType)."""
+def require_quantiser() -> None:
+    """Refuse (one line, what to install or pick instead) where llama.cpp's quantiser cannot be called."""
     if (problem := llama_cpp_available()) is not None:
         raise QuantizeError(f"k-quants need llama.cpp's quantiser: {problem}; {INSTALL_HINT}, "
                             "or export --quant q8_0 / q4_0, which need no llama.cpp")
+
+
+def llama_cpp_quantize(src: Path, dst: Path, file_type: int, threads: int | None = None) -> None:
+    """Quantise the GGUF `src` (f16/f32) into `dst` as llama.cpp's `file_type` (a gguf.LlamaFileType)."""
+    require_quantiser()
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()

@@ -2,15 +2,21 @@
 
 Each command is a thin module in ``scripts/`` with ``main(argv) -> int`` that parses its own
 arguments and calls one library function. Errors a user can fix (their classes carry
-``user_error = True``) are printed as one line on stderr with exit code 1; anything else is a bug
+``user_error = True``) are printed as one line on stderr with exit code 1, as are the file system's refusals
+of a path (read-only, no permission, disk full, a folder where a file goes ...); anything else is a bug
 and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
 import warnings
+
+# what the file system says of a path a user gave or whose place they chose: one line, not a traceback
+PATH_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR,
+               errno.ENAMETOOLONG}
 
 # command -> (module under scripts/, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -73,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - only user errors are shortened, the rest re-raised
         if getattr(type(err), "user_error", False):
             sys.stderr.write(f"assistant {name}: error: {err}\n")
+            return 1
+        if isinstance(err, OSError) and err.errno in PATH_ERRNOS and err.filename:
+            where = f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename
+            sys.stderr.write(f"assistant {name}: error: {where}: {err.strerror}\n")
             return 1
         raise
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import gradio as gr
 
 from myassistant.studio import runs, tab_chat, tab_data, tab_model, tab_publish, tab_report, tab_runs, tab_train
-from myassistant.studio.serve import login_for, warn_if_exposed
+from myassistant.studio.serve import StudioError, login_for, warn_if_exposed
 from myassistant.studio.ui import CSS, THEME, Workspace
 
 
@@ -53,6 +53,11 @@ def launch(workdir: str | Path, *, host: str = "127.0.0.1", port: int = 7861, sh
     login = login_for(host, share, auth)
     warn_if_exposed(host, share)
     demo = build(workdir)
-    demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, share=share, auth=login,
-                                                   inbrowser=open_browser, theme=THEME, css=CSS,
-                                                   footer_links=[], show_error=False)
+    try:
+        demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, share=share, auth=login,
+                                                       inbrowser=open_browser, theme=THEME, css=CSS,
+                                                       footer_links=[], show_error=False)
+    except OSError as err:
+        if "empty port" not in str(err):  # gradio's words when the port is taken
+            raise
+        raise StudioError(f"port {port} on {host} is in use (another studio or app?): pass --port N") from None

@@ -93,7 +93,9 @@ def test_wrong_input_is_named_in_one_line_before_any_work(tmp_path, tiny_checkpo
              (("chat", str(tiny_checkpoint), "--image", str(afile), "--prompt", "what?"), "is a text-only model"),
              (("train", "--config", "configs/tiny_lora_cpu.yaml", f"model.base={missing}",
                f"train.output_dir={tmp_path / 'out'}"), f"{missing}: no such model folder"),
-             (("report", str(missing)), f"{missing}: no such model folder")]
+             (("report", str(missing)), f"{missing}: no such model folder"),
+             # the file system's refusal of a place a user chose (here a cache under a file): its one line
+             (("clone", tiny_checkpoint.as_uri(), "--cache-dir", str(afile / "cache")), "Not a directory")]
     for args, message in cases:
         result = run_cli(*args)
         assert result.returncode in (1, 2) and message in result.stderr.strip().splitlines()[-1], (args, result.stderr)

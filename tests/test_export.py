@@ -142,3 +142,20 @@ def test_cli_export_and_bad_input_leave_no_file(tmp_path, tiny_checkpoint, capsy
         with pytest.raises(ExportError, match=message):
             export_gguf(folder, out_dir / ("x.bin" if message == "end in .gguf" else "x.gguf"), quant=quant)
     assert not out_dir.exists() or not list(out_dir.iterdir()), list(out_dir.iterdir())
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path, tiny_checkpoint):
+    """A folder where the file or its Modelfile goes, a file where a folder goes, a model path that is a file: one line
+    each, before the model loads, and nothing written."""
+    (tmp_path / "taken.gguf").mkdir()
+    (tmp_path / "m.Modelfile").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    cases = [(tiny_checkpoint, tmp_path / "taken.gguf", "taken.gguf is a folder"),
+             (tiny_checkpoint, tmp_path / "m.gguf", "m.Modelfile is a folder"),
+             (tiny_checkpoint, tmp_path / "a_file" / "x.gguf", "a_file is a file, not a folder"),
+             (tiny_checkpoint / "config.json", tmp_path / "y.gguf", "config.json is a file: give the model's folder")]
+    for folder, out, message in cases:
+        done = run_cli("export", str(folder), "--quant", "q8_0", "--out", str(out))
+        assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "m.Modelfile", "taken.gguf"]

@@ -33,6 +33,16 @@ def test_beyond_loopback_without_a_login_is_refused(tmp_path, flags):
     assert bad.returncode == 1 and "expected user:password" in bad.stderr
 
 
+def test_a_port_in_use_is_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _studio("--workdir", str(tmp_path / "ws"), "--port", str(port))
+    assert done.returncode == 1 and f"port {port} on 127.0.0.1 is in use" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_jobs_file_log_and_command_line_shown_hold_no_url_credentials(tmp_path):
     """A URL typed with its token in it (the Base model tab takes any URL) is run, but the job file, the log and the
     command the page shows hold it without the token."""
