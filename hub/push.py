@@ -47,6 +47,9 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
     for extra in map(lambda p: Path(p).expanduser(), add):
         if not extra.is_file():
             raise HubError(f"{extra}: no such file to add to the push")
+        if extra.name in files and files[extra.name].resolve() != extra.resolve():
+            raise HubError(f"--add {extra}: {folder} has a {extra.name} of its own, which it would replace; "
+                           "rename the file to add")
         files[extra.name] = extra
     if not files:
         raise HubError(f"{folder}: the folder is empty, nothing to push")

@@ -121,6 +121,9 @@ def test_push_adds_a_gguf_in_lfs_that_can_be_pulled_alone(tmp_path, remote, mode
     assert (laptop / "model.safetensors").read_bytes().startswith(b"version https://git-lfs")
     missing = _assistant(["push", str(model), "--to", str(remote), "--add", str(tmp_path / "nope.gguf")], env)
     assert missing.returncode == 1 and "nope.gguf: no such file" in missing.stderr
+    (tmp_path / "config.json").write_text("{}")  # a file named as one of the model's: refused, not swapped in
+    clash = _assistant(["push", str(model), "--to", str(remote), "--add", str(tmp_path / "config.json")], env)
+    assert clash.returncode == 1 and "has a config.json of its own" in clash.stderr, clash.stderr
     again = _assistant(["push", str(model), "--to", str(remote)], env)  # the folder alone: the GGUF goes, said so
     assert again.returncode == 0, again.stderr
     assert "removing from" in again.stderr and "model-q4_k_m.gguf" in again.stderr and "--add" in again.stderr
