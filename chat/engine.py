@@ -189,8 +189,9 @@ class ChatEngine:
         path = Path(path)
         if not (path / "config.json").is_file():
             if (path / ADAPTER_CONFIG).is_file():  # a LoRA run folder
-                raise EngineError(f"{path}: a training run's adapter, not a model; pass its base with --adapter "
-                                  f"{path}, or `assistant merge` it first")
+                raise EngineError(f"{path}: a training run's adapter, not a model; merge it first (`assistant merge "
+                                  f"{path} --out MERGED`) and serve MERGED, or chat over its base with "
+                                  f"`assistant chat BASE --adapter {path}`")
             raise EngineError(f"{path}: no config.json here; "
                               "pass a model folder (e.g. the output of `assistant merge`)")
         if adapter is not None and not (Path(adapter) / ADAPTER_CONFIG).is_file():
