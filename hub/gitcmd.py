@@ -26,6 +26,9 @@ INSTALL_GIT_LFS = (
 
 # (substrings of git's stderr, lower case) -> what to tell the user; the first match wins.
 _KNOWN_FAILURES: list[tuple[tuple[str, ...], str]] = [
+    (("refusing to update checked out branch",),
+     "{url} is a working copy with that branch checked out, not a bare repository: push to a bare one "
+     "(`git init --bare PATH`) or a hosted repo"),
     (("'lfs' is not a git command", "git-lfs: not found", "git-lfs: command not found"), INSTALL_GIT_LFS),
     (("no space left on device", "disk quota exceeded"),
      "disk full while writing {where}: free some space (weights need about twice their size while cloning) "
@@ -92,6 +95,14 @@ def explain(stderr: str, *, url: str, where: Path | str) -> str | None:
     return None
 
 
+def cause(output: str, returncode: int) -> str:
+    """git's own reason in its output: the first error line (the last line is often only "failed to push some
+    refs"), else the last line."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    reasons = [line for line in lines if line.lower().startswith(("fatal:", "error:", "remote: error:", "remote: fatal:"))]
+    return (reasons or lines or [f"exit code {returncode}"])[0 if reasons else -1]
+
+
 def git(args: list[str], *, cwd: Path | str | None, env: dict[str, str], url: str = "",
         what: str = "", check: bool = True, input: str | None = None,
         encoding: str = "utf-8") -> subprocess.CompletedProcess[str]:
@@ -112,6 +123,5 @@ def git(args: list[str], *, cwd: Path | str | None, env: dict[str, str], url: st
         log.debug("git %s: %s", args[0], redact(done.stderr.strip()))
     if check and done.returncode != 0:
         detail = explain(done.stderr + done.stdout, url=url, where=cwd or ".")
-        last = (done.stderr.strip() or done.stdout.strip() or f"exit code {done.returncode}").splitlines()[-1]
-        raise HubError(f"{what or 'git ' + args[0]} failed: {detail or last}")
+        raise HubError(f"{what or 'git ' + args[0]} failed: {detail or cause(done.stderr or done.stdout, done.returncode)}")
     return done

@@ -192,6 +192,12 @@ def test_clear_errors_for_missing_repo_and_missing_git_lfs(tmp_path, model):
     assert missing.returncode == 1
     assert "not found" in missing.stderr and "git init --bare" in missing.stderr
     assert not (tmp_path / "cache" / "push").exists()  # nothing committed, so no work dir is left behind
+    checkout = tmp_path / "checkout"  # a working copy, its branch checked out: git's reason, not "failed to push"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(checkout)], check=True)
+    subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "--allow-empty", "-m", "x"],
+                   cwd=checkout, check=True)
+    busy = _assistant(["push", str(model), "--to", str(checkout)], env)
+    assert busy.returncode == 1 and "not a bare repository" in busy.stderr, busy.stderr
 
     bin_dir = tmp_path / "bin"  # a PATH with git but without git-lfs
     bin_dir.mkdir()
