@@ -25,6 +25,11 @@ INSTALL_GIT_LFS = (
 )
 
 # (substrings of git's stderr, lower case) -> what to tell the user; the first match wins.
+_AUTH_NEEDLES = ("could not read username", "could not read password", "terminal prompts disabled",
+                 "authentication failed", "http 401", "401 unauthorized", "error: 401", "authorization error",
+                 "credentials for")
+_TOKEN_REFUSED = ("{url} refused the token set in OPENXLAB_TOKEN / GIT_TOKEN: check that it is valid, not expired and "
+                  "has access to this repo (and GIT_USERNAME if the server needs your user name)")
 _KNOWN_FAILURES: list[tuple[tuple[str, ...], str]] = [
     (("refusing to update checked out branch",),
      "{url} is a working copy with that branch checked out, not a bare repository: push to a bare one "
@@ -33,8 +38,7 @@ _KNOWN_FAILURES: list[tuple[tuple[str, ...], str]] = [
     (("no space left on device", "disk quota exceeded"),
      "disk full while writing {where}: free some space (weights need about twice their size while cloning) "
      "and run the command again"),
-    (("could not read username", "could not read password", "terminal prompts disabled", "authentication failed",
-      "http 401", "401 unauthorized", "error: 401", "authorization error", "credentials for"),
+    (_AUTH_NEEDLES,
      "authentication required by {url}: set OPENXLAB_TOKEN or GIT_TOKEN (and GIT_USERNAME if the server "
      "needs your user name) to an access token with access to this repo"),
     (("http 403", "403 forbidden", "error: 403", "permission denied", "access denied", "not allowed to push",
@@ -87,8 +91,10 @@ def git_env(token_env: tuple[str, ...] | list[str] = GIT_TOKEN_ENVS, *, skip_smu
     return env
 
 
-def explain(stderr: str, *, url: str, where: Path | str) -> str | None:
+def explain(stderr: str, *, url: str, where: Path | str, token_given: bool = False) -> str | None:
     low = stderr.lower()
+    if token_given and any(s in low for s in _AUTH_NEEDLES):  # a token was sent and refused: not "set a token"
+        return _TOKEN_REFUSED.format(url=strip_credentials(url))
     for needles, message in _KNOWN_FAILURES:
         if any(s in low for s in needles):
             return message.format(url=strip_credentials(url), where=where)
@@ -122,6 +128,6 @@ def git(args: list[str], *, cwd: Path | str | None, env: dict[str, str], url: st
     if done.stderr.strip():
         log.debug("git %s: %s", args[0], redact(done.stderr.strip()))
     if check and done.returncode != 0:
-        detail = explain(done.stderr + done.stdout, url=url, where=cwd or ".")
+        detail = explain(done.stderr + done.stdout, url=url, where=cwd or ".", token_given=_PASSWORD_VAR in env)
         raise HubError(f"{what or 'git ' + args[0]} failed: {detail or cause(done.stderr or done.stdout, done.returncode)}")
     return done

@@ -205,7 +205,7 @@ def test_missing_or_wrong_token_is_a_clear_error(tmp_path, server):
 
     wrong = _assistant(["clone", remote], _env(tmp_path, GIT_TOKEN="not-the-token"))
     assert wrong.returncode == 1
-    assert "authentication required" in wrong.stderr
+    assert "refused the token" in wrong.stderr  # set and refused: not "set a token"
     assert "not-the-token" not in wrong.stderr + wrong.stdout
 
     in_url = _assistant(["clone", remote.replace("://", f"://{USER}:{TOKEN}@")], _env(tmp_path))
