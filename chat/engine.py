@@ -37,8 +37,8 @@ from myassistant.chat.prefill import BUCKETS as PREFILL_BUCKETS
 from myassistant.chat.quant import quantize_int8, resolve_quantize
 from myassistant.chat.stream import IncrementalDetokenizer
 from myassistant.chat.vision import ImageEncoder, find_images
-from myassistant.model import (ADAPTER_CONFIG, CheckpointError, build_tiny_checkpoint, is_llava, load_adapter, load_llava,
-                               load_model, load_tokenizer, stop_token_ids)
+from myassistant.model import (ADAPTER_CONFIG, PROJECTOR_WEIGHTS, CheckpointError, build_tiny_checkpoint, is_llava,
+                               load_adapter, load_llava, load_model, load_tokenizer, stop_token_ids)
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,10 @@ class ChatEngine:
         path = Path(path)
         if not (path / "config.json").is_file():
             if (path / ADAPTER_CONFIG).is_file():  # a LoRA run folder
+                over_base = ("" if (path / PROJECTOR_WEIGHTS).is_file()  # a LLaVA run: its base reads no pictures
+                             else f", or chat over its base with `assistant chat BASE --adapter {path}`")
                 raise EngineError(f"{path}: a training run's adapter, not a model; merge it first (`assistant merge "
-                                  f"{path} --out MERGED`) and serve MERGED, or chat over its base with "
-                                  f"`assistant chat BASE --adapter {path}`")
+                                  f"{path} --out MERGED`) and serve MERGED{over_base}")
             raise EngineError(f"{path}: no config.json here; "
                               "pass a model folder (e.g. the output of `assistant merge`)")
         if adapter is not None and not (Path(adapter) / ADAPTER_CONFIG).is_file():

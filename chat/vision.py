@@ -54,7 +54,11 @@ def read_image(source: ImageSource) -> Image.Image:
     """An RGB PIL image from a path or a PIL image; EngineError naming the path when it is not one."""
     if isinstance(source, Image.Image):
         return source.convert("RGB")
+    if not str(source).strip():
+        raise EngineError("no image path given: /image PATH")
     path = Path(source)
+    if path.is_dir():
+        raise EngineError(f"image {path}: a folder; give one picture's file")
     if not path.is_file():
         raise EngineError(f"image {path}: no such file")
     try:

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompt is not None and not args.prompt.strip() and not args.image:
         parser.error("--prompt: the message is empty")
     if args.image and Path(args.model_dir, "config.json").is_file() and not is_llava(Path(args.model_dir)):
-        parser.error(f"--image: {args.model_dir} is a text-only model; pictures need a multimodal (Llava) model")
+        parser.exit(2, f"assistant chat: error: --image: {args.model_dir} is a text-only model; pictures need a "
+                       "multimodal (Llava) model\n")
     for path in args.image:
         read_image(path)  # a bad path fails before the model loads
     config = ServeConfig(device=args.device, dtype=args.dtype, quantize=args.quantize, int8_kernel=args.int8_kernel,

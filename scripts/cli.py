@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("assistant: interrupted\n")
         return 130
     except Exception as err:  # noqa: BLE001 - only user errors are shortened, the rest re-raised
+        if _after_ctrl_c(err):  # e.g. datasets' worker pool, whose TimeoutError follows the KeyboardInterrupt
+            sys.stderr.write("assistant: interrupted\n")
+            return 130
         if getattr(type(err), "user_error", False):
             sys.stderr.write(f"assistant {name}: error: {err}\n")
             return 1
@@ -85,6 +88,17 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"assistant {name}: error: {where}: {err.strerror}\n")
             return 1
         raise
+
+
+def _after_ctrl_c(err: BaseException) -> bool:
+    """Whether `err` was raised while a KeyboardInterrupt was being handled (its cause or context, at any depth)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 if __name__ == "__main__":

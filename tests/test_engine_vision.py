@@ -177,12 +177,13 @@ def test_chat_cli_asks_about_a_picture(tiny_llava, pictures, engine, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == engine.generate(ask_about(pictures["red_circle"]), GREEDY, max_new_tokens=12) + "\n"
 
-    done = chat_cli(str(tiny_llava), *greedy, stdin=f"/image {tmp_path / 'nope.png'}\n/image {pictures['blue_square']}\n"
-                   "What is in the picture?\nAnd now?\n/exit\n")
+    done = chat_cli(str(tiny_llava), *greedy, stdin=f"/image {tmp_path / 'nope.png'}\n/image\n/image {tmp_path}\n"
+                   f"/image {pictures['blue_square']}\nWhat is in the picture?\nAnd now?\n/exit\n")
     assert done.returncode == 0, done.stderr
     assert f"image {tmp_path / 'nope.png'}: no such file" in done.stderr
+    assert "no image path given: /image PATH" in done.stderr and f"image {tmp_path}: a folder" in done.stderr
     first_reply = engine.generate(ask_about(pictures["blue_square"]), GREEDY, max_new_tokens=12)
-    assert done.stdout.split(">>> ")[3] == first_reply + "\n"
+    assert done.stdout.split(">>> ")[5] == first_reply + "\n"
 
     done = chat_cli(str(tiny_llava), "--image", str(tmp_path / "nope.png"), "--prompt", "hi", *greedy)
     assert done.returncode == 1

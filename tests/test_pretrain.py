@@ -262,8 +262,12 @@ def test_non_utf8_file_is_one_line_naming_the_encoding(tiny_checkpoint, tmp_path
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == (
         f"assistant train: error: {tmp_path / 'gbk.txt'}:1: not utf-8 text (byte 0xb5: invalid start byte); "
-        "it decodes as gb18030: set data.encoding=gb18030 (or save the file as UTF-8)")
+        "it decodes as gb18030: set data.encoding=gb18030 (`data check`: --encoding gb18030), or save the file as UTF-8")
     assert not (tmp_path / "run").exists()
+    (tmp_path / "windows.txt").write_text("Notepad's \"Unicode\".\n你好\n", encoding="utf-16")  # with its BOM
+    check = run_cli("data", "check", str(tmp_path / "windows.txt"), "--tokenizer", str(tiny_checkpoint))
+    assert check.returncode == 1 and check.stderr.strip().splitlines()[-1].endswith(
+        "windows.txt: UTF-16 text (Windows' \"Unicode\"); save it as UTF-8"), check.stderr
 
 
 def test_declared_encoding_reads_gbk_text(tokenizer, tmp_path):

@@ -72,8 +72,10 @@ def check_file(path: Path, spec: TextSpec) -> None:
         return _check_parquet(path, spec)
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # read a line at a time, UTF-16 would split inside characters
+        raise DataError(f"{path}: UTF-16 text (Windows' \"Unicode\"); save it as UTF-8")
     nul = head.find(b"\0")
-    if nul >= 0 and not head.startswith((b"\xff\xfe", b"\xfe\xff")):  # NUL: not text (UTF-16 aside)
+    if nul >= 0:  # NUL: not text
         raise DataError(f"{path}: a binary file (NUL byte at offset {nul}), not text; "
                         f"training reads text files ({', '.join(SUFFIXES)})")
     try:
@@ -89,8 +91,9 @@ def check_file(path: Path, spec: TextSpec) -> None:
 def _decode_error(path: Path, data: bytes, err: UnicodeDecodeError, encoding: str, line_offset: int = 0) -> DataError:
     line = line_offset + data[: err.start].count(b"\n") + 1
     fits = [e for e in CANDIDATE_ENCODINGS if e != encoding and _decodes(data, e)]
-    hint = (f"it decodes as {fits[0]}: set data.encoding={fits[0]} (or save the file as UTF-8)" if fits
-            else "save it as UTF-8, or set data.encoding to the file's encoding")
+    hint = (f"it decodes as {fits[0]}: set data.encoding={fits[0]} (`data check`: --encoding {fits[0]}), or save the "
+            "file as UTF-8" if fits else "save it as UTF-8, or set data.encoding (`data check`: --encoding) to the "
+            "file's encoding")
     return DataError(f"{path}:{line}: not {encoding} text (byte 0x{data[err.start]:02x}: {err.reason}); {hint}")
 
 

@@ -17,12 +17,14 @@ def read_multimodal_source(source: Path, cfg, facts: dict) -> dict:
     """What ``trainer.merge.read_source`` returns, for a multimodal run folder (``cfg``: its RunConfig)."""
     projector = source / PROJECTOR_WEIGHTS
     if not projector.is_file():
-        raise CheckpointError(f"{source}: multimodal run without {PROJECTOR_WEIGHTS}; did the run finish?")
+        raise CheckpointError(f"{source}: multimodal run without {PROJECTOR_WEIGHTS}: it has not finished; "
+                              "finish it with `assistant train --config <its config> --resume`")
     adapter = None
     digest = hashlib.sha256(projector.read_bytes())
     if cfg.vision.stage == "finetune":
         if not (source / ADAPTER_CONFIG).exists() or not (source / ADAPTER_WEIGHTS).exists():
-            raise CheckpointError(f"{source}: finetune run without {ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}; did the run finish?")
+            raise CheckpointError(f"{source}: finetune run without {ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}: it has not "
+                                  "finished; finish it with `assistant train --config <its config> --resume`")
         adapter = str(source)
         digest.update((source / ADAPTER_WEIGHTS).read_bytes())
     return {"load": cfg.model.base, "vision_encoder": cfg.vision.encoder, "adapter": adapter, "projector": str(projector),
