@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="identity: folder written by 'assistant data identity' (default: the one the run "
                                   "was trained on); pre-training: held-out domain text (required); pictures: "
                                   "eval.jsonl's folder (required)")
+    p.add_argument("--image-folder", help="pictures: the folder the eval file's picture paths are relative to "
+                                          "(default: the eval file's folder)")
     p.add_argument("--kind", choices=("auto", "identity", "pretrain", "pictures"), default="auto",
                    help="which report (default: from the run; a --data folder with meta.json means identity)")
     p.add_argument("--base", help="base model folder to measure side by side (default: the run's base)")
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if kind == "pictures":
         if args.data is None:
             p.error("--data: the picture report needs held-out questions about pictures (a folder with eval.jsonl)")
-        pictures.write_picture_report(args.model, args.data, out_dir=args.out, max_new_tokens=args.max_new_tokens)
+        pictures.write_picture_report(args.model, args.data, out_dir=args.out, max_new_tokens=args.max_new_tokens,
+                                      image_folder=args.image_folder)
         print((Path(args.out or args.model) / REPORT_MD).read_text(encoding="utf-8"))
         return 0
     if kind == "auto":

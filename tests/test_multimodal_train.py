@@ -81,6 +81,14 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     rep = json.loads((merged / "report.json").read_text())
     assert rep["kind"] == "pictures" and rep["fine_tuned"]["n"] == 12 and rep["base"]["n"] == 12
     assert "right colour, held-out pictures" in proc.stdout
+    elsewhere = tmp_path / "evals"  # the questions kept apart from their pictures: --image-folder says where
+    elsewhere.mkdir()
+    (elsewhere / "eval.jsonl").write_bytes((shapes / "eval.jsonl").read_bytes())
+    proc = run_cli("report", str(merged), "--data", str(elsewhere), "--max-new-tokens", "4", "--out", str(elsewhere))
+    assert proc.returncode == 1 and "not found; check data.image_folder (--image-folder)" in proc.stderr
+    proc = run_cli("report", str(merged), "--data", str(elsewhere), "--image-folder", str(shapes), "--max-new-tokens",
+                   "4", "--out", str(elsewhere))
+    assert proc.returncode == 0 and json.loads((elsewhere / "report.json").read_text())["fine_tuned"]["n"] == 12
 
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)

@@ -86,8 +86,9 @@ def _markdown(rep: dict) -> str:
 
 
 def write_picture_report(model_path: str | Path, data_dir: str | Path, *, out_dir: str | Path | None = None,
-                         max_new_tokens: int = 16, base: bool = True) -> dict:
-    """Measure a multimodal model (and its parts before training) on held-out pictures; write the report."""
+                         max_new_tokens: int = 16, base: bool = True, image_folder: str | Path | None = None) -> dict:
+    """Measure a multimodal model (and its parts before training) on held-out pictures; write the report.
+    `image_folder`: where the eval file's picture paths start (default: the eval file's folder)."""
     model_path, data_dir = Path(model_path), Path(data_dir)
     eval_file = data_dir / FILES["eval"] if data_dir.is_dir() else data_dir
     if not eval_file.is_file():
@@ -95,7 +96,7 @@ def write_picture_report(model_path: str | Path, data_dir: str | Path, *, out_di
                         "(a LLaVA file with reference answers), e.g. `assistant data shapes --out DIR`")
     meta_file = eval_file.parent / FILES["meta"]
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
-    records = load_llava_records(eval_file)
+    records = load_llava_records(eval_file, image_folder)
     started, samples = time.time(), []
     model, processor = load_for_eval(model_path)
     fine = measure(model, processor, records, meta, max_new_tokens, samples)
