@@ -3,6 +3,7 @@ from it, merge writes a folder plain transformers loads and answers about pictur
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -57,6 +58,11 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     s1, s2, merged = tmp_path / "s1", tmp_path / "s2", tmp_path / "merged"
     proc = run_cli("train", *_stage(tiny_checkpoint, tiny_vision_encoder, shapes, s1, "pretrain", "train.max_steps=2"))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    other = tmp_path / "another-clip"  # an encoder other than stage 1's (here its copy elsewhere): refused, not trained
+    shutil.copytree(tiny_vision_encoder, other)
+    proc = run_cli("train", *_stage(tiny_checkpoint, other, shapes, s2, "finetune", f"vision.projector={s1}"))
+    assert proc.returncode == 1 and f"trained with vision.encoder={tiny_vision_encoder}, this run has {other}" in \
+        proc.stderr and not s2.exists(), proc.stderr[-2000:]
     proc = run_cli("train", *_stage(tiny_checkpoint, tiny_vision_encoder, shapes, s2, "finetune", "train.max_steps=2",
                                     f"vision.projector={s1}", "vision.lora_encoder=true", "lora.r=4"))
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -19,7 +19,8 @@ import peft
 import torch
 
 import myassistant.model as model_layer
-from myassistant.trainer.config import ALL_LINEAR, RunConfig, lora_target_modules
+from myassistant.trainer import run_folder
+from myassistant.trainer.config import ALL_LINEAR, ConfigError, RunConfig, lora_target_modules
 from myassistant.trainer.lora import bnb_config, weights_dtype
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,28 @@ def lora_targets(cfg: RunConfig) -> str:
     return pattern
 
 
+def check_projector_source(cfg: RunConfig) -> None:
+    """A stage-1 run folder given as ``vision.projector`` was trained with this run's encoder and LLM: its projector
+    maps that encoder's features into that LLM's embeddings (another CLIP of the same width would load, silently)."""
+    folder = Path(cfg.vision.projector) if cfg.vision.projector else None
+    stage1 = run_folder.run_config(folder) if folder is not None and folder.is_dir() else None
+    if stage1 is None:
+        return  # a projector file, or a folder without a run's config: the shapes are all there is to check
+    for field, theirs, ours in (("vision.encoder", stage1.vision.encoder, cfg.vision.encoder),
+                                ("model.base", stage1.model.base, cfg.model.base)):
+        if theirs and ours and _same_place(theirs) != _same_place(ours):
+            raise ConfigError(f"vision.projector {folder}: trained with {field}={theirs}, this run has {ours}; "
+                              f"use the same {field} as stage 1, or run stage 1 again with {ours}")
+
+
+def _same_place(name: str) -> str:
+    """A model folder's resolved path, or a hub id as it is."""
+    return str(Path(name).expanduser().resolve()) if Path(name).expanduser().exists() else name
+
+
 def build_training_model(cfg: RunConfig):
     """(model, processor) for ``cfg.vision.stage``; only the parameters that stage trains need grads."""
+    check_projector_source(cfg)
     method = cfg.quant.method
     extra = {"quantization_config": bnb_config(cfg.quant)} if method == "qlora" else {}
     device = {"": torch.cuda.current_device()} if torch.cuda.is_available() else None
