@@ -32,6 +32,7 @@ from myassistant.chat.decode import Embed
 from myassistant.chat.errors import EngineError
 from myassistant.chat.history import Message, message_text
 from myassistant.model import image_token_count, is_llava  # noqa: F401 - is_llava: for app.py, which imports chat only
+from myassistant.model.pictures import TOO_LARGE, open_picture
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,10 @@ def read_image(source: ImageSource) -> Image.Image:
     if not path.is_file():
         raise EngineError(f"image {path}: no such file")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")  # grayscale, palette and RGBA images too
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        return open_picture(path)
+    except Image.DecompressionBombError:
+        raise EngineError(f"image {path}: {TOO_LARGE}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         raise EngineError(f"image {path}: not a readable image ({err})") from err
 
 

@@ -161,6 +161,9 @@ def test_unreadable_pictures_and_text_only_models_are_one_line_errors(engine, tm
     (tmp_path / "fake.png").write_text("not a picture")
     with pytest.raises(EngineError, match=f"^image {tmp_path / 'fake.png'}: not a readable image"):
         engine.generate(ask_about(tmp_path / "fake.png"), GREEDY)
+    Image.new("1", (14000, 13500)).save(tmp_path / "huge.png")  # 189 megapixels: over Pillow's limit, said so
+    with pytest.raises(EngineError, match="huge.png: more pixels than Pillow opens .*; downscale it$"):
+        engine.generate(ask_about(tmp_path / "huge.png"), GREEDY)
     text_only = ChatEngine.from_pretrained(tiny_checkpoint, device="cpu")
     with pytest.raises(EngineError, match="is a text-only model: it cannot read images"):
         text_only.generate(ask_about(tmp_path / "fake.png"), GREEDY)

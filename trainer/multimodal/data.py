@@ -25,6 +25,7 @@ import datasets
 from PIL import Image
 
 from myassistant.model import IMAGE_TOKEN
+from myassistant.model.pictures import TOO_LARGE, open_picture
 from myassistant.trainer.data import IGNORE_INDEX, DataError, describe, tokenize_records
 from myassistant.trainer.data.formats import PARSERS, _Where, detect_format, read_json_records
 
@@ -49,14 +50,12 @@ def _open(path: str | Path, where: str, decode: bool) -> Image.Image | None:
     DataError line naming ``where`` and the path."""
     at = f"{where}: " if where else ""
     try:
-        with Image.open(path) as img:
-            if not decode:
-                return None
-            img.load()
-            return img.convert("RGB")
+        return open_picture(path, decode)
     except FileNotFoundError:
         raise DataError(f"{at}image {path} not found; check data.image_folder (--image-folder)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError:
+        raise DataError(f"{at}image {path}: {TOO_LARGE}") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{at}image {path} cannot be read ({err}); replace the file or drop the record") from None
 
 
