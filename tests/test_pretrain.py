@@ -130,15 +130,20 @@ def test_txt_units(tokenizer, tmp_path, unit, expected):
     assert stream.tokens.tolist() == doc_ids(tokenizer, expected)
 
 
-def test_folder_glob_jsonl_and_parquet(tiny_checkpoint, tokenizer, tmp_path):
+def test_folder_glob_jsonl_and_parquet(tiny_checkpoint, tokenizer, tmp_path, caplog):
     folder = tmp_path / "corpus"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text("alpha one\n\nalpha two\n", encoding="utf-8")
     (folder / "sub" / "b.jsonl").write_text('{"body": "beta one"}\n\n{"body": "beta two", "id": 2}\n', encoding="utf-8")
     pq.write_table(pa.table({"body": ["gamma one", None, "gamma two"], "n": [1, 2, 3]}), folder / "c.parquet")
     (folder / "notes.md").write_text("not part of the corpus", encoding="utf-8")
+    (folder / "scan.pdf").write_bytes(b"%PDF-1.4")
     spec = TextSpec(text_field="body")
-    stream = tokenize_corpus(folder, tokenizer, spec)  # files in sorted order: a.txt, c.parquet, sub/b.jsonl
+    with caplog.at_level("WARNING"):
+        stream = tokenize_corpus(folder, tokenizer, spec)  # files in sorted order: a.txt, c.parquet, sub/b.jsonl
+    assert f"{folder}: skipping 1 .md, 1 .pdf file(s)" in caplog.text  # said, not silently left out
+    assert tokenize_corpus(str(folder / "*.md"), tokenizer, spec).tokens.tolist() == doc_ids(  # the glob it names
+        tokenizer, ["not part of the corpus"])
     docs = ["alpha one", "alpha two", "gamma one", "gamma two", "beta one", "beta two"]
     assert stream.tokens.tolist() == doc_ids(tokenizer, docs)
     assert tokenize_corpus(str(folder / "**" / "*.jsonl"), tokenizer, spec).tokens.tolist() == doc_ids(tokenizer, docs[4:])
@@ -169,24 +174,45 @@ def test_second_tokenisation_comes_from_the_cache(tokenizer, tmp_path, token_cac
 
 # -- resume -------------------------------------------------------------------------------------------
 
+class StopAt(TrainerCallback):
+    """Stop the training after step ``step`` (a run cut off, to be resumed)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step == self.step
+
+
 def test_resume_lands_in_the_right_block(tiny_checkpoint, tokenizer, tmp_path):
     corpus = tmp_path / "almanac.txt"
     corpus.write_text("\n\n".join(domain_documents(6, seed=5)), encoding="utf-8")
     settings = {"save_steps": 4, "per_device_train_batch_size": 2}
-
-    class StopAt4(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            control.should_training_stop = state.global_step == 4
 
     whole = Batches()
     train(load_config(None, pretrain_overrides(tiny_checkpoint, str(corpus), tmp_path / "whole", **settings)),
           callbacks=(whole,))
     cfg = load_config(None, pretrain_overrides(tiny_checkpoint, str(corpus), tmp_path / "cut", **settings))
     before, after = Batches(), Batches()
-    train(cfg, callbacks=(StopAt4(), before))
+    train(cfg, callbacks=(StopAt(4), before))
     train(cfg, resume=True, callbacks=(after,))
     assert [r for r in whole.rows if r[0] <= 4] == before.rows
     assert [r for r in whole.rows if r[0] > 4] == after.rows and after.rows[0][0] == 5
+
+
+def test_resume_on_changed_data_says_so(tiny_checkpoint, tmp_path, caplog):
+    corpus = tmp_path / "almanac.txt"
+    corpus.write_text("\n\n".join(domain_documents(6, seed=5)), encoding="utf-8")
+    cfg = load_config(None, pretrain_overrides(tiny_checkpoint, str(corpus), tmp_path / "run", save_steps=2,
+                                               max_steps=4))
+    train(cfg, callbacks=(StopAt(2),))
+    with caplog.at_level("WARNING"):
+        train(cfg, resume=True, callbacks=(StopAt(3),))  # the same data: nothing said
+        assert "training data changed" not in caplog.text
+        corpus.write_text("\n\n".join(domain_documents(8, seed=5)), encoding="utf-8")
+        train(cfg, resume=True)
+    assert "the training data changed since this run's last session (records 6 -> 8" in caplog.text
+    assert "skips the first 2 steps' batches" in caplog.text
 
 
 # -- mixed sources and the report ---------------------------------------------------------------------

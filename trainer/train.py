@@ -37,14 +37,15 @@ from myassistant.trainer.data.sources import TrainingData, build_training_data
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
 from myassistant.trainer import runlock
 from myassistant.trainer.run_folder import (EVAL_SAMPLES_NAME, METRICS_NAME, RUN_CONFIG_NAME, RUN_INFO_NAME,
-                                            assistant_name, write_json)
+                                            assistant_name, read_json, write_json)
 
 log = logging.getLogger(__name__)
 
 # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
 CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
                  else "gradient_checkpointing")
-LOG_NAMES = {RUN_CONFIG_NAME, METRICS_NAME, EVAL_SAMPLES_NAME, "tensorboard", runlock.LOCK_NAME,
+DATA_SUMMARY_NAME = "data_summary.json"  # counts of the data the run last trained on (a resume compares)
+LOG_NAMES = {RUN_CONFIG_NAME, METRICS_NAME, EVAL_SAMPLES_NAME, DATA_SUMMARY_NAME, "tensorboard", runlock.LOCK_NAME,
              "studio"}  # studio/: the log and job file of a training the studio started
 DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 
@@ -109,6 +110,20 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, main: bool = T
         if changed:
             log.warning("resuming with a config that differs from %s in: %s", saved, ", ".join(changed))
     return last
+
+
+def _compare_data(path: Path, summary: dict, checkpoint: Path | None) -> None:
+    """Write the data's counts to ``path``; resuming on data whose counts differ from the last session's says so:
+    the Trainer skips as many batches of the data it is given as were trained, so after an edit some rows are
+    never trained on this epoch and others twice (run_config.yaml only shows that the path is the same)."""
+    before = read_json(path)
+    if checkpoint is not None and before and before != summary:
+        changed = ", ".join(f"{key} {before.get(key)} -> {value}" for key, value in summary.items()
+                            if before.get(key) != value)
+        log.warning("the training data changed since this run's last session (%s); the resumed run skips the first "
+                    "%d steps' batches of the new data as if it were the old: start a new run to train on it evenly",
+                    changed, checkpoint_step(checkpoint))
+    write_json(path, summary)
 
 
 def training_arguments(cfg: RunConfig, run_dir: Path, deepspeed: str | None) -> TrainingArguments:
@@ -244,6 +259,8 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
             truncate_jsonl(run_dir / METRICS_NAME, step)
             truncate_jsonl(run_dir / EVAL_SAMPLES_NAME, step)
         save_config(cfg, run_dir / RUN_CONFIG_NAME)
+        _compare_data(run_dir / DATA_SUMMARY_NAME, {"records": data.records, "rows": len(dataset),
+                                                    "tokens": data.tokens}, checkpoint)
     cbs = [MetricsFile(run_dir / METRICS_NAME)]
     if cfg.train.report_to == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter

@@ -15,10 +15,12 @@ no text stop with one ``DataError`` before anything is tokenised.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -56,14 +58,30 @@ def find_files(path: str | Path) -> list[Path]:
         return files
     p = Path(text).expanduser()
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES
+        found = sorted(f for f in p.rglob("*") if f.is_file()
                        and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        files = [f for f in found if f.suffix.lower() in SUFFIXES]
+        skipped = Counter(f.suffix.lower() or "(no suffix)" for f in found if f.suffix.lower() not in SUFFIXES)
         if not files:
-            raise DataError(f"{p}: the folder holds no {', '.join(SUFFIXES)} file")
+            raise DataError(f"{p}: the folder holds no {', '.join(SUFFIXES)} file"
+                            + (f" (it holds {_count(skipped)})" if skipped else ""))
+        if skipped:
+            _say_skipped(str(p), _count(skipped))
         return files
     if not p.is_file():
         raise DataError(f"{p}: no such data file or folder")
     return [p]
+
+
+def _count(suffixes: Counter) -> str:
+    return ", ".join(f"{n} {suffix}" for suffix, n in suffixes.most_common())
+
+
+@functools.cache  # once per folder and process: a source's files are listed by every stage that reads them
+def _say_skipped(folder: str, what: str) -> None:
+    log.warning("%s: skipping %s file(s): a folder source reads only %s files; to train on others as text, "
+                "name them with a glob (e.g. '%s/**/*.md') and data.format: text", folder, what,
+                "/".join(SUFFIXES), folder)
 
 
 def check_file(path: Path, spec: TextSpec) -> None:
