@@ -317,7 +317,12 @@ def clone_or_update(url: str, dest: Path, *, token_env: tuple[str, ...] = GIT_TO
             ["rev-parse", "-q", "--verify", "HEAD"], cwd=work, env=env, check=False).returncode == 0
         if not resumable:
             shutil.rmtree(work, ignore_errors=True)
-            work.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                work.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:  # a read-only disk, a file in the way: the cache folder is the user's choice
+                raise HubError(f"cannot make the cache folder {work.parent} for the clone ({err.strerror}); "
+                               "choose a folder you can write (app.py: MODEL_CACHE; assistant clone: --cache-dir)"
+                               ) from None
             git(["clone", "-q", url, str(work)], cwd=work.parent, env=env, url=url, what=f"cloning {shown}")
             git(["lfs", "install", "--local"], cwd=work, env=env, what="git lfs install")
             if git(["rev-parse", "-q", "--verify", "HEAD"], cwd=work, env=env, check=False).returncode != 0:

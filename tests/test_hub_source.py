@@ -91,3 +91,11 @@ def test_hf_push_without_network_fails_clearly(tmp_path):
     assert result.stderr.startswith("assistant push: error: ") and result.stderr.count("\n") == 1
     assert "hf_dummy_token_123" not in result.stderr + result.stdout
     assert not any(p.name.startswith(".push-") for p in tmp_path.iterdir())  # staging folder cleaned up
+
+
+def test_clone_into_a_cache_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("a file where the cache folder would be")
+    result = _assistant(["clone", f"file://{tmp_path}/models.git", "--cache-dir", str(tmp_path / "afile" / "models")])
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert f"cannot make the cache folder {tmp_path / 'afile' / 'models'} for the clone (Not a directory)" in result.stderr
+    assert "MODEL_CACHE" in result.stderr and "--cache-dir" in result.stderr
