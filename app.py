@@ -98,7 +98,9 @@ class Served:
                 raise EngineError(CONFIG_ERROR)
             step()
         except Exception as err:  # noqa: BLE001 - any failure becomes a message on the page
-            log.error("cannot load the model: %s", err, exc_info=not getattr(type(err), "user_error", False))
+            # a path the file system refused (DEMO_MODEL_DIR read-only, a disk full) names itself: no traceback
+            said = getattr(type(err), "user_error", False) or (isinstance(err, OSError) and err.filename)
+            log.error("cannot load the model: %s", err, exc_info=not said)
             self.error = redact(f"{type(err).__name__}: {err}")
 
 

@@ -9,7 +9,9 @@ from myassistant.hub import push_folder
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="assistant push", description=__doc__,
-        epilog="Tokens come from the environment only: HF_TOKEN for the Hub; OPENXLAB_TOKEN or GIT_TOKEN "
+        epilog="The pushed commit holds exactly the folder (and --add files): files the repo had that the folder "
+               "lacks are removed from it (they stay in its history; a git push names them). "
+               "Tokens come from the environment only: HF_TOKEN for the Hub; OPENXLAB_TOKEN or GIT_TOKEN "
                "(and GIT_USERNAME) for git remotes.")
     parser.add_argument("folder", help="the model folder (merged weights, or an adapter)")
     parser.add_argument("--to", required=True, metavar="REMOTE",
