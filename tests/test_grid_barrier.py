@@ -1,0 +1,29 @@
+"""benchmarks/grid_barrier_gpu.py measures issue 21's persistent-kernel lever on a GPU; here its kernels are checked
+for what they compute under Triton's interpreter (one program: the interpreter runs programs one after another,
+so a grid barrier can only be met by a grid of one), so a device call spends its time measuring."""
+import importlib.util
+
+import pytest
+
+from test_decode_attention import run_interpreted
+
+CHECK = """
+import sys, torch
+sys.path.insert(0, '..')
+from benchmarks.grid_barrier_gpu import Step
+shape = [(32, 64), (64, 32), (96, 64), (64, 96)] * 2  # rows, columns: each phase reads the previous one's output
+step = Step(shape, 'cpu')
+step.kernels(16, 32)
+want = step.output()
+assert want.shape == (64,) and torch.allclose(want.float(), step.reference().float(), rtol=2e-2, atol=2e-2), (want, step.reference())
+for kw in ({}, {'preload': True}):
+    step.buf.zero_()
+    step.persistent(1, 16, 32, timed=False, **kw)
+    assert torch.equal(step.output(), want), kw
+    assert int(step.counter) == len(shape), int(step.counter)  # one arrival a phase
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
+def test_persistent_step_equals_a_kernel_a_phase_under_tritons_interpreter():
+    run_interpreted(CHECK)
