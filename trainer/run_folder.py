@@ -6,6 +6,7 @@ A run folder (``train.output_dir``)::
     run_config.yaml  the resolved config: base model, method, data file, every hyper-parameter
     run.json         what the config cannot say: the assistant's name, steps, final loss, tokens, time
     report.json / report.md   the fine-tune report (``assistant report``)
+    data_summary.json  records, rows and tokens of the data the last session trained on (a resume compares)
     metrics.jsonl, eval_samples.jsonl, tensorboard/, checkpoint-N/, the adapter (or full weights)
 
 A merged folder takes the run's config, run info and report along (``CARRIED``) and records the merge
@@ -25,6 +26,7 @@ RUN_CONFIG_NAME = "run_config.yaml"
 RUN_INFO_NAME = "run.json"
 METRICS_NAME = "metrics.jsonl"
 EVAL_SAMPLES_NAME = "eval_samples.jsonl"
+DATA_SUMMARY_NAME = "data_summary.json"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 MERGE_INFO_NAME = "merge.json"
 CARRIED = (RUN_CONFIG_NAME, RUN_INFO_NAME, REPORT_JSON, REPORT_MD)  # copied from a run into its merged folder

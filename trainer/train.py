@@ -36,15 +36,14 @@ from myassistant.trainer.config import ConfigError, RunConfig, load_config, save
 from myassistant.trainer.data.sources import TrainingData, build_training_data
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
 from myassistant.trainer import runlock
-from myassistant.trainer.run_folder import (EVAL_SAMPLES_NAME, METRICS_NAME, RUN_CONFIG_NAME, RUN_INFO_NAME,
-                                            assistant_name, read_json, write_json)
+from myassistant.trainer.run_folder import (DATA_SUMMARY_NAME, EVAL_SAMPLES_NAME, METRICS_NAME, RUN_CONFIG_NAME,
+                                            RUN_INFO_NAME, assistant_name, read_json, write_json)
 
 log = logging.getLogger(__name__)
 
 # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
 CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
                  else "gradient_checkpointing")
-DATA_SUMMARY_NAME = "data_summary.json"  # counts of the data the run last trained on (a resume compares)
 LOG_NAMES = {RUN_CONFIG_NAME, METRICS_NAME, EVAL_SAMPLES_NAME, DATA_SUMMARY_NAME, "tensorboard", runlock.LOCK_NAME,
              "studio"}  # studio/: the log and job file of a training the studio started
 DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
