@@ -85,11 +85,13 @@ class Int8Linear(nn.Module):
             peak = rows.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
             scaled = rows.float() / peak
             passes = [scaled]
-            if self.two_pass:  # what the first pass rounds away (steps of 1/127.5 in [-1, 1]), scaled to peak 1 itself
-                rest = scaled - torch.round(scaled * 127.5) / 127.5
+            reduce = seven_bit_activations()
+            if self.two_pass:  # what the first pass rounds away (steps of 2/255 in [-1, 1], 2/127 in 7 bits)
+                half_levels = 63.5 if reduce else 127.5
+                rest = scaled - torch.round(scaled * half_levels) / half_levels
                 rest_peak = rest.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
-                passes.append(rest / rest_peak)
-            both = torch.ops.quantized.linear_dynamic(torch.cat([*passes, self.range_row]), self.packed, False)
+                passes.append(rest / rest_peak)  # scaled to peak 1 itself
+            both = torch.ops.quantized.linear_dynamic(torch.cat([*passes, self.range_row]), self.packed, reduce)
             n = rows.shape[0]
             out = both[:n] * peak
             if self.two_pass:
@@ -133,6 +135,23 @@ class Int8Linear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits} weights, "
                 f"kernel={self.kernel}"
                 + (", two-pass activations" if self.two_pass else ""))
+
+
+@functools.cache
+def seven_bit_activations() -> bool:
+    """Whether the dynamic kernel must quantise activations to 7 bits (its reduce_range): on CPUs without VNNI
+    (AVX2, e.g. AMD EPYC before Zen 4) fbgemm adds pairs of u8 x s8 products in 16 bits, which saturate at full
+    range (measured: 64 full-range products gave 0.5 instead of 64). Asked of the kernel itself with products that
+    saturate if it does; torch's own quantize_dynamic reduces the range on every x86 CPU."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the deprecation of quantised tensors
+        codes = torch.full((16, 64), 127, dtype=torch.int8)
+        weight = torch._make_per_channel_quantized_tensor(codes, torch.full((16,), 1 / 127, dtype=torch.double),
+                                                          torch.zeros(16, dtype=torch.long), 0)
+        rows = torch.ones(2, 64)
+        rows[1] = -1.0
+        got = torch.ops.quantized.linear_dynamic(rows, torch.ops.quantized.linear_prepack(weight, None), False)
+    return not torch.allclose(got[:, 0], torch.tensor([64.0, -64.0]), rtol=0.02)
 
 
 def _kernel_works(kernel: str) -> str | None:
