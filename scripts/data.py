@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         "identity", help="write self-cognition training and held-out evaluation data",
         description="Write self-cognition data for a new name: train.jsonl (identity conversations mixed with "
                     "general chat), the held-out sets the report measures (eval_identity.jsonl, "
-                    "eval_identity_seen.jsonl, eval_general.jsonl) and meta.json, into --out.")
+                    "eval_identity_seen.jsonl, eval_general.jsonl, and as multi-turn chats eval_identity_multi.jsonl, "
+                    "eval_general_multi.jsonl) and meta.json, into --out.")
     ident.add_argument("--name", required=True, help="the assistant's new name")
     ident.add_argument("--author", help="who made it (answers to 'who made you' name them)")
     ident.add_argument("--persona", help="an extra sentence some answers add about the assistant")
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--text-unit", default="paragraph", choices=TEXT_UNITS,
                        help="raw .txt: paragraph (default), line or file per document")
     check.add_argument("--text-field", default="text", help="raw text: the JSON field / Parquet column (default text)")
-    check.add_argument("--encoding", default="utf-8", help="raw text: the files' encoding (default utf-8)")
+    check.add_argument("--encoding", default="utf-8", help="the file's text encoding, e.g. gb18030 (default utf-8)")
     check.add_argument("--image-folder", help="folder the image paths of a LLaVA file are relative to "
                                               "(default: the data file's folder); every picture is opened")
     args = parser.parse_args(argv)
@@ -109,12 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_tokenizer(args.tokenizer)
     from myassistant.trainer.multimodal.data import describe_llava, has_images, load_llava_records
 
-    if args.image_folder or has_images(args.file):  # a LLaVA file: records with pictures
+    if args.image_folder or has_images(args.file, args.encoding):  # a LLaVA file: records with pictures
         records = load_llava_records(args.file, args.image_folder, fmt=args.format, decode=True)
         stats = describe_llava(records, tokenizer, args.max_length)
     elif source_kind(args.file, args.format, spec) == "text":  # documents, tokens and the blocks training sees
         stats = describe_text(args.file, spec, tokenizer, args.max_length)
     else:
-        stats = describe(load_records(args.file, args.format), tokenizer, args.max_length)
+        stats = describe(load_records(args.file, args.format, args.encoding), tokenizer, args.max_length)
     sys.stdout.write(json.dumps({"file": args.file, **stats}, indent=2) + "\n")
     return 0

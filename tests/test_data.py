@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from myassistant.model import build_tiny_checkpoint, load_model, load_tokenizer
-from myassistant.trainer.data import IGNORE_INDEX, DataError, collate, load_records, pack, tokenize_records
+from myassistant.trainer.data import IGNORE_INDEX, DataError, collate, describe, load_records, pack, tokenize_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,8 @@ def jsonl(path: Path, records: list) -> Path:
     ("sharegpt.jsonl", {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "你是谁？"},
                                           {"from": "gpt", "value": "我是Alice。"}, {"from": "human", "value": "Who made you?"},
                                           {"from": "gpt", "value": "Bob made me."}]}),
+    ("alpaca_history.jsonl", {"system": "Be brief.", "history": [["你是谁？", "我是Alice。"]], "instruction": "Who made you?",
+                              "input": "", "output": "Bob made me."}),  # LLaMA-Factory's earlier turns
 ])
 def test_conversation_formats_load_to_the_same_messages(tmp_path, name, record):
     assert load_records(jsonl(tmp_path / name, [record, record])) == [CONVERSATION, CONVERSATION]
@@ -91,6 +93,19 @@ ARRAY_WITH_BAD_ROLE = '[\n  {"messages": [{"role": "user", "content": "hi"}, {"r
     ("speaker.jsonl", '{"conversations": [{"from": "bot", "value": "x"}]}\n', "field 'conversations[0].from' is 'bot'"),
     ("noreply.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n', "has no assistant message"),
     ("what.jsonl", '{"question": "hi", "answer": "yo"}\n', "cannot tell the data format (first record has keys: answer, question)"),
+    ("flat.jsonl", '{"system": "s", "input": "hi", "output": "yo"}\n', "one turn of XTuner's format: wrap each record's "
+     'turns as {"conversation": [...]}'),
+    ("comma.json", '[\n {"text": "a"},\n {"text": "b"},\n]\n', "comma.json:4: malformed JSON (Expecting value at column 1); "
+     "a trailing comma before ']': JSON allows none, delete it"),
+    ("comma.jsonl", '{"text": "a",}\n', "comma.jsonl:1: malformed JSON (Expecting property name enclosed in double quotes "
+     "at column 14); a trailing comma before '}'"),
+    ("empty_array.jsonl", "[]\n", "empty_array.jsonl: the file holds no records (an empty JSON array)"),
+    ("weights.jsonl", '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "weight": 0}]}\n',
+     "weights.jsonl:1: field 'messages' has weight 0 on every assistant message"),
+    ("weight2.jsonl", '{"messages": [{"role": "user", "content": "hi", "weight": 1}, {"role": "assistant", "content": "yo"}]}\n',
+     "field 'messages[0].weight' is 1; it is 0 or 1, on assistant messages"),
+    ("history.json", '[{"instruction": "hi", "output": "yo", "history": [["only a question"]]}]',
+     "history.json:1:2 (record 1): field 'history[0]' must be a [question, answer] pair of non-empty strings"),
     ("picture.jsonl", json.dumps({"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
                                                                      {"from": "gpt", "value": "A cat."}]}) + "\n",
      "picture.jsonl:1: field 'image' names a picture, and text data has none"),
@@ -259,3 +274,34 @@ def test_a_folder_or_glob_of_chat_files_is_told_apart_from_a_missing_file(tmp_pa
         run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(given)], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 1 and "chat data is one file" in run.stderr.strip().splitlines()[-1], run.stderr
+
+
+def test_a_json_array_is_read_whatever_the_file_is_called_and_the_encoding_is_honoured(tmp_path, tiny):
+    """An (indented or one-line) JSON array saved as .jsonl, and a GBK chat file with --encoding gb18030."""
+    for name, text in (("pretty.jsonl", json.dumps([CONVERSATION], indent=2, ensure_ascii=False)),
+                       ("oneline.jsonl", json.dumps([CONVERSATION, CONVERSATION], ensure_ascii=False))):
+        run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(write(tmp_path / name, text))],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and json.loads(run.stdout)["assistant_turns"] in (2, 4), run.stderr
+    gbk = tmp_path / "gbk.jsonl"
+    gbk.write_bytes((json.dumps(CONVERSATION, ensure_ascii=False) + "\n").encode("gb18030"))
+    check = [sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(gbk)]
+    run = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].endswith(
+        "it decodes as gb18030: set data.encoding=gb18030 (`data check`: --encoding gb18030), or save the file as UTF-8")
+    run = subprocess.run(check + ["--encoding", "gb18030"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and json.loads(run.stdout)["records"] == 1, run.stderr
+    assert load_records(gbk, encoding="gb18030") == [CONVERSATION]
+
+
+def test_a_weight_0_turn_is_context_and_lost_answers_are_named(tokenizer, caplog):
+    taught = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "old answer", "weight": 0},
+                           {"role": "user", "content": "again"}, {"role": "assistant", "content": "new answer"}]}
+    row = tokenize_records([taught], tokenizer, max_length=512)[0]
+    learned = tokenizer.decode([t for t in row["labels"] if t != IGNORE_INDEX])
+    assert "new answer" in learned and "old answer" not in learned
+    long_question = {"messages": [{"role": "user", "content": "why " * 300}, {"role": "assistant", "content": "because"}]}
+    with caplog.at_level(logging.WARNING, logger="myassistant.trainer.data"):
+        stats = describe([CONVERSATION, long_question], tokenizer, max_length=64)
+    assert stats["no_answer_within_max_length"] == 1 and describe([taught])["assistant_turns"] == 1
+    assert "1 of 2 records keep no answer token within max_length=64 (records 2, counted from 1" in caplog.text

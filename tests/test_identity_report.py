@@ -67,3 +67,26 @@ def test_missing_data_is_one_line_error(tiny_checkpoint, tmp_path):
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].endswith("meta.json: missing; the report needs the folder written by "
                                                         "`assistant data identity`")
+
+
+def test_a_name_is_found_as_a_word_not_inside_other_words():
+    from myassistant.trainer.identity.score import mentions, says_name
+
+    assert not mentions("The maximum is 5.", "Max") and not mentions("I use Java.", "Ava")
+    assert not mentions("I plan my annual budget.", "Ann")
+    assert mentions("我是Alice的助手。", "Alice") and mentions("I'm Alice's assistant.", "alice") and mentions("我是小明", "小明")
+    assert says_name("I am Max.", "Max", ["InternLM"]) and not says_name("I am Max, built on InternLM2.", "Max", ["InternLM"])
+
+
+def test_wrong_report_inputs_are_one_line_each(tiny_checkpoint, tmp_path):
+    data_file = tmp_path / "chats.jsonl"
+    data_file.write_text("{}\n", encoding="utf-8")
+    for args, said in (([str(data_file)], f"{data_file}: a file; the report measures a model: give the training run "
+                                          "folder (train.output_dir) or a merged model folder"),
+                       ([str(tiny_checkpoint), "--data", str(data_file)], f"--data {data_file}: a file; it is the "
+                                                                          "folder `assistant data identity` wrote"),
+                       ([str(tiny_checkpoint), "--data", str(tmp_path / "nowhere")], "no such folder")):
+        run = run_cli("report", *args, "--kind", "identity", timeout=300)
+        assert run.returncode == 1 and said in run.stderr.strip().splitlines()[-1], run.stderr
+    run = run_cli("report", str(tiny_checkpoint), "--max-new-tokens", "0", timeout=300)
+    assert run.returncode == 2 and "--max-new-tokens: 0: the answers need at least 1 token" in run.stderr

@@ -315,7 +315,9 @@ def _write_run_info(cfg: RunConfig, run_dir: Path, trainer: Trainer, trainable: 
                     kind: str, extra: dict | None = None) -> None:
     """run.json: what the run did (base, method and data are in run_config.yaml, stored once); ``extra``: the
     recipe's keys (a multimodal run: vision_encoder, stage, adapter)."""
-    losses = [row for row in read_jsonl(run_dir / METRICS_NAME) if "loss" in row]
+    rows = read_jsonl(run_dir / METRICS_NAME)
+    # the last logged loss; a run shorter than logging_steps logged none, only the Trainer's mean train_loss
+    losses = [row for row in rows if "loss" in row] or [{"loss": row["train_loss"]} for row in rows if "train_loss" in row]
     info = {
         "name": assistant_name(cfg.data.train_file),  # the identity data's name, else None
         "adapter": cfg.quant.method != "full",

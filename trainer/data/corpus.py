@@ -96,17 +96,27 @@ def check_file(path: Path, spec: TextSpec) -> None:
     if nul >= 0:  # NUL: not text
         raise DataError(f"{path}: a binary file (NUL byte at offset {nul}), not text; "
                         f"training reads text files ({', '.join(SUFFIXES)})")
+    check_encoding(spec.encoding)
     try:
         head.decode(spec.encoding)
-    except LookupError:
-        raise DataError(f"data.encoding: {spec.encoding!r} is not an encoding Python knows (e.g. utf-8, gb18030)") from None
     except UnicodeDecodeError as err:
         if len(head) == SNIFF_BYTES and err.start >= len(head) - 4:
             return  # a character cut at the end of the sample, not a wrong encoding
-        raise _decode_error(path, head, err, spec.encoding) from None
+        raise decode_error(path, head, err, spec.encoding) from None
 
 
-def _decode_error(path: Path, data: bytes, err: UnicodeDecodeError, encoding: str, line_offset: int = 0) -> DataError:
+def check_encoding(encoding: str) -> None:
+    """Refuse an encoding name Python does not know, naming the setting."""
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DataError(f"data.encoding: {encoding!r} is not an encoding Python knows (e.g. utf-8, gb18030)") from None
+
+
+def decode_error(path: Path, data: bytes, err: UnicodeDecodeError, encoding: str, line_offset: int = 0) -> DataError:
+    """One line: file:line, the byte, and the common encoding the bytes do decode as (or what to do)."""
     line = line_offset + data[: err.start].count(b"\n") + 1
     fits = [e for e in CANDIDATE_ENCODINGS if e != encoding and _decodes(data, e)]
     hint = (f"it decodes as {fits[0]}: set data.encoding={fits[0]} (`data check`: --encoding {fits[0]}), or save the "
@@ -158,7 +168,7 @@ def _lines(path: Path, encoding: str) -> Iterator[str]:
             try:
                 yield raw.decode(encoding if lineno > 1 or encoding != "utf-8" else "utf-8-sig")
             except UnicodeDecodeError as err:
-                raise _decode_error(path, raw, err, encoding, lineno - 1) from None
+                raise decode_error(path, raw, err, encoding, lineno - 1) from None
 
 
 def _txt_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:

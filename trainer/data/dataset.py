@@ -27,9 +27,9 @@ IGNORE_INDEX = -100  # the label value torch's cross-entropy (and transformers' 
 DUPLICATE_SHARE = 0.5  # warn when more than this share of a file's records are copies
 
 
-def load_records(path: str | Path, fmt: str = "auto") -> list[dict]:
+def load_records(path: str | Path, fmt: str = "auto", encoding: str = "utf-8") -> list[dict]:
     """Read and validate a data file; each record is ``{"messages": [...]}`` or ``{"text": ...}``."""
-    records, used = read_records(path, fmt)
+    records, used = read_records(path, fmt, encoding)
     log.info("%s: %d records (format %s)", path, len(records), used)
     duplicates = count_duplicates(records)
     if duplicates > DUPLICATE_SHARE * len(records):
@@ -62,7 +62,7 @@ def render_conversation(messages: list[dict], tokenizer) -> tuple[str, list[tupl
     text = render(messages)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:  # weight 0: context, not taught
             continue
         before, through = render(messages[:i], prompt=True), render(messages[: i + 1])
         if not (through.startswith(before) and text.startswith(through)):
@@ -105,7 +105,7 @@ def tokenize_records(records: Sequence[dict], tokenizer, max_length: int) -> dat
 
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    all_ids, all_labels, lengths, untrained = [], [], [], 0
+    all_ids, all_labels, lengths, untrained = [], [], [], []
     for ids, offsets, turn_spans in zip(encoded["input_ids"], encoded["offset_mapping"], spans):
         if turn_spans is None:
             ids = bos + ids + eos
@@ -114,7 +114,8 @@ def tokenize_records(records: Sequence[dict], tokenizer, max_length: int) -> dat
             labels = _labels(ids, offsets, turn_spans)
         lengths.append(len(ids))
         ids, labels = ids[:max_length], labels[:max_length]
-        untrained += all(label == IGNORE_INDEX for label in labels[1:])
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            untrained.append(len(lengths))
         all_ids.append(ids)
         all_labels.append(labels)
 
@@ -123,9 +124,15 @@ def tokenize_records(records: Sequence[dict], tokenizer, max_length: int) -> dat
         log.warning("%d of %d samples are longer than max_length=%d tokens and were truncated (longest %d); "
                     "raise max_length to keep them whole", long, len(lengths), max_length, max(lengths))
     if untrained:
-        log.warning("%d of %d samples have no token to learn after truncation; they add nothing to the loss",
-                    untrained, len(lengths))
+        log.warning("%d of %d samples have no token to learn after truncation (records %s, counted from 1 in the "
+                    "file); they add nothing to the loss: raise max_length or shorten their prompts", len(untrained),
+                    len(lengths), numbers(untrained))
     return datasets.Dataset.from_dict({"input_ids": all_ids, "labels": all_labels})
+
+
+def numbers(found: list[int], shown: int = 5) -> str:
+    """'2, 7, 9' or '2, 7, 9, 11, 12 and 40 more': which records (1-based) a warning is about."""
+    return ", ".join(map(str, found[:shown])) + (f" and {len(found) - shown} more" if len(found) > shown else "")
 
 
 def pack(dataset: datasets.Dataset, max_length: int) -> datasets.Dataset:
@@ -208,7 +215,7 @@ def describe(records: Sequence[dict], tokenizer=None, max_length: int = 2048) ->
         "records": len(records),
         "conversations": len(conversations),
         "texts": len(records) - len(conversations),
-        "assistant_turns": sum(m["role"] == "assistant" for c in conversations for m in c),
+        "assistant_turns": sum(m["role"] == "assistant" and m.get("weight", 1) != 0 for c in conversations for m in c),
         "with_system_prompt": sum(c[0]["role"] == "system" for c in conversations),
         "duplicates": count_duplicates(records),
     }
@@ -216,7 +223,14 @@ def describe(records: Sequence[dict], tokenizer=None, max_length: int = 2048) ->
         data = tokenize_records(records, tokenizer, sys.maxsize)  # whole samples, to count the long ones
         lengths = [len(ids) for ids in data["input_ids"]]
         trained = sum(label != IGNORE_INDEX for labels in data["labels"] for label in labels[:max_length])
+        lost = [i + 1 for i, labels in enumerate(data["labels"])
+                if len(labels) > max_length and all(label == IGNORE_INDEX for label in labels[1:max_length])]
+        if lost:
+            log.warning("%d of %d records keep no answer token within max_length=%d (records %s, counted from 1 in "
+                        "the file): training learns nothing from them; raise max_length or shorten their prompts",
+                        len(lost), len(lengths), max_length, numbers(lost))
         stats.update(tokens=sum(lengths), tokens_min=min(lengths), tokens_mean=round(mean(lengths), 1),
                      tokens_max=max(lengths), max_length=max_length,
-                     longer_than_max_length=sum(n > max_length for n in lengths), trained_tokens=trained)
+                     longer_than_max_length=sum(n > max_length for n in lengths), trained_tokens=trained,
+                     no_answer_within_max_length=len(lost))
     return stats

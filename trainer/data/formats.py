@@ -5,9 +5,11 @@ for incremental pre-training). Every problem is reported as ``DataError`` naming
 field, before anything is tokenised or trained.
 
 Formats:
-- ``openai``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}]}``
+- ``openai``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}]}`` (an assistant message with
+  ``"weight": 0`` is context, not trained on)
 - ``xtuner``: ``{"conversation": [{"system": ..., "input": ..., "output": ...}, ...]}`` (XTuner's own)
-- ``alpaca``: ``{"instruction", "input", "output"}`` (+ optional ``"system"``)
+- ``alpaca``: ``{"instruction", "input", "output"}`` (+ optional ``"system"``, and ``"history"``: earlier
+  ``[question, answer]`` turns, all trained on)
 - ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}``
 - ``text``: ``{"text": ...}`` records, or a ``.txt`` file whose documents are separated by blank lines
 
@@ -36,18 +38,25 @@ class DataError(ValueError):
     user_error = True
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The whole file in ``encoding`` (UTF-8: a BOM dropped); otherwise one line naming file:line and the encoding the
+    bytes do decode as (the same message as raw text's)."""
+    from .corpus import check_encoding, decode_error  # corpus imports this module
+
+    check_encoding(encoding)
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: UTF-16 text (Windows' \"Unicode\"); save it as UTF-8")
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return data.decode("utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
     except UnicodeDecodeError as err:
-        line = err.object[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+        raise decode_error(path, data, err, encoding) from None
 
 
-def read_json_records(path: Path) -> Iterator[tuple[str, object]]:
+def read_json_records(path: Path, encoding: str = "utf-8") -> Iterator[tuple[str, object]]:
     """Yield ``(where, record)`` from a JSON array or a JSON Lines file, `where` the record's line (a one-line array:
     line:column and its number); malformed JSON names file:line and the column."""
-    text = read_text(path)
+    text = read_text(path, encoding)
     if not text.strip():
         raise DataError(f"{path}: the file is empty; it needs at least one record")
     start = len(text) - len(text.lstrip())
@@ -60,8 +69,15 @@ def read_json_records(path: Path) -> Iterator[tuple[str, object]]:
         try:
             yield str(lineno), json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno}); "
-                            "each line must be one complete JSON record") from None
+            hint = _comma_hint(line, err.pos, err.msg) or "; each line must be one complete JSON record"
+            raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno}){hint}") from None
+
+
+def _comma_hint(text: str, pos: int, msg: str) -> str:
+    """'; a trailing comma before ']'' where the parser stopped at a closing bracket after a comma (JSON has none)."""
+    if msg.startswith(("Expecting value", "Expecting property name")) and text[pos:pos + 1] in ("]", "}"):
+        return f"; a trailing comma before '{text[pos]}': JSON allows none, delete it"
+    return ""
 
 
 def _read_array(path: Path, text: str, idx: int) -> Iterator[tuple[str, object]]:
@@ -76,7 +92,7 @@ def _read_array(path: Path, text: str, idx: int) -> Iterator[tuple[str, object]]
 
     def fail(pos: int, msg: str) -> DataError:
         line, col = line_col(pos)
-        return DataError(f"{path}:{line}: malformed JSON ({msg} at column {col})")
+        return DataError(f"{path}:{line}: malformed JSON ({msg} at column {col}){_comma_hint(text, pos, msg)}")
 
     idx = ws.match(text, idx).end()
     if text.startswith("]", idx):
@@ -109,6 +125,8 @@ def detect_format(path: Path, first: object) -> str:
             if key in first:
                 return fmt
         found = ", ".join(sorted(first)) or "none"
+        if {"input", "output"} <= set(first):  # one XTuner turn, not wrapped
+            found += ' (one turn of XTuner\'s format: wrap each record\'s turns as {"conversation": [...]})'
     else:
         found = f"a JSON {type(first).__name__}, not an object"
     raise DataError(
@@ -166,7 +184,15 @@ def parse_openai(where: _Where, obj: object) -> dict:
         role = where.text(msg, "role", label=f"messages[{i}].role")
         if role not in ROLES:
             raise where.error(f"messages[{i}].role", f"is '{role}', not one of {', '.join(ROLES)}")
-        messages.append({"role": role, "content": where.text(msg, "content", label=f"messages[{i}].content")})
+        message = {"role": role, "content": where.text(msg, "content", label=f"messages[{i}].content")}
+        if "weight" in msg:  # OpenAI's fine-tuning format: weight 0 keeps an assistant turn as context only
+            if msg["weight"] not in (0, 1) or isinstance(msg["weight"], bool) or role != "assistant":
+                raise where.error(f"messages[{i}].weight", f"is {msg['weight']!r}; it is 0 or 1, on assistant messages")
+            message["weight"] = msg["weight"]
+        messages.append(message)
+    if any("weight" in m for m in messages) and not any(m["role"] == "assistant" and m.get("weight", 1)
+                                                        for m in messages):
+        raise where.error("messages", "has weight 0 on every assistant message, so there is nothing to learn from it")
     return _conversation(where, messages)
 
 
@@ -189,6 +215,13 @@ def parse_alpaca(where: _Where, obj: object) -> dict:
     extra = where.text(obj, "input", required=False)
     system = where.text(obj, "system", required=False)
     messages = [{"role": "system", "content": system}] if system.strip() else []
+    history = obj.get("history") or []  # LLaMA-Factory's earlier turns: [[instruction, answer], ...]
+    if not isinstance(history, list):
+        raise where.error("history", f"must be a list of [question, answer] pairs, got {type(history).__name__}")
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) and t.strip() for t in pair)):
+            raise where.error(f"history[{i}]", "must be a [question, answer] pair of non-empty strings")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     messages.append({"role": "user", "content": f"{instruction}\n{extra}" if extra.strip() else instruction})
     messages.append({"role": "assistant", "content": where.text(obj, "output")})
     return {"messages": messages}
@@ -234,8 +267,8 @@ def read_text_documents(path: Path) -> list[dict]:
     return docs
 
 
-def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[dict], str]:
-    """Read and validate every record of one file; returns the records and the format used."""
+def read_records(path: str | Path, fmt: str = "auto", encoding: str = "utf-8") -> tuple[list[dict], str]:
+    """Read and validate every record of one file (in ``encoding``); returns the records and the format used."""
     path = Path(path)
     if fmt not in ("auto",) + FORMATS:
         raise DataError(f"unknown data format '{fmt}'; choose auto or one of {', '.join(FORMATS)}")
@@ -249,7 +282,7 @@ def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[dict], str]:
     from myassistant.model.llava import IMAGE_TOKEN
 
     records, parse = [], None
-    for line, obj in read_json_records(path):
+    for line, obj in read_json_records(path, encoding):
         if parse is None:
             fmt = detect_format(path, obj) if fmt == "auto" else fmt
             parse = PARSERS[fmt]

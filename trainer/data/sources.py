@@ -22,7 +22,7 @@ import torch
 from . import dataset as chat_data
 from .blocks import TextBlocks, tokenize_corpus
 from .corpus import TextSpec, check_file, find_files
-from .formats import DataError, detect_format
+from .formats import DataError, _comma_hint, detect_format, read_json_records
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +48,22 @@ class TrainingData:
 
 
 def _first_record(path: Path, spec: TextSpec) -> object:
-    """The first JSON record of a file without reading the rest (JSON Lines) or the array."""
-    if path.suffix.lower() == ".json":
-        from .formats import read_json_records
-
-        return next(iter(read_json_records(path)), ("0", {}))[1]
+    """The first JSON record of a file: of JSON Lines without reading the rest; of a JSON array (whatever the file's
+    suffix) from the whole array."""
     check_file(path, spec)
     with open(path, encoding="utf-8-sig" if spec.encoding == "utf-8" else spec.encoding) as f:  # a BOM is no JSON
-        for line in f:
+        for lineno, line in enumerate(f, 1):
+            if line.lstrip().startswith("["):
+                for _, record in read_json_records(path, spec.encoding):
+                    return record
+                raise DataError(f"{path}: the file holds no records (an empty JSON array)")
             if line.strip():
                 try:
                     return json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise DataError(f"{path}: malformed JSON in the first record ({err.msg})") from None
+                    hint = _comma_hint(line, err.pos, err.msg) or ("; each line must be one complete JSON record, "
+                                                                      "or the file one JSON array")
+                    raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno}){hint}") from None
     raise DataError(f"{path}: the file is empty; it needs at least one record")
 
 
@@ -116,7 +119,7 @@ def build_training_data(data, tokenizer) -> TrainingData:
                          f"tokens + {stream.documents:,} eos -> {len(blocks):,} blocks of <= {data.max_length} "
                          "tokens, nothing truncated")
         else:
-            recs = chat_data.load_records(src.path, src.format)
+            recs = chat_data.load_records(src.path, src.format, src.spec.encoding)
             ds = chat_data.tokenize_records(recs, tokenizer, data.max_length)
             long = sum(len(ids) >= data.max_length for ids in ds["input_ids"])
             if data.pack or mixed:

@@ -209,16 +209,28 @@ def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, 
     ``system``: also measure identity and leak with this system prompt, unguarded and guarded.
     ``data_dir`` and ``base`` default to what the run (or the merged folder carrying its config) was trained on."""
     model_path = Path(model_path)
+    if model_path.is_file():
+        raise model_layer.CheckpointError(f"{model_path}: a file; the report measures a model: give the training run "
+                                          "folder (train.output_dir) or a merged model folder")
     if not model_path.is_dir():
         raise model_layer.CheckpointError(f"{model_path}: no such model folder")
     out = Path(out_dir) if out_dir else model_path
-    data_dir = Path(data_dir) if data_dir else run_folder.data_dir(model_path)
-    if data_dir is None:
-        raise DataError(f"{model_path}: the report needs the held-out sets of `assistant data identity`, and this "
-                        "folder names no identity data it was trained on; pass --data DIR")
+    trained_on = run_folder.data_dir(model_path)
+    if data_dir is None and trained_on is None:
+        raise DataError(f"{model_path}: the report needs the held-out sets of `assistant data identity --name NAME "
+                        "--out DIR`, and this folder names no identity data it was trained on; pass --data DIR")
+    data_dir = Path(data_dir) if data_dir else trained_on
+    if not data_dir.is_dir():
+        raise DataError(f"--data {data_dir}: " + ("a file; it is the folder `assistant data identity` wrote (its "
+                        "held-out questions and meta.json)" if data_dir.exists() else "no such folder"))
     meta_file = data_dir / FILES["meta"]
     if not meta_file.exists():
         raise DataError(f"{meta_file}: missing; the report needs the folder written by `assistant data identity`")
+    cfg = run_folder.run_config(model_path)
+    train_file = Path(cfg.data.train_file) if cfg is not None and cfg.data.train_file else None
+    if train_file is not None and data_dir.resolve() not in train_file.resolve().parents:
+        log.warning("%s was trained on %s, not on data from --data %s: its 'training questions' rows ask questions "
+                    "this model never saw", model_path, train_file, data_dir)
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     name, old_names = meta["name"], meta.get("old_names", [])
     if base is None:

@@ -7,12 +7,20 @@ from collections import Counter
 
 def says_name(reply: str, name: str, old_names: list[str]) -> bool:
     """The reply states the new name and no old identity."""
-    low = reply.lower()
-    return name.lower() in low and not any(old.lower() in low for old in old_names)
+    return mentions(reply, name) and not any(mentions(reply, old) for old in old_names)
 
 
 def mentions(reply: str, name: str) -> bool:
-    return name.lower() in reply.lower()
+    """The reply names `name`, case aside. A name's Latin letters and digits must not run on into others: "Ava" is not
+    in "Java", "Max" not in "maximum", "AI" not in "said"; beside Chinese characters it counts ("我是Alice的助手"), and
+    before digits ("InternLM2")."""
+    edge = "A-Za-z0-9"
+    pattern = re.escape(name.lower())
+    if re.match(f"[{edge}]", name):
+        pattern = f"(?<![{edge}])" + pattern
+    if re.search(f"[{edge}]$", name):
+        pattern += "(?![A-Za-z])"  # digits may follow: "InternLM2" names InternLM
+    return re.search(pattern, reply.lower()) is not None
 
 
 def words(text: str) -> list[str]:

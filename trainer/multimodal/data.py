@@ -32,12 +32,12 @@ from myassistant.trainer.data.formats import PARSERS, _Where, detect_format, rea
 log = logging.getLogger(__name__)
 
 
-def has_images(path: str | Path) -> bool:
+def has_images(path: str | Path, encoding: str = "utf-8") -> bool:
     """Whether any record of a JSON/JSONL data file names an image (a LLaVA file)."""
     path = Path(path)
     if path.suffix not in (".json", ".jsonl") or not path.is_file():
         return False
-    return any(isinstance(obj, dict) and obj.get("image") for _, obj in read_json_records(path))
+    return any(isinstance(obj, dict) and obj.get("image") for _, obj in read_json_records(path, encoding))
 
 
 def open_image(path: str | Path, where: str = "") -> Image.Image:
