@@ -13,6 +13,9 @@
 #      saves (--reference): no bf16 decode cases, no peer. The first form builds the reference and compiles with cold
 #      caches: 160 s did not cover int4's quality case (2026-12-02), nor int8's cases up to the 8 chats.
 #
+#   8. (`barrier`, not in the default PARTS) a step's products as one persistent kernel whose phases meet at grid
+#      barriers, against a kernel a phase in one graph, 1.8B and 7B shapes (benchmarks.grid_barrier_gpu).
+#
 #   device run, carry [".cache/i22a_whl"]: bash benchmarks/gpu_decode_all.sh
 #   (PARTS="tests gemv profile decode 7b" picks parts; .cache/i22a_whl holds transformers 5.24, see README.md)
 OUT=${OUT:-/tmp/gpu_decode}
@@ -42,4 +45,9 @@ for bits in ${BITS:-8 4}; do
 timeout "${T_Q:-280}" python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --no-peer --new-tokens 128 \
     --weight-bits "$bits" --chats ${CHATS:-8} --reference /tmp/reference7b.pt 2>&1 \
     | tee -a "$OUT/decode7bq.log" | json
+done; fi
+if has barrier; then echo "=== a step's products as one persistent kernel with grid barriers, vs a kernel a phase"
+for shape in 1.8b 7b; do  # PARTS="barrier": no carried wheels needed (torch and Triton of the image)
+timeout "${T_BARRIER:-150}" python3 -m benchmarks.grid_barrier_gpu --shape "$shape" 2>&1 \
+    | tee -a "$OUT/barrier.log" | json
 done; fi
