@@ -79,14 +79,18 @@ def test_a_name_is_found_as_a_word_not_inside_other_words():
 
 
 def test_wrong_report_inputs_are_one_line_each(tiny_checkpoint, tmp_path):
+    from myassistant.model import CheckpointError
+    from myassistant.trainer.data import DataError
+    from myassistant.trainer.identity.report import write_report
+
     data_file = tmp_path / "chats.jsonl"
     data_file.write_text("{}\n", encoding="utf-8")
-    for args, said in (([str(data_file)], f"{data_file}: a file; the report measures a model: give the training run "
-                                          "folder (train.output_dir) or a merged model folder"),
-                       ([str(tiny_checkpoint), "--data", str(data_file)], f"--data {data_file}: a file; it is the "
-                                                                          "folder `assistant data identity` wrote"),
-                       ([str(tiny_checkpoint), "--data", str(tmp_path / "nowhere")], "no such folder")):
-        run = run_cli("report", *args, "--kind", "identity", timeout=300)
-        assert run.returncode == 1 and said in run.stderr.strip().splitlines()[-1], run.stderr
+    with pytest.raises(CheckpointError, match="chats.jsonl: a file; the report measures a model: give the training run "
+                                              "folder"):
+        write_report(data_file)
+    with pytest.raises(DataError, match="^--data .*chats.jsonl: a file; it is the folder `assistant data identity` wrote"):
+        write_report(tiny_checkpoint, data_file)
+    with pytest.raises(DataError, match="nowhere: no such folder$"):
+        write_report(tiny_checkpoint, tmp_path / "nowhere")
     run = run_cli("report", str(tiny_checkpoint), "--max-new-tokens", "0", timeout=300)
     assert run.returncode == 2 and "--max-new-tokens: 0: the answers need at least 1 token" in run.stderr
