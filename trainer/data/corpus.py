@@ -90,8 +90,7 @@ def check_file(path: Path, spec: TextSpec) -> None:
         return _check_parquet(path, spec)
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # read a line at a time, UTF-16 would split inside characters
-        raise DataError(f"{path}: UTF-16 text (Windows' \"Unicode\"); save it as UTF-8")
+    refuse_utf16(path, head)
     nul = head.find(b"\0")
     if nul >= 0:  # NUL: not text
         raise DataError(f"{path}: a binary file (NUL byte at offset {nul}), not text; "
@@ -103,6 +102,18 @@ def check_file(path: Path, spec: TextSpec) -> None:
         if len(head) == SNIFF_BYTES and err.start >= len(head) - 4:
             return  # a character cut at the end of the sample, not a wrong encoding
         raise decode_error(path, head, err, spec.encoding) from None
+
+
+def refuse_utf16(path: Path, head: bytes) -> None:
+    """UTF-16 (its byte-order mark) is one line: read a line at a time it splits inside characters, and chat files
+    written by Windows' "Unicode" save are it."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: UTF-16 text (Windows' \"Unicode\"); save it as UTF-8")
+
+
+def with_bom(encoding: str) -> str:
+    """The codec that reads ``encoding``: for UTF-8 the one that drops a byte-order mark (a BOM is no JSON or text)."""
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
 
 
 def check_encoding(encoding: str) -> None:
@@ -166,7 +177,7 @@ def _lines(path: Path, encoding: str) -> Iterator[str]:
         for raw in f:
             lineno += 1
             try:
-                yield raw.decode(encoding if lineno > 1 or encoding != "utf-8" else "utf-8-sig")
+                yield raw.decode(with_bom(encoding) if lineno == 1 else encoding)
             except UnicodeDecodeError as err:
                 raise decode_error(path, raw, err, encoding, lineno - 1) from None
 

@@ -41,14 +41,13 @@ class DataError(ValueError):
 def read_text(path: Path, encoding: str = "utf-8") -> str:
     """The whole file in ``encoding`` (UTF-8: a BOM dropped); otherwise one line naming file:line and the encoding the
     bytes do decode as (the same message as raw text's)."""
-    from .corpus import check_encoding, decode_error  # corpus imports this module
+    from .corpus import check_encoding, decode_error, refuse_utf16, with_bom  # corpus imports this module
 
     check_encoding(encoding)
     data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(f"{path}: UTF-16 text (Windows' \"Unicode\"); save it as UTF-8")
+    refuse_utf16(path, data)
     try:
-        return data.decode("utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
+        return data.decode(with_bom(encoding))
     except UnicodeDecodeError as err:
         raise decode_error(path, data, err, encoding) from None
 

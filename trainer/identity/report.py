@@ -215,7 +215,9 @@ def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, 
     if not model_path.is_dir():
         raise model_layer.CheckpointError(f"{model_path}: no such model folder")
     out = Path(out_dir) if out_dir else model_path
-    trained_on = run_folder.data_dir(model_path)
+    cfg = run_folder.run_config(model_path)  # read once: the data it was trained on gives --data's default
+    train_file = Path(cfg.data.train_file) if cfg is not None and cfg.data.train_file else None
+    trained_on = run_folder.identity_data(train_file) if train_file else None
     if data_dir is None and trained_on is None:
         raise DataError(f"{model_path}: the report needs the held-out sets of `assistant data identity --name NAME "
                         "--out DIR`, and this folder names no identity data it was trained on; pass --data DIR")
@@ -226,8 +228,6 @@ def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, 
     meta_file = data_dir / FILES["meta"]
     if not meta_file.exists():
         raise DataError(f"{meta_file}: missing; the report needs the folder written by `assistant data identity`")
-    cfg = run_folder.run_config(model_path)
-    train_file = Path(cfg.data.train_file) if cfg is not None and cfg.data.train_file else None
     if train_file is not None and data_dir.resolve() not in train_file.resolve().parents:
         log.warning("%s was trained on %s, not on data from --data %s: its 'training questions' rows ask questions "
                     "this model never saw", model_path, train_file, data_dir)
