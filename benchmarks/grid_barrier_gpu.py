@@ -129,11 +129,12 @@ def _persistent_kernel(w_ptr, buf_ptr, table_ptr, counter_ptr, failed_ptr, P, MA
             if PRELOAD:
                 w_first = tl.load(first + rows[:, None].to(tl.int64) * K + cols[None, :],
                                   mask=g * BLOCK_N + rows[:, None] < N, other=0.0)
-            if (L2_LINES > 0) & (g * BLOCK_N < N):  # (a prefetch is only a hint, but not past the weights' end)
-                lines = tl.minimum(tl.arange(0, L2_LINES), (BLOCK_N * K * 2) // 128 - 1)
-                tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l",
-                                          [first.to(tl.pointer_type(tl.uint8)) + lines.to(tl.int64) * 128],
-                                          dtype=tl.int32, is_pure=False, pack=1)
+            if L2_LINES > 0:  # (a constexpr test of its own: Triton 3.6 builds arange(0, 0) under a runtime `&`)
+                if g * BLOCK_N < N:  # (a prefetch is only a hint, but not past the weights' end)
+                    lines = tl.minimum(tl.arange(0, L2_LINES), (BLOCK_N * K * 2) // 128 - 1)
+                    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l",
+                                              [first.to(tl.pointer_type(tl.uint8)) + lines.to(tl.int64) * 128],
+                                              dtype=tl.int32, is_pure=False, pack=1)
         _grid_barrier(counter_ptr, (p + 1) * G, failed_ptr, TIMED)
 
 
@@ -155,6 +156,7 @@ class Step:
             offsets.append(at)
             at += size
         self.table = torch.tensor([[n, k, o] for (n, k), o in zip(shape, offsets)], dtype=torch.int64, device=device)
+        self.offsets = offsets  # host copy: a graph capture cannot read the device table
         self.shape, self.maxn = shape, max(max(n, k) for n, k in shape)
         self.buf = torch.zeros(2 * self.maxn, dtype=torch.bfloat16, device=device)
         self.x0 = torch.randn(self.maxn, generator=gen, device=device).to(torch.bfloat16)
@@ -189,7 +191,7 @@ class Step:
     def cublas(self) -> None:
         self.start()
         for p, (n, k) in enumerate(self.shape):
-            at = int(self.table[p, 2])
+            at = self.offsets[p]
             x = self.buf[(p % 2) * self.maxn:][:k]
             torch.mv(self.weights[at:at + n * k].view(n, k), x, out=self.buf[((p + 1) % 2) * self.maxn:][:n])
 
@@ -197,7 +199,7 @@ class Step:
         """The chain in float32 from the bf16 weights, each output rounded to bf16 as the kernels do."""
         x = self.x0.float()
         for p, (n, k) in enumerate(self.shape):
-            at = int(self.table[p, 2])
+            at = self.offsets[p]
             x = (self.weights[at:at + n * k].view(n, k).float() @ x[:k]).to(torch.bfloat16).float()
         return x.to(torch.bfloat16)
 
