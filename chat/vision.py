@@ -32,7 +32,7 @@ from myassistant.chat.decode import Embed
 from myassistant.chat.errors import EngineError
 from myassistant.chat.history import Message, message_text
 from myassistant.model import image_token_count, is_llava  # noqa: F401 - is_llava: for app.py, which imports chat only
-from myassistant.model.pictures import TOO_LARGE, open_picture
+from myassistant.model.pictures import TOO_LARGE, as_rgb, open_picture
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def language_model_view(model: PreTrainedModel) -> PreTrainedModel:
 def read_image(source: ImageSource) -> Image.Image:
     """An RGB PIL image from a path or a PIL image; EngineError naming the path when it is not one."""
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return as_rgb(source)
     if not str(source).strip():
         raise EngineError("no image path given: /image PATH")
     path = Path(source)

@@ -69,6 +69,15 @@ def test_every_problem_is_reported_at_once_with_file_and_line(tmp_path):
     assert "6 problem(s)" in msg
 
 
+def test_multimodal_sources_and_unknown_encodings_are_config_errors():
+    """Both trained (or stopped late) before: a LLaVA run read data.train_file only, whatever data.sources said."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.base=m", "vision.encoder=clip", 'data.sources=[{"path": "a.jsonl"}]',
+                           "data.encoding=gbk2"])
+    assert "data.sources: a multimodal run (vision.encoder) reads one LLaVA file, data.train_file" in str(err.value)
+    assert "data.encoding: 'gbk2' is not an encoding Python knows" in str(err.value)
+
+
 def test_cli_prints_config_errors_as_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  base: m\n  dtype: float8\n")

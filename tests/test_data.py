@@ -92,6 +92,8 @@ ARRAY_WITH_BAD_ROLE = '[\n  {"messages": [{"role": "user", "content": "hi"}, {"r
     ("alpaca.jsonl", '{"instruction": "hi", "input": ""}\n', "alpaca.jsonl:1: field 'output' is missing"),
     ("speaker.jsonl", '{"conversations": [{"from": "bot", "value": "x"}]}\n', "field 'conversations[0].from' is 'bot'"),
     ("noreply.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n', "has no assistant message"),
+    ("noreply_sharegpt.jsonl", '{"conversations": [{"from": "human", "value": "hi"}]}\n',
+     "noreply_sharegpt.jsonl:1: field 'conversations' has no assistant message"),
     ("what.jsonl", '{"question": "hi", "answer": "yo"}\n', "cannot tell the data format (first record has keys: answer, question)"),
     ("flat.jsonl", '{"system": "s", "input": "hi", "output": "yo"}\n', "one turn of XTuner's format: wrap each record's "
      'turns as {"conversation": [...]}'),

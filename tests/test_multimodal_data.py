@@ -87,6 +87,12 @@ def test_tokens_expand_pictures_without_loss_and_pack_with_text(tiny_llava, tmp_
     # a sample cut at max_length never keeps part of a picture: the picture goes, with the text after it
     cut = tokenize_llava(records[2:], tok, max_length=15, image_tokens=16)
     assert cut[0]["images"] == [] and image_id not in cut[0]["input_ids"]
+    # a picture that only training decodes whole (a cut-off file's header reads fine) names its record
+    whole = (pictures / "big.jpg").read_bytes()
+    (pictures / "big.jpg").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DataError, match=rf"^{path}:1: image {pictures / 'big.jpg'} cannot be read \(image file is "
+                                        "truncated"):
+        collate([packed[0]], text_collate=lambda f: {}, image_processor=processor.image_processor)
 
 
 def test_shapes_set_is_llava_data_with_held_out_pictures(tmp_path):
@@ -99,3 +105,29 @@ def test_shapes_set_is_llava_data_with_held_out_pictures(tmp_path):
     assert held_out[0]["messages"][-1]["content"].startswith("a ")
     with pytest.raises(DataError, match="image folder does not exist"):
         load_llava_records(out / "eval.jsonl", tmp_path / "nowhere")
+
+
+def test_pictures_open_as_a_viewer_shows_them(tmp_path):
+    """Transparent parts on white (a dark logo on a transparent background was all black), 16-bit grayscale scaled
+    (a 16-bit PNG was nearly all white), EXIF orientation applied (phone photos came sideways); training and chat
+    open pictures the same way."""
+    import numpy as np
+
+    from myassistant.chat.vision import read_image
+    from myassistant.model.pictures import open_picture
+
+    logo = np.zeros((40, 80, 4), np.uint8)
+    logo[10:30, 20:40, 3] = 255  # an opaque black square, the rest transparent black
+    Image.fromarray(logo, "RGBA").save(tmp_path / "logo.png")
+    Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)).save(tmp_path / "deep.png")
+    photo = Image.new("RGB", (80, 40), (200, 0, 0))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to show"
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+
+    for opened in (open_picture(tmp_path / "logo.png"), read_image(Image.open(tmp_path / "logo.png"))):
+        pixels = np.asarray(opened)
+        assert opened.mode == "RGB" and pixels[0, 0].tolist() == [255, 255, 255] and pixels[15, 25].tolist() == [0, 0, 0]
+    deep = np.asarray(open_picture(tmp_path / "deep.png"))
+    assert deep.min() == 0 and deep.max() == 255 and abs(float(deep.mean()) - 127.5) < 2
+    assert open_picture(tmp_path / "phone.jpg").size == (40, 80) and read_image(tmp_path / "phone.jpg").size == (40, 80)

@@ -146,3 +146,13 @@ def test_a_siglip_encoder_trains_merges_and_chats(tiny_checkpoint, shapes, tmp_p
     ids, embed = engine.vision.prepare(ids, [picture])
     assert ids == inputs["input_ids"][0].tolist()
     assert list(engine.tokens(ids, GenerationSettings(temperature=0, max_new_tokens=6), embed=embed)) == want.tolist()
+
+
+def test_a_projector_that_is_not_there_is_named_as_such(tmp_path):
+    from myassistant.trainer.config import ConfigError, load_config
+    from myassistant.trainer.multimodal.model import check_projector_source
+
+    cfg = load_config(None, ["model.base=m", "data.train_file=x.jsonl", "vision.encoder=clip",
+                             f"vision.projector={tmp_path / 'runs' / 's1'}"])
+    with pytest.raises(ConfigError, match=r"s1: no such file or folder; give the stage-1 run folder"):
+        check_projector_source(cfg)

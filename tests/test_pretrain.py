@@ -4,6 +4,7 @@ pre-training report (held-out perplexity before/after) on a tiny model the tests
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -18,7 +19,7 @@ from transformers import TrainerCallback
 from conftest import run_cli
 from myassistant.model import load_tokenizer
 from myassistant.trainer.config import load_config
-from myassistant.trainer.data import DataError, IGNORE_INDEX
+from myassistant.trainer.data import DataError, IGNORE_INDEX, load_records
 from myassistant.trainer.data.blocks import TextBlocks, tokenize_corpus
 from myassistant.trainer.data.corpus import TextSpec
 from myassistant.trainer.identity import GENERAL_DATA
@@ -240,6 +241,7 @@ def test_mixed_sources_each_keep_their_rule_and_report_dispatches(tiny_checkpoin
 
 @pytest.mark.parametrize("bad", [
     [{"path": "x.txt", "kind": "book"}], [{"path": "x.txt", "unit": "line"}], [{"kind": "text"}],
+    [{"path": "x.txt", "encoding": "gbk2"}],
 ])
 def test_bad_sources_are_config_errors(bad, tmp_path):
     from myassistant.trainer.config import ConfigError
@@ -272,6 +274,7 @@ def test_pretraining_lowers_held_out_perplexity(tiny_checkpoint, tmp_path):
     ("model.txt", b"\x7fELF\x02\x01\x01\x00\x00\x00 binary", "a binary file (NUL byte at offset 7)"),
     ("blank.txt", b"\n \n\n", "no text in 1 file(s): the document set is empty"),
     ("*.nothing", None, "the pattern matches no file"),
+    ("null.jsonl", b'{"text": null}\n', "null.jsonl:1: field 'text' is null (keys: text)"),
 ])
 def test_bad_input_stops_before_training(tiny_checkpoint, tmp_path, name, content, expected):
     if content is not None:
@@ -303,3 +306,22 @@ def test_declared_encoding_reads_gbk_text(tokenizer, tmp_path):
         tokenize_corpus(path, tokenizer)
     stream = tokenize_corpus(path, tokenizer, TextSpec(encoding="gb18030"))
     assert stream.tokens.tolist() == doc_ids(tokenizer, ["你好。", "谢谢你的帮助。"])
+
+
+def test_a_utf8_file_beside_gbk_ones_is_read_as_utf8_and_said(tokenizer, tmp_path, caplog):
+    """gb18030 decodes UTF-8 bytes without an error, into other characters: with data.encoding=gb18030 for a folder of
+    GBK files, its one UTF-8 file was trained on garbled (上海 as 涓婃捣)."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a_gbk.txt").write_bytes("你好。\n".encode("gb18030"))
+    (folder / "b_utf8.txt").write_text("上海是中国的城市。Zürich\n", encoding="utf-8")
+    (folder / "c_ascii.txt").write_text("plain\n", encoding="ascii")
+    with caplog.at_level(logging.WARNING):
+        stream = tokenize_corpus(folder, tokenizer, TextSpec(encoding="gb18030"))
+    assert stream.tokens.tolist() == doc_ids(tokenizer, ["你好。", "上海是中国的城市。Zürich", "plain"])
+    said = [r.getMessage() for r in caplog.records if "read as UTF-8" in r.getMessage()]
+    assert len(said) == 1 and "b_utf8.txt: read as UTF-8, not data.encoding gb18030" in said[0]
+    chats = tmp_path / "chats.jsonl"  # chat files too
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "上海"}, {"role": "assistant", "content": "城市"}]},
+                                ensure_ascii=False) + "\n", encoding="utf-8")
+    assert load_records(chats, encoding="gb18030")[0]["messages"][0]["content"] == "上海"

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from myassistant.trainer.data.corpus import TEXT_UNITS
+from myassistant.trainer.data.corpus import TEXT_UNITS, unknown_encoding
 from myassistant.trainer.data.formats import FORMATS
 from myassistant.trainer.yaml_fields import apply_tree, key_lines, parse_override
 
@@ -229,6 +229,11 @@ def validate(cfg: RunConfig) -> list[str]:
         (not v.encoder or v.stage == "pretrain" or q.method != "full",
          "quant.method: full is not a multimodal finetune method; use lora or qlora"),
         (not (v.projector or v.lora_encoder) or bool(v.encoder), "vision.projector / vision.lora_encoder: need vision.encoder"),
+        (not (v.encoder and d.sources), "data.sources: a multimodal run (vision.encoder) reads one LLaVA file, "
+         "data.train_file (with data.image_folder), not data.sources"),
+        (not unknown_encoding(d.encoding), unknown_encoding(d.encoding)),
+        *((not s.encoding or not unknown_encoding(s.encoding), unknown_encoding(s.encoding, f"data.sources[{i}].encoding"))
+          for i, s in enumerate(d.sources)),
         (bool(t.output_dir), "train.output_dir: required"),
         (t.learning_rate > 0, f"train.learning_rate: must be > 0, got {t.learning_rate}"),
         (t.lr_scheduler_type in SCHEDULERS, f"train.lr_scheduler_type: {t.lr_scheduler_type!r} is not one of {', '.join(SCHEDULERS)}"),

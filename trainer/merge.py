@@ -106,7 +106,11 @@ def merge(source: str | Path, out_dir: str | Path, *, layout: str = "llama", dty
         _merge_text(src, source, out_dir, layout, torch_dtype, max_shard_size)
     info["carried"] = run_folder.carry(run_folder.run_root(source), out_dir)  # the run's config and report
     run_folder.write_json(done, info)  # written last: its presence means the merge is complete
-    log.info("merged %s with its base %s -> %s (%s layout, %s)", source, src["load"], out_dir, layout, dtype)
+    if src.get("adapter"):
+        log.info("merged %s with its base %s -> %s (%s layout, %s)", source, src["load"], out_dir, layout, dtype)
+    else:  # a full fine-tune's weights: nothing to merge, only written in the chosen layout
+        log.info("wrote %s -> %s (%s layout, %s; a full fine-tune: no adapter to merge)", src["load"], out_dir, layout,
+                 dtype)
     return out_dir
 
 

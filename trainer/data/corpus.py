@@ -96,12 +96,13 @@ def check_file(path: Path, spec: TextSpec) -> None:
         raise DataError(f"{path}: a binary file (NUL byte at offset {nul}), not text; "
                         f"training reads text files ({', '.join(SUFFIXES)})")
     check_encoding(spec.encoding)
+    encoding = file_encoding(path, spec.encoding, head)
     try:
-        head.decode(spec.encoding)
+        head.decode(encoding)
     except UnicodeDecodeError as err:
         if len(head) == SNIFF_BYTES and err.start >= len(head) - 4:
             return  # a character cut at the end of the sample, not a wrong encoding
-        raise decode_error(path, head, err, spec.encoding) from None
+        raise decode_error(path, head, err, encoding) from None
 
 
 def refuse_utf16(path: Path, head: bytes) -> None:
@@ -116,14 +117,47 @@ def with_bom(encoding: str) -> str:
     return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
 
 
-def check_encoding(encoding: str) -> None:
-    """Refuse an encoding name Python does not know, naming the setting."""
+def unknown_encoding(encoding: str, setting: str = "data.encoding") -> str | None:
+    """The one line for an encoding name Python does not know, naming the setting; None for a known one."""
     import codecs
 
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise DataError(f"data.encoding: {encoding!r} is not an encoding Python knows (e.g. utf-8, gb18030)") from None
+        return f"{setting}: {encoding!r} is not an encoding Python knows (e.g. utf-8, gb18030)"
+    return None
+
+
+def check_encoding(encoding: str) -> None:
+    """Refuse an encoding name Python does not know, naming the setting."""
+    if problem := unknown_encoding(encoding):
+        raise DataError(problem)
+
+
+def file_encoding(path: Path, encoding: str, head: bytes | None = None) -> str:
+    """The codec ``path`` is read with: ``encoding``, except that a file whose bytes are UTF-8 text with non-ASCII
+    characters is read as UTF-8 (and said once). gb18030 and the like decode UTF-8 bytes without an error, into other
+    characters, so a UTF-8 file in a folder whose data.encoding names the others' encoding was trained on garbled."""
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig"):
+        return encoding
+    if head is None:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    if head.isascii():
+        return encoding
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if not (len(head) == SNIFF_BYTES and err.start >= len(head) - 4):  # (a character cut at the sample's end)
+            return encoding
+    _say_utf8(str(path), encoding)
+    return "utf-8"
+
+
+@functools.cache  # once per file and process
+def _say_utf8(path: str, encoding: str) -> None:
+    log.warning("%s: read as UTF-8, not data.encoding %s: it is UTF-8 text, which %s would turn into other characters",
+                path, encoding, encoding)
 
 
 def decode_error(path: Path, data: bytes, err: UnicodeDecodeError, encoding: str, line_offset: int = 0) -> DataError:
@@ -184,7 +218,7 @@ def _lines(path: Path, encoding: str) -> Iterator[str]:
 
 def _txt_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
     if spec.text_unit == "line":
-        for line in _lines(path, spec.encoding):
+        for line in _lines(path, file_encoding(path, spec.encoding)):
             if line.strip():
                 yield {"text": line.rstrip("\r\n"), "last": True}
         return
@@ -198,7 +232,7 @@ def _txt_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
         if text or cut:  # a cut document's last piece may be empty; it still ends the document
             yield {"text": text, "last": True}
 
-    for line in _lines(path, spec.encoding):
+    for line in _lines(path, file_encoding(path, spec.encoding)):
         if spec.text_unit == "paragraph" and _BLANK.fullmatch(line):
             yield from end()
             buf, size, cut = [], 0, False
@@ -218,7 +252,8 @@ def _field(path: Path, where: str, record: object, spec: TextSpec) -> str:
     value = record.get(spec.text_field)
     if not isinstance(value, str):
         found = ", ".join(sorted(record)) or "none"
-        problem = "is missing" if value is None else f"must be a string, got {type(value).__name__}"
+        problem = ("is missing" if spec.text_field not in record else "is null" if value is None
+                   else f"must be a string, got {type(value).__name__}")
         raise DataError(f"{path}:{where}: field '{spec.text_field}' {problem} (keys: {found}); "
                         "set data.text_field to the field that holds the text")
     return value
@@ -233,7 +268,7 @@ def _json_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
             if text.strip():
                 yield {"text": text, "last": True}
         return
-    for lineno, line in enumerate(_lines(path, spec.encoding), 1):
+    for lineno, line in enumerate(_lines(path, file_encoding(path, spec.encoding)), 1):
         if not line.strip():
             continue
         try:

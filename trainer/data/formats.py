@@ -41,11 +41,12 @@ class DataError(ValueError):
 def read_text(path: Path, encoding: str = "utf-8") -> str:
     """The whole file in ``encoding`` (UTF-8: a BOM dropped); otherwise one line naming file:line and the encoding the
     bytes do decode as (the same message as raw text's)."""
-    from .corpus import check_encoding, decode_error, refuse_utf16, with_bom  # corpus imports this module
+    from .corpus import check_encoding, decode_error, file_encoding, refuse_utf16, with_bom  # corpus imports this
 
     check_encoding(encoding)
     data = path.read_bytes()
     refuse_utf16(path, data)
+    encoding = file_encoding(path, encoding, data)
     try:
         return data.decode(with_bom(encoding))
     except UnicodeDecodeError as err:
@@ -171,9 +172,10 @@ class _Where:
         return value
 
 
-def _conversation(where: _Where, messages: list[dict]) -> dict:
+def _conversation(where: _Where, messages: list[dict], field: str = "messages") -> dict:
+    """``field``: the record's own name for its turns, named in the error."""
     if not any(m["role"] == "assistant" for m in messages):
-        raise where.error("messages", "has no assistant message, so there is nothing to learn from it")
+        raise where.error(field, "has no assistant message, so there is nothing to learn from it")
     return {"messages": messages}
 
 
@@ -204,7 +206,7 @@ def parse_xtuner(where: _Where, obj: object) -> dict:
         messages.append({"role": "user", "content": where.text(turn, "input", label=f"conversation[{i}].input")})
         messages.append({"role": "assistant",
                          "content": where.text(turn, "output", label=f"conversation[{i}].output")})
-    return _conversation(where, messages)
+    return _conversation(where, messages, "conversation")
 
 
 def parse_alpaca(where: _Where, obj: object) -> dict:
@@ -235,7 +237,7 @@ def parse_sharegpt(where: _Where, obj: object) -> dict:
                               f"is '{speaker}', not one of {', '.join(SHAREGPT_ROLES)}")
         messages.append({"role": SHAREGPT_ROLES[speaker.lower()],
                          "content": where.text(turn, "value", label=f"conversations[{i}].value")})
-    return _conversation(where, messages)
+    return _conversation(where, messages, "conversations")
 
 
 def parse_text(where: _Where, obj: object) -> dict:

@@ -21,7 +21,7 @@ import torch
 
 from . import dataset as chat_data
 from .blocks import TextBlocks, tokenize_corpus
-from .corpus import TextSpec, check_file, find_files, with_bom
+from .corpus import TextSpec, check_file, file_encoding, find_files, with_bom
 from .formats import DataError, _comma_hint, detect_format, read_json_records
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _first_record(path: Path, spec: TextSpec) -> object:
     """The first JSON record of a file: of JSON Lines without reading the rest; of a JSON array (whatever the file's
     suffix) from the whole array."""
     check_file(path, spec)
-    with open(path, encoding=with_bom(spec.encoding)) as f:
+    with open(path, encoding=with_bom(file_encoding(path, spec.encoding))) as f:
         for lineno, line in enumerate(f, 1):
             if line.lstrip().startswith("["):
                 for _, record in read_json_records(path, spec.encoding):

@@ -97,7 +97,7 @@ def load_llava_records(path: str | Path, image_folder: str | Path | None = None,
         images = [folder / name for name in names]
         for image in images:
             _open(image, where.prefix, decode)
-        records.append({**record, "images": [str(p) for p in images]})
+        records.append({**record, "images": [str(p) for p in images], "image_where": [where.prefix] * len(images)})
     if not records:
         raise DataError(f"{path}: the file holds no records (an empty JSON array)")
     log.info("%s: %d records, %d with pictures (images from %s)", path, len(records),
@@ -115,7 +115,8 @@ def tokenize_llava(records: Sequence[dict], tokenizer, max_length: int, image_to
     if image_id is None or image_id == tokenizer.unk_token_id:
         raise ValueError(f"the tokenizer has no {IMAGE_TOKEN} token; build it with model.build_llava")
     data = tokenize_records(records, tokenizer, sys.maxsize)
-    out: dict[str, list] = {"input_ids": [], "labels": [], "images": []}
+    # image_where: each picture's record (file:line), so that a picture training cannot open names its record
+    out: dict[str, list] = {"input_ids": [], "labels": [], "images": [], "image_where": []}
     cut = 0
     for ids, labels, record in zip(data["input_ids"], data["labels"], records):
         new_ids, new_labels = [], []
@@ -127,31 +128,35 @@ def tokenize_llava(records: Sequence[dict], tokenizer, max_length: int, image_to
                 new_ids.append(token)
                 new_labels.append(label)
         images = list(record["images"])
+        wheres = list(record.get("image_where") or [""] * len(images))
         if len(new_ids) > max_length:
             cut += 1
             new_ids, new_labels = new_ids[:max_length], new_labels[:max_length]
             whole = new_ids.count(image_id) // image_tokens
             if whole < len(images):  # end the sample before the first picture that does not fit
                 start = [i for i, t in enumerate(new_ids) if t == image_id][whole * image_tokens]
-                new_ids, new_labels, images = new_ids[:start], new_labels[:start], images[:whole]
+                new_ids, new_labels, images, wheres = new_ids[:start], new_labels[:start], images[:whole], wheres[:whole]
         if len(new_ids) > 1:
             out["input_ids"].append(new_ids)
             out["labels"].append(new_labels)
             out["images"].append(images)
+            out["image_where"].append(wheres)
     if cut:
         log.warning("%d of %d samples are longer than max_length=%d tokens (with %d tokens a picture) and were cut",
                     cut, len(records), max_length, image_tokens)
     return datasets.Dataset.from_dict(out, features=datasets.Features({
         "input_ids": datasets.Sequence(datasets.Value("int32")), "labels": datasets.Sequence(datasets.Value("int32")),
-        "images": datasets.Sequence(datasets.Value("string"))}))
+        "images": datasets.Sequence(datasets.Value("string")),
+        "image_where": datasets.Sequence(datasets.Value("string"))}))
 
 
 def collate(features: Sequence[dict], *, text_collate: Callable, image_processor) -> dict:
     """The text collator's batch plus ``pixel_values`` of the batch's pictures, in token order."""
     batch = text_collate(features)
-    paths = [p for f in features for p in f["images"]]
+    paths = [(p, where) for f in features
+             for p, where in zip(f["images"], f.get("image_where") or [""] * len(f["images"]))]
     if paths:
-        pictures = [open_image(p) for p in paths]
+        pictures = [open_image(p, where) for p, where in paths]
         batch["pixel_values"] = image_processor(images=pictures, return_tensors="pt")["pixel_values"]
     return batch
 

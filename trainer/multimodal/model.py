@@ -43,6 +43,9 @@ def check_projector_source(cfg: RunConfig) -> None:
     """A stage-1 run folder given as ``vision.projector`` was trained with this run's encoder and LLM: its projector
     maps that encoder's features into that LLM's embeddings (another CLIP of the same width would load, silently)."""
     folder = Path(cfg.vision.projector) if cfg.vision.projector else None
+    if folder is not None and not folder.exists():
+        raise ConfigError(f"vision.projector {folder}: no such file or folder; give the stage-1 run folder (or its "
+                          "projector.safetensors)")
     stage1 = run_folder.run_config(folder) if folder is not None and folder.is_dir() else None
     if stage1 is None:
         return  # a projector file, or a folder without a run's config: the shapes are all there is to check
