@@ -1,6 +1,7 @@
 """Shared fixtures: tiny real checkpoints built once per session, never anything from a hub."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,41 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: floa
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", *args], cwd=cwd, env=full_env, text=True,
                           capture_output=True, timeout=timeout, input=input)
+
+
+def cli(*args: str, cwd: Path = ROOT, env: dict | None = None):
+    """``assistant <args>`` in this process: its exit code, stdout and stderr as run_cli returns them, without a new
+    interpreter importing torch and transformers for each call (5-10 s on a busy 2-core machine). For what needs a
+    process of its own (the entry point, signals, log lines, a stdin) use run_cli."""
+    import contextlib
+    import io
+    import subprocess
+
+    from myassistant.scripts import cli as cli_module
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    logs = logging.StreamHandler(err)  # the log lines too, as the command's own logging set-up prints them
+    logs.setFormatter(logging.Formatter("[%(where)s] %(message)s"))
+    logs.addFilter(cli_module._short_names)
+    root, level = logging.getLogger(), logging.getLogger().level
+    try:
+        os.environ.update(env or {})
+        os.chdir(cwd)
+        root.addHandler(logs)
+        root.setLevel(logging.INFO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli_module.main(list(args))
+            except SystemExit as stop:  # argparse's usage errors
+                code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        root.removeHandler(logs)
+        root.setLevel(level)
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["assistant", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

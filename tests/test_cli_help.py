@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from conftest import run_cli
+from conftest import cli, run_cli
 from myassistant.scripts.cli import COMMANDS
 
 
@@ -63,14 +63,14 @@ def test_commands_that_write_a_folder_never_replace_someone_elses(tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     for args in (("tiny", str(mine)), ("data", "shapes", "--out", str(mine), "--per-class", "1")):
-        refused = run_cli(*args)
+        refused = cli(*args)
         assert refused.returncode == 1 and ("notes.txt" in refused.stderr or "no picture set" in refused.stderr)
         assert "Traceback" not in refused.stderr and [p.name for p in mine.iterdir()] == ["notes.txt"]
     for args in (("tiny", str(tmp_path / "tiny")), ("data", "shapes", "--out", str(tmp_path / "set"), "--per-class", "1")):
-        assert run_cli(*args).returncode == 0
-        again = run_cli(*args)  # an earlier build of its own is replaced
+        assert cli(*args).returncode == 0
+        again = cli(*args)  # an earlier build of its own is replaced
         assert again.returncode == 0, again.stderr
-    assert run_cli("tiny", ".", cwd=tmp_path / "tiny").returncode == 0  # "." is a folder like any other
+    assert cli("tiny", ".", cwd=tmp_path / "tiny").returncode == 0  # "." is a folder like any other
 
 
 def test_data_check_offers_the_text_units_the_corpus_reader_knows():
@@ -97,6 +97,6 @@ def test_wrong_input_is_named_in_one_line_before_any_work(tmp_path, tiny_checkpo
              # the file system's refusal of a place a user chose (here a cache under a file): its one line
              (("clone", tiny_checkpoint.as_uri(), "--cache-dir", str(afile / "cache")), "Not a directory")]
     for args, message in cases:
-        result = run_cli(*args)
+        result = cli(*args)
         assert result.returncode in (1, 2) and message in result.stderr.strip().splitlines()[-1], (args, result.stderr)
         assert "Traceback" not in result.stderr, args

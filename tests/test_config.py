@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, run_cli
 from myassistant.trainer.config import (DEEPSPEED_PRESETS, SECTIONS, ConfigError, RunConfig, lora_target_modules, load_config,
                             save_config)
 
@@ -81,13 +81,13 @@ def test_multimodal_sources_and_unknown_encodings_are_config_errors():
 def test_cli_prints_config_errors_as_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  base: m\n  dtype: float8\n")
-    result = run_cli("train", "--config", str(bad))
+    result = cli("train", "--config", str(bad))
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("assistant train: error: ")
     assert "model.dtype: 'float8'" in result.stderr and "data.train_file: required" in result.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("model:\n  base: [unclosed\n")
-    result = run_cli("train", "--config", str(broken))
+    result = cli("train", "--config", str(broken))
     assert result.returncode == 1 and f"{broken}:3: not valid YAML" in result.stderr
 
 
@@ -105,12 +105,12 @@ def test_presets_cli_lists_and_copies(tmp_path):
     listed = run_cli("presets", "list")
     assert listed.returncode == 0
     assert [line.split()[0] for line in listed.stdout.splitlines()] == [p.stem for p in PRESETS]
-    copied = run_cli("presets", "copy", "tiny_lora_cpu", str(tmp_path))
+    copied = cli("presets", "copy", "tiny_lora_cpu", str(tmp_path))
     assert copied.returncode == 0 and copied.stdout.strip() == str(tmp_path / "tiny_lora_cpu.yaml")
     assert (tmp_path / "tiny_lora_cpu.yaml").read_text() == (ROOT / "configs" / "tiny_lora_cpu.yaml").read_text()
-    again = run_cli("presets", "copy", "tiny_lora_cpu", str(tmp_path))
+    again = cli("presets", "copy", "tiny_lora_cpu", str(tmp_path))
     assert again.returncode == 1 and "exists; pass --force" in again.stderr
-    unknown = run_cli("presets", "copy", "tiny_lora", str(tmp_path / "x.yaml"))
+    unknown = cli("presets", "copy", "tiny_lora", str(tmp_path / "x.yaml"))
     assert unknown.returncode == 1 and "did you mean tiny_lora_cpu?" in unknown.stderr
 
 

@@ -11,6 +11,7 @@ import datasets
 import pytest
 import torch
 
+from conftest import cli
 from myassistant.model import build_tiny_checkpoint, load_model, load_tokenizer
 from myassistant.trainer.data import IGNORE_INDEX, DataError, collate, describe, load_records, pack, tokenize_records
 
@@ -253,8 +254,7 @@ def test_check_command_reports_counts_and_bad_data(tmp_path, tiny):
     stats = json.loads(run.stdout)
     assert stats["records"] == 3 and stats["assistant_turns"] == 5 and stats["duplicates"] == 1
     assert stats["longer_than_max_length"] == 3 and stats["tokens_max"] > 20
-    run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(bad)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    run = cli("data", "check", str(bad))
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith(f"assistant data: error: {bad}:2: malformed JSON")
 
@@ -263,8 +263,7 @@ def test_a_utf8_bom_is_read_whether_the_format_is_named_or_detected(tmp_path):
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + (json.dumps(CONVERSATION, ensure_ascii=False) + "\n").encode())
     for extra in ((), ("--format", "openai")):
-        run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(bom), *extra],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        run = cli("data", "check", str(bom), *extra)
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout)["records"] == 1
 
@@ -273,8 +272,7 @@ def test_a_folder_or_glob_of_chat_files_is_told_apart_from_a_missing_file(tmp_pa
     (tmp_path / "chats").mkdir()
     jsonl(tmp_path / "chats" / "a.jsonl", [CONVERSATION])
     for given in (tmp_path / "chats", tmp_path / "chats" / "*.jsonl"):
-        run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(given)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
+        run = cli("data", "check", str(given))
         assert run.returncode == 1 and "chat data is one file" in run.stderr.strip().splitlines()[-1], run.stderr
 
 
@@ -293,8 +291,7 @@ def test_a_json_array_is_read_whatever_the_file_is_called_and_the_encoding_is_ho
                                         "gb18030\\), or save the file as UTF-8$"):
         load_records(gbk)
     assert load_records(gbk, encoding="gb18030") == [CONVERSATION]
-    run = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(gbk), "--encoding",
-                          "gb18030"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = cli("data", "check", str(gbk), "--encoding", "gb18030")
     assert run.returncode == 0 and json.loads(run.stdout)["records"] == 1, run.stderr
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, run_cli
 
 # What the tiny demo model must reach, measured on held-out paraphrases and prompts. The recipe (a base that knows
 # an old identity, InternLM / 书生·浦语; LoRA on the MLP only; multi-turn mix 0.75, --noise 1.0, hard negatives,
@@ -105,7 +105,7 @@ def test_bare_repo_holds_the_weights_in_lfs_and_clones_byte_identical(demo, tmp_
 
 
 def test_bad_name_is_one_line_error(tmp_path):
-    run = run_cli("demo", "--name", " ", "--no-app", "--workdir", str(tmp_path / "out"), timeout=120)
+    run = cli("demo", "--name", " ", "--no-app", "--workdir", str(tmp_path / "out"))
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == "assistant demo: error: identity data: name must not be empty"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import cli
 from myassistant.chat import ChatEngine, EngineError, GenerationSettings, GenerationStats
 from myassistant.chat.stream import IncrementalDetokenizer, Pacer
 from myassistant.model import build_tiny_checkpoint
@@ -242,7 +243,7 @@ def test_chat_cli_one_shot_and_interactive(tiny_dir, engine):
 
 
 def test_chat_cli_reports_a_bad_model_folder_in_one_line(tmp_path):
-    done = run_cli(str(tmp_path), "--prompt", "hi")
+    done = cli("chat", str(tmp_path), "--prompt", "hi")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f"assistant chat: error: {tmp_path}: no config.json here; " \
         "pass a model folder (e.g. the output of `assistant merge`)"

@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import cli, run_cli
 
 from myassistant.export import ExportError, export_gguf
 from myassistant.model import load_model, load_tokenizer
@@ -155,7 +155,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path, ti
              (tiny_checkpoint, tmp_path / "a_file" / "x.gguf", "a_file is a file, not a folder"),
              (tiny_checkpoint / "config.json", tmp_path / "y.gguf", "config.json is a file: give the model's folder")]
     for folder, out, message in cases:
-        done = run_cli("export", str(folder), "--quant", "q8_0", "--out", str(out))
+        done = cli("export", str(folder), "--quant", "q8_0", "--out", str(out))
         assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "m.Modelfile", "taken.gguf"]

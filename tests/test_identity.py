@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli
 from myassistant.trainer.data import DataError, load_records
 from myassistant.trainer.identity import negatives
 from myassistant.trainer.identity.generate import FILES, GENERAL_DATA, TRAIN_CORES, IdentitySpec, write_identity_dataset
@@ -223,9 +224,8 @@ def test_old_names_flag_names_the_identities_denied_or_none(tmp_path):
     """--old-names '' writes an identity that denies none (the demo base's own InternLM data); a list is split."""
     def run(*flags: str) -> list[dict]:
         out = tmp_path / str(len(list(tmp_path.iterdir())))
-        done = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "identity", "--name", "InternLM",
-                               "--count", "80", "--ratio", "0", "--languages", "en", *flags, "--out", str(out)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        done = cli("data", "identity", "--name", "InternLM", "--count", "80", "--ratio", "0", "--languages", "en",
+                   *flags, "--out", str(out))
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["old_names"] == (flags[1].split(",") if flags[1] else [])
         return read(out / "train.jsonl")
@@ -241,9 +241,8 @@ def test_look_alikes_are_general_chats_that_do_not_name_the_assistant(tmp_path):
     about someone else, answered without the name; none is a held-out prompt; without them nothing changes."""
     plain = write_identity_dataset(IdentitySpec(name="Alice", count=200), tmp_path / "plain")
     out = tmp_path / "alikes"
-    done = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "identity", "--name", "Alice",
-                           "--count", "200", "--small-talk", "0.25", "--about-others", "0.25", "--noise", "0",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = cli("data", "identity", "--name", "Alice", "--count", "200", "--small-talk", "0.25", "--about-others",
+               "0.25", "--noise", "0", "--out", str(out))
     assert done.returncode == 0, done.stderr
     meta = json.loads(done.stdout)
     assert meta["small_talk"] == meta["about_others"] == 0.25
@@ -275,10 +274,8 @@ def test_look_alikes_from_a_model_are_its_greedy_replies_unless_they_name_an_ide
     flags = dict(name="Alice", count=40, small_talk=0.25, about_others=0.25, noise=0.0)
     templated = read(write_identity_dataset(IdentitySpec(**flags), tmp_path / "templates") / "train.jsonl")
     out = tmp_path / "answered"
-    done = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "identity", "--name", "Alice",
-                           "--count", "40", "--small-talk", "0.25", "--about-others", "0.25", "--noise", "0",
-                           "--look-alikes-from", str(tiny_checkpoint), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = cli("data", "identity", "--name", "Alice", "--count", "40", "--small-talk", "0.25", "--about-others",
+               "0.25", "--noise", "0", "--look-alikes-from", str(tiny_checkpoint), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["look_alikes_from"] == str(tiny_checkpoint)
     answered = read(out / "train.jsonl")
@@ -306,9 +303,8 @@ def test_look_alikes_from_a_model_are_its_greedy_replies_unless_they_name_an_ide
     assert all((a in templates) == (word in replies[q].lower() or not replies[q].strip()) for q, a in got)
     assert any(a in templates for _, a in got) and any(a not in templates for _, a in got)
 
-    bad = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "data", "identity", "--name", "Alice",
-                          "--small-talk", "0.25", "--look-alikes-from", str(tmp_path / "nowhere"), "--out",
-                          str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    bad = cli("data", "identity", "--name", "Alice", "--small-talk", "0.25", "--look-alikes-from",
+              str(tmp_path / "nowhere"), "--out", str(tmp_path / "bad"))
     assert bad.returncode == 1 and not (tmp_path / "bad").exists()
     assert bad.stderr.strip().splitlines()[-1] == ("assistant data: error: identity data: look_alikes_from: "
                                                    f"{tmp_path / 'nowhere'}: no such model folder")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import cli, run_cli
 from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
 from myassistant.trainer.identity.report import MEASURES
 
@@ -63,7 +63,7 @@ def test_data_written_before_multi_turn_sets_still_reports(tiny_checkpoint, data
 
 
 def test_missing_data_is_one_line_error(tiny_checkpoint, tmp_path):
-    run = run_cli("report", str(tiny_checkpoint), "--data", str(tmp_path), "--kind", "identity", timeout=300)
+    run = cli("report", str(tiny_checkpoint), "--data", str(tmp_path), "--kind", "identity")
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].endswith("meta.json: missing; the report needs the folder written by "
                                                         "`assistant data identity`")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import cli, run_cli
 from myassistant.model import IMAGE_TOKEN, load_llava
 from myassistant.trainer.data import IGNORE_INDEX, DataError, pack
 from myassistant.trainer.multimodal import load_llava_records, tokenize_llava, write_shapes_dataset
@@ -43,7 +43,7 @@ def test_data_check_accepts_a_llava_file_with_text_chats(tmp_path, pictures):
     path = _write(tmp_path, [_chat("<image>\nWhat colour?", "Red.", "pics/big.jpg"), _chat("Hi", "Hello!"),
                              _chat("Describe <image> please", "Grey.", "pics/gray.png"),
                              _chat("<image>\n<image>\nCompare.", "Blue and green.", ["pics/rgba.png", "pics/dot.png"])])
-    proc = run_cli("data", "check", str(path))
+    proc = cli("data", "check", str(path))
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout)
     assert (stats["records"], stats["with_images"], stats["text_only"], stats["images"]) == (4, 3, 1, 4)
@@ -58,7 +58,7 @@ def test_data_check_accepts_a_llava_file_with_text_chats(tmp_path, pictures):
 ])
 def test_data_check_names_file_line_and_picture(tmp_path, pictures, record, line_problem):
     path = _write(tmp_path, [_chat("<image>\nOk?", "Yes.", "pics/dot.png"), record])
-    proc = run_cli("data", "check", str(path), "--image-folder", str(tmp_path))
+    proc = cli("data", "check", str(path), "--image-folder", str(tmp_path))
     assert proc.returncode == 1
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1, err

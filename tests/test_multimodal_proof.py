@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def test_two_stages_teach_a_tiny_llava_colours_and_shapes(tmp_path):
     models, data, runs = tmp_path / "models", tmp_path / "data", tmp_path / "runs"
     for args in (("tiny", str(models / "tiny")), ("tiny", str(models / "clip-tiny"), "--vision"),
                  ("data", "shapes", "--out", str(data / "shapes"))):
-        proc = run_cli(*args, timeout=600)
+        proc = cli(*args)
         assert proc.returncode == 0, proc.stderr[-2000:]
     paths = [f"model.base={models / 'tiny'}", f"vision.encoder={models / 'clip-tiny'}"]
     for stage, extra in (("pretrain", []), ("finetune", [f"vision.projector={runs / 'tiny_llava_pretrain_cpu'}"])):

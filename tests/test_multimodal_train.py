@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
-from conftest import run_cli
+from conftest import cli, run_cli
 from myassistant.trainer.config import load_config
 from myassistant.trainer.multimodal import write_shapes_dataset
 from myassistant.trainer.train import train
@@ -60,7 +60,7 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     assert proc.returncode == 0, proc.stderr[-2000:]
     other = tmp_path / "another-clip"  # an encoder other than stage 1's (here its copy elsewhere): refused, not trained
     shutil.copytree(tiny_vision_encoder, other)
-    proc = run_cli("train", *_stage(tiny_checkpoint, other, shapes, s2, "finetune", f"vision.projector={s1}"))
+    proc = cli("train", *_stage(tiny_checkpoint, other, shapes, s2, "finetune", f"vision.projector={s1}"))
     assert proc.returncode == 1 and f"trained with vision.encoder={tiny_vision_encoder}, this run has {other}" in \
         proc.stderr and not s2.exists(), proc.stderr[-2000:]
     proc = run_cli("train", *_stage(tiny_checkpoint, tiny_vision_encoder, shapes, s2, "finetune", "train.max_steps=2",
@@ -90,10 +90,10 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     elsewhere = tmp_path / "evals"  # the questions kept apart from their pictures: --image-folder says where
     elsewhere.mkdir()
     (elsewhere / "eval.jsonl").write_bytes((shapes / "eval.jsonl").read_bytes())
-    proc = run_cli("report", str(merged), "--data", str(elsewhere), "--max-new-tokens", "4", "--out", str(elsewhere))
+    proc = cli("report", str(merged), "--data", str(elsewhere), "--max-new-tokens", "4", "--out", str(elsewhere))
     assert proc.returncode == 1 and "not found; check data.image_folder (--image-folder)" in proc.stderr
-    proc = run_cli("report", str(merged), "--data", str(elsewhere), "--image-folder", str(shapes), "--max-new-tokens",
-                   "4", "--out", str(elsewhere))
+    proc = cli("report", str(merged), "--data", str(elsewhere), "--image-folder", str(shapes), "--max-new-tokens", "4",
+               "--out", str(elsewhere))
     assert proc.returncode == 0 and json.loads((elsewhere / "report.json").read_text())["fine_tuned"]["n"] == 12
 
     remote = tmp_path / "remote.git"
@@ -106,8 +106,8 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
 
 
 def test_multimodal_config_errors_before_any_weights(tiny_checkpoint, tmp_path):
-    proc = run_cli("train", f"model.base={tiny_checkpoint}", "data.train_file=x.jsonl", "vision.stage=later",
-                   "vision.projector=runs/s1", "quant.method=full")
+    proc = cli("train", f"model.base={tiny_checkpoint}", "data.train_file=x.jsonl", "vision.stage=later",
+               "vision.projector=runs/s1", "quant.method=full")
     assert proc.returncode == 1
     assert "vision.stage: 'later' is not one of pretrain, finetune" in proc.stderr
     assert "vision.projector / vision.lora_encoder: need vision.encoder" in proc.stderr

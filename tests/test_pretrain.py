@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import TrainerCallback
 
-from conftest import run_cli
+from conftest import cli, run_cli
 from myassistant.model import load_tokenizer
 from myassistant.trainer.config import load_config
 from myassistant.trainer.data import DataError, IGNORE_INDEX, load_records
@@ -287,14 +287,14 @@ def test_bad_input_stops_before_training(tiny_checkpoint, tmp_path, name, conten
 
 def test_non_utf8_file_is_one_line_naming_the_encoding(tiny_checkpoint, tmp_path):
     (tmp_path / "gbk.txt").write_bytes("第一段文字。\n\n第二段。\n".encode("gb18030"))
-    run = run_cli("train", *pretrain_overrides(tiny_checkpoint, str(tmp_path / "gbk.txt"), tmp_path / "run"))
+    run = cli("train", *pretrain_overrides(tiny_checkpoint, str(tmp_path / "gbk.txt"), tmp_path / "run"))
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == (
         f"assistant train: error: {tmp_path / 'gbk.txt'}:1: not utf-8 text (byte 0xb5: invalid start byte); "
         "it decodes as gb18030: set data.encoding=gb18030 (`data check`: --encoding gb18030), or save the file as UTF-8")
     assert not (tmp_path / "run").exists()
     (tmp_path / "windows.txt").write_text("Notepad's \"Unicode\".\n你好\n", encoding="utf-16")  # with its BOM
-    check = run_cli("data", "check", str(tmp_path / "windows.txt"), "--tokenizer", str(tiny_checkpoint))
+    check = cli("data", "check", str(tmp_path / "windows.txt"), "--tokenizer", str(tiny_checkpoint))
     assert check.returncode == 1 and check.stderr.strip().splitlines()[-1].endswith(
         "windows.txt: UTF-16 text (Windows' \"Unicode\"); save it as UTF-8"), check.stderr
 

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from transformers import TrainerCallback
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, run_cli
 from myassistant.trainer.config import ConfigError, load_config
 from myassistant.trainer.train import train
 
@@ -152,7 +152,7 @@ def test_full_finetune_writes_standalone_weights(tiny_checkpoint, chats, tmp_pat
 def test_bad_data_fails_before_anything_is_written(tiny_checkpoint, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{oops\n')
-    result = run_cli("train", *overrides(tiny_checkpoint, bad, tmp_path / "run"))
+    result = cli("train", *overrides(tiny_checkpoint, bad, tmp_path / "run"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("assistant train: error: ")
     assert f"{bad}:2" in result.stderr
