@@ -103,6 +103,23 @@ def test_resume_after_stop_matches_uninterrupted_run(lora_run, tiny_checkpoint, 
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == finished
 
 
+def test_a_run_resumed_with_more_steps_follows_the_longer_schedule(tiny_checkpoint, chats, tmp_path):
+    """Training on from a finished run by raising max_steps: its first step ran at the old schedule's last learning
+    rate (0 after a linear decay), then jumped to the new schedule's."""
+    def learning_rates(run_dir: Path) -> dict[int, float]:
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["learning_rate"] for r in rows if "learning_rate" in r}
+
+    settings = {"eval_steps": 0, "report_to": "none", "lr_scheduler_type": "linear"}
+    longer = train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "ten", max_steps=10, **settings)))
+    run = tmp_path / "six"
+    train(load_config(None, overrides(tiny_checkpoint, chats, run, max_steps=6, **settings)))
+    train(load_config(None, overrides(tiny_checkpoint, chats, run, max_steps=10, **settings)), resume=True)
+    want, got = learning_rates(longer), learning_rates(run)
+    for step in (7, 8, 9, 10):
+        assert got[step] == pytest.approx(want[step], rel=1e-6), (step, got, want)
+
+
 def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_path):
     out, settings = tmp_path / "killed", {"max_steps": 40, "save_steps": 2, "eval_steps": 0, "report_to": "none"}
     args = overrides(tiny_checkpoint, chats, out, **settings)

@@ -45,6 +45,20 @@ def peak_memory_gib() -> dict[str, float]:
     return out
 
 
+class ScheduleOnResume(TrainerCallback):
+    """A resumed run's first step at the learning rate its schedule gives now. The Trainer restores the optimizer's
+    learning rate as the checkpoint left it, and the schedule sets it only after a step: a run trained on with a higher
+    max_steps took its first step at the old schedule's last rate (0 after a linear or cosine decay)."""
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        lambdas = getattr(lr_scheduler, "lr_lambdas", None)
+        if optimizer is None or not lambdas or state.global_step == 0:
+            return
+        for group, base, rate in zip(optimizer.param_groups, lr_scheduler.base_lrs, lambdas):
+            group["lr"] = base * rate(lr_scheduler.last_epoch)
+        lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what the logs read, as step() sets it
+
+
 class MetricsFile(TrainerCallback):
     """Adds tokens_per_s to every log and appends it to metrics.jsonl (before TensorBoard and the bar see it)."""
 

@@ -31,7 +31,8 @@ from transformers.integrations import TensorBoardCallback
 import myassistant.model as model_layer
 from myassistant.trainer import data as data_lib
 from myassistant.trainer.gpu import fast, graphs
-from myassistant.trainer.callbacks import EvalPrompts, MetricsFile, ProgressBar, read_jsonl, truncate_jsonl
+from myassistant.trainer.callbacks import (EvalPrompts, MetricsFile, ProgressBar, ScheduleOnResume, read_jsonl,
+                                          truncate_jsonl)
 from myassistant.trainer.config import ConfigError, RunConfig, load_config, save_config
 from myassistant.trainer.data.sources import TrainingData, build_training_data
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
@@ -260,7 +261,7 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
         save_config(cfg, run_dir / RUN_CONFIG_NAME)
         _compare_data(run_dir / DATA_SUMMARY_NAME, {"records": data.records, "rows": len(dataset),
                                                     "tokens": data.tokens}, checkpoint)
-    cbs = [MetricsFile(run_dir / METRICS_NAME)]
+    cbs = [ScheduleOnResume(), MetricsFile(run_dir / METRICS_NAME)]
     if cfg.train.report_to == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter
 
