@@ -322,6 +322,6 @@ def test_a_utf8_file_beside_gbk_ones_is_read_as_utf8_and_said(tokenizer, tmp_pat
     said = [r.getMessage() for r in caplog.records if "read as UTF-8" in r.getMessage()]
     assert len(said) == 1 and "b_utf8.txt: read as UTF-8, not data.encoding gb18030" in said[0]
     chats = tmp_path / "chats.jsonl"  # chat files too
-    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "上海"}, {"role": "assistant", "content": "城市"}]},
-                                ensure_ascii=False) + "\n", encoding="utf-8")
+    chat = {"messages": [{"role": "user", "content": "上海"}, {"role": "assistant", "content": "城市"}]}
+    chats.write_text(json.dumps(chat, ensure_ascii=False) + "\n", encoding="utf-8")
     assert load_records(chats, encoding="gb18030")[0]["messages"][0]["content"] == "上海"

@@ -56,7 +56,8 @@ class ScheduleOnResume(TrainerCallback):
             return
         for group, base, rate in zip(optimizer.param_groups, lr_scheduler.base_lrs, lambdas):
             group["lr"] = base * rate(lr_scheduler.last_epoch)
-        lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what the logs read, as step() sets it
+        # what the logs read (get_last_lr), set as the scheduler's step() sets it
+        lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 class MetricsFile(TrainerCallback):

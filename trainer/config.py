@@ -232,8 +232,8 @@ def validate(cfg: RunConfig) -> list[str]:
         (not (v.encoder and d.sources), "data.sources: a multimodal run (vision.encoder) reads one LLaVA file, "
          "data.train_file (with data.image_folder), not data.sources"),
         (not unknown_encoding(d.encoding), unknown_encoding(d.encoding)),
-        *((not s.encoding or not unknown_encoding(s.encoding), unknown_encoding(s.encoding, f"data.sources[{i}].encoding"))
-          for i, s in enumerate(d.sources)),
+        *((not s.encoding or not unknown_encoding(s.encoding),
+           unknown_encoding(s.encoding, f"data.sources[{i}].encoding")) for i, s in enumerate(d.sources)),
         (bool(t.output_dir), "train.output_dir: required"),
         (t.learning_rate > 0, f"train.learning_rate: must be > 0, got {t.learning_rate}"),
         (t.lr_scheduler_type in SCHEDULERS, f"train.lr_scheduler_type: {t.lr_scheduler_type!r} is not one of {', '.join(SCHEDULERS)}"),

@@ -187,7 +187,7 @@ def _check_parquet(path: Path, spec: TextSpec) -> None:
         raise DataError(f"{path}: not a readable Parquet file ({err})") from None
     if spec.text_field not in schema.names:
         raise DataError(f"{path}: no column '{spec.text_field}' (columns: {', '.join(schema.names)}); "
-                        "set data.text_field to the column that holds the text")
+                        "set data.text_field (`data check`: --text-field) to the column that holds the text")
 
 
 # ----------------------------------------------------------------------------- documents
@@ -255,7 +255,7 @@ def _field(path: Path, where: str, record: object, spec: TextSpec) -> str:
         problem = ("is missing" if spec.text_field not in record else "is null" if value is None
                    else f"must be a string, got {type(value).__name__}")
         raise DataError(f"{path}:{where}: field '{spec.text_field}' {problem} (keys: {found}); "
-                        "set data.text_field to the field that holds the text")
+                        "set data.text_field (`data check`: --text-field) to the field that holds the text")
     return value
 
 

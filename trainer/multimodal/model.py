@@ -70,6 +70,9 @@ def build_training_model(cfg: RunConfig):
     model, processor = model_layer.build_llava(cfg.vision.encoder, cfg.model.base, projector=cfg.vision.projector or None,
                                                dtype=weights_dtype(cfg), device=device, seed=cfg.train.seed, **extra)
     model.name_or_path = cfg.model.base
+    stage2_alone = cfg.vision.stage == "finetune" and not cfg.vision.projector
+    log.info("projector: %s", f"from {cfg.vision.projector}" if cfg.vision.projector else
+             "new (random)" + (": stage 2 without a stage-1 projector (vision.projector)" if stage2_alone else ""))
     # without a KV cache the LLM sees packed samples (positions restarting at 0) apart; the Trainer turns off
     # the Llava's use_cache, not its LLM's
     model.model.language_model.config.use_cache = False
