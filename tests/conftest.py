@@ -87,3 +87,13 @@ def tiny_llava(tmp_path_factory) -> Path:
     from myassistant.model import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("llava") / "llava-tiny")
+
+
+# The longest files first (a few minutes each on 2 cores): with test files spread over workers (scripts/test.sh), a
+# long one that starts last keeps its worker busy after the others are done.
+LONGEST_FIRST = ("test_demo.py", "test_multimodal_proof.py", "test_studio_browser.py", "test_multimodal_train.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable: the rest keep their order
