@@ -18,6 +18,8 @@ import warnings
 PATH_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR,
                errno.ENAMETOOLONG}
 
+LOG_FORMAT = "[%(where)s] %(message)s"  # `where`: the module without the package prefix (_short_names)
+
 # command -> (module under scripts/, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "tiny": ("myassistant.scripts.tiny", "write a tiny InternLM2-format checkpoint (for tests and the offline demo)"),
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # peft reads transformers' deprecated name on every LoRA model it makes: nothing a user can act on
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    logging.basicConfig(level=logging.INFO, format="[%(where)s] %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_short_names)
     module = importlib.import_module(COMMANDS[name][0])

@@ -40,8 +40,9 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: floa
 
 def cli(*args: str, cwd: Path = ROOT, env: dict | None = None):
     """``assistant <args>`` in this process: its exit code, stdout and stderr as run_cli returns them, without a new
-    interpreter importing torch and transformers for each call (5-10 s on a busy 2-core machine). For what needs a
-    process of its own (the entry point, signals, log lines, a stdin) use run_cli."""
+    interpreter importing torch and transformers for each call (5-10 s on a busy 2-core machine); log lines go to its
+    stderr as the command's own logging set-up prints them. For what needs a process of its own (the entry point,
+    signals, a stdin, a timeout) use run_cli."""
     import contextlib
     import io
     import subprocess
@@ -50,8 +51,8 @@ def cli(*args: str, cwd: Path = ROOT, env: dict | None = None):
 
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    logs = logging.StreamHandler(err)  # the log lines too, as the command's own logging set-up prints them
-    logs.setFormatter(logging.Formatter("[%(where)s] %(message)s"))
+    logs = logging.StreamHandler(err)
+    logs.setFormatter(logging.Formatter(cli_module.LOG_FORMAT))
     logs.addFilter(cli_module._short_names)
     root, level = logging.getLogger(), logging.getLogger().level
     try:

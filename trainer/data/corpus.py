@@ -114,7 +114,11 @@ def refuse_utf16(path: Path, head: bytes) -> None:
 
 def with_bom(encoding: str) -> str:
     """The codec that reads ``encoding``: for UTF-8 the one that drops a byte-order mark (a BOM is no JSON or text)."""
-    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    return "utf-8-sig" if _is_utf8(encoding) else encoding
+
+
+def _is_utf8(encoding: str) -> bool:
+    return encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
 
 
 def unknown_encoding(encoding: str, setting: str = "data.encoding") -> str | None:
@@ -138,7 +142,7 @@ def file_encoding(path: Path, encoding: str, head: bytes | None = None) -> str:
     """The codec ``path`` is read with: ``encoding``, except that a file whose bytes are UTF-8 text with non-ASCII
     characters is read as UTF-8 (and said once). gb18030 and the like decode UTF-8 bytes without an error, into other
     characters, so a UTF-8 file in a folder whose data.encoding names the others' encoding was trained on garbled."""
-    if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig"):
+    if _is_utf8(encoding):
         return encoding
     if head is None:
         with open(path, "rb") as f:

@@ -71,7 +71,8 @@ def _image_names(where: _Where, obj: dict) -> list[str]:
 
 def load_llava_records(path: str | Path, image_folder: str | Path | None = None, *, fmt: str = "auto",
                        decode: bool = False) -> list[dict]:
-    """Read and check a LLaVA file; records are ``{"messages": [...], "images": [absolute paths]}``.
+    """Read and check a LLaVA file; records are ``{"messages": [...], "images": [absolute paths], "image_where":
+    [the record's file:line, once a picture]}``.
 
     ``decode``: open every picture fully (``assistant data check``); otherwise only its header is read.
     """
@@ -128,7 +129,7 @@ def tokenize_llava(records: Sequence[dict], tokenizer, max_length: int, image_to
                 new_ids.append(token)
                 new_labels.append(label)
         images = list(record["images"])
-        wheres = list(record.get("image_where") or [""] * len(images))
+        wheres = list(record["image_where"])
         if len(new_ids) > max_length:
             cut += 1
             new_ids, new_labels = new_ids[:max_length], new_labels[:max_length]
@@ -153,8 +154,7 @@ def tokenize_llava(records: Sequence[dict], tokenizer, max_length: int, image_to
 def collate(features: Sequence[dict], *, text_collate: Callable, image_processor) -> dict:
     """The text collator's batch plus ``pixel_values`` of the batch's pictures, in token order."""
     batch = text_collate(features)
-    paths = [(p, where) for f in features
-             for p, where in zip(f["images"], f.get("image_where") or [""] * len(f["images"]))]
+    paths = [(p, where) for f in features for p, where in zip(f["images"], f["image_where"])]
     if paths:
         pictures = [open_image(p, where) for p, where in paths]
         batch["pixel_values"] = image_processor(images=pictures, return_tensors="pt")["pixel_values"]
