@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="int8 / int4 forms without bf16's cases: top-1 against the bf16 modules' logits, computed "
                              "and saved at PATH by the first process (from the same random model), loaded by the next")
     parser.add_argument("--no-peer", action="store_true", help="skip the peer (`generate`)")
+    parser.add_argument("--no-rows", action="store_true",
+                        help="one-row int8 / int4 products on the tensor-core kernel only (chat.gemv.ROWS_ONE_ROW off)")
     args = parser.parse_args(argv)
     # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -252,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     # several forms: one random bf16 model kept in host memory, each form loaded from it as the engine loads
     host = build(args.shape, torch.bfloat16, "cuda") if quantised else None
     bandwidth = sequences = want = None
+    gemv.ROWS_ONE_ROW = not args.no_rows
     peer = float("nan") if args.no_peer else None  # nan: vs_hf_generate not measured
     if args.reference:
         loaded = Path(args.reference).exists()

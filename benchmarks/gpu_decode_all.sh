@@ -43,7 +43,7 @@ timeout "${T_7B:-420}" python3 -m benchmarks.decode_gpu --shape internlm2-7b --n
 if has 7bq; then echo "=== 7B int8 / int4, a process each"
 for bits in ${BITS:-8 4}; do
 timeout "${T_Q:-280}" python3 -m benchmarks.decode_gpu --shape internlm2-7b --no-fp32 --no-peer --new-tokens 128 \
-    --weight-bits "$bits" --chats ${CHATS:-8} --reference /tmp/reference7b.pt 2>&1 \
+    --weight-bits "$bits" --chats ${CHATS:-8} --reference /tmp/reference7b.pt $DECODE_FLAGS 2>&1 \
     | tee -a "$OUT/decode7bq.log" | json
 done; fi
 if has barrier; then echo "=== a step's products as one persistent kernel with grid barriers, vs a kernel a phase"

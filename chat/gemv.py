@@ -34,9 +34,11 @@ scale each, or int4 weights two to a byte with a scale per row and 128 columns. 
 j and 64 + j, so its two nibble tiles meet contiguous x columns; inline PTX turns 4 bytes into 8 bf16 weights
 (nibble - 8, exact) without a conversion instruction, and the group's scales multiply the fp32 sums. On the 7B shape
 (H200, benchmarks/README.md, 1 row, µs, int4 / int8): qkv 15.3 / 15.8, o_proj 9.1 / 9.8, gate/up 50.7 / 46.2: int4
-is as fast as int8 a product, not faster (0.2-0.3 of the bandwidth over its bytes). Tried and measured slower or no
-better on an H200 (benchmarks/README.md), so removed: the weights as the dots' first operand (out^T = W x^T, Hopper's
-wgmma) and one-row int8 / int4 products on the CUDA cores.
+is as fast as int8 a product, not faster (0.2-0.3 of the bandwidth over its bytes). So one-row int4 products also
+time chat.gemv_rows' CUDA-core kernel (no shared memory between the packed loads and the FMAs), which wins for qkv,
+o_proj and gate/up. Every candidate `_pick` times must first agree with the first's product. Tried and measured
+slower or no better on an H200 (benchmarks/README.md), so removed: the weights as the dots' first operand (out^T = W
+x^T, Hopper's wgmma) and an earlier CUDA-core kernel whose input columns passed through shared memory.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ import logging
 
 import torch
 
-from myassistant.chat import gemv_pick
+from myassistant.chat import gemv_pick, gemv_rows
 from myassistant.chat.int_weights import GROUP, QuantWeight
 from myassistant.chat.scratch import scratch
 
@@ -53,11 +55,15 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs: the model's modules everywhere
     triton = None
+else:
+    from myassistant.chat.gemv_epilogue import _finish
 
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # rows a product takes (one tensor-core tile); more rows go to cuBLAS, which is good there
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
+AGREE = 1e-2  # relative difference from the first candidate's product above which a candidate is left out
+ROWS_ONE_ROW = True  # one-row int4 products: chat.gemv_rows' CUDA-core kernels are candidates too
 
 
 if triton is not None:
@@ -112,20 +118,6 @@ if triton is not None:
                 + tl.dot(xh, tl.trans(high), input_precision=PRECISION)) * scale[None, :]
 
     @triton.jit
-    def _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype: tl.constexpr,
-                  GATED: tl.constexpr, RESIDUAL: tl.constexpr):
-        out = acc
-        if GATED:  # act_fn(gate) * up on bf16 tensors: each op rounded to the dtype
-            gate = acc.to(dtype).to(tl.float32)
-            act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
-            out = act * acc2.to(dtype).to(tl.float32)
-        if RESIDUAL:  # x + proj(...): the product rounded, then the sum
-            res = tl.load(res_ptr + m[:, None] * stride_rm + n[None, :], mask=m_ok[:, None] & n_ok[None, :], other=0.0)
-            out = out.to(dtype).to(tl.float32) + res.to(tl.float32)
-        tl.store(out_ptr + m[:, None] * stride_om + n[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=m_ok[:, None] & n_ok[None, :])
-
-    @triton.jit
     def _rstd(x_ptr, m, m_ok, kk, stride_xm, eps, K: tl.constexpr, NORM: tl.constexpr, BLOCK_M: tl.constexpr,
               BLOCK_K: tl.constexpr):
         """1 / RMS of the input rows over the whole K (whatever slice of it a program sums); `eps` without the norm
@@ -152,37 +144,6 @@ if triton is not None:
                 xs = tl.load(x_ptr + r * stride_xm + cols).to(tl.float32)
                 sq = tl.where(m == r, tl.sum(xs * xs, 0), sq)
         return 1.0 / tl.sqrt(sq / K + eps)
-
-    @triton.jit
-    def _finish(acc, acc2, ws_ptr, count_ptr, res_ptr, out_ptr, pid, part, m, n, m_ok, n_ok, N, stride_om, stride_rm,
-                dtype: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, SPLIT: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        """The epilogue over a program's fp32 sums, or over the K slices' sums once the last of them is in."""
-        if SPLIT == 1:
-            _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype, GATED, RESIDUAL)
-        else:
-            # Split K: each program leaves its fp32 partial sums in the workspace; the last of a column
-            # block's SPLIT programs to arrive (a counter per block) adds them in a fixed order and writes
-            # the output, then zeroes the counter for the next launch. One launch, no reduction kernel.
-            tile = m[:, None] * N + n[None, :]
-            ok = m_ok[:, None] & n_ok[None, :]  # the real rows only: a 1-row product moves 1/16 of the tile
-            ws = ws_ptr + part * 2 * BLOCK_M * N
-            tl.store(ws + tile, acc, mask=ok)
-            if GATED:
-                tl.store(ws + BLOCK_M * N + tile, acc2, mask=ok)
-            tl.debug_barrier()  # every thread's partial stored before the counter says so
-            arrived = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel")
-            if arrived == SPLIT - 1:
-                tl.debug_barrier()
-                acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-                acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-                for s in tl.static_range(SPLIT):
-                    ws = ws_ptr + s * 2 * BLOCK_M * N
-                    acc += tl.load(ws + tile, mask=ok, other=0.0, cache_modifier=".cg")
-                    if GATED:
-                        acc2 += tl.load(ws + BLOCK_M * N + tile, mask=ok, other=0.0, cache_modifier=".cg")
-                _epilogue(acc, acc2, res_ptr, out_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype, GATED, RESIDUAL)
-                tl.atomic_xchg(count_ptr + pid, 0)
 
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, s_ptr, M, N, stride_xm, stride_wn,
@@ -259,11 +220,13 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     n = out.shape[1]
     block_n, block_k, split, warps, stages = config
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
-    assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
     tiles = triton.cdiv(n, block_n)
     # split K: each slice's fp32 partial sums, and a zeroed arrival counter per column block
     ws = scratch("gemv workspace", x.device, torch.float32, split * 2 * MAX_ROWS * n if split > 1 else 1)
     count = scratch("gemv counters", x.device, torch.int32, tiles, zeroed=True)
+    if stages == "rows":  # one row on the CUDA cores (chat.gemv_rows)
+        return gemv_rows.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count)
+    assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
     dummy = x  # pointer arguments of the fusions that are off: never read
     args = (x, weight, out, dummy if residual is None else residual, dummy if norm_weight is None else norm_weight, ws,
             count, ws if scale is None else scale, m, n, x.stride(0), weight.stride(0), out.stride(0),
@@ -283,20 +246,30 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple[int
     n, k = out.shape[1], x.shape[1]
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     found = gemv_pick.candidates(n, k, quant)
+    if quant == 4 and x.shape[0] == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
+        found += gemv_rows.candidates(n, k)
     key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, weight.dtype, x.shape[0] > 1)
     if key in _picked or not x.is_cuda or not TIME_CANDIDATES or torch.cuda.is_current_stream_capturing():
         return _picked.get(key, found[0])
-    compiled = []
+    compiled, first = [], None
     for config in found:
         try:
             _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config)  # compile, grow the buffers
-            compiled.append(config)
         except triton.runtime.errors.OutOfResources:  # too much shared memory (fp32 tiles): not a candidate
             continue
         except Exception as e:  # noqa: BLE001 - a candidate that does not compile here is not one (the first must)
             if config == found[0]:
                 raise
             log.warning("gemv candidate %s for %dx%d: %s", config, n, k, e)
+            continue
+        # a candidate must compute what the first does (differing only in summation order): a kernel that a
+        # GPU or Triton version gets wrong is left out, not served
+        if first is None:
+            first = out.float().clone()
+        elif float((out.float() - first).norm()) > AGREE * float(first.norm()):
+            log.warning("gemv candidate %s for %dx%d left out: its product differs from %s's", config, n, k, found[0])
+            continue
+        compiled.append(config)
     times = gemv_pick.time_in_graphs(
         compiled, lambda config: _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config), x.device)
     timed[key] = times

@@ -116,6 +116,41 @@ def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 1
     assert err <= tol, f"{dtype}, {bits} bits: fused decode step differs from the modules' by {err}"
 
 
+def check_one_row(device: str, tol: float) -> None:
+    """Every one-row candidate of chat.gemv_rows (each block and K split) over int4 weights, with each fusion, against
+    the float64 product of the dequantised matrix."""
+    from myassistant.chat import gemv, gemv_rows
+    from myassistant.chat.int_weights import dequantize, quantize
+
+    gen = torch.Generator().manual_seed(1)
+    for norm, gated, residual, out_float in VARIANTS:
+        for n, k in ((72, 1024), (40, 512)):
+            w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, torch.bfloat16)
+            x = torch.randn(1, k, generator=gen).to(device, torch.bfloat16)
+            nw = (1 + 0.1 * torch.randn(k, generator=gen)).to(device, torch.bfloat16) if norm else None
+            res = torch.randn(1, n, generator=gen).to(device, torch.bfloat16) if residual else None
+            weight = quantize(w, 4)
+            want = reference(x, dequantize(weight, torch.bfloat16), res, nw, gated, torch.bfloat16)
+            configs = gemv_rows.candidates(n, k)
+            assert len(configs) == 3
+            for config in configs:
+                out = torch.empty(1, n, device=device, dtype=torch.float32 if out_float else torch.bfloat16)
+                gemv._launch(x, *weight, out, res, nw, 1e-5, gated, config)
+                err = float((out.double() - want).norm() / want.norm())
+                assert err <= tol, f"{config} norm={norm} gated={gated} residual={residual} n={n} k={k}: error {err}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
+def test_one_row_int4_products_under_tritons_interpreter():
+    run_interpreted("import test_gemv as t; t.check_one_row('cpu', 4e-2)")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_one_row_int4_products():
+    check_one_row("cuda", 1e-2)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
 def test_fused_products_and_decode_step_under_tritons_interpreter():
     run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2);"
