@@ -140,11 +140,6 @@ def check_one_row(device: str, tol: float) -> None:
                 assert err <= tol, f"{config} norm={norm} gated={gated} residual={residual} n={n} k={k}: error {err}"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
-def test_one_row_int4_products_under_tritons_interpreter():
-    run_interpreted("import test_gemv as t; t.check_one_row('cpu', 4e-2)")
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_one_row_int4_products():
@@ -153,7 +148,7 @@ def test_gpu_one_row_int4_products():
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
 def test_fused_products_and_decode_step_under_tritons_interpreter():
-    run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2);"
+    run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2); t.check_one_row('cpu', 4e-2);"
                     "t.check_decode_step('cpu', torch.float32, 1e-5); t.check_decode_step('cpu', torch.bfloat16, 3e-2);"
                     "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 8);"
                     "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 4)")
