@@ -57,7 +57,7 @@ if triton is not None:
                 prmt.b32 $6, h, 0x3f000000, 0x7254;
                 prmt.b32 $7, h, 0x3f000000, 0x7354;
                 }""", "=r,=r,=r,=r,=r,=r,=r,=r,r", [packed], dtype=(tl.float32, tl.float32), is_pure=True, pack=4)
-        return (packed & 15).to(tl.float32) * (1.0 / 256) + 0.5, (packed >> 4).to(tl.float32) * (1.0 / 256) + 0.5
+        return (packed & 15).to(tl.float32) * (1.0 / 256) + 0.5, ((packed >> 4) & 15).to(tl.float32) * (1.0 / 256) + 0.5
 
     @triton.jit
     def _x_cols(x_ptr, nw_ptr, cols, rstd, dtype: tl.constexpr, NORM: tl.constexpr):
