@@ -209,13 +209,13 @@ if triton is not None:
                 dtype, GATED, RESIDUAL, SPLIT, BLOCK_M, BLOCK_N)
 
 
-_picked: dict[tuple, tuple[int, int, int, int, int]] = {}  # the timed choice per (shape, fusions, rows)
+_picked: dict[tuple, tuple] = {}  # the timed choice per (shape, fusions, rows)
 timed: dict[tuple, dict[tuple, float]] = {}  # _pick's median ms per candidate, per key of _picked (benchmarks read it)
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor,
             residual: torch.Tensor | None, norm_weight: torch.Tensor | None, eps: float, gated: bool,
-            config: tuple[int, int, int, int, int]) -> None:
+            config: tuple) -> None:
     m, k = x.shape
     n = out.shape[1]
     block_n, block_k, split, warps, stages = config
@@ -240,7 +240,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     _gemv_kernel[(tiles, split)](*args, **meta)
 
 
-def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple[int, int, int, int, int]:
+def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple:
     """The fastest candidate for this product, timed once on the real tensors inside CUDA graphs with the L2 flushed
     (chat.gemv_pick); the first candidate where timing is not possible (CPU, inside a capture, TIME_CANDIDATES off)."""
     n, k = out.shape[1], x.shape[1]
