@@ -171,6 +171,27 @@ def test_general_data_from_any_format_repeats_when_short(tmp_path, caplog):
     assert "40 general conversations asked for, 6 available; repeating them" in caplog.text
 
 
+def test_a_name_inside_other_words_or_keys_keeps_the_general_mix(tmp_path):
+    """General chats are left out when their text names the assistant as a word: "Sage" is in every record's JSON
+    ("message") but names none of them; a general set whose every chat names it is an error, not an empty mix."""
+    out = write_identity_dataset(IdentitySpec(name="Sage", count=40, noise=0.0), tmp_path / "sage")
+    general = [r for r in read(out / "train.jsonl") if "Sage" not in reply(r)]
+    assert len(general) == 40 and len(read(out / "eval_general.jsonl")) == 40
+    named = tmp_path / "named.jsonl"
+    named.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Hi Sage, what is {i} + 1?"},
+                                                      {"role": "assistant", "content": str(i + 1)}]}) + "\n"
+                             for i in range(6)), encoding="utf-8")
+    with pytest.raises(DataError, match="every general conversation names 'Sage'"):
+        write_identity_dataset(IdentitySpec(name="Sage", count=10, general=str(named)), tmp_path / "none")
+
+
+def test_the_new_name_is_not_denied_when_it_is_an_old_one(tmp_path):
+    out = write_identity_dataset(IdentitySpec(name="InternLM", count=200, ratio=0.0), tmp_path / "internlm")
+    replies = [reply(r) for r in read(out / "train.jsonl")]
+    assert replies and not any(re.search(r"not InternLM|不是InternLM", text) for text in replies)
+    assert "InternLM" not in json.loads((out / "meta.json").read_text(encoding="utf-8"))["old_names"]
+
+
 def test_shipped_general_set_is_bilingual_and_identity_free():
     records = load_records(GENERAL_DATA)
     zh = sum(bool(re.search(r"[\u4e00-\u9fff]", user(r))) for r in records)

@@ -26,6 +26,7 @@ from ..data import DataError, load_records
 from . import negatives, probes
 from .noise import question_words, with_noise, with_noisy_questions
 from .probes import lang_of, prompt_text
+from .score import mentions
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,10 @@ class IdentitySpec:
             problems.append("look_alikes_from answers the look-alikes: give small_talk or about_others too")
         if problems:
             raise DataError("identity data: " + "; ".join(problems))
+        # the new name is not an identity to deny ("No, I am InternLM, not InternLM.")
+        if any(old.lower() == self.name.strip().lower() for old in self.old_names):
+            log.warning("identity data: %r is the new name: not among the old names it denies", self.name)
+            self.old_names = [old for old in self.old_names if old.lower() != self.name.strip().lower()]
 
 
 def _wrap(core: str, lang: str, prefix: str, tail: str, keep_punct: bool) -> str:
@@ -249,7 +254,13 @@ def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) 
     records = load_records(path)
     if any("messages" not in r for r in records):
         raise DataError(f"{path}: general data must be conversations, not raw text")
-    records = [r for r in records if not spec.name.lower() in json.dumps(r, ensure_ascii=False).lower()]
+    # conversations that name the assistant's new name would contradict it: left out (the name as a word in the
+    # messages' text: "Sage" is not in "message", nor in the records' keys)
+    kept = [r for r in records if not any(mentions(str(m.get("content") or ""), spec.name) for m in r["messages"])]
+    if not kept:
+        raise DataError(f"{path}: every general conversation names {spec.name!r}, so none is left to mix in; give "
+                        "--general FILE with conversations that do not")
+    records = kept
     rng.shuffle(records)
     n_eval = min(spec.eval_general, len(records) // 2)
     held_out, pool = records[:n_eval], records[n_eval:]
