@@ -195,6 +195,14 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_checkpoint, chats, tmp_
         train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "none")), resume=True)
 
 
+def test_a_misspelt_target_module_is_named(tiny_checkpoint, chats, tmp_path):
+    """One typo in a list of target modules (peft objects only when none matches) stops the run, naming it."""
+    cfg = load_config(None, [*overrides(tiny_checkpoint, chats, tmp_path / "t"), "lora.target_modules=[gate_proj,up_pro]"])
+    with pytest.raises(ConfigError, match=r"lora.target_modules: no layer of .* is named up_pro; its linear layers are .*up_proj"):
+        train(cfg)
+    assert not (tmp_path / "t").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU QLoRA is possible")
 def test_qlora_on_cpu_says_what_to_do(tiny_checkpoint, chats, tmp_path):
     with pytest.raises(ConfigError, match="qlora needs a CUDA GPU with bitsandbytes.*quant.method=lora"):

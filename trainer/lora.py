@@ -55,6 +55,20 @@ def _linear_names(model: torch.nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)})
 
 
+def _check_targets(base: torch.nn.Module, cfg: RunConfig) -> None:
+    """Each entry of lora.target_modules names a layer of the base (peft only objects when none does: one typo in a
+    list would train without that layer, silently)."""
+    if cfg.lora.target_modules == ["all-linear"]:
+        return
+    names = [name for name, _ in base.named_modules()]
+    missing = [entry for entry in cfg.lora.target_modules
+               if not any(name == target or name.endswith("." + target) for target in lora_target_modules([entry])
+                          for name in names)]
+    if missing:
+        raise ConfigError(f"lora.target_modules: no layer of {cfg.model.base} is named {' or '.join(missing)}; "
+                          f"its linear layers are {', '.join(_linear_names(base))}")
+
+
 def build_model(cfg: RunConfig) -> PreTrainedModel:
     """Load the base as ``cfg`` says and wrap it for training (peft model for qlora/lora)."""
     method = cfg.quant.method
@@ -68,6 +82,7 @@ def build_model(cfg: RunConfig) -> PreTrainedModel:
     if method == "qlora":
         # fp32 norms and lm_head upcast; gradient checkpointing is switched on by the Trainer args
         base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    _check_targets(base, cfg)
     rank_pattern, alpha_pattern = lora_rank_pattern(cfg.lora)
     lora = peft.LoraConfig(
         r=cfg.lora.r,
