@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,22 @@ def test_a_run_resumed_with_more_steps_follows_the_longer_schedule(tiny_checkpoi
     want, got = learning_rates(longer), learning_rates(run)
     for step in (7, 8, 9, 10):
         assert got[step] == pytest.approx(want[step], rel=1e-6), (step, got, want)
+
+
+def test_resume_keeps_what_the_checkpoints_were_trained_as(lora_run, tiny_checkpoint, chats, tmp_path):
+    """Another adapter shape or base cannot continue the checkpoints (it failed with a size-mismatch traceback, or
+    trained on the other base, after rewriting run_config.yaml, so that merge then used the wrong base); a
+    max_steps below the step reached would mark the run finished mid-schedule."""
+    saved = (lora_run / "run_config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"--resume: lora.r differ from .*run_config.yaml.*\(lora.r=8\)"):
+        train(load_config(None, [*overrides(tiny_checkpoint, chats, lora_run), "lora.r=4"]), resume=True)
+    other_base = tmp_path / "other"
+    shutil.copytree(tiny_checkpoint, other_base)
+    with pytest.raises(ConfigError, match="--resume: model.base differ"):
+        train(load_config(None, overrides(other_base, chats, lora_run)), resume=True)
+    with pytest.raises(ConfigError, match="train.max_steps=2 is below the step checkpoint-6 reached"):
+        train(load_config(None, overrides(tiny_checkpoint, chats, lora_run, max_steps=2)), resume=True)
+    assert (lora_run / "run_config.yaml").read_text() == saved
 
 
 def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_path):
