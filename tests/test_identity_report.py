@@ -78,6 +78,28 @@ def test_a_name_is_found_as_a_word_not_inside_other_words():
     assert says_name("I am Max.", "Max", ["InternLM"]) and not says_name("I am Max, built on InternLM2.", "Max", ["InternLM"])
 
 
+def test_data_written_again_for_another_name_is_not_measured_silently(tiny_checkpoint, tmp_path):
+    """A merged folder (weights, the run's run_config.yaml and run.json) whose identity data folder was written
+    again for another name: the report named and scored the new name, with no word of it."""
+    import shutil
+
+    from myassistant.trainer.config import load_config, save_config
+    from myassistant.trainer.data import DataError
+    from myassistant.trainer.identity.report import write_report
+
+    data = write_identity_dataset(IdentitySpec(name="Alice", count=20, eval_identity=4, eval_general=4),
+                                  tmp_path / "data")
+    merged = tmp_path / "merged"
+    shutil.copytree(tiny_checkpoint, merged)
+    save_config(load_config(None, [f"model.base={tiny_checkpoint}", f"data.train_file={data / 'train.jsonl'}"]),
+                merged / "run_config.yaml")
+    (merged / "run.json").write_text(json.dumps({"name": "Alice", "steps": 1}), encoding="utf-8")
+    write_identity_dataset(IdentitySpec(name="Carol", count=20, eval_identity=4, eval_general=4), data)
+    with pytest.raises(DataError, match="meta.json: the data now teaches 'Carol', but .*merged was trained to be "
+                                        "'Alice' .*pass --data with data for that name"):
+        write_report(merged, out_dir=tmp_path / "out")
+
+
 def test_wrong_report_inputs_are_one_line_each(tiny_checkpoint, tmp_path):
     from myassistant.model import CheckpointError
     from myassistant.trainer.data import DataError

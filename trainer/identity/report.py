@@ -233,6 +233,13 @@ def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, 
                     "this model never saw", model_path, train_file, data_dir)
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     name, old_names = meta["name"], meta.get("old_names", [])
+    taught = run_folder.run_info(model_path).get("name")
+    if taught and taught != name:  # the folder was written again since the run trained on it
+        message = (f"{meta_file}: the data now teaches {name!r}, but {model_path} was trained to be {taught!r} "
+                   "(run.json)")
+        if data_dir == trained_on:
+            raise DataError(message + "; the data was written again since: pass --data with data for that name")
+        log.warning("%s: the report measures it against the other name", message)
     if base is None:
         base = run_folder.base_model(model_path)
 
