@@ -37,8 +37,9 @@ from myassistant.chat.prefill import BUCKETS as PREFILL_BUCKETS
 from myassistant.chat.quant import quantize_int8, resolve_quantize
 from myassistant.chat.stream import IncrementalDetokenizer
 from myassistant.chat.vision import ImageEncoder, find_images
-from myassistant.model import (ADAPTER_CONFIG, PROJECTOR_WEIGHTS, CheckpointError, build_tiny_checkpoint, is_llava,
-                               load_adapter, load_llava, load_model, load_tokenizer, stop_token_ids)
+from myassistant.model import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGE_INFO, PROJECTOR_WEIGHTS, CheckpointError,
+                               build_tiny_checkpoint, file_sha256, is_llava, load_adapter, load_llava, load_model,
+                               load_tokenizer, stop_token_ids)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,19 @@ def ensure_demo_model(out_dir: str | Path) -> Path:
     return out_dir
 
 
+def _merged_in(folder: Path, adapter: Path) -> bool:
+    """Whether `folder` is a merge of `adapter` (the adapter weights' sha256 that merge.json records)."""
+    merged = folder / MERGE_INFO
+    weights = adapter / ADAPTER_WEIGHTS
+    if not merged.is_file() or not weights.is_file():
+        return False
+    try:
+        recorded = json.loads(merged.read_text(encoding="utf-8")).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded == file_sha256(weights)
+
+
 class ChatEngine:
     """A loaded model + tokenizer that streams chat replies; safe to share between threads."""
 
@@ -197,6 +211,9 @@ class ChatEngine:
                               "pass a model folder (e.g. the output of `assistant merge`)")
         if adapter is not None and not (Path(adapter) / ADAPTER_CONFIG).is_file():
             raise EngineError(f"{adapter}: no {ADAPTER_CONFIG} here; pass the adapter folder of a training run")
+        if adapter is not None and _merged_in(path, Path(adapter)):
+            raise EngineError(f"{path}: {adapter}'s adapter is merged into it already ({MERGE_INFO}): chat with "
+                              f"{path} alone (its adapter would be added twice), or give its base with --adapter")
         torch_device = resolve_device(config.device)
         quantize = resolve_quantize(config.quantize, torch_device, config.int8_kernel)
         torch_dtype = resolve_dtype(config.dtype, torch_device)

@@ -1,6 +1,6 @@
 """The model layer shared by training and serving: load/save any checkpoint, tokenizers, templates, LLaVA."""
-from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CheckpointError, load_adapter, load_model, load_state_dict,
-                         read_config, save_model)
+from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGE_INFO, CheckpointError, file_sha256, load_adapter,
+                         load_model, load_state_dict, read_config, save_model)
 from .generate import generate_replies
 from .llava import (IMAGE_TOKEN, PROJECTOR_WEIGHTS, build_llava, image_token_count, is_llava, load_llava, load_projector,
                     save_llava, save_projector)
@@ -13,6 +13,7 @@ __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "CheckpointError",
+    "MERGE_INFO",
     "IMAGE_TOKEN",
     "PROJECTOR_WEIGHTS",
     "INTERNLM2_CHAT",
@@ -21,6 +22,7 @@ __all__ = [
     "build_tiny_checkpoint",
     "build_tiny_llava",
     "build_tiny_vision_encoder",
+    "file_sha256",
     "generate_replies",
     "image_token_count",
     "is_llava",

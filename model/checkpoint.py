@@ -6,6 +6,7 @@ what to do, checked before anything is handed to torch.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 ADAPTER_CONFIG = "adapter_config.json"  # a peft LoRA adapter folder, as training writes it
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MERGE_INFO = "merge.json"  # what `assistant merge` made a folder from (trainer.merge), the merged weights' sha256 too
 
 
 class CheckpointError(ValueError):
@@ -249,6 +251,15 @@ def save_model(model: PreTrainedModel, tokenizer, out_dir: str | Path, *, layout
         raise
     log.info("saved %s layout (%s) to %s", layout, str(torch_dtype).removeprefix("torch."), out_dir)
     return out_dir
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (a merged folder's merge.json records its adapter's)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_adapter(base: torch.nn.Module, adapter_dir: str | Path):

@@ -110,6 +110,15 @@ def test_card_pushed_from_the_merged_run_says_how_it_was_made(merged, tiny_check
     assert "base_model:" not in card.split("---")[1]  # a local path is no Hub id for the front matter
 
 
+def test_chat_with_a_merged_folder_and_its_own_adapter_is_refused(merged, lora_run):
+    """The merged weights hold the adapter already: adding it again changed the answers, with no word of it."""
+    from myassistant.chat import ChatEngine, EngineError
+
+    with pytest.raises(EngineError, match=r"merged.*adapter is merged into it already \(merge.json\): chat with .* "
+                                          "alone"):
+        ChatEngine.from_pretrained(merged, adapter=lora_run)
+
+
 def test_merging_twice_is_a_no_op(merged, lora_run, caplog):
     before = {p.name: p.stat().st_mtime_ns for p in merged.iterdir()}
     with caplog.at_level("INFO", logger="myassistant.trainer.merge"):

@@ -10,14 +10,13 @@ only refreshes the carried files.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 import torch
 
 import myassistant.model as model_layer
-from myassistant.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CheckpointError, load_adapter
+from myassistant.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CheckpointError, file_sha256, load_adapter
 from myassistant.trainer import run_folder
 from myassistant.trainer.run_folder import MERGE_INFO_NAME
 
@@ -27,14 +26,6 @@ log = logging.getLogger(__name__)
 # otherwise. Cold: a fine-tune answers best near its training targets, and a small one turns to word
 # salad at the usual 0.8 (top_k 0 = off, so top_p alone cuts the tail).
 SERVE_SAMPLING = {"do_sample": True, "temperature": 0.3, "top_p": 0.8, "top_k": 0}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_source(source: Path) -> dict:
@@ -53,14 +44,14 @@ def read_source(source: Path) -> dict:
         weights = [source / n for n in ("model.safetensors", "model.safetensors.index.json") if (source / n).exists()]
         if not weights:
             raise CheckpointError(f"{source}: full fine-tune run without model.safetensors; did the run finish?")
-        return {"load": str(source), "adapter": None, "weights_sha256": _sha256(weights[0]), **facts}
+        return {"load": str(source), "adapter": None, "weights_sha256": file_sha256(weights[0]), **facts}
     if not (source / ADAPTER_CONFIG).exists() or not (source / ADAPTER_WEIGHTS).exists():
         raise CheckpointError(f"{source}: no {ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}; pass the run folder of a finished "
                               "`assistant train` (or one of its checkpoint-N folders)")
     if not facts["base_model"]:
         raise CheckpointError(f"{source / ADAPTER_CONFIG}: no base_model_name_or_path and no "
                               f"{run_folder.RUN_CONFIG_NAME}; set base_model_name_or_path to the base model folder")
-    return {"load": facts["base_model"], "adapter": str(source), "weights_sha256": _sha256(source / ADAPTER_WEIGHTS),
+    return {"load": facts["base_model"], "adapter": str(source), "weights_sha256": file_sha256(source / ADAPTER_WEIGHTS),
             **facts}
 
 

@@ -22,13 +22,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from myassistant.model import MERGE_INFO
+
 RUN_CONFIG_NAME = "run_config.yaml"
 RUN_INFO_NAME = "run.json"
 METRICS_NAME = "metrics.jsonl"
 EVAL_SAMPLES_NAME = "eval_samples.jsonl"
 DATA_SUMMARY_NAME = "data_summary.json"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
-MERGE_INFO_NAME = "merge.json"
+MERGE_INFO_NAME = MERGE_INFO
 CARRIED = (RUN_CONFIG_NAME, RUN_INFO_NAME, REPORT_JSON, REPORT_MD)  # copied from a run into its merged folder
 IDENTITY_META = "meta.json"  # beside the training data written by `assistant data identity` (trainer.identity)
 
