@@ -5,6 +5,7 @@ model card of 'assistant push' names the base model, method, hyper-parameters an
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
@@ -18,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="dtype of the merge and the written weights (default bfloat16; float32 for tiny models)")
     parser.add_argument("--max-shard-size", default="2GB", help="largest weights file (default 2GB)")
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B)?", args.max_shard_size.strip(), re.IGNORECASE):
+        parser.error(f"--max-shard-size: {args.max_shard_size!r} is not a size; give bytes or e.g. 500MB, 2GB")
 
     from myassistant.trainer.merge import merge
 

@@ -69,6 +69,14 @@ def test_every_problem_is_reported_at_once_with_file_and_line(tmp_path):
     assert "6 problem(s)" in msg
 
 
+def test_an_output_dir_that_is_a_file_is_a_config_error(tmp_path):
+    """It failed with a FileExistsError traceback once the data had been prepared."""
+    taken = tmp_path / "my.yaml"
+    taken.write_text("x: 1\n")
+    with pytest.raises(ConfigError, match=f"train.output_dir: {taken} is a file; the run folder must be a folder"):
+        load_config(None, ["model.base=m", "data.train_file=d.jsonl", f"train.output_dir={taken}"])
+
+
 def test_multimodal_sources_and_unknown_encodings_are_config_errors():
     """Both trained (or stopped late) before: a LLaVA run read data.train_file only, whatever data.sources said."""
     with pytest.raises(ConfigError) as err:

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from myassistant import model
-from conftest import run_cli
+from conftest import cli, run_cli
 from myassistant.chat import GenerationSettings
 from myassistant.model import CheckpointError
 from test_train import overrides
@@ -144,6 +144,13 @@ def test_merge_of_a_folder_without_adapter_says_what_to_pass(tmp_path):
     with pytest.raises(CheckpointError, match="no adapter_config.json"):
         merge(tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_shard_size_that_is_no_size_is_a_usage_error(lora_run, tmp_path):
+    """It failed with transformers' traceback ("Unit 'BC' not supported") after loading the models."""
+    done = cli("merge", str(lora_run), "--out", str(tmp_path / "m"), "--max-shard-size", "abc")
+    assert done.returncode == 2 and "--max-shard-size: 'abc' is not a size; give bytes or e.g. 500MB, 2GB" in done.stderr
+    assert not (tmp_path / "m").exists()
 
 
 def test_merge_refuses_to_overwrite_something_else(lora_run, tmp_path):

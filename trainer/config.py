@@ -235,6 +235,8 @@ def validate(cfg: RunConfig) -> list[str]:
         *((not s.encoding or not unknown_encoding(s.encoding),
            unknown_encoding(s.encoding, f"data.sources[{i}].encoding")) for i, s in enumerate(d.sources)),
         (bool(t.output_dir), "train.output_dir: required"),
+        (not t.output_dir or not Path(t.output_dir).is_file(),
+         f"train.output_dir: {t.output_dir} is a file; the run folder must be a folder (new or a run's)"),
         (t.learning_rate > 0, f"train.learning_rate: must be > 0, got {t.learning_rate}"),
         (t.lr_scheduler_type in SCHEDULERS, f"train.lr_scheduler_type: {t.lr_scheduler_type!r} is not one of {', '.join(SCHEDULERS)}"),
         (0 <= t.warmup_ratio < 1, f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}"),
