@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         except (EOFError, KeyboardInterrupt):
             print()
             return 0
-        if text == "/exit":
+        if text in ("/exit", "/quit", "/q", "exit", "quit"):
             return 0
         if text == "/reset":
             history, images = [], []
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 images.append(path)
                 sys.stderr.write(f"[{path} goes with your next message]\n")
+        elif re.fullmatch(r"/\w+", text):  # a mistyped command is not a message for the model
+            sys.stderr.write(f"{text}: not a command; /reset starts over, /image PATH adds a picture, /exit quits\n")
         elif text:
             history.append(user_message(text, images))
             images = []

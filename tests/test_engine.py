@@ -237,9 +237,10 @@ def test_chat_cli_one_shot_and_interactive(tiny_dir, engine):
     assert done.returncode == 0, done.stderr
     assert done.stdout == engine.generate(ask("Who are you?"), GREEDY, max_new_tokens=12) + "\n"
     assert "tokens/s" in done.stderr
-    done = run_cli(str(tiny_dir), "--max-new-tokens", "4", stdin="hello\n/reset\nagain\n/exit\n")
+    done = run_cli(str(tiny_dir), "--max-new-tokens", "4", stdin="hello\n/reset\nagain\n/help\n/quit\n")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count(">>> ") == 4 and done.stderr.count("tokens/s") == 2 and "[new conversation]" in done.stderr
+    assert done.stdout.count(">>> ") == 5 and done.stderr.count("tokens/s") == 2 and "[new conversation]" in done.stderr
+    assert "/help: not a command; /reset starts over" in done.stderr  # not sent to the model (2 answers, not 3)
 
 
 def test_chat_cli_reports_a_bad_model_folder_in_one_line(tmp_path):
