@@ -13,8 +13,7 @@ def tokens(text: str, lang: str = "zh") -> list[str]:
     """Words and punctuation of a question: in Chinese each character is a word, in English a run of
     Chinese characters is one (a name such as 书生·浦语 inside an English question stays whole)."""
     cjk = r"[\u4e00-\u9fff]" if lang == "zh" else r"[\u4e00-\u9fff][\u4e00-\u9fff·]*"
-    # other words stop at a Chinese character (Python's \w has them: "6乘以9等于多少" was one "word")
-    return re.findall(cjk + r"|[^\W_\u4e00-\u9fff]+(?:'[a-z]+)?|[^\w\s]", text)
+    return re.findall(cjk + r"|[^\W_]+(?:'[a-z]+)?|[^\w\s]", text)
 
 
 def join(words: list[str], lang: str) -> str:
