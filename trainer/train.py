@@ -112,13 +112,14 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, main: bool = T
     saved = run_dir / RUN_CONFIG_NAME
     if saved.exists():
         before, now = load_config(saved).to_dict(), cfg.to_dict()
-        changed = [f"{s}.{k}" for s in now for k in now[s] if before[s][k] != now[s][k]]
+        # each changed key with the value the run was trained with
+        changed = {f"{s}.{k}": before[s][k] for s in now for k in now[s] if before[s][k] != now[s][k]}
         # what the checkpoint's weights are of: another base or adapter shape cannot continue them (and the run
         # folder would then name a base its adapter was not trained on)
         fixed = [key for key in changed if key in RESUME_FIXED or key.startswith("lora.") and key not in RESUME_FREE]
         if fixed:
             raise ConfigError(f"--resume: {', '.join(fixed)} differ from {saved}, which the checkpoints were trained "
-                              f"with ({', '.join(f'{k}={_at(before, k)!r}' for k in fixed)}); resume with those, or "
+                              f"with ({', '.join(f'{k}={changed[k]!r}' for k in fixed)}); resume with those, or "
                               "start a new run in another train.output_dir")
         if changed:
             log.warning("resuming with a config that differs from %s in: %s", saved, ", ".join(changed))
@@ -126,11 +127,6 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, main: bool = T
         raise ConfigError(f"--resume: train.max_steps={cfg.train.max_steps} is below the step {last.name} reached; "
                           "give a higher train.max_steps")
     return last
-
-
-def _at(config: dict, key: str):
-    section, name = key.split(".", 1)
-    return config[section][name]
 
 
 def _compare_data(path: Path, summary: dict, checkpoint: Path | None) -> None:
