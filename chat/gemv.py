@@ -224,7 +224,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     # split K: each slice's fp32 partial sums, and a zeroed arrival counter per column block
     ws = scratch("gemv workspace", x.device, torch.float32, split * 2 * MAX_ROWS * n if split > 1 else 1)
     count = scratch("gemv counters", x.device, torch.int32, tiles, zeroed=True)
-    if stages == "rows":  # one row on the CUDA cores (chat.gemv_rows)
+    if stages in gemv_rows.FORMS:  # one row on the CUDA cores (chat.gemv_rows)
         return gemv_rows.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count)
     assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
     dummy = x  # pointer arguments of the fusions that are off: never read
