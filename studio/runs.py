@@ -19,9 +19,9 @@ from myassistant.studio import jobs
 from myassistant.trainer import runlock
 from myassistant.trainer.callbacks import read_jsonl
 from myassistant.trainer.run_folder import EVAL_SAMPLES_NAME, METRICS_NAME, RUN_CONFIG_NAME, RUN_INFO_NAME
-from myassistant.trainer.train import complete_checkpoints
+from myassistant.trainer.resume import complete_checkpoints
 
-STUDIO_DIR = "studio"  # inside a run folder (trainer.train.LOG_NAMES lets a fresh start ignore it)
+STUDIO_DIR = "studio"  # inside a run folder (trainer.resume.LOG_NAMES lets a fresh start ignore it)
 # ProgressBar's plain-line form: "step 12/40 | loss 3.1000 | lr 1.00e-03 | tok_s 850 | eta 31 s"
 _PROGRESS = re.compile(r"step (\d+)/(\d+) \|.*\| eta (\d+) s")
 STATUS_ICONS = {"running": "●", "starting": "◐", "finished": "✓", "stopped": "■", "failed": "✗", "empty": "○"}

@@ -16,7 +16,7 @@ from myassistant.model import ADAPTER_CONFIG
 from myassistant.studio import runs
 from myassistant.studio.ui import Workspace, error_slot, note, one_line, show
 from myassistant.trainer.run_folder import base_model
-from myassistant.trainer.train import complete_checkpoints
+from myassistant.trainer.resume import complete_checkpoints
 
 _engines: dict[str, ChatEngine] = {}  # "fine-tuned" / "base" -> the loaded pair (one pair at a time)
 _loaded: dict[str, str] = {}

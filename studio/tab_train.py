@@ -18,7 +18,7 @@ from myassistant.trainer import runlock
 from myassistant.trainer.config import ConfigError, copy_preset, list_presets, load_config, preset_path
 from myassistant.trainer.data import load_records
 from myassistant.trainer.run_folder import RUN_INFO_NAME
-from myassistant.trainer.train import complete_checkpoints
+from myassistant.trainer.resume import complete_checkpoints
 
 DEFAULT_PRESET = "tiny_lora_cpu"
 # form field -> the config key it sets (the rest of the config comes from the preset)

@@ -104,6 +104,33 @@ def test_resume_after_stop_matches_uninterrupted_run(lora_run, tiny_checkpoint, 
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == finished
 
 
+def interrupted_copy(run: Path, dest: Path) -> Path:
+    """``run`` as a kill after its last checkpoint left it: the final adapter and run.json not written yet."""
+    shutil.copytree(run, dest)
+    for name in ("run.json", "adapter_model.safetensors", "adapter_config.json"):
+        (dest / name).unlink()
+    return dest
+
+
+def test_a_run_stopped_after_its_last_checkpoint_is_finished_without_training(lora_run, tiny_checkpoint, chats,
+                                                                              tmp_path):
+    """The resume trained a step past max_steps (7 of 6): the Trainer takes a step before it checks max_steps."""
+    run = interrupted_copy(lora_run, tmp_path / "run")
+    result = cli("train", *overrides(tiny_checkpoint, chats, run), "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "checkpoint-6 ends the schedule (train.max_steps=6): finishing the run without training" in result.stderr
+    assert sorted(losses(run)) == [1, 2, 3, 4, 5, 6] and not (run / "checkpoint-7").exists()
+    info = json.loads((run / "run.json").read_text())
+    assert (info["steps"], info["final_loss"]) == (6, pytest.approx(losses(lora_run)[6]))
+    with safe_open(str(run / "adapter_model.safetensors"), "pt") as got, \
+            safe_open(str(lora_run / "adapter_model.safetensors"), "pt") as want:
+        assert set(got.keys()) == set(want.keys())
+        assert all(torch.equal(got.get_tensor(k), want.get_tensor(k)) for k in want.keys())
+    samples = [json.loads(line) for line in (run / "eval_samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [3, 3, 6, 6]  # step 6's answers are not asked again
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_a_run_resumed_with_more_steps_follows_the_longer_schedule(tiny_checkpoint, chats, tmp_path):
     """Training on from a finished run by raising max_steps: its first step ran at the old schedule's last learning
     rate (0 after a linear decay), then jumped to the new schedule's."""

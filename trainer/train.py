@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerState, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 
 import myassistant.model as model_layer
@@ -33,10 +33,11 @@ from myassistant.trainer import data as data_lib
 from myassistant.trainer.gpu import fast, graphs
 from myassistant.trainer.callbacks import (EvalPrompts, MetricsFile, ProgressBar, ScheduleOnResume, read_jsonl,
                                           truncate_jsonl)
-from myassistant.trainer.config import ConfigError, RunConfig, load_config, save_config
+from myassistant.trainer.config import ConfigError, RunConfig, save_config
 from myassistant.trainer.data.sources import TrainingData, build_training_data
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
 from myassistant.trainer import runlock
+from myassistant.trainer.resume import TRAINER_STATE, checkpoint_step, prepare_run_dir
 from myassistant.trainer.run_folder import (DATA_SUMMARY_NAME, EVAL_SAMPLES_NAME, METRICS_NAME, RUN_CONFIG_NAME,
                                             RUN_INFO_NAME, assistant_name, read_json, write_json)
 
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
 CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
                  else "gradient_checkpointing")
-LOG_NAMES = {RUN_CONFIG_NAME, METRICS_NAME, EVAL_SAMPLES_NAME, DATA_SUMMARY_NAME, "tensorboard", runlock.LOCK_NAME,
-             "studio"}  # studio/: the log and job file of a training the studio started
 DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 
 
@@ -63,70 +62,6 @@ def deepspeed_config(name: str | None) -> str | None:
         raise ConfigError(f"train.deepspeed: {name} needs the deepspeed package (pip install deepspeed) "
                           "on a machine with CUDA GPUs; or set train.deepspeed=null")
     return str(path)
-
-
-def checkpoint_step(folder: Path) -> int:
-    """N of a checkpoint-N folder."""
-    return int(folder.name.split("-")[-1])
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """checkpoint-N folders the Trainer finished writing (trainer_state.json is written last), oldest first."""
-    found = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return sorted((p for p in found if (p / "trainer_state.json").exists()), key=checkpoint_step)
-
-
-def _remove_partial_checkpoints(folders: list[Path]) -> None:
-    for folder in folders:  # a kill while saving leaves a folder without trainer_state.json
-        log.warning("removing incomplete checkpoint %s", folder)
-        shutil.rmtree(folder)
-
-
-# config keys a resumed run must keep: they decide what the checkpoints' weights are (every lora.* key too, but
-# RESUME_FREE)
-RESUME_FIXED = ("model.base", "model.dtype", "quant.method", "vision.encoder")
-RESUME_FREE = ("lora.lora_dropout",)
-
-
-def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, main: bool = True) -> Path | None:
-    """Check the run folder against --resume; return the checkpoint to resume from. ``main`` cleans up."""
-    if not resume:
-        names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
-        if RUN_INFO_NAME in names or (names and complete_checkpoints(run_dir)):
-            raise ConfigError(f"train.output_dir: {run_dir} already holds a run; add --resume to continue it "
-                              "or choose another train.output_dir")
-        partial = list(run_dir.glob("checkpoint-*")) if names else []
-        if names - LOG_NAMES - {p.name for p in partial}:
-            raise ConfigError(f"train.output_dir: {run_dir} is not empty and holds no run; choose another folder")
-        if main:  # what is left is a start that died before its first complete checkpoint: begin again
-            _remove_partial_checkpoints(partial)
-            for name in (METRICS_NAME, EVAL_SAMPLES_NAME):
-                truncate_jsonl(run_dir / name, 0)
-        return None
-    checkpoints = complete_checkpoints(run_dir) if run_dir.is_dir() else []
-    if not checkpoints:
-        raise ConfigError(f"--resume: no complete checkpoint-N folder in {run_dir}; start without --resume")
-    last = checkpoints[-1]
-    if main:
-        _remove_partial_checkpoints([p for p in run_dir.glob("checkpoint-*") if p not in checkpoints])
-    saved = run_dir / RUN_CONFIG_NAME
-    if saved.exists():
-        before, now = load_config(saved).to_dict(), cfg.to_dict()
-        # each changed key with the value the run was trained with
-        changed = {f"{s}.{k}": before[s][k] for s in now for k in now[s] if before[s][k] != now[s][k]}
-        # what the checkpoint's weights are of: another base or adapter shape cannot continue them (and the run
-        # folder would then name a base its adapter was not trained on)
-        fixed = [key for key in changed if key in RESUME_FIXED or key.startswith("lora.") and key not in RESUME_FREE]
-        if fixed:
-            raise ConfigError(f"--resume: {', '.join(fixed)} differ from {saved}, which the checkpoints were trained "
-                              f"with ({', '.join(f'{k}={changed[k]!r}' for k in fixed)}); resume with those, or "
-                              "start a new run in another train.output_dir")
-        if changed:
-            log.warning("resuming with a config that differs from %s in: %s", saved, ", ".join(changed))
-    if 0 < cfg.train.max_steps < checkpoint_step(last):
-        raise ConfigError(f"--resume: train.max_steps={cfg.train.max_steps} is below the step {last.name} reached; "
-                          "give a higher train.max_steps")
-    return last
 
 
 def _compare_data(path: Path, summary: dict, checkpoint: Path | None) -> None:
@@ -224,15 +159,20 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
     cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir))
     args = training_arguments(cfg, run_dir, deepspeed_config(cfg.train.deepspeed))  # sets up the process group
     main = args.process_index == 0  # only the first process writes the run folder's own files
-    if main and run_dir.is_dir():  # before _prepare_run_dir cleans up what another training may be writing
+    if main and run_dir.is_dir():  # before prepare_run_dir cleans up what another training may be writing
         locks.append(runlock.acquire(run_dir, ConfigError))
-    checkpoint = _prepare_run_dir(run_dir, cfg, resume, main)
+    checkpoint = prepare_run_dir(run_dir, cfg, resume, main)
     done_at = checkpoint_step(checkpoint) if checkpoint else 0
-    if 0 < cfg.train.max_steps <= done_at and (run_dir / RUN_INFO_NAME).exists():
-        # the Trainer would take one more step before it checks max_steps
+    # a schedule that ended at the checkpoint: the Trainer would take one more step before it checks max_steps
+    schedule_done = 0 < cfg.train.max_steps <= done_at
+    if schedule_done and (run_dir / RUN_INFO_NAME).exists():
         log.info("%s: already trained to step %d, train.max_steps=%d: nothing left to train", run_dir, done_at,
                  cfg.train.max_steps)
         return run_dir
+    if schedule_done and cfg.train.deepspeed:  # DeepSpeed loads a checkpoint only inside training
+        log.warning("%s: the schedule ended at %s but the run was not finished; under DeepSpeed finishing it "
+                    "trains one step more", run_dir, checkpoint.name)
+        schedule_done = False
     set_seed(cfg.train.seed)
 
     # -- data and model: chats and texts (text_recipe), or pictures with chats (trainer.multimodal)
@@ -283,9 +223,10 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
         from torch.utils.tensorboard import SummaryWriter
 
         cbs.append(TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
-    cbs += [ProgressBar(), EvalPrompts(tokenizer, cfg.data.eval_prompts, cfg.train.eval_steps,
-                                       run_dir / EVAL_SAMPLES_NAME, max_new_tokens=cfg.train.eval_max_new_tokens,
-                                       chat=data.chat, stop_ids=model_layer.stop_token_ids(tokenizer)), *callbacks]
+    evals = EvalPrompts(tokenizer, cfg.data.eval_prompts, cfg.train.eval_steps, run_dir / EVAL_SAMPLES_NAME,
+                        max_new_tokens=cfg.train.eval_max_new_tokens, chat=data.chat,
+                        stop_ids=model_layer.stop_token_ids(tokenizer))
+    cbs += [ProgressBar(), evals, *callbacks]
     pad_id = tokenizer.pad_token_id or 0
     collate = (functools.partial(fast.collate, pad_token_id=pad_id, static=not no_graphs) if use_fast
                else functools.partial(data_lib.collate, pad_token_id=pad_id))
@@ -295,7 +236,10 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if schedule_done:  # stopped after its last checkpoint, before run.json: only what the end of training writes
+        _finish_from(trainer, checkpoint, evals)
+    else:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     # -- save: final weights + run.json, each renamed into place when complete
     _save_final(trainer, run_dir, recipe.save)
@@ -310,6 +254,18 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
 
 def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve()) if path else path
+
+
+def _finish_from(trainer: Trainer, checkpoint: Path, evals: EvalPrompts) -> None:
+    """The trainer as training left it at ``checkpoint`` (weights and state, loaded as a resume loads them), with
+    the eval prompts answered at its step when the end of training had not answered them yet."""
+    log.info("%s ends the schedule (train.max_steps=%d): finishing the run without training", checkpoint,
+             trainer.args.max_steps)
+    trainer._load_from_checkpoint(str(checkpoint))  # the Trainer's own loader: full weights or the adapter
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
+    trainer.state.is_world_process_zero = trainer.is_world_process_zero()  # the file holds the saving process's
+    if not any(row.get("step") == trainer.state.global_step for row in read_jsonl(evals.path)):
+        evals.answer(trainer.model, trainer.state)
 
 
 def _save_final(trainer: Trainer, run_dir: Path, save: Callable | None = None) -> None:
