@@ -271,17 +271,16 @@ if triton is not None:
 
 def candidates(n: int, k: int) -> list[tuple]:
     """(BLOCK_N, BLOCK_B, SPLIT, 1 warp, form) for a one-row product against an [n, k] int4 weight: K split until
-    about TARGET_PROGRAMS programs of one warp (a multiprocessor holds up to 32), and half that; the form "rows"
-    multiplies in float32, "rows16" in fp16 pairs. chat.gemv's `_launch` knows them by the form where its own
+    about TARGET_PROGRAMS programs of one warp (a multiprocessor holds up to 32; half as many split K were slower
+    for all four 7B products on an H200); the form "rows" multiplies in float32, "rows16" in fp16 pairs. chat.gemv's `_launch` knows them by the form where its own
     configurations have pipeline stages."""
     found = []
     for block_n in (8, 16, 4):
         split = 1
         while -(-n // block_n) * split < TARGET_PROGRAMS and k // 2 % (2 * split * BLOCK_B) == 0 and split < 8:
             split *= 2
-        for parts in dict.fromkeys((split, max(split // 2, 1))):
-            if k // 2 % (parts * BLOCK_B) == 0:
-                found += [(block_n, BLOCK_B, parts, 1, form) for form in FORMS]
+        if k // 2 % (split * BLOCK_B) == 0:
+            found += [(block_n, BLOCK_B, split, 1, form) for form in FORMS]
     return found
 
 
