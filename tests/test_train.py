@@ -131,6 +131,33 @@ def test_a_run_stopped_after_its_last_checkpoint_is_finished_without_training(lo
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_resume_passes_over_a_damaged_checkpoint(lora_run, tiny_checkpoint, chats, tmp_path):
+    """A newest checkpoint cut short (a disk that filled up) ended the resume in safetensors' traceback."""
+    run = interrupted_copy(lora_run, tmp_path / "run")
+    damaged = run / "checkpoint-6" / "adapter_model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    result = cli("train", *overrides(tiny_checkpoint, chats, run), "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"checkpoint-6 is damaged: {damaged} cannot be read (" in result.stderr
+    assert "resuming from checkpoint-3, removing checkpoint-6" in result.stderr
+    got, want = losses(run), losses(lora_run)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7), step
+    assert json.loads((run / "run.json").read_text())["steps"] == 6
+    with safe_open(str(damaged), "pt") as f:  # written again at step 6
+        assert len(list(f.keys())) == 2 * 7 * 2
+
+    shutil.rmtree(run / "checkpoint-3")  # no earlier checkpoint to fall back to: one line naming the file
+    (run / "run.json").unlink()
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    result = cli("train", *overrides(tiny_checkpoint, chats, run), "--resume")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"assistant train: error: --resume: {damaged} cannot be read ("), last
+    assert "no earlier checkpoint" in last and (run / "checkpoint-6").is_dir()
+
+
 def test_a_run_resumed_with_more_steps_follows_the_longer_schedule(tiny_checkpoint, chats, tmp_path):
     """Training on from a finished run by raising max_steps: its first step ran at the old schedule's last learning
     rate (0 after a linear decay), then jumped to the new schedule's."""

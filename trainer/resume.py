@@ -6,9 +6,13 @@ weights are of (``RESUME_FIXED``: base, dtype, method, adapter shape).
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import zipfile
 from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
 
 from myassistant.trainer import runlock
 from myassistant.trainer.callbacks import truncate_jsonl
@@ -36,6 +40,47 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     """checkpoint-N folders the Trainer finished writing (TRAINER_STATE is written last), oldest first."""
     found = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     return sorted((p for p in found if (p / TRAINER_STATE).exists()), key=checkpoint_step)
+
+
+def unreadable_file(checkpoint: Path) -> str | None:
+    """What makes a checkpoint unusable, naming its first file that cannot be read back (a disk that filled up, a
+    copy cut short); None when each reads: safetensors' header, torch.save's zip directory (both at the ends a cut
+    loses), JSON. Reads no tensor."""
+    try:  # another process of the run may have removed it just now
+        files = sorted(p for p in checkpoint.iterdir() if p.is_file())
+    except OSError as err:
+        return f"{checkpoint} cannot be read ({err.strerror})"
+    for path in files:
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt"):
+                    pass
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                zipfile.ZipFile(path).close()
+            elif path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+        except (SafetensorError, zipfile.BadZipFile, ValueError, OSError) as err:
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return f"{path} cannot be read ({why})"
+    return None
+
+
+def _readable_checkpoint(checkpoints: list[Path], main: bool) -> Path:
+    """The newest of ``checkpoints`` whose files read; newer damaged ones are named and (``main``) removed."""
+    damaged: list[tuple[Path, str]] = []
+    for folder in reversed(checkpoints):
+        problem = unreadable_file(folder)
+        if problem is None:
+            for bad, why in damaged:
+                log.warning("%s is damaged: %s; resuming from %s%s", bad.name, why, folder.name,
+                            f", removing {bad.name}" if main else "")
+                if main:
+                    shutil.rmtree(bad)
+            return folder
+        damaged.append((folder, problem))
+    raise ConfigError(f"--resume: {damaged[0][1]}, and no earlier checkpoint in {damaged[0][0].parent} is whole to "
+                      "resume from; remove its checkpoint-N folders and train without --resume, or train into another "
+                      "train.output_dir")
 
 
 def _remove_partial_checkpoints(folders: list[Path]) -> None:
@@ -69,7 +114,9 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, main: bool = Tr
     if 0 < cfg.train.max_steps < checkpoint_step(last):
         raise ConfigError(f"--resume: train.max_steps={cfg.train.max_steps} is below the step {last.name} reached; "
                           "give a higher train.max_steps")
-    return last
+    if (run_dir / RUN_INFO_NAME).exists() and 0 < cfg.train.max_steps <= checkpoint_step(last):
+        return last  # a finished run: nothing is loaded from it
+    return _readable_checkpoint(checkpoints, main)
 
 
 def _check_resumed_config(saved: Path, cfg: RunConfig) -> None:
