@@ -99,6 +99,19 @@ def test_cli_prints_config_errors_as_one_line(tmp_path):
     assert result.returncode == 1 and f"{broken}:3: not valid YAML" in result.stderr
 
 
+def test_a_key_given_twice_is_a_config_error_at_its_line(tmp_path):
+    """YAML keeps the last of two keys silently: the learning rate a user read first in the file was not the one run."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  learning_rate: 1e-4\nmodel:\n  base: m\ndata:\n  train_file: d.jsonl\n"
+                     "train:\n  max_steps: 3\n  max_steps: 30\n")
+    result = cli("train", "--config", str(twice), "--check")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("assistant train: error: ")
+    assert f"{twice}:7: train: given again (first at line 1); keep one" in result.stderr
+    assert f"{twice}:9: train.max_steps: given again (first at line 8); keep one" in result.stderr
+    assert "2 problem(s)" in result.stderr
+
+
 def test_cli_check_prints_the_resolved_config():
     result = run_cli("train", "--config", "configs/tiny_lora_cpu.yaml", "train.max_steps=3", "--deepspeed", "zero2",
                      "--check", "train.seed=7")  # overrides before and after the flags

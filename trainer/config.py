@@ -19,7 +19,7 @@ import yaml
 
 from myassistant.trainer.data.corpus import TEXT_UNITS, unknown_encoding
 from myassistant.trainer.data.formats import FORMATS
-from myassistant.trainer.yaml_fields import apply_tree, key_lines, parse_override
+from myassistant.trainer.yaml_fields import apply_tree, key_lines, parse_override, repeated_keys
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -271,6 +271,7 @@ def load_config(yaml_path: str | Path | None, overrides: list[str] | tuple[str, 
             mark = getattr(err, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}{line}: not valid YAML: {getattr(err, 'problem', err)}") from None
+        problems += repeated_keys(text, str(path))
         apply_tree(cfg, tree, str(path), problems, key_lines(text))
     for text in overrides:
         parsed = parse_override(text)

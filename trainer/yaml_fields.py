@@ -70,13 +70,17 @@ def _coerce_item(value: Any, cls: type) -> Any:
     return cls(**{k: coerce(v, hints[k]) for k, v in value.items()})
 
 
+def _compose(text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+
+
 def key_lines(text: str) -> dict[str, int]:
     """``"section"`` / ``"section.key"`` -> 1-based line in the YAML text, for error messages."""
     lines: dict[str, int] = {}
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
+    root = _compose(text)
     if isinstance(root, yaml.MappingNode):
         for sec_node, body in root.value:
             lines[str(sec_node.value)] = sec_node.start_mark.line + 1
@@ -84,6 +88,30 @@ def key_lines(text: str) -> dict[str, int]:
                 for key_node, _ in body.value:
                     lines[f"{sec_node.value}.{key_node.value}"] = key_node.start_mark.line + 1
     return lines
+
+
+def repeated_keys(text: str, where: str) -> list[str]:
+    """A problem for each key given twice in one mapping (two ``train:`` sections, ``lr`` twice in one), at its
+    line: YAML keeps the last one silently, so a value the user reads in the file may not be the one that runs."""
+    problems: list[str] = []
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key_node, value in node.value:
+                name, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+                if name in first:
+                    problems.append(f"{where}:{line}: {name}: given again (first at line {first[name]}); keep one")
+                first.setdefault(name, line)
+                walk(value, f"{name}.")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{prefix.removesuffix('.')}[{i}].")
+
+    root = _compose(text)
+    if root is not None:
+        walk(root, "")
+    return problems
 
 
 def _place(where: str, lines: dict[str, int], key: str) -> str:
