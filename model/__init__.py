@@ -1,6 +1,6 @@
 """The model layer shared by training and serving: load/save any checkpoint, tokenizers, templates, LLaVA."""
 from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGE_INFO, CheckpointError, file_sha256, load_adapter,
-                         load_model, load_state_dict, read_config, save_model)
+                         load_model, load_state_dict, read_config, save_model, written_whole)
 from .generate import generate_replies
 from .llava import (IMAGE_TOKEN, PROJECTOR_WEIGHTS, build_llava, image_token_count, is_llava, load_llava, load_projector,
                     save_llava, save_projector)
@@ -37,4 +37,5 @@ __all__ = [
     "save_model",
     "save_projector",
     "stop_token_ids",
+    "written_whole",
 ]

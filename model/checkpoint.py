@@ -6,6 +6,7 @@ what to do, checked before anything is handed to torch.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -13,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
@@ -180,9 +182,18 @@ def _read_header(path: Path) -> None:
         raise CheckpointError(f"{path}: cannot read weights, the file is truncated or damaged ({err}); download it again") from None
 
 
-def _atomic_dir(out_dir: Path):
+@contextlib.contextmanager
+def written_whole(out_dir: Path) -> Iterator[Path]:
+    """A temporary sibling folder to write ``out_dir``'s files into: renamed into its place (an existing folder
+    replaced) when the block ends, removed when it raises, so ``out_dir`` is complete or as it was."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _readable_by_all(folder: Path) -> None:
@@ -229,8 +240,7 @@ def save_model(model: PreTrainedModel, tokenizer, out_dir: str | Path, *, layout
     sd = {k: v.detach().to("cpu", torch_dtype) for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
-    tmp = _atomic_dir(out_dir)
-    try:
+    with written_whole(out_dir) as tmp:
         config = model.config.__class__.from_dict(model.config.to_dict())
         config.dtype = torch_dtype
         if layout == "llama":
@@ -245,10 +255,6 @@ def save_model(model: PreTrainedModel, tokenizer, out_dir: str | Path, *, layout
         gen.eos_token_id = stop_token_ids(tokenizer) or gen.eos_token_id
         gen.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("saved %s layout (%s) to %s", layout, str(torch_dtype).removeprefix("torch."), out_dir)
     return out_dir
 

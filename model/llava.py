@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from transformers import (AutoImageProcessor, CLIPVisionModel, LlavaConfig, Llav
                           LlavaProcessor, PreTrainedModel, SiglipVisionModel)
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from .checkpoint import CheckpointError, _atomic_dir, _replace_dir, _resolve_dtype, load_model, read_config
+from .checkpoint import CheckpointError, _resolve_dtype, load_model, read_config, written_whole
 from .templates import INTERNLM2_CHAT
 from .tokenizer import load_tokenizer, stop_token_ids
 
@@ -178,14 +177,9 @@ def save_llava(model: LlavaForConditionalGeneration, processor: LlavaProcessor, 
     """A standalone folder that plain ``LlavaForConditionalGeneration`` + ``AutoProcessor`` load offline."""
     out_dir = Path(out_dir)
     torch_dtype = _resolve_dtype(dtype, {"torch_dtype": str(model.dtype).removeprefix("torch.")})
-    tmp = _atomic_dir(out_dir)
-    try:
+    with written_whole(out_dir) as tmp:
         model.to(torch_dtype).save_pretrained(str(tmp), max_shard_size=max_shard_size)
         processor.save_pretrained(str(tmp))
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("saved Llava (%s) to %s", str(torch_dtype).removeprefix("torch."), out_dir)
     return out_dir
 

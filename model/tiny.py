@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from . import internlm2, spm
-from .checkpoint import _atomic_dir, _replace_dir
+from .checkpoint import written_whole
 from .templates import INTERNLM2_CHAT, INTERNLM2_SPECIAL_TOKENS
 
 _EN = [
@@ -93,8 +92,7 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, hidden_size: in
     ``vocab_size`` is the sentencepiece target; the model's vocabulary is what training produced.
     """
     out_dir = Path(out_dir)
-    tmp = _atomic_dir(out_dir)
-    try:
+    with written_whole(out_dir) as tmp:
         train_spm_tokenizer(corpus or default_corpus(), tmp / "tokenizer.model", vocab_size,
                             add_dummy_prefix=add_dummy_prefix, nul_piece=nul_piece)
         pieces = spm.load(tmp / "tokenizer.model").pieces
@@ -119,8 +117,4 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, hidden_size: in
         (tmp / "special_tokens_map.json").write_text(json.dumps(
             {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
              "additional_special_tokens": INTERNLM2_SPECIAL_TOKENS}, indent=2))
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -10,7 +10,6 @@ answers are noise, but every path runs).
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, SiglipImageProcessorPil,
                           SiglipVisionConfig, SiglipVisionModel)
 
-from .checkpoint import _atomic_dir, _replace_dir
+from .checkpoint import written_whole
 from .llava import build_llava, save_llava
 from .tiny import build_tiny_checkpoint
 
@@ -34,8 +33,7 @@ def build_tiny_vision_encoder(out_dir: str | Path, *, kind: str = "clip", seed: 
     if kind not in ENCODER_KINDS:
         raise ValueError(f"vision encoder kind {kind!r}: expected one of {', '.join(ENCODER_KINDS)}")
     out_dir = Path(out_dir)
-    tmp = _atomic_dir(out_dir)
-    try:
+    with written_whole(out_dir) as tmp:
         sizes = dict(hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=num_hidden_layers,
                      num_attention_heads=num_attention_heads, image_size=image_size, patch_size=patch_size)
         if kind == "clip":
@@ -49,10 +47,6 @@ def build_tiny_vision_encoder(out_dir: str | Path, *, kind: str = "clip", seed: 
             torch.manual_seed(seed)
             cls(config).save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

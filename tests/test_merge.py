@@ -127,6 +127,42 @@ def test_merging_twice_is_a_no_op(merged, lora_run, caplog):
     assert {p.name: p.stat().st_mtime_ns for p in merged.iterdir()} == before
 
 
+def test_a_damaged_or_other_merge_is_written_again(lora_run, merged, tmp_path):
+    """A folder with a shard deleted, or without merge.json, was "already merged"; a new --max-shard-size was ignored."""
+    out = tmp_path / "sharded"
+    merge_cli = lambda size: cli("merge", str(lora_run), "--out", str(out), "--dtype", "float32",  # noqa: E731
+                                 "--max-shard-size", size)
+    assert merge_cli("300KB").returncode == 0
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and set(json.loads((out / "merge.json").read_text())["files"]) >= set(shards)
+    (out / shards[-1]).unlink()
+    again = merge_cli("300KB")
+    assert again.returncode == 0 and "already merged" not in again.stderr
+    assert f"{shards[-1]} is missing" in again.stderr and "merging again" in again.stderr
+    assert sorted(p.name for p in out.glob("model-*.safetensors")) == shards
+    assert "already merged" in merge_cli("300KB").stderr  # whole again
+
+    bigger = merge_cli("2GB")
+    assert bigger.returncode == 0 and "max_shard_size 300KB -> 2GB" in bigger.stderr
+    assert not list(out.glob("model-*")) and not (out / "model.safetensors.index.json").exists()
+    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(out)),
+                               logits(AutoModelForCausalLM.from_pretrained(merged)), atol=1e-5, rtol=0)
+
+    (out / "merge.json").unlink()
+    lost = merge_cli("2GB")
+    assert lost.returncode == 0 and "without its merge.json: merging again" in lost.stderr
+    assert json.loads((out / "merge.json").read_text())["files"]["model.safetensors"] == (
+        out / "model.safetensors").stat().st_size
+    (out / "merge.json").unlink()
+    (out / "notes.txt").write_text("mine")  # not only what a merge writes: kept, and said
+    kept = merge_cli("2GB")
+    assert kept.returncode == 1 and kept.stderr.strip().splitlines()[-1] == (
+        f"assistant merge: error: {out}: holds notes.txt, which a merge does not write, and no merge.json; choose "
+        "another --out or remove it")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left beside it
+
+
 def test_cli_merges_a_checkpoint_into_the_internlm2_layout(lora_run, merged, tmp_path):
     out = tmp_path / "internlm2"
     result = run_cli("merge", str(lora_run / "checkpoint-4"), "--out", str(out), "--layout", "internlm2",

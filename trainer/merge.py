@@ -5,8 +5,9 @@ adapter's ``adapter_config.json``, so a run folder is all ``merge`` needs. The b
 unquantised (a QLoRA adapter is merged into full-precision weights, never into 4-bit ones), merged with
 peft's ``safe_merge`` and written through ``model.save_model``. The run's config and report go along
 (``run_folder.CARRIED``) and ``merge.json`` records what was merged (name, base, method, steps), so the
-model card of a push says how the model was made; a second identical call says "already merged" and
-only refreshes the carried files.
+model card of a push says how the model was made. The folder is written whole (merge.json, listing the
+files and their sizes, with it) and renamed into place; a second identical call into a folder that still holds
+every file merge.json lists says "already merged" and only refreshes the carried files, any other writes it again.
 """
 from __future__ import annotations
 
@@ -70,39 +71,87 @@ def merge(source: str | Path, out_dir: str | Path, *, layout: str = "llama", dty
         raise CheckpointError(f"dtype {dtype!r} is not one of bfloat16, float16, float32")
     src = read_source(source)
     info = {"source": str(source), **{k: v for k, v in src.items() if k not in ("load", "adapter")},
-            "layout": layout, "dtype": dtype}
-    done = out_dir / MERGE_INFO_NAME
-    if done.exists():
+            "layout": layout, "dtype": dtype, "max_shard_size": str(max_shard_size).replace(" ", "").upper()}
+    run, done = run_folder.run_root(source), out_dir / MERGE_INFO_NAME
+    if _merged_already(out_dir, info, run):
+        log.info("already merged: %s (from %s)", out_dir, source)
         previous = run_folder.read_json(done)
-        if all(previous.get(k) == info[k] for k in ("weights_sha256", "layout", "dtype")):
-            log.info("already merged: %s (from %s)", out_dir, source)
-            carried = run_folder.carry(run_folder.run_root(source), out_dir)  # a report written since the merge
-            if carried != previous.get("carried"):
-                run_folder.write_json(done, {**previous, "carried": carried})
-            return out_dir
-    if out_dir.exists() and any(out_dir.iterdir()) and not done.exists():
-        raise CheckpointError(f"{out_dir}: exists and is not a merge output; choose another --out or remove it")
+        carried = run_folder.carry(run, out_dir)  # a report written since the merge
+        if carried != previous.get("carried"):
+            run_folder.write_json(done, {**previous, "carried": carried})
+        return out_dir
 
     # The merge runs in the output dtype: fp32 for exact checks, bf16 halves the memory of a 7B merge.
     torch_dtype = getattr(torch, dtype)
-    if src.get("vision_encoder"):
-        if layout != "llama":
-            raise CheckpointError(f"{source}: a multimodal run merges into a Llava folder; --layout {layout} is for text models")
-        from myassistant.trainer.multimodal.merge import trained_llava
+    if src.get("vision_encoder") and layout != "llama":
+        raise CheckpointError(f"{source}: a multimodal run merges into a Llava folder; --layout {layout} is for text models")
+    with model_layer.written_whole(out_dir) as stage:  # out_dir: the whole merge, merge.json with it, or as it was
+        if src.get("vision_encoder"):
+            from myassistant.trainer.multimodal.merge import trained_llava
 
-        merged, processor = trained_llava(src, torch_dtype)
-        _check_finite(merged, source)
-        model_layer.save_llava(merged, processor, out_dir, dtype=torch_dtype, max_shard_size=max_shard_size)
-    else:
-        _merge_text(src, source, out_dir, layout, torch_dtype, max_shard_size)
-    info["carried"] = run_folder.carry(run_folder.run_root(source), out_dir)  # the run's config and report
-    run_folder.write_json(done, info)  # written last: its presence means the merge is complete
+            merged, processor = trained_llava(src, torch_dtype)
+            _check_finite(merged, source)
+            model_layer.save_llava(merged, processor, stage, dtype=torch_dtype, max_shard_size=max_shard_size)
+        else:
+            _merge_text(src, source, stage, layout, torch_dtype, max_shard_size)
+        info["files"] = {p.name: p.stat().st_size for p in sorted(stage.iterdir()) if p.is_file()}  # what is whole
+        info["carried"] = run_folder.carry(run, stage)  # the run's config and report
+        run_folder.write_json(stage / MERGE_INFO_NAME, info)
+        _replaces_only_a_merge(out_dir, stage)
     if src.get("adapter"):
         log.info("merged %s with its base %s -> %s (%s layout, %s)", source, src["load"], out_dir, layout, dtype)
     else:  # a full fine-tune's weights: nothing to merge, only written in the chosen layout
         log.info("wrote %s -> %s (%s layout, %s; a full fine-tune: no adapter to merge)", src["load"], out_dir, layout,
                  dtype)
     return out_dir
+
+
+SAME_MERGE = ("weights_sha256", "layout", "dtype", "max_shard_size")  # merge.json's keys that decide the files
+
+
+def _merged_already(out_dir: Path, info: dict, run: Path) -> bool:
+    """Whether ``out_dir`` holds this very merge whole: its merge.json's SAME_MERGE keys are ``info``'s and each file
+    it lists is there at its size. Otherwise says why it is written again; refuses a folder that is no merge output
+    (or the run itself)."""
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return False
+    done = out_dir / MERGE_INFO_NAME
+    if not done.is_file():
+        saved, ours = out_dir / run_folder.RUN_CONFIG_NAME, run / run_folder.RUN_CONFIG_NAME
+        if out_dir.resolve() == run or not (saved.is_file() and ours.is_file() and saved.read_bytes() == ours.read_bytes()):
+            raise CheckpointError(f"{out_dir}: exists and is not a merge output (no {MERGE_INFO_NAME}); choose "
+                                  "another --out or remove it")
+        log.warning("%s: a merge of %s without its %s: merging again", out_dir, run, MERGE_INFO_NAME)
+        return False
+    try:
+        previous = run_folder.read_json(done)
+    except ValueError as err:
+        log.warning("%s: damaged (%s): merging again", done, err)
+        return False
+    files = previous.get("files") if isinstance(previous, dict) else None
+    if not isinstance(files, dict) or not files:
+        log.warning("%s: lists no files to check the merge by (an older merge): merging again", done)
+        return False
+    for name, size in files.items():
+        path = out_dir / name
+        if not path.is_file() or path.stat().st_size != size:
+            log.warning("%s: %s (%s lists %s bytes): merging again", out_dir, f"{name} is missing" if not path.is_file()
+                        else f"{name} is {path.stat().st_size} bytes", MERGE_INFO_NAME, size)
+            return False
+    changed = [f"{key} {previous.get(key)} -> {info[key]}" for key in SAME_MERGE if previous.get(key) != info[key]]
+    if changed:
+        log.info("%s: merged with other settings (%s): merging again", out_dir, ", ".join(changed))
+    return not changed
+
+
+def _replaces_only_a_merge(out_dir: Path, stage: Path) -> None:
+    """A merge that lost its merge.json is replaced only when it holds nothing the new merge does not write."""
+    if not out_dir.is_dir() or (out_dir / MERGE_INFO_NAME).is_file():
+        return
+    extra = sorted({p.name for p in out_dir.iterdir()} - {p.name for p in stage.iterdir()})
+    if extra:
+        raise CheckpointError(f"{out_dir}: holds {extra[0]}, which a merge does not write, and no {MERGE_INFO_NAME}; "
+                              "choose another --out or remove it")
 
 
 def _merge_text(src: dict, source: Path, out_dir: Path, layout: str, torch_dtype, max_shard_size) -> None:
