@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.max_steps=100")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
     parser.add_argument("--deepspeed", choices=DEEPSPEED_PRESETS, help="DeepSpeed ZeRO preset (sets train.deepspeed)")
-    parser.add_argument("--check", action="store_true", help="validate the config, print it resolved, and stop")
+    parser.add_argument("--check", action="store_true", help="validate the config and the paths it names (no model "
+                        "is loaded), print it resolved, and stop")
     args = parser.parse_intermixed_args(argv)  # overrides before or after the flags
 
     import yaml
@@ -29,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + ([f"train.deepspeed={args.deepspeed}"] if args.deepspeed else [])
     cfg = load_config(args.config, overrides)
     if args.check:
+        from myassistant.trainer.preflight import missing_paths
+
+        problems = missing_paths(cfg)
+        for problem in problems:  # as training says each, one line each
+            sys.stderr.write(f"assistant train: error: {problem}\n")
+        if problems:
+            return 1
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
         return 0
 

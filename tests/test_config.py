@@ -112,14 +112,40 @@ def test_a_key_given_twice_is_a_config_error_at_its_line(tmp_path):
     assert "2 problem(s)" in result.stderr
 
 
-def test_cli_check_prints_the_resolved_config():
+def test_cli_check_prints_the_resolved_config(tiny_checkpoint, tmp_path):
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
     result = run_cli("train", "--config", "configs/tiny_lora_cpu.yaml", "train.max_steps=3", "--deepspeed", "zero2",
-                     "--check", "train.seed=7")  # overrides before and after the flags
+                     "--check", "train.seed=7", f"model.base={tiny_checkpoint}",
+                     f"data.train_file={chats}")  # overrides before and after the flags
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert resolved["train"]["max_steps"] == 3 and resolved["train"]["deepspeed"] == "zero2"
     assert resolved["train"]["seed"] == 7
     assert resolved["lora"]["r"] == 16 and resolved["lora"]["lora_dropout"] == 0.0
+
+
+def test_cli_check_names_each_missing_path_as_training_would(tiny_checkpoint, tmp_path):
+    """--check passed a config whose model and data were not there; training then stopped at the first of them."""
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+    missing = [f"model.base={tmp_path / 'no-model'}", f"data.train_file={tmp_path / 'no.jsonl'}", "quant.method=lora"]
+    checked = cli("train", *missing, f"train.output_dir={tmp_path / 'run'}", "--check")
+    assert checked.returncode == 1 and checked.stdout == ""
+    assert checked.stderr.splitlines() == [f"assistant train: error: {tmp_path / 'no-model'}: no such model folder",
+                                           f"assistant train: error: {tmp_path / 'no.jsonl'}: no such data file or folder"]
+    trained = cli("train", *missing[1:], f"model.base={tiny_checkpoint}", f"train.output_dir={tmp_path / 'run'}")
+    assert trained.returncode == 1 and checked.stderr.splitlines()[1] == trained.stderr.strip().splitlines()[-1]
+    vision = cli("train", f"model.base={tiny_checkpoint}", f"data.train_file={chats}", "quant.method=lora",
+                 f"vision.encoder={tmp_path / 'no-clip'}", f"vision.projector={tmp_path / 'no-stage1'}",
+                 f"data.image_folder={tmp_path / 'no-pictures'}", "--check")
+    assert vision.returncode == 1 and vision.stderr.splitlines() == [
+        f"assistant train: error: {tmp_path / 'no-clip'}: no such model folder",
+        f"assistant train: error: vision.projector {tmp_path / 'no-stage1'}: no such file or folder; give the stage-1 "
+        "run folder (or its projector.safetensors)",
+        f"assistant train: error: {tmp_path / 'no-pictures'}: the image folder does not exist (data.image_folder / "
+        "--image-folder)"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_presets_cli_lists_and_copies(tmp_path):

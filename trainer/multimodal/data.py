@@ -69,6 +69,17 @@ def _image_names(where: _Where, obj: dict) -> list[str]:
     return names
 
 
+def llava_paths(path: str | Path, image_folder: str | Path | None = None) -> tuple[Path, Path]:
+    """The LLaVA file and the folder its pictures are relative to, each checked to be there."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    folder = Path(image_folder) if image_folder else path.parent
+    if not folder.is_dir():
+        raise DataError(f"{folder}: the image folder does not exist (data.image_folder / --image-folder)")
+    return path, folder
+
+
 def load_llava_records(path: str | Path, image_folder: str | Path | None = None, *, fmt: str = "auto",
                        decode: bool = False) -> list[dict]:
     """Read and check a LLaVA file; records are ``{"messages": [...], "images": [absolute paths], "image_where":
@@ -76,12 +87,7 @@ def load_llava_records(path: str | Path, image_folder: str | Path | None = None,
 
     ``decode``: open every picture fully (``assistant data check``); otherwise only its header is read.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    folder = Path(image_folder) if image_folder else path.parent
-    if not folder.is_dir():
-        raise DataError(f"{folder}: the image folder does not exist (data.image_folder / --image-folder)")
+    path, folder = llava_paths(path, image_folder)
     records, parse = [], None
     for line, obj in read_json_records(path):
         where = _Where(path, line)

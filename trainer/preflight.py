@@ -1,0 +1,35 @@
+"""The paths a run reads, checked without loading a model: what ``assistant train --check`` reports.
+
+Each check is the first one the loader that training calls makes (``model.read_config`` for a model folder,
+``find_files`` for a data source, the LLaVA reader's for its file and picture folder, the stage-1 projector's),
+so a missing path reads here as training would say it, one line each, all of them at once.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from myassistant.model import CheckpointError, read_config
+from myassistant.trainer.config import ConfigError, RunConfig
+from myassistant.trainer.data.corpus import find_files
+from myassistant.trainer.data.formats import DataError
+
+
+def missing_paths(cfg: RunConfig) -> list[str]:
+    """One message per path of ``cfg`` that is not there (or is no model folder where one is needed)."""
+    checks: list[Callable[[], object]] = [lambda: read_config(cfg.model.base)]
+    if cfg.vision.encoder:
+        from myassistant.trainer.multimodal.data import llava_paths
+        from myassistant.trainer.multimodal.model import check_projector_source
+
+        checks += [lambda: read_config(cfg.vision.encoder), lambda: check_projector_source(cfg),
+                   lambda: llava_paths(cfg.data.train_file, cfg.data.image_folder or None)]
+    else:
+        paths = [s.path for s in cfg.data.sources] or [cfg.data.train_file]
+        checks += [lambda path=path: find_files(path) for path in paths]
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except (CheckpointError, ConfigError, DataError) as err:
+            problems.append(str(err))
+    return problems
