@@ -224,7 +224,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     # split K: each slice's fp32 partial sums, and a zeroed arrival counter per column block
     ws = scratch("gemv workspace", x.device, torch.float32, split * 2 * MAX_ROWS * n if split > 1 else 1)
     count = scratch("gemv counters", x.device, torch.int32, tiles, zeroed=True)
-    if stages in gemv_rows.FORMS:  # one row on the CUDA cores (chat.gemv_rows)
+    if stages == "rows":  # one row on the CUDA cores (chat.gemv_rows)
         return gemv_rows.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count)
     assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
     dummy = x  # pointer arguments of the fusions that are off: never read
@@ -246,8 +246,8 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple:
     n, k = out.shape[1], x.shape[1]
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     found = gemv_pick.candidates(n, k, quant)
-    if quant == 4 and x.shape[0] == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
-        found += gemv_rows.candidates(n, k)
+    if quant and x.shape[0] == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
+        found += gemv_rows.candidates(n, k, quant)
     key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, weight.dtype, x.shape[0] > 1)
     if key in _picked or not x.is_cuda or not TIME_CANDIDATES or torch.cuda.is_current_stream_capturing():
         return _picked.get(key, found[0])

@@ -117,32 +117,35 @@ def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 1
 
 
 def check_one_row(device: str, tol: float) -> None:
-    """Every one-row candidate of chat.gemv_rows (each block and K split) over int4 weights, with each fusion, against
-    the float64 product of the dequantised matrix."""
+    """Every one-row candidate of chat.gemv_rows (each block and K split) over int4 and int8 weights, with each
+    fusion, against the float64 product of the dequantised matrix."""
     from myassistant.chat import gemv, gemv_rows
     from myassistant.chat.int_weights import dequantize, quantize
 
     gen = torch.Generator().manual_seed(1)
-    for norm, gated, residual, out_float in VARIANTS:
-        for n, k in ((72, 1024), (40, 512)):
-            w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, torch.bfloat16)
-            x = torch.randn(1, k, generator=gen).to(device, torch.bfloat16)
-            nw = (1 + 0.1 * torch.randn(k, generator=gen)).to(device, torch.bfloat16) if norm else None
-            res = torch.randn(1, n, generator=gen).to(device, torch.bfloat16) if residual else None
-            weight = quantize(w, 4)
-            want = reference(x, dequantize(weight, torch.bfloat16), res, nw, gated, torch.bfloat16)
-            configs = gemv_rows.candidates(n, k)
-            assert {c[0] for c in configs} == {4, 8, 16} and {c[4] for c in configs} == set(gemv_rows.FORMS)
-            for config in configs:
-                out = torch.empty(1, n, device=device, dtype=torch.float32 if out_float else torch.bfloat16)
-                gemv._launch(x, *weight, out, res, nw, 1e-5, gated, config)
-                err = float((out.double() - want).norm() / want.norm())
-                assert err <= tol, f"{config} norm={norm} gated={gated} residual={residual} n={n} k={k}: error {err}"
+    for bits in (4, 8):
+        for norm, gated, residual, out_float in VARIANTS:
+            for n, k in ((72, 1024), (40, 512)):
+                w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, torch.bfloat16)
+                x = torch.randn(1, k, generator=gen).to(device, torch.bfloat16)
+                x[0, :8] *= 1000  # a chunk far larger than the rest: its power-of-two scaling keeps fp16 finite
+                nw = (1 + 0.1 * torch.randn(k, generator=gen)).to(device, torch.bfloat16) if norm else None
+                res = torch.randn(1, n, generator=gen).to(device, torch.bfloat16) if residual else None
+                weight = quantize(w, bits)
+                want = reference(x, dequantize(weight, torch.bfloat16), res, nw, gated, torch.bfloat16)
+                configs = gemv_rows.candidates(n, k, bits)
+                assert {c[0] for c in configs} == {4, 8, 16}
+                for config in configs:
+                    out = torch.empty(1, n, device=device, dtype=torch.float32 if out_float else torch.bfloat16)
+                    gemv._launch(x, *weight, out, res, nw, 1e-5, gated, config)
+                    err = float((out.double() - want).norm() / want.norm())
+                    case = f"{bits} bits {config} norm={norm} gated={gated} residual={residual} n={n} k={k}"
+                    assert err <= tol, f"{case}: error {err}"
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_one_row_int4_products():
+def test_gpu_one_row_products():
     check_one_row("cuda", 1e-2)
 
 
