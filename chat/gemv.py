@@ -34,9 +34,9 @@ scale each, or int4 weights two to a byte with a scale per row and 128 columns. 
 j and 64 + j, so its two nibble tiles meet contiguous x columns; inline PTX turns 4 bytes into 8 bf16 weights
 (nibble - 8, exact) without a conversion instruction, and the group's scales multiply the fp32 sums. On the 7B shape
 (H200, benchmarks/README.md, 1 row, µs, int4 / int8): qkv 15.3 / 15.8, o_proj 9.1 / 9.8, gate/up 50.7 / 46.2: int4
-is as fast as int8 a product, not faster (0.2-0.3 of the bandwidth over its bytes). So one-row int4 products also
-time chat.gemv_rows' CUDA-core kernel (no shared memory between the packed loads and the FMAs), which wins for qkv,
-o_proj and gate/up. Every candidate `_pick` times must first agree with the first's product. Tried and measured
+is as fast as int8 a product, not faster (0.2-0.3 of the bandwidth over its bytes). So one-row int4 / int8 products
+also time chat.gemv_rows' CUDA-core kernel (no shared memory between the packed loads and the arithmetic, fp16-pair
+products), which wins for all four 7B products in both forms. Every candidate `_pick` times must first agree with the first's product. Tried and measured
 slower or no better on an H200 (benchmarks/README.md), so removed: the weights as the dots' first operand (out^T = W
 x^T, Hopper's wgmma) and an earlier CUDA-core kernel whose input columns passed through shared memory.
 """
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 MAX_ROWS = 16  # rows a product takes (one tensor-core tile); more rows go to cuBLAS, which is good there
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
 AGREE = 1e-2  # relative difference from the first candidate's product above which a candidate is left out
-ROWS_ONE_ROW = True  # one-row int4 products: chat.gemv_rows' CUDA-core kernels are candidates too
+ROWS_ONE_ROW = True  # one-row int4 / int8 products: chat.gemv_rows' CUDA-core kernels are candidates too
 
 
 if triton is not None:
