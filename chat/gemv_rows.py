@@ -34,7 +34,7 @@ except ImportError:  # CPU-only installs
     triton = None
 
 CHUNK = 8  # bytes of a row a thread loads at once and sums in its registers
-BLOCK_B = 32 * CHUNK  # bytes of a row a program's warp covers a loop trip (at least)
+BLOCK_B = 32 * CHUNK  # bytes of a row a program's warp covers a loop trip
 TARGET_PROGRAMS = 2048  # programs of one warp a launch should have
 
 if triton is not None:
@@ -308,20 +308,18 @@ if triton is not None:
 
 
 def candidates(n: int, k: int, quant: int) -> list[tuple]:
-    """(BLOCK_N, BLOCK_B, SPLIT, 1 warp, "rows") for a one-row product against an [n, k] int4 / int8 weight: blocks
-    of 8, 16 or 4 rows, BLOCK_B or twice as many bytes a trip (more loads in flight a warp: short programs wait on
-    fewer round trips), K split until about TARGET_PROGRAMS programs of one warp (a multiprocessor holds up to 32;
-    half as many were slower for all four 7B int4 products on an H200). chat.gemv's `_launch` knows them by the
-    "rows" where its own configurations have pipeline stages."""
+    """(BLOCK_N, BLOCK_B, SPLIT, 1 warp, "rows") for a one-row product against an [n, k] int4 / int8 weight: K split
+    until about TARGET_PROGRAMS programs of one warp (a multiprocessor holds up to 32; half as many were slower for
+    all four 7B int4 products on an H200). chat.gemv's `_launch` knows them by the "rows" where its own
+    configurations have pipeline stages."""
     row = k * quant // 8  # bytes
     found = []
-    for block_b in (BLOCK_B, 2 * BLOCK_B):
-        for block_n in (8, 16, 4):
-            split = 1
-            while -(-n // block_n) * split < TARGET_PROGRAMS and row % (2 * split * block_b) == 0 and split < 8:
-                split *= 2
-            if row % (split * block_b) == 0:
-                found.append((block_n, block_b, split, 1, "rows"))
+    for block_n in (8, 16, 4):
+        split = 1
+        while -(-n // block_n) * split < TARGET_PROGRAMS and row % (2 * split * BLOCK_B) == 0 and split < 8:
+            split *= 2
+        if row % (split * BLOCK_B) == 0:
+            found.append((block_n, BLOCK_B, split, 1, "rows"))
     return found
 
 
