@@ -9,6 +9,20 @@ import re
 import sys
 
 
+def shard_size(text: str) -> str | int | None:
+    """--max-shard-size as the weight writers take it (huggingface_hub reads only KB / MB / GB / TB): bytes for plain
+    digits and KiB / MiB / GiB / TiB, a decimal-unit size as given; None when it is not a size."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B)?", text.strip(), re.IGNORECASE)
+    if not found:
+        return None
+    number, unit, binary = found.groups()
+    if unit is None:
+        return int(float(number))
+    if binary:
+        return int(float(number) * 1024 ** ("KMGT".index(unit.upper()) + 1))
+    return f"{number}{unit.upper()}B"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="assistant merge", description=__doc__)
     parser.add_argument("run_dir", help="run folder of 'assistant train' (or an adapter / checkpoint-N folder)")
@@ -19,11 +33,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="dtype of the merge and the written weights (default bfloat16; float32 for tiny models)")
     parser.add_argument("--max-shard-size", default="2GB", help="largest weights file (default 2GB)")
     args = parser.parse_args(argv)
-    if not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B)?", args.max_shard_size.strip(), re.IGNORECASE):
+    size = shard_size(args.max_shard_size)
+    if size is None:
         parser.error(f"--max-shard-size: {args.max_shard_size!r} is not a size; give bytes or e.g. 500MB, 2GB")
 
     from myassistant.trainer.merge import merge
 
-    out = merge(args.run_dir, args.out, layout=args.layout, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    out = merge(args.run_dir, args.out, layout=args.layout, dtype=args.dtype, max_shard_size=size)
     sys.stdout.write(f"{out}\n")
     return 0

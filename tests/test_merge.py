@@ -166,9 +166,10 @@ def test_a_damaged_or_other_merge_is_written_again(lora_run, merged, tmp_path):
 def test_cli_merges_a_checkpoint_into_the_internlm2_layout(lora_run, merged, tmp_path):
     out = tmp_path / "internlm2"
     result = run_cli("merge", str(lora_run / "checkpoint-4"), "--out", str(out), "--layout", "internlm2",
-                     "--dtype", "float32", "--max-shard-size", "300KB")
+                     "--dtype", "float32", "--max-shard-size", "300KiB")  # binary units: huggingface_hub has none
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == str(out)
+    assert json.loads((out / "merge.json").read_text())["max_shard_size"] == str(300 * 1024)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "internlm2"
     assert (out / "model.safetensors.index.json").exists()
