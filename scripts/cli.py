@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import importlib
 import logging
+import os
 import sys
 import warnings
 
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # peft reads transformers' deprecated name on every LoRA model it makes: nothing a user can act on
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    if not sys.stderr.isatty():  # a log file or a pipe: the libraries' progress bars are noise there
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" reads it too
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_short_names)
