@@ -77,6 +77,9 @@ def test_lora_run_folder_describes_itself(lora_run, tiny_checkpoint, chats):
     with safe_open(str(lora_run / "adapter_model.safetensors"), "pt") as f:
         assert len(list(f.keys())) == 2 * 7 * 2  # lora_A + lora_B, 7 projections, 2 layers
     assert list(tuple(sorted(losses(lora_run)))) == [1, 2, 3, 4, 5, 6]
+    readme = (lora_run / "README.md").read_text()  # ours, not peft's template card
+    assert "[More Information Needed]" not in readme and f"base_model: \"{tiny_checkpoint.resolve()}\"" in readme
+    assert "library_name: peft" in readme and f"assistant merge {lora_run} --out" in readme and "6 steps" in readme
     rows = [json.loads(line) for line in (lora_run / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "loss" in r]
     assert all(r["tokens_per_s"] > 0 and "learning_rate" in r for r in rows)

@@ -120,3 +120,31 @@ def carry(run: Path, out_dir: Path) -> list[str]:
             tmp.replace(dst)
         copied.append(name)
     return copied
+
+
+def write_readme(run_dir: Path, base: str, method: str, info: dict) -> Path:
+    """README.md of a finished run folder: what it holds and the commands that use it (peft's save writes its
+    template card there, fields "[More Information Needed]"), with the front matter a hub reads for an adapter."""
+    title = info.get("name") or run_dir.name
+    adapter = bool(info.get("adapter"))
+    loss = info.get("final_loss")
+    lines = ["---", f"base_model: {json.dumps(base)}", *(["library_name: peft"] if adapter else []),
+             f"tags: [myassistant, {method}]", "---", "",
+             f"# {title}: a {method} fine-tune of {base}", "",
+             f"Written by `assistant train`: {info.get('steps')} steps, final loss "
+             f"{'-' if loss is None else f'{loss:.4f}'}, {info.get('tokens_seen') or '-'} tokens seen.", "",
+             "| file | what it is |", "|---|---|",
+             f"| {RUN_CONFIG_NAME} | the resolved config: base model, method, data, every hyper-parameter |",
+             f"| {RUN_INFO_NAME} | the assistant's name, steps, loss, tokens, time |",
+             ("| adapter_model.safetensors, adapter_config.json | the LoRA adapter (peft) |" if adapter
+              else "| model*.safetensors, config.json | the fine-tuned weights |"),
+             f"| {METRICS_NAME}, {EVAL_SAMPLES_NAME} | the training log and the eval prompts' answers |",
+             "| checkpoint-N/ | checkpoints (`assistant train --resume` continues from the newest) |", "",
+             "Next:", "",
+             f"    assistant report {run_dir}", f"    assistant chat {run_dir}",
+             f"    assistant merge {run_dir} --out {run_dir.parent / (run_dir.name + '-merged')}", ""]
+    path = run_dir / "README.md"
+    tmp = path.with_name("README.md.tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -36,7 +36,7 @@ from myassistant.trainer.callbacks import (EvalPrompts, MetricsFile, ProgressBar
 from myassistant.trainer.config import ConfigError, RunConfig, save_config
 from myassistant.trainer.data.sources import TrainingData, build_training_data
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
-from myassistant.trainer import runlock
+from myassistant.trainer import run_folder, runlock
 from myassistant.trainer.resume import TRAINER_STATE, checkpoint_step, prepare_run_dir
 from myassistant.trainer.run_folder import (DATA_SUMMARY_NAME, EVAL_SAMPLES_NAME, METRICS_NAME, RUN_CONFIG_NAME,
                                             RUN_INFO_NAME, assistant_name, read_json, write_json)
@@ -246,6 +246,7 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
     if trainer.is_world_process_zero():
         _write_run_info(cfg, run_dir, trainer, trainable, total, time.perf_counter() - started, data.kind,
                         recipe.run_info)
+        run_folder.write_readme(run_dir, cfg.model.base, cfg.quant.method, read_json(run_dir / RUN_INFO_NAME))
     log.info("run folder: %s", run_dir)
     return run_dir
 
