@@ -67,6 +67,8 @@ ROWS_ONE_ROW = True  # one-row int4 / int8 products: chat.gemv_rows' CUDA-core k
 
 
 if triton is not None:
+    from myassistant.chat.gemv_rows import rms_normed
+
     @triton.jit
     def _x_tile(x_ptrs, nw_ptr, first, k0, cols, m_ok, rstd, dtype: tl.constexpr, NORM: tl.constexpr,
                 UPCAST: tl.constexpr):
@@ -74,8 +76,7 @@ if triton is not None:
         weight * (x * rstd).to(dtype)."""
         x = tl.load(x_ptrs, mask=m_ok[:, None], other=0.0)
         if NORM:
-            nw = tl.load(nw_ptr + first + k0 + cols).to(tl.float32)
-            x = ((x.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32) * nw[None, :]).to(dtype)
+            x = rms_normed(x, rstd[:, None], tl.load(nw_ptr + first + k0 + cols)[None, :], dtype)
         if UPCAST:  # Triton's interpreter multiplies bf16 tiles wrongly; exact in fp32
             x = x.to(tl.float32)
         return x

@@ -56,11 +56,17 @@ if triton is not None:
         return tl.reshape(tl.join(tl.join(b0, b2), tl.join(b1, b3)), [C, R, 4 * W])
 
     @triton.jit
+    def rms_normed(x, rstd, nw, dtype: tl.constexpr):
+        """LlamaRMSNorm's weight * (x * rstd).to(dtype), each product rounded to `dtype` as the module rounds it
+        (chat.gemv's tensor-core kernel normalises its input tiles with it too)."""
+        return ((x.to(tl.float32) * rstd).to(dtype).to(tl.float32) * nw.to(tl.float32)).to(dtype)
+
+    @triton.jit
     def _x_cols(x_ptr, nw_ptr, cols, rstd, dtype: tl.constexpr, NORM: tl.constexpr):
-        """The input row's columns `cols` as float32, RMS-normalised as LlamaRMSNorm does (chat.gemv's _x_tile)."""
+        """The input row's columns `cols` as float32, RMS-normalised (`rms_normed`) with NORM."""
         x = tl.load(x_ptr + cols)
         if NORM:
-            x = ((x.to(tl.float32) * rstd).to(dtype).to(tl.float32) * tl.load(nw_ptr + cols).to(tl.float32)).to(dtype)
+            x = rms_normed(x, rstd, tl.load(nw_ptr + cols), dtype)
         return x.to(tl.float32)
 
     @triton.jit
