@@ -40,6 +40,46 @@ TARGET_PROGRAMS = 2048  # programs of one warp a launch should have
 if triton is not None:
     from myassistant.chat.gemv_epilogue import _finish
 
+    def _words_ptx(registers: str, constants: str, word: str) -> tl.constexpr:
+        """The inline PTX of a chunk's sum: `word` (a template over one 32-bit word {w} and its input pairs {x0}..)
+        for the words $1 and $2 (their pairs from $3 on), the fp16 pair sum then added up as float32 into $0."""
+        per = word.count("{x")  # input pairs a word
+        body = "".join(word.format(w=f"${i + 1}", **{f"x{j}": f"${3 + per * i + j}" for j in range(per)})
+                       for i in range(2)).replace("fma.rn.f16x2 acc, v0, $3, acc;", "mul.rn.f16x2 acc, v0, $3;", 1)
+        return tl.constexpr("{\n.reg .b32 s, acc, " + registers + ";\n.reg .b16 lo, hi;\n.reg .f32 f;\n" + constants
+                            + body + "mov.b32 {lo, hi}, acc;\ncvt.f32.f16 f, lo;\ncvt.f32.f16 $0, hi;\n"
+                            "add.f32 $0, $0, f;\n}")
+
+    # int4: LOP3 makes fp16 pairs 1024 + nibble (low nibbles of bytes 0 and 2; of 1 and 3 after a shift) and
+    # 1024 + 16 nibble (the high ones); HSUB2 of 1032 / HFMA2 by 1/16 less 72 leave nibble - 8 (exact)
+    INT4_PTX = _words_ptx("v0, v1, v2, v3, k1032, k16, km72",
+                          "mov.b32 k1032, 0x64086408;\nmov.b32 k16, 0x2c002c00;\nmov.b32 km72, 0xd480d480;\n", """\
+lop3.b32 v0, {w}, 0x000f000f, 0x64006400, 0xea;
+lop3.b32 v1, {w}, 0x00f000f0, 0x64006400, 0xea;
+shr.u32 s, {w}, 8;
+lop3.b32 v2, s, 0x000f000f, 0x64006400, 0xea;
+lop3.b32 v3, s, 0x00f000f0, 0x64006400, 0xea;
+sub.rn.f16x2 v0, v0, k1032;
+fma.rn.f16x2 v1, v1, k16, km72;
+sub.rn.f16x2 v2, v2, k1032;
+fma.rn.f16x2 v3, v3, k16, km72;
+fma.rn.f16x2 acc, v0, {x0}, acc;
+fma.rn.f16x2 acc, v2, {x1}, acc;
+fma.rn.f16x2 acc, v1, {x2}, acc;
+fma.rn.f16x2 acc, v3, {x3}, acc;
+""")
+    # int8: the sign bits flipped (byte + 128), a byte permute under 0x64 makes fp16 pairs 1152 + byte of bytes 0
+    # and 2, 1 and 3; HSUB2 of 1152 leaves the byte (exact)
+    INT8_PTX = _words_ptx("v0, v1, k1152", "mov.b32 k1152, 0x64806480;\n", """\
+xor.b32 s, {w}, 0x80808080;
+prmt.b32 v0, s, 0x64646464, 0x4240;
+prmt.b32 v1, s, 0x64646464, 0x4341;
+sub.rn.f16x2 v0, v0, k1152;
+sub.rn.f16x2 v1, v1, k1152;
+fma.rn.f16x2 acc, v0, {x0}, acc;
+fma.rn.f16x2 acc, v1, {x1}, acc;
+""")
+
     @triton.jit
     def _nibbles(word):
         """The 8 nibbles of each 32-bit word (4 packed bytes) as floats, nibble - 8: the low nibbles of bytes 0-3,
@@ -108,45 +148,7 @@ if triton is not None:
         lo02_0, lo13_0, lo02_1, lo13_1 = _pairs(x_lo, ASM)
         hi02_0, hi13_0, hi02_1, hi13_1 = _pairs(x_hi, ASM)
         w0, w1 = tl.split(q)
-        return tl.inline_asm_elementwise(
-            """{
-            .reg .b32 s, v0, v1, v2, v3, acc, k1032, k16, km72;
-            .reg .b16 lo, hi;
-            .reg .f32 f;
-            mov.b32 k1032, 0x64086408;
-            mov.b32 k16, 0x2c002c00;
-            mov.b32 km72, 0xd480d480;
-            lop3.b32 v0, $1, 0x000f000f, 0x64006400, 0xea;
-            lop3.b32 v1, $1, 0x00f000f0, 0x64006400, 0xea;
-            shr.u32 s, $1, 8;
-            lop3.b32 v2, s, 0x000f000f, 0x64006400, 0xea;
-            lop3.b32 v3, s, 0x00f000f0, 0x64006400, 0xea;
-            sub.rn.f16x2 v0, v0, k1032;
-            fma.rn.f16x2 v1, v1, k16, km72;
-            sub.rn.f16x2 v2, v2, k1032;
-            fma.rn.f16x2 v3, v3, k16, km72;
-            mul.rn.f16x2 acc, v0, $3;
-            fma.rn.f16x2 acc, v2, $4, acc;
-            fma.rn.f16x2 acc, v1, $5, acc;
-            fma.rn.f16x2 acc, v3, $6, acc;
-            lop3.b32 v0, $2, 0x000f000f, 0x64006400, 0xea;
-            lop3.b32 v1, $2, 0x00f000f0, 0x64006400, 0xea;
-            shr.u32 s, $2, 8;
-            lop3.b32 v2, s, 0x000f000f, 0x64006400, 0xea;
-            lop3.b32 v3, s, 0x00f000f0, 0x64006400, 0xea;
-            sub.rn.f16x2 v0, v0, k1032;
-            fma.rn.f16x2 v1, v1, k16, km72;
-            sub.rn.f16x2 v2, v2, k1032;
-            fma.rn.f16x2 v3, v3, k16, km72;
-            fma.rn.f16x2 acc, v0, $7, acc;
-            fma.rn.f16x2 acc, v2, $8, acc;
-            fma.rn.f16x2 acc, v1, $9, acc;
-            fma.rn.f16x2 acc, v3, $10, acc;
-            mov.b32 {lo, hi}, acc;
-            cvt.f32.f16 f, lo;
-            cvt.f32.f16 $0, hi;
-            add.f32 $0, $0, f;
-            }""", "=r,r,r,r,r,r,r,r,r,r,r",
+        return tl.inline_asm_elementwise(INT4_PTX, "=r,r,r,r,r,r,r,r,r,r,r",
             [w0, w1, lo02_0[:, None], lo13_0[:, None], hi02_0[:, None], hi13_0[:, None], lo02_1[:, None],
              lo13_1[:, None], hi02_1[:, None], hi13_1[:, None]], dtype=tl.float32, is_pure=True, pack=1)
 
@@ -166,31 +168,7 @@ if triton is not None:
             return tl.sum(w * x[:, None, :], 2)
         p02_0, p13_0, p02_1, p13_1 = _pairs(x, ASM)
         w0, w1 = tl.split(q)
-        return tl.inline_asm_elementwise(
-            """{
-            .reg .b32 s, v0, v1, acc, k1152;
-            .reg .b16 lo, hi;
-            .reg .f32 f;
-            mov.b32 k1152, 0x64806480;
-            xor.b32 s, $1, 0x80808080;
-            prmt.b32 v0, s, 0x64646464, 0x4240;
-            prmt.b32 v1, s, 0x64646464, 0x4341;
-            sub.rn.f16x2 v0, v0, k1152;
-            sub.rn.f16x2 v1, v1, k1152;
-            mul.rn.f16x2 acc, v0, $3;
-            fma.rn.f16x2 acc, v1, $4, acc;
-            xor.b32 s, $2, 0x80808080;
-            prmt.b32 v0, s, 0x64646464, 0x4240;
-            prmt.b32 v1, s, 0x64646464, 0x4341;
-            sub.rn.f16x2 v0, v0, k1152;
-            sub.rn.f16x2 v1, v1, k1152;
-            fma.rn.f16x2 acc, v0, $5, acc;
-            fma.rn.f16x2 acc, v1, $6, acc;
-            mov.b32 {lo, hi}, acc;
-            cvt.f32.f16 f, lo;
-            cvt.f32.f16 $0, hi;
-            add.f32 $0, $0, f;
-            }""", "=r,r,r,r,r,r,r",
+        return tl.inline_asm_elementwise(INT8_PTX, "=r,r,r,r,r,r,r",
             [w0, w1, p02_0[:, None], p13_0[:, None], p02_1[:, None], p13_1[:, None]], dtype=tl.float32,
             is_pure=True, pack=1)
 
