@@ -8,6 +8,7 @@ A run folder (``train.output_dir``)::
     report.json / report.md   the fine-tune report (``assistant report``)
     data_summary.json  records, rows and tokens of the data the last session trained on (a resume compares)
     metrics.jsonl, eval_samples.jsonl, tensorboard/, checkpoint-N/, the adapter (or full weights)
+    README.md        what the folder is and the commands that use it (``write_readme``)
 
 A merged folder takes the run's config, run info and report along (``CARRIED``) and records the merge
 in ``merge.json`` (source, name, base, method, steps, final loss), so it describes itself as the run did;
