@@ -16,6 +16,8 @@ from .remote import HF_PREFIX, default_cache_dir, git_url, hf_repo_id, slug
 log = logging.getLogger(__name__)
 
 _SKIP_PARTS = {".git", "__pycache__", ".cache", ".ipynb_checkpoints"}
+# what a transformers Trainer writes beside the weights of a checkpoint-N folder
+TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin"}  # and rng_state*.pth
 
 
 def folder_files(folder: Path) -> dict[str, Path]:
@@ -53,6 +55,10 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
         files[extra.name] = extra
     if not files:
         raise HubError(f"{folder}: the folder is empty, nothing to push")
+    state = [rel for rel in files if rel.rsplit("/", 1)[-1] in TRAINING_STATE or "/rng_state" in f"/{rel}"]
+    if state:  # a Trainer's output folder: its checkpoints' optimizer state would be pushed over the model
+        raise HubError(f"{folder}: holds training state ({state[0]}), not a model to push; merge it first "
+                       f"(assistant merge {folder} --out DIR) and push DIR")
     left = pointer_files(folder)
     if left:
         raise pointer_error(folder, left)

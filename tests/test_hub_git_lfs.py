@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(subprocess.run(["git", "lfs", "version"], capture_output=True).returncode != 0,
@@ -234,3 +235,14 @@ def test_clone_into_a_relative_cache_dir(tmp_path, remote, model):
     clone = Path(cloned.stdout.strip())
     assert clone.parent == work / "models"
     assert (clone / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+
+
+def test_a_folder_with_training_state_is_not_pushed(tmp_path, remote, model):
+    """A run folder's checkpoints (optimizer state and all) were pushed, and the commit removed the merged model."""
+    (model / "checkpoint-190").mkdir()
+    (model / "checkpoint-190" / "optimizer.pt").write_bytes(b"state")
+    done = cli("push", str(model), "--to", str(remote))
+    assert done.returncode == 1 and done.stderr.strip().endswith(
+        f"{model}: holds training state (checkpoint-190/optimizer.pt), not a model to push; merge it first "
+        f"(assistant merge {model} --out DIR) and push DIR")
+    assert _git(remote, "for-each-ref") == ""  # nothing pushed
