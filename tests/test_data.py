@@ -107,6 +107,11 @@ ARRAY_WITH_BAD_ROLE = '[\n  {"messages": [{"role": "user", "content": "hi"}, {"r
      "weights.jsonl:1: field 'messages' has weight 0 on every assistant message"),
     ("weight2.jsonl", '{"messages": [{"role": "user", "content": "hi", "weight": 1}, {"role": "assistant", "content": "yo"}]}\n',
      "field 'messages[0].weight' is 1; it is 0 or 1, on assistant messages"),
+    ("typo.jsonl", '{"instruction": "Translate", "inptu": "bonjour", "output": "hello", "id": 7}\n',  # id: passes
+     "typo.jsonl:1: field 'inptu' is not a field of Alpaca records; did you mean 'input'?"),
+    ("typo2.jsonl", '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", '
+     '"wieght": 0, "name": "bot"}]}\n', "typo2.jsonl:1: field 'messages[1].wieght' is not a field of messages; did you "
+     "mean 'weight'?"),
     ("history.json", '[{"instruction": "hi", "output": "yo", "history": [["only a question"]]}]',
      "history.json:1:2 (record 1): field 'history[0]' must be a [question, answer] pair of non-empty strings"),
     ("picture.jsonl", json.dumps({"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"},

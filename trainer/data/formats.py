@@ -17,6 +17,7 @@ Files are a JSON array or JSON Lines (one record per line); ``.txt`` is plain te
 """
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -158,6 +159,14 @@ class _Where:
             raise self.error(label, "is empty; remove the record or fill it in")
         return value
 
+    def known(self, obj: dict, fields: tuple[str, ...], where: str = "", what: str = "record") -> None:
+        """A key of ``obj`` that is a near miss of one of ``fields`` (``inptu``, ``wieght``) is an error: it would
+        be left out silently. Other extra keys (``id``, ``source``, ...) are data sets' own and pass."""
+        for key in obj:
+            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.8) if key not in fields else None
+            if close:
+                raise self.error(f"{where}{key}", f"is not a field of {what}s; did you mean '{close[0]}'?")
+
     def items(self, obj: object, field: str) -> list:
         if not isinstance(obj, dict):
             raise DataError(f"{self.prefix}: the record must be a JSON object, got {type(obj).__name__}")
@@ -182,6 +191,7 @@ def _conversation(where: _Where, messages: list[dict], field: str = "messages") 
 def parse_openai(where: _Where, obj: object) -> dict:
     messages = []
     for i, msg in enumerate(where.items(obj, "messages")):
+        where.known(msg, ("role", "content", "weight"), f"messages[{i}].", "message")
         role = where.text(msg, "role", label=f"messages[{i}].role")
         if role not in ROLES:
             raise where.error(f"messages[{i}].role", f"is '{role}', not one of {', '.join(ROLES)}")
@@ -200,6 +210,7 @@ def parse_openai(where: _Where, obj: object) -> dict:
 def parse_xtuner(where: _Where, obj: object) -> dict:
     messages = []
     for i, turn in enumerate(where.items(obj, "conversation")):
+        where.known(turn, ("system", "input", "output"), f"conversation[{i}].", "conversation turn")
         system = where.text(turn, "system", label=f"conversation[{i}].system", required=False)
         if system.strip():
             messages.append({"role": "system", "content": system})
@@ -212,6 +223,7 @@ def parse_xtuner(where: _Where, obj: object) -> dict:
 def parse_alpaca(where: _Where, obj: object) -> dict:
     if not isinstance(obj, dict):
         raise DataError(f"{where.prefix}: the record must be a JSON object, got {type(obj).__name__}")
+    where.known(obj, ("instruction", "input", "output", "system", "history"), what="Alpaca record")
     instruction = where.text(obj, "instruction")
     extra = where.text(obj, "input", required=False)
     system = where.text(obj, "system", required=False)
@@ -231,6 +243,7 @@ def parse_alpaca(where: _Where, obj: object) -> dict:
 def parse_sharegpt(where: _Where, obj: object) -> dict:
     messages = []
     for i, turn in enumerate(where.items(obj, "conversations")):
+        where.known(turn, ("from", "value"), f"conversations[{i}].", "ShareGPT turn")
         speaker = where.text(turn, "from", label=f"conversations[{i}].from")
         if speaker.lower() not in SHAREGPT_ROLES:
             raise where.error(f"conversations[{i}].from",
