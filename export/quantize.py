@@ -1,4 +1,4 @@
-"""llama.cpp's own quantiser, through llama-cpp-python (`pip install 'myassistant[llama-cpp]'`).
+"""llama.cpp's own quantiser, through llama-cpp-python (`pip install -e '.[llama-cpp]'`).
 
 The k-quants (q4_k_m) choose their scales by an error search that exists only in llama.cpp's C code;
 the `gguf` package can read them but not make them. llama-cpp-python builds llama.cpp from source
@@ -13,7 +13,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'myassistant[llama-cpp]' (llama-cpp-python; builds llama.cpp from source in a few minutes)"
+INSTALL_HINT = ("pip install -e '.[llama-cpp]' in the checkout (llama-cpp-python, which builds llama.cpp from source: "
+                "minutes on a fast machine, up to an hour on 2 busy cores)")
 
 
 class QuantizeError(RuntimeError):

@@ -36,8 +36,9 @@ def _explain(err: Exception, repo_id: str, *, write: bool) -> HubError:
     if isinstance(err, errors.LocalEntryNotFoundError):
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
-        return HubError(f"{repo_id} is not in the local Hugging Face cache and {why}: download it once with "
-                        f"network access (`assistant clone {repo_id}`), or use a local folder")
+        return HubError(f"{repo_id} is not in the local Hugging Face cache and {why}: run `assistant clone "
+                        f"{repo_id}` once on a machine with network access (unset HF_HUB_OFFLINE there), or give a local "
+                        "folder")
     status = getattr(getattr(err, "response", None), "status_code", None)
     if status == 401:
         return HubError(f"Hugging Face refused the token for {repo_id}: {TOKEN_HELP}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -55,6 +56,9 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
         files[extra.name] = extra
     if not files:
         raise HubError(f"{folder}: the folder is empty, nothing to push")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", remote) and not Path(remote).expanduser().exists():  # owner/name: no hf:
+        raise HubError(f"{remote}: no such local repository; a Hugging Face repo is hf:{remote}, a new local one needs "
+                       f"`git init --bare {remote}` first")
     state = [rel for rel in files if rel.rsplit("/", 1)[-1] in TRAINING_STATE or "/rng_state" in f"/{rel}"]
     if state:  # a Trainer's output folder: its checkpoints' optimizer state would be pushed over the model
         raise HubError(f"{folder}: holds training state ({state[0]}), not a model to push; merge it first "

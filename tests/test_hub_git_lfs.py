@@ -246,3 +246,10 @@ def test_a_folder_with_training_state_is_not_pushed(tmp_path, remote, model):
         f"{model}: holds training state (checkpoint-190/optimizer.pt), not a model to push; merge it first "
         f"(assistant merge {model} --out DIR) and push DIR")
     assert _git(remote, "for-each-ref") == ""  # nothing pushed
+
+
+def test_owner_slash_name_without_hf_says_which_it_may_mean(model, cli):
+    done = cli("push", str(model), "--to", "me/alice")  # no such folder under the working directory
+    assert done.returncode == 1 and done.stderr.strip().endswith(
+        "me/alice: no such local repository; a Hugging Face repo is hf:me/alice, a new local one needs "
+        "`git init --bare me/alice` first")
