@@ -248,7 +248,7 @@ def test_a_folder_with_training_state_is_not_pushed(tmp_path, remote, model):
     assert _git(remote, "for-each-ref") == ""  # nothing pushed
 
 
-def test_owner_slash_name_without_hf_says_which_it_may_mean(model, cli):
+def test_owner_slash_name_without_hf_says_which_it_may_mean(model):
     done = cli("push", str(model), "--to", "me/alice")  # no such folder under the working directory
     assert done.returncode == 1 and done.stderr.strip().endswith(
         "me/alice: no such local repository; a Hugging Face repo is hf:me/alice, a new local one needs "
