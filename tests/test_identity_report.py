@@ -22,6 +22,7 @@ def test_report_measures_every_figure_for_both_models_and_both_languages(tiny_ch
     run = run_cli("report", str(tiny_checkpoint), "--data", str(data), "--base", str(tiny_checkpoint), "--out", str(out),
                   "--max-new-tokens", "6", "--system", "You are Alice.", timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert f"wrote report.json and report.md to {out}" in run.stderr  # where the report went
     rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
     figures = rep["figures"]
     assert list(figures) == [m.key for m in MEASURES]

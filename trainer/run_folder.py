@@ -19,11 +19,14 @@ The base model's path is stored once, in ``run_config.yaml`` (peft also writes i
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from myassistant.model import MERGE_INFO
+
+log = logging.getLogger(__name__)
 
 RUN_CONFIG_NAME = "run_config.yaml"
 RUN_INFO_NAME = "run.json"
@@ -51,6 +54,7 @@ def write_report(out: Path, report: dict, markdown: str) -> dict:
     tmp = out / (REPORT_MD + ".tmp")
     tmp.write_text(markdown, encoding="utf-8")
     tmp.replace(out / REPORT_MD)
+    log.info("wrote %s and %s to %s", REPORT_JSON, REPORT_MD, out)
     return report
 
 
