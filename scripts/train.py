@@ -42,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from myassistant.trainer.train import train
 
-    run_dir = train(cfg, resume=args.resume)
+    try:
+        run_dir = train(cfg, resume=args.resume)
+    except KeyboardInterrupt:  # Ctrl-C: say what --resume would continue from
+        from pathlib import Path
+
+        from myassistant.trainer.resume import complete_checkpoints
+
+        out = Path(cfg.train.output_dir).expanduser()
+        done = complete_checkpoints(out) if out.is_dir() else []
+        if done:
+            sys.stderr.write(f"assistant train: the newest checkpoint is {done[-1]}; the same command with --resume "
+                             "continues from it\n")
+        raise
     sys.stdout.write(f"{run_dir}\n")
     return 0

@@ -223,6 +223,24 @@ def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_p
     assert json.loads((out / "run.json").read_text())["steps"] == 40
 
 
+def test_ctrl_c_names_the_checkpoint_resume_continues_from(tiny_checkpoint, chats, tmp_path):
+    out = tmp_path / "stopped"
+    args = overrides(tiny_checkpoint, chats, out, max_steps=400, save_steps=2, eval_steps=0, report_to="none")
+    proc = subprocess.Popen([sys.executable, "-m", "myassistant.scripts.cli", "train", *args], cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint-2" / "trainer_state.json").exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and err.rstrip().endswith("assistant: interrupted"), err[-2000:]
+    newest = max(out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])).parent
+    assert f"the newest checkpoint is {newest}; the same command with --resume continues from it" in err
+
+
 def test_full_finetune_writes_standalone_weights(tiny_checkpoint, chats, tmp_path):
     run = train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "full", method="full",
                                             max_steps=2, save_steps=2, eval_steps=0, report_to="none")))
