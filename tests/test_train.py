@@ -194,18 +194,24 @@ def test_resume_keeps_what_the_checkpoints_were_trained_as(lora_run, tiny_checkp
     assert (lora_run / "run_config.yaml").read_text() == saved
 
 
-def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_path):
-    out, settings = tmp_path / "killed", {"max_steps": 40, "save_steps": 2, "eval_steps": 0, "report_to": "none"}
-    args = overrides(tiny_checkpoint, chats, out, **settings)
-    reference = train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "reference", **settings)))
-    cmd = [sys.executable, "-m", "myassistant.scripts.cli", "train", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _train_until_a_checkpoint(args: list[str], out: Path, stderr: int) -> subprocess.Popen:
+    """`assistant train args` in a process of its own, returned once checkpoint-2 in `out` is complete."""
+    proc = subprocess.Popen([sys.executable, "-m", "myassistant.scripts.cli", "train", *args], cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=stderr,
+                            text=True)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint-2" / "trainer_state.json").exists():
         assert proc.poll() is None, "training ended before its first checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.005)
+    return proc
+
+
+def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_path):
+    out, settings = tmp_path / "killed", {"max_steps": 40, "save_steps": 2, "eval_steps": 0, "report_to": "none"}
+    args = overrides(tiny_checkpoint, chats, out, **settings)
+    reference = train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "reference", **settings)))
+    proc = _train_until_a_checkpoint(args, out, subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (out / "run.json").exists(), "the run finished before it was killed"
@@ -226,14 +232,7 @@ def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_p
 def test_ctrl_c_names_the_checkpoint_resume_continues_from(tiny_checkpoint, chats, tmp_path):
     out = tmp_path / "stopped"
     args = overrides(tiny_checkpoint, chats, out, max_steps=400, save_steps=2, eval_steps=0, report_to="none")
-    proc = subprocess.Popen([sys.executable, "-m", "myassistant.scripts.cli", "train", *args], cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint-2" / "trainer_state.json").exists():
-        assert proc.poll() is None, "training ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    proc = _train_until_a_checkpoint(args, out, subprocess.PIPE)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130 and err.rstrip().endswith("assistant: interrupted"), err[-2000:]
