@@ -18,8 +18,9 @@ the chunk's float32 sum scaled back; a product then differs from float32 arithme
 rounding: ~10 %). The next trip's weights are loaded before this trip's arithmetic; the loads are unmasked where the
 rows fill the blocks. chat.gemv's epilogue (residual, SiLU*mul, split-K sum) finishes.
 
-Measured on an H200 (7B shape, one chat, benchmarks/README.md): int4 qkv 18.6 -> 10.0 us, o_proj 9.4 -> 7.2,
-gate/up 49.8 -> 24.3, down 19.8 -> 15.8 (tensor cores -> this kernel); the int4 decode 293 -> 444 tokens/s.
+Measured on an H200 (7B shape, one chat, the tensor-core kernel alone -> with this one, benchmarks/README.md): int4
+qkv 16.4 -> 10.3 us, o_proj 9.2 -> 7.7, gate/up 50.6 -> 26.3, down 19.9 -> 16.9, decode 293 -> 446 tokens/s; int8
+qkv 23.6 -> 13.0, o_proj 10.4 -> 9.5, gate/up 49.3 -> 39.3, down 24.7 -> 22.5, decode 304 -> 365 tokens/s.
 """
 from __future__ import annotations
 
