@@ -20,7 +20,7 @@ rows fill the blocks. chat.gemv's epilogue (residual, SiLU*mul, split-K sum) fin
 
 Measured on an H200 (7B shape, one chat, the tensor-core kernel alone -> with this one, benchmarks/README.md): int4
 qkv 16.4 -> 10.3 us, o_proj 9.2 -> 7.7, gate/up 50.6 -> 26.3, down 19.9 -> 16.9, decode 293 -> 446 tokens/s; int8
-qkv 23.6 -> 13.0, o_proj 10.4 -> 9.5, gate/up 49.3 -> 39.3, down 24.7 -> 22.5, decode 304 -> 365 tokens/s.
+qkv 17.1 -> 13.0, o_proj 10.2 -> 9.5, gate/up 43.1 -> 39.3, down 23.7 -> 22.5, decode 304 -> 365 tokens/s.
 """
 from __future__ import annotations
 
