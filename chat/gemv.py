@@ -36,8 +36,8 @@ j and 64 + j, so its two nibble tiles meet contiguous x columns; inline PTX turn
 (H200, benchmarks/README.md, 1 row, µs, int4 / int8): qkv 15.3 / 15.8, o_proj 9.1 / 9.8, gate/up 50.7 / 46.2: int4
 is as fast as int8 a product, not faster (0.2-0.3 of the bandwidth over its bytes). So one-row int4 / int8 products
 also time chat.gemv_rows' CUDA-core kernel (no shared memory between the packed loads and the arithmetic, fp16-pair
-products), which wins for all four 7B products in both forms. Every candidate `_pick` times must first agree with the first's product. Tried and measured
-slower or no better on an H200 (benchmarks/README.md), so removed: the weights as the dots' first operand (out^T = W
+products), which wins for all four 7B products, int4 and int8. Every candidate `_pick` times must first agree with
+the first's product. Tried and measured slower or no better on an H200 (benchmarks/README.md), so removed: the weights as the dots' first operand (out^T = W
 x^T, Hopper's wgmma) and an earlier CUDA-core kernel whose input columns passed through shared memory.
 """
 from __future__ import annotations
