@@ -72,7 +72,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     except RuntimeError as err:
         raise EngineError(f"device={device!r} is not a torch device; use 'auto', 'cpu' or 'cuda[:N]'") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise EngineError(f"device={device!r} asked for, but no CUDA GPU is visible; use device='cpu'")
+        raise EngineError(f"device {device!r} asked for, but no CUDA GPU is visible; use cpu or auto "
+                          "(assistant chat --device cpu)")
     return resolved
 
 

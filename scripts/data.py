@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from myassistant.trainer.data.corpus import TEXT_UNITS
+from myassistant.trainer.data.formats import DataError
 from myassistant.trainer.identity import OLD_NAMES, IdentitySpec, write_identity_dataset
 
 # The mix's numeric knobs: flag -> (IdentitySpec field, help without the default).
@@ -21,6 +23,14 @@ MIX_KNOBS = {
     "--about-others": ("about_others", "chats per identity chat that ask the identity questions about someone else "
                                        "('他是谁？'), answered that it is unclear who is meant"),
 }
+
+
+def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """IdentitySpec's field names in `message` as the flags they came from (multi_turn -> --multi-turn; a plain word
+    only where a problem starts: "count must be >= 1")."""
+    flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+    message = re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda m: flags.get(m[0], m[0]), message)
+    return re.sub(r"(^identity data: |; )([a-z]+)\b", lambda m: m[1] + flags.get(m[2], m[2]), message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,12 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "identity":
-        spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
-                            count=args.count, **{field: getattr(args, field) for field, _ in MIX_KNOBS.values()},
-                            general=args.general, look_alikes_from=args.look_alikes_from, languages=args.languages.split(","),
-                            old_names=[n for n in args.old_names.split(",") if n],
-                            eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)
-        out = write_identity_dataset(spec, args.out)
+        try:
+            spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
+                                count=args.count, **{field: getattr(args, field) for field, _ in MIX_KNOBS.values()},
+                                general=args.general, look_alikes_from=args.look_alikes_from,
+                                languages=args.languages.split(","), old_names=[n for n in args.old_names.split(",") if n],
+                                eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)
+            out = write_identity_dataset(spec, args.out)
+        except DataError as err:
+            raise DataError(_as_flags(str(err), ident)) from None
         sys.stdout.write((out / "meta.json").read_text(encoding="utf-8"))
         return 0
 

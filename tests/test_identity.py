@@ -327,7 +327,11 @@ def test_look_alikes_from_a_model_are_its_greedy_replies_unless_they_name_an_ide
     bad = cli("data", "identity", "--name", "Alice", "--small-talk", "0.25", "--look-alikes-from",
               str(tmp_path / "nowhere"), "--out", str(tmp_path / "bad"))
     assert bad.returncode == 1 and not (tmp_path / "bad").exists()
-    assert bad.stderr.strip().splitlines()[-1] == ("assistant data: error: identity data: look_alikes_from: "
+    assert bad.stderr.strip().splitlines()[-1] == ("assistant data: error: identity data: --look-alikes-from: "
                                                    f"{tmp_path / 'nowhere'}: no such model folder")
+    mix = cli("data", "identity", "--name", "Alice", "--multi-turn", "1.5", "--count", "0", "--out", str(tmp_path / "m"))
+    assert mix.stderr.strip().splitlines()[-1] == ("assistant data: error: identity data: --count must be >= 1, "
+                                                   "--eval-identity and --eval-general >= 0; --multi-turn must be in "
+                                                   "[0, 1], got 1.5")
     with pytest.raises(DataError, match="look_alikes_from answers the look-alikes: give small_talk or about_others"):
         IdentitySpec(name="A", look_alikes_from=str(tiny_checkpoint))
