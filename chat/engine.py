@@ -208,6 +208,8 @@ class ChatEngine:
                              else f", or chat over its base with `assistant chat BASE --adapter {path}`")
                 raise EngineError(f"{path}: a training run's adapter, not a model; merge it first (`assistant merge "
                                   f"{path} --out MERGED`) and serve MERGED{over_base}")
+            if not path.is_dir():
+                raise EngineError(f"{path}: no such model folder")
             raise EngineError(f"{path}: no config.json here; "
                               "pass a model folder (e.g. the output of `assistant merge`)")
         if adapter is not None and not (Path(adapter) / ADAPTER_CONFIG).is_file():

@@ -248,3 +248,6 @@ def test_chat_cli_reports_a_bad_model_folder_in_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f"assistant chat: error: {tmp_path}: no config.json here; " \
         "pass a model folder (e.g. the output of `assistant merge`)"
+    gone = cli("chat", str(tmp_path / "alcie"), "--prompt", "hi")  # a misspelt folder: as export and report say it
+    assert gone.returncode == 1 and gone.stderr.strip().splitlines()[-1] == (
+        f"assistant chat: error: {tmp_path / 'alcie'}: no such model folder")
