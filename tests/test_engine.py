@@ -195,7 +195,7 @@ def test_concurrent_streams_each_get_their_own_complete_reply(engine):
 
 
 def test_load_failures_and_bad_settings_are_user_errors(tmp_path, tiny_dir):
-    with pytest.raises(EngineError, match="no config.json") as info:
+    with pytest.raises(EngineError, match="missing: no such model folder") as info:
         ChatEngine.from_pretrained(tmp_path / "missing")
     assert info.type.user_error
     with pytest.raises(EngineError, match="no adapter_config.json"):
