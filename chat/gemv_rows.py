@@ -122,7 +122,7 @@ fma.rn.f16x2 acc, v1, {x1}, acc;
         return tl.sum(low * x_lo[:, None, :], 2) + tl.sum(high * x_hi[:, None, :], 2)
 
     @triton.jit
-    def _pairs(x, ASM: tl.constexpr):
+    def _pairs(x):
         """A chunk's 8 columns x [chunks, 8] (word i's byte b at 4 i + b) as the fp16 pairs the words' nibbles pair
         up in (bytes 0 and 2, bytes 1 and 3, the first byte in the low half): [chunks] int32 each, word 0's then
         word 1's."""
@@ -146,8 +146,8 @@ fma.rn.f16x2 acc, v1, {x1}, acc;
         summed by HFMA2s, the chunk's pair sum then made float32; [chunks, rows]."""
         if not ASM:  # the interpreter: the same products in float32
             return _chunk_sums(q, x_lo, x_hi)
-        lo02_0, lo13_0, lo02_1, lo13_1 = _pairs(x_lo, ASM)
-        hi02_0, hi13_0, hi02_1, hi13_1 = _pairs(x_hi, ASM)
+        lo02_0, lo13_0, lo02_1, lo13_1 = _pairs(x_lo)
+        hi02_0, hi13_0, hi02_1, hi13_1 = _pairs(x_hi)
         w0, w1 = tl.split(q)
         return tl.inline_asm_elementwise(INT4_PTX, "=r,r,r,r,r,r,r,r,r,r,r",
             [w0, w1, lo02_0[:, None], lo13_0[:, None], hi02_0[:, None], hi13_0[:, None], lo02_1[:, None],
@@ -167,7 +167,7 @@ fma.rn.f16x2 acc, v1, {x1}, acc;
             b3 = (((q >> 24) + 128) & 255) - 128
             w = _bytes_in_order(b0, b1, b2, b3, C, R, 2).to(tl.float32)
             return tl.sum(w * x[:, None, :], 2)
-        p02_0, p13_0, p02_1, p13_1 = _pairs(x, ASM)
+        p02_0, p13_0, p02_1, p13_1 = _pairs(x)
         w0, w1 = tl.split(q)
         return tl.inline_asm_elementwise(INT8_PTX, "=r,r,r,r,r,r,r",
             [w0, w1, p02_0[:, None], p13_0[:, None], p02_1[:, None], p13_1[:, None]], dtype=tl.float32,
