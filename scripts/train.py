@@ -1,4 +1,4 @@
-"""assistant train --config X.yaml [section.key=value ...] [--resume] [--deepspeed zero2]
+"""assistant train --config X.yaml [section.key=value ...] [--resume | --overwrite] [--deepspeed zero2]
 
 Several GPUs: torchrun --nproc_per_node N -m myassistant.scripts.cli train --config X.yaml --deepspeed zero2
 (or: accelerate launch -m myassistant.scripts.cli train ...).
@@ -17,7 +17,10 @@ def main(argv: list[str] | None = None) -> int:
         epilog="config keys (YAML sections, or section.key=value overrides):\n" + describe_fields())
     parser.add_argument("--config", help="YAML config (see 'assistant presets list')")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.max_steps=100")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
+    again.add_argument("--overwrite", action="store_true", help="remove the run train.output_dir holds and train it "
+                       "again from the start")
     parser.add_argument("--deepspeed", choices=DEEPSPEED_PRESETS, help="DeepSpeed ZeRO preset (sets train.deepspeed)")
     parser.add_argument("--check", action="store_true", help="validate the config and the paths it names (no model "
                         "is loaded), print it resolved, and stop")
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from myassistant.trainer.train import train
 
     try:
-        run_dir = train(cfg, resume=args.resume)
+        run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except KeyboardInterrupt:  # Ctrl-C: say what --resume would continue from
         from pathlib import Path
 

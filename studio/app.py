@@ -41,8 +41,9 @@ def build(workdir: str | Path) -> gr.Blocks:
         publish_tab.select(run_choices, None, publish["run"])
         refresh, inputs, outputs = live["refresh"]
         demo.load(lambda n, o: refresh(n, o, {}), inputs[:2], outputs)  # a reload reconnects to the runs on disk
-        demo.load(lambda base, file: (tab_train.next_run_name(ws), *tab_train.last_inputs(ws, base, file)),
-                  [train["base"], train["train_file"]], [train["run"], train["base"], train["train_file"]]).then(
+        demo.load(lambda run, base, file: tab_train.fresh_inputs(ws, run, base, file),
+                  [train["run"], train["base"], train["train_file"]],
+                  [train["run"], train["base"], train["train_file"]]).then(
             train["on_change"], train["form_inputs"], train["command"])
     return demo
 

@@ -98,6 +98,13 @@ def last_inputs(ws: Workspace, base: str, train_file: str) -> tuple[str, str]:
     return base, train_file
 
 
+def fresh_inputs(ws: Workspace, run: str, base: str, train_file: str) -> list:
+    """A new page's run name and inputs (``next_run_name``, ``last_inputs``) as updates of only the fields they
+    change: on a slow machine the answer can come after the user typed into a field, and must not blank it."""
+    values = (next_run_name(ws), *last_inputs(ws, base, train_file))
+    return [gr.update() if new == old else new for new, old in zip(values, (run, base, train_file))]
+
+
 def train_args(ws: Workspace, preset: str, overrides_: list[str]) -> list[str]:
     return ["train", "--config", ws.rel(ws.presets / f"{preset}.yaml"), *overrides_]
 

@@ -75,3 +75,16 @@ def test_a_run_folder_has_one_writer(tmp_path):
     assert runlock.holder(run) is not None
     runlock.release(lock)
     assert not lock.exists()
+
+
+def test_a_new_pages_defaults_never_blank_what_was_typed_meanwhile(tmp_path):
+    """The page's load answers after the user may have typed (a slow machine): it changes only what it fills."""
+    from myassistant.studio.tab_train import fresh_inputs
+    from myassistant.studio.ui import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    ws.runs.mkdir(parents=True)
+    assert [u.get("value", "unchanged") if isinstance(u, dict) else u
+            for u in fresh_inputs(ws, "run-1", "", "")] == ["unchanged"] * 3  # nothing to fill: nothing overwritten
+    (ws.runs / "run-1").mkdir()
+    assert fresh_inputs(ws, "run-1", "", "")[0] == "run-2"

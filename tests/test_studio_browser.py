@@ -77,6 +77,9 @@ def running_studio(tmp_path: Path):
             except OSError:
                 time.sleep(0.5)
         yield url, ws
+    except BaseException:
+        print("studio.log (its end):\n" + (tmp_path / "studio.log").read_text(errors="replace")[-6000:])
+        raise
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -129,20 +132,21 @@ def loss_path(page) -> str:
     return line.first.get_attribute("d") or "" if line.count() else ""
 
 
-def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.5):
+def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.5, shown=lambda: ""):
+    """``predicate()``'s first truthy value; ``shown()`` says what the page showed instead."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; {shown()}")
 
 
 def start_training(page, base: Path, data: Path | None, **knobs) -> None:
     page.get_by_role("tab", name="3 · Train").click()
-    wait_for(lambda: page.locator("#train-run input, #train-run textarea").first.input_value(), 60,
-             "the page to load (it fills the run name)")
+    # the page's load fills the run name, the inputs of the newest run, then the command: typing waits for it
+    wait_for(lambda: "assistant train" in page.locator("#train-command").inner_text(), 120, "the page to load")
     if data is not None:
         fill(page, "train-base", base)
         fill(page, "train-file", data)
@@ -150,7 +154,9 @@ def start_training(page, base: Path, data: Path | None, **knobs) -> None:
     for key, value in knobs.items():
         fill(page, f"train-{key}", value)
     page.locator("#train-start").click()
-    wait_for(lambda: "Started" in page.locator("#train-started").inner_text(), 300, "the training to start")
+    errors = lambda: [t for t in page.locator(".field-error").all_inner_texts() if t.strip()]
+    wait_for(lambda: "Started" in page.locator("#train-started").inner_text(), 300, "the training to start",
+             shown=lambda: f"the form's messages: {errors()}")
 
 
 def _bare_repo(path: Path) -> Path:

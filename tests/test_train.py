@@ -216,7 +216,7 @@ def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_p
     assert proc.wait() == -signal.SIGKILL
     assert not (out / "run.json").exists(), "the run finished before it was killed"
 
-    with pytest.raises(ConfigError, match="already holds a run; add --resume"):
+    with pytest.raises(ConfigError, match="already holds a run; add --resume to continue it, --overwrite"):
         train(load_config(None, args))
     resumed = run_cli("train", *args, "--resume", env={"OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -227,6 +227,30 @@ def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_p
     for step in got:
         assert got[step] == pytest.approx(expected[step], rel=1e-4), step
     assert json.loads((out / "run.json").read_text())["steps"] == 40
+
+
+def test_overwrite_trains_a_finished_run_again_from_the_start(tiny_checkpoint, chats, tmp_path):
+    out = tmp_path / "again"
+    first = overrides(tiny_checkpoint, chats, out, max_steps=3, save_steps=2, eval_steps=0, report_to="none")
+    train(load_config(None, first))
+    (out / "notes.txt").write_text("from the first run")
+    again = overrides(tiny_checkpoint, chats, out, max_steps=2, save_steps=1, eval_steps=0, report_to="none")
+    both = run_cli("train", *again, "--resume", "--overwrite")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr, both.stderr
+    done = run_cli("train", *again, "--overwrite", env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--overwrite: removing the run in" in done.stderr
+    assert sorted(losses(out)) == [1, 2]  # the first run's three steps are gone from the metrics
+    assert json.loads((out / "run.json").read_text())["steps"] == 2
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert not (out / "notes.txt").exists()
+
+    other = tmp_path / "not-a-run"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    refused = run_cli("train", *overrides(tiny_checkpoint, chats, other, max_steps=1), "--overwrite")
+    assert refused.returncode == 1 and "is not empty and holds no run" in refused.stderr, refused.stderr
+    assert (other / "mine.txt").read_text() == "keep me"
 
 
 def test_ctrl_c_names_the_checkpoint_resume_continues_from(tiny_checkpoint, chats, tmp_path):

@@ -161,7 +161,7 @@ def base_commands(cfg: DemoConfig) -> list[str]:
     return [*old, f"cat {files} > {shown(p.base_data)}",
             f"{cli()} tiny {shown(p.init)} --corpus {shown(p.corpus)} {flags}",
             f"{cli()} train --config {shown(cfg.base_preset)} model.base={shown(p.init)} "
-            f"data.train_file={shown(p.base_data)} train.output_dir={shown(p.base)}"]
+            f"data.train_file={shown(p.base_data)} train.output_dir={shown(p.base)} --overwrite"]
 
 
 def write_base_data(cfg: DemoConfig) -> Path:
@@ -210,7 +210,7 @@ def build_base(cfg: DemoConfig) -> Path:
 def finetune_command(cfg: DemoConfig, method: str) -> str:
     p = cfg.paths
     return (f"{cli()} train --config {shown(cfg.identity_preset)} model.base={shown(p.base)} "
-            f"data.train_file={shown(p.data / 'train.jsonl')} train.output_dir={shown(p.run)} quant.method={method}")
+            f"data.train_file={shown(p.data / 'train.jsonl')} train.output_dir={shown(p.run)} quant.method={method} --overwrite")
 
 
 def finetune(cfg: DemoConfig, method: str) -> Path:

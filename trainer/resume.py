@@ -83,19 +83,33 @@ def _readable_checkpoint(checkpoints: list[Path], main: bool) -> Path:
                       "train.output_dir")
 
 
+def _remove_run(run_dir: Path) -> None:
+    """Everything in ``run_dir`` but the lock this training holds: its weights, checkpoints, logs, config."""
+    log.warning("--overwrite: removing the run in %s", run_dir)
+    for path in run_dir.iterdir():
+        if path.name != runlock.LOCK_NAME:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def _remove_partial_checkpoints(folders: list[Path]) -> None:
     for folder in folders:  # a kill while saving leaves a folder without trainer_state.json
         log.warning("removing incomplete checkpoint %s", folder)
         shutil.rmtree(folder)
 
 
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, main: bool = True) -> Path | None:
-    """Check the run folder against --resume; return the checkpoint to resume from. ``main`` cleans up."""
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, main: bool = True,
+                    overwrite: bool = False) -> Path | None:
+    """Check the run folder against --resume; return the checkpoint to resume from. ``main`` cleans up;
+    ``overwrite`` (--overwrite) removes a run the folder holds, to train it again from the start."""
     if not resume:
         names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
         if RUN_INFO_NAME in names or (names and complete_checkpoints(run_dir)):
-            raise ConfigError(f"train.output_dir: {run_dir} already holds a run; add --resume to continue it "
-                              "or choose another train.output_dir")
+            if not overwrite:
+                raise ConfigError(f"train.output_dir: {run_dir} already holds a run; add --resume to continue it, "
+                                  "--overwrite to train it again from the start, or choose another train.output_dir")
+            if main:
+                _remove_run(run_dir)
+            names = {runlock.LOCK_NAME} & names
         partial = list(run_dir.glob("checkpoint-*")) if names else []
         if names - LOG_NAMES - {p.name for p in partial}:
             raise ConfigError(f"train.output_dir: {run_dir} is not empty and holds no run; choose another folder")

@@ -136,17 +136,20 @@ def text_recipe(cfg: RunConfig) -> Recipe:
 
 # ----------------------------------------------------------------------------- train
 
-def train(cfg: RunConfig, *, resume: bool = False, callbacks: tuple = ()) -> Path:
-    """Run one training as ``cfg`` says; return the run folder. ``callbacks`` are extra TrainerCallbacks."""
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, callbacks: tuple = ()) -> Path:
+    """Run one training as ``cfg`` says; return the run folder. ``overwrite`` first removes a run that
+    ``train.output_dir`` holds. ``callbacks`` are extra TrainerCallbacks."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in train.output_dir and --overwrite removes it: give one")
     locks: list[Path] = []  # the run folder's lock while this process writes it: one training per folder
     try:
-        return _train(cfg, resume, callbacks, locks)
+        return _train(cfg, resume, overwrite, callbacks, locks)
     finally:
         for lock in locks:
             runlock.release(lock)
 
 
-def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) -> Path:
+def _train(cfg: RunConfig, resume: bool, overwrite: bool, callbacks: tuple, locks: list[Path]) -> Path:
     # -- setup: fail on config, run folder and data before loading any weights
     run_dir = Path(cfg.train.output_dir).resolve()
     cfg = dataclasses.replace(cfg)  # paths are stored absolute so the run folder works from anywhere
@@ -161,7 +164,7 @@ def _train(cfg: RunConfig, resume: bool, callbacks: tuple, locks: list[Path]) ->
     main = args.process_index == 0  # only the first process writes the run folder's own files
     if main and run_dir.is_dir():  # before prepare_run_dir cleans up what another training may be writing
         locks.append(runlock.acquire(run_dir, ConfigError))
-    checkpoint = prepare_run_dir(run_dir, cfg, resume, main)
+    checkpoint = prepare_run_dir(run_dir, cfg, resume, main, overwrite)
     done_at = checkpoint_step(checkpoint) if checkpoint else 0
     # a schedule that ended at the checkpoint: the Trainer would take one more step before it checks max_steps
     schedule_done = 0 < cfg.train.max_steps <= done_at
