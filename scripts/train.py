@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--overwrite", action="store_true", help="remove the run train.output_dir holds and train it "
                        "again from the start")
     parser.add_argument("--deepspeed", choices=DEEPSPEED_PRESETS, help="DeepSpeed ZeRO preset (sets train.deepspeed)")
-    parser.add_argument("--check", action="store_true", help="validate the config and the paths it names (no model "
-                        "is loaded), print it resolved, and stop")
+    parser.add_argument("--check", action="store_true", help="validate the config, the paths it names and what it "
+                        "needs of this machine (no model is loaded), print it resolved, and stop")
     args = parser.parse_intermixed_args(argv)  # overrides before or after the flags
 
     import yaml
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + ([f"train.deepspeed={args.deepspeed}"] if args.deepspeed else [])
     cfg = load_config(args.config, overrides)
     if args.check:
-        from myassistant.trainer.preflight import missing_paths
+        from myassistant.trainer.preflight import run_problems
 
-        problems = missing_paths(cfg)
+        problems = run_problems(cfg)
         for problem in problems:  # as training says each, one line each
             sys.stderr.write(f"assistant train: error: {problem}\n")
         if problems:

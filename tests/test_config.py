@@ -146,6 +146,10 @@ def test_cli_check_names_each_missing_path_as_training_would(tiny_checkpoint, tm
         f"assistant train: error: {tmp_path / 'no-pictures'}: the image folder does not exist (data.image_folder / "
         "--image-folder)"]
     assert not (tmp_path / "run").exists()
+    if not torch.cuda.is_available():  # QLoRA: what this machine lacks, as training would say it
+        qlora = cli("train", f"model.base={tiny_checkpoint}", f"data.train_file={chats}", "quant.method=qlora", "--check")
+        assert qlora.returncode == 1 and qlora.stderr.startswith(
+            "assistant train: error: quant.method: qlora needs a CUDA GPU with bitsandbytes"), qlora.stderr
 
 
 def test_presets_cli_lists_and_copies(tmp_path):

@@ -1,8 +1,10 @@
-"""The paths a run reads, checked without loading a model: what ``assistant train --check`` reports.
+"""What would stop a run before its first step, checked without loading a model: what ``assistant train --check``
+reports. The paths it reads, and what it needs of this machine (QLoRA: a CUDA GPU and bitsandbytes).
 
 Each check is the first one the loader that training calls makes (``model.read_config`` for a model folder,
-``find_files`` for a data source, the LLaVA reader's for its file and picture folder, the stage-1 projector's),
-so a missing path reads here as training would say it, one line each, all of them at once.
+``find_files`` for a data source, the LLaVA reader's for its file and picture folder, the stage-1 projector's;
+the machine's are the ones training makes), so a problem reads here as training would say it, one line each,
+all of them at once.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from myassistant.trainer.data.corpus import find_files
 from myassistant.trainer.data.formats import DataError
 
 
-def missing_paths(cfg: RunConfig) -> list[str]:
-    """One message per path of ``cfg`` that is not there (or is no model folder where one is needed)."""
+def run_problems(cfg: RunConfig) -> list[str]:
+    """One message per path of ``cfg`` that is not there (or is no model folder where one is needed), and per thing
+    the run needs that this machine lacks."""
     checks: list[Callable[[], object]] = [lambda: read_config(cfg.model.base)]
     if cfg.vision.encoder:
         from myassistant.trainer.multimodal.data import llava_paths
@@ -26,6 +29,10 @@ def missing_paths(cfg: RunConfig) -> list[str]:
     else:
         paths = [s.path for s in cfg.data.sources] or [cfg.data.train_file]
         checks += [lambda path=path: find_files(path) for path in paths]
+    if cfg.quant.method == "qlora":
+        from myassistant.trainer.lora import bnb_config
+
+        checks.append(lambda: bnb_config(cfg.quant))
     problems = []
     for check in checks:
         try:
