@@ -111,6 +111,10 @@ def test_wrong_report_inputs_are_one_line_each(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="chats.jsonl: a file; the report measures a model: give the training run "
                                               "folder"):
         write_report(data_file)
+    data = write_identity_dataset(IdentitySpec(name="Alice", count=8, eval_identity=2, eval_general=2), tmp_path / "d")
+    with pytest.raises(CheckpointError, match="d: identity data .*, not a model; give the training run folder or a "
+                                              "merged model folder first, and this folder as --data"):
+        write_report(data)  # the data folder where the model goes
     with pytest.raises(DataError, match="^--data .*chats.jsonl: a file; it is the folder `assistant data identity` wrote"):
         write_report(tiny_checkpoint, data_file)
     with pytest.raises(DataError, match="nowhere: no such folder$"):

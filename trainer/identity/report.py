@@ -214,6 +214,11 @@ def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, 
                                           "folder (train.output_dir) or a merged model folder")
     if not model_path.is_dir():
         raise model_layer.CheckpointError(f"{model_path}: no such model folder")
+    if (model_path / FILES["meta"]).is_file() and not (model_path / "config.json").is_file():
+        raise model_layer.CheckpointError(
+            f"{model_path}: identity data (the folder `assistant data identity` wrote), not a model; give the "
+            f"training run folder or a merged model folder first, and this folder as --data: assistant report RUN "
+            f"--data {model_path}")
     out = Path(out_dir) if out_dir else model_path
     cfg = run_folder.run_config(model_path)  # read once: the data it was trained on gives --data's default
     train_file = Path(cfg.data.train_file) if cfg is not None and cfg.data.train_file else None
