@@ -295,6 +295,12 @@ def save_config(cfg: RunConfig, path: Path) -> Path:
     return path
 
 
+def changed_settings(cfg: RunConfig) -> list[str]:
+    """``section.key=value`` for each setting of ``cfg`` that is not its default: a run's config in one line."""
+    now, default = cfg.to_dict(), RunConfig().to_dict()
+    return [f"{s}.{k}={v}" for s in now for k, v in now[s].items() if v != default[s][k]]
+
+
 def describe_fields() -> str:
     """Every key with its default and help, one per line (for --help and docs)."""
     lines = []

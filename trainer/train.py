@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import json
 import logging
 import math
 import shutil
@@ -33,7 +32,7 @@ from myassistant.trainer import data as data_lib
 from myassistant.trainer.gpu import fast, graphs
 from myassistant.trainer.callbacks import (EvalPrompts, MetricsFile, ProgressBar, ScheduleOnResume, read_jsonl,
                                           truncate_jsonl)
-from myassistant.trainer.config import ConfigError, RunConfig, save_config
+from myassistant.trainer.config import ConfigError, RunConfig, changed_settings, save_config
 from myassistant.trainer.data.sources import TrainingData, build_training_data
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
 from myassistant.trainer import run_folder, runlock
@@ -201,7 +200,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, callbacks: tuple, lock
     seqs_per_step = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * world
     trainable, total = count_parameters(model)
     steps_per_epoch = math.ceil(len(dataset) / seqs_per_step)
-    log.info("config:\n%s", json.dumps(cfg.to_dict(), indent=1, ensure_ascii=False))
+    log.info("config (the defaults but): %s | all of it: %s", " ".join(changed_settings(cfg)),
+             run_dir / RUN_CONFIG_NAME)
     log.info("method %s | trainable params %s of %s (%.3f%%) | weights %s", cfg.quant.method, f"{trainable:,}",
              f"{total:,}", 100 * trainable / max(total, 1), next(model.parameters()).dtype)
     log.info("data %d records -> %d sequences, %s tokens | effective batch %d seqs (%d x %d accum x %d devices) "
