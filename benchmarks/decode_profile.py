@@ -1,12 +1,13 @@
 """Where a decode step's time goes: per-kernel GPU times of one step (1 and 8 rows) and of a 512-token prefill.
 
-    python3 -m benchmarks.decode_profile [--shape internlm2-1.8b] [--baseline]
+    python3 -m benchmarks.decode_profile [--shape internlm2-1.8b] [--baseline] [--gaps-only]
 
 The engine's decode step is run eagerly (compiled layers, no graph: the same kernels a graph replays)
 under torch.profiler; kernels are grouped by name, GPU microseconds per step. Also: one graphed step
 replayed back to back (GPU time, 1 and 8 rows) and the host side of a first token (templating,
-prefill, first sample). ``--baseline`` runs the same with the fused kernels of chat.gemv off
-(the cuBLAS products and the modules around them).
+prefill, first sample); first of all, where the GPU idles while a reply streams (``gaps``).
+``--baseline`` runs the same with the fused kernels of chat.gemv off (the cuBLAS products and the
+modules around them).
 """
 from __future__ import annotations
 
@@ -44,10 +45,54 @@ def kernels(fn, reps: int = 3, top: int = 25) -> dict:
             "top": [[name, count, round(us, 1)] for name, count, us in rows[:top]]}
 
 
+def gaps(fn, every_us: float = 2.0) -> dict:
+    """Where the GPU waits while ``fn()`` (a whole reply) runs: the trace's kernels and copies against its span.
+
+    ``idle_us_per_step``: GPU time with nothing running, a decode step (a graph launch); ``outside_graph``: the
+    kernels launched one by one (not by a graph replay), GPU microseconds a step; ``largest_gaps``: the longest
+    idle stretches with the kernels on either side.
+    """
+    import json
+    import os
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        events = json.load(open(path))["traceEvents"]
+    runtime = {e.get("args", {}).get("correlation"): e["name"] for e in events if e.get("cat") == "cuda_runtime"}
+    gpu = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")), key=lambda e: e["ts"])
+    steps = sum(1 for name in runtime.values() if name == "cudaGraphLaunch") or 1
+    busy, end, idle, stretches = 0.0, gpu[0]["ts"], 0.0, []
+    for before, event in zip([None, *gpu], gpu):
+        start, stop = event["ts"], event["ts"] + event.get("dur", 0)
+        if start > end:
+            idle += start - end
+            if start - end >= every_us and before is not None:
+                stretches.append((round(start - end, 1), before["name"][:60], event["name"][:60]))
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    outside: dict[str, float] = {}
+    for event in gpu:
+        launcher = runtime.get(event.get("args", {}).get("correlation"), "")
+        if launcher != "cudaGraphLaunch":
+            key = f"{event['name'][:60]} ({launcher or event.get('cat')})"
+            outside[key] = outside.get(key, 0.0) + event.get("dur", 0) / steps
+    stretches.sort(reverse=True)
+    return {"steps": steps, "span_us_per_step": round((end - gpu[0]["ts"]) / steps, 1),
+            "busy_us_per_step": round(busy / steps, 1), "idle_us_per_step": round(idle / steps, 1),
+            "gaps_over_us": every_us, "gaps_per_step": round(len(stretches) / steps, 2),
+            "outside_graph": {k: round(v, 2) for k, v in sorted(outside.items(), key=lambda kv: -kv[1])[:12]},
+            "largest_gaps": stretches[:12]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=SHAPES, default="internlm2-1.8b")
     parser.add_argument("--baseline", action="store_true", help="chat.gemv's fused kernels off")
+    parser.add_argument("--gaps-only", action="store_true", help="only the idle GPU time of a reply (`gaps`)")
     args = parser.parse_args(argv)
     if args.baseline:
         gemv.triton = None
@@ -60,8 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     engine.warm_up()
     short = [{"role": "user", "content": "Tell me about the weather today, please."}]
-    concurrent(engine, short, 8, 16)  # captures the 8-row step
+    if not args.gaps_only:
+        concurrent(engine, short, 8, 16)  # captures the 8-row step
     emit("profile_warm_up", path=label, seconds=round(time.perf_counter() - start, 1))
+    greedy = GenerationSettings(temperature=0, max_new_tokens=128)
+    emit("profile_gaps", path=label, decode_tokens_per_s=round(reply(engine, short, greedy).tokens_per_s, 1),
+         graph_ms=round(step_ms(engine, 1), 3), **gaps(lambda: reply(engine, short, greedy)))
+    if args.gaps_only:
+        return 0
     batch = engine.batch
     with torch.inference_mode():
         for rows in (1, 8):
