@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -80,6 +82,38 @@ class MetricsFile(TrainerCallback):
             logs.update(peak_memory_gib())
         if state.is_world_process_zero:
             append_jsonl(self.path, {"step": state.global_step, **logs, "time": round(time.time(), 3)})
+
+
+class StopAtStepEnd(TrainerCallback):
+    """Ctrl-C stops a training at the end of the step it lands in, a KeyboardInterrupt raised from the loop itself.
+
+    Python drops an interrupt that lands while a finaliser runs ("Exception ignored in ..."), which a busy training
+    often is in, so a raised-where-it-lands Ctrl-C was now and then lost; and a step cut midway keeps nothing.
+    A second Ctrl-C interrupts at once. Where SIGINT is ignored (a background job) or handled by the caller, or
+    off the main thread, it is left alone. ``restore()`` puts the caller's handler back."""
+
+    def __init__(self):
+        self.asked = False
+        self.previous = None
+
+    def _ctrl_c(self, signum, frame):
+        self.asked = True
+        self.restore()
+        sys.stderr.write("\nCtrl-C: stopping at the end of this step (Ctrl-C again stops at once)\n")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._ctrl_c)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.asked:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 class ProgressBar(TrainerCallback):

@@ -30,8 +30,8 @@ from transformers.integrations import TensorBoardCallback
 import myassistant.model as model_layer
 from myassistant.trainer import data as data_lib
 from myassistant.trainer.gpu import fast, graphs
-from myassistant.trainer.callbacks import (EvalPrompts, MetricsFile, ProgressBar, ScheduleOnResume, read_jsonl,
-                                          truncate_jsonl)
+from myassistant.trainer.callbacks import (EvalPrompts, MetricsFile, ProgressBar, ScheduleOnResume, StopAtStepEnd,
+                                          read_jsonl, truncate_jsonl)
 from myassistant.trainer.config import ConfigError, RunConfig, changed_settings, save_config
 from myassistant.trainer.data.sources import TrainingData, build_training_data
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
@@ -229,7 +229,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, callbacks: tuple, lock
     evals = EvalPrompts(tokenizer, cfg.data.eval_prompts, cfg.train.eval_steps, run_dir / EVAL_SAMPLES_NAME,
                         max_new_tokens=cfg.train.eval_max_new_tokens, chat=data.chat,
                         stop_ids=model_layer.stop_token_ids(tokenizer))
-    cbs += [ProgressBar(), evals, *callbacks]
+    ctrl_c = StopAtStepEnd()
+    cbs += [ProgressBar(), evals, ctrl_c, *callbacks]
     pad_id = tokenizer.pad_token_id or 0
     collate = (functools.partial(fast.collate, pad_token_id=pad_id, static=not no_graphs) if use_fast
                else functools.partial(data_lib.collate, pad_token_id=pad_id))
@@ -242,7 +243,10 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, callbacks: tuple, lock
     if schedule_done:  # stopped after its last checkpoint, before run.json: only what the end of training writes
         _finish_from(trainer, checkpoint, evals)
     else:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        finally:
+            ctrl_c.restore()
 
     # -- save: final weights + run.json, each renamed into place when complete
     _save_final(trainer, run_dir, recipe.save)
