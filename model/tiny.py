@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from . import internlm2, spm
-from .checkpoint import written_whole
+from .checkpoint import CheckpointError, written_whole
 from .templates import INTERNLM2_CHAT, INTERNLM2_SPECIAL_TOKENS
 
 _EN = [
@@ -49,13 +50,19 @@ def train_spm_tokenizer(corpus: Iterable[str], out_file: Path, vocab_size: int =
     import sentencepiece as sp  # only needed to build new tokenizers, never to load them
 
     buf = io.BytesIO()
-    sp.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(corpus)), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
-        byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=INTERNLM2_SPECIAL_TOKENS,
-        add_dummy_prefix=add_dummy_prefix, remove_extra_whitespaces=False, normalization_rule_name=normalization, split_digits=True,
-        allow_whitespace_only_pieces=True, num_threads=1, minloglevel=2,
-    )
+    try:
+        sp.SentencePieceTrainer.train(
+            sentence_iterator=iter(list(corpus)), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+            byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=INTERNLM2_SPECIAL_TOKENS,
+            add_dummy_prefix=add_dummy_prefix, remove_extra_whitespaces=False, normalization_rule_name=normalization,
+            split_digits=True, allow_whitespace_only_pieces=True, num_threads=1, minloglevel=2,
+        )
+    except RuntimeError as err:  # sentencepiece's own words, e.g. a vocabulary smaller than the corpus's characters
+        if need := re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(err)):
+            raise CheckpointError(f"a vocabulary of {vocab_size} pieces is too small for the tokenizer's corpus: it "
+                                  f"needs at least {need[1]} (its characters, the 256 bytes, the special tokens)") from None
+        raise CheckpointError(f"training the tokenizer failed: {str(err).splitlines()[-1]}") from None
     model = spm.parse(buf.getvalue())
     if nul_piece:
         # The real InternLM2 tokenizer.model holds a piece with a NUL byte, which sentencepiece

@@ -27,6 +27,20 @@ def not_replaceable(out: Path) -> str | None:
     return None
 
 
+def shape_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the text model's shape flags, named as flags (before a tokenizer is trained)."""
+    sizes = {"--hidden-size": args.hidden_size, "--layers": args.layers, "--heads": args.heads,
+             "--kv-heads": args.kv_heads, "--intermediate-size": args.intermediate_size, "--vocab-size": args.vocab_size}
+    if bad := [f"{flag} {value}" for flag, value in sizes.items() if value < 1]:
+        return f"{', '.join(bad)}: sizes are whole numbers of at least 1"
+    if args.heads % args.kv_heads or args.hidden_size % args.heads:
+        return (f"--heads {args.heads} must be a multiple of --kv-heads {args.kv_heads} and divide --hidden-size "
+                f"{args.hidden_size}")
+    if (args.hidden_size // args.heads) % 2:
+        return f"--hidden-size {args.hidden_size} / --heads {args.heads} is odd; rotary embeddings need an even head size"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="assistant tiny", description=__doc__)
     p.add_argument("out_dir", help="folder to write (an earlier tiny build there is replaced; other files are not)")
@@ -36,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", type=int, default=4, help="num_attention_heads (default 4)")
     p.add_argument("--kv-heads", type=int, default=2, help="num_key_value_heads (default 2)")
     p.add_argument("--intermediate-size", type=int, default=128, help="MLP intermediate_size (default 128)")
-    p.add_argument("--vocab-size", type=int, default=1000, help="sentencepiece BPE target size")
+    p.add_argument("--vocab-size", type=int, default=1000, help="sentencepiece BPE target size (default 1000)")
     p.add_argument("--corpus", help="text file (one sample a line) to train the tokenizer on; default: built-in zh+en")
     p.add_argument("--nul-piece", action="store_true", help="add a vocabulary piece with a NUL byte, as the real InternLM2 one has")
     kind = p.add_mutually_exclusive_group()
@@ -48,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir).resolve()  # "." has no name to make a temporary sibling from
     from myassistant.model import CheckpointError, build_tiny_checkpoint, build_tiny_llava, build_tiny_vision_encoder
 
-    if problem := not_replaceable(out_dir):
+    if problem := not_replaceable(out_dir) or shape_problem(args):
         raise CheckpointError(problem)
 
     if args.llava or args.vision:

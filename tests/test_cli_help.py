@@ -94,6 +94,8 @@ def test_wrong_input_is_named_in_one_line_before_any_work(tmp_path, tiny_checkpo
              (("train", "--config", "configs/tiny_lora_cpu.yaml", f"model.base={missing}",
                f"train.output_dir={tmp_path / 'out'}"), f"{missing}: no such model folder"),
              (("report", str(missing)), f"{missing}: no such model folder"),
+             (("tiny", str(tmp_path / "t1"), "--heads", "3"), "--heads 3 must be a multiple of --kv-heads 2"),
+             (("tiny", str(tmp_path / "t2"), "--vocab-size", "10"), "a vocabulary of 10 pieces is too small"),
              # the file system's refusal of a place a user chose (here a cache under a file): its one line
              (("clone", tiny_checkpoint.as_uri(), "--cache-dir", str(afile / "cache")), "Not a directory")]
     for args, message in cases:
