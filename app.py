@@ -41,6 +41,7 @@ from myassistant.hub import assistant_name, fetch_model, model_info, redact
 log = logging.getLogger("app")
 if __name__ == "__main__":  # before the model loads, so its messages show
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request Gradio makes to its own server
 ROOT = Path(__file__).resolve().parent
 MODEL_REPO = os.environ.get("MODEL_REPO", "").strip()
 MODEL_CACHE = Path(os.environ.get("MODEL_CACHE") or ROOT / ".cache" / "models")

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_short_names)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request Gradio makes to its own server
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)
