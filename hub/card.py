@@ -27,6 +27,22 @@ REPORT_MD = ("report.md", "report/report.md")
 _NOT_HYPER = ("output_dir", "eval_prompts", "train_file", "report_to", "logging_steps", "save_steps",
               "save_total_limit", "eval_steps", "base", "sources", "num_proc")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # what the Hub accepts as front-matter base_model
+_LOCAL_PATH = re.compile(r"^(?:/|~|[A-Za-z]:[\\/])")  # a path on the machine that trained: its folder names say
+# who and where (/home/<user>/...), so a published card keeps only the last part
+
+
+def _public(value: Any) -> Any:
+    """``value`` as a published card shows it: a local absolute path by its last part, anything else as is."""
+    if isinstance(value, str) and _LOCAL_PATH.match(value):
+        return Path(value.rstrip("/\\")).name or value
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    return value
+
+
+def _public_text(markdown: str) -> str:
+    """A report's Markdown with every `local/absolute/path` in code spans cut to its last part."""
+    return re.sub(r"`([^`\n]+)`", lambda m: f"`{_public(m[1])}`", markdown)
 
 
 def _read(folder: Path, names: tuple[str, ...]) -> tuple[Path | None, Any]:
@@ -112,6 +128,7 @@ def model_card(folder: str | Path, *, name: str | None = None) -> str:
                              "tags": ["myassistant", *([str(method)] if method else [])]}
     if base and _HUB_ID.match(str(base)):  # a local path is no Hub id: the table below still names it
         front["base_model"] = str(base)
+    base, dataset = _public(base), _public(dataset)
     parts = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "", f"# {name}", ""]
     kind = "A LoRA adapter" if adapter else "A chat model"
     parts.append(f"{kind} fine-tuned with myassistant" + (f" from `{base}`" if base else "") + ".")
@@ -121,7 +138,7 @@ def model_card(folder: str | Path, *, name: str | None = None) -> str:
     facts = {k: f"{v:.4g}" if isinstance(v, float) else f"`{v}`" for k, v in facts.items() if v not in (None, "")}
     if facts:
         parts += ["", _table(facts, ("", ""))]
-    hyper = {k: v for k, v in flat.items() if k.split(".")[-1] not in _NOT_HYPER and not isinstance(v, dict)
+    hyper = {k: _public(v) for k, v in flat.items() if k.split(".")[-1] not in _NOT_HYPER and not isinstance(v, dict)
              and k not in ("quant.method", "data.format")}
     if not hyper and adapter:
         hyper = {k: adapter[k] for k in ("r", "lora_alpha", "lora_dropout", "target_modules") if k in adapter}
@@ -129,9 +146,10 @@ def model_card(folder: str | Path, *, name: str | None = None) -> str:
         parts += ["", "## Hyper-parameters", "", _table(hyper, ("parameter", "value"))]
     if isinstance(report_md, str) and report_md.strip():
         own_heading = report_md.lstrip().startswith("## ")  # the report's Markdown titles itself
-        parts += ["", *([] if own_heading else ["## Fine-tune report", ""]), report_md.strip()]
+        parts += ["", *([] if own_heading else ["## Fine-tune report", ""]), _public_text(report_md.strip())]
     elif isinstance(report, dict):
-        figures = {k: v for k, v in _flatten(report).items() if isinstance(v, (int, float, str)) and len(str(v)) < 80}
+        figures = {k: _public(v) for k, v in _flatten(report).items()
+                   if isinstance(v, (int, float, str)) and len(str(v)) < 80}
         if figures:
             parts += ["", "## Fine-tune report", "", _table(figures, ("figure", "value"))]
     loader = ("from peft import AutoPeftModelForCausalLM", "AutoPeftModelForCausalLM") if adapter else \

@@ -45,7 +45,7 @@ def test_card_for_an_adapter_without_a_run_config(tmp_path):
     card = model_card(tmp_path, name="adapter")
     meta = _front_matter(card)
     assert meta["library_name"] == "peft" and "base_model" not in meta  # a local path is no Hub id
-    assert "| base model | `/models/internlm2` |" in card
+    assert "| base model | `internlm2` |" in card  # a local folder by its name
     assert "| r | 8 |" in card and "AutoPeftModelForCausalLM" in card
 
 
@@ -73,3 +73,19 @@ def test_title_and_facts_come_from_merge_json(tmp_path):
     for row in ("| method | `qlora` |", "| steps | `120` |", "| final loss | 0.4123 |"):
         assert row in card, row
     assert "\n# other\n" in model_card(tmp_path, name="other")
+
+
+def test_a_published_card_names_local_folders_without_their_paths(tmp_path):
+    """/home/<user>/... says who trained it and where: the card keeps the folder's name only."""
+    (tmp_path / "run_config.yaml").write_text(yaml.safe_dump({
+        "model": {"base": "/home/alice/models/internlm2-chat-1_8b"},
+        "data": {"train_file": "/home/alice/data/identity/train.jsonl"},
+        "vision": {"encoder": "/home/alice/models/clip-vit-large-patch14-336/"}}))
+    (tmp_path / "report.md").write_text("Greedy answers. Model: `/home/alice/runs/alice`; base: "
+                                        "`/home/alice/models/internlm2-chat-1_8b`; prompts: `Who are you?`.\n")
+    card = model_card(tmp_path, name="alice")
+    assert "/home/alice" not in card
+    for shown in ("| base model | `internlm2-chat-1_8b` |", "| data set | `train.jsonl` |",
+                  "| vision.encoder | clip-vit-large-patch14-336 |", "Model: `alice`", "prompts: `Who are you?`"):
+        assert shown in card, shown
+    assert "base_model" not in _front_matter(card)  # a local folder is no Hub id
