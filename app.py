@@ -23,7 +23,9 @@ import html
 import json
 import logging
 import os
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -64,18 +66,31 @@ def source_name() -> str:
     return redact(MODEL_REPO).rstrip("/").removesuffix(".git").rsplit("/", 1)[-1] or MODEL_REPO
 
 
+RETRY_AFTER_S = 30  # a failed clone or load is tried again by the next visitor after this long
+
+
 class Served:
-    """The model folder and its engine, each made once (the first caller makes it, the others wait)."""
+    """The model folder and its engine, each made once (the first caller makes it, the others wait).
+
+    A failure is kept for RETRY_AFTER_S, then tried again: a repo pushed after the app started, or a network that
+    was down at start-up, serves without a restart."""
 
     def __init__(self) -> None:
         self.engine: ChatEngine | None = None
         self.folder: Path | None = None
         self.error: str | None = None
+        self.failed_at = 0.0
         self.lock = threading.RLock()
+
+    def _retry_due(self) -> None:
+        if self.error is not None and not CONFIG_ERROR and time.monotonic() - self.failed_at >= RETRY_AFTER_S:
+            log.info("trying to load the model again (it failed %.0f s ago)", time.monotonic() - self.failed_at)
+            self.error = None
 
     def fetch(self) -> Path | None:
         """The model folder (cloned, downloaded or built); None (and `error` set) when that fails."""
         with self.lock:
+            self._retry_due()
             if self.folder is None and self.error is None:
                 self._attempt(lambda: setattr(self, "folder", fetch_model(MODEL_REPO, MODEL_CACHE) if MODEL_REPO
                                               else ensure_demo_model(DEMO_MODEL_DIR)))
@@ -84,6 +99,7 @@ class Served:
     def get(self) -> ChatEngine | None:
         """The engine; None (and `error` set) when the model cannot be loaded."""
         with self.lock:
+            self._retry_due()
             if self.engine is None and self.fetch() is not None:
                 self._attempt(self._load)
         return self.engine
@@ -102,7 +118,7 @@ class Served:
             # a path the file system refused (DEMO_MODEL_DIR read-only, a disk full) names itself: no traceback
             said = getattr(type(err), "user_error", False) or (isinstance(err, OSError) and err.filename)
             log.error("cannot load the model: %s", err, exc_info=not said)
-            self.error = redact(f"{type(err).__name__}: {err}")
+            self.error, self.failed_at = redact(f"{type(err).__name__}: {err}"), time.monotonic()
 
 
 served = Served()
@@ -124,7 +140,8 @@ def header() -> str:
     heading = f"<h1 id='app-title'>{html.escape(title())}</h1>\n\n"
     if served.error is not None:
         source = f"`{redact(MODEL_REPO)}`" if MODEL_REPO else "unset: the demo model"
-        return heading + f"{load_error_text()}\n\nCheck `MODEL_REPO` (now {source}) and the app's logs."
+        return heading + (f"{load_error_text()}\n\nCheck `MODEL_REPO` (now {source}) and the app's logs; the next "
+                          f"message or page view after {RETRY_AFTER_S} s tries again.")
     engine = served.engine
     if engine is None:
         return heading + "Loading the model…"
@@ -304,8 +321,13 @@ demo = build_page(IMAGES)
 
 
 if __name__ == "__main__":
+    port = int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
     threading.Thread(target=served.get, name="load-model", daemon=True).start()
-    demo.queue().launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if HOSTED else "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
-    )
+    try:
+        demo.queue().launch(server_name=os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if HOSTED else "127.0.0.1"),
+                            server_port=port)
+    except OSError as err:
+        if "empty port" not in str(err):  # gradio's words when the port is taken
+            raise
+        sys.stderr.write(f"app.py: error: port {port} is in use (another app?): set GRADIO_SERVER_PORT to a free one\n")
+        os._exit(1)  # at once: the model may still be loading in its thread, and ending there aborts the process

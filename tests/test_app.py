@@ -200,6 +200,21 @@ def test_an_unloadable_model_gives_a_page_with_the_error(load_app, tmp_path):
     assert "ASSISTANT_DECODE_ROWS='eight'" in app.page_load()[0]
 
 
+def test_a_repo_pushed_after_the_app_started_is_served_without_a_restart(load_app, model_repo, tmp_path):
+    import shutil
+    from urllib.parse import urlparse
+
+    later = tmp_path / "pushed-later.git"
+    app = load_app(MODEL_REPO=later.as_uri())
+    (reply,) = greedy_reply(app, "hello?")
+    assert reply.startswith("⚠️ **The model could not be loaded**")
+    assert "tries again" in app.header()
+    shutil.copytree(urlparse(model_repo).path, later)  # the push lands
+    assert greedy_reply(app, "hello?")[0].startswith("⚠️")  # within RETRY_AFTER_S: the failure is kept
+    app.RETRY_AFTER_S = 0
+    assert not greedy_reply(app, "hello?")[-1].startswith("⚠️") and app.served.engine is not None
+
+
 def test_demo_model_is_built_on_the_first_request_when_nothing_is_configured(load_app, tmp_path):
     app = load_app(DEMO_MODEL_DIR=str(tmp_path / "demo"))
     assert app.served.engine is None and not (tmp_path / "demo").exists()
