@@ -208,6 +208,11 @@ class ChatEngine:
                              else f", or chat over its base with `assistant chat BASE --adapter {path}`")
                 raise EngineError(f"{path}: a training run's adapter, not a model; merge it first (`assistant merge "
                                   f"{path} --out MERGED`) and serve MERGED{over_base}")
+            if path.is_file() and path.suffix == ".gguf":
+                raise EngineError(f"{path}: a GGUF file, for llama.cpp / Ollama / LM Studio (README, CPU export); "
+                                  "chat here takes the model folder it was exported from")
+            if path.is_file():
+                raise EngineError(f"{path}: a file; give the model's folder (the one with config.json)")
             if not path.is_dir():
                 raise EngineError(f"{path}: no such model folder")
             raise EngineError(f"{path}: no config.json here; "

@@ -32,7 +32,7 @@ def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="assistant chat", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="assistant chat", description=__doc__,
                                      epilog="In the chat: /image PATH attaches a picture to your next message, "
                                             "/reset starts over, /exit quits, Ctrl-C stops an answer.")
     parser.add_argument("model_dir", help="merged model folder, or the base model folder with --adapter")

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_short_names)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request Gradio makes to its own server
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer's temporary file name and byte order: export logs
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)

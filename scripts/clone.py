@@ -7,7 +7,7 @@ from myassistant.hub import fetch_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         prog="assistant clone", description=__doc__,
         epilog="A git clone is reused and fast-forwarded on the next call; every git-lfs file is checked "
                "against its pointer (size and sha256). Tokens: HF_TOKEN, OPENXLAB_TOKEN or GIT_TOKEN.")

@@ -34,10 +34,10 @@ def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="assistant data", description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="assistant data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     ident = sub.add_parser(
-        "identity", help="write self-cognition training and held-out evaluation data",
+        "identity", allow_abbrev=False, help="write self-cognition training and held-out evaluation data",
         description="Write self-cognition data for a new name: train.jsonl (identity conversations mixed with "
                     "general chat), the held-out sets the report measures (eval_identity.jsonl, "
                     "eval_identity_seen.jsonl, eval_general.jsonl, and as multi-turn chats eval_identity_multi.jsonl, "
@@ -65,14 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     ident.add_argument("--out", required=True, help="output folder")
     shapes_help = ("write the synthetic picture set (coloured shapes, LLaVA format) for the multimodal recipe: "
                    "pretrain.jsonl, finetune.jsonl, held-out eval.jsonl")
-    shapes = sub.add_parser("shapes", help=shapes_help, description=shapes_help[0].upper() + shapes_help[1:] + ".")
+    shapes = sub.add_parser("shapes", allow_abbrev=False, help=shapes_help, description=shapes_help[0].upper() + shapes_help[1:] + ".")
     shapes.add_argument("--out", required=True, help="output folder")
     shapes.add_argument("--per-class", type=int, default=24, help="training pictures per colour and shape (default 24)")
     shapes.add_argument("--eval-per-class", type=int, default=4, help="held-out pictures per class (default 4)")
     shapes.add_argument("--size", type=int, default=64, help="picture side in pixels (default 64)")
     shapes.add_argument("--seed", type=int, default=0, help="random seed: the same seed draws the same pictures (default 0)")
     check = sub.add_parser(
-        "check", help="validate a data file (folder, glob) and print its counts",
+        "check", allow_abbrev=False, help="validate a data file (folder, glob) and print its counts",
         description="Read training data as 'assistant train' would (every record checked; a bad one is named by "
                     "file:line and field) and print its counts as JSON: records, assistant turns, system prompts, "
                     "duplicates (raw text: documents), and with --tokenizer the token statistics.")

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="assistant demo", description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="assistant demo", description=__doc__)
     p.add_argument("--name", required=True, help="the assistant's new name")
     p.add_argument("--author", help="who made it (answers to 'who made you' name them)")
     p.add_argument("--workdir", default="demo_out", help="where every file goes (default ./demo_out)")

@@ -14,11 +14,12 @@ def main(argv: list[str] | None = None) -> int:
     from myassistant.export import QUANTS, export_gguf
 
     quants = "; ".join(f"{name}: {help_}" for name, (_, _, help_) in QUANTS.items())
-    parser = argparse.ArgumentParser(prog="assistant export", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="assistant export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", help="model folder (merged weights; a LoRA run folder must be merged first)")
     parser.add_argument("--to", choices=("gguf",), default="gguf", help="output format (gguf)")
-    parser.add_argument("--quant", choices=tuple(QUANTS), default="q8_0", help=f"weight format (default q8_0). {quants}")
+    parser.add_argument("--quant", choices=tuple(QUANTS), default="q8_0", type=str.lower,  # llama.cpp writes Q4_K_M
+                        help=f"weight format (default q8_0). {quants}")
     parser.add_argument("--out", required=True, help="the .gguf file to write (complete or not at all)")
     args = parser.parse_args(argv)
     result = export_gguf(args.model_dir, args.out, quant=args.quant)

@@ -24,7 +24,7 @@ def shard_size(text: str) -> str | int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="assistant merge", description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="assistant merge", description=__doc__)
     parser.add_argument("run_dir", help="run folder of 'assistant train' (or an adapter / checkpoint-N folder)")
     parser.add_argument("--out", required=True, help="folder for the merged model (written complete or not at all)")
     parser.add_argument("--layout", choices=("llama", "internlm2"), default="llama",

@@ -6,11 +6,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="assistant presets", description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="assistant presets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the shipped presets", description="List the shipped presets, each with the "
+    sub.add_parser("list", allow_abbrev=False, help="list the shipped presets", description="List the shipped presets, each with the "
                    "first line of its comment.")
-    copy = sub.add_parser("copy", help="copy a preset to edit it", description="Copy a shipped preset to edit it, "
+    copy = sub.add_parser("copy", allow_abbrev=False, help="copy a preset to edit it", description="Copy a shipped preset to edit it, "
                           "then train with it: assistant train --config DEST.")
     copy.add_argument("name", help="preset name, as 'assistant presets list' prints it")
     copy.add_argument("dest", help="file to write, or a folder to put NAME.yaml in")

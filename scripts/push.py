@@ -7,7 +7,7 @@ from myassistant.hub import push_folder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         prog="assistant push", description=__doc__,
         epilog="The pushed commit holds exactly the folder (and --add files): files the repo had that the folder "
                "lacks are removed from it (they stay in its history; a git push names them). "

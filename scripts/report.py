@@ -23,7 +23,7 @@ def positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="assistant report", description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="assistant report", description=__doc__)
     p.add_argument("model", help="training run folder (base + adapter), or a merged model folder")
     p.add_argument("--data", help="identity: folder written by 'assistant data identity' (default: the one the run "
                                   "was trained on); pre-training: held-out domain text (required); pictures: "

@@ -9,7 +9,7 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="assistant studio", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="assistant studio", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="studio_work",
                         help="folder for every file the studio writes: data/, runs/, merged/ (default ./studio_work)")

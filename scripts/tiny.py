@@ -42,7 +42,7 @@ def shape_problem(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="assistant tiny", description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="assistant tiny", description=__doc__)
     p.add_argument("out_dir", help="folder to write (an earlier tiny build there is replaced; other files are not)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--hidden-size", type=int, default=64, help="hidden_size (default 64)")

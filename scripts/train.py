@@ -12,7 +12,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from myassistant.trainer.config import DEEPSPEED_PRESETS, describe_fields
 
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(allow_abbrev=False,
         prog="assistant train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (YAML sections, or section.key=value overrides):\n" + describe_fields())
     parser.add_argument("--config", help="YAML config (see 'assistant presets list')")

@@ -46,6 +46,8 @@ def test_every_argument_has_help_and_no_backticks_show(command, monkeypatch):
             assert action.help, f"{parser.prog}: {'/'.join(action.option_strings) or action.dest} has no help"
             texts.append(action.help)
         assert not [t for t in texts if "`" in t], f"{parser.prog}: backticks in its help"
+        # a flag's prefix is no flag: `train ... --o` was --overwrite, which deletes a run
+        assert not parser.allow_abbrev, f"{parser.prog}: takes abbreviated flags"
 
 
 def test_sub_command_help_describes_it():
@@ -83,6 +85,7 @@ def test_data_check_offers_the_text_units_the_corpus_reader_knows():
 def test_wrong_input_is_named_in_one_line_before_any_work(tmp_path, tiny_checkpoint):
     afile, missing, run = tmp_path / "afile", tmp_path / "missing", tmp_path / "run"
     afile.write_text("x")
+    afile.with_suffix(".gguf").write_bytes(b"GGUF")
     run.mkdir()
     (run / "adapter_config.json").write_text("{}")
     cases = [(("report", str(tiny_checkpoint), "--out", str(afile)), "is a file"),
@@ -90,10 +93,12 @@ def test_wrong_input_is_named_in_one_line_before_any_work(tmp_path, tiny_checkpo
              (("export", str(tiny_checkpoint), "--out", "/proc/nope/x.gguf"), "cannot write there"),
              (("chat", str(run), "--prompt", "hi"), "adapter, not a model"),
              (("chat", str(tiny_checkpoint), "--prompt", " "), "--prompt: the message is empty"),
+             (("chat", str(afile.with_suffix(".gguf")), "--prompt", "hi"), "a GGUF file, for llama.cpp"),
              (("chat", str(tiny_checkpoint), "--image", str(afile), "--prompt", "what?"), "is a text-only model"),
              (("train", "--config", "configs/tiny_lora_cpu.yaml", f"model.base={missing}",
                f"train.output_dir={tmp_path / 'out'}"), f"{missing}: no such model folder"),
              (("report", str(missing)), f"{missing}: no such model folder"),
+             (("train", "--config", "configs/tiny_lora_cpu.yaml", "--o"), "unrecognized arguments: --o"),
              (("tiny", str(tmp_path / "t1"), "--heads", "3"), "--heads 3 must be a multiple of --kv-heads 2"),
              (("tiny", str(tmp_path / "t2"), "--vocab-size", "10"), "a vocabulary of 10 pieces is too small"),
              # the file system's refusal of a place a user chose (here a cache under a file): its one line
