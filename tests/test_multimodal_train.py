@@ -50,6 +50,9 @@ def test_stage_one_changes_only_the_projector(tiny_checkpoint, tiny_vision_encod
     assert len(changed) == 4  # both linear layers, weight and bias: the projector trained
     info = json.loads((run / "run.json").read_text())
     assert (info["stage"], info["adapter"], info["vision_encoder"]) == ("pretrain", False, str(tiny_vision_encoder))
+    readme = (run / "README.md").read_text()  # what the folder holds, and the commands that run as they read
+    assert "LLaVA stage 1 (the projector alone)" in readme and "| projector.safetensors |" in readme
+    assert "config.json" not in readme and f"assistant merge {run} --out" in readme
     saved = load_file(run / "projector.safetensors")
     torch.testing.assert_close(saved["linear_1.weight"], after["model.multi_modal_projector.linear_1.weight"])
 
@@ -59,6 +62,9 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     proc = run_cli("train", *_stage(tiny_checkpoint, tiny_vision_encoder, shapes, s1, "pretrain", "train.max_steps=2"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     other = tmp_path / "another-clip"  # an encoder other than stage 1's (here its copy elsewhere): refused, not trained
+    typo = cli("train", *_stage(tiny_checkpoint, tmp_path / "clip-tny", shapes, s2, "finetune", f"vision.projector={s1}"))
+    assert typo.returncode == 1 and f"vision.encoder {tmp_path / 'clip-tny'}: no such model folder (stage 1" in \
+        typo.stderr, typo.stderr[-2000:]
     shutil.copytree(tiny_vision_encoder, other)
     proc = cli("train", *_stage(tiny_checkpoint, other, shapes, s2, "finetune", f"vision.projector={s1}"))
     assert proc.returncode == 1 and f"trained with vision.encoder={tiny_vision_encoder}, this run has {other}" in \

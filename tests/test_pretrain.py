@@ -231,6 +231,8 @@ def test_mixed_sources_each_keep_their_rule_and_report_dispatches(tiny_checkpoin
     assert f"{corpus}: raw text kept whole" in caplog.text
     assert f"{chats}: instruction data, truncated to max_length=32 (6 of 6 at the limit), packed" in caplog.text
     assert json.loads((run / "run.json").read_text())["kind"] == "mixed"
+    readme = (run / "README.md").read_text()  # what the folder is, and commands that run as they read for its kind
+    assert "incremental pre-training of" in readme and f"assistant report {run} --data HELD_OUT_TEXT" in readme
     saved = load_config(run / "run_config.yaml")
     assert [(s.path, s.kind) for s in saved.data.sources] == [(str(corpus), "text"), (str(chats), "auto")]
 

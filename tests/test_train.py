@@ -80,6 +80,7 @@ def test_lora_run_folder_describes_itself(lora_run, tiny_checkpoint, chats):
     readme = (lora_run / "README.md").read_text()  # ours, not peft's template card
     assert "[More Information Needed]" not in readme and f"base_model: \"{tiny_checkpoint.resolve()}\"" in readme
     assert "library_name: peft" in readme and f"assistant merge {lora_run} --out" in readme and "6 steps" in readme
+    assert f"assistant chat {tiny_checkpoint.resolve()} --adapter {lora_run}" in readme  # an adapter is no model
     rows = [json.loads(line) for line in (lora_run / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "loss" in r]
     assert all(r["tokens_per_s"] > 0 and "learning_rate" in r for r in rows)

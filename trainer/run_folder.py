@@ -127,27 +127,53 @@ def carry(run: Path, out_dir: Path) -> list[str]:
     return copied
 
 
+def _what_it_is(base: str, method: str, info: dict) -> tuple[str, str]:
+    """(the title's description of the run, its weights' row of the file table), from run.json's kind / stage."""
+    tuned = "full-parameter" if method == "full" else method
+    adapter = "| adapter_model.safetensors, adapter_config.json | the LoRA adapter (peft) |"
+    weights = adapter if info.get("adapter") else "| model*.safetensors, config.json | the trained weights |"
+    if info.get("kind") == "pictures":
+        projector = "| projector.safetensors | the vision projector |"
+        if info.get("stage") == "pretrain":
+            return f"LLaVA stage 1 (the projector alone) on {base}", projector
+        return f"LLaVA stage 2 ({tuned}) on {base}", projector + ("\n" + adapter if info.get("adapter") else "")
+    if info.get("kind") in ("pretrain", "mixed"):
+        return f"{tuned} incremental pre-training of {base}", weights
+    return f"a {tuned} fine-tune of {base}", weights
+
+
+def _next_commands(run_dir: Path, base: str, info: dict) -> list[str]:
+    """The commands that use the folder, as they run for its kind (a report's data, merge before chat)."""
+    merged = run_dir.parent / (run_dir.name + "-merged")
+    merge = f"assistant merge {run_dir} --out {merged}"
+    if info.get("kind") == "pictures":
+        return [merge, f"assistant chat {merged} --image PICTURE",
+                f"assistant report {run_dir} --data EVAL_FOLDER_OR_LLAVA_FILE --image-folder PICTURES"]
+    chat = f"assistant chat {base} --adapter {run_dir}" if info.get("adapter") else f"assistant chat {run_dir}"
+    if info.get("kind") in ("pretrain", "mixed"):
+        return [f"assistant report {run_dir} --data HELD_OUT_TEXT", chat, merge]
+    return [f"assistant report {run_dir}", chat, merge]
+
+
 def write_readme(run_dir: Path, base: str, method: str, info: dict) -> Path:
     """README.md of a finished run folder: what it holds and the commands that use it (peft's save writes its
     template card there, fields "[More Information Needed]"), with the front matter a hub reads for an adapter."""
     title = info.get("name") or run_dir.name
-    adapter = bool(info.get("adapter"))
     loss = info.get("final_loss")
-    lines = ["---", f"base_model: {json.dumps(base)}", *(["library_name: peft"] if adapter else []),
+    what, weights = _what_it_is(base, method, info)
+    logs = (f"| {METRICS_NAME}, {EVAL_SAMPLES_NAME} | the training log and the eval prompts' answers |"
+            if (run_dir / EVAL_SAMPLES_NAME).exists() else f"| {METRICS_NAME} | the training log |")
+    lines = ["---", f"base_model: {json.dumps(base)}", *(["library_name: peft"] if info.get("adapter") else []),
              f"tags: [myassistant, {method}]", "---", "",
-             f"# {title}: a {method} fine-tune of {base}", "",
+             f"# {title}: {what}", "",
              f"Written by `assistant train`: {info.get('steps')} steps, final loss "
              f"{'-' if loss is None else f'{loss:.4f}'}, {info.get('tokens_seen') or '-'} tokens seen.", "",
              "| file | what it is |", "|---|---|",
              f"| {RUN_CONFIG_NAME} | the resolved config: base model, method, data, every hyper-parameter |",
-             f"| {RUN_INFO_NAME} | the assistant's name, steps, loss, tokens, time |",
-             ("| adapter_model.safetensors, adapter_config.json | the LoRA adapter (peft) |" if adapter
-              else "| model*.safetensors, config.json | the fine-tuned weights |"),
-             f"| {METRICS_NAME}, {EVAL_SAMPLES_NAME} | the training log and the eval prompts' answers |",
+             f"| {RUN_INFO_NAME} | the assistant's name, steps, loss, tokens, time |", weights,
+             logs,
              "| checkpoint-N/ | checkpoints (`assistant train --resume` continues from the newest) |", "",
-             "Next:", "",
-             f"    assistant report {run_dir}", f"    assistant chat {run_dir}",
-             f"    assistant merge {run_dir} --out {run_dir.parent / (run_dir.name + '-merged')}", ""]
+             "Next:", "", *(f"    {command}" for command in _next_commands(run_dir, base, info)), ""]
     path = run_dir / "README.md"
     tmp = path.with_name("README.md.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
