@@ -184,11 +184,11 @@ def test_resume_keeps_what_the_checkpoints_were_trained_as(lora_run, tiny_checkp
     trained on the other base, after rewriting run_config.yaml, so that merge then used the wrong base); a
     max_steps below the step reached would mark the run finished mid-schedule."""
     saved = (lora_run / "run_config.yaml").read_text()
-    with pytest.raises(ConfigError, match=r"--resume: lora.r differ from .*run_config.yaml.*\(lora.r=8\)"):
+    with pytest.raises(ConfigError, match=r"--resume: the checkpoints were trained with lora.r=8 \(.*run_config.yaml\), and this run changes it"):
         train(load_config(None, [*overrides(tiny_checkpoint, chats, lora_run), "lora.r=4"]), resume=True)
     other_base = tmp_path / "other"
     shutil.copytree(tiny_checkpoint, other_base)
-    with pytest.raises(ConfigError, match="--resume: model.base differ"):
+    with pytest.raises(ConfigError, match="--resume: the checkpoints were trained with model.base=.*, and this run changes it"):
         train(load_config(None, overrides(other_base, chats, lora_run)), resume=True)
     with pytest.raises(ConfigError, match="train.max_steps=2 is below the step checkpoint-6 reached"):
         train(load_config(None, overrides(tiny_checkpoint, chats, lora_run, max_steps=2)), resume=True)

@@ -144,8 +144,8 @@ def _check_resumed_config(saved: Path, cfg: RunConfig) -> None:
     # folder would then name a base its adapter was not trained on)
     fixed = [key for key in changed if key in RESUME_FIXED or key.startswith("lora.") and key not in RESUME_FREE]
     if fixed:
-        raise ConfigError(f"--resume: {', '.join(fixed)} differ from {saved}, which the checkpoints were trained "
-                          f"with ({', '.join(f'{k}={changed[k]!r}' for k in fixed)}); resume with those, or "
-                          "start a new run in another train.output_dir")
+        raise ConfigError(f"--resume: the checkpoints were trained with {', '.join(f'{k}={changed[k]!r}' for k in fixed)} "
+                          f"({saved}), and this run changes {'it' if len(fixed) == 1 else 'them'}; resume with "
+                          f"{'that' if len(fixed) == 1 else 'those'}, or start a new run in another train.output_dir")
     if changed:
         log.warning("resuming with a config that differs from %s in: %s", saved, ", ".join(changed))

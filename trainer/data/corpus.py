@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .formats import DataError
+from .formats import DataError, malformed_line
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def _json_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+            raise malformed_line(path, lineno, line, err) from None
         text = _field(path, str(lineno), record, spec)
         if text.strip():  # an empty document adds nothing (not even its eos)
             yield {"text": text, "last": True}

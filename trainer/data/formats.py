@@ -70,8 +70,17 @@ def read_json_records(path: Path, encoding: str = "utf-8") -> Iterator[tuple[str
         try:
             yield str(lineno), json.loads(line)
         except json.JSONDecodeError as err:
-            hint = _comma_hint(line, err.pos, err.msg) or "; each line must be one complete JSON record"
-            raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno}){hint}") from None
+            raise malformed_line(path, lineno, line, err) from None
+
+
+def malformed_line(path: str | Path, lineno: int, line: str, err: json.JSONDecodeError,
+                   otherwise: str = "; each line must be one complete JSON record") -> DataError:
+    """The error for a JSON Lines line that does not parse: file:line, the column, and what is likely wrong."""
+    what = err.msg.removesuffix(" at")  # json's "Invalid control character at": the column follows here
+    hint = _comma_hint(line, err.pos, err.msg) or (
+        "; a tab or line break inside a string: write it as \\t or \\n" if what == "Invalid control character"
+        else otherwise)
+    return DataError(f"{path}:{lineno}: malformed JSON ({what} at column {err.colno}){hint}")
 
 
 def _comma_hint(text: str, pos: int, msg: str) -> str:

@@ -22,7 +22,7 @@ import torch
 from . import dataset as chat_data
 from .blocks import TextBlocks, tokenize_corpus
 from .corpus import TextSpec, check_file, file_encoding, find_files, with_bom
-from .formats import DataError, _comma_hint, detect_format, read_json_records
+from .formats import DataError, detect_format, malformed_line, read_json_records
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,8 @@ def _first_record(path: Path, spec: TextSpec) -> object:
                 try:
                     return json.loads(line)
                 except json.JSONDecodeError as err:
-                    hint = _comma_hint(line, err.pos, err.msg) or ("; each line must be one complete JSON record, "
-                                                                      "or the file one JSON array")
-                    raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno}){hint}") from None
+                    raise malformed_line(path, lineno, line, err, "; each line must be one complete JSON record, "
+                                                                  "or the file one JSON array") from None
     raise DataError(f"{path}: the file is empty; it needs at least one record")
 
 

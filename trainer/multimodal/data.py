@@ -75,6 +75,9 @@ def llava_paths(path: str | Path, image_folder: str | Path | None = None) -> tup
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     folder = Path(image_folder) if image_folder else path.parent
+    if folder.is_file():
+        raise DataError(f"{folder}: a file; the image folder (data.image_folder / --image-folder) is the folder the "
+                        "records' image paths are relative to")
     if not folder.is_dir():
         raise DataError(f"{folder}: the image folder does not exist (data.image_folder / --image-folder)")
     return path, folder
@@ -100,7 +103,9 @@ def load_llava_records(path: str | Path, image_folder: str | Path | None = None,
             problem = (f"has {placeholders} {IMAGE_TOKEN} placeholder(s) but no image" if not names else
                        f"names {len(names)} image(s) but has no {IMAGE_TOKEN} placeholder" if not placeholders else
                        f"has {placeholders} {IMAGE_TOKEN} placeholders for {len(names)} image(s)")
-            raise DataError(f"{where.prefix}: {problem}; put one {IMAGE_TOKEN} in the question for each image")
+            fix = (f"give the record an \"image\" field, or take the {IMAGE_TOKEN} out" if not names else
+                   f"put one {IMAGE_TOKEN} in the question for each image")
+            raise DataError(f"{where.prefix}: {problem}; {fix}")
         images = [folder / name for name in names]
         for image in images:
             _open(image, where.prefix, decode)
