@@ -102,7 +102,7 @@ ARRAY_WITH_BAD_ROLE = '[\n  {"messages": [{"role": "user", "content": "hi"}, {"r
      "a trailing comma before ']': JSON allows none, delete it"),
     ("comma.jsonl", '{"text": "a",}\n', "comma.jsonl:1: malformed JSON (Expecting property name enclosed in double quotes "
      "at column 14); a trailing comma before '}'"),
-    ("tab.jsonl", '{"text": "a\tb"}\n', "tab.jsonl:1: malformed JSON (Invalid control character at column 11); a tab or "
+    ("tab.jsonl", '{"text": "a\tb"}\n', "tab.jsonl:1: malformed JSON (Invalid control character at column 12); a tab or "
      "line break inside a string: write it as \\t or \\n"),
     ("empty_array.jsonl", "[]\n", "empty_array.jsonl: the file holds no records (an empty JSON array)"),
     ("weights.jsonl", '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "weight": 0}]}\n',
