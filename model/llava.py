@@ -54,8 +54,8 @@ def is_llava(path: str | Path) -> bool:
     return cfg.is_file() and json.loads(cfg.read_text(encoding="utf-8")).get("model_type") == "llava"
 
 
-def load_vision_encoder(path: str | Path, *, dtype=None, device=None) -> tuple[PreTrainedModel, object]:
-    """The vision tower of a CLIP / SigLIP folder (a whole CLIPModel folder works) and its image processor."""
+def check_vision_encoder(path: str | Path) -> dict:
+    """The config of a CLIP / SigLIP folder, checked to be one (with its image processor) without loading weights."""
     folder = Path(path)
     cfg = read_config(folder)
     if cfg["model_type"] not in ENCODERS:
@@ -64,6 +64,13 @@ def load_vision_encoder(path: str | Path, *, dtype=None, device=None) -> tuple[P
     if not (folder / "preprocessor_config.json").is_file():
         raise CheckpointError(f"{folder}: no preprocessor_config.json; the encoder's image processor resizes and "
                               "normalises the pictures (copy it from the encoder's download)")
+    return cfg
+
+
+def load_vision_encoder(path: str | Path, *, dtype=None, device=None) -> tuple[PreTrainedModel, object]:
+    """The vision tower of a CLIP / SigLIP folder (a whole CLIPModel folder works) and its image processor."""
+    folder = Path(path)
+    cfg = check_vision_encoder(folder)
     cls = ENCODERS[cfg["model_type"]][0]
     model = cls.from_pretrained(str(folder), dtype=_resolve_dtype(dtype, cfg), device_map=device,
                                 attn_implementation="sdpa")

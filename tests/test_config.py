@@ -146,6 +146,9 @@ def test_cli_check_names_each_missing_path_as_training_would(tiny_checkpoint, tm
         f"assistant train: error: {tmp_path / 'no-pictures'}: the image folder does not exist (data.image_folder / "
         "--image-folder)"]
     assert not (tmp_path / "run").exists()
+    text_model = cli("train", f"model.base={tiny_checkpoint}", f"data.train_file={chats}", "quant.method=lora",
+                     f"vision.encoder={tiny_checkpoint}", "--check")  # a model folder, but no vision encoder
+    assert text_model.returncode == 1 and "model_type 'internlm2' is not a vision encoder" in text_model.stderr
     if not torch.cuda.is_available():  # QLoRA: what this machine lacks, as training would say it
         qlora = cli("train", f"model.base={tiny_checkpoint}", f"data.train_file={chats}", "quant.method=qlora", "--check")
         assert qlora.returncode == 1 and qlora.stderr.startswith(

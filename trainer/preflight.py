@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from myassistant.model import CheckpointError, read_config
+from myassistant.model import CheckpointError, check_vision_encoder, read_config
 from myassistant.trainer.config import ConfigError, RunConfig
 from myassistant.trainer.data.corpus import find_files
 from myassistant.trainer.data.formats import DataError
@@ -24,7 +24,7 @@ def run_problems(cfg: RunConfig) -> list[str]:
         from myassistant.trainer.multimodal.data import llava_paths
         from myassistant.trainer.multimodal.model import check_projector_source
 
-        checks += [lambda: read_config(cfg.vision.encoder), lambda: check_projector_source(cfg),
+        checks += [lambda: check_vision_encoder(cfg.vision.encoder), lambda: check_projector_source(cfg),
                    lambda: llava_paths(cfg.data.train_file, cfg.data.image_folder or None)]
     else:
         paths = [s.path for s in cfg.data.sources] or [cfg.data.train_file]
