@@ -10,6 +10,7 @@ import importlib.metadata
 import logging
 import shutil
 from pathlib import Path
+from urllib.parse import urlparse
 
 import yaml
 
@@ -17,7 +18,7 @@ from .errors import HubError
 from .git_lfs import PushResult
 from .gitcmd import GIT_TOKEN_ENVS
 from .push import folder_files, push_folder
-from .remote import HF_PREFIX, default_cache_dir, is_git_url, refuse_credentials, slug
+from .remote import HF_PREFIX, default_cache_dir, hf_repo_id, is_git_url, refuse_credentials, slug
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,24 @@ def _front_matter(title: str) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
+def check_app_source(model_repo: str) -> None:
+    """The app clones ``model_repo`` at start-up wherever it runs: a folder of this machine is not there, and a
+    file:// repo must exist before the app can clone it."""
+    push_first = "push the model first (assistant push FOLDER --to REMOTE) and give REMOTE"
+    if model_repo.startswith("file://"):
+        if not Path(urlparse(model_repo).path).exists():
+            raise HubError(f"--model-repo {model_repo}: no repository there; {push_first}")
+        return
+    if is_git_url(model_repo) or model_repo.startswith(HF_PREFIX):
+        return  # a remote: reached from where the app runs, which may not be this machine
+    if Path(model_repo).expanduser().exists():
+        hub = f" (the Hugging Face repo of that name: hf:{model_repo})" if hf_repo_id(model_repo) else ""
+        raise HubError(f"--model-repo {model_repo}: a folder on this machine, which the app cannot clone where it runs; "
+                       f"{push_first}{hub}")
+    if not hf_repo_id(model_repo):
+        raise HubError(f"--model-repo {model_repo}: neither a git URL nor a Hugging Face id (owner/name); {push_first}")
+
+
 def write_app_folder(model_repo: str, out_dir: str | Path, *, title: str | None = None,
                      project_root: str | Path | None = None) -> Path:
     """Write the app repo's files into `out_dir` (replaced as a whole); returns it."""
@@ -60,8 +79,7 @@ def write_app_folder(model_repo: str, out_dir: str | Path, *, title: str | None 
         raise HubError(f"{root}: missing {', '.join(missing)}: push-app copies the project's app from its root "
                        "folder; run it from a checkout of the project (or pass project_root)")
     refuse_credentials(model_repo)
-    if not (is_git_url(model_repo) or model_repo.startswith(HF_PREFIX) or "/" in model_repo):
-        log.warning("model repo %r does not look like a git URL or a Hugging Face id", model_repo)
+    check_app_source(model_repo)
     model_repo = model_repo.removeprefix(HF_PREFIX)
     title = title or model_repo.rstrip("/").removesuffix(".git").rsplit("/", 1)[-1]
     out = Path(out_dir)

@@ -7,8 +7,8 @@ from myassistant.hub import fetch_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(allow_abbrev=False,
-        prog="assistant clone", description=__doc__,
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="assistant clone", description=__doc__,
         epilog="A git clone is reused and fast-forwarded on the next call; every git-lfs file is checked "
                "against its pointer (size and sha256). Tokens: HF_TOKEN, OPENXLAB_TOKEN or GIT_TOKEN.")
     parser.add_argument("source", metavar="SRC",

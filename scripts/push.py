@@ -7,8 +7,8 @@ from myassistant.hub import push_folder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(allow_abbrev=False,
-        prog="assistant push", description=__doc__,
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="assistant push", description=__doc__,
         epilog="The pushed commit holds exactly the folder (and --add files): files the repo had that the folder "
                "lacks are removed from it (they stay in its history; a git push names them). "
                "Tokens come from the environment only: HF_TOKEN for the Hub; OPENXLAB_TOKEN or GIT_TOKEN "

@@ -7,8 +7,8 @@ from myassistant.hub import push_app
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(allow_abbrev=False,
-        prog="assistant push-app", description=__doc__,
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="assistant push-app", description=__doc__,
         epilog="The app repo gets app.py, requirements.txt, packages.txt and a README with Spaces front "
                "matter; at start-up the app clones SRC (override with MODEL_REPO in the app's settings).")
     parser.add_argument("--model-repo", required=True, metavar="SRC",

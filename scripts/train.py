@@ -12,8 +12,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from myassistant.trainer.config import DEEPSPEED_PRESETS, describe_fields
 
-    parser = argparse.ArgumentParser(allow_abbrev=False,
-        prog="assistant train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="assistant train", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (YAML sections, or section.key=value overrides):\n" + describe_fields())
     parser.add_argument("--config", help="YAML config (see 'assistant presets list')")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.max_steps=100")

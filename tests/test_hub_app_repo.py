@@ -83,3 +83,17 @@ def test_push_app_refuses_credentials_in_the_model_repo(tmp_path):
         push_app("https://alice:s3cret-token@example.com/m.git", str(_bare(tmp_path / "a.git")),
                  cache_dir=tmp_path / "cache")
     assert "s3cret-token" not in str(err.value)
+
+
+def test_push_app_refuses_a_model_repo_the_app_could_not_clone(tmp_path):
+    """The app clones MODEL_REPO where it runs (a Space): a folder here, or a repo not pushed yet, is not there."""
+    from myassistant.hub import HubError
+
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    for source, said in ((str(merged), "a folder on this machine"), ("merged", "neither a git URL nor a Hugging Face id"),
+                         ((tmp_path / "later.git").as_uri(), "no repository there")):
+        with pytest.raises(HubError, match=said) as err:
+            push_app(source, str(_bare(tmp_path / f"app-{len(said)}.git")), cache_dir=tmp_path / "cache")
+        assert "push the model first (assistant push FOLDER --to REMOTE) and give REMOTE" in str(err.value)
+    assert not (tmp_path / "cache" / "app").exists() or not any((tmp_path / "cache" / "app").iterdir())
