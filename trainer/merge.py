@@ -98,7 +98,10 @@ def merge(source: str | Path, out_dir: str | Path, *, layout: str = "llama", dty
         info["carried"] = run_folder.carry(run, stage)  # the run's config and report
         run_folder.write_json(stage / MERGE_INFO_NAME, info)
         _replaces_only_a_merge(out_dir, stage)
-    if src.get("adapter"):
+    if src.get("vision_encoder") and not src.get("adapter"):  # LLaVA stage 1: the projector is what it trained
+        log.info("merged %s (its projector) with its base %s and encoder %s -> %s (Llava, %s)", source, src["load"],
+                 src["vision_encoder"], out_dir, dtype)
+    elif src.get("adapter"):
         log.info("merged %s with its base %s -> %s (%s layout, %s)", source, src["load"], out_dir, layout, dtype)
     else:  # a full fine-tune's weights: nothing to merge, only written in the chosen layout
         log.info("wrote %s -> %s (%s layout, %s; a full fine-tune: no adapter to merge)", src["load"], out_dir, layout,
