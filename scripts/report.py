@@ -7,7 +7,8 @@ or mixed with chats): perplexity on held-out domain text and on general chat dat
 text (file, folder or glob). The kind is read from the run (run.json, also in a merged folder); --kind
 overrides it.
 A multimodal (LLaVA) run or merged folder: accuracy on held-out pictures vs the same parts before
-training; DATA is a folder with eval.jsonl ('assistant data shapes') or a LLaVA file with reference answers.
+training, every answer of a record scored after the turns before it; DATA is a folder with eval.jsonl
+('assistant data shapes') or a LLaVA file with reference answers.
 """
 from __future__ import annotations
 

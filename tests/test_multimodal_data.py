@@ -131,3 +131,13 @@ def test_pictures_open_as_a_viewer_shows_them(tmp_path):
     deep = np.asarray(open_picture(tmp_path / "deep.png"))
     assert deep.min() == 0 and deep.max() == 255 and abs(float(deep.mean()) - 127.5) < 2
     assert open_picture(tmp_path / "phone.jpg").size == (40, 80) and read_image(tmp_path / "phone.jpg").size == (40, 80)
+
+
+def test_the_picture_report_scores_every_answer_of_a_record():
+    """A 2-turn record: the colour question is scored as well as the text-only follow-up after it."""
+    from myassistant.trainer.multimodal.report import _turns
+
+    chat = [{"role": "user", "content": "<image>\nWhat colour is the circle?"}, {"role": "assistant", "content": "Red."},
+            {"role": "user", "content": "Is it big?"}, {"role": "assistant", "content": "It is small."}]
+    record = {"messages": chat, "images": ["a.png"]}
+    assert [(len(before), ref) for _, before, ref in _turns([record])] == [(1, "Red."), (3, "It is small.")]
