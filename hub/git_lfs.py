@@ -205,7 +205,11 @@ def _sync_tree(work_dir: Path, files: dict[str, Path], generated: dict[str, byte
             continue  # copied by an earlier push; keeping its stat lets git skip re-hashing it
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(dst.name + ".partial")
-        shutil.copy2(src, tmp)
+        tmp.unlink(missing_ok=True)
+        try:  # a hard link: the work tree costs no disk (git never writes a push work tree's files, it only reads them)
+            os.link(src, tmp)
+        except OSError:  # another file system, or one without links
+            shutil.copy2(src, tmp)
         tmp.replace(dst)
     for rel, data in generated.items():
         (work_dir / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,9 @@ def test_push_clone_roundtrip_noop_and_one_commit_per_change(tmp_path, remote, m
     oid = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
     assert pointer.startswith("version https://git-lfs.github.com/spec/v1") and f"oid sha256:{oid}" in pointer
     assert "base_model: internlm/internlm2-chat-1_8b" in _git(remote, "show", "main:README.md")
+    # the push's work tree links the weights (no second copy on disk; git-lfs keeps its one object)
+    (kept,) = (tmp_path / "cache" / "push").glob("*/model.safetensors")
+    assert kept.stat().st_ino == (model / "model.safetensors").stat().st_ino
 
     again = _assistant(["push", str(model), "--to", remote.as_uri()], env)  # path and file:// URL are one remote
     assert again.returncode == 0 and "already up to date" in again.stdout, again.stderr
