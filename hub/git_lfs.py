@@ -262,7 +262,7 @@ def push_git(files: dict[str, Path], generated: dict[str, bytes], url: str, *, w
     push just runs again (git-lfs skips objects the server already has).
     """
     require_git_lfs()
-    env = git_env(token_env)
+    env = git_env(token_env, url=url)
     shown = strip_credentials(url)
     fresh = not (work_dir / ".git").is_dir()
     try:
@@ -302,7 +302,7 @@ def _checkout_some_branch(work: Path, env: dict[str, str], shown: str) -> None:
 def clone_or_update(url: str, dest: Path, *, token_env: tuple[str, ...] = GIT_TOKEN_ENVS) -> Path:
     """A verified clone of `url` at `dest`: cloned once (resumable), then fetched and fast-forwarded."""
     require_git_lfs()
-    env = git_env(token_env, skip_smudge=True)
+    env = git_env(token_env, skip_smudge=True, url=url)
     shown = strip_credentials(url)
     if (dest / ".git").is_dir():
         try:

@@ -69,7 +69,8 @@ def token_from_env(names: tuple[str, ...] | list[str]) -> str | None:
     return next((os.environ[n] for n in names if os.environ.get(n)), None)
 
 
-def git_env(token_env: tuple[str, ...] | list[str] = GIT_TOKEN_ENVS, *, skip_smudge: bool = False) -> dict[str, str]:
+def git_env(token_env: tuple[str, ...] | list[str] = GIT_TOKEN_ENVS, *, skip_smudge: bool = False,
+            url: str = "") -> dict[str, str]:
     """The environment for git: never prompts; with a token set, a transient credential helper serves it.
 
     The helper is configured through GIT_CONFIG_COUNT/KEY/VALUE, which every git process in the tree
@@ -81,6 +82,9 @@ def git_env(token_env: tuple[str, ...] | list[str] = GIT_TOKEN_ENVS, *, skip_smu
         env["GIT_LFS_SKIP_SMUDGE"] = "1"
     token = token_from_env([n for n in token_env if not n.startswith("HF_")])
     if token:
+        if url.startswith("http://"):
+            log.warning("%s is plain http: the token goes to it unencrypted (use https:// where the server has it)",
+                        strip_credentials(url))
         n = int(env.get("GIT_CONFIG_COUNT") or 0)
         # An empty value first resets any helper from the user's config, so ours is the only one asked.
         for i, value in enumerate(("", _HELPER)):

@@ -91,6 +91,7 @@ def test_wrong_input_is_named_in_one_line_before_any_work(tmp_path, tiny_checkpo
     cases = [(("report", str(tiny_checkpoint), "--out", str(afile)), "is a file"),
              (("data", "identity", "--name", "Bob", "--out", str(afile)), "is a file"),
              (("export", str(tiny_checkpoint), "--out", "/proc/nope/x.gguf"), "cannot write there"),
+             (("export", str(tiny_checkpoint), "--out", f"{tmp_path}/"), f"--out {tmp_path}/: a folder; give the .gguf"),
              (("chat", str(run), "--prompt", "hi"), "adapter, not a model"),
              (("chat", str(tiny_checkpoint), "--prompt", " "), "--prompt: the message is empty"),
              (("chat", str(afile.with_suffix(".gguf")), "--prompt", "hi"), "a GGUF file, for llama.cpp"),
