@@ -62,9 +62,10 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     proc = run_cli("train", *_stage(tiny_checkpoint, tiny_vision_encoder, shapes, s1, "pretrain", "train.max_steps=2"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     other = tmp_path / "another-clip"  # an encoder other than stage 1's (here its copy elsewhere): refused, not trained
-    typo = cli("train", *_stage(tiny_checkpoint, tmp_path / "clip-tny", shapes, s2, "finetune", f"vision.projector={s1}"))
-    assert typo.returncode == 1 and f"vision.encoder {tmp_path / 'clip-tny'}: no such model folder (stage 1" in \
-        typo.stderr, typo.stderr[-2000:]
+    for typo in (str(tmp_path / "clip-tny"), "models/clip-tny"):  # absolute, and relative with one '/' (no hub id)
+        proc = cli("train", *_stage(tiny_checkpoint, typo, shapes, s2, "finetune", f"vision.projector={s1}"))
+        assert proc.returncode == 1 and "clip-tny: no such model folder (stage 1" in proc.stderr, \
+            proc.stderr[-2000:]
     shutil.copytree(tiny_vision_encoder, other)
     proc = cli("train", *_stage(tiny_checkpoint, other, shapes, s2, "finetune", f"vision.projector={s1}"))
     assert proc.returncode == 1 and f"trained with vision.encoder={tiny_vision_encoder}, this run has {other}" in \

@@ -52,7 +52,8 @@ def check_projector_source(cfg: RunConfig) -> None:
     for field, theirs, ours in (("vision.encoder", stage1.vision.encoder, cfg.vision.encoder),
                                 ("model.base", stage1.model.base, cfg.model.base)):
         if theirs and ours and _same_place(theirs) != _same_place(ours):
-            if _local(ours) and not Path(ours).expanduser().exists():  # a typo: not a model to train stage 1 with
+            if not Path(ours).expanduser().exists() and (_local(ours) or Path(theirs).expanduser().exists()):
+                # a typo (stage 1 read a folder here; this one is not there): not a model to train stage 1 with
                 raise ConfigError(f"{field} {ours}: no such model folder (stage 1, {folder}, used {theirs})")
             raise ConfigError(f"vision.projector {folder}: trained with {field}={theirs}, this run has {ours}; "
                               f"use the same {field} as stage 1, or run stage 1 again with {ours}")
