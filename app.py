@@ -98,8 +98,7 @@ class Served:
 
     def get(self) -> ChatEngine | None:
         """The engine; None (and `error` set) when the model cannot be loaded."""
-        with self.lock:
-            self._retry_due()
+        with self.lock:  # fetch() tries a failure again once it is due
             if self.engine is None and self.fetch() is not None:
                 self._attempt(self._load)
         return self.engine

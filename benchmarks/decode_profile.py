@@ -12,6 +12,7 @@ modules around them).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -52,16 +53,13 @@ def gaps(fn, every_us: float = 2.0) -> dict:
     kernels launched one by one (not by a graph replay), GPU microseconds a step; ``largest_gaps``: the longest
     idle stretches with the kernels on either side.
     """
-    import json
-    import os
-
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        events = json.load(open(path))["traceEvents"]
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
     runtime = {e.get("args", {}).get("correlation"): e["name"] for e in events if e.get("cat") == "cuda_runtime"}
     gpu = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")), key=lambda e: e["ts"])
     steps = sum(1 for name in runtime.values() if name == "cudaGraphLaunch") or 1

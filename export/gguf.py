@@ -229,7 +229,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "q8_0") -> 
     """
     if quant not in QUANTS:
         raise ExportError(f"--quant {quant!r} is not one of {', '.join(QUANTS)}")
-    if str(out).endswith(("/", "\\")) or Path(out).expanduser().is_dir() and Path(out).suffix != ".gguf":
+    if str(out).endswith(("/", "\\")) or (Path(out).expanduser().is_dir() and Path(out).suffix != ".gguf"):
         raise ExportError(f"--out {out}: a folder; give the .gguf file to write in it, e.g. "
                           f"{Path(out) / (Path(model_dir).name + '-' + quant + '.gguf')}")
     folder, out = Path(model_dir).expanduser(), Path(out).expanduser()
