@@ -51,7 +51,8 @@ def gaps(fn, every_us: float = 2.0) -> dict:
 
     ``idle_us_per_step``: GPU time with nothing running, a decode step (a graph launch); ``outside_graph``: the
     kernels launched one by one (not by a graph replay), GPU microseconds a step; ``largest_gaps``: the longest
-    idle stretches with the kernels on either side.
+    idle stretches with the kernels on either side; ``idle_by_neighbours``: idle microseconds a step by the
+    kernels before and after.
     """
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
@@ -63,11 +64,14 @@ def gaps(fn, every_us: float = 2.0) -> dict:
     runtime = {e.get("args", {}).get("correlation"): e["name"] for e in events if e.get("cat") == "cuda_runtime"}
     gpu = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")), key=lambda e: e["ts"])
     steps = sum(1 for name in runtime.values() if name == "cudaGraphLaunch") or 1
-    busy, end, idle, stretches = 0.0, gpu[0]["ts"], 0.0, []
+    busy, end, idle, stretches, pairs = 0.0, gpu[0]["ts"], 0.0, [], {}
     for before, event in zip([None, *gpu], gpu):
         start, stop = event["ts"], event["ts"] + event.get("dur", 0)
         if start > end:
             idle += start - end
+            if before is not None:
+                pair = f"{before['name'][:40]} -> {event['name'][:40]}"
+                pairs[pair] = pairs.get(pair, 0.0) + (start - end) / steps
             if start - end >= every_us and before is not None:
                 stretches.append((round(start - end, 1), before["name"][:60], event["name"][:60]))
         busy += max(0.0, stop - max(start, end))
@@ -83,6 +87,7 @@ def gaps(fn, every_us: float = 2.0) -> dict:
             "busy_us_per_step": round(busy / steps, 1), "idle_us_per_step": round(idle / steps, 1),
             "gaps_over_us": every_us, "gaps_per_step": round(len(stretches) / steps, 2),
             "outside_graph": {k: round(v, 2) for k, v in sorted(outside.items(), key=lambda kv: -kv[1])[:12]},
+            "idle_by_neighbours": {k: round(v, 2) for k, v in sorted(pairs.items(), key=lambda kv: -kv[1])[:10]},
             "largest_gaps": stretches[:12]}
 
 

@@ -27,7 +27,7 @@ import torch
 from myassistant.chat.decode import Embed, GenerationSettings
 from myassistant.chat.fast import KVCache, StaticCacheDecoder
 from myassistant.chat.prefill import PrefillGraphs
-from myassistant.chat.sampler import RowParams, apply_repetition_penalty, sample_rows
+from myassistant.chat.sampler import RowParams, apply_repetition_penalty, argmax_rows, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +275,20 @@ class BatchDecoder:
     def _step_logits(self, b: int, length: int) -> torch.Tensor:
         return self.decoder.decode(self.tokens[:b], self.positions[:b], self.cache, length, self.key_index)
 
+    def _step(self, b: int, length: int) -> torch.Tensor:
+        """One decode step and its greedy tail: the logits [b, vocab]; each row's argmax is written as its next
+        input and the live rows' positions advance. The tail is part of the step's CUDA graph: launched one by
+        one, its few small kernels left the GPU idle ~70 us a token between two graphs. Rows that sample
+        overwrite their next input afterwards (`_launch`)."""
+        logits = self._step_logits(b, length)
+        self.tokens[:b].copy_(argmax_rows(logits))
+        self.positions[:b].add_(self.live[:b])
+        return logits
+
     def _graph(self, b: int, length: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # Warm-up on a side stream (compilation, cuBLAS workspaces), then capture. Both run the real
-        # step on the current state, so the cache entries they write are the right ones.
+        # step on the current state, so the cache entries they write are the right ones; the warm-up
+        # leaves out the tail, which would advance the rows.
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -286,13 +297,14 @@ class BatchDecoder:
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            logits = self._step_logits(b, length)
+            logits = self._step(b, length)
         log.info("captured the decode step for %d rows, cache length %d", b, length)
         return graph, logits
 
-    def _logits(self, b: int, length: int) -> torch.Tensor:
+    def _run_step(self, b: int, length: int) -> torch.Tensor:
+        """`_step`, a graph replay where graphs work."""
         if not self.cuda_graphs or self.broken:
-            return self._step_logits(b, length)
+            return self._step(b, length)
         key = (b, length)
         if key not in self.graphs:
             try:
@@ -300,7 +312,7 @@ class BatchDecoder:
             except RuntimeError as err:  # an op that cannot be captured: stay correct without graphs
                 self.broken = f"CUDA graph capture failed: {err}"
                 log.warning("%s; decoding without graphs", self.broken)
-                return self._step_logits(b, length)
+                return self._step(b, length)
         graph, logits = self.graphs[key]
         graph.replay()
         return logits
@@ -317,10 +329,10 @@ class BatchDecoder:
             length = min(-(-longest // CPU_LENGTH_STEP) * CPU_LENGTH_STEP, self.max_len)
         if self.seen is not None and any(c and c.settings.repetition_penalty != 1.0 for c in chats):
             self.seen[torch.arange(b, device=self.device), self.tokens[:b]] = True
-        logits = self._logits(b, length)
-        tokens = self._sample(logits, chats)
-        self.tokens[:b] = tokens
-        self.positions[:b] += self.live[:b]
+        logits = self._run_step(b, length)  # also writes the greedy tokens as next inputs
+        if any(c and (c.generator is not None or c.settings.repetition_penalty != 1.0) for c in chats):
+            self.tokens[:b] = self._sample(logits, chats)
+        tokens = self.tokens[:b]
         for chat in chats:
             if chat is not None:
                 chat.position += 1

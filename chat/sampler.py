@@ -44,13 +44,29 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=-1)`` for [b, vocab] (the first index of each row's largest value) in two reductions.
+
+    torch reduces one long row in a single thread block: 27 us of an H200's time for one row of InternLM2's
+    92,544 logits, 2 % of the 1.8B's decode step. Cut into parts, every part is a row of its own and the
+    reductions spread over the GPU; the first largest part holds the first largest index.
+    """
+    b, vocab = logits.shape
+    parts = next((p for p in (128, 96, 64, 32, 16) if vocab % p == 0), 1)
+    if parts == 1:
+        return logits.argmax(dim=-1)
+    best, where = logits.view(b, parts, vocab // parts).max(dim=-1)
+    part = best.argmax(dim=-1, keepdim=True)
+    return (part * (vocab // parts) + where.gather(-1, part))[:, 0]
+
+
 def sample_rows(logits: torch.Tensor, params: RowParams, noise: torch.Tensor | None) -> torch.Tensor:
     """Token ids [b] for `logits` [b, vocab] (float32) with the settings of rows 0..b-1.
 
     `noise` [b, vocab] ~ Exp(1), or None when every row is greedy.
     """
     b = logits.shape[0]
-    greedy_ids = logits.argmax(dim=-1)
+    greedy_ids = argmax_rows(logits)
     if noise is None:
         return greedy_ids
     scaled = logits / params.temperature[:b, None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from myassistant.chat.sampler import RowParams, apply_repetition_penalty, sample_rows
+from myassistant.chat.sampler import RowParams, apply_repetition_penalty, argmax_rows, sample_rows
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
 
@@ -58,3 +58,13 @@ def test_repetition_penalty_equals_transformers():
     for row, row_ids in enumerate(ids):
         want = RepetitionPenaltyLogitsProcessor(float(penalty[row]))(torch.tensor([row_ids]), logits[row:row + 1].clone())
         assert torch.allclose(ours[row], want[0])
+
+
+def test_argmax_rows_is_torch_argmax_ties_included():
+    generator = torch.Generator().manual_seed(0)
+    for vocab in (92544, 1000, 997):  # InternLM2's, one cut in parts, one that is not
+        logits = torch.randn(3, vocab, generator=generator)
+        logits[1, 5:] = logits[1, 5]  # ties: the first index wins, as torch's
+        logits[2] = -1.0
+        logits[2, [vocab - 1, vocab // 2]] = 4.0
+        assert argmax_rows(logits).tolist() == logits.argmax(dim=-1).tolist()
