@@ -30,15 +30,19 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import gradio as gr
+if (_port := os.environ.get("GRADIO_SERVER_PORT", "").strip()) and not (_port.isdigit() and 0 < int(_port) < 65536):
+    # checked before gradio's import, which reads it and stops with a traceback
+    sys.exit(f"app.py: error: GRADIO_SERVER_PORT={_port!r} is not a port number (1-65535)")
 
-from myassistant.chat import (ChatEngine, EngineError, GenerationSettings, GenerationStats, ServeConfig,
-                              ensure_demo_model)
-from myassistant.chat.engine import read_generation_config
-from myassistant.chat.stream import Pacer
-from myassistant.chat.vision import is_llava, user_message
+import gradio as gr  # noqa: E402
+
+from myassistant.chat import (ChatEngine, EngineError, GenerationSettings, GenerationStats,  # noqa: E402
+                              ServeConfig, ensure_demo_model)
+from myassistant.chat.engine import read_generation_config  # noqa: E402
+from myassistant.chat.stream import Pacer  # noqa: E402
+from myassistant.chat.vision import is_llava, user_message  # noqa: E402
 # redact: URL credentials and token values out of what the page shows
-from myassistant.hub import assistant_name, fetch_model, model_info, redact
+from myassistant.hub import assistant_name, fetch_model, model_info, redact  # noqa: E402
 
 log = logging.getLogger("app")
 if __name__ == "__main__":  # before the model loads, so its messages show

@@ -260,3 +260,19 @@ def test_an_api_caller_may_ask_for_as_many_tokens_as_the_context_holds_and_gets_
         # a client's calls continue one conversation (its session keeps the history): a new client a question
         replies = [Client(url, verbose=False).predict("Who are you?", api_name="/chat") for _ in range(3)]
     assert replies[0] and replies.count(replies[0]) == 3, replies
+
+
+def test_a_bad_or_busy_port_is_one_line(tmp_path):
+    env = {**os.environ, **QUIET_ENV, "GRADIO_SERVER_NAME": "127.0.0.1", "MODEL_REPO": str(tmp_path / "none")}
+    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env={**env, "GRADIO_SERVER_PORT": "abc"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == "app.py: error: GRADIO_SERVER_PORT='abc' is not a port number (1-65535)"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env={**env, "GRADIO_SERVER_PORT": str(port)},
+                              capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1 and f"port {port} is in use" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
