@@ -102,6 +102,10 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     proc = cli("report", str(merged), "--data", str(elsewhere), "--image-folder", str(shapes), "--max-new-tokens", "4",
                "--out", str(elsewhere))
     assert proc.returncode == 0 and json.loads((elsewhere / "report.json").read_text())["fine_tuned"]["n"] == 12
+    (elsewhere / "eval.jsonl").rename(elsewhere / "val.jsonl")  # a folder of someone else's LLaVA files
+    proc = cli("report", str(merged), "--data", str(elsewhere), "--image-folder", str(shapes))
+    assert proc.returncode == 1 and f"no eval.jsonl in it; give the held-out file itself, e.g. --data " \
+        f"{elsewhere / 'val.jsonl'}" in proc.stderr, proc.stderr
 
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)

@@ -199,7 +199,8 @@ class EvalPrompts(TrainerCallback):
                                  do_sample=False, use_cache=True, eos_token_id=self.stop_ids,
                                  pad_token_id=self.tokenizer.pad_token_id,
                                  synced_gpus=is_deepspeed_zero3_enabled())  # ZeRO-3 shards need every rank
-            answer = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            # cut at max_new_tokens inside a character (byte tokens): its bytes end as replacement characters
+            answer = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).rstrip("\ufffd").strip()
             rows.append({"step": state.global_step, "prompt": prompt, "answer": answer})
             # a random or young model's answer may hold control characters: shown escaped, kept as is in the file
             shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in answer)

@@ -98,6 +98,11 @@ def write_picture_report(model_path: str | Path, data_dir: str | Path, *, out_di
     `image_folder`: where the eval file's picture paths start (default: the eval file's folder)."""
     model_path, data_dir = Path(model_path), Path(data_dir)
     eval_file = data_dir / FILES["eval"] if data_dir.is_dir() else data_dir
+    files = sorted(p.name for p in data_dir.glob("*.json*") if p.suffix in (".json", ".jsonl")
+                   and p.name not in (FILES["meta"], "report.json")) if data_dir.is_dir() else []
+    if not eval_file.is_file() and files:  # the folder of other LLaVA files
+        raise DataError(f"--data {data_dir}: no {FILES['eval']} in it; give the held-out file itself, e.g. --data "
+                        f"{data_dir / files[0]} (it holds {', '.join(files[:4])}{' ...' if len(files) > 4 else ''})")
     if not eval_file.is_file():
         raise DataError(f"{eval_file}: missing; the picture report needs held-out questions about pictures "
                         "(a LLaVA file with reference answers), e.g. `assistant data shapes --out DIR`")
