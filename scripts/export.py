@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quant", choices=tuple(QUANTS), default="q8_0", type=str.lower,  # llama.cpp writes Q4_K_M
                         help=f"weight format (default q8_0). {quants}")
     parser.add_argument("--out", required=True, help="the .gguf file to write (complete or not at all)")
+    parser.add_argument("--name", help="the model's name in the file (general.name, shown by llama.cpp and LM Studio; "
+                                       "default: the assistant's name a merged folder records, else the folder's)")
     args = parser.parse_args(argv)
-    result = export_gguf(args.model_dir, args.out, quant=args.quant)
+    result = export_gguf(args.model_dir, args.out, quant=args.quant, name=args.name)
     sys.stdout.write(f"{result.gguf}\n")
     return 0

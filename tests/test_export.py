@@ -77,6 +77,7 @@ def test_gguf_reads_back_as_the_model(tmp_path, tiny_checkpoint, quant, toleranc
     tokenizer = load_tokenizer(tiny_checkpoint)
     config = json.loads((tiny_checkpoint / "config.json").read_text())
     assert field(reader, "general.architecture") == "llama"
+    assert field(reader, "general.name") == tiny_checkpoint.name  # no recorded assistant name: the folder's
     assert field(reader, "llama.block_count") == config["num_hidden_layers"]
     assert field(reader, "llama.attention.head_count_kv") == config["num_key_value_heads"]
     assert field(reader, "llama.rope.freq_base") == pytest.approx(config["rope_theta"])
@@ -159,3 +160,15 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path, ti
         assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "m.Modelfile", "taken.gguf"]
+
+
+def test_the_gguf_is_named_as_the_merged_assistant_or_as_asked(tmp_path, tiny_checkpoint):
+    import shutil
+
+    merged = tmp_path / "merged"
+    shutil.copytree(tiny_checkpoint, merged)
+    (merged / "merge.json").write_text(json.dumps({"name": "Alice"}))
+    out = export_gguf(merged, tmp_path / "a.gguf", quant="f16").gguf
+    assert field(gguf.GGUFReader(out), "general.name") == "Alice"
+    out = export_gguf(merged, out, quant="f16", name="Alice's assistant").gguf  # the same file again: replaced
+    assert field(gguf.GGUFReader(out), "general.name") == "Alice's assistant"
