@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from conftest import ROOT, cli, run_cli
 from myassistant.trainer.config import (DEEPSPEED_PRESETS, SECTIONS, ConfigError, RunConfig, lora_target_modules, load_config,
@@ -125,7 +126,7 @@ def test_cli_check_prints_the_resolved_config(tiny_checkpoint, tmp_path):
     assert resolved["lora"]["r"] == 16 and resolved["lora"]["lora_dropout"] == 0.0
 
 
-def test_cli_check_names_each_missing_path_as_training_would(tiny_checkpoint, tmp_path):
+def test_cli_check_names_each_missing_path_as_training_would(tiny_checkpoint, tiny_vision_encoder, tmp_path):
     """--check passed a config whose model and data were not there; training then stopped at the first of them."""
     chats = tmp_path / "chats.jsonl"
     chats.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
@@ -149,6 +150,19 @@ def test_cli_check_names_each_missing_path_as_training_would(tiny_checkpoint, tm
     text_model = cli("train", f"model.base={tiny_checkpoint}", f"data.train_file={chats}", "quant.method=lora",
                      f"vision.encoder={tiny_checkpoint}", "--check")  # a model folder, but no vision encoder
     assert text_model.returncode == 1 and "model_type 'internlm2' is not a vision encoder" in text_model.stderr
+    pictures = tmp_path / "pictures"  # a LLaVA file whose second picture was cut short (a copy that stopped)
+    pictures.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(pictures / name)
+    (pictures / "b.png").write_bytes((pictures / "b.png").read_bytes()[:60])
+    llava = pictures / "llava.json"
+    llava.write_text(json.dumps([{"image": name, "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Red."}]}
+        for name in ("a.png", "b.png")]))
+    cut = cli("train", f"model.base={tiny_checkpoint}", f"data.train_file={llava}", "quant.method=lora",
+              f"vision.encoder={tiny_vision_encoder}", "--check")
+    assert cut.returncode == 1 and "(record 2)" in cut.stderr and f"image {pictures / 'b.png'} cannot be read" \
+        in cut.stderr, cut.stderr
     if not torch.cuda.is_available():  # QLoRA: what this machine lacks, as training would say it
         qlora = cli("train", f"model.base={tiny_checkpoint}", f"data.train_file={chats}", "quant.method=qlora", "--check")
         assert qlora.returncode == 1 and qlora.stderr.startswith(

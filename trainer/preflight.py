@@ -2,7 +2,8 @@
 reports. The paths it reads, and what it needs of this machine (QLoRA: a CUDA GPU and bitsandbytes).
 
 Each check is the first one the loader that training calls makes (``model.read_config`` for a model folder,
-``find_files`` for a data source, the LLaVA reader's for its file and picture folder, the stage-1 projector's;
+``find_files`` for a data source, the LLaVA reader's for its file and every picture (opened in full, which
+training does step by step), the stage-1 projector's;
 the machine's are the ones training makes), so a problem reads here as training would say it, one line each,
 all of them at once.
 """
@@ -21,11 +22,12 @@ def run_problems(cfg: RunConfig) -> list[str]:
     the run needs that this machine lacks."""
     checks: list[Callable[[], object]] = [lambda: read_config(cfg.model.base)]
     if cfg.vision.encoder:
-        from myassistant.trainer.multimodal.data import llava_paths
+        from myassistant.trainer.multimodal.data import load_llava_records
         from myassistant.trainer.multimodal.model import check_projector_source
 
+        # every record read and every picture opened in full: a truncated file training would decode hours in
         checks += [lambda: check_vision_encoder(cfg.vision.encoder), lambda: check_projector_source(cfg),
-                   lambda: llava_paths(cfg.data.train_file, cfg.data.image_folder or None)]
+                   lambda: load_llava_records(cfg.data.train_file, cfg.data.image_folder or None, decode=True)]
     else:
         paths = [s.path for s in cfg.data.sources] or [cfg.data.train_file]
         checks += [lambda path=path: find_files(path) for path in paths]
