@@ -327,3 +327,32 @@ def test_a_utf8_file_beside_gbk_ones_is_read_as_utf8_and_said(tokenizer, tmp_pat
     chat = {"messages": [{"role": "user", "content": "上海"}, {"role": "assistant", "content": "城市"}]}
     chats.write_text(json.dumps(chat, ensure_ascii=False) + "\n", encoding="utf-8")
     assert load_records(chats, encoding="gb18030")[0]["messages"][0]["content"] == "上海"
+
+
+def test_ctrl_c_while_workers_tokenise_is_one_line(tiny_checkpoint, tmp_path):
+    """Ctrl-C reaches every process of the terminal's group: the tokenising workers stop without a traceback each."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(" ".join(rng.choices(words, k=30)) + "\n" for _ in range(200_000)))
+    proc = subprocess.Popen([sys.executable, "-m", "myassistant.scripts.cli", "data", "check", str(corpus),
+                             "--text-unit", "line", "--tokenizer", str(tiny_checkpoint)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "ASSISTANT_CACHE": str(tmp_path / "cache")})
+    deadline = time.monotonic() + 300
+    while len(subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="], capture_output=True,
+                             text=True).stdout.split()) < 2:  # the worker pool is up: tokenising has begun
+        assert proc.poll() is None and time.monotonic() < deadline, "no tokenising workers came up"
+        time.sleep(0.2)
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "assistant: interrupted", err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert not any((tmp_path / "cache").rglob("tokens.bin"))  # nothing half-written left as a corpus

@@ -24,8 +24,12 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -120,6 +124,27 @@ def tokenize_corpus(path: str | Path, tokenizer, spec: TextSpec = TextSpec(), *,
         raise
 
 
+@contextmanager
+def _ctrl_c_in_this_process_only() -> Iterator[None]:
+    """Ctrl-C goes to every process of the terminal's group: each of datasets' tokenising workers printed its
+    KeyboardInterrupt traceback. The workers, forked inside, inherit this handler and let it pass; this process
+    stops (and datasets ends the pool)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    parent = os.getpid()
+
+    def interrupt(signum: int, frame: object) -> None:
+        if os.getpid() == parent:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _build(files: list[Path], spec: TextSpec, tokenizer, num_proc: int, work: Path, source: str) -> TokenStream:
     import datasets
     import pyarrow.compute as pc
@@ -135,11 +160,12 @@ def _build(files: list[Path], spec: TextSpec, tokenizer, num_proc: int, work: Pa
         cause = err.__cause__ or err.__context__
         raise (cause if isinstance(cause, DataError) else err) from None
     num_proc = max(1, min(num_proc, docs.num_rows // 4096))  # starting a worker costs more than small corpora
-    ids = docs.map(_tokenize, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
-                   fn_kwargs={"tokenizer": tokenizer, "eos": tokenizer.eos_token_id}, remove_columns=["text"],
-                   features=datasets.Features({"last": datasets.Value("bool"),
-                                               "input_ids": datasets.Sequence(datasets.Value("uint32"))}),
-                   new_fingerprint=work.name + "-ids", desc="tokenising")
+    with _ctrl_c_in_this_process_only():
+        ids = docs.map(_tokenize, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
+                       fn_kwargs={"tokenizer": tokenizer, "eos": tokenizer.eos_token_id}, remove_columns=["text"],
+                       features=datasets.Features({"last": datasets.Value("bool"),
+                                                   "input_ids": datasets.Sequence(datasets.Value("uint32"))}),
+                       new_fingerprint=work.name + "-ids", desc="tokenising")
     ends, offset = [], 0
     with open(work / TOKENS_NAME, "wb") as out:
         for table in ids.with_format("arrow").iter(batch_size=16384):
