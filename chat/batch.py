@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from myassistant.chat.publish import to_host
 from myassistant.chat.decode import Embed, GenerationSettings
 from myassistant.chat.fast import KVCache, StaticCacheDecoder
 from myassistant.chat.prefill import PrefillGraphs
@@ -340,7 +341,7 @@ class BatchDecoder:
         if not self.cuda_graphs:
             return chats, tokens.tolist(), None
         host = self.host_tokens[self.steps % 2]
-        host[:b].copy_(tokens, non_blocking=True)
+        to_host(tokens, host[:b])
         event = torch.cuda.Event()
         event.record()
         return chats, host, event
