@@ -341,9 +341,31 @@ class ChatEngine:
         embed = None
         if images:
             prompt_ids, embed = self.vision.prepare(prompt_ids, images)
+        yield from self._text(prompt_ids, dataclasses.replace(settings, max_new_tokens=max(max_new, 1)), cancel, stats,
+                              embed, start)
+
+    def complete(self, text: str, settings: GenerationSettings | None = None, *,
+                 cancel: threading.Event | None = None, stats: GenerationStats | None = None,
+                 **overrides: Any) -> Iterator[str]:
+        """Yield the model's continuation of plain `text` (no chat template) as text deltas: what a pre-trained
+        model, or one pre-trained further on raw text, writes next. A text longer than the context keeps its end."""
+        settings = dataclasses.replace(settings or self.defaults, **overrides)
+        stats = stats if stats is not None else GenerationStats()
+        start = time.perf_counter()
+        ids = self.tokenizer(text)["input_ids"]  # with BOS, as pre-training saw each document
+        keep = max(self.max_context - settings.max_new_tokens, self.max_context // 2)
+        stats.message_cut = len(ids) > keep
+        prompt_ids = ids[:1] + ids[len(ids) - keep + 1:] if stats.message_cut else ids
+        max_new = max(1, min(settings.max_new_tokens, self.max_context - len(prompt_ids)))
+        yield from self._text(prompt_ids, dataclasses.replace(settings, max_new_tokens=max_new), cancel, stats,
+                              None, start)
+
+    def _text(self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event | None,
+              stats: GenerationStats, embed: Embed | None, start: float) -> Iterator[str]:
+        """The new tokens after `prompt_ids` as text deltas, counted in `stats` from `start`."""
         stats.prompt_tokens = len(prompt_ids)
         detokenizer = IncrementalDetokenizer(self.tokenizer)
-        tokens = self.tokens(prompt_ids, dataclasses.replace(settings, max_new_tokens=max(max_new, 1)), cancel, embed)
+        tokens = self.tokens(prompt_ids, settings, cancel, embed)
         try:
             for token_id in tokens:
                 stats.new_tokens += 1

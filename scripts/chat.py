@@ -1,5 +1,6 @@
-"""assistant chat MODEL_DIR: streaming multi-turn chat in the terminal (or one answer with --prompt);
-with a multimodal model, --image PATH (or /image PATH in the chat) asks about a picture."""
+"""assistant chat MODEL_DIR: streaming multi-turn chat in the terminal (or one answer with --prompt, or a plain
+text's continuation with --complete); with a multimodal model, --image PATH (or /image PATH in the chat) asks about
+a picture."""
 from __future__ import annotations
 
 import argparse
@@ -14,11 +15,14 @@ from myassistant.chat.decode import GENERATION_KEYS
 from myassistant.chat.vision import is_llava, read_image, user_message
 
 
-def reply(engine: ChatEngine, messages: list[dict], settings: GenerationSettings) -> str:
-    """Print the streamed answer; Ctrl-C stops it (what was said so far is kept)."""
+def reply(engine: ChatEngine, messages: list[dict] | str, settings: GenerationSettings) -> str:
+    """Print the streamed answer (a plain text's continuation for a str); Ctrl-C stops it (what was said so far is
+    kept)."""
     stats, parts = GenerationStats(), []
+    deltas = engine.complete(messages, settings, stats=stats) if isinstance(messages, str) else \
+        engine.stream(messages, settings, stats=stats)
     try:
-        for delta in engine.stream(messages, settings, stats=stats):
+        for delta in deltas:
             print(delta, end="", flush=True)
             parts.append(delta)
     except KeyboardInterrupt:  # raised inside the decode loop, so generation has stopped
@@ -37,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
                                             "/reset starts over, /exit quits, Ctrl-C stops an answer.")
     parser.add_argument("model_dir", help="merged model folder, or the base model folder with --adapter")
     parser.add_argument("--adapter", help="LoRA adapter folder (peft format) to apply on top of MODEL_DIR")
-    parser.add_argument("--prompt", help="answer this one message and exit")
+    once = parser.add_mutually_exclusive_group()
+    once.add_argument("--prompt", help="answer this one message and exit")
+    once.add_argument("--complete", metavar="TEXT",
+                      help="continue this plain text, no chat template (a pre-trained model), and exit")
     parser.add_argument("--image", action="append", default=[], metavar="PATH",
                         help="a picture for the (first) message; a multimodal model only; may be repeated")
     parser.add_argument("--system", help="system prompt")
@@ -74,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.prompt is not None and not args.prompt.strip() and not args.image:
         parser.error("--prompt: the message is empty")
+    if args.complete is not None and (not args.complete.strip() or args.image or args.system):
+        parser.error("--complete: the text is empty" if not args.complete.strip() else
+                     "--complete continues plain text: no --image or --system (those are chat turns)")
     if args.image and Path(args.model_dir, "config.json").is_file() and not is_llava(Path(args.model_dir)):
         parser.exit(2, f"assistant chat: error: --image: {args.model_dir} is a text-only model; pictures need a "
                        "multimodal (Llava) model\n")
@@ -86,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                                    **given)
     if args.prompt is not None:
         reply(engine, [user_message(args.prompt, args.image)], settings)
+        return 0
+    if args.complete is not None:
+        print(args.complete, end="", flush=True)  # the continuation follows it as the model writes it
+        reply(engine, args.complete, settings)
         return 0
     history: list[dict] = []
     images = list(args.image)  # for the next message

@@ -72,6 +72,19 @@ def test_gpu_loads_in_half_precision_and_streams_the_greedy_generate_tokens(tiny
     assert "".join(engine.stream(ask(CHINESE), GREEDY)) == engine.tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def test_complete_continues_plain_text_as_generate_does(engine, tiny_dir):
+    text = "The weather today 今天"
+    ids = engine.tokenizer(text)["input_ids"]
+    assert ids[0] == engine.tokenizer.bos_token_id and "<|im_start|>" not in engine.tokenizer.decode(ids)
+    want = greedy_generate_ids(engine, ids, GREEDY.max_new_tokens)
+    stats = GenerationStats()
+    assert "".join(engine.complete(text, GREEDY, stats=stats)) == engine.tokenizer.decode(want, skip_special_tokens=True)
+    assert stats.prompt_tokens == len(ids) and stats.new_tokens >= len(want)
+    done = cli("chat", str(tiny_dir), "--complete", text, "--temperature", "0", "--max-new-tokens", "40",
+                   "--device", "cpu")
+    assert done.returncode == 0 and done.stdout.startswith(text), done.stderr[-2000:]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_tokens_reach_pinned_host_memory_through_the_kernel():

@@ -233,6 +233,8 @@ def test_mixed_sources_each_keep_their_rule_and_report_dispatches(tiny_checkpoin
     assert json.loads((run / "run.json").read_text())["kind"] == "mixed"
     readme = (run / "README.md").read_text()  # what the folder is, and commands that run as they read for its kind
     assert "incremental pre-training of" in readme and f"assistant report {run} --data HELD_OUT_TEXT" in readme
+    complete = next(line.strip() for line in readme.splitlines() if "--complete" in line)
+    assert complete.startswith("assistant chat ") and complete.endswith('--complete "THE START OF A TEXT"'), readme
     saved = load_config(run / "run_config.yaml")
     assert [(s.path, s.kind) for s in saved.data.sources] == [(str(corpus), "text"), (str(chats), "auto")]
 

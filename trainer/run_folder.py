@@ -151,7 +151,8 @@ def _next_commands(run_dir: Path, base: str, info: dict) -> list[str]:
                 f"assistant report {run_dir} --data EVAL_FOLDER_OR_LLAVA_FILE --image-folder PICTURES"]
     chat = f"assistant chat {base} --adapter {run_dir}" if info.get("adapter") else f"assistant chat {run_dir}"
     if info.get("kind") in ("pretrain", "mixed"):
-        return [f"assistant report {run_dir} --data HELD_OUT_TEXT", chat, merge]
+        return [f"assistant report {run_dir} --data HELD_OUT_TEXT", f'{chat} --complete "THE START OF A TEXT"',
+                chat, merge]
     return [f"assistant report {run_dir}", chat, merge]
 
 
