@@ -45,6 +45,20 @@ def _public_text(markdown: str) -> str:
     return re.sub(r"`([^`\n]+)`", lambda m: f"`{_public(m[1])}`", markdown)
 
 
+def public_adapter_config(folder: Path) -> bytes | None:
+    """adapter_config.json as it is published, when peft wrote a local absolute base path into it (None: as is).
+
+    On the machine that trained, ``base_model_name_or_path`` is where the base was (/home/<user>/...); elsewhere
+    it names nothing and says who trained where. Published: the folder's name, which a clone loads from beside it
+    (``AutoPeftModelForCausalLM`` reads it relative to the working folder)."""
+    path, config = _read(folder, ("adapter_config.json",))
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not _LOCAL_PATH.match(base):
+        return None
+    log.info("%s: base_model_name_or_path %s published as %s", path, base, _public(base))
+    return (json.dumps({**config, "base_model_name_or_path": _public(base)}, indent=2, ensure_ascii=False) + "\n").encode()
+
+
 def _read(folder: Path, names: tuple[str, ...]) -> tuple[Path | None, Any]:
     for name in names:
         path = folder / name
@@ -161,4 +175,7 @@ def model_card(folder: str | Path, *, name: str | None = None) -> str:
               'path = "PATH"  # a local clone of this repo: `assistant clone <this repo>` prints it',
               f"{'processor' if llava else 'tok'} = {tokenizer}.from_pretrained(path)",
               f"model = {loader[1]}.from_pretrained(path)", "```", ""]
+    if adapter and base and not _HUB_ID.match(str(base)):  # AutoPeft loads the base from where the config says
+        parts[-2:-2] = [f"# the base model loads from the folder `{base}` (adapter_config.json) in the working folder;",
+                        "# or: model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), path)"]
     return "\n".join(parts)

@@ -256,3 +256,15 @@ def test_owner_slash_name_without_hf_says_which_it_may_mean(model):
     assert done.returncode == 1 and done.stderr.strip().endswith(
         "me/alice: no such local repository; a Hugging Face repo is hf:me/alice, a new local one needs "
         "`git init --bare me/alice` first")
+
+
+def test_a_pushed_adapter_names_its_base_without_this_machines_path(tmp_path, remote, model):
+    """peft writes where the base was (/home/<user>/...): published, the folder's name; the folder keeps its file."""
+    config = '{"base_model_name_or_path": "/home/alice/models/internlm2-chat-1_8b", "peft_type": "LORA", "r": 8}'
+    (model / "adapter_config.json").write_text(config)
+    done = cli("push", str(model), "--to", str(remote))
+    assert done.returncode == 0, done.stderr
+    published = _git(remote, "show", "main:adapter_config.json")
+    assert '"base_model_name_or_path": "internlm2-chat-1_8b"' in published and "/home/alice" not in published
+    assert "/home/alice" not in _git(remote, "show", "main:README.md")
+    assert (model / "adapter_config.json").read_text() == config
