@@ -147,7 +147,21 @@ def live_text(run_dir: Path) -> str:
     checkpoints = complete_checkpoints(run_dir)
     if checkpoints and state in ("stopped", "failed"):
         parts.append(f"resumable from {checkpoints[-1].name}")
+    if state == "failed" and (why := failure(run_dir)):
+        parts.append("\n\n⚠ `" + why.replace("`", "'") + "`")  # a code span: paths keep their _ and *
     return " · ".join(parts)
+
+
+def failure(run_dir: Path) -> str | None:
+    """Why the studio's training of ``run_dir`` failed: its log's error line (else its last line)."""
+    try:
+        with log_path(run_dir).open("rb") as log:
+            log.seek(max(0, log.seek(0, 2) - 8192))
+            lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    errors = [line for line in lines if line.startswith("assistant ") and ": error: " in line]
+    return (errors or lines or [None])[-1]
 
 
 def read_report(folder: Path) -> dict | None:

@@ -110,14 +110,16 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
                                 eval_identity=int(eval_id or 0), eval_general=int(eval_gen or 0), seed=int(seed_ or 0))
         except DataError as err:
             return [*errors(**{_field_of(str(err)): one_line(err)}), *keep]
-        out = ws.data / slug(spec.name)
-        if out.exists():
-            shutil.rmtree(out)  # the form is the source of truth: regenerate the folder as a whole
-        write_identity_dataset(spec, out)
+        out = ws.data / (slug(spec.name) or "identity")  # a name of symbols only ("???", emoji): no folder name
+        if out.exists() and not (out / FILES["meta"]).is_file():  # only ever rewrite what Generate wrote
+            return [*errors(name=f"{ws.rel(out)} holds other files; give the assistant another name"), *keep]
+        again = out.exists()
+        write_identity_dataset(spec, out)  # its files written anew in place (each whole or not at all)
         meta = json.loads((out / FILES["meta"]).read_text(encoding="utf-8"))
         records = load_records(out / FILES["train"])
         rows = [[k, v] for k, v in meta["counts"].items()]
-        shown = note(f"Wrote `{ws.rel(out)}` ({len(records)} training conversations). Same as: "
+        shown = note(f"{'Wrote again' if again else 'Wrote'} `{ws.rel(out)}` ({len(records)} training conversations"
+                     f"{'; runs trained on it before now point to this data' if again else ''}). Same as: "
                      f"`assistant data identity --name {spec.name} ... --out {ws.rel(out)}`")
         return [*errors(), shown, duplicate_warning(records, FILES["train"]), rows, preview(records),
                 str(out / FILES["train"]), str(out)]

@@ -135,13 +135,21 @@ def check(ws: Workspace, preset: str, run: str, base: str, train_file: str, over
         except Exception as err:  # noqa: BLE001 - DataError names file:line and the field
             problems["train_file"] = one_line(err)
     try:
-        load_config(preset_path(preset), overrides_)
+        cfg = load_config(preset_path(preset), overrides_)
     except ConfigError as err:
         for problem in str(err).split(" problem(s): ", 1)[-1].split("; "):
             field = next((KEY_FIELD[k] for k in KEY_FIELD if f"{k}:" in problem or f"'{k}=" in problem), None)
             if field is None and problem.startswith("override"):
                 field = "extra"
             problems.setdefault(field or "general", re.sub(r"^override '[^']*': ", "", problem))
+    else:
+        if cfg.quant.method == "qlora":  # what this machine lacks, as training would say it at its start
+            from myassistant.trainer.lora import bnb_config
+
+            try:
+                bnb_config(cfg.quant)
+            except ConfigError as err:
+                problems[KEY_FIELD.get("quant.method", "general")] = str(err).removeprefix("quant.method: ")
     return problems
 
 

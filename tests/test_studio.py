@@ -88,3 +88,32 @@ def test_a_new_pages_defaults_never_blank_what_was_typed_meanwhile(tmp_path):
             for u in fresh_inputs(ws, "run-1", "", "")] == ["unchanged"] * 3  # nothing to fill: nothing overwritten
     (ws.runs / "run-1").mkdir()
     assert fresh_inputs(ws, "run-1", "", "")[0] == "run-2"
+
+
+def test_a_failed_run_says_why_under_its_plot(tmp_path):
+    """A run that stops at its first check (here a base model that is not there) showed only "✗ failed · step 0"."""
+    from myassistant.studio import jobs, runs
+
+    run = tmp_path / "runs" / "q-1"
+    args = ["train", "--config", str(ROOT / "configs" / "tiny_lora_cpu.yaml"), f"model.base={tmp_path / 'nowhere'}",
+            f"train.output_dir={run}"]
+    jobs.start(args, cwd=tmp_path, job_file=runs.job_path(run), log_file=runs.log_path(run)).wait(timeout=300)
+    shown = runs.live_text(run)
+    assert "failed" in shown and f"⚠ `assistant train: error: {tmp_path / 'nowhere'}: no such model folder`" in shown, \
+        shown
+
+
+def test_start_names_what_this_machine_lacks_before_it_starts(tmp_path, tiny_checkpoint):
+    import torch
+
+    from myassistant.studio.tab_train import check
+    from myassistant.studio.ui import Workspace
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+    problems = check(Workspace(tmp_path / "ws"), "tiny_lora_cpu", "q-1", str(tiny_checkpoint), str(chats),
+                     ["quant.method=qlora"])
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine may have what QLoRA needs")
+    assert problems == {"method": "qlora needs a CUDA GPU with bitsandbytes, and a CUDA GPU is missing; use "
+                                  "quant.method=lora on CPU (same adapter, full-precision base)"}

@@ -63,9 +63,10 @@ def _kill_jobs(ws: Path) -> None:
 def running_studio(tmp_path: Path):
     ws, port = tmp_path / "ws", _free_port()
     log = (tmp_path / "studio.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "myassistant.scripts.cli", "studio", "--workdir", str(ws),
-                             "--port", str(port)], cwd=tmp_path, env=_env(tmp_path), stdout=log,
-                            stderr=subprocess.STDOUT)
+    # with SIGINT ignored, as `studio &` in a script or a notebook's `!... &` starts it: Stop still stops a training
+    proc = subprocess.Popen(["sh", "-c", 'trap "" INT; exec "$0" "$@"', sys.executable, "-m", "myassistant.scripts.cli",
+                             "studio", "--workdir", str(ws), "--port", str(port)], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 120
@@ -199,6 +200,21 @@ def test_the_whole_pipeline_in_the_browser(tmp_path):
         expect_text(page, "no duplicate records")
         assert "Alice" in page.locator("#data-samples").inner_text()
         page.screenshot(path=str(ARTIFACTS / "studio_2_data.png"), full_page=True)
+        # a name of symbols only once wrote into data/ itself (and removed every file there); a folder of other
+        # files of the same name is not Generate's to rewrite
+        (ws / "data" / "mine.jsonl").write_text("{}\n")
+        (ws / "data" / "bob").mkdir()
+        (ws / "data" / "bob" / "notes.txt").write_text("keep")
+        fill(page, "data-name", "Bob")
+        page.locator("#data-generate").click()
+        expect_text(page, "data/bob holds other files; give the assistant another name")
+        fill(page, "data-name", "???")
+        page.locator("#data-generate").click()
+        expect_text(page, "Wrote `data/identity`")
+        assert (ws / "data" / "mine.jsonl").is_file() and (ws / "data" / "bob" / "notes.txt").is_file()
+        fill(page, "data-name", "Alice")
+        page.locator("#data-generate").click()
+        expect_text(page, "Wrote again `data/alice`")
 
         # 3. train: a bad knob starts nothing; then a few steps, the loss plot drawn again as they come
         page.get_by_role("tab", name="3 · Train").click()
