@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -27,6 +28,16 @@ JOB_NAME = "job.json"
 CLI = (sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
        "from myassistant.scripts.cli import main; sys.exit(main())")
 STOP_GRACE_S = 20  # after SIGINT (KeyboardInterrupt in the job), SIGKILL if it is still running
+
+
+def job_error(log: str) -> str:
+    """The one-line error a failed ``assistant`` job printed (or its last line)."""
+    for line in reversed(log.splitlines()):
+        m = re.match(r"assistant [\w-]+: error: (.*)", line)
+        if m:
+            return m[1]
+    lines = [ln for ln in log.splitlines() if ln.strip() and not ln.startswith("[exit")]
+    return lines[-1] if lines else "the job failed"
 
 
 def shown(args: list[str]) -> str:

@@ -157,15 +157,6 @@ def failure(run_dir: Path) -> str | None:
     try:
         with log_path(run_dir).open("rb") as log:
             log.seek(max(0, log.seek(0, 2) - 8192))
-            lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+            return jobs.job_error(log.read().decode(errors="replace"))
     except OSError:
-        return None
-    errors = [line for line in lines if line.startswith("assistant ") and ": error: " in line]
-    return (errors or lines or [None])[-1]
-
-
-def read_report(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
         return None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from myassistant.chat import ChatEngine, GenerationSettings
+from myassistant.chat import ChatEngine, EngineError, GenerationSettings
 from myassistant.chat.stream import Pacer
 from myassistant.model import ADAPTER_CONFIG
 from myassistant.studio import runs
@@ -26,9 +26,11 @@ _lock = threading.Lock()
 def resolve(ws: Workspace, target: str) -> tuple[Path, Path | None, str | None]:
     """(model folder, adapter folder or None, base folder for the side-by-side) of a run or merged folder."""
     folder = ws.path(target)
+    if not folder.is_dir():
+        raise EngineError(f"{target}: no such folder")
     base = base_model(folder)  # from the run's (or the merged folder's carried) run_config.yaml
     if base is None and not (folder / "config.json").exists():
-        raise ValueError(f"{target}: no run_config.yaml or adapter_config.json names its base model")
+        raise EngineError(f"{target}: no run_config.yaml or adapter_config.json names its base model")
     if (folder / ADAPTER_CONFIG).exists():  # a finished LoRA / QLoRA run
         return Path(base), folder, base
     if (folder / "config.json").exists():  # a merged model (or a full fine-tune run)
@@ -36,7 +38,7 @@ def resolve(ws: Workspace, target: str) -> tuple[Path, Path | None, str | None]:
     checkpoints = complete_checkpoints(folder)
     if checkpoints and (checkpoints[-1] / ADAPTER_CONFIG).exists():  # a stopped run: its newest checkpoint
         return Path(base), checkpoints[-1], base
-    raise ValueError(f"{target}: no adapter, no model weights and no checkpoint yet; wait for the training "
+    raise EngineError(f"{target}: no adapter, no model weights and no checkpoint yet; wait for the training "
                      "to save one, or pick another run")
 
 

@@ -9,7 +9,7 @@ from myassistant.hub.remote import hf_repo_id, is_git_url
 from myassistant.model import load_tokenizer, read_config
 from myassistant.model.checkpoint import weight_files
 from myassistant.studio import jobs
-from myassistant.studio.ui import Workspace, error_slot, job_error, note, one_line, show
+from myassistant.studio.ui import Workspace, error_slot, note, one_line, show
 
 FAMILIES = {"internlm2": "InternLM2 (loaded as Llama, no remote code)", "llama": "Llama", "qwen2": "Qwen2",
             "mistral": "Mistral", "gemma": "Gemma", "phi3": "Phi-3"}
@@ -116,7 +116,7 @@ def build(ws: Workspace) -> dict:
                 yield (show(None), note(f"Cloning `{text}` …", "run"), gr.update(value=log, visible=True),
                        gr.update(), gr.update(), gr.update())
         if not log.rstrip().endswith("[exit 0]"):
-            yield failed(job_error(log), log)
+            yield failed(jobs.job_error(log), log)
             return
         try:
             yield shown(Path(jobs.last_stdout_line(log)))

@@ -10,7 +10,7 @@ import gradio as gr
 
 from myassistant.hub import redact
 from myassistant.studio import jobs, runs
-from myassistant.studio.ui import Workspace, error_slot, job_error, note, show
+from myassistant.studio.ui import Workspace, error_slot, note, show
 
 TOKEN_HELP = ("Blank = from the studio's environment (HF_TOKEN for hf: targets, OPENXLAB_TOKEN / GIT_TOKEN for git). "
               "A typed token is handed to the push process only; never shown, logged or saved.")
@@ -82,7 +82,7 @@ def build(ws: Workspace) -> dict:
                 yield (show(None), show(None), note(f"Merging … `{jobs.shown(args)}`", "run"), gr.update(),
                        gr.update(value=text, visible=True), gr.update())
         if not text.rstrip().endswith("[exit 0]"):
-            yield show(None), show(job_error(text)), "", gr.update(), gr.update(value=text, visible=True), gr.update()
+            yield show(None), show(jobs.job_error(text)), "", gr.update(), gr.update(value=text, visible=True), gr.update()
             return
         yield (show(None), show(None), note(f"Merged into `{ws.rel(out_dir)}` (`{jobs.shown(args)}`)"), "",
                gr.update(value=text, visible=False), ws.rel(out_dir))
@@ -107,7 +107,7 @@ def build(ws: Workspace) -> dict:
         messages = {"running": note(f"Pushing the model … `{jobs.shown(args)}`", "run"),
                     "ok": note(f"Pushed `{folder_}` to `{redact(remote_.strip())}`"), "failed": ""}
         for state, text in pushed(args, secrets_for(remote_, token_), token_):
-            error = job_error(text) if state == "failed" else None
+            error = jobs.job_error(text) if state == "failed" else None
             yield show(None), show(error), messages[state], gr.update(value=text, visible=True)
 
     def on_push_app(app_: str, remote_: str, token_: str, private_: bool):
@@ -122,7 +122,7 @@ def build(ws: Workspace) -> dict:
         messages = {"running": note(f"Pushing the app … `{jobs.shown(args)}`", "run"), "failed": "",
                     "ok": note(f"Pushed the app for `{redact(remote_.strip())}` to `{redact(app_.strip())}`")}
         for state, text in pushed(args, secrets_for(app_, token_), token_):
-            error = job_error(text) if state == "failed" else None
+            error = jobs.job_error(text) if state == "failed" else None
             yield show(error), messages[state], gr.update(value=text, visible=True)
 
     merge.click(on_merge, [run, out, dtype], [run_err, out_err, merge_status, status, log, folder])

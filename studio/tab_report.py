@@ -5,7 +5,7 @@ import gradio as gr
 import pandas as pd
 
 from myassistant.studio import jobs, runs
-from myassistant.studio.ui import Workspace, error_slot, job_error, note, show
+from myassistant.studio.ui import Workspace, error_slot, note, show
 from myassistant.trainer import run_folder
 from myassistant.trainer.identity.report import cell
 
@@ -79,7 +79,7 @@ def build(ws: Workspace, data_dir: gr.Textbox) -> dict:
                 yield (show(None), show(None), note(f"Measuring `{target_}` … (`{jobs.shown(args)}`)", "run"),
                        gr.update(), gr.update(), gr.update(), gr.update(value=log_text, visible=True))
         if not log_text.rstrip().endswith("[exit 0]"):
-            yield show(job_error(log_text)), show(None), "", gr.update(), gr.update(), gr.update(), \
+            yield show(jobs.job_error(log_text)), show(None), "", gr.update(), gr.update(), gr.update(), \
                 gr.update(value=log_text, visible=True)
             return
         rows, frame, ex = report_views(runs.read_report(ws.path(target_)))

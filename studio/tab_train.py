@@ -6,8 +6,10 @@ is ``tab_runs``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shlex
 
 import gradio as gr
 
@@ -226,7 +228,10 @@ def build(ws: Workspace, base_folder: gr.Textbox, data_file: gr.Textbox) -> dict
     def on_change(*values):
         preset_, run_, base_, file_, extra_, form = form_of(values)
         args = train_args(ws, preset_, overrides(ws, preset_, run_, base_, file_, form, extra_))
-        return jobs.shown(args)
+        if not (ws.presets / f"{preset_}.yaml").exists():  # the command reads it: runs as shown before any Start
+            with contextlib.suppress(ConfigError, OSError):
+                copy_preset(preset_, ws.presets)
+        return f"cd {shlex.quote(str(ws.root))} && {jobs.shown(args)}"  # its paths are the workspace's
 
     def on_preset(name: str):
         try:

@@ -57,16 +57,6 @@ def one_line(err: BaseException) -> str:
     return text if getattr(type(err), "user_error", False) else f"{type(err).__name__}: {text}"
 
 
-def job_error(log: str) -> str:
-    """The one-line error a failed ``assistant`` job printed (or its last line)."""
-    for line in reversed(log.splitlines()):
-        m = re.match(r"assistant [\w-]+: error: (.*)", line)
-        if m:
-            return m[1]
-    lines = [ln for ln in log.splitlines() if ln.strip() and not ln.startswith("[exit")]
-    return lines[-1] if lines else "the job failed"
-
-
 def slug(text: str) -> str:
     """A folder name from free text (a run or data name)."""
     return re.sub(r"[^\w.-]+", "-", text.strip()).strip("-.").lower()

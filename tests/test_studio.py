@@ -99,7 +99,7 @@ def test_a_failed_run_says_why_under_its_plot(tmp_path):
             f"train.output_dir={run}"]
     jobs.start(args, cwd=tmp_path, job_file=runs.job_path(run), log_file=runs.log_path(run)).wait(timeout=300)
     shown = runs.live_text(run)
-    assert "failed" in shown and f"⚠ `assistant train: error: {tmp_path / 'nowhere'}: no such model folder`" in shown, \
+    assert "failed" in shown and f"⚠ `{tmp_path / 'nowhere'}: no such model folder`" in shown, \
         shown
 
 

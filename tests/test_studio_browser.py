@@ -210,11 +210,11 @@ def test_the_whole_pipeline_in_the_browser(tmp_path):
         expect_text(page, "data/bob holds other files; give the assistant another name")
         fill(page, "data-name", "???")
         page.locator("#data-generate").click()
-        expect_text(page, "Wrote `data/identity`")
+        expect_text(page, "Wrote data/identity")
         assert (ws / "data" / "mine.jsonl").is_file() and (ws / "data" / "bob" / "notes.txt").is_file()
         fill(page, "data-name", "Alice")
         page.locator("#data-generate").click()
-        expect_text(page, "Wrote again `data/alice`")
+        expect_text(page, "Wrote again data/alice")
 
         # 3. train: a bad knob starts nothing; then a few steps, the loss plot drawn again as they come
         page.get_by_role("tab", name="3 · Train").click()
@@ -223,7 +223,12 @@ def test_the_whole_pipeline_in_the_browser(tmp_path):
         expect_text(page, "train.learning_rate: expected a number")
         assert not (ws / "runs" / "run-1").exists()
         fill(page, "train-lr", "0.002")
-        assert "model.base=" in page.locator("#train-command").inner_text()
+        shown = page.locator("#train-command").inner_text().strip()
+        assert shown.startswith(f"cd {ws} && assistant train --config presets/") and "model.base=" in shown
+        # pasted into a terminal (before any Start), it runs: here its --check
+        checked = subprocess.run(shown.replace("&& assistant ", f"&& {sys.executable} -m myassistant.scripts.cli ")
+                                 + " --check", shell=True, capture_output=True, text=True, env=_env(tmp_path))
+        assert checked.returncode == 0, checked.stderr
         start_training(page, base, None, max_steps=40, logging_steps=1, save_steps=20, eval_steps=20)
         drawn = set()
 
