@@ -12,6 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from .errors import HubError, strip_credentials
 from .gitcmd import GIT_TOKEN_ENVS, git, git_env, require_git_lfs
@@ -284,7 +285,20 @@ def push_git(files: dict[str, Path], generated: dict[str, bytes], url: str, *, w
         raise HubError(f"{err}. The commit is kept in {work_dir}; once fixed, run the same command again to "
                        "resume (LFS objects already uploaded are skipped)") from err
     log.info("pushed %s to %s (%s)", head[:10], shown, branch)
+    _head_to_pushed_branch(url, branch, env)
     return PushResult(shown, head, True, work_dir)
+
+
+def _head_to_pushed_branch(url: str, branch: str, env: dict[str, str]) -> None:
+    """A bare repo on this machine whose HEAD names no branch (`git init --bare` names master; we push main) cloned
+    with plain `git clone` as an empty folder ("remote HEAD refers to nonexistent ref"): its HEAD is pointed at the
+    branch pushed. A server's HEAD is the server's."""
+    if not url.startswith("file://"):
+        return
+    repo = Path(unquote(urlparse(url).path))
+    head = git(["symbolic-ref", "-q", "HEAD"], cwd=repo, env=env, check=False).stdout.strip()
+    if head and git(["rev-parse", "-q", "--verify", head], cwd=repo, env=env, check=False).returncode != 0:
+        git(["symbolic-ref", "HEAD", f"refs/heads/{branch}"], cwd=repo, env=env, what="pointing HEAD at the branch")
 
 
 def _checkout_some_branch(work: Path, env: dict[str, str], shown: str) -> None:

@@ -268,3 +268,14 @@ def test_a_pushed_adapter_names_its_base_without_this_machines_path(tmp_path, re
     assert '"base_model_name_or_path": "internlm2-chat-1_8b"' in published and "/home/alice" not in published
     assert "/home/alice" not in _git(remote, "show", "main:README.md")
     assert (model / "adapter_config.json").read_text() == config
+
+
+def test_a_plain_git_clone_of_a_bare_repo_pushed_to_checks_out_the_model(tmp_path, model):
+    """`git init --bare` names master as HEAD; the push goes to main: `git clone` made an empty folder."""
+    bare = tmp_path / "made-with-master.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "master", str(bare)], check=True)
+    assert cli("push", str(model), "--to", str(bare)).returncode == 0
+    cloned = subprocess.run(["git", "clone", "-q", str(bare), str(tmp_path / "plain")], capture_output=True, text=True,
+                            env={**os.environ, "GIT_LFS_SKIP_SMUDGE": "1"})
+    assert cloned.returncode == 0 and "nonexistent ref" not in cloned.stderr, cloned.stderr
+    assert (tmp_path / "plain" / "config.json").read_text() == (model / "config.json").read_text()
