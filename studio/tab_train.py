@@ -23,6 +23,8 @@ from myassistant.trainer.run_folder import RUN_INFO_NAME
 from myassistant.trainer.resume import complete_checkpoints
 
 DEFAULT_PRESET = "tiny_lora_cpu"
+REAL_MODEL_PRESET = "internlm2_chat_1_8b_qlora_assistant"  # for a base that is no tiny test model, on a GPU
+TINY_HIDDEN = 512  # widest hidden size the tiny presets' settings (big steps for random weights) are meant for
 # form field -> the config key it sets (the rest of the config comes from the preset)
 KNOBS = {"method": "quant.method", "epochs": "train.num_train_epochs", "lr": "train.learning_rate", "rank": "lora.r",
          "max_length": "data.max_length"}
@@ -241,6 +243,22 @@ def build(ws: Workspace, base_folder: gr.Textbox, data_file: gr.Textbox) -> dict
         return [gr.update(info=list_presets().get(name)),
                 *[gr.update(value=_text(values[f]) if f == "lr" else values[f]) for f in comps]]
 
+    def on_base(base_: str, preset_: str):
+        """A real base model with a tiny model's preset (learning rate 2e-3, short samples): the GPU recipe's
+        preset where there is a GPU, else a word under the dropdown."""
+        try:
+            hidden = read_config(ws.path(base_)).get("hidden_size") or 0
+        except Exception:  # noqa: BLE001 - no model there yet: the Start check names it
+            return gr.update()
+        if hidden <= TINY_HIDDEN or not preset_.startswith("tiny_"):
+            return gr.update()
+        import torch
+
+        if torch.cuda.is_available() and REAL_MODEL_PRESET in list_presets():
+            return gr.update(value=REAL_MODEL_PRESET)
+        return gr.update(info=f"⚠ {preset_} is for tiny test models (big steps for random weights); this base has "
+                              f"hidden size {hidden}: lower the learning rate (e.g. 2e-4) and raise max_length")
+
     def on_start(*values):
         preset_, run_, base_, file_, extra_, form = form_of(values)
         over = overrides(ws, preset_, run_, base_, file_, form, extra_)
@@ -259,6 +277,7 @@ def build(ws: Workspace, base_folder: gr.Textbox, data_file: gr.Textbox) -> dict
     preset.change(on_preset, preset, [preset, *comps.values()])
     start.click(on_start, form_inputs, [*[slots[k] for k in SLOTS], started, started_run])
     base_folder.change(lambda v: v, base_folder, base)
+    base.change(on_base, [base, preset], preset)
     data_file.change(lambda v: v, data_file, train_file)
     return {"started_run": started_run, "run": run, "base": base, "train_file": train_file, "command": command, "form_inputs": form_inputs, "on_change": on_change}
 
