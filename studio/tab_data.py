@@ -47,6 +47,16 @@ def preview(records: list[dict], n: int = 8) -> list[list[str]]:
     return rows
 
 
+def _kept_copy(uploaded: Path, folder: Path) -> Path:
+    """The upload copied into the workspace's data folder; a different file of its name there is kept (name-2...)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kept, n = folder / uploaded.name, 2
+    while kept.exists() and kept.read_bytes() != uploaded.read_bytes():
+        kept, n = folder / f"{uploaded.stem}-{n}{uploaded.suffix}", n + 1
+    shutil.copyfile(uploaded, kept)
+    return kept
+
+
 def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column(variant="panel"):
@@ -76,7 +86,8 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
         with gr.Column(variant="panel"):
             gr.Markdown("### …or bring your own file\nOpenAI messages, XTuner, Alpaca, ShareGPT or raw text; a JSON array, "
                         "JSON Lines or `.txt`. Checked as `assistant data check` does.")
-            upload = gr.File(label="Upload a data file", file_types=[".json", ".jsonl", ".txt"], height=120)
+            upload = gr.File(label="Upload a data file", file_types=[".json", ".jsonl", ".txt"], height=120,
+                             elem_id="data-upload")
             path = gr.Textbox(label="…or a path on this machine", placeholder="data/my_chats.jsonl", elem_id="data-path")
             path_err = error_slot()
             with gr.Row():
@@ -125,10 +136,10 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
                 str(out / FILES["train"]), str(out)]
 
     def on_check(uploaded, path_, fmt_, max_len, base):
-        keep = [gr.update()] * 6
+        keep = [gr.update()] * 7
         file = Path(uploaded) if uploaded else (ws.path(path_) if (path_ or "").strip() else None)
         if file is None:
-            return [show("upload a file or type its path"), *keep]
+            return [show("upload a file or type its path"), "", *keep[1:]]
         tokenizer, note_tok = None, ""
         try:
             records = load_records(file, fmt_)
@@ -139,18 +150,16 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
                 note_tok = " Token statistics use the base model's tokenizer."
             stats = describe(records, tokenizer, int(max_len or 2048))
         except Exception as err:  # noqa: BLE001 - DataError names file:line and field; anything else one line
-            return [show(one_line(err)), *keep]
-        if uploaded:  # keep a copy in the workspace: the upload's temp file does not last
-            ws.data.mkdir(parents=True, exist_ok=True)
-            kept = ws.data / Path(uploaded).name
-            shutil.copyfile(uploaded, kept)
-            file = kept
+            return [show(one_line(err)), "", *keep[1:]]  # no earlier file's "valid" beside this error
+        if uploaded:  # a copy in the workspace (the upload's temp file does not last), named in the path box:
+            file = _kept_copy(Path(uploaded), ws.data)  # the next Check reads what is typed there
         rows = [[k, v] for k, v in stats.items()]
         return [show(None), note(f"`{file}` is valid: {stats['records']} records.{note_tok}"),
-                duplicate_warning(records, file.name), rows, preview(records), str(file), gr.update()]
+                duplicate_warning(records, file.name), rows, preview(records), str(file), gr.update(),
+                None if uploaded else gr.update(), ws.rel(file) if uploaded else gr.update()]
 
     generate.click(on_generate, [name, author, persona, languages, ratio, count, system, eval_identity, eval_general,
                                  seed], [*slots.values(), status, duplicates, counts, samples, train_file, data_dir])
     check.click(on_check, [upload, path, fmt, max_length, base_folder],
-                [path_err, status, duplicates, counts, samples, train_file, data_dir])
+                [path_err, status, duplicates, counts, samples, train_file, data_dir, upload, path])
     return {"train_file": train_file, "data_dir": data_dir}

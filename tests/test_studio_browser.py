@@ -189,6 +189,19 @@ def test_the_whole_pipeline_in_the_browser(tmp_path):
         page.locator("#data-generate").click()
         expect_text(page, "give the assistant a name")
         assert not any((ws / "data").iterdir())
+        # a file of one's own: uploaded, checked, kept in the workspace and named in the path box; a path typed
+        # after it is what the next Check reads, and its error stands alone
+        chats = tmp_path / "my chats.jsonl"
+        chats.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+        page.locator("#data-upload input[type=file]").set_input_files(str(chats))
+        page.locator("#data-check").click()
+        expect_text(page, "is valid: 1 records")
+        wait_for(lambda: page.locator("#data-path input, #data-path textarea").first.input_value()
+                 == "data/my chats.jsonl", 60, "the kept copy named in the path box")
+        fill(page, "data-path", tmp_path / "nothing.jsonl")
+        page.locator("#data-check").click()
+        expect_text(page, "nothing.jsonl: no such data file")
+        assert page.get_by_text("is valid").count() == 0
         fill(page, "data-name", "Alice")
         fill(page, "data-author", "Bob")
         fill(page, "data-count", 40)
@@ -223,7 +236,7 @@ def test_the_whole_pipeline_in_the_browser(tmp_path):
         expect_text(page, "train.learning_rate: expected a number")
         assert not (ws / "runs" / "run-1").exists()
         fill(page, "train-lr", "0.002")
-        shown = page.locator("#train-command").inner_text().strip()
+        shown = next(line for line in page.locator("#train-command").inner_text().splitlines() if line.startswith("cd "))
         assert shown.startswith(f"cd {ws} && assistant train --config presets/") and "model.base=" in shown
         # pasted into a terminal (before any Start), it runs: here its --check
         checked = subprocess.run(shown.replace("&& assistant ", f"&& {sys.executable} -m myassistant.scripts.cli ")
