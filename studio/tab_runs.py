@@ -9,6 +9,7 @@ import gradio as gr
 
 from myassistant.studio import chart, jobs, runs
 from myassistant.studio.ui import Workspace, error_slot, note, show
+from myassistant.trainer import runlock
 from myassistant.trainer.run_folder import RUN_CONFIG_NAME
 
 RUN_COLUMNS = ["run", "status", "step", "loss", "method", "base", "started"]
@@ -82,7 +83,10 @@ def build(ws: Workspace, started_run: gr.Textbox) -> dict:
         if not name:
             return show("pick a run"), ""
         if not jobs.stop(runs.job_path(ws.runs / name)):
-            return show(f"{name} is not a training the studio is running"), ""
+            if (pid := runlock.holder(ws.runs / name)) is not None:  # started from a terminal: its Ctrl-C is there
+                return show(f"{name} was started outside the studio (pid {pid}): stop it with Ctrl-C where it runs, "
+                            f"or `kill -INT {pid}` (it stops at the end of its step)"), ""
+            return show(f"{name} is not training"), ""
         return show(None), note(f"Stopping **{name}** (Ctrl-C to the training); Resume continues from its last "
                                 "checkpoint.", "info")
 
