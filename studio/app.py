@@ -55,10 +55,15 @@ def launch(workdir: str | Path, *, host: str = "127.0.0.1", port: int = 7861, sh
     warn_if_exposed(host, share)
     demo = build(workdir)
     try:
+        # quiet unless shared (gradio prints the public link): its hint "set share=True in launch()" is no flag here
         demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, share=share, auth=login,
-                                                       inbrowser=open_browser, theme=THEME, css=CSS,
-                                                       footer_links=[], show_error=False)
+                                                       inbrowser=open_browser, theme=THEME, css=CSS, quiet=not share,
+                                                       footer_links=[], show_error=False, prevent_thread_lock=True)
     except OSError as err:
         if "empty port" not in str(err):  # gradio's words when the port is taken
             raise
         raise StudioError(f"port {port} on {host} is in use (another studio or app?): pass --port N") from None
+    if not share:
+        print(f"assistant studio: {demo.local_url} (workspace {Path(workdir).resolve()}); Ctrl-C stops it; "
+              "--share --auth user:password gives a public link", flush=True)
+    demo.block_thread()
