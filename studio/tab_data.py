@@ -139,7 +139,7 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
         keep = [gr.update()] * 7
         file = Path(uploaded) if uploaded else (ws.path(path_) if (path_ or "").strip() else None)
         if file is None:
-            return [show("upload a file or type its path"), "", *keep[1:]]
+            return [show("upload a file or type its path"), "", *keep]
         tokenizer, note_tok = None, ""
         try:
             records = load_records(file, fmt_)
@@ -150,7 +150,7 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
                 note_tok = " Token statistics use the base model's tokenizer."
             stats = describe(records, tokenizer, int(max_len or 2048))
         except Exception as err:  # noqa: BLE001 - DataError names file:line and field; anything else one line
-            return [show(one_line(err)), "", *keep[1:]]  # no earlier file's "valid" beside this error
+            return [show(one_line(err)), "", *keep]  # no earlier file's "valid" beside this error
         if uploaded:  # a copy in the workspace (the upload's temp file does not last), named in the path box:
             file = _kept_copy(Path(uploaded), ws.data)  # the next Check reads what is typed there
         rows = [[k, v] for k, v in stats.items()]
