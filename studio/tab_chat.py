@@ -70,7 +70,7 @@ def build(ws: Workspace) -> dict:
 
     def on_load(target_: str | None):
         if not target_:
-            return show("pick a run or a merged model"), ""
+            return show("pick a run or a merged model"), "", gr.update()
         try:
             model_dir, adapter, base_dir = resolve(ws, target_)
             if runs.status(ws.path(target_)) in ("running", "starting") and adapter is not None:
@@ -85,9 +85,9 @@ def build(ws: Workspace) -> dict:
                     _engines["base"] = ChatEngine.from_pretrained(base_dir, quantize="none")
                 _loaded.update({"fine-tuned": target_, "base": str(base_dir or "")})
         except Exception as err:  # noqa: BLE001 - the loader's one-line error next to the field
-            return show(one_line(err)), ""
+            return show(one_line(err)), "", gr.update()
         where = f"base `{ws.rel(base_dir)}`" if base_dir else "no base found to compare with"
-        return show(None), note(f"Loaded **{target_}**{note_} and {where}.")
+        return show(None), note(f"Loaded **{target_}**{note_} and {where}."), show(None)  # no "load a model first"
 
     def on_send(text: str, tuned_hist: list, base_hist: list, temp: float, max_new_: float, system_: str):
         if not (text or "").strip():
@@ -119,7 +119,7 @@ def build(ws: Workspace) -> dict:
                 hists[key][-1]["content"] = "(no text: the model ended its reply at once)"
         yield show(None), "", hists["fine-tuned"], hists["base"]
 
-    load.click(on_load, target, [target_err, status])
+    load.click(on_load, target, [target_err, status, message_err])
     send_args = (on_send, [message, tuned, base, temperature, max_new, system], [message_err, message, tuned, base])
     send.click(*send_args)
     message.submit(*send_args)

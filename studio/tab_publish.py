@@ -97,7 +97,9 @@ def build(ws: Workspace) -> dict:
 
     def on_push(folder_: str, remote_: str, token_: str, private_: bool):
         if not (folder_ or "").strip() or not (ws.path(folder_) / "config.json").exists():
-            yield show("a model folder (merge a run first)"), show(None), "", gr.update()
+            yield show(f"{folder_}: no model here (no config.json); merge a run first and push the merged folder"
+                       if (folder_ or "").strip() else "pick a merged model folder (merge a run first)"), \
+                show(None), "", gr.update()
             return
         if not (remote_ or "").strip():
             yield show(None), show("where to push: a git URL, a bare repo path or hf:owner/name"), "", gr.update()

@@ -66,8 +66,9 @@ def build(ws: Workspace, data_dir: gr.Textbox) -> dict:
             yield show("pick a run (or a merged model folder)"), show(None), *keep
             return
         if not (data_ or "").strip() or not (ws.path(data_) / "meta.json").exists():
-            yield show(None), show("the folder written by the Data tab's Generate (it holds meta.json and the "
-                                   "held-out sets)"), *keep
+            yield show(None), show(f"{data_}: no identity data here (no meta.json); pick the folder the Data tab's "
+                                   "Generate wrote (it holds the held-out sets)" if (data_ or "").strip() else
+                                   "pick the folder the Data tab's Generate wrote (it holds the held-out sets)"), *keep
             return
         if runs.status(ws.path(target_)) in ("running", "starting"):
             yield show(f"{target_} is still training"), show(None), *keep
