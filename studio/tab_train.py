@@ -232,7 +232,7 @@ def build(ws: Workspace, base_folder: gr.Textbox, data_file: gr.Textbox) -> dict
         args = train_args(ws, preset_, overrides(ws, preset_, run_, base_, file_, form, extra_))
         if not (ws.presets / f"{preset_}.yaml").exists():  # the command reads it: runs as shown before any Start
             with contextlib.suppress(ConfigError, OSError):
-                copy_preset(preset_, ws.presets)
+                copy_preset(preset_, ws.presets / f"{preset_}.yaml")
         return f"cd {shlex.quote(str(ws.root))} && {jobs.shown(args)}"  # its paths are the workspace's
 
     def on_preset(name: str):
