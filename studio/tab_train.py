@@ -145,7 +145,9 @@ def check(ws: Workspace, preset: str, run: str, base: str, train_file: str, over
             field = next((KEY_FIELD[k] for k in KEY_FIELD if f"{k}:" in problem or f"'{k}=" in problem), None)
             if field is None and problem.startswith("override"):
                 field = "extra"
-            problems.setdefault(field or "general", re.sub(r"^override '[^']*': ", "", problem))
+            said = re.sub(r"^override '[^']*': ", "", problem) if field != "extra" else problem
+            field = field or "general"
+            problems[field] = f"{problems[field]}; {said}" if field in problems else said  # every one, not the first
     else:
         if cfg.quant.method == "qlora":  # what this machine lacks, as training would say it at its start
             from myassistant.trainer.lora import bnb_config
