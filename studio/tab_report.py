@@ -10,6 +10,11 @@ from myassistant.trainer import run_folder
 from myassistant.trainer.identity.report import cell
 
 
+def bars(frame: pd.DataFrame | None):
+    """The chart's update: its bars in the table's order (a plot sorts names alphabetically by default)."""
+    return gr.update(value=frame, sort=None if frame is None else list(frame["measure"]))
+
+
 def report_views(rep: dict | None) -> tuple[list[list], pd.DataFrame | None, list[list]]:
     """(table rows, bar-chart frame, example answers) of a report.json."""
     if not rep or "figures" not in rep:  # None, not an empty frame: that would fix the chart's colours to none
@@ -22,7 +27,9 @@ def report_views(rep: dict | None) -> tuple[list[list], pd.DataFrame | None, lis
             for side, values in (("fine-tuned", f["fine_tuned"]), ("base", f["base"])):
                 if values and values.get("all") is not None:
                     # one bar per (measure, model): bars of one x would be stacked, adding the two up
-                    bars.append({"measure": f"{f['label']} · {side}", "percent": round(100 * values["all"], 1),
+                    # short names (the table has the long ones) that say which way is good
+                    short = key.replace("_", " ") + (" (lower is better)" if key.startswith("leak") else "")
+                    bars.append({"measure": f"{short} · {side}", "percent": round(100 * values["all"], 1),
                                  "model": side})
     examples = [list(e) for e in rep.get("examples", [])]
     return rows, pd.DataFrame(bars), examples
@@ -58,7 +65,10 @@ def build(ws: Workspace, data_dir: gr.Textbox) -> dict:
         folder = ws.path(target_) if target_ else None
         rows, frame, ex = report_views(runs.read_report(folder) if folder else None)
         found = run_folder.data_dir(folder) if folder and folder.is_dir() else None  # the run's identity data
-        return rows, frame, ex, ws.rel(found) if found and not (data_ or "").strip() else gr.update()
+        fill = found and not (data_ or "").strip()
+        # another target: the last one's "Report written" and a data error answered by this fill are gone
+        return (rows, bars(frame), ex, ws.rel(found) if fill else gr.update(), "", show(None) if fill else gr.update(),
+                show(None))
 
     def on_run(target_: str | None, data_: str):
         keep = [gr.update()] * 5
@@ -85,10 +95,10 @@ def build(ws: Workspace, data_dir: gr.Textbox) -> dict:
             return
         rows, frame, ex = report_views(runs.read_report(ws.path(target_)))
         yield (show(None), show(None), note(f"Report written to `{target_}/report.md` (`{jobs.shown(args)}`)"),
-               rows, frame, ex, gr.update(value=log_text, visible=False))
+               rows, bars(frame), ex, gr.update(value=log_text, visible=False))
 
     run_btn.click(on_run, [target, data], [target_err, data_err, status, table, chart, examples, log])
-    target.change(on_pick, [target, data], [table, chart, examples, data])
+    target.change(on_pick, [target, data], [table, chart, examples, data, status, data_err, target_err])
     target.focus(lambda: gr.update(choices=targets()), None, target)
     data_dir.change(lambda v: ws.rel(v) if v else v, data_dir, data)
     return {"target": target, "targets": targets}

@@ -236,6 +236,8 @@ def test_the_whole_pipeline_in_the_browser(tmp_path):
         expect_text(page, "train.learning_rate: expected a number")
         assert not (ws / "runs" / "run-1").exists()
         fill(page, "train-lr", "0.002")
+        wait_for(lambda: "learning_rate=fast" not in page.locator("#train-command").inner_text(), 60,
+                 "the command to follow the form")
         shown = next(line for line in page.locator("#train-command").inner_text().splitlines() if line.startswith("cd "))
         assert shown.startswith(f"cd {ws} && assistant train --config presets/") and "model.base=" in shown
         # pasted into a terminal (before any Start), it runs: here its --check
