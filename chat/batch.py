@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from myassistant.chat.publish import to_host
 from myassistant.chat.decode import Embed, GenerationSettings
 from myassistant.chat.fast import KVCache, StaticCacheDecoder
 from myassistant.chat.prefill import PrefillGraphs
+from myassistant.chat.publish import to_host
 from myassistant.chat.sampler import RowParams, apply_repetition_penalty, argmax_rows, sample_rows
 
 log = logging.getLogger(__name__)
@@ -278,9 +278,9 @@ class BatchDecoder:
 
     def _step(self, b: int, length: int) -> torch.Tensor:
         """One decode step and its greedy tail: the logits [b, vocab]; each row's argmax is written as its next
-        input and the live rows' positions advance. The tail is part of the step's CUDA graph: launched one by
-        one, its few small kernels left the GPU idle ~70 us a token between two graphs. Rows that sample
-        overwrite their next input afterwards (`_launch`)."""
+        input and the live rows' positions advance. The tail is part of the step's CUDA graph, so a greedy step
+        is one graph launch, and its argmax is `argmax_rows` (torch's own reduced the 92,544 logits of a row in
+        one thread block: 27 us of an H200's step). Rows that sample overwrite their next input afterwards."""
         logits = self._step_logits(b, length)
         self.tokens[:b].copy_(argmax_rows(logits))
         self.positions[:b].add_(self.live[:b])
