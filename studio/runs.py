@@ -160,3 +160,10 @@ def failure(run_dir: Path) -> str | None:
             return jobs.job_error(log.read().decode(errors="replace"))
     except OSError:
         return None
+
+
+def read_report(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
