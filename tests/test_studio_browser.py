@@ -195,7 +195,7 @@ def test_the_whole_pipeline_in_the_browser(tmp_path):
         chats.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
         page.locator("#data-upload input[type=file]").set_input_files(str(chats))
         page.locator("#data-check").click()
-        expect_text(page, "is valid: 1 records")
+        expect_text(page, "is valid: 1 record.")
         wait_for(lambda: page.locator("#data-path input, #data-path textarea").first.input_value()
                  == "data/my chats.jsonl", 60, "the kept copy named in the path box")
         fill(page, "data-path", tmp_path / "nothing.jsonl")
