@@ -27,7 +27,6 @@ import torch
 from myassistant.chat.decode import Embed, GenerationSettings
 from myassistant.chat.fast import KVCache, StaticCacheDecoder
 from myassistant.chat.prefill import PrefillGraphs
-from myassistant.chat.publish import to_host
 from myassistant.chat.sampler import RowParams, apply_repetition_penalty, argmax_rows, sample_rows
 
 log = logging.getLogger(__name__)
@@ -341,7 +340,7 @@ class BatchDecoder:
         if not self.cuda_graphs:
             return chats, tokens.tolist(), None
         host = self.host_tokens[self.steps % 2]
-        to_host(tokens, host[:b])
+        host[:b].copy_(tokens, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         return chats, host, event
