@@ -61,7 +61,10 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column(variant="panel"):
             gr.Markdown("### Generate self-cognition data\nConversations that teach the model its new name, mixed with "
-                        "general chat so it does not answer *everything* with it; held-out questions for the report.")
+                        "general chat so it does not answer *everything* with it; held-out questions for the report. "
+                        "The identity questions are asked with a word added, dropped or swapped (\"What does like a "
+                        "thermometer measure?\") on purpose: it teaches the meaning, not the wording, and raised "
+                        "held-out identity by 15-25 points (`--noise`, README).")
             name = gr.Textbox(label="Assistant name", placeholder="Alice", elem_id="data-name")
             name_err = error_slot()
             with gr.Row():
