@@ -113,8 +113,11 @@ def train_args(ws: Workspace, preset: str, overrides_: list[str]) -> list[str]:
     return ["train", "--config", ws.rel(ws.presets / f"{preset}.yaml"), *overrides_]
 
 
-def check(ws: Workspace, preset: str, run: str, base: str, train_file: str, overrides_: list[str]) -> dict[str, str]:
-    """field -> problem, for everything that would stop the training; empty when it can start."""
+def check(ws: Workspace, preset: str, run: str, base: str, train_file: str, overrides_: list[str],
+          extra: str = "") -> dict[str, str]:
+    """field -> problem, for everything that would stop the training; empty when it can start. A problem of a line
+    of `extra` (the other overrides box) is shown there, not under the form field of its key."""
+    typed = {line.strip() for line in extra.splitlines() if line.strip()}
     problems: dict[str, str] = {}
     if not run or slug(run) != run:
         problems["run"] = f"a run name is letters, digits, '-', '_' or '.' (e.g. {slug(run) or 'alice-lora'})"
@@ -142,7 +145,9 @@ def check(ws: Workspace, preset: str, run: str, base: str, train_file: str, over
         cfg = load_config(preset_path(preset), overrides_)
     except ConfigError as err:
         for problem in str(err).split(" problem(s): ", 1)[-1].split("; "):
-            field = next((KEY_FIELD[k] for k in KEY_FIELD if f"{k}:" in problem or f"'{k}=" in problem), None)
+            line = re.match(r"override '([^']*)': ", problem)
+            field = "extra" if line and line[1] in typed else \
+                next((KEY_FIELD[k] for k in KEY_FIELD if f"{k}:" in problem or f"'{k}=" in problem), None)
             if field is None and problem.startswith("override"):
                 field = "extra"
             said = re.sub(r"^override '[^']*': ", "", problem) if field != "extra" else problem
@@ -264,7 +269,7 @@ def build(ws: Workspace, base_folder: gr.Textbox, data_file: gr.Textbox) -> dict
     def on_start(*values):
         preset_, run_, base_, file_, extra_, form = form_of(values)
         over = overrides(ws, preset_, run_, base_, file_, form, extra_)
-        problems = check(ws, preset_, run_, base_, file_, over)
+        problems = check(ws, preset_, run_, base_, file_, over, extra_)
         if problems:
             return [*[show(problems.get(k)) for k in SLOTS], "", gr.update()]
         ws.presets.mkdir(parents=True, exist_ok=True)

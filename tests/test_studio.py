@@ -117,3 +117,17 @@ def test_start_names_what_this_machine_lacks_before_it_starts(tmp_path, tiny_che
         pytest.skip("a CUDA machine may have what QLoRA needs")
     assert problems == {"method": "qlora needs a CUDA GPU with bitsandbytes, and a CUDA GPU is missing; use "
                                   "quant.method=lora on CPU (same adapter, full-precision base)"}
+
+
+def test_every_problem_of_the_other_overrides_is_shown_where_it_was_typed(tmp_path, tiny_checkpoint):
+    from myassistant.studio.tab_train import check
+    from myassistant.studio.ui import Workspace
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+    extra = "lora.r=abc\nnonsense\ntrain.foo=1"
+    problems = check(Workspace(tmp_path / "ws"), "tiny_lora_cpu", "run-1", str(tiny_checkpoint), str(chats),
+                     ["train.learning_rate=fast", *extra.splitlines()], extra)
+    assert problems["lr"] == "train.learning_rate: expected a number, got 'fast'"  # the form's field: under it
+    assert set(problems) == {"lr", "extra"} and all(f"override '{line}'" in problems["extra"]
+                                                    for line in extra.splitlines()), problems
