@@ -24,7 +24,8 @@ from myassistant.trainer.runlock import pid_alive
 
 JOB_NAME = "job.json"
 # `assistant` with Ctrl-C (SIGINT) at Python's default: a studio started in the background (`studio &` in a script,
-# a notebook's `!... &`) ignores SIGINT, which its jobs would inherit, and Stop would do nothing for 20 s but kill
+# a notebook's `!... &`) ignores SIGINT, which its jobs would inherit: Stop then waited 20 s and killed the training,
+# losing the steps since its last checkpoint
 CLI = (sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
        "from myassistant.scripts.cli import main; sys.exit(main())")
 STOP_GRACE_S = 20  # after SIGINT (KeyboardInterrupt in the job), SIGKILL if it is still running

@@ -157,7 +157,8 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
         if uploaded:  # a copy in the workspace (the upload's temp file does not last), named in the path box:
             file = _kept_copy(Path(uploaded), ws.data)  # the next Check reads what is typed there
         rows = [[k, v] for k, v in stats.items()]
-        return [show(None), note(f"`{file}` is valid: {stats['records']} record{'s' if stats['records'] != 1 else ''}.{note_tok}"),
+        count = f"{stats['records']} record{'s' if stats['records'] != 1 else ''}"
+        return [show(None), note(f"`{file}` is valid: {count}.{note_tok}"),
                 duplicate_warning(records, file.name), rows, preview(records), str(file), gr.update(),
                 None if uploaded else gr.update(), ws.rel(file) if uploaded else gr.update()]
 
