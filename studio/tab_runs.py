@@ -107,4 +107,5 @@ def build(ws: Workspace, started_run: gr.Textbox) -> dict:
 
     stop.click(on_stop, selected, [action_err, action])
     resume.click(on_resume, selected, [action_err, action])
+    selected.input(lambda: (show(None), ""), None, [action_err, action])  # another run: no word about the last one
     return {"selected": selected, "refresh": (refresh, [selected, compare, seen], outputs)}

@@ -281,6 +281,7 @@ def build(ws: Workspace, base_folder: gr.Textbox, data_file: gr.Textbox) -> dict
 
     for comp in form_inputs:
         comp.change(on_change, form_inputs, command)
+    run.input(lambda: show(None), None, slots["run"])  # another name: no word about the last one's state
     preset.change(on_preset, preset, [preset, *comps.values()])
     start.click(on_start, form_inputs, [*[slots[k] for k in SLOTS], started, started_run])
     base_folder.change(lambda v: v, base_folder, base)
