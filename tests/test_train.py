@@ -197,7 +197,13 @@ def test_resume_keeps_what_the_checkpoints_were_trained_as(lora_run, tiny_checkp
 
 def _train_until_a_checkpoint(args: list[str], out: Path, stderr: int) -> subprocess.Popen:
     """`assistant train args` in a process of its own, returned once checkpoint-2 in `out` is complete."""
-    proc = subprocess.Popen([sys.executable, "-m", "myassistant.scripts.cli", "train", *args], cwd=ROOT,
+    # Ctrl-C as a terminal leaves it to the command it starts: not ignored, not blocked. A test worker's own state
+    # (left by what ran in it before) is not passed on: twice in 2026-12-03's suites a child got the SIGINT and never
+    # acted on it, not even the handler's first line
+    start = ("import signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+             "signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "from myassistant.scripts.cli import main; sys.exit(main())")
+    proc = subprocess.Popen([sys.executable, "-c", start, "train", *args], cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=stderr,
                             text=True)
     deadline = time.monotonic() + 120
@@ -261,7 +267,8 @@ def test_ctrl_c_names_the_checkpoint_resume_continues_from(tiny_checkpoint, chat
     proc.send_signal(signal.SIGINT)  # one Ctrl-C: the training stops at the end of the step it lands in
     err = proc.communicate(timeout=300)[1]
     said = "\n".join(line for line in err.splitlines() if " | loss " not in line)  # all but the step lines
-    assert proc.returncode == 130 and err.rstrip().endswith("assistant: interrupted"), said[-4000:]
+    worker = f"this worker: SIGINT {signal.getsignal(signal.SIGINT)}, blocked {signal.pthread_sigmask(signal.SIG_BLOCK, [])}"
+    assert proc.returncode == 130 and err.rstrip().endswith("assistant: interrupted"), f"{worker}\n{said[-4000:]}"
     assert "Ctrl-C: stopping at the end of this step" in err
     assert not (out / "run.json").exists()
     newest = max(out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])).parent
