@@ -273,12 +273,16 @@ class ChatEngine:
         messages = normalize_messages(messages, settings.system_prompt)
         if settings.identity_guard:
             messages = guard_identity(messages)
-        budget = max(self.max_context - settings.max_new_tokens, self.max_context // 2)
+        budget = self._prompt_budget(settings)
         ids, dropped = build_prompt(self.tokenizer, messages, budget)
         if stats is not None:
             turns = len(messages) - (bool(messages) and messages[0]["role"] == "system")
             stats.dropped_messages, stats.message_cut = dropped, dropped > 0 and dropped >= turns
         return ids, min(settings.max_new_tokens, self.max_context - len(ids)), dropped
+
+    def _prompt_budget(self, settings: GenerationSettings) -> int:
+        """Most prompt tokens kept: what the reply leaves of the context, and at least half of it."""
+        return max(self.max_context - settings.max_new_tokens, self.max_context // 2)
 
     def tokens(
         self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event | None = None,
@@ -353,7 +357,7 @@ class ChatEngine:
         stats = stats if stats is not None else GenerationStats()
         start = time.perf_counter()
         ids = self.tokenizer(text)["input_ids"]  # with BOS, as pre-training saw each document
-        keep = max(self.max_context - settings.max_new_tokens, self.max_context // 2)
+        keep = self._prompt_budget(settings)
         stats.message_cut = len(ids) > keep
         prompt_ids = ids[:1] + ids[len(ids) - keep + 1:] if stats.message_cut else ids
         max_new = max(1, min(settings.max_new_tokens, self.max_context - len(prompt_ids)))

@@ -1,6 +1,7 @@
 """Tab 2, data: generate self-cognition data (``trainer.identity``), or check a file in any supported format."""
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 from pathlib import Path
@@ -51,7 +52,7 @@ def _kept_copy(uploaded: Path, folder: Path) -> Path:
     """The upload copied into the workspace's data folder; a different file of its name there is kept (name-2...)."""
     folder.mkdir(parents=True, exist_ok=True)
     kept, n = folder / uploaded.name, 2
-    while kept.exists() and kept.read_bytes() != uploaded.read_bytes():
+    while kept.exists() and not filecmp.cmp(kept, uploaded, shallow=False):  # in chunks, not whole
         kept, n = folder / f"{uploaded.stem}-{n}{uploaded.suffix}", n + 1
     shutil.copyfile(uploaded, kept)
     return kept
