@@ -81,7 +81,7 @@ def precompile(pool, tasks: list[tuple], workers: int) -> None:
 
 
 def step_ms(batch: BatchDecoder, rows: int, reps: int = 50) -> tuple[float, torch.cuda.CUDAGraph]:
-    graph, _ = batch._graph(rows, 256)
+    graph = batch.graph(rows, 256)
     graph.replay()
     torch.cuda.synchronize()
     start = time.perf_counter()

@@ -3,10 +3,12 @@
 A decode step of a 1.8B model reads all 3.8 GB of weights whether it advances one chat or eight,
 so concurrent chats are decoded together: each chat owns a row of one `KVCache`; a scheduler
 thread prefills new chats into free rows between steps and advances rows ``0..b-1`` by one token
-per step. On a GPU each step is a CUDA graph, one per (row bucket, cache-length bucket), and the
-steps are pipelined: step k+1 is launched (its input tokens sampled on the device) before the
-host reads step k's tokens, so the host's work (stop checks, queues, detokenising in the
-consumers' threads) overlaps the GPU's. A chat that stops wastes at most that one step.
+per step. On a GPU a launch is one CUDA graph of STEPS steps, one graph per (row bucket, cache-length
+bucket, sampling mode), each step's tokens sampled inside it (chat.sampler: greedy, sampled, with a
+repetition penalty) and fed to the next: the graph launch, the host's bookkeeping and the copy of
+the tokens to the host are paid once per STEPS tokens. Launches are pipelined: launch k+1 is queued
+before the host reads launch k's tokens, so the host's work (stop checks, queues, detokenising in
+the consumers' threads) overlaps the GPU's. A chat that stops wastes at most two launches' steps.
 
 The consumer side is a plain generator (`BatchDecoder.generate`): closing it (the Stop button)
 frees the chat's row at the next step.
@@ -17,6 +19,7 @@ import atexit
 import ctypes
 import logging
 import queue
+import secrets
 import threading
 import weakref
 from collections.abc import Iterator
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MIN_BUCKET = 256  # shortest cache length a step attends over
 AHEAD = 4  # tokens a chat may have waiting unread; when every chat has as many, the scheduler waits
+STEPS = 4  # decode steps a graph launch runs (on an H200 a reply's tokens came 45 us apart beyond the step's own time)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32)
 PACKED_TOKENS = 2048  # most prompt tokens prefilled in one pass on a CPU
 CPU_LENGTH_STEP = 16  # without CUDA graphs a step attends over the longest row rounded up to this, not a bucket
@@ -56,7 +60,7 @@ class Chat:
     position: int = 0  # cache position of the token the next step feeds
     produced: int = 0
     done: bool = False
-    generator: torch.Generator | None = None
+    seed: int = 0  # the sampling noise's (chat.sampler)
     embed: Embed | None = None  # the prompt's input embeddings, made when the chat is admitted (images)
 
 
@@ -89,14 +93,19 @@ class BatchDecoder:
             self.positions = torch.zeros(rows, dtype=torch.long, device=self.device)
             self.live = torch.zeros(rows, dtype=torch.long, device=self.device)  # 1 = a chat owns the row
             self.key_index = torch.arange(self.max_len, device=self.device)
+            self.row_index = torch.arange(rows, device=self.device)
+            self.step_tokens = torch.zeros(STEPS, rows, dtype=torch.long, device=self.device)  # a launch's tokens
             self.params = RowParams.empty(rows, self.device)
             self.seen: torch.Tensor | None = None  # [rows, vocab] for repetition penalties, made when needed
-        self.host_tokens = [torch.zeros(rows, dtype=torch.long, pin_memory=self.cuda_graphs) for _ in range(2)]
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.steps_per_launch = STEPS if self.cuda_graphs else 1  # a CPU step is milliseconds: nothing to save
+        self.host_tokens = [torch.zeros(STEPS, rows, dtype=torch.long, pin_memory=self.cuda_graphs)
+                            for _ in range(2)]
+        self.graphs: dict[tuple[int, int, str, int], torch.cuda.CUDAGraph] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.broken: str | None = None  # why graphs were given up, if they were
         self.prefills = PrefillGraphs(decoder, self.cache, self.pool) if self.cuda_graphs else None
         self.steps = 0
+        self.launches = 0
         self.prefill_passes = 0  # prefills run (several chats may share one on a CPU)
         self.chats: list[Chat | None] = [None] * rows
         self.pending: list[Chat] = []
@@ -113,13 +122,9 @@ class BatchDecoder:
     def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop_ids: list[int],
                  cancel: threading.Event | None = None, embed: Embed | None = None) -> Iterator[int]:
         """Yield new token ids until a stop id (not yielded), `max_new_tokens`, `cancel`, or close."""
-        chat = Chat(list(prompt_ids), settings, frozenset(stop_ids), cancel or threading.Event(), embed=embed)
-        if not settings.greedy:
-            chat.generator = torch.Generator(device=self.device)
-            if settings.seed is None:
-                chat.generator.seed()
-            else:
-                chat.generator.manual_seed(settings.seed)
+        seed = secrets.randbits(62) if settings.seed is None else settings.seed % 2 ** 62
+        chat = Chat(list(prompt_ids), settings, frozenset(stop_ids), cancel or threading.Event(), seed=seed,
+                    embed=embed)
         with self.wake:
             self.pending.append(chat)
             if self.thread is None:
@@ -154,7 +159,7 @@ class BatchDecoder:
 
     # -- scheduler thread ------------------------------------------------------------------------
     def _run(self) -> None:
-        inflight: tuple[list[Chat], list[int] | torch.Tensor, torch.cuda.Event | None] | None = None
+        inflight: tuple[list[Chat | None], int, torch.Tensor, torch.cuda.Event | None] | None = None
         while True:
             with self.wake:
                 while (not self.closing and not self.pending and inflight is None
@@ -172,7 +177,7 @@ class BatchDecoder:
                     if inflight is not None:
                         self._deliver(*inflight)
                     inflight = launched
-                    if inflight is not None and inflight[2] is None:  # no GPU to overlap with: deliver now
+                    if inflight is not None and inflight[3] is None:  # no GPU to overlap with: deliver now
                         self._deliver(*inflight)
                         inflight = None
             except Exception as err:  # noqa: BLE001 - handed to every waiting consumer
@@ -240,14 +245,19 @@ class BatchDecoder:
         """Chat takes `row`, its prompt prefilled there (`logits` [1, vocab] after it): the first token."""
         s = chat.settings
         self.params.set_row(row, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                            penalty=s.repetition_penalty)
+                            penalty=s.repetition_penalty, seed=chat.seed)
         if s.repetition_penalty != 1.0:
             if self.seen is None:
                 self.seen = torch.zeros(self.rows, self.decoder.model.config.vocab_size, dtype=torch.bool,
                                         device=self.device)
             self.seen[row] = False
             self.seen[row, torch.tensor(chat.prompt_ids, device=self.device)] = True
-        first = self._sample(logits, [chat], offset=row)
+            logits = apply_repetition_penalty(logits, self.seen[row:row + 1], self.params.penalty[row:row + 1])
+        # the noise of the token after position p is drawn for p: the last prompt token's here, as a step's
+        last = torch.tensor([len(chat.prompt_ids) - 1], device=self.device)
+        first = sample_rows(logits, self.params.rows(row), last)
+        if s.repetition_penalty != 1.0:
+            self.seen[row, first] = True
         chat.row, chat.position = row, len(chat.prompt_ids)
         self.chats[row] = chat
         self.tokens[row] = first[0]
@@ -255,37 +265,33 @@ class BatchDecoder:
         self.live[row] = 1
         self._emit(chat, int(first[0]))
 
-    def _sample(self, logits: torch.Tensor, chats: list[Chat | None], offset: int = 0) -> torch.Tensor:
-        """Next tokens for `logits` [b, vocab] of rows offset..offset+b-1 (`chats` per row, None = free)."""
-        b = logits.shape[0]
-        params = self.params if offset == 0 else RowParams(*(t[offset:] for t in vars(self.params).values()))
-        live = [c for c in chats if c is not None]
-        if any(c.settings.repetition_penalty != 1.0 for c in live):
-            logits = apply_repetition_penalty(logits, self.seen[offset:offset + b], params.penalty[:b])
-        noise = None
-        if any(c.generator is not None for c in live):
-            noise = torch.empty_like(logits)
-            for i, chat in enumerate(chats):
-                if chat is not None and chat.generator is not None:
-                    noise[i].exponential_(generator=chat.generator)
-                else:
-                    noise[i].fill_(1.0)
-        return sample_rows(logits, params, noise)
-
     def _step_logits(self, b: int, length: int) -> torch.Tensor:
         return self.decoder.decode(self.tokens[:b], self.positions[:b], self.cache, length, self.key_index)
 
-    def _step(self, b: int, length: int) -> torch.Tensor:
-        """One decode step and its greedy tail: the logits [b, vocab]; each row's argmax is written as its next
-        input and the live rows' positions advance. The tail is part of the step's CUDA graph, so a greedy step
-        is one graph launch, and its argmax is `argmax_rows` (torch's own reduced the 92,544 logits of a row in
-        one thread block: 27 us of an H200's step). Rows that sample overwrite their next input afterwards."""
+    def _step(self, b: int, length: int, mode: str) -> None:
+        """One decode step of rows 0..b-1 and its tail: each row's next token (`mode`: "greedy" the argmax,
+        "sample" chat.sampler's draw per row, "penalty" the same after the repetition penalty) written as its
+        next input, and the live rows' positions advanced. All on the device, so a CUDA graph holds it.
+        (torch's argmax reduced the 92,544 logits of a row in one thread block: 27 us of an H200's step;
+        `argmax_rows` spreads it.)"""
         logits = self._step_logits(b, length)
-        self.tokens[:b].copy_(argmax_rows(logits))
+        if mode == "penalty":
+            logits = apply_repetition_penalty(logits, self.seen[:b], self.params.penalty[:b])
+        if mode == "greedy":
+            self.tokens[:b].copy_(argmax_rows(logits))
+        else:
+            self.tokens[:b].copy_(sample_rows(logits, self.params, self.positions[:b]))
+        if mode == "penalty":
+            self.seen[self.row_index[:b], self.tokens[:b]] = True
         self.positions[:b].add_(self.live[:b])
-        return logits
 
-    def _graph(self, b: int, length: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _steps(self, b: int, length: int, mode: str, steps: int) -> None:
+        """`steps` steps, each one's tokens kept in `step_tokens` for the host."""
+        for i in range(steps):
+            self._step(b, length, mode)
+            self.step_tokens[i, :b].copy_(self.tokens[:b])
+
+    def _graph(self, b: int, length: int, mode: str, steps: int) -> torch.cuda.CUDAGraph:
         # Warm-up on a side stream (compilation, cuBLAS workspaces), then capture. Both run the real
         # step on the current state, so the cache entries they write are the right ones; the warm-up
         # leaves out the tail, which would advance the rows.
@@ -297,62 +303,63 @@ class BatchDecoder:
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            logits = self._step(b, length)
-        log.info("captured the decode step for %d rows, cache length %d", b, length)
-        return graph, logits
+            self._steps(b, length, mode, steps)
+        log.info("captured %d decode step(s) for %d rows, cache length %d, %s", steps, b, length, mode)
+        return graph
 
-    def _run_step(self, b: int, length: int) -> torch.Tensor:
-        """`_step`, a graph replay where graphs work."""
+    def graph(self, b: int, length: int, mode: str = "greedy", steps: int = 1) -> torch.cuda.CUDAGraph | None:
+        """The CUDA graph of `steps` steps of rows 0..b-1 over `length` cache entries (captured at its first
+        use: this runs them once), or None without graphs."""
         if not self.cuda_graphs or self.broken:
-            return self._step(b, length)
-        key = (b, length)
+            return None
+        key = (b, length, mode, steps)
         if key not in self.graphs:
             try:
-                self.graphs[key] = self._graph(b, length)
+                self.graphs[key] = self._graph(b, length, mode, steps)
             except RuntimeError as err:  # an op that cannot be captured: stay correct without graphs
                 self.broken = f"CUDA graph capture failed: {err}"
                 log.warning("%s; decoding without graphs", self.broken)
-                return self._step(b, length)
-        graph, logits = self.graphs[key]
-        graph.replay()
-        return logits
+                return None
+        return self.graphs[key]  # a capture runs nothing: the caller replays it
 
-    def _launch(self) -> tuple[list[Chat | None], list[int] | torch.Tensor, torch.cuda.Event | None]:
-        """Queue one decode step for every live row; the sampled tokens stay on the device as next inputs."""
+    def _launch(self) -> tuple[list[Chat | None], int, torch.Tensor, torch.cuda.Event | None]:
+        """Queue the next steps of every live row; the tokens stay on the device as the next inputs."""
         top = max(r for r, c in enumerate(self.chats) if c is not None) + 1
         b = min(next((size for size in ROW_BUCKETS if size >= top), self.rows), self.rows) if self.cuda_graphs else top
         chats = self.chats[:b]
         longest = max(c.position for c in chats if c) + 1
+        steps = self.steps_per_launch if longest + 2 * self.steps_per_launch <= self.max_len else 1
         if self.cuda_graphs:
-            length = bucket(longest, self.max_len)
+            length = bucket(longest + steps - 1, self.max_len)
         else:  # the cache read is what costs a CPU step's attention: no more of it than needed
-            length = min(-(-longest // CPU_LENGTH_STEP) * CPU_LENGTH_STEP, self.max_len)
-        if self.seen is not None and any(c and c.settings.repetition_penalty != 1.0 for c in chats):
-            self.seen[torch.arange(b, device=self.device), self.tokens[:b]] = True
-        logits = self._run_step(b, length)  # also writes the greedy tokens as next inputs
-        if any(c and (c.generator is not None or c.settings.repetition_penalty != 1.0) for c in chats):
-            self.tokens[:b] = self._sample(logits, chats)
-        tokens = self.tokens[:b]
-        for chat in chats:
-            if chat is not None:
-                chat.position += 1
-        self.steps += 1
+            length = min(-(-(longest + steps - 1) // CPU_LENGTH_STEP) * CPU_LENGTH_STEP, self.max_len)
+        live = [c for c in chats if c]
+        mode = ("penalty" if any(c.settings.repetition_penalty != 1.0 for c in live)
+                else "greedy" if all(c.settings.greedy for c in live) else "sample")
+        if (graph := self.graph(b, length, mode, steps)) is not None:
+            graph.replay()
+        else:
+            self._steps(b, length, mode, steps)
+        for chat in live:
+            chat.position += steps
+        self.steps += steps
+        self.launches += 1
         if not self.cuda_graphs:
-            return chats, tokens.tolist(), None
-        host = self.host_tokens[self.steps % 2]
-        host[:b].copy_(tokens, non_blocking=True)
+            return chats, steps, self.step_tokens[:steps].cpu(), None
+        host = self.host_tokens[self.launches % 2]
+        host[:steps].copy_(self.step_tokens[:steps], non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        return chats, host, event
+        return chats, steps, host, event
 
-    def _deliver(self, chats: list[Chat | None], tokens: list[int] | torch.Tensor,
+    def _deliver(self, chats: list[Chat | None], steps: int, tokens: torch.Tensor,
                  event: torch.cuda.Event | None) -> None:
         if event is not None:
             event.synchronize()
-            tokens = tokens[:len(chats)].tolist()
-        for chat, token in zip(chats, tokens):
-            if chat is not None and not chat.done:
-                self._emit(chat, token)
+        for row_tokens in tokens[:steps, :len(chats)].tolist():
+            for chat, token in zip(chats, row_tokens):
+                if chat is not None and not chat.done:
+                    self._emit(chat, token)
 
     def _emit(self, chat: Chat, token: int) -> None:
         if token in chat.stops:

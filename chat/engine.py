@@ -312,6 +312,8 @@ class ChatEngine:
         settings = GenerationSettings(temperature=0, max_new_tokens=4)
         ids = self.tokenizer.encode("hello, how are you today?", add_special_tokens=False) or [0, 0]
         list(self.tokens(ids, settings))
+        if not self.defaults.greedy:  # the graphs of the app's own sampling settings (chat.batch: a mode each)
+            list(self.tokens(ids, dataclasses.replace(self.defaults, max_new_tokens=4, seed=0)))
         for size in PREFILL_BUCKETS:  # the graphed prefills of prompts up to 1024 tokens (chat.prefill)
             if 64 < size <= min(1024, self.batch.max_len // 2):
                 list(self.tokens((ids * size)[:size - 8], dataclasses.replace(settings, max_new_tokens=1)))

@@ -162,6 +162,23 @@ def test_seeded_sampling_on_the_batched_path_ignores_its_neighbours(exact, batch
     assert batched.generate(ask(QUESTIONS[0]), dataclasses.replace(settings, seed=4)) != alone
 
 
+@pytest.mark.parametrize("settings", [GREEDY, GenerationSettings(temperature=0.9, top_p=0.9, max_new_tokens=30, seed=3),
+                                      GenerationSettings(temperature=0.9, repetition_penalty=1.2, max_new_tokens=29,
+                                                         seed=5)], ids=["greedy", "sampled", "penalty"])
+def test_several_steps_a_launch_stream_what_one_step_a_launch_does(exact, settings):
+    """A GPU runs chat.batch.STEPS steps a graph replay; the CPU runs them eagerly here: the same tokens, a stop or
+    the token limit inside a launch ending the reply there, and a neighbour joining between launches."""
+    engine = ChatEngine(exact.model, exact.tokenizer, batched=True)
+    replies = {}
+    for steps in (1, 4):
+        engine.batch.steps_per_launch = steps
+        prompts = [engine.prompt(ask(q), settings)[0] for q in QUESTIONS]
+        with ThreadPoolExecutor(3) as pool:
+            replies[steps] = list(pool.map(lambda ids: list(engine.tokens(ids, settings)), prompts))
+    assert replies[4] == replies[1]
+    assert all(0 < len(r) <= settings.max_new_tokens for r in replies[4])
+
+
 def test_compiled_decode_step_equals_eager_with_one_compile_for_all_layers(exact):
     import torch._dynamo
 
@@ -261,7 +278,7 @@ def test_gpu_graphed_decode_equals_greedy_generate_across_buckets_and_rows(tiny_
         ids = list(engine.tokens(prompt_ids, GREEDY))
         assert engine.batch.broken is None
         assert ids == generate_ids(engine, prompt_ids, GREEDY.max_new_tokens, stops=False)
-    assert {(1, MIN_BUCKET), (1, 2 * MIN_BUCKET)} <= set(engine.batch.graphs)  # one graph per bucket used
+    assert {(1, MIN_BUCKET), (1, 2 * MIN_BUCKET)} <= {key[:2] for key in engine.batch.graphs}  # a graph a bucket
     engine.stop_ids = stops
     results: dict[int, list[int]] = {}
     threads = [threading.Thread(target=lambda i=i: results.update({i: list(engine.tokens(prompts[i % 2], GREEDY))}))
@@ -272,7 +289,16 @@ def test_gpu_graphed_decode_equals_greedy_generate_across_buckets_and_rows(tiny_
         thread.join()
     assert [results[i] for i in range(5)] == [generate_ids(engine, prompts[i % 2], GREEDY.max_new_tokens)
                                               for i in range(5)]
-    assert any(rows > 1 for rows, _ in engine.batch.graphs)
+    assert any(key[0] > 1 for key in engine.batch.graphs)
+    sampled = GenerationSettings(temperature=0.9, top_p=0.9, top_k=40, repetition_penalty=1.2, max_new_tokens=30,
+                                 seed=3)
+    for settings in (sampled, dataclasses.replace(sampled, repetition_penalty=1.0), GREEDY):
+        by_launch = {}
+        for steps in (4, 1):  # a graph replay of 4 steps, then one step a replay: the same draws
+            engine.batch.steps_per_launch = steps
+            by_launch[steps] = list(engine.tokens(prompts[0], settings))
+        assert by_launch[4] == by_launch[1]
+    assert {key[2:] for key in engine.batch.graphs} >= {("greedy", 4), ("sample", 4), ("penalty", 4), ("sample", 1)}
     streamed = "".join(engine.stream(ask(QUESTIONS[1]), GREEDY))
     assert streamed == engine.tokenizer.decode(list(engine.tokens(engine.prompt(ask(QUESTIONS[1]), GREEDY)[0], GREEDY)),
                                                skip_special_tokens=True)

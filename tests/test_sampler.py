@@ -1,20 +1,22 @@
-"""chat.sampler: per-row greedy / temperature / top-k / top-p / repetition penalty in one batch."""
+"""chat.sampler: per-row greedy / temperature / top-k / top-p / repetition penalty / seed in one batch."""
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
 import torch
+from test_decode_attention import run_interpreted
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from myassistant.chat.sampler import RowParams, apply_repetition_penalty, argmax_rows, sample_rows
+from myassistant.chat.sampler import RowParams, apply_repetition_penalty, argmax_rows, rank_noise, sample_rows
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
 
 
-def draw(params: RowParams, rows: int, n: int, seed: int = 0) -> torch.Tensor:
-    """n samples of each of `rows` copies of LOGITS: [n, rows]."""
-    generator = torch.Generator().manual_seed(seed)
+def draw(params: RowParams, rows: int, n: int) -> torch.Tensor:
+    """n samples of each of `rows` copies of LOGITS, one a position: [n, rows]."""
     logits = LOGITS.repeat(rows, 1)
-    return torch.stack([sample_rows(logits, params, torch.empty_like(logits).exponential_(generator=generator))
-                        for _ in range(n)])
+    return torch.stack([sample_rows(logits, params, torch.full((rows,), i)) for i in range(n)])
 
 
 def test_rows_keep_their_own_settings_in_one_batch():
@@ -41,10 +43,62 @@ def test_temperature_sharpens_and_flattens():
         assert torch.allclose(frequencies, (LOGITS[0] / temperature).softmax(-1), atol=0.03)
 
 
-def test_no_noise_means_greedy_for_every_row():
+def test_greedy_rows_take_the_argmax():
     params = RowParams.empty(2, torch.device("cpu"))
     logits = torch.randn(2, 50)
-    assert sample_rows(logits, params, None).tolist() == logits.argmax(-1).tolist()
+    assert sample_rows(logits, params, torch.tensor([3, 9])).tolist() == logits.argmax(-1).tolist()
+
+
+def test_a_rows_draws_depend_on_its_seed_and_position_only():
+    logits = torch.randn(3, 1000)
+    params = RowParams.empty(3, torch.device("cpu"))
+    for row in range(3):
+        params.set_row(row, temperature=1.0, top_p=1.0, top_k=0, penalty=1.0, seed=5)
+    same = sample_rows(logits[[0, 0, 0]], params, torch.tensor([7, 7, 8]))
+    assert same[0] == same[1]  # another row, the same seed and position
+    alone = RowParams.empty(1, torch.device("cpu"))
+    alone.set_row(0, temperature=1.0, top_p=1.0, top_k=0, penalty=1.0, seed=5)
+    assert sample_rows(logits[:1], alone, torch.tensor([7])) == same[0]  # whatever shares the batch
+    draws = {tuple(sample_rows(logits, params, torch.tensor([p] * 3)).tolist()) for p in range(20)}
+    assert len(draws) > 15  # the position changes the draw
+
+
+def test_the_noise_is_exponential_and_differs_by_seed_position_and_rank():
+    noise = rank_noise(torch.tensor([1, 1, 2, 2 ** 40 + 1]), torch.tensor([5, 6, 5, 5]), 100_000)
+    assert torch.allclose(noise.mean(1), torch.ones(4), atol=0.02)
+    assert torch.allclose(noise.var(1), torch.ones(4), atol=0.05)
+    assert ((noise > 2.0).float().mean(1) - torch.exp(torch.tensor(-2.0))).abs().max() < 0.01
+    for a, b in ((0, 1), (0, 2), (0, 3)):
+        assert abs(float(torch.corrcoef(noise[[a, b]])[0, 1])) < 0.02
+    assert abs(float(torch.corrcoef(torch.stack([noise[0, :-1], noise[0, 1:]]))[0, 1])) < 0.02
+
+
+def check_kernel(device: str = "cpu", vocab: int = 5000) -> None:
+    """The Triton kernel (on a CPU run by Triton's interpreter) draws the tokens the torch form draws."""
+    from myassistant.chat.sampler import BLOCK, _sample_kernel, _sample_torch
+
+    generator = torch.Generator().manual_seed(0)
+    rows = 6  # 5000: more than two of the kernel's trips
+    logits = torch.randn(rows, vocab, generator=generator) * 3
+    logits[5] = torch.randn(vocab, generator=generator) * 0.01  # flat: top-p's head spans trips
+    logits = logits.to(device)
+    params = RowParams.empty(rows, torch.device(device))
+    for row, (temperature, top_p, top_k) in enumerate([(0, 1.0, 0), (0.8, 0.8, 0), (1.0, 1.0, 40), (1.0, 1.0, 0),
+                                                       (0.5, 0.5, 3), (0.8, 0.8, 0)]):
+        params.set_row(row, temperature=temperature, top_p=top_p, top_k=top_k, penalty=1.0, seed=2 ** 40 + row)
+    for position in range(0, 300, 10):
+        positions = torch.full((rows,), position, device=device)
+        ranked, order = logits.sort(dim=-1, descending=True)
+        out = torch.empty(rows, dtype=torch.long, device=device)
+        _sample_kernel[(rows,)](logits, ranked, order, out, params.greedy, params.temperature, params.top_p,
+                                params.top_k, params.seed, positions, logits.stride(0), ranked.stride(0),
+                                order.stride(0), V=vocab, BLOCK=BLOCK)
+        assert out.tolist() == _sample_torch(logits, params, positions).tolist(), position
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
+def test_the_sampling_kernel_draws_what_the_torch_form_draws_under_tritons_interpreter():
+    run_interpreted("import test_sampler as t; t.check_kernel()")
 
 
 def test_repetition_penalty_equals_transformers():
@@ -68,3 +122,9 @@ def test_argmax_rows_is_torch_argmax_ties_included():
         logits[2] = -1.0
         logits[2, [vocab - 1, vocab // 2]] = 4.0
         assert argmax_rows(logits).tolist() == logits.argmax(dim=-1).tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_sampling_kernel_draws_what_the_torch_form_draws():
+    check_kernel("cuda", vocab=92544)
