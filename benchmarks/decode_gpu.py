@@ -384,10 +384,13 @@ def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: Genera
     emit("ttft_512", bits=bits, prompt_tokens=len(engine.prompt(long, one)[0]), first_token_ms=round(times[2] * 1e3, 1))
 
     for chats in args.chats:
-        concurrent(engine, short, chats, 16)  # captures this row bucket
-        result = concurrent(engine, short, chats, args.new_tokens)
-        emit(f"concurrent_{chats}", bits=bits, new_tokens=args.new_tokens, **result,
-             slowest_of_one_chat=round(result["min_chat_tokens_per_s"] / one_chat, 3))
+        for steps in (launches, 1):  # chat.batch.STEPS steps a graph launch, then one
+            engine.batch.steps_per_launch = steps
+            concurrent(engine, short, chats, 16)  # captures this row bucket
+            result = concurrent(engine, short, chats, args.new_tokens)
+            emit(f"concurrent_{chats}", bits=bits, new_tokens=args.new_tokens, steps_a_launch=steps, **result,
+                 slowest_of_one_chat=round(result["min_chat_tokens_per_s"] / one_chat, 3))
+        engine.batch.steps_per_launch = launches
     if engine.batch.broken or not engine.batch.cuda_graphs:
         return  # no graphs (engine's graph_problem says why)
     rows_1_ms = step_ms(engine, 1)
