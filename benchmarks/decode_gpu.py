@@ -60,7 +60,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
 from myassistant.chat import (ChatEngine, GenerationSettings, GenerationStats, ServeConfig, gemv,  # noqa: E402
                               int_weights, scratch, weight_only)
-from myassistant.chat.batch import STEPS  # noqa: E402
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 def emit(case: str, **fields) -> None:
@@ -117,18 +116,17 @@ def compare(engine: ChatEngine, prompt_ids: list[int], new_tokens: int) -> dict:
     return result
 
 
-def step_ms(engine: ChatEngine, rows: int, length: int = 256, reps: int = 50, mode: str = "greedy",
-            steps: int = 1) -> float:
-    """Milliseconds a step of the decoder's graph of `steps` steps (`mode`: chat.batch's), replayed back to back."""
+def step_ms(engine: ChatEngine, rows: int, length: int = 256, reps: int = 50, mode: str = "greedy") -> float:
+    """Milliseconds a step of the decoder's graph (`mode`: chat.batch's), replayed back to back."""
     with torch.inference_mode():
-        graph = engine.batch.graph(rows, length, mode, steps)  # captured here if no reply needed it
+        graph = engine.batch.graph(rows, length, mode)  # captured here if no reply needed it
         graph.replay()
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(reps):
         graph.replay()
     torch.cuda.synchronize()
-    return (time.perf_counter() - start) / reps / steps * 1e3
+    return (time.perf_counter() - start) / reps * 1e3
 
 
 def teacher_forced(engine: ChatEngine, sequences: list[list[int]], follow: int = 0) -> list[torch.Tensor]:
@@ -366,16 +364,12 @@ def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: Genera
          graph_problem=engine.batch.broken)
     if bits == 16:
         emit("same_tokens_bf16", **compare(engine, engine.prompt(short, settings)[0], args.new_tokens))
-    # the app's default sampling (temperature 0.8, top-p 0.8), then greedy at one step a graph launch (chat.batch.STEPS)
+    # the app's default sampling (temperature 0.8, top-p 0.8)
     sampled = dataclasses.replace(GenerationSettings(), max_new_tokens=args.new_tokens, seed=0)
-    launches = engine.batch.steps_per_launch
-    for case, how, steps in (("engine_sampled", sampled, launches), ("engine_one_step_a_launch", settings, 1)):
-        engine.batch.steps_per_launch = steps
-        reply(engine, short, how)
-        got = reply(engine, short, how)
-        emit(case, bits=bits, decode_tokens_per_s=round(got.tokens_per_s, 1),
-             tokens_per_s=round(got.new_tokens / got.elapsed_s, 1), of_greedy=round(got.tokens_per_s / stats.tokens_per_s, 3))
-    engine.batch.steps_per_launch = launches
+    reply(engine, short, sampled)
+    got = reply(engine, short, sampled)
+    emit("engine_sampled", bits=bits, decode_tokens_per_s=round(got.tokens_per_s, 1),
+         tokens_per_s=round(got.new_tokens / got.elapsed_s, 1), of_greedy=round(got.tokens_per_s / stats.tokens_per_s, 3))
 
     long = [{"role": "user", "content": " ".join(["tell me about the weather today"] * 71)}]
     one = GenerationSettings(temperature=0, max_new_tokens=1)
@@ -384,20 +378,16 @@ def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: Genera
     emit("ttft_512", bits=bits, prompt_tokens=len(engine.prompt(long, one)[0]), first_token_ms=round(times[2] * 1e3, 1))
 
     for chats in args.chats:
-        for steps in (launches, 1):  # chat.batch.STEPS steps a graph launch, then one
-            engine.batch.steps_per_launch = steps
-            concurrent(engine, short, chats, 16)  # captures this row bucket
-            result = concurrent(engine, short, chats, args.new_tokens)
-            emit(f"concurrent_{chats}", bits=bits, new_tokens=args.new_tokens, steps_a_launch=steps, **result,
-                 slowest_of_one_chat=round(result["min_chat_tokens_per_s"] / one_chat, 3))
-        engine.batch.steps_per_launch = launches
+        concurrent(engine, short, chats, 16)  # captures this row bucket
+        result = concurrent(engine, short, chats, args.new_tokens)
+        emit(f"concurrent_{chats}", bits=bits, new_tokens=args.new_tokens, **result,
+             slowest_of_one_chat=round(result["min_chat_tokens_per_s"] / one_chat, 3))
     if engine.batch.broken or not engine.batch.cuda_graphs:
         return  # no graphs (engine's graph_problem says why)
     rows_1_ms = step_ms(engine, 1)
     rows_8_ms = step_ms(engine, 8)
     emit("step_ms", bits=bits, rows_1=round(rows_1_ms, 3), rows_8=round(rows_8_ms, 3),
-         rows_1_sampled=round(step_ms(engine, 1, mode="sample"), 3),
-         rows_1_in_launches_of=[STEPS, round(step_ms(engine, 1, steps=STEPS), 3)])
+         rows_1_sampled=round(step_ms(engine, 1, mode="sample"), 3))
     # Bytes a step reads: every parameter (as the 1.8B figures count), and without the embedding table, of
     # which a step reads one row; the layers' products count their quantised bytes when quantised.
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))

@@ -46,11 +46,10 @@ def kernels(fn, reps: int = 3, top: int = 25) -> dict:
             "top": [[name, count, round(us, 1)] for name, count, us in rows[:top]]}
 
 
-def gaps(fn, every_us: float = 2.0, tokens: int | None = None) -> dict:
+def gaps(fn, every_us: float = 2.0) -> dict:
     """Where the GPU waits while ``fn()`` (a whole reply) runs: the trace's kernels and copies against its span.
 
-    ``idle_us_per_step``: GPU time with nothing running, a decode step (a token where `tokens` is given, else a
-    graph launch, which runs chat.batch.STEPS steps); ``outside_graph``: the
+    ``idle_us_per_step``: GPU time with nothing running, a decode step (a graph launch); ``outside_graph``: the
     kernels launched one by one (not by a graph replay), GPU microseconds a step; ``largest_gaps``: the longest
     idle stretches with the kernels on either side; ``idle_by_neighbours``: idle microseconds a step by the
     kernels before and after.
@@ -64,8 +63,7 @@ def gaps(fn, every_us: float = 2.0, tokens: int | None = None) -> dict:
         events = json.loads(path.read_text())["traceEvents"]
     runtime = {e.get("args", {}).get("correlation"): e["name"] for e in events if e.get("cat") == "cuda_runtime"}
     gpu = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")), key=lambda e: e["ts"])
-    launches = sum(1 for name in runtime.values() if name == "cudaGraphLaunch") or 1
-    steps = tokens or launches  # a graph launch runs chat.batch.STEPS steps: per token where `tokens` says
+    steps = sum(1 for name in runtime.values() if name == "cudaGraphLaunch") or 1
     busy, end, idle, stretches, pairs = 0.0, gpu[0]["ts"], 0.0, [], {}
     for before, event in zip([None, *gpu], gpu):
         start, stop = event["ts"], event["ts"] + event.get("dur", 0)
@@ -85,7 +83,7 @@ def gaps(fn, every_us: float = 2.0, tokens: int | None = None) -> dict:
             key = f"{event['name'][:60]} ({launcher or event.get('cat')})"
             outside[key] = outside.get(key, 0.0) + event.get("dur", 0) / steps
     stretches.sort(reverse=True)
-    return {"steps": steps, "graph_launches": launches, "span_us_per_step": round((end - gpu[0]["ts"]) / steps, 1),
+    return {"steps": steps, "span_us_per_step": round((end - gpu[0]["ts"]) / steps, 1),
             "busy_us_per_step": round(busy / steps, 1), "idle_us_per_step": round(idle / steps, 1),
             "gaps_over_us": every_us, "gaps_per_step": round(len(stretches) / steps, 2),
             "outside_graph": {k: round(v, 2) for k, v in sorted(outside.items(), key=lambda kv: -kv[1])[:12]},
@@ -117,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                           ("sampled", GenerationSettings(temperature=0.7, top_p=0.8, seed=0, max_new_tokens=128))):
         emit("profile_gaps", path=label, sampling=how, graph_ms=round(step_ms(engine, 1), 3),
              decode_tokens_per_s=round(reply(engine, short, settings).tokens_per_s, 1),
-             **gaps(lambda: reply(engine, short, settings), tokens=settings.max_new_tokens - 1))  # noqa: B023
+             **gaps(lambda: reply(engine, short, settings)))  # noqa: B023 - called at once
     if args.gaps_only:
         return 0
     batch = engine.batch

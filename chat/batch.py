@@ -3,12 +3,12 @@
 A decode step of a 1.8B model reads all 3.8 GB of weights whether it advances one chat or eight,
 so concurrent chats are decoded together: each chat owns a row of one `KVCache`; a scheduler
 thread prefills new chats into free rows between steps and advances rows ``0..b-1`` by one token
-per step. On a GPU a launch is one CUDA graph of STEPS steps, one graph per (row bucket, cache-length
-bucket, sampling mode), each step's tokens sampled inside it (chat.sampler: greedy, sampled, with a
-repetition penalty) and fed to the next: the graph launch, the host's bookkeeping and the copy of
-the tokens to the host are paid once per STEPS tokens. Launches are pipelined: launch k+1 is queued
-before the host reads launch k's tokens, so the host's work (stop checks, queues, detokenising in
-the consumers' threads) overlaps the GPU's. A chat that stops wastes at most two launches' steps.
+per step. On a GPU each step is a CUDA graph, one per (row bucket, cache-length bucket, sampling
+mode), its tokens sampled inside it (chat.sampler: greedy, sampled, with a repetition penalty) as
+the next step's inputs. Steps are pipelined: step k+1 is launched before the host reads step k's
+tokens, so the host's work (stop checks, queues, detokenising in the consumers' threads) overlaps
+the GPU's. A chat that stops wastes at most that one step. (Four steps a graph launch measured no
+faster for one chat on an H200 and slower for eight: benchmarks/README.md, session 20.)
 
 The consumer side is a plain generator (`BatchDecoder.generate`): closing it (the Stop button)
 frees the chat's row at the next step.
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 MIN_BUCKET = 256  # shortest cache length a step attends over
 AHEAD = 4  # tokens a chat may have waiting unread; when every chat has as many, the scheduler waits
-STEPS = 4  # decode steps a graph launch runs (on an H200 a reply's tokens came 45 us apart beyond the step's own time)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32)
 PACKED_TOKENS = 2048  # most prompt tokens prefilled in one pass on a CPU
 CPU_LENGTH_STEP = 16  # without CUDA graphs a step attends over the longest row rounded up to this, not a bucket
@@ -94,18 +93,14 @@ class BatchDecoder:
             self.live = torch.zeros(rows, dtype=torch.long, device=self.device)  # 1 = a chat owns the row
             self.key_index = torch.arange(self.max_len, device=self.device)
             self.row_index = torch.arange(rows, device=self.device)
-            self.step_tokens = torch.zeros(STEPS, rows, dtype=torch.long, device=self.device)  # a launch's tokens
             self.params = RowParams.empty(rows, self.device)
             self.seen: torch.Tensor | None = None  # [rows, vocab] for repetition penalties, made when needed
-        self.steps_per_launch = STEPS if self.cuda_graphs else 1  # a CPU step is milliseconds: nothing to save
-        self.host_tokens = [torch.zeros(STEPS, rows, dtype=torch.long, pin_memory=self.cuda_graphs)
-                            for _ in range(2)]
-        self.graphs: dict[tuple[int, int, str, int], torch.cuda.CUDAGraph] = {}
+        self.host_tokens = [torch.zeros(rows, dtype=torch.long, pin_memory=self.cuda_graphs) for _ in range(2)]
+        self.graphs: dict[tuple[int, int, str], torch.cuda.CUDAGraph] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.broken: str | None = None  # why graphs were given up, if they were
         self.prefills = PrefillGraphs(decoder, self.cache, self.pool) if self.cuda_graphs else None
         self.steps = 0
-        self.launches = 0
         self.prefill_passes = 0  # prefills run (several chats may share one on a CPU)
         self.chats: list[Chat | None] = [None] * rows
         self.pending: list[Chat] = []
@@ -159,7 +154,7 @@ class BatchDecoder:
 
     # -- scheduler thread ------------------------------------------------------------------------
     def _run(self) -> None:
-        inflight: tuple[list[Chat | None], int, torch.Tensor, torch.cuda.Event | None] | None = None
+        inflight: tuple[list[Chat | None], torch.Tensor, torch.cuda.Event | None] | None = None
         while True:
             with self.wake:
                 while (not self.closing and not self.pending and inflight is None
@@ -177,7 +172,7 @@ class BatchDecoder:
                     if inflight is not None:
                         self._deliver(*inflight)
                     inflight = launched
-                    if inflight is not None and inflight[3] is None:  # no GPU to overlap with: deliver now
+                    if inflight is not None and inflight[2] is None:  # no GPU to overlap with: deliver now
                         self._deliver(*inflight)
                         inflight = None
             except Exception as err:  # noqa: BLE001 - handed to every waiting consumer
@@ -285,13 +280,7 @@ class BatchDecoder:
             self.seen[self.row_index[:b], self.tokens[:b]] = True
         self.positions[:b].add_(self.live[:b])
 
-    def _steps(self, b: int, length: int, mode: str, steps: int) -> None:
-        """`steps` steps, each one's tokens kept in `step_tokens` for the host."""
-        for i in range(steps):
-            self._step(b, length, mode)
-            self.step_tokens[i, :b].copy_(self.tokens[:b])
-
-    def _graph(self, b: int, length: int, mode: str, steps: int) -> torch.cuda.CUDAGraph:
+    def _graph(self, b: int, length: int, mode: str) -> torch.cuda.CUDAGraph:
         # Warm-up on a side stream (compilation, cuBLAS workspaces), then capture. Both run the real
         # step on the current state, so the cache entries they write are the right ones; the warm-up
         # leaves out the tail, which would advance the rows.
@@ -303,63 +292,60 @@ class BatchDecoder:
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            self._steps(b, length, mode, steps)
-        log.info("captured %d decode step(s) for %d rows, cache length %d, %s", steps, b, length, mode)
+            self._step(b, length, mode)
+        log.info("captured the decode step for %d rows, cache length %d, %s", b, length, mode)
         return graph
 
-    def graph(self, b: int, length: int, mode: str = "greedy", steps: int = 1) -> torch.cuda.CUDAGraph | None:
-        """The CUDA graph of `steps` steps of rows 0..b-1 over `length` cache entries (captured at its first
-        use: this runs them once), or None without graphs."""
+    def graph(self, b: int, length: int, mode: str = "greedy") -> torch.cuda.CUDAGraph | None:
+        """The CUDA graph of a step of rows 0..b-1 over `length` cache entries (captured at its first use; a
+        capture runs nothing: replay it), or None without graphs."""
         if not self.cuda_graphs or self.broken:
             return None
-        key = (b, length, mode, steps)
+        key = (b, length, mode)
         if key not in self.graphs:
             try:
-                self.graphs[key] = self._graph(b, length, mode, steps)
+                self.graphs[key] = self._graph(b, length, mode)
             except RuntimeError as err:  # an op that cannot be captured: stay correct without graphs
                 self.broken = f"CUDA graph capture failed: {err}"
                 log.warning("%s; decoding without graphs", self.broken)
                 return None
-        return self.graphs[key]  # a capture runs nothing: the caller replays it
+        return self.graphs[key]
 
-    def _launch(self) -> tuple[list[Chat | None], int, torch.Tensor, torch.cuda.Event | None]:
-        """Queue the next steps of every live row; the tokens stay on the device as the next inputs."""
+    def _launch(self) -> tuple[list[Chat | None], torch.Tensor, torch.cuda.Event | None]:
+        """Queue one decode step for every live row; the sampled tokens stay on the device as next inputs."""
         top = max(r for r, c in enumerate(self.chats) if c is not None) + 1
         b = min(next((size for size in ROW_BUCKETS if size >= top), self.rows), self.rows) if self.cuda_graphs else top
         chats = self.chats[:b]
         longest = max(c.position for c in chats if c) + 1
-        steps = self.steps_per_launch if longest + 2 * self.steps_per_launch <= self.max_len else 1
         if self.cuda_graphs:
-            length = bucket(longest + steps - 1, self.max_len)
+            length = bucket(longest, self.max_len)
         else:  # the cache read is what costs a CPU step's attention: no more of it than needed
-            length = min(-(-(longest + steps - 1) // CPU_LENGTH_STEP) * CPU_LENGTH_STEP, self.max_len)
+            length = min(-(-longest // CPU_LENGTH_STEP) * CPU_LENGTH_STEP, self.max_len)
         live = [c for c in chats if c]
         mode = ("penalty" if any(c.settings.repetition_penalty != 1.0 for c in live)
                 else "greedy" if all(c.settings.greedy for c in live) else "sample")
-        if (graph := self.graph(b, length, mode, steps)) is not None:
+        if (graph := self.graph(b, length, mode)) is not None:
             graph.replay()
         else:
-            self._steps(b, length, mode, steps)
+            self._step(b, length, mode)
         for chat in live:
-            chat.position += steps
-        self.steps += steps
-        self.launches += 1
+            chat.position += 1
+        self.steps += 1
+        tokens = self.tokens[:b]
         if not self.cuda_graphs:
-            return chats, steps, self.step_tokens[:steps].cpu(), None
-        host = self.host_tokens[self.launches % 2]
-        host[:steps].copy_(self.step_tokens[:steps], non_blocking=True)
+            return chats, tokens.cpu(), None
+        host = self.host_tokens[self.steps % 2]
+        host[:b].copy_(tokens, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        return chats, steps, host, event
+        return chats, host, event
 
-    def _deliver(self, chats: list[Chat | None], steps: int, tokens: torch.Tensor,
-                 event: torch.cuda.Event | None) -> None:
+    def _deliver(self, chats: list[Chat | None], tokens: torch.Tensor, event: torch.cuda.Event | None) -> None:
         if event is not None:
             event.synchronize()
-        for row_tokens in tokens[:steps, :len(chats)].tolist():
-            for chat, token in zip(chats, row_tokens):
-                if chat is not None and not chat.done:
-                    self._emit(chat, token)
+        for chat, token in zip(chats, tokens[:len(chats)].tolist()):
+            if chat is not None and not chat.done:
+                self._emit(chat, token)
 
     def _emit(self, chat: Chat, token: int) -> None:
         if token in chat.stops:
