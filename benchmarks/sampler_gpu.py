@@ -3,9 +3,9 @@
     python3 -m benchmarks.sampler_gpu
 
 For 1 and 8 rows of InternLM2's 92,544 logits, flat (a random model's: std 1) and peaked (std 8, a
-trained model's head): the greedy argmax (`argmax_rows`), the sort alone, `sample_rows` (the sort and
-the kernel; temperature 0.8, top-p 0.8) and the same arithmetic in torch ops (`_sample_torch`, what
-the kernel replaced), microseconds a call, 200 calls in one graph.
+trained model's head): the greedy argmax (`argmax_rows`), a sort of the logits alone, `sample_rows`
+(chat.sample_race: no sort; temperature 0.8, top-p 0.8) and the sorted form in torch ops (`_sample_torch`,
+what a CPU runs), microseconds a call, 200 calls in one graph.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import torch
 from test_decode_attention import run_interpreted
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from myassistant.chat.sampler import RowParams, apply_repetition_penalty, argmax_rows, rank_noise, sample_rows
+from myassistant.chat.sampler import RowParams, apply_repetition_penalty, argmax_rows, sample_rows, token_noise
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
 
@@ -63,8 +63,8 @@ def test_a_rows_draws_depend_on_its_seed_and_position_only():
     assert len(draws) > 15  # the position changes the draw
 
 
-def test_the_noise_is_exponential_and_differs_by_seed_position_and_rank():
-    noise = rank_noise(torch.tensor([1, 1, 2, 2 ** 40 + 1]), torch.tensor([5, 6, 5, 5]), 100_000)
+def test_the_noise_is_exponential_and_differs_by_seed_position_and_token():
+    noise = token_noise(torch.tensor([1, 1, 2, 2 ** 40 + 1]), torch.tensor([5, 6, 5, 5]), 100_000)
     assert torch.allclose(noise.mean(1), torch.ones(4), atol=0.02)
     assert torch.allclose(noise.var(1), torch.ones(4), atol=0.05)
     assert ((noise > 2.0).float().mean(1) - torch.exp(torch.tensor(-2.0))).abs().max() < 0.01
@@ -74,26 +74,26 @@ def test_the_noise_is_exponential_and_differs_by_seed_position_and_rank():
 
 
 def check_kernel(device: str = "cpu", vocab: int = 5000) -> None:
-    """The Triton kernel (on a CPU run by Triton's interpreter) draws the tokens the torch form draws."""
-    from myassistant.chat.sampler import BLOCK, _sample_kernel, _sample_torch
+    """chat.sample_race (on a CPU run by Triton's interpreter) draws the tokens the sorted torch form draws."""
+    from myassistant.chat import sample_race
+    from myassistant.chat.sampler import _sample_torch
 
     generator = torch.Generator().manual_seed(0)
-    rows = 6  # 5000: more than two of the kernel's trips
+    rows = 7  # 5000: three chunks
     logits = torch.randn(rows, vocab, generator=generator) * 3
-    logits[5] = torch.randn(vocab, generator=generator) * 0.01  # flat: top-p's head spans trips
+    logits[5] = torch.randn(vocab, generator=generator) * 0.01  # flat: the nucleus spans every chunk
+    logits[6, :] = float("-inf")  # a vocabulary's masked ids, the largest logit repeated: the first index wins
+    logits[6, [7, vocab - 3, vocab // 2]] = 1.0
     logits = logits.to(device)
     params = RowParams.empty(rows, torch.device(device))
-    for row, (temperature, top_p, top_k) in enumerate([(0, 1.0, 0), (0.8, 0.8, 0), (1.0, 1.0, 40), (1.0, 1.0, 0),
-                                                       (0.5, 0.5, 3), (0.8, 0.8, 0)]):
+    settings = [(0, 1.0, 0), (0.8, 0.8, 0), (1.0, 1.0, 40), (1.0, 1.0, 0), (0.5, 0.5, 3), (0.8, 0.8, 0), (0, 1.0, 0)]
+    for row, (temperature, top_p, top_k) in enumerate(settings):
         params.set_row(row, temperature=temperature, top_p=top_p, top_k=top_k, penalty=1.0, seed=2 ** 40 + row)
-    for position in range(0, 300, 10):
+    for position in range(0, 300, 20):
         positions = torch.full((rows,), position, device=device)
-        ranked, order = logits.sort(dim=-1, descending=True)
-        out = torch.empty(rows, dtype=torch.long, device=device)
-        _sample_kernel[(rows,)](logits, ranked, order, out, params.greedy, params.temperature, params.top_p,
-                                params.top_k, params.seed, positions, logits.stride(0), ranked.stride(0),
-                                order.stride(0), V=vocab, BLOCK=BLOCK)
-        assert out.tolist() == _sample_torch(logits, params, positions).tolist(), position
+        got = sample_race.sample(logits, params, positions).tolist()
+        assert got == _sample_torch(logits, params, positions).tolist(), position
+        assert got[6] == 7
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
