@@ -364,12 +364,14 @@ def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: Genera
          graph_problem=engine.batch.broken)
     if bits == 16:
         emit("same_tokens_bf16", **compare(engine, engine.prompt(short, settings)[0], args.new_tokens))
-    # the app's default sampling (temperature 0.8, top-p 0.8)
+    # the app's default sampling (temperature 0.8, top-p 0.8), and with a repetition penalty
     sampled = dataclasses.replace(GenerationSettings(), max_new_tokens=args.new_tokens, seed=0)
-    reply(engine, short, sampled)
-    got = reply(engine, short, sampled)
-    emit("engine_sampled", bits=bits, decode_tokens_per_s=round(got.tokens_per_s, 1),
-         tokens_per_s=round(got.new_tokens / got.elapsed_s, 1), of_greedy=round(got.tokens_per_s / stats.tokens_per_s, 3))
+    for case, how in (("engine_sampled", sampled), ("engine_penalty", dataclasses.replace(sampled, repetition_penalty=1.1))):
+        reply(engine, short, how)
+        got = reply(engine, short, how)
+        emit(case, bits=bits, decode_tokens_per_s=round(got.tokens_per_s, 1), tokens_per_s=round(
+            got.new_tokens / got.elapsed_s, 1), of_greedy=round(got.tokens_per_s / stats.tokens_per_s, 3),
+            graph_problem=engine.batch.broken)
 
     long = [{"role": "user", "content": " ".join(["tell me about the weather today"] * 71)}]
     one = GenerationSettings(temperature=0, max_new_tokens=1)

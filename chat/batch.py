@@ -92,7 +92,6 @@ class BatchDecoder:
             self.positions = torch.zeros(rows, dtype=torch.long, device=self.device)
             self.live = torch.zeros(rows, dtype=torch.long, device=self.device)  # 1 = a chat owns the row
             self.key_index = torch.arange(self.max_len, device=self.device)
-            self.row_index = torch.arange(rows, device=self.device)
             self.params = RowParams.empty(rows, self.device)
             self.seen: torch.Tensor | None = None  # [rows, vocab] for repetition penalties, made when needed
         self.host_tokens = [torch.zeros(rows, dtype=torch.long, pin_memory=self.cuda_graphs) for _ in range(2)]
@@ -276,8 +275,8 @@ class BatchDecoder:
             self.tokens[:b].copy_(argmax_rows(logits))
         else:
             self.tokens[:b].copy_(sample_rows(logits, self.params, self.positions[:b]))
-        if mode == "penalty":
-            self.seen[self.row_index[:b], self.tokens[:b]] = True
+        if mode == "penalty":  # a scalar scatter: indexing with `= True` copies the value from the host, which no
+            self.seen[:b].scatter_(1, self.tokens[:b, None], True)  # graph capture allows
         self.positions[:b].add_(self.live[:b])
 
     def _graph(self, b: int, length: int, mode: str) -> torch.cuda.CUDAGraph:

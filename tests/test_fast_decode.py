@@ -284,7 +284,7 @@ def test_gpu_graphed_decode_equals_greedy_generate_across_buckets_and_rows(tiny_
         next(neighbour)
         assert list(engine.tokens(prompts[0], settings)) == alone and len(alone) == 30
         neighbour.close()
-    assert {key[2] for key in engine.batch.graphs} == {"greedy", "sample", "penalty"}
+    assert {key[2] for key in engine.batch.graphs} == {"greedy", "sample", "penalty"} and engine.batch.broken is None
     engine.stop_ids = stops
     streamed = "".join(engine.stream(ask(QUESTIONS[1]), GREEDY))
     assert streamed == engine.tokenizer.decode(list(engine.tokens(engine.prompt(ask(QUESTIONS[1]), GREEDY)[0], GREEDY)),
