@@ -4,8 +4,8 @@
 
 For 1 and 8 rows of InternLM2's 92,544 logits, flat (a random model's: std 1) and peaked (std 8, a
 trained model's head): the greedy argmax (`argmax_rows`), a sort of the logits alone, `sample_rows`
-(chat.sample_race: no sort; temperature 0.8, top-p 0.8) and the sorted form in torch ops (`_sample_torch`,
-what a CPU runs), microseconds a call, 200 calls in one graph.
+(chat.sample_race: no sort; temperature 0.8, top-p 0.8) and the sorted form in torch ops (`sorted_draw`,
+what a CPU ran before), microseconds a call, 200 calls in one graph.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from myassistant.chat.sampler import RowParams, _sample_torch, argmax_rows, sample_rows  # noqa: E402
+from myassistant.chat.sampler import RowParams, sorted_draw, argmax_rows, sample_rows  # noqa: E402
 
 VOCAB = 92544
 
@@ -53,7 +53,7 @@ def main() -> int:
                               "argmax_rows": round(graph_us(lambda: argmax_rows(logits)), 1),
                               "sort": round(graph_us(lambda: logits.sort(dim=-1, descending=True)), 1),
                               "sample_rows": round(graph_us(lambda: sample_rows(logits, params, positions)), 1),
-                              "torch_ops": round(graph_us(lambda: _sample_torch(logits, params, positions)), 1)}),
+                              "torch_ops": round(graph_us(lambda: sorted_draw(logits, params, positions)), 1)}),
                   flush=True)
     return 0
 

@@ -8,7 +8,8 @@ import torch
 from test_decode_attention import run_interpreted
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from myassistant.chat.sampler import RowParams, apply_repetition_penalty, argmax_rows, sample_rows, token_noise
+from myassistant.chat.sampler import (RowParams, apply_repetition_penalty, argmax_rows, sample_rows, sorted_draw,
+                                      token_noise)
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
 
@@ -74,12 +75,16 @@ def test_the_noise_is_exponential_and_differs_by_seed_position_and_token():
 
 
 def check_kernel(device: str = "cpu", vocab: int = 5000) -> None:
-    """chat.sample_race (on a CPU run by Triton's interpreter) draws the tokens the sorted torch form draws."""
+    """chat.sample_race (on a CPU run by Triton's interpreter) draws the tokens the sorted form draws."""
     from myassistant.chat import sample_race
-    from myassistant.chat.sampler import _sample_torch
 
+    check_draws(lambda *args: sample_race.sample(*args), device, vocab)
+
+
+def check_draws(draw, device: str = "cpu", vocab: int = 5000) -> None:
+    """`draw(logits, params, positions)` picks the tokens `sorted_draw` picks: flat, peaked, top-k, masked rows."""
     generator = torch.Generator().manual_seed(0)
-    rows = 7  # 5000: three chunks
+    rows = 7  # 5000: three of chat.sample_race's chunks
     logits = torch.randn(rows, vocab, generator=generator) * 3
     logits[5] = torch.randn(vocab, generator=generator) * 0.01  # flat: the nucleus spans every chunk
     logits[6, :] = float("-inf")  # a vocabulary's masked ids, the largest logit repeated: the first index wins
@@ -91,9 +96,13 @@ def check_kernel(device: str = "cpu", vocab: int = 5000) -> None:
         params.set_row(row, temperature=temperature, top_p=top_p, top_k=top_k, penalty=1.0, seed=2 ** 40 + row)
     for position in range(0, 300, 20):
         positions = torch.full((rows,), position, device=device)
-        got = sample_race.sample(logits, params, positions).tolist()
-        assert got == _sample_torch(logits, params, positions).tolist(), position
+        got = draw(logits, params, positions).tolist()
+        assert got == sorted_draw(logits, params, positions).tolist(), position
         assert got[6] == 7
+
+
+def test_the_draw_without_a_sort_is_the_sorted_draw():
+    check_draws(sample_rows)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
