@@ -271,19 +271,20 @@ def build(ws: Workspace, base_folder: gr.Textbox, data_file: gr.Textbox) -> dict
         over = overrides(ws, preset_, run_, base_, file_, form, extra_)
         problems = check(ws, preset_, run_, base_, file_, over, extra_)
         if problems:
-            return [*[show(problems.get(k)) for k in SLOTS], "", gr.update()]
+            return [*[show(problems.get(k)) for k in SLOTS], "", gr.update(), gr.update()]
         ws.presets.mkdir(parents=True, exist_ok=True)
         copy_preset(preset_, ws.presets, force=True)  # `assistant presets copy`: the shown command runs as is
         run_dir = ws.runs / run_
         jobs.start(train_args(ws, preset_, over), cwd=ws.root, job_file=runs.job_path(run_dir),
                    log_file=runs.log_path(run_dir))
-        return [*[show(None) for _ in SLOTS], note(f"Started **{run_}**: follow it below."), run_]
+        # the name box moves on to a free name: Start again is the next run, not a clash with this one
+        return [*[show(None) for _ in SLOTS], note(f"Started **{run_}**: follow it below."), run_, next_run_name(ws)]
 
     for comp in form_inputs:
         comp.change(on_change, form_inputs, command)
     run.input(lambda: show(None), None, slots["run"])  # another name: no word about the last one's state
     preset.change(on_preset, preset, [preset, *comps.values()])
-    start.click(on_start, form_inputs, [*[slots[k] for k in SLOTS], started, started_run])
+    start.click(on_start, form_inputs, [*[slots[k] for k in SLOTS], started, started_run, run])
     base_folder.change(lambda v: v, base_folder, base)
     base.change(on_base, [base, preset], preset)
     data_file.change(lambda v: v, data_file, train_file)
