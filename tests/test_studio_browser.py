@@ -245,7 +245,7 @@ def test_the_whole_pipeline_in_the_browser(tmp_path):
                                  + " --check", shell=True, capture_output=True, text=True, env=_env(tmp_path))
         assert checked.returncode == 0, checked.stderr
         start_training(page, base, None, max_steps=40, logging_steps=1, save_steps=20, eval_steps=20)
-        wait_for(lambda: page.locator("#train-run input").first.input_value() == "run-2", 30,
+        wait_for(lambda: page.locator("#train-run textarea, #train-run input").first.input_value() == "run-2", 30,
                  "the run name to move on to a free one")
         drawn = set()
 
