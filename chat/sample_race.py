@@ -75,7 +75,7 @@ def _keep(mass, count, top_p_ptr, top_k_ptr, row, V: tl.constexpr):
 
 
 @triton.jit
-def _first_kernel(logits_ptr, out_ptr, part_ptr, part_i_ptr, count_ptr, state_ptr, won_ptr, greedy_ptr, temp_ptr,
+def _first_kernel(logits_ptr, part_ptr, part_i_ptr, count_ptr, state_ptr, won_ptr, greedy_ptr, temp_ptr,
                   seed_ptr, pos_ptr, stride, V: tl.constexpr, C: tl.constexpr, CP: tl.constexpr,
                   CHUNK: tl.constexpr):
     """A chunk's largest logit, its first index, its softmax sum and its race winner; the row's last chunk combines
@@ -115,7 +115,7 @@ def _first_kernel(logits_ptr, out_ptr, part_ptr, part_i_ptr, count_ptr, state_pt
 
 
 @triton.jit
-def _check_kernel(logits_ptr, out_ptr, part_ptr, part_i_ptr, count_ptr, state_ptr, won_ptr, temp_ptr, top_p_ptr,
+def _check_kernel(logits_ptr, part_ptr, part_i_ptr, count_ptr, state_ptr, won_ptr, temp_ptr, top_p_ptr,
                   top_k_ptr, stride, V: tl.constexpr, C: tl.constexpr, CP: tl.constexpr, CHUNK: tl.constexpr):
     """A chunk's mass and count of logits above the winner's; the last chunk decides: the winner is kept, or its
     logit becomes the pivot of the next race."""
@@ -143,7 +143,7 @@ def _check_kernel(logits_ptr, out_ptr, part_ptr, part_i_ptr, count_ptr, state_pt
 
 
 @triton.jit
-def _race_kernel(logits_ptr, out_ptr, part_ptr, part_i_ptr, count_ptr, state_ptr, won_ptr, temp_ptr, seed_ptr,
+def _race_kernel(logits_ptr, part_ptr, part_i_ptr, count_ptr, state_ptr, won_ptr, temp_ptr, seed_ptr,
                  pos_ptr, stride, V: tl.constexpr, C: tl.constexpr, CP: tl.constexpr, CHUNK: tl.constexpr):
     """The race over the logits above the pivot: a chunk's winner, then the row's (the last chunk combines)."""
     row = tl.program_id(0)
@@ -212,7 +212,7 @@ def sample(logits: torch.Tensor, params: RowParams, positions: torch.Tensor) -> 
     won = scratch("sample_won", device, torch.int32, b * 2)
     out = torch.empty(b, dtype=torch.long, device=device)
     shape = dict(V=vocab, C=chunks, CP=triton.next_power_of_2(chunks), CHUNK=CHUNK)
-    common = (logits, out, part, part_i, count, state, won)
+    common = (logits, part, part_i, count, state, won)
     _first_kernel[(b, chunks)](*common, params.greedy, params.temperature, params.seed, positions, logits.stride(0),
                                **shape)
     for round_ in range(ROUNDS):
