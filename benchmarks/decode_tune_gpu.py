@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             gemv._picked.clear()
             if label == "tuned":  # the grid's best for every product, 1 row and several
                 for name, (n, k, norm, gated, residual, out_float) in specs.items():
-                    for rows in (1, 8):
-                        key = (n // 2 if gated else n, k, gated, residual, norm,
+                    for rows, handed in itertools.product((1, 8), (0, 1)):  # handed: sums of squares (chat.gemv)
+                        key = (n // 2 if gated else n, k, gated, residual * (1 + handed), norm * (1 + handed),
                                torch.float32 if out_float else torch.bfloat16, torch.bfloat16, rows > 1)
                         gemv._picked[key] = best[(name, rows)]
             times = {}

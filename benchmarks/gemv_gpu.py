@@ -9,7 +9,8 @@ enough copies of the weight to miss the 60 MB L2 (every product reads its weight
 decode step), as bytes of weight read / time against the copy bandwidth measured in the same run.
 ``--bits 8|4``: ours on weight-only int8 / int4 copies (cuBLAS on their dequantised bf16 matrices; the bandwidth
 fraction counts the quantised bytes). ``--sweep`` times every (BLOCK_N, BLOCK_K, SPLIT, warps, stages) of a small
-grid per shape and prints the best.
+grid per shape and prints the best. ``ours_squares_handed_on_us``: the same product with its norm's sums of squares
+given (qkv, gate/up, lm_head) or its output's handed on (o_proj, down), as a decode step runs them.
 """
 from __future__ import annotations
 
@@ -107,8 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             err = lambda y: float((y.double() - exact).norm() / exact.norm())  # noqa: E731
             t_ours = graph_time(lambda i: gemv.gemv(x, *weights[i], res, nw, 1e-5, gated, out_float), copies)
             t_cublas = graph_time(lambda i: reference(x, dense[i], res, nw, gated, out_float), copies)
+            # the norm's sums of squares handed on by the product before (taken / left: chat.gemv_epilogue)
+            squares = torch.zeros(rows, dtype=torch.int64, device="cuda")
+            hand_on = dict(squares_in=squares) if norm else dict(squares_out=squares) if residual else None
+            t_handed = hand_on and graph_time(lambda i: gemv.gemv(x, *weights[i], res, nw, 1e-5, gated, out_float,
+                                                                  **hand_on), copies)
             ideal = sum(t.numel() * t.element_size() for t in weights[0] if t is not None) / bandwidth
             emit("gemv", bits=args.bits, product=name, n=n, k=k, rows=rows, ours_us=round(t_ours * 1e6, 2),
+                 ours_squares_handed_on_us=hand_on and round(t_handed * 1e6, 2),
                  cublas_us=round(t_cublas * 1e6, 2), ours_of_bandwidth=round(ideal / t_ours, 3),
                  cublas_of_bandwidth=round(ideal / t_cublas, 3), error_ours=f"{err(ours):.2e}",
                  error_cublas=f"{err(cublas):.2e}",

@@ -30,6 +30,7 @@ from myassistant.chat import attention, gemv, int_weights, weight_only
 from myassistant.chat.attention import decode_attention
 from myassistant.chat.decode import Embed, Forward
 from myassistant.chat.quant import Int8Linear
+from myassistant.chat.scratch import scratch
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ STATIC_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "llama3"}
 # int8 layer, a layer that is not a plain Linear)
 Projection = torch.Tensor | int_weights.QuantWeight | torch.nn.Module
 SILU = ("SiLU", "SiLUActivation")  # torch's and transformers' modules: the activation chat.gemv fuses
+# a decode layer's rows' sums of squares, int64 [b] each (chat.gemv_epilogue): of its input (None where nothing wrote
+# them), of its attention's residual sum, and of its output
+Squares = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]
 
 
 def fast_decode_problem(model: torch.nn.Module) -> str | None:
@@ -118,37 +122,42 @@ def fused_products(layer: torch.nn.Module, fused: tuple[Projection, ...] | None,
             and gemv.usable(fused[0], rows) and type(layer.mlp.act_fn).__name__ in SILU)
 
 
-def _fused_rest(layer: torch.nn.Module, fused: tuple[Projection, ...], x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+def _fused_rest(layer: torch.nn.Module, fused: tuple[Projection, ...], x: torch.Tensor, o: torch.Tensor,
+                squares: Squares | None) -> torch.Tensor:
     """A decode step's layer output after its attention `o`: o_proj + residual, then the MLP, in three kernels."""
     b = x.shape[0]
-    x = gemv.product(o.view(b, -1), fused[2], residual=x.view(b, -1))
-    act = gemv.product(x, fused[1], norm=layer.post_attention_layernorm, gated=True)
-    return gemv.product(act, fused[3], residual=x).view(b, 1, -1)
+    _, mid, out = squares or (None, None, None)
+    x = gemv.product(o.view(b, -1), fused[2], residual=x.view(b, -1), squares_out=mid)
+    act = gemv.product(x, fused[1], norm=layer.post_attention_layernorm, gated=True, squares_in=mid)
+    return gemv.product(act, fused[3], residual=x, squares_out=out).view(b, 1, -1)
 
 
 def decoder_layer(layer: torch.nn.Module, fused: tuple[Projection, ...] | None, x: torch.Tensor,
                   cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-                  segments: tuple[int, ...] | None = None) -> torch.Tensor:
+                  segments: tuple[int, ...] | None = None, squares: Squares | None = None) -> torch.Tensor:
     """One decoder layer over `x` [b, n, hidden] that writes its keys and values into the cache.
 
     Decode (mask given): n == 1, row i of `x` is cache row rows[i] at positions[i]; attention over
     the first mask.shape[-1] entries of rows 0..b-1. Prefill (mask None): b == 1, `positions` [n]
     from 0 in cache row rows[0]; causal attention over the new tokens. Packed prefill (`segments`,
     the prompts' lengths, summing to n): several prompts one after the other, `rows` and `positions`
-    given per token; each prompt attends causally to itself only.
+    given per token; each prompt attends causally to itself only. `squares` (decode with chat.gemv's kernels): the
+    rows' sums of squares of the layer's input (None: not handed on), of its attention's residual sum and of its
+    output, zeroed int64 [b] each (chat.gemv_epilogue).
     """
     attn, mlp = layer.self_attn, layer.mlp
     b, n, _ = x.shape
     kv_heads, head_dim = k_cache.shape[1], k_cache.shape[-1]
     fused_kernels = mask is not None and fused_products(layer, fused, b)
     if fused_kernels:  # norms, SiLU*mul and residual adds inside the matrix products (chat.gemv)
-        qkv = gemv.product(x.view(b, -1), fused[0], norm=layer.input_layernorm)
+        qkv = gemv.product(x.view(b, -1), fused[0], norm=layer.input_layernorm,
+                           squares_in=None if squares is None else squares[0])
         length = mask.shape[-1]
         if attention.uses_split(k_cache, length):  # rotary, cache writes and attention in one kernel
             o = attention.rotary_split_attention(qkv, cos.view(b, -1), sin.view(b, -1), k_cache[:b, :, :length],
                                                  v_cache[:b, :, :length], positions, attn.scaling)
-            return _fused_rest(layer, fused, x, o)
+            return _fused_rest(layer, fused, x, o, squares)
         q, k, v = qkv.split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim], -1)
         q, k, v = q[:, None], k[:, None], v[:, None]
     else:
@@ -182,7 +191,7 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[Projection, ...] | None, 
                              mask, positions, attn.scaling)
         o = o.reshape(b, 1, -1)
     if fused_kernels:
-        return _fused_rest(layer, fused, x, o)
+        return _fused_rest(layer, fused, x, o, squares)
     if fused is None:
         x = x + attn.o_proj(o)
         h = layer.post_attention_layernorm(x)
@@ -220,11 +229,12 @@ class StaticCacheDecoder:
             return KVCache(len(self.layers), rows, self.kv_heads, self.head_dim,
                            min(max_len or self.max_len, self.max_len), self.dtype, self.device)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [b, vocab] of the last token of each row of `x` [b, n, hidden]."""
+    def _logits(self, x: torch.Tensor, squares: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 logits [b, vocab] of the last token of each row of `x` [b, n, hidden] (`squares`: its rows' sums
+        of squares, handed on by the last layer's kernels)."""
         head, norm = self.model.lm_head, self.model.model.norm
         if _plain_linear(head) and gemv.usable(head.weight, x.shape[0]):  # norm, product and cast in one kernel
-            return gemv.product(x[:, -1], head.weight, norm=norm, out_float=True)
+            return gemv.product(x[:, -1], head.weight, norm=norm, out_float=True, squares_in=squares)
         return self.model.lm_head(self.model.model.norm(x[:, -1:]))[:, -1].float()
 
     def prefill(self, ids: torch.Tensor, cache: KVCache, row: int = 0,
@@ -281,12 +291,21 @@ class StaticCacheDecoder:
         rows = torch.arange(b, device=self.device)
         x = self.model.model.embed_tokens(tokens[:, None])
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        # the rows' sums of squares the fused products hand on to the next norm: [layer input, attention's residual
+        # sum] a layer, then the last layer's output; zeroed each step (in its graph)
+        size = 2 * len(self.layers) * gemv.MAX_ROWS
+        squares = scratch("decode squares", self.device, torch.int64, size)[:size].view(-1, gemv.MAX_ROWS)[:, :b]
+        squares.zero_()
+        handed = None  # the sums of squares of x, where the layer before wrote them
         for i, layer in enumerate(self.layers):
+            fused_kernels = fused_products(layer, self.fused[i], b)
             # a layer of kernels only (chat.gemv, chat.attention) has nothing left to compile
-            one_kernel_attention = fused_products(layer, self.fused[i], b) and attention.uses_split(cache.k, attend_len)
-            step = decoder_layer if one_kernel_attention else self.decode_layer
-            x = step(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, mask)
-        return self._logits(x)
+            step = decoder_layer if fused_kernels and attention.uses_split(cache.k, attend_len) else self.decode_layer
+            layer_squares = (handed, squares[2 * i], squares[2 * i + 1]) if fused_kernels else None
+            x = step(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, mask,
+                     squares=layer_squares)
+            handed = squares[2 * i + 1] if fused_kernels else None
+        return self._logits(x, handed)
 
     def eager(self, cache: KVCache, embed: Embed | None = None) -> Forward:
         """A step function over row 0 of `cache` for `chat.decode.generate_tokens` (no graphs, no batching);

@@ -56,7 +56,7 @@ try:
 except ImportError:  # CPU-only installs: the model's modules everywhere
     triton = None
 else:
-    from myassistant.chat.gemv_epilogue import _finish
+    from myassistant.chat.gemv_epilogue import _finish, shared_rstd
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,10 @@ if triton is not None:
         return 1.0 / tl.sqrt(sq / K + eps)
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, s_ptr, M, N, stride_xm, stride_wn,
-                     stride_om, stride_rm, stride_sn, eps, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr,
-                     RESIDUAL: tl.constexpr, QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    def _gemv_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, s_ptr, sq_in_ptr, sq_out_ptr, M, N,
+                     stride_xm, stride_wn, stride_om, stride_rm, stride_sn, eps, K: tl.constexpr, NORM: tl.constexpr,
+                     SHARED_NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, SQUARES: tl.constexpr,
+                     QUANT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr, UPCAST: tl.constexpr,
                      PRECISION: tl.constexpr, GROUP: tl.constexpr, MAGIC: tl.constexpr):
         pid = tl.program_id(0)
@@ -163,7 +164,9 @@ if triton is not None:
         first = part * (K // SPLIT)
         # K is a constant of the compiled kernel (a model has two or three widths; Triton's interpreter
         # wants constant loop bounds) and a multiple of SPLIT * BLOCK_K (the host picks them so).
-        if NORM and QUANT == 0 and K <= 8192 and (K & (K - 1)) == 0:  # bf16 / fp16: a row in one load
+        if NORM and SHARED_NORM:  # from the sums of squares the product that wrote the rows left
+            rstd = shared_rstd(sq_in_ptr, m, m_ok, eps, K)
+        elif NORM and QUANT == 0 and K <= 8192 and (K & (K - 1)) == 0:  # bf16 / fp16: a row in one load
             rstd = _rstd_rows(x_ptr, m, M, stride_xm, eps, K, BLOCK_M)
         else:
             rstd = _rstd(x_ptr, m, m_ok, kk, stride_xm, eps, K, NORM, BLOCK_M, BLOCK_K)
@@ -206,8 +209,8 @@ if triton is not None:
             acc = acc * tl.load(s_ptr + n, mask=n_ok, other=0.0)[None, :]
             if GATED:
                 acc2 = acc2 * tl.load(s_ptr + n + N, mask=n_ok, other=0.0)[None, :]
-        _finish(acc, acc2, ws_ptr, count_ptr, res_ptr, out_ptr, pid, part, m, n, m_ok, n_ok, N, stride_om, stride_rm,
-                dtype, GATED, RESIDUAL, SPLIT, BLOCK_M, BLOCK_N)
+        _finish(acc, acc2, ws_ptr, count_ptr, res_ptr, out_ptr, sq_out_ptr, pid, part, m, n, m_ok, n_ok, N, stride_om,
+                stride_rm, dtype, GATED, RESIDUAL, SQUARES, SPLIT, BLOCK_M, BLOCK_N)
 
 
 _picked: dict[tuple, tuple] = {}  # the timed choice per (shape, fusions, rows)
@@ -216,7 +219,7 @@ timed: dict[tuple, dict[tuple, float]] = {}  # _pick's median ms per candidate, 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor,
             residual: torch.Tensor | None, norm_weight: torch.Tensor | None, eps: float, gated: bool,
-            config: tuple) -> None:
+            config: tuple, squares_in: torch.Tensor | None = None, squares_out: torch.Tensor | None = None) -> None:
     m, k = x.shape
     n = out.shape[1]
     block_n, block_k, split, warps, stages = config
@@ -226,36 +229,45 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     ws = scratch("gemv workspace", x.device, torch.float32, split * 2 * MAX_ROWS * n if split > 1 else 1)
     count = scratch("gemv counters", x.device, torch.int32, tiles, zeroed=True)
     if stages == "rows":  # one row on the CUDA cores (chat.gemv_rows)
-        return gemv_rows.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count)
+        return gemv_rows.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count, squares_in,
+                                squares_out)
     assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
     dummy = x  # pointer arguments of the fusions that are off: never read
     args = (x, weight, out, dummy if residual is None else residual, dummy if norm_weight is None else norm_weight, ws,
-            count, ws if scale is None else scale, m, n, x.stride(0), weight.stride(0), out.stride(0),
+            count, ws if scale is None else scale, count if squares_in is None else squares_in,
+            count if squares_out is None else squares_out, m, n, x.stride(0), weight.stride(0), out.stride(0),
             0 if residual is None else residual.stride(0), 0 if scale is None else scale.stride(0), eps)
     # int4 tiles for the dots: from the bits of 128 + nibble (bf16: inline PTX, -1) or 1024 + nibble (fp16 0x6400)
     magic = 0 if not x.is_cuda or quant != 4 else {torch.bfloat16: -1, torch.float16: 0x6400}.get(x.dtype, 0)
-    meta = dict(K=k, NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, QUANT=quant,
+    meta = dict(K=k, NORM=norm_weight is not None, SHARED_NORM=squares_in is not None, GATED=gated,
+                RESIDUAL=residual is not None, SQUARES=squares_out is not None, QUANT=quant,
                 BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split,
                 STAGES=stages, UPCAST=not x.is_cuda, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
                 GROUP=GROUP, MAGIC=magic, num_warps=warps)
     _gemv_kernel[(tiles, split)](*args, **meta)
 
 
-def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple:
+def _pick(x, weight, scale, out, residual, norm_weight, eps, gated, squares_in=None, squares_out=None) -> tuple:
     """The fastest candidate for this product, timed once on the real tensors inside CUDA graphs with the L2 flushed
-    (chat.gemv_pick); the first candidate where timing is not possible (CPU, inside a capture, TIME_CANDIDATES off)."""
+    (chat.gemv_pick); the first candidate where timing is not possible (CPU, inside a capture, TIME_CANDIDATES off).
+    `squares_out` is left as it was (the timed launches add to it)."""
     n, k = out.shape[1], x.shape[1]
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     found = gemv_pick.candidates(n, k, quant)
     if quant and x.shape[0] == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
         found += gemv_rows.candidates(n, k, quant)
-    key = (n, k, gated, residual is not None, norm_weight is not None, out.dtype, weight.dtype, x.shape[0] > 1)
+    # residual / norm: 0 off, 1 on, 2 on and handing on the sums of squares / taking them
+    key = (n, k, gated, (residual is not None) + (squares_out is not None), (norm_weight is not None) +
+           (squares_in is not None), out.dtype, weight.dtype, x.shape[0] > 1)
     if key in _picked or not x.is_cuda or not TIME_CANDIDATES or torch.cuda.is_current_stream_capturing():
         return _picked.get(key, found[0])
+    squares = None if squares_out is None else squares_out.clone()
+    launch = lambda config: _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config,  # noqa: E731
+                                    squares_in, squares_out)
     compiled, first = [], None
     for config in found:
         try:
-            _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config)  # compile, grow the buffers
+            launch(config)  # compile, grow the buffers
         except triton.runtime.errors.OutOfResources:  # too much shared memory (fp32 tiles): not a candidate
             continue
         except Exception as e:  # noqa: BLE001 - a candidate that does not compile here is not one (the first must)
@@ -271,8 +283,9 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated) -> tuple:
             log.warning("gemv candidate %s for %dx%d left out: its product differs from %s's", config, n, k, found[0])
             continue
         compiled.append(config)
-    times = gemv_pick.time_in_graphs(
-        compiled, lambda config: _launch(x, weight, scale, out, residual, norm_weight, eps, gated, config), x.device)
+    times = gemv_pick.time_in_graphs(compiled, launch, x.device)
+    if squares is not None:
+        squares_out.copy_(squares)
     timed[key] = times
     _picked[key] = min(times, key=times.get) if times else found[0]
     return _picked[key]
@@ -282,30 +295,36 @@ def _out_features(weight: torch.Tensor, gated: bool) -> int:
     return weight.shape[0] // 2 if gated else weight.shape[0]
 
 
-@torch.library.custom_op("myassistant::gemv", mutates_args=())
+@torch.library.custom_op("myassistant::gemv", mutates_args=("squares_out",))
 def gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, residual: torch.Tensor | None,
-         norm_weight: torch.Tensor | None, eps: float, gated: bool, out_float: bool) -> torch.Tensor:
+         norm_weight: torch.Tensor | None, eps: float, gated: bool, out_float: bool,
+         squares_in: torch.Tensor | None = None, squares_out: torch.Tensor | None = None) -> torch.Tensor:
     """``[norm](x) @ weight.T`` for x [m, K] (m <= MAX_ROWS): [m, N], or [m, N/2] when `gated` (SiLU(gate) * up of
     the merged [gate; up] weight); plus `residual` [m, N] when given; float32 when `out_float` (logits).
-    `weight` in x's dtype, or a `QuantWeight`'s q with its `scale`."""
+    `weight` in x's dtype, or a `QuantWeight`'s q with its `scale`. `squares_out` (int64 [m], zeroed): the output
+    rows' sums of squares are added to it, for a next product's `squares_in` (its norm then reads no row:
+    chat.gemv_epilogue)."""
     out = torch.empty(x.shape[0], _out_features(weight, gated), dtype=torch.float32 if out_float else x.dtype,
                       device=x.device)
     _launch(x, weight, scale, out, residual, norm_weight, eps, gated,
-            _pick(x, weight, scale, out, residual, norm_weight, eps, gated))
+            _pick(x, weight, scale, out, residual, norm_weight, eps, gated, squares_in, squares_out),
+            squares_in, squares_out)
     return out
 
 
 @gemv.register_fake
-def _(x, weight, scale, residual, norm_weight, eps, gated, out_float):
+def _(x, weight, scale, residual, norm_weight, eps, gated, out_float, squares_in=None, squares_out=None):
     return x.new_empty(x.shape[0], _out_features(weight, gated), dtype=torch.float32 if out_float else x.dtype)
 
 
 def product(x: torch.Tensor, weight: torch.Tensor | QuantWeight, residual: torch.Tensor | None = None,
-            norm: torch.nn.Module | None = None, gated: bool = False, out_float: bool = False) -> torch.Tensor:
-    """`gemv` with a model's RMSNorm module (`norm`) and a plain or quantised weight."""
+            norm: torch.nn.Module | None = None, gated: bool = False, out_float: bool = False,
+            squares_in: torch.Tensor | None = None, squares_out: torch.Tensor | None = None) -> torch.Tensor:
+    """`gemv` with a model's RMSNorm module (`norm`) and a plain or quantised weight; `squares_in` / `squares_out`:
+    the input rows' sums of squares handed on from the product that wrote them (see `gemv`)."""
     q, scale = weight if isinstance(weight, QuantWeight) else (weight, None)
     return gemv(x, q, scale, residual, None if norm is None else norm.weight,
-                0.0 if norm is None else norm.variance_epsilon, gated, out_float)
+                0.0 if norm is None else norm.variance_epsilon, gated, out_float, squares_in, squares_out)
 
 
 def usable(weight: torch.Tensor | QuantWeight, rows: int) -> bool:

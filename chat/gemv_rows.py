@@ -39,7 +39,7 @@ BLOCK_B = 32 * CHUNK  # bytes of a row a program's warp covers a loop trip
 TARGET_PROGRAMS = 2048  # programs of one warp a launch should have
 
 if triton is not None:
-    from myassistant.chat.gemv_epilogue import _finish
+    from myassistant.chat.gemv_epilogue import _finish, shared_rstd
 
     def _words_ptx(registers: str, constants: str, word: str) -> tl.constexpr:
         """The inline PTX of a chunk's sum: `word` (a template over one 32-bit word {w} and its input pairs {x0}..)
@@ -230,9 +230,10 @@ fma.rn.f16x2 acc, v1, {x1}, acc;
         return sums, sums2
 
     @triton.jit
-    def _rows_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, s_ptr, stride_om, stride_rm, eps,
-                     N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr,
-                     RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, SPLIT: tl.constexpr,
+    def _rows_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, s_ptr, sq_in_ptr, sq_out_ptr,
+                     stride_om, stride_rm, eps, N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr,
+                     SHARED_NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, SQUARES: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, SPLIT: tl.constexpr,
                      GROUP: tl.constexpr, CHUNK: tl.constexpr, ASM: tl.constexpr, QUANT: tl.constexpr):
         pid = tl.program_id(0)
         part = tl.program_id(1)  # which K / SPLIT slice of the product this program sums
@@ -244,7 +245,9 @@ fma.rn.f16x2 acc, v1, {x1}, acc;
         ROW: tl.constexpr = WORDS * 4 // SPLIT  # bytes of a row this program reads
         first = part * ROW  # its first byte
         rstd = 0.0
-        if NORM:  # 1 / RMS of the input row over the whole K
+        if NORM and SHARED_NORM:  # from the sums of squares the product that wrote the row left
+            rstd = tl.sum(shared_rstd(sq_in_ptr, tl.arange(0, 1), tl.arange(0, 1) < 1, eps, K), 0)
+        elif NORM:  # 1 / RMS of the input row over the whole K
             sq = tl.zeros([1024], tl.float32)
             for k0 in tl.static_range(0, K, 1024):
                 cols = k0 + tl.arange(0, 1024)
@@ -288,8 +291,8 @@ fma.rn.f16x2 acc, v1, {x1}, acc;
             if GATED:
                 out2 *= _load(s_ptr + N + n, n_ok, EVEN)
         m = tl.arange(0, 1)
-        _finish(out[None, :], out2[None, :], ws_ptr, count_ptr, res_ptr, out_ptr, pid, part, m, n, m < 1, n_ok, N,
-                stride_om, stride_rm, dtype, GATED, RESIDUAL, SPLIT, 1, BLOCK_N)
+        _finish(out[None, :], out2[None, :], ws_ptr, count_ptr, res_ptr, out_ptr, sq_out_ptr, pid, part, m, n, m < 1,
+                n_ok, N, stride_om, stride_rm, dtype, GATED, RESIDUAL, SQUARES, SPLIT, 1, BLOCK_N)
 
 
 def candidates(n: int, k: int, quant: int) -> list[tuple]:
@@ -310,8 +313,9 @@ def candidates(n: int, k: int, quant: int) -> list[tuple]:
 
 def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor,
            residual: torch.Tensor | None, norm_weight: torch.Tensor | None, eps: float, gated: bool,
-           config: tuple, ws: torch.Tensor, count: torch.Tensor) -> None:
-    """The product of one row `x` [1, K] with the int4 / int8 `weight` / `scale` (chat.gemv's arguments and
+           config: tuple, ws: torch.Tensor, count: torch.Tensor, squares_in: torch.Tensor | None = None,
+           squares_out: torch.Tensor | None = None) -> None:
+    """The product of one row `x` [1, K] with the int4 / int8 `weight` / `scale` (chat.gemv's arguments, squares and
     buffers)."""
     block_n, block_b, split, warps, _ = config
     assert x.shape[0] == 1 and x.stride(-1) == 1 and weight.dtype in (torch.uint8, torch.int8)
@@ -321,7 +325,9 @@ def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torc
     dummy = x
     _rows_kernel[(triton.cdiv(n, block_n), split)](
         x, weight.view(torch.int32), out, dummy if residual is None else residual,
-        dummy if norm_weight is None else norm_weight, ws, count, scale, out.stride(0),
+        dummy if norm_weight is None else norm_weight, ws, count, scale,
+        count if squares_in is None else squares_in, count if squares_out is None else squares_out, out.stride(0),
         0 if residual is None else residual.stride(0), eps, N=n, K=x.shape[1], NORM=norm_weight is not None,
-        GATED=gated, RESIDUAL=residual is not None, BLOCK_N=block_n, BLOCK_B=block_b, SPLIT=split, GROUP=GROUP,
+        SHARED_NORM=squares_in is not None, GATED=gated, RESIDUAL=residual is not None,
+        SQUARES=squares_out is not None, BLOCK_N=block_n, BLOCK_B=block_b, SPLIT=split, GROUP=GROUP,
         CHUNK=CHUNK, ASM=x.is_cuda, QUANT=8 if weight.dtype == torch.int8 else 4, num_warps=warps)

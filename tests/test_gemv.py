@@ -38,6 +38,26 @@ FORMS = {"fp32": (16, torch.float32), "bf16": (16, torch.bfloat16), "int8": (8, 
          "int4": (4, torch.bfloat16)}
 
 
+def squares_of(t: torch.Tensor) -> torch.Tensor:
+    """Each row's sum of squares as chat.gemv_epilogue hands it on: int64 in units of 2^-20."""
+    return (t.double().pow(2).sum(-1) * 2 ** 20).round().long()
+
+
+def check_squares(case: str, product, x: torch.Tensor, got: torch.Tensor, norm: bool, residual: bool) -> None:
+    """The sums of squares handed on: a product with the residual add leaves its output rows' (to within the
+    float32 block sums' rounding); a product with the norm given them computes what it computes from the rows."""
+    if residual:
+        squares = torch.zeros(got.shape[0], dtype=torch.int64, device=got.device)
+        again = product(squares_out=squares)
+        want = squares_of(again)
+        assert torch.equal(again, got), f"{case}: the output changed with squares_out"
+        assert ((squares - want).abs() <= 1e-5 * want + 64).all(), f"{case}: squares {squares} for {want}"
+    if norm:
+        shared = product(squares_in=squares_of(x))
+        err = float((shared.double() - got.double()).norm() / got.double().norm())
+        assert err <= (1e-5 if got.dtype == torch.float32 else 2e-3), f"{case}: with squares_in: error {err}"
+
+
 def check(device: str, bf16_tol: float, forms: tuple[str, ...] = tuple(FORMS)) -> None:
     """Every fusion over the weight `forms`."""
     for form in forms:
@@ -67,6 +87,8 @@ def check_form(device: str, bits: int, dtype: torch.dtype, tol: float) -> None:
             assert got.shape == want.shape and got.dtype == (torch.float32 if out_float else dtype)
             err = float((got.double() - want).norm() / want.norm())
             assert err <= tol, f"{case}: error {err}"
+            check_squares(case, lambda **squares: product(x, weight, res, nw, gated, out_float, **squares), x, got,
+                          norm, residual)
 
 
 def test_weight_only_quantisation_round_trip():
@@ -136,11 +158,15 @@ def check_one_row(device: str, tol: float) -> None:
                 configs = gemv_rows.candidates(n, k, bits)
                 assert {c[0] for c in configs} == {4, 8, 16}
                 for config in configs:
-                    out = torch.empty(1, n, device=device, dtype=torch.float32 if out_float else torch.bfloat16)
-                    gemv._launch(x, *weight, out, res, nw, 1e-5, gated, config)
+                    def launch(config=config, **squares):
+                        out = torch.empty(1, n, device=device, dtype=torch.float32 if out_float else torch.bfloat16)
+                        gemv._launch(x, *weight, out, res, nw, 1e-5, gated, config, **squares)
+                        return out
+                    out = launch()
                     err = float((out.double() - want).norm() / want.norm())
                     case = f"{bits} bits {config} norm={norm} gated={gated} residual={residual} n={n} k={k}"
                     assert err <= tol, f"{case}: error {err}"
+                    check_squares(case, launch, x, out, norm, residual)
 
 
 @pytest.mark.gpu
