@@ -33,7 +33,7 @@ CASES = [((32, 256, 2, 4, 3), True, False, False, 2048, False), ((32, 256, 1, 4,
          ((16, 256, 4, 4, 3), False, False, True, 8192, False), ((64, 256, 8, 4, 3), False, False, True, 14336, False),
          ((64, 256, 1, 4, 3), True, False, False, 4096, True), ((32, 256, 1, 4, 4), True, True, False, 2048, False)]
 POINTERS = {"x_ptr": "bf16", "w_ptr": "bf16", "out_ptr": "bf16", "res_ptr": "bf16", "nw_ptr": "bf16",
-            "ws_ptr": "fp32", "count_ptr": "i32", "s_ptr": "fp32"}
+            "ws_ptr": "fp32", "count_ptr": "i32", "s_ptr": "fp32", "sq_in_ptr": "i64", "sq_out_ptr": "i64"}
 
 
 def load(source: str, name: str):
@@ -47,32 +47,43 @@ def load(source: str, name: str):
 
 
 def load_revision(rev: str):
-    """chat/gemv.py of git revision `rev` as a module; the chat modules it imports that this tree no longer has
-    (chat.pdl before its removal) come from the revision too."""
+    """chat/gemv.py of git revision `rev` as a module, with the kernel modules it imports (chat.gemv_epilogue,
+    chat.gemv_rows; chat.pdl before its removal) of the revision too while it loads: their kernels are part of it."""
     import myassistant.chat
 
-    def show(path: str) -> str:
-        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, text=True,
-                              capture_output=True).stdout
+    def show(path: str) -> str | None:
+        done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, text=True, capture_output=True)
+        return done.stdout if done.returncode == 0 else None
 
     source = show("chat/gemv.py")
-    for names in re.findall(r"^from myassistant\.chat import ([\w, ]+)", source, re.MULTILINE):
-        for name in (n.strip() for n in names.split(",")):
-            if importlib.util.find_spec(f"myassistant.chat.{name}") is None:
-                module = load(show(f"chat/{name}.py"), f"{name}_reference")
+    kept = {}
+    for name in ("pdl", "gemv_epilogue", "gemv_rows"):  # in import order: gemv_rows imports gemv_epilogue
+        if f"{name}" in source and (text := show(f"chat/{name}.py")) is not None:
+            kept[name] = sys.modules.get(f"myassistant.chat.{name}")
+            module = load(text, f"{name}_reference")
+            sys.modules[f"myassistant.chat.{name}"] = module
+            setattr(myassistant.chat, name, module)
+    try:
+        return load(source, "gemv_reference")
+    finally:
+        for name, module in kept.items():
+            if module is None:
+                sys.modules.pop(f"myassistant.chat.{name}", None)
+            else:
                 sys.modules[f"myassistant.chat.{name}"] = module
                 setattr(myassistant.chat, name, module)
-    return load(source, "gemv_reference")
 
 
 def instructions(module, case, bits: int = 16) -> list[str]:
     """The kernel's PTX instructions for a case over `bits`-bit weights (16: bf16, 8 / 4: weight-only)."""
     (block_n, block_k, split, warps, stages), norm, gated, residual, k, out_float = case
     kernel = module._gemv_kernel
-    # W_FIRST, PDL, ASM, EARLY_RELEASE, PREFETCH: arguments of earlier revisions (before their removal), off there
+    # W_FIRST, PDL, ASM, EARLY_RELEASE, PREFETCH: arguments of earlier revisions (before their removal), off there;
+    # SHARED_NORM, SQUARES: of later ones (the sums of squares handed on), off
     consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=bits % 16, BLOCK_M=16, BLOCK_N=block_n,
                   BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False, PRECISION="tf32", GROUP=128,
-                  MAGIC=-1 if bits == 4 else 0, W_FIRST=False, PDL=False, ASM=False, EARLY_RELEASE=True, PREFETCH=0)
+                  MAGIC=-1 if bits == 4 else 0, W_FIRST=False, PDL=False, ASM=False, EARLY_RELEASE=True, PREFETCH=0,
+                  SHARED_NORM=False, SQUARES=False)
     consts = {name: value for name, value in consts.items() if name in kernel.arg_names}
     pointers = {**POINTERS, "out_ptr": "fp32" if out_float else "bf16", "w_ptr": {16: "bf16", 8: "i8", 4: "u8"}[bits]}
     ptx = compile_ptx(kernel, consts, pointers, warps).asm["ptx"]
@@ -119,7 +130,8 @@ def quant(module) -> None:
             for (block_n, block_k, split, warps, stages) in gemv_pick.candidates(n // 2 if gated else n, k, bits):
                 consts = dict(K=k, NORM=norm, GATED=gated, RESIDUAL=residual, QUANT=bits, BLOCK_M=16,
                               BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split, STAGES=stages, UPCAST=False,
-                              PRECISION="tf32", GROUP=128, MAGIC=-1 if bits == 4 else 0)
+                              PRECISION="tf32", GROUP=128, MAGIC=-1 if bits == 4 else 0, SHARED_NORM=False,
+                              SQUARES=False)
                 ptx = compile_ptx(module._gemv_kernel, consts, pointers, warps).asm["ptx"]
                 with tempfile.TemporaryDirectory() as tmp:
                     Path(tmp, "k.ptx").write_text(ptx)
@@ -133,6 +145,11 @@ def quant(module) -> None:
                                   * (2 if gated else 1) // (32 * warps),
                                   "registers": int(re.search(r"Used (\d+) registers", info).group(1)),
                                   "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1))}))
+
+
+def registers_unnamed(lines: list[str]) -> list[str]:
+    """The instructions sorted, each virtual register's number left out (%r12 -> %r)."""
+    return sorted(re.sub(r"%(r|rd|rs|f|fd|p|h|hh)\d+", r"%\1", line) for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     for bits in (16, 8, 4):
         for case in CASES:
             a, b = instructions(old, case, bits), instructions(new, case, bits)
-            # the same instructions, possibly in another order (ptxas schedules them again anyway)
-            same = sorted(a) == sorted(b)
+            # the same instructions, possibly in another order and other registers (ptxas schedules and allocates
+            # them again anyway; a kernel argument more renumbers the parameter loads' registers)
+            same = registers_unnamed(a) == registers_unnamed(b)
             same_all &= same
             print(json.dumps({"case": "ptx", "bits": bits, "config": case[0], "norm": case[1], "gated": case[2],
                               "residual": case[3], "k": case[4], "float_out": case[5], "instructions": [len(a), len(b)],

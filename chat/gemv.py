@@ -297,13 +297,14 @@ def _out_features(weight: torch.Tensor, gated: bool) -> int:
 
 @torch.library.custom_op("myassistant::gemv", mutates_args=("squares_out",))
 def gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, residual: torch.Tensor | None,
-         norm_weight: torch.Tensor | None, eps: float, gated: bool, out_float: bool,
-         squares_in: torch.Tensor | None = None, squares_out: torch.Tensor | None = None) -> torch.Tensor:
+         norm_weight: torch.Tensor | None, eps: float, gated: bool, out_float: bool, squares_in: torch.Tensor | None,
+         squares_out: torch.Tensor | None) -> torch.Tensor:
     """``[norm](x) @ weight.T`` for x [m, K] (m <= MAX_ROWS): [m, N], or [m, N/2] when `gated` (SiLU(gate) * up of
     the merged [gate; up] weight); plus `residual` [m, N] when given; float32 when `out_float` (logits).
     `weight` in x's dtype, or a `QuantWeight`'s q with its `scale`. `squares_out` (int64 [m], zeroed): the output
     rows' sums of squares are added to it, for a next product's `squares_in` (its norm then reads no row:
-    chat.gemv_epilogue)."""
+    chat.gemv_epilogue). No defaults: torch 2.11 drops trailing default arguments before it counts the mutated one.
+    """
     out = torch.empty(x.shape[0], _out_features(weight, gated), dtype=torch.float32 if out_float else x.dtype,
                       device=x.device)
     _launch(x, weight, scale, out, residual, norm_weight, eps, gated,
@@ -313,7 +314,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, resi
 
 
 @gemv.register_fake
-def _(x, weight, scale, residual, norm_weight, eps, gated, out_float, squares_in=None, squares_out=None):
+def _(x, weight, scale, residual, norm_weight, eps, gated, out_float, squares_in, squares_out):
     return x.new_empty(x.shape[0], _out_features(weight, gated), dtype=torch.float32 if out_float else x.dtype)
 
 
