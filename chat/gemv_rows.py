@@ -296,21 +296,18 @@ fma.rn.f16x2 acc, v1, {x1}, acc;
 
 
 def candidates(n: int, k: int, quant: int) -> list[tuple]:
-    """(BLOCK_N, BLOCK_B, SPLIT, 1 warp, "rows") for a one-row product against an [n, k] int4 / int8 weight: per block
-    of rows, K split until about TARGET_PROGRAMS programs of one warp, and half and twice that split. How many
-    programs a GPU holds at once depends on the registers a program takes (int8's 16-row programs: ~170, 11 a
-    multiprocessor on an H100 / H200; int4's: 80-100, over 20), and a launch of just over one full wave ends with a
-    second, nearly empty one: which split streams best is timed (chat.gemv._pick), not guessed. chat.gemv's `_launch`
-    knows these candidates by the "rows" where its own configurations have pipeline stages."""
+    """(BLOCK_N, BLOCK_B, SPLIT, 1 warp, "rows") for a one-row product against an [n, k] int4 / int8 weight: K split
+    until about TARGET_PROGRAMS programs of one warp (a multiprocessor holds up to 32; half as many were slower for
+    all four 7B int4 products on an H200). chat.gemv's `_launch` knows them by the "rows" where its own
+    configurations have pipeline stages."""
     row = k * quant // 8  # bytes
     found = []
     for block_n in (8, 16, 4):
         split = 1
         while -(-n // block_n) * split < TARGET_PROGRAMS and row % (2 * split * BLOCK_B) == 0 and split < 8:
             split *= 2
-        for s in (split, split // 2, split * 2):
-            if s >= 1 and row % (s * BLOCK_B) == 0 and (block_n, BLOCK_B, s, 1, "rows") not in found:
-                found.append((block_n, BLOCK_B, s, 1, "rows"))
+        if row % (split * BLOCK_B) == 0:
+            found.append((block_n, BLOCK_B, split, 1, "rows"))
     return found
 
 
