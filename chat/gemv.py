@@ -4,8 +4,10 @@ A batch-1 decode step of a 1.8B model is 97 matrix products of 1-8 rows against 
 pure weight reads, each with its own RMSNorm, SiLU*mul, residual add or cast kernel around it under
 cuBLAS (every extra kernel is a launch and a ramp-up in a graph). Here one Triton kernel does:
 
-- ``NORM``: the RMSNorm of the input rows as the prologue (each program recomputes the rows' mean
-  square from the 2048-wide input, read from L2: no normalised copy is written);
+- ``NORM``: the RMSNorm of the input rows as the prologue (no normalised copy is written). Each program
+  needs the rows' mean square: in a decode step the product that wrote the rows (o_proj, down: the residual
+  add) hands on their sums of squares (``SQUARES`` -> ``SHARED_NORM``, chat.gemv_epilogue), else each program
+  recomputes it from the input read from L2 (at 7B, 8 KiB a program);
 - the product, each program owning BLOCK_N output features (weights streamed once, fp32 accumulation
   on the tensor cores, the rows padded to 16), over the whole K or a 1/SPLIT slice of it: the slices'
   partial sums meet in a workspace and the last program of a column block to arrive adds them in a
