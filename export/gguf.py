@@ -11,7 +11,6 @@ the k-quant q4_k_m needs llama.cpp's own quantiser (`export.quantize`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -26,8 +25,8 @@ import torch
 from myassistant.export.modelfile import modelfile_path, sampling_of, write_modelfile
 from myassistant.export.quantize import llama_cpp_quantize, require_quantiser
 from myassistant.export.vocab import vocab_from_tokenizer, write_vocab
-from myassistant.model import (ADAPTER_CONFIG, MERGE_INFO, CheckpointError, load_model, load_tokenizer,
-                              read_config)
+from myassistant.hub.card import assistant_name
+from myassistant.model import ADAPTER_CONFIG, CheckpointError, load_model, load_tokenizer, read_config
 
 log = logging.getLogger(__name__)
 
@@ -224,15 +223,6 @@ def check_writable(out: Path) -> None:
         raise ExportError(f"--out {out}: cannot write there ({err.strerror})") from None
 
 
-def recorded_name(folder: Path) -> str | None:
-    """The assistant's name a merged folder records (merge.json's "name"), or None."""
-    try:
-        name = json.loads((folder / MERGE_INFO).read_text(encoding="utf-8")).get("name")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(name) if name else None
-
-
 def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "q8_0", name: str | None = None) -> ExportResult:
     """`model_dir` (InternLM2 or Llama layout, merged) -> the GGUF file `out` and an Ollama Modelfile beside it.
 
@@ -262,7 +252,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "q8_0", nam
         raise ExportError(f"{folder}: loads as {type(model).__name__}, not a Llama-layout model")
     if out.exists():
         log.info("replacing %s", out)
-    count = save_gguf(model, tokenizer, out, quant, name or recorded_name(folder) or folder.name, sampling_of(folder))
+    count = save_gguf(model, tokenizer, out, quant, name or assistant_name(folder) or folder.name, sampling_of(folder))
     size = out.stat().st_size
     log.info("wrote %s (%s, %d tensors, %.1f MiB)", out, quant, count, size / 2**20)
     return ExportResult(gguf=out, quant=quant, tensors=count, bytes=size)
