@@ -101,21 +101,21 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.randn(rows, k, device="cuda", dtype=dt)
             res = torch.randn(rows, out_n, device="cuda", dtype=dt) if residual else None
             out_float = name == "lm_head"
-            ours = gemv.gemv(x, *weights[0], res, nw, 1e-5, gated, out_float, None, None)
+            ours = gemv.gemv(x, *weights[0], res, nw, 1e-5, gated, out_float)
             exact = reference(x.double(), dense[0].double(), None if res is None else res.double(),
                               None if nw is None else nw.double(), gated, False)
             cublas = reference(x, dense[0], res, nw, gated, out_float)
             err = lambda y: float((y.double() - exact).norm() / exact.norm())  # noqa: E731
-            t_ours = graph_time(lambda i: gemv.gemv(x, *weights[i], res, nw, 1e-5, gated, out_float, None, None), copies)
+            t_ours = graph_time(lambda i: gemv.gemv(x, *weights[i], res, nw, 1e-5, gated, out_float), copies)
             t_cublas = graph_time(lambda i: reference(x, dense[i], res, nw, gated, out_float), copies)
             # the norm's sums of squares handed on by the product before (taken / left: chat.gemv_epilogue)
             squares = torch.zeros(rows, dtype=torch.int64, device="cuda")
-            hand_on = (squares, None) if norm else (None, squares) if residual else None
-            t_handed = hand_on and graph_time(lambda i: gemv.gemv(x, *weights[i], res, nw, 1e-5, gated, out_float,
-                                                                  *hand_on), copies)
+            handed = (lambda i: gemv.gemv(x, *weights[i], res, nw, 1e-5, gated, out_float, squares)) if norm else (
+                lambda i: gemv.gemv_squares(x, *weights[i], res, nw, 1e-5, gated, out_float, None, squares))
+            t_handed = graph_time(handed, copies) if norm or residual else None
             ideal = sum(t.numel() * t.element_size() for t in weights[0] if t is not None) / bandwidth
             emit("gemv", bits=args.bits, product=name, n=n, k=k, rows=rows, ours_us=round(t_ours * 1e6, 2),
-                 ours_squares_handed_on_us=hand_on and round(t_handed * 1e6, 2),
+                 ours_squares_handed_on_us=t_handed and round(t_handed * 1e6, 2),
                  cublas_us=round(t_cublas * 1e6, 2), ours_of_bandwidth=round(ideal / t_ours, 3),
                  cublas_of_bandwidth=round(ideal / t_cublas, 3), error_ours=f"{err(ours):.2e}",
                  error_cublas=f"{err(cublas):.2e}",

@@ -298,13 +298,15 @@ class StaticCacheDecoder:
         squares.zero_()
         handed = None  # the sums of squares of x, where the layer before wrote them
         for i, layer in enumerate(self.layers):
-            fused_kernels = fused_products(layer, self.fused[i], b)
-            # a layer of kernels only (chat.gemv, chat.attention) has nothing left to compile
-            step = decoder_layer if fused_kernels and attention.uses_split(cache.k, attend_len) else self.decode_layer
-            layer_squares = (handed, squares[2 * i], squares[2 * i + 1]) if fused_kernels else None
+            # a layer of kernels only (chat.gemv, chat.attention) has nothing left to compile; it hands the sums on
+            # (inductor cannot compile a layer whose custom op writes into a view of another tensor: the compiled
+            # layers' norms read their rows)
+            kernels_only = fused_products(layer, self.fused[i], b) and attention.uses_split(cache.k, attend_len)
+            step = decoder_layer if kernels_only else self.decode_layer
+            layer_squares = (handed, squares[2 * i], squares[2 * i + 1]) if kernels_only else None
             x = step(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, mask,
                      squares=layer_squares)
-            handed = squares[2 * i + 1] if fused_kernels else None
+            handed = squares[2 * i + 1] if kernels_only else None
         return self._logits(x, handed)
 
     def eager(self, cache: KVCache, embed: Embed | None = None) -> Forward:

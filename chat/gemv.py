@@ -297,16 +297,7 @@ def _out_features(weight: torch.Tensor, gated: bool) -> int:
     return weight.shape[0] // 2 if gated else weight.shape[0]
 
 
-@torch.library.custom_op("myassistant::gemv", mutates_args=("squares_out",))
-def gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, residual: torch.Tensor | None,
-         norm_weight: torch.Tensor | None, eps: float, gated: bool, out_float: bool, squares_in: torch.Tensor | None,
-         squares_out: torch.Tensor | None) -> torch.Tensor:
-    """``[norm](x) @ weight.T`` for x [m, K] (m <= MAX_ROWS): [m, N], or [m, N/2] when `gated` (SiLU(gate) * up of
-    the merged [gate; up] weight); plus `residual` [m, N] when given; float32 when `out_float` (logits).
-    `weight` in x's dtype, or a `QuantWeight`'s q with its `scale`. `squares_out` (int64 [m], zeroed): the output
-    rows' sums of squares are added to it, for a next product's `squares_in` (its norm then reads no row:
-    chat.gemv_epilogue). No defaults: torch 2.11 drops trailing default arguments before it counts the mutated one.
-    """
+def _product(x, weight, scale, residual, norm_weight, eps, gated, out_float, squares_in, squares_out) -> torch.Tensor:
     out = torch.empty(x.shape[0], _out_features(weight, gated), dtype=torch.float32 if out_float else x.dtype,
                       device=x.device)
     _launch(x, weight, scale, out, residual, norm_weight, eps, gated,
@@ -315,7 +306,33 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, resi
     return out
 
 
+@torch.library.custom_op("myassistant::gemv", mutates_args=())
+def gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, residual: torch.Tensor | None,
+         norm_weight: torch.Tensor | None, eps: float, gated: bool, out_float: bool,
+         squares_in: torch.Tensor | None = None) -> torch.Tensor:
+    """``[norm](x) @ weight.T`` for x [m, K] (m <= MAX_ROWS): [m, N], or [m, N/2] when `gated` (SiLU(gate) * up of
+    the merged [gate; up] weight); plus `residual` [m, N] when given; float32 when `out_float` (logits).
+    `weight` in x's dtype, or a `QuantWeight`'s q with its `scale`. `squares_in` (int64 [m]): the input rows' sums of
+    squares as `gemv_squares` left them (the norm then reads no row: chat.gemv_epilogue)."""
+    return _product(x, weight, scale, residual, norm_weight, eps, gated, out_float, squares_in, None)
+
+
 @gemv.register_fake
+def _(x, weight, scale, residual, norm_weight, eps, gated, out_float, squares_in=None):
+    return x.new_empty(x.shape[0], _out_features(weight, gated), dtype=torch.float32 if out_float else x.dtype)
+
+
+@torch.library.custom_op("myassistant::gemv_squares", mutates_args=("squares_out",))
+def gemv_squares(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, residual: torch.Tensor | None,
+                 norm_weight: torch.Tensor | None, eps: float, gated: bool, out_float: bool,
+                 squares_in: torch.Tensor | None, squares_out: torch.Tensor) -> torch.Tensor:
+    """`gemv` that also adds its output rows' sums of squares to `squares_out` (int64 [m], zeroed before the step)
+    for the next product's `squares_in`. An op of its own: inductor does not compile an op whose mutated argument
+    may be None, and the compiled decode layers have no use for it (chat.fast)."""
+    return _product(x, weight, scale, residual, norm_weight, eps, gated, out_float, squares_in, squares_out)
+
+
+@gemv_squares.register_fake
 def _(x, weight, scale, residual, norm_weight, eps, gated, out_float, squares_in, squares_out):
     return x.new_empty(x.shape[0], _out_features(weight, gated), dtype=torch.float32 if out_float else x.dtype)
 
@@ -324,10 +341,12 @@ def product(x: torch.Tensor, weight: torch.Tensor | QuantWeight, residual: torch
             norm: torch.nn.Module | None = None, gated: bool = False, out_float: bool = False,
             squares_in: torch.Tensor | None = None, squares_out: torch.Tensor | None = None) -> torch.Tensor:
     """`gemv` with a model's RMSNorm module (`norm`) and a plain or quantised weight; `squares_in` / `squares_out`:
-    the input rows' sums of squares handed on from the product that wrote them (see `gemv`)."""
+    the input rows' sums of squares taken from the product that wrote them / the output rows' handed on (see
+    `gemv_squares`)."""
     q, scale = weight if isinstance(weight, QuantWeight) else (weight, None)
-    return gemv(x, q, scale, residual, None if norm is None else norm.weight,
-                0.0 if norm is None else norm.variance_epsilon, gated, out_float, squares_in, squares_out)
+    args = (x, q, scale, residual, None if norm is None else norm.weight, 0.0 if norm is None else norm.variance_epsilon,
+            gated, out_float, squares_in)
+    return gemv(*args) if squares_out is None else gemv_squares(*args, squares_out)
 
 
 def usable(weight: torch.Tensor | QuantWeight, rows: int) -> bool:

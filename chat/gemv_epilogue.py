@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-SQUARE_UNITS = tl.constexpr(1048576.0)  # 2^20 units a 1.0 in the sums of squares (to 2^43: RMS 10^5 at K 4096)
+SQUARE_UNITS = tl.constexpr(1048576.0)  # 2^20 units a 1.0: sums of squares to 2^43 (an RMS of 46,000 at K 4096)
 
 
 @triton.jit
