@@ -291,23 +291,28 @@ class StaticCacheDecoder:
         rows = torch.arange(b, device=self.device)
         x = self.model.model.embed_tokens(tokens[:, None])
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        # the rows' sums of squares the fused products hand on to the next norm: [layer input, attention's residual
-        # sum] a layer, then the last layer's output; zeroed each step (in its graph)
-        size = 2 * len(self.layers) * gemv.MAX_ROWS
-        squares = scratch("decode squares", self.device, torch.int64, size)[:size].view(-1, gemv.MAX_ROWS)[:, :b]
-        squares.zero_()
+        # a layer of kernels only (chat.gemv, chat.attention) has nothing left to compile; it hands its rows' sums
+        # of squares on to the next norm (the compiled layers, on caches shorter than a bucket, compute their own)
+        kernels_only = [fused_products(layer, self.fused[i], b) and attention.uses_split(cache.k, attend_len)
+                        for i, layer in enumerate(self.layers)]
+        squares = self._squares(b) if any(kernels_only) else None
         handed = None  # the sums of squares of x, where the layer before wrote them
         for i, layer in enumerate(self.layers):
-            # a layer of kernels only (chat.gemv, chat.attention) has nothing left to compile; it hands the sums on
-            # (inductor cannot compile a layer whose custom op writes into a view of another tensor: the compiled
-            # layers' norms read their rows)
-            kernels_only = fused_products(layer, self.fused[i], b) and attention.uses_split(cache.k, attend_len)
-            step = decoder_layer if kernels_only else self.decode_layer
-            layer_squares = (handed, squares[2 * i], squares[2 * i + 1]) if kernels_only else None
-            x = step(layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, mask,
-                     squares=layer_squares)
-            handed = squares[2 * i + 1] if kernels_only else None
+            args = (layer, self.fused[i], x, cos, sin, cache.k[i], cache.v[i], rows, positions, mask)
+            if kernels_only[i]:
+                x = decoder_layer(*args, squares=(handed, squares[2 * i], squares[2 * i + 1]))
+                handed = squares[2 * i + 1]
+            else:
+                x = self.decode_layer(*args)
+                handed = None
         return self._logits(x, handed)
+
+    def _squares(self, b: int) -> torch.Tensor:
+        """Zeroed sums of squares [2 * layers, b] for a decode step of b rows: per layer, its attention's residual sum's
+        and its output's (the next layer's input); zeroed inside the step's graph where the step is one."""
+        size = 2 * len(self.layers) * gemv.MAX_ROWS
+        squares = scratch("decode squares", self.device, torch.int64, size)[:size].view(-1, gemv.MAX_ROWS)[:, :b]
+        return squares.zero_()
 
     def eager(self, cache: KVCache, embed: Embed | None = None) -> Forward:
         """A step function over row 0 of `cache` for `chat.decode.generate_tokens` (no graphs, no batching);
