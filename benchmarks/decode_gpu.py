@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         engine.warm_up()
         emit("warm_up", bits=bits, seconds=round(time.perf_counter() - start, 1), graphs=sorted(engine.batch.graphs),
-             products_picked={f"{k[0]}x{k[1]}{'_gated' if k[2] else ''}_{str(k[-2])[6:]}{'_rows' if k[-1] else '_row'}":
-                              v for k, v in gemv._picked.items()})
+             products_picked={f"{k[0]}x{k[1]}{'_gated' if k[2] else ''}{HANDED[max(k[3], k[4])]}_{str(k[-2])[6:]}"
+                              f"{'_rows' if k[-1] else '_row'}": v for k, v in gemv._picked.items()})
         if bits < 16:
             emit("products_timed", bits=bits, **products_timed(bandwidth))
         if peer is None:
@@ -320,19 +320,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# chat.gemv's key of a product that hands its rows' sums of squares on, or takes them (2): "_sq" in its label
+HANDED = {0: "", 1: "", 2: "_sq"}
+
+
 def products_timed(bandwidth: float) -> dict:
     """Per quantised product shape and row bucket: the best candidate `chat.gemv._pick` timed at the warm-up (µs, L2
     flushed, in CUDA graphs) and its fraction of the copy bandwidth over the quantised bytes (int4: half a byte a
     weight plus a float32 scale per 128; int8: a byte plus one a row)."""
     found = {}
     for key, times in gemv.timed.items():
-        n, k, gated, _, _, _, wdtype, rows = key
+        n, k, gated, residual, norm, _, wdtype, rows = key
         if wdtype not in (torch.int8, torch.uint8) or not times:
             continue
         n_w = 2 * n if gated else n
         size = n_w * k // 2 + n_w * k // int_weights.GROUP * 4 if wdtype == torch.uint8 else n_w * k + n_w * 4
         config = min(times, key=times.get)
-        found[f"{n_w}x{k}{'_gated' if gated else ''}_{'rows' if rows else 'row'}"] = {
+        found[f"{n_w}x{k}{'_gated' if gated else ''}{HANDED[max(residual, norm)]}_{'rows' if rows else 'row'}"] = {
             "us": round(times[config] * 1e3, 1), "of_bandwidth": round(size / bandwidth / (times[config] / 1e3), 3),
             "config": list(config)}
     return found
