@@ -47,8 +47,9 @@ def load(source: str, name: str):
 
 
 def load_revision(rev: str):
-    """chat/gemv.py of git revision `rev` as a module, with the kernel modules it imports (chat.gemv_epilogue,
-    chat.gemv_rows; chat.pdl before its removal) of the revision too while it loads: their kernels are part of it."""
+    """chat/gemv.py of git revision `rev` as a module, with the kernel modules it imports (chat.arrival,
+    chat.gemv_epilogue, chat.gemv_rows; chat.pdl before its removal) of the revision too while it loads: their kernels
+    are part of it."""
     import myassistant.chat
 
     def show(path: str) -> str | None:
@@ -57,8 +58,8 @@ def load_revision(rev: str):
 
     source = show("chat/gemv.py")
     kept = {}
-    for name in ("pdl", "gemv_epilogue", "gemv_rows"):  # in import order: gemv_rows imports gemv_epilogue
-        if f"{name}" in source and (text := show(f"chat/{name}.py")) is not None:
+    for name in ("pdl", "arrival", "gemv_epilogue", "gemv_rows"):  # in import order: each imports those before it
+        if (text := show(f"chat/{name}.py")) is not None:
             kept[name] = sys.modules.get(f"myassistant.chat.{name}")
             module = load(text, f"{name}_reference")
             sys.modules[f"myassistant.chat.{name}"] = module

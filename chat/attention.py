@@ -37,6 +37,8 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs: SDPA everywhere
     triton = None
+else:
+    from myassistant.chat.arrival import last_to_arrive
 
 SPLIT_FROM = 256  # every cache bucket (chat.batch's shortest is 256): SDPA's flash kernel took 8.6 us a layer
 # at 256 keys on an H200 (benchmarks/decode_profile.py), 13 % of a batch-1 step
@@ -113,10 +115,8 @@ if triton is not None:
             tl.store(lse_ptr + b * sl_b + h * sl_h + s * sl_s + g, m + tl.log(l), mask=rows)
             # The last of the row's live chunks to arrive (a counter per row and kv head) combines them all in a
             # fixed order and zeroes the counter for the next launch: one kernel, deterministic.
-            tl.debug_barrier()  # every thread's part stored before the counter says so
             live = (position + SPLIT) // SPLIT  # the chunks holding keys 0..position
-            arrived = tl.atomic_add(count_ptr + bh, 1, sem="acq_rel")
-            if arrived == live - 1:
+            if last_to_arrive(count_ptr, bh, live):
                 tl.debug_barrier()
                 m = tl.full([BLOCK_G], float("-inf"), tl.float32)
                 weight = tl.zeros([BLOCK_G], tl.float32)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from myassistant.chat.arrival import last_to_arrive
+
 SQUARE_UNITS = tl.constexpr(1048576.0)  # 2^20 units a 1.0: sums of squares to 2^43 (an RMS of 46,000 at K 4096)
 
 
@@ -60,9 +62,7 @@ def _finish(acc, acc2, ws_ptr, count_ptr, res_ptr, out_ptr, sq_ptr, pid, part, m
         tl.store(ws + tile, acc, mask=ok)
         if GATED:
             tl.store(ws + BLOCK_M * N + tile, acc2, mask=ok)
-        tl.debug_barrier()  # every thread's partial stored before the counter says so
-        arrived = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel")
-        if arrived == SPLIT - 1:
+        if last_to_arrive(count_ptr, pid, SPLIT):
             tl.debug_barrier()
             acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
             acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)

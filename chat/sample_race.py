@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from myassistant.chat.arrival import last_to_arrive
 from myassistant.chat.sampler import M32, MIX1, MIX2, RowParams
 from myassistant.chat.scratch import scratch
 
@@ -60,13 +61,6 @@ def _race_keys(x, idx, key, scale, pivot):
 
 
 @triton.jit
-def _arrive(count_ptr, row, C: tl.constexpr):
-    """True for the last of a row's C programs to get here (its stores are then visible to it)."""
-    tl.debug_barrier()  # every thread's stores before the counter says so
-    return tl.atomic_add(count_ptr + row, 1, sem="acq_rel") == C - 1
-
-
-@triton.jit
 def _keep(mass, count, top_p_ptr, top_k_ptr, row, V: tl.constexpr):
     """Whether a token with `mass` and `count` of strictly larger logits is kept (top-p / top-k off: 1 / 0)."""
     top_p = tl.load(top_p_ptr + row)
@@ -93,7 +87,7 @@ def _first_kernel(logits_ptr, part_ptr, part_i_ptr, count_ptr, state_ptr, won_pt
     tl.store(part + 2, tl.min(keys, 0))
     tl.store(part_i_ptr + (row * C + c) * 2, c * CHUNK + tl.argmax(x, 0, tie_break_left=True))
     tl.store(part_i_ptr + (row * C + c) * 2 + 1, c * CHUNK + tl.argmin(keys, 0, tie_break_left=True))
-    if _arrive(count_ptr, row, C):
+    if last_to_arrive(count_ptr, row, C):
         cs = tl.arange(0, CP)
         ok = cs < C
         parts = part_ptr + (row * C + cs) * 4
@@ -130,7 +124,7 @@ def _check_kernel(logits_ptr, part_ptr, part_i_ptr, count_ptr, state_ptr, won_pt
         scale = 1.0 / tl.load(temp_ptr + row)
         tl.store(part_ptr + (row * C + c) * 4, tl.sum(tl.where(above, tl.exp((x - largest) * scale), 0.0), 0))
         tl.store(part_i_ptr + (row * C + c) * 2, tl.sum(above.to(tl.int32), 0))
-        if _arrive(count_ptr, row, C):
+        if last_to_arrive(count_ptr, row, C):
             cs = tl.arange(0, CP)
             ok = cs < C
             mass = tl.sum(tl.load(part_ptr + (row * C + cs) * 4, mask=ok, other=0.0, cache_modifier=".cg"), 0)
@@ -155,7 +149,7 @@ def _race_kernel(logits_ptr, part_ptr, part_i_ptr, count_ptr, state_ptr, won_ptr
                           tl.load(state_ptr + row * 4 + 2))
         tl.store(part_ptr + (row * C + c) * 4 + 2, tl.min(keys, 0))
         tl.store(part_i_ptr + (row * C + c) * 2 + 1, c * CHUNK + tl.argmin(keys, 0, tie_break_left=True))
-        if _arrive(count_ptr, row, C):
+        if last_to_arrive(count_ptr, row, C):
             cs = tl.arange(0, CP)
             races = tl.load(part_ptr + (row * C + cs) * 4 + 2, mask=cs < C, other=float("inf"), cache_modifier=".cg")
             won = tl.load(part_i_ptr + (row * C + tl.argmin(races, 0, tie_break_left=True)) * 2 + 1,
