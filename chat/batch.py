@@ -31,6 +31,7 @@ from myassistant.chat.decode import Embed, GenerationSettings
 from myassistant.chat.fast import KVCache, StaticCacheDecoder
 from myassistant.chat.prefill import PrefillGraphs
 from myassistant.chat.sampler import RowParams, apply_repetition_penalty, argmax_rows, sample_rows
+from myassistant.chat.step_tail import finish_step, handoff_works
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,11 @@ class BatchDecoder:
             self.key_index = torch.arange(self.max_len, device=self.device)
             self.params = RowParams.empty(rows, self.device)
             self.seen: torch.Tensor | None = None  # [rows, vocab] for repetition penalties, made when needed
-        self.host_tokens = [torch.zeros(rows, dtype=torch.long, pin_memory=self.cuda_graphs) for _ in range(2)]
+        # each step's tokens for the host, slot k % 2 for step k: stored by the step's last kernel (chat.step_tail)
+        # where it can, else copied after the step
+        handoff = handoff_works(self.device, rows) if self.cuda_graphs else None
+        self.host_tokens, self.handed = handoff or (torch.zeros(2, rows, dtype=torch.long,
+                                                                pin_memory=self.cuda_graphs), None)
         self.graphs: dict[tuple[int, int, str], torch.cuda.CUDAGraph] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.broken: str | None = None  # why graphs were given up, if they were
@@ -265,29 +270,34 @@ class BatchDecoder:
     def _step(self, b: int, length: int, mode: str) -> None:
         """One decode step of rows 0..b-1 and its tail: each row's next token (`mode`: "greedy" the argmax,
         "sample" chat.sampler's draw per row, "penalty" the same after the repetition penalty) written as its
-        next input, and the live rows' positions advanced. All on the device, so a CUDA graph holds it.
+        next input, the live rows' positions advanced and the tokens stored for the host (chat.step_tail). All on
+        the device, so a CUDA graph holds it.
         (torch's argmax reduced the 92,544 logits of a row in one thread block: 27 us of an H200's step;
         `argmax_rows` spreads it.)"""
+        finish_step(self._next_tokens(b, length, mode), self.tokens, self.positions, self.live,
+                    None if self.handed is None else self.host_tokens, self.handed)
+        if mode == "penalty":  # a scalar scatter: indexing with `= True` copies the value from the host, which no
+            self.seen[:b].scatter_(1, self.tokens[:b, None], True)  # graph capture allows
+
+    def _next_tokens(self, b: int, length: int, mode: str) -> torch.Tensor:
+        """Rows 0..b-1's next tokens [b] after one step (the step's state writes left to `_step`)."""
         logits = self._step_logits(b, length)
         if mode == "penalty":
             logits = apply_repetition_penalty(logits, self.seen[:b], self.params.penalty[:b])
         if mode == "greedy":
-            self.tokens[:b].copy_(argmax_rows(logits))
-        else:
-            self.tokens[:b].copy_(sample_rows(logits, self.params, self.positions[:b]))
-        if mode == "penalty":  # a scalar scatter: indexing with `= True` copies the value from the host, which no
-            self.seen[:b].scatter_(1, self.tokens[:b, None], True)  # graph capture allows
-        self.positions[:b].add_(self.live[:b])
+            return argmax_rows(logits)
+        return sample_rows(logits, self.params, self.positions[:b])
 
     def _graph(self, b: int, length: int, mode: str) -> torch.cuda.CUDAGraph:
-        # Warm-up on a side stream (compilation, cuBLAS workspaces), then capture. Both run the real
-        # step on the current state, so the cache entries they write are the right ones; the warm-up
-        # leaves out the tail, which would advance the rows.
+        # Warm-up on a side stream (compilation, cuBLAS workspaces, chat.scratch's buffers grown), then capture.
+        # Both run the real step on the current state, so the cache entries they write are the right ones; the
+        # warm-up leaves out the state writes, which would advance the rows. A capture must find every scratch
+        # buffer grown: what a capture allocates lies in the memory the graphs share for their temporaries.
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._step_logits(b, length)
+                self._next_tokens(b, length, mode)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
@@ -323,6 +333,7 @@ class BatchDecoder:
         live = [c for c in chats if c]
         mode = ("penalty" if any(c.settings.repetition_penalty != 1.0 for c in live)
                 else "greedy" if all(c.settings.greedy for c in live) else "sample")
+        slot = self.steps % 2  # the host buffer's slot of this step's tokens
         if (graph := self.graph(b, length, mode)) is not None:
             graph.replay()
         else:
@@ -333,8 +344,9 @@ class BatchDecoder:
         tokens = self.tokens[:b]
         if not self.cuda_graphs:
             return chats, tokens.cpu(), None
-        host = self.host_tokens[self.steps % 2]
-        host[:b].copy_(tokens, non_blocking=True)
+        host = self.host_tokens[slot]
+        if self.handed is None:  # else the step's last kernel stored them
+            host[:b].copy_(tokens, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         return chats, host, event

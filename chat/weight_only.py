@@ -144,7 +144,7 @@ def _matrix(weight: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
     n, k = q.shape[0], q.shape[1] * (2 if q.dtype == torch.uint8 else 1)
     if triton is None or not q.is_cuda or k % int_weights.GROUP:
         return int_weights.dequantize(weight, dtype)
-    out = scratch(SCRATCH, q.device, dtype, n * k, in_capture=False)[:n * k].view(n, k)
+    out = scratch(SCRATCH, q.device, dtype, n * k)[:n * k].view(n, k)
     block_n = 32
     _dequantize_kernel[(triton.cdiv(n, block_n), k // int_weights.GROUP)](
         q, scale, out, n, q.stride(0), scale.stride(0), out.stride(0), K=k, QUANT=4 if q.dtype == torch.uint8 else 8,
