@@ -304,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         run_cases(engine, bits, short, settings, peer, bandwidth, args)
         emit("memory", bits=bits, **loaded, serving=memory(
             weights_gib=sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))))
-        if bits < 16:  # after the speed and memory cases: a time box that ends here still reports them
+        if bits < 16 and sequences is None:  # no bf16 run and no --reference: nothing to agree with
+            emit("quality", bits=bits, skipped="no reference: add 16 to --weight-bits or pass --reference")
+        elif bits < 16:  # after the speed and memory cases: a time box that ends here still reports them
             steps = teacher_forced(engine, sequences)
             emit("quality", bits=bits, positions=len(want), against="bf16 modules" if args.reference else "bf16 steps",
                  **agreement(torch.cat(steps), want, f"int{bits}"), **steps_vs_prefill(engine, sequences, steps))
