@@ -86,6 +86,10 @@ def check_rotary(device: str) -> None:
             assert got.shape == (rows, heads * dim) and err <= tol, f"{dtype} rows {rows} length {length}: error {err}"
 
 
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                  reason="no Triton installed (CPU-only torch)")
+
+
 def run_interpreted(code: str) -> None:
     """Run `code` in a fresh Python in tests/ with Triton's interpreter on (read when kernels are defined)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -94,7 +98,7 @@ def run_interpreted(code: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
+@needs_triton
 def test_split_kv_attention_equals_sdpa_under_tritons_interpreter():
     run_interpreted("import test_decode_attention as t; t.check('cpu'); t.check_rotary('cpu')")
 

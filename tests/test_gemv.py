@@ -6,11 +6,10 @@ On a GPU the Triton kernel runs for real (`gpu`); on a CPU under Triton's interp
 (its bf16 conversions truncate, so bf16 is checked loosely there and float32 tightly)."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
-from test_decode_attention import run_interpreted
+from test_decode_attention import needs_triton, run_interpreted
 from torch.nn import functional as F
 
 # (norm, gated, residual, float32 out): the products of a decode step (qkv, gate/up, o/down, lm_head) and a bare one
@@ -176,7 +175,7 @@ def test_gpu_one_row_products():
     check_one_row("cuda", 1e-2)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
+@needs_triton
 def test_fused_products_and_decode_step_under_tritons_interpreter():
     run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2); t.check_one_row('cpu', 4e-2);"
                     "t.check_decode_step('cpu', torch.float32, 1e-5); t.check_decode_step('cpu', torch.float32, 1e-5, compiled=True);"

@@ -1,11 +1,10 @@
 """benchmarks/grid_barrier_gpu.py measures issue 21's persistent-kernel lever on a GPU; here its kernels are checked
 for what they compute under Triton's interpreter (one program: the interpreter runs programs one after another,
 so a grid barrier can only be met by a grid of one), so a device call spends its time measuring."""
-import importlib.util
 
 import pytest
 
-from test_decode_attention import run_interpreted
+from test_decode_attention import needs_triton, run_interpreted
 
 CHECK = """
 import sys, torch
@@ -24,6 +23,6 @@ for kw in ({}, {'preload': True}):
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
+@needs_triton
 def test_persistent_step_equals_a_kernel_a_phase_under_tritons_interpreter():
     run_interpreted(CHECK)

@@ -1,11 +1,10 @@
 """chat.sampler: per-row greedy / temperature / top-k / top-p / repetition penalty / seed in one batch."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
-from test_decode_attention import run_interpreted
+from test_decode_attention import needs_triton, run_interpreted
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from myassistant.chat.sampler import (RowParams, apply_repetition_penalty, argmax_rows, sample_rows, sorted_draw,
@@ -106,7 +105,7 @@ def test_the_draw_without_a_sort_is_the_sorted_draw():
     check_draws(sample_rows, spread=30.0)  # a trained model's: most tokens out of the race's reach, left unhashed
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
+@needs_triton
 def test_the_sampling_kernel_draws_what_the_torch_form_draws_under_tritons_interpreter():
     run_interpreted("import test_sampler as t; t.check_kernel()")
 

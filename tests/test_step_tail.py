@@ -1,11 +1,10 @@
 """chat.step_tail: a decode step's last kernel (next inputs, positions, the tokens' host slot) against torch ops."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
-from test_decode_attention import run_interpreted
+from test_decode_attention import needs_triton, run_interpreted
 
 from myassistant.chat.step_tail import finish_step, handoff_works
 
@@ -38,7 +37,7 @@ def test_without_a_host_buffer_the_tail_is_torch_ops():
     assert tokens.tolist() == [3, 4, 0, 0] and positions.tolist() == [6, 7, 7, 8]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no Triton installed (CPU-only torch)")
+@needs_triton
 def test_step_tail_kernel_under_tritons_interpreter():
     run_interpreted("import test_step_tail as t; t.check()")
 
