@@ -46,7 +46,8 @@ def build(ws: Workspace, started_run: gr.Textbox) -> dict:
             plot = gr.HTML(loss_chart({}),
                            elem_id="runs-loss")
         evals = gr.Dataframe(headers=["step", "prompt", "answer"], label="Eval prompts, as answered during training",
-                             interactive=False, wrap=True, scale=2, max_height=320, elem_id="runs-evals")
+                             interactive=False, wrap=True, scale=2, max_height=320, elem_id="runs-evals",
+                             column_widths=["15%", "30%", "55%"])  # "step" stays one word
     with gr.Accordion("Training log", open=False):
         log = gr.Textbox(lines=12, max_lines=12, show_label=False, autoscroll=True, elem_id="runs-log")
     table = gr.Dataframe(headers=RUN_COLUMNS, label="All runs", interactive=False, elem_id="runs-table")
