@@ -61,7 +61,6 @@ def _split_candidates(n: int, k: int, block_k: int, widths: tuple[int, ...], pro
 
 def graph_ms(body: Callable[[], None], repeats: int = REPEATS) -> float:
     """Median ms of replaying a CUDA graph of `repeats` calls of `body` (its kernels compiled, its buffers made)."""
-    body()  # eagerly first: chat.scratch grows its buffers outside captures only
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(repeats):
