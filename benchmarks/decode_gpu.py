@@ -226,6 +226,7 @@ def concurrent(engine: ChatEngine, messages: list[dict], chats: int, new_tokens:
     wall = time.perf_counter() - start
     per_chat = [s.new_tokens / s.elapsed_s for s in stats]
     return {"min_chat_tokens_per_s": round(min(per_chat), 1), "max_chat_tokens_per_s": round(max(per_chat), 1),
+            "slowest_first_token_ms": round(max(s.first_token_s for s in stats) * 1e3, 1),
             "min_chat_decode_tokens_per_s": round(min(s.tokens_per_s for s in stats), 1),
             "total_tokens_per_s": round(sum(s.new_tokens for s in stats) / wall, 1)}
 
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.warm_up()
         emit("warm_up", bits=bits, seconds=round(time.perf_counter() - start, 1), graphs=sorted(engine.batch.graphs),
              products_picked={f"{k[0]}x{k[1]}{'_gated' if k[2] else ''}{HANDED[max(k[3], k[4])]}_{str(k[-2])[6:]}"
-                              f"{'_rows' if k[-1] else '_row'}": v for k, v in gemv._picked.items()})
+                              f"_{ROWS[k[-1]]}": v for k, v in gemv._picked.items()})
         if bits < 16:
             emit("products_timed", bits=bits, **products_timed(bandwidth))
         if peer is None:
@@ -324,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # chat.gemv's key of a product that hands its rows' sums of squares on, or takes them (2): "_sq" in its label
 HANDED = {0: "", 1: "", 2: "_sq"}
+ROWS = {1: "row", 16: "rows", 32: "prefill32", 64: "prefill64", 128: "prefill128"}  # gemv.tile_rows' tiles
 
 
 def products_timed(bandwidth: float) -> dict:
@@ -338,7 +340,7 @@ def products_timed(bandwidth: float) -> dict:
         n_w = 2 * n if gated else n
         size = n_w * k // 2 + n_w * k // int_weights.GROUP * 4 if wdtype == torch.uint8 else n_w * k + n_w * 4
         config = min(times, key=times.get)
-        found[f"{n_w}x{k}{'_gated' if gated else ''}{HANDED[max(residual, norm)]}_{'rows' if rows else 'row'}"] = {
+        found[f"{n_w}x{k}{'_gated' if gated else ''}{HANDED[max(residual, norm)]}_{ROWS[rows]}"] = {
             "us": round(times[config] * 1e3, 1), "of_bandwidth": round(size / bandwidth / (times[config] / 1e3), 3),
             "config": list(config)}
     return found
@@ -379,11 +381,12 @@ def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: Genera
             got.new_tokens / got.elapsed_s, 1), of_greedy=round(got.tokens_per_s / stats.tokens_per_s, 3),
             graph_problem=engine.batch.broken)
 
-    long = [{"role": "user", "content": " ".join(["tell me about the weather today"] * 71)}]
     one = GenerationSettings(temperature=0, max_new_tokens=1)
-    reply(engine, long, one)
-    times = sorted(reply(engine, long, one).first_token_s for _ in range(5))
-    emit("ttft_512", bits=bits, prompt_tokens=len(engine.prompt(long, one)[0]), first_token_ms=round(times[2] * 1e3, 1))
+    for name, repeats in (("ttft_120", 15), ("ttft_512", 71)):  # prompts of ~120 and 513 tokens
+        long = [{"role": "user", "content": " ".join(["tell me about the weather today"] * repeats)}]
+        reply(engine, long, one)
+        times = sorted(reply(engine, long, one).first_token_s for _ in range(5))
+        emit(name, bits=bits, prompt_tokens=len(engine.prompt(long, one)[0]), first_token_ms=round(times[2] * 1e3, 1))
 
     for chats in args.chats:
         concurrent(engine, short, chats, 16)  # captures this row bucket

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, (n, k, norm, gated, residual, out_float) in specs.items():
                     for rows, handed in itertools.product((1, 8), (0, 1)):  # handed: sums of squares (chat.gemv)
                         key = (n // 2 if gated else n, k, gated, residual * (1 + handed), norm * (1 + handed),
-                               torch.float32 if out_float else torch.bfloat16, torch.bfloat16, rows > 1)
+                               torch.float32 if out_float else torch.bfloat16, torch.bfloat16, gemv.tile_rows(rows))
                         gemv._picked[key] = best[(name, rows)]
             times = {}
             for rows in (1, 8):
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             emit("step", picks=label, rows_1_ms=round(times[1], 3), rows_8_ms=round(times[8], 3),
                  weights_of_bandwidth=round(sum(p.numel() * 2 for p in model.parameters()) / bandwidth / times[1] * 1e3,
                                             3),
-                 picked={f"{k[0]}x{k[1]}{'_gated' if k[2] else ''}_{'rows' if k[-1] else 'row'}": list(v)
+                 picked={f"{k[0]}x{k[1]}{'_gated' if k[2] else ''}_{'rows' if k[-1] > 1 else 'row'}": list(v)
                          for k, v in gemv._picked.items()})
             batch.graphs.clear()
         emit("step_kernels", picks="tuned", rows=1, **kernels(lambda: batch._step_logits(1, 256), top=30))

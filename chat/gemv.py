@@ -62,7 +62,11 @@ else:
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS = 16  # rows a product takes (one tensor-core tile); more rows go to cuBLAS, which is good there
+MAX_ROWS = 16  # rows a decode product takes (one tensor-core tile); more rows go to cuBLAS, which is good there
+# Weight-only int8 / int4 products of up to this many rows (a short prompt's prefill: the prefill graphs' buckets of 64
+# and 128 tokens) run this kernel too, in one tile of 32-128 rows: cuBLAS needs the matrix dequantised into bf16
+# first, which writes and reads again twice to four times the quantised bytes (chat.weight_only).
+PREFILL_ROWS = 128
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
 AGREE = 1e-2  # relative difference from the first candidate's product above which a candidate is left out
 ROWS_ONE_ROW = True  # one-row int4 / int8 products: chat.gemv_rows' CUDA-core kernels are candidates too
@@ -219,12 +223,19 @@ _picked: dict[tuple, tuple] = {}  # the timed choice per (shape, fusions, rows)
 timed: dict[tuple, dict[tuple, float]] = {}  # _pick's median ms per candidate, per key of _picked (benchmarks read it)
 
 
+def tile_rows(rows: int) -> int:
+    """The rows of the tile a product of `rows` rows runs in: 1 (chat.gemv_rows' candidates too), MAX_ROWS (a decode
+    step's), or a prefill's power of two from 32; each its own compiled kernel, and its own pick."""
+    return 1 if rows == 1 else MAX_ROWS if rows <= MAX_ROWS else max(32, 1 << (rows - 1).bit_length())
+
+
 def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor,
             residual: torch.Tensor | None, norm_weight: torch.Tensor | None, eps: float, gated: bool,
             config: tuple, squares_in: torch.Tensor | None = None, squares_out: torch.Tensor | None = None) -> None:
     m, k = x.shape
     n = out.shape[1]
     block_n, block_k, split, warps, stages = config
+    block_m = max(tile_rows(m), MAX_ROWS)
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     tiles = triton.cdiv(n, block_n)
     # split K: each slice's fp32 partial sums, and a zeroed arrival counter per column block
@@ -233,7 +244,9 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     if stages == "rows":  # one row on the CUDA cores (chat.gemv_rows)
         return gemv_rows.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count, squares_in,
                                 squares_out)
-    assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0 and m <= MAX_ROWS
+    assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0
+    # a prefill's tile: the bare product (its workspace and the norm's row loop are a decode tile's)
+    assert m <= MAX_ROWS or (m <= PREFILL_ROWS and split == 1 and norm_weight is None and squares_out is None)
     dummy = x  # pointer arguments of the fusions that are off: never read
     args = (x, weight, out, dummy if residual is None else residual, dummy if norm_weight is None else norm_weight, ws,
             count, ws if scale is None else scale, count if squares_in is None else squares_in,
@@ -243,7 +256,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     magic = 0 if not x.is_cuda or quant != 4 else {torch.bfloat16: -1, torch.float16: 0x6400}.get(x.dtype, 0)
     meta = dict(K=k, NORM=norm_weight is not None, SHARED_NORM=squares_in is not None, GATED=gated,
                 RESIDUAL=residual is not None, SQUARES=squares_out is not None, QUANT=quant,
-                BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split,
+                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split,
                 STAGES=stages, UPCAST=not x.is_cuda, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
                 GROUP=GROUP, MAGIC=magic, num_warps=warps)
     _gemv_kernel[(tiles, split)](*args, **meta)
@@ -255,12 +268,13 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated, squares_in=N
     `squares_out` is left as it was (the timed launches add to it)."""
     n, k = out.shape[1], x.shape[1]
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
-    found = gemv_pick.candidates(n, k, quant)
-    if quant and x.shape[0] == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
+    rows = x.shape[0]
+    found = gemv_pick.candidates(n, k, quant) if rows <= MAX_ROWS else gemv_pick.tile_candidates(k, quant)
+    if quant and rows == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
         found += gemv_rows.candidates(n, k, quant)
     # residual / norm: 0 off, 1 on, 2 on and handing on the sums of squares / taking them
     key = (n, k, gated, (residual is not None) + (squares_out is not None), (norm_weight is not None) +
-           (squares_in is not None), out.dtype, weight.dtype, x.shape[0] > 1)
+           (squares_in is not None), out.dtype, weight.dtype, tile_rows(rows))
     if key in _picked or not x.is_cuda or not TIME_CANDIDATES or torch.cuda.is_current_stream_capturing():
         return _picked.get(key, found[0])
     squares = None if squares_out is None else squares_out.clone()
@@ -347,6 +361,12 @@ def product(x: torch.Tensor, weight: torch.Tensor | QuantWeight, residual: torch
     args = (x, q, scale, residual, None if norm is None else norm.weight, 0.0 if norm is None else norm.variance_epsilon,
             gated, out_float, squares_in)
     return gemv(*args) if squares_out is None else gemv_squares(*args, squares_out)
+
+
+def prefill_usable(weight: QuantWeight, rows: int) -> bool:
+    """Whether a product of `rows` rows (more than a decode step's) against a quantised `weight` runs the kernel in
+    one tile (PREFILL_ROWS)."""
+    return triton is not None and weight.q.is_cuda and MAX_ROWS < rows <= PREFILL_ROWS
 
 
 def usable(weight: torch.Tensor | QuantWeight, rows: int) -> bool:

@@ -48,6 +48,15 @@ def candidates(n: int, k: int, quant: int = 0) -> list[tuple]:
     return found
 
 
+def tile_candidates(k: int, quant: int) -> list[tuple]:
+    """(BLOCK_N, BLOCK_K, 1, warps, stages) for a prefill tile of 17-128 rows against a quantised weight: a GEMM tile,
+    unsplit; the wider K block last (an int4 block is whole groups of GROUP columns; a 128-row tile's inputs then
+    fill most of the shared memory)."""
+    block_k = GROUP if quant == 4 else 64 if k % 64 == 0 else 16
+    found = [(64, block_k, 1, 4, 3), (128, block_k, 1, 4, 3), (128, block_k, 1, 8, 3)]
+    return found + ([(64, 2 * block_k, 1, 4, 3)] if k % (2 * block_k) == 0 else [])
+
+
 def _split_candidates(n: int, k: int, block_k: int, widths: tuple[int, ...], programs: int = TARGET_PROGRAMS,
                       stages: tuple[int, ...] = (3,)) -> list[tuple[int, int, int, int, int]]:
     found = []

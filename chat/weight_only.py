@@ -57,9 +57,10 @@ class QuantLinear(nn.Module):
 
 
 def linear(x: torch.Tensor, weight: QuantWeight) -> torch.Tensor:
-    """x @ weight.T for x [..., K]: the fused kernel for a few rows on a GPU, else over the dequantised matrix."""
+    """x @ weight.T for x [..., K]: the fused kernel for a decode step's rows or a short prompt's on a GPU, else over
+    the dequantised matrix."""
     rows = x.numel() // x.shape[-1]
-    if gemv.usable(weight, rows):
+    if gemv.usable(weight, rows) or gemv.prefill_usable(weight, rows):
         return gemv.product(x.reshape(rows, -1), weight).view(*x.shape[:-1], -1)
     return dequantized_linear(x, *weight)
 

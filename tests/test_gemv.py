@@ -169,6 +169,42 @@ def check_one_row(device: str, tol: float) -> None:
                     check_squares(case, launch, x, out, norm, residual)
 
 
+def check_prefill_tiles(device: str, tol: float) -> None:
+    """A short prompt's products against int8 / int4 weights (17-128 rows, one tile: chat.gemv.PREFILL_ROWS) in each
+    tile candidate, against the float64 product of the dequantised matrix rounded to bf16."""
+    from myassistant.chat import gemv, gemv_pick
+    from myassistant.chat.int_weights import dequantize, quantize
+
+    gen = torch.Generator().manual_seed(2)
+    for bits in (8, 4):
+        for rows, n, k in ((17, 72, 256), (64, 48, 512), (100, 80, 256)):
+            w = (torch.randn(n, k, generator=gen) * k ** -0.5).to(device, torch.bfloat16)
+            x = torch.randn(rows, k, generator=gen).to(device, torch.bfloat16)
+            weight = quantize(w, bits)
+            want = reference(x, dequantize(weight, torch.bfloat16), None, None, False, torch.bfloat16)
+            assert gemv.tile_rows(rows) in (32, 64, 128)
+            for config in gemv_pick.tile_candidates(k, bits):
+                out = torch.empty(rows, n, device=device, dtype=torch.bfloat16)
+                gemv._launch(x, *weight, out, None, None, 0.0, False, config)
+                err = float((out.double() - want).norm() / want.norm())
+                assert err <= tol, f"{bits} bits {config} rows={rows} n={n} k={k}: error {err}"
+            got = gemv.product(x, weight)  # what chat.weight_only.linear runs for these rows on a GPU
+            assert float((got.double() - want).norm() / want.norm()) <= tol
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_prefill_tiles():
+    from myassistant.chat import gemv, weight_only
+    from myassistant.chat.int_weights import quantize
+
+    check_prefill_tiles("cuda", 1e-2)
+    weight = quantize(torch.randn(64, 256, device="cuda", dtype=torch.bfloat16), 8)
+    assert gemv.prefill_usable(weight, 64) and not gemv.prefill_usable(weight, gemv.PREFILL_ROWS + 1)
+    x = torch.randn(200, 256, device="cuda", dtype=torch.bfloat16)  # more rows: the dequantised matrix and cuBLAS
+    assert torch.allclose(weight_only.linear(x[:100], weight), weight_only.linear(x, weight)[:100], rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_one_row_products():
@@ -178,6 +214,7 @@ def test_gpu_one_row_products():
 @needs_triton
 def test_fused_products_and_decode_step_under_tritons_interpreter():
     run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2); t.check_one_row('cpu', 4e-2);"
+                    "t.check_prefill_tiles('cpu', 4e-2);"
                     "t.check_decode_step('cpu', torch.float32, 1e-5); t.check_decode_step('cpu', torch.float32, 1e-5, compiled=True);"
                     "t.check_decode_step('cpu', torch.bfloat16, 3e-2);"
                     "t.check_decode_step('cpu', torch.bfloat16, 3e-2, 8);"
