@@ -79,18 +79,23 @@ if triton is not None:
             g = tl.arange(0, BLOCK_G)
             d = tl.arange(0, HEAD_DIM)
             rows = g < group
+            # the chunk's first keys and values first: their loads are in flight while the queries are made
+            n = start + tl.arange(0, BLOCK_N)
+            k_rows = k_ptr + b * sk_b + h * sk_h + d[None, :]
+            v_rows = v_ptr + b * sv_b + h * sv_h + d[None, :]
+            k = tl.load(k_rows + n[:, None] * sk_l, mask=(n < stop)[:, None], other=0.0)
+            v = tl.load(v_rows + n[:, None] * sv_l, mask=(n < stop)[:, None], other=0.0)
             q_rows = q_ptr + b * sq_b + h * sq_h + tl.where(rows, g, 0)[:, None] * sq_g  # padding rows: row 0
-            if ROTARY:  # q rows of a qkv product: rotary here; the new key (rotated) and value into the cache first
+            if ROTARY:  # q rows of a qkv product: rotary here; the new key (rotated) and value into the cache
                 dtype = k_ptr.dtype.element_ty
                 cos = tl.load(cos_ptr + b * sc_b + d).to(tl.float32)
                 sin = tl.load(sin_ptr + b * sc_b + d).to(tl.float32)
                 q = _rotated(q_rows, d[None, :], cos[None, :], sin[None, :], HEAD_DIM // 2, HEAD_DIM, dtype)
-                if start <= position and position < stop:  # the chunk that holds the new token
-                    new_k = _rotated(new_k_ptr + b * snew_b + h * HEAD_DIM, d, cos, sin, HEAD_DIM // 2, HEAD_DIM, dtype)
+                new_k = _rotated(new_k_ptr + b * snew_b + h * HEAD_DIM, d, cos, sin, HEAD_DIM // 2, HEAD_DIM, dtype)
+                new_v = tl.load(new_v_ptr + b * snew_b + h * HEAD_DIM + d)
+                if start <= position and position < stop:  # the chunk that holds the new token: for later steps
                     tl.store(k_ptr + b * sk_b + h * sk_h + position * sk_l + d, new_k)
-                    tl.store(v_ptr + b * sv_b + h * sv_h + position * sv_l + d,
-                             tl.load(new_v_ptr + b * snew_b + h * HEAD_DIM + d))
-                    tl.debug_barrier()  # every thread's part of the new key and value stored before any reads them
+                    tl.store(v_ptr + b * sv_b + h * sv_h + position * sv_l + d, new_v)
             else:
                 q = tl.load(q_rows + d[None, :], mask=rows[:, None], other=0.0)
             q = q.to(tl.float32)
@@ -98,18 +103,23 @@ if triton is not None:
             l = tl.zeros([BLOCK_G], tl.float32)
             acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
             for n0 in range(0, SPLIT, BLOCK_N):  # constexpr bounds: Triton's interpreter (numpy 2) needs them
-                n = start + n0 + tl.arange(0, BLOCK_N)
                 valid = n < stop
-                k = tl.load(k_ptr + b * sk_b + h * sk_h + n[:, None] * sk_l + d[None, :], mask=valid[:, None], other=0.0)
+                if ROTARY:  # this step's key and value from registers (the cache row was read before it was written)
+                    here = (n == position)[:, None]
+                    k = tl.where(here, new_k[None, :], k)
+                    v = tl.where(here, new_v[None, :], v)
+                n_next = n + BLOCK_N  # the next tile's loads before this one's arithmetic (masked past the chunk)
+                k_next = tl.load(k_rows + n_next[:, None] * sk_l, mask=(n_next < stop)[:, None], other=0.0)
+                v_next = tl.load(v_rows + n_next[:, None] * sv_l, mask=(n_next < stop)[:, None], other=0.0)
                 scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=PRECISION) * scale
                 scores = tl.where(valid[None, :], scores, float("-inf"))
                 m_new = tl.maximum(m, tl.max(scores, 1))
                 alpha = tl.exp(m - m_new)
                 p = tl.exp(scores - m_new[:, None])
                 l = l * alpha + tl.sum(p, 1)
-                v = tl.load(v_ptr + b * sv_b + h * sv_h + n[:, None] * sv_l + d[None, :], mask=valid[:, None], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
                 m = m_new
+                k, v, n = k_next, v_next, n_next
             tl.store(o_ptr + b * so_b + h * so_h + s * so_s + g[:, None] * so_g + d[None, :], acc / l[:, None],
                      mask=rows[:, None])
             tl.store(lse_ptr + b * sl_b + h * sl_h + s * sl_s + g, m + tl.log(l), mask=rows)
@@ -121,22 +131,30 @@ if triton is not None:
                 m = tl.full([BLOCK_G], float("-inf"), tl.float32)
                 weight = tl.zeros([BLOCK_G], tl.float32)
                 acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-                for c in range(0, CHUNKS):
-                    on = c < live
-                    lse = tl.load(lse_ptr + b * sl_b + h * sl_h + c * sl_s + g, mask=rows & on, other=float("-inf"),
-                                  cache_modifier=".cg")
-                    part = tl.load(o_ptr + b * so_b + h * so_h + c * so_s + g[:, None] * so_g + d[None, :],
-                                   mask=rows[:, None] & on, other=0.0, cache_modifier=".cg")
-                    m_new = tl.maximum(m, lse)  # chunk 0 always holds a key: m is finite from there on
-                    alpha = tl.exp(m - m_new)
-                    w = tl.exp(lse - m_new)
-                    weight = weight * alpha + w
-                    acc = acc * alpha[:, None] + part * w[:, None]
-                    m = m_new
+                lse_at = lse_ptr + b * sl_b + h * sl_h + g
+                part_at = o_ptr + b * so_b + h * so_h + g[:, None] * so_g + d[None, :]
+                if CHUNKS <= 16:  # unrolled: every chunk's loads issued at once, not one round trip a chunk
+                    for c in tl.static_range(CHUNKS):
+                        m, weight, acc = _merged(m, weight, acc, lse_at + c * sl_s, part_at + c * so_s, rows,
+                                                 c < live)
+                else:
+                    for c in range(0, CHUNKS):
+                        m, weight, acc = _merged(m, weight, acc, lse_at + c * sl_s, part_at + c * so_s, rows,
+                                                 c < live)
                 out = acc / weight[:, None]
                 tl.store(out_ptr + bh * group * HEAD_DIM + g[:, None] * HEAD_DIM + d[None, :],
                          out.to(out_ptr.dtype.element_ty), mask=rows[:, None])
                 tl.atomic_xchg(count_ptr + bh, 0)
+
+    @triton.jit
+    def _merged(m, weight, acc, lse_ptr, part_ptr, rows, on):
+        """The running combination (max, softmax weight, weighted sum) with one more chunk's (`on`: a live one)."""
+        lse = tl.load(lse_ptr, mask=rows & on, other=float("-inf"), cache_modifier=".cg")
+        part = tl.load(part_ptr, mask=rows[:, None] & on, other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m, lse)  # chunk 0 always holds a key: m is finite from there on
+        alpha = tl.exp(m - m_new)
+        w = tl.exp(lse - m_new)
+        return m_new, weight * alpha + w, acc * alpha[:, None] + part * w[:, None]
 
 
 def split_size(rows: int, kv_heads: int, length: int) -> int:

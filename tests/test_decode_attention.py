@@ -17,7 +17,9 @@ import torch
 from torch.nn import functional as F
 
 # (rows, kv heads, queries per kv head, head dim, attended length, cache length)
-CASES = [(1, 8, 2, 128, 1024, 2048), (3, 2, 2, 16, 300, 300), (2, 4, 3, 32, 2048, 4096), (8, 2, 4, 64, 1024, 1024)]
+# (rows, kv heads, group, head dim, cache bucket, cache length); the last has 128 keys a program (two tiles each)
+CASES = [(1, 8, 2, 128, 1024, 2048), (3, 2, 2, 16, 300, 300), (2, 4, 3, 32, 2048, 4096), (8, 2, 4, 64, 1024, 1024),
+         (4, 8, 2, 16, 4096, 4096)]
 
 
 def check(device: str) -> None:
