@@ -202,7 +202,9 @@ def test_gpu_prefill_tiles():
     weight = quantize(torch.randn(64, 256, device="cuda", dtype=torch.bfloat16), 8)
     assert gemv.prefill_usable(weight, 64) and not gemv.prefill_usable(weight, gemv.PREFILL_ROWS + 1)
     x = torch.randn(200, 256, device="cuda", dtype=torch.bfloat16)  # more rows: the dequantised matrix and cuBLAS
-    assert torch.allclose(weight_only.linear(x[:100], weight), weight_only.linear(x, weight)[:100], rtol=2e-2, atol=2e-2)
+    tile, dequantised = weight_only.linear(x[:100], weight).double(), weight_only.linear(x, weight)[:100].double()
+    # cuBLAS multiplies by the weights rounded to bf16 (q * scale), the kernel by q, its sums then scaled
+    assert float((tile - dequantised).norm() / dequantised.norm()) <= 1e-2
 
 
 @pytest.mark.gpu
