@@ -239,14 +239,14 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     tiles = triton.cdiv(n, block_n)
     # split K: each slice's fp32 partial sums, and a zeroed arrival counter per column block
-    ws = scratch("gemv workspace", x.device, torch.float32, split * 2 * MAX_ROWS * n if split > 1 else 1)
+    ws = scratch("gemv workspace", x.device, torch.float32, split * 2 * block_m * n if split > 1 else 1)
     count = scratch("gemv counters", x.device, torch.int32, tiles, zeroed=True)
     if stages == "rows":  # one row on the CUDA cores (chat.gemv_rows)
         return gemv_rows.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count, squares_in,
                                 squares_out)
     assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0
-    # a prefill's tile: the bare product (its workspace and the norm's row loop are a decode tile's)
-    assert m <= MAX_ROWS or (m <= PREFILL_ROWS and split == 1 and norm_weight is None and squares_out is None)
+    # a prefill's tile: the bare product (the norm's one-load row loop and the handed squares are a decode tile's)
+    assert m <= MAX_ROWS or (m <= PREFILL_ROWS and norm_weight is None and squares_out is None)
     dummy = x  # pointer arguments of the fusions that are off: never read
     args = (x, weight, out, dummy if residual is None else residual, dummy if norm_weight is None else norm_weight, ws,
             count, ws if scale is None else scale, count if squares_in is None else squares_in,
@@ -269,7 +269,7 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated, squares_in=N
     n, k = out.shape[1], x.shape[1]
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     rows = x.shape[0]
-    found = gemv_pick.candidates(n, k, quant) if rows <= MAX_ROWS else gemv_pick.tile_candidates(k, quant)
+    found = gemv_pick.candidates(n, k, quant) if rows <= MAX_ROWS else gemv_pick.tile_candidates(n, k, quant)
     if quant and rows == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
         found += gemv_rows.candidates(n, k, quant)
     # residual / norm: 0 off, 1 on, 2 on and handing on the sums of squares / taking them

@@ -25,6 +25,7 @@ TARGET_PROGRAMS = 400
 # bf16 / fp16: about a program a multiprocessor streams best (benchmarks/decode_tune_gpu.py, H200: gate/up 0.78 of
 # the copy bandwidth at 256 programs of 32 whole rows, 0.68 at 512; o_proj 0.32 at 128, 0.30 at 512)
 BF16_PROGRAMS = 128
+PREFILL_PROGRAMS = 256  # a prefill tile's programs: two a multiprocessor
 FLUSH_BYTES = 256 << 20  # more than any GPU's L2
 REPEATS = 8  # launches in a timed graph
 
@@ -48,13 +49,12 @@ def candidates(n: int, k: int, quant: int = 0) -> list[tuple]:
     return found
 
 
-def tile_candidates(k: int, quant: int) -> list[tuple]:
-    """(BLOCK_N, BLOCK_K, 1, warps, stages) for a prefill tile of 17-128 rows against a quantised weight: a GEMM tile,
-    unsplit; the wider K block last (an int4 block is whole groups of GROUP columns; a 128-row tile's inputs then
-    fill most of the shared memory)."""
+def tile_candidates(n: int, k: int, quant: int) -> list[tuple]:
+    """(BLOCK_N, BLOCK_K, SPLIT, warps, stages) for a prefill tile of 17-128 rows against a quantised weight: per block
+    width, K split until about PREFILL_PROGRAMS programs (an unsplit 64-wide tile gave the 7B shape's o_proj and down
+    64 programs: 0.07-0.16 of the copy bandwidth on an H200); an int4 block is whole groups of GROUP columns."""
     block_k = GROUP if quant == 4 else 64 if k % 64 == 0 else 16
-    found = [(64, block_k, 1, 4, 3), (128, block_k, 1, 4, 3), (128, block_k, 1, 8, 3)]
-    return found + ([(64, 2 * block_k, 1, 4, 3)] if k % (2 * block_k) == 0 else [])
+    return _split_candidates(n, k, block_k, (32, 64, 128, 16), PREFILL_PROGRAMS)
 
 
 def _split_candidates(n: int, k: int, block_k: int, widths: tuple[int, ...], programs: int = TARGET_PROGRAMS,

@@ -183,7 +183,7 @@ def check_prefill_tiles(device: str, tol: float) -> None:
             weight = quantize(w, bits)
             want = reference(x, dequantize(weight, torch.bfloat16), None, None, False, torch.bfloat16)
             assert gemv.tile_rows(rows) in (32, 64, 128)
-            for config in gemv_pick.tile_candidates(k, bits):
+            for config in gemv_pick.tile_candidates(n, k, bits):
                 out = torch.empty(rows, n, device=device, dtype=torch.bfloat16)
                 gemv._launch(x, *weight, out, None, None, 0.0, False, config)
                 err = float((out.double() - want).norm() / want.norm())
