@@ -79,12 +79,12 @@ if triton is not None:
             g = tl.arange(0, BLOCK_G)
             d = tl.arange(0, HEAD_DIM)
             rows = g < group
-            # the chunk's first keys and values first: their loads are in flight while the queries are made
-            n = start + tl.arange(0, BLOCK_N)
             k_rows = k_ptr + b * sk_b + h * sk_h + d[None, :]
             v_rows = v_ptr + b * sv_b + h * sv_h + d[None, :]
-            k = tl.load(k_rows + n[:, None] * sk_l, mask=(n < stop)[:, None], other=0.0)
-            v = tl.load(v_rows + n[:, None] * sv_l, mask=(n < stop)[:, None], other=0.0)
+            if SPLIT == BLOCK_N:  # a chunk of one tile: its keys and values in flight while the queries are made
+                n = start + tl.arange(0, BLOCK_N)
+                k = tl.load(k_rows + n[:, None] * sk_l, mask=(n < stop)[:, None], other=0.0)
+                v = tl.load(v_rows + n[:, None] * sv_l, mask=(n < stop)[:, None], other=0.0)
             q_rows = q_ptr + b * sq_b + h * sq_h + tl.where(rows, g, 0)[:, None] * sq_g  # padding rows: row 0
             if ROTARY:  # q rows of a qkv product: rotary here; the new key (rotated) and value into the cache
                 dtype = k_ptr.dtype.element_ty
@@ -103,14 +103,15 @@ if triton is not None:
             l = tl.zeros([BLOCK_G], tl.float32)
             acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
             for n0 in range(0, SPLIT, BLOCK_N):  # constexpr bounds: Triton's interpreter (numpy 2) needs them
+                if SPLIT > BLOCK_N:  # a chunk of several tiles (long caches): a tile's loads where it is used
+                    n = start + n0 + tl.arange(0, BLOCK_N)
+                    k = tl.load(k_rows + n[:, None] * sk_l, mask=(n < stop)[:, None], other=0.0)
+                    v = tl.load(v_rows + n[:, None] * sv_l, mask=(n < stop)[:, None], other=0.0)
                 valid = n < stop
                 if ROTARY:  # this step's key and value from registers (the cache row was read before it was written)
                     here = (n == position)[:, None]
                     k = tl.where(here, new_k[None, :], k)
                     v = tl.where(here, new_v[None, :], v)
-                n_next = n + BLOCK_N  # the next tile's loads before this one's arithmetic (masked past the chunk)
-                k_next = tl.load(k_rows + n_next[:, None] * sk_l, mask=(n_next < stop)[:, None], other=0.0)
-                v_next = tl.load(v_rows + n_next[:, None] * sv_l, mask=(n_next < stop)[:, None], other=0.0)
                 scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=PRECISION) * scale
                 scores = tl.where(valid[None, :], scores, float("-inf"))
                 m_new = tl.maximum(m, tl.max(scores, 1))
@@ -119,7 +120,6 @@ if triton is not None:
                 l = l * alpha + tl.sum(p, 1)
                 acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
                 m = m_new
-                k, v, n = k_next, v_next, n_next
             tl.store(o_ptr + b * so_b + h * so_h + s * so_s + g[:, None] * so_g + d[None, :], acc / l[:, None],
                      mask=rows[:, None])
             tl.store(lse_ptr + b * sl_b + h * sl_h + s * sl_s + g, m + tl.log(l), mask=rows)
@@ -133,7 +133,9 @@ if triton is not None:
                 acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
                 lse_at = lse_ptr + b * sl_b + h * sl_h + g
                 part_at = o_ptr + b * so_b + h * so_h + g[:, None] * so_g + d[None, :]
-                if CHUNKS <= 16:  # unrolled: every chunk's loads issued at once, not one round trip a chunk
+                # unrolled: every chunk's loads issued at once, not one round trip a chunk; up to 4 chunks (ptxas,
+                # sm_90: 8 and 16 unrolled spill registers, the loop takes 168)
+                if CHUNKS <= 4:
                     for c in tl.static_range(CHUNKS):
                         m, weight, acc = _merged(m, weight, acc, lse_at + c * sl_s, part_at + c * so_s, rows,
                                                  c < live)
