@@ -4,10 +4,10 @@
 quantised there (`chat.int_weights.quantize`: int8 with a scale per row, or int4 with a scale per row and 128 columns)
 and its bf16 copy dropped at once: the GPU never holds more than one layer in bf16 beside the quantised rest,
 so a 7B model loads in int4 where its bf16 weights would not fit. Embeddings, norms and the lm_head stay as they
-are. `QuantLinear` is the layer that replaces an ``nn.Linear``: a few rows (a decode step) go through the fused
-kernel of `chat.gemv` over the quantised weight; more rows (a prefill) through `dequantized_linear`, which
-writes the bf16 matrix into one scratch buffer per device (reused by every layer: one matrix's memory, the
-largest, not a model's) and multiplies with cuBLAS. The fast decoder (`chat.fast`) stacks a layer's q/k/v and
+are. `QuantLinear` is the layer that replaces an ``nn.Linear``: a decode step's rows and a short prompt's (up to
+`chat.gemv.PREFILL_ROWS`) go through the kernel of `chat.gemv` over the quantised weight; more rows (a long prefill)
+through `dequantized_linear`, which writes the bf16 matrix into one scratch buffer per device (reused by every layer:
+one matrix's memory, the largest, not a model's) and multiplies with cuBLAS. The fast decoder (`chat.fast`) stacks a layer's q/k/v and
 gate/up `QuantLinear`s into one quantised matrix each, as it concatenates bf16 weights.
 """
 from __future__ import annotations
