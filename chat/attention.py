@@ -15,7 +15,8 @@ token writes the rotated key and the value into the cache, so a layer's rotary, 
 attention are one kernel (they were four: rotary, two cache writes, split and combine; H200, 1.8B shape,
 1 row: 176 us a step for the 24 layers against 217). A one-tile chunk's keys and values are loaded before its
 queries are rotated, and the new token's key and value are used from registers, not read back from the cache
-(H200, 1.8B shape, one chat: 698.6 tokens/s against 679.8 in the same call, benchmarks/README.md, session 23).
+(H200, 1.8B shape, one chat: 698.6 tokens/s against 679.8 in the same call, measured in a form that then spilled
+registers at 8+ chunks, since fixed and checked with ptxas only: benchmarks/README.md, session 23).
 
 The query heads that share a kv head are the rows of one query block (grouped-query attention with
 no copy of the cache), padded to 16 for the tensor cores. The dots run on fp32 tiles: tf32 for bf16 /
