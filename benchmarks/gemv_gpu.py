@@ -119,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
                  cublas_us=round(t_cublas * 1e6, 2), ours_of_bandwidth=round(ideal / t_ours, 3),
                  cublas_of_bandwidth=round(ideal / t_cublas, 3), error_ours=f"{err(ours):.2e}",
                  error_cublas=f"{err(cublas):.2e}",
-                 picked=[v for key, v in gemv._picked.items() if key[:2] == (out_n, k) and key[-1] == gemv.tile_rows(rows)
-                         and key[-2] == weights[0][0].dtype],
+                 picked=[v for key, v in gemv._picked.items() if key[:2] == (out_n, k)
+                         and key[-1] == gemv.tile_rows(rows) and key[-2] == weights[0][0].dtype],
                  candidates_us={" ".join(map(str, c)): round(ms * 1e3, 2) for key, times in gemv.timed.items()
-                                if key[:2] == (out_n, k) and key[-1] == gemv.tile_rows(rows) and key[-2] == weights[0][0].dtype
+                                if key[:2] == (out_n, k) and key[-1] == gemv.tile_rows(rows)
+                                and key[-2] == weights[0][0].dtype
                                 for c, ms in sorted(times.items(), key=lambda item: item[1])})
             if args.sweep:
                 out = torch.empty(rows, out_n, dtype=torch.float32 if out_float else dt, device="cuda")

@@ -7,8 +7,8 @@ so a 7B model loads in int4 where its bf16 weights would not fit. Embeddings, no
 are. `QuantLinear` is the layer that replaces an ``nn.Linear``: a decode step's rows and a short prompt's (up to
 `chat.gemv.PREFILL_ROWS`) go through the kernel of `chat.gemv` over the quantised weight; more rows (a long prefill)
 through `dequantized_linear`, which writes the bf16 matrix into one scratch buffer per device (reused by every layer:
-one matrix's memory, the largest, not a model's) and multiplies with cuBLAS. The fast decoder (`chat.fast`) stacks a layer's q/k/v and
-gate/up `QuantLinear`s into one quantised matrix each, as it concatenates bf16 weights.
+one matrix's memory, the largest, not a model's) and multiplies with cuBLAS. The fast decoder (`chat.fast`) stacks a
+layer's q/k/v and gate/up `QuantLinear`s into one quantised matrix each, as it concatenates bf16 weights.
 """
 from __future__ import annotations
 
