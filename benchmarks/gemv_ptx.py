@@ -95,15 +95,31 @@ def instructions(module, case, bits: int = 16) -> list[str]:
             and not line.strip().startswith(("//", ".param", ".file", ".loc", "_gemv_kernel_param"))]
 
 
-def compile_ptx(kernel, consts: dict, pointers: dict, warps: int):
-    """The kernel compiled for sm_90 with the integer arguments' divisibility by 16 a GPU compile sees."""
+def compile_ptx(kernel, consts: dict, pointers: dict, warps: int, fp_fusion: bool = True):
+    """The kernel compiled for sm_90 with the integer arguments' divisibility by 16 a GPU compile sees (`fp_fusion`:
+    as the launch asks)."""
     signature = {name: "constexpr" if name in consts else f"*{pointers[name]}" if name in pointers
                  else "fp32" if name in ("eps", "scale") else "i32" for name in kernel.arg_names}
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
                if name in pointers or name == "N" or name.startswith("stride_")}
     source = ASTSource(fn=kernel, signature=signature, attrs=aligned,
                        constexprs={(kernel.arg_names.index(name),): value for name, value in consts.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, "enable_fp_fusion": fp_fusion})
+
+
+def ptxas_report(ptx: str) -> str:
+    """What Triton's own ptxas says of `ptx` for sm_90 (`-v`: registers, spills), no GPU needed."""
+    import triton.backends.nvidia
+
+    ptxas = Path(triton.backends.nvidia.__file__).parent / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "k.ptx").write_text(ptx)
+        done = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.o"],
+                              capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise RuntimeError(f"ptxas failed: {done.stderr[-2000:]}")
+    return done.stderr
 
 
 def shared_bytes(ptx: str) -> int:
@@ -116,13 +132,10 @@ def shared_bytes(ptx: str) -> int:
 
 
 def quant(module) -> None:
-    import triton.backends.nvidia
-
     sys.path.insert(0, str(ROOT))
     from benchmarks.decode_cpu import SHAPES
     from benchmarks.gemv_gpu import products
     from myassistant.chat import gemv_pick
-    ptxas = Path(triton.backends.nvidia.__file__).parent / "bin" / "ptxas"
     for bits in (4, 8):
         pointers = {**POINTERS, "w_ptr": "u8" if bits == 4 else "i8"}
         for name, (n, k, norm, gated, residual) in products(SHAPES["internlm2-7b"]).items():
@@ -134,10 +147,7 @@ def quant(module) -> None:
                               PRECISION="tf32", GROUP=128, MAGIC=-1 if bits == 4 else 0, SHARED_NORM=False,
                               SQUARES=False)
                 ptx = compile_ptx(module._gemv_kernel, consts, pointers, warps).asm["ptx"]
-                with tempfile.TemporaryDirectory() as tmp:
-                    Path(tmp, "k.ptx").write_text(ptx)
-                    info = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", f"{tmp}/k.ptx", "-o", f"{tmp}/k.o"],
-                                          capture_output=True, text=True).stderr
+                info = ptxas_report(ptx)
                 print(json.dumps({"case": "quant_ptx", "bits": bits, "product": name,
                                   "config": [block_n, block_k, split, warps, stages],
                                   "mma": "wgmma" if "wgmma.mma_async" in ptx else "mma.sync",
