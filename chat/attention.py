@@ -15,8 +15,9 @@ token writes the rotated key and the value into the cache, so a layer's rotary, 
 attention are one kernel (they were four: rotary, two cache writes, split and combine; H200, 1.8B shape,
 1 row: 176 us a step for the 24 layers against 217). A one-tile chunk's keys and values are loaded before its
 queries are rotated, and the new token's key and value are used from registers, not read back from the cache
-(H200, 1.8B shape, one chat: 698.6 tokens/s against 679.8 in the same call, measured in a form that then spilled
-registers at 8+ chunks, since fixed and checked with ptxas only: benchmarks/README.md, session 23).
+(H200, 1.8B shape, one chat: 698.6 tokens/s against 679.8 in the same call, measured in a form that also prefetched
+a chunk's next tile, which spilled registers for chunks of two tiles: since removed, checked with ptxas only,
+benchmarks/README.md, session 23).
 
 The query heads that share a kv head are the rows of one query block (grouped-query attention with
 no copy of the cache), padded to 16 for the tensor cores. The dots run on fp32 tiles: tf32 for bf16 /
@@ -136,9 +137,9 @@ if triton is not None:
                 acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
                 lse_at = lse_ptr + b * sl_b + h * sl_h + g
                 part_at = o_ptr + b * so_b + h * so_h + g[:, None] * so_g + d[None, :]
-                # unrolled: every chunk's loads issued at once, not one round trip a chunk; up to 4 chunks (ptxas,
-                # sm_90: 8 and 16 unrolled spill registers, the loop takes 168)
-                if CHUNKS <= 4:
+                # unrolled: every chunk's loads issued at once, not one round trip a chunk (up to 16 chunks: no
+                # register spilled, ptxas for sm_90; tests/test_decode_attention.py)
+                if CHUNKS <= 16:
                     for c in tl.static_range(CHUNKS):
                         m, weight, acc = _merged(m, weight, acc, lse_at + c * sl_s, part_at + c * so_s, rows,
                                                  c < live)
