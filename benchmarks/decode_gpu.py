@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.warm_up()
         emit("warm_up", bits=bits, seconds=round(time.perf_counter() - start, 1), graphs=sorted(engine.batch.graphs),
              products_picked={f"{k[0]}x{k[1]}{'_gated' if k[2] else ''}{HANDED[max(k[3], k[4])]}_{str(k[-2])[6:]}"
-                              f"_{ROWS[k[-1]]}": v for k, v in gemv._picked.items()})
+                              f"_{tile_label(k[-1])}": v for k, v in gemv._picked.items()})
         if bits < 16:
             emit("products_timed", bits=bits, **products_timed(bandwidth))
         if peer is None:
@@ -326,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
 
 # chat.gemv's key of a product that hands its rows' sums of squares on, or takes them (2): "_sq" in its label
 HANDED = {0: "", 1: "", 2: "_sq"}
-ROWS = {1: "row", 16: "rows", 32: "prefill32", 64: "prefill64", 128: "prefill128"}  # gemv.tile_rows' tiles
+
+
+def tile_label(rows: int) -> str:
+    """A pick's label for chat.gemv.tile_rows' tile: a decode step's one row or several, or a prefill's tile."""
+    return "row" if rows == 1 else "rows" if rows <= gemv.MAX_ROWS else f"prefill{rows}"
 
 
 def products_timed(bandwidth: float) -> dict:
@@ -341,7 +345,7 @@ def products_timed(bandwidth: float) -> dict:
         n_w = 2 * n if gated else n
         size = n_w * k // 2 + n_w * k // int_weights.GROUP * 4 if wdtype == torch.uint8 else n_w * k + n_w * 4
         config = min(times, key=times.get)
-        found[f"{n_w}x{k}{'_gated' if gated else ''}{HANDED[max(residual, norm)]}_{ROWS[rows]}"] = {
+        found[f"{n_w}x{k}{'_gated' if gated else ''}{HANDED[max(residual, norm)]}_{tile_label(rows)}"] = {
             "us": round(times[config] * 1e3, 1), "of_bandwidth": round(size / bandwidth / (times[config] / 1e3), 3),
             "config": list(config)}
     return found
