@@ -26,3 +26,37 @@ for kw in ({}, {'preload': True}):
 @needs_triton
 def test_persistent_step_equals_a_kernel_a_phase_under_tritons_interpreter():
     run_interpreted(CHECK)
+
+
+DATAFLOW = """
+import sys, torch
+sys.path.insert(0, '..')
+from benchmarks.grid_barrier_gpu import Step
+from benchmarks.dataflow_gpu import Dataflow
+shape = [(32, 64), (64, 32), (96, 64), (64, 96)] * 2
+step = Step(shape, 'cpu')
+flow = Dataflow(step, 16, 32)
+flow.kernels()
+want = flow.output()
+assert want.shape == (64,) and torch.allclose(want.float(), step.reference().float(), rtol=2e-2, atol=2e-2)
+for slice_ in (False, True):
+    for ticket in (False, True):
+        flow.buf[flow.maxn:].zero_()
+        flow.dataflow(slice_, ticket)
+        assert torch.equal(flow.output(), want), (slice_, ticket)
+        assert int(flow.state[-1]) == (sum(flow.items) if ticket else 0)
+        done = flow.state[:-1].view(len(shape), flow.slices)
+        assert torch.equal(done[:, 0], torch.tensor(flow.items, dtype=torch.int32)), done  # each item counted once
+        slices = done[:, 1:]
+        if slice_:  # and in the slice of the rows it wrote: BLOCK_K / BLOCK_N a slice
+            assert torch.equal(slices.sum(1), done[:, 0]) and set(slices[slices > 0].tolist()) == {2}, done
+        else:
+            assert not slices.any(), done
+"""
+
+
+@needs_triton
+def test_dataflow_step_equals_a_kernel_a_phase_under_tritons_interpreter():
+    """benchmarks/dataflow_gpu.py: one launch whose items wait for their inputs computes the chain the kernel-a-phase
+    form does, bit for bit, and every item counts itself in where its readers wait (programs run in order here)."""
+    run_interpreted(DATAFLOW)
