@@ -117,15 +117,9 @@ def _item(w_ptr, buf_ptr, done_ptr, failed_ptr, t, MAXN, SLICES, N0: tl.constexp
             else:
                 _wait(done_ptr + (p - 1) * SLICES, n_prev // BLOCK_N, failed_ptr, ASM)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    if ASM:
-        for k in range(0, K, BLOCK_K):
-            acc, w = _trip(acc, w, w_rows, x_ptr, done_ptr, failed_ptr, p, ready, k, K, SLICES, WAIT and SLICE,
-                           BLOCK_N, BLOCK_K, ASM)
-    else:  # the interpreter (NumPy 2.4) takes no loop bound computed at run time: the widest, the trips past K skipped
-        for k in range(0, max(K0, K1, K2, K3), BLOCK_K):
-            if k < K:
-                acc, w = _trip(acc, w, w_rows, x_ptr, done_ptr, failed_ptr, p, ready, k, K, SLICES,
-                               WAIT and SLICE, BLOCK_N, BLOCK_K, ASM)
+    for k in range(0, K, BLOCK_K):
+        acc, w = _trip(acc, w, w_rows, x_ptr, done_ptr, failed_ptr, p, ready, k, K, SLICES, WAIT and SLICE, BLOCK_N,
+                       BLOCK_K, ASM)
     tl.store(x_ptr + MAXN + rows, tl.sum(acc, 1).to(buf_ptr.dtype.element_ty))
     if WAIT:
         tl.debug_barrier()  # every thread's rows stored before the count says so

@@ -14,7 +14,8 @@
 #      caches: 160 s did not cover int4's quality case (2026-12-02), nor int8's cases up to the 8 chats.
 #
 #   8. (`barrier`, not in the default PARTS) a step's products as one persistent kernel whose phases meet at grid
-#      barriers, against a kernel a phase in one graph, 1.8B and 7B shapes (benchmarks.grid_barrier_gpu).
+#      barriers, against a kernel a phase in one graph, 1.8B and 7B shapes (benchmarks.grid_barrier_gpu); then as one
+#      launch whose items wait only for the rows they read (benchmarks.dataflow_gpu).
 #
 #   device run, carry [".cache/i22a_whl"]: bash benchmarks/gpu_decode_all.sh
 #   (PARTS="tests gemv profile decode 7b" picks parts; .cache/i22a_whl holds transformers 5.24, see README.md)
@@ -50,4 +51,6 @@ if has barrier; then echo "=== a step's products as one persistent kernel with g
 for shape in 1.8b 7b; do  # PARTS="barrier": no carried wheels needed (torch and Triton of the image)
 timeout "${T_BARRIER:-150}" python3 -m benchmarks.grid_barrier_gpu --shape "$shape" 2>&1 \
     | tee -a "$OUT/barrier.log" | json
+timeout "${T_BARRIER:-150}" python3 -m benchmarks.dataflow_gpu --shape "$shape" 2>&1 \
+    | tee -a "$OUT/dataflow.log" | json
 done; fi

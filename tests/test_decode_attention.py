@@ -111,10 +111,24 @@ def test_rotary_attention_compiles_for_hopper_without_spilled_registers(split, c
     assert "0 bytes spill stores, 0 bytes spill loads" in report, report
 
 
+# Triton 3.6's interpreter holds a scalar as a one-element array and takes it as a loop bound by int(array), which
+# NumPy 2.4 refuses ("only 0-dimensional arrays"): kernels looping to a bound computed at run time (benchmarks/
+# grid_barrier_gpu.py) failed under it. The interpreted Python takes the element instead.
+INDEX_SHIM = """
+import triton.runtime.interpreter as _interpreter
+if hasattr(_interpreter, "_patch_lang_tensor"):
+    _patch = _interpreter._patch_lang_tensor
+    def _patch_lang_tensor(tensor, scope):
+        _patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+    _interpreter._patch_lang_tensor = _patch_lang_tensor
+"""
+
+
 def run_interpreted(code: str) -> None:
     """Run `code` in a fresh Python in tests/ with Triton's interpreter on (read when kernels are defined)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, text=True,
+    proc = subprocess.run([sys.executable, "-c", INDEX_SHIM + code], cwd=Path(__file__).parent, env=env, text=True,
                           capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
