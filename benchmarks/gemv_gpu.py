@@ -10,7 +10,8 @@ decode step), as bytes of weight read / time against the copy bandwidth measured
 ``--bits 8|4``: ours on weight-only int8 / int4 copies (cuBLAS on their dequantised bf16 matrices; the bandwidth
 fraction counts the quantised bytes). ``--sweep`` times every (BLOCK_N, BLOCK_K, SPLIT, warps, stages) of a small
 grid per shape and prints the best. ``ours_squares_handed_on_us``: the same product with its norm's sums of squares
-given (qkv, gate/up, lm_head) or its output's handed on (o_proj, down), as a decode step runs them.
+given (qkv, gate/up, lm_head) or its output's handed on (o_proj, down), as a decode step runs them. ``--no-norm``:
+the products without their RMSNorm prologue (what the norm's instructions cost a product: not a decode step's form).
 """
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", type=int, choices=(16, 8, 4), default=16, help="weight-only int8 / int4 for ours")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--products", nargs="+", help="only these (qkv o_proj gate_up down lm_head)")
+    parser.add_argument("--no-norm", action="store_true", help="leave the norm prologue out (see above)")
     args = parser.parse_args(argv)
     bandwidth = copy_bandwidth()
     emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (n, k, norm, gated, residual) in products(SHAPES[args.shape]).items():
         if args.products and name not in args.products:
             continue
+        norm = norm and not args.no_norm
         copies = max(2, -(-(512 << 20) // (n * k * 2)))  # >= 512 MB of weights: none of them stays in L2
         dense = [torch.randn(n, k, device="cuda", dtype=dt) * k ** -0.5 for _ in range(copies)]
         # ours: (weight, scale) as chat.gemv takes them; quantised ones against their dequantised matrix
