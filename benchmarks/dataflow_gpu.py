@@ -18,11 +18,12 @@ A "step" is the shape's products only (qkv, o_proj, gate/up, down a layer, each 
 grid_barrier_gpu. Each case prints its time, the weights' bytes over that time and the fraction of the copy
 bandwidth measured in the same process.
 
-    python3 -m benchmarks.dataflow_gpu [--shape 1.8b|7b] [--block-n 8 16]
+    python3 -m benchmarks.dataflow_gpu [--shape 1.8b|7b] [--block-n 8 16] [--sleep-ns 200]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -40,41 +41,43 @@ FORMS = ("phase", "slice")  # what an item waits for: the whole previous phase, 
 
 
 @triton.jit
-def _seen(ptr, ASM: tl.constexpr):
-    """The counter at `ptr`, read with acquire semantics (a GPU: after a short sleep, so that hundreds of waiting CTAs
-    do not hammer one L2 line; the interpreter: an atomic add of 0)."""
+def _seen(ptr, sleep_ns, ASM: tl.constexpr):
+    """The counter at `ptr`, read with acquire semantics by one thread of the CTA (Triton's scalar atomic; the value
+    reaches the others through shared memory), on a GPU after sleeping `sleep_ns`: hundreds of waiting CTAs would
+    otherwise poll one L2 line back to back."""
     if ASM:
-        return tl.inline_asm_elementwise("nanosleep.u32 32;\nld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr],
-                                         dtype=tl.int32, is_pure=False, pack=1)
+        zero = tl.inline_asm_elementwise("nanosleep.u32 $1;\nmov.u32 $0, 0;", "=r,r", [sleep_ns], dtype=tl.int32,
+                                         is_pure=False, pack=1)
+        ptr += zero  # (the read after the sleep)
     return tl.atomic_add(ptr, 0, sem="acquire", scope="gpu")
 
 
 @triton.jit
-def _wait(ptr, target, failed_ptr, ASM: tl.constexpr):
+def _wait(ptr, target, failed_ptr, sleep_ns, ASM: tl.constexpr):
     """Until the counter at `ptr` reaches `target` (acquire: what the items counted in wrote is then visible); on a GPU
     at most TIMEOUT_NS, then flagged in failed_ptr (a form that deadlocks reports it, it does not hang)."""
-    seen = _seen(ptr, ASM)
+    seen = _seen(ptr, 0, ASM)
     if ASM:
         start = _clock(seen)
         now = start
         while (seen < target) & (now - start < TIMEOUT_NS):
-            seen = _seen(ptr, ASM)
+            seen = _seen(ptr, sleep_ns, ASM)
             now = _clock(seen)
         if seen < target:
             tl.store(failed_ptr, 1)
     else:
         while seen < target:
-            seen = _seen(ptr, ASM)
+            seen = _seen(ptr, sleep_ns, ASM)
 
 
 @triton.jit
-def _trip(acc, w, w_rows, x_ptr, done_ptr, failed_ptr, p, ready, k, K, SLICES, WAIT: tl.constexpr,
+def _trip(acc, w, w_rows, x_ptr, done_ptr, failed_ptr, sleep_ns, p, ready, k, K, SLICES, WAIT: tl.constexpr,
           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
     """One BLOCK_K trip of an item's row block: `w` is this trip's weight tile, already loaded; the next is loaded
     before the sums (in flight during them). WAIT: for the BLOCK_K input columns it reads to be written."""
     if WAIT:
         if not ready:
-            _wait(done_ptr + (p - 1) * SLICES + 1 + k // BLOCK_K, BLOCK_K // BLOCK_N, failed_ptr, ASM)
+            _wait(done_ptr + (p - 1) * SLICES + 1 + k // BLOCK_K, BLOCK_K // BLOCK_N, failed_ptr, sleep_ns, ASM)
     cols = tl.arange(0, BLOCK_K)
     x = tl.load(x_ptr + k + cols, cache_modifier=".cg")  # other CTAs wrote it: past L1
     w_next = tl.load(w_rows + k + BLOCK_K, mask=k + BLOCK_K < K, other=0.0)
@@ -82,7 +85,7 @@ def _trip(acc, w, w_rows, x_ptr, done_ptr, failed_ptr, p, ready, k, K, SLICES, W
 
 
 @triton.jit
-def _item(w_ptr, buf_ptr, done_ptr, failed_ptr, t, MAXN, SLICES, N0: tl.constexpr, N1: tl.constexpr,
+def _item(w_ptr, buf_ptr, done_ptr, failed_ptr, sleep_ns, t, MAXN, SLICES, N0: tl.constexpr, N1: tl.constexpr,
           N2: tl.constexpr, N3: tl.constexpr, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
           WAIT: tl.constexpr, SLICE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
     """Work item t of the step: BLOCK_N rows of one phase's product (layer t // items a layer, then qkv, o_proj,
@@ -113,13 +116,13 @@ def _item(w_ptr, buf_ptr, done_ptr, failed_ptr, t, MAXN, SLICES, N0: tl.constexp
     if WAIT:
         if p > 0:
             if SLICE:
-                ready = _seen(done_ptr + (p - 1) * SLICES, ASM) >= n_prev // BLOCK_N
+                ready = _seen(done_ptr + (p - 1) * SLICES, 0, ASM) >= n_prev // BLOCK_N
             else:
-                _wait(done_ptr + (p - 1) * SLICES, n_prev // BLOCK_N, failed_ptr, ASM)
+                _wait(done_ptr + (p - 1) * SLICES, n_prev // BLOCK_N, failed_ptr, sleep_ns, ASM)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for k in range(0, K, BLOCK_K):
-        acc, w = _trip(acc, w, w_rows, x_ptr, done_ptr, failed_ptr, p, ready, k, K, SLICES, WAIT and SLICE, BLOCK_N,
-                       BLOCK_K, ASM)
+        acc, w = _trip(acc, w, w_rows, x_ptr, done_ptr, failed_ptr, sleep_ns, p, ready, k, K, SLICES, WAIT and SLICE,
+                       BLOCK_N, BLOCK_K, ASM)
     tl.store(x_ptr + MAXN + rows, tl.sum(acc, 1).to(buf_ptr.dtype.element_ty))
     if WAIT:
         tl.debug_barrier()  # every thread's rows stored before the count says so
@@ -133,12 +136,12 @@ def _phase_kernel(w_ptr, buf_ptr, done_ptr, failed_ptr, first, MAXN, SLICES, N0:
                   N2: tl.constexpr, N3: tl.constexpr, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
                   K3: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
     """One phase's items (from `first`), one a program: the kernel-a-phase baseline."""
-    _item(w_ptr, buf_ptr, done_ptr, failed_ptr, first + tl.program_id(0), MAXN, SLICES, N0, N1, N2, N3, K0, K1, K2,
+    _item(w_ptr, buf_ptr, done_ptr, failed_ptr, 0, first + tl.program_id(0), MAXN, SLICES, N0, N1, N2, N3, K0, K1, K2,
           K3, False, False, BLOCK_N, BLOCK_K, ASM)
 
 
 @triton.jit
-def _dataflow_kernel(w_ptr, buf_ptr, done_ptr, ticket_ptr, failed_ptr, MAXN, SLICES, N0: tl.constexpr,
+def _dataflow_kernel(w_ptr, buf_ptr, done_ptr, ticket_ptr, failed_ptr, sleep_ns, MAXN, SLICES, N0: tl.constexpr,
                      N1: tl.constexpr, N2: tl.constexpr, N3: tl.constexpr, K0: tl.constexpr, K1: tl.constexpr,
                      K2: tl.constexpr, K3: tl.constexpr, SLICE: tl.constexpr, TICKET: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
@@ -147,8 +150,8 @@ def _dataflow_kernel(w_ptr, buf_ptr, done_ptr, ticket_ptr, failed_ptr, MAXN, SLI
         t = tl.atomic_add(ticket_ptr, 1, sem="relaxed")
     else:
         t = tl.program_id(0)
-    _item(w_ptr, buf_ptr, done_ptr, failed_ptr, t, MAXN, SLICES, N0, N1, N2, N3, K0, K1, K2, K3, True, SLICE, BLOCK_N,
-          BLOCK_K, ASM)
+    _item(w_ptr, buf_ptr, done_ptr, failed_ptr, sleep_ns, t, MAXN, SLICES, N0, N1, N2, N3, K0, K1, K2, K3, True, SLICE,
+          BLOCK_N, BLOCK_K, ASM)
 
 
 class Dataflow:
@@ -183,10 +186,10 @@ class Dataflow:
                                     num_warps=4, **self.sizes)
             first += items
 
-    def dataflow(self, slice_: bool, ticket: bool):
+    def dataflow(self, slice_: bool, ticket: bool, sleep_ns: int = 200):
         self.state.zero_()
         return _dataflow_kernel[(sum(self.items),)](
-            self.step.weights, self.buf, self.state, self.state[-1:], self.failed, self.maxn, self.slices,
+            self.step.weights, self.buf, self.state, self.state[-1:], self.failed, sleep_ns, self.maxn, self.slices,
             SLICE=slice_, TICKET=ticket, BLOCK_N=self.block_n, BLOCK_K=self.block_k, ASM=self.asm, num_warps=4,
             **self.sizes)
 
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block-n", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--block-k", type=int, default=512)
     parser.add_argument("--order", choices=("ticket", "launch"), nargs="+", default=["ticket", "launch"])
+    parser.add_argument("--sleep-ns", type=int, nargs="+", default=[200], help="a waiting CTA's sleep between polls")
     args = parser.parse_args(argv)
     from benchmarks.decode_gpu import copy_bandwidth
 
@@ -231,10 +235,11 @@ def main(argv: list[str] | None = None) -> None:
         want = flow.output()
         err = float((want.float() - step.reference().float()).abs().max())
         print(json.dumps({**base, **cfg, "max_abs_err_vs_fp32_chain": err}), flush=True)
-        for form in FORMS:
-            for order in args.order:
-                run = lambda form=form, order=order: flow.dataflow(form == "slice", order == "ticket")  # noqa: E731
-                print(json.dumps({**timed(flow, f"dataflow_{form}_{order}", run, copy_bps, want), **cfg}), flush=True)
+        for form, order, sleep_ns in itertools.product(FORMS, args.order, args.sleep_ns):
+            run = lambda form=form, order=order, ns=sleep_ns: flow.dataflow(  # noqa: E731
+                form == "slice", order == "ticket", ns)
+            print(json.dumps({**timed(flow, f"dataflow_{form}_{order}", run, copy_bps, want), **cfg,
+                              "sleep_ns": sleep_ns}), flush=True)
 
 
 if __name__ == "__main__":
