@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                              "and saved at PATH by the first process (from the same random model), loaded by the next")
     parser.add_argument("--no-peer", action="store_true", help="skip the peer (`generate`)")
     parser.add_argument("--no-rows", action="store_true",
-                        help="one-row int4 / int8 products on the tensor-core kernel only (chat.gemv.ROWS_ONE_ROW off)")
+                        help="one-row products on the tensor-core kernel only (chat.gemv.ROWS_ONE_ROW off)")
     args = parser.parse_args(argv)
     # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)

@@ -50,7 +50,7 @@ import logging
 
 import torch
 
-from myassistant.chat import gemv_pick, gemv_rows
+from myassistant.chat import gemv_dense_rows, gemv_pick, gemv_rows
 from myassistant.chat.int_weights import GROUP, QuantWeight
 from myassistant.chat.scratch import scratch
 
@@ -71,7 +71,7 @@ MAX_ROWS = 16  # rows a decode product takes (one tensor-core tile); more rows g
 PREFILL_ROWS = 128
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
 AGREE = 1e-2  # relative difference from the first candidate's product above which a candidate is left out
-ROWS_ONE_ROW = True  # one-row int4 / int8 products: chat.gemv_rows' CUDA-core kernels are candidates too
+ROWS_ONE_ROW = True  # one-row products: chat.gemv_rows' / chat.gemv_dense_rows' CUDA-core kernels are candidates too
 
 
 if triton is not None:
@@ -246,6 +246,9 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     if stages == "rows":  # one row on the CUDA cores (chat.gemv_rows)
         return gemv_rows.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count, squares_in,
                                 squares_out)
+    if stages == gemv_dense_rows.TAG:  # one row against bf16 / fp16 weights on the CUDA cores
+        return gemv_dense_rows.launch(x, weight, out, residual, norm_weight, eps, gated, config, ws, count, squares_in,
+                                      squares_out)
     assert x.stride(-1) == 1 and weight.stride(-1) == 1 and k % (split * block_k) == 0
     # a prefill's tile: the bare product (the norm's one-load row loop and the handed squares are a decode tile's)
     assert m <= MAX_ROWS or (m <= PREFILL_ROWS and norm_weight is None and squares_out is None)
@@ -272,8 +275,8 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated, squares_in=N
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     rows = x.shape[0]
     found = gemv_pick.candidates(n, k, quant) if rows <= MAX_ROWS else gemv_pick.tile_candidates(n, k, quant)
-    if quant and rows == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
-        found += gemv_rows.candidates(n, k, quant)
+    if rows == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
+        found += gemv_rows.candidates(n, k, quant) if quant else gemv_dense_rows.candidates(n, k, gated)
     # residual / norm: 0 off, 1 on, 2 on and handing on the sums of squares / taking them
     key = (n, k, gated, (residual is not None) + (squares_out is not None), (norm_weight is not None) +
            (squares_in is not None), out.dtype, weight.dtype, tile_rows(rows))

@@ -191,6 +191,22 @@ fma.rn.f16x2 acc, v1, {x1}, acc;
         return tl.load(ptrs, mask=ok, other=0)
 
     @triton.jit
+    def _row_rstd(x_ptr, sq_in_ptr, eps, K: tl.constexpr, NORM: tl.constexpr, SHARED_NORM: tl.constexpr):
+        """1 / RMS of the one input row for NORM (0.0 without): from the sums of squares the product that wrote the
+        row left (SHARED_NORM), else from the row over the whole K."""
+        rstd = 0.0
+        if NORM and SHARED_NORM:
+            rstd = tl.sum(shared_rstd(sq_in_ptr, tl.arange(0, 1), tl.arange(0, 1) < 1, eps, K), 0)
+        elif NORM:
+            sq = tl.zeros([1024], tl.float32)
+            for k0 in tl.static_range(0, K, 1024):
+                cols = k0 + tl.arange(0, 1024)
+                xs = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+                sq += xs * xs
+            rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / K + eps)
+        return rstd
+
+    @triton.jit
     def _trip(q, q2, x_ptr, nw_ptr, s_ptr, rstd, byte0, n, n_ok, N: tl.constexpr, K: tl.constexpr,
               NORM: tl.constexpr, GATED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
               GROUP: tl.constexpr, CHUNK: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr, QUANT: tl.constexpr):
@@ -244,16 +260,7 @@ fma.rn.f16x2 acc, v1, {x1}, acc;
         WORDS: tl.constexpr = K * QUANT // 32  # 32-bit words a row
         ROW: tl.constexpr = WORDS * 4 // SPLIT  # bytes of a row this program reads
         first = part * ROW  # its first byte
-        rstd = 0.0
-        if NORM and SHARED_NORM:  # from the sums of squares the product that wrote the row left
-            rstd = tl.sum(shared_rstd(sq_in_ptr, tl.arange(0, 1), tl.arange(0, 1) < 1, eps, K), 0)
-        elif NORM:  # 1 / RMS of the input row over the whole K
-            sq = tl.zeros([1024], tl.float32)
-            for k0 in tl.static_range(0, K, 1024):
-                cols = k0 + tl.arange(0, 1024)
-                xs = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-                sq += xs * xs
-            rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / K + eps)
+        rstd = _row_rstd(x_ptr, sq_in_ptr, eps, K, NORM, SHARED_NORM)
         # tiles [chunks, rows, CHUNK bytes as 32-bit words]: a thread holds a chunk of each row (the compiler's layout
         # for CHUNK contiguous bytes, threads along the chunks), and the input's columns [chunks, CHUNK] (CHUNK bf16:
         # one 16-byte load) are loaded in the same layout, with one warp a program: no shared memory between loads and

@@ -169,6 +169,33 @@ def check_one_row(device: str, tol: float) -> None:
                     check_squares(case, launch, x, out, norm, residual)
 
 
+def check_dense_one_row(device: str, tol: float) -> None:
+    """Every one-row candidate of chat.gemv_dense_rows (bf16 weights on the CUDA cores: each block and K split) with
+    each fusion, against float64 with the modules' roundings."""
+    from myassistant.chat import gemv, gemv_dense_rows
+
+    gen = torch.Generator().manual_seed(3)
+    for norm, gated, residual, out_float in VARIANTS:
+        for n, k in ((80, 1024), (48, 512)):
+            w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, torch.bfloat16)
+            x = torch.randn(1, k, generator=gen).to(device, torch.bfloat16)
+            nw = (1 + 0.1 * torch.randn(k, generator=gen)).to(device, torch.bfloat16) if norm else None
+            res = torch.randn(1, n, generator=gen).to(device, torch.bfloat16) if residual else None
+            want = reference(x, w, res, nw, gated, torch.bfloat16)
+            configs = gemv_dense_rows.candidates(n, k, gated)
+            assert len(configs) >= 2 and (gated or k < 2 * gemv_dense_rows.BLOCK_K or configs[-1][2] == 2), configs
+            for config in configs:
+                def launch(config=config, **squares):
+                    out = torch.empty(1, n, device=device, dtype=torch.float32 if out_float else torch.bfloat16)
+                    gemv._launch(x, w, None, out, res, nw, 1e-5, gated, config, **squares)
+                    return out
+                out = launch()
+                err = float((out.double() - want).norm() / want.norm())
+                case = f"bf16 {config} norm={norm} gated={gated} residual={residual} n={n} k={k}"
+                assert err <= tol, f"{case}: error {err}"
+                check_squares(case, launch, x, out, norm, residual)
+
+
 def check_prefill_tiles(device: str, tol: float) -> None:
     """A short prompt's products against int8 / int4 weights (17-128 rows, one tile: chat.gemv.PREFILL_ROWS) in each
     tile candidate, against the float64 product of the dequantised matrix rounded to bf16."""
@@ -211,11 +238,12 @@ def test_gpu_prefill_tiles():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_one_row_products():
     check_one_row("cuda", 1e-2)
+    check_dense_one_row("cuda", 1e-2)
 
 
 @needs_triton
 def test_fused_products_and_decode_step_under_tritons_interpreter():
-    run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2); t.check_one_row('cpu', 4e-2);"
+    run_interpreted("import torch, test_gemv as t; t.check('cpu', 4e-2); t.check_one_row('cpu', 4e-2); t.check_dense_one_row('cpu', 4e-2);"
                     "t.check_prefill_tiles('cpu', 4e-2);"
                     "t.check_decode_step('cpu', torch.float32, 1e-5); t.check_decode_step('cpu', torch.float32, 1e-5, compiled=True);"
                     "t.check_decode_step('cpu', torch.bfloat16, 3e-2);"
