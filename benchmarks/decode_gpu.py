@@ -298,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         emit("warm_up", bits=bits, seconds=round(time.perf_counter() - start, 1), graphs=sorted(engine.batch.graphs),
              products_picked={f"{k[0]}x{k[1]}{'_gated' if k[2] else ''}{HANDED[max(k[3], k[4])]}_{str(k[-2])[6:]}"
                               f"_{tile_label(k[-1])}": v for k, v in gemv._picked.items()})
-        if bits < 16:
-            emit("products_timed", bits=bits, **products_timed(bandwidth))
+        emit("products_timed", bits=bits, **products_timed(bandwidth))
         if peer is None:
             peer = hf_generate(model, prompt_ids, args.new_tokens)
             emit("hf_generate", tokens_per_s=round(peer, 1))
@@ -334,20 +333,22 @@ def tile_label(rows: int) -> str:
 
 
 def products_timed(bandwidth: float) -> dict:
-    """Per quantised product shape and row bucket: the best candidate `chat.gemv._pick` timed at the warm-up (µs, L2
-    flushed, in CUDA graphs) and its fraction of the copy bandwidth over the quantised bytes (int4: half a byte a
-    weight plus a float32 scale per 128; int8: a byte plus one a row)."""
+    """Per product shape and row bucket: the best candidate `chat.gemv._pick` timed at the warm-up (µs, L2 flushed, in
+    CUDA graphs) and its fraction of the copy bandwidth over the weight's bytes (int4: half a byte a weight plus a
+    float32 scale per 128; int8: a byte plus one a row; bf16 / fp16: two), and the best tensor-core tile's µs."""
     found = {}
     for key, times in gemv.timed.items():
         n, k, gated, residual, norm, _, wdtype, rows = key
-        if wdtype not in (torch.int8, torch.uint8) or not times:
+        if not times:
             continue
         n_w = 2 * n if gated else n
-        size = n_w * k // 2 + n_w * k // int_weights.GROUP * 4 if wdtype == torch.uint8 else n_w * k + n_w * 4
+        size = (n_w * k // 2 + n_w * k // int_weights.GROUP * 4 if wdtype == torch.uint8 else
+                n_w * k + n_w * 4 if wdtype == torch.int8 else n_w * k * wdtype.itemsize)
         config = min(times, key=times.get)
+        tiles = [ms for c, ms in times.items() if isinstance(c[-1], int)]  # the tensor-core kernel's (stages)
         found[f"{n_w}x{k}{'_gated' if gated else ''}{HANDED[max(residual, norm)]}_{tile_label(rows)}"] = {
             "us": round(times[config] * 1e3, 1), "of_bandwidth": round(size / bandwidth / (times[config] / 1e3), 3),
-            "config": list(config)}
+            "config": list(config), "tensor_cores_us": round(min(tiles) * 1e3, 1) if tiles else None}
     return found
 
 
