@@ -25,6 +25,10 @@ a grid, benchmarks/decode_tune_gpu.py): 0.47, 0.32, 0.78, 0.64, 0.94. The small 
 programmatic dependent launch (each program prefetching or loading its first weights before waiting on the previous
 kernel) measured no faster or slower in three forms, so it was removed (benchmarks/README_decode.md).
 
+One-row products against bf16 / fp16 weights also time chat.gemv_dense_rows' CUDA-core candidates (many small
+programs, no 16-row tile): on an H200 they won the 1.8B one-chat step's qkv, o_proj, down and lm_head, step 1.427 ->
+1.325 ms in one call (benchmarks/README.md, session 24).
+
 Every rounding step is the model's own (normalised input rounded to the weights' dtype before the
 norm's weight, SiLU and products rounded as bf16 tensors would be), so the result differs from the
 module chain only by the summation order of the product. Used on CUDA for bf16 / fp16 weights and at
