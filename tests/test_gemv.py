@@ -141,7 +141,7 @@ def check_decode_step(device: str, dtype: torch.dtype, tol: float, bits: int = 1
 def check_one_row(device: str, tol: float) -> None:
     """Every one-row candidate of chat.gemv_rows (each block and K split) over int4 and int8 weights, with each
     fusion, against the float64 product of the dequantised matrix."""
-    from myassistant.chat import gemv, gemv_rows
+    from myassistant.chat import gemv_rows
     from myassistant.chat.int_weights import dequantize, quantize
 
     gen = torch.Generator().manual_seed(1)
@@ -157,22 +157,32 @@ def check_one_row(device: str, tol: float) -> None:
                 want = reference(x, dequantize(weight, torch.bfloat16), res, nw, gated, torch.bfloat16)
                 configs = gemv_rows.candidates(n, k, bits)
                 assert {c[0] for c in configs} == {4, 8, 16}
-                for config in configs:
-                    def launch(config=config, **squares):
-                        out = torch.empty(1, n, device=device, dtype=torch.float32 if out_float else torch.bfloat16)
-                        gemv._launch(x, *weight, out, res, nw, 1e-5, gated, config, **squares)
-                        return out
-                    out = launch()
-                    err = float((out.double() - want).norm() / want.norm())
-                    case = f"{bits} bits {config} norm={norm} gated={gated} residual={residual} n={n} k={k}"
-                    assert err <= tol, f"{case}: error {err}"
-                    check_squares(case, launch, x, out, norm, residual)
+                check_one_row_configs(f"{bits} bits", configs, x, weight, res, nw, gated, out_float, want, tol)
+
+
+def check_one_row_configs(label: str, configs: list[tuple], x, weight: tuple, res, nw, gated: bool, out_float: bool,
+                          want: torch.Tensor, tol: float) -> None:
+    """Each one-row configuration of chat.gemv._launch over `weight` (q, scale) against `want`, and the squares it
+    hands on or takes."""
+    from myassistant.chat import gemv
+
+    n, norm, residual = want.shape[1], nw is not None, res is not None
+    for config in configs:
+        def launch(config=config, **squares):
+            out = torch.empty(1, n, device=x.device, dtype=torch.float32 if out_float else torch.bfloat16)
+            gemv._launch(x, *weight, out, res, nw, 1e-5, gated, config, **squares)
+            return out
+        out = launch()
+        err = float((out.double() - want).norm() / want.norm())
+        case = f"{label} {config} norm={norm} gated={gated} residual={residual} n={n} k={x.shape[1]}"
+        assert err <= tol, f"{case}: error {err}"
+        check_squares(case, launch, x, out, norm, residual)
 
 
 def check_dense_one_row(device: str, tol: float) -> None:
     """Every one-row candidate of chat.gemv_dense_rows (bf16 weights on the CUDA cores: each block and K split) with
     each fusion, against float64 with the modules' roundings."""
-    from myassistant.chat import gemv, gemv_dense_rows
+    from myassistant.chat import gemv_dense_rows
 
     gen = torch.Generator().manual_seed(3)
     for norm, gated, residual, out_float in VARIANTS:
@@ -184,16 +194,7 @@ def check_dense_one_row(device: str, tol: float) -> None:
             want = reference(x, w, res, nw, gated, torch.bfloat16)
             configs = gemv_dense_rows.candidates(n, k, gated)
             assert len(configs) >= 2 and (gated or k < 2 * gemv_dense_rows.BLOCK_K or configs[-1][2] == 2), configs
-            for config in configs:
-                def launch(config=config, **squares):
-                    out = torch.empty(1, n, device=device, dtype=torch.float32 if out_float else torch.bfloat16)
-                    gemv._launch(x, w, None, out, res, nw, 1e-5, gated, config, **squares)
-                    return out
-                out = launch()
-                err = float((out.double() - want).norm() / want.norm())
-                case = f"bf16 {config} norm={norm} gated={gated} residual={residual} n={n} k={k}"
-                assert err <= tol, f"{case}: error {err}"
-                check_squares(case, launch, x, out, norm, residual)
+            check_one_row_configs("bf16", configs, x, (w, None), res, nw, gated, out_float, want, tol)
 
 
 def check_prefill_tiles(device: str, tol: float) -> None:
