@@ -85,6 +85,12 @@ def _trip(acc, w, w_rows, x_ptr, done_ptr, failed_ptr, sleep_ns, p, ready, k, K,
 
 
 @triton.jit
+def _of_product(j, a, b, c, d):
+    """a, b, c or d for the layer's product j (0-3)."""
+    return tl.where(j == 0, a, tl.where(j == 1, b, tl.where(j == 2, c, d)))
+
+
+@triton.jit
 def _item(w_ptr, buf_ptr, done_ptr, failed_ptr, sleep_ns, t, MAXN, SLICES, N0: tl.constexpr, N1: tl.constexpr,
           N2: tl.constexpr, N3: tl.constexpr, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
           WAIT: tl.constexpr, SLICE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
@@ -99,11 +105,10 @@ def _item(w_ptr, buf_ptr, done_ptr, failed_ptr, sleep_ns, t, MAXN, SLICES, N0: t
     layer = t // ITEMS
     r = t % ITEMS
     j = (r >= C1).to(tl.int32) + (r >= C2).to(tl.int32) + (r >= C3).to(tl.int32)  # which product of the layer
-    n0 = (r - tl.where(j == 0, 0, tl.where(j == 1, C1, tl.where(j == 2, C2, C3)))) * BLOCK_N
-    K = tl.multiple_of(tl.where(j == 0, K0, tl.where(j == 1, K1, tl.where(j == 2, K2, K3))), BLOCK_K)
-    n_prev = tl.where(j == 0, N3, tl.where(j == 1, N0, tl.where(j == 2, N1, N2)))  # the rows the previous phase wrote
-    offset = tl.where(j == 0, 0, tl.where(j == 1, N0 * K0, tl.where(j == 2, N0 * K0 + N1 * K1,
-                                                                   N0 * K0 + N1 * K1 + N2 * K2)))
+    n0 = (r - _of_product(j, 0, C1, C2, C3)) * BLOCK_N
+    K = tl.multiple_of(_of_product(j, K0, K1, K2, K3), BLOCK_K)
+    n_prev = _of_product(j, N3, N0, N1, N2)  # the rows the previous phase wrote
+    offset = _of_product(j, 0, N0 * K0, N0 * K0 + N1 * K1, N0 * K0 + N1 * K1 + N2 * K2)  # its weights in the layer's
     p = layer * 4 + j
     rows = n0 + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
