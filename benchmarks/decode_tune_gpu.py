@@ -24,7 +24,7 @@ from benchmarks.decode_cpu import SHAPES  # noqa: E402
 from benchmarks.decode_gpu import build, copy_bandwidth, emit  # noqa: E402
 from benchmarks.decode_profile import kernels  # noqa: E402
 from benchmarks.gemv_gpu import graph_time, products  # noqa: E402
-from myassistant.chat import gemv, gemv_pick  # noqa: E402
+from myassistant.chat import gemv, gemv_dense_rows, gemv_pick  # noqa: E402
 from myassistant.chat.batch import BatchDecoder  # noqa: E402
 from myassistant.chat.fast import StaticCacheDecoder  # noqa: E402
 
@@ -42,6 +42,22 @@ def grid(n: int, k: int, gated: bool, out_float: bool) -> list[tuple[int, int, i
         if k % (block_k * split) or smem > SMEM or not 100 <= programs <= 3000 or (out_float and split > 1):
             continue
         found.append((block_n, block_k, split, warps, stages))
+    return found
+
+
+def dense_grid(n: int, k: int, gated: bool) -> list[tuple]:
+    """(BLOCK_N, BLOCK_K, SPLIT, warps, "dense") of chat.gemv_dense_rows for one row against an [n, k] weight (gated:
+    [gate; up], BLOCK_N a half's rows): 128-40,000 programs, at most 64 weights a thread a tile where there are
+    several trips (ptxas for sm_90 spills beyond), 128 in one trip."""
+    out_n = n // 2 if gated else n
+    found = []
+    for block_n, block_k, split, warps in itertools.product((2, 4, 8, 16), (512, 1024, 2048), (1, 2, 4), (2, 4, 8)):
+        per_thread = block_n * block_k * (2 if gated else 1) // (32 * warps)
+        trips = k // (block_k * split)
+        if (k % (block_k * split) or out_n % block_n or not 128 <= out_n // block_n * split <= 40_000
+                or not 8 <= per_thread <= (64 if trips > 1 else 128)):
+            continue
+        found.append((block_n, block_k, split, warps, gemv_dense_rows.TAG))
     return found
 
 
@@ -96,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=SHAPES, default="internlm2-1.8b")
     parser.add_argument("--workers", type=int, default=14)
     parser.add_argument("--top", type=int, default=4, help="configs of each product timed again at 8 rows")
+    parser.add_argument("--dense", action="store_true", help="one row: chat.gemv_dense_rows' configs in the grid too")
     args = parser.parse_args(argv)
     bandwidth = copy_bandwidth()
     emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
@@ -105,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     own = [(spec, rows, gemv_pick.candidates(spec[0] // 2 if spec[3] else spec[0], spec[1]))
            for spec in specs.values() for rows in (1, 8)]  # chat.gemv's own candidates (the warm-up times them), both row kinds
-    precompile(pool, [(spec, 1, grid(spec[0], spec[1], spec[3], spec[5])) for spec in specs.values()] + own,
-               args.workers)
+    one_row = {spec: grid(spec[0], spec[1], spec[3], spec[5]) + (dense_grid(spec[0], spec[1], spec[3])
+                                                                 if args.dense else []) for spec in specs.values()}
+    precompile(pool, [(spec, 1, configs) for spec, configs in one_row.items()] + own, args.workers)
     emit("precompiled", seconds=round(time.perf_counter() - start, 1))
     best: dict[tuple, tuple] = {}
     for name, spec in specs.items():
@@ -116,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         found = {}
         for rows in (1, 8):
             x, weights, out, res, nw = tensors(spec, rows, copies)
-            configs = grid(n, k, gated, out_float) if rows == 1 else sorted(found, key=found.get)[:args.top]
+            configs = one_row[spec] if rows == 1 else [c for c in sorted(found, key=found.get)
+                                                       if c[-1] != gemv_dense_rows.TAG][:args.top]
             if rows == 8:
                 precompile(pool, [(spec, 8, configs)], args.workers)
             times = {}

@@ -46,9 +46,13 @@ else:
 
 SPLIT_FROM = 256  # every cache bucket (chat.batch's shortest is 256): SDPA's flash kernel took 8.6 us a layer
 # at 256 keys on an H200 (benchmarks/decode_profile.py), 13 % of a batch-1 step
-SPLIT_KEYS = 64  # keys per program at least; more when the grid would exceed MAX_PROGRAMS
+SPLIT_KEYS = 64  # keys per program at least; more for more than MAX_CHUNKS chunks or MAX_PROGRAMS programs
+# A row's chunks are combined by one program with every chunk's loads at once (unrolled; a loop of 32 chunks took a
+# 2048-key bucket's layer 17.2 us against 11.5 in 16 chunks of 128 keys, benchmarks/attention_gpu.py on an H200)
+MAX_CHUNKS = 16
 MAX_PROGRAMS = 1024
-BLOCK_KEYS = 64
+TILE_KEYS = 128  # keys a loop trip at most (a chunk's keys in one load up to here)
+WARPS = 8  # 1.8B shape, H200: 7.9 against 9.2 us a layer at 4 warps (150 keys), 9.3 / 11.0 (600)
 HEAD_DIMS = (16, 32, 64, 128, 256)  # widths the kernel takes (powers of two, >= 16 for tensor-core dots)
 
 
@@ -124,33 +128,30 @@ if triton is not None:
                 l = l * alpha + tl.sum(p, 1)
                 acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
                 m = m_new
-            tl.store(o_ptr + b * so_b + h * so_h + s * so_s + g[:, None] * so_g + d[None, :], acc / l[:, None],
-                     mask=rows[:, None])
-            tl.store(lse_ptr + b * sl_b + h * sl_h + s * sl_s + g, m + tl.log(l), mask=rows)
-            # The last of the row's live chunks to arrive (a counter per row and kv head) combines them all in a
-            # fixed order and zeroes the counter for the next launch: one kernel, deterministic.
             live = (position + SPLIT) // SPLIT  # the chunks holding keys 0..position
-            if last_to_arrive(count_ptr, bh, live):
-                tl.debug_barrier()
-                m = tl.full([BLOCK_G], float("-inf"), tl.float32)
-                weight = tl.zeros([BLOCK_G], tl.float32)
-                acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
-                lse_at = lse_ptr + b * sl_b + h * sl_h + g
-                part_at = o_ptr + b * so_b + h * so_h + g[:, None] * so_g + d[None, :]
-                # unrolled: every chunk's loads issued at once, not one round trip a chunk (up to 16 chunks: no
-                # register spilled, ptxas for sm_90; tests/test_decode_attention.py)
-                if CHUNKS <= 16:
+            out_at = out_ptr + bh * group * HEAD_DIM + g[:, None] * HEAD_DIM + d[None, :]
+            if live == 1:  # the only live chunk: its result is the answer (the combination of one chunk, same bits)
+                tl.store(out_at, (acc / l[:, None]).to(out_ptr.dtype.element_ty), mask=rows[:, None])
+            else:
+                tl.store(o_ptr + b * so_b + h * so_h + s * so_s + g[:, None] * so_g + d[None, :], acc / l[:, None],
+                         mask=rows[:, None])
+                tl.store(lse_ptr + b * sl_b + h * sl_h + s * sl_s + g, m + tl.log(l), mask=rows)
+                # The last of the row's live chunks to arrive (a counter per row and kv head) combines them all in a
+                # fixed order and zeroes the counter for the next launch: one kernel, deterministic.
+                if last_to_arrive(count_ptr, bh, live):
+                    tl.debug_barrier()
+                    m = tl.full([BLOCK_G], float("-inf"), tl.float32)
+                    weight = tl.zeros([BLOCK_G], tl.float32)
+                    acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
+                    lse_at = lse_ptr + b * sl_b + h * sl_h + g
+                    part_at = o_ptr + b * so_b + h * so_h + g[:, None] * so_g + d[None, :]
+                    # unrolled: every chunk's loads issued at once, not one round trip a chunk (MAX_CHUNKS: no
+                    # register spilled, ptxas for sm_90; tests/test_decode_attention.py)
                     for c in tl.static_range(CHUNKS):
-                        m, weight, acc = _merged(m, weight, acc, lse_at + c * sl_s, part_at + c * so_s, rows,
-                                                 c < live)
-                else:
-                    for c in range(0, CHUNKS):
-                        m, weight, acc = _merged(m, weight, acc, lse_at + c * sl_s, part_at + c * so_s, rows,
-                                                 c < live)
-                out = acc / weight[:, None]
-                tl.store(out_ptr + bh * group * HEAD_DIM + g[:, None] * HEAD_DIM + d[None, :],
-                         out.to(out_ptr.dtype.element_ty), mask=rows[:, None])
-                tl.atomic_xchg(count_ptr + bh, 0)
+                        m, weight, acc = _merged(m, weight, acc, lse_at + c * sl_s, part_at + c * so_s, rows, c < live)
+                    out = acc / weight[:, None]
+                    tl.store(out_at, out.to(out_ptr.dtype.element_ty), mask=rows[:, None])
+                    tl.atomic_xchg(count_ptr + bh, 0)
 
     @triton.jit
     def _merged(m, weight, acc, lse_ptr, part_ptr, rows, on):
@@ -164,9 +165,10 @@ if triton is not None:
 
 
 def split_size(rows: int, kv_heads: int, length: int) -> int:
-    """Keys per program: SPLIT_KEYS, doubled until the grid has at most MAX_PROGRAMS programs."""
+    """Keys per program: SPLIT_KEYS, doubled until a row's kv head has at most MAX_CHUNKS chunks and the grid at most
+    MAX_PROGRAMS programs."""
     split = SPLIT_KEYS
-    while rows * kv_heads * -(-length // split) > MAX_PROGRAMS:
+    while -(-length // split) > MAX_CHUNKS or rows * kv_heads * -(-length // split) > MAX_PROGRAMS:
         split *= 2
     return split
 
@@ -189,9 +191,10 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
     _split_kernel[(chunks, b * kv_heads)](
         q, k, v, positions, part, lse, out, count, new_k, new_v, cos, sin, scale,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *part.stride()[:4], *lse.stride()[:3],
-        new_k.stride(0), cos.stride(0), kv_heads, group, HEAD_DIM=head_dim, BLOCK_G=block_g, BLOCK_N=BLOCK_KEYS,
+        new_k.stride(0), cos.stride(0), kv_heads, group, HEAD_DIM=head_dim, BLOCK_G=block_g,
+        BLOCK_N=min(split, TILE_KEYS),
         SPLIT=split, CHUNKS=chunks, ROTARY=rotary is not None,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=WARPS,
         # the rotary embedding's products rounded before their sum, as the model's modules do (a fused
         # multiply-add of bf16 values would round once)
         enable_fp_fusion=rotary is None)

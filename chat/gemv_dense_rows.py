@@ -24,7 +24,6 @@ try:
 except ImportError:  # CPU-only installs
     triton = None
 
-BLOCK_K = 512  # columns a loop trip
 TAG = "dense"  # the configurations' last field: chat.gemv's `_launch` sends them here
 
 if triton is not None:
@@ -75,16 +74,30 @@ if triton is not None:
                 n < N, N, stride_om, stride_rm, dtype, GATED, RESIDUAL, SQUARES, SPLIT, 1, BLOCK_N)
 
 
+# (BLOCK_N, BLOCK_K, warps): a few rows a program over long K tiles, so that a program asks for all (or half) of its
+# weights at once and many programs stream side by side. On an H200 the grid's best for the 1.8B one-row products
+# (benchmarks/decode_tune_gpu.py --dense, session 25): qkv 4 x 2048, o_proj and down 2 x 2048 / 1024, lm_head 8 x 2048,
+# all 4 warps, gate/up 2 x 2048 at 2 warps; the graphed step 1.354 -> 1.239 ms against this module's first picks
+# (8-16 rows, 512 columns a trip).
+SHAPES = ((2, 2048, 4), (4, 2048, 4), (8, 2048, 4), (2, 1024, 4))
+GATED_SHAPES = ((2, 2048, 2), (2, 1024, 8), (4, 2048, 4), (4, 1024, 8))
+PER_THREAD = 64  # weights a thread a tile at most where a program makes several trips (ptxas for sm_90 spills beyond)
+
+
 def candidates(n: int, k: int, gated: bool) -> list[tuple]:
-    """(BLOCK_N, BLOCK_K, SPLIT, 4 warps, TAG) for a one-row product against an [n, k] bf16 / fp16 weight (n: the
-    output's features): 8- and 16-row programs over the whole K (gated: 4 and 8, two tiles a trip), and 8 rows over K
-    halves where whole rows leave fewer than ~1,000 programs (o_proj, down)."""
-    block_k = BLOCK_K if k % BLOCK_K == 0 else 256 if k % 256 == 0 else 0
-    if not block_k:
-        return []
-    found = [(block_n, block_k, 1, 4, TAG) for block_n in ((4, 8) if gated else (8, 16)) if n % block_n == 0]
-    if n % 8 == 0 and n // 8 < 1024 and k % (2 * block_k) == 0:
-        found.append((8, block_k, 2, 4, TAG))
+    """(BLOCK_N, BLOCK_K, SPLIT 1, warps, TAG) for a one-row product against an [n, k] bf16 / fp16 weight (n: the
+    output's features; gated: BLOCK_N rows of gate and of up): SHAPES / GATED_SHAPES where they divide the weight and,
+    over several trips, hold at most PER_THREAD weights a thread (a K below a shape's tile: one trip of K columns when
+    K is a power of two)."""
+    found = []
+    for block_n, block_k, warps in GATED_SHAPES if gated else SHAPES:
+        block_k = min(block_k, k)
+        per_thread = block_n * block_k * (2 if gated else 1) // (32 * warps)
+        config = (block_n, block_k, 1, warps, TAG)
+        if (n % block_n or k % block_k or block_k & (block_k - 1) or (k > block_k and per_thread > PER_THREAD)
+                or config in found):
+            continue
+        found.append(config)
     return found
 
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-# (rows, kv heads, queries per kv head, head dim, attended length, cache length); the last has 128 keys a program
-# (two tiles each)
+# (rows, kv heads, queries per kv head, head dim, attended length, cache length): one-tile chunks of 64 and 128 keys,
+# and the last 256 keys a program (two tiles each)
 CASES = [(1, 8, 2, 128, 1024, 2048), (3, 2, 2, 16, 300, 300), (2, 4, 3, 32, 2048, 4096), (8, 2, 4, 64, 1024, 1024),
          (4, 8, 2, 16, 4096, 4096)]
 
@@ -93,20 +93,22 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 
 
 @needs_triton
-@pytest.mark.parametrize("split,chunks", [(64, 4), (64, 8), (64, 16), (128, 32)])
+@pytest.mark.parametrize("split,chunks", [(64, 4), (64, 16), (128, 16), (512, 16)])
 def test_rotary_attention_compiles_for_hopper_without_spilled_registers(split, chunks):
     """The bf16 rotary decode attention of the engine's shapes (head dim 128, two query heads a kv head; a chunk of one
-    tile and of two, its chunks combined unrolled and in a loop) compiled for sm_90 by Triton's own ptxas, no GPU
-    needed: no register spilled to local memory (a spill is a memory round trip in every program; an earlier form
-    of the kernel, which prefetched a chunk's next tile, spilled 1,140 bytes in the two-tile case)."""
+    tile of 64 / 128 keys and of four, up to MAX_CHUNKS chunks combined unrolled) compiled for sm_90 by Triton's own
+    ptxas, no GPU needed: no register spilled to local memory (a spill is a memory round trip in every program; an
+    earlier form of the kernel, which prefetched a chunk's next tile, spilled 1,140 bytes in the two-tile case, and
+    128-key tiles spill at 4 warps)."""
     from benchmarks.gemv_ptx import compile_ptx, ptxas_report
-    from myassistant.chat.attention import BLOCK_KEYS, _split_kernel
+    from myassistant.chat.attention import MAX_CHUNKS, TILE_KEYS, WARPS, _split_kernel
 
-    consts = dict(HEAD_DIM=128, BLOCK_G=16, BLOCK_N=BLOCK_KEYS, SPLIT=split, CHUNKS=chunks, ROTARY=True,
+    assert chunks <= MAX_CHUNKS
+    consts = dict(HEAD_DIM=128, BLOCK_G=16, BLOCK_N=min(split, TILE_KEYS), SPLIT=split, CHUNKS=chunks, ROTARY=True,
                   PRECISION="tf32")
     pointers = {name: "fp32" if name in ("o_ptr", "lse_ptr") else "i64" if name == "pos_ptr" else "i32"
                 if name == "count_ptr" else "bf16" for name in _split_kernel.arg_names if name.endswith("_ptr")}
-    compiled = compile_ptx(_split_kernel, consts, pointers, warps=4, fp_fusion=False)  # as `_attend` launches it
+    compiled = compile_ptx(_split_kernel, consts, pointers, warps=WARPS, fp_fusion=False)  # as `_attend` launches it
     report = ptxas_report(compiled.asm["ptx"])
     assert "0 bytes spill stores, 0 bytes spill loads" in report, report
 
