@@ -3,8 +3,8 @@ GPU, one layer at a time, for several keys-per-program / tile / warps settings a
 
     python3 -m benchmarks.attention_gpu [--shape internlm2-1.8b] [--positions 30 150 ...] [--configs 64:64:4 ...]
 
-A config is SPLIT_KEYS:TILE_KEYS:WARPS (chat.attention's constants: keys a program at least, keys a tile at most,
-warps).
+A config is SPLIT_KEYS:TILE_KEYS:WARPS[:tf32] (chat.attention's constants: keys a program at least, keys a tile at
+most, warps; ``tf32``: SPLIT_DOTS off, the dots in tf32 on fp32 copies of the tiles).
 Each timing is a CUDA graph of one call per layer, each over its own cache and after a 64 MB read (so its keys and
 values come from memory and it starts behind another kernel, as in a decode step), less the same graph without the
 attention calls: microseconds a layer. ``error``: the largest difference from the first config's output (a
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     total = torch.empty((), device=dev, dtype=dt)
     read = [lambda i=i: torch.sum(reads[i % 2], dim=0, out=total) for i in range(layers)]
     base_us = graph_us(read)
-    defaults = attention.SPLIT_KEYS, attention.TILE_KEYS, attention.WARPS
+    defaults = attention.SPLIT_KEYS, attention.TILE_KEYS, attention.WARPS, attention.SPLIT_DOTS
     for position in args.positions:
         length = bucket(position + 1, 1 << 16)
         caches = [(torch.randn(1, kv_heads, length, head_dim, device=dev, dtype=dt),
@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
         first = None
         for config in args.configs:
-            attention.SPLIT_KEYS, attention.TILE_KEYS, attention.WARPS = map(int, config.split(":"))
+            split_keys, tile_keys, warps, *dots = config.split(":")
+            attention.SPLIT_KEYS, attention.TILE_KEYS, attention.WARPS = int(split_keys), int(tile_keys), int(warps)
+            attention.SPLIT_DOTS = dots != ["tf32"]
             try:
                 us = graph_us([c for i in range(layers) for c in (read[i], lambda i=i: attend(i))]) - base_us
             except Exception as e:  # noqa: BLE001 - a config that does not compile (registers, shared memory)
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             emit("attention", shape=args.shape, position=position, cache_bucket=length, config=config,
                  split=attention.split_size(1, kv_heads, length), us_a_layer=round(us / layers, 2),
                  error=float((out - first).abs().max()))
-        attention.SPLIT_KEYS, attention.TILE_KEYS, attention.WARPS = defaults
+        attention.SPLIT_KEYS, attention.TILE_KEYS, attention.WARPS, attention.SPLIT_DOTS = defaults
         del caches
         torch.cuda.empty_cache()
     emit("read_64mb", us=round(base_us / layers, 2))

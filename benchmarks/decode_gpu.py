@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.decode_cpu import QUALITY_PROMPTS, SHAPES  # noqa: E402
 from myassistant.chat import (ChatEngine, GenerationSettings, GenerationStats, ServeConfig, gemv,  # noqa: E402
                               int_weights, scratch, weight_only)
+from myassistant.chat.batch import bucket  # noqa: E402
 from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 def emit(case: str, **fields) -> None:
@@ -116,10 +117,13 @@ def compare(engine: ChatEngine, prompt_ids: list[int], new_tokens: int) -> dict:
     return result
 
 
-def step_ms(engine: ChatEngine, rows: int, length: int = 256, reps: int = 50, mode: str = "greedy") -> float:
-    """Milliseconds a step of the decoder's graph (`mode`: chat.batch's), replayed back to back."""
+def step_ms(engine: ChatEngine, rows: int, length: int = 256, reps: int = 50, mode: str = "greedy",
+            position: int = 0) -> float:
+    """Milliseconds a step of the decoder's graph (`mode`: chat.batch's), replayed back to back, each row at cache
+    `position` (no row is live, so replays do not advance it; attention reads the keys up to it)."""
     with torch.inference_mode():
         graph = engine.batch.graph(rows, length, mode)  # captured here if no reply needed it
+        engine.batch.positions[:rows] = position
         graph.replay()
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -395,7 +399,7 @@ def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: Genera
         emit(name, bits=bits, prompt_tokens=len(engine.prompt(long, one)[0]), first_token_ms=round(times[2] * 1e3, 1))
 
     for chats in args.chats:
-        concurrent(engine, short, chats, 16)  # captures this row bucket
+        concurrent(engine, short, chats, args.new_tokens)  # captures this row bucket's graphs at every length
         # several runs, the median reported: chats at once are host-bound and one run of a process can be off
         # (1.8B, 8 chats: 0.66-0.90 of one chat between single runs of one session's calls)
         runs = sorted((concurrent(engine, short, chats, args.new_tokens) for _ in range(args.chat_runs)),
@@ -408,8 +412,11 @@ def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: Genera
         return  # no graphs (engine's graph_problem says why)
     rows_1_ms = step_ms(engine, 1)
     rows_8_ms = step_ms(engine, 8)
+    middle = stats.prompt_tokens + args.new_tokens // 2  # a reply's average position: its attention's average reads
+    rows_1_middle_ms = step_ms(engine, 1, length=bucket(middle, engine.batch.max_len), position=middle)
     emit("step_ms", bits=bits, rows_1=round(rows_1_ms, 3), rows_8=round(rows_8_ms, 3),
-         rows_1_sampled=round(step_ms(engine, 1, mode="sample"), 3))
+         rows_1_sampled=round(step_ms(engine, 1, mode="sample"), 3), rows_1_middle=round(rows_1_middle_ms, 3),
+         middle_position=middle)
     # Bytes a step reads: every parameter (as the 1.8B figures count), and without the embedding table, of
     # which a step reads one row; the layers' products count their quantised bytes when quantised.
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
@@ -418,6 +425,7 @@ def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: Genera
          bandwidth_tb_per_s=round(bandwidth / 1e12, 3),
          decode_of_bandwidth=round(stats.tokens_per_s * weight_bytes / bandwidth, 3),
          step_1_row_of_bandwidth=round(weight_bytes / bandwidth / (rows_1_ms / 1e3), 3),
+         step_1_row_middle_of_bandwidth=round(weight_bytes / bandwidth / (rows_1_middle_ms / 1e3), 3),
          read_gb=round(read / 1e9, 2), decode_of_bandwidth_read=round(stats.tokens_per_s * read / bandwidth, 3))
 
 

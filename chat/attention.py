@@ -6,8 +6,9 @@ SMs for InternLM2-1.8B, so a 1k-token cache (an image chat: 576 image tokens) co
 bandwidth (its keys and values are 4 MB a layer). Here the cache is split into chunks of `SPLIT_KEYS`
 keys, one program per (row, kv head, chunk) computes the chunk's softmax-weighted values and its
 log-sum-exp, and the last of a row's chunks to finish (a counter per row and kv head) combines them in a
-fixed order: one kernel, deterministic. Chunks past a row's position are skipped, so the cost follows the
-row's real length, not its cache bucket.
+fixed order: one kernel, deterministic; a row whose keys all lie in its first chunk has that program write
+the answer (the combination of one chunk, the same bits), without the counter's round trips. Chunks past a
+row's position are skipped, so the cost follows the row's real length, not its cache bucket.
 
 `rotary_split_attention` (the bf16 / fp16 decode step of chat.fast) takes the rows of the qkv product
 itself: each program applies the rotary embedding to its queries, and the program whose chunk holds the new
@@ -20,9 +21,13 @@ a chunk's next tile, which spilled registers for chunks of two tiles: since remo
 benchmarks/README.md, session 23).
 
 The query heads that share a kv head are the rows of one query block (grouped-query attention with
-no copy of the cache), padded to 16 for the tensor cores. The dots run on fp32 tiles: tf32 for bf16 /
-fp16 caches (exact in the keys and values: tf32 keeps more mantissa bits than bf16), IEEE fp32 for fp32
-caches (the engine's fp32 replies equal ``generate``'s). Row i attends to keys 0..positions[i],
+no copy of the cache), padded to 16 for the tensor cores. For bf16 / fp16 caches the dots run on the cache's
+own dtype (`SPLIT_DOTS`): q.k is exact there (the queries are rounded to it, as the model rounds them, and a
+product of two bf16 numbers is exact in the fp32 sum), and the softmax weights enter the second dot as the
+sum of a high and a low bf16 part, 16 bits of mantissa where tf32 keeps 11. The earlier form made fp32 copies of
+each tile for tf32 dots: H200, 1.8B shape, one row, 1.1-1.9 us a layer slower (4.1 against 5.4 us at 30 keys, 6.5
+against 7.6 at 150, 10.1 against 12.0 at 2,000; benchmarks/attention_gpu.py). fp32 caches take IEEE fp32 dots
+(the engine's fp32 replies equal ``generate``'s). Row i attends to keys 0..positions[i],
 the same as the engine's mask. Used for cache buckets of `SPLIT_FROM` keys and more on CUDA; shorter
 buckets and machines without Triton keep SDPA; on a CPU fp32 caches take a C kernel (`chat.attention_cpu`)
 where it builds. The kernels run under Triton's interpreter on a
@@ -53,6 +58,7 @@ MAX_CHUNKS = 16
 MAX_PROGRAMS = 1024
 TILE_KEYS = 128  # keys a loop trip at most (a chunk's keys in one load up to here)
 WARPS = 8  # 1.8B shape, H200: 7.9 against 9.2 us a layer at 4 warps (150 keys), 9.3 / 11.0 (600)
+SPLIT_DOTS = True  # bf16 / fp16 caches: dots on the cache dtype (off: tf32 on fp32 copies, attention_gpu's ":tf32")
 HEAD_DIMS = (16, 32, 64, 128, 256)  # widths the kernel takes (powers of two, >= 16 for tensor-core dots)
 
 
@@ -106,7 +112,8 @@ if triton is not None:
                     tl.store(v_ptr + b * sv_b + h * sv_h + position * sv_l + d, new_v)
             else:
                 q = tl.load(q_rows + d[None, :], mask=rows[:, None], other=0.0)
-            q = q.to(tl.float32)
+            if PRECISION != "split":
+                q = q.to(tl.float32)
             m = tl.full([BLOCK_G], float("-inf"), tl.float32)
             l = tl.zeros([BLOCK_G], tl.float32)
             acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
@@ -120,13 +127,21 @@ if triton is not None:
                     here = (n == position)[:, None]
                     k = tl.where(here, new_k[None, :], k)
                     v = tl.where(here, new_v[None, :], v)
-                scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=PRECISION) * scale
+                if PRECISION == "split":  # the cache dtype's products are exact in fp32: no fp32 copy of the tile
+                    scores = tl.dot(q, tl.trans(k)) * scale
+                else:
+                    scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=PRECISION) * scale
                 scores = tl.where(valid[None, :], scores, float("-inf"))
                 m_new = tl.maximum(m, tl.max(scores, 1))
                 alpha = tl.exp(m - m_new)
                 p = tl.exp(scores - m_new[:, None])
                 l = l * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
+                if PRECISION == "split":  # p as a sum of two cache-dtype numbers (16 bits of mantissa, tf32 has 11)
+                    p_high = p.to(v.dtype)
+                    p_low = (p - p_high.to(tl.float32)).to(v.dtype)
+                    acc = acc * alpha[:, None] + tl.dot(p_high, v) + tl.dot(p_low, v)
+                else:
+                    acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
                 m = m_new
             live = (position + SPLIT) // SPLIT  # the chunks holding keys 0..position
             out_at = out_ptr + bh * group * HEAD_DIM + g[:, None] * HEAD_DIM + d[None, :]
@@ -164,6 +179,15 @@ if triton is not None:
         return m_new, weight * alpha + w, acc * alpha[:, None] + part * w[:, None]
 
 
+def precision(q_dtype: torch.dtype, cache_dtype: torch.dtype) -> str:
+    """The split kernel's dots: IEEE fp32 for fp32 caches; for bf16 / fp16 caches with queries of the same dtype,
+    "split" (the dots on the cache dtype: q.k exact, softmax weights as a high and a low part) where SPLIT_DOTS,
+    else tf32 on fp32 copies of the tiles."""
+    if cache_dtype == torch.float32:
+        return "ieee"
+    return "split" if SPLIT_DOTS and q_dtype == cache_dtype else "tf32"
+
+
 def split_size(rows: int, kv_heads: int, length: int) -> int:
     """Keys per program: SPLIT_KEYS, doubled until a row's kv head has at most MAX_CHUNKS chunks and the grid at most
     MAX_PROGRAMS programs."""
@@ -194,7 +218,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
         new_k.stride(0), cos.stride(0), kv_heads, group, HEAD_DIM=head_dim, BLOCK_G=block_g,
         BLOCK_N=min(split, TILE_KEYS),
         SPLIT=split, CHUNKS=chunks, ROTARY=rotary is not None,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=WARPS,
+        PRECISION=precision(q.dtype, k.dtype), num_warps=WARPS,
         # the rotary embedding's products rounded before their sum, as the model's modules do (a fused
         # multiply-add of bf16 values would round once)
         enable_fp_fusion=rotary is None)

@@ -26,8 +26,8 @@ programmatic dependent launch (each program prefetching or loading its first wei
 kernel) measured no faster or slower in three forms, so it was removed (benchmarks/README_decode.md).
 
 One-row products against bf16 / fp16 weights also time chat.gemv_dense_rows' CUDA-core candidates (many small
-programs, no 16-row tile): on an H200 they won the 1.8B one-chat step's qkv, o_proj, down and lm_head, step 1.427 ->
-1.325 ms in one call (benchmarks/README.md, session 24).
+programs of a few rows over long K tiles, no 16-row tile): on an H200 they win every product of the 1.8B one-chat
+step, step 1.427 -> 1.177 ms over sessions 24-25 (benchmarks/README.md).
 
 Every rounding step is the model's own (normalised input rounded to the weights' dtype before the
 norm's weight, SiLU and products rounded as bf16 tensors would be), so the result differs from the

@@ -2,15 +2,16 @@
 for a one-chat decode step.
 
 chat.gemv's tensor-core kernel pads the row to a 16-row tile and hands each weight tile to the dot through shared
-memory; its picks favour about one program a multiprocessor (chat.gemv_pick.BF16_PROGRAMS). Here a program is BLOCK_N
-whole rows (or a K slice of them) and 4 warps, many programs a multiprocessor: a loop trip multiplies a
+memory; its picks favour about one program a multiprocessor (chat.gemv_pick.BF16_PROGRAMS). Here a program is a few
+whole rows (BLOCK_N, or a K slice of them) and 2-8 warps, many programs a multiprocessor: a loop trip multiplies a
 [BLOCK_N, BLOCK_K] weight tile by the input's BLOCK_K columns element by element in float32 (the products exact, the
 sums float32, as the tensor cores' bf16 dots), the next trip's tile loaded before this trip's sums, the row sums taken
-once at the end. On an H200 a 1.8B step's products in this form with 8-row programs took 1039 us as a kernel a phase
-(benchmarks/dataflow_gpu.py, session 24) where the tensor-core kernel's picks take ~1135 us. The candidates are timed
-in graphs at the warm-up like the others (chat.gemv_pick), so they serve only where they are faster: in the 1.8B
-one-chat step they took qkv (8.0 against 9.6 us), o_proj (4.7 / 6.4), down (15.5 / 15.7) and lm_head (95.8 / 99.4),
-gate/up a tie (25.2 / 25.3); the graphed step 1.427 -> 1.325 ms, decode 695.3 -> 752.0 tokens/s in one call.
+once at the end. BLOCK_K is long (1024-2048 columns: a 1.8B row in one or two trips), so a program asks for all or
+half of its weights at once. The candidates are timed in graphs at the warm-up like the others (chat.gemv_pick), so
+they serve only where they are faster. On an H200 (1.8B, one chat) their first form, 8-16 rows a program over
+512-column trips, took qkv, o_proj, down and lm_head from the tensor-core kernel (graphed step 1.427 -> 1.325 ms,
+session 24); this form takes gate/up too (step 1.345 -> 1.177 ms, decode 737.6 -> 818.1 tokens/s against the code
+before in one call, session 25; benchmarks/README.md).
 The input's norm (its sums of squares handed on, or computed from the row), SiLU*mul, the residual add, the split-K sum
 and the squares handed on are chat.gemv_rows' and chat.gemv_epilogue's.
 """

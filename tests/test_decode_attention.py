@@ -101,11 +101,11 @@ def test_rotary_attention_compiles_for_hopper_without_spilled_registers(split, c
     earlier form of the kernel, which prefetched a chunk's next tile, spilled 1,140 bytes in the two-tile case, and
     128-key tiles spill at 4 warps)."""
     from benchmarks.gemv_ptx import compile_ptx, ptxas_report
-    from myassistant.chat.attention import MAX_CHUNKS, TILE_KEYS, WARPS, _split_kernel
+    from myassistant.chat.attention import MAX_CHUNKS, TILE_KEYS, WARPS, _split_kernel, precision
 
     assert chunks <= MAX_CHUNKS
     consts = dict(HEAD_DIM=128, BLOCK_G=16, BLOCK_N=min(split, TILE_KEYS), SPLIT=split, CHUNKS=chunks, ROTARY=True,
-                  PRECISION="tf32")
+                  PRECISION=precision(torch.bfloat16, torch.bfloat16))
     pointers = {name: "fp32" if name in ("o_ptr", "lse_ptr") else "i64" if name == "pos_ptr" else "i32"
                 if name == "count_ptr" else "bf16" for name in _split_kernel.arg_names if name.endswith("_ptr")}
     compiled = compile_ptx(_split_kernel, consts, pointers, warps=WARPS, fp_fusion=False)  # as `_attend` launches it
@@ -113,10 +113,14 @@ def test_rotary_attention_compiles_for_hopper_without_spilled_registers(split, c
     assert "0 bytes spill stores, 0 bytes spill loads" in report, report
 
 
-# Triton 3.6's interpreter holds a scalar as a one-element array and takes it as a loop bound by int(array), which
-# NumPy 2.4 refuses ("only 0-dimensional arrays"): kernels looping to a bound computed at run time (benchmarks/
-# grid_barrier_gpu.py) failed under it. The interpreted Python takes the element instead.
-INDEX_SHIM = """
+# Two faults of Triton 3.6's interpreter, mended in the interpreted Python:
+# - it holds a scalar as a one-element array and takes it as a loop bound by int(array), which NumPy 2.4 refuses
+#   ("only 0-dimensional arrays"): kernels looping to a bound computed at run time (benchmarks/grid_barrier_gpu.py)
+#   failed under it. It takes the element instead.
+# - it multiplies bf16 tiles in tl.dot as the uint16 words that hold them (chat.attention's bf16 dots came out
+#   ~1e10): they are widened to fp32 first, which gives the tensor cores' exact products and fp32 sums.
+INTERPRETER_SHIM = """
+import triton.language as _tl
 import triton.runtime.interpreter as _interpreter
 if hasattr(_interpreter, "_patch_lang_tensor"):
     _patch = _interpreter._patch_lang_tensor
@@ -124,13 +128,18 @@ if hasattr(_interpreter, "_patch_lang_tensor"):
         _patch(tensor, scope)
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
     _interpreter._patch_lang_tensor = _patch_lang_tensor
+_dot = _interpreter.InterpreterBuilder.create_dot
+def _create_dot(self, a, b, d, *args):
+    wide = lambda x: self.cast_impl(x, _tl.float32) if x.dtype.scalar == _tl.bfloat16 else x
+    return _dot(self, wide(a), wide(b), d, *args)
+_interpreter.InterpreterBuilder.create_dot = _create_dot
 """
 
 
 def run_interpreted(code: str) -> None:
     """Run `code` in a fresh Python in tests/ with Triton's interpreter on (read when kernels are defined)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", INDEX_SHIM + code], cwd=Path(__file__).parent, env=env, text=True,
+    proc = subprocess.run([sys.executable, "-c", INTERPRETER_SHIM + code], cwd=Path(__file__).parent, env=env, text=True,
                           capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
