@@ -33,7 +33,8 @@ Cases (random weights, greedy, stop tokens off so every reply has --new-tokens t
   warm-up and every case (allocated, peak), and the model's own tensors (``weights_gib``).
 - ``concurrent_N``: N chats streaming at once from threads, sharing the steps; per-chat and total tokens/s.
 - ``copy_bandwidth``: this GPU's memory bandwidth, measured in the same run: a 4 GiB ``dst.copy_(src)``
-  timed with CUDA events, bytes read + written / time (median of 10).
+  timed with CUDA events, bytes read + written / time (median of 10); once before the cases and again after each
+  form's, the ``roofline`` of a form taking the faster of the two.
 - ``roofline``: weight bytes / the measured copy bandwidth: the tokens/s a batch-1 step that only read
   the weights once would reach; ``decode_of_bandwidth``: the engine's decode-only tokens/s x weight
   bytes / the measured bandwidth (the fraction of the memory system a decode step uses). Weight bytes: every
@@ -211,10 +212,11 @@ def load_form(host: LlamaForCausalLM, bits: int, keep_host: bool = True) -> Llam
     return weight_only.to_device(model, torch.device("cuda"), bits, model.model.layers)
 
 
-def memory(**fields) -> dict:
+def memory(peak: int | None = None, **fields) -> dict:
+    """GiB of `fields` (bytes), of what is allocated now and of the peak (`peak` bytes, else torch's)."""
     gib = lambda b: round(b / 2 ** 30, 2)  # noqa: E731
     return {**{k: gib(v) for k, v in fields.items()}, "allocated_gib": gib(torch.cuda.memory_allocated()),
-            "max_allocated_gib": gib(torch.cuda.max_memory_allocated())}
+            "max_allocated_gib": gib(torch.cuda.max_memory_allocated() if peak is None else peak)}
 
 
 def concurrent(engine: ChatEngine, messages: list[dict], chats: int, new_tokens: int) -> dict:
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         assert 16 not in forms, "--reference: int8 / int4 forms only (bf16 is the reference)"
     # several forms: one random bf16 model kept in host memory, each form loaded from it as the engine loads
     host = build(args.shape, torch.bfloat16, "cuda") if quantised else None
-    bandwidth = sequences = want = None
+    sequences = want = None
     gemv.ROWS_ONE_ROW = not args.no_rows
     peer = float("nan") if args.no_peer else None  # nan: vs_hf_generate not measured
     if args.reference:
@@ -278,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         emit("reference", of="bf16 modules (one forward a sequence)", positions=len(want), same_model=same,
              path=args.reference, loaded=loaded)
     host = host.cpu() if quantised else None
+    bandwidth = copy_bandwidth()  # before any form's peak memory is counted: the copy holds 8 GiB
+    emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
     for bits in forms:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -288,9 +292,6 @@ def main(argv: list[str] | None = None) -> int:
         engine.stop_ids = []  # random weights: every reply runs the full length
         emit("device", name=torch.cuda.get_device_name(0), torch=torch.__version__, rows=engine.batch.rows,
              cache_tokens_per_row=engine.batch.max_len, shape=args.shape, bits=bits)
-        if bandwidth is None:
-            bandwidth = copy_bandwidth()
-            emit("copy_bandwidth", tb_per_s=round(bandwidth / 1e12, 3))
         short = [{"role": "user", "content": "Tell me about the weather today, please."}]
         settings = GenerationSettings(temperature=0, max_new_tokens=args.new_tokens)
         prompt_ids, _, _ = engine.prompt(short, settings)
@@ -306,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         if peer is None:
             peer = hf_generate(model, prompt_ids, args.new_tokens)
             emit("hf_generate", tokens_per_s=round(peer, 1))
-        run_cases(engine, bits, short, settings, peer, bandwidth, args)
-        emit("memory", bits=bits, **loaded, serving=memory(
+        serving_peak = run_cases(engine, bits, short, settings, peer, bandwidth, args)
+        emit("memory", bits=bits, **loaded, serving=memory(peak=serving_peak,
             weights_gib=sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))))
         if bits < 16 and sequences is None:  # no bf16 run and no --reference: nothing to agree with
             emit("quality", bits=bits, skipped="no reference: add 16 to --weight-bits or pass --reference")
@@ -369,9 +370,10 @@ def hf_generate(model: LlamaForCausalLM, prompt_ids: list[int], new_tokens: int)
 
 
 def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: GenerationSettings, peer: float,
-              bandwidth: float, args: argparse.Namespace) -> None:
+              bandwidth: float, args: argparse.Namespace) -> int:
     """One chat, the bf16 token comparison, first token, concurrent chats, graphed steps and the bandwidth
-    fractions of the engine's decode over `bits`-bit layer weights."""
+    fractions of the engine's decode over `bits`-bit layer weights; returns the peak of allocated GPU bytes before
+    the second copy (which holds 8 GiB)."""
     model = engine.model
     reply(engine, short, settings)
     stats = reply(engine, short, settings)
@@ -409,7 +411,7 @@ def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: Genera
              slowest_of_one_chat=round(result["min_chat_tokens_per_s"] / one_chat, 3),
              slowest_of_one_chat_runs=[round(r["min_chat_tokens_per_s"] / one_chat, 3) for r in runs])
     if engine.batch.broken or not engine.batch.cuda_graphs:
-        return  # no graphs (engine's graph_problem says why)
+        return torch.cuda.max_memory_allocated()  # no graphs (engine's graph_problem says why)
     rows_1_ms = step_ms(engine, 1)
     rows_8_ms = step_ms(engine, 8)
     middle = stats.prompt_tokens + args.new_tokens // 2  # a reply's average position: its attention's average reads
@@ -421,12 +423,18 @@ def run_cases(engine: ChatEngine, bits: int, short: list[dict], settings: Genera
     # which a step reads one row; the layers' products count their quantised bytes when quantised.
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     read = weight_bytes - model.model.embed_tokens.weight.numel() * model.model.embed_tokens.weight.element_size()
+    # the limit: the faster of this copy and the run's first (a GPU's copy moves ~2 % between processes and minutes)
+    peak = torch.cuda.max_memory_allocated()
+    again = copy_bandwidth()
+    emit("copy_bandwidth", bits=bits, tb_per_s=round(again / 1e12, 3), when="after the cases")
+    bandwidth = max(bandwidth, again)
     emit("roofline", bits=bits, weights_gb=round(weight_bytes / 1e9, 2), tokens_per_s=round(bandwidth / weight_bytes, 1),
          bandwidth_tb_per_s=round(bandwidth / 1e12, 3),
          decode_of_bandwidth=round(stats.tokens_per_s * weight_bytes / bandwidth, 3),
          step_1_row_of_bandwidth=round(weight_bytes / bandwidth / (rows_1_ms / 1e3), 3),
          step_1_row_middle_of_bandwidth=round(weight_bytes / bandwidth / (rows_1_middle_ms / 1e3), 3),
          read_gb=round(read / 1e9, 2), decode_of_bandwidth_read=round(stats.tokens_per_s * read / bandwidth, 3))
+    return peak
 
 
 if __name__ == "__main__":
