@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.decode_cpu import SHAPES  # noqa: E402
 from benchmarks.decode_gpu import emit  # noqa: E402
+from benchmarks.gemv_gpu import graph_time  # noqa: E402
 from myassistant.chat import attention  # noqa: E402
 from myassistant.chat.batch import bucket  # noqa: E402
 
@@ -29,21 +30,7 @@ READ_BYTES = 64 << 20
 
 def graph_us(calls: list, reps: int = 20) -> float:
     """GPU microseconds of one replay of a graph of `calls`."""
-    for call in calls:
-        call()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / reps
+    return graph_time(lambda i: calls[i](), len(calls), reps) * len(calls) * 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
