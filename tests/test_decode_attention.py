@@ -139,8 +139,8 @@ _interpreter.InterpreterBuilder.create_dot = _create_dot
 def run_interpreted(code: str) -> None:
     """Run `code` in a fresh Python in tests/ with Triton's interpreter on (read when kernels are defined)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", INTERPRETER_SHIM + code], cwd=Path(__file__).parent, env=env, text=True,
-                          capture_output=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", INTERPRETER_SHIM + code], cwd=Path(__file__).parent, env=env,
+                          text=True, capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
