@@ -1,5 +1,5 @@
 """The split-KV decode attention (chat.attention) against SDPA with the engine's mask, on random tensors:
-cache views of several lengths, rows at different positions, grouped query heads, fp32 and bf16.
+cache views of several lengths, rows at different positions, grouped query heads, fp32, bf16 and fp16.
 
 On a GPU the Triton kernels run for real (`gpu`); on a CPU they run under Triton's interpreter when
 Triton is installed (CPU-only torch installs have no Triton: then the engine never uses the kernel and
@@ -26,7 +26,7 @@ def check(device: str) -> None:
     from myassistant.chat.attention import split_kv_attention
 
     gen = torch.Generator().manual_seed(0)
-    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 4e-3)):
         for rows, kv_heads, group, dim, length, max_len in CASES:
             cache_k, cache_v = (torch.randn(rows + 1, kv_heads, max_len, dim, generator=gen).to(device, dtype)
                                 for _ in range(2))
@@ -54,7 +54,7 @@ def check_rotary(device: str) -> None:
     from myassistant.chat.attention import rotary_split_attention
 
     gen = torch.Generator().manual_seed(1)
-    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 4e-3)):
         for rows, kv_heads, group, dim, length, max_len in CASES:
             heads = kv_heads * group
             cache_k, cache_v = (torch.randn(rows + 1, kv_heads, max_len, dim, generator=gen).to(device, dtype)
