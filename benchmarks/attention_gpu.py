@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                  split=attention.split_size(1, kv_heads, length), us_a_layer=round(us / layers, 2),
                  error=float((out - first).abs().max()))
         attention.SPLIT_KEYS, attention.TILE_KEYS, attention.WARPS, attention.SPLIT_DOTS = defaults
-        del caches
+        caches.clear()  # the tensors freed before the next position's
         torch.cuda.empty_cache()
     emit("read_64mb", us=round(base_us / layers, 2))
     return 0
