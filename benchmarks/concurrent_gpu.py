@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,13 +58,14 @@ def timed_run(engine: ChatEngine, messages: list[dict], chats: int, new_tokens: 
             t.join()
     finally:
         del batch._admit, batch._launch
+    admits.sort()
     last_in = max(end for _, end in admits)
     after = [t for t in launches if t > last_in]
     gaps = [b - a for a, b in zip(after, after[1:])]
     ms = lambda s: round(s * 1e3, 2)  # noqa: E731
     return {"first_token_ms": sorted(ms(s.first_token_s) for s in stats),
-            "admitted_ms": [ms(end - start) for _, end in sorted(admits)],
-            "prefill_ms": [ms(end - t) for t, end in sorted(admits)],
+            "admitted_ms": [ms(end - start) for _, end in admits],
+            "prefill_ms": [ms(end - t) for t, end in admits],
             "steps_before_all_admitted": sum(t < last_in for t in launches),
             "step_gap_ms": ms(statistics.median(gaps)) if gaps else None,
             "step_gap_p90_ms": ms(sorted(gaps)[int(len(gaps) * 0.9)]) if gaps else None,
@@ -77,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--switch", type=float, nargs="*", default=[], help="also with these sys.setswitchinterval")
     args = parser.parse_args(argv)
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
     engine = ChatEngine(build("internlm2-1.8b", torch.bfloat16, "cuda"), tokenizer, name="internlm2-1.8b")
