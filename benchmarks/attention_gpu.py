@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def attend(i: int) -> None:
             k, v = caches[i]
-            outs[i] = attention.rotary_split_attention(qkv, cos, sin, k, v, positions, head_dim ** -0.5)
+            outs[i] = attention.rotary_split_attention(qkv, cos, sin, k, v, positions, head_dim ** -0.5, [])
 
         first = None
         for config in args.configs:

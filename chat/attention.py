@@ -59,6 +59,10 @@ MAX_PROGRAMS = 1024
 TILE_KEYS = 128  # keys a loop trip at most (a chunk's keys in one load up to here)
 WARPS = 8  # 1.8B shape, H200: 7.9 against 9.2 us a layer at 4 warps (150 keys), 9.3 / 11.0 (600)
 SPLIT_DOTS = True  # bf16 / fp16 caches: dots on the cache dtype (off: tf32 on fp32 copies, attention_gpu's ":tf32")
+# A step's attention reads a few MB at most and leaves the memory idle for microseconds: spare programs of its launch
+# (beside the attention's) read the next products' weights into L2 meanwhile, WARM_BLOCK int32 words a program.
+WARM_BLOCK = 8192
+WARM_SPANS = 3
 HEAD_DIMS = (16, 32, 64, 128, 256)  # widths the kernel takes (powers of two, >= 16 for tensor-core dots)
 
 
@@ -76,13 +80,51 @@ if triton is not None:
         return (a + b).to(dtype)
 
     @triton.jit
+    def _warm_block(ptr, start, n, sink_ptr, BLOCK: tl.constexpr):
+        """Read BLOCK words of `ptr` from `start` (of n) into L2: their largest is stored only if it is a value no
+        weight word is likely to be (never, in practice), which keeps the loads."""
+        offs = start + tl.arange(0, BLOCK)
+        largest = tl.max(tl.load(ptr + offs, mask=offs < n, other=0), 0)
+        tl.store(sink_ptr, largest, mask=largest == 0x7F7F7F7F)
+
+    @triton.jit
+    def _warm(w, warm0, warm1, warm2, n0, n1, n2, sink_ptr, BLOCK: tl.constexpr):
+        """Warm program w reads its block of the spans warm0, warm1, warm2 (n0, n1, n2 words), one after another."""
+        blocks0 = tl.cdiv(n0, BLOCK)
+        blocks1 = tl.cdiv(n1, BLOCK)
+        if w < blocks0:
+            _warm_block(warm0, w * BLOCK, n0, sink_ptr, BLOCK)
+        elif w < blocks0 + blocks1:
+            _warm_block(warm1, (w - blocks0) * BLOCK, n1, sink_ptr, BLOCK)
+        else:
+            _warm_block(warm2, (w - blocks0 - blocks1) * BLOCK, n2, sink_ptr, BLOCK)
+
+    @triton.jit
     def _split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, lse_ptr, out_ptr, count_ptr, new_k_ptr, new_v_ptr,
                       cos_ptr, sin_ptr, scale, sq_b, sq_h, sq_g, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_s,
-                      so_g, sl_b, sl_h, sl_s, snew_b, sc_b, kv_heads, group, HEAD_DIM: tl.constexpr,
-                      BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, CHUNKS: tl.constexpr,
-                      ROTARY: tl.constexpr, PRECISION: tl.constexpr):
+                      so_g, sl_b, sl_h, sl_s, snew_b, sc_b, kv_heads, group, warm0_ptr, warm1_ptr, warm2_ptr,
+                      warm_n0, warm_n1, warm_n2, sink_ptr, attention_rows, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+                      SPLIT: tl.constexpr, CHUNKS: tl.constexpr, ROTARY: tl.constexpr, PRECISION: tl.constexpr,
+                      WARM_BLOCK: tl.constexpr):
         s = tl.program_id(0)
         bh = tl.program_id(1)
+        if bh >= attention_rows:  # a warm program: the next products' weights into L2 while the memory is idle
+            _warm((bh - attention_rows) * CHUNKS + s, warm0_ptr, warm1_ptr, warm2_ptr, warm_n0, warm_n1, warm_n2,
+                  sink_ptr, WARM_BLOCK)
+        else:
+            _attention(s, bh, q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, lse_ptr, out_ptr, count_ptr, new_k_ptr, new_v_ptr,
+                       cos_ptr, sin_ptr, scale, sq_b, sq_h, sq_g, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_s,
+                       so_g, sl_b, sl_h, sl_s, snew_b, sc_b, kv_heads, group, HEAD_DIM, BLOCK_G, BLOCK_N, SPLIT, CHUNKS,
+                       ROTARY, PRECISION)
+
+    @triton.jit
+    def _attention(s, bh, q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, lse_ptr, out_ptr, count_ptr, new_k_ptr, new_v_ptr,
+                   cos_ptr, sin_ptr, scale, sq_b, sq_h, sq_g, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_s,
+                   so_g, sl_b, sl_h, sl_s, snew_b, sc_b, kv_heads, group, HEAD_DIM: tl.constexpr,
+                   BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, CHUNKS: tl.constexpr,
+                   ROTARY: tl.constexpr, PRECISION: tl.constexpr):
+        """Program (chunk s, row and kv head bh) of the split kernel: its chunk's softmax-weighted values, and the
+        row's answer where it is the only live chunk or the last to arrive."""
         b = bh // kv_heads
         h = bh % kv_heads
         position = tl.load(pos_ptr + b)
@@ -197,10 +239,20 @@ def split_size(rows: int, kv_heads: int, length: int) -> int:
     return split
 
 
+def _warm_words(warm: list[torch.Tensor] | None, like: torch.Tensor) -> list[torch.Tensor]:
+    """The spans to read into L2 (at most WARM_SPANS contiguous tensors) as flat int32 words, padded with empty ones
+    on `like`'s device."""
+    spans = [t.reshape(-1).view(torch.int32) for t in warm or () if t.numel()]
+    assert len(spans) <= WARM_SPANS and all(t.is_contiguous() and t.nbytes % 4 == 0 for t in warm or ())
+    return spans + [like.new_empty(0, dtype=torch.int32)] * (WARM_SPANS - len(spans))
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, scale: float,
-            out: torch.Tensor, rotary: tuple[torch.Tensor, ...] | None = None) -> None:
+            out: torch.Tensor, rotary: tuple[torch.Tensor, ...] | None = None,
+            warm: list[torch.Tensor] | None = None) -> None:
     """The split kernel over q [b, kv_heads, group, d] (a strided view) into `out` (its shape, contiguous);
-    `rotary`: (new keys, new values [b, kv_heads * d] views, cos, sin [b, d]) when q is unrotated."""
+    `rotary`: (new keys, new values [b, kv_heads * d] views, cos, sin [b, d]) when q is unrotated; `warm`: tensors
+    its spare programs read into L2 (the products after it)."""
     b, kv_heads, group, head_dim = q.shape
     length = k.shape[2]
     assert k.stride(-1) == 1 and v.stride(-1) == 1 and q.stride(-1) == 1, "head dimensions must be contiguous"
@@ -212,13 +264,16 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
     new_k, new_v, cos, sin = rotary if rotary is not None else (q, q, q, q)  # unread without the rotary
     # a zeroed arrival counter per (row, kv head): the last chunk to arrive combines them (each launch leaves 0)
     count = scratch("attention counters", q.device, torch.int32, max(b * kv_heads, 64), zeroed=True)
-    _split_kernel[(chunks, b * kv_heads)](
+    spans = _warm_words(warm, q)
+    warm_rows = -(-sum(-(-t.numel() // WARM_BLOCK) for t in spans) // chunks)  # rows of `chunks` warm programs
+    _split_kernel[(chunks, b * kv_heads + warm_rows)](
         q, k, v, positions, part, lse, out, count, new_k, new_v, cos, sin, scale,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *part.stride()[:4], *lse.stride()[:3],
-        new_k.stride(0), cos.stride(0), kv_heads, group, HEAD_DIM=head_dim, BLOCK_G=block_g,
+        new_k.stride(0), cos.stride(0), kv_heads, group, *spans, *(t.numel() for t in spans),
+        scratch("attention warm sink", q.device, torch.int32, 1), b * kv_heads, HEAD_DIM=head_dim, BLOCK_G=block_g,
         BLOCK_N=min(split, TILE_KEYS),
         SPLIT=split, CHUNKS=chunks, ROTARY=rotary is not None,
-        PRECISION=precision(q.dtype, k.dtype), num_warps=WARPS,
+        PRECISION=precision(q.dtype, k.dtype), WARM_BLOCK=WARM_BLOCK, num_warps=WARPS,
         # the rotary embedding's products rounded before their sum, as the model's modules do (a fused
         # multiply-add of bf16 values would round once)
         enable_fp_fusion=rotary is None)
@@ -241,22 +296,25 @@ def _(q, k, v, positions, scale):
 
 @torch.library.custom_op("myassistant::rotary_split_attention", mutates_args=("k", "v"))
 def rotary_split_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           positions: torch.Tensor, scale: float) -> torch.Tensor:
+                           positions: torch.Tensor, scale: float,
+                           warm: list[torch.Tensor]) -> torch.Tensor:
     """A decode step's attention from its qkv product's rows `qkv` [b, (heads + 2 kv_heads) * d] in one kernel:
     the rotary embedding (cos, sin [b, d]: each row's at its position) on the queries and the new keys, the new
     keys and values written at positions[i] of cache row i (k, v [b, kv_heads, L, d] views), then attention as
-    `split_kv_attention`: [b, heads * d]. The embedding rounds as the model's modules do on its dtype."""
+    `split_kv_attention`: [b, heads * d]. The embedding rounds as the model's modules do on its dtype. `warm`: up
+    to WARM_SPANS contiguous tensors (the weights of the products after it) that spare programs of the same launch
+    read into L2 while the attention leaves the memory idle."""
     b, kv_heads, _, head_dim = k.shape
     heads = qkv.shape[1] // head_dim - 2 * kv_heads
     q = qkv[:, :heads * head_dim].view(b, kv_heads, heads // kv_heads, head_dim)
     new_k, new_v = qkv[:, heads * head_dim:].split(kv_heads * head_dim, 1)
     out = qkv.new_empty(b, heads * head_dim)
-    _attend(q, k, v, positions, scale, out, (new_k, new_v, cos, sin))
+    _attend(q, k, v, positions, scale, out, (new_k, new_v, cos, sin), warm)
     return out
 
 
 @rotary_split_attention.register_fake
-def _(qkv, cos, sin, k, v, positions, scale):
+def _(qkv, cos, sin, k, v, positions, scale, warm):
     return qkv.new_empty(qkv.shape[0], qkv.shape[1] - 2 * k.shape[1] * k.shape[3])
 
 

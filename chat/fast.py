@@ -44,6 +44,8 @@ SILU = ("SiLU", "SiLUActivation")  # torch's and transformers' modules: the acti
 # a decode layer's rows' sums of squares, int64 [b] each (chat.gemv_epilogue): of its input (None where nothing wrote
 # them), of its attention's residual sum, and of its output
 Squares = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]
+# bytes of the products after a decode step's attention read into L2 by its spare programs (`warm_after_attention`)
+WARM_BYTES = 16 << 20
 
 
 def fast_decode_problem(model: torch.nn.Module) -> str | None:
@@ -122,6 +124,19 @@ def fused_products(layer: torch.nn.Module, fused: tuple[Projection, ...] | None,
             and gemv.usable(fused[0], rows) and type(layer.mlp.act_fn).__name__ in SILU)
 
 
+def warm_after_attention(fused: tuple[Projection, ...], budget: int | None = None) -> list[torch.Tensor]:
+    """What a decode step's attention kernel reads into L2 for the products after it (the attention reads a few MB
+    and leaves the memory idle meanwhile): o_proj's weight, then as many first rows of gate and of up as `budget`
+    (WARM_BYTES) leaves, the rows the gate/up product's first programs read."""
+    budget = WARM_BYTES if budget is None else budget
+    o_proj, gate_up = (w.q if isinstance(w, int_weights.QuantWeight) else w for w in (fused[2], fused[1]))
+    if not isinstance(o_proj, torch.Tensor) or budget < o_proj.nbytes:
+        return []
+    half = gate_up.shape[0] // 2
+    rows = min(half, (budget - o_proj.nbytes) // (2 * gate_up[0].nbytes))
+    return [o_proj, gate_up[:rows], gate_up[half:half + rows]]
+
+
 def _fused_rest(layer: torch.nn.Module, fused: tuple[Projection, ...], x: torch.Tensor, o: torch.Tensor,
                 squares: Squares | None) -> torch.Tensor:
     """A decode step's layer output after its attention `o`: o_proj + residual, then the MLP, in three kernels."""
@@ -156,7 +171,8 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[Projection, ...] | None, 
         length = mask.shape[-1]
         if attention.uses_split(k_cache, length):  # rotary, cache writes and attention in one kernel
             o = attention.rotary_split_attention(qkv, cos.view(b, -1), sin.view(b, -1), k_cache[:b, :, :length],
-                                                 v_cache[:b, :, :length], positions, attn.scaling)
+                                                 v_cache[:b, :, :length], positions, attn.scaling,
+                                                 warm_after_attention(fused))
             return _fused_rest(layer, fused, x, o, squares)
         q, k, v = qkv.split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim], -1)
         q, k, v = q[:, None], k[:, None], v[:, None]

@@ -51,7 +51,7 @@ def check_rotary(device: str) -> None:
     value written into the cache at each row's position, attention over keys 0..position (SDPA with the mask)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from myassistant.chat.attention import rotary_split_attention
+    from myassistant.chat.attention import WARM_BLOCK, rotary_split_attention
 
     gen = torch.Generator().manual_seed(1)
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 4e-3)):
@@ -77,8 +77,13 @@ def check_rotary(device: str) -> None:
             want = F.scaled_dot_product_attention(
                 q.view(rows, kv_heads, group, dim).float(), want_k[:rows, :, :length].float(),
                 want_v[:rows, :, :length].float(), scale=dim ** -0.5, attn_mask=mask.view(rows, 1, 1, length))
+            # spare programs read the weights after it (chat.fast.warm_after_attention): nothing else changes
+            weights = torch.randn(2 * rows + 3, 2 * WARM_BLOCK + 96, generator=gen).to(device, dtype)
+            warm = [weights[1:], weights[:2], weights[1:1]] if rows > 1 else [weights]
+            weights_before = weights.clone()
             got = rotary_split_attention(qkv, cos, sin, cache_k[:rows, :, :length], cache_v[:rows, :, :length],
-                                         positions, dim ** -0.5)
+                                         positions, dim ** -0.5, warm)
+            assert torch.equal(weights, weights_before)
             # bf16 on a GPU: bitwise the model's roundings; float32 up to a fused multiply-add; Triton's interpreter
             # truncates bf16 conversions
             loose = 2 ** -6 if device == "cpu" and dtype == torch.bfloat16 else 1e-6 if dtype == torch.float32 else 0
@@ -101,13 +106,14 @@ def test_rotary_attention_compiles_for_hopper_without_spilled_registers(split, c
     earlier form of the kernel, which prefetched a chunk's next tile, spilled 1,140 bytes in the two-tile case, and
     128-key tiles spill at 4 warps)."""
     from benchmarks.gemv_ptx import compile_ptx, ptxas_report
-    from myassistant.chat.attention import MAX_CHUNKS, TILE_KEYS, WARPS, _split_kernel, precision
+    from myassistant.chat.attention import MAX_CHUNKS, TILE_KEYS, WARM_BLOCK, WARPS, _split_kernel, precision
 
     assert chunks <= MAX_CHUNKS
     consts = dict(HEAD_DIM=128, BLOCK_G=16, BLOCK_N=min(split, TILE_KEYS), SPLIT=split, CHUNKS=chunks, ROTARY=True,
-                  PRECISION=precision(torch.bfloat16, torch.bfloat16))
+                  PRECISION=precision(torch.bfloat16, torch.bfloat16), WARM_BLOCK=WARM_BLOCK)
     pointers = {name: "fp32" if name in ("o_ptr", "lse_ptr") else "i64" if name == "pos_ptr" else "i32"
-                if name == "count_ptr" else "bf16" for name in _split_kernel.arg_names if name.endswith("_ptr")}
+                if name in ("count_ptr", "sink_ptr") or name.startswith("warm") else "bf16"
+                for name in _split_kernel.arg_names if name.endswith("_ptr")}
     compiled = compile_ptx(_split_kernel, consts, pointers, warps=WARPS, fp_fusion=False)  # as `_attend` launches it
     report = ptxas_report(compiled.asm["ptx"])
     assert "0 bytes spill stores, 0 bytes spill loads" in report, report
