@@ -103,9 +103,9 @@ if triton is not None:
     def _split_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, lse_ptr, out_ptr, count_ptr, new_k_ptr, new_v_ptr,
                       cos_ptr, sin_ptr, scale, sq_b, sq_h, sq_g, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, so_b, so_h, so_s,
                       so_g, sl_b, sl_h, sl_s, snew_b, sc_b, kv_heads, group, warm0_ptr, warm1_ptr, warm2_ptr,
-                      warm_n0, warm_n1, warm_n2, sink_ptr, attention_rows, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-                      SPLIT: tl.constexpr, CHUNKS: tl.constexpr, ROTARY: tl.constexpr, PRECISION: tl.constexpr,
-                      WARM_BLOCK: tl.constexpr):
+                      warm_n0, warm_n1, warm_n2, sink_ptr, attention_rows, HEAD_DIM: tl.constexpr,
+                      BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, CHUNKS: tl.constexpr,
+                      ROTARY: tl.constexpr, PRECISION: tl.constexpr, WARM_BLOCK: tl.constexpr):
         s = tl.program_id(0)
         bh = tl.program_id(1)
         if bh >= attention_rows:  # a warm program: the next products' weights into L2 while the memory is idle
