@@ -124,20 +124,22 @@ def fused_products(layer: torch.nn.Module, fused: tuple[Projection, ...] | None,
             and gemv.usable(fused[0], rows) and type(layer.mlp.act_fn).__name__ in SILU)
 
 
-def warm_after_attention(fused: tuple[Projection, ...], budget: int | None = None) -> list[torch.Tensor]:
+def warm_after_attention(fused: tuple[Projection, ...], rows: int, budget: int | None = None) -> list[torch.Tensor]:
     """What a decode step's attention kernel reads into L2 for the products after it (the attention reads a few MB
     and leaves the memory idle meanwhile): o_proj's weight, then as many first rows of gate and of up (the rows the
-    gate/up product's first programs read) as `budget` (WARM_BYTES) leaves. Only bf16 / fp16 weights whose o_proj
-    fits the budget: on an H200 the 1.8B one-chat decode went from 839 to 857 tokens/s with 16 MiB (o_proj and 4 MiB
-    each of gate and up; two calls), while o_proj alone, gate / up alone, 20-32 MiB or 64 KiB a program were no
-    faster, and every budget tried slowed the 7B int8 step by 1-3 % (benchmarks/warm_gpu.py)."""
+    gate/up product's first programs read) as `budget` (WARM_BYTES) leaves. Only one-row steps over bf16 / fp16
+    weights whose o_proj fits the budget: on an H200 the 1.8B one-chat decode went from 839-842 to 857-859 tokens/s
+    with 16 MiB (o_proj and 4 MiB each of gate and up; three calls), while o_proj alone, gate / up alone, 20-32 MiB
+    or 64 KiB a program were no faster, the 8-row step took 1.423 ms against 1.410, and every budget tried slowed the
+    7B int8 step by 1-3 % (benchmarks/warm_gpu.py)."""
     budget = WARM_BYTES if budget is None else budget
     o_proj, gate_up = fused[2], fused[1]
-    if not (isinstance(o_proj, torch.Tensor) and isinstance(gate_up, torch.Tensor)) or o_proj.nbytes > budget:
+    if (rows > 1 or not (isinstance(o_proj, torch.Tensor) and isinstance(gate_up, torch.Tensor))
+            or o_proj.nbytes > budget):
         return []
     half = gate_up.shape[0] // 2
-    rows = min(half, (budget - o_proj.nbytes) // (2 * gate_up[0].nbytes))
-    return [o_proj, gate_up[:rows], gate_up[half:half + rows]]
+    first = min(half, (budget - o_proj.nbytes) // (2 * gate_up[0].nbytes))
+    return [o_proj, gate_up[:first], gate_up[half:half + first]]
 
 
 def _fused_rest(layer: torch.nn.Module, fused: tuple[Projection, ...], x: torch.Tensor, o: torch.Tensor,
@@ -175,7 +177,7 @@ def decoder_layer(layer: torch.nn.Module, fused: tuple[Projection, ...] | None, 
         if attention.uses_split(k_cache, length):  # rotary, cache writes and attention in one kernel
             o = attention.rotary_split_attention(qkv, cos.view(b, -1), sin.view(b, -1), k_cache[:b, :, :length],
                                                  v_cache[:b, :, :length], positions, attn.scaling,
-                                                 warm_after_attention(fused))
+                                                 warm_after_attention(fused, b))
             return _fused_rest(layer, fused, x, o, squares)
         q, k, v = qkv.split([attn.q_proj.out_features, kv_heads * head_dim, kv_heads * head_dim], -1)
         q, k, v = q[:, None], k[:, None], v[:, None]
