@@ -248,6 +248,26 @@ def test_serving_switches_and_fallbacks(tiny_dir, exact):
     assert list(engine.tokens(prompt_ids, GREEDY)) == generate_ids(engine, prompt_ids, GREEDY.max_new_tokens)
 
 
+def test_the_attention_warms_the_next_weights_only_where_that_was_measured_faster():
+    """chat.fast.warm_after_attention: o_proj's weight and gate / up's first rows for one-row bf16 steps whose o_proj
+    fits the budget; nothing for several rows, weight-only quantised layers or an o_proj larger than the budget."""
+    from myassistant.chat import int_weights
+    from myassistant.chat.fast import warm_after_attention
+
+    qkv, gate_up, o_proj, down = (torch.zeros(n, k, dtype=torch.bfloat16) for n, k in
+                                  ((48, 16), (2 * 40, 16), (16, 16), (16, 40)))
+    fused = (qkv, gate_up, o_proj, down)
+    budget = o_proj.nbytes + 2 * 3 * gate_up[0].nbytes  # o_proj and three rows each of gate and up
+    spans = warm_after_attention(fused, rows=1, budget=budget)
+    want = [(o_proj.data_ptr(), o_proj.shape), (gate_up.data_ptr(), (3, 16)), (gate_up[40].data_ptr(), (3, 16))]
+    assert [(t.data_ptr(), t.shape) for t in spans] == want
+    assert all(t.is_contiguous() for t in spans)
+    assert warm_after_attention(fused, rows=2, budget=budget) == []
+    assert warm_after_attention(fused, rows=1, budget=o_proj.nbytes - 1) == []
+    quantised = tuple(int_weights.quantize(w.float(), 8) for w in fused)
+    assert warm_after_attention(quantised, rows=1, budget=budget) == []
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_graphed_decode_equals_greedy_generate_across_buckets_and_rows(tiny_dir):
