@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,9 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks.decode_cpu import tiny_tokenizer  # noqa: E402
 from benchmarks.decode_gpu import build, emit, reply  # noqa: E402
 from myassistant.chat import ChatEngine, GenerationSettings, GenerationStats  # noqa: E402
-from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 
 def timed_run(engine: ChatEngine, messages: list[dict], chats: int, new_tokens: int) -> dict:
@@ -79,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--switch", type=float, nargs="*", default=[], help="also with these sys.setswitchinterval")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
+    tokenizer = tiny_tokenizer()
     engine = ChatEngine(build("internlm2-1.8b", torch.bfloat16, "cuda"), tokenizer, name="internlm2-1.8b")
     engine.stop_ids = []
     engine.warm_up()

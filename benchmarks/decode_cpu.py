@@ -49,6 +49,12 @@ QUALITY_PROMPTS = [  # the fixed prompt set for teacher-forced agreement
 ]
 
 
+def tiny_tokenizer():
+    """The project's real tokenizer files (as a tiny checkpoint carries them) for prompts over a random-weight model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
+
+
 def peak_rss_gib(pid: int | str = "self") -> float:
     """A process's peak resident memory so far, GiB (VmHWM; ru_maxrss would carry a forking parent's peak over exec)."""
     with open(f"/proc/{pid}/status") as fh:
@@ -109,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     config = LlamaConfig(**SHAPES[args.shape], rope_theta=1e6, rms_norm_eps=1e-5, tie_word_embeddings=False,
                          max_position_embeddings=4096)
     model = LlamaForCausalLM(config).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
+    tokenizer = tiny_tokenizer()
     # templating only, until bf16
     engine = ChatEngine(model, tokenizer, name=args.shape, config=ServeConfig(fast_decode=False))
     question = " ".join(["tell me about the weather today"] * (args.prompt_tokens // 6))

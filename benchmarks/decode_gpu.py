@@ -49,7 +49,6 @@ import dataclasses
 import gc
 import json
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -58,13 +57,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmarks.decode_cpu import SHAPES  # noqa: E402
+from benchmarks.decode_cpu import SHAPES, tiny_tokenizer  # noqa: E402
 from benchmarks.decode_quality_gpu import (agreement, bf16_reference, checksum, modules_reference,  # noqa: E402
                                            steps_vs_prefill, teacher_forced)
 from myassistant.chat import (ChatEngine, GenerationSettings, GenerationStats, gemv, int_weights,  # noqa: E402
                               scratch, weight_only)
 from myassistant.chat.batch import bucket  # noqa: E402
-from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 def emit(case: str, **fields) -> None:
     print(json.dumps({"case": case, **fields}), flush=True)
@@ -189,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # every weight form compiles the layer step anew (3 variants each): more than dynamo's default 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
+    tokenizer = tiny_tokenizer()
     # bf16 first (the quality reference), then the others in the order given
     forms = sorted(set(args.weight_bits), key=lambda b: (b != 16, args.weight_bits.index(b)))
     quantised = forms != [16]

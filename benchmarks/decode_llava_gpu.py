@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,11 +36,11 @@ from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, Lla
                           LlavaProcessor)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmarks.decode_cpu import SHAPES  # noqa: E402
+from benchmarks.decode_cpu import SHAPES, tiny_tokenizer  # noqa: E402
 from benchmarks.decode_gpu import concurrent, emit, reply  # noqa: E402
 from myassistant.chat import ChatEngine, GenerationSettings  # noqa: E402
 from myassistant.chat.vision import ImageEncoder  # noqa: E402
-from myassistant.model import IMAGE_TOKEN, build_tiny_checkpoint, load_tokenizer  # noqa: E402
+from myassistant.model import IMAGE_TOKEN  # noqa: E402
 
 TINY = os.environ.get("SHAPE") == "tiny"
 VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -63,8 +62,7 @@ def sync() -> None:
 
 
 def build() -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
+    tokenizer = tiny_tokenizer()
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     patches = (VISION["image_size"] // VISION["patch_size"]) ** 2  # 576; "default" drops the CLS token
     config = LlavaConfig(vision_config=CLIPVisionConfig(**VISION), text_config=LlamaConfig(**TEXT),

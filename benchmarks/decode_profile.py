@@ -22,10 +22,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.decode_cpu import SHAPES  # noqa: E402
+from benchmarks.decode_cpu import SHAPES, tiny_tokenizer  # noqa: E402
 from benchmarks.decode_gpu import build, concurrent, emit, reply, step_ms  # noqa: E402
 from myassistant.chat import ChatEngine, GenerationSettings, gemv  # noqa: E402
-from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 
 def kernels(fn, reps: int = 3, top: int = 25) -> dict:
@@ -100,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         gemv.triton = None
     label = "baseline" if args.baseline else "fused"
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
+    tokenizer = tiny_tokenizer()
     model = build(args.shape, torch.bfloat16, "cuda")
     engine = ChatEngine(model, tokenizer, name=args.shape)
     engine.stop_ids = []

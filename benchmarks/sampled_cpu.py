@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,11 +22,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmarks.decode_cpu import SHAPES, load  # noqa: E402
+from benchmarks.decode_cpu import SHAPES, load, tiny_tokenizer  # noqa: E402
 from myassistant.chat import ChatEngine, GenerationSettings  # noqa: E402
 from myassistant.chat.quant import quantize_int8  # noqa: E402
 from myassistant.chat.sampler import RowParams, sample_rows, sorted_draw  # noqa: E402
-from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 
 def decode_tokens_per_s(engine: ChatEngine, prompt_ids: list[int], settings: GenerationSettings, chats: int) -> float:
@@ -81,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                          tie_word_embeddings=False)
     model = LlamaForCausalLM(config).eval()
     quantize_int8(model)  # what ChatEngine.from_pretrained does on a CPU (the blocks kernel where it builds)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
+    tokenizer = tiny_tokenizer()
     engine = ChatEngine(model, tokenizer, name=args.shape)  # batched decoding, as a CPU's app
     engine.stop_ids = []
     prompt_ids = engine.prompt([{"role": "user", "content": "Tell me about the weather today, please."}],

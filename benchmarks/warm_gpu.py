@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.decode_cpu import SHAPES  # noqa: E402
+from benchmarks.decode_cpu import SHAPES, tiny_tokenizer  # noqa: E402
 from benchmarks.decode_gpu import build, copy_bandwidth, emit, load_form, reply, step_ms  # noqa: E402
 from myassistant.chat import ChatEngine, GenerationSettings, attention, fast  # noqa: E402
 from myassistant.chat.batch import bucket  # noqa: E402
-from myassistant.model import build_tiny_checkpoint, load_tokenizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=256)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = load_tokenizer(build_tiny_checkpoint(f"{tmp}/tok"))
+    tokenizer = tiny_tokenizer()
     bandwidth = copy_bandwidth()
     model = build(args.shape, torch.bfloat16, "cuda")
     if args.weight_bits != 16:
