@@ -242,8 +242,8 @@ def split_size(rows: int, kv_heads: int, length: int) -> int:
 def _warm_words(warm: list[torch.Tensor] | None, like: torch.Tensor) -> list[torch.Tensor]:
     """The spans to read into L2 (at most WARM_SPANS contiguous tensors) as flat int32 words, padded with empty ones
     on `like`'s device."""
+    assert len(warm or ()) <= WARM_SPANS and all(t.is_contiguous() and t.nbytes % 4 == 0 for t in warm or ())
     spans = [t.reshape(-1).view(torch.int32) for t in warm or () if t.numel()]
-    assert len(spans) <= WARM_SPANS and all(t.is_contiguous() and t.nbytes % 4 == 0 for t in warm or ())
     return spans + [like.new_empty(0, dtype=torch.int32)] * (WARM_SPANS - len(spans))
 
 
