@@ -20,6 +20,10 @@ queries are rotated, and the new token's key and value are used from registers, 
 a chunk's next tile, which spilled registers for chunks of two tiles: since removed, checked with ptxas only,
 benchmarks/README.md, session 23).
 
+A step's attention reads a few MB and leaves the memory idle for microseconds a layer, so its launch can also carry
+warm programs (`warm`, chat.fast.warm_after_attention): grid rows after the attention's that read the next products'
+weights into L2 meanwhile (H200, 1.8B one chat: 842 -> 859 tokens/s in one call; benchmarks/warm_gpu.py).
+
 The query heads that share a kv head are the rows of one query block (grouped-query attention with
 no copy of the cache), padded to 16 for the tensor cores. For bf16 / fp16 caches the dots run on the cache's
 own dtype (`SPLIT_DOTS`): q.k is exact there (the queries are rounded to it, as the model rounds them, and a
