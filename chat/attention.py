@@ -39,6 +39,8 @@ CPU (TRITON_INTERPRET=1), which is how tests check them without a GPU.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch.nn import functional as F
 
@@ -243,17 +245,17 @@ def split_size(rows: int, kv_heads: int, length: int) -> int:
     return split
 
 
-def _warm_words(warm: list[torch.Tensor] | None, like: torch.Tensor) -> list[torch.Tensor]:
+def _warm_words(warm: Sequence[torch.Tensor], like: torch.Tensor) -> list[torch.Tensor]:
     """The spans to read into L2 (at most WARM_SPANS contiguous tensors) as flat int32 words, padded with empty ones
     on `like`'s device."""
-    assert len(warm or ()) <= WARM_SPANS and all(t.is_contiguous() and t.nbytes % 4 == 0 for t in warm or ())
-    spans = [t.reshape(-1).view(torch.int32) for t in warm or () if t.numel()]
+    assert len(warm) <= WARM_SPANS and all(t.is_contiguous() and t.nbytes % 4 == 0 for t in warm)
+    spans = [t.reshape(-1).view(torch.int32) for t in warm if t.numel()]
     return spans + [like.new_empty(0, dtype=torch.int32)] * (WARM_SPANS - len(spans))
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, scale: float,
             out: torch.Tensor, rotary: tuple[torch.Tensor, ...] | None = None,
-            warm: list[torch.Tensor] | None = None) -> None:
+            warm: Sequence[torch.Tensor] = ()) -> None:
     """The split kernel over q [b, kv_heads, group, d] (a strided view) into `out` (its shape, contiguous);
     `rotary`: (new keys, new values [b, kv_heads * d] views, cos, sin [b, d]) when q is unrotated; `warm`: tensors
     its spare programs read into L2 (the products after it)."""
