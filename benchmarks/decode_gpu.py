@@ -264,7 +264,7 @@ HANDED = {0: "", 1: "", 2: "_sq"}
 
 def tile_label(rows: int) -> str:
     """A pick's label for chat.gemv.tile_rows' tile: a decode step's one row or several, or a prefill's tile."""
-    return "row" if rows == 1 else "rows" if rows <= gemv.MAX_ROWS else f"prefill{rows}"
+    return "row" if rows == 1 else "rows8" if rows <= 8 else "rows" if rows <= gemv.MAX_ROWS else f"prefill{rows}"
 
 
 def products_timed(bandwidth: float) -> dict:

@@ -54,7 +54,7 @@ import logging
 
 import torch
 
-from myassistant.chat import gemv_dense_rows, gemv_pick, gemv_rows
+from myassistant.chat import gemv_dense_rows, gemv_mma, gemv_pick, gemv_rows
 from myassistant.chat.int_weights import GROUP, QuantWeight
 from myassistant.chat.scratch import scratch
 
@@ -76,6 +76,7 @@ PREFILL_ROWS = 128
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
 AGREE = 1e-2  # relative difference from the first candidate's product above which a candidate is left out
 ROWS_ONE_ROW = True  # one-row products: chat.gemv_rows' / chat.gemv_dense_rows' CUDA-core kernels are candidates too
+MMA_ONE_ROW = True  # up to 8 bf16 rows against int4 weights: chat.gemv_mma's kernel is a candidate too
 
 
 if triton is not None:
@@ -230,9 +231,12 @@ timed: dict[tuple, dict[tuple, float]] = {}  # _pick's median ms per candidate, 
 
 
 def tile_rows(rows: int) -> int:
-    """The rows of the tile a product of `rows` rows runs in: 1 (chat.gemv_rows' candidates too), MAX_ROWS (a decode
-    step's), or a prefill's power of two from 32; each its own compiled kernel, and its own pick."""
-    return 1 if rows == 1 else MAX_ROWS if rows <= MAX_ROWS else max(32, 1 << (rows - 1).bit_length())
+    """The rows of the tile a product of `rows` rows runs in: 1 (chat.gemv_rows' candidates too), 8 (chat.gemv_mma's
+    too), MAX_ROWS (a decode step's), or a prefill's power of two from 32; each its own pick (the tensor-core kernel's
+    tile has at least MAX_ROWS rows)."""
+    if rows <= 8:
+        return 1 if rows == 1 else 8
+    return MAX_ROWS if rows <= MAX_ROWS else max(32, 1 << (rows - 1).bit_length())
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor,
@@ -250,6 +254,9 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     if stages == "rows":  # one row on the CUDA cores (chat.gemv_rows)
         return gemv_rows.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count, squares_in,
                                 squares_out)
+    if stages == gemv_mma.TAG:  # one bf16 row against int4 weights on the tensor cores, unpacked in registers
+        return gemv_mma.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count, squares_in,
+                               squares_out)
     if stages == gemv_dense_rows.TAG:  # one row against bf16 / fp16 weights on the CUDA cores
         return gemv_dense_rows.launch(x, weight, out, residual, norm_weight, eps, gated, config, ws, count, squares_in,
                                       squares_out)
@@ -281,6 +288,8 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated, squares_in=N
     found = gemv_pick.candidates(n, k, quant) if rows <= MAX_ROWS else gemv_pick.tile_candidates(n, k, quant)
     if rows == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
         found += gemv_rows.candidates(n, k, quant) if quant else gemv_dense_rows.candidates(n, k, gated)
+    if rows <= 8 and quant == 4 and x.dtype == torch.bfloat16 and x.is_cuda and MMA_ONE_ROW:
+        found += gemv_mma.candidates(n, k)
     # residual / norm: 0 off, 1 on, 2 on and handing on the sums of squares / taking them
     key = (n, k, gated, (residual is not None) + (squares_out is not None), (norm_weight is not None) +
            (squares_in is not None), out.dtype, weight.dtype, tile_rows(rows))

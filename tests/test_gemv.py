@@ -160,6 +160,31 @@ def check_one_row(device: str, tol: float) -> None:
                 check_one_row_configs(f"{bits} bits", configs, x, weight, res, nw, gated, out_float, want, tol)
 
 
+def check_mma_rows(device: str, tol: float) -> None:
+    """Every candidate of chat.gemv_mma (1-8 bf16 rows against int4 weights, products on the tensor cores) with each
+    fusion, against the float64 product of the dequantised matrix: weight rows in whole and part tiles, K in one and
+    in several trips and slices."""
+    from myassistant.chat import gemv_mma
+    from myassistant.chat.int_weights import dequantize, quantize
+
+    gen = torch.Generator().manual_seed(4)
+    for rows, (norm, gated, residual, out_float) in [(1, v) for v in VARIANTS] + [(3, VARIANTS[1]), (8, VARIANTS[0]),
+                                                                                 (8, VARIANTS[2])]:
+        for n, k in ((72, 1024), (40, 512), (256, 2048)):
+            w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, torch.bfloat16)
+            x = torch.randn(rows, k, generator=gen).to(device, torch.bfloat16)
+            x[0, :8] *= 1000  # bf16 products: no range to keep
+            nw = (1 + 0.1 * torch.randn(k, generator=gen)).to(device, torch.bfloat16) if norm else None
+            res = torch.randn(rows, n, generator=gen).to(device, torch.bfloat16) if residual else None
+            weight = quantize(w, 4)
+            want = reference(x, dequantize(weight, torch.bfloat16), res, nw, gated, torch.bfloat16)
+            configs = gemv_mma.candidates(n, k)
+            assert len({c[0] for c in configs}) >= 2 and any(c[2] > 1 for c in configs), configs
+            if (n, rows) != (256, 1):  # each (tiles, groups a trip) once: every candidate compiles for every shape
+                configs = list({c[:2]: c for c in reversed(configs)}.values())
+            check_one_row_configs(f"int4 mma, {rows} rows", configs, x, weight, res, nw, gated, out_float, want, tol)
+
+
 def check_one_row_configs(label: str, configs: list[tuple], x, weight: tuple, res, nw, gated: bool, out_float: bool,
                           want: torch.Tensor, tol: float) -> None:
     """Each one-row configuration of chat.gemv._launch over `weight` (q, scale) against `want`, and the squares it
@@ -169,7 +194,7 @@ def check_one_row_configs(label: str, configs: list[tuple], x, weight: tuple, re
     n, norm, residual = want.shape[1], nw is not None, res is not None
     for config in configs:
         def launch(config=config, **squares):
-            out = torch.empty(1, n, device=x.device, dtype=torch.float32 if out_float else torch.bfloat16)
+            out = torch.empty(x.shape[0], n, device=x.device, dtype=torch.float32 if out_float else torch.bfloat16)
             gemv._launch(x, *weight, out, res, nw, 1e-5, gated, config, **squares)
             return out
         out = launch()
@@ -241,6 +266,12 @@ def test_gpu_prefill_tiles():
 def test_gpu_one_row_products():
     check_one_row("cuda", 1e-2)
     check_dense_one_row("cuda", 1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_int4_products_of_up_to_8_rows_on_the_tensor_cores():
+    check_mma_rows("cuda", 1e-2)
 
 
 @needs_triton
