@@ -45,7 +45,10 @@ j and 64 + j, so its two nibble tiles meet contiguous x columns; inline PTX turn
 is as fast as int8 a product, not faster (0.2-0.3 of the bandwidth over its bytes). So one-row int4 / int8 products
 also time chat.gemv_rows' CUDA-core kernel (no shared memory between the packed loads and the arithmetic, fp16-pair
 products), which wins for all four 7B products, int4 and int8. Every candidate `_pick` times must first agree with
-the first's product. Tried and measured slower or no better on an H200 (benchmarks/README.md), so removed: the weights as the dots' first operand (out^T = W
+the first's product. Products of 1-8 bf16 rows against int4 weights also time chat.gemv_mma's kernel (mma.sync with
+the nibbles unpacked in the registers they are loaded into), which takes 2-8 rows from the tensor-core tiles for all
+four 7B products (its first tile stays as the product to agree with). Tried and measured slower or no better on an
+H200 (benchmarks/README.md), so removed: the weights as the dots' first operand (out^T = W
 x^T, Hopper's wgmma) and an earlier CUDA-core kernel whose input columns passed through shared memory.
 """
 from __future__ import annotations
@@ -76,7 +79,7 @@ PREFILL_ROWS = 128
 TIME_CANDIDATES = True  # False: the first candidate without timing (tests of many small shapes)
 AGREE = 1e-2  # relative difference from the first candidate's product above which a candidate is left out
 ROWS_ONE_ROW = True  # one-row products: chat.gemv_rows' / chat.gemv_dense_rows' CUDA-core kernels are candidates too
-MMA_ONE_ROW = True  # up to 8 bf16 rows against int4 weights: chat.gemv_mma's kernel is a candidate too
+MMA_ROWS = True  # 1-8 bf16 rows against int4 weights: chat.gemv_mma's kernel is a candidate too
 
 
 if triton is not None:
@@ -288,8 +291,10 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated, squares_in=N
     found = gemv_pick.candidates(n, k, quant) if rows <= MAX_ROWS else gemv_pick.tile_candidates(n, k, quant)
     if rows == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
         found += gemv_rows.candidates(n, k, quant) if quant else gemv_dense_rows.candidates(n, k, gated)
-    if rows <= 8 and quant == 4 and x.dtype == torch.bfloat16 and x.is_cuda and MMA_ONE_ROW:
-        found += gemv_mma.candidates(n, k)
+    if rows <= 8 and quant == 4 and x.dtype == torch.bfloat16 and x.is_cuda and MMA_ROWS:
+        # 2-8 rows: the tensor-core tiles measured slower than these for every 7B product; the first stays as the
+        # product the others must agree with
+        found = (found if rows == 1 else found[:1]) + gemv_mma.candidates(n, k, rows)
     # residual / norm: 0 off, 1 on, 2 on and handing on the sums of squares / taking them
     key = (n, k, gated, (residual is not None) + (squares_out is not None), (norm_weight is not None) +
            (squares_in is not None), out.dtype, weight.dtype, tile_rows(rows))

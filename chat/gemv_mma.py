@@ -1,26 +1,33 @@
-"""One-row products against weight-only int4 matrices on the tensor cores, the weights made bf16 in the registers
-they are loaded into (chat.gemv's candidates for one row of bf16 activations on a GPU).
+"""Products of 1-8 bf16 rows against weight-only int4 matrices on the tensor cores, the weights made bf16 in the
+registers they are loaded into (chat.gemv's candidates for these products on a GPU).
 
-chat.gemv_rows multiplies on the CUDA cores: ~3.5 instructions an int4 weight with the norm, ~2.8 without, where an
-H200 issues ~3.5 a weight at its full copy bandwidth, so its int4 products are partly instruction-bound (0.3-0.6 of
-the bandwidth, benchmarks/README.md). Here a warp's `mma.sync.m16n8k16` (bf16 in, fp32 sums) does the products of 16
-rows x 16 columns in one instruction, and the threads only unpack: a word of 8 nibbles is 8 bf16 weights in 2 byte
-permutes, 2 shifts, 4 LOP3s under the bits of 128.0 and 4 bf16x2 subtractions of 136.0 (exact), ~1.7 instructions a
-weight in all. No layout conversion either: the mma's operand fragments are taken straight from the loads.
+chat.gemv's tensor-core kernel hands the packed tile to its dots through shared memory and pads the rows to 16;
+chat.gemv_rows multiplies one row on the CUDA cores (~3.5 instructions an int4 weight with the norm). Here a warp's
+`mma.sync.m16n8k16` (bf16 in, fp32 sums) multiplies 16 weight rows x 16 columns by up to 8 input rows in one
+instruction, and the threads only unpack: a word of 8 nibbles is 8 bf16 weights in 2 byte permutes, 2 shifts, 4
+LOP3s under the bits of 128.0 and 4 bf16x2 subtractions of 136.0 (exact), ~1.7 instructions a weight in all, the
+same for 1 row as for 8. No layout conversion: the mma's operand fragments are the loaded words.
 
 The weights stay in chat.int_weights' layout. A K index of the mma is free to stand for any input column, so long as
 the A (weights) and B (input) fragments agree: lane 4 g + t of a warp loads 16 bytes of rows g and g + 8 of a 16-row
-tile at byte 16 t of a 64-byte group (columns 16 t .. 16 t + 15 in the low nibbles, 64 more in the high ones) and the
-input's same 2 x 16 columns (bf16 pairs, as they lie in memory); word j of those bytes is the A fragment of one mma
-over its low nibbles and of one over its high nibbles, the input's pairs 2 j, 2 j + 1 its B fragment. Every column of
-B is the same input row, so every column of the mma's sums is the product. A group's 8 mmas then take the group's
-scales (row g's for sums 0 and 1, row g + 8's for 2 and 3) as fp32.
+tile at byte 16 t of a 64-byte group (columns 16 t .. 16 t + 15 in the low nibbles, 64 more in the high ones) and
+the same 2 x 16 columns of input row g (bf16 pairs, as they lie in memory; with fewer rows the last repeats); word j
+of those bytes is the A fragment of one mma over its low nibbles and of one over its high nibbles, the input's pairs
+2 j, 2 j + 1 its B fragment. The mma's sums are then rows g and g + 8 for input rows 2 t and 2 t + 1, each taking
+its weight row's group scale as fp32.
 
-The tensors are [groups a trip, tiles, 32 lanes, ...] with one warp a program: the compiler's layout puts each lane's
-16-byte words in its own registers in order, and the inline PTX (one mma chain a lane per element) needs no more.
-The RMSNorm is split: the input times the norm's weight as one bf16x2 multiply a pair (per trip, shared by the
-tiles), 1 / RMS on the fp32 sums (the module rounds x * rstd to bf16 first: a difference of ~1e-3 relative, where
-int4's own rounding is ~10 %). chat.gemv's epilogue (residual, SiLU*mul, split-K sum, the squares) finishes.
+The tensors are [32 lanes, groups a trip, tiles, words] with one warp a program: Triton gives a warp's threads to the
+first dimension without contiguity and a thread's 16-byte words to the last, so each lane holds its fragments in
+order (`tests/test_gemv.py` checks the loop has no shared memory on sm_90). The RMSNorm is split: the input times the
+norm's weight by one bf16x2 multiply a pair, 1 / RMS on the fp32 sums (the module rounds x * rstd to bf16 first: a
+difference of ~1e-3 relative, where int4's own rounding is ~10 %). chat.gemv's epilogue (residual, SiLU*mul, split-K
+sum, the squares) finishes.
+
+Measured on an H200 (7B shape, benchmarks/README.md, session 27), µs: 8 rows qkv 21.8 -> 10.0-12.0, o_proj 9.5 ->
+8.0-8.3, gate/up 43.0 -> 34.8-35.4, down 19.9 -> 18.3-18.9 against the tensor-core tiles; the 8-row decode step 3.05
+-> 2.47 ms, 8 chats 0.597 -> 0.692-0.699 of one chat. One row: as fast as chat.gemv_rows (o_proj and down pick it
+by a few %, qkv and gate/up do not), so one chat's 0.60 of the copy bandwidth stays: those products are bound by a
+launch's fixed ~5 µs (ramp, drain, split-K sum), not by instructions.
 """
 from __future__ import annotations
 
@@ -60,6 +67,7 @@ def _mma_ptx() -> str:
 
 if triton is not None:
     from myassistant.chat.gemv_epilogue import _finish, shared_rstd
+    from myassistant.chat.gemv_rows import _load
 
     MMA_PTX = tl.constexpr(_mma_ptx())
     GROUP_WORDS = tl.constexpr(GROUP // 2)  # 32-bit words of bf16 input pairs a group
@@ -99,13 +107,6 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _load(ptrs, ok, EVEN: tl.constexpr):
-        """Unmasked where every row is real."""
-        if EVEN:
-            return tl.load(ptrs)
-        return tl.load(ptrs, mask=ok, other=0)
-
-    @triton.jit
     def _trip(q, q8, u, u8, x_ptr, nw_ptr, group, x_row, scales, ok, ok8, acc, acc2, N: tl.constexpr,
               GROUPS: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr, EVEN: tl.constexpr):
         """One trip's groups (`group` [1, KW, 1], scales at `scales` [32, KW, T] for rows g) added to the sums acc
@@ -119,12 +120,12 @@ if triton is not None:
         xc = _pairs(x_ptr + x_row, nw_ptr, word + GROUP_WORDS // 2, NORM)
         xd = _pairs(x_ptr + x_row, nw_ptr, word + GROUP_WORDS // 2 + 4, NORM)
         d0, d1, d2, d3 = _group_sums(q, q8, xa, xb, xc, xd)
-        acc += tl.join(tl.join(d0, d1), tl.join(d2, d3)) * \
-            tl.join(_load(scales, ok, EVEN), _load(scales + 8 * GROUPS, ok8, EVEN))[:, :, :, None, :]
+        scale = tl.join(_load(scales, ok, EVEN), _load(scales + 8 * GROUPS, ok8, EVEN))  # rows g, g + 8
+        acc += tl.join(tl.join(d0, d1), tl.join(d2, d3)) * scale[:, :, :, None, :]
         if GATED:
             e0, e1, e2, e3 = _group_sums(u, u8, xa, xb, xc, xd)
-            acc2 += tl.join(tl.join(e0, e1), tl.join(e2, e3)) * \
-                tl.join(_load(scales + N * GROUPS, ok, EVEN), _load(scales + (N + 8) * GROUPS, ok8, EVEN))[:, :, :, None, :]
+            scale = tl.join(_load(scales + N * GROUPS, ok, EVEN), _load(scales + (N + 8) * GROUPS, ok8, EVEN))
+            acc2 += tl.join(tl.join(e0, e1), tl.join(e2, e3)) * scale[:, :, :, None, :]
         return acc, acc2
 
     @triton.jit
@@ -222,20 +223,22 @@ if triton is not None:
                 stride_om, stride_rm, dtype, GATED, RESIDUAL, SQUARES, SPLIT, 8, BLOCK_N)
 
 
-def candidates(n: int, k: int) -> list[tuple]:
-    """(16 T rows, 128 KW columns, SPLIT, 1 warp, TAG) for a product of up to 8 bf16 rows against an [n, k] int4
-    weight: per (T, KW), K split until about TARGET_PROGRAMS programs of one warp, and half and a quarter as many."""
+def candidates(n: int, k: int, rows: int = 8) -> list[tuple]:
+    """(16 T rows, 128 KW columns, SPLIT, 1 warp, TAG) for a product of `rows` (up to 8) bf16 rows against an [n, k]
+    int4 weight: a tile a program, K split until about TARGET_PROGRAMS programs of one warp. One row (where
+    chat.gemv_rows' kernel is as fast): 1 or 2 groups a trip; more rows: 2 or 4, and 4 at half the split. The
+    configurations the 7B shape's products picked on an H200 among ~20 (1-4 tiles a program, 1-4 groups a trip, 1/4
+    to 1 times the split: benchmarks/README.md, session 27); each is a compiled kernel a product at the warm-up."""
     groups = k // GROUP
     found = []
-    for tiles, per_trip in ((1, 1), (2, 1), (4, 1), (1, 2), (2, 2), (1, 4)):
+    for per_trip, fewer in ((1, 1), (2, 1), (4, 1), (4, 2)) if rows == 1 else ((2, 1), (4, 1), (4, 2)):
         split = 1
-        while (-(-n // (16 * tiles)) * split < TARGET_PROGRAMS and groups % (2 * split * per_trip) == 0
-               and split < 16):
+        while -(-n // 16) * split < TARGET_PROGRAMS and groups % (2 * split * per_trip) == 0 and split < 16:
             split *= 2
-        for fewer in (split, split // 2, split // 4):
-            if fewer >= 1 and groups % (fewer * per_trip) == 0:
-                found.append((16 * tiles, GROUP * per_trip, fewer, 1, TAG))
-    return list(dict.fromkeys(found))
+        split = max(split // fewer, 1)
+        if groups % (split * per_trip) == 0:
+            found.append((16, GROUP * per_trip, split, 1, TAG))
+    return list(dict.fromkeys(found[:2] if rows == 1 else found))
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor,

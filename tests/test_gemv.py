@@ -6,6 +6,7 @@ On a GPU the Triton kernel runs for real (`gpu`); on a CPU under Triton's interp
 (its bf16 conversions truncate, so bf16 is checked loosely there and float32 tightly)."""
 from __future__ import annotations
 
+import re
 
 import pytest
 import torch
@@ -178,10 +179,9 @@ def check_mma_rows(device: str, tol: float) -> None:
             res = torch.randn(rows, n, generator=gen).to(device, torch.bfloat16) if residual else None
             weight = quantize(w, 4)
             want = reference(x, dequantize(weight, torch.bfloat16), res, nw, gated, torch.bfloat16)
-            configs = gemv_mma.candidates(n, k)
-            assert len({c[0] for c in configs}) >= 2 and any(c[2] > 1 for c in configs), configs
-            if (n, rows) != (256, 1):  # each (tiles, groups a trip) once: every candidate compiles for every shape
-                configs = list({c[:2]: c for c in reversed(configs)}.values())
+            configs = gemv_mma.candidates(n, k, rows)
+            assert len(configs) >= 2 and any(c[2] > 1 for c in configs), configs
+            configs.append((32, 256, 2, 1, gemv_mma.TAG))  # two tiles a program: the kernel takes them too
             check_one_row_configs(f"int4 mma, {rows} rows", configs, x, weight, res, nw, gated, out_float, want, tol)
 
 
@@ -272,6 +272,32 @@ def test_gpu_one_row_products():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_int4_products_of_up_to_8_rows_on_the_tensor_cores():
     check_mma_rows("cuda", 1e-2)
+
+
+@needs_triton
+@pytest.mark.parametrize("n,k,gated,norm,block_k,split", [(14336, 4096, True, True, 512, 2),
+                                                          (6144, 4096, False, True, 128, 8),
+                                                          (4096, 14336, False, False, 256, 8)])
+def test_int4_mma_products_compile_for_hopper_without_spills_or_shared_memory(n, k, gated, norm, block_k, split):
+    """chat.gemv_mma's kernel for the 7B shape's products in configurations it picks (gate/up over 4 groups a trip:
+    the most registers) compiled for sm_90 by Triton's own ptxas, no GPU needed: no spilled register, 16-byte loads,
+    and no shared memory in its loop: the mma fragments are the loaded words as the compiler lays them out (lanes on
+    the tensors' first dimension), with no layout conversion between the loads and the mma."""
+    from benchmarks.gemv_ptx import compile_ptx, ptxas_report
+    from myassistant.chat import gemv_mma
+
+    consts = dict(N=n, K=k, NORM=norm, SHARED_NORM=norm, GATED=gated, RESIDUAL=not norm, SQUARES=not norm, T=1,
+                  KW=block_k // 128, SPLIT=split)
+    pointers = {name: "fp32" if name in ("ws_ptr", "s_ptr") else "i64" if name.startswith("sq_") else "i32"
+                if name in ("w_ptr", "count_ptr") else "bf16" for name in gemv_mma._mma_kernel.arg_names
+                if name.endswith("_ptr")}
+    ptx = compile_ptx(gemv_mma._mma_kernel, consts, pointers, 1).asm["ptx"]
+    assert "0 bytes spill stores, 0 bytes spill loads" in ptxas_report(ptx)
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx and "ld.global.v4.b32" in ptx
+    header = re.search(r"^(\$L__BB\d+_\d+):.*Loop Header", ptx, re.M)  # the loop over the trips: from its label
+    back = re.compile(rf"bra(\.uni)?\s+\{header.group(1)};")  # its jump back
+    loop = ptx[header.start():back.search(ptx, header.start()).start()]
+    assert loop.count("mma.sync") == 8 * block_k // 128 * (2 if gated else 1) and ".shared" not in loop
 
 
 @needs_triton
