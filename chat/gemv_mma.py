@@ -107,6 +107,18 @@ if triton is not None:
         return x
 
     @triton.jit
+    def _weights(words, ok, ok8, N: tl.constexpr, WORDS: tl.constexpr, GATED: tl.constexpr, EVEN: tl.constexpr):
+        """A trip's words of rows g and g + 8 at `words` [32, KW, T, 4], and of the up rows (N on) with GATED."""
+        q = _load(words, ok, EVEN)
+        q8 = _load(words + 8 * WORDS, ok8, EVEN)
+        u = q
+        u8 = q8
+        if GATED:
+            u = _load(words + N * WORDS, ok, EVEN)
+            u8 = _load(words + (N + 8) * WORDS, ok8, EVEN)
+        return q, q8, u, u8
+
+    @triton.jit
     def _trip(q, q8, u, u8, x_ptr, nw_ptr, group, x_row, scales, ok, ok8, acc, acc2, N: tl.constexpr,
               GROUPS: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr, EVEN: tl.constexpr):
         """One trip's groups (`group` [1, KW, 1], scales at `scales` [32, KW, T] for rows g) added to the sums acc
@@ -188,23 +200,10 @@ if triton is not None:
         ok84 = ok8[:, :, :, None]
         acc = tl.zeros([32, KW, T, 2, 2], tl.float32)
         acc2 = tl.zeros([32, KW, T, 2, 2], tl.float32)
-        q = _load(words, ok4, EVEN)
-        q8 = _load(words + 8 * WORDS, ok84, EVEN)
-        u = q
-        u8 = q8
-        if GATED:
-            u = _load(words + N * WORDS, ok4, EVEN)
-            u8 = _load(words + (N + 8) * WORDS, ok84, EVEN)
+        q, q8, u, u8 = _weights(words, ok4, ok84, N, WORDS, GATED, EVEN)
         for trip in range(TRIPS - 1):
             # the next trip's weights first: their loads are in flight during this trip's arithmetic
-            nxt = words + (trip + 1) * STEP
-            q_next = _load(nxt, ok4, EVEN)
-            q8_next = _load(nxt + 8 * WORDS, ok84, EVEN)
-            u_next = q_next
-            u8_next = q8_next
-            if GATED:
-                u_next = _load(nxt + N * WORDS, ok4, EVEN)
-                u8_next = _load(nxt + (N + 8) * WORDS, ok84, EVEN)
+            q_next, q8_next, u_next, u8_next = _weights(words + (trip + 1) * STEP, ok4, ok84, N, WORDS, GATED, EVEN)
             acc, acc2 = _trip(q, q8, u, u8, x_words, nw_words, group + trip * KW, x_row, scales + trip * KW, ok,
                               ok8, acc, acc2, N, GROUPS, NORM, GATED, EVEN)
             q = q_next
