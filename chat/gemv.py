@@ -16,40 +16,30 @@ cuBLAS (every extra kernel is a launch and a ramp-up in a graph). Here one Trito
   rows j and up rows I + j, so the 2I-wide intermediate is never written);
 - ``RESIDUAL``: the residual add as the epilogue.
 
-Block width and split are timed per product shape at its first call, in CUDA graphs (chat.gemv_pick).
-Measured on an H200 (benchmarks/gemv_gpu.py, graphs of back-to-back products, fraction of the copy
-bandwidth, 1 row, ours / cuBLAS with the modules around it): qkv 0.35 / 0.24, o_proj 0.27 / 0.27,
-gate/up 0.65 / 0.45, down 0.55 / 0.57, lm_head 0.88 / 0.82; with the norm reading a row in one load (best of
-a grid, benchmarks/decode_tune_gpu.py): 0.47, 0.32, 0.78, 0.64, 0.94. The small products are bound by a fixed
-~4-5 us a kernel (o_proj: 6.2 us for 2 us of reads; cuBLAS 7.4), not by the reads. Launching the kernels with
-programmatic dependent launch (each program prefetching or loading its first weights before waiting on the previous
-kernel) measured no faster or slower in three forms, so it was removed (benchmarks/README_decode.md).
+Block width and split are timed per product shape at its first call, in CUDA graphs (chat.gemv_pick). On an H200
+(benchmarks/gemv_gpu.py, 1 row, of the copy bandwidth, ours / cuBLAS with the modules around it): qkv 0.35 / 0.24,
+o_proj 0.27 / 0.27, gate/up 0.65 / 0.45, down 0.55 / 0.57, lm_head 0.88 / 0.82. The small products are bound by a
+fixed ~4-5 us a kernel, not by the reads; programmatic dependent launch (weights loaded before waiting on the
+previous kernel) measured no faster in three forms and was removed (benchmarks/README_decode.md).
 
-One-row products against bf16 / fp16 weights also time chat.gemv_dense_rows' CUDA-core candidates (many small
-programs of a few rows over long K tiles, no 16-row tile): on an H200 they win every product of the 1.8B one-chat
-step, step 1.427 -> 1.177 ms over sessions 24-25 (benchmarks/README.md).
+Every rounding step is the model's own (normalised input rounded to the weights' dtype before the norm's weight,
+SiLU and products rounded as bf16 tensors would be), so the result differs from the module chain only by the
+summation order of the product. Used on CUDA for bf16 / fp16 weights and at most MAX_ROWS rows, and for a short
+prompt's products against int8 / int4 weights (up to PREFILL_ROWS rows in one tile, the bare product: a 7B int8 first
+token of 28 prompt tokens 17.4 -> 9.6 ms on an H200); elsewhere (CPU, fp32, longer prefills) the model's modules
+run. The kernel runs under Triton's interpreter on a CPU (TRITON_INTERPRET=1): the tests check it there.
 
-Every rounding step is the model's own (normalised input rounded to the weights' dtype before the
-norm's weight, SiLU and products rounded as bf16 tensors would be), so the result differs from the
-module chain only by the summation order of the product. Used on CUDA for bf16 / fp16 weights and at
-most MAX_ROWS rows, and for a short prompt's products against int8 / int4 weights (up to PREFILL_ROWS rows in one
-tile, the bare product: a 7B int8 first token of a 28-token prompt 17.4 -> 9.6 ms on an H200, benchmarks/README.md);
-elsewhere (CPU, fp32, longer prefills) the model's modules run as before. The kernel runs
-under Triton's interpreter on a CPU (TRITON_INTERPRET=1), which is how tests check it without a GPU.
+Weight-only int8 / int4 (chat.int_weights, ``QUANT``; served by chat.weight_only): int8 rows with a scale each, or
+int4 two to a byte with a scale per row and 128 columns (a group's bytes hold columns j and 64 + j, so its two nibble
+tiles meet contiguous x columns; inline PTX makes 4 bytes 8 exact bf16 weights; the scales multiply the fp32 sums).
 
-Weight-only int8 / int4 (chat.int_weights, ``QUANT``; served by chat.weight_only): the same kernel over int8 rows with a
-scale each, or int4 weights two to a byte with a scale per row and 128 columns. An int4 group's bytes hold columns
-j and 64 + j, so its two nibble tiles meet contiguous x columns; inline PTX turns 4 bytes into 8 bf16 weights
-(nibble - 8, exact) without a conversion instruction, and the group's scales multiply the fp32 sums. On the 7B shape
-(H200, benchmarks/README.md, 1 row, µs, int4 / int8): qkv 15.3 / 15.8, o_proj 9.1 / 9.8, gate/up 50.7 / 46.2: int4
-is as fast as int8 a product, not faster (0.2-0.3 of the bandwidth over its bytes). So one-row int4 / int8 products
-also time chat.gemv_rows' CUDA-core kernel (no shared memory between the packed loads and the arithmetic, fp16-pair
-products), which wins for all four 7B products, int4 and int8. Every candidate `_pick` times must first agree with
-the first's product. Products of 1-8 bf16 rows against int4 weights also time chat.gemv_mma's kernel (mma.sync with
-the nibbles unpacked in the registers they are loaded into), which takes 2-8 rows from the tensor-core tiles for all
-four 7B products (its first tile stays as the product to agree with). Tried and measured slower or no better on an
-H200 (benchmarks/README.md), so removed: the weights as the dots' first operand (out^T = W
-x^T, Hopper's wgmma) and an earlier CUDA-core kernel whose input columns passed through shared memory.
+Other kernels `_pick` times beside this one's tiles (each must first agree with the first candidate's product;
+benchmarks/README.md has the figures): for one bf16 / fp16 row, chat.gemv_dense_rows (a few rows a program over
+long K tiles on the CUDA cores: every product of the 1.8B one-chat step); for one int8 / int4 row, chat.gemv_rows
+(fp16 pairs on the CUDA cores, no shared memory: all four 7B products); for 1-8 bf16 rows over int4, chat.gemv_mma
+(mma.sync on the packed words as loaded: all four 7B products of 2-8 rows, so the tiles stay only as the product to
+agree with). Measured slower and removed: the weights as the dots' first operand (Hopper's wgmma) and a CUDA-core
+kernel whose input columns passed through shared memory.
 """
 from __future__ import annotations
 
@@ -257,7 +247,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, o
     if stages == "rows":  # one row on the CUDA cores (chat.gemv_rows)
         return gemv_rows.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count, squares_in,
                                 squares_out)
-    if stages == gemv_mma.TAG:  # one bf16 row against int4 weights on the tensor cores, unpacked in registers
+    if stages == gemv_mma.TAG:  # 1-8 bf16 rows against int4 weights on the tensor cores, unpacked in registers
         return gemv_mma.launch(x, weight, scale, out, residual, norm_weight, eps, gated, config, ws, count, squares_in,
                                squares_out)
     if stages == gemv_dense_rows.TAG:  # one row against bf16 / fp16 weights on the CUDA cores
@@ -288,13 +278,7 @@ def _pick(x, weight, scale, out, residual, norm_weight, eps, gated, squares_in=N
     n, k = out.shape[1], x.shape[1]
     quant = 4 if weight.dtype == torch.uint8 else 8 if weight.dtype == torch.int8 else 0
     rows = x.shape[0]
-    found = gemv_pick.candidates(n, k, quant) if rows <= MAX_ROWS else gemv_pick.tile_candidates(n, k, quant)
-    if rows == 1 and x.dtype in (torch.bfloat16, torch.float16) and ROWS_ONE_ROW:
-        found += gemv_rows.candidates(n, k, quant) if quant else gemv_dense_rows.candidates(n, k, gated)
-    if rows <= 8 and quant == 4 and x.dtype == torch.bfloat16 and x.is_cuda and MMA_ROWS:
-        # 2-8 rows: the tensor-core tiles measured slower than these for every 7B product; the first stays as the
-        # product the others must agree with
-        found = (found if rows == 1 else found[:1]) + gemv_mma.candidates(n, k, rows)
+    found = gemv_pick.all_candidates(n, k, quant, gated, x, rows > MAX_ROWS, ROWS_ONE_ROW, MMA_ROWS)
     # residual / norm: 0 off, 1 on, 2 on and handing on the sums of squares / taking them
     key = (n, k, gated, (residual is not None) + (squares_out is not None), (norm_weight is not None) +
            (squares_in is not None), out.dtype, weight.dtype, tile_rows(rows))
@@ -381,8 +365,8 @@ def product(x: torch.Tensor, weight: torch.Tensor | QuantWeight, residual: torch
     the input rows' sums of squares taken from the product that wrote them / the output rows' handed on (see
     `gemv_squares`)."""
     q, scale = weight if isinstance(weight, QuantWeight) else (weight, None)
-    args = (x, q, scale, residual, None if norm is None else norm.weight, 0.0 if norm is None else norm.variance_epsilon,
-            gated, out_float, squares_in)
+    eps = 0.0 if norm is None else norm.variance_epsilon
+    args = (x, q, scale, residual, None if norm is None else norm.weight, eps, gated, out_float, squares_in)
     return gemv(*args) if squares_out is None else gemv_squares(*args, squares_out)
 
 

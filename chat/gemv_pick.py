@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from myassistant.chat import gemv_dense_rows, gemv_mma, gemv_rows
 from myassistant.chat.int_weights import GROUP
 
 BLOCK_K = 256
@@ -46,6 +47,22 @@ def candidates(n: int, k: int, quant: int = 0) -> list[tuple]:
     found += [c for c in ((64, block_k, 1, 4, 3), (32, block_k, 1, 4, 4)) if c not in found]
     if quant == 8 and k % (2 * block_k) == 0:
         found += _split_candidates(n, k, 2 * block_k, (32, 64))
+    return found
+
+
+def all_candidates(n: int, k: int, quant: int, gated: bool, x: torch.Tensor, prefill: bool, rows_kernels: bool = True,
+                   mma: bool = True) -> list[tuple]:
+    """Every configuration chat.gemv's `_pick` times for the product of rows `x` against an [n, k] weight (`quant`
+    8 / 4: weight-only int8 / int4): the tensor-core tiles (a `prefill`'s tiles past a decode step's rows), for one
+    row also chat.gemv_rows' / chat.gemv_dense_rows' (`rows_kernels`), for 1-8 bf16 rows over int4 on CUDA
+    chat.gemv_mma's (`mma`): at 2-8 rows the tiles measured slower for every 7B product, so only the first stays,
+    as the product the others must agree with."""
+    rows = x.shape[0]
+    found = tile_candidates(n, k, quant) if prefill else candidates(n, k, quant)
+    if rows == 1 and x.dtype in (torch.bfloat16, torch.float16) and rows_kernels:
+        found += gemv_rows.candidates(n, k, quant) if quant else gemv_dense_rows.candidates(n, k, gated)
+    if rows <= 8 and quant == 4 and x.dtype == torch.bfloat16 and x.is_cuda and mma:
+        found = (found if rows == 1 else found[:1]) + gemv_mma.candidates(n, k, rows)
     return found
 
 
