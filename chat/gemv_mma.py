@@ -21,7 +21,8 @@ first dimension without contiguity and a thread's 16-byte words to the last, so 
 order (`tests/test_gemv.py` checks the loop has no shared memory on sm_90). The RMSNorm is split: the input times the
 norm's weight by one bf16x2 multiply a pair, 1 / RMS on the fp32 sums (the module rounds x * rstd to bf16 first: a
 difference of ~1e-3 relative, where int4's own rounding is ~10 %). chat.gemv's epilogue (residual, SiLU*mul, split-K
-sum, the squares) finishes.
+sum, the squares) finishes. Under Triton's interpreter (CPU tests) the two inline PTX pieces have a plain-arithmetic
+form: the mma's sums added across the lanes as the mma adds them, the bf16x2 multiply rounded in integers.
 
 Measured on an H200 (7B shape, benchmarks/README.md, session 27), µs: 8 rows qkv 21.8 -> 10.0-12.0, o_proj 9.5 ->
 8.0-8.3, gate/up 43.0 -> 34.8-35.4, down 19.9 -> 18.3-18.9 against the tensor-core tiles; the 8-row decode step 3.05
@@ -82,10 +83,75 @@ if triton is not None:
         return w0, w1, w2, w3
 
     @triton.jit
-    def _group_sums(q, q8, xa, xb, xc, xd):
+    def _halves(words):
+        """32-bit words [32, KW, 1, 4] of bf16 pairs as float32 [8 (g), 4 (t), KW, 1, 8]: a lane's 8 columns in order
+        (the first of a pair in the low half)."""
+        low = (words << 16).to(tl.float32, bitcast=True)
+        high = (words & -65536).to(tl.float32, bitcast=True)
+        return tl.reshape(tl.join(low, high), [8, 4, words.shape[1], 1, 8])
+
+    @triton.jit
+    def _nibbles(q, HIGH: tl.constexpr):
+        """Words [32, KW, T, 4] of packed int4 as float32 weights (nibble - 8) [8 (g), 4 (t), KW, T, 2, 8]: the low
+        (or HIGH) nibbles of a lane's 16 bytes, its columns 0-7 and 8-15."""
+        shifts = (tl.arange(0, 4) * 8 + HIGH * 4)[None, None, None, None, :]
+        values = ((q[:, :, :, :, None] >> shifts) & 15).to(tl.float32) - 8.0  # [32, KW, T, word, byte]
+        return tl.reshape(values, [8, 4, q.shape[1], q.shape[2], 2, 8])
+
+    @triton.jit
+    def _cross_lanes(w, x):
+        """The mma's sums from per-lane values: w [8 (g), 4 (t), KW, T, 8] weights and x [8, 4, KW, 1, 8] inputs of
+        the same columns (lane 4 n + t holds input row n's); [32, KW, T] each for input rows n = 2 t and 2 t + 1."""
+        products = w[:, None, :, :, :, :] * x[None, :, :, :, :, :]  # [g, n, t, KW, T, column]
+        sums = tl.sum(tl.sum(products, 5), 2)  # every lane's columns of weight row g times input row n
+        KW: tl.constexpr = sums.shape[2]
+        T: tl.constexpr = sums.shape[3]
+        even, odd = tl.split(tl.permute(tl.reshape(sums, [8, 4, 2, KW, T]), (0, 1, 3, 4, 2)))
+        return tl.reshape(even, [32, KW, T]), tl.reshape(odd, [32, KW, T])
+
+    @triton.jit
+    def _row_sums(w, lo, hi):
+        """Sums 0 and 1 (or 2 and 3) of the mma for weight words w [32, KW, T, 4] and the inputs lo / hi
+        [8, 4, KW, 1, 8, 2] of their low / high nibbles' columns (0-7, 8-15 of a lane's 16)."""
+        wl0, wl1 = tl.split(tl.permute(_nibbles(w, 0), (0, 1, 2, 3, 5, 4)))
+        wh0, wh1 = tl.split(tl.permute(_nibbles(w, 1), (0, 1, 2, 3, 5, 4)))
+        xl0, xl1 = tl.split(lo)
+        xh0, xh1 = tl.split(hi)
+        a0, a1 = _cross_lanes(wl0, xl0)
+        b0, b1 = _cross_lanes(wl1, xl1)
+        c0, c1 = _cross_lanes(wh0, xh0)
+        e0, e1 = _cross_lanes(wh1, xh1)
+        return a0 + b0 + c0 + e0, a1 + b1 + c1 + e1
+
+    @triton.jit
+    def _group_sums_interpreted(q, q8, xa, xb, xc, xd):
+        """`_group_sums` in plain tensor arithmetic, across the lanes as the mma sums (Triton's interpreter runs no
+        PTX): the same products in float32."""
+        lo = tl.join(_halves(xa), _halves(xb))  # [g, t, KW, 1, 8, 2 (columns 0-7, 8-15)]
+        hi = tl.join(_halves(xc), _halves(xd))
+        d0, d1 = _row_sums(q, lo, hi)
+        d2, d3 = _row_sums(q8, lo, hi)
+        return d0, d1, d2, d3
+
+    @triton.jit
+    def _bf16_product(a, b):
+        """`mul.rn.bf16x2` of two words of bf16 pairs in integer and float32 arithmetic (the interpreter's form):
+        each half's float32 product rounded to the nearest even bf16."""
+        low = ((a << 16).to(tl.float32, bitcast=True) * (b << 16).to(tl.float32, bitcast=True)).to(tl.int32,
+                                                                                                   bitcast=True)
+        high = ((a & -65536).to(tl.float32, bitcast=True) * (b & -65536).to(tl.float32, bitcast=True)).to(
+            tl.int32, bitcast=True)
+        low = low + 32767 + ((low >> 16) & 1)
+        high = high + 32767 + ((high >> 16) & 1)
+        return (high & -65536) | ((low >> 16) & 65535)
+
+    @triton.jit
+    def _group_sums(q, q8, xa, xb, xc, xd, ASM: tl.constexpr):
         """The fp32 sums of one group a lane takes part in: q / q8 [32, KW, T, 4] words of rows g / g + 8; xa, xb /
         xc, xd [32, KW, 1, 4] the input's pairs 0-3, 4-7 for the low / high nibbles; four [32, KW, T] tensors (the
         mma's sums 0-3)."""
+        if not ASM:
+            return _group_sums_interpreted(q, q8, xa, xb, xc, xd)
         w0, w1, w2, w3 = _words(q)
         v0, v1, v2, v3 = _words(q8)
         l0, l1, l2, l3 = _words(xa)
@@ -98,12 +164,14 @@ if triton is not None:
             dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
 
     @triton.jit
-    def _pairs(x_ptr, nw_ptr, word, NORM: tl.constexpr):
+    def _pairs(x_ptr, nw_ptr, word, NORM: tl.constexpr, ASM: tl.constexpr):
         """4 bf16 pairs (32-bit words) of the input at `word`, times the norm's weight's (bf16x2) with NORM."""
         x = tl.load(x_ptr + word)
-        if NORM:
+        if NORM and ASM:
             x = tl.inline_asm_elementwise("mul.rn.bf16x2 $0, $1, $2;", "=r,r,r", [x, tl.load(nw_ptr + word)],
                                           dtype=tl.int32, is_pure=True, pack=1)
+        elif NORM:
+            x = _bf16_product(x, tl.load(nw_ptr + word))
         return x
 
     @triton.jit
@@ -120,22 +188,22 @@ if triton is not None:
 
     @triton.jit
     def _trip(q, q8, u, u8, x_ptr, nw_ptr, group, x_row, scales, ok, ok8, acc, acc2, N: tl.constexpr,
-              GROUPS: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr, EVEN: tl.constexpr):
+              GROUPS: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr):
         """One trip's groups (`group` [1, KW, 1], scales at `scales` [32, KW, T] for rows g) added to the sums acc
         [32, KW, T, 2, 2] (acc2: the up rows u, u8 with GATED): the mma's sums (row g, n = 2 t and 2 t + 1; row
         g + 8, the same) times their rows' scales. Lane 4 g + t's input row is `x_row` (word offset, [32, 1, 1, 1])."""
         # the input's columns 16 t .. 16 t + 15 of each group (4 + 4 pairs) and 64 on, [32, KW, 1, 4] each
         word = (group * GROUP_WORDS + tl.arange(0, 32)[:, None, None] % 4 * 8)[:, :, :, None] \
             + tl.arange(0, 4)[None, None, None, :]
-        xa = _pairs(x_ptr + x_row, nw_ptr, word, NORM)
-        xb = _pairs(x_ptr + x_row, nw_ptr, word + 4, NORM)
-        xc = _pairs(x_ptr + x_row, nw_ptr, word + GROUP_WORDS // 2, NORM)
-        xd = _pairs(x_ptr + x_row, nw_ptr, word + GROUP_WORDS // 2 + 4, NORM)
-        d0, d1, d2, d3 = _group_sums(q, q8, xa, xb, xc, xd)
+        xa = _pairs(x_ptr + x_row, nw_ptr, word, NORM, ASM)
+        xb = _pairs(x_ptr + x_row, nw_ptr, word + 4, NORM, ASM)
+        xc = _pairs(x_ptr + x_row, nw_ptr, word + GROUP_WORDS // 2, NORM, ASM)
+        xd = _pairs(x_ptr + x_row, nw_ptr, word + GROUP_WORDS // 2 + 4, NORM, ASM)
+        d0, d1, d2, d3 = _group_sums(q, q8, xa, xb, xc, xd, ASM)
         scale = tl.join(_load(scales, ok, EVEN), _load(scales + 8 * GROUPS, ok8, EVEN))  # rows g, g + 8
         acc += tl.join(tl.join(d0, d1), tl.join(d2, d3)) * scale[:, :, :, None, :]
         if GATED:
-            e0, e1, e2, e3 = _group_sums(u, u8, xa, xb, xc, xd)
+            e0, e1, e2, e3 = _group_sums(u, u8, xa, xb, xc, xd, ASM)
             scale = tl.join(_load(scales + N * GROUPS, ok, EVEN), _load(scales + (N + 8) * GROUPS, ok8, EVEN))
             acc2 += tl.join(tl.join(e0, e1), tl.join(e2, e3)) * scale[:, :, :, None, :]
         return acc, acc2
@@ -169,7 +237,7 @@ if triton is not None:
     def _mma_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, s_ptr, sq_in_ptr, sq_out_ptr, M,
                     stride_xm, stride_om, stride_rm, eps, N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr,
                     SHARED_NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, SQUARES: tl.constexpr,
-                    T: tl.constexpr, KW: tl.constexpr, SPLIT: tl.constexpr):
+                    T: tl.constexpr, KW: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr):
         pid = tl.program_id(0)
         part = tl.program_id(1)  # which K / SPLIT slice of the product this program sums
         BLOCK_N: tl.constexpr = 16 * T
@@ -205,13 +273,13 @@ if triton is not None:
             # the next trip's weights first: their loads are in flight during this trip's arithmetic
             q_next, q8_next, u_next, u8_next = _weights(words + (trip + 1) * STEP, ok4, ok84, N, WORDS, GATED, EVEN)
             acc, acc2 = _trip(q, q8, u, u8, x_words, nw_words, group + trip * KW, x_row, scales + trip * KW, ok,
-                              ok8, acc, acc2, N, GROUPS, NORM, GATED, EVEN)
+                              ok8, acc, acc2, N, GROUPS, NORM, GATED, EVEN, ASM)
             q = q_next
             q8 = q8_next
             u = u_next
             u8 = u8_next
         acc, acc2 = _trip(q, q8, u, u8, x_words, nw_words, group + (TRIPS - 1) * KW, x_row,
-                          scales + (TRIPS - 1) * KW, ok, ok8, acc, acc2, N, GROUPS, NORM, GATED, EVEN)
+                          scales + (TRIPS - 1) * KW, ok, ok8, acc, acc2, N, GROUPS, NORM, GATED, EVEN, ASM)
         out = _rows_of(acc, T)
         out2 = _rows_of(acc2, T)
         if NORM:  # the norm's 1 / RMS, on the sums (see the module's text)
@@ -258,4 +326,5 @@ def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torc
         count if squares_in is None else squares_in, count if squares_out is None else squares_out, x.shape[0],
         x.stride(0), out.stride(0), 0 if residual is None else residual.stride(0), eps, N=n, K=x.shape[1],
         NORM=norm_weight is not None, SHARED_NORM=squares_in is not None, GATED=gated, RESIDUAL=residual is not None,
-        SQUARES=squares_out is not None, T=block_n // 16, KW=block_k // GROUP, SPLIT=split, num_warps=warps)
+        SQUARES=squares_out is not None, T=block_n // 16, KW=block_k // GROUP, SPLIT=split, ASM=x.is_cuda,
+        num_warps=warps)

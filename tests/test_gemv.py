@@ -161,17 +161,17 @@ def check_one_row(device: str, tol: float) -> None:
                 check_one_row_configs(f"{bits} bits", configs, x, weight, res, nw, gated, out_float, want, tol)
 
 
-def check_mma_rows(device: str, tol: float) -> None:
-    """Every candidate of chat.gemv_mma (1-8 bf16 rows against int4 weights, products on the tensor cores) with each
-    fusion, against the float64 product of the dequantised matrix: weight rows in whole and part tiles, K in one and
-    in several trips and slices."""
+def check_mma_rows(device: str, tol: float, shapes: tuple = ((72, 1024), (40, 512), (256, 2048))) -> None:
+    """Every candidate of chat.gemv_mma (1-8 bf16 rows against int4 weights, products on the tensor cores; under
+    Triton's interpreter its form without PTX) with each fusion, against the float64 product of the dequantised
+    matrix: weight rows (n, k in `shapes`) in whole and part tiles, K in one and in several trips and slices."""
     from myassistant.chat import gemv_mma
     from myassistant.chat.int_weights import dequantize, quantize
 
     gen = torch.Generator().manual_seed(4)
     for rows, (norm, gated, residual, out_float) in [(1, v) for v in VARIANTS] + [(3, VARIANTS[1]), (8, VARIANTS[0]),
                                                                                  (8, VARIANTS[2])]:
-        for n, k in ((72, 1024), (40, 512), (256, 2048)):
+        for n, k in shapes:
             w = (torch.randn(2 * n if gated else n, k, generator=gen) * k ** -0.5).to(device, torch.bfloat16)
             x = torch.randn(rows, k, generator=gen).to(device, torch.bfloat16)
             x[0, :8] *= 1000  # bf16 products: no range to keep
@@ -287,7 +287,7 @@ def test_int4_mma_products_compile_for_hopper_without_spills_or_shared_memory(n,
     from myassistant.chat import gemv_mma
 
     consts = dict(N=n, K=k, NORM=norm, SHARED_NORM=norm, GATED=gated, RESIDUAL=not norm, SQUARES=not norm, T=1,
-                  KW=block_k // 128, SPLIT=split)
+                  KW=block_k // 128, SPLIT=split, ASM=True)
     pointers = {name: "fp32" if name in ("ws_ptr", "s_ptr") else "i64" if name.startswith("sq_") else "i32"
                 if name in ("w_ptr", "count_ptr") else "bf16" for name in gemv_mma._mma_kernel.arg_names
                 if name.endswith("_ptr")}
@@ -298,6 +298,13 @@ def test_int4_mma_products_compile_for_hopper_without_spills_or_shared_memory(n,
     back = re.compile(rf"bra(\.uni)?\s+\{header.group(1)};")  # its jump back
     loop = ptx[header.start():back.search(ptx, header.start()).start()]
     assert loop.count("mma.sync") == 8 * block_k // 128 * (2 if gated else 1) and ".shared" not in loop
+
+
+@needs_triton
+def test_int4_products_of_up_to_8_rows_under_tritons_interpreter():
+    """chat.gemv_mma's kernel with its mma and bf16x2 multiplies in plain arithmetic (the lanes' sums as the mma
+    adds them): its addressing, masks, scales and epilogue; the PTX itself is the gpu test's."""
+    run_interpreted("import test_gemv as t; t.check_mma_rows('cpu', 4e-2, ((40, 512),))")
 
 
 @needs_triton
