@@ -95,16 +95,16 @@ def instructions(module, case, bits: int = 16) -> list[str]:
             and not line.strip().startswith(("//", ".param", ".file", ".loc", "_gemv_kernel_param"))]
 
 
-def compile_ptx(kernel, consts: dict, pointers: dict, warps: int, fp_fusion: bool = True):
-    """The kernel compiled for sm_90 with the integer arguments' divisibility by 16 a GPU compile sees (`fp_fusion`:
-    as the launch asks)."""
+def compile_ptx(kernel, consts: dict, pointers: dict, warps: int, fp_fusion: bool = True, arch: int = 90):
+    """The kernel compiled for sm_90 (or sm_`arch`) with the integer arguments' divisibility by 16 a GPU compile sees
+    (`fp_fusion`: as the launch asks)."""
     signature = {name: "constexpr" if name in consts else f"*{pointers[name]}" if name in pointers
                  else "fp32" if name in ("eps", "scale") else "i32" for name in kernel.arg_names}
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
                if name in pointers or name == "N" or name.startswith("stride_")}
     source = ASTSource(fn=kernel, signature=signature, attrs=aligned,
                        constexprs={(kernel.arg_names.index(name),): value for name, value in consts.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": warps, "enable_fp_fusion": fp_fusion})
 
 

@@ -100,23 +100,24 @@ if triton is not None:
         """x @ w.T for one group of a packed int4 tile (xl, xh: the x columns of the low and high nibbles) times
         the group's scales (applied to the fp32 sums: the weights are exact integers in the dot)."""
         if MAGIC == -1:  # bf16, 4 bytes a 32-bit word: 2 byte permutes, 4 LOP3s (nibble | the bits of 128.0), 2 shifts
-            # and 4 bf16x2 subtractions of 136.0 give 8 weights
+            # and 4 bf16x2 FMAs (x 1.0 - 136.0, exact; `sub.bf16x2` would need sm_90) give 8 weights
             low, high = tl.inline_asm_elementwise(
                 """{
-                .reg .b32 a, b, c;
+                .reg .b32 a, b, c, one;
                 prmt.b32 a, $4, 0, 0x4140;
                 prmt.b32 b, $4, 0, 0x4342;
-                mov.b32 c, 0x43084308;
+                mov.b32 c, 0xc308c308;
+                mov.b32 one, 0x3f803f80;
                 lop3.b32 $0, a, 0x000f000f, 0x43004300, 0xea;
                 lop3.b32 $1, b, 0x000f000f, 0x43004300, 0xea;
                 shr.b32 a, a, 4;
                 shr.b32 b, b, 4;
                 lop3.b32 $2, a, 0x000f000f, 0x43004300, 0xea;
                 lop3.b32 $3, b, 0x000f000f, 0x43004300, 0xea;
-                sub.bf16x2 $0, $0, c;
-                sub.bf16x2 $1, $1, c;
-                sub.bf16x2 $2, $2, c;
-                sub.bf16x2 $3, $3, c;
+                fma.rn.bf16x2 $0, $0, one, c;
+                fma.rn.bf16x2 $1, $1, one, c;
+                fma.rn.bf16x2 $2, $2, one, c;
+                fma.rn.bf16x2 $3, $3, one, c;
                 }""", "=r,=r,=r,=r,r", [packed], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
         else:
             low = _int4_values(packed & 15, MAGIC, dtype)

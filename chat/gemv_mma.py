@@ -5,7 +5,7 @@ chat.gemv's tensor-core kernel hands the packed tile to its dots through shared 
 chat.gemv_rows multiplies one row on the CUDA cores (~3.5 instructions an int4 weight with the norm). Here a warp's
 `mma.sync.m16n8k16` (bf16 in, fp32 sums) multiplies 16 weight rows x 16 columns by up to 8 input rows in one
 instruction, and the threads only unpack: a word of 8 nibbles is 8 bf16 weights in 2 byte permutes, 2 shifts, 4
-LOP3s under the bits of 128.0 and 4 bf16x2 subtractions of 136.0 (exact), ~1.7 instructions a weight in all, the
+LOP3s under the bits of 128.0 and 4 bf16x2 FMAs taking 136.0 off (exact), ~1.7 instructions a weight in all, the
 same for 1 row as for 8. No layout conversion: the mma's operand fragments are the loaded words.
 
 The weights stay in chat.int_weights' layout. A K index of the mma is free to stand for any input column, so long as
@@ -49,13 +49,14 @@ TARGET_PROGRAMS = 2048  # programs of one warp a launch should have (as chat.gem
 def _mma_ptx() -> str:
     """PTX of one lane's element: words $4-$7 (row g) and $8-$11 (row g + 8), input pairs $12-$19 (the low nibbles'
     columns) and $20-$27 (the high ones'), into the fp32 sums $0-$3 of the group (8 mmas from zero)."""
-    lines = [".reg .b32 p, q, r, u, a0, a1, a2, a3, k;", "mov.b32 k, 0x43084308;"]
+    # nibble | the bits of 128.0 is 128 + nibble; x 1.0 - 136.0 by a bf16x2 FMA (exact; `sub.bf16x2` needs sm_90)
+    lines = [".reg .b32 p, q, r, u, a0, a1, a2, a3, k, one;", "mov.b32 k, 0xc308c308;", "mov.b32 one, 0x3f803f80;"]
     lines += [f"mov.f32 ${i}, 0f00000000;" for i in range(4)]
     mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {a0, a1, a2, a3}, {$%d, $%d}, " \
           "{$0, $1, $2, $3};"
     unpack = ["lop3.b32 a0, p, 0x000f000f, 0x43004300, 0xea;", "lop3.b32 a2, q, 0x000f000f, 0x43004300, 0xea;",
               "lop3.b32 a1, r, 0x000f000f, 0x43004300, 0xea;", "lop3.b32 a3, u, 0x000f000f, 0x43004300, 0xea;"]
-    unpack += [f"sub.bf16x2 a{i}, a{i}, k;" for i in range(4)]
+    unpack += [f"fma.rn.bf16x2 a{i}, a{i}, one, k;" for i in range(4)]
     for j in range(4):
         # bytes 0, 1 and 2, 3 of each row's word j as 16-bit halves: the two columns of a0 / a1 and of a2 / a3
         lines += [f"prmt.b32 p, ${4 + j}, 0, 0x4140;", f"prmt.b32 q, ${4 + j}, 0, 0x4342;",
@@ -135,7 +136,7 @@ if triton is not None:
 
     @triton.jit
     def _bf16_product(a, b):
-        """`mul.rn.bf16x2` of two words of bf16 pairs in integer and float32 arithmetic (the interpreter's form):
+        """The bf16x2 product of two words of bf16 pairs in integer and float32 arithmetic (the interpreter's form):
         each half's float32 product rounded to the nearest even bf16."""
         low = ((a << 16).to(tl.float32, bitcast=True) * (b << 16).to(tl.float32, bitcast=True)).to(tl.int32,
                                                                                                    bitcast=True)
@@ -168,8 +169,10 @@ if triton is not None:
         """4 bf16 pairs (32-bit words) of the input at `word`, times the norm's weight's (bf16x2) with NORM."""
         x = tl.load(x_ptr + word)
         if NORM and ASM:
-            x = tl.inline_asm_elementwise("mul.rn.bf16x2 $0, $1, $2;", "=r,r,r", [x, tl.load(nw_ptr + word)],
-                                          dtype=tl.int32, is_pure=True, pack=1)
+            # x * w + (-0.0): one rounding of the product (`mul.bf16x2` would need sm_90)
+            x = tl.inline_asm_elementwise("{\n.reg .b32 z;\nmov.b32 z, 0x80008000;\nfma.rn.bf16x2 $0, $1, $2, z;\n}",
+                                          "=r,r,r", [x, tl.load(nw_ptr + word)], dtype=tl.int32, is_pure=True,
+                                          pack=1)
         elif NORM:
             x = _bf16_product(x, tl.load(nw_ptr + word))
         return x

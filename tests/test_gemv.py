@@ -301,6 +301,25 @@ def test_int4_mma_products_compile_for_hopper_without_spills_or_shared_memory(n,
 
 
 @needs_triton
+@pytest.mark.parametrize("arch", [80, 86, 89, 90])
+def test_int4_kernels_compile_for_ampere_ada_and_hopper(arch):
+    """The bf16 int4 products (chat.gemv's tensor-core tile, chat.gemv_mma's kernel) build for the A100 / A10G / L4
+    GPUs of hosted tiers as for an H100 (Triton's ptxas, no GPU): their inline PTX had used bf16x2 subtractions and
+    multiplies, which ptxas takes from sm_90 only, so int4 serving failed at its first product on those GPUs."""
+    from benchmarks.gemv_ptx import compile_ptx
+    from myassistant.chat import gemv, gemv_mma
+
+    pointers = {name: "fp32" if name in ("ws_ptr", "s_ptr") else "i64" if name.startswith("sq_") else "i32"
+                if name == "count_ptr" else "bf16" for name in gemv._gemv_kernel.arg_names if name.endswith("_ptr")}
+    tile = dict(K=4096, NORM=True, SHARED_NORM=True, GATED=True, RESIDUAL=False, SQUARES=False, QUANT=4, BLOCK_M=16,
+                BLOCK_N=32, BLOCK_K=256, SPLIT=1, STAGES=3, UPCAST=False, PRECISION="tf32", GROUP=128, MAGIC=-1)
+    assert compile_ptx(gemv._gemv_kernel, tile, {**pointers, "w_ptr": "u8"}, 4, arch=arch).asm["cubin"]
+    mma = dict(N=14336, K=4096, NORM=True, SHARED_NORM=True, GATED=True, RESIDUAL=False, SQUARES=False, T=1, KW=2,
+               SPLIT=2, ASM=True)
+    assert compile_ptx(gemv_mma._mma_kernel, mma, {**pointers, "w_ptr": "i32"}, 1, arch=arch).asm["cubin"]
+
+
+@needs_triton
 def test_int4_products_of_up_to_8_rows_under_tritons_interpreter():
     """chat.gemv_mma's kernel with its mma and bf16x2 multiplies in plain arithmetic (the lanes' sums as the mma
     adds them): its addressing, masks, scales and epilogue; the PTX itself is the gpu test's."""
