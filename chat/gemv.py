@@ -57,7 +57,7 @@ try:
 except ImportError:  # CPU-only installs: the model's modules everywhere
     triton = None
 else:
-    from myassistant.chat.gemv_epilogue import _finish, shared_rstd
+    from myassistant.chat.gemv_epilogue import _finish, _rstd, shared_rstd
 
 log = logging.getLogger(__name__)
 
@@ -124,22 +124,6 @@ if triton is not None:
             high = _int4_values(packed >> 4, MAGIC, dtype)
         return (tl.dot(xl, tl.trans(low), input_precision=PRECISION)
                 + tl.dot(xh, tl.trans(high), input_precision=PRECISION)) * scale[None, :]
-
-    @triton.jit
-    def _rstd(x_ptr, m, m_ok, kk, stride_xm, eps, K: tl.constexpr, NORM: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_K: tl.constexpr):
-        """1 / RMS of the input rows over the whole K (whatever slice of it a program sums); `eps` without the norm
-        (unused)."""
-        if NORM:
-            sq = tl.zeros([BLOCK_M], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                xs = tl.load(x_ptr + m[:, None] * stride_xm + (k0 + kk)[None, :], mask=m_ok[:, None], other=0.0)
-                xs = xs.to(tl.float32)
-                sq += tl.sum(xs * xs, 1)
-            rstd = 1.0 / tl.sqrt(sq / K + eps)
-        else:
-            rstd = eps
-        return rstd
 
     @triton.jit
     def _rstd_rows(x_ptr, m, M, stride_xm, eps, K: tl.constexpr, BLOCK_M: tl.constexpr):

@@ -27,6 +27,23 @@ def shared_rstd(sq_ptr, m, m_ok, eps, K: tl.constexpr):
 
 
 @triton.jit
+def _rstd(x_ptr, m, m_ok, kk, stride_xm, eps, K: tl.constexpr, NORM: tl.constexpr, BLOCK_M: tl.constexpr,
+          BLOCK_K: tl.constexpr):
+    """1 / RMS of the input rows over the whole K (whatever slice of it a program sums); `eps` without the norm
+    (unused)."""
+    if NORM:
+        sq = tl.zeros([BLOCK_M], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            xs = tl.load(x_ptr + m[:, None] * stride_xm + (k0 + kk)[None, :], mask=m_ok[:, None], other=0.0)
+            xs = xs.to(tl.float32)
+            sq += tl.sum(xs * xs, 1)
+        rstd = 1.0 / tl.sqrt(sq / K + eps)
+    else:
+        rstd = eps
+    return rstd
+
+
+@triton.jit
 def _epilogue(acc, acc2, res_ptr, out_ptr, sq_ptr, m, n, m_ok, n_ok, stride_om, stride_rm, dtype: tl.constexpr,
               GATED: tl.constexpr, RESIDUAL: tl.constexpr, SQUARES: tl.constexpr):
     out = acc

@@ -68,7 +68,7 @@ def _mma_ptx() -> str:
 
 
 if triton is not None:
-    from myassistant.chat.gemv_epilogue import _finish, shared_rstd
+    from myassistant.chat.gemv_epilogue import _finish, _rstd, shared_rstd
     from myassistant.chat.gemv_rows import _load
 
     MMA_PTX = tl.constexpr(_mma_ptx())
@@ -219,24 +219,6 @@ if triton is not None:
         return tl.reshape(tl.permute(sums, (1, 3, 2, 4, 0)), [8, 16 * T])
 
     @triton.jit
-    def _rows_rstd(x_ptr, sq_in_ptr, m, M, stride_xm, eps, K: tl.constexpr, NORM: tl.constexpr,
-                   SHARED_NORM: tl.constexpr):
-        """1 / RMS of input rows m ([8], M real) for NORM (from the squares handed on with SHARED_NORM)."""
-        rstd = tl.zeros([8], tl.float32)
-        if NORM and SHARED_NORM:
-            rstd = shared_rstd(sq_in_ptr, m, m < M, eps, K)
-        elif NORM:
-            for r in tl.static_range(8):
-                if r < M:
-                    sq = tl.zeros([1024], tl.float32)
-                    for k0 in tl.static_range(0, K, 1024):
-                        cols = k0 + tl.arange(0, 1024)
-                        xs = tl.load(x_ptr + r * stride_xm + cols, mask=cols < K, other=0.0).to(tl.float32)
-                        sq += xs * xs
-                    rstd = tl.where(m == r, 1.0 / tl.sqrt(tl.sum(sq, 0) / K + eps), rstd)
-        return rstd
-
-    @triton.jit
     def _mma_kernel(x_ptr, w_ptr, out_ptr, res_ptr, nw_ptr, ws_ptr, count_ptr, s_ptr, sq_in_ptr, sq_out_ptr, M,
                     stride_xm, stride_om, stride_rm, eps, N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr,
                     SHARED_NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, SQUARES: tl.constexpr,
@@ -252,7 +234,10 @@ if triton is not None:
         TRIPS: tl.constexpr = PART // KW
         STEP: tl.constexpr = KW * GROUP_WORDS // 4  # words of a row a trip moves on (16 a group)
         m = tl.arange(0, 8)
-        rstd = _rows_rstd(x_ptr, sq_in_ptr, m, M, stride_xm, eps, K, NORM, SHARED_NORM)
+        if NORM and SHARED_NORM:  # 1 / RMS of the input rows, from the squares handed on or from the rows
+            rstd = shared_rstd(sq_in_ptr, m, m < M, eps, K)
+        else:
+            rstd = _rstd(x_ptr, m, m < M, tl.arange(0, 128), stride_xm, eps, K, NORM, 8, 128)
         x_words = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
         nw_words = nw_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
         # [32 lanes, KW groups, T tiles] (the lanes first: the compiler gives a warp's threads to the first dimension
@@ -301,14 +286,14 @@ def candidates(n: int, k: int, rows: int = 8) -> list[tuple]:
     to 1 times the split: benchmarks/README.md, session 27); each is a compiled kernel a product at the warm-up."""
     groups = k // GROUP
     found = []
-    for per_trip, fewer in ((1, 1), (2, 1), (4, 1), (4, 2)) if rows == 1 else ((2, 1), (4, 1), (4, 2)):
+    for per_trip, fewer in ((1, 1), (2, 1)) if rows == 1 else ((2, 1), (4, 1), (4, 2)):
         split = 1
         while -(-n // 16) * split < TARGET_PROGRAMS and groups % (2 * split * per_trip) == 0 and split < 16:
             split *= 2
         split = max(split // fewer, 1)
         if groups % (split * per_trip) == 0:
             found.append((16, GROUP * per_trip, split, 1, TAG))
-    return list(dict.fromkeys(found[:2] if rows == 1 else found))
+    return list(dict.fromkeys(found))
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor,
