@@ -1,24 +1,28 @@
-"""Where the GPU time of one training step goes: kernel time by kind, one JSON line per case.
+"""Where the GPU time of a training step goes: kernel time by kind, one JSON line per case.
 
-    python -m benchmarks.profile_step ours_qlora1_d0_compile [ours_qlora4_d0_compile ...]   (SHAPE=1_8b | 7b)
+    python -m benchmarks.profile_step ours_qlora2_d0_graph_adam8_keep [...]   (SHAPE=1_8b | 7b)
+    PEER_DIR=.cache/i21_peer python -m benchmarks.profile_step unsloth_qlora2   (on the peer's site-packages)
 
-Runs the case's model as benchmarks/train_gpu.py builds it, 4 warm-up steps, then 2 steps under
-torch.profiler; prints the wall time a step, the summed kernel time a step (what a CUDA graph of the
-step cannot go below), the kernels that take most of it grouped by name prefix (TOP=25 of them:
-ms and launches a step), and the memory: weights, + LoRA gradients and optimizer state (static), peak.
+Ours: the case as benchmarks/train_gpu.py builds and times it, its timed steps under torch.profiler (the
+kernels of a CUDA graph's replay are recorded one by one). The peer: gpu_unsloth_peer.py's own case, its
+timed steps under the profiler (entered and left where it reads its clock). Each prints the case's row, then
+a ``profile`` row: wall and summed kernel time a step (what a graph of the step cannot go below), kernels a
+step, and the kernels that take most of it grouped by name (TOP=25 of them: ms and launches a step).
 """
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from benchmarks import train_gpu as tg
+CUDA = torch.cuda.is_available()
 
 
 def kind(name: str) -> str:
@@ -28,48 +32,67 @@ def kind(name: str) -> str:
     return re.sub(r"_\d+$", "", name)[:80]
 
 
-def profile_case(name: str, steps: int = 2, warm: int = 4) -> dict:
-    kind_, bs, variants = tg.parse_case(name)
-    cfg = tg.run_config(tg.build_checkpoint(), "qlora", 0.0 if "d0" in variants else 0.1)
-    model = tg.build(cfg, variants)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-4, fused=True)
-    data = tg.batches(kind_, bs, warm + steps, model.config.vocab_size, variants)
-
-    def step(batch):
-        batch = {k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    torch.cuda.reset_peak_memory_stats()
-    weights = torch.cuda.memory_allocated()
-    for batch, _, _ in data[:warm]:
-        step(batch)
-    torch.cuda.synchronize()
-    static, peak = torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()  # + grads, optimizer state
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        t0 = time.perf_counter()
-        for batch, _, _ in data[warm:]:
-            step(batch)
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t0) / steps
+def kernel_table(prof: torch.profiler.profile, steps: int) -> dict:
     by_kind, count, launches = collections.Counter(), collections.Counter(), 0
     for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            by_kind[kind(ev.name)] += ev.device_time_total / 1e3 / steps
+        if ev.device_type == (torch.autograd.DeviceType.CUDA if CUDA else torch.autograd.DeviceType.CPU):
+            by_kind[kind(ev.name)] += (ev.device_time_total if CUDA else ev.self_cpu_time_total) / 1e3 / steps
             count[kind(ev.name)] += 1
             launches += 1
-    total = sum(by_kind.values())
-    return dict(case=name, shape=tg.SHAPE, wall_ms=round(wall * 1e3, 1), kernel_ms=round(total, 1),
-                kernels_per_step=launches // steps, weights_gib=round(weights / 2**30, 3),
-                static_gib=round(static / 2**30, 3), peak_gib=round(peak / 2**30, 3),
-                top={k: [round(v, 2), count[k] // steps] for k, v in by_kind.most_common(int(os.environ.get("TOP", 25)))})
+    return dict(kernel_ms=round(sum(by_kind.values()), 1), kernels_per_step=launches // steps,
+                top={k: [round(v, 2), count[k] // steps]
+                     for k, v in by_kind.most_common(int(os.environ.get("TOP", 25)))})
+
+
+def profiler() -> torch.profiler.profile:
+    """GPU kernels; on a machine without one (a smoke run), the CPU's operators instead."""
+    return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA if CUDA
+                                              else torch.profiler.ProfilerActivity.CPU])
+
+
+def profile_ours(name: str, steps: int = 4) -> dict:
+    from benchmarks import train_gpu as tg  # not at the top: it imports transformers, which Unsloth must precede
+
+    prof = profiler()
+    row = tg.train_case(name, steps=steps, profiler=prof)
+    tg.emit(row)
+    return dict(profile=name, shape=tg.SHAPE, wall_ms=round(row["step_s"] * 1e3, 1), **kernel_table(prof, steps))
+
+
+class _ClockThatProfiles:
+    """The peer module's ``time``: its first perf_counter() (the timed steps begin) enters the profiler, its
+    second (they ended, after a synchronize) leaves it."""
+
+    def __init__(self, prof: torch.profiler.profile):
+        self.prof, self.reads = prof, 0
+
+    def perf_counter(self) -> float:
+        now = time.perf_counter()
+        self.reads += 1
+        if self.reads == 1:
+            self.prof.__enter__()
+            now = time.perf_counter()
+        elif self.reads == 2:
+            self.prof.__exit__(None, None, None)
+        return now
+
+
+def profile_peer(name: str, steps: int = 4) -> dict:
+    path = Path(os.environ.get("PEER_DIR", ".cache/i21_peer")) / "gpu_unsloth_peer.py"
+    spec = importlib.util.spec_from_file_location("gpu_unsloth_peer", path)
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    if peer.IMPORT_ERROR is not None:
+        raise peer.IMPORT_ERROR
+    peer.make()
+    prof = profiler()
+    clock = _ClockThatProfiles(prof)
+    peer.time = clock
+    peer.train_case(name, steps=steps, **peer.CASES[name])  # prints its own row
+    assert clock.reads >= 2, "the peer's loop no longer reads its clock twice"
+    return dict(profile=name, shape=os.environ.get("SHAPE", "1_8b"), **kernel_table(prof, steps))
 
 
 if __name__ == "__main__":
     for case in sys.argv[1:]:
-        print(json.dumps(profile_case(case)), flush=True)
+        print(json.dumps(profile_peer(case) if case.startswith("unsloth_") else profile_ours(case)), flush=True)

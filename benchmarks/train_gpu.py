@@ -191,7 +191,9 @@ def parse_case(name: str) -> tuple[str, int, set[str]]:
     return parts[1].rstrip("0123456789"), int(parts[1].lstrip("abcdefghijklmnopqrstuvwxyz")), set(parts[2:])
 
 
-def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
+def train_case(name: str, steps: int = 10, warm: int = 3,
+               profiler: contextlib.AbstractContextManager | None = None) -> dict:
+    """One case's timed steps; ``profiler`` (e.g. torch.profiler.profile) is entered around them only."""
     kind, bs, variants = parse_case(name)
     if variants & {"compile", "ro", "graph"}:
         warm = max(warm, 6)  # compiled layers recompile once or twice until varying sizes are marked dynamic
@@ -230,12 +232,15 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
 
         step = GraphedStep(forward_backward, params)
     samples = tokens = 0
+    timed_steps = contextlib.ExitStack()
     for i, (batch, n_samples, n_tokens) in enumerate(data):
         if i == warm:
             if CUDA:
                 torch.cuda.synchronize()
                 peak_warm = torch.cuda.max_memory_allocated()  # a graph's capture: replays allocate in its pool
                 torch.cuda.reset_peak_memory_stats()
+            if profiler is not None:
+                timed_steps.enter_context(profiler)
             t0 = time.perf_counter()
         batch = {k: v.to(DEVICE, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss = step(batch)
@@ -247,6 +252,7 @@ def train_case(name: str, steps: int = 10, warm: int = 3) -> dict:
     if CUDA:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    timed_steps.close()
     timed = len(data) - warm
     row = dict(case=name, shape=SHAPE, bs=bs, seq=SEQ, tokens_per_s=round(tokens / dt), step_s=round(dt / timed, 4),
                graphs=len(step.graphs) if step is not forward_backward else None,

@@ -44,15 +44,16 @@ def test_folded_weight_is_dequantised_weight_plus_adapter(n_out, n_in, quant_typ
 
 
 
-def float_ops_of_the_kernel_for_sm90(nested: bool) -> list[str]:
-    """The float32 arithmetic of the fold kernel's PTX for an H100 / H200, compiled without a GPU."""
+def float_ops_of_the_kernel_for_sm90(nested: bool, kernel=None) -> list[str]:
+    """The float32 arithmetic of the fold kernel's PTX (or ``kernel``'s, a copy of it) for an H100 / H200, compiled
+    without a GPU."""
     import re
 
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel = qlora_fold._kernel().fn
+    kernel = kernel or qlora_fold._kernel().fn
     pointers = dict(q_ptr="u8", absmax_ptr="u8" if nested else "fp32", absmax2_ptr="fp32", code2_ptr="fp32",
                     offset_ptr="fp32", code_ptr="fp32", a_ptr="fp32", b_ptr="fp32", out_ptr="bf16")
     consts = dict(BLOCKSIZE=64, BLOCKSIZE2=256, NESTED=nested, R=64, BM=64, BN=128)
@@ -73,6 +74,26 @@ def test_double_quantised_absmax_is_rounded_twice_as_bitsandbytes_does():
     assert nested.count("mul.rn.f32") == plain.count("mul.rn.f32") + 1
     assert nested.count("add.f32") == plain.count("add.f32") + 1
     assert nested.count("fma.rn.f32") == plain.count("fma.rn.f32") > 0
+
+
+def test_the_fold_kernel_builds_from_the_copy_torch_compile_makes_of_it(tmp_path):
+    """Inside a compiled layer, Inductor runs a copy of the kernel: its source and the Triton helpers it finds in the
+    kernel's module globals, written to a module of its own. A helper the kernel reached otherwise (a closure) was
+    missing there: every compiled layer fell back to eager and the step's CUDA graph failed (7B bs2: 6,402 tok/s
+    instead of ~10,700, session 28). The copy must build, to the same arithmetic."""
+    import importlib.util
+
+    pytest.importorskip("triton")
+    from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code
+
+    copy = tmp_path / "inductor_copy.py"  # Triton reads a kernel's source from its file
+    copy.write_text("import triton\nimport triton.language as tl\n\n@triton.jit\n"
+                    + user_defined_triton_kernel_transitive_closure_source_code(qlora_fold._kernel().fn))
+    spec = importlib.util.spec_from_file_location("inductor_copy", copy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for nested in (True, False):
+        assert float_ops_of_the_kernel_for_sm90(nested, module.fold_kernel) == float_ops_of_the_kernel_for_sm90(nested)
 
 
 @pytest.mark.gpu

@@ -44,11 +44,6 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def mul_rounded(x, y):  # x * y rounded on its own: never contracted into a fused multiply-add with a sum after it
-        return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [x, y], dtype=tl.float32, is_pure=True,
-                                         pack=1)
-
     @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
                               for bm, bn, w in ((64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 256, 8),
                                                 (256, 128, 8), (128, 64, 4))],
@@ -75,9 +70,12 @@ def _kernel():
         in_blocks = in_rows & (blk < n_in // BLOCKSIZE)[None, :]
         if NESTED:  # double quantisation: the blocks' absmax are 8-bit codes, with their own blockwise scale;
             # rounded twice, as bitsandbytes does (its product, then + offset in another op): a fused multiply-add
-            # moves ~8 % of the absmax by one unit and, now and then, a bf16 weight (a gpu test failed so once)
-            absmax = mul_rounded(tl.load(code2_ptr + tl.load(absmax_ptr + at, mask=in_blocks, other=0).to(tl.int32)),
-                                 tl.load(absmax2_ptr + at // BLOCKSIZE2, mask=in_blocks, other=0.0)) + tl.load(offset_ptr)
+            # moves ~8 % of the absmax by one unit and, now and then, a bf16 weight (a gpu test failed so once).
+            # Written here, not as a helper: a compiled layer runs a copy of this kernel that lacks local helpers
+            code = tl.load(code2_ptr + tl.load(absmax_ptr + at, mask=in_blocks, other=0).to(tl.int32))
+            scale2 = tl.load(absmax2_ptr + at // BLOCKSIZE2, mask=in_blocks, other=0.0)
+            absmax = tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [code, scale2], dtype=tl.float32,
+                                               is_pure=True, pack=1) + tl.load(offset_ptr)
         else:
             absmax = tl.load(absmax_ptr + at, mask=in_blocks, other=0.0)
         w = tl.reshape(tl.reshape(w, (BM, NB, BLOCKSIZE)) * absmax[:, :, None], (BM, BN))
