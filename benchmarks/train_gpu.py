@@ -343,7 +343,7 @@ PAIRS = [  # (ours, peer, field): the issue's targets are ratios against these p
 def report(path: Path) -> None:
     rows = {}
     for line in path.read_text().splitlines():
-        if line.startswith("{"):
+        if line.startswith('{"case"'):  # not profile_step's rows
             r = json.loads(line)
             rows[r["case"] + ("@7b" if r.get("shape") == "7b" else "")] = r
     for ours, peer, key in PAIRS:
