@@ -343,8 +343,8 @@ PAIRS = [  # (ours, peer, field): the issue's targets are ratios against these p
 def report(path: Path) -> None:
     rows = {}
     for line in path.read_text().splitlines():
-        if line.startswith('{"case"'):  # not profile_step's rows
-            r = json.loads(line)
+        r = json.loads(line) if line.startswith("{") else {}
+        if "case" in r:  # not profile_step's rows
             rows[r["case"] + ("@7b" if r.get("shape") == "7b" else "")] = r
     for ours, peer, key in PAIRS:
         if ours in rows and peer in rows and key in rows[ours] and key in rows[peer]:
