@@ -12,7 +12,8 @@
 # and 2), 1_8b (Unsloth bs4; ours bs3, and bs4 with 8-bit AdamW), fold (the fold kernel vs bitsandbytes'
 # dequantisation, 7B shapes), profile (Unsloth's and our 7B bs2 step under torch.profiler: kernel time by kind);
 # each part has its own time limit (T_<part>). Ours runs each case without and with `_keep` (train.qlora_keep_folded,
-# `train`'s default since 2026-12-02 session 11); CASES_7B / CASES_1_8B / PEER_1_8B change the cases. All parts with
+# `train`'s default since 2026-12-02 session 11); CASES_7B / CASES_1_8B / PEER_7B / PEER_1_8B / CASES_PROFILE /
+# PEER_PROFILE change the cases (an empty PEER_* runs no peer). All parts with
 # these defaults need more than one call's 10 minutes: split them, e.g. PARTS="tests 7b", then PARTS="1_8b fold".
 set -o pipefail
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
@@ -52,7 +53,7 @@ for part in $PARTS; do
     profile) [ -n "${PEER_PROFILE-x}" ] && SHAPE=7b PYTHONPATH=/tmp/site_peer:$PWD PEER_DIR=$P timeout "${T_profile_peer:-200}" \
                  python3 -m benchmarks.profile_step ${PEER_PROFILE-unsloth_qlora2} 2>&1 | tee -a "$OUT/log_peer" | json
              SHAPE=7b ours "${T_profile:-200}" benchmarks.profile_step ${CASES_PROFILE:-ours_qlora2_d0_graph_adam8_keep} ;;
-    7b) SHAPE=7b peer "${T_7b_peer:-170}" unsloth_qlora1 unsloth_qlora2
+    7b) [ -n "${PEER_7B-x}" ] && SHAPE=7b peer "${T_7b_peer:-170}" ${PEER_7B-unsloth_qlora1 unsloth_qlora2}
         SHAPE=7b ours "${T_7b:-300}" benchmarks.train_gpu ${CASES_7B:-$(with_keep ours_qlora1_d0_graph_adam8 \
                                                                                ours_qlora2_d0_graph_adam8)} ;;
     1_8b) peer "${T_1_8b_peer:-70}" ${PEER_1_8B:-unsloth_qlora4}
