@@ -66,10 +66,10 @@ def test_the_fold_kernel_under_tritons_interpreter():
     pytest.importorskip("triton")
     pytest.importorskip("bitsandbytes")
     run_interpreted("import functools, test_qlora_fold as t\n"
-                    "for shape, quant_type, nested, rank, bm, bh in (((128, 256), 'nf4', True, 64, 64, 64),"
-                    " ((96, 192), 'fp4', True, 8, 64, 64), ((64, 384), 'nf4', False, 16, 32, 128)):\n"
+                    "for shape, quant_type, nested, rank, bm, bn in (((128, 256), 'nf4', True, 64, 64, 128),"
+                    " ((96, 192), 'fp4', True, 8, 64, 128), ((64, 384), 'nf4', False, 16, 32, 256)):\n"
                     "    t.check_fold(t.quantized_weight_on_the_cpu(*shape, quant_type, nested), rank,"
-                    " functools.partial(t.qlora_fold.folded_weight_launched, BM=bm, BH=bh, ASM=False), interpreted=True)")
+                    " functools.partial(t.qlora_fold.folded_weight_launched, BM=bm, BN=bn, ASM=False), interpreted=True)")
 
 
 
@@ -85,7 +85,7 @@ def float_ops_of_the_kernel_for_sm90(nested: bool, kernel=None) -> list[str]:
     kernel = kernel or qlora_fold._kernel().fn
     pointers = dict(q_ptr="u8", absmax_ptr="u8" if nested else "fp32", absmax2_ptr="fp32", code2_ptr="fp32",
                     offset_ptr="fp32", code_ptr="fp32", a_ptr="fp32", b_ptr="fp32", out_ptr="bf16")
-    consts = dict(BLOCKSIZE=64, BLOCKSIZE2=256, NESTED=nested, R=64, BM=64, BH=64, ASM=True)
+    consts = dict(BLOCKSIZE=64, BLOCKSIZE2=256, NESTED=nested, R=64, BM=64, BN=128, ASM=True)
     signature = {name: "constexpr" if name in consts else f"*{pointers[name]}" if name in pointers
                  else "fp32" if name == "scale" else "i32" for name in kernel.arg_names}
     source = ASTSource(fn=kernel, signature=signature,
@@ -100,7 +100,7 @@ def test_double_quantised_absmax_is_rounded_twice_as_bitsandbytes_does():
     the gpu test above once. Read from the kernel's sm_90 PTX: separately rounded multiplies, each with its add,
     where the kernel without nesting has none, and no fused multiply-add more."""
     nested, plain = float_ops_of_the_kernel_for_sm90(True), float_ops_of_the_kernel_for_sm90(False)
-    # an absmax a pair of weights: its product, then its add, where the plain kernel has neither
+    # an absmax's product, then its add, where the plain kernel has neither
     assert nested.count("mul.rn.f32") == nested.count("add.f32") > 0
     assert plain.count("mul.rn.f32") == plain.count("add.f32") == 0
     assert nested.count("fma.rn.f32") == plain.count("fma.rn.f32") > 0
@@ -162,8 +162,10 @@ def test_kept_folded_weights_fold_each_layer_twice_a_step_and_change_nothing(tin
     # W' for backward itself (the op is pure, so AOTAutograd may save its output: 25 of 28 folds on an H200)
     assert layers > 0 and kept_folds == 2 * layers and layers <= folds <= 2 * layers, (folds, kept_folds, layers)
     assert kept_loss == pytest.approx(loss, rel=1e-5)
+    # the two compiled graphs (with and without a checkpoint) round their bf16 intermediates apart: 6.8e-3 of a
+    # gradient's norm on an H200 (session 28); a wrong W' for the backward would be off by its whole size
     for name, g in grads.items():
-        assert (kept_grads[name] - g).norm() <= 1e-3 * g.norm().clamp_min(1e-12), name
+        assert (kept_grads[name] - g).norm() <= 2e-2 * g.norm().clamp_min(1e-12), name
 
 
 @pytest.mark.parametrize("keep", [False, True])

@@ -44,57 +44,57 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.autotune(configs=[triton.Config({"BM": bm, "BH": bh}, num_warps=w)
-                              for bm, bh, w in ((64, 64, 4), (128, 64, 4), (128, 64, 8), (64, 128, 4),
-                                                (128, 128, 8), (256, 64, 8))],
+    @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
+                              for bm, bn, w in ((64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 256, 8),
+                                                (256, 128, 8), (128, 64, 4))],
                      key=["n_out", "n_in", "R"])
     @triton.jit
     def fold_kernel(q_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, a_ptr, b_ptr, out_ptr,
                     scale, n_out, n_in, rank,
                     BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, R: tl.constexpr,
-                    BM: tl.constexpr, BH: tl.constexpr, ASM: tl.constexpr):
-        # A tile is BM rows x BH bytes of the packed weight, each byte two weights: bitsandbytes packs column 2j
-        # in the high nibble, 2j + 1 in the low one. The two columns stay apart (two adapter products, over A's
-        # even and odd columns) and meet only as the two bf16 halves of the 32-bit word written for them: no
-        # interleave in registers, every value in the layout of the products' sums (n_in % BLOCKSIZE == 0).
+                    BM: tl.constexpr, BN: tl.constexpr, ASM: tl.constexpr):
+        # a tile is BM rows x BN columns; n_in % BLOCKSIZE == 0 and BN % BLOCKSIZE == 0 (``foldable``), so
+        # each row of a tile holds whole quantisation blocks
+        NB: tl.constexpr = BN // BLOCKSIZE
         rm = tl.program_id(0) * BM + tl.arange(0, BM)
-        j = tl.program_id(1) * BH + tl.arange(0, BH)
+        rn = tl.program_id(1) * BN + tl.arange(0, BN)
         rows = rm.to(tl.int64)[:, None]
-        inside = (rm < n_out)[:, None] & (j < n_in // 2)[None, :]
-        rk = tl.arange(0, R)
-        b = tl.load(b_ptr + rows * rank + rk[None, :], mask=(rm < n_out)[:, None] & (rk < rank)[None, :], other=0.0)
-        a = tl.load(a_ptr + rk[:, None, None] * n_in + (2 * j)[None, :, None] + tl.arange(0, 2)[None, None, :],
-                    mask=(rk < rank)[:, None, None] & (j < n_in // 2)[None, :, None], other=0.0)
-        a_even, a_odd = tl.split(a.to(tl.bfloat16))  # autocast's precision for the adapter
-        b = b.to(tl.bfloat16)
-        even = tl.dot(b, a_even) * scale
-        odd = tl.dot(b, a_odd) * scale
-        byte = tl.load(q_ptr + rows * (n_in // 2) + j[None, :], mask=inside, other=0).to(tl.int32)
-        at = rows * (n_in // BLOCKSIZE) + (2 * j // BLOCKSIZE)[None, :]  # each weight's block, the pair's too
+        in_rows = (rm < n_out)[:, None]
+        half = tl.program_id(1) * (BN // 2) + tl.arange(0, BN // 2)
+        byte = tl.load(q_ptr + rows * (n_in // 2) + half[None, :], mask=in_rows & (half < n_in // 2)[None, :],
+                       other=0).to(tl.int32)
+        # bitsandbytes packs element 2j in the high nibble, 2j + 1 in the low one
+        w = tl.reshape(tl.join(tl.load(code_ptr + (byte >> 4)), tl.load(code_ptr + (byte & 15))), (BM, BN))
+        blk = tl.program_id(1) * NB + tl.arange(0, NB)
+        at = rows * (n_in // BLOCKSIZE) + blk[None, :]
+        in_blocks = in_rows & (blk < n_in // BLOCKSIZE)[None, :]
         if NESTED:  # double quantisation: the blocks' absmax are 8-bit codes, with their own blockwise scale;
             # rounded twice, as bitsandbytes does (its product, then + offset in another op): a fused multiply-add
             # moves ~8 % of the absmax by one unit and, now and then, a bf16 weight (a gpu test failed so once).
             # Written here, not as a helper: a compiled layer runs a copy of this kernel that lacks local helpers
-            code = tl.load(code2_ptr + tl.load(absmax_ptr + at, mask=inside, other=0).to(tl.int32))
-            scale2 = tl.load(absmax2_ptr + at // BLOCKSIZE2, mask=inside, other=0.0)
+            code = tl.load(code2_ptr + tl.load(absmax_ptr + at, mask=in_blocks, other=0).to(tl.int32))
+            scale2 = tl.load(absmax2_ptr + at // BLOCKSIZE2, mask=in_blocks, other=0.0)
             if ASM:
                 absmax = tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [code, scale2], dtype=tl.float32,
                                                    is_pure=True, pack=1) + tl.load(offset_ptr)
             else:  # Triton's interpreter (no PTX), which rounds every operation on its own
                 absmax = code * scale2 + tl.load(offset_ptr)
         else:
-            absmax = tl.load(absmax_ptr + at, mask=inside, other=0.0)
-        even += tl.load(code_ptr + (byte >> 4)) * absmax
-        odd += tl.load(code_ptr + (byte & 15)) * absmax
+            absmax = tl.load(absmax_ptr + at, mask=in_blocks, other=0.0)
+        w = tl.reshape(tl.reshape(w, (BM, NB, BLOCKSIZE)) * absmax[:, :, None], (BM, BN))
+        rk = tl.arange(0, R)
+        b = tl.load(b_ptr + rows * rank + rk[None, :], mask=in_rows & (rk < rank)[None, :], other=0.0)
+        a = tl.load(a_ptr + rk[:, None] * n_in + rn[None, :], mask=(rk < rank)[:, None] & (rn < n_in)[None, :],
+                    other=0.0)
+        w += scale * tl.dot(b.to(tl.bfloat16), a.to(tl.bfloat16))  # autocast's precision for the adapter
         if ASM:
-            word = (even.to(out_ptr.dtype.element_ty).to(tl.uint16, bitcast=True).to(tl.uint32)
-                    | (odd.to(out_ptr.dtype.element_ty).to(tl.uint16, bitcast=True).to(tl.uint32) << 16))
+            tl.store(out_ptr + rows * n_in + rn[None, :], w.to(out_ptr.dtype.element_ty),
+                     mask=in_rows & (rn < n_in)[None, :])
         else:  # the interpreter's float32 -> bf16 truncates: rounded to nearest even here (bf16 out only)
-            even_bits, odd_bits = even.to(tl.uint32, bitcast=True), odd.to(tl.uint32, bitcast=True)
-            even_bits += 0x7FFF + ((even_bits >> 16) & 1)
-            odd_bits += 0x7FFF + ((odd_bits >> 16) & 1)
-            word = (even_bits >> 16) | (odd_bits & 0xFFFF0000)
-        tl.store(out_ptr.to(tl.pointer_type(tl.uint32)) + rows * (n_in // 2) + j[None, :], word, mask=inside)
+            bits = w.to(tl.uint32, bitcast=True)
+            bits += 0x7FFF + ((bits >> 16) & 1)
+            tl.store(out_ptr.to(tl.pointer_type(tl.uint16)) + rows * n_in + rn[None, :], (bits >> 16).to(tl.uint16),
+                     mask=in_rows & (rn < n_in)[None, :])
 
     return fold_kernel
 
@@ -125,7 +125,7 @@ def _op():
 def _launch(kernel, quant: tuple, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float, meta: tuple,
             **tile) -> torch.Tensor:
     """``kernel`` (the fold kernel, or it wrapped for the custom op) run over the whole weight into a new tensor;
-    ``tile`` (BM, BH, num_warps; ASM=False under Triton's interpreter) for the kernel without its autotuner."""
+    ``tile`` (BM, BN, num_warps; ASM=False under Triton's interpreter) for the kernel without its autotuner."""
     import triton
 
     n_out, n_in, blocksize, blocksize2, nested, dtype = meta
@@ -133,7 +133,7 @@ def _launch(kernel, quant: tuple, lora_a: torch.Tensor, lora_b: torch.Tensor, sc
     rank = lora_a.shape[0]
 
     def grid(config):
-        return triton.cdiv(n_out, config["BM"]), triton.cdiv(n_in // 2, config["BH"])
+        return triton.cdiv(n_out, config["BM"]), triton.cdiv(n_in, config["BN"])
     kernel[grid](*quant, lora_a, lora_b, out, scale, n_out, n_in, rank, BLOCKSIZE=blocksize, BLOCKSIZE2=blocksize2,
                  NESTED=nested, R=max(16, triton.next_power_of_2(rank)), **{"ASM": True, **tile})
     return out
@@ -162,7 +162,7 @@ def folded_weight(weight, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: flo
 
 
 def folded_weight_launched(weight, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float, **tile) -> torch.Tensor:
-    """``folded_weight`` launched straight, not as the custom op, with one ``tile`` (BM, BH) instead of the autotuned
+    """``folded_weight`` launched straight, not as the custom op, with one ``tile`` (BM, BN) instead of the autotuned
     ones: on a CPU too, under Triton's interpreter (tests)."""
     quant, meta = _quant_args(weight)
     return _launch(_kernel().fn, quant, lora_a, lora_b, float(scale), meta, **tile)
