@@ -44,63 +44,57 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=stages)
-                              for bm, bn, w, stages in ((128, 128, 8, 3), (64, 128, 4, 3), (128, 64, 4, 3),
-                                                        (256, 64, 8, 3), (128, 128, 8, 2), (64, 256, 8, 2))],
+    @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
+                              for bm, bn, w in ((64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 256, 8),
+                                                (256, 128, 8), (128, 64, 4))],
                      key=["n_out", "n_in", "R"])
     @triton.jit
     def fold_kernel(q_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, a_ptr, b_ptr, out_ptr,
                     scale, n_out, n_in, rank,
                     BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, R: tl.constexpr,
                     BM: tl.constexpr, BN: tl.constexpr, ASM: tl.constexpr):
-        # A program folds BM rows over a run of BN-column tiles: the adapter's B rows are read once, and the loop
-        # reads the next tiles while it folds one (software pipelining). n_in % BLOCKSIZE == 0 and
-        # BN % BLOCKSIZE == 0 (``foldable``), so each row of a tile holds whole quantisation blocks.
+        # a tile is BM rows x BN columns; n_in % BLOCKSIZE == 0 and BN % BLOCKSIZE == 0 (``foldable``), so
+        # each row of a tile holds whole quantisation blocks
         NB: tl.constexpr = BN // BLOCKSIZE
         rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        rn = tl.program_id(1) * BN + tl.arange(0, BN)
         rows = rm.to(tl.int64)[:, None]
         in_rows = (rm < n_out)[:, None]
+        half = tl.program_id(1) * (BN // 2) + tl.arange(0, BN // 2)
+        byte = tl.load(q_ptr + rows * (n_in // 2) + half[None, :], mask=in_rows & (half < n_in // 2)[None, :],
+                       other=0).to(tl.int32)
+        # bitsandbytes packs element 2j in the high nibble, 2j + 1 in the low one
+        w = tl.reshape(tl.join(tl.load(code_ptr + (byte >> 4)), tl.load(code_ptr + (byte & 15))), (BM, BN))
+        blk = tl.program_id(1) * NB + tl.arange(0, NB)
+        at = rows * (n_in // BLOCKSIZE) + blk[None, :]
+        in_blocks = in_rows & (blk < n_in // BLOCKSIZE)[None, :]
+        if NESTED:  # double quantisation: the blocks' absmax are 8-bit codes, with their own blockwise scale;
+            # rounded twice, as bitsandbytes does (its product, then + offset in another op): a fused multiply-add
+            # moves ~8 % of the absmax by one unit and, now and then, a bf16 weight (a gpu test failed so once).
+            # Written here, not as a helper: a compiled layer runs a copy of this kernel that lacks local helpers
+            code = tl.load(code2_ptr + tl.load(absmax_ptr + at, mask=in_blocks, other=0).to(tl.int32))
+            scale2 = tl.load(absmax2_ptr + at // BLOCKSIZE2, mask=in_blocks, other=0.0)
+            if ASM:
+                absmax = tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [code, scale2], dtype=tl.float32,
+                                                   is_pure=True, pack=1) + tl.load(offset_ptr)
+            else:  # Triton's interpreter (no PTX), which rounds every operation on its own
+                absmax = code * scale2 + tl.load(offset_ptr)
+        else:
+            absmax = tl.load(absmax_ptr + at, mask=in_blocks, other=0.0)
+        w = tl.reshape(tl.reshape(w, (BM, NB, BLOCKSIZE)) * absmax[:, :, None], (BM, BN))
         rk = tl.arange(0, R)
         b = tl.load(b_ptr + rows * rank + rk[None, :], mask=in_rows & (rk < rank)[None, :], other=0.0)
-        b = b.to(tl.bfloat16)  # autocast's precision for the adapter
-        tiles = tl.cdiv(n_in, BN)
-        per_program = tl.cdiv(tiles, tl.num_programs(1))
-        for tile in tl.range(tl.program_id(1) * per_program, tl.minimum((tl.program_id(1) + 1) * per_program, tiles)):
-            rn = tile * BN + tl.arange(0, BN)
-            half = tile * (BN // 2) + tl.arange(0, BN // 2)
-            byte = tl.load(q_ptr + rows * (n_in // 2) + half[None, :], mask=in_rows & (half < n_in // 2)[None, :],
-                           other=0).to(tl.int32)
-            # bitsandbytes packs element 2j in the high nibble, 2j + 1 in the low one
-            w = tl.reshape(tl.join(tl.load(code_ptr + (byte >> 4)), tl.load(code_ptr + (byte & 15))), (BM, BN))
-            blk = tile * NB + tl.arange(0, NB)
-            at = rows * (n_in // BLOCKSIZE) + blk[None, :]
-            in_blocks = in_rows & (blk < n_in // BLOCKSIZE)[None, :]
-            if NESTED:  # double quantisation: the blocks' absmax are 8-bit codes, with their own blockwise scale;
-                # rounded twice, as bitsandbytes does (its product, then + offset in another op): a fused
-                # multiply-add moves ~8 % of the absmax by one unit and, now and then, a bf16 weight (a gpu test
-                # failed so once). Written here, not as a helper: a compiled layer runs a copy of this kernel that
-                # lacks local helpers
-                code = tl.load(code2_ptr + tl.load(absmax_ptr + at, mask=in_blocks, other=0).to(tl.int32))
-                scale2 = tl.load(absmax2_ptr + at // BLOCKSIZE2, mask=in_blocks, other=0.0)
-                if ASM:
-                    absmax = tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [code, scale2],
-                                                       dtype=tl.float32, is_pure=True, pack=1) + tl.load(offset_ptr)
-                else:  # Triton's interpreter (no PTX), which rounds every operation on its own
-                    absmax = code * scale2 + tl.load(offset_ptr)
-            else:
-                absmax = tl.load(absmax_ptr + at, mask=in_blocks, other=0.0)
-            w = tl.reshape(tl.reshape(w, (BM, NB, BLOCKSIZE)) * absmax[:, :, None], (BM, BN))
-            a = tl.load(a_ptr + rk[:, None] * n_in + rn[None, :], mask=(rk < rank)[:, None] & (rn < n_in)[None, :],
-                        other=0.0)
-            w += scale * tl.dot(b, a.to(tl.bfloat16))
-            if ASM:
-                tl.store(out_ptr + rows * n_in + rn[None, :], w.to(out_ptr.dtype.element_ty),
-                         mask=in_rows & (rn < n_in)[None, :])
-            else:  # the interpreter's float32 -> bf16 truncates: rounded to nearest even here (bf16 out only)
-                bits = w.to(tl.uint32, bitcast=True)
-                bits += 0x7FFF + ((bits >> 16) & 1)
-                tl.store(out_ptr.to(tl.pointer_type(tl.uint16)) + rows * n_in + rn[None, :],
-                         (bits >> 16).to(tl.uint16), mask=in_rows & (rn < n_in)[None, :])
+        a = tl.load(a_ptr + rk[:, None] * n_in + rn[None, :], mask=(rk < rank)[:, None] & (rn < n_in)[None, :],
+                    other=0.0)
+        w += scale * tl.dot(b.to(tl.bfloat16), a.to(tl.bfloat16))  # autocast's precision for the adapter
+        if ASM:
+            tl.store(out_ptr + rows * n_in + rn[None, :], w.to(out_ptr.dtype.element_ty),
+                     mask=in_rows & (rn < n_in)[None, :])
+        else:  # the interpreter's float32 -> bf16 truncates: rounded to nearest even here (bf16 out only)
+            bits = w.to(tl.uint32, bitcast=True)
+            bits += 0x7FFF + ((bits >> 16) & 1)
+            tl.store(out_ptr.to(tl.pointer_type(tl.uint16)) + rows * n_in + rn[None, :], (bits >> 16).to(tl.uint16),
+                     mask=in_rows & (rn < n_in)[None, :])
 
     return fold_kernel
 
@@ -138,11 +132,8 @@ def _launch(kernel, quant: tuple, lora_a: torch.Tensor, lora_b: torch.Tensor, sc
     out = torch.empty((n_out, n_in), dtype=dtype, device=quant[0].device)
     rank = lora_a.shape[0]
 
-    sms = torch.cuda.get_device_properties(out.device).multi_processor_count if out.is_cuda else 1
-
-    def grid(config):  # about two programs an SM, each over a run of column tiles
-        row_tiles, col_tiles = triton.cdiv(n_out, config["BM"]), triton.cdiv(n_in, config["BN"])
-        return row_tiles, max(1, min(col_tiles, triton.cdiv(2 * sms, row_tiles)))
+    def grid(config):
+        return triton.cdiv(n_out, config["BM"]), triton.cdiv(n_in, config["BN"])
     kernel[grid](*quant, lora_a, lora_b, out, scale, n_out, n_in, rank, BLOCKSIZE=blocksize, BLOCKSIZE2=blocksize2,
                  NESTED=nested, R=max(16, triton.next_power_of_2(rank)), **{"ASM": True, **tile})
     return out
