@@ -85,6 +85,35 @@ def test_fast_path_matches_plain_transformers_peft_on_cpu(tiny_checkpoint, tmp_p
     assert 0 < loss < 20
 
 
+def test_a_layer_torch_compile_cannot_build_runs_eagerly_with_one_warning(tiny_checkpoint, tmp_path, monkeypatch,
+                                                                          caplog):
+    """Inductor failing (as on a GPU when the fold kernel's copy lacked a helper): the layers run eagerly, the
+    gradients are eager's, and training says so once, not only in torch's own warnings."""
+    import torch._inductor.compile_fx
+
+    def broken_inductor(*args, **kwargs):
+        raise NameError("mul_rounded is not defined")
+
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", broken_inductor)
+    monkeypatch.setattr(fast.COMPILE_ERRORS, "told", False)
+    torch._dynamo.reset()
+    cfg = run_config(tiny_checkpoint, tmp_path, "lora")
+    eager = build_model(cfg)
+    randomize_lora(eager)
+    eager.train()
+    compiled = fast.apply(copy.deepcopy(eager), cfg, compile=True)
+    fast.apply(eager, cfg)
+    batch = fast.collate(packed_samples(eager.config.vocab_size))
+    loss, grads = loss_and_grads(eager, batch)
+    with caplog.at_level("WARNING", logger="myassistant.trainer.gpu.fast"):
+        for _ in range(2):
+            c_loss, c_grads = loss_and_grads(compiled, batch)
+    torch._dynamo.reset()
+    assert c_loss == loss and all(torch.equal(c_grads[name], g) for name, g in grads.items())
+    warned = [r.getMessage() for r in caplog.records if r.name == "myassistant.trainer.gpu.fast"]
+    assert len(warned) == 1 and "runs eagerly" in warned[0] and "mul_rounded is not defined" in warned[0], warned
+
+
 def test_compiled_layers_match_eager_and_keep_only_the_checkpointed_inputs(tiny_checkpoint, tmp_path):
     """train.compile: the same loss and gradients; with activation checkpointing, a forward keeps what
     the eager one keeps (the checkpoint is taken around the compiled layer, not traced inside it)."""
@@ -95,7 +124,7 @@ def test_compiled_layers_match_eager_and_keep_only_the_checkpointed_inputs(tiny_
     compiled = fast.apply(copy.deepcopy(eager), cfg, compile=True)
     fast.apply(eager, cfg)
     batch = fast.collate(packed_samples(eager.config.vocab_size))
-    results = {}
+    results, failed = {}, len(fast.COMPILE_ERRORS.errors)
     for name, peft_model in (("eager", eager), ("compiled", compiled)):
         peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         for _ in range(2):  # the first compiled call compiles; the second is what training repeats
@@ -104,6 +133,7 @@ def test_compiled_layers_match_eager_and_keep_only_the_checkpointed_inputs(tiny_
                 loss, grads = loss_and_grads(peft_model, batch)
         results[name] = loss, grads, sum(saved)
     (loss, grads, kept), (c_loss, c_grads, c_kept) = results["eager"], results["compiled"]
+    assert len(fast.COMPILE_ERRORS.errors) == failed  # every layer compiled
     assert abs(c_loss - loss) <= 1e-5 * abs(loss)
     for name, g in grads.items():
         assert (c_grads[name] - g).norm() <= 1e-4 * g.norm().clamp_min(1e-12), name

@@ -134,6 +134,9 @@ def _compile_layers(lm: torch.nn.Module, mode: str | None, keep_folded: bool = F
     (generation during training, with a growing cache) stay eager: nothing to recompile per token.
     """
     torch._dynamo.config.suppress_errors = True  # a layer that fails to compile runs eagerly, with a warning
+    dynamo_log = logging.getLogger("torch._dynamo.convert_frame")  # where torch says why (_layer_call tells it too)
+    if COMPILE_ERRORS not in dynamo_log.handlers:
+        dynamo_log.addHandler(COMPILE_ERRORS)
     for layer in _decoder(lm).layers:
         forward = types.MethodType(getattr(type(layer).forward, "__wrapped__", type(layer).forward), layer)
         compiled = torch.compile(forward, mode=mode)
@@ -147,11 +150,39 @@ def _layer_call(layer: torch.nn.Module, eager, compiled, rng: bool, keep_folded:
     if keep_folded and layer.__dict__.get("keeps_folded") is not checkpointed:  # once, again if checkpointing changes
         qlora_fold.keep_for_backward(layer, checkpointed)  # without a checkpoint every layer's W' would stay alive
         layer.keeps_folded = checkpointed
+    failed = len(COMPILE_ERRORS.errors)
     if checkpointed:
         kwargs.pop("use_cache", None)
         # the RNG state matters to the recompute only with dropout; reading it is not allowed in a CUDA graph
-        return checkpoint(compiled, *args, use_reentrant=False, preserve_rng_state=rng, **kwargs)
-    return compiled(*args, **kwargs)
+        out = checkpoint(compiled, *args, use_reentrant=False, preserve_rng_state=rng, **kwargs)
+    else:
+        out = compiled(*args, **kwargs)
+    if len(COMPILE_ERRORS.errors) > failed and not COMPILE_ERRORS.told:
+        COMPILE_ERRORS.told = True
+        log.warning("torch.compile failed on a decoder layer, which runs eagerly: training is slower and its step may "
+                    "not become a CUDA graph (%s)", COMPILE_ERRORS.errors[-1])
+    return out
+
+
+class _CompileErrors(logging.Handler):
+    """The errors torch._dynamo suppressed (``suppress_errors``: the frame runs eagerly, and torch only logs why;
+    a layer's kernel that failed to build once made every layer eager, unseen): one line each."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.errors: list[str] = []
+        self.told = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err = record.exc_info[1] if record.exc_info else None
+        while err is not None and (getattr(err, "inner_exception", None) or err.__cause__) is not None:
+            err = getattr(err, "inner_exception", None) or err.__cause__  # torch wraps the backend's error
+        first = (str(err).strip().splitlines() or [""])[0] if err is not None else ""
+        self.errors.append(f"{type(err).__name__}: {first}"[:200] if err is not None
+                           else record.getMessage().splitlines()[0][:200])
+
+
+COMPILE_ERRORS = _CompileErrors()  # listens from the first _compile_layers on
 
 
 def uses_rng(module: torch.nn.Module) -> bool:
