@@ -85,6 +85,17 @@ def test_fast_path_matches_plain_transformers_peft_on_cpu(tiny_checkpoint, tmp_p
     assert 0 < loss < 20
 
 
+def eager_and_compiled(tiny_checkpoint, tmp_path):
+    """A LoRA model on the fast path, eager, its copy with compiled decoder layers, and a packed batch."""
+    cfg = run_config(tiny_checkpoint, tmp_path, "lora")
+    eager = build_model(cfg)
+    randomize_lora(eager)
+    eager.train()
+    compiled = fast.apply(copy.deepcopy(eager), cfg, compile=True)
+    fast.apply(eager, cfg)
+    return eager, compiled, fast.collate(packed_samples(eager.config.vocab_size))
+
+
 def test_a_layer_torch_compile_cannot_build_runs_eagerly_with_one_warning(tiny_checkpoint, tmp_path, monkeypatch,
                                                                           caplog):
     """Inductor failing (as on a GPU when the fold kernel's copy lacked a helper): the layers run eagerly, the
@@ -97,13 +108,7 @@ def test_a_layer_torch_compile_cannot_build_runs_eagerly_with_one_warning(tiny_c
     monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", broken_inductor)
     monkeypatch.setattr(fast.COMPILE_ERRORS, "told", False)
     torch._dynamo.reset()
-    cfg = run_config(tiny_checkpoint, tmp_path, "lora")
-    eager = build_model(cfg)
-    randomize_lora(eager)
-    eager.train()
-    compiled = fast.apply(copy.deepcopy(eager), cfg, compile=True)
-    fast.apply(eager, cfg)
-    batch = fast.collate(packed_samples(eager.config.vocab_size))
+    eager, compiled, batch = eager_and_compiled(tiny_checkpoint, tmp_path)
     loss, grads = loss_and_grads(eager, batch)
     with caplog.at_level("WARNING", logger="myassistant.trainer.gpu.fast"):
         for _ in range(2):
@@ -117,13 +122,7 @@ def test_a_layer_torch_compile_cannot_build_runs_eagerly_with_one_warning(tiny_c
 def test_compiled_layers_match_eager_and_keep_only_the_checkpointed_inputs(tiny_checkpoint, tmp_path):
     """train.compile: the same loss and gradients; with activation checkpointing, a forward keeps what
     the eager one keeps (the checkpoint is taken around the compiled layer, not traced inside it)."""
-    cfg = run_config(tiny_checkpoint, tmp_path, "lora")
-    eager = build_model(cfg)
-    randomize_lora(eager)
-    eager.train()
-    compiled = fast.apply(copy.deepcopy(eager), cfg, compile=True)
-    fast.apply(eager, cfg)
-    batch = fast.collate(packed_samples(eager.config.vocab_size))
+    eager, compiled, batch = eager_and_compiled(tiny_checkpoint, tmp_path)
     results, failed = {}, len(fast.COMPILE_ERRORS.errors)
     for name, peft_model in (("eager", eager), ("compiled", compiled)):
         peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
