@@ -78,19 +78,14 @@ def float_ops_of_the_kernel_for_sm90(nested: bool, kernel=None) -> list[str]:
     without a GPU."""
     import re
 
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    pytest.importorskip("triton")
+    from benchmarks.gemv_ptx import compile_ptx
 
     kernel = kernel or qlora_fold._kernel().fn
     pointers = dict(q_ptr="u8", absmax_ptr="u8" if nested else "fp32", absmax2_ptr="fp32", code2_ptr="fp32",
                     offset_ptr="fp32", code_ptr="fp32", a_ptr="fp32", b_ptr="fp32", out_ptr="bf16")
     consts = dict(BLOCKSIZE=64, BLOCKSIZE2=256, NESTED=nested, R=64, BM=64, BN=128, ASM=True)
-    signature = {name: "constexpr" if name in consts else f"*{pointers[name]}" if name in pointers
-                 else "fp32" if name == "scale" else "i32" for name in kernel.arg_names}
-    source = ASTSource(fn=kernel, signature=signature,
-                       constexprs={(kernel.arg_names.index(name),): value for name, value in consts.items()})
-    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
+    ptx = compile_ptx(kernel, consts, pointers, 4).asm["ptx"]
     return re.findall(r"\b(?:mul|fma|add)\.[a-z.]*f32\b", ptx)
 
 
