@@ -60,8 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.decode_cpu import SHAPES, tiny_tokenizer  # noqa: E402
 from benchmarks.decode_quality_gpu import (agreement, bf16_reference, checksum, modules_reference,  # noqa: E402
                                            steps_vs_prefill, teacher_forced)
-from myassistant.chat import (ChatEngine, GenerationSettings, GenerationStats, gemv, int_weights,  # noqa: E402
-                              scratch, weight_only)
+from myassistant.chat import (ChatEngine, GenerationSettings, GenerationStats, gemv, gemv_mma,  # noqa: E402
+                              int_weights, scratch, weight_only)
 from myassistant.chat.batch import bucket  # noqa: E402
 
 def emit(case: str, **fields) -> None:
@@ -264,7 +264,8 @@ HANDED = {0: "", 1: "", 2: "_sq"}
 
 def tile_label(rows: int) -> str:
     """A pick's label for chat.gemv.tile_rows' tile: a decode step's one row or several, or a prefill's tile."""
-    return "row" if rows == 1 else "rows8" if rows <= 8 else "rows" if rows <= gemv.MAX_ROWS else f"prefill{rows}"
+    return ("row" if rows == 1 else f"rows{gemv_mma.ROWS}" if rows <= gemv_mma.ROWS else "rows" if rows <= gemv.MAX_ROWS
+            else f"prefill{rows}")
 
 
 def products_timed(bandwidth: float) -> dict:

@@ -212,8 +212,8 @@ def tile_rows(rows: int) -> int:
     """The rows of the tile a product of `rows` rows runs in: 1 (chat.gemv_rows' candidates too), 8 (chat.gemv_mma's
     too), MAX_ROWS (a decode step's), or a prefill's power of two from 32; each its own pick (the tensor-core kernel's
     tile has at least MAX_ROWS rows)."""
-    if rows <= 8:
-        return 1 if rows == 1 else 8
+    if rows <= gemv_mma.ROWS:
+        return 1 if rows == 1 else gemv_mma.ROWS
     return MAX_ROWS if rows <= MAX_ROWS else max(32, 1 << (rows - 1).bit_length())
 
 

@@ -43,6 +43,7 @@ except ImportError:  # CPU-only installs
     triton = None
 
 TAG = "mma"  # the stages field of a configuration: chat.gemv's `_launch` sends it here
+ROWS = 8  # input rows a product takes at most: an mma.m16n8k16's n, one input row per group of 4 lanes
 TARGET_PROGRAMS = 2048  # programs of one warp a launch should have (as chat.gemv_rows')
 
 
@@ -303,7 +304,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torc
     """The product of up to 8 bf16 rows `x` [m, K] with the int4 `weight` / `scale` (chat.gemv's arguments, squares
     and buffers)."""
     block_n, block_k, split, warps, _ = config
-    assert x.shape[0] <= 8 and x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.dtype == torch.bfloat16
+    assert x.shape[0] <= ROWS and x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.dtype == torch.bfloat16
     assert weight.dtype == torch.uint8 and weight.is_contiguous() and scale.is_contiguous()
     assert scale.dtype == torch.float32
     n = out.shape[1]

@@ -61,7 +61,7 @@ def all_candidates(n: int, k: int, quant: int, gated: bool, x: torch.Tensor, pre
     found = tile_candidates(n, k, quant) if prefill else candidates(n, k, quant)
     if rows == 1 and x.dtype in (torch.bfloat16, torch.float16) and rows_kernels:
         found += gemv_rows.candidates(n, k, quant) if quant else gemv_dense_rows.candidates(n, k, gated)
-    if rows <= 8 and quant == 4 and x.dtype == torch.bfloat16 and x.is_cuda and mma:
+    if rows <= gemv_mma.ROWS and quant == 4 and x.dtype == torch.bfloat16 and x.is_cuda and mma:
         found = (found if rows == 1 else found[:1]) + gemv_mma.candidates(n, k, rows)
     return found
 
