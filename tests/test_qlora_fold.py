@@ -104,7 +104,7 @@ def test_the_fold_kernel_builds_from_the_copy_torch_compile_makes_of_it(tmp_path
     """Inside a compiled layer, Inductor runs a copy of the kernel: its source and the Triton helpers it finds in the
     kernel's module globals, written to a module of its own. A helper the kernel reached otherwise (a closure) was
     missing there: every compiled layer fell back to eager and the step's CUDA graph failed (7B bs2: 6,402 tok/s
-    instead of ~10,700, session 28). The copy must build, to the same arithmetic."""
+    instead of 10,469 once fixed, session 28). The copy must build, to the same arithmetic."""
     import importlib.util
 
     pytest.importorskip("triton")
