@@ -5,7 +5,9 @@
 For each linear layer shape of the model: microseconds for bitsandbytes' ``dequantize_4bit`` (what
 peft's QLoRA layer runs before its GEMM), for that plus the adapter product added in (``W + s B A``
 with cuBLAS: the unfused way to fold), and for the fold kernel, which writes ``W + s B A`` in one
-pass; with the effective bandwidth of the fold (bytes of bf16 written).
+pass; with the effective bandwidth of the fold (bytes of bf16 written). ``tiles_us``: the kernel with each tile of
+``TILES`` alone (BM x BN / warps: the autotuned list and smaller ones, of fewer registers a thread);
+``fold_bf16_adapters_us``: the autotuned fold given bf16 adapters (they are fp32, the optimizer's copy).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import torch
 
 from myassistant.trainer.gpu import qlora_fold
 
+TILES = [(64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 256, 8), (256, 128, 8), (128, 64, 4),
+         (64, 64, 4), (64, 128, 8), (128, 64, 8), (128, 128, 16), (64, 64, 8), (32, 128, 4), (32, 256, 8)]
 SHAPES = {"1_8b": dict(wqkv=(4096, 2048), wo=(2048, 2048), w1=(8192, 2048), w2=(2048, 8192)),
           "7b": dict(wqkv=(6144, 4096), wo=(4096, 4096), w1=(14336, 4096), w2=(4096, 14336))}
 
@@ -55,10 +59,15 @@ def main() -> None:
 
         dequant = time_us(lambda: bnbf.dequantize_4bit(weight, weight.quant_state))
         fold = time_us(lambda: qlora_fold.folded_weight(weight, lora_a, lora_b, 0.25))
+        a16, b16 = lora_a.bfloat16(), lora_b.bfloat16()
+        bf16_adapters = time_us(lambda: qlora_fold.folded_weight(weight, a16, b16, 0.25))
+        tiles = {f"{bm}x{bn}/{w}": round(time_us(lambda: qlora_fold.folded_weight_launched(
+            weight, lora_a, lora_b, 0.25, BM=bm, BN=bn, num_warps=w)), 1) for bm, bn, w in TILES}
         print(json.dumps(dict(case=f"fold_{name}", shape=[n_out, n_in], bnb_dequant_us=round(dequant, 1),
                               dequant_plus_addmm_us=round(time_us(unfused), 1), fold_us=round(fold, 1),
                               fold_vs_dequant=round(dequant / fold, 2),
-                              fold_gb_s=round(n_out * n_in * 2.5 / fold / 1e3))), flush=True)
+                              fold_gb_s=round(n_out * n_in * 2.5 / fold / 1e3),
+                              fold_bf16_adapters_us=round(bf16_adapters, 1), tiles_us=tiles)), flush=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ checkpointing), ``offload`` (checkpointed layer inputs kept in pinned CPU memory
 ``cce`` (the loss by cut_cross_entropy, not ``trainer.lm_loss``'s), ``graph`` (compiled layers and each
 micro-step replayed as a CUDA graph, ``trainer.graphs``: what ``train`` runs on a GPU with lora_dropout 0;
 short rows padded to static sizes), ``keep`` (with ``graph`` / ``compile``: each QLoRA layer keeps the W' its
-checkpoint's recompute folds for its backward, ``train.qlora_keep_folded``, ``train``'s default).
+checkpoint's recompute folds for its backward, ``train.qlora_keep_folded``, ``train``'s default), ``full`` (with
+``graph`` / ``compile``: the checkpoint's recompute runs each layer in full, its MLP output product too, as before
+``fast.apply(skip_last_product=...)``).
 """
 from __future__ import annotations
 
@@ -146,7 +148,8 @@ def build(cfg, variants: set[str]):
     cfg.train.lm_loss = "cce" if "cce" in variants else "auto"
     cfg.train.qlora_keep_folded = "keep" in variants
     if "plain" not in variants:
-        fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else bool(variants & {"compile", "graph"}))
+        fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else bool(variants & {"compile", "graph"}),
+                   skip_last_product="full" not in variants)
     if "nockpt" not in variants:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

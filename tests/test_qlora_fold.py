@@ -120,38 +120,49 @@ def test_the_fold_kernel_builds_from_the_copy_torch_compile_makes_of_it(tmp_path
         assert float_ops_of_the_kernel_for_sm90(nested, module.fold_kernel) == float_ops_of_the_kernel_for_sm90(nested)
 
 
+def compiled_qlora(tiny_checkpoint, tmp_path, **apply):
+    """The tiny model as ``train`` runs it on a GPU (folded QLoRA, compiled layers, W' kept), a packed batch, and how
+    many folded layers it has."""
+    pytest.importorskip("bitsandbytes")
+    from test_fast_path import packed_samples, randomize_lora, run_config
+    from myassistant.trainer.gpu import fast
+    from myassistant.trainer.lora import build_model
+
+    cfg = run_config(tiny_checkpoint, tmp_path, "qlora")
+    torch.manual_seed(0)  # the same adapters each call
+    model = build_model(cfg)
+    randomize_lora(model)
+    cfg.train.qlora_keep_folded = True
+    fast.apply(model, cfg, compile=True, **apply)
+    model.config.use_cache = False
+    model.train()
+    return model, fast.collate(packed_samples(model.config.vocab_size)), sum(hasattr(m, "_peft_forward")
+                                                                              for m in model.modules())
+
+
+def profiled_step(model, batch) -> tuple[float, dict, list[str]]:
+    """Loss, LoRA gradients and the CUDA kernels' names of a step (after one to compile and autotune)."""
+    from test_fast_path import loss_and_grads
+
+    loss_and_grads(model, batch)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        loss, grads = loss_and_grads(model, batch)
+        torch.cuda.synchronize()
+    return loss, grads, [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 @pytest.mark.gpu
 @gpu
 def test_kept_folded_weights_fold_each_layer_twice_a_step_and_change_nothing(tiny_checkpoint, tmp_path):
     """``train.qlora_keep_folded`` (the default), compiled layers under activation checkpointing: the W' the recompute
     builds serves the backward, so a step folds each layer twice (first forward, recompute), not three times,
     with the loss and gradients of the same model without a checkpoint (which folds in forward and backward)."""
-    pytest.importorskip("bitsandbytes")
-    from test_fast_path import loss_and_grads, packed_samples, randomize_lora, run_config
-    from myassistant.trainer.gpu import fast
-    from myassistant.trainer.lora import build_model
-
-    cfg = run_config(tiny_checkpoint, tmp_path, "qlora")
-    model = build_model(cfg)
-    randomize_lora(model)
-    cfg.train.qlora_keep_folded = True
-    fast.apply(model, cfg, compile=True)
-    model.config.use_cache = False
-    model.train()
-    batch = fast.collate(packed_samples(model.config.vocab_size))
-    layers = sum(hasattr(m, "_peft_forward") for m in model.modules())
-
-    def step_and_folds():
-        loss_and_grads(model, batch)  # compiles, autotunes
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            loss, grads = loss_and_grads(model, batch)
-            torch.cuda.synchronize()
-        return loss, grads, sum(e.device_type == torch.autograd.DeviceType.CUDA and "fold_kernel" in e.name
-                                for e in prof.events())
-
-    loss, grads, folds = step_and_folds()
+    model, batch, layers = compiled_qlora(tiny_checkpoint, tmp_path)
+    loss, grads, kernels = profiled_step(model, batch)
+    folds = sum("fold_kernel" in k for k in kernels)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    kept_loss, kept_grads, kept_folds = step_and_folds()
+    kept_loss, kept_grads, kernels = profiled_step(model, batch)
+    kept_folds = sum("fold_kernel" in k for k in kernels)
     # without a checkpoint a layer folds in forward and in backward, unless the compiled graph keeps the forward's
     # W' for backward itself (the op is pure, so AOTAutograd may save its output: 25 of 28 folds on an H200)
     assert layers > 0 and kept_folds == 2 * layers and layers <= folds <= 2 * layers, (folds, kept_folds, layers)
@@ -160,6 +171,28 @@ def test_kept_folded_weights_fold_each_layer_twice_a_step_and_change_nothing(tin
     # gradient's norm on an H200 (session 28); a wrong W' for the backward would be off by its whole size
     for name, g in grads.items():
         assert (kept_grads[name] - g).norm() <= 2e-2 * g.norm().clamp_min(1e-12), name
+
+
+@pytest.mark.gpu
+@gpu
+def test_the_recompute_skips_each_layers_last_product_and_changes_nothing(tiny_checkpoint, tmp_path):
+    """Compiled, checkpointed decoder layers (``fast.LAST_PRODUCT``): the recompute leaves out the MLP's output
+    product (fewer GEMMs a step, the same folds) and the step's loss and LoRA gradients are those of the recompute
+    in full (``skip_last_product=False``)."""
+    steps = []
+    for skip in (False, True):
+        model, batch, layers = compiled_qlora(tiny_checkpoint, tmp_path, skip_last_product=skip)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        steps.append(profiled_step(model, batch))
+    (loss, grads, kernels), (skip_loss, skip_grads, skip_kernels) = steps
+
+    def gemms(names):
+        return sum(any(k in name.lower() for k in ("gemm", "nvjet", "cutlass", "sm90")) for name in names)
+    assert sum("fold_kernel" in k for k in skip_kernels) == sum("fold_kernel" in k for k in kernels) == 2 * layers
+    assert 0 < gemms(skip_kernels) < gemms(kernels), (gemms(skip_kernels), gemms(kernels))
+    assert skip_loss == pytest.approx(loss, rel=1e-5)
+    for name, g in grads.items():  # the saved tensors are the same; only the thrown-away layer output differs
+        assert (skip_grads[name] - g).norm() <= 1e-3 * g.norm().clamp_min(1e-12), name
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -181,7 +214,7 @@ def test_kept_w_under_a_checkpoint_folds_twice_a_step_with_the_same_gradients(mo
                   for shape in ((24, 16), (2, 5, 16), (4, 16), (24, 4)))
     for t in (x, a, b):
         t.requires_grad_()
-    layer = lambda x: qlora_fold._FoldedLinear.apply(x, a, b, 0.5, (), keep, w).square().sum()  # noqa: E731
+    layer = lambda x: qlora_fold._FoldedLinear.apply(x, a, b, 0.5, (), keep, False, w).square().sum()  # noqa: E731
     checkpoint(layer, x, use_reentrant=False).backward()
     assert len(folds) == (2 if keep else 3)
     got = [t.grad.clone() for t in (x, a, b)]
@@ -189,4 +222,41 @@ def test_kept_w_under_a_checkpoint_folds_twice_a_step_with_the_same_gradients(mo
         t.grad = None
     torch.nn.functional.linear(x, w + 0.5 * b @ a).square().sum().backward()
     for mine, want in zip(got, (x.grad, a.grad, b.grad)):
+        torch.testing.assert_close(mine, want)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_recompute_skips_the_product_whose_output_backward_never_reads(monkeypatch, keep):
+    """A layer ``h = x + L1(x); out = h + L2(relu(h))`` under a checkpoint whose recompute runs in
+    ``qlora_fold.recomputing()`` (what trainer.gpu.fast does; L2 stands for a decoder layer's MLP output product):
+    the recompute saves L2's input (and W') but does not multiply, so a step runs three products where it ran four,
+    and x, A and B get the gradients of the layer computed in full (CPU; the fold as W + s B A in torch)."""
+    from contextlib import nullcontext
+
+    from torch.utils.checkpoint import checkpoint
+
+    monkeypatch.setattr(qlora_fold, "_folded", lambda quant, meta, lora_a, lora_b, scale: quant[0] + scale * lora_b @ lora_a)
+    g = torch.Generator().manual_seed(0)
+    x, w1, a1, b1, w2, a2, b2 = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in
+                                 ((2, 5, 16), (16, 16), (4, 16), (16, 4), (16, 16), (4, 16), (16, 4)))
+    meta = (16, 16, 64, 1, False, torch.float64)  # n_out ... dtype, as _quant_args gives them
+    leaves = (x, a1, b1, a2, b2)
+    for t in leaves:
+        t.requires_grad_()
+
+    def layer(x):
+        h = x + qlora_fold._FoldedLinear.apply(x, a1, b1, 0.5, meta, keep, False, w1)
+        return h + qlora_fold._FoldedLinear.apply(h.relu(), a2, b2, 0.5, meta, keep, qlora_fold._recomputing, w2)
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        checkpoint(layer, x, use_reentrant=False,
+                   context_fn=lambda: (nullcontext(), qlora_fold.recomputing())).square().sum().backward()
+    assert sum(e.name == "aten::linear" for e in prof.events()) == 3  # forward 2, recompute 1
+    assert not qlora_fold._recomputing
+    got = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    h = x + torch.nn.functional.linear(x, w1 + 0.5 * b1 @ a1)
+    (h + torch.nn.functional.linear(h.relu(), w2 + 0.5 * b2 @ a2)).square().sum().backward()
+    for mine, want in zip(got, (t.grad for t in leaves)):
         torch.testing.assert_close(mine, want)

@@ -29,6 +29,7 @@ Wiring in ``trainer/train.py`` (after ``model = build_model(cfg)``)::
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import types
@@ -91,7 +92,8 @@ def _next_power_of_two(n: int, least: int) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
-def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> torch.nn.Module:
+def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False,
+          skip_last_product: bool = True) -> torch.nn.Module:
     """Switch a (peft-wrapped) causal LM to the fast path in place; returns it.
 
     ``compile``: torch.compile each decoder layer (a string: with that torch.compile mode).
@@ -100,6 +102,9 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> t
     QLoRA layer keeps the W' its recompute builds for its backward (``qlora_fold._FoldedLinear``: two folds a step
     instead of three, one layer's bf16 weights more at the peak; +8 % at 7B bs1, +3 % at 1.8B bs3 on an H200,
     benchmarks/README.md).
+    ``skip_last_product`` (with ``compile``): a checkpointed layer's recompute skips the MLP's output product where
+    the layer is one of ``LAST_PRODUCT``'s and that product a folded QLoRA layer (``qlora_fold.recomputing``);
+    False recomputes it (benchmarks' ``full`` variant).
     """
     keep_folded = cfg is not None and cfg.train.qlora_keep_folded
     lm = _causal_lm(model)
@@ -119,13 +124,21 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False) -> t
     if _decoder(lm) is not lm.model:  # a Llava
         lm.vision_trains = any(p.requires_grad for p in lm.model.vision_tower.parameters())
     if compile:
-        _compile_layers(lm, compile if isinstance(compile, str) else None, keep_folded)
+        _compile_layers(lm, compile if isinstance(compile, str) else None, keep_folded, skip_last_product)
     log.info("fast path: chunked linear cross-entropy (trainer.lm_loss), varlen flash attention for packed rows%s",
              ", compiled decoder layers" if compile else "")
     return model
 
 
-def _compile_layers(lm: torch.nn.Module, mode: str | None, keep_folded: bool = False) -> None:
+# Decoder layers whose MLP output product feeds only the residual sum that is the layer's output (no norm after
+# it, as Gemma's layers have): backward needs its input and weights, never its output, so a checkpoint's recompute
+# can skip the product (a 7B layer's largest GEMM but one).
+LAST_PRODUCT = {"LlamaDecoderLayer": "mlp.down_proj", "MistralDecoderLayer": "mlp.down_proj",
+                "Qwen2DecoderLayer": "mlp.down_proj", "Qwen3DecoderLayer": "mlp.down_proj"}
+
+
+def _compile_layers(lm: torch.nn.Module, mode: str | None, keep_folded: bool = False,
+                    skip_last_product: bool = True) -> None:
     """torch.compile each decoder layer's forward for training, the activation checkpoint around it.
 
     transformers takes the checkpoint inside ``forward``; compiled whole, that region keeps every
@@ -138,6 +151,9 @@ def _compile_layers(lm: torch.nn.Module, mode: str | None, keep_folded: bool = F
     if COMPILE_ERRORS not in dynamo_log.handlers:
         dynamo_log.addHandler(COMPILE_ERRORS)
     for layer in _decoder(lm).layers:
+        last = LAST_PRODUCT.get(type(layer).__name__) if skip_last_product else None
+        if last is not None and hasattr(layer.get_submodule(last), "_peft_forward"):  # folded by qlora_fold
+            layer.get_submodule(last).skip_in_recompute = True
         forward = types.MethodType(getattr(type(layer).forward, "__wrapped__", type(layer).forward), layer)
         compiled = torch.compile(forward, mode=mode)
         layer.forward = functools.partial(_layer_call, layer, forward, compiled, uses_rng(layer), keep_folded)
@@ -154,7 +170,8 @@ def _layer_call(layer: torch.nn.Module, eager, compiled, rng: bool, keep_folded:
     if checkpointed:
         kwargs.pop("use_cache", None)
         # the RNG state matters to the recompute only with dropout; reading it is not allowed in a CUDA graph
-        out = checkpoint(compiled, *args, use_reentrant=False, preserve_rng_state=rng, **kwargs)
+        out = checkpoint(compiled, *args, use_reentrant=False, preserve_rng_state=rng, context_fn=_recompute_context,
+                         **kwargs)
     else:
         out = compiled(*args, **kwargs)
     if len(COMPILE_ERRORS.errors) > failed and not COMPILE_ERRORS.told:
@@ -162,6 +179,10 @@ def _layer_call(layer: torch.nn.Module, eager, compiled, rng: bool, keep_folded:
         log.warning("torch.compile failed on a decoder layer, which runs eagerly: training is slower and its step may "
                     "not become a CUDA graph (%s)", COMPILE_ERRORS.errors[-1])
     return out
+
+
+def _recompute_context():
+    return contextlib.nullcontext(), qlora_fold.recomputing()
 
 
 class _CompileErrors(logging.Handler):

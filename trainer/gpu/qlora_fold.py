@@ -21,6 +21,7 @@ peft's forward. ``train.qlora_fold: false`` turns it off.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import types
@@ -185,13 +186,17 @@ class _FoldedLinear(torch.autograd.Function):
     saves nothing, and the W' its recompute builds serves the backward, which then builds none: two folds a
     step instead of three, for one layer's W' alive between its recompute and its backward). Without a
     checkpoint every layer's W' would stay alive until backward, so W' is rebuilt there instead.
+    ``skip``: the recompute of a layer whose output nothing in backward reads (``recomputing``): what backward
+    needs is saved, the product is not computed (its place is held by zeros that take no memory).
     """
 
     @staticmethod
-    def forward(ctx, x, lora_a, lora_b, scale, meta, keep, *quant):
-        w = _folded(quant, meta, lora_a, lora_b, scale)
+    def forward(ctx, x, lora_a, lora_b, scale, meta, keep, skip, *quant):
+        w = _folded(quant, meta, lora_a, lora_b, scale) if keep or not skip else None
         ctx.save_for_backward(x, lora_a, lora_b, *((w,) if keep else quant))
         ctx.scale, ctx.meta, ctx.keep, ctx.n_quant = scale, meta, keep, len(quant)
+        if skip:
+            return x.new_zeros((), dtype=meta[-1]).expand(*x.shape[:-1], meta[0])
         return F.linear(x.to(w.dtype), w)
 
     @staticmethod
@@ -205,7 +210,24 @@ class _FoldedLinear(torch.autograd.Function):
         xa = (x2 @ lora_a.to(w.dtype).t()) * ctx.scale  # [tokens, r]
         grad_a = (dyb.t() @ x2).to(lora_a.dtype)
         grad_b = (dy2.t() @ xa).to(lora_b.dtype)
-        return (dx, grad_a, grad_b, None, None, None) + (None,) * ctx.n_quant
+        return (dx, grad_a, grad_b, None, None, None, None) + (None,) * ctx.n_quant
+
+
+_recomputing = False  # True while an activation checkpoint recomputes a layer (``recomputing``)
+
+
+@contextlib.contextmanager
+def recomputing():
+    """The recompute of an activation checkpoint (``checkpoint(..., context_fn=...)``'s second context): folded
+    layers marked ``skip_in_recompute`` (a decoder layer's last product, ``trainer.gpu.fast``) save what their
+    backward needs and skip their product, whose output only the thrown-away layer output reads. A compiled
+    layer reads the flag as a constant: torch.compile keeps one graph with it and one without."""
+    global _recomputing
+    before, _recomputing = _recomputing, True
+    try:
+        yield
+    finally:
+        _recomputing = before
 
 
 def keep_for_backward(module: torch.nn.Module, keep: bool) -> None:
@@ -245,8 +267,9 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             or len(names) != 1 or names[0] not in self.lora_A):
         return self._peft_forward(x, *args, **kwargs)
     quant, meta = _quant_args(self.get_base_layer().weight)
+    skip = _recomputing and getattr(self, "skip_in_recompute", False)
     return _FoldedLinear.apply(x, self.lora_A[names[0]].weight, self.lora_B[names[0]].weight,
-                               float(self.scaling[names[0]]), meta, getattr(self, "keep_folded", False), *quant)
+                               float(self.scaling[names[0]]), meta, getattr(self, "keep_folded", False), skip, *quant)
 
 
 def apply(model: torch.nn.Module) -> int:
