@@ -6,8 +6,9 @@ For each linear layer shape of the model: microseconds for bitsandbytes' ``dequa
 peft's QLoRA layer runs before its GEMM), for that plus the adapter product added in (``W + s B A``
 with cuBLAS: the unfused way to fold), and for the fold kernel, which writes ``W + s B A`` in one
 pass; with the effective bandwidth of the fold (bytes of bf16 written). ``tiles_us``: the kernel with each tile of
-``TILES`` alone (BM x BN / warps: the autotuned list and smaller ones, of fewer registers a thread);
-``fold_bf16_adapters_us``: the autotuned fold given bf16 adapters (they are fp32, the optimizer's copy).
+``TILES`` alone, given bf16 adapters (BM x BN / warps: the autotuned list and others); ``fold_us`` is what a layer
+runs (the fp32 adapters, the optimizer's copy, cast to bf16, then the autotuned kernel), ``fold_bf16_adapters_us``
+the kernel alone.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def main() -> None:
         a16, b16 = lora_a.bfloat16(), lora_b.bfloat16()
         bf16_adapters = time_us(lambda: qlora_fold.folded_weight(weight, a16, b16, 0.25))
         tiles = {f"{bm}x{bn}/{w}": round(time_us(lambda: qlora_fold.folded_weight_launched(
-            weight, lora_a, lora_b, 0.25, BM=bm, BN=bn, num_warps=w)), 1) for bm, bn, w in TILES}
+            weight, a16, b16, 0.25, BM=bm, BN=bn, num_warps=w)), 1) for bm, bn, w in TILES}
         print(json.dumps(dict(case=f"fold_{name}", shape=[n_out, n_in], bnb_dequant_us=round(dequant, 1),
                               dequant_plus_addmm_us=round(time_us(unfused), 1), fold_us=round(fold, 1),
                               fold_vs_dequant=round(dequant / fold, 2),

@@ -153,7 +153,12 @@ def _compile_layers(lm: torch.nn.Module, mode: str | None, keep_folded: bool = F
     for layer in _decoder(lm).layers:
         last = LAST_PRODUCT.get(type(layer).__name__) if skip_last_product else None
         if last is not None and hasattr(layer.get_submodule(last), "_peft_forward"):  # folded by qlora_fold
-            layer.get_submodule(last).skip_in_recompute = True
+            product = layer.get_submodule(last)
+            product.skip_in_recompute = True
+            # run eagerly between two compiled graphs: the graph before it is then the same in the forward and the
+            # recompute, which must save the same tensors (the checkpoint checks; one graph for both cases saved
+            # different ones); the product alone is a fold and a GEMM, nothing for Inductor to fuse
+            product.forward = torch.compiler.disable(product.forward)
         forward = types.MethodType(getattr(type(layer).forward, "__wrapped__", type(layer).forward), layer)
         compiled = torch.compile(forward, mode=mode)
         layer.forward = functools.partial(_layer_call, layer, forward, compiled, uses_rng(layer), keep_folded)
