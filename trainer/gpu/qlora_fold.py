@@ -46,8 +46,8 @@ def _kernel():
     import triton.language as tl
 
     @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
-                              for bm, bn, w in ((64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 256, 8),
-                                                (256, 128, 8), (128, 64, 4), (64, 64, 4), (128, 64, 8))],
+                              for bm, bn, w in ((64, 128, 4), (128, 64, 4), (64, 64, 4), (128, 128, 8),
+                                                (128, 256, 8), (256, 128, 8))],
                      key=["n_out", "n_in", "R"])
     @triton.jit
     def fold_kernel(q_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, a_ptr, b_ptr, out_ptr,
