@@ -39,9 +39,28 @@ def kernel_table(prof: torch.profiler.profile, steps: int) -> dict:
             by_kind[kind(ev.name)] += (ev.device_time_total if CUDA else ev.self_cpu_time_total) / 1e3 / steps
             count[kind(ev.name)] += 1
             launches += 1
-    return dict(kernel_ms=round(sum(by_kind.values()), 1), kernels_per_step=launches // steps,
+    return dict(kernel_ms=round(sum(by_kind.values()), 1), kernels_per_step=launches // steps, **idle_table(prof, steps),
                 top={k: [round(v, 2), count[k] // steps]
                      for k, v in by_kind.most_common(int(os.environ.get("TOP", 25)))})
+
+
+def idle_table(prof: torch.profiler.profile, steps: int, long_us: float = 20.0) -> dict:
+    """Where the GPU ran no kernel between two: ms a step in short gaps (a graph's launch to launch) and in gaps
+    over ``long_us`` (the GPU waiting on the host: eager launches, syncs), and the longest few with their neighbours."""
+    kernels = sorted((ev.time_range.start, ev.time_range.end, kind(ev.name)) for ev in prof.events()
+                     if ev.device_type == torch.autograd.DeviceType.CUDA)
+    short = long = 0.0
+    gaps = []
+    for (_, end, before), (start, _, after) in zip(kernels, kernels[1:]):
+        gap = start - end
+        if gap > long_us:
+            long += gap
+            gaps.append((gap, before, after))
+        elif gap > 0:
+            short += gap
+    return dict(idle_short_ms=round(short / 1e3 / steps, 1), idle_long_ms=round(long / 1e3 / steps, 1),
+                idle_long_gaps=len(gaps) // steps,
+                idle_longest=[[round(g), a, b] for g, a, b in sorted(gaps, reverse=True)[:int(os.environ.get("GAPS", 8))]])
 
 
 def profiler() -> torch.profiler.profile:
