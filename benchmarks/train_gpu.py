@@ -25,7 +25,8 @@ micro-step replayed as a CUDA graph, ``trainer.graphs``: what ``train`` runs on 
 short rows padded to static sizes), ``keep`` (with ``graph`` / ``compile``: each QLoRA layer keeps the W' its
 checkpoint's recompute folds for its backward, ``train.qlora_keep_folded``, ``train``'s default), ``full`` (with
 ``graph`` / ``compile``: the checkpoint's recompute runs each layer in full, its MLP output product too, as before
-``fast.apply(skip_last_product=...)``).
+``fast.apply(skip_last_product=...)``), ``bnbsync`` (with ``adam8``: bitsandbytes' own step, a GPU sync after each
+parameter, not ``trainer.gpu.bnb_step.without_syncs``).
 """
 from __future__ import annotations
 
@@ -213,6 +214,10 @@ def train_case(name: str, steps: int = 10, warm: int = 3,
         import bitsandbytes as bnb
 
         opt = bnb.optim.AdamW8bit(params, lr=2e-4)
+        if "bnbsync" not in variants:  # what trainer.gpu.graphs.GraphedTrainer does to it
+            from myassistant.trainer.gpu import bnb_step
+
+            bnb_step.without_syncs(opt)
     else:
         opt = torch.optim.AdamW(params, lr=2e-4, fused=CUDA)
     vocab = model.config.image_token_id if kind == "llava" else model.config.vocab_size

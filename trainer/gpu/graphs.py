@@ -23,6 +23,8 @@ from typing import Any, Callable
 import torch
 from transformers import Trainer
 
+from myassistant.trainer.gpu import bnb_step
+
 log = logging.getLogger(__name__)
 
 Step = Callable[[dict, Any], torch.Tensor]  # (batch on the GPU, num_items_in_batch) -> detached loss
@@ -162,9 +164,15 @@ class GraphedStep:
 
 
 class GraphedTrainer(Trainer):
-    """The transformers Trainer, its micro-step (``training_step``) replayed as CUDA graphs."""
+    """The transformers Trainer, its micro-step (``training_step``) replayed as CUDA graphs; a bitsandbytes 8-bit
+    optimizer steps without a GPU sync after each parameter (``bnb_step``), which would leave the GPU waiting."""
 
     graphed: GraphedStep | None = None
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        bnb_step.without_syncs(optimizer)
+        return optimizer
 
     def training_step(self, model: torch.nn.Module, inputs: dict, num_items_in_batch: Any = None) -> torch.Tensor:
         if self.graphed is None:
