@@ -223,8 +223,9 @@ _recomputing = False  # True while an activation checkpoint recomputes a layer (
 def recomputing():
     """The recompute of an activation checkpoint (``checkpoint(..., context_fn=...)``'s second context): folded
     layers marked ``skip_in_recompute`` (a decoder layer's last product, ``trainer.gpu.fast``) save what their
-    backward needs and skip their product, whose output only the thrown-away layer output reads. A compiled
-    layer reads the flag as a constant: torch.compile keeps one graph with it and one without."""
+    backward needs and skip their product, whose output only the thrown-away layer output reads. Such a layer runs
+    eagerly (``trainer.gpu.fast``), so it reads the flag at each call; inside a compiled graph it would be a constant
+    with a graph of its own, and the two graphs around it would save different tensors, which the checkpoint refuses."""
     global _recomputing
     before, _recomputing = _recomputing, True
     try:
