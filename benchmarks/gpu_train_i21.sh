@@ -31,9 +31,10 @@ peer() { PYTHONPATH=/tmp/site_peer timeout "$1" python3 "$P/gpu_unsloth_peer.py"
            | grep -ao '{"[a-z_0-9]*": .*}$' | sed "s/^{/{\"shape\": \"${SHAPE:-1_8b}\", /" | tee -a "$RES"; }
 with_keep() { for c in "$@"; do echo "$c ${c}_keep"; done; }  # each case without, then with keep_folded (train's default)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-# the peer writes each shape's random checkpoint (ours reads it too) while the tests run, then names make_only an
-# unknown case; the timed parts wait for it
-(for shape in 7b 1_8b; do SHAPE=$shape PYTHONPATH=/tmp/site_peer python3 "$P/gpu_unsloth_peer.py" make_only; done) \
+# the peer writes the random checkpoint of each shape the parts need (ours reads it too) while the tests run, then
+# names make_only an unknown case; the timed parts wait for it
+MAKE_SHAPES=$(for part in $PARTS; do case $part in 7b|profile) echo 7b ;; 1_8b) echo 1_8b ;; esac; done | sort -u)
+(for shape in $MAKE_SHAPES; do SHAPE=$shape PYTHONPATH=/tmp/site_peer python3 "$P/gpu_unsloth_peer.py" make_only; done) \
     > "$OUT/log_make" 2>&1 &
 MAKE=$!
 for part in $PARTS; do
