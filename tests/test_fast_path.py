@@ -13,6 +13,7 @@ import random
 import pytest
 import datasets
 import torch
+import transformers
 
 import myassistant.model as model_layer
 from myassistant.trainer import data as data_lib
@@ -137,6 +138,27 @@ def test_compiled_layers_match_eager_and_keep_only_the_checkpointed_inputs(tiny_
     for name, g in grads.items():
         assert (c_grads[name] - g).norm() <= 1e-4 * g.norm().clamp_min(1e-12), name
     assert c_kept <= kept
+
+
+@pytest.mark.parametrize("layer_class", sorted(fast.LAST_PRODUCT) + ["Gemma2DecoderLayer"])
+def test_nothing_in_backward_reads_the_product_a_recompute_skips(layer_class):
+    """``fast.LAST_PRODUCT``'s premise, on transformers' own layer classes (a new version could add a norm after the
+    MLP, as Gemma 2's layer has: the control case): no op of a training forward saves the MLP output product's output
+    for backward, so a checkpoint's recompute may skip that product."""
+    model_type = layer_class.removesuffix("DecoderLayer").lower()
+    config = transformers.AutoConfig.for_model(model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                               num_attention_heads=4, num_key_value_heads=2, vocab_size=100, head_dim=8)
+    model = transformers.AutoModel.from_config(config)
+    layer = model.layers[0]
+    assert type(layer).__name__ == layer_class
+    outputs, saved = [], []
+    layer.get_submodule(fast.LAST_PRODUCT.get(layer_class, "mlp.down_proj")).register_forward_hook(
+        lambda module, args, out: outputs.append(out))
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        model(torch.randint(0, 100, (1, 7))).last_hidden_state.sum().backward()
+    saved_storage = {t.untyped_storage().data_ptr() for t in saved}
+    read = any(out.untyped_storage().data_ptr() in saved_storage for out in outputs)
+    assert outputs and read == (layer_class not in fast.LAST_PRODUCT)
 
 
 def test_chunked_loss_is_transformers_loss():
