@@ -45,3 +45,15 @@ def test_other_optimizers_keep_their_step():
     assert not bnb_step.without_syncs(torch.optim.AdamW([p]))
     paged = bnb.optim.AdamW8bit([p], is_paged=True)  # its states move between host and GPU: it needs the syncs
     assert not bnb_step.without_syncs(paged)
+
+
+def test_the_graphed_trainer_creates_its_8bit_optimizer_without_syncs(tmp_path):
+    """``train.optim: adamw_bnb_8bit`` on the GPU path: the optimizer transformers builds comes back unsynced."""
+    from transformers import TrainingArguments
+
+    from myassistant.trainer.gpu.graphs import GraphedTrainer
+
+    model = torch.nn.Sequential(torch.nn.Linear(512, 512))
+    args = TrainingArguments(output_dir=str(tmp_path), optim="adamw_bnb_8bit", use_cpu=True, report_to=[])
+    optimizer = GraphedTrainer(model=model, args=args).create_optimizer()
+    assert isinstance(optimizer, bnb_optimizer.Optimizer8bit) and optimizer.unsynced
