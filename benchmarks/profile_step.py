@@ -7,8 +7,9 @@ Ours: the case as benchmarks/train_gpu.py builds and times it, its timed steps u
 kernels of a CUDA graph's replay are recorded one by one). The peer: gpu_unsloth_peer.py's own case, its
 timed steps under the profiler (entered and left where it reads its clock). Each prints the case's row, then
 a ``profile`` row: wall and summed kernel time a step (what a graph of the step cannot go below), kernels a
-step, and the kernels that take most of it grouped by name (TOP=25 of them: ms and launches a step). The case's row is printed
-with ``profiled_case`` for ``case`` (timed under the profiler: ``train_gpu --report`` leaves it out of the ratios).
+step, the GPU's idle time (``idle_table``), and the kernels that take most of it grouped by name (TOP=25 of
+them: ms and launches a step). The case's row is printed with ``profiled_case`` for ``case`` (timed under the
+profiler: ``train_gpu --report`` leaves it out of the ratios).
 """
 from __future__ import annotations
 
@@ -54,13 +55,16 @@ def idle_table(prof: torch.profiler.profile, steps: int, long_us: float = 20.0) 
                      if ev.device_type == torch.autograd.DeviceType.CUDA)
     short = long = 0.0
     gaps = []
-    for (_, end, before), (start, _, after) in zip(kernels, kernels[1:]):
-        gap = start - end
+    busy_until, last = kernels[0][1] if kernels else 0.0, kernels[0][2] if kernels else ""
+    for start, end, name in kernels[1:]:  # against the latest end so far: copies and other streams overlap kernels
+        gap = start - busy_until
         if gap > long_us:
             long += gap
-            gaps.append((gap, before, after))
+            gaps.append((gap, last, name))
         elif gap > 0:
             short += gap
+        if end > busy_until:
+            busy_until, last = end, name
     return dict(idle_short_ms=round(short / 1e3 / steps, 1), idle_long_ms=round(long / 1e3 / steps, 1),
                 idle_long_gaps=len(gaps) // steps,
                 idle_longest=[[round(g), a, b] for g, a, b in sorted(gaps, reverse=True)[:int(os.environ.get("GAPS", 8))]])
