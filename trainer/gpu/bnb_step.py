@@ -36,6 +36,7 @@ def without_syncs(optimizer: torch.optim.Optimizer) -> bool:
         with _syncs_skipped(bnb_optimizer):
             return step(*args, **kwargs)
 
+    # a bound method, as torch's LR schedulers expect of ``optimizer.step`` (they wrap its ``__func__``)
     inner.step = types.MethodType(unsynced_step, inner)
     inner.unsynced = True
     log.info("%s steps without a GPU sync after each parameter", type(inner).__name__)

@@ -152,8 +152,8 @@ def _compile_layers(lm: torch.nn.Module, mode: str | None, keep_folded: bool = F
         dynamo_log.addHandler(COMPILE_ERRORS)
     for layer in _decoder(lm).layers:
         last = LAST_PRODUCT.get(type(layer).__name__) if skip_last_product else None
-        if last is not None and hasattr(layer.get_submodule(last), "_peft_forward"):  # folded by qlora_fold
-            product = layer.get_submodule(last)
+        product = layer.get_submodule(last) if last is not None else None
+        if hasattr(product, "_peft_forward"):  # folded by qlora_fold
             product.skip_in_recompute = True
             # run eagerly between two compiled graphs: the graph before it is then the same in the forward and the
             # recompute, which must save the same tensors (the checkpoint checks; one graph for both cases saved
