@@ -113,7 +113,7 @@ def test_the_fold_kernel_builds_from_the_copy_torch_compile_makes_of_it(tmp_path
     copy = tmp_path / "inductor_copy.py"  # Triton reads a kernel's source from its file
     source = user_defined_triton_kernel_transitive_closure_source_code(qlora_fold._kernel().fn)
     # Inductor's module holds that source in a ''' string literal, read back here as Python reads it: torch 2.11 did
-    # not escape its backslashes, so a "\\n" inside a string of the source breaks the module (the layer runs eagerly)
+    # not escape its backslashes, so a backslash escape in a string of the source breaks the module (layers run eagerly)
     copy.write_text("import triton\nimport triton.language as tl\n\n@triton.jit\n" + eval("'''" + source + "'''"))
     spec = importlib.util.spec_from_file_location("inductor_copy", copy)
     module = importlib.util.module_from_spec(spec)
