@@ -57,6 +57,27 @@ def test_why_a_run_stays_eager_is_named(tiny_checkpoint, tmp_path):
     assert graphs.unavailable(cfg) == "train.cuda_graphs is false"
 
 
+def test_a_step_whose_layers_did_not_all_compile_is_not_captured(caplog):
+    """A decoder layer torch.compile gave up on runs eagerly; such a step is never captured (one captured so trained
+    to a NaN loss on an H200): the step runs eagerly each time, the reason in the log once."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    calls = []
+
+    def step(batch, num_items=None):
+        calls.append(batch["x"].shape)
+        loss = (weight * batch["x"]).sum()
+        loss.backward()
+        return loss.detach()
+
+    runner = graphs.GraphedStep(step, [weight], warmup=1, blocked=lambda: "a decoder layer runs eagerly (NameError: x)")
+    with caplog.at_level(logging.WARNING, logger="myassistant.trainer"):
+        losses = [runner({"x": torch.full((3,), float(i))}).item() for i in range(3)]
+    assert losses == [0.0, 3.0, 6.0] and len(calls) == 3 and not runner.graphs
+    assert runner.failed == "a decoder layer runs eagerly (NameError: x)"
+    assert caplog.text.count("the training step stays eager, not a CUDA graph: a decoder layer runs eagerly") == 1
+    assert weight.grad.tolist() == [3.0, 3.0, 3.0]  # 0 + 1 + 2, every step's gradient accumulated
+
+
 def qlora_model(cfg, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(cfg)

@@ -181,8 +181,8 @@ def _layer_call(layer: torch.nn.Module, eager, compiled, rng: bool, keep_folded:
         out = compiled(*args, **kwargs)
     if len(COMPILE_ERRORS.errors) > failed and not COMPILE_ERRORS.told:
         COMPILE_ERRORS.told = True
-        log.warning("torch.compile failed on a decoder layer, which runs eagerly: training is slower and its step may "
-                    "not become a CUDA graph (%s)", COMPILE_ERRORS.errors[-1])
+        log.warning("torch.compile failed on a decoder layer, which runs eagerly: training is slower and its step is "
+                    "not captured as a CUDA graph (%s)", COMPILE_ERRORS.errors[-1])
     return out
 
 
@@ -209,6 +209,11 @@ class _CompileErrors(logging.Handler):
 
 
 COMPILE_ERRORS = _CompileErrors()  # listens from the first _compile_layers on
+
+
+def compile_failure() -> str | None:
+    """Why a decoder layer runs eagerly (torch.compile gave up on it), or None while every compiled layer compiled."""
+    return f"a decoder layer runs eagerly ({COMPILE_ERRORS.errors[0]})" if COMPILE_ERRORS.errors else None
 
 
 def uses_rng(module: torch.nn.Module) -> bool:

@@ -8,7 +8,9 @@ How: the first micro-step of each input shape runs eagerly (torch.compile compil
 autotunes, cuBLAS allocates its workspace); the next one is captured, its gradients written into the
 graph's own memory (``GraphedStep``), and from then on a micro-step of that shape copies its batch
 into the graph's input tensors and replays. The optimizer step stays eager
-(fused AdamW is a few kernels). A capture that fails leaves training eager, with a warning.
+(fused AdamW is a few kernels). A capture that fails leaves training eager, with a warning; so does a
+decoder layer that torch.compile gave up on (it runs eagerly: a step captured with such layers once
+trained to a NaN loss on an H200, benchmarks/README.md session 30).
 
 Needs: CUDA; a few fixed input shapes (``trainer.fast.collate(static=True)``); no random numbers in
 the step (LoRA dropout 0: the activation checkpoint would have to read the RNG state, which a
@@ -23,7 +25,7 @@ from typing import Any, Callable
 import torch
 from transformers import Trainer
 
-from myassistant.trainer.gpu import bnb_step
+from myassistant.trainer.gpu import bnb_step, fast
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +97,11 @@ class GraphedStep:
     the next replay).
     """
 
-    def __init__(self, step: Step, params: list[torch.nn.Parameter], *, warmup: int = 1, max_graphs: int = 8):
+    def __init__(self, step: Step, params: list[torch.nn.Parameter], *, warmup: int = 1, max_graphs: int = 8,
+                 blocked: Callable[[], str | None] = lambda: None):
+        """``blocked``: why the step must not be captured now (None: it may), asked before each capture."""
         self.step, self.params, self.warmup, self.max_graphs = step, params, warmup, max_graphs
+        self.blocked = blocked
         self.graphs: dict[tuple, _Graph] = {}
         self.seen: collections.Counter = collections.Counter()
         self.pool = None  # one memory pool for all graphs: they never run at the same time
@@ -108,7 +113,7 @@ class GraphedStep:
         graph = self.graphs.get(key)
         if graph is None and not self.failed and len(self.graphs) < self.max_graphs:
             self.seen[key] += 1
-            if self.seen[key] > self.warmup:
+            if self.seen[key] > self.warmup and self._may_capture():
                 return self._capture(key, inputs, num_items)
         if graph is None:
             return self.step(inputs, num_items)
@@ -116,6 +121,13 @@ class GraphedStep:
         loss = graph.replay(inputs, num_items)
         self._add(so_far, graph.gradients())
         return loss
+
+    def _may_capture(self) -> bool:
+        why = self.blocked()
+        if why is not None:
+            self.failed = why
+            log.warning("the training step stays eager, not a CUDA graph: %s", why)
+        return why is None
 
     def _sums_so_far(self) -> list[torch.Tensor | None]:
         """The gradients accumulated so far, out of the graphs' memory (a replay overwrites it)."""
@@ -178,5 +190,6 @@ class GraphedTrainer(Trainer):
         if self.graphed is None:
             def step(batch: dict, num_items: Any) -> torch.Tensor:
                 return Trainer.training_step(self, model, batch, num_items)
-            self.graphed = GraphedStep(step, [p for p in model.parameters() if p.requires_grad])
+            self.graphed = GraphedStep(step, [p for p in model.parameters() if p.requires_grad],
+                                       blocked=fast.compile_failure)
         return self.graphed(self._prepare_inputs(inputs), num_items_in_batch)
