@@ -57,3 +57,15 @@ def test_the_graphed_trainer_creates_its_8bit_optimizer_without_syncs(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), optim="adamw_bnb_8bit", use_cpu=True, report_to=[])
     optimizer = GraphedTrainer(model=model, args=args).create_optimizer()
     assert isinstance(optimizer, bnb_optimizer.Optimizer8bit) and optimizer.unsynced
+
+
+def test_the_trainer_train_builds_creates_its_8bit_optimizer_without_syncs(tmp_path):
+    """Without CUDA graphs too (``train`` with LoRA dropout, the presets' default, runs the plain Trainer loop): an
+    ``adamw_bnb_8bit`` optimizer comes back unsynced, a torch one as it was."""
+    from transformers import TrainingArguments
+
+    model = torch.nn.Sequential(torch.nn.Linear(512, 512))
+    for optim, unsynced in (("adamw_bnb_8bit", True), ("adamw_torch", False)):
+        args = TrainingArguments(output_dir=str(tmp_path), optim=optim, use_cpu=True, report_to=[])
+        optimizer = bnb_step.UnsyncedTrainer(model=model, args=args).create_optimizer()
+        assert getattr(optimizer, "unsynced", False) is unsynced

@@ -29,7 +29,7 @@ from transformers.integrations import TensorBoardCallback
 
 import myassistant.model as model_layer
 from myassistant.trainer import data as data_lib
-from myassistant.trainer.gpu import fast, graphs
+from myassistant.trainer.gpu import bnb_step, fast, graphs
 from myassistant.trainer.callbacks import (EvalPrompts, MetricsFile, ProgressBar, ScheduleOnResume, StopAtStepEnd,
                                           read_jsonl, truncate_jsonl)
 from myassistant.trainer.config import ConfigError, RunConfig, changed_settings, save_config
@@ -234,7 +234,7 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, callbacks: tuple, lock
     pad_id = tokenizer.pad_token_id or 0
     collate = (functools.partial(fast.collate, pad_token_id=pad_id, static=not no_graphs) if use_fast
                else functools.partial(data_lib.collate, pad_token_id=pad_id))
-    trainer = (Trainer if no_graphs else graphs.GraphedTrainer)(
+    trainer = (bnb_step.UnsyncedTrainer if no_graphs else graphs.GraphedTrainer)(
         model=model, args=args, train_dataset=dataset, data_collator=recipe.wrap_collate(collate),
         processing_class=tokenizer, callbacks=cbs)
     trainer.remove_callback(ProgressCallback)

@@ -6,7 +6,8 @@ bitsandbytes' ``Optimizer8bit.step`` (0.50) calls ``torch.cuda.synchronize()`` a
 the step before and after them without it; the syncs only make the GPU wait on the host between each two: 448 of
 them a step for LoRA r64 on a 7B's seven linear layers, ~40 ms of an H200 step of 220-365 ms idle
 (``benchmarks/profile_step.py``'s ``idle_long_ms``, 2026-12-04). ``without_syncs`` runs such an optimizer's own
-step with those syncs skipped; the updates are the same kernels with the same arguments.
+step with those syncs skipped; the updates are the same kernels with the same arguments. ``UnsyncedTrainer`` is the
+transformers Trainer whose optimizer gets it (``train`` builds it, or ``graphs.GraphedTrainer``, its subclass).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import logging
 import types
 
 import torch
+from transformers import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +52,12 @@ def _syncs_skipped(module):
         yield
     finally:
         module.sync_gpu = sync
+
+
+class UnsyncedTrainer(Trainer):
+    """The transformers Trainer; a non-paged bitsandbytes 8-bit optimizer steps without a GPU sync a parameter."""
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        without_syncs(optimizer)
+        return optimizer

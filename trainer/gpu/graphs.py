@@ -175,16 +175,11 @@ class GraphedStep:
         return loss
 
 
-class GraphedTrainer(Trainer):
+class GraphedTrainer(bnb_step.UnsyncedTrainer):
     """The transformers Trainer, its micro-step (``training_step``) replayed as CUDA graphs; a bitsandbytes 8-bit
     optimizer steps without a GPU sync after each parameter (``bnb_step``), which would leave the GPU waiting."""
 
     graphed: GraphedStep | None = None
-
-    def create_optimizer(self, *args, **kwargs):
-        optimizer = super().create_optimizer(*args, **kwargs)
-        bnb_step.without_syncs(optimizer)
-        return optimizer
 
     def training_step(self, model: torch.nn.Module, inputs: dict, num_items_in_batch: Any = None) -> torch.Tensor:
         if self.graphed is None:
