@@ -100,7 +100,7 @@ def eager_and_compiled(tiny_checkpoint, tmp_path):
 def test_a_layer_torch_compile_cannot_build_runs_eagerly_with_one_warning(tiny_checkpoint, tmp_path, monkeypatch,
                                                                           caplog):
     """Inductor failing (as on a GPU when the fold kernel's copy lacked a helper): the layers run eagerly, the
-    gradients are eager's, and training says so once, not only in torch's own warnings."""
+    gradients are eager's, and training says so once, not only in torch's own warnings; the model names the failure."""
     import torch._inductor.compile_fx
 
     def broken_inductor(*args, **kwargs):
@@ -118,6 +118,8 @@ def test_a_layer_torch_compile_cannot_build_runs_eagerly_with_one_warning(tiny_c
     assert c_loss == loss and all(torch.equal(c_grads[name], g) for name, g in grads.items())
     warned = [r.getMessage() for r in caplog.records if r.name == "myassistant.trainer.gpu.fast"]
     assert len(warned) == 1 and "runs eagerly" in warned[0] and "mul_rounded is not defined" in warned[0], warned
+    # and its CUDA graph is not captured (``graphs.GraphedTrainer`` asks this); the eager model's layers never failed
+    assert "mul_rounded is not defined" in fast.compile_failure(compiled) and fast.compile_failure(eager) is None
 
 
 def test_compiled_layers_match_eager_and_keep_only_the_checkpointed_inputs(tiny_checkpoint, tmp_path):

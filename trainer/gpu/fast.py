@@ -179,6 +179,8 @@ def _layer_call(layer: torch.nn.Module, eager, compiled, rng: bool, keep_folded:
                          **kwargs)
     else:
         out = compiled(*args, **kwargs)
+    if len(COMPILE_ERRORS.errors) > failed:
+        layer.compile_failed = COMPILE_ERRORS.errors[-1]  # ``compile_failure``
     if len(COMPILE_ERRORS.errors) > failed and not COMPILE_ERRORS.told:
         COMPILE_ERRORS.told = True
         log.warning("torch.compile failed on a decoder layer, which runs eagerly: training is slower and its step is "
@@ -211,9 +213,11 @@ class _CompileErrors(logging.Handler):
 COMPILE_ERRORS = _CompileErrors()  # listens from the first _compile_layers on
 
 
-def compile_failure() -> str | None:
-    """Why a decoder layer runs eagerly (torch.compile gave up on it), or None while every compiled layer compiled."""
-    return f"a decoder layer runs eagerly ({COMPILE_ERRORS.errors[0]})" if COMPILE_ERRORS.errors else None
+def compile_failure(model: torch.nn.Module) -> str | None:
+    """Why a decoder layer of ``model`` runs eagerly (torch.compile gave up on it in a training call), or None while
+    every compiled layer compiled."""
+    return next((f"a decoder layer runs eagerly ({m.compile_failed})" for m in model.modules()
+                 if getattr(m, "compile_failed", None)), None)
 
 
 def uses_rng(module: torch.nn.Module) -> bool:

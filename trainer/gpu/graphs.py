@@ -186,5 +186,5 @@ class GraphedTrainer(bnb_step.UnsyncedTrainer):
             def step(batch: dict, num_items: Any) -> torch.Tensor:
                 return Trainer.training_step(self, model, batch, num_items)
             self.graphed = GraphedStep(step, [p for p in model.parameters() if p.requires_grad],
-                                       blocked=fast.compile_failure)
+                                       blocked=lambda: fast.compile_failure(model))
         return self.graphed(self._prepare_inputs(inputs), num_items_in_batch)
