@@ -148,12 +148,11 @@ def profiled_step(model, batch) -> tuple[float, dict, list[str]]:
     from test_fast_path import loss_and_grads
     from myassistant.trainer.gpu import fast
 
-    failed = len(fast.COMPILE_ERRORS.errors)
     loss_and_grads(model, batch)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         loss, grads = loss_and_grads(model, batch)
         torch.cuda.synchronize()
-    assert len(fast.COMPILE_ERRORS.errors) == failed, fast.COMPILE_ERRORS.errors[-1]
+    assert fast.compile_failure(model) is None, fast.compile_failure(model)
     return loss, grads, [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 

@@ -181,10 +181,10 @@ def _layer_call(layer: torch.nn.Module, eager, compiled, rng: bool, keep_folded:
         out = compiled(*args, **kwargs)
     if len(COMPILE_ERRORS.errors) > failed:
         layer.compile_failed = COMPILE_ERRORS.errors[-1]  # ``compile_failure``
-    if len(COMPILE_ERRORS.errors) > failed and not COMPILE_ERRORS.told:
-        COMPILE_ERRORS.told = True
-        log.warning("torch.compile failed on a decoder layer, which runs eagerly: training is slower and its step is "
-                    "not captured as a CUDA graph (%s)", COMPILE_ERRORS.errors[-1])
+        if not COMPILE_ERRORS.told:
+            COMPILE_ERRORS.told = True
+            log.warning("torch.compile failed on a decoder layer, which runs eagerly: training is slower and its step "
+                        "is not captured as a CUDA graph (%s)", layer.compile_failed)
     return out
 
 
