@@ -26,7 +26,8 @@ short rows padded to static sizes), ``keep`` (with ``graph`` / ``compile``: each
 checkpoint's recompute folds for its backward, ``train.qlora_keep_folded``, ``train``'s default), ``full`` (with
 ``graph`` / ``compile``: the checkpoint's recompute runs each layer in full, its MLP output product too, as before
 ``fast.apply(skip_last_product=...)``), ``bnbsync`` (with ``adam8``: bitsandbytes' own step, a GPU sync after each
-parameter, not ``trainer.gpu.bnb_step.without_syncs``).
+parameter, not ``trainer.gpu.bnb_step.without_syncs``), ``fp8`` (the QLoRA layers' frozen products in fp8,
+``train.qlora_fp8``: other numerics than the rest, see ``trainer.gpu.qlora_fp8``).
 """
 from __future__ import annotations
 
@@ -148,6 +149,7 @@ def build(cfg, variants: set[str]):
     cfg.train.qlora_fold = "nofold" not in variants
     cfg.train.lm_loss = "cce" if "cce" in variants else "auto"
     cfg.train.qlora_keep_folded = "keep" in variants
+    cfg.train.qlora_fp8 = "fp8" in variants
     if "plain" not in variants:
         fast.apply(model, cfg, compile="reduce-overhead" if "ro" in variants else bool(variants & {"compile", "graph"}),
                    skip_last_product="full" not in variants)
@@ -339,6 +341,8 @@ PAIRS = [  # (ours, peer, field): the issue's targets are ratios against these p
     ("ours_qlora1_d0_graph_adam8_keep@7b", "unsloth_qlora1@7b", "tokens_per_s"),
     ("ours_qlora2_d0_graph_adam8@7b", "unsloth_qlora2@7b", "tokens_per_s"),
     ("ours_qlora2_d0_graph_adam8_keep@7b", "unsloth_qlora2@7b", "tokens_per_s"),
+    ("ours_qlora1_d0_graph_adam8_keep_fp8@7b", "unsloth_qlora1@7b", "tokens_per_s"),
+    ("ours_qlora2_d0_graph_adam8_keep_fp8@7b", "unsloth_qlora2@7b", "tokens_per_s"),
     ("ours_qlora3_d0_graph_keep", "unsloth_qlora4", "tokens_per_s"),
     ("ours_qlora4_d0_graph_adam8", "unsloth_qlora4", "tokens_per_s"),
     ("ours_qlora4_d0_graph_adam8_keep", "unsloth_qlora4", "tokens_per_s"),

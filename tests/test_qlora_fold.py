@@ -122,9 +122,9 @@ def test_the_fold_kernel_builds_from_the_copy_torch_compile_makes_of_it(tmp_path
         assert float_ops_of_the_kernel_for_sm90(nested, module.fold_kernel) == float_ops_of_the_kernel_for_sm90(nested)
 
 
-def compiled_qlora(tiny_checkpoint, tmp_path, **apply):
-    """The tiny model as ``train`` runs it on a GPU (folded QLoRA, compiled layers, W' kept), a packed batch, and how
-    many folded layers it has."""
+def compiled_qlora(tiny_checkpoint, tmp_path, fp8: bool = False, **apply):
+    """The tiny model as ``train`` runs it on a GPU (folded QLoRA, compiled layers, W' kept; ``fp8``: with
+    ``train.qlora_fp8``), a packed batch, and how many folded layers it has."""
     pytest.importorskip("bitsandbytes")
     from test_fast_path import packed_samples, randomize_lora, run_config
     from myassistant.trainer.gpu import fast
@@ -134,7 +134,7 @@ def compiled_qlora(tiny_checkpoint, tmp_path, **apply):
     torch.manual_seed(0)  # the same adapters each call
     model = build_model(cfg)
     randomize_lora(model)
-    cfg.train.qlora_keep_folded = True
+    cfg.train.qlora_keep_folded, cfg.train.qlora_fp8 = True, fp8
     fast.apply(model, cfg, compile=True, **apply)
     model.config.use_cache = False
     model.train()

@@ -154,6 +154,10 @@ class TrainConfig:
     qlora_keep_folded: bool = _f(True, "folded QLoRA with compile and gradient_checkpointing: the weight the checkpoint's "
                                        "recompute folds serves backward (2 folds a step, not 3; one layer's bf16 weight "
                                        "more at the peak: ~0.1 GiB at 1.8B, ~0.4 GiB at 7B)")
+    qlora_fp8: bool = _f(False, "GPU QLoRA on the fast path, fp8 GPUs (L4, RTX 40xx, H100, H200): the frozen weights' "
+                                "products in fp8 (e4m3, a scale a weight row and a token; the adapters' stay bf16): "
+                                "faster, ~2-3 % rounding of those products, so results differ from the bf16 default "
+                                "(trainer.gpu.qlora_fp8)")
     lm_loss: str = _f("auto", "GPU fast path's loss: auto (cuBLAS GEMMs + a Triton pass for a frozen lm_head, else "
                               "cut_cross_entropy) | cce (cut_cross_entropy first)")
     report_to: str = _f("tensorboard", "tensorboard | none (metrics.jsonl is always written)")
@@ -253,6 +257,9 @@ def validate(cfg: RunConfig) -> list[str]:
          f"train.deepspeed: {t.deepspeed!r} is not one of {', '.join(DEEPSPEED_PRESETS)}, a .json file or null"),
         (t.report_to in ("tensorboard", "none"), f"train.report_to: {t.report_to!r} is not tensorboard or none"),
         (t.lm_loss in LM_LOSSES, f"train.lm_loss: {t.lm_loss!r} is not one of {', '.join(LM_LOSSES)}"),
+        (not t.qlora_fp8 or (q.method == "qlora" and t.fast_path and t.qlora_fold),
+         f"train.qlora_fp8: runs QLoRA layers on the GPU fast path; it needs quant.method qlora (got {q.method}), "
+         f"train.fast_path and train.qlora_fold true"),
     ]
     return [msg for ok, msg in checks if not ok]
 

@@ -29,7 +29,7 @@ from transformers.integrations import TensorBoardCallback
 
 import myassistant.model as model_layer
 from myassistant.trainer import data as data_lib
-from myassistant.trainer.gpu import bnb_step, fast, graphs
+from myassistant.trainer.gpu import bnb_step, fast, graphs, qlora_fp8
 from myassistant.trainer.callbacks import (EvalPrompts, MetricsFile, ProgressBar, ScheduleOnResume, StopAtStepEnd,
                                           read_jsonl, truncate_jsonl)
 from myassistant.trainer.config import ConfigError, RunConfig, changed_settings, save_config
@@ -159,6 +159,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, callbacks: tuple, lock
     cfg.vision = dataclasses.replace(cfg.vision, encoder=_absolute(cfg.vision.encoder),
                                      projector=_absolute(cfg.vision.projector))
     cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir))
+    if cfg.train.qlora_fp8 and qlora_fp8.unsupported():  # results would differ from what the config says
+        raise ConfigError(f"train.qlora_fp8: {qlora_fp8.unsupported()}; train.qlora_fp8=false trains in bf16")
     args = training_arguments(cfg, run_dir, deepspeed_config(cfg.train.deepspeed))  # sets up the process group
     main = args.process_index == 0  # only the first process writes the run folder's own files
     if main and run_dir.is_dir():  # before prepare_run_dir cleans up what another training may be writing

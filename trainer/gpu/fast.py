@@ -43,7 +43,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from myassistant.trainer import data as data_lib
-from myassistant.trainer.gpu import lm_loss, qlora_fold
+from myassistant.trainer.gpu import lm_loss, qlora_fold, qlora_fp8
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False,
     ``skip_last_product`` (with ``compile``): a checkpointed layer's recompute skips the MLP's output product where
     the layer is one of ``LAST_PRODUCT``'s and that product a folded QLoRA layer (``qlora_fold.recomputing``);
     False recomputes it (benchmarks' ``full`` variant).
+    ``cfg.train.qlora_fp8``: those QLoRA layers' frozen products in fp8 (``qlora_fp8``; a ValueError on a GPU
+    without fp8 tensor cores).
     """
     keep_folded = cfg is not None and cfg.train.qlora_keep_folded
     lm = _causal_lm(model)
@@ -112,9 +114,13 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False,
         dtype = getattr(torch, cfg.quant.bnb_4bit_compute_dtype) if cfg is not None else torch.bfloat16
         cast = _cast_frozen(lm, dtype)
         log.info("fast path: %d frozen tensors back to %s (prepare_model_for_kbit_training made them fp32)", cast, dtype)
+        fp8 = cfg is not None and cfg.train.qlora_fp8
+        if fp8 and qlora_fp8.unsupported():
+            raise ValueError(f"train.qlora_fp8: {qlora_fp8.unsupported()}; set it false to train in bf16")
         if cfg is None or cfg.train.qlora_fold:
-            folded = qlora_fold.apply(model)
-            log.info("fast path: %d QLoRA layers fold their adapter into the dequantised weight%s", folded,
+            folded = qlora_fold.apply(model, fp8=fp8)
+            log.info("fast path: %d QLoRA layers %s%s", folded, "run their frozen products in fp8 (train.qlora_fp8)"
+                     if fp8 else "fold their adapter into the dequantised weight",
                      "; under activation checkpointing the recompute's fold serves backward (train.qlora_keep_folded)"
                      if keep_folded and compile and folded else "")
     _register_attention()

@@ -17,7 +17,8 @@ here ``W + s B A`` is rounded to bf16 once per element. Both lose an adapter con
 
 Used by ``trainer.fast.apply`` for peft ``lora.Linear4bit`` layers with one adapter, no dropout,
 no DoRA and no bias, in training mode; everything else (eval, generation, merged adapters) keeps
-peft's forward. ``train.qlora_fold: false`` turns it off.
+peft's forward. ``train.qlora_fold: false`` turns it off; ``train.qlora_fp8`` runs the same layers' frozen
+products on fp8 tensor cores instead (``trainer.gpu.qlora_fp8``, same contract).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ import types
 
 import torch
 import torch.nn.functional as F
+
+from myassistant.trainer.gpu import qlora_fp8
 
 log = logging.getLogger(__name__)
 
@@ -270,14 +273,19 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if (not (self.training and torch.is_grad_enabled()) or self.disable_adapters or self.merged or args or kwargs
             or len(names) != 1 or names[0] not in self.lora_A):
         return self._peft_forward(x, *args, **kwargs)
-    quant, meta = _quant_args(self.get_base_layer().weight)
+    weight = self.get_base_layer().weight
+    quant, meta = _quant_args(weight)
     skip = _recomputing and getattr(self, "skip_in_recompute", False)
-    return _FoldedLinear.apply(x, self.lora_A[names[0]].weight, self.lora_B[names[0]].weight,
-                               float(self.scaling[names[0]]), meta, getattr(self, "keep_folded", False), skip, *quant)
+    linear = _FoldedLinear
+    if getattr(self, "fp8", False):
+        linear, meta = qlora_fp8.Fp8Linear, meta + (weight.quant_state.quant_type,)
+    return linear.apply(x, self.lora_A[names[0]].weight, self.lora_B[names[0]].weight, float(self.scaling[names[0]]),
+                        meta, getattr(self, "keep_folded", False), skip, *quant)
 
 
-def apply(model: torch.nn.Module) -> int:
-    """Fold the adapters of every eligible QLoRA layer of ``model`` in training; returns how many."""
+def apply(model: torch.nn.Module, fp8: bool = False) -> int:
+    """Fold the adapters of every eligible QLoRA layer of ``model`` in training; returns how many. ``fp8``: those
+    whose sizes fit run their frozen products in fp8 instead (``qlora_fp8.Fp8Linear``), the others fold."""
     if not enabled():
         return 0
     n, skipped = 0, {}
@@ -290,6 +298,7 @@ def apply(model: torch.nn.Module) -> int:
                 qs.offset = torch.as_tensor(qs.offset, dtype=torch.float32, device=qs.absmax.device)
             module._peft_forward = module.forward
             module.forward = types.MethodType(_forward, module)
+            module.fp8 = fp8 and qlora_fp8.shapes_fit(*qs.shape)
             n += 1
         elif why != "not a peft LoRA Linear4bit":
             skipped[name] = why

@@ -1,0 +1,175 @@
+"""fp8 frozen products for QLoRA layers (``train.qlora_fp8``, trainer.gpu.qlora_fp8): the layer's outputs and
+gradients within e4m3's rounding of float64, the adapter's gradients at bf16's, keep / skip as the bf16 fold's;
+a LoRA model trained with them reaches the loss of the same training in bf16; on a GPU, the compiled QLoRA step
+against the bf16 fold."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from myassistant.trainer.gpu import qlora_fp8
+from myassistant.trainer.gpu.qlora_fp8 import Fp8Linear
+
+
+def relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.detach().double(), want.detach().double()
+    return float((got - want).norm() / want.norm())
+
+
+def layer_inputs(seed: int = 0, tokens: int = 48, n_in: int = 256, n_out: int = 192, rank: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, tokens // 2, n_in, generator=g).bfloat16().requires_grad_()
+    w = (torch.randn(n_out, n_in, generator=g) * 0.05).bfloat16()
+    a = (torch.randn(rank, n_in, generator=g) * 0.05).requires_grad_()
+    b = (torch.randn(n_out, rank, generator=g) * 0.05).requires_grad_()
+    return x, w, a, b
+
+
+def grads_of(fn, x, a, b, dy):
+    for t in (x, a, b):
+        t.grad = None
+    y = fn()
+    y.backward(dy)
+    return y.detach(), x.grad.clone(), a.grad.clone(), b.grad.clone()
+
+
+def test_a_row_of_e4m3_keeps_its_values_to_a_sixteenth_and_zero_rows_stay_zero():
+    t = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -3.0, 0.2, 1e4], [1e-3, 2e-3, -5e-4, 7e-4]])
+    q, scale = qlora_fp8.rowwise_e4m3(t)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (3, 1) and torch.isfinite(scale).all()
+    back = q.float() * scale
+    assert torch.equal(back[0], torch.zeros(4))
+    assert back[1, 3] == pytest.approx(1e4, rel=1e-6)  # the row's largest at e4m3's largest, exactly
+    normal = t.abs() >= t.abs().amax(1, keepdim=True) / 64  # scaled to >= 7: e4m3's normal numbers
+    assert ((back - t).abs() <= t.abs() * 2**-4 + 1e-30)[normal & (t != 0)].all()
+    # column scales multiply first (W's row scales onto dy's columns in backward)
+    q2, scale2 = qlora_fp8.rowwise_e4m3(t, torch.tensor([[1.0, 2.0, 1.0, 0.5]]))
+    assert q2.float().mul(scale2)[1, 1] == pytest.approx(-6.0, rel=2**-4)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_fp8_layer_is_within_e4m3_rounding_of_float64_and_its_adapter_gradients_at_bf16s(keep):
+    x, w, a, b = layer_inputs()
+    dy = torch.randn(2, 24, 192, generator=torch.Generator().manual_seed(1)).bfloat16()
+    y, dx, da, db = grads_of(lambda: Fp8Linear.apply(x, a, b, 2.0, None, keep, False, w), x, a, b, dy)
+    x64, a64, b64 = (t.detach().double().requires_grad_() for t in (x, a, b))
+    y64 = x64 @ w.double().t() + 2.0 * (x64 @ a64.t()) @ b64.t()
+    y64.backward(dy.double())
+    # e4m3 rounds each input to 2^-4 relative: ~3.4 % over a product of two; the NF4 weight is ~10 % off its original
+    assert y.dtype == torch.bfloat16 and relative(y, y64) < 0.05 and relative(dx, x64.grad) < 0.05
+    # the adapter's gradients come from the bf16 x and dy, as the bf16 fold's do
+    assert relative(da, a64.grad) < 1e-2 and relative(db, b64.grad) < 1e-2
+    assert dx.dtype == x.dtype and da.dtype == db.dtype == torch.float32
+
+
+def test_a_kept_w8_a_rebuilt_one_and_a_skipped_recompute_give_the_same_gradients():
+    """``keep`` saves W8ᵀ instead of the quantised parts; ``skip`` (a recompute whose output nothing reads) returns
+    zeros and saves what backward needs: the same backward bit for bit."""
+    x, w, a, b = layer_inputs(seed=2)
+    dy = torch.randn(2, 24, 192, generator=torch.Generator().manual_seed(3)).bfloat16()
+    rebuilt = grads_of(lambda: Fp8Linear.apply(x, a, b, 0.5, None, False, False, w), x, a, b, dy)
+    kept = grads_of(lambda: Fp8Linear.apply(x, a, b, 0.5, None, True, False, w), x, a, b, dy)
+    for mine, want in zip(kept, rebuilt):
+        assert torch.equal(mine, want)
+    for keep in (False, True):
+        y, *skipped = grads_of(lambda: Fp8Linear.apply(x, a, b, 0.5, None, keep, True, w), x, a, b, dy)
+        assert y.shape == rebuilt[0].shape and not y.any()
+        for mine, want in zip(skipped, rebuilt[1:]):
+            assert torch.equal(mine, want)
+
+
+def test_a_lora_model_trained_with_fp8_products_reaches_the_loss_of_bf16(tiny_checkpoint, tmp_path):
+    """The tiny model's LoRA layers run as ``Fp8Linear`` (their bf16 base weight for the NF4 one) or as bf16
+    products, the same 60 AdamW steps on the same packed samples: the fp8 run's loss curve follows the bf16 one."""
+    from test_fast_path import packed_samples, run_config
+    from myassistant.trainer import data as data_lib
+    from myassistant.trainer.lora import build_model
+
+    rows = packed_samples(200)
+    losses = {}
+    for fp8 in (False, True):
+        cfg = run_config(tiny_checkpoint, tmp_path, "lora")
+        torch.manual_seed(0)
+        model = build_model(cfg).to(torch.bfloat16)
+        model.config.use_cache = False
+        if fp8:
+            for module in model.modules():
+                if hasattr(module, "lora_A") and "default" in module.lora_A:
+                    module.forward = fp8_forward(module)
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            p.data = p.data.float()  # fp32 master weights, as training keeps the adapters
+        opt = torch.optim.AdamW(params, lr=3e-3)
+        batch = data_lib.collate(rows)
+        curve = []
+        for _ in range(60):
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            curve.append(float(loss))
+        losses[fp8] = curve
+    bf16, fp8 = losses[False], losses[True]
+    assert bf16[-1] < bf16[0] - 1.0  # it learnt (6.93 -> 5.74 nats on random tokens)
+    # measured: at most 0.006 nats apart over the 60 steps; an adapter the fp8 products lost would stay near 6.9
+    assert max(abs(f - b) for f, b in zip(fp8, bf16)) < 0.05, (fp8, bf16)
+
+
+def fp8_forward(module):
+    """A peft LoRA Linear's forward through ``Fp8Linear`` with its dense base weight."""
+    def forward(x, *args, **kwargs):
+        return Fp8Linear.apply(x, module.lora_A["default"].weight, module.lora_B["default"].weight,
+                               float(module.scaling["default"]), None, False, False, module.base_layer.weight.detach())
+    return forward
+
+
+def test_qlora_fp8_is_a_qlora_fast_path_setting():
+    from myassistant.trainer.config import RunConfig, validate
+
+    cfg = RunConfig()
+    cfg.train.qlora_fp8, cfg.quant.method = True, "lora"
+    assert any(e.startswith("train.qlora_fp8: runs QLoRA layers") for e in validate(cfg))
+    cfg.quant.method = "qlora"
+    assert not any(e.startswith("train.qlora_fp8") for e in validate(cfg))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only answer")
+def test_without_an_fp8_gpu_the_setting_says_why():
+    assert qlora_fp8.unsupported() == "needs a CUDA GPU"
+
+
+def test_dequantised_nf4_is_bitsandbytes_own():
+    bnbf = pytest.importorskip("bitsandbytes.functional")
+    from myassistant.trainer.gpu import qlora_fold
+
+    for quant_type, nested in (("nf4", True), ("fp4", False)):
+        q, state = bnbf.quantize_4bit((torch.randn(96, 128) * 0.02).bfloat16(), blocksize=64, quant_type=quant_type,
+                                      compress_statistics=nested)
+        q.quant_state = state
+        quant, meta = qlora_fold._quant_args(q)
+        if nested:
+            state.offset = torch.as_tensor(state.offset)  # as qlora_fold.apply makes it
+        got = qlora_fp8.dequantized(quant, meta + (quant_type,))
+        assert torch.equal(got, bnbf.dequantize_4bit(q, state))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_fp8_qlora_step_follows_the_bf16_fold(tiny_checkpoint, tmp_path):
+    """The tiny model as ``train`` runs it with ``train.qlora_fp8`` (compiled layers, checkpointed, W8ᵀ kept, the
+    last product skipped in the recompute): every layer compiles, fp8 GEMMs run, and the loss and LoRA gradients
+    are those of the bf16 fold within e4m3's rounding."""
+    if qlora_fp8.unsupported():
+        pytest.skip(qlora_fp8.unsupported())
+    from test_qlora_fold import compiled_qlora, profiled_step
+
+    steps = []
+    for fp8 in (False, True):
+        model, batch, layers = compiled_qlora(tiny_checkpoint, tmp_path, fp8=fp8)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        steps.append(profiled_step(model, batch))
+    (loss, grads, kernels), (fp8_loss, fp8_grads, fp8_kernels) = steps
+    assert not any("fold_kernel" in k for k in fp8_kernels) and any("fold_kernel" in k for k in kernels)
+    assert fp8_loss == pytest.approx(loss, rel=2e-2)
+    for name, g in grads.items():
+        assert (fp8_grads[name] - g).norm() <= 0.1 * g.norm().clamp_min(1e-12), name
