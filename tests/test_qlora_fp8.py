@@ -173,3 +173,85 @@ def test_gpu_fp8_qlora_step_follows_the_bf16_fold(tiny_checkpoint, tmp_path):
     assert fp8_loss == pytest.approx(loss, rel=2e-2)
     for name, g in grads.items():
         assert (fp8_grads[name] - g).norm() <= 0.1 * g.norm().clamp_min(1e-12), name
+
+
+def check_conversion(weight, launch=None) -> None:
+    """NF4 / FP4 -> e4m3 in one kernel against bitsandbytes' dequantisation scaled per row by ``rowwise_e4m3``:
+    the same bits, W8ᵀ the transpose of W8. ``launch``: the kernel under Triton's interpreter (float32 out, cast
+    here; the interpreter's own e4m3 cast does not round to nearest)."""
+    from myassistant.trainer.gpu import qlora_fold
+
+    quant, meta = qlora_fold._quant_args(weight)
+    meta = meta + (weight.quant_state.quant_type,)
+    want, want_scale = qlora_fp8.rowwise_e4m3(qlora_fp8.dequantized(quant, meta))
+    for rows, cols in ((True, True), (True, False), (False, True)):
+        w8, w8t, scale = qlora_fp8._converted(quant, meta, rows, cols, *(() if launch is None else (torch.float32,
+                                                                                                   launch)))
+        assert torch.equal(scale, want_scale)
+        for got, expected, wanted in ((w8, want, rows), (w8t, want.t(), cols)):
+            if not wanted:
+                assert got.numel() == 0
+                continue
+            assert torch.equal(got.to(torch.float8_e4m3fn).view(torch.uint8),
+                               expected.contiguous().view(torch.uint8))
+
+
+def test_the_e4m3_kernel_under_tritons_interpreter():
+    pytest.importorskip("triton")
+    pytest.importorskip("bitsandbytes")
+    from test_decode_attention import run_interpreted
+
+    run_interpreted("import functools, torch, test_qlora_fp8 as t, test_qlora_fold as f\n"
+                    "from myassistant.trainer.gpu import qlora_fp8\n"
+                    "for shape, quant_type, nested, bm, bn in (((128, 256), 'nf4', True, 64, 128),"
+                    " ((96, 192), 'fp4', True, 64, 128), ((64, 384), 'nf4', False, 32, 256)):\n"
+                    "    w = f.quantized_weight_on_the_cpu(*shape, quant_type, nested)\n"
+                    "    if nested: w.quant_state.offset = torch.as_tensor(w.quant_state.offset)\n"
+                    "    t.check_conversion(w, functools.partial(qlora_fp8._launch, qlora_fp8._kernel().fn, BM=bm, BN=bn))")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("n_out,n_in,quant_type,nested", [(4096, 2048, "nf4", True), (2048, 8192, "nf4", False),
+                                                          (96, 192, "fp4", True)])
+def test_gpu_e4m3_kernel_is_the_rounded_dequantised_weight(n_out, n_in, quant_type, nested):
+    from test_qlora_fold import quantized_linear
+
+    check_conversion(quantized_linear(n_out, n_in, quant_type, nested).weight)
+
+
+def instructions(ptx: str) -> list[str]:
+    """The kernel's instructions (the mnemonics of its body: no line / file records, no debug sections)."""
+    import re
+
+    return re.findall(r"^\s+([a-z][\w.]*)\b", ptx.split(".section")[0], re.M)
+
+
+def test_the_e4m3_kernel_builds_for_ada_and_hopper_and_from_inductors_copy(tmp_path):
+    """Every autotuned tile compiles for sm_89 (L4, RTX 40) and sm_90 (H100 / H200) with e4m3's own rounding
+    conversion and, on sm_90, without spilling; the copy of the kernel Inductor launches inside a compiled layer (its
+    source read back from a string literal, qlora_fold's test says why) builds to the same PTX."""
+    import importlib.util
+    import re
+
+    pytest.importorskip("triton")
+    from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code
+    from benchmarks.gemv_ptx import compile_ptx, ptxas_report
+
+    kernel = qlora_fp8._kernel()
+    copy = tmp_path / "inductor_copy.py"
+    source = user_defined_triton_kernel_transitive_closure_source_code(kernel.fn)
+    copy.write_text("import triton\nimport triton.language as tl\n\n@triton.jit\n" + eval("'''" + source + "'''"))
+    spec = importlib.util.spec_from_file_location("inductor_copy", copy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pointers = dict(q_ptr="u8", absmax_ptr="fp32", code_ptr="fp32", inverse_ptr="fp32", rows_ptr="fp8e4nv",
+                    cols_ptr="fp8e4nv")
+    for config in kernel.configs:
+        consts = dict(BLOCKSIZE=64, ROWS=True, COLS=True, **config.kwargs)
+        for arch in (89, 90):
+            ptx = compile_ptx(kernel.fn, consts, pointers, config.num_warps, arch=arch).asm["ptx"]
+            assert re.search(r"cvt\.rn\.satfinite\.e4m3x2\.f(32|16x2)", ptx), arch
+        copied = compile_ptx(module.e4m3_kernel, consts, pointers, config.num_warps).asm["ptx"]
+        assert instructions(copied) == instructions(ptx) and len(instructions(ptx)) > 100
+        assert " 0 bytes spill stores" in ptxas_report(ptx), config

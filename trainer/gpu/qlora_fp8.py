@@ -64,7 +64,7 @@ def _compiled_rows():
 def _e4m3_rows(t: torch.Tensor, column_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     t = t.float() if column_scale is None else t.float() * column_scale
     scale = torch.linalg.vector_norm(t, float("inf"), dim=1, keepdim=True).clamp(min=SMALLEST_SCALE) / E4M3_MAX
-    return (t / scale).clamp_(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+    return (t * (1.0 / scale)).clamp_(-E4M3_MAX, E4M3_MAX).to(E4M3), scale  # a multiply: what the kernel can afford
 
 
 def dequantized(quant: tuple[torch.Tensor, ...], meta: tuple | None) -> torch.Tensor:
@@ -73,16 +73,117 @@ def dequantized(quant: tuple[torch.Tensor, ...], meta: tuple | None) -> torch.Te
     quant_type); ``meta`` None: ``quant`` is the weight itself."""
     if meta is None:
         return quant[0]
-    q, absmax, absmax2, code2, offset, _ = quant
-    n_out, n_in, blocksize, blocksize2, nested, dtype, quant_type = meta
-    if nested:  # bitsandbytes.functional.dequantize_4bit's steps, on tensors (torch.compile reads the ops)
-        absmax = torch.ops.bitsandbytes.dequantize_blockwise(absmax, absmax2, code2, blocksize2, torch.float32) + offset
-    return torch.ops.bitsandbytes.dequantize_4bit(q, absmax, blocksize, quant_type, [n_out, n_in], dtype)
+    n_out, n_in, blocksize, _, _, dtype, quant_type = meta
+    return torch.ops.bitsandbytes.dequantize_4bit(quant[0], block_absmax(quant, meta), blocksize, quant_type,
+                                                  [n_out, n_in], dtype)
 
 
-def _weight_e4m3(quant, meta) -> tuple[torch.Tensor, torch.Tensor]:
-    """W8 [out, in] (e4m3) and W's scale per row [out, 1]."""
-    return rowwise_e4m3(dequantized(quant, meta))
+def block_absmax(quant: tuple[torch.Tensor, ...], meta: tuple) -> torch.Tensor:
+    """Each quantisation block's float32 scale (double quantisation undone as bitsandbytes undoes it)."""
+    _, absmax, absmax2, code2, offset, _ = quant
+    if meta[4]:  # nested: bitsandbytes.functional.dequantize_4bit's steps, on tensors (torch.compile reads the ops)
+        return torch.ops.bitsandbytes.dequantize_blockwise(absmax, absmax2, code2, meta[3], torch.float32) + offset
+    return absmax
+
+
+def _weight_e4m3(quant, meta, rows: bool = True, cols: bool = False):
+    """W8 [out, in] (``rows``, else None), W8ᵀ [in, out] (``cols``, else None) and W's scale per row [out, 1]."""
+    if meta is not None and quant[0].is_cuda and meta[5] == torch.bfloat16 and _op() is not None:
+        w8, w8t, scale = _converted(quant, meta, rows, cols)
+        return (w8 if rows else None), (w8t if cols else None), scale
+    w8, scale = rowwise_e4m3(dequantized(quant, meta))
+    return (w8 if rows else None), (w8.t().contiguous() if cols else None), scale
+
+
+def _converted(quant, meta, rows: bool, cols: bool, out_dtype: torch.dtype = E4M3, launch=None):
+    """NF4 / FP4 straight to e4m3 in one kernel (``_op``; ``launch``: ``_launch`` with the kernel and a tile, and
+    ``out_dtype`` float32, the values before the cast, under Triton's interpreter, whose e4m3 cast does not round
+    to nearest: tests). Each row's scale comes from its blocks' absmax: a
+    block's largest weight is its absmax times the code table's largest value (bitsandbytes quantises it so), in
+    bf16 the same value ``rowwise_e4m3`` finds, so both give the same bits."""
+    n_out, n_in, blocksize = meta[0], meta[1], meta[2]
+    absmax = block_absmax(quant, meta)
+    largest = (absmax.view(n_out, -1) * quant[5].abs().amax()).to(torch.bfloat16).float().amax(dim=1, keepdim=True)
+    scale = largest.clamp(min=SMALLEST_SCALE) / E4M3_MAX
+    w8, w8t = (launch or torch.ops.assistant.nf4_to_e4m3)(quant[0], absmax, quant[5], 1.0 / scale, n_out, n_in,
+                                                          blocksize, rows, cols, out_dtype)
+    return w8, w8t, scale
+
+
+@functools.cache
+def _kernel():
+    """The NF4 -> e4m3 Triton kernel (autotuned), built without a GPU too (under Triton's interpreter in tests)."""
+    import triton
+    import triton.language as tl
+
+    @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
+                              for bm, bn, w in ((32, 128, 4), (64, 128, 8), (32, 256, 4), (64, 128, 4), (32, 128, 2))],
+                     key=["n_out", "n_in", "ROWS", "COLS"])
+    @triton.jit
+    def e4m3_kernel(q_ptr, absmax_ptr, code_ptr, inverse_ptr, rows_ptr, cols_ptr, n_out, n_in,
+                    BLOCKSIZE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BM: tl.constexpr,
+                    BN: tl.constexpr):
+        # the fold kernel's tile (qlora_fold): BM rows x BN columns of whole quantisation blocks, no adapter
+        NB: tl.constexpr = BN // BLOCKSIZE
+        rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        rn = tl.program_id(1) * BN + tl.arange(0, BN)
+        rows = rm.to(tl.int64)[:, None]
+        in_rows = (rm < n_out)[:, None]
+        half = tl.program_id(1) * (BN // 2) + tl.arange(0, BN // 2)
+        byte = tl.load(q_ptr + rows * (n_in // 2) + half[None, :], mask=in_rows & (half < n_in // 2)[None, :],
+                       other=0).to(tl.int32)
+        w = tl.reshape(tl.join(tl.load(code_ptr + (byte >> 4)), tl.load(code_ptr + (byte & 15))), (BM, BN))
+        blk = tl.program_id(1) * NB + tl.arange(0, NB)
+        absmax = tl.load(absmax_ptr + rows * (n_in // BLOCKSIZE) + blk[None, :],
+                         mask=in_rows & (blk < n_in // BLOCKSIZE)[None, :], other=0.0)
+        w = tl.reshape(tl.reshape(w, (BM, NB, BLOCKSIZE)) * absmax[:, :, None], (BM, BN))
+        # bitsandbytes' bf16 weight (rounded to nearest even by hand: the interpreter's bf16 cast truncates), then
+        # e4m3 from it, as rowwise_e4m3 rounds that weight
+        bits = w.to(tl.uint32, bitcast=True)
+        w = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+        inverse = tl.load(inverse_ptr + rm, mask=rm < n_out, other=1.0)  # 1 / the row's scale
+        w = tl.clamp(w * inverse[:, None], -448.0, 448.0)
+        inside = in_rows & (rn < n_in)[None, :]
+        if ROWS:
+            tl.store(rows_ptr + rows * n_in + rn[None, :], w.to(rows_ptr.dtype.element_ty), mask=inside)
+        if COLS:  # W8ᵀ for backward's product
+            tl.store(cols_ptr + rn.to(tl.int64)[None, :] * n_out + rows, w.to(cols_ptr.dtype.element_ty), mask=inside)
+
+    return e4m3_kernel
+
+
+def _launch(kernel, q, absmax, code, inverse, n_out: int, n_in: int, blocksize: int, rows: bool, cols: bool,
+            out_dtype: torch.dtype, **tile) -> tuple[torch.Tensor, torch.Tensor]:
+    import triton
+
+    w8 = torch.empty((n_out, n_in) if rows else (0,), dtype=out_dtype, device=q.device)
+    w8t = torch.empty((n_in, n_out) if cols else (0,), dtype=out_dtype, device=q.device)
+
+    def grid(config):
+        return triton.cdiv(n_out, config["BM"]), triton.cdiv(n_in, config["BN"])
+    kernel[grid](q, absmax, code, inverse, w8, w8t, n_out, n_in, BLOCKSIZE=blocksize, ROWS=rows, COLS=cols, **tile)
+    return w8, w8t
+
+
+@functools.cache
+def _op():
+    """The custom op ``assistant::nf4_to_e4m3`` (the Triton kernel, which torch.compile launches as it is), or None
+    without Triton / CUDA."""
+    try:
+        from torch.library import triton_op, wrap_triton
+        kernel = _kernel()
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+
+    @triton_op("assistant::nf4_to_e4m3", mutates_args=())
+    def nf4_to_e4m3(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, inverse: torch.Tensor, n_out: int,
+                    n_in: int, blocksize: int, rows: bool, cols: bool,
+                    out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return _launch(wrap_triton(kernel), q, absmax, code, inverse, n_out, n_in, blocksize, rows, cols, out_dtype)
+
+    return nf4_to_e4m3
 
 
 class Fp8Linear(torch.autograd.Function):
@@ -98,13 +199,12 @@ class Fp8Linear(torch.autograd.Function):
         dtype = meta[5] if meta is not None else quant[0].dtype
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
         xa = x2 @ lora_a.to(dtype).t()  # [tokens, r], backward's too
-        w8 = w_scale = None
-        if keep or not skip:
-            w8, w_scale = _weight_e4m3(quant, meta)
-        # W8ᵀ laid out K-major for backward's product (the fp8 GEMMs take both operands so)
-        ctx.save_for_backward(x, lora_a, lora_b, xa, *((w8.t().contiguous(), w_scale) if keep else quant))
+        w8 = w8t = w_scale = None
+        if keep or not skip:  # W8ᵀ laid out K-major for backward's product (the fp8 GEMMs take both operands so)
+            w8, w8t, w_scale = _weight_e4m3(quant, meta, rows=not skip, cols=keep)
+        ctx.save_for_backward(x, lora_a, lora_b, xa, *((w8t, w_scale) if keep else quant))
         ctx.scale, ctx.meta, ctx.keep, ctx.n_quant, ctx.dtype = scale, meta, keep, len(quant), dtype
-        n_out = w8.shape[0] if w8 is not None else (meta[0] if meta is not None else quant[0].shape[0])
+        n_out = meta[0] if meta is not None else quant[0].shape[0]
         if skip:
             return x.new_zeros((), dtype=dtype).expand(*x.shape[:-1], n_out)
         x8, x_scale = rowwise_e4m3(x2)
@@ -119,8 +219,7 @@ class Fp8Linear(torch.autograd.Function):
         if ctx.keep:
             w8t, w_scale = rest
         else:
-            w8, w_scale = _weight_e4m3(tuple(rest), ctx.meta)
-            w8t = w8.t().contiguous()
+            _, w8t, w_scale = _weight_e4m3(tuple(rest), ctx.meta, rows=False, cols=True)
         dtype, s = ctx.dtype, ctx.scale
         x2, dy2 = x.reshape(-1, x.shape[-1]).to(dtype), dy.reshape(-1, dy.shape[-1]).to(dtype)
         dyb = dy2 @ lora_b.to(dtype)  # [tokens, r]
