@@ -10,7 +10,8 @@
 # transformers (Unsloth pins <= 5.17), ours on WHEELS' (5.24).
 # PARTS (default all, in this order): tests (gpu tests of the fold, the fp8 layers and the fast path), 7b (Unsloth and ours at batch 1
 # and 2), 1_8b (Unsloth bs4; ours bs3, and bs4 with 8-bit AdamW), fold (the fold kernel vs bitsandbytes'
-# dequantisation, 7B shapes), profile (Unsloth's and our 7B bs2 step under torch.profiler: kernel time by kind);
+# dequantisation, 7B shapes), fp8 (train.qlora_fp8's layers against the bf16 fold's, 7B shapes; not in the default),
+# profile (Unsloth's and our 7B bs2 step under torch.profiler: kernel time by kind);
 # each part has its own time limit (T_<part>). Ours runs each case without and with `_keep` (train.qlora_keep_folded,
 # `train`'s default since 2026-12-02 session 11); CASES_7B / CASES_1_8B / PEER_7B / PEER_1_8B / CASES_PROFILE /
 # PEER_PROFILE change the cases (an empty PEER_* runs no peer). All parts with
@@ -50,6 +51,7 @@ for part in $PARTS; do
                    -m gpu $t 2>&1 | tee -a "$OUT/tests.log" | grep -a "PASSED\|FAILED\|ERROR\|passed\|failed\|^E "
            done ;;
     fold) SHAPE=7b ours "${T_fold:-60}" benchmarks.fold_kernel ;;
+    fp8) SHAPE=7b ours "${T_fp8:-150}" benchmarks.fp8_layer_gpu ;;  # train.qlora_fp8's weights and products, layer by layer
     # where a 7B step's kernel time goes, the peer's and ours (benchmarks/profile_step.py)
     profile) [ -n "${PEER_PROFILE-x}" ] && SHAPE=7b PYTHONPATH=/tmp/site_peer:$PWD PEER_DIR=$P timeout "${T_profile_peer:-200}" \
                  python3 -m benchmarks.profile_step ${PEER_PROFILE-unsloth_qlora2} 2>&1 | tee -a "$OUT/log_peer" | json

@@ -207,7 +207,8 @@ def test_the_e4m3_kernel_under_tritons_interpreter():
                     " ((96, 192), 'fp4', True, 64, 128), ((64, 384), 'nf4', False, 32, 256)):\n"
                     "    w = f.quantized_weight_on_the_cpu(*shape, quant_type, nested)\n"
                     "    if nested: w.quant_state.offset = torch.as_tensor(w.quant_state.offset)\n"
-                    "    t.check_conversion(w, functools.partial(qlora_fp8._launch, qlora_fp8._kernel().fn, BM=bm, BN=bn))")
+                    "    launch = functools.partial(qlora_fp8._launch, qlora_fp8._kernel().fn, BM=bm, BN=bn)\n"
+                    "    t.check_conversion(w, launch)")
 
 
 @pytest.mark.gpu
