@@ -208,8 +208,9 @@ class Fp8Linear(torch.autograd.Function):
         if skip:
             return x.new_zeros((), dtype=dtype).expand(*x.shape[:-1], n_out)
         x8, x_scale = rowwise_e4m3(x2)
-        y = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale.reshape(1, -1), out_dtype=dtype,
-                             use_fast_accum=True)  # as torchao's forward; its backward accumulates in full
+        # sums accumulated in full: Hopper's fast fp8 accumulation keeps ~14 bits (DeepSeek-V3's report: up to 2 %
+        # off at K = 4096), which a CPU cannot show; benchmarks/fp8_layer_gpu.py times both
+        y = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale.reshape(1, -1), out_dtype=dtype)
         y = torch.addmm(y, xa, lora_b.to(dtype).t(), alpha=scale)
         return y.reshape(*x.shape[:-1], n_out)
 
