@@ -173,6 +173,14 @@ def test_the_fold_compiles_into_a_graph_as_it_runs_eagerly(n_out, n_in):
     torch.testing.assert_close(compiled(lora_a, lora_b), eager, rtol=2**-7, atol=1e-6)
 
 
+def checkpointed_step(tiny_checkpoint, tmp_path, **apply) -> tuple[float, dict, list[str], int]:
+    """``profiled_step`` of ``compiled_qlora(..., **apply)`` under activation checkpointing (as ``train`` runs it), and
+    its number of folded layers."""
+    model, batch, layers = compiled_qlora(tiny_checkpoint, tmp_path, **apply)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return (*profiled_step(model, batch), layers)
+
+
 @pytest.mark.gpu
 @gpu
 def test_kept_folded_weights_fold_each_layer_twice_a_step_and_change_nothing(tiny_checkpoint, tmp_path):
@@ -201,12 +209,8 @@ def test_the_recompute_skips_each_layers_last_product_and_changes_nothing(tiny_c
     """Compiled, checkpointed decoder layers (``fast.LAST_PRODUCT``): the recompute leaves out the MLP's output
     product (fewer GEMMs a step, the same folds) and the step's loss and LoRA gradients are those of the recompute
     in full (``skip_last_product=False``)."""
-    steps = []
-    for skip in (False, True):
-        model, batch, layers = compiled_qlora(tiny_checkpoint, tmp_path, skip_last_product=skip)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        steps.append(profiled_step(model, batch))
-    (loss, grads, kernels), (skip_loss, skip_grads, skip_kernels) = steps
+    (loss, grads, kernels, layers), (skip_loss, skip_grads, skip_kernels, _) = (
+        checkpointed_step(tiny_checkpoint, tmp_path, skip_last_product=skip) for skip in (False, True))
 
     def gemms(names):
         return sum(any(k in name.lower() for k in ("gemm", "nvjet", "cutlass", "sm90")) for name in names)

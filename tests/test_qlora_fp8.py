@@ -161,15 +161,12 @@ def test_gpu_fp8_qlora_step_follows_the_bf16_fold(tiny_checkpoint, tmp_path):
     are those of the bf16 fold within e4m3's rounding."""
     if qlora_fp8.unsupported():
         pytest.skip(qlora_fp8.unsupported())
-    from test_qlora_fold import compiled_qlora, profiled_step
+    from test_qlora_fold import checkpointed_step
 
-    steps = []
-    for fp8 in (False, True):
-        model, batch, layers = compiled_qlora(tiny_checkpoint, tmp_path, fp8=fp8)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        steps.append(profiled_step(model, batch))
-    (loss, grads, kernels), (fp8_loss, fp8_grads, fp8_kernels) = steps
+    (loss, grads, kernels, _), (fp8_loss, fp8_grads, fp8_kernels, _) = (
+        checkpointed_step(tiny_checkpoint, tmp_path, fp8=fp8) for fp8 in (False, True))
     assert not any("fold_kernel" in k for k in fp8_kernels) and any("fold_kernel" in k for k in kernels)
+    assert any("e4m3_kernel" in k for k in fp8_kernels)
     assert fp8_loss == pytest.approx(loss, rel=2e-2)
     for name, g in grads.items():
         assert (fp8_grads[name] - g).norm() <= 0.1 * g.norm().clamp_min(1e-12), name

@@ -42,63 +42,10 @@ def enabled() -> bool:
 
 # ----------------------------------------------------------------------------- the kernel
 
-@functools.cache
 def _kernel():
-    """The fold's Triton kernel (autotuned), built without a GPU too (tests compile it for sm_90 to read its PTX)."""
-    import triton
-    import triton.language as tl
-
-    @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
-                              for bm, bn, w in ((64, 128, 4), (128, 64, 4), (64, 64, 4), (128, 128, 8),
-                                                (128, 256, 8), (256, 128, 8))],
-                     key=["n_out", "n_in", "R"])
-    @triton.jit
-    def fold_kernel(q_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, a_ptr, b_ptr, out_ptr,
-                    scale, n_out, n_in, rank,
-                    BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, R: tl.constexpr,
-                    BM: tl.constexpr, BN: tl.constexpr, ASM: tl.constexpr):
-        # a tile is BM rows x BN columns; n_in % BLOCKSIZE == 0 and BN % BLOCKSIZE == 0 (``foldable``), so
-        # each row of a tile holds whole quantisation blocks
-        NB: tl.constexpr = BN // BLOCKSIZE
-        rm = tl.program_id(0) * BM + tl.arange(0, BM)
-        rn = tl.program_id(1) * BN + tl.arange(0, BN)
-        rows = rm.to(tl.int64)[:, None]
-        in_rows = (rm < n_out)[:, None]
-        half = tl.program_id(1) * (BN // 2) + tl.arange(0, BN // 2)
-        byte = tl.load(q_ptr + rows * (n_in // 2) + half[None, :], mask=in_rows & (half < n_in // 2)[None, :],
-                       other=0).to(tl.int32)
-        # bitsandbytes packs element 2j in the high nibble, 2j + 1 in the low one
-        w = tl.reshape(tl.join(tl.load(code_ptr + (byte >> 4)), tl.load(code_ptr + (byte & 15))), (BM, BN))
-        blk = tl.program_id(1) * NB + tl.arange(0, NB)
-        at = rows * (n_in // BLOCKSIZE) + blk[None, :]
-        in_blocks = in_rows & (blk < n_in // BLOCKSIZE)[None, :]
-        if NESTED:  # double quantisation: the blocks' absmax are 8-bit codes, with their own blockwise scale;
-            # rounded twice, as bitsandbytes does (its product, then + offset in another op): a fused multiply-add
-            # moves ~8 % of the absmax by one unit and, now and then, a bf16 weight (a gpu test failed so once).
-            # Written here, not as a helper: a compiled layer runs a copy of this kernel that lacks local helpers
-            code = tl.load(code2_ptr + tl.load(absmax_ptr + at, mask=in_blocks, other=0).to(tl.int32))
-            scale2 = tl.load(absmax2_ptr + at // BLOCKSIZE2, mask=in_blocks, other=0.0)
-            if ASM:
-                absmax = tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [code, scale2], dtype=tl.float32,
-                                                   is_pure=True, pack=1) + tl.load(offset_ptr)
-            else:  # Triton's interpreter (no PTX), which rounds every operation on its own
-                absmax = code * scale2 + tl.load(offset_ptr)
-        else:
-            absmax = tl.load(absmax_ptr + at, mask=in_blocks, other=0.0)
-        w = tl.reshape(tl.reshape(w, (BM, NB, BLOCKSIZE)) * absmax[:, :, None], (BM, BN))
-        rk = tl.arange(0, R)
-        b = tl.load(b_ptr + rows * rank + rk[None, :], mask=in_rows & (rk < rank)[None, :], other=0.0)
-        a = tl.load(a_ptr + rk[:, None] * n_in + rn[None, :], mask=(rk < rank)[:, None] & (rn < n_in)[None, :],
-                    other=0.0)
-        w += scale * tl.dot(b.to(tl.bfloat16), a.to(tl.bfloat16))  # autocast's precision for the adapter
-        if ASM:
-            tl.store(out_ptr + rows * n_in + rn[None, :], w.to(out_ptr.dtype.element_ty),
-                     mask=in_rows & (rn < n_in)[None, :])
-        else:  # the interpreter's float32 -> bf16 truncates: rounded to nearest even here (bf16 out only)
-            bits = w.to(tl.uint32, bitcast=True)
-            bits += 0x7FFF + ((bits >> 16) & 1)
-            tl.store(out_ptr.to(tl.pointer_type(tl.uint16)) + rows * n_in + rn[None, :], (bits >> 16).to(tl.uint16),
-                     mask=in_rows & (rn < n_in)[None, :])
+    """The fold's Triton kernel (autotuned; ``trainer.gpu.nf4_kernels``), built without a GPU too (tests compile it
+    for sm_90 to read its PTX)."""
+    from myassistant.trainer.gpu.nf4_kernels import fold_kernel
 
     return fold_kernel
 

@@ -110,44 +110,10 @@ def _converted(quant, meta, rows: bool, cols: bool, out_dtype: torch.dtype = E4M
     return w8, w8t, scale
 
 
-@functools.cache
 def _kernel():
-    """The NF4 -> e4m3 Triton kernel (autotuned), built without a GPU too (under Triton's interpreter in tests)."""
-    import triton
-    import triton.language as tl
-
-    @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
-                              for bm, bn, w in ((32, 128, 4), (64, 128, 8), (32, 256, 4), (64, 128, 4), (32, 128, 2))],
-                     key=["n_out", "n_in", "ROWS", "COLS"])
-    @triton.jit
-    def e4m3_kernel(q_ptr, absmax_ptr, code_ptr, inverse_ptr, rows_ptr, cols_ptr, n_out, n_in,
-                    BLOCKSIZE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BM: tl.constexpr,
-                    BN: tl.constexpr):
-        # the fold kernel's tile (qlora_fold): BM rows x BN columns of whole quantisation blocks, no adapter
-        NB: tl.constexpr = BN // BLOCKSIZE
-        rm = tl.program_id(0) * BM + tl.arange(0, BM)
-        rn = tl.program_id(1) * BN + tl.arange(0, BN)
-        rows = rm.to(tl.int64)[:, None]
-        in_rows = (rm < n_out)[:, None]
-        half = tl.program_id(1) * (BN // 2) + tl.arange(0, BN // 2)
-        byte = tl.load(q_ptr + rows * (n_in // 2) + half[None, :], mask=in_rows & (half < n_in // 2)[None, :],
-                       other=0).to(tl.int32)
-        w = tl.reshape(tl.join(tl.load(code_ptr + (byte >> 4)), tl.load(code_ptr + (byte & 15))), (BM, BN))
-        blk = tl.program_id(1) * NB + tl.arange(0, NB)
-        absmax = tl.load(absmax_ptr + rows * (n_in // BLOCKSIZE) + blk[None, :],
-                         mask=in_rows & (blk < n_in // BLOCKSIZE)[None, :], other=0.0)
-        w = tl.reshape(tl.reshape(w, (BM, NB, BLOCKSIZE)) * absmax[:, :, None], (BM, BN))
-        # bitsandbytes' bf16 weight (rounded to nearest even by hand: the interpreter's bf16 cast truncates), then
-        # e4m3 from it, as rowwise_e4m3 rounds that weight
-        bits = w.to(tl.uint32, bitcast=True)
-        w = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-        inverse = tl.load(inverse_ptr + rm, mask=rm < n_out, other=1.0)  # 1 / the row's scale
-        w = tl.clamp(w * inverse[:, None], -448.0, 448.0)
-        inside = in_rows & (rn < n_in)[None, :]
-        if ROWS:
-            tl.store(rows_ptr + rows * n_in + rn[None, :], w.to(rows_ptr.dtype.element_ty), mask=inside)
-        if COLS:  # W8ᵀ for backward's product
-            tl.store(cols_ptr + rn.to(tl.int64)[None, :] * n_out + rows, w.to(cols_ptr.dtype.element_ty), mask=inside)
+    """The NF4 -> e4m3 Triton kernel (autotuned; ``trainer.gpu.nf4_kernels``), built without a GPU too (under
+    Triton's interpreter in tests)."""
+    from myassistant.trainer.gpu.nf4_kernels import e4m3_kernel
 
     return e4m3_kernel
 
