@@ -180,6 +180,7 @@ def check_conversion(weight, launch=None) -> None:
 
     quant, meta = qlora_fold._quant_args(weight)
     meta = meta + (weight.quant_state.quant_type,)
+    assert launch is not None or qlora_fp8.enabled()  # the custom op registered
     want, want_scale = qlora_fp8.rowwise_e4m3(qlora_fp8.dequantized(quant, meta))
     for rows, cols in ((True, True), (True, False), (False, True)):
         w8, w8t, scale = qlora_fp8._converted(quant, meta, rows, cols, *(() if launch is None else (torch.float32,

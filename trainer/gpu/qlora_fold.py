@@ -235,6 +235,8 @@ def apply(model: torch.nn.Module, fp8: bool = False) -> int:
     whose sizes fit run their frozen products in fp8 instead (``qlora_fp8.Fp8Linear``), the others fold."""
     if not enabled():
         return 0
+    if fp8:
+        qlora_fp8.enabled()  # registers its kernel now, outside any compiled code
     n, skipped = 0, {}
     for name, module in model.named_modules():
         why = foldable(module)

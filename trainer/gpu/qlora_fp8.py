@@ -88,7 +88,7 @@ def block_absmax(quant: tuple[torch.Tensor, ...], meta: tuple) -> torch.Tensor:
 
 def _weight_e4m3(quant, meta, rows: bool = True, cols: bool = False):
     """W8 [out, in] (``rows``, else None), W8ᵀ [in, out] (``cols``, else None) and W's scale per row [out, 1]."""
-    if meta is not None and quant[0].is_cuda and meta[5] == torch.bfloat16 and _op() is not None:
+    if meta is not None and quant[0].is_cuda and meta[5] == torch.bfloat16 and _registered:
         w8, w8t, scale = _converted(quant, meta, rows, cols)
         return (w8 if rows else None), (w8t if cols else None), scale
     w8, scale = rowwise_e4m3(dequantized(quant, meta))
@@ -131,10 +131,19 @@ def _launch(kernel, q, absmax, code, inverse, n_out: int, n_in: int, blocksize: 
     return w8, w8t
 
 
+_registered = False  # whether ``_op`` registered the kernel (read in compiled code: a plain global, not the call)
+
+
+def enabled() -> bool:
+    """Whether NF4 weights convert in one kernel here (Triton and a CUDA GPU; else dequantised, then scaled)."""
+    return _op() is not None
+
+
 @functools.cache
 def _op():
     """The custom op ``assistant::nf4_to_e4m3`` (the Triton kernel, which torch.compile launches as it is), or None
     without Triton / CUDA."""
+    global _registered
     try:
         from torch.library import triton_op, wrap_triton
         kernel = _kernel()
@@ -148,6 +157,8 @@ def _op():
                     n_in: int, blocksize: int, rows: bool, cols: bool,
                     out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return _launch(wrap_triton(kernel), q, absmax, code, inverse, n_out, n_in, blocksize, rows, cols, out_dtype)
+
+    _registered = True
 
     return nf4_to_e4m3
 
