@@ -97,8 +97,8 @@ def layer_times(quant, meta, meta8, a, b, tokens: int) -> dict:
 
 
 def main() -> None:
-    if qlora_fp8.unsupported():
-        raise SystemExit(f"fp8_layer_gpu: {qlora_fp8.unsupported()}")
+    if qlora_fp8.unsupported() or not (qlora_fold.enabled() and qlora_fp8.enabled()):  # the kernels registered
+        raise SystemExit(f"fp8_layer_gpu: {qlora_fp8.unsupported() or 'needs Triton'}")
     print(torch.__version__, torch.cuda.get_device_name(0), flush=True)
     for name, (n_out, n_in) in SHAPES[os.environ.get("SHAPE", "7b")].items():
         quant, meta, meta8, a, b = layer(n_out, n_in)
