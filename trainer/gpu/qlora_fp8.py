@@ -96,11 +96,11 @@ def _weight_e4m3(quant, meta, rows: bool = True, cols: bool = False):
 
 
 def _converted(quant, meta, rows: bool, cols: bool, out_dtype: torch.dtype = E4M3, launch=None):
-    """NF4 / FP4 straight to e4m3 in one kernel (``_op``; ``launch``: ``_launch`` with the kernel and a tile, and
-    ``out_dtype`` float32, the values before the cast, under Triton's interpreter, whose e4m3 cast does not round
-    to nearest: tests). Each row's scale comes from its blocks' absmax: a
-    block's largest weight is its absmax times the code table's largest value (bitsandbytes quantises it so), in
-    bf16 the same value ``rowwise_e4m3`` finds, so both give the same bits."""
+    """NF4 / FP4 straight to e4m3 in one kernel (``_op``). Each row's scale comes from its blocks' absmax: a block's
+    largest weight is its absmax times the code table's largest value (bitsandbytes quantises it so), in bf16 the
+    value ``rowwise_e4m3`` finds in the dequantised weight, so both give the same bits. Tests pass ``launch``
+    (``_launch`` with the kernel and a tile) and ``out_dtype`` float32: the values before the cast, under Triton's
+    interpreter, whose own e4m3 cast does not round to nearest."""
     n_out, n_in, blocksize = meta[0], meta[1], meta[2]
     absmax = block_absmax(quant, meta)
     largest = (absmax.view(n_out, -1) * quant[5].abs().amax()).to(torch.bfloat16).float().amax(dim=1, keepdim=True)
