@@ -17,7 +17,7 @@ import transformers
 
 import myassistant.model as model_layer
 from myassistant.trainer import data as data_lib
-from myassistant.trainer.gpu import fast, lm_loss
+from myassistant.trainer.gpu import fast, lm_loss, varlen
 from myassistant.trainer.config import load_config
 from myassistant.trainer.lora import build_model
 
@@ -210,7 +210,7 @@ def test_gpu_loss_is_transformers_loss_on_bf16_logits(vocab, monkeypatch):
 
 def test_varlen_kwargs_mark_every_sample():
     pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]])
-    kw = fast.varlen_kwargs(pos)
+    kw = varlen.varlen_kwargs(pos)
     assert kw["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 10, 12] and kw["max_length_q"] == 4
 
 

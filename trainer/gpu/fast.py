@@ -10,9 +10,9 @@ What it changes on a model that ``trainer.lora.build_model`` returned (each meas
 - loss: the lm_head and the cross-entropy run in chunks of tokens (``trainer.lm_loss``), so the
   tokens x 92,544 logits are never in memory at once.
 - attention: packed sequences (``position_ids`` restarting at 0 per sample) go to flash-attention
-  varlen (torch's own kernel, ``aten._flash_attention_forward`` with ``cu_seqlens``), so no token
-  attends across samples and no L x L mask is built; batches with an ``attention_mask`` (padding,
-  generation) and unpacked rows go to sdpa as before.
+  varlen (torch's own kernel, ``aten._flash_attention_forward`` with ``cu_seqlens``; ``trainer.gpu.varlen``),
+  so no token attends across samples and no L x L mask is built; batches with an ``attention_mask``
+  (padding, generation) and unpacked rows go to sdpa as before.
 - QLoRA layers: the adapter is folded into the weight as it is dequantised, one GEMM a layer
   (``trainer.qlora_fold``).
 - data: ``collate`` joins a micro-batch into one row without padding (``trainer.data.collate``
@@ -37,17 +37,13 @@ import types
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from myassistant.trainer import data as data_lib
-from myassistant.trainer.gpu import lm_loss, qlora_fold, qlora_fp8
+from myassistant.trainer.gpu import lm_loss, qlora_fold, qlora_fp8, varlen
+from myassistant.trainer.gpu.varlen import varlen_kwargs
 
 log = logging.getLogger(__name__)
-
-ATTENTION = "assistant_varlen"  # the name this module registers with transformers' AttentionInterface
 
 
 def enabled(cfg) -> bool:
@@ -66,8 +62,8 @@ def collate(features, *, pad_token_id: int = 0, static: bool = False):
     power of two (empty samples).
     """
     batch = data_lib.collate(features, flatten=True)
-    varlen = varlen_kwargs(batch["position_ids"])
-    cu, longest = varlen["cu_seq_lens_q"], varlen["max_length_q"]
+    bounds = varlen_kwargs(batch["position_ids"])
+    cu, longest = bounds["cu_seq_lens_q"], bounds["max_length_q"]
     if static:
         longest = _next_power_of_two(longest, 64)
         n = batch["input_ids"].shape[1]
@@ -123,8 +119,8 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False,
                      if fp8 else "fold their adapter into the dequantised weight",
                      "; under activation checkpointing the recompute's fold serves backward (train.qlora_keep_folded)"
                      if keep_folded and compile and folded else "")
-    _register_attention()
-    _decoder(lm).set_attn_implementation(ATTENTION)  # a Llava's vision tower keeps its own (sdpa)
+    varlen.register()
+    _decoder(lm).set_attn_implementation(varlen.ATTENTION)  # a Llava's vision tower keeps its own (sdpa)
     lm.config.use_cache = False
     lm.forward = types.MethodType(functools.partial(_forward, loss=cfg.train.lm_loss if cfg is not None else "auto"), lm)
     if _decoder(lm) is not lm.model:  # a Llava
@@ -309,74 +305,3 @@ def _with_pictures(llava, input_ids: torch.Tensor, pixel_values: torch.Tensor | 
     is_image = input_ids == llava.config.image_token_id
     index = (torch.cumsum(is_image.reshape(-1), 0) - 1).clamp_(min=0).reshape(is_image.shape)
     return torch.where(is_image.unsqueeze(-1), features[index], embeds)
-
-
-# ----------------------------------------------------------------------------- attention
-
-def varlen_kwargs(position_ids: torch.Tensor) -> dict:
-    """cu_seqlens of the samples in packed rows (a sample starts where its position is 0), once per forward."""
-    flat = position_ids.reshape(-1)
-    starts = torch.nonzero(flat == 0).flatten()
-    if starts.numel() == 0 or starts[0] != 0:
-        starts = torch.cat([starts.new_zeros(1), starts])
-    cu = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
-    longest = int((cu[1:] - cu[:-1]).max())  # a host sync on a GPU tensor: `collate` does this on the CPU
-    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
-
-
-class _FlashVarlen(torch.autograd.Function):
-    """torch's built-in flash-attention 2 on [tokens, heads, dim] with cu_seqlens; GQA native."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu, longest, scale):
-        out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
-            q, k, v, cu, cu, longest, longest, 0.0, True, False, scale=scale)
-        ctx.save_for_backward(q, k, v, out, lse, cu, rng, unused)
-        ctx.longest, ctx.scale = longest, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, out, lse, cu, rng, unused = ctx.saved_tensors
-        dq, dk, dv = torch.ops.aten._flash_attention_backward(
-            grad.contiguous(), q, k, v, out, lse, cu, cu, ctx.longest, ctx.longest, 0.0, True, rng, unused,
-            scale=ctx.scale)
-        return dq, dk, dv, None, None, None
-
-
-def _segments_sdpa(q, k, v, cu, scale):
-    """Reference / CPU path: causal sdpa on each sample separately."""
-    bounds = cu.tolist()
-    outs = [F.scaled_dot_product_attention(q[:, a:b], k[:, a:b], v[:, a:b], is_causal=True, scale=scale,
-                                           enable_gqa=q.shape[0] != k.shape[0])
-            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]  # collate(static=True) adds empty samples
-    return torch.cat(outs, dim=1)
-
-
-def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                     cu_seq_lens_q=None, max_length_q=None, **kwargs):
-    """transformers attention function: varlen flash for packed rows, sdpa otherwise."""
-    if cu_seq_lens_q is None or attention_mask is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    b, h, n, d = query.shape  # [batch, heads, tokens, dim] -> [batch * tokens, heads, dim]
-    q, k, v = (t.transpose(1, 2).reshape(b * n, t.shape[1], d) for t in (query, key, value))
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        out = _FlashVarlen.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu_seq_lens_q, max_length_q, scaling)
-    else:
-        out = _segments_sdpa(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu_seq_lens_q,
-                             scaling).transpose(0, 1)
-    return out.reshape(b, n, h, d), None
-
-
-def _varlen_mask(*args, attention_mask=None, **kwargs):
-    """No mask when there is no padding (varlen or causal sdpa need none); sdpa's mask otherwise."""
-    if attention_mask is None:
-        return None
-    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
-
-
-@functools.cache
-def _register_attention() -> None:
-    AttentionInterface.register(ATTENTION, varlen_attention)
-    AttentionMaskInterface.register(ATTENTION, _varlen_mask)
