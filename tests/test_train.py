@@ -336,6 +336,16 @@ def test_qlora_on_cpu_says_what_to_do(tiny_checkpoint, chats, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU may have fp8 tensor cores")
+def test_qlora_fp8_without_an_fp8_gpu_is_a_clear_error_before_anything_is_written(tiny_checkpoint, chats, tmp_path):
+    """``train.qlora_fp8`` changes results, so a machine that cannot run it refuses the run (not a bf16 run that the
+    saved config would misdescribe), before the run folder or the weights."""
+    result = cli("train", *overrides(tiny_checkpoint, chats, tmp_path / "f", method="qlora", qlora_fp8="true"))
+    assert result.returncode != 0
+    assert "train.qlora_fp8: needs a CUDA GPU; train.qlora_fp8=false trains in bf16" in result.stderr
+    assert not (tmp_path / "f").exists()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")
 def test_deepspeed_without_deepspeed_is_a_clear_error(tiny_checkpoint, chats, tmp_path):
     cfg = load_config(None, [*overrides(tiny_checkpoint, chats, tmp_path / "ds"), "train.deepspeed=zero3_offload"])
