@@ -159,8 +159,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, callbacks: tuple, lock
     cfg.vision = dataclasses.replace(cfg.vision, encoder=_absolute(cfg.vision.encoder),
                                      projector=_absolute(cfg.vision.projector))
     cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir))
-    if cfg.train.qlora_fp8 and qlora_fp8.unsupported():  # results would differ from what the config says
-        raise ConfigError(f"train.qlora_fp8: {qlora_fp8.unsupported()}; train.qlora_fp8=false trains in bf16")
+    if cfg.train.qlora_fp8:  # before the run folder and the weights
+        qlora_fp8.check_supported()
     args = training_arguments(cfg, run_dir, deepspeed_config(cfg.train.deepspeed))  # sets up the process group
     main = args.process_index == 0  # only the first process writes the run folder's own files
     if main and run_dir.is_dir():  # before prepare_run_dir cleans up what another training may be writing

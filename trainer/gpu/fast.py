@@ -101,7 +101,7 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False,
     ``skip_last_product`` (with ``compile``): a checkpointed layer's recompute skips the MLP's output product where
     the layer is one of ``LAST_PRODUCT``'s and that product a folded QLoRA layer (``qlora_fold.recomputing``);
     False recomputes it (benchmarks' ``full`` variant).
-    ``cfg.train.qlora_fp8``: those QLoRA layers' frozen products in fp8 (``qlora_fp8``; a ValueError on a GPU
+    ``cfg.train.qlora_fp8``: those QLoRA layers' frozen products in fp8 (``qlora_fp8``; a ConfigError on a GPU
     without fp8 tensor cores).
     """
     keep_folded = cfg is not None and cfg.train.qlora_keep_folded
@@ -111,8 +111,8 @@ def apply(model: torch.nn.Module, cfg=None, *, compile: bool | str = False,
         cast = _cast_frozen(lm, dtype)
         log.info("fast path: %d frozen tensors back to %s (prepare_model_for_kbit_training made them fp32)", cast, dtype)
         fp8 = cfg is not None and cfg.train.qlora_fp8
-        if fp8 and qlora_fp8.unsupported():
-            raise ValueError(f"train.qlora_fp8: {qlora_fp8.unsupported()}; set it false to train in bf16")
+        if fp8:
+            qlora_fp8.check_supported()
         if cfg is None or cfg.train.qlora_fold:
             folded = qlora_fold.apply(model, fp8=fp8)
             log.info("fast path: %d QLoRA layers %s%s", folded, "run their frozen products in fp8 (train.qlora_fp8)"

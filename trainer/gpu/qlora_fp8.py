@@ -40,6 +40,16 @@ def unsupported() -> str | None:
     return None
 
 
+def check_supported() -> None:
+    """A ConfigError when ``train.qlora_fp8`` cannot run here: a run would otherwise differ from what its saved config
+    says (``train`` asks before it loads anything, ``fast.apply`` for its other callers)."""
+    from myassistant.trainer.config import ConfigError
+
+    why = unsupported()
+    if why is not None:
+        raise ConfigError(f"train.qlora_fp8: {why}; train.qlora_fp8=false trains in bf16")
+
+
 def shapes_fit(n_out: int, n_in: int) -> bool:
     """Whether a weight's sizes fit the fp8 GEMMs (``torch._scaled_mm``: both multiples of 16)."""
     return n_out % 16 == 0 and n_in % 16 == 0
