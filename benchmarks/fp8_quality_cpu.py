@@ -20,22 +20,27 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 
+def use_fp8_products(model) -> None:
+    """Every LoRA layer's training forward becomes ``Fp8Linear`` over its dense base weight; evaluation and
+    generation run as before."""
+    from myassistant.trainer.gpu.qlora_fp8 import Fp8Linear
+
+    for module in model.modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            def forward(x, *args, module=module, plain=module.forward, **kw):
+                if not module.training:
+                    return plain(x, *args, **kw)
+                return Fp8Linear.apply(x, module.lora_A["default"].weight, module.lora_B["default"].weight,
+                                       float(module.scaling["default"]), None, False, False,
+                                       module.base_layer.weight.detach())
+            module.forward = forward
+
+
 class Fp8Products(TrainerCallback):
-    """At the start of training, every LoRA layer's forward becomes ``Fp8Linear`` over its base weight."""
+    """``use_fp8_products`` on the model at the start of training."""
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from myassistant.trainer.gpu.qlora_fp8 import Fp8Linear
-
-        for module in model.modules():
-            if hasattr(module, "lora_A") and "default" in module.lora_A:
-                weight = module.base_layer.weight
-
-                def forward(x, *args, module=module, weight=weight, **kw):
-                    if not module.training:  # evaluation and generation as the model runs after training
-                        return module._plain_forward(x, *args, **kw)
-                    return Fp8Linear.apply(x, module.lora_A["default"].weight, module.lora_B["default"].weight,
-                                           float(module.scaling["default"]), None, False, False, weight.detach())
-                module._plain_forward, module.forward = module.forward, forward
+        use_fp8_products(model)
 
 
 def run(demo: Path, out: Path, fp8: bool, steps: int, seed: int = 0) -> dict:
