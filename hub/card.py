@@ -31,6 +31,22 @@ _LOCAL_PATH = re.compile(r"^(?:/|~|[A-Za-z]:[\\/])")  # a path on the machine th
 # who and where (/home/<user>/...), so a published card keeps only the last part
 
 
+
+# The chat template writes the prompt's <s>: one apply_chat_template call tokenises it as it is, where tokenising
+# its text again (tokenizer(text) / processor(text=...)) would put a second <s> in front.
+_USE_TEXT = ('messages = [{"role": "user", "content": "Who are you?"}]',
+             "inputs = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,",
+             '                                 return_tensors="pt")',
+             "out = model.generate(**inputs, max_new_tokens=64)",
+             'print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))')
+_USE_LLAVA = ('picture = Image.open("picture.jpg")',
+              'messages = [{"role": "user", "content": [{"type": "image", "image": picture},',
+              '                                         {"type": "text", "text": "What is in the picture?"}]}]',
+              "inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,",
+              '                                       return_dict=True, return_tensors="pt")',
+              "out = model.generate(**inputs, max_new_tokens=64)",
+              'print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))')
+
 def _public(value: Any) -> Any:
     """``value`` as a published card shows it: a local absolute path by its last part, anything else as is."""
     if isinstance(value, str) and _LOCAL_PATH.match(value):
@@ -171,11 +187,12 @@ def model_card(folder: str | Path, *, name: str | None = None) -> str:
     if llava:
         loader = ("from transformers import AutoModelForImageTextToText", "AutoModelForImageTextToText")
     tokenizer = "AutoProcessor" if llava else "AutoTokenizer"
-    parts += ["", "## Use", "", "```python", loader[0], f"from transformers import {tokenizer}", "",
-              'path = "PATH"  # a local clone of this repo: `assistant clone <this repo>` prints it',
-              f"{'processor' if llava else 'tok'} = {tokenizer}.from_pretrained(path)",
-              f"model = {loader[1]}.from_pretrained(path)", "```", ""]
+    use = [loader[0], f"from transformers import {tokenizer}", *(["from PIL import Image"] if llava else []), "",
+           'path = "PATH"  # a local clone of this repo: `assistant clone <this repo>` prints it',
+           f"{'processor' if llava else 'tok'} = {tokenizer}.from_pretrained(path)",
+           f"model = {loader[1]}.from_pretrained(path)"]
     if adapter and base and not _HUB_ID.match(str(base)):  # AutoPeft loads the base from where the config says
-        parts[-2:-2] = [f"# the base model loads from the folder `{base}` (adapter_config.json) in the working folder;",
-                        "# or: model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), path)"]
+        use += [f"# the base model loads from the folder `{base}` (adapter_config.json) in the working folder;",
+                "# or: model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), path)"]
+    parts += ["", "## Use", "", "```python", *use, *(_USE_LLAVA if llava else _USE_TEXT), "```", ""]
     return "\n".join(parts)

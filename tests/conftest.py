@@ -38,6 +38,24 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: floa
                           capture_output=True, timeout=timeout, input=input)
 
 
+def run_card_usage(card: str, folder: Path, picture: Path | None = None) -> str:
+    """Run the Python of a model card's "## Use" block as a user pastes it (PATH: ``folder``; picture.jpg:
+    ``picture``), in a process of its own, offline, with a few tokens; asserts the prompt starts with one <s>.
+    Returns what it printed."""
+    import subprocess
+
+    code = card.split("## Use")[1].split("```python\n")[1].split("```")[0]
+    code = code.replace('"PATH"', repr(str(folder))).replace("max_new_tokens=64", "max_new_tokens=4")
+    if picture is not None:
+        code = code.replace('"picture.jpg"', repr(str(picture)))
+    tokenizer = "processor.tokenizer" if picture is not None else "tok"
+    code += f'assert (inputs["input_ids"][0] == {tokenizer}.bos_token_id).sum() == 1, inputs["input_ids"][0, :4]\n'
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
 def cli(*args: str, cwd: Path = ROOT, env: dict | None = None):
     """``assistant <args>`` in this process: its exit code, stdout and stderr as run_cli returns them, without a new
     interpreter importing torch and transformers for each call (5-10 s on a busy 2-core machine); log lines go to its

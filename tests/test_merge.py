@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from myassistant import model
-from conftest import cli, run_cli
+from conftest import cli, run_card_usage, run_cli
 from myassistant.chat import GenerationSettings
 from myassistant.model import CheckpointError
 from test_train import overrides
@@ -109,6 +109,7 @@ def test_card_pushed_from_the_merged_run_says_how_it_was_made(merged, tiny_check
         assert row in card, row
     assert str(tiny_checkpoint.parent) not in card  # the machine's paths stay on it
     assert "base_model:" not in card.split("---")[1]  # a local path is no Hub id for the front matter
+    run_card_usage(card, merged)  # its "Use" code runs as written, the prompt with one <s>
 
 
 def test_chat_with_a_merged_folder_and_its_own_adapter_is_refused(merged, lora_run):

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
-from conftest import cli, run_cli
+from conftest import cli, run_card_usage, run_cli
 from myassistant.trainer.config import load_config
 from myassistant.trainer.multimodal import write_shapes_dataset
 from myassistant.trainer.train import train
@@ -114,6 +114,11 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     files = subprocess.run(["git", "ls-tree", "-r", "--name-only", "main"], cwd=remote, capture_output=True,
                            text=True, check=True).stdout.split()
     assert {"model.safetensors", "processor_config.json", "README.md"} <= set(files)
+    card = subprocess.run(["git", "show", "main:README.md"], cwd=remote, capture_output=True, text=True,
+                          check=True).stdout
+    run_card_usage(card, merged, picture=next((shapes / "images").iterdir()))  # one <s>, a picture, an answer
+    gen = json.loads((merged / "generation_config.json").read_text())
+    assert gen["do_sample"] and gen["temperature"] <= 0.5  # the app and chat start from the merge's serving defaults
 
 
 def test_multimodal_config_errors_before_any_weights(tiny_checkpoint, tmp_path):

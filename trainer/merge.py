@@ -91,6 +91,7 @@ def merge(source: str | Path, out_dir: str | Path, *, layout: str = "llama", dty
 
             merged, processor = trained_llava(src, torch_dtype)
             _check_finite(merged, source)
+            merged.generation_config.update(**SERVE_SAMPLING)
             model_layer.save_llava(merged, processor, stage, dtype=torch_dtype, max_shard_size=max_shard_size)
         else:
             _merge_text(src, source, stage, layout, torch_dtype, max_shard_size)
