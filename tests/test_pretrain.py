@@ -297,10 +297,22 @@ def test_non_utf8_file_is_one_line_naming_the_encoding(tiny_checkpoint, tmp_path
         f"assistant train: error: {tmp_path / 'gbk.txt'}:1: not utf-8 text (byte 0xb5: invalid start byte); "
         "it decodes as gb18030: set data.encoding=gb18030 (`data check`: --encoding gb18030), or save the file as UTF-8")
     assert not (tmp_path / "run").exists()
-    (tmp_path / "windows.txt").write_text("Notepad's \"Unicode\".\n你好\n", encoding="utf-16")  # with its BOM
-    check = cli("data", "check", str(tmp_path / "windows.txt"), "--tokenizer", str(tiny_checkpoint))
-    assert check.returncode == 1 and check.stderr.strip().splitlines()[-1].endswith(
-        "windows.txt: UTF-16 text (Windows' \"Unicode\"); save it as UTF-8"), check.stderr
+
+
+def test_utf16_files_from_windows_notepad_are_read(tokenizer, tmp_path):
+    """Notepad's "Unicode" save is UTF-16 with a byte-order mark: read as such whatever data.encoding says (its lines
+    end in two bytes, so it is not split at newline bytes); named without a mark, too."""
+    (tmp_path / "windows.txt").write_text("Notepad's \"Unicode\".\n你好\n\n第二段。\n", encoding="utf-16")
+    stream = tokenize_corpus(tmp_path / "windows.txt", tokenizer)
+    assert stream.tokens.tolist() == doc_ids(tokenizer, ["Notepad's \"Unicode\".\n你好", "第二段。"])
+    (tmp_path / "no_mark.txt").write_bytes("你好\n\n谢谢\n".encode("utf-16-le"))  # no mark: named
+    stream = tokenize_corpus(tmp_path / "no_mark.txt", tokenizer, TextSpec(encoding="utf-16-le"))
+    assert stream.tokens.tolist() == doc_ids(tokenizer, ["你好", "谢谢"])
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text('{"messages": [{"role": "user", "content": "你是谁"}, {"role": "assistant", "content": "我是小助手"}]}\n'
+                     * 2, encoding="utf-16")
+    check = cli("data", "check", str(chats))
+    assert check.returncode == 0 and json.loads(check.stdout)["records"] == 2, check.stderr
 
 
 def test_declared_encoding_reads_gbk_text(tokenizer, tmp_path):

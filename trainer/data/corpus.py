@@ -90,13 +90,12 @@ def check_file(path: Path, spec: TextSpec) -> None:
         return _check_parquet(path, spec)
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
-    refuse_utf16(path, head)
-    nul = head.find(b"\0")
+    check_encoding(spec.encoding)
+    encoding = file_encoding(path, spec.encoding, head)
+    nul = -1 if _is_wide(encoding) else head.find(b"\0")  # UTF-16 / 32 text holds NUL bytes
     if nul >= 0:  # NUL: not text
         raise DataError(f"{path}: a binary file (NUL byte at offset {nul}), not text; "
                         f"training reads text files ({', '.join(SUFFIXES)})")
-    check_encoding(spec.encoding)
-    encoding = file_encoding(path, spec.encoding, head)
     try:
         head.decode(encoding)
     except UnicodeDecodeError as err:
@@ -105,11 +104,11 @@ def check_file(path: Path, spec: TextSpec) -> None:
         raise decode_error(path, head, err, encoding) from None
 
 
-def refuse_utf16(path: Path, head: bytes) -> None:
-    """UTF-16 (its byte-order mark) is one line: read a line at a time it splits inside characters, and chat files
-    written by Windows' "Unicode" save are it."""
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(f"{path}: UTF-16 text (Windows' \"Unicode\"); save it as UTF-8")
+def _is_wide(encoding: str) -> bool:
+    """UTF-16 / UTF-32: a line ends in more than one byte, so such a file is read as text, not split at newline bytes."""
+    import codecs
+
+    return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
 
 
 def with_bom(encoding: str) -> str:
@@ -141,13 +140,14 @@ def check_encoding(encoding: str) -> None:
 def file_encoding(path: Path, encoding: str, head: bytes | None = None) -> str:
     """The codec ``path`` is read with: ``encoding``, except that a file whose bytes are UTF-8 text with non-ASCII
     characters is read as UTF-8 (and said once). gb18030 and the like decode UTF-8 bytes without an error, into other
-    characters, so a UTF-8 file in a folder whose data.encoding names the others' encoding was trained on garbled."""
-    if _is_utf8(encoding):
-        return encoding
+    characters, so a UTF-8 file in a folder whose data.encoding names the others' encoding was trained on garbled.
+    A UTF-16 byte-order mark (Windows Notepad's "Unicode" save) is read as UTF-16 whatever the setting says."""
     if head is None:
         with open(path, "rb") as f:
             head = f.read(SNIFF_BYTES)
-    if head.isascii():
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) and not head.startswith(b"\xff\xfe\0\0"):
+        return "utf-16"  # the codec reads the mark and its byte order
+    if _is_utf8(encoding) or head.isascii():
         return encoding
     try:
         head.decode("utf-8")
@@ -211,6 +211,13 @@ def iter_pieces(files: list[Path], spec: TextSpec) -> Iterator[dict]:
 def _lines(path: Path, encoding: str) -> Iterator[str]:
     """The lines of a text file (ends kept), decoding errors as ``DataError`` with the line number."""
     lineno = 0
+    if _is_wide(encoding):  # a line ends in 2 or 4 bytes (b"\n\0" ...): Python's text reading finds them
+        try:
+            with open(path, encoding=encoding, newline="") as text:
+                yield from text
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not {encoding} text ({err.reason}); save it as UTF-8") from None
+        return
     with open(path, "rb") as f:
         for raw in f:
             lineno += 1

@@ -42,11 +42,10 @@ class DataError(ValueError):
 def read_text(path: Path, encoding: str = "utf-8") -> str:
     """The whole file in ``encoding`` (UTF-8: a BOM dropped); otherwise one line naming file:line and the encoding the
     bytes do decode as (the same message as raw text's)."""
-    from .corpus import check_encoding, decode_error, file_encoding, refuse_utf16, with_bom  # corpus imports this
+    from .corpus import check_encoding, decode_error, file_encoding, with_bom  # corpus imports this
 
     check_encoding(encoding)
     data = path.read_bytes()
-    refuse_utf16(path, data)
     encoding = file_encoding(path, encoding, data)
     try:
         return data.decode(with_bom(encoding))
