@@ -56,6 +56,9 @@ def jsonl(path: Path, records: list) -> Path:
                                           {"from": "gpt", "value": "Bob made me."}]}),
     ("alpaca_history.jsonl", {"system": "Be brief.", "history": [["你是谁？", "我是Alice。"]], "instruction": "Who made you?",
                               "input": "", "output": "Bob made me."}),  # LLaMA-Factory's earlier turns
+    ("sharegpt_system.jsonl", {"system": "Be brief.", "conversations": [  # LLaMA-Factory's record-wide system prompt
+        {"from": "human", "value": "你是谁？"}, {"from": "gpt", "value": "我是Alice。"},
+        {"from": "human", "value": "Who made you?"}, {"from": "gpt", "value": "Bob made me."}]}),
 ])
 def test_conversation_formats_load_to_the_same_messages(tmp_path, name, record):
     assert load_records(jsonl(tmp_path / name, [record, record])) == [CONVERSATION, CONVERSATION]
@@ -313,3 +316,23 @@ def test_a_weight_0_turn_is_context_and_lost_answers_are_named(tokenizer, caplog
         stats = describe([CONVERSATION, long_question], tokenizer, max_length=64)
     assert stats["no_answer_within_max_length"] == 1 and describe([taught])["assistant_turns"] == 1
     assert "1 of 2 records keep no answer token within max_length=64 (records 2, counted from 1" in caplog.text
+
+
+def test_an_opening_assistant_turn_is_context_and_sharegpt_turns_take_weights(tmp_path, tokenizer, caplog):
+    """ShareGPT dumps often open with the assistant's greeting: no question asks for it, so it is context (it
+    crashed the chat template's rendering of the empty prompt before it); a ShareGPT turn's weight 0 is OpenAI's."""
+    greeting = {"conversations": [{"from": "gpt", "value": "Hello! How can I help?"}, {"from": "human", "value": "hi"},
+                                  {"from": "gpt", "value": "old answer", "weight": 0}, {"from": "human", "value": "again"},
+                                  {"from": "gpt", "value": "new answer"}]}
+    with caplog.at_level(logging.WARNING, logger="myassistant.trainer.data"):
+        records = load_records(jsonl(tmp_path / "greeting.jsonl", [greeting]))
+    assert "1 of 1 records open with an assistant turn; no question asks for it, so it is context" in caplog.text
+    row = tokenize_records(records, tokenizer, max_length=512)[0]
+    assert trained_pieces(tokenizer, row["input_ids"], row["labels"]) == ["new answer<|im_end|>"]
+    alone = {"conversations": [{"from": "gpt", "value": "Hello!"}, {"from": "human", "value": "hi"}]}
+    with pytest.raises(DataError, match=r"alone.jsonl:1: field 'conversations' has no assistant reply after the "
+                                        "opening assistant turn"):
+        load_records(jsonl(tmp_path / "alone.jsonl", [alone]))
+    with pytest.raises(DataError, match=r"field 'conversations\[0\].weight' is 0; it is 0 or 1, on assistant"):
+        load_records(jsonl(tmp_path / "bad.jsonl", [{"conversations": [{"from": "human", "value": "hi", "weight": 0},
+                                                                        {"from": "gpt", "value": "yo"}]}]))

@@ -35,6 +35,10 @@ def load_records(path: str | Path, fmt: str = "auto", encoding: str = "utf-8") -
     if duplicates > DUPLICATE_SHARE * len(records):
         log.warning("%s: %d of %d records are identical; the model will over-fit them "
                     "(deduplicate, or mix in other data)", path, duplicates, len(records))
+    opening = sum(1 for r in records if r.get("messages") and r["messages"][0]["role"] == "assistant")
+    if opening:
+        log.warning("%s: %d of %d records open with an assistant turn; no question asks for it, so it is context, "
+                    "not learned", path, opening, len(records))
     unanswered = sum(1 for r in records if r.get("messages") and r["messages"][-1]["role"] == "user")
     if unanswered:  # only assistant turns carry labels
         log.warning("%s: %d of %d records end with a user message that no reply follows; that last message "
@@ -62,7 +66,8 @@ def render_conversation(messages: list[dict], tokenizer) -> tuple[str, list[tupl
     text = render(messages)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant" or message.get("weight", 1) == 0:  # weight 0: context, not taught
+        # weight 0: context, not taught; so is an assistant turn that opens the conversation (no prompt asks for it)
+        if message["role"] != "assistant" or message.get("weight", 1) == 0 or i == 0:
             continue
         before, through = render(messages[:i], prompt=True), render(messages[: i + 1])
         if not (through.startswith(before) and text.startswith(through)):

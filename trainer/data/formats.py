@@ -190,10 +190,23 @@ class _Where:
 
 
 def _conversation(where: _Where, messages: list[dict], field: str = "messages") -> dict:
-    """``field``: the record's own name for its turns, named in the error."""
+    """``field``: the record's own name for its turns, named in the error. An assistant turn that opens the
+    conversation answers no prompt: it is context (trainer.data.render_conversation), not something to learn."""
     if not any(m["role"] == "assistant" for m in messages):
         raise where.error(field, "has no assistant message, so there is nothing to learn from it")
+    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages[1:]):
+        what = "has weight 0 on every assistant message" if any("weight" in m for m in messages) else \
+            "has no assistant reply after the opening assistant turn (context, not learned)"
+        raise where.error(field, f"{what}, so there is nothing to learn from it")
     return {"messages": messages}
+
+
+def _weight(where: _Where, turn: dict, label: str, role: str, message: dict) -> None:
+    """OpenAI's fine-tuning ``weight`` (also on ShareGPT turns): 0 keeps an assistant turn as context only."""
+    if "weight" in turn:
+        if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool) or role != "assistant":
+            raise where.error(label, f"is {turn['weight']!r}; it is 0 or 1, on assistant messages")
+        message["weight"] = turn["weight"]
 
 
 def parse_openai(where: _Where, obj: object) -> dict:
@@ -204,14 +217,8 @@ def parse_openai(where: _Where, obj: object) -> dict:
         if role not in ROLES:
             raise where.error(f"messages[{i}].role", f"is '{role}', not one of {', '.join(ROLES)}")
         message = {"role": role, "content": where.text(msg, "content", label=f"messages[{i}].content")}
-        if "weight" in msg:  # OpenAI's fine-tuning format: weight 0 keeps an assistant turn as context only
-            if msg["weight"] not in (0, 1) or isinstance(msg["weight"], bool) or role != "assistant":
-                raise where.error(f"messages[{i}].weight", f"is {msg['weight']!r}; it is 0 or 1, on assistant messages")
-            message["weight"] = msg["weight"]
+        _weight(where, msg, f"messages[{i}].weight", role, message)
         messages.append(message)
-    if any("weight" in m for m in messages) and not any(m["role"] == "assistant" and m.get("weight", 1)
-                                                        for m in messages):
-        raise where.error("messages", "has weight 0 on every assistant message, so there is nothing to learn from it")
     return _conversation(where, messages)
 
 
@@ -249,15 +256,20 @@ def parse_alpaca(where: _Where, obj: object) -> dict:
 
 
 def parse_sharegpt(where: _Where, obj: object) -> dict:
-    messages = []
-    for i, turn in enumerate(where.items(obj, "conversations")):
-        where.known(turn, ("from", "value"), f"conversations[{i}].", "ShareGPT turn")
+    turns = where.items(obj, "conversations")
+    where.known(obj, ("conversations", "system"), what="ShareGPT record")
+    system = where.text(obj, "system", required=False)  # LLaMA-Factory's record-wide system prompt
+    messages = [{"role": "system", "content": system}] if system.strip() else []
+    for i, turn in enumerate(turns):
+        where.known(turn, ("from", "value", "weight"), f"conversations[{i}].", "ShareGPT turn")
         speaker = where.text(turn, "from", label=f"conversations[{i}].from")
         if speaker.lower() not in SHAREGPT_ROLES:
             raise where.error(f"conversations[{i}].from",
                               f"is '{speaker}', not one of {', '.join(SHAREGPT_ROLES)}")
-        messages.append({"role": SHAREGPT_ROLES[speaker.lower()],
-                         "content": where.text(turn, "value", label=f"conversations[{i}].value")})
+        role = SHAREGPT_ROLES[speaker.lower()]
+        message = {"role": role, "content": where.text(turn, "value", label=f"conversations[{i}].value")}
+        _weight(where, turn, f"conversations[{i}].weight", role, message)
+        messages.append(message)
     return _conversation(where, messages, "conversations")
 
 
