@@ -177,6 +177,14 @@ def test_a_run_resumed_with_more_steps_follows_the_longer_schedule(tiny_checkpoi
     want, got = learning_rates(longer), learning_rates(run)
     for step in (7, 8, 9, 10):
         assert got[step] == pytest.approx(want[step], rel=1e-6), (step, got, want)
+    # a learning rate changed for the resume is the one trained with (the checkpoint's schedule kept the old one)
+    run = tmp_path / "six-then-lower"
+    train(load_config(None, overrides(tiny_checkpoint, chats, run, max_steps=6, **settings)))
+    train(load_config(None, overrides(tiny_checkpoint, chats, run, max_steps=10, **{**settings, "learning_rate": 1e-3})),
+          resume=True)
+    got = learning_rates(run)
+    for step in (7, 8, 9, 10):
+        assert got[step] == pytest.approx(want[step] / 10, rel=1e-6), (step, got, want)
 
 
 def test_resume_keeps_what_the_checkpoints_were_trained_as(lora_run, tiny_checkpoint, chats, tmp_path):

@@ -48,16 +48,22 @@ def peak_memory_gib() -> dict[str, float]:
 
 
 class ScheduleOnResume(TrainerCallback):
-    """A resumed run's first step at the learning rate its schedule gives now. The Trainer restores the optimizer's
-    learning rate as the checkpoint left it, and the schedule sets it only after a step: a run trained on with a higher
-    max_steps took its first step at the old schedule's last rate (0 after a linear or cosine decay)."""
+    """A resumed run's first step at the learning rate its schedule gives now, from the run's config as it is now.
+    The Trainer restores the optimizer's learning rate as the checkpoint left it, and the schedule sets it only after
+    a step: a run trained on with a higher max_steps took its first step at the old schedule's last rate (0 after a
+    linear or cosine decay). It restores the schedule's peak rate and the weight decay from the checkpoint too: a
+    train.learning_rate changed for the resume was written to run_config.yaml and never used."""
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         lambdas = getattr(lr_scheduler, "lr_lambdas", None)
         if optimizer is None or not lambdas or state.global_step == 0:
             return
-        for group, base, rate in zip(optimizer.param_groups, lr_scheduler.base_lrs, lambdas):
-            group["lr"] = base * rate(lr_scheduler.last_epoch)
+        lr_scheduler.base_lrs = [args.learning_rate] * len(optimizer.param_groups)  # one rate for every group
+        for group, rate in zip(optimizer.param_groups, lambdas):
+            group["initial_lr"] = args.learning_rate
+            group["lr"] = args.learning_rate * rate(lr_scheduler.last_epoch)
+            if any(p.ndim >= 2 for p in group["params"]):  # the Trainer's decayed group: weights, not biases / norms
+                group["weight_decay"] = args.weight_decay
         # what the logs read (get_last_lr), set as the scheduler's step() sets it
         lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
