@@ -32,7 +32,7 @@ from myassistant.chat.decode import Embed, GenerationSettings, dynamic_cache_for
 from myassistant.chat.errors import EngineError
 from myassistant.chat.fast import KVCache, StaticCacheDecoder, fast_decode_problem
 from myassistant.chat.guard import guard_identity
-from myassistant.chat.history import Message, build_prompt, normalize_messages
+from myassistant.chat.history import Message, build_prompt, normalize_messages, utf8_text
 from myassistant.chat.prefill import BUCKETS as PREFILL_BUCKETS
 from myassistant.chat.quant import quantize_int8, resolve_quantize
 from myassistant.chat.stream import IncrementalDetokenizer
@@ -358,7 +358,7 @@ class ChatEngine:
         settings = dataclasses.replace(settings or self.defaults, **overrides)
         stats = stats if stats is not None else GenerationStats()
         start = time.perf_counter()
-        ids = self.tokenizer(text)["input_ids"]  # with BOS, as pre-training saw each document
+        ids = self.tokenizer(utf8_text(text))["input_ids"]  # with BOS, as pre-training saw each document
         keep = self._prompt_budget(settings)
         stats.message_cut = len(ids) > keep
         prompt_ids = ids[:1] + ids[len(ids) - keep + 1:] if stats.message_cut else ids

@@ -15,12 +15,29 @@ log = logging.getLogger(__name__)
 Message = dict[str, Any]
 
 
+def utf8_text(text: str) -> str:
+    """``text`` as the tokenizer can take it: the bytes a terminal in another encoding sent (Python keeps them as lone
+    surrogates, which no tokenizer encodes) and lone surrogates of JSON escapes become U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        log.warning("a message held bytes that are not UTF-8 text (a terminal set to another encoding?); "
+                    "they are read as \ufffd")
+        return text.encode("utf-8", "surrogateescape" if _escaped_only(text) else "replace").decode("utf-8", "replace")
+    return text
+
+
+def _escaped_only(text: str) -> bool:
+    """Whether every lone surrogate of ``text`` is a byte Python's surrogateescape kept (U+DC80-U+DCFF)."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+
+
 def message_text(content: Any) -> str:
     """Plain text of a message's content: a string, or Gradio 6 / OpenAI content parts."""
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
+        return utf8_text(content)
     if isinstance(content, dict):
         return str(content.get("text") or "")
     if isinstance(content, (list, tuple)):
@@ -33,7 +50,7 @@ def normalize_messages(messages: list[Message], system_prompt: str | None = None
     out = [{"role": m["role"], "content": message_text(m.get("content"))} for m in messages]
     out = [m for m in out if m["role"] in ("system", "user", "assistant")]
     if system_prompt and not (out and out[0]["role"] == "system"):
-        out.insert(0, {"role": "system", "content": system_prompt})
+        out.insert(0, {"role": "system", "content": utf8_text(system_prompt)})
     return out
 
 

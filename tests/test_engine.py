@@ -254,6 +254,17 @@ def test_chat_cli_one_shot_and_interactive(tiny_dir, engine):
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(">>> ") == 5 and done.stderr.count("tokens/s") == 2 and "[new conversation]" in done.stderr
     assert "/help: not a command; /reset starts over" in done.stderr  # not sent to the model (2 answers, not 3)
+    # a terminal in GBK (or latin-1) sends bytes that are not UTF-8: Python keeps them as lone surrogates, which the
+    # tokenizer refused with a TypeError that ended the chat
+    gbk = "你好".encode("gb18030")
+    done = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "chat", str(tiny_dir), "--max-new-tokens",
+                           "4", "--prompt", b"hi " + gbk], cwd=ROOT, capture_output=True, timeout=120,
+                          env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert done.returncode == 0 and b"tokens/s" in done.stderr and b"not UTF-8 text" in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "chat", str(tiny_dir), "--max-new-tokens",
+                           "4"], cwd=ROOT, input=gbk + b"\nagain\n/quit\n", capture_output=True, timeout=120,
+                          env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert done.returncode == 0 and done.stderr.count(b"tokens/s") == 2, done.stderr
 
 
 def test_chat_cli_reports_a_bad_model_folder_in_one_line(tmp_path):
