@@ -77,6 +77,21 @@ def load_vision_encoder(path: str | Path, *, dtype=None, device=None) -> tuple[P
     return model, AutoImageProcessor.from_pretrained(str(folder))
 
 
+def _patches(vision_config) -> int:
+    """Image tokens a picture becomes: the encoder's patches (its class token left out by both select strategies)."""
+    return (vision_config.image_size // vision_config.patch_size) ** 2
+
+
+def picture_tokens(encoder: str | Path) -> int:
+    """How many ``<image>`` tokens a picture costs with the vision encoder folder ``encoder`` (576 for CLIP ViT-L/14 at
+    336 pixels), read from its config without loading weights."""
+    from transformers import AutoConfig
+
+    check_vision_encoder(encoder)
+    config = AutoConfig.from_pretrained(str(encoder))
+    return _patches(getattr(config, "vision_config", config))
+
+
 def add_image_token(tokenizer) -> int:
     """Give ``tokenizer`` the ``<image>`` special token (once); returns its id."""
     from tokenizers import AddedToken
@@ -125,7 +140,7 @@ def build_llava(encoder: str | Path, llm: str | Path, *, projector: str | Path |
     config = LlavaConfig(vision_config=vision.config.to_dict(), text_config=lm.config.to_dict(),
                          image_token_id=image_id, projector_hidden_act="gelu", vision_feature_layer=-2,
                          vision_feature_select_strategy=strategy,
-                         image_seq_length=(vision.config.image_size // vision.config.patch_size) ** 2)
+                         image_seq_length=_patches(vision.config))
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
     model.model.vision_tower = vision

@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--encoding", default="utf-8", help="the file's text encoding, e.g. gb18030 (default utf-8)")
     check.add_argument("--image-folder", help="folder the image paths of a LLaVA file are relative to "
                                               "(default: the data file's folder); every picture is opened")
+    check.add_argument("--vision-encoder", metavar="DIR",
+                       help="a LLaVA file: the run's vision.encoder, so that each picture counts as the tokens it "
+                            "costs in the token statistics (576 for CLIP ViT-L/14-336)")
     args = parser.parse_args(argv)
 
     if args.command == "identity":
@@ -111,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write((out / "meta.json").read_text(encoding="utf-8"))
         return 0
 
-    from myassistant.trainer.data import describe, load_records
     from myassistant.trainer.data.corpus import TextSpec
-    from myassistant.trainer.data.sources import describe_text, source_kind
+    from myassistant.trainer.preflight import describe_data
 
     spec = TextSpec(text_unit=args.text_unit, text_field=args.text_field, encoding=args.encoding)
     tokenizer = None
@@ -121,14 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         from myassistant.model import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
-    from myassistant.trainer.multimodal.data import describe_llava, has_images, load_llava_records
-
-    if args.image_folder or has_images(args.file, args.encoding):  # a LLaVA file: records with pictures
-        records = load_llava_records(args.file, args.image_folder, fmt=args.format, decode=True)
-        stats = describe_llava(records, tokenizer, args.max_length)
-    elif source_kind(args.file, args.format, spec) == "text":  # documents, tokens and the blocks training sees
-        stats = describe_text(args.file, spec, tokenizer, args.max_length)
-    else:
-        stats = describe(load_records(args.file, args.format, args.encoding), tokenizer, args.max_length)
+    stats, _ = describe_data(args.file, fmt=args.format, spec=spec, tokenizer=tokenizer, max_length=args.max_length,
+                             image_folder=args.image_folder, vision_encoder=args.vision_encoder)
     sys.stdout.write(json.dumps({"file": args.file, **stats}, indent=2) + "\n")
     return 0

@@ -10,9 +10,11 @@ import gradio as gr
 
 from myassistant.studio.ui import Workspace, error_slot, note, one_line, show, slug
 from myassistant.trainer.config import DATA_FORMATS
-from myassistant.trainer.data import DataError, count_duplicates, describe, load_records
+from myassistant.trainer.data import DataError, count_duplicates, load_records
+from myassistant.trainer.data.corpus import TextSpec
 from myassistant.trainer.data.dataset import DUPLICATE_SHARE
 from myassistant.trainer.identity import FILES, IdentitySpec, write_identity_dataset
+from myassistant.trainer.preflight import describe_data
 
 SPEC_FIELDS = ("name", "author", "persona", "languages", "ratio", "count")
 
@@ -88,15 +90,17 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
                     seed = gr.Number(value=0, precision=0, label="Seed")
             generate = gr.Button("Generate", variant="primary", elem_id="data-generate")
         with gr.Column(variant="panel"):
-            gr.Markdown("### …or bring your own file\nOpenAI messages, XTuner, Alpaca, ShareGPT or raw text; a JSON array, "
-                        "JSON Lines or `.txt`. Checked as `assistant data check` does.")
-            upload = gr.File(label="Upload a data file", file_types=[".json", ".jsonl", ".txt"], height=120,
-                             elem_id="data-upload")
+            gr.Markdown("### …or bring your own file\nOpenAI messages, XTuner, Alpaca, ShareGPT, LLaVA (pictures beside "
+                        "it) or raw text; a JSON array, JSON Lines, `.txt` or `.parquet`, or a folder of raw text. "
+                        "Checked as `assistant data check` does.")
+            upload = gr.File(label="Upload a data file", file_types=[".json", ".jsonl", ".txt", ".parquet"],
+                             height=120, elem_id="data-upload")
             path = gr.Textbox(label="…or a path on this machine", placeholder="data/my_chats.jsonl", elem_id="data-path")
             path_err = error_slot()
             with gr.Row():
                 fmt = gr.Dropdown(list(DATA_FORMATS), value="auto", label="Format")
                 max_length = gr.Number(value=2048, precision=0, label="max_length (token statistics)")
+                encoding = gr.Textbox(value="utf-8", label="Encoding", info="e.g. gb18030", elem_id="data-encoding")
             check = gr.Button("Check", elem_id="data-check")
     status = gr.Markdown("", elem_id="data-status")
     duplicates = gr.Markdown("", elem_id="data-duplicates")
@@ -139,32 +143,35 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
         return [*errors(), shown, duplicate_warning(records, FILES["train"]), rows, preview(records),
                 str(out / FILES["train"]), str(out)]
 
-    def on_check(uploaded, path_, fmt_, max_len, base):
+    def on_check(uploaded, path_, fmt_, max_len, base, encoding_):
         keep = [gr.update()] * 7
         file = Path(uploaded) if uploaded else (ws.path(path_) if (path_ or "").strip() else None)
         if file is None:
             return [show("upload a file or type its path"), "", *keep]
         tokenizer, note_tok = None, ""
         try:
-            records = load_records(file, fmt_)
             if base:
                 from myassistant.model import load_tokenizer
 
                 tokenizer = load_tokenizer(base)
                 note_tok = " Token statistics use the base model's tokenizer."
-            stats = describe(records, tokenizer, int(max_len or 2048))
+            stats, records = describe_data(str(file), fmt=fmt_, spec=TextSpec(encoding=(encoding_ or "").strip()
+                                                                                or "utf-8"),
+                                           tokenizer=tokenizer, max_length=int(max_len or 2048))
         except Exception as err:  # noqa: BLE001 - DataError names file:line and field; anything else one line
             return [show(one_line(err)), "", *keep]  # no earlier file's "valid" beside this error
         if uploaded:  # a copy in the workspace (the upload's temp file does not last), named in the path box:
             file = _kept_copy(Path(uploaded), ws.data)  # the next Check reads what is typed there
         rows = [[k, v] for k, v in stats.items()]
-        count = f"{stats['records']} record{'s' if stats['records'] != 1 else ''}"
+        count = (f"{stats['documents']} document{'s' if stats['documents'] != 1 else ''} of raw text"
+                 if records is None else f"{stats['records']} record{'s' if stats['records'] != 1 else ''}")
         return [show(None), note(f"`{file}` is valid: {count}.{note_tok}"),
-                duplicate_warning(records, file.name), rows, preview(records), str(file), gr.update(),
+                "" if records is None else duplicate_warning(records, file.name), rows,
+                [] if records is None else preview(records), str(file), gr.update(),
                 None if uploaded else gr.update(), ws.rel(file) if uploaded else gr.update()]
 
     generate.click(on_generate, [name, author, persona, languages, ratio, count, system, eval_identity, eval_general,
                                  seed], [*slots.values(), status, duplicates, counts, samples, train_file, data_dir])
-    check.click(on_check, [upload, path, fmt, max_length, base_folder],
+    check.click(on_check, [upload, path, fmt, max_length, base_folder, encoding],
                 [path_err, status, duplicates, counts, samples, train_file, data_dir, upload, path])
     return {"train_file": train_file, "data_dir": data_dir}

@@ -7,6 +7,7 @@ is ``tab_runs``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import shlex
@@ -18,7 +19,7 @@ from myassistant.studio import jobs, runs
 from myassistant.studio.ui import Workspace, error_slot, note, one_line, show, slug
 from myassistant.trainer import runlock
 from myassistant.trainer.config import ConfigError, copy_preset, list_presets, load_config, preset_path
-from myassistant.trainer.data import load_records
+from myassistant.trainer.preflight import data_problems
 from myassistant.trainer.run_folder import RUN_INFO_NAME
 from myassistant.trainer.resume import complete_checkpoints
 
@@ -113,6 +114,15 @@ def train_args(ws: Workspace, preset: str, overrides_: list[str]) -> list[str]:
     return ["train", "--config", ws.rel(ws.presets / f"{preset}.yaml"), *overrides_]
 
 
+def _in_workspace(ws: Workspace, cfg, train_file: str):
+    """``cfg`` reading the form's data file, its data paths as the training, run in the workspace, reads them."""
+    on = lambda path: str(ws.path(path)) if path else path  # noqa: E731
+    train_file = "" if cfg.data.sources else on(train_file.strip())
+    data = dataclasses.replace(cfg.data, train_file=train_file, image_folder=on(cfg.data.image_folder),
+                               sources=[dataclasses.replace(s, path=on(s.path)) for s in cfg.data.sources])
+    return dataclasses.replace(cfg, data=data)
+
+
 def check(ws: Workspace, preset: str, run: str, base: str, train_file: str, overrides_: list[str],
           extra: str = "") -> dict[str, str]:
     """field -> problem, for everything that would stop the training; empty when it can start. A problem of a line
@@ -136,11 +146,6 @@ def check(ws: Workspace, preset: str, run: str, base: str, train_file: str, over
             problems["base"] = one_line(err)
     if not train_file.strip():
         problems["train_file"] = "generate or check a data file in the Data tab, or type its path"
-    else:
-        try:
-            load_records(ws.path(train_file))
-        except Exception as err:  # noqa: BLE001 - DataError names file:line and the field
-            problems["train_file"] = one_line(err)
     try:
         cfg = load_config(preset_path(preset), overrides_)
     except ConfigError as err:
@@ -154,6 +159,9 @@ def check(ws: Workspace, preset: str, run: str, base: str, train_file: str, over
             field = field or "general"
             problems[field] = f"{problems[field]}; {said}" if field in problems else said  # every one, not the first
     else:
+        if train_file.strip() and "train_file" not in problems:  # read as training reads the preset's kind of data
+            for problem in data_problems(_in_workspace(ws, cfg, train_file)):
+                problems["train_file"] = one_line(problem)
         if cfg.quant.method == "qlora":  # what this machine lacks, as training would say it at its start
             from myassistant.trainer.lora import bnb_config
 

@@ -49,6 +49,22 @@ def test_data_check_accepts_a_llava_file_with_text_chats(tmp_path, pictures):
     assert (stats["records"], stats["with_images"], stats["text_only"], stats["images"]) == (4, 3, 1, 4)
 
 
+def test_data_check_counts_each_picture_as_its_tokens(tmp_path, pictures, tiny_checkpoint, tiny_vision_encoder):
+    """The check's token figures left the pictures out (16 tokens each with the tiny CLIP, 576 with ViT-L/14-336):
+    it could say nothing is cut where training cuts many samples. With the run's encoder it counts what training
+    does; without it, it gives no token figures rather than wrong ones."""
+    path = _write(tmp_path, [_chat("<image>\nWhat colour?", "Red.", "pics/big.jpg"), _chat("Hi", "Hello!"),
+                             _chat("<image>\n<image>\nCompare.", "Blue and green.", ["pics/rgba.png", "pics/dot.png"])])
+    proc = cli("data", "check", str(path), "--tokenizer", str(tiny_checkpoint), "--max-length", "30")
+    assert proc.returncode == 0 and "give the vision encoder (--vision-encoder" in json.loads(proc.stdout)["tokens"]
+    proc = cli("data", "check", str(path), "--tokenizer", str(tiny_checkpoint), "--max-length", "30",
+               "--vision-encoder", str(tiny_vision_encoder))
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)
+    assert stats["tokens_per_picture"] == 16 and stats["longer_than_max_length"] == 2  # the two picture records
+    assert stats["tokens_max"] > 2 * 16
+
+
 @pytest.mark.parametrize("record, line_problem", [
     (_chat("<image>\nWhat?", "A cat.", "pics/missing.jpg"), "pics/missing.jpg not found"),
     (_chat("<image>\nWhat?", "A cat.", "pics/broken.jpg"), "pics/broken.jpg cannot be read"),

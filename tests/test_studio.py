@@ -11,6 +11,7 @@ import pytest
 
 from myassistant.trainer import runlock
 from myassistant.trainer.config import ConfigError
+from myassistant.trainer.data.corpus import TextSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,3 +132,32 @@ def test_every_problem_of_the_other_overrides_is_shown_where_it_was_typed(tmp_pa
     assert problems["lr"] == "train.learning_rate: expected a number, got 'fast'"  # the form's field: under it
     assert set(problems) == {"lr", "extra"} and all(f"override '{line}'" in problems["extra"]
                                                     for line in extra.splitlines()), problems
+
+
+def test_the_train_and_data_tabs_read_raw_text_and_llava_data_as_the_command_does(tmp_path, tiny_checkpoint,
+                                                                                  tiny_vision_encoder):
+    """The Train tab checked every data file as one chat file, so a corpus folder, a GBK text with data.encoding or a
+    LLaVA file never started from the page although the command it shows trained; the Data tab's Check gave other
+    answers than `assistant data check`."""
+    from myassistant.studio.tab_train import check
+    from myassistant.studio.ui import Workspace
+    from myassistant.trainer.multimodal import write_shapes_dataset
+    from myassistant.trainer.preflight import describe_data
+
+    ws = Workspace(tmp_path / "ws")
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "a.txt").write_text("第一段。\n\n第二段。\n", encoding="utf-8")
+    (corpus / "sub" / "gbk.txt").write_bytes("你好。\n".encode("gb18030"))
+    args = ["train.max_steps=1", "data.encoding=gb18030"]
+    assert check(ws, "internlm2_1_8b_full_pretrain", "pt", str(tiny_checkpoint), str(corpus), args) == {}
+    stats, records = describe_data(str(corpus), spec=TextSpec(encoding="gb18030"))
+    assert records is None and stats["documents"] == 3
+    problems = check(ws, "internlm2_1_8b_full_pretrain", "pt", str(tiny_checkpoint), str(corpus), args[:1])
+    assert "gbk.txt:1: not utf-8 text" in problems["train_file"] and "data.encoding=gb18030" in problems["train_file"]
+    shapes = write_shapes_dataset(tmp_path / "shapes", per_class=1, eval_per_class=1, size=32)
+    llava = ["vision.stage=pretrain", f"vision.encoder={tiny_vision_encoder}"]
+    assert check(ws, "tiny_llava_pretrain_cpu", "mm", str(tiny_checkpoint), str(shapes / "pretrain.jsonl"), llava) == {}
+    (shapes / "pretrain.jsonl").write_text((shapes / "pretrain.jsonl").read_text().replace(".png", ".gone.png", 1))
+    problems = check(ws, "tiny_llava_pretrain_cpu", "mm", str(tiny_checkpoint), str(shapes / "pretrain.jsonl"), llava)
+    assert ".gone.png not found" in problems["train_file"], problems

@@ -225,17 +225,22 @@ def describe(records: Sequence[dict], tokenizer=None, max_length: int = 2048) ->
         "duplicates": count_duplicates(records),
     }
     if tokenizer is not None:
-        data = tokenize_records(records, tokenizer, sys.maxsize)  # whole samples, to count the long ones
-        lengths = [len(ids) for ids in data["input_ids"]]
-        trained = sum(label != IGNORE_INDEX for labels in data["labels"] for label in labels[:max_length])
-        lost = [i + 1 for i, labels in enumerate(data["labels"])
-                if len(labels) > max_length and all(label == IGNORE_INDEX for label in labels[1:max_length])]
-        if lost:
-            log.warning("%d of %d records keep no answer token within max_length=%d (records %s, counted from 1 in "
-                        "the file): training learns nothing from them; raise max_length or shorten their prompts",
-                        len(lost), len(lengths), max_length, numbers(lost))
-        stats.update(tokens=sum(lengths), tokens_min=min(lengths), tokens_mean=round(mean(lengths), 1),
-                     tokens_max=max(lengths), max_length=max_length,
-                     longer_than_max_length=sum(n > max_length for n in lengths), trained_tokens=trained,
-                     no_answer_within_max_length=len(lost))
+        stats.update(token_stats(tokenize_records(records, tokenizer, sys.maxsize), max_length))  # whole samples
     return stats
+
+
+def token_stats(data: datasets.Dataset, max_length: int) -> dict:
+    """``describe``'s token figures of whole tokenised samples (``input_ids`` / ``labels``) against ``max_length``:
+    how long they are, how many training would cut, and which keep no answer token within it."""
+    lengths = [len(ids) for ids in data["input_ids"]]
+    trained = sum(label != IGNORE_INDEX for labels in data["labels"] for label in labels[:max_length])
+    lost = [i + 1 for i, labels in enumerate(data["labels"])
+            if len(labels) > max_length and all(label == IGNORE_INDEX for label in labels[1:max_length])]
+    if lost:
+        log.warning("%d of %d records keep no answer token within max_length=%d (records %s, counted from 1 in "
+                    "the file): training learns nothing from them; raise max_length or shorten their prompts",
+                    len(lost), len(lengths), max_length, numbers(lost))
+    return dict(tokens=sum(lengths), tokens_min=min(lengths), tokens_mean=round(mean(lengths), 1),
+                tokens_max=max(lengths), max_length=max_length,
+                longer_than_max_length=sum(n > max_length for n in lengths), trained_tokens=trained,
+                no_answer_within_max_length=len(lost))

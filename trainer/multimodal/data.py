@@ -24,9 +24,10 @@ from typing import Callable, Sequence
 import datasets
 from PIL import Image
 
-from myassistant.model import IMAGE_TOKEN
+from myassistant.model import IMAGE_TOKEN, add_image_token
 from myassistant.model.pictures import TOO_LARGE, open_picture
 from myassistant.trainer.data import IGNORE_INDEX, DataError, describe, tokenize_records
+from myassistant.trainer.data.dataset import token_stats
 from myassistant.trainer.data.formats import PARSERS, _Where, detect_format, read_json_records
 
 log = logging.getLogger(__name__)
@@ -172,9 +173,20 @@ def collate(features: Sequence[dict], *, text_collate: Callable, image_processor
     return batch
 
 
-def describe_llava(records: Sequence[dict], tokenizer=None, max_length: int = 2048) -> dict:
-    """``trainer.data.describe``'s counts plus the pictures'."""
+def describe_llava(records: Sequence[dict], tokenizer=None, max_length: int = 2048,
+                   image_tokens: int | None = None) -> dict:
+    """``trainer.data.describe``'s counts plus the pictures'. Token figures need ``image_tokens`` (what a picture
+    costs with the run's vision encoder, ``model.picture_tokens``): without it they would leave out most of a
+    sample (576 tokens a picture for CLIP ViT-L/14-336), so they are not given."""
     with_images = [r for r in records if r["images"]]
-    return {**describe(records, tokenizer, max_length), "with_images": len(with_images),
-            "text_only": len(records) - len(with_images), "images": sum(len(r["images"]) for r in records),
-            "distinct_images": len({p for r in records for p in r["images"]})}
+    stats = {**describe(records, None, max_length), "with_images": len(with_images),
+             "text_only": len(records) - len(with_images), "images": sum(len(r["images"]) for r in records),
+             "distinct_images": len({p for r in records for p in r["images"]})}
+    if tokenizer is not None and image_tokens is None:
+        return {**stats, "tokens": "not counted: give the vision encoder (--vision-encoder, the run's vision.encoder); "
+                                   "each picture is as many tokens as it has patches"}
+    if tokenizer is not None:
+        add_image_token(tokenizer)  # as model.build_llava gives the run's tokenizer
+        data = tokenize_llava(records, tokenizer, sys.maxsize, image_tokens)
+        stats.update(tokens_per_picture=image_tokens, **token_stats(data, max_length))
+    return stats
