@@ -48,11 +48,14 @@ _USE_LLAVA = ('picture = Image.open("picture.jpg")',
               'print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))')
 
 def _public(value: Any) -> Any:
-    """``value`` as a published card shows it: a local absolute path by its last part, anything else as is."""
-    if isinstance(value, str) and _LOCAL_PATH.match(value):
+    """``value`` as a published card or file shows it: a local absolute path by its last part, lists and objects
+    item by item, anything else as is."""
+    if isinstance(value, str) and _LOCAL_PATH.match(value) and "\n" not in value:  # (a model's answer is no path)
         return Path(value.rstrip("/\\")).name or value
     if isinstance(value, list):
         return [_public(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
     return value
 
 
@@ -61,18 +64,26 @@ def _public_text(markdown: str) -> str:
     return re.sub(r"`([^`\n]+)`", lambda m: f"`{_public(m[1])}`", markdown)
 
 
-def public_adapter_config(folder: Path) -> bytes | None:
-    """adapter_config.json as it is published, when peft wrote a local absolute base path into it (None: as is).
+# The run's own files a model or adapter folder carries (trainer.run_folder.carry, merge.json, peft's config): on the
+# machine that trained they say where things were (/home/<user>/...), which elsewhere names nothing and says who
+# trained where. Published, each such path is its last part (peft's base_model_name_or_path: the folder a clone
+# loads from beside it, as AutoPeftModelForCausalLM reads it relative to the working folder).
+PUBLISHED_AS_PUBLIC = ("adapter_config.json", MERGE_INFO, RUN_INFO, *REPORT_JSON, *REPORT_MD, *CONFIG_FILES)
 
-    On the machine that trained, ``base_model_name_or_path`` is where the base was (/home/<user>/...); elsewhere
-    it names nothing and says who trained where. Published: the folder's name, which a clone loads from beside it
-    (``AutoPeftModelForCausalLM`` reads it relative to the working folder)."""
-    path, config = _read(folder, ("adapter_config.json",))
-    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    if not isinstance(base, str) or not _LOCAL_PATH.match(base):
+
+def public_file(folder: Path, name: str) -> bytes | None:
+    """``folder / name`` (one of PUBLISHED_AS_PUBLIC) as it is published when it holds a local absolute path; None
+    when it is published as it is."""
+    path, content = _read(folder, (name,))
+    public = _public_text(content) if name.endswith(".md") else _public(content)
+    if path is None or public == content:
         return None
-    log.info("%s: base_model_name_or_path %s published as %s", path, base, _public(base))
-    return (json.dumps({**config, "base_model_name_or_path": _public(base)}, indent=2, ensure_ascii=False) + "\n").encode()
+    log.info("%s: published without this machine's paths", path)
+    if path.suffix == ".md":
+        return public.encode()
+    if path.suffix == ".json":
+        return (json.dumps(public, indent=2, ensure_ascii=False) + "\n").encode()
+    return yaml.safe_dump(public, sort_keys=False, allow_unicode=True).encode()
 
 
 def _read(folder: Path, names: tuple[str, ...]) -> tuple[Path | None, Any]:

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .card import assistant_name, model_card, public_adapter_config
+from .card import PUBLISHED_AS_PUBLIC, assistant_name, model_card, public_file
 from .errors import HubError
 from .git_lfs import PushResult, pointer_error, pointer_files, push_git
 from .gitcmd import GIT_TOKEN_ENVS
@@ -75,9 +75,10 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
             log.info("replacing %s with a generated model card (pass card=False / --no-card to keep it)",
                      files.pop("README.md"))
         generated["README.md"] = model_card(folder, name=name).encode()
-    if "adapter_config.json" in files and (public := public_adapter_config(folder)) is not None:
-        generated["adapter_config.json"] = public  # no /home/<user>/... of the machine that trained
-        files.pop("adapter_config.json")
+    for published in PUBLISHED_AS_PUBLIC:  # no /home/<user>/... of the machine that trained
+        if published in files and (public := public_file(folder, published)) is not None:
+            generated[published] = public
+            files.pop(published)
     message = message or f"Upload {name}"
     if remote.startswith(HF_PREFIX):
         repo_id = hf_repo_id(remote)

@@ -6,7 +6,7 @@ import json
 import yaml
 
 from myassistant.hub import model_card
-from myassistant.hub.card import CONFIG_FILES, MERGE_INFO, REPORT_JSON, REPORT_MD, RUN_INFO, assistant_name, public_adapter_config
+from myassistant.hub.card import CONFIG_FILES, MERGE_INFO, REPORT_JSON, REPORT_MD, RUN_INFO, assistant_name, public_file
 from myassistant.trainer import run_folder
 
 
@@ -48,10 +48,10 @@ def test_card_for_an_adapter_without_a_run_config(tmp_path):
     assert "| base model | `internlm2` |" in card  # a local folder by its name
     assert "| r | 8 |" in card and "AutoPeftModelForCausalLM" in card
     assert "# the base model loads from the folder `internlm2`" in card  # where AutoPeft looks for it
-    published = json.loads(public_adapter_config(tmp_path))  # what a push publishes: no path of this machine
+    published = json.loads(public_file(tmp_path, "adapter_config.json"))  # what a push publishes: no path of this machine
     assert published == {"base_model_name_or_path": "internlm2", "peft_type": "LORA", "r": 8, "lora_alpha": 16}
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "internlm/internlm2-chat-1_8b"}))
-    assert public_adapter_config(tmp_path) is None  # a Hub id is published as it is
+    assert public_file(tmp_path, "adapter_config.json") is None  # a Hub id is published as it is
 
 
 def test_card_for_a_bare_folder_and_broken_files(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import peft
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from myassistant import model
@@ -108,6 +109,14 @@ def test_card_pushed_from_the_merged_run_says_how_it_was_made(merged, tiny_check
                 "| identity, held-out questions |", "| leak, general prompts after identity turns |"):
         assert row in card, row
     assert str(tiny_checkpoint.parent) not in card  # the machine's paths stay on it
+    pushed = show("ls-tree", "-r", "--name-only", "main").split()
+    assert {"merge.json", "run.json", "run_config.yaml", "report.json"} <= set(pushed)
+    for name in pushed:  # nor in the run's files that go with the model: /home/<user>/... says who trained where
+        if not name.endswith(".safetensors"):
+            assert str(tmp_path.parent) not in show("show", f"main:{name}"), name
+    published = yaml.safe_load(show("show", "main:run_config.yaml"))
+    assert published["model"]["base"] == tiny_checkpoint.name and (merged / "merge.json").read_text().count(str(
+        tiny_checkpoint)) >= 1  # the folder keeps its own files
     assert "base_model:" not in card.split("---")[1]  # a local path is no Hub id for the front matter
     run_card_usage(card, merged)  # its "Use" code runs as written, the prompt with one <s>
 
