@@ -336,3 +336,16 @@ def test_an_opening_assistant_turn_is_context_and_sharegpt_turns_take_weights(tm
     with pytest.raises(DataError, match=r"field 'conversations\[0\].weight' is 0; it is 0 or 1, on assistant"):
         load_records(jsonl(tmp_path / "bad.jsonl", [{"conversations": [{"from": "human", "value": "hi", "weight": 0},
                                                                         {"from": "gpt", "value": "yo"}]}]))
+
+
+def test_records_written_over_several_lines_are_read(tmp_path):
+    """A pretty-printed record (json.dump(..., indent=2)), or several one after another, is valid JSON that the line
+    reader called malformed at line 1."""
+    record = {"messages": [{"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": "我是Alice。"}]}
+    one = write(tmp_path / "one.json", json.dumps(record, indent=2, ensure_ascii=False))
+    assert load_records(one) == [record]
+    two = write(tmp_path / "two.jsonl", json.dumps(record, indent=2) + "\n" + json.dumps(record, indent=2) + "\n")
+    assert load_records(two) == [record, record]
+    broken = write(tmp_path / "broken.jsonl", json.dumps(record, indent=2) + "\n{\n  \"messages\": [\n}\n")
+    with pytest.raises(DataError, match=r"broken.jsonl:15: malformed JSON \(Expecting value at column 1\)$"):
+        load_records(broken)

@@ -63,6 +63,9 @@ def read_json_records(path: Path, encoding: str = "utf-8") -> Iterator[tuple[str
     if text[start] == "[":
         yield from _read_array(path, text, start + 1)
         return
+    if text[start] == "{" and _continues(text[start:].split("\n", 1)[0]):
+        yield from _read_objects(path, text, start)  # records written over several lines each (indent=2)
+        return
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -84,45 +87,71 @@ def malformed_line(path: str | Path, lineno: int, line: str, err: json.JSONDecod
 
 def _comma_hint(text: str, pos: int, msg: str) -> str:
     """'; a trailing comma before ']'' where the parser stopped at a closing bracket after a comma (JSON has none)."""
-    if msg.startswith(("Expecting value", "Expecting property name")) and text[pos:pos + 1] in ("]", "}"):
+    if msg.startswith(("Expecting value", "Expecting property name")) and text[pos:pos + 1] in ("]", "}") and \
+            text[:pos].rstrip().endswith(","):
         return f"; a trailing comma before '{text[pos]}': JSON allows none, delete it"
     return ""
+
+
+def _continues(line: str) -> bool:
+    """Whether a first line is the start of a record that goes on over the next lines (the parser ran out of text,
+    rather than finding something wrong in it)."""
+    try:
+        json.loads(line)
+    except json.JSONDecodeError as err:
+        return err.pos >= len(line.rstrip())
+    return False
+
+
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+
+
+def _malformed(path: Path, text: str, pos: int, msg: str) -> DataError:
+    line, col = _line_col(text, pos)
+    return DataError(f"{path}:{line}: malformed JSON ({msg} at column {col}){_comma_hint(text, pos, msg)}")
+
+
+def _decode(path: Path, text: str, idx: int) -> tuple[object, int]:
+    try:
+        return _DECODER.raw_decode(text, idx)
+    except json.JSONDecodeError as err:
+        raise _malformed(path, text, err.pos, err.msg) from None
+
+
+_DECODER, _SPACE = json.JSONDecoder(), re.compile(r"\s*")
+
+
+def _read_objects(path: Path, text: str, idx: int) -> Iterator[tuple[str, object]]:
+    """JSON objects one after another, each over several lines (a pretty-printed record, or JSON Lines written with
+    an indent): each record named by the line it starts on."""
+    while idx < len(text):
+        record, end = _decode(path, text, idx)
+        yield str(_line_col(text, idx)[0]), record
+        idx = _SPACE.match(text, end).end()
 
 
 def _read_array(path: Path, text: str, idx: int) -> Iterator[tuple[str, object]]:
     """Walk a JSON array element by element, so that each record knows the line it starts on (and, where the whole
     array is one line, as `json.dump` writes it by default, its column and number)."""
-    decoder = json.JSONDecoder()
-    ws = re.compile(r"\s*")
     one_line = "\n" not in text.strip()
-
-    def line_col(pos: int) -> tuple[int, int]:
-        return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
-
-    def fail(pos: int, msg: str) -> DataError:
-        line, col = line_col(pos)
-        return DataError(f"{path}:{line}: malformed JSON ({msg} at column {col}){_comma_hint(text, pos, msg)}")
-
-    idx = ws.match(text, idx).end()
+    idx = _SPACE.match(text, idx).end()
     if text.startswith("]", idx):
         return
     number = 0
     while True:
-        try:
-            record, end = decoder.raw_decode(text, idx)
-        except json.JSONDecodeError as err:
-            raise fail(err.pos, err.msg) from None
+        record, end = _decode(path, text, idx)
         number += 1
-        line, col = line_col(idx)
+        line, col = _line_col(text, idx)
         yield (f"{line}:{col} (record {number})" if one_line else str(line)), record
-        idx = ws.match(text, end).end()
+        idx = _SPACE.match(text, end).end()
         if text.startswith("]", idx):
             if text[idx + 1:].strip():
-                raise fail(idx + 1, "extra data after the closing ']'")
+                raise _malformed(path, text, idx + 1, "extra data after the closing ']'")
             return
         if not text.startswith(",", idx):
-            raise fail(idx, "expected ',' or ']' between records")
-        idx = ws.match(text, idx + 1).end()
+            raise _malformed(path, text, idx, "expected ',' or ']' between records")
+        idx = _SPACE.match(text, idx + 1).end()
 
 
 def detect_format(path: Path, first: object) -> str:
