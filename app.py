@@ -281,7 +281,7 @@ def folder_defaults() -> GenerationSettings:
 def build_page(images: bool) -> gr.Blocks:
     """The page; `images`: a message box that takes pictures (a multimodal model)."""
     d = folder_defaults()
-    with gr.Blocks(title=title(), fill_height=True) as page:
+    with gr.Blocks(title=title(), fill_height=True, analytics_enabled=False) as page:
         heading = gr.Markdown(header(), elem_id="app-header")  # "Loading the model…" until page_load
         sliders = [
             gr.Slider(0.0, 2.0, value=d.temperature, step=0.05, label="Temperature (0 = greedy)", render=False),

@@ -14,7 +14,7 @@ def build(workdir: str | Path) -> gr.Blocks:
     ws = Workspace(Path(workdir))
     for folder in (ws.root, ws.runs, ws.data):
         folder.mkdir(parents=True, exist_ok=True)
-    with gr.Blocks(title="myassistant studio") as demo:
+    with gr.Blocks(title="myassistant studio", analytics_enabled=False) as demo:  # offline; pushes use tokens
         gr.Markdown(f"# myassistant studio\nTurn an open chat model into your own assistant: base model → data → "
                     f"train → report → chat → merge and push. Every file lives under `{ws.root}`; every stage runs "
                     "the same `assistant` command you could type.", elem_classes=["studio-header"])

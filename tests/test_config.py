@@ -124,6 +124,9 @@ def test_cli_check_prints_the_resolved_config(tiny_checkpoint, tmp_path):
     assert resolved["train"]["max_steps"] == 3 and resolved["train"]["deepspeed"] == "zero2"
     assert resolved["train"]["seed"] == 7
     assert resolved["lora"]["r"] == 16 and resolved["lora"]["lora_dropout"] == 0.0
+    by_name = cli("train", "--config", "tiny_lora_cpu", f"model.base={tiny_checkpoint}", f"data.train_file={chats}",
+                  "--check", cwd=tmp_path)  # a shipped preset by the name `presets list` prints, from anywhere
+    assert by_name.returncode == 0 and yaml.safe_load(by_name.stdout)["lora"]["r"] == 16, by_name.stderr
 
 
 def test_cli_check_names_each_missing_path_as_training_would(tiny_checkpoint, tiny_vision_encoder, tmp_path):
@@ -165,8 +168,12 @@ def test_cli_check_names_each_missing_path_as_training_would(tiny_checkpoint, ti
         in cut.stderr, cut.stderr
     if not torch.cuda.is_available():  # QLoRA: what this machine lacks, as training would say it
         qlora = cli("train", f"model.base={tiny_checkpoint}", f"data.train_file={chats}", "quant.method=qlora", "--check")
-        assert qlora.returncode == 1 and qlora.stderr.startswith(
+        assert qlora.returncode == 1 and qlora.stderr.splitlines()[-1].startswith(
             "assistant train: error: quant.method: qlora needs a CUDA GPU with bitsandbytes"), qlora.stderr
+    gbk = tmp_path / "gbk.jsonl"  # data training would refuse after loading the model: --check reads it as training does
+    gbk.write_bytes(chats.read_text().replace("hi", "你好").encode("gb18030"))
+    checked = cli("train", f"model.base={tiny_checkpoint}", f"data.train_file={gbk}", "quant.method=lora", "--check")
+    assert checked.returncode == 1 and f"{gbk}:1: not utf-8 text" in checked.stderr, checked.stderr
 
 
 def test_presets_cli_lists_and_copies(tmp_path):

@@ -98,7 +98,7 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     elsewhere.mkdir()
     (elsewhere / "eval.jsonl").write_bytes((shapes / "eval.jsonl").read_bytes())
     proc = cli("report", str(merged), "--data", str(elsewhere), "--max-new-tokens", "4", "--out", str(elsewhere))
-    assert proc.returncode == 1 and "not found; check data.image_folder (--image-folder)" in proc.stderr
+    assert proc.returncode == 1 and "not found; check data.image_folder (`data check` / `report`: --image-folder)" in proc.stderr
     proc = cli("report", str(merged), "--data", str(elsewhere), "--image-folder", str(shapes), "--max-new-tokens", "4",
                "--out", str(elsewhere))
     assert proc.returncode == 0 and json.loads((elsewhere / "report.json").read_text())["fine_tuned"]["n"] == 12

@@ -269,6 +269,9 @@ def load_config(yaml_path: str | Path | None, overrides: list[str] | tuple[str, 
     cfg, problems = RunConfig(), []
     if yaml_path is not None:
         path = Path(yaml_path)
+        shipped = PRESETS_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+        if not path.exists() and path.parent == Path(".") and shipped.is_file():
+            path = shipped  # a shipped preset by the name `assistant presets list` prints
         try:
             text = path.read_text(encoding="utf-8")
             tree = yaml.safe_load(text)
