@@ -227,11 +227,13 @@ def save_state_dict_sharded(sd: dict[str, torch.Tensor], folder: Path, max_shard
 
 
 def save_model(model: PreTrainedModel, tokenizer, out_dir: str | Path, *, layout: str = "llama",
-               dtype=None, max_shard_size: str | int = "2GB") -> Path:
+               dtype=None, max_shard_size: str | int = "2GB", release: str | Path | None = None) -> Path:
     """Write a standalone model folder: safetensors weights, config, tokenizer, generation config.
 
     ``layout="llama"`` is loadable by plain ``AutoModelForCausalLM``; ``"internlm2"`` writes the
-    original InternLM2 key names and config. The folder appears complete or not at all.
+    original InternLM2 key names and config, with the remote code, ``tokenizer.model`` and ``auto_map`` of
+    ``release`` (the original download it was trained from) when it has them, so that the original code loads it
+    too. The folder appears complete or not at all.
     """
     if layout not in ("llama", "internlm2"):
         raise CheckpointError(f"layout {layout!r} is not one of: llama, internlm2")
@@ -255,6 +257,12 @@ def save_model(model: PreTrainedModel, tokenizer, out_dir: str | Path, *, layout
         gen.eos_token_id = stop_token_ids(tokenizer) or gen.eos_token_id
         gen.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if layout == "internlm2":
+            carried = internlm2.carry_remote_code(Path(release), tmp) if release else []
+            if not any(name.endswith(".py") for name in carried):
+                log.warning("%s: InternLM2 key layout without InternLM2's remote code (modeling_internlm2.py ...: "
+                            "not in %s); this project loads it, and the original code once those files are copied in",
+                            out_dir, release or "the model")
     log.info("saved %s layout (%s) to %s", layout, str(torch_dtype).removeprefix("torch."), out_dir)
     return out_dir
 

@@ -6,7 +6,10 @@ kernel libraries for free; these functions also write the original layout back.
 """
 from __future__ import annotations
 
+import json
 import re
+import shutil
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig
@@ -180,3 +183,28 @@ def state_dict_to_internlm2(sd: dict[str, torch.Tensor], cfg: LlamaConfig) -> di
     for (layer, kind), parts in qkv.items():
         out[f"model.layers.{layer}.attention.wqkv.{kind}"] = _fuse_wqkv(parts["q"], parts["k"], parts["v"], cfg)
     return out
+
+
+def carry_remote_code(release: Path, out: Path) -> list[str]:
+    """Into ``out`` (an InternLM2-layout folder just written): the original release's remote code (its ``*.py``),
+    ``tokenizer.model`` and the ``auto_map`` / ``tokenizer_class`` entries that point at them, so that the original
+    code (XTuner, LMDeploy, OpenXLab's InternLM2 path: ``trust_remote_code=True``) loads the folder as it loads the
+    release. Returns the names carried; none when the release has no remote code (its ``auto_map`` then stays out:
+    it would name modules that are not there)."""
+    code = sorted(p for p in release.glob("*.py") if p.is_file())
+    carried = []
+    for path in [*code, release / "tokenizer.model"]:
+        if path.is_file():
+            shutil.copyfile(path, out / path.name)
+            carried.append(path.name)
+    if not code:
+        return carried
+    for name, keys in (("config.json", ("auto_map",)), ("tokenizer_config.json", ("auto_map", "tokenizer_class"))):
+        source, target = release / name, out / name
+        if source.is_file() and target.is_file():
+            given = json.loads(source.read_text(encoding="utf-8"))
+            written = json.loads(target.read_text(encoding="utf-8"))
+            written.update({k: given[k] for k in keys if k in given})
+            target.write_text(json.dumps(written, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return carried
+

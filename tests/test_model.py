@@ -138,6 +138,28 @@ def test_round_trip_standard_and_back_to_internlm2(tmp_path, tiny_checkpoint):
         assert torch.equal(written[key], original[key]), key
     assert json.loads((back / "config.json").read_text())["model_type"] == "internlm2"
     torch.testing.assert_close(_logits(model.load_model(back), ids), want, atol=1e-6, rtol=0)
+    assert "auto_map" not in json.loads((back / "config.json").read_text())  # no remote code to point at
+
+    # written from a release that ships InternLM2's remote code (as a real download does): the code, tokenizer.model
+    # and the auto_map entries go with it, so that the original code (trust_remote_code) loads it as the release
+    release = tmp_path / "release"
+    shutil.copytree(tiny_checkpoint, release)
+    for name in ("configuration_internlm2.py", "modeling_internlm2.py", "tokenization_internlm2.py"):
+        (release / name).write_text(f"# {name}: InternLM2's remote code\n")
+    tokenizer_config = json.loads((release / "tokenizer_config.json").read_text())
+    (release / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "tokenizer_class": "InternLM2Tokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]}}))
+    again = model.save_model(model.load_model(std), model.load_tokenizer(std), tmp_path / "again", layout="internlm2",
+                             release=release)
+    assert json.loads((again / "config.json").read_text())["auto_map"] == json.loads(
+        (release / "config.json").read_text())["auto_map"]
+    written = json.loads((again / "tokenizer_config.json").read_text())
+    assert written["tokenizer_class"] == "InternLM2Tokenizer" and written["auto_map"]["AutoTokenizer"][0] == \
+        "tokenization_internlm2.InternLM2Tokenizer"
+    for name in ("configuration_internlm2.py", "modeling_internlm2.py", "tokenization_internlm2.py", "tokenizer.model"):
+        assert (again / name).read_bytes() == (release / name).read_bytes(), name
+    torch.testing.assert_close(_logits(model.load_model(again), ids), want, atol=1e-6, rtol=0)
+    assert model.load_tokenizer(again)("你好")["input_ids"] == model.load_tokenizer(std)("你好")["input_ids"]
 
 
 def test_sharded_bin_checkpoint_with_index(tmp_path, tiny_checkpoint):

@@ -167,4 +167,5 @@ def _merge_text(src: dict, source: Path, out_dir: Path, layout: str, torch_dtype
         merged = load_adapter(base, Path(src["adapter"])).merge_and_unload(safe_merge=True)
     _check_finite(merged, source)
     merged.generation_config.update(**SERVE_SAMPLING)
-    model_layer.save_model(merged, tokenizer, out_dir, layout=layout, dtype=torch_dtype, max_shard_size=max_shard_size)
+    model_layer.save_model(merged, tokenizer, out_dir, layout=layout, dtype=torch_dtype, max_shard_size=max_shard_size,
+                           release=src["base_model"] or src["load"])  # the original download: its remote code
