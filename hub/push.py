@@ -56,6 +56,11 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
         files[extra.name] = extra
     if not files:
         raise HubError(f"{folder}: the folder is empty, nothing to push")
+    if card and not any(rel.rsplit("/", 1)[-1] in ("config.json", "adapter_config.json") or rel.endswith(".gguf")
+                        for rel in files):  # a mistyped folder (merged/ itself, a data folder) is no model to publish
+        raise HubError(f"{folder}: holds no model (no config.json, adapter_config.json or .gguf); push a merged model "
+                       "(assistant merge RUN --out DIR), an adapter or an export folder, or pass --no-card to push "
+                       "its files as they are")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", remote) and not Path(remote).expanduser().exists():  # owner/name: no hf:
         raise HubError(f"{remote}: no such local repository; a Hugging Face repo is hf:{remote}, a new local one needs "
                        f"`git init --bare {remote}` first")

@@ -258,6 +258,18 @@ def test_owner_slash_name_without_hf_says_which_it_may_mean(model):
         "`git init --bare me/alice` first")
 
 
+def test_a_folder_that_holds_no_model_is_not_published_as_one(tmp_path, remote):
+    """A mistyped folder (merged/ itself, a data folder) was pushed with a "chat model" card and a usage snippet."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"text": "hi"}\n')
+    done = cli("push", str(data), "--to", str(remote))
+    assert done.returncode == 1 and done.stderr.strip().endswith(
+        f"{data}: holds no model (no config.json, adapter_config.json or .gguf); push a merged model (assistant merge "
+        "RUN --out DIR), an adapter or an export folder, or pass --no-card to push its files as they are"), done.stderr
+    assert cli("push", str(data), "--to", str(remote), "--no-card").returncode == 0
+
+
 def test_a_pushed_adapter_names_its_base_without_this_machines_path(tmp_path, remote, model):
     """peft writes where the base was (/home/<user>/...): published, the folder's name; the folder keeps its file."""
     config = '{"base_model_name_or_path": "/home/alice/models/internlm2-chat-1_8b", "peft_type": "LORA", "r": 8}'
