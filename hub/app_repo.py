@@ -63,7 +63,7 @@ def check_app_source(model_repo: str) -> None:
     if is_git_url(model_repo) or model_repo.startswith(HF_PREFIX):
         return  # a remote: reached from where the app runs, which may not be this machine
     if Path(model_repo).expanduser().exists():
-        hub = f" (the Hugging Face repo of that name: hf:{model_repo})" if hf_repo_id(model_repo) else ""
+        hub = f"; if you meant the Hugging Face repo {model_repo}: hf:{model_repo}" if hf_repo_id(model_repo) else ""
         raise HubError(f"--model-repo {model_repo}: a folder on this machine, which the app cannot clone where it runs; "
                        f"{push_first}{hub}")
     if not hf_repo_id(model_repo):

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
                         help="dtype of the merge and the written weights (default bfloat16; float32 for tiny models)")
     parser.add_argument("--max-shard-size", default="2GB", help="largest weights file (default 2GB)")
+    parser.add_argument("--base", metavar="DIR", help="the base model's folder, where it is no longer where the run's "
+                                                       "config says (moved, or another machine)")
     args = parser.parse_args(argv)
     size = shard_size(args.max_shard_size)
     if size is None:
@@ -41,6 +43,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from myassistant.trainer.merge import merge
 
-    out = merge(args.run_dir, args.out, layout=args.layout, dtype=args.dtype, max_shard_size=size)
+    out = merge(args.run_dir, args.out, layout=args.layout, dtype=args.dtype, max_shard_size=size, base=args.base)
     sys.stdout.write(f"{out}\n")
     return 0

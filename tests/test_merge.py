@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -187,6 +188,22 @@ def test_cli_merges_a_checkpoint_into_the_internlm2_layout(lora_run, merged, tmp
     assert (out / "model.safetensors.index.json").exists()
     reloaded = model.load_model(out, dtype=torch.float32)  # InternLM2 layout -> Llama again
     torch.testing.assert_close(logits(reloaded), logits(AutoModelForCausalLM.from_pretrained(merged)), atol=1e-5, rtol=0)
+
+
+def test_a_moved_base_is_named_and_given_with_base(lora_run, merged, tiny_checkpoint, tmp_path):
+    """The run's config names where the base was; moved, the merge said only "no such model folder"."""
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    config = (run / "run_config.yaml").read_text()
+    (run / "run_config.yaml").write_text(config.replace(str(tiny_checkpoint), str(tmp_path / "moved")))
+    done = cli("merge", str(run), "--out", str(tmp_path / "m"), "--dtype", "float32")
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == (
+        f"assistant merge: error: {tmp_path / 'moved'}: no such model folder: the base {run} was trained on, as its "
+        "run_config.yaml (or adapter_config.json) says; moved? give its folder with --base DIR")
+    done = cli("merge", str(run), "--out", str(tmp_path / "m"), "--dtype", "float32", "--base", str(tiny_checkpoint))
+    assert done.returncode == 0, done.stderr
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "m" / name).read_bytes() == (merged / name).read_bytes(), name
 
 
 def test_merge_of_a_folder_without_adapter_says_what_to_pass(tmp_path):

@@ -64,12 +64,20 @@ def _check_finite(model: torch.nn.Module, where: Path) -> None:
 
 
 def merge(source: str | Path, out_dir: str | Path, *, layout: str = "llama", dtype: str = "bfloat16",
-          max_shard_size: str | int = "2GB") -> Path:
-    """Merge the adapter of ``source`` (run or adapter folder) into its base; write ``out_dir``; return it."""
+          max_shard_size: str | int = "2GB", base: str | Path | None = None) -> Path:
+    """Merge the adapter of ``source`` (run or adapter folder) into its base; write ``out_dir``; return it.
+    ``base``: the base model's folder where it is no longer where the run's config says (moved, another machine)."""
     source, out_dir = Path(source).resolve(), Path(out_dir)
     if dtype not in ("bfloat16", "float16", "float32"):
         raise CheckpointError(f"dtype {dtype!r} is not one of bfloat16, float16, float32")
     src = read_source(source)
+    on_base = src["load"] != str(source)  # (a full fine-tune's weights are its own)
+    if base is not None and on_base:
+        src = {**src, "load": str(base), "base_model": str(base)}
+    elif on_base and not Path(src["load"]).expanduser().exists():
+        raise CheckpointError(f"{src['load']}: no such model folder: the base {source} was trained on, as its "
+                              f"{run_folder.RUN_CONFIG_NAME} (or adapter_config.json) says; moved? give its folder "
+                              "with --base DIR")
     info = {"source": str(source), **{k: v for k, v in src.items() if k not in ("load", "adapter")},
             "layout": layout, "dtype": dtype, "max_shard_size": str(max_shard_size).replace(" ", "").upper()}
     run, done = run_folder.run_root(source), out_dir / MERGE_INFO_NAME
