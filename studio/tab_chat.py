@@ -11,7 +11,9 @@ from pathlib import Path
 import gradio as gr
 
 from myassistant.chat import ChatEngine, EngineError, GenerationSettings
+from myassistant.chat.history import message_text
 from myassistant.chat.stream import Pacer
+from myassistant.chat.vision import user_message
 from myassistant.model import ADAPTER_CONFIG
 from myassistant.studio import runs
 from myassistant.studio.ui import Workspace, error_slot, note, one_line, show
@@ -42,8 +44,10 @@ def resolve(ws: Workspace, target: str) -> tuple[Path, Path | None, str | None]:
                      "to save one, or pick another run")
 
 
-def _text(history: list[dict]) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"]} for m in history]
+def _text(history: list[dict], pictures: bool) -> list[dict]:
+    """A column's history as the engine takes it: Gradio's messages (a picture: a file part), or their text alone
+    for a model that reads no pictures."""
+    return [{"role": m["role"], "content": m["content"] if pictures else message_text(m["content"])} for m in history]
 
 
 def build(ws: Workspace) -> dict:
@@ -61,6 +65,9 @@ def build(ws: Workspace) -> dict:
         message = gr.Textbox(placeholder="Ask both models…", show_label=False, scale=5, elem_id="chat-message")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
         clear = gr.Button("Clear", scale=1)
+    # shown for a multimodal (Llava) model: the picture goes with the next message (its base LLM reads the text)
+    picture = gr.Image(type="filepath", sources=["upload"], label="Picture for your next message", height=160,
+                       visible=False, elem_id="chat-picture")
     message_err = error_slot()
     with gr.Accordion("Settings", open=False):
         with gr.Row():
@@ -70,7 +77,7 @@ def build(ws: Workspace) -> dict:
 
     def on_load(target_: str | None):
         if not target_:
-            return show("pick a run or a merged model"), "", gr.update()
+            return show("pick a run or a merged model"), "", gr.update(), gr.update()
         try:
             model_dir, adapter, base_dir = resolve(ws, target_)
             if runs.status(ws.path(target_)) in ("running", "starting") and adapter is not None:
@@ -85,42 +92,56 @@ def build(ws: Workspace) -> dict:
                     _engines["base"] = ChatEngine.from_pretrained(base_dir, quantize="none")
                 _loaded.update({"fine-tuned": target_, "base": str(base_dir or "")})
         except Exception as err:  # noqa: BLE001 - the loader's one-line error next to the field
-            return show(one_line(err)), "", gr.update()
+            return show(one_line(err)), "", gr.update(), gr.update()
         where = f"base `{ws.rel(base_dir)}`" if base_dir else "no base found to compare with"
-        return show(None), note(f"Loaded **{target_}**{note_} and {where}."), show(None)  # no "load a model first"
+        sees = _engines["fine-tuned"].vision is not None
+        if sees:
+            where += " (it reads the text only). The model reads pictures: add one below with your message" \
+                if base_dir else ". It reads pictures: add one below with your message"
+        return (show(None), note(f"Loaded **{target_}**{note_} and {where}."), show(None),  # no "load a model first"
+                gr.update(visible=sees, value=None))
 
-    def on_send(text: str, tuned_hist: list, base_hist: list, temp: float, max_new_: float, system_: str):
-        if not (text or "").strip():
-            yield show("type a message"), gr.update(), tuned_hist, base_hist
+    def on_send(text: str, picture_: str | None, tuned_hist: list, base_hist: list, temp: float, max_new_: float,
+                system_: str):
+        if not (text or "").strip() and not picture_:
+            yield show("type a message"), gr.update(), gr.update(), tuned_hist, base_hist
             return
         if "fine-tuned" not in _engines:
-            yield show("load a model first (Load, above)"), gr.update(), tuned_hist, base_hist
+            yield show("load a model first (Load, above)"), gr.update(), gr.update(), tuned_hist, base_hist
             return
         settings = GenerationSettings(temperature=float(temp), max_new_tokens=int(max_new_),
                                       system_prompt=(system_ or "").strip() or None)
         hists = {"fine-tuned": list(tuned_hist or []), "base": list(base_hist or [])}
         streams = {}
         for key, engine in list(_engines.items()):
-            asked = [*_text(hists[key]), {"role": "user", "content": text}]
-            streams[key] = engine.stream(asked, settings)
-            hists[key] = [*asked, {"role": "assistant", "content": ""}]
+            sees = engine.vision is not None and picture_
+            earlier = _text(hists[key], pictures=engine.vision is not None)
+            streams[key] = engine.stream([*earlier, user_message(text, [picture_] if sees else [])], settings)
+            # the column shows the picture (Gradio's file message), and hands it back with the history next time
+            shown = [{"path": picture_}, text] if sees else text
+            hists[key] = [*earlier, {"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
         pacer = Pacer()  # the page gets the growing replies at most every 50 ms
-        while streams:
-            for key in list(streams):
-                delta = next(streams[key], None)
-                if delta is None:
-                    del streams[key]
-                else:
-                    hists[key][-1]["content"] += delta
-            if pacer.due():
-                yield show(None), "", hists["fine-tuned"], hists["base"]
+        try:
+            while streams:
+                for key in list(streams):
+                    delta = next(streams[key], None)
+                    if delta is None:
+                        del streams[key]
+                    else:
+                        hists[key][-1]["content"] += delta
+                if pacer.due():
+                    yield show(None), "", None, hists["fine-tuned"], hists["base"]
+        except EngineError as err:  # a picture that cannot be read
+            yield show(one_line(err)), gr.update(), gr.update(), tuned_hist, base_hist
+            return
         for key in hists:
             if hists[key] and not hists[key][-1]["content"]:
                 hists[key][-1]["content"] = "(no text: the model ended its reply at once)"
-        yield show(None), "", hists["fine-tuned"], hists["base"]
+        yield show(None), "", None, hists["fine-tuned"], hists["base"]
 
-    load.click(on_load, target, [target_err, status, message_err])
-    send_args = (on_send, [message, tuned, base, temperature, max_new, system], [message_err, message, tuned, base])
+    load.click(on_load, target, [target_err, status, message_err, picture])
+    send_args = (on_send, [message, picture, tuned, base, temperature, max_new, system],
+                 [message_err, message, picture, tuned, base])
     send.click(*send_args)
     message.submit(*send_args)
     clear.click(lambda: ([], []), None, [tuned, base])

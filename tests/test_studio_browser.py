@@ -353,3 +353,36 @@ def test_stop_and_resume_a_training_from_the_ui(tmp_path):
         page.screenshot(path=str(ARTIFACTS / "studio_resumed.png"), full_page=True)
         page.locator("#runs-stop").click()
         wait_for(lambda: "stopped" in live(page), 180, "the training to stop again")
+
+
+def test_a_multimodal_model_is_asked_about_a_picture_in_the_chat_tab(tmp_path, tiny_llava):
+    """The Chat tab had no way to give a loaded Llava model a picture (the hosted app had one)."""
+    from PIL import Image
+
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (48, 32), (220, 30, 30)).save(picture)
+    with running_studio(tmp_path) as (url, _), browser_page() as page:
+        page.goto(url)
+        page.get_by_role("tab", name="5 · Chat").click()
+        box = page.locator("#chat-target input").first
+        box.fill(str(tiny_llava))
+        box.press("Enter")
+        page.locator("#chat-load").click()
+        expect_text(page, "It reads pictures: add one below", 120)
+        page.locator("#chat-picture input[type='file']").set_input_files(str(picture))
+        wait_for(lambda: page.locator("#chat-picture img").count(), 60, "the picture's preview")
+        fill(page, "chat-message", "What is in the picture?")
+        page.locator("#chat-send").click()
+        wait_for(lambda: page.locator("#chat-tuned [data-testid='bot']").count(), 120, "the answer",
+                 shown=lambda: page.locator("#chat-tuned").inner_text())
+        seen = []  # the reply streams into the page (and empties the message box as it goes): wait for its end
+        wait_for(lambda: seen.append(page.locator("#chat-tuned").inner_text()) or seen[-3:] == [seen[-1]] * 3, 120,
+                 "the answer to end", every_s=1)
+        assert page.locator("#chat-tuned [data-testid='user'] img").count() == 1  # the picture in the column
+        assert not page.locator("#chat-picture img").count()  # sent with that message, not the next one
+        page.screenshot(path=str(ARTIFACTS / "studio_chat_picture.png"), full_page=True)
+        fill(page, "chat-message", "And its colour?")  # a second turn: the picture stays in the history it hands on
+        page.locator("#chat-send").click()
+        wait_for(lambda: page.locator("#chat-tuned [data-testid='bot']").count() == 2, 120, "the second answer",
+                 shown=lambda: page.locator("#chat-tuned").inner_text())
+        assert not [t for t in page.locator(".field-error").all_inner_texts() if t.strip()]
