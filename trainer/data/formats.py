@@ -187,7 +187,7 @@ class _Where:
         label = label or field
         if field not in obj or obj[field] is None:
             if required:
-                raise self.error(label, "is missing")
+                raise self.error(label, "is missing" if field not in obj else "is null")
             return ""
         value = obj[field]
         if not isinstance(value, str):
@@ -244,7 +244,9 @@ def parse_openai(where: _Where, obj: object) -> dict:
         where.known(msg, ("role", "content", "weight"), f"messages[{i}].", "message")
         role = where.text(msg, "role", label=f"messages[{i}].role")
         if role not in ROLES:
-            raise where.error(f"messages[{i}].role", f"is '{role}', not one of {', '.join(ROLES)}")
+            meant = SHAREGPT_ROLES.get(role.lower())  # ShareGPT's speakers (human, gpt) in an OpenAI file
+            raise where.error(f"messages[{i}].role", f"is '{role}', not one of {', '.join(ROLES)}"
+                                                     + (f"; did you mean '{meant}'?" if meant else ""))
         message = {"role": role, "content": where.text(msg, "content", label=f"messages[{i}].content")}
         _weight(where, msg, f"messages[{i}].weight", role, message)
         messages.append(message)
