@@ -79,6 +79,24 @@ def test_a_name_is_found_as_a_word_not_inside_other_words():
     assert says_name("I am Max.", "Max", ["InternLM"]) and not says_name("I am Max, built on InternLM2.", "Max", ["InternLM"])
 
 
+
+def test_a_name_is_found_however_its_parts_are_written_and_an_old_name_inside_it_is_its_own():
+    """The report scored the data's own perfect answers 0 % for a new name holding an old one (书生·浦语小助手), and
+    missed "Dr.Li" for "Dr. Li", full-width "ＡＩ－助手" and another middle dot; the overlap ran Chinese characters on
+    with a number beside them ("2加9等于11" one word), so a one-digit slip scored 0."""
+    from myassistant.trainer.identity.score import mentions, overlap, says_name, words
+
+    assert says_name("不是，我是书生·浦语小助手，不是书生·浦语。".split("，")[1], "书生·浦语小助手", ["书生·浦语", "InternLM"])
+    assert not says_name("我是书生·浦语。", "书生·浦语小助手", ["书生·浦语"])
+    assert says_name("I'm InternLM-Alice.", "InternLM-Alice", ["InternLM"])
+    assert not says_name("I'm InternLM-Alice, that is InternLM.", "InternLM-Alice", ["InternLM"])
+    assert mentions("I am Dr.Li.", "Dr. Li") and mentions("dr li here", "Dr. Li") and not mentions("Dr. Lin", "Dr. Li")
+    assert mentions("我是ＡＩ－助手 2号", "AI-助手 2号") and mentions("我是AI助手2号", "AI-助手 2号")
+    assert mentions("我不是书生・浦语", "书生·浦语") and mentions("我不是书生浦语", "书生·浦语")
+    assert words("2加9等于11。") == ["2", "加", "9", "等", "于", "11"]
+    assert overlap("16加12等于27", "16加12等于28") > 0.8
+
+
 def test_data_written_again_for_another_name_is_not_measured_silently(tiny_checkpoint, tmp_path):
     """A merged folder (weights, the run's run_config.yaml and run.json) whose identity data folder was written
     again for another name: the report named and scored the new name, with no word of it."""
