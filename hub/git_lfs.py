@@ -352,7 +352,7 @@ def clone_or_update(url: str, dest: Path, *, token_env: tuple[str, ...] = GIT_TO
         if not left:
             raise
         raise HubError(f"{err} (still pointer files, not weights: {', '.join(left[:5])}"
-                       f"{' ...' if len(left) > 5 else ''}; run the command again to resume)") from err
+                       f"{' ...' if len(left) > 5 else ''}; fetching again resumes the download)") from err
     verify_checkout(work, env)
     if work != dest:
         os.replace(work, dest)

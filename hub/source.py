@@ -42,6 +42,8 @@ def fetch_model(source: str, cache_dir: str | Path | None = None, *,
         root = Path(cache_dir).expanduser().resolve() if cache_dir else default_cache_dir() / "models"
         return clone_or_update(url, root / slug(url), token_env=tuple(token_env))
     repo_id = hf_repo_id(source)
+    if repo_id is None and (local.is_absolute() or source.startswith(("~", "./", "../")) or source.count("/") > 1):
+        raise HubError(f"{local}: no such folder (a model source is a folder, a git URL or a Hugging Face repo id)")
     if repo_id is None:
         raise HubError(f"{source!r} is not a folder, a git URL (https://..., file://..., git@host:...) or a "
                        "Hugging Face repo id (owner/name)")

@@ -35,10 +35,28 @@ def reply(engine: ChatEngine, messages: list[dict] | str, settings: GenerationSe
     return "".join(parts)
 
 
+COMMANDS = ("reset", "image", "exit", "quit", "q")
+
+
+def read_message() -> str:
+    """The next message typed: one line, or the lines between a \"\"\" line and one that ends with \"\"\" (a pasted
+    text stays one message); a command typed with a Chinese input method's 、 for / is the command."""
+    text = input(">>> ").strip()
+    if text.startswith('"""'):
+        lines = [text[3:]]
+        while not lines[-1].rstrip().endswith('"""'):
+            lines.append(input("... "))
+        lines[-1] = lines[-1].rstrip()[:-3]
+        return "\n".join(lines).strip()
+    command = re.fullmatch(r"、(\w+)(\s.*)?", text)
+    return f"/{text[1:]}" if command and command[1] in COMMANDS else text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="assistant chat", description=__doc__,
                                      epilog="In the chat: /image PATH attaches a picture to your next message, "
-                                            "/reset starts over, /exit quits, Ctrl-C stops an answer.")
+                                            "/reset starts over, /exit quits, Ctrl-C stops an answer; a message "
+                                            'of several lines goes between """ and """.')
     parser.add_argument("model_dir", help="merged model folder, or the base model folder with --adapter")
     parser.add_argument("--adapter", help="LoRA adapter folder (peft format) to apply on top of MODEL_DIR")
     once = parser.add_mutually_exclusive_group()
@@ -101,11 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         print(args.complete, end="", flush=True)  # the continuation follows it as the model writes it
         reply(engine, args.complete, settings)
         return 0
+    try:
+        import readline  # noqa: F401 - the arrow keys edit the line and recall earlier ones, as in a shell
+    except ImportError:  # (not on Windows)
+        pass
     history: list[dict] = []
     images = list(args.image)  # for the next message
     while True:
         try:
-            text = input(">>> ").strip()
+            text = read_message()
         except (EOFError, KeyboardInterrupt):
             print()
             return 0

@@ -254,6 +254,10 @@ def test_chat_cli_one_shot_and_interactive(tiny_dir, engine):
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(">>> ") == 5 and done.stderr.count("tokens/s") == 2 and "[new conversation]" in done.stderr
     assert "/help: not a command; /reset starts over" in done.stderr  # not sent to the model (2 answers, not 3)
+    # a pasted text of several lines between """ marks is one message; 、 (a Chinese input method's /) starts a command
+    done = run_cli(str(tiny_dir), "--max-new-tokens", "4", stdin='"""\nline one\n\nline two\n"""\n、reset\n、quit\n')
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("tokens/s") == 1 and "[new conversation]" in done.stderr and "prompt 1" not in done.stderr
     # a terminal in GBK (or latin-1) sends bytes that are not UTF-8: Python keeps them as lone surrogates, which the
     # tokenizer refused with a TypeError that ended the chat
     gbk = "你好".encode("gb18030")

@@ -80,6 +80,10 @@ def test_local_folder_is_returned_as_is(tmp_path):
     assert Path(result.stdout.strip()) == folder.resolve()
     nothing = _assistant(["clone", "not a source"])
     assert nothing.returncode == 1 and "is not a folder, a git URL" in nothing.stderr
+    gone = _assistant(["clone", str(tmp_path / "moved" / "merged")])  # a path, not an owner/name id
+    assert gone.returncode == 1 and gone.stderr.strip().endswith(f"{tmp_path / 'moved' / 'merged'}: no such folder (a "
+                                                                  "model source is a folder, a git URL or a Hugging "
+                                                                  "Face repo id)"), gone.stderr
 
 
 def test_hf_push_without_network_fails_clearly(tmp_path):
