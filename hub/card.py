@@ -26,6 +26,22 @@ REPORT_MD = ("report.md", "report/report.md")
 # Keys of the training config shown as hyper-parameters (section.key, the trainer's names).
 _NOT_HYPER = ("output_dir", "eval_prompts", "train_file", "report_to", "logging_steps", "save_steps",
               "save_total_limit", "eval_steps", "base", "sources", "num_proc")
+# the GPU fast path's switches: how fast a step runs, not what it learns (train.qlora_fp8 changes the numbers: kept)
+_SPEED_ONLY = ("train.fast_path", "train.compile", "train.cuda_graphs", "train.qlora_fold", "train.qlora_keep_folded")
+
+
+def _applies(key: str, flat: dict[str, Any]) -> bool:
+    """Whether a run config key says something about this run: QLoRA's quantisation only for a QLoRA run, the vision
+    settings only for a multimodal one, no speed switch (a LoRA run on a CPU showed nf4 and CUDA graphs)."""
+    if key in _SPEED_ONLY:
+        return False
+    if key.startswith("quant.") or key == "train.qlora_fp8":
+        return flat.get("quant.method") == "qlora"
+    if key.startswith("vision."):
+        return bool(flat.get("vision.encoder"))
+    return True
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # what the Hub accepts as front-matter base_model
 _LOCAL_PATH = re.compile(r"^(?:/|~|[A-Za-z]:[\\/])")  # a path on the machine that trained: its folder names say
 # who and where (/home/<user>/...), so a published card keeps only the last part
@@ -180,7 +196,7 @@ def model_card(folder: str | Path, *, name: str | None = None) -> str:
     if facts:
         parts += ["", _table(facts, ("", ""))]
     hyper = {k: _public(v) for k, v in flat.items() if k.split(".")[-1] not in _NOT_HYPER and not isinstance(v, dict)
-             and k not in ("quant.method", "data.format")}
+             and k not in ("quant.method", "data.format") and _applies(k, flat)}
     if not hyper and adapter:
         hyper = {k: adapter[k] for k in ("r", "lora_alpha", "lora_dropout", "target_modules") if k in adapter}
     if hyper:
