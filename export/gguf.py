@@ -63,6 +63,9 @@ def check_source(folder: Path) -> dict:
         cfg = read_config(folder)
     except CheckpointError as err:
         raise ExportError(str(err)) from None
+    if cfg["model_type"] == "llava":
+        raise ExportError(f"{folder}: a multimodal (Llava) model; GGUF export writes text models (llama.cpp runs a "
+                          "picture model as two files, the LLM and its vision projector, which this does not write)")
     if cfg["model_type"] not in LAYOUTS:
         raise ExportError(f"{folder / 'config.json'}: model_type {cfg['model_type']!r} is not a Llama-layout model; "
                           f"GGUF export supports {', '.join(LAYOUTS)}")
@@ -231,14 +234,14 @@ def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "q8_0", nam
     """
     if quant not in QUANTS:
         raise ExportError(f"--quant {quant!r} is not one of {', '.join(QUANTS)}")
-    if str(out).endswith(("/", "\\")) or (Path(out).expanduser().is_dir() and Path(out).suffix != ".gguf"):
+    if str(out).endswith(("/", "\\")) or (Path(out).expanduser().is_dir() and Path(out).suffix.lower() != ".gguf"):
         raise ExportError(f"--out {out}: a folder; give the .gguf file to write in it, e.g. "
                           f"{Path(out) / (Path(model_dir).name + '-' + quant + '.gguf')}")
     folder, out = Path(model_dir).expanduser(), Path(out).expanduser()
     if folder.is_file():
         raise ExportError(f"{folder} is a file: give the model's folder (the one with config.json)")
     check_source(folder)
-    if out.suffix != ".gguf":
+    if out.suffix.lower() != ".gguf":
         raise ExportError(f"{out}: the output file should end in .gguf")
     check_writable(out)
     if QUANTS[quant][0] == "F16" and quant != "f16":  # a k-quant: llama.cpp's quantiser, checked before the work

@@ -137,12 +137,18 @@ def test_cli_export_and_bad_input_leave_no_file(tmp_path, tiny_checkpoint, capsy
     done = run_cli("export", str(run_dir), "--quant", "q4_0", "--out", str(out_dir / "x.gguf"))
     assert done.returncode == 1 and "merge first" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    llava = tmp_path / "llava"
+    llava.mkdir()
+    (llava / "config.json").write_text(json.dumps({"model_type": "llava"}))
     cases = [(other, "f16", "not a Llama-layout model"), (broken, "q8_0", "truncated"),
+             (llava, "f16", "a multimodal \\(Llava\\) model; GGUF export writes text models"),
              (tiny_checkpoint, "q3_x", "q3_x"), (tiny_checkpoint, "f16", "end in .gguf")]
     for folder, quant, message in cases:
         with pytest.raises(ExportError, match=message):
             export_gguf(folder, out_dir / ("x.bin" if message == "end in .gguf" else "x.gguf"), quant=quant)
     assert not out_dir.exists() or not list(out_dir.iterdir()), list(out_dir.iterdir())
+    done = run_cli("export", str(tiny_checkpoint), "--quant", "f16", "--out", str(tmp_path / "M.GGUF"))
+    assert done.returncode == 0 and (tmp_path / "M.GGUF").is_file(), done.stderr  # the suffix in capitals
 
 
 def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path, tiny_checkpoint):
