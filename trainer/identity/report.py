@@ -199,8 +199,13 @@ def _markdown(rep: dict) -> str:
                       "that do not ask about the assistant (`APP_IDENTITY_GUARD=1` in the app)."]
     if rep.get("examples"):
         lines += ["", "| set | last question | answer |", "|---|---|---|"]
-        lines += [f"| {s} | {q} | {a.replace('|', '/').replace(chr(10), ' ')} |" for s, q, a in rep["examples"]]
+        lines += [f"| {s} | {_md_cell(q)} | {_md_cell(a) or '(no text)'} |" for s, q, a in rep["examples"]]
     return "\n".join(lines) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    """Text as one Markdown table cell: its | escaped and its lines joined."""
+    return " ".join(text.replace("|", "\\|").split())
 
 
 def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, base: str | Path | None = None,
