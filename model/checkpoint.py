@@ -49,10 +49,16 @@ def check_not_lfs_pointer(path: Path) -> None:
         )
 
 
+def not_there(path: Path, what: str) -> str:
+    """"PATH: no such WHAT", saying which folder a relative path was read from (a config's paths are read from where
+    the command runs, not from the config's own folder)."""
+    return f"{path}: no such {what}" + ("" if path.is_absolute() else f" (read from the working folder {Path.cwd()})")
+
+
 def read_config(path: str | Path) -> dict:
     folder = Path(path)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such model folder")
+        raise CheckpointError(not_there(folder, "model folder"))
     cfg_file = folder / "config.json"
     if not cfg_file.exists():
         raise CheckpointError(f"{folder}: no config.json — is this a model folder? (a merged model or base checkpoint)")

@@ -89,11 +89,11 @@ def _read_tokenizer_config(folder: Path) -> dict:
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load the tokenizer of a model folder, never executing remote code; always with a chat template."""
-    from .checkpoint import CheckpointError, check_not_lfs_pointer
+    from .checkpoint import CheckpointError, check_not_lfs_pointer, not_there
 
     folder = Path(path)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such model folder")
+        raise CheckpointError(not_there(folder, "model folder"))
     cfg = _read_tokenizer_config(folder)
     spm_file = folder / "tokenizer.model"
     remote_class = bool(cfg.get("auto_map")) or cfg.get("tokenizer_class", "").startswith("InternLM2")

@@ -138,6 +138,12 @@ def test_cli_check_names_each_missing_path_as_training_would(tiny_checkpoint, ti
     assert checked.returncode == 1 and checked.stdout == ""
     assert checked.stderr.splitlines() == [f"assistant train: error: {tmp_path / 'no-model'}: no such model folder",
                                            f"assistant train: error: {tmp_path / 'no.jsonl'}: no such data file or folder"]
+    relative = cli("train", "model.base=models/tiny", "data.train_file=data/chats.jsonl", "quant.method=lora", "--check",
+                   cwd=tmp_path)  # a config's relative paths are read from where the command runs: it says where
+    assert relative.stderr.splitlines() == [
+        f"assistant train: error: models/tiny: no such model folder (read from the working folder {tmp_path})",
+        f"assistant train: error: data/chats.jsonl: no such data file or folder (read from the working folder "
+        f"{tmp_path})"], relative.stderr
     trained = cli("train", *missing[1:], f"model.base={tiny_checkpoint}", f"train.output_dir={tmp_path / 'run'}")
     assert trained.returncode == 1 and checked.stderr.splitlines()[1] == trained.stderr.strip().splitlines()[-1]
     vision = cli("train", f"model.base={tiny_checkpoint}", f"data.train_file={chats}", "quant.method=lora",

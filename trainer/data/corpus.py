@@ -69,7 +69,8 @@ def find_files(path: str | Path) -> list[Path]:
             _say_skipped(str(p), _count(skipped))
         return files
     if not p.is_file():
-        raise DataError(f"{p}: no such data file or folder")
+        raise DataError(f"{p}: no such data file or folder"  # a config's relative paths: from where the command runs
+                        + ("" if p.is_absolute() else f" (read from the working folder {Path.cwd()})"))
     return [p]
 
 
