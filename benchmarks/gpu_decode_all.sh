@@ -17,6 +17,9 @@
 #      barriers, against a kernel a phase in one graph, 1.8B and 7B shapes (benchmarks.grid_barrier_gpu); then as one
 #      launch whose items wait only for the rows they read (benchmarks.dataflow_gpu).
 #
+#   9. (`mlp`, not in the default PARTS) 7B int4 gate/up + down in one launch a layer (partial sums reduced into the
+#      output) against two, the same CUDA-core code (benchmarks.mlp_fused_gpu; README "Issue 21, session 32").
+#
 #   device run, carry [".cache/i22a_whl"]: bash benchmarks/gpu_decode_all.sh
 #   (PARTS="tests gemv profile decode 7b" picks parts; .cache/i22a_whl holds transformers 5.24, see README.md)
 OUT=${OUT:-/tmp/gpu_decode}
@@ -54,3 +57,5 @@ timeout "${T_BARRIER:-150}" python3 -m benchmarks.grid_barrier_gpu --shape "$sha
 timeout "${T_BARRIER:-150}" python3 -m benchmarks.dataflow_gpu --shape "$shape" 2>&1 \
     | tee -a "$OUT/dataflow.log" | json
 done; fi
+if has mlp; then echo "=== 7B int4 gate/up + down: one launch a layer against two"
+timeout "${T_MLP:-200}" python3 -m benchmarks.mlp_fused_gpu --shape 7b 2>&1 | tee -a "$OUT/mlp.log" | json; fi

@@ -60,3 +60,27 @@ def test_dataflow_step_equals_a_kernel_a_phase_under_tritons_interpreter():
     """benchmarks/dataflow_gpu.py: one launch whose items wait for their inputs computes the chain the kernel-a-phase
     form does, bit for bit, and every item counts itself in where its readers wait (programs run in order here)."""
     run_interpreted(DATAFLOW)
+
+
+MLP = """
+import sys, torch
+sys.path.insert(0, '..')
+from benchmarks.mlp_fused_gpu import Mlp
+mlp = Mlp(hidden=256, inter=384, layers=2, device='cpu')
+want = mlp.reference()
+outs = {}
+for form in ('rows', 'two', 'fused'):
+    mlp.run(form, block_i=32, warps=4, bw=4, bo=4)
+    outs[form] = got = mlp.ys[-1].double()
+    err = float((got - want).abs().max() / want.abs().max())
+    assert err < 2e-2, (form, err)  # h rounded to bf16 in fp32 or float64, through two random layers
+for form in ('two', 'fused'):  # the same sums in another order
+    assert float((outs[form] - outs['rows']).abs().max() / want.abs().max()) < 1e-4, form
+"""
+
+
+@needs_triton
+def test_one_launch_mlp_equals_two_under_tritons_interpreter():
+    """benchmarks/mlp_fused_gpu.py: gate/up and down in one launch a layer (partial sums reduced into the output), in
+    two, and down as row blocks compute the same chain as float64 from the same int4 values."""
+    run_interpreted(MLP)
