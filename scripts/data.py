@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="identities the answers deny ('Are you InternLM?' -> 'No, I am ...'), comma-separated; "
                             f"'' for none (default {','.join(OLD_NAMES)})")
     ident.add_argument("--general", help="general conversations to mix in (any supported format); default: the shipped zh+en set")
+    ident.add_argument("--encoding", default="utf-8", help="the --general file's text encoding, e.g. gb18030 (default utf-8)")
     for flag, (field, text) in MIX_KNOBS.items():
         default = getattr(IdentitySpec, field)
         ident.add_argument(flag, type=float, default=default, help=f"{text} (default {default})")
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             spec = IdentitySpec(name=args.name, author=args.author, persona=args.persona, system=args.system,
                                 count=args.count, **{field: getattr(args, field) for field, _ in MIX_KNOBS.values()},
-                                general=args.general, look_alikes_from=args.look_alikes_from,
+                                general=args.general, general_encoding=args.encoding,
+                                look_alikes_from=args.look_alikes_from,
                                 languages=args.languages.split(","), old_names=[n for n in args.old_names.split(",") if n],
                                 eval_identity=args.eval_identity, eval_general=args.eval_general, seed=args.seed)
             out = write_identity_dataset(spec, args.out)

@@ -169,6 +169,14 @@ def test_general_data_from_any_format_repeats_when_short(tmp_path, caplog):
     assert len(read(out / "eval_general_multi.jsonl")) == 4
     assert len(read(out / "eval_general.jsonl")) == 4
     assert "40 general conversations asked for, 6 available; repeating them" in caplog.text
+    gbk = tmp_path / "gbk.json"  # a general set saved in GBK: the command's --encoding reads it
+    gbk.write_bytes(alpaca.read_text(encoding="utf-8").replace("Count to", "数到").encode("gb18030"))
+    refused = cli("data", "identity", "--name", "Zed", "--count", "20", "--general", str(gbk), "--eval-general", "4",
+                  "--out", str(tmp_path / "gbk-out"))
+    assert refused.returncode == 1 and "--encoding gb18030" in refused.stderr and not (tmp_path / "gbk-out").exists()
+    done = cli("data", "identity", "--name", "Zed", "--count", "20", "--general", str(gbk), "--encoding", "gb18030",
+               "--eval-general", "4", "--out", str(tmp_path / "gbk-out"))
+    assert done.returncode == 0 and "数到" in (tmp_path / "gbk-out" / "train.jsonl").read_text(), done.stderr
 
 
 def test_a_name_inside_other_words_or_keys_keeps_the_general_mix(tmp_path):

@@ -295,7 +295,7 @@ def test_non_utf8_file_is_one_line_naming_the_encoding(tiny_checkpoint, tmp_path
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == (
         f"assistant train: error: {tmp_path / 'gbk.txt'}:1: not utf-8 text (byte 0xb5: invalid start byte); "
-        "it decodes as gb18030: set data.encoding=gb18030 (`data check`: --encoding gb18030), or save the file as UTF-8")
+        "it decodes as gb18030: set data.encoding=gb18030 (`data check` / `data identity`: --encoding gb18030), or save the file as UTF-8")
     assert not (tmp_path / "run").exists()
 
 

@@ -169,8 +169,8 @@ def decode_error(path: Path, data: bytes, err: UnicodeDecodeError, encoding: str
     """One line: file:line, the byte, and the common encoding the bytes do decode as (or what to do)."""
     line = line_offset + data[: err.start].count(b"\n") + 1
     fits = [e for e in CANDIDATE_ENCODINGS if e != encoding and _decodes(data, e)]
-    hint = (f"it decodes as {fits[0]}: set data.encoding={fits[0]} (`data check`: --encoding {fits[0]}), or save the "
-            "file as UTF-8" if fits else "save it as UTF-8, or set data.encoding (`data check`: --encoding) to the "
+    hint = (f"it decodes as {fits[0]}: set data.encoding={fits[0]} (`data check` / `data identity`: --encoding {fits[0]}), or save the "
+            "file as UTF-8" if fits else "save it as UTF-8, or set data.encoding (`data check` / `data identity`: --encoding) to the "
             "file's encoding")
     return DataError(f"{path}:{line}: not {encoding} text (byte 0x{data[err.start]:02x}: {err.reason}); {hint}")
 

@@ -144,6 +144,7 @@ class IdentitySpec:
     # behaviour on them), the template answer kept where the reply names an identity; None = the templates.
     look_alikes_from: str | None = None
     general: str | None = None  # general data file (any supported format); None = the shipped zh+en set
+    general_encoding: str = "utf-8"  # that file's text encoding (UTF-8 and UTF-16 are found by themselves)
     eval_identity: int = 60  # held-out identity questions (half zh, half en)
     eval_general: int = 40  # held-out general prompts (leak probes)
     old_names: list[str] = field(default_factory=lambda: list(OLD_NAMES))  # identities to deny
@@ -251,7 +252,7 @@ def identity_conversations(spec: IdentitySpec, rng: random.Random, general_words
 def general_conversations(spec: IdentitySpec, n_train: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """``n_train`` general conversations for the mix and ``eval_general`` held-out prompts, disjoint."""
     path = spec.general or GENERAL_DATA
-    records = load_records(path)
+    records = load_records(path, encoding=spec.general_encoding if spec.general else "utf-8")
     if any("messages" not in r for r in records):
         raise DataError(f"{path}: general data must be conversations, not raw text")
     # conversations that name the assistant's new name would contradict it: left out (the name as a word in the
