@@ -68,6 +68,12 @@ def test_missing_data_is_one_line_error(tiny_checkpoint, tmp_path):
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].endswith("meta.json: missing; the report needs the folder written by "
                                                         "`assistant data identity`")
+    empty = write_identity_dataset(IdentitySpec(name="Alice", count=4, eval_identity=0, eval_general=0),
+                                   tmp_path / "no-held-out")  # it printed a table of dashes
+    run = cli("report", str(tiny_checkpoint), "--data", str(empty), "--kind", "identity")
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].endswith(
+        "no held-out questions to measure (eval_identity.jsonl and eval_general.jsonl are empty); write the data "
+        "with --eval-identity N --eval-general N"), run.stderr
 
 
 def test_a_name_is_found_as_a_word_not_inside_other_words():

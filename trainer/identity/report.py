@@ -255,6 +255,9 @@ def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, 
 
     started = time.time()
     sets = load_sets(data_dir, meta.get("seed", 0))
+    if not any(sets.get(key) for key in ("eval_identity", "eval_general")):
+        raise DataError(f"--data {data_dir}: no held-out questions to measure (eval_identity.jsonl and "
+                        "eval_general.jsonl are empty); write the data with --eval-identity N --eval-general N")
     measures = [m for m in MEASURES if system or "+" not in m.prompts]
     keys = sorted({m.prompts for m in measures})
     model, tok = load_for_eval(model_path)
