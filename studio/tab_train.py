@@ -160,7 +160,7 @@ def check(ws: Workspace, preset: str, run: str, base: str, train_file: str, over
             problems[field] = f"{problems[field]}; {said}" if field in problems else said  # every one, not the first
     else:
         if train_file.strip() and "train_file" not in problems:  # read as training reads the preset's kind of data
-            for problem in data_problems(_in_workspace(ws, cfg, train_file)):
+            for problem in data_problems(_in_workspace(ws, cfg, train_file), open_pictures=False):
                 problems["train_file"] = one_line(problem)
         if cfg.quant.method == "qlora":  # what this machine lacks, as training would say it at its start
             from myassistant.trainer.lora import bnb_config

@@ -41,15 +41,17 @@ def run_problems(cfg: RunConfig) -> list[str]:
     return problems + data_problems(cfg)
 
 
-def data_problems(cfg: RunConfig) -> list[str]:
+def data_problems(cfg: RunConfig, open_pictures: bool = True) -> list[str]:
     """What training would say of the run's data before its first step, read as training reads it but without a
-    tokenizer: a LLaVA file's records and every picture (opened in full, which training does step by step), each chat
+    tokenizer: a LLaVA file's records and every picture (opened in full, which training does step by step; with
+    ``open_pictures`` False their headers, as training's start reads them: a form's check of 665K pictures), each chat
     source's records, each raw-text file's kind and encoding."""
     try:
         if cfg.vision.encoder:
             from myassistant.trainer.multimodal.data import load_llava_records
 
-            load_llava_records(cfg.data.train_file, cfg.data.image_folder or None, fmt=cfg.data.format, decode=True)
+            load_llava_records(cfg.data.train_file, cfg.data.image_folder or None, fmt=cfg.data.format,
+                               decode=open_pictures)
             return []
         for src in resolve_sources(cfg.data):
             if src.kind == "text":
