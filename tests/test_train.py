@@ -215,11 +215,19 @@ def _train_until_a_checkpoint(args: list[str], out: Path, stderr: int) -> subpro
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=stderr,
                             text=True)
     deadline = time.monotonic() + 120
-    while not (out / "checkpoint-2" / "trainer_state.json").exists():
-        assert proc.poll() is None, "training ended before its first checkpoint"
-        assert time.monotonic() < deadline
+    while not _whole_json(out / "checkpoint-2" / "trainer_state.json"):  # there and written to its end: the Trainer
+        assert proc.poll() is None, "training ended before its first checkpoint"  # writes it in place, so a kill on a
+        assert time.monotonic() < deadline  # busy machine landed between its creation and its bytes (an empty state)
         time.sleep(0.005)
     return proc
+
+
+def _whole_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def test_killed_cli_run_resumes_to_the_same_losses(tiny_checkpoint, chats, tmp_path):
