@@ -37,7 +37,7 @@ def message_text(content: Any) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
-        return utf8_text(content)
+        return content
     if isinstance(content, dict):
         return str(content.get("text") or "")
     if isinstance(content, (list, tuple)):
@@ -47,7 +47,7 @@ def message_text(content: Any) -> str:
 
 def normalize_messages(messages: list[Message], system_prompt: str | None = None) -> list[Message]:
     """{'role', 'content': str} dicts; `system_prompt` is used when the messages bring none."""
-    out = [{"role": m["role"], "content": message_text(m.get("content"))} for m in messages]
+    out = [{"role": m["role"], "content": utf8_text(message_text(m.get("content")))} for m in messages]
     out = [m for m in out if m["role"] in ("system", "user", "assistant")]
     if system_prompt and not (out and out[0]["role"] == "system"):
         out.insert(0, {"role": "system", "content": utf8_text(system_prompt)})
