@@ -1,8 +1,8 @@
 """The Triton kernels that read bitsandbytes' 4-bit weights: ``qlora_fold``'s fold (``W + s B A`` in bf16) and
 ``qlora_fp8``'s conversion (e4m3 W8 / W8ᵀ), on the tile ``codes_tile`` reads.
 
-Imported only where Triton is (by those modules' ``_kernel()``), so Triton stays optional. The helper is a module
-global on purpose: inside a compiled layer torch.compile (Inductor) launches a copy of a kernel made of its source and
+Imported only where Triton is (by those modules' ``_kernel()``), so Triton stays optional. The helpers are module
+globals on purpose: inside a compiled layer torch.compile (Inductor) launches a copy of a kernel made of its source and
 the Triton functions it finds in the kernel's module globals; one reached any other way (a closure) is missing there,
 and every compiled layer falls back to eager (session 28; ``tests/test_qlora_fold.py`` builds the copies).
 """
@@ -30,6 +30,14 @@ def codes_tile(q_ptr, code_ptr, n_out, n_in, BLOCKSIZE: tl.constexpr, BM: tl.con
     w = tl.reshape(tl.join(tl.load(code_ptr + (byte >> 4)), tl.load(code_ptr + (byte & 15))), (BM, BN))
     blk = tl.program_id(1) * NB + tl.arange(0, NB)
     return w, rows, in_rows, rn, rows * (n_in // BLOCKSIZE) + blk[None, :], in_rows & (blk < n_in // BLOCKSIZE)[None, :]
+
+
+@triton.jit
+def bf16_rounded_bits(w):
+    """float32 ``w``'s bits with the bf16 value rounded to nearest even in their high half (by hand: Triton's
+    interpreter's float32 -> bf16 cast truncates)."""
+    bits = w.to(tl.uint32, bitcast=True)
+    return bits + 0x7FFF + ((bits >> 16) & 1)
 
 
 @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
@@ -65,10 +73,8 @@ def fold_kernel(q_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr,
         tl.store(out_ptr + rows * n_in + rn[None, :], w.to(out_ptr.dtype.element_ty),
                  mask=in_rows & (rn < n_in)[None, :])
     else:  # the interpreter's float32 -> bf16 truncates: rounded to nearest even here (bf16 out only)
-        bits = w.to(tl.uint32, bitcast=True)
-        bits += 0x7FFF + ((bits >> 16) & 1)
-        tl.store(out_ptr.to(tl.pointer_type(tl.uint16)) + rows * n_in + rn[None, :], (bits >> 16).to(tl.uint16),
-                 mask=in_rows & (rn < n_in)[None, :])
+        tl.store(out_ptr.to(tl.pointer_type(tl.uint16)) + rows * n_in + rn[None, :],
+                 (bf16_rounded_bits(w) >> 16).to(tl.uint16), mask=in_rows & (rn < n_in)[None, :])
 
 
 @triton.autotune(configs=[triton.Config({"BM": bm, "BN": bn}, num_warps=w)
@@ -83,10 +89,8 @@ def e4m3_kernel(q_ptr, absmax_ptr, code_ptr, inverse_ptr, rows_ptr, cols_ptr, n_
     NB: tl.constexpr = BN // BLOCKSIZE
     absmax = tl.load(absmax_ptr + at, mask=in_blocks, other=0.0)
     w = tl.reshape(tl.reshape(w, (BM, NB, BLOCKSIZE)) * absmax[:, :, None], (BM, BN))
-    # bitsandbytes' bf16 weight (rounded to nearest even by hand: the interpreter's bf16 cast truncates), then
-    # e4m3 from it, as rowwise_e4m3 rounds that weight
-    bits = w.to(tl.uint32, bitcast=True)
-    w = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    # bitsandbytes' bf16 weight, then e4m3 from it, as rowwise_e4m3 rounds that weight
+    w = (bf16_rounded_bits(w) & 0xFFFF0000).to(tl.float32, bitcast=True)
     inverse = tl.load(inverse_ptr + rows, mask=in_rows, other=1.0)  # 1 / the row's scale, [BM, 1]
     w = tl.clamp(w * inverse, -448.0, 448.0)
     inside = in_rows & (rn < n_in)[None, :]
