@@ -188,7 +188,8 @@ def timed(mlp: Mlp, form: str, block_i: int, warps: int, copy_bps: float, want: 
     err = float(((mlp.ys[-1].double() - want).abs().max() / want.abs().max()))
     us = gemv_pick.graph_ms(run) / gemv_pick.REPEATS * 1e3  # a step's weights are ~40x the L2: no flush needed
     return {"case": form, "block_i": block_i, "warps": warps, "step_us": round(us, 1),
-            "layer_us": round(us / mlp.layers, 2), "of_copy_bandwidth": round(mlp.bytes() / us / 1e6 / (copy_bps / 1e12), 3),
+            "layer_us": round(us / mlp.layers, 2),
+            "of_copy_bandwidth": round(mlp.bytes() / us / 1e6 / (copy_bps / 1e12), 3),
             "max_rel_err_vs_float64": round(err, 5)}
 
 

@@ -46,8 +46,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # what the Hub accepts as
 _LOCAL_PATH = re.compile(r"^(?:/|~|[A-Za-z]:[\\/])")  # a path on the machine that trained: its folder names say
 # who and where (/home/<user>/...), so a published card keeps only the last part
 
-
-
 # The chat template writes the prompt's <s>: one apply_chat_template call tokenises it as it is, where tokenising
 # its text again (tokenizer(text) / processor(text=...)) would put a second <s> in front.
 _USE_TEXT = ('messages = [{"role": "user", "content": "Who are you?"}]',
@@ -62,6 +60,7 @@ _USE_LLAVA = ('picture = Image.open("picture.jpg")',
               '                                       return_dict=True, return_tensors="pt")',
               "out = model.generate(**inputs, max_new_tokens=64)",
               'print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))')
+
 
 def _public(value: Any) -> Any:
     """``value`` as a published card or file shows it: a local absolute path by its last part, lists and objects

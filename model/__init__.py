@@ -2,8 +2,8 @@
 from .checkpoint import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MERGE_INFO, CheckpointError, file_sha256, load_adapter,
                          load_model, load_state_dict, read_config, save_model, written_whole)
 from .generate import generate_replies
-from .llava import (IMAGE_TOKEN, PROJECTOR_WEIGHTS, add_image_token, build_llava, check_vision_encoder, image_token_count,
-                    is_llava, load_llava, load_projector, picture_tokens, save_llava, save_projector)
+from .llava import (IMAGE_TOKEN, PROJECTOR_WEIGHTS, add_image_token, build_llava, check_vision_encoder,
+                    image_token_count, is_llava, load_llava, load_projector, picture_tokens, save_llava, save_projector)
 from .templates import INTERNLM2_CHAT, TEMPLATES
 from .tiny import build_tiny_checkpoint
 from .tiny_vision import build_tiny_llava, build_tiny_vision_encoder

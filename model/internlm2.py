@@ -207,4 +207,3 @@ def carry_remote_code(release: Path, out: Path) -> list[str]:
             written.update({k: given[k] for k in keys if k in given})
             target.write_text(json.dumps(written, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return carried
-

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="identities the answers deny ('Are you InternLM?' -> 'No, I am ...'), comma-separated; "
                             f"'' for none (default {','.join(OLD_NAMES)})")
     ident.add_argument("--general", help="general conversations to mix in (any supported format); default: the shipped zh+en set")
-    ident.add_argument("--encoding", default="utf-8", help="the --general file's text encoding, e.g. gb18030 (default utf-8)")
+    ident.add_argument("--encoding", default="utf-8",
+                       help="the --general file's text encoding, e.g. gb18030 (default utf-8)")
     for flag, (field, text) in MIX_KNOBS.items():
         default = getattr(IdentitySpec, field)
         ident.add_argument(flag, type=float, default=default, help=f"{text} (default {default})")

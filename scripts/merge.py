@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="run folder of 'assistant train' (or an adapter / checkpoint-N folder)")
     parser.add_argument("--out", required=True, help="folder for the merged model (written complete or not at all)")
     parser.add_argument("--layout", choices=("llama", "internlm2"), default="llama",
-                        help="llama: plain AutoModelForCausalLM loads it (default); internlm2: the original key layout, "
-                             "with the base download's remote code (modeling_internlm2.py ...), tokenizer.model and "
+                        help="llama: plain AutoModelForCausalLM loads it (default); internlm2: the original key "
+                             "layout, with the base download's remote code (modeling_internlm2.py ...), tokenizer.model and "
                              "auto_map when it has them, for the original code (trust_remote_code=True)")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
                         help="dtype of the merge and the written weights (default bfloat16; float32 for tiny models)")

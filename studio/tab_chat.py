@@ -114,8 +114,9 @@ def build(ws: Workspace) -> dict:
         hists = {"fine-tuned": list(tuned_hist or []), "base": list(base_hist or [])}
         streams = {}
         for key, engine in list(_engines.items()):
-            sees = engine.vision is not None and picture_
-            earlier = _text(hists[key], pictures=engine.vision is not None)
+            reads_pictures = engine.vision is not None
+            sees = reads_pictures and bool(picture_)
+            earlier = _text(hists[key], pictures=reads_pictures)
             streams[key] = engine.stream([*earlier, user_message(text, [picture_] if sees else [])], settings)
             # the column shows the picture (Gradio's file message), and hands it back with the history next time
             shown = [{"path": picture_}, text] if sees else text

@@ -90,9 +90,9 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
                     seed = gr.Number(value=0, precision=0, label="Seed")
             generate = gr.Button("Generate", variant="primary", elem_id="data-generate")
         with gr.Column(variant="panel"):
-            gr.Markdown("### …or bring your own file\nOpenAI messages, XTuner, Alpaca, ShareGPT, LLaVA (pictures beside "
-                        "it) or raw text; a JSON array, JSON Lines, `.txt` or `.parquet`, or a folder of raw text. "
-                        "Checked as `assistant data check` does.")
+            gr.Markdown("### …or bring your own file\nOpenAI messages, XTuner, Alpaca, ShareGPT, LLaVA (pictures "
+                        "beside it) or raw text; a JSON array, JSON Lines, `.txt` or `.parquet`, or a folder of raw "
+                        "text. Checked as `assistant data check` does.")
             upload = gr.File(label="Upload a data file", file_types=[".json", ".jsonl", ".txt", ".parquet"],
                              height=120, elem_id="data-upload")
             path = gr.Textbox(label="…or a path on this machine", placeholder="data/my_chats.jsonl", elem_id="data-path")

@@ -106,7 +106,8 @@ def check_file(path: Path, spec: TextSpec) -> None:
 
 
 def _is_wide(encoding: str) -> bool:
-    """UTF-16 / UTF-32: a line ends in more than one byte, so such a file is read as text, not split at newline bytes."""
+    """UTF-16 / UTF-32: a line ends in more than one byte, so such a file is read as text, not split at newline
+    bytes."""
     import codecs
 
     return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
@@ -169,9 +170,9 @@ def decode_error(path: Path, data: bytes, err: UnicodeDecodeError, encoding: str
     """One line: file:line, the byte, and the common encoding the bytes do decode as (or what to do)."""
     line = line_offset + data[: err.start].count(b"\n") + 1
     fits = [e for e in CANDIDATE_ENCODINGS if e != encoding and _decodes(data, e)]
-    hint = (f"it decodes as {fits[0]}: set data.encoding={fits[0]} (`data check` / `data identity`: --encoding {fits[0]}), or save the "
-            "file as UTF-8" if fits else "save it as UTF-8, or set data.encoding (`data check` / `data identity`: --encoding) to the "
-            "file's encoding")
+    flag = "`data check` / `data identity`: --encoding"
+    hint = (f"it decodes as {fits[0]}: set data.encoding={fits[0]} ({flag} {fits[0]}), or save the file as UTF-8"
+            if fits else f"save it as UTF-8, or set data.encoding ({flag}) to the file's encoding")
     return DataError(f"{path}:{line}: not {encoding} text (byte 0x{data[err.start]:02x}: {err.reason}); {hint}")
 
 

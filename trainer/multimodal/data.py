@@ -53,7 +53,8 @@ def _open(path: str | Path, where: str, decode: bool) -> Image.Image | None:
     try:
         return open_picture(path, decode)
     except FileNotFoundError:
-        raise DataError(f"{at}image {path} not found; check data.image_folder (`data check` / `report`: --image-folder)") from None
+        raise DataError(f"{at}image {path} not found; check data.image_folder (`data check` / `report`: "
+                        "--image-folder)") from None
     except Image.DecompressionBombError:
         raise DataError(f"{at}image {path}: {TOO_LARGE}") from None
     except (OSError, SyntaxError, ValueError) as err:
