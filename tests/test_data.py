@@ -347,6 +347,8 @@ def test_records_written_over_several_lines_are_read(tmp_path):
     record = {"messages": [{"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": "我是Alice。"}]}
     one = write(tmp_path / "one.json", json.dumps(record, indent=2, ensure_ascii=False))
     assert load_records(one) == [record]
+    checked = cli("data", "check", str(one))  # the command tells a file's kind from its first record first
+    assert checked.returncode == 0 and json.loads(checked.stdout)["records"] == 1, checked.stderr
     two = write(tmp_path / "two.jsonl", json.dumps(record, indent=2) + "\n" + json.dumps(record, indent=2) + "\n")
     assert load_records(two) == [record, record]
     broken = write(tmp_path / "broken.jsonl", json.dumps(record, indent=2) + "\n{\n  \"messages\": [\n}\n")

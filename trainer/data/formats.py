@@ -63,7 +63,7 @@ def read_json_records(path: Path, encoding: str = "utf-8") -> Iterator[tuple[str
     if text[start] == "[":
         yield from _read_array(path, text, start + 1)
         return
-    if text[start] == "{" and _continues(text[start:].split("\n", 1)[0]):
+    if text[start] == "{" and record_continues(text[start:].split("\n", 1)[0]):
         yield from _read_objects(path, text, start)  # records written over several lines each (indent=2)
         return
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -93,7 +93,7 @@ def _comma_hint(text: str, pos: int, msg: str) -> str:
     return ""
 
 
-def _continues(line: str) -> bool:
+def record_continues(line: str) -> bool:
     """Whether a first line is the start of a record that goes on over the next lines (the parser ran out of text,
     rather than finding something wrong in it)."""
     try:

@@ -22,7 +22,7 @@ import torch
 from . import dataset as chat_data
 from .blocks import TextBlocks, tokenize_corpus
 from .corpus import TextSpec, check_file, file_encoding, find_files, with_bom
-from .formats import DataError, detect_format, malformed_line, read_json_records
+from .formats import DataError, detect_format, malformed_line, read_json_records, record_continues
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ class TrainingData:
 
 def _first_record(path: Path, spec: TextSpec) -> object:
     """The first JSON record of a file: of JSON Lines without reading the rest; of a JSON array (whatever the file's
-    suffix) from the whole array."""
+    suffix), or of records written over several lines each, from the whole file."""
     check_file(path, spec)
     with open(path, encoding=with_bom(file_encoding(path, spec.encoding))) as f:
         for lineno, line in enumerate(f, 1):
-            if line.lstrip().startswith("["):
+            if line.lstrip().startswith("[") or line.strip() and record_continues(line.strip()):
                 for _, record in read_json_records(path, spec.encoding):
                     return record
                 raise DataError(f"{path}: the file holds no records (an empty JSON array)")
