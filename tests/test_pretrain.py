@@ -324,6 +324,18 @@ def test_declared_encoding_reads_gbk_text(tokenizer, tmp_path):
     assert stream.tokens.tolist() == doc_ids(tokenizer, ["你好。", "谢谢你的帮助。"])
 
 
+def test_pretty_printed_jsonl_and_a_gbk_json_array_are_read(tokenizer, tmp_path):
+    """Records written with indent=2 in a .jsonl were malformed at line 1 (chat data read them); a .json array
+    ignored data.encoding."""
+    pretty = tmp_path / "pretty.jsonl"
+    pretty.write_text("".join(json.dumps({"text": t}, indent=2) + "\n" for t in ("one doc", "two doc")), encoding="utf-8")
+    assert tokenize_corpus(pretty, tokenizer).tokens.tolist() == doc_ids(tokenizer, ["one doc", "two doc"])
+    gbk = tmp_path / "gbk.json"
+    gbk.write_bytes(json.dumps([{"text": "你好。"}, {"text": "谢谢。"}], ensure_ascii=False).encode("gb18030"))
+    stream = tokenize_corpus(gbk, tokenizer, TextSpec(encoding="gb18030"))
+    assert stream.tokens.tolist() == doc_ids(tokenizer, ["你好。", "谢谢。"])
+
+
 def test_a_utf8_file_beside_gbk_ones_is_read_as_utf8_and_said(tokenizer, tmp_path, caplog):
     """gb18030 decodes UTF-8 bytes without an error, into other characters: with data.encoding=gb18030 for a folder of
     GBK files, its one UTF-8 file was trained on garbled (上海 as 涓婃捣)."""

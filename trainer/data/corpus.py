@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .formats import DataError, malformed_line
+from .formats import DataError, malformed_line, record_continues
 
 log = logging.getLogger(__name__)
 
@@ -273,15 +273,21 @@ def _field(path: Path, where: str, record: object, spec: TextSpec) -> str:
 
 
 def _json_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
-    if path.suffix.lower() == ".json":  # one JSON array: read whole (JSON Lines is the format for big data)
+    encoding = file_encoding(path, spec.encoding)
+    lines = _lines(path, encoding)
+    first = next((line for line in lines if line.strip()), "")
+    lines.close()
+    # a JSON array, or records written over several lines each (indent=2): read whole, as chat data is; JSON Lines,
+    # the format for big data, streams a line at a time
+    if path.suffix.lower() == ".json" or record_continues(first):
         from .formats import read_json_records
 
-        for line, record in read_json_records(path):
+        for line, record in read_json_records(path, encoding):
             text = _field(path, line, record, spec)
             if text.strip():
                 yield {"text": text, "last": True}
         return
-    for lineno, line in enumerate(_lines(path, file_encoding(path, spec.encoding)), 1):
+    for lineno, line in enumerate(_lines(path, encoding), 1):
         if not line.strip():
             continue
         try:
