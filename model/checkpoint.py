@@ -191,7 +191,10 @@ def _read_header(path: Path) -> None:
 @contextlib.contextmanager
 def written_whole(out_dir: Path) -> Iterator[Path]:
     """A temporary sibling folder to write ``out_dir``'s files into: renamed into its place (an existing folder
-    replaced) when the block ends, removed when it raises, so ``out_dir`` is complete or as it was."""
+    replaced) when the block ends, removed when it raises, so ``out_dir`` is complete or as it was. A file at
+    ``out_dir`` is refused, not replaced."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir}: is a file, not a folder; name a folder to write the model in")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:

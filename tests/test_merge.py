@@ -227,3 +227,7 @@ def test_merge_refuses_to_overwrite_something_else(lora_run, tmp_path):
     with pytest.raises(CheckpointError, match="is not a merge output"):
         merge(lora_run, tmp_path / "precious")
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "notes.txt").write_text("keep me")  # a file at --out: refused, not renamed away for a folder
+    with pytest.raises(CheckpointError, match="notes.txt: is a file; name a folder"):
+        merge(lora_run, tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and not list(tmp_path.glob(".notes.txt*"))

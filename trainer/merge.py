@@ -125,6 +125,8 @@ def _merged_already(out_dir: Path, info: dict, run: Path) -> bool:
     """Whether ``out_dir`` holds this very merge whole: its merge.json's SAME_MERGE keys are ``info``'s and each file
     it lists is there at its size. Otherwise says why it is written again; refuses a folder that is no merge output
     (or the run itself)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"--out {out_dir}: is a file; name a folder to write the merged model in")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         return False
     done = out_dir / MERGE_INFO_NAME
