@@ -11,8 +11,10 @@ the k-quant q4_k_m needs llama.cpp's own quantiser (`export.quantize`).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -185,6 +187,7 @@ def write_gguf(model, tokenizer, path: Path, quant: str, name: str) -> int:
 def save_gguf(model, tokenizer, out: Path, quant: str, name: str, sampling: dict | None = None) -> int:
     """Write a loaded ``LlamaForCausalLM`` + tokenizer as the GGUF `out` (temporary sibling, then renamed)
     and its Modelfile (`sampling`: the model's parameters, `modelfile.sampling_of`); returns the tensor count."""
+    made = [p for p in out.absolute().parents if not p.exists()]  # innermost first: removed again on a failure
     out.parent.mkdir(parents=True, exist_ok=True)
     num_ctx = min(model.config.max_position_embeddings, 4096)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -202,9 +205,17 @@ def save_gguf(model, tokenizer, out: Path, quant: str, name: str, sampling: dict
         os.umask(umask)
         tmp.chmod(0o666 & ~umask)  # mkstemp made it private; a model file is as readable as any other
         tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        staged.unlink(missing_ok=True)
+    except BaseException as err:
+        for path in (tmp, staged):
+            path.unlink(missing_ok=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(err, OSError):  # numpy's short write on a full disk says so without an errno
+            free = shutil.disk_usage(next(p for p in out.absolute().parents if p.exists())).free
+            raise ExportError(f"--out {out}: writing failed ({err.strerror or err}); {free / 2**20:.0f} MiB free "
+                              "there (a full disk?)") from None
+        raise
     write_modelfile(out, tokenizer, num_ctx, sampling)
     return count
 
@@ -215,12 +226,11 @@ def check_writable(out: Path) -> None:
     for path in (out, modelfile_path(out)):
         if path.is_dir():
             raise ExportError(f"--out {out}: {path} is a folder; name the .gguf file to write")
-    parent = next((p for p in out.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir():
         raise ExportError(f"--out {out}: {parent} is a file, not a folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
+    try:  # where the folders to make would go (they are made when the file is written: a refusal leaves none)
+        with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as err:
         raise ExportError(f"--out {out}: cannot write there ({err.strerror})") from None

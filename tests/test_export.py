@@ -3,13 +3,17 @@ where llama-cpp-python is installed: tests/test_export_llama_cpp.py)."""
 from __future__ import annotations
 
 import json
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 
 import gguf
 import numpy as np
 import pytest
 import torch
-from conftest import cli, run_cli
+from conftest import ROOT, cli, run_cli
 
 from myassistant.export import ExportError, export_gguf
 from myassistant.model import load_model, load_tokenizer
@@ -146,7 +150,7 @@ def test_cli_export_and_bad_input_leave_no_file(tmp_path, tiny_checkpoint, capsy
     for folder, quant, message in cases:
         with pytest.raises(ExportError, match=message):
             export_gguf(folder, out_dir / ("x.bin" if message == "end in .gguf" else "x.gguf"), quant=quant)
-    assert not out_dir.exists() or not list(out_dir.iterdir()), list(out_dir.iterdir())
+    assert not out_dir.exists()  # not even the folder --out named: made only for a file written whole
     done = run_cli("export", str(tiny_checkpoint), "--quant", "f16", "--out", str(tmp_path / "M.GGUF"))
     assert done.returncode == 0 and (tmp_path / "M.GGUF").is_file(), done.stderr  # the suffix in capitals
 
@@ -166,6 +170,21 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path, ti
         assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "m.Modelfile", "taken.gguf"]
+
+
+def test_a_write_that_fails_midway_is_one_line_and_leaves_nothing(tmp_path, tiny_checkpoint):
+    """A full disk (here a file size limit: the same short write) was numpy's traceback; the temporary file and the
+    folders made for --out were left behind."""
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "new" / "deep" / "m.gguf"
+    done = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "export", str(tiny_checkpoint), "--quant", "f16", "--out", str(out)],
+                          capture_output=True, text=True, preexec_fn=small_files, cwd=ROOT)
+    assert done.returncode == 1 and f"--out {out}: writing failed" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "MiB free there" in done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_gguf_is_named_as_the_merged_assistant_or_as_asked(tmp_path, tiny_checkpoint):
