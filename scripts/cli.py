@@ -12,12 +12,17 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 
 # what the file system says of a path a user gave or whose place they chose: one line, not a traceback
 PATH_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR,
-               errno.ENAMETOOLONG}
+               errno.ENAMETOOLONG, errno.EEXIST}
+# stop a command as Ctrl-C does (temporary files removed, a training stopped at a step's end): a closed terminal,
+# `timeout`, `docker stop`, systemd and the cloud's shutdowns send these, whose default ends the process on the spot
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 LOG_FORMAT = "[%(where)s] %(message)s"  # `where`: the module without the package prefix (_short_names)
 
@@ -43,6 +48,34 @@ def _short_names(record: logging.LogRecord) -> bool:
     """Log lines name the module without the package prefix every module of ours shares."""
     record.where = record.name.removeprefix("myassistant.")
     return True
+
+
+_main_pid = 0  # the command's process (set when its STOP_SIGNALS are routed)
+
+
+def _as_ctrl_c(signum: int, frame) -> None:
+    if os.getpid() != _main_pid:  # a forked worker (datasets, a DataLoader): ended as before, by its parent
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)  # the command's own Ctrl-C (training: stop at the end of this step)
+    else:
+        raise KeyboardInterrupt
+
+
+def _stop_signals_as_ctrl_c() -> dict:
+    """Route STOP_SIGNALS that still have their default action to ``_as_ctrl_c``; returns what to restore (an ignored
+    SIGHUP, as under nohup, stays ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    global _main_pid
+    _main_pid = os.getpid()
+    saved = {s: signal.getsignal(s) for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_DFL}
+    for s in saved:
+        signal.signal(s, _as_ctrl_c)
+    return saved
 
 
 def _usage() -> str:
@@ -79,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request Gradio makes to its own server
     logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer's temporary file name and byte order: export logs
     module = importlib.import_module(COMMANDS[name][0])
+    restore = _stop_signals_as_ctrl_c()
     try:
         return int(module.main(rest) or 0)
     except KeyboardInterrupt:
@@ -96,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"assistant {name}: error: {where}: {err.strerror}\n")
             return 1
         raise
+    finally:
+        for signum, handler in restore.items():
+            signal.signal(signum, handler)
 
 
 def _after_ctrl_c(err: BaseException) -> bool:

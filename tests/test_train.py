@@ -276,11 +276,13 @@ def test_overwrite_trains_a_finished_run_again_from_the_start(tiny_checkpoint, c
     assert (other / "mine.txt").read_text() == "keep me"
 
 
-def test_ctrl_c_names_the_checkpoint_resume_continues_from(tiny_checkpoint, chats, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_names_the_checkpoint_resume_continues_from(tiny_checkpoint, chats, tmp_path, stop):
+    """SIGTERM (`timeout`, `docker stop`, a platform's shutdown) stops a run as Ctrl-C does; it ended it on the spot."""
     out = tmp_path / "stopped"
     args = overrides(tiny_checkpoint, chats, out, max_steps=400, save_steps=2, eval_steps=0, report_to="none")
     proc = _train_until_a_checkpoint(args, out, subprocess.PIPE)
-    proc.send_signal(signal.SIGINT)  # one Ctrl-C: the training stops at the end of the step it lands in
+    proc.send_signal(stop)  # one Ctrl-C: the training stops at the end of the step it lands in
     err = proc.communicate(timeout=300)[1]
     said = "\n".join(line for line in err.splitlines() if " | loss " not in line)  # all but the step lines
     worker = f"this worker: SIGINT {signal.getsignal(signal.SIGINT)}, blocked {signal.pthread_sigmask(signal.SIG_BLOCK, [])}"
