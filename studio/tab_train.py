@@ -160,8 +160,9 @@ def check(ws: Workspace, preset: str, run: str, base: str, train_file: str, over
             problems[field] = f"{problems[field]}; {said}" if field in problems else said  # every one, not the first
     else:
         if train_file.strip() and "train_file" not in problems:  # read as training reads the preset's kind of data
-            for problem in data_problems(_in_workspace(ws, cfg, train_file), open_pictures=False):
-                problems["train_file"] = one_line(problem)
+            found = data_problems(_in_workspace(ws, cfg, train_file), open_pictures=False)
+            if found:  # the CLI's lines, as they are
+                problems["train_file"] = "; ".join(found)
         if cfg.quant.method == "qlora":  # what this machine lacks, as training would say it at its start
             from myassistant.trainer.lora import bnb_config
 
