@@ -22,12 +22,13 @@ TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "trainer_state.json", "trainin
 
 
 def folder_files(folder: Path) -> dict[str, Path]:
-    """rel path -> file, for everything under `folder` worth pushing."""
+    """rel path -> file, for everything under `folder` worth pushing. A link is pushed as the file it points to (a
+    Hugging Face cache snapshot is links into its blobs): git would store the link itself, and no weights."""
     files = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if path.is_file() and not _SKIP_PARTS & set(rel.parts) and path.suffix != ".pyc":
-            files[rel.as_posix()] = path
+            files[rel.as_posix()] = path.resolve() if path.is_symlink() else path
     return files
 
 
@@ -56,8 +57,9 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
         files[extra.name] = extra
     if not files:
         raise HubError(f"{folder}: the folder is empty, nothing to push")
-    if card and not any(rel.rsplit("/", 1)[-1] in ("config.json", "adapter_config.json") or rel.endswith(".gguf")
-                        for rel in files):  # a mistyped folder (merged/ itself, a data folder) is no model to publish
+    # a mistyped folder (merged/ itself, a data folder) is no model to publish: a model's files are at its top
+    if card and not any(rel in ("config.json", "adapter_config.json") or rel.endswith(".gguf") and "/" not in rel
+                        for rel in files):
         raise HubError(f"{folder}: holds no model (no config.json, adapter_config.json or .gguf); push a merged model "
                        "(assistant merge RUN --out DIR), an adapter or an export folder, or pass --no-card to push "
                        "its files as they are")

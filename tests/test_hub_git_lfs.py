@@ -268,6 +268,30 @@ def test_a_folder_that_holds_no_model_is_not_published_as_one(tmp_path, remote):
         f"{data}: holds no model (no config.json, adapter_config.json or .gguf); push a merged model (assistant merge "
         "RUN --out DIR), an adapter or an export folder, or pass --no-card to push its files as they are"), done.stderr
     assert cli("push", str(data), "--to", str(remote), "--no-card").returncode == 0
+    merged = tmp_path / "merged"  # the parent of the model folders: it was pushed, a card titled by the repo over them
+    (merged / "alice").mkdir(parents=True)
+    (merged / "alice" / "config.json").write_text('{"model_type": "llama"}')
+    done = cli("push", str(merged), "--to", str(remote))
+    assert done.returncode == 1 and f"{merged}: holds no model" in done.stderr, done.stderr
+
+
+def test_a_folder_of_links_pushes_the_files_they_point_to(tmp_path, remote, model):
+    """A Hugging Face cache snapshot is links into its blobs: git stored the links, no weights went to LFS, and the
+    push and the clone both said all was well."""
+    snapshot = tmp_path / "hub" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    for path in model.iterdir():
+        if path.is_file():
+            (snapshot / path.name).symlink_to(os.path.relpath(path, snapshot))
+    env = _env(tmp_path)
+    done = _assistant(["push", str(snapshot), "--to", str(remote)], env)
+    assert done.returncode == 0, done.stderr
+    modes = {line.split()[3]: line.split()[0] for line in _git(remote, "ls-tree", "main").splitlines()}
+    assert modes["model.safetensors"] == modes["config.json"] == "100644", modes  # files, not links (120000)
+    cloned = _assistant(["clone", str(remote), "--cache-dir", str(tmp_path / "clones")], env)
+    assert cloned.returncode == 0, cloned.stderr
+    folder = Path(cloned.stdout.strip())
+    assert (folder / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
 
 
 def test_a_pushed_adapter_names_its_base_without_this_machines_path(tmp_path, remote, model):
