@@ -199,6 +199,8 @@ def save_llava(model: LlavaForConditionalGeneration, processor: LlavaProcessor, 
     """A standalone folder that plain ``LlavaForConditionalGeneration`` + ``AutoProcessor`` load offline."""
     out_dir = Path(out_dir)
     torch_dtype = _resolve_dtype(dtype, {"torch_dtype": str(model.dtype).removeprefix("torch.")})
+    for part in (model.config.vision_config, model.config.text_config):  # where its encoder and LLM were read from:
+        part._name_or_path = ""  # this machine's paths (/home/<user>/...), published with the folder otherwise
     with written_whole(out_dir) as tmp:
         model.to(torch_dtype).save_pretrained(str(tmp), max_shard_size=max_shard_size)
         processor.save_pretrained(str(tmp))

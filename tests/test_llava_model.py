@@ -25,7 +25,9 @@ def test_merged_folder_loads_with_plain_transformers_and_answers_about_any_pictu
     m = AutoModelForImageTextToText.from_pretrained(tiny_llava)
     processor = AutoProcessor.from_pretrained(tiny_llava)
     assert isinstance(m, LlavaForConditionalGeneration)
-    assert "auto_map" not in json.loads((tiny_llava / "config.json").read_text())
+    config = json.loads((tiny_llava / "config.json").read_text())
+    assert "auto_map" not in config
+    assert not {config[part].get("_name_or_path") for part in ("vision_config", "text_config")} - {None, ""}, config
     prompt = processor.apply_chat_template(ASK, add_generation_prompt=True)
     assert prompt == "<s><|im_start|>user\n<image>\nWhat is in the picture?<|im_end|>\n<|im_start|>assistant\n"
     for name, picture in _pictures().items():
