@@ -10,7 +10,7 @@ import importlib.metadata
 import logging
 import shutil
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import yaml
 
@@ -18,7 +18,8 @@ from .errors import HubError
 from .git_lfs import PushResult
 from .gitcmd import GIT_TOKEN_ENVS
 from .push import folder_files, push_folder
-from .remote import HF_PREFIX, default_cache_dir, hf_repo_id, is_git_url, refuse_credentials, slug
+from .remote import (HF_PREFIX, default_cache_dir, git_url, hf_repo_id, is_bare_repo, is_remote_url,
+                     refuse_credentials, slug)
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +53,29 @@ def _front_matter(title: str) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def check_app_source(model_repo: str) -> None:
-    """The app clones ``model_repo`` at start-up wherever it runs: a folder of this machine is not there, and a
-    file:// repo must exist before the app can clone it."""
+def app_source(model_repo: str) -> str:
+    """``model_repo`` as the app clones it at start-up wherever it runs: a bare repository of this machine as its
+    absolute file:// URL (a relative path meant another folder where the app ran); refused where the app cannot
+    clone it (a folder of this machine, a file:// repo not there yet)."""
     push_first = "push the model first (assistant push FOLDER --to REMOTE) and give REMOTE"
     if model_repo.startswith("file://"):
-        if not Path(urlparse(model_repo).path).exists():
+        if not is_bare_repo(Path(unquote(urlparse(model_repo).path))):  # as push prints it: spaces as %20
             raise HubError(f"--model-repo {model_repo}: no repository there; {push_first}")
-        return
-    if is_git_url(model_repo) or model_repo.startswith(HF_PREFIX):
-        return  # a remote: reached from where the app runs, which may not be this machine
-    if Path(model_repo).expanduser().exists():
+        return model_repo
+    if is_remote_url(model_repo) or model_repo.startswith(HF_PREFIX):
+        return model_repo  # a remote: reached from where the app runs, which may not be this machine
+    local = Path(model_repo).expanduser()
+    if is_bare_repo(local):
+        return git_url(model_repo)
+    if local.exists():
         hub = f"; if you meant the Hugging Face repo {model_repo}: hf:{model_repo}" if hf_repo_id(model_repo) else ""
         raise HubError(f"--model-repo {model_repo}: a folder on this machine, which the app cannot clone where it runs; "
                        f"{push_first}{hub}")
+    if model_repo.endswith(".git"):
+        raise HubError(f"--model-repo {model_repo}: no repository there; {push_first}")
     if not hf_repo_id(model_repo):
         raise HubError(f"--model-repo {model_repo}: neither a git URL nor a Hugging Face id (owner/name); {push_first}")
+    return model_repo
 
 
 def write_app_folder(model_repo: str, out_dir: str | Path, *, title: str | None = None,
@@ -79,8 +87,7 @@ def write_app_folder(model_repo: str, out_dir: str | Path, *, title: str | None 
         raise HubError(f"{root}: missing {', '.join(missing)}: push-app copies the project's app from its root "
                        "folder; run it from a checkout of the project (or pass project_root)")
     refuse_credentials(model_repo)
-    check_app_source(model_repo)
-    model_repo = model_repo.removeprefix(HF_PREFIX)
+    model_repo = app_source(model_repo).removeprefix(HF_PREFIX)
     title = title or model_repo.rstrip("/").removesuffix(".git").rsplit("/", 1)[-1]
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")

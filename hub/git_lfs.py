@@ -226,12 +226,17 @@ def _commit(files: dict[str, Path], generated: dict[str, bytes], url: str, work_
             message: str, gitattributes: list[str], env: dict[str, str]) -> tuple[str | None, str | None]:
     """The work dir on top of the remote branch, holding exactly the files, committed: (remote tip, HEAD)."""
     _open_work_dir(work_dir, url, branch, env)
-    git(["fetch", "-q", "origin"], cwd=work_dir, env=env, url=url, what=f"reaching {strip_credentials(url)}")
+    git(["fetch", "-q", "--prune", "origin"], cwd=work_dir, env=env, url=url, what=f"reaching {strip_credentials(url)}")
     remote_head = git(["rev-parse", "-q", "--verify", f"refs/remotes/origin/{branch}^{{commit}}"],
                       cwd=work_dir, env=env, check=False).stdout.strip() or None
     if remote_head:
         # Build on the remote's tip without checking anything out: no weights are downloaded to push.
         git(["reset", "-q", "--mixed", remote_head], cwd=work_dir, env=env)
+    elif git(["rev-parse", "-q", "--verify", "HEAD"], cwd=work_dir, env=env, check=False).returncode == 0:
+        # the branch is gone from the remote (a repo made again to be rid of a push): a history of its own, not the
+        # commits of earlier pushes, whose files the remote no longer has
+        log.info("%s has no branch %s: its first commit", strip_credentials(url), branch)
+        git(["update-ref", "-d", "HEAD"], cwd=work_dir, env=env)
     _write_gitattributes(work_dir, gitattributes)
     _refuse_large_plain_files(work_dir, files, env)
     _sync_tree(work_dir, files, generated)

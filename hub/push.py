@@ -6,6 +6,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from .card import PUBLISHED_AS_PUBLIC, assistant_name, model_card, public_file
 from .errors import HubError
@@ -94,6 +95,10 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
         return _push_to_hf(folder, files, generated, repo_id, private=private, message=message, branch=branch,
                            repo_type="space" if remote.startswith(HF_PREFIX + "spaces/") else repo_type)
     url = git_url(remote)
+    local = Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
+    if local is not None and (local / ".git").exists():  # a push re-pointed its HEAD, its files shown as deleted
+        raise HubError(f"{remote}: a working copy (git init without --bare), not a repository to push to; make one with "
+                       f"`git init --bare {remote}.git` and push there")
     if private:
         log.warning("--private applies to Hugging Face repos; a git remote's visibility is set on its server")
     work_dir = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "push" / slug(f"{url}#{branch}")

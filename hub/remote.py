@@ -20,7 +20,17 @@ def default_cache_dir() -> Path:
 
 
 def is_git_url(text: str) -> bool:
-    return text.startswith(_GIT_SCHEMES) or bool(_SCP_LIKE.match(text)) or text.endswith(".git")
+    return is_remote_url(text) or text.endswith(".git")
+
+
+def is_bare_repo(path: Path) -> bool:
+    """A bare git repository (`git init --bare`): what a push to a folder of this machine needs."""
+    return (path / "HEAD").is_file() and (path / "objects").is_dir()
+
+
+def is_remote_url(text: str) -> bool:
+    """A URL or an scp-like address (not a path of this machine, whatever its name ends in)."""
+    return text.startswith(_GIT_SCHEMES) or bool(_SCP_LIKE.match(text))
 
 
 def refuse_credentials(url: str) -> None:
@@ -38,7 +48,7 @@ def hf_repo_id(text: str) -> str | None:
 
 def git_url(target: str) -> str:
     """A git remote as a URL git and git-lfs both accept: local paths become `file://` URLs."""
-    if target.startswith(_GIT_SCHEMES) or _SCP_LIKE.match(target):
+    if is_remote_url(target):
         refuse_credentials(target)
         return target
     return Path(target).expanduser().resolve().as_uri()

@@ -8,7 +8,7 @@ from .errors import HubError
 from .git_lfs import clone_or_update, pointer_error, pointer_files
 from .gitcmd import token_from_env
 from .hf import download_hf
-from .remote import HF_PREFIX, default_cache_dir, git_url, hf_repo_id, is_git_url, slug
+from .remote import HF_PREFIX, default_cache_dir, git_url, hf_repo_id, is_bare_repo, is_git_url, slug
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def fetch_model(source: str, cache_dir: str | Path | None = None, *,
     if not source:
         raise HubError("no model source given: pass a git URL, a Hugging Face repo id or a local folder")
     local = Path(source).expanduser()
-    bare_repo = (local / "HEAD").is_file() and (local / "objects").is_dir()
+    bare_repo = is_bare_repo(local)
     if not source.startswith(HF_PREFIX) and local.exists() and not bare_repo:
         if not local.is_dir():
             raise HubError(f"{local}: not a folder; a model source is a folder, a git URL or a repo id")

@@ -97,3 +97,15 @@ def test_push_app_refuses_a_model_repo_the_app_could_not_clone(tmp_path):
             push_app(source, str(_bare(tmp_path / f"app-{len(said)}.git")), cache_dir=tmp_path / "cache")
         assert "push the model first (assistant push FOLDER --to REMOTE) and give REMOTE" in str(err.value)
     assert not (tmp_path / "cache" / "app").exists() or not any((tmp_path / "cache" / "app").iterdir())
+    with pytest.raises(HubError, match="no repository there"):  # a relative .git path that is not there yet
+        push_app("remotes/none.git", str(_bare(tmp_path / "app-none.git")), cache_dir=tmp_path / "cache")
+
+
+def test_the_app_clones_a_bare_repo_of_this_machine_by_its_absolute_url(tmp_path, monkeypatch):
+    """push prints a file:// URL with spaces as %20: push-app refused it; a relative path (or one without .git) of a
+    bare repo was refused, or written as it was given, so the app cloned another folder where it ran."""
+    model = _bare(tmp_path / "my work" / "alice")  # no .git suffix, a space in the path
+    monkeypatch.chdir(tmp_path)
+    for given in (model.as_uri(), "my work/alice", str(model)):
+        app = push_app(given, str(_bare(tmp_path / f"app{len(given)}.git")), cache_dir=tmp_path / "cache").work_dir
+        assert f'os.environ.setdefault("MODEL_REPO", {model.as_uri()!r})' in (app / "app.py").read_text(), given

@@ -196,12 +196,15 @@ def test_clear_errors_for_missing_repo_and_missing_git_lfs(tmp_path, model):
     assert missing.returncode == 1
     assert "not found" in missing.stderr and "git init --bare" in missing.stderr
     assert not (tmp_path / "cache" / "push").exists()  # nothing committed, so no work dir is left behind
-    checkout = tmp_path / "checkout"  # a working copy, its branch checked out: git's reason, not "failed to push"
+    # a working copy: a push to one without commits said "pushed" and left its files shown as deleted
+    subprocess.run(["git", "init", "-q", str(tmp_path / "new")], check=True)
+    assert "a working copy (git init without --bare)" in cli("push", str(model), "--to", str(tmp_path / "new")).stderr
+    checkout = tmp_path / "checkout"  # one with its branch checked out
     subprocess.run(["git", "init", "-q", "-b", "main", str(checkout)], check=True)
     subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "--allow-empty", "-m", "x"],
                    cwd=checkout, check=True)
     busy = _assistant(["push", str(model), "--to", str(checkout)], env)
-    assert busy.returncode == 1 and "not a bare repository" in busy.stderr, busy.stderr
+    assert busy.returncode == 1 and "a working copy (git init without --bare)" in busy.stderr, busy.stderr
 
     bin_dir = tmp_path / "bin"  # a PATH with git but without git-lfs
     bin_dir.mkdir()
@@ -315,3 +318,16 @@ def test_a_plain_git_clone_of_a_bare_repo_pushed_to_checks_out_the_model(tmp_pat
                             env={**os.environ, "GIT_LFS_SKIP_SMUDGE": "1"})
     assert cloned.returncode == 0 and "nonexistent ref" not in cloned.stderr, cloned.stderr
     assert (tmp_path / "plain" / "config.json").read_text() == (model / "config.json").read_text()
+
+
+def test_a_remote_made_again_starts_a_history_of_its_own(tmp_path, remote, model):
+    """A remote deleted and made again got the earlier pushes' commits back (their files, and LFS pointers it has no
+    objects for)."""
+    env = _env(tmp_path)
+    assert _assistant(["push", str(model), "--to", str(remote)], env).returncode == 0
+    subprocess.run(["rm", "-rf", str(remote)], check=True)
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    (model / "notes.md").write_text("changed\n")
+    again = _assistant(["push", str(model), "--to", str(remote)], env)
+    assert again.returncode == 0, again.stderr
+    assert _git(remote, "rev-list", "--count", "main").strip() == "1"
