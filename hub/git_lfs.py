@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,7 +292,19 @@ def push_git(files: dict[str, Path], generated: dict[str, bytes], url: str, *, w
                        "resume (LFS objects already uploaded are skipped)") from err
     log.info("pushed %s to %s (%s)", head[:10], shown, branch)
     _head_to_pushed_branch(url, branch, env)
+    _say_if_not_the_default_branch(work_dir, url, branch, env)
     return PushResult(shown, head, True, work_dir)
+
+
+def _say_if_not_the_default_branch(work_dir: Path, url: str, branch: str, env: dict[str, str]) -> None:
+    """A clone (`assistant clone`, the app, git) checks out the remote's default branch: a push to another one is
+    not what they get."""
+    said = git(["ls-remote", "--symref", "origin", "HEAD"], cwd=work_dir, env=env, url=url, check=False).stdout
+    default = re.search(r"^ref: refs/heads/(\S+)\tHEAD", said, re.M)
+    if default and default[1] != branch:
+        log.warning("%s's default branch is %s, not %s: a clone (assistant clone, the app) gets %s's files; make %s "
+                    "the default on the server, or push with --branch %s", strip_credentials(url), default[1], branch,
+                    default[1], branch, default[1])
 
 
 def _head_to_pushed_branch(url: str, branch: str, env: dict[str, str]) -> None:

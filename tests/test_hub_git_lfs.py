@@ -331,3 +331,19 @@ def test_a_remote_made_again_starts_a_history_of_its_own(tmp_path, remote, model
     again = _assistant(["push", str(model), "--to", str(remote)], env)
     assert again.returncode == 0, again.stderr
     assert _git(remote, "rev-list", "--count", "main").strip() == "1"
+
+
+def test_a_push_beside_the_remotes_default_branch_says_what_a_clone_gets(tmp_path, model):
+    """A remote made with master as its default and a first commit there: push wrote main and said nothing, and
+    clone and the app got the README of master."""
+    bare = tmp_path / "made-with-master.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "master", str(bare)], check=True)
+    seed = tmp_path / "seed"
+    subprocess.run(["git", "clone", "-q", str(bare), str(seed)], check=True, capture_output=True)
+    (seed / "README.md").write_text("hello\n")
+    for args in (["add", "README.md"], ["-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "-m", "x"],
+                 ["push", "-q", "origin", "HEAD:master"]):
+        subprocess.run(["git", *args], cwd=seed, check=True)
+    done = cli("push", str(model), "--to", str(bare))
+    assert done.returncode == 0 and "default branch is master, not main: a clone (assistant clone, the app) gets " \
+        "master's files; make main the default on the server, or push with --branch master" in done.stderr, done.stderr
