@@ -373,6 +373,10 @@ def clone_or_update(url: str, dest: Path, *, token_env: tuple[str, ...] = GIT_TO
                        f"{' ...' if len(left) > 5 else ''}; fetching again resumes the download)") from err
     verify_checkout(work, env)
     if work != dest:
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):  # no .git: the user's, not to be replaced
+            raise HubError(f"{dest} is in the way of the clone and is not one (no .git); move it away or choose "
+                           f"another cache folder (app.py: MODEL_CACHE; assistant clone: --cache-dir). The clone "
+                           f"waits in {work}")
         os.replace(work, dest)
     log.info("%s is at %s", shown, dest)
     return dest

@@ -241,6 +241,11 @@ def test_clone_into_a_relative_cache_dir(tmp_path, remote, model):
     clone = Path(cloned.stdout.strip())
     assert clone.parent == work / "models"
     assert (clone / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+    (work / "other" / clone.name).mkdir(parents=True)  # a folder of the user's where the clone goes: a traceback
+    (work / "other" / clone.name / "notes.txt").write_text("mine")
+    blocked = _assistant(["clone", remote.as_uri(), "--cache-dir", str(work / "other")], env)
+    assert blocked.returncode == 1 and "is in the way of the clone and is not one (no .git)" in blocked.stderr
+    assert "Traceback" not in blocked.stderr and (work / "other" / clone.name / "notes.txt").read_text() == "mine"
 
 
 def test_a_folder_with_training_state_is_not_pushed(tmp_path, remote, model):
