@@ -49,6 +49,12 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
     if not folder.is_dir():
         raise HubError(f"{folder}: no such folder to push")
     files = folder_files(folder)
+    checkpoints = sorted({rel.split("/", 1)[0] for rel in files if re.match(r"checkpoint-\d+/", rel)})
+    final = next((f for f in ("adapter_config.json", "config.json") if f in files), None)
+    if final and checkpoints:  # a training run: its final adapter (or weights), not its resume points
+        log.info("pushing the run's final %s, not its %s (the resume points)",
+                 "adapter" if final == "adapter_config.json" else "model", ", ".join(checkpoints))
+        files = {rel: path for rel, path in files.items() if rel.split("/", 1)[0] not in checkpoints}
     for extra in map(lambda p: Path(p).expanduser(), add):
         if not extra.is_file():
             raise HubError(f"{extra}: no such file to add to the push")

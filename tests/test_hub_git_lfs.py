@@ -248,15 +248,22 @@ def test_clone_into_a_relative_cache_dir(tmp_path, remote, model):
     assert "Traceback" not in blocked.stderr and (work / "other" / clone.name / "notes.txt").read_text() == "mine"
 
 
-def test_a_folder_with_training_state_is_not_pushed(tmp_path, remote, model):
-    """A run folder's checkpoints (optimizer state and all) were pushed, and the commit removed the merged model."""
-    (model / "checkpoint-190").mkdir()
-    (model / "checkpoint-190" / "optimizer.pt").write_bytes(b"state")
-    done = cli("push", str(model), "--to", str(remote))
+def test_a_run_pushes_its_final_model_and_a_checkpoint_is_not_pushed(tmp_path, remote, model):
+    """A run folder's checkpoints (optimizer state and all) were pushed; then such a folder was refused, although
+    `push` says it takes an adapter. A run pushes its final adapter (or weights); a checkpoint-N itself is refused."""
+    checkpoint = model / "checkpoint-190"
+    checkpoint.mkdir()
+    (checkpoint / "optimizer.pt").write_bytes(b"state")
+    (checkpoint / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    done = cli("push", str(checkpoint), "--to", str(remote))
     assert done.returncode == 1 and done.stderr.strip().endswith(
-        f"{model}: holds training state (checkpoint-190/optimizer.pt), not a model to push; merge it first "
-        f"(assistant merge {model} --out DIR) and push DIR")
+        f"{checkpoint}: holds training state (optimizer.pt), not a model to push; merge it first "
+        f"(assistant merge {checkpoint} --out DIR) and push DIR"), done.stderr
     assert _git(remote, "for-each-ref") == ""  # nothing pushed
+    (model / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')  # a LoRA run: its final adapter
+    done = cli("push", str(model), "--to", str(remote))
+    assert done.returncode == 0 and "pushing the run's final adapter, not its checkpoint-190" in done.stderr, done.stderr
+    assert "checkpoint-190" not in _git(remote, "ls-tree", "-r", "--name-only", "main")
 
 
 def test_owner_slash_name_without_hf_says_which_it_may_mean(model):
