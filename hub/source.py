@@ -48,4 +48,10 @@ def fetch_model(source: str, cache_dir: str | Path | None = None, *,
         raise HubError(f"{source!r} is not a folder, a git URL (https://..., file://..., git@host:...) or a "
                        "Hugging Face repo id (owner/name)")
     token = token_from_env([n for n in token_env if n.startswith("HF_")])
-    return download_hf(repo_id, cache_dir=Path(cache_dir).expanduser() if cache_dir else None, token=token)
+    try:
+        return download_hf(repo_id, cache_dir=Path(cache_dir).expanduser() if cache_dir else None, token=token)
+    except HubError as err:
+        if source.startswith(HF_PREFIX):
+            raise
+        # owner/name is also how a folder two levels down is written: a mistyped one read as a repo id
+        raise HubError(f"{err} (no folder {local.absolute()} here either)") from None

@@ -69,6 +69,9 @@ def test_hf_repo_not_cached_offline_is_a_clear_error(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("assistant clone: error: alice/other is not in the local Hugging Face cache")
     assert "HF_HUB_OFFLINE" in result.stderr and result.stderr.count("\n") == 1
+    assert f"(no folder {ROOT / 'alice' / 'other'} here either)" in result.stderr  # a mistyped merged/alice
+    result = _assistant(["clone", "hf:alice/other", "--cache-dir", str(tmp_path / "hf")])
+    assert result.returncode == 1 and "here either" not in result.stderr  # hf: names a repo, never a folder
 
 
 def test_local_folder_is_returned_as_is(tmp_path):
