@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -50,6 +51,18 @@ def read_message() -> str:
         return "\n".join(lines).strip()
     command = re.fullmatch(r"、(\w+)(\s.*)?", text)
     return f"/{text[1:]}" if command and command[1] in COMMANDS else text
+
+
+def pasted_path(text: str) -> str:
+    """A path as a terminal pastes a dropped file: quoted ('my photo.png') or with its spaces escaped (my\\ photo.png),
+    or as typed (a file of that name: C:\\Users\\... kept whole)."""
+    if Path(text).expanduser().exists():
+        return text
+    try:
+        parts = shlex.split(text)
+    except ValueError:  # an unmatched quote: a path with one in it, typed
+        return text
+    return parts[0] if len(parts) == 1 else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             history, images = [], []
             sys.stderr.write("[new conversation]\n")
         elif text.startswith("/image"):
-            path = text.removeprefix("/image").strip()
+            path = pasted_path(text.removeprefix("/image").strip())
             try:
                 if engine.vision is None:
                     raise EngineError(f"{args.model_dir} is a text-only model: it cannot read images")

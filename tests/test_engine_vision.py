@@ -180,8 +180,10 @@ def test_chat_cli_asks_about_a_picture(tiny_llava, pictures, engine, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == engine.generate(ask_about(pictures["red_circle"]), GREEDY, max_new_tokens=12) + "\n"
 
+    dropped = tmp_path / "my photo.jpg"  # a file dropped on a terminal is pasted quoted (or its spaces escaped)
+    dropped.write_bytes(pictures["blue_square"].read_bytes())
     done = chat_cli(str(tiny_llava), *greedy, stdin=f"/image {tmp_path / 'nope.png'}\n/image\n/image {tmp_path}\n"
-                   f"/image {pictures['blue_square']}\nWhat is in the picture?\nAnd now?\n/exit\n")
+                   f"/image '{dropped}'\nWhat is in the picture?\nAnd now?\n/exit\n")
     assert done.returncode == 0, done.stderr
     assert f"image {tmp_path / 'nope.png'}: no such file" in done.stderr
     assert "no image path given: /image PATH" in done.stderr and f"image {tmp_path}: a folder" in done.stderr
