@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     given = {name: getattr(args, name) for name in (*GENERATION_KEYS, "seed") if getattr(args, name) is not None}
     try:
         GenerationSettings(**given)  # bad values stop here, before the model loads
-    except ValueError as err:
-        parser.error(str(err))
+    except ValueError as err:  # named as the flags were typed, one line (argparse's usage block hid it)
+        said = re.sub(r"(\w+)=(\S+) must", lambda m: f"--{m[1].replace('_', '-')} {m[2]}: must",
+                      str(err).removeprefix("GenerationSettings: "))
+        parser.exit(2, f"assistant chat: error: {said}\n")
     if args.prompt is not None and not args.prompt.strip() and not args.image:
         parser.error("--prompt: the message is empty")
     if args.complete is not None and (not args.complete.strip() or args.image or args.system):

@@ -279,3 +279,6 @@ def test_chat_cli_reports_a_bad_model_folder_in_one_line(tmp_path):
     gone = cli("chat", str(tmp_path / "alcie"), "--prompt", "hi")  # a misspelt folder: as export and report say it
     assert gone.returncode == 1 and gone.stderr.strip().splitlines()[-1] == (
         f"assistant chat: error: {tmp_path / 'alcie'}: no such model folder")
+    bad = cli("chat", str(tmp_path), "--prompt", "hi", "--max-new-tokens", "0", "--top-p", "2")  # the usage block
+    assert bad.returncode == 2 and bad.stderr == (  # and GenerationSettings' field names hid which flag it was
+        "assistant chat: error: --top-p 2.0: must be in (0, 1]; --max-new-tokens 0: must be >= 1\n"), bad.stderr
