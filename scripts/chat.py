@@ -65,6 +65,23 @@ def pasted_path(text: str) -> str:
     return parts[0] if len(parts) == 1 else text
 
 
+def over_its_base(model_dir: str, adapter: str | None) -> tuple[str, str | None]:
+    """A LoRA run's folder (its adapter, no weights) as its base plus that adapter, the base found as `report` and
+    `merge` find it (the run's config); anything else as given (the engine says what is wrong with it)."""
+    from myassistant.model import ADAPTER_CONFIG, PROJECTOR_WEIGHTS
+    from myassistant.trainer.run_folder import base_model
+
+    run = Path(model_dir)
+    if adapter or (run / "config.json").exists() or not (run / ADAPTER_CONFIG).is_file() or \
+            (run / PROJECTOR_WEIGHTS).is_file():  # (a LLaVA run's base reads no pictures: merged, it does)
+        return model_dir, adapter
+    base = base_model(run)
+    if base is None or not (Path(base).expanduser() / "config.json").is_file():
+        return model_dir, adapter
+    sys.stderr.write(f"[{base} with the adapter of {run}]\n")
+    return base, model_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="assistant chat", description=__doc__,
                                      epilog="In the chat: /image PATH attaches a picture to your next message, "
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         read_image(path)  # a bad path fails before the model loads
     config = ServeConfig(device=args.device, dtype=args.dtype, quantize=args.quantize, int8_kernel=args.int8_kernel,
                          fast_decode=args.fast_decode, compile=args.compile)
-    engine = ChatEngine.from_pretrained(args.model_dir, args.adapter, config)
+    engine = ChatEngine.from_pretrained(*over_its_base(args.model_dir, args.adapter), config)
     settings = dataclasses.replace(engine.defaults, system_prompt=args.system, identity_guard=args.identity_guard,
                                    **given)
     if args.prompt is not None:

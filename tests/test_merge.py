@@ -133,6 +133,13 @@ def test_chat_with_a_merged_folder_and_its_own_adapter_is_refused(merged, lora_r
         ChatEngine.from_pretrained(merged, adapter=lora_run)
 
 
+def test_chat_with_a_run_folder_talks_to_its_base_with_its_adapter(lora_run):
+    """report and merge took a run's folder; chat said to merge first or name the base (which the run knows)."""
+    done = cli("chat", str(lora_run), "--prompt", "hi", "--max-new-tokens", "4", "--device", "cpu")
+    assert done.returncode == 0 and f"with the adapter of {lora_run}]" in done.stderr, done.stderr[-2000:]
+    assert done.stdout.strip()
+
+
 def test_merging_twice_is_a_no_op(merged, lora_run, caplog):
     before = {p.name: p.stat().st_mtime_ns for p in merged.iterdir()}
     with caplog.at_level("INFO", logger="myassistant.trainer.merge"):
