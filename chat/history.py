@@ -10,6 +10,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from .errors import EngineError
+
 log = logging.getLogger(__name__)
 
 Message = dict[str, Any]
@@ -97,9 +99,13 @@ def build_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message], bu
                 log.info("history trimmed: dropped the %d oldest messages to fit %d tokens", start, budget)
             return ids, start
     ids = _cut_last_message(tokenizer, system + turns[-1:], budget)
+    if ids is None and system and len(alone := encode_chat(tokenizer, system + [{"role": "user", "content": ""}])) \
+            >= budget:  # cut from the left, the prompt lost its start (<s>, the system turn's marker) unsaid
+        raise EngineError(f"the system prompt takes {len(alone):,} of the {budget:,} tokens a prompt may have here "
+                          "(the model's context less the reply's room): no room for the message; shorten it")
     if ids is None:
         ids = encode_chat(tokenizer, system + turns[-1:])[-budget:]
-        log.warning("system prompt alone exceeds %d tokens; prompt cut from the left", budget)
+        log.warning("the prompt did not fit %d tokens; cut from the left", budget)
     else:
         log.info("history trimmed: kept only the last message, cut from the left to fit %d tokens", budget)
     return ids, len(turns)

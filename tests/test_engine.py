@@ -168,17 +168,18 @@ def test_history_is_trimmed_from_the_oldest_turns(engine):
     assert isinstance(small.generate(messages, settings), str)
 
 
-def test_a_too_long_last_message_is_cut_from_the_left_and_nothing_raises(engine):
+def test_a_too_long_last_message_is_cut_from_the_left_and_a_too_long_system_prompt_said(engine):
     small = ChatEngine(engine.model, engine.tokenizer, max_context=64)
     settings = GenerationSettings(system_prompt="You are Tiny.", temperature=0, max_new_tokens=8)
     long_question = " ".join(f"word{i}" for i in range(200)) + " THE END"
     ids, _, _ = small.prompt(ask(long_question), settings)
     text = engine.tokenizer.decode(ids)
     assert len(ids) <= 56 and "You are Tiny." in text and "THE END<|im_end|>" in text and "word0 " not in text
+    # a system prompt longer than the window was cut from the left with the message, <s> and its marker with it,
+    # and `chat` called it a too long message
     huge_system = GenerationSettings(system_prompt="rules " * 300, temperature=0, max_new_tokens=8)
-    ids, max_new, _ = small.prompt(ask(long_question), huge_system)
-    assert len(ids) <= 56 and max_new >= 8
-    small.generate(ask(long_question), huge_system, max_new_tokens=200)  # capped by the window, no error
+    with pytest.raises(EngineError, match=r"the system prompt takes [\d,]+ of the 56 tokens a prompt may have here"):
+        small.prompt(ask(long_question), huge_system)
 
 
 def test_concurrent_streams_each_get_their_own_complete_reply(engine):
