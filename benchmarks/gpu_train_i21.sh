@@ -8,7 +8,8 @@
 # "unsloth_qlora2": dict(bs=2)) and wheels/ (Unsloth's set from ../shared/peers/wheels minus datasets, dill and
 # multiprocess, which come from WHEELS with bitsandbytes); peers' code is never committed. The peer runs on the image's
 # transformers (Unsloth pins <= 5.17), ours on WHEELS' (5.24).
-# PARTS (default all, in this order): tests (gpu tests of the fold, the fp8 layers and the fast path), 7b (Unsloth and ours at batch 1
+# PARTS (default all, in this order): tests (gpu tests of the fold, the fp8 layers and the fast path; TESTS: other
+# pytest arguments, one invocation), 7b (Unsloth and ours at batch 1
 # and 2), 1_8b (Unsloth bs4; ours bs3, and bs4 with 8-bit AdamW), fold (the fold kernel vs bitsandbytes'
 # dequantisation, 7B shapes), fp8 (train.qlora_fp8's layers against the bf16 fold's, 7B shapes; not in the default),
 # profile (Unsloth's and our 7B bs2 step under torch.profiler: kernel time by kind);
@@ -44,9 +45,11 @@ for part in $PARTS; do
     case $part in
     # the fold against bitsandbytes first and alone (seconds; its failure's reason printed before any box ends),
     # then the fast path against plain peft, then the rest
-    tests) for t in "tests/test_qlora_fold.py::test_folded_weight_is_dequantised_weight_plus_adapter" \
-                    "tests/test_fast_path.py tests/test_qlora_fold.py tests/test_qlora_fp8.py --deselect \
-                     tests/test_qlora_fold.py::test_folded_weight_is_dequantised_weight_plus_adapter"; do
+    tests) set -- "tests/test_qlora_fold.py::test_folded_weight_is_dequantised_weight_plus_adapter" \
+                  "tests/test_fast_path.py tests/test_qlora_fold.py tests/test_qlora_fp8.py --deselect \
+                   tests/test_qlora_fold.py::test_folded_weight_is_dequantised_weight_plus_adapter"
+           [ -n "$TESTS" ] && set -- "$TESTS"
+           for t in "$@"; do
                PYTHONPATH=/tmp/site:/tmp/pkg:$PWD timeout "${T_tests:-240}" python3 -m pytest -v -p no:cacheprovider \
                    -m gpu $t 2>&1 | tee -a "$OUT/tests.log" | grep -a "PASSED\|FAILED\|ERROR\|passed\|failed\|^E "
            done ;;
