@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 from myassistant.trainer import runlock
 from myassistant.trainer.config import ConfigError
@@ -42,6 +43,11 @@ def test_a_port_in_use_is_one_line(tmp_path):
         done = _studio("--workdir", str(tmp_path / "ws"), "--port", str(port))
     assert done.returncode == 1 and f"port {port} on 127.0.0.1 is in use" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+    (tmp_path / "notes.txt").write_text("x")  # no port, a file as the work folder: tracebacks before
+    for args, said in ((["--port", "99999"], "argument --port: 99999 is not a port: 1-65535"),
+                       (["--workdir", str(tmp_path / "notes.txt")], f"--workdir {tmp_path / 'notes.txt'}: a file")):
+        done = cli("studio", *args)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_a_jobs_file_log_and_command_line_shown_hold_no_url_credentials(tmp_path):
