@@ -5,7 +5,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from myassistant.hub.remote import hf_repo_id, is_git_url
+from myassistant.hub.remote import hf_repo_id, is_bare_repo, is_git_url
 from myassistant.model import load_tokenizer, read_config
 from myassistant.model.checkpoint import weight_files
 from myassistant.studio import jobs
@@ -13,6 +13,16 @@ from myassistant.studio.ui import Workspace, error_slot, note, one_line, show
 
 FAMILIES = {"internlm2": "InternLM2 (loaded as Llama, no remote code)", "llama": "Llama", "qwen2": "Qwen2",
             "mistral": "Mistral", "gemma": "Gemma", "phi3": "Phi-3"}
+
+
+def source_problem(ws: Workspace, text: str) -> str | None:
+    """Why ``text`` is nothing Load can clone (None for a bare repo, a git URL or a Hugging Face id)."""
+    local = ws.path(text)
+    if local.is_file():
+        return f"{text}: a file; give the model's folder (the one with config.json)"
+    if not (is_git_url(text) or is_bare_repo(local) or hf_repo_id(text)):
+        return f"{text!r}: no such folder, and not a git URL or a Hugging Face id (owner/name)"
+    return None
 
 
 def _parameters(files: list[Path]) -> int | None:
@@ -96,16 +106,17 @@ def build(ws: Workspace) -> dict:
             yield failed("enter a model folder, a Hugging Face id (owner/name) or a git URL")
             return
         local = ws.path(text)
-        bare = (local / "HEAD").is_file() and (local / "objects").is_dir()
+        bare = is_bare_repo(local)
         try:
             if local.is_dir() and not bare:
                 yield shown(local)
                 return
-            if not (is_git_url(text) or bare or hf_repo_id(text)):
-                yield failed(f"{text!r}: no such folder, and not a git URL or a Hugging Face id (owner/name)")
-                return
         except Exception as err:  # noqa: BLE001 - the loader's one-line message, never a trace
             yield failed(one_line(err))
+            return
+        problem = source_problem(ws, text)
+        if problem:
+            yield failed(problem)
             return
         args = ["clone", str(local) if bare else text, "--cache-dir", ws.rel(ws.models)]
         before = _dir_mib(ws.models)

@@ -168,3 +168,15 @@ def test_the_train_and_data_tabs_read_raw_text_and_llava_data_as_the_command_doe
     (shapes / "pretrain.jsonl").write_text((shapes / "pretrain.jsonl").read_text().replace(".png", ".gone.png", 1))
     problems = check(ws, "tiny_llava_pretrain_cpu", "mm", str(tiny_checkpoint), str(shapes / "pretrain.jsonl"), llava)
     assert ".gone.png not found" in problems["train_file"], problems
+
+
+def test_the_base_model_tab_says_a_file_is_no_model_folder(tmp_path, tiny_checkpoint):
+    """A model's config.json given as the base was called missing: 'no such folder, and not a git URL'."""
+    from myassistant.studio.tab_model import source_problem
+    from myassistant.studio.ui import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    assert source_problem(ws, str(tiny_checkpoint / "config.json")) == (
+        f"{tiny_checkpoint / 'config.json'}: a file; give the model's folder (the one with config.json)")
+    assert "no such folder" in source_problem(ws, str(tmp_path / "nope"))
+    assert source_problem(ws, "internlm/internlm2-chat-1_8b") is None
