@@ -129,7 +129,7 @@ def check(ws: Workspace, preset: str, run: str, base: str, train_file: str, over
     of `extra` (the other overrides box) is shown there, not under the form field of its key."""
     typed = {line.strip() for line in extra.splitlines() if line.strip()}
     problems: dict[str, str] = {}
-    if not run or slug(run) != run:
+    if not run or slug(run) != run.lower():  # (capitals are letters too)
         problems["run"] = f"a run name is letters, digits, '-', '_' or '.' (e.g. {slug(run) or 'alice-lora'})"
     else:
         run_dir = ws.runs / run

@@ -120,6 +120,9 @@ def test_start_names_what_this_machine_lacks_before_it_starts(tmp_path, tiny_che
     chats.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
     problems = check(Workspace(tmp_path / "ws"), "tiny_lora_cpu", "q-1", str(tiny_checkpoint), str(chats),
                      ["quant.method=qlora"])
+    ws = Workspace(tmp_path / "ws")  # a name in capitals was refused: "a run name is letters ..."
+    assert check(ws, "tiny_lora_cpu", "MyRun", str(tiny_checkpoint), str(chats), []) == {}
+    assert "a run name is letters" in check(ws, "tiny_lora_cpu", "my run", str(tiny_checkpoint), str(chats), [])["run"]
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine may have what QLoRA needs")
     assert problems == {"method": "qlora needs a CUDA GPU with bitsandbytes, and a CUDA GPU is missing; use "
