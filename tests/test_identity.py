@@ -341,5 +341,9 @@ def test_look_alikes_from_a_model_are_its_greedy_replies_unless_they_name_an_ide
     assert mix.stderr.strip().splitlines()[-1] == ("assistant data: error: identity data: --count must be >= 1, "
                                                    "--eval-identity and --eval-general >= 0; --multi-turn must be in "
                                                    "[0, 1], got 1.5")
+    long = cli("data", "identity", "--name", "A" * 300, "--author", "Alice\nEvil", "--out", str(tmp_path / "l"))
+    assert long.returncode == 1 and not (tmp_path / "l").exists()  # the studio's page: a crash (file name too long)
+    assert long.stderr.strip().splitlines()[-1] == ("assistant data: error: identity data: --name is 300 characters; "
+                                                    "at most 64; --author must be one line"), long.stderr
     with pytest.raises(DataError, match="look_alikes_from answers the look-alikes: give small_talk or about_others"):
         IdentitySpec(name="A", look_alikes_from=str(tiny_checkpoint))

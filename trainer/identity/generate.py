@@ -113,6 +113,7 @@ ANSWERS = {
     },
 }
 BY = {"en": " built by {author}", "zh": "由{author}打造的"}
+MAX_NAME_CHARS = 64  # an assistant's (or its author's) name, not a sentence
 LANGUAGES = ("en", "zh")
 OLD_NAMES = ("InternLM", "书生·浦语")  # InternLM2-chat's own identities, which the answers deny by default
 NOT_OLD_QUESTIONS = {"en": ["Are you {old}?", "Is your name {old}?"], "zh": ["你是{old}吗？", "你叫{old}吗？"]}
@@ -155,6 +156,11 @@ class IdentitySpec:
         problems = []
         if not self.name or not self.name.strip():
             problems.append("name must not be empty")
+        for what, text in (("name", self.name), ("author", self.author)):  # said in every answer, and a folder name
+            if text and "\n" in text.strip():
+                problems.append(f"{what} must be one line")
+            elif text and len(text) > MAX_NAME_CHARS:
+                problems.append(f"{what} is {len(text)} characters; at most {MAX_NAME_CHARS}")
         if self.count < 1 or self.eval_identity < 0 or self.eval_general < 0:
             problems.append("count must be >= 1, eval_identity and eval_general >= 0")
         if self.ratio < 0:
