@@ -137,9 +137,14 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
         meta = json.loads((out / FILES["meta"]).read_text(encoding="utf-8"))
         records = load_records(out / FILES["train"])
         rows = [[k, v] for k, v in meta["counts"].items()]
+        fewer = [f"only {meta['counts'][key]} held-out {what} of the {asked} asked for: the data has no more"
+                 for key, what, asked in (("eval_identity", "identity questions", spec.eval_identity),
+                                          ("eval_general", "general prompts", spec.eval_general))
+                 if meta["counts"][key] < asked]
         shown = note(f"{'Wrote again' if again else 'Wrote'} `{ws.rel(out)}` ({len(records)} training conversations"
                      f"{'; runs trained on it before now point to this data' if again else ''}). Same as: "
-                     f"`assistant data identity --name {spec.name} ... --out {ws.rel(out)}`")
+                     f"`assistant data identity --name {spec.name} ... --out {ws.rel(out)}`"
+                     + "".join(f" ⚠ {line}." for line in fewer))
         return [*errors(), shown, duplicate_warning(records, FILES["train"]), rows, preview(records),
                 str(out / FILES["train"]), str(out)]
 

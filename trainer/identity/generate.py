@@ -358,6 +358,11 @@ def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
                        **{key: len(records) for key, records in files.items()}},
             "files": {key: FILES[key] for key in files}}
     _write_atomic(out / FILES["meta"], json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
+    for what, got, asked in (("identity questions", len(eval_identity), spec.eval_identity),
+                             ("general prompts", len(eval_general), spec.eval_general)):
+        if got < asked:
+            log.warning("only %d held-out %s of the %d asked for: the data has no more (the held-out ones are "
+                        "never trained on)", got, what, asked)
     log.info("wrote %d training conversations (%d identity + %d general), %d held-out identity questions, "
              "%d held-out general prompts to %s", len(train), len(identity), len(general), len(eval_identity),
              len(eval_general), out)
