@@ -71,8 +71,9 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
                        "(assistant merge RUN --out DIR), an adapter or an export folder, or pass --no-card to push "
                        "its files as they are")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", remote) and not Path(remote).expanduser().exists():  # owner/name: no hf:
-        raise HubError(f"{remote}: no such local repository; a Hugging Face repo is hf:{remote}, a new local one needs "
-                       f"`git init --bare {remote}` first")
+        hub = "" if remote.endswith(".git") else f"a Hugging Face repo is hf:{remote}, "  # (a .git is a folder's)
+        raise HubError(f"{remote}: no such local repository; {hub}a new local one needs `git init --bare {remote}` "
+                       "first")
     state = [rel for rel in files if rel.rsplit("/", 1)[-1] in TRAINING_STATE or "/rng_state" in f"/{rel}"]
     if state:  # a Trainer's output folder: its checkpoints' optimizer state would be pushed over the model
         raise HubError(f"{folder}: holds training state ({state[0]}), not a model to push; merge it first "

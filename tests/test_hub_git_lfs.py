@@ -271,6 +271,9 @@ def test_owner_slash_name_without_hf_says_which_it_may_mean(model):
     assert done.returncode == 1 and done.stderr.strip().endswith(
         "me/alice: no such local repository; a Hugging Face repo is hf:me/alice, a new local one needs "
         "`git init --bare me/alice` first")
+    done = cli("push", str(model), "--to", "remotes/alice.git")  # a folder's name: no Hugging Face repo is meant
+    assert done.stderr.strip().endswith("remotes/alice.git: no such local repository; a new local one needs "
+                                        "`git init --bare remotes/alice.git` first"), done.stderr
 
 
 def test_a_folder_that_holds_no_model_is_not_published_as_one(tmp_path, remote):
