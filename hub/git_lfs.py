@@ -71,8 +71,8 @@ def pointer_error(folder: Path, names: list[str]) -> HubError:
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return HubError(
         f"{len(names)} file(s) in {folder} are git-lfs pointer files, not the weights: {shown}. The LFS download "
-        f"did not finish or the server lacks these objects: run `git -C {folder} lfs pull` (or this command "
-        "again), and make sure the model was pushed with git-lfs (`assistant push`)")
+        f"did not finish or the server lacks these objects: run `git -C {folder} lfs pull`, and make sure the model "
+        "was pushed with git-lfs (`assistant push`)")
 
 
 def _sha256(path: Path) -> str:
@@ -370,7 +370,8 @@ def clone_or_update(url: str, dest: Path, *, token_env: tuple[str, ...] = GIT_TO
         if not left:
             raise
         raise HubError(f"{err} (still pointer files, not weights: {', '.join(left[:5])}"
-                       f"{' ...' if len(left) > 5 else ''}; fetching again resumes the download)") from err
+                       f"{' ...' if len(left) > 5 else ''}: a download cut short resumes when this runs again; "
+                       "objects the server lacks must be pushed to it again, with `assistant push`)") from err
     verify_checkout(work, env)
     if work != dest:
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):  # no .git: the user's, not to be replaced
