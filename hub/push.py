@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -11,7 +12,7 @@ from urllib.parse import unquote, urlparse
 from .card import PUBLISHED_AS_PUBLIC, assistant_name, model_card, public_file
 from .errors import HubError
 from .git_lfs import PushResult, pointer_error, pointer_files, push_git
-from .gitcmd import GIT_TOKEN_ENVS
+from .gitcmd import GIT_TOKEN_ENVS, git
 from .hf import push_hf
 from .remote import HF_PREFIX, default_cache_dir, git_url, hf_repo_id, slug
 
@@ -102,6 +103,8 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
         return _push_to_hf(folder, files, generated, repo_id, private=private, message=message, branch=branch,
                            repo_type="space" if remote.startswith(HF_PREFIX + "spaces/") else repo_type)
     url = git_url(remote)
+    if git(["check-ref-format", "--branch", branch], cwd=None, env=dict(os.environ), check=False).returncode != 0:
+        raise HubError(f"--branch {branch!r}: not a branch name (no spaces, '..', '~', '^', ':' or a leading '-')")
     local = Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
     if local is not None and (local / ".git").exists():  # a push re-pointed its HEAD, its files shown as deleted
         raise HubError(f"{remote}: a working copy (git init without --bare), not a repository to push to; make one with "

@@ -271,6 +271,8 @@ def test_owner_slash_name_without_hf_says_which_it_may_mean(model):
     assert done.returncode == 1 and done.stderr.strip().endswith(
         "me/alice: no such local repository; a Hugging Face repo is hf:me/alice, a new local one needs "
         "`git init --bare me/alice` first")
+    bad = cli("push", str(model), "--to", "x.git", "--branch", "my branch")  # git init's error, a .init folder left
+    assert bad.returncode == 1 and "--branch 'my branch': not a branch name" in bad.stderr, bad.stderr
     done = cli("push", str(model), "--to", "remotes/alice.git")  # a folder's name: no Hugging Face repo is meant
     assert done.stderr.strip().endswith("remotes/alice.git: no such local repository; a new local one needs "
                                         "`git init --bare remotes/alice.git` first"), done.stderr
