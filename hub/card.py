@@ -195,7 +195,7 @@ def model_card(folder: str | Path, *, name: str | None = None) -> str:
     if facts:
         parts += ["", _table(facts, ("", ""))]
     hyper = {k: _public(v) for k, v in flat.items() if k.split(".")[-1] not in _NOT_HYPER and not isinstance(v, dict)
-             and k not in ("quant.method", "data.format") and _applies(k, flat)}
+             and k not in ("quant.method", "data.format") and v not in (None, "", []) and _applies(k, flat)}
     if not hyper and adapter:
         hyper = {k: adapter[k] for k in ("r", "lora_alpha", "lora_dropout", "target_modules") if k in adapter}
     if hyper:

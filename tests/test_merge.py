@@ -110,7 +110,8 @@ def test_card_pushed_from_the_merged_run_says_how_it_was_made(merged, tiny_check
                 "| identity, held-out questions |", "| leak, general prompts after identity turns |"):
         assert row in card, row
     assert str(tiny_checkpoint.parent) not in card  # the machine's paths stay on it
-    for unused in ("bnb_4bit", "quant.", "cuda_graphs", "qlora_fold", "vision."):  # a LoRA run's card: not QLoRA's
+    for unused in ("bnb_4bit", "quant.", "cuda_graphs", "qlora_fold", "vision.",  # a LoRA run's card: not QLoRA's
+                   "| train.deepspeed |", "| data.image_folder |", "| lora.rank_pattern |"):  # nor settings left unset
         assert unused not in card, unused
     pushed = show("ls-tree", "-r", "--name-only", "main").split()
     assert {"merge.json", "run.json", "run_config.yaml", "report.json"} <= set(pushed)
