@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .errors import HubError, redact, strip_credentials
 
@@ -80,7 +81,9 @@ def git_env(token_env: tuple[str, ...] | list[str] = GIT_TOKEN_ENVS, *, skip_smu
     env["GIT_TERMINAL_PROMPT"] = "0"
     if skip_smudge:
         env["GIT_LFS_SKIP_SMUDGE"] = "1"
-    token = token_from_env([n for n in token_env if not n.startswith("HF_")])
+    # HF_TOKEN is the Hub's, sent only to it: to huggingface.co's git too (a Space's MODEL_REPO as a git URL)
+    to_hub = urlparse(url).hostname in ("huggingface.co", "hf.co")
+    token = token_from_env([n for n in token_env if to_hub or not n.startswith("HF_")])
     if token:
         if url.startswith("http://"):
             log.warning("%s is plain http: the token goes to it unencrypted (use https:// where the server has it)",
