@@ -4,6 +4,7 @@ from __future__ import annotations
 import filecmp
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import gradio as gr
@@ -58,6 +59,15 @@ def _kept_copy(uploaded: Path, folder: Path) -> Path:
         kept, n = folder / f"{uploaded.stem}-{n}{uploaded.suffix}", n + 1
     shutil.copyfile(uploaded, kept)
     return kept
+
+
+def same_settings(folder: Path, spec: IdentitySpec) -> bool:
+    """Whether ``folder``'s identity data was generated with ``spec``'s settings (then writing it again gives the
+    same files)."""
+    meta = json.loads((folder / FILES["meta"]).read_text(encoding="utf-8"))
+    mine = json.loads(json.dumps(asdict(spec), ensure_ascii=False))  # as meta.json holds it (lists, not tuples)
+    mine.pop("general")  # (meta.json names the file)
+    return all(meta.get(key) == value for key, value in mine.items())
 
 
 def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
@@ -132,6 +142,10 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
         out = ws.data / (slug(spec.name) or "identity")  # a name of symbols only ("???", emoji): no folder name
         if out.exists() and not (out / FILES["meta"]).is_file():  # only ever rewrite what Generate wrote
             return [*errors(name=f"{ws.rel(out)} holds other files; give the assistant another name"), *keep]
+        first, number = out, 1
+        while out.exists() and not same_settings(out, spec):  # runs may have trained on that data: kept as it is
+            number += 1
+            out = first.with_name(f"{first.name}-{number}")
         again = out.exists()
         write_identity_dataset(spec, out)  # its files written anew in place (each whole or not at all)
         meta = json.loads((out / FILES["meta"]).read_text(encoding="utf-8"))
@@ -141,8 +155,10 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
                  for key, what, asked in (("eval_identity", "identity questions", spec.eval_identity),
                                           ("eval_general", "general prompts", spec.eval_general))
                  if meta["counts"][key] < asked]
+        kept = f"; `{ws.rel(first)}` holds data made with other settings, kept for the runs trained on it" \
+            if out != first else ""
         shown = note(f"{'Wrote again' if again else 'Wrote'} `{ws.rel(out)}` ({len(records)} training conversations"
-                     f"{'; runs trained on it before now point to this data' if again else ''}). Same as: "
+                     f"{'; the same settings, so the same data' if again else ''}{kept}). Same as: "
                      f"`assistant data identity --name {spec.name} ... --out {ws.rel(out)}`"
                      + "".join(f" ⚠ {line}." for line in fewer))
         return [*errors(), shown, duplicate_warning(records, FILES["train"]), rows, preview(records),

@@ -183,3 +183,16 @@ def test_the_base_model_tab_says_a_file_is_no_model_folder(tmp_path, tiny_checkp
         f"{tiny_checkpoint / 'config.json'}: a file; give the model's folder (the one with config.json)")
     assert "no such folder" in source_problem(ws, str(tmp_path / "nope"))
     assert source_problem(ws, "internlm/internlm2-chat-1_8b") is None
+
+
+def test_generate_with_a_name_used_before_keeps_data_made_with_other_settings(tmp_path):
+    """Generate "Alice" again with another ratio replaced data/alice, which earlier runs had trained on (and whose
+    held-out sets their reports read); the same settings write the same files again."""
+    from myassistant.studio.tab_data import same_settings
+    from myassistant.trainer.identity import IdentitySpec, write_identity_dataset
+
+    spec = IdentitySpec(name="Alice", count=4, eval_identity=2, eval_general=2)
+    folder = write_identity_dataset(spec, tmp_path / "alice")
+    assert same_settings(folder, IdentitySpec(name="Alice", count=4, eval_identity=2, eval_general=2))
+    assert not same_settings(folder, IdentitySpec(name="Alice", count=4, eval_identity=2, eval_general=2, ratio=0))
+    assert not same_settings(folder, IdentitySpec(name="alice", count=4, eval_identity=2, eval_general=2))
