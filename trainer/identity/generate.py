@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
