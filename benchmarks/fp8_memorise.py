@@ -65,7 +65,8 @@ def main() -> None:
                       num_hidden_layers=args.layers, num_attention_heads=args.hidden // 128,
                       num_key_value_heads=args.hidden // 128, max_position_embeddings=args.seq)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    base = LlamaForCausalLM(cfg).to(args.device, dtype)
+    with torch.device(args.device):  # a 7B's random init on the GPU: seconds, where the CPU takes minutes
+        base = LlamaForCausalLM(cfg).to(dtype)
     state = {k: v.clone() for k, v in base.state_dict().items()}
     batch = torch.randint(0, args.vocab, (args.bs, args.seq), generator=torch.Generator().manual_seed(0))
     last = {}
