@@ -107,8 +107,8 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
         raise HubError(f"--branch {branch!r}: not a branch name (no spaces, '..', '~', '^', ':' or a leading '-')")
     local = Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
     if local is not None and (local / ".git").exists():  # a push re-pointed its HEAD, its files shown as deleted
-        raise HubError(f"{remote}: a working copy (git init without --bare), not a repository to push to; make one with "
-                       f"`git init --bare {remote}.git` and push there")
+        raise HubError(f"{remote}: a working copy (git init without --bare), not a repository to push to; make "
+                       f"one with `git init --bare {remote}.git` and push there")
     if private:
         log.warning("--private applies to Hugging Face repos; a git remote's visibility is set on its server")
     work_dir = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "push" / slug(f"{url}#{branch}")

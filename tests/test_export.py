@@ -180,7 +180,8 @@ def test_a_write_that_fails_midway_is_one_line_and_leaves_nothing(tmp_path, tiny
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
     out = tmp_path / "new" / "deep" / "m.gguf"
-    done = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "export", str(tiny_checkpoint), "--quant", "f16", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "myassistant.scripts.cli", "export", str(tiny_checkpoint),
+                           "--quant", "f16", "--out", str(out)],
                           capture_output=True, text=True, preexec_fn=small_files, cwd=ROOT)
     assert done.returncode == 1 and f"--out {out}: writing failed" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "MiB free there" in done.stderr

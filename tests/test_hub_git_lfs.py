@@ -262,7 +262,8 @@ def test_a_run_pushes_its_final_model_and_a_checkpoint_is_not_pushed(tmp_path, r
     assert _git(remote, "for-each-ref") == ""  # nothing pushed
     (model / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')  # a LoRA run: its final adapter
     done = cli("push", str(model), "--to", str(remote))
-    assert done.returncode == 0 and "pushing the run's final adapter, not its checkpoint-190" in done.stderr, done.stderr
+    assert done.returncode == 0 and "pushing the run's final adapter, not its checkpoint-190" in done.stderr, \
+        done.stderr
     assert "checkpoint-190" not in _git(remote, "ls-tree", "-r", "--name-only", "main")
 
 

@@ -341,7 +341,8 @@ def test_look_alikes_from_a_model_are_its_greedy_replies_unless_they_name_an_ide
     assert mix.stderr.strip().splitlines()[-1] == ("assistant data: error: identity data: --count must be >= 1, "
                                                    "--eval-identity and --eval-general >= 0; --multi-turn must be in "
                                                    "[0, 1], got 1.5")
-    many = cli("data", "identity", "--name", "Alice", "--count", "4", "--eval-general", "5000", "--out", str(tmp_path / "e"))
+    many = cli("data", "identity", "--name", "Alice", "--count", "4", "--eval-general", "5000",
+               "--out", str(tmp_path / "e"))
     assert many.returncode == 0 and re.search(r"only \d+ held-out general prompts of the 5000 asked for", many.stderr)
     long = cli("data", "identity", "--name", "A" * 300, "--author", "Alice\nEvil", "--out", str(tmp_path / "l"))
     assert long.returncode == 1 and not (tmp_path / "l").exists()  # the studio's page: a crash (file name too long)

@@ -328,7 +328,8 @@ def test_pretty_printed_jsonl_and_a_gbk_json_array_are_read(tokenizer, tmp_path)
     """Records written with indent=2 in a .jsonl were malformed at line 1 (chat data read them); a .json array
     ignored data.encoding."""
     pretty = tmp_path / "pretty.jsonl"
-    pretty.write_text("".join(json.dumps({"text": t}, indent=2) + "\n" for t in ("one doc", "two doc")), encoding="utf-8")
+    pretty.write_text("".join(json.dumps({"text": t}, indent=2) + "\n" for t in ("one doc", "two doc")),
+                      encoding="utf-8")
     assert tokenize_corpus(pretty, tokenizer).tokens.tolist() == doc_ids(tokenizer, ["one doc", "two doc"])
     gbk = tmp_path / "gbk.json"
     gbk.write_bytes(json.dumps([{"text": "你好。"}, {"text": "谢谢。"}], ensure_ascii=False).encode("gb18030"))
