@@ -98,8 +98,7 @@ def block_absmax(quant: tuple[torch.Tensor, ...], meta: tuple) -> torch.Tensor:
 
 def _weight_e4m3(quant, meta, rows: bool = True, cols: bool = False):
     """W8 [out, in] (``rows``, else None), W8ᵀ [in, out] (``cols``, else None) and W's scale per row [out, 1]."""
-    # FP4 by bitsandbytes' dequantisation: the kernel's FP4 bytes differed from it on an H200 (session 33), NF4's not
-    if meta is not None and quant[0].is_cuda and meta[5] == torch.bfloat16 and meta[6] == "nf4" and _registered:
+    if meta is not None and quant[0].is_cuda and meta[5] == torch.bfloat16 and _registered:
         w8, w8t, scale = _converted(quant, meta, rows, cols)
         return (w8 if rows else None), (w8t if cols else None), scale
     w8, scale = rowwise_e4m3(dequantized(quant, meta))
