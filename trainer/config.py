@@ -156,8 +156,9 @@ class TrainConfig:
                                        "more at the peak: ~0.1 GiB at 1.8B, ~0.4 GiB at 7B)")
     qlora_fp8: bool = _f(False, "GPU QLoRA on the fast path, fp8 GPUs (L4, RTX 40xx, H100, H200): the frozen weights' "
                                 "products in fp8 (e4m3, a scale a weight row and a token; the adapters' stay bf16): "
-                                "faster, ~2-3 % rounding of those products, so results differ from the bf16 default "
-                                "(trainer.gpu.qlora_fp8)")
+                                "faster (7B: -16 % a step on an H200), ~2-3 % rounding of those products, so "
+                                "results differ from the bf16 default; at 7B a LoRA fits one batch more slowly "
+                                "(benchmarks/README.md, session 33) (trainer.gpu.qlora_fp8)")
     lm_loss: str = _f("auto", "GPU fast path's loss: auto (cuBLAS GEMMs + a Triton pass for a frozen lm_head, else "
                               "cut_cross_entropy) | cce (cut_cross_entropy first)")
     report_to: str = _f("tensorboard", "tensorboard | none (metrics.jsonl is always written)")
