@@ -10,7 +10,6 @@ import importlib.metadata
 import logging
 import shutil
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import yaml
 
@@ -18,7 +17,7 @@ from .errors import HubError
 from .git_lfs import PushResult
 from .gitcmd import GIT_TOKEN_ENVS
 from .push import folder_files, push_folder
-from .remote import (HF_PREFIX, default_cache_dir, git_url, hf_repo_id, is_bare_repo, is_remote_url,
+from .remote import (HF_PREFIX, default_cache_dir, git_url, hf_repo_id, is_bare_repo, is_remote_url, local_repo,
                      refuse_credentials, slug)
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ def app_source(model_repo: str) -> str:
     clone it (a folder of this machine, a file:// repo not there yet)."""
     push_first = "push the model first (assistant push FOLDER --to REMOTE) and give REMOTE"
     if model_repo.startswith("file://"):
-        if not is_bare_repo(Path(unquote(urlparse(model_repo).path))):  # as push prints it: spaces as %20
+        if not is_bare_repo(local_repo(model_repo)):
             raise HubError(f"--model-repo {model_repo}: no repository there; {push_first}")
         return model_repo
     if is_remote_url(model_repo) or model_repo.startswith(HF_PREFIX):

@@ -13,10 +13,10 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from .errors import HubError, strip_credentials
 from .gitcmd import GIT_TOKEN_ENVS, git, git_env, require_git_lfs
+from .remote import local_repo
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,8 @@ def _commit(files: dict[str, Path], generated: dict[str, bytes], url: str, work_
             message: str, gitattributes: list[str], env: dict[str, str]) -> tuple[str | None, str | None]:
     """The work dir on top of the remote branch, holding exactly the files, committed: (remote tip, HEAD)."""
     _open_work_dir(work_dir, url, branch, env)
-    git(["fetch", "-q", "--prune", "origin"], cwd=work_dir, env=env, url=url, what=f"reaching {strip_credentials(url)}")
+    git(["fetch", "-q", "--prune", "origin"], cwd=work_dir, env=env, url=url,
+        what=f"reaching {strip_credentials(url)}")
     remote_head = git(["rev-parse", "-q", "--verify", f"refs/remotes/origin/{branch}^{{commit}}"],
                       cwd=work_dir, env=env, check=False).stdout.strip() or None
     if remote_head:
@@ -311,9 +312,9 @@ def _head_to_pushed_branch(url: str, branch: str, env: dict[str, str]) -> None:
     """A bare repo on this machine whose HEAD names no branch (`git init --bare` names master; we push main) cloned
     with plain `git clone` as an empty folder ("remote HEAD refers to nonexistent ref"): its HEAD is pointed at the
     branch pushed. A server's HEAD is the server's."""
-    if not url.startswith("file://"):
+    repo = local_repo(url)
+    if repo is None:
         return
-    repo = Path(unquote(urlparse(url).path))
     head = git(["symbolic-ref", "-q", "HEAD"], cwd=repo, env=env, check=False).stdout.strip()
     if head and git(["rev-parse", "-q", "--verify", head], cwd=repo, env=env, check=False).returncode != 0:
         git(["symbolic-ref", "HEAD", f"refs/heads/{branch}"], cwd=repo, env=env, what="pointing HEAD at the branch")

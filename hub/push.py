@@ -7,14 +7,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from .card import PUBLISHED_AS_PUBLIC, assistant_name, model_card, public_file
 from .errors import HubError
 from .git_lfs import PushResult, pointer_error, pointer_files, push_git
 from .gitcmd import GIT_TOKEN_ENVS, git
 from .hf import push_hf
-from .remote import HF_PREFIX, default_cache_dir, git_url, hf_repo_id, slug
+from .remote import HF_PREFIX, default_cache_dir, git_url, hf_repo_id, local_repo, slug
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ def push_folder(folder: str | Path, remote: str, *, private: bool = False, messa
     url = git_url(remote)
     if git(["check-ref-format", "--branch", branch], cwd=None, env=dict(os.environ), check=False).returncode != 0:
         raise HubError(f"--branch {branch!r}: not a branch name (no spaces, '..', '~', '^', ':' or a leading '-')")
-    local = Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
+    local = local_repo(url)
     if local is not None and (local / ".git").exists():  # a push re-pointed its HEAD, its files shown as deleted
         raise HubError(f"{remote}: a working copy (git init without --bare), not a repository to push to; make "
                        f"one with `git init --bare {remote}.git` and push there")

@@ -5,6 +5,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from .errors import HubError, has_credentials
 
@@ -31,6 +32,11 @@ def is_bare_repo(path: Path) -> bool:
 def is_remote_url(text: str) -> bool:
     """A URL or an scp-like address (not a path of this machine, whatever its name ends in)."""
     return text.startswith(_GIT_SCHEMES) or bool(_SCP_LIKE.match(text))
+
+
+def local_repo(url: str) -> Path | None:
+    """The folder a file:// URL names (as ``git_url`` and push print it: a space as %20); None for any other URL."""
+    return Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
 
 
 def refuse_credentials(url: str) -> None:
