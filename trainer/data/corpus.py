@@ -272,14 +272,20 @@ def _field(path: Path, where: str, record: object, spec: TextSpec) -> str:
     return value
 
 
+def _first_line(path: Path, encoding: str) -> str:
+    """The file's first line that is not blank ("" for none), the rest unread."""
+    lines = _lines(path, encoding)
+    try:
+        return next((line for line in lines if line.strip()), "")
+    finally:
+        lines.close()
+
+
 def _json_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
     encoding = file_encoding(path, spec.encoding)
-    lines = _lines(path, encoding)
-    first = next((line for line in lines if line.strip()), "")
-    lines.close()
     # a JSON array, or records written over several lines each (indent=2): read whole, as chat data is; JSON Lines,
     # the format for big data, streams a line at a time
-    if path.suffix.lower() == ".json" or record_continues(first):
+    if path.suffix.lower() == ".json" or record_continues(_first_line(path, encoding)):
         from .formats import read_json_records
 
         for line, record in read_json_records(path, encoding):
