@@ -188,6 +188,7 @@ def save_gguf(model, tokenizer, out: Path, quant: str, name: str, sampling: dict
     """Write a loaded ``LlamaForCausalLM`` + tokenizer as the GGUF `out` (temporary sibling, then renamed)
     and its Modelfile (`sampling`: the model's parameters, `modelfile.sampling_of`); returns the tensor count."""
     made = [p for p in out.absolute().parents if not p.exists()]  # innermost first: removed again on a failure
+    there = next(p for p in out.absolute().parents if p.exists())  # where they are made (its free space said)
     out.parent.mkdir(parents=True, exist_ok=True)
     num_ctx = min(model.config.max_position_embeddings, 4096)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -212,7 +213,7 @@ def save_gguf(model, tokenizer, out: Path, quant: str, name: str, sampling: dict
             with contextlib.suppress(OSError):
                 folder.rmdir()
         if isinstance(err, OSError):  # numpy's short write on a full disk says so without an errno
-            free = shutil.disk_usage(next(p for p in out.absolute().parents if p.exists())).free
+            free = shutil.disk_usage(there).free
             raise ExportError(f"--out {out}: writing failed ({err.strerror or err}); {free / 2**20:.0f} MiB free "
                               "there (a full disk?)") from None
         raise
