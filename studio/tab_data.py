@@ -15,6 +15,7 @@ from myassistant.trainer.data import DataError, count_duplicates, load_records
 from myassistant.trainer.data.corpus import TextSpec
 from myassistant.trainer.data.dataset import DUPLICATE_SHARE
 from myassistant.trainer.identity import FILES, IdentitySpec, write_identity_dataset
+from myassistant.trainer.identity.generate import held_out_shortfall
 from myassistant.trainer.preflight import describe_data
 
 SPEC_FIELDS = ("name", "author", "persona", "languages", "ratio", "count")
@@ -151,10 +152,7 @@ def build(ws: Workspace, base_folder: gr.Textbox) -> dict:
         meta = json.loads((out / FILES["meta"]).read_text(encoding="utf-8"))
         records = load_records(out / FILES["train"])
         rows = [[k, v] for k, v in meta["counts"].items()]
-        fewer = [f"only {meta['counts'][key]} held-out {what} of the {asked} asked for: the data has no more"
-                 for key, what, asked in (("eval_identity", "identity questions", spec.eval_identity),
-                                          ("eval_general", "general prompts", spec.eval_general))
-                 if meta["counts"][key] < asked]
+        fewer = held_out_shortfall(spec, meta["counts"])
         kept = f"; `{ws.rel(first)}` holds data made with other settings, kept for the runs trained on it" \
             if out != first else ""
         shown = note(f"{'Wrote again' if again else 'Wrote'} `{ws.rel(out)}` ({len(records)} training conversations"

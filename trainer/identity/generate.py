@@ -326,6 +326,13 @@ def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
+def held_out_shortfall(spec: IdentitySpec, counts: dict[str, int]) -> list[str]:
+    """What the held-out sets (meta.json's ``counts``) have fewer of than ``spec`` asked for: a line each."""
+    return [f"only {counts[key]} held-out {what} of the {asked} asked for: the data has no more"
+            for key, what, asked in (("eval_identity", "identity questions", spec.eval_identity),
+                                     ("eval_general", "general prompts", spec.eval_general)) if counts[key] < asked]
+
+
 def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
     """Write train.jsonl, the held-out evaluation sets (``FILES``: single- and multi-turn) and meta.json."""
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
@@ -357,11 +364,8 @@ def write_identity_dataset(spec: IdentitySpec, out_dir: str | Path) -> Path:
                        **{key: len(records) for key, records in files.items()}},
             "files": {key: FILES[key] for key in files}}
     _write_atomic(out / FILES["meta"], json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
-    for what, got, asked in (("identity questions", len(eval_identity), spec.eval_identity),
-                             ("general prompts", len(eval_general), spec.eval_general)):
-        if got < asked:
-            log.warning("only %d held-out %s of the %d asked for: the data has no more (the held-out ones are "
-                        "never trained on)", got, what, asked)
+    for line in held_out_shortfall(spec, meta["counts"]):
+        log.warning("%s (the held-out ones are never trained on)", line)
     log.info("wrote %d training conversations (%d identity + %d general), %d held-out identity questions, "
              "%d held-out general prompts to %s", len(train), len(identity), len(general), len(eval_identity),
              len(eval_general), out)
