@@ -7,8 +7,16 @@ at 2e-4, the same batch every step, from the same start.
 
     python -m benchmarks.fp8_memorise [--hidden 1024 --layers 16 --intermediate 2816] [--seq 512] [--steps 20]
     python -m benchmarks.fp8_memorise --hidden 4096 --layers 32 --intermediate 14336 --seq 2048   # 7B, on a GPU
+    ... --forms plain e4m3 forward dgrad block                                    # where the lag comes from
 
-Prints a JSON line a form (its loss every 4 steps and the last), then one with the difference of the last losses.
+Forms (``--forms``, default ``plain e4m3``): ``plain`` (the compute dtype's products), ``e4m3`` (``Fp8Linear``, what
+``train.qlora_fp8`` runs), and three that round the frozen products' inputs to e4m3 and back and multiply in the compute
+dtype (``_RoundedProduct``: the values an fp8 GEMM multiplies, its sums in that dtype), to tell which rounding slows the
+fit: ``forward`` (x and W a scale a row, forward only), ``dgrad`` (dy and W a scale a row, the input gradient only),
+``block`` (both directions, a scale a 128 values of x / dy and a 128 x 128 block of W: DeepSeek-V3's recipe, which
+``torch._scaled_mm`` runs on Hopper).
+
+Prints a JSON line a form (its loss every 4 steps and the last), then one with each form's last loss minus plain's.
 """
 from __future__ import annotations
 
@@ -23,17 +31,65 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.fp8_quality_cpu import use_fp8_products  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FORMS = ("plain", "e4m3", "forward", "dgrad", "block")
 
 
-def fit(base, state: dict, batch: torch.Tensor, fp8: bool, steps: int) -> list[float]:
+def e4m3_rounded(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``t`` [M, K] rounded to e4m3 with a float32 scale a ``rows`` x ``cols`` block (cols 0: the whole row), each
+    block's largest magnitude at e4m3's largest value, and back in ``t``'s dtype."""
+    from myassistant.trainer.gpu.qlora_fp8 import E4M3, E4M3_MAX, SMALLEST_SCALE
+
+    m, k = t.shape
+    cols = cols or k
+    blocks = t.float().reshape(m // rows, rows, k // cols, cols)
+    scale = blocks.abs().amax(dim=(1, 3), keepdim=True).clamp(min=SMALLEST_SCALE) / E4M3_MAX
+    return ((blocks / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3).float() * scale).reshape(m, k).to(t.dtype)
+
+
+class _RoundedProduct(torch.autograd.Function):
+    """``x @ W.T`` for a frozen W, its inputs rounded as ``form`` says (forward and / or the input gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, form):
+        ctx.save_for_backward(weight)
+        ctx.form, ctx.x_shape, ctx.x_dtype = form, x.shape, x.dtype
+        x2 = x.reshape(-1, x.shape[-1]).to(weight.dtype)
+        if form == "forward":
+            x2, weight = e4m3_rounded(x2, 1, 0), e4m3_rounded(weight, 1, 0)
+        elif form == "block":
+            x2, weight = e4m3_rounded(x2, 1, 128), e4m3_rounded(weight, 128, 128)
+        return (x2 @ weight.t()).reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        (weight,) = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1]).to(weight.dtype)
+        if ctx.form == "dgrad":  # W a scale an output row, as Fp8Linear keeps it; dy a scale a token
+            dy2, weight = e4m3_rounded(dy2, 1, 0), e4m3_rounded(weight, 1, 0)
+        elif ctx.form == "block":  # the forward's 128 x 128 blocks serve the transposed product too
+            dy2, weight = e4m3_rounded(dy2, 1, 128), e4m3_rounded(weight, 128, 128)
+        return (dy2 @ weight).reshape(ctx.x_shape).to(ctx.x_dtype), None, None
+
+
+def use_rounded_products(model, form: str) -> None:
+    """Each LoRA layer's frozen product through ``_RoundedProduct`` (peft adds the adapter's product as before)."""
+    for module in model.modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            base = module.base_layer
+            base.forward = lambda x, base=base: _RoundedProduct.apply(x, base.weight.detach(), form)
+
+
+def fit(base, state: dict, batch: torch.Tensor, form: str, steps: int) -> list[float]:
     from peft import LoraConfig, get_peft_model
 
     base.load_state_dict(state)
     torch.manual_seed(1)  # the same adapters' start in both forms
     model = get_peft_model(base, LoraConfig(r=64, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS))
     model.train()
-    if fp8:
+    if form == "e4m3":
         use_fp8_products(model)
+    elif form != "plain":
+        use_rounded_products(model, form)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     losses = []
     for _ in range(steps):
@@ -44,6 +100,8 @@ def fit(base, state: dict, batch: torch.Tensor, fp8: bool, steps: int) -> list[f
         opt.zero_grad(set_to_none=True)
         losses.append(round(loss.item(), 4))
     model.unload()  # the plain modules back in `base`
+    for module in base.modules():
+        module.__dict__.pop("forward", None)  # use_rounded_products' forwards gone with the adapters
     return losses
 
 
@@ -59,6 +117,7 @@ def main() -> None:
     ap.add_argument("--bs", type=int, default=1)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--forms", nargs="+", choices=FORMS, default=["plain", "e4m3"])
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
@@ -70,13 +129,14 @@ def main() -> None:
     state = {k: v.clone() for k, v in base.state_dict().items()}
     batch = torch.randint(0, args.vocab, (args.bs, args.seq), generator=torch.Generator().manual_seed(0))
     last = {}
-    for fp8 in (False, True):
-        losses = fit(base, state, batch.to(args.device), fp8, args.steps)
-        last[fp8] = losses[-1]
-        print(json.dumps({"products": "e4m3" if fp8 else str(dtype).removeprefix("torch."), "hidden": args.hidden,
+    for form in dict.fromkeys(["plain", *args.forms]):  # plain first: the others are told against it
+        losses = fit(base, state, batch.to(args.device), form, args.steps)
+        last[form] = losses[-1]
+        print(json.dumps({"products": form, "dtype": str(dtype).removeprefix("torch."), "hidden": args.hidden,
                           "layers": args.layers, "seq": args.seq, "bs": args.bs, "steps": args.steps,
                           "losses": losses[::4] + losses[-1:]}), flush=True)
-    print(json.dumps({"last_loss_e4m3_minus_plain": round(last[True] - last[False], 4)}), flush=True)
+    print(json.dumps({"last_loss_minus_plain": {form: round(loss - last["plain"], 4) for form, loss in last.items()
+                                                if form != "plain"}}), flush=True)
 
 
 if __name__ == "__main__":
