@@ -102,7 +102,8 @@ def test_text_file_trains_every_token_exactly_once(tiny_checkpoint, tokenizer, t
         run = train(load_config(None, pretrain_overrides(tiny_checkpoint, str(corpus), tmp_path / "run")), callbacks=(seen,))
     assert f"{len(docs)} documents (.txt unit: paragraph), {n_tokens:,} tokens + {len(docs)} eos -> {blocks} blocks" in caplog.text
     assert "nothing truncated" in caplog.text and "were truncated" not in caplog.text
-    assert json.loads((run / "run.json").read_text())["steps"] == blocks
+    info = json.loads((run / "run.json").read_text())
+    assert info["steps"] == blocks and info["tokens_seen"] == len(stream)  # each document's eos counted too
 
     rows = seen.rows
     assert len(rows) == blocks  # one block a step (batch 1), one epoch

@@ -7,7 +7,8 @@ the step before and after them without it; the syncs only make the GPU wait on t
 them a step for LoRA r64 on a 7B's seven linear layers, ~40 ms of an H200 step of 220-365 ms idle
 (``benchmarks/profile_step.py``'s ``idle_long_ms``, 2026-12-04). ``without_syncs`` runs such an optimizer's own
 step with those syncs skipped; the updates are the same kernels with the same arguments. ``UnsyncedTrainer`` is the
-transformers Trainer whose optimizer gets it (``train`` builds it, or ``graphs.GraphedTrainer``, its subclass).
+transformers Trainer whose optimizer gets it (``train`` builds it, or ``graphs.GraphedTrainer``, its subclass); it also
+counts the tokens a run has seen with each sample's eos in (see ``_track_num_input_tokens``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import types
 
 import torch
 from transformers import Trainer
+
+from myassistant.trainer.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +58,22 @@ def _syncs_skipped(module):
 
 
 class UnsyncedTrainer(Trainer):
-    """The transformers Trainer; a non-paged bitsandbytes 8-bit optimizer steps without a GPU sync a parameter."""
+    """The transformers Trainer every run builds; a non-paged bitsandbytes 8-bit optimizer steps without a GPU sync a
+    parameter."""
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
         without_syncs(optimizer)
         return optimizer
+
+    def _track_num_input_tokens(self, inputs):
+        """run.json's ``tokens_seen``: every token but the padding. For rows without an attention mask (packed) the
+        Trainer's own count leaves out each token equal to the pad id, and a chat tokenizer's pad is its eos: every
+        sample's eos went uncounted. Padding is the pad id with no label (collate's and fast.collate's)."""
+        pad = getattr(self.processing_class, "pad_token_id", None)
+        if ("attention_mask" in inputs or "labels" not in inputs or pad is None
+                or self.args.include_num_input_tokens_seen != "non_padding"):
+            return super()._track_num_input_tokens(inputs)
+        padding = (inputs["input_ids"] == pad) & (inputs["labels"] == IGNORE_INDEX)
+        seen = torch.as_tensor(padding.numel(), device=padding.device) - padding.sum()
+        self.state.num_input_tokens_seen += self.accelerator.gather(seen.to(self.args.device)).sum().item()
