@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks.fp8_block_gemm_gpu import quantised  # noqa: E402
 from benchmarks.fp8_quality_cpu import use_fp8_products  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -35,15 +36,12 @@ FORMS = ("plain", "e4m3", "forward", "dgrad", "block")
 
 
 def e4m3_rounded(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """``t`` [M, K] rounded to e4m3 with a float32 scale a ``rows`` x ``cols`` block (cols 0: the whole row), each
-    block's largest magnitude at e4m3's largest value, and back in ``t``'s dtype."""
-    from myassistant.trainer.gpu.qlora_fp8 import E4M3, E4M3_MAX, SMALLEST_SCALE
-
+    """``t`` [M, K] rounded to e4m3 with a float32 scale a ``rows`` x ``cols`` block (cols 0: the whole row), and back
+    in ``t``'s dtype."""
     m, k = t.shape
-    cols = cols or k
-    blocks = t.float().reshape(m // rows, rows, k // cols, cols)
-    scale = blocks.abs().amax(dim=(1, 3), keepdim=True).clamp(min=SMALLEST_SCALE) / E4M3_MAX
-    return ((blocks / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3).float() * scale).reshape(m, k).to(t.dtype)
+    q, scale = quantised(t, rows, cols)
+    blocks = q.float().reshape(m // rows, rows, scale.shape[1], -1) * scale[:, None, :, None]
+    return blocks.reshape(m, k).to(t.dtype)
 
 
 class _RoundedProduct(torch.autograd.Function):
