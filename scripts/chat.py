@@ -66,20 +66,22 @@ def pasted_path(text: str) -> str:
 
 
 def over_its_base(model_dir: str, adapter: str | None) -> tuple[str, str | None]:
-    """A LoRA run's folder (its adapter, no weights) as its base plus that adapter, the base found as `report` and
-    `merge` find it (the run's config); anything else as given (the engine says what is wrong with it)."""
-    from myassistant.model import ADAPTER_CONFIG, PROJECTOR_WEIGHTS
-    from myassistant.trainer.run_folder import base_model
+    """A LoRA run's folder (an adapter, no weights) as its base plus that adapter, the base found as `report` and
+    `merge` find it (the run's config; a stopped run: its newest checkpoint's adapter); anything else as given (the
+    engine says what is wrong with it)."""
+    from myassistant.trainer.run_folder import chat_parts
 
-    run = Path(model_dir)
-    if adapter or (run / "config.json").exists() or not (run / ADAPTER_CONFIG).is_file() or \
-            (run / PROJECTOR_WEIGHTS).is_file():  # (a LLaVA run's base reads no pictures: merged, it does)
+    if adapter:
         return model_dir, adapter
-    base = base_model(run)
-    if base is None or not (Path(base).expanduser() / "config.json").is_file():
-        return model_dir, adapter
-    sys.stderr.write(f"[{base} with the adapter of {run}]\n")
-    return base, model_dir
+    try:
+        model, run_adapter = chat_parts(model_dir)
+    except ValueError as err:
+        raise EngineError(str(err)) from None
+    if run_adapter is None:
+        return model_dir, None
+    newest = "" if run_adapter == Path(model_dir) else f" (its newest checkpoint, {run_adapter.name}: no final one yet)"
+    sys.stderr.write(f"[{model} with the adapter of {model_dir}{newest}]\n")
+    return str(model), str(run_adapter)
 
 
 def main(argv: list[str] | None = None) -> int:

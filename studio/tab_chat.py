@@ -14,11 +14,10 @@ from myassistant.chat import ChatEngine, EngineError, GenerationSettings
 from myassistant.chat.history import message_text
 from myassistant.chat.stream import Pacer
 from myassistant.chat.vision import user_message
-from myassistant.model import ADAPTER_CONFIG
+from myassistant.model import ADAPTER_CONFIG, PROJECTOR_WEIGHTS
 from myassistant.studio import runs
 from myassistant.studio.ui import Workspace, error_slot, note, one_line, show
-from myassistant.trainer.run_folder import base_model
-from myassistant.trainer.resume import complete_checkpoints
+from myassistant.trainer.run_folder import base_model, chat_parts
 
 _engines: dict[str, ChatEngine] = {}  # "fine-tuned" / "base" -> the loaded pair (one pair at a time)
 _loaded: dict[str, str] = {}
@@ -30,18 +29,16 @@ def resolve(ws: Workspace, target: str) -> tuple[Path, Path | None, str | None]:
     folder = ws.path(target)
     if not folder.is_dir():
         raise EngineError(f"{target}: no such folder")
-    base = base_model(folder)  # from the run's (or the merged folder's carried) run_config.yaml
-    if base is None and not (folder / "config.json").exists():
-        raise EngineError(f"{target}: no run_config.yaml or adapter_config.json names its base model")
-    if (folder / ADAPTER_CONFIG).exists():  # a finished LoRA / QLoRA run
-        return Path(base), folder, base
-    if (folder / "config.json").exists():  # a merged model (or a full fine-tune run)
-        return folder, None, base
-    checkpoints = complete_checkpoints(folder)
-    if checkpoints and (checkpoints[-1] / ADAPTER_CONFIG).exists():  # a stopped run: its newest checkpoint
-        return Path(base), checkpoints[-1], base
-    raise EngineError(f"{target}: no adapter, no model weights and no checkpoint yet; wait for the training "
-                     "to save one, or pick another run")
+    try:
+        model, adapter = chat_parts(folder)  # a run: its base with its adapter, or its newest checkpoint's
+    except ValueError as err:
+        raise EngineError(str(err)) from None
+    if adapter is None and not (folder / "config.json").exists() and not (folder / PROJECTOR_WEIGHTS).is_file():
+        raise EngineError(f"{target}: no run_config.yaml or adapter_config.json names its base model"
+                          if (folder / ADAPTER_CONFIG).is_file() else
+                          f"{target}: no adapter, no model weights and no checkpoint yet; wait for the training "
+                          "to save one, or pick another run")
+    return model, adapter, base_model(folder)  # (a LLaVA run: the engine says to merge it first)
 
 
 def _text(history: list[dict], pictures: bool) -> list[dict]:

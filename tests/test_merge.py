@@ -141,6 +141,23 @@ def test_chat_with_a_run_folder_talks_to_its_base_with_its_adapter(lora_run):
     assert done.stdout.strip()
 
 
+def test_chat_with_a_stopped_run_uses_its_newest_checkpoint_and_a_moved_base_is_named(lora_run, tmp_path):
+    """A run stopped before its final adapter chatted in the studio (its newest checkpoint) and not in the CLI."""
+    stopped = tmp_path / "stopped"
+    shutil.copytree(lora_run, stopped, ignore=lambda folder, names: [  # the final adapter and run.json not yet written
+        n for n in names if folder == str(lora_run) and (n.startswith("adapter_") or n == "run.json")])
+    done = cli("chat", str(stopped), "--prompt", "hi", "--max-new-tokens", "4", "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"with the adapter of {stopped} (its newest checkpoint, checkpoint-4: no final one yet)]" in done.stderr
+
+    config = stopped / "run_config.yaml"
+    config.write_text(config.read_text().replace(str(lora_run.parent.parent), str(tmp_path / "gone")))
+    moved = yaml.safe_load(config.read_text())["model"]["base"]
+    done = cli("chat", str(stopped), "--prompt", "hi", "--device", "cpu")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"{stopped}: its base model {moved} is not there (moved or deleted?)" in done.stderr, done.stderr
+
+
 def test_merging_twice_is_a_no_op(merged, lora_run, caplog):
     before = {p.name: p.stat().st_mtime_ns for p in merged.iterdir()}
     with caplog.at_level("INFO", logger="myassistant.trainer.merge"):

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from myassistant.model import MERGE_INFO
+from myassistant.model import ADAPTER_CONFIG, MERGE_INFO, PROJECTOR_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,36 @@ def base_model(folder: str | Path) -> str | None:
     if cfg is not None:
         return cfg.model.base
     return read_json(Path(folder) / "adapter_config.json").get("base_model_name_or_path") or None
+
+
+def chat_parts(folder: str | Path) -> tuple[Path, Path | None]:
+    """What chatting with ``folder`` loads: (model folder, adapter folder or None).
+
+    A LoRA run is its base with its adapter, or, stopped or still training before it has one, with its newest
+    complete checkpoint's. Anything else is itself with no adapter, for the loader to take or to say what it is
+    (merged or full weights, a LLaVA run, which chats once merged, a file, nothing). A ValueError when the run's
+    base is not where its config says."""
+    from myassistant.trainer.resume import complete_checkpoints  # resume reads this module's names
+
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / "config.json").exists() or (folder / PROJECTOR_WEIGHTS).is_file():
+        return folder, None
+    cfg = run_config(folder)
+    if cfg is not None and cfg.vision.encoder:  # a LLaVA run still training: its base LLM reads no pictures
+        return folder, None
+    adapter = folder
+    if not (folder / ADAPTER_CONFIG).is_file():
+        checkpoints = [c for c in complete_checkpoints(folder) if (c / ADAPTER_CONFIG).is_file()]
+        if not checkpoints:
+            return folder, None
+        adapter = checkpoints[-1]
+    base = cfg.model.base if cfg is not None else base_model(folder)
+    if base is None:
+        return folder, None
+    if not (Path(base).expanduser() / "config.json").is_file():
+        raise ValueError(f"{folder}: its base model {base} is not there (moved or deleted?); chat with "
+                         f"`assistant chat BASE --adapter {adapter}`, BASE where that model is now")
+    return Path(base).expanduser(), adapter
 
 
 def identity_data(train_file: str | Path) -> Path | None:
