@@ -41,6 +41,11 @@ def resolve(ws: Workspace, target: str) -> tuple[Path, Path | None, str | None]:
     return model, adapter, base_model(folder)  # (a LLaVA run: the engine says to merge it first)
 
 
+def _emptied(already: bool) -> tuple:
+    """The message box's and the picture's values in a reply's update: emptied by its first, kept after that."""
+    return (gr.update(), gr.update()) if already else ("", None)
+
+
 def _text(history: list[dict], pictures: bool) -> list[dict]:
     """A column's history as the engine takes it: Gradio's messages (a picture: a file part), or their text alone
     for a model that reads no pictures."""
@@ -119,6 +124,7 @@ def build(ws: Workspace) -> dict:
             shown = [{"path": picture_}, text] if sees else text
             hists[key] = [*earlier, {"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
         pacer = Pacer()  # the page gets the growing replies at most every 50 ms
+        sent = False  # the message box and the picture are emptied once: what is typed meanwhile is the next message
         try:
             while streams:
                 for key in list(streams):
@@ -128,14 +134,15 @@ def build(ws: Workspace) -> dict:
                     else:
                         hists[key][-1]["content"] += delta
                 if pacer.due():
-                    yield show(None), "", None, hists["fine-tuned"], hists["base"]
+                    yield show(None), *_emptied(sent), hists["fine-tuned"], hists["base"]
+                    sent = True
         except EngineError as err:  # a picture that cannot be read
             yield show(one_line(err)), gr.update(), gr.update(), tuned_hist, base_hist
             return
         for key in hists:
             if hists[key] and not hists[key][-1]["content"]:
                 hists[key][-1]["content"] = "(no text: the model ended its reply at once)"
-        yield show(None), "", None, hists["fine-tuned"], hists["base"]
+        yield show(None), *_emptied(sent), hists["fine-tuned"], hists["base"]
 
     load.click(on_load, target, [target_err, status, message_err, picture])
     send_args = (on_send, [message, picture, tuned, base, temperature, max_new, system],

@@ -375,13 +375,15 @@ def test_a_multimodal_model_is_asked_about_a_picture_in_the_chat_tab(tmp_path, t
         page.locator("#chat-send").click()
         wait_for(lambda: page.locator("#chat-tuned [data-testid='bot']").count(), 120, "the answer",
                  shown=lambda: page.locator("#chat-tuned").inner_text())
-        seen = []  # the reply streams into the page (and empties the message box as it goes): wait for its end
+        # the next message typed while the reply streams stays in the box (each update of the reply emptied it)
+        fill(page, "chat-message", "And its colour?")  # a second turn: the picture stays in the history it hands on
+        seen = []
         wait_for(lambda: seen.append(page.locator("#chat-tuned").inner_text()) or seen[-3:] == [seen[-1]] * 3, 120,
                  "the answer to end", every_s=1)
+        assert page.locator("#chat-message textarea").first.input_value() == "And its colour?"
         assert page.locator("#chat-tuned [data-testid='user'] img").count() == 1  # the picture in the column
         assert not page.locator("#chat-picture img").count()  # sent with that message, not the next one
         page.screenshot(path=str(ARTIFACTS / "studio_chat_picture.png"), full_page=True)
-        fill(page, "chat-message", "And its colour?")  # a second turn: the picture stays in the history it hands on
         page.locator("#chat-send").click()
         wait_for(lambda: page.locator("#chat-tuned [data-testid='bot']").count() == 2, 120, "the second answer",
                  shown=lambda: page.locator("#chat-tuned").inner_text())
