@@ -380,11 +380,17 @@ def test_a_multimodal_model_is_asked_about_a_picture_in_the_chat_tab(tmp_path, t
         seen = []
         wait_for(lambda: seen.append(page.locator("#chat-tuned").inner_text()) or seen[-3:] == [seen[-1]] * 3, 120,
                  "the answer to end", every_s=1)
-        assert page.locator("#chat-message textarea").first.input_value() == "And its colour?"
+        assert page.locator("#chat-message textarea").first.input_value() == "And its colour?"  # kept
         assert page.locator("#chat-tuned [data-testid='user'] img").count() == 1  # the picture in the column
         assert not page.locator("#chat-picture img").count()  # sent with that message, not the next one
         page.screenshot(path=str(ARTIFACTS / "studio_chat_picture.png"), full_page=True)
-        page.locator("#chat-send").click()
+        # Send is ignored while a reply is pending (Gradio's trigger_mode "once"); on a busy machine the reply can
+        # pause for longer than the wait above took for its end, so click until the message is taken
+        users = page.locator("#chat-tuned [data-testid='user']")
+        first = users.count()  # (the picture and the text: two)
+        box = page.locator("#chat-message textarea").first  # emptied once the message is taken
+        wait_for(lambda: (box.input_value() and page.locator("#chat-send").click()) or users.count() > first, 120,
+                 "the second message to be sent", every_s=2)
         wait_for(lambda: page.locator("#chat-tuned [data-testid='bot']").count() == 2, 120, "the second answer",
                  shown=lambda: page.locator("#chat-tuned").inner_text())
         assert not [t for t in page.locator(".field-error").all_inner_texts() if t.strip()]
