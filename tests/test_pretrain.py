@@ -88,6 +88,28 @@ def pretrain_overrides(base: Path, data: str, out: Path, **train_kw) -> list[str
 
 # -- every token once ---------------------------------------------------------------------------------
 
+def test_long_documents_are_tokenised_in_pieces_with_the_tokens_of_the_whole(tokenizer, tmp_path):
+    """A novel whose paragraphs are single lines is one document, and a record can be one line of megabytes: handed
+    to the tokeniser whole (or in 1M-character pieces) they took ~100x their size in RAM."""
+    from myassistant.trainer.data.corpus import PIECE_CHARS, iter_pieces
+
+    line = "The cat sat on the mat, e.g. at 3.14 pm. 中文句子，没有换行。 " * (3 * PIECE_CHARS // 40)
+    novel = "".join(f"第{i}章 {line[:PIECE_CHARS // 3]}\n" for i in range(12))  # no blank line: one document
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "book.txt").write_text(novel, encoding="utf-8")
+    (tmp_path / "docs" / "record.jsonl").write_text(json.dumps({"text": line}, ensure_ascii=False) + "\n")
+    files = sorted((tmp_path / "docs").iterdir())
+    pieces = list(iter_pieces(files, TextSpec()))
+    assert len(pieces) > 6 and max(len(p["text"]) for p in pieces) <= PIECE_CHARS
+    ends = [i + 1 for i, p in enumerate(pieces) if p["last"]]
+    assert len(ends) == 2
+    book, record = ("".join(p["text"] for p in pieces[lo:hi]) for lo, hi in zip([0, ends[0]], ends))
+    assert book.strip() == novel.strip() and record == line  # (book.txt first: sorted)
+    stream = tokenize_corpus(tmp_path / "docs", tokenizer, num_proc=1, cache_dir=tmp_path / "cache")
+    assert stream.documents == 2
+    assert stream.tokens.tolist() == doc_ids(tokenizer, [book, record])  # the pieces' tokens are the whole's
+
+
 def test_text_file_trains_every_token_exactly_once(tiny_checkpoint, tokenizer, tmp_path, caplog):
     docs = domain_documents(7, seed=3)
     corpus = tmp_path / "almanac.txt"

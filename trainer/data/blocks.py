@@ -168,7 +168,7 @@ def _build(files: list[Path], spec: TextSpec, tokenizer, num_proc: int, work: Pa
                        new_fingerprint=work.name + "-ids", desc="tokenising")
     ends, offset = [], 0
     with open(work / TOKENS_NAME, "wb") as out:
-        for table in ids.with_format("arrow").iter(batch_size=16384):
+        for table in ids.with_format("arrow").iter(batch_size=1024):  # rows of up to PIECE_CHARS: bounded memory
             col = table.column("input_ids").combine_chunks()
             out.write(col.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False).tobytes())
             cum = offset + np.cumsum(pc.list_value_length(col).to_numpy(zero_copy_only=False), dtype=np.int64)

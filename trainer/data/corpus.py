@@ -8,8 +8,8 @@ What a document is:
 - ``.parquet`` (what corpora ship as): the ``text_field`` column, read one row group at a time.
 
 Files are read as a stream, never whole, so a multi-GB corpus costs memory of one piece: a document
-longer than ``PIECE_CHARS`` is yielded in pieces cut at line ends, ``last`` marking its final piece
-(``trainer.data.blocks`` puts eos only there). A binary file, a file that is not in ``encoding`` (the
+longer than ``PIECE_CHARS`` is yielded in pieces cut at line ends (a longer line after a sentence's end or before a
+space: ``_cut``), ``last`` marking its final piece (``trainer.data.blocks`` puts eos only there). A binary file, a file that is not in ``encoding`` (the
 message names encodings the bytes do decode as), a glob that matches nothing and a document set with
 no text stop with one ``DataError`` before anything is tokenised.
 """
@@ -31,11 +31,14 @@ log = logging.getLogger(__name__)
 
 TEXT_UNITS = ("paragraph", "line", "file")
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
-PIECE_CHARS = 1 << 20  # longer documents are tokenised in pieces of about this many characters
+# Longer documents are tokenised in pieces of at most this many characters: a tokenised batch of pieces is Python
+# lists of ~36 bytes a token, so a novel handed on whole, or in pieces of 1M characters, took ~100x its size in RAM.
+PIECE_CHARS = 1 << 13
 SNIFF_BYTES = 1 << 20  # read up front to refuse binary and wrongly-encoded files before any work
 # Encodings a non-UTF-8 text file commonly is, tried in order to name one in the error.
 CANDIDATE_ENCODINGS = ("gb18030", "big5", "shift_jis", "euc-kr", "cp1252")
 _BLANK = re.compile(r"[ \t\r\f\v]*\n?")
+_SENTENCE_END = re.compile(r"[。！？；]|[.!?;](?=\s)")  # "3.14" and "e.g." are no cut
 
 
 @dataclass(frozen=True)
@@ -229,11 +232,31 @@ def _lines(path: Path, encoding: str) -> Iterator[str]:
                 raise decode_error(path, raw, err, encoding, lineno - 1) from None
 
 
+def _cut(text: str, last: bool = True) -> Iterator[dict]:
+    """``text`` as pieces of at most ``PIECE_CHARS``, ``last`` on its final one. Each cut is where tokenising the
+    pieces gives the tokens of the whole: after a line end, else after a sentence's end, else before a space (a
+    piece's first word keeps its leading space); only a run of that length with none of these is cut anywhere."""
+    while len(text) > PIECE_CHARS:
+        cut = _cut_at(text[:PIECE_CHARS])
+        yield {"text": text[:cut], "last": False}
+        text = text[cut:]
+    yield {"text": text, "last": last}
+
+
+def _cut_at(head: str) -> int:
+    if line := head.rfind("\n") + 1:
+        return line
+    if ends := [m.end() for m in _SENTENCE_END.finditer(head)]:
+        return ends[-1]
+    space = max(head.rfind(" "), head.rfind("\t"))
+    return space if space > 0 else len(head)
+
+
 def _txt_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
     if spec.text_unit == "line":
         for line in _lines(path, file_encoding(path, spec.encoding)):
             if line.strip():
-                yield {"text": line.rstrip("\r\n"), "last": True}
+                yield from _cut(line.rstrip("\r\n"))
         return
     buf: list[str] = []
     size, cut = 0, False  # cut: pieces of the current document were handed on already
@@ -243,7 +266,7 @@ def _txt_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
         if spec.text_unit == "paragraph":
             text = text.rstrip() if cut else text.strip()
         if text or cut:  # a cut document's last piece may be empty; it still ends the document
-            yield {"text": text, "last": True}
+            yield from _cut(text)
 
     for line in _lines(path, file_encoding(path, spec.encoding)):
         if spec.text_unit == "paragraph" and _BLANK.fullmatch(line):
@@ -254,7 +277,7 @@ def _txt_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
         size += len(line)
         if size >= PIECE_CHARS:  # one long document: hand it on in pieces cut at line ends
             head = "".join(buf)
-            yield {"text": head.lstrip() if spec.text_unit == "paragraph" and not cut else head, "last": False}
+            yield from _cut(head.lstrip() if spec.text_unit == "paragraph" and not cut else head, last=False)
             buf, size, cut = [], 0, True
     yield from end()
 
@@ -291,7 +314,7 @@ def _json_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
         for line, record in read_json_records(path, encoding):
             text = _field(path, line, record, spec)
             if text.strip():
-                yield {"text": text, "last": True}
+                yield from _cut(text)
         return
     for lineno, line in enumerate(_lines(path, encoding), 1):
         if not line.strip():
@@ -302,7 +325,7 @@ def _json_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
             raise malformed_line(path, lineno, line, err) from None
         text = _field(path, str(lineno), record, spec)
         if text.strip():  # an empty document adds nothing (not even its eos)
-            yield {"text": text, "last": True}
+            yield from _cut(text)
 
 
 def _parquet_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
@@ -317,7 +340,7 @@ def _parquet_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
                 if value is not None and not isinstance(value, str):
                     raise DataError(f"{path}: row {row}: column '{spec.text_field}' holds {type(value).__name__}, not text")
                 if value and value.strip():
-                    yield {"text": value, "last": True}
+                    yield from _cut(value)
 
 
 def fingerprint(files: list[Path]) -> list[tuple[str, int, int]]:
