@@ -156,4 +156,12 @@ def test_the_picture_report_scores_every_answer_of_a_record():
     chat = [{"role": "user", "content": "<image>\nWhat colour is the circle?"}, {"role": "assistant", "content": "Red."},
             {"role": "user", "content": "Is it big?"}, {"role": "assistant", "content": "It is small."}]
     record = {"messages": chat, "images": ["a.png"]}
-    assert [(len(before), ref) for _, before, ref in _turns([record])] == [(1, "Red."), (3, "It is small.")]
+    assert [(shown, len(before), ref) for shown, before, ref in _turns([record])] == [
+        (["a.png"], 1, "Red."), (["a.png"], 3, "It is small.")]
+    # a picture that comes in a later question is not handed to the earlier answers (the processor refused: 1
+    # <image> token and 2 images), and a second picture joins at its own question
+    later = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+             {"role": "user", "content": "<image>\nWhat?"}, {"role": "assistant", "content": "A circle."},
+             {"role": "user", "content": "<image>\nAnd this?"}, {"role": "assistant", "content": "A square."}]
+    assert [(shown, ref) for shown, _, ref in _turns([{"messages": later, "images": ["a.png", "b.png"]}])] == [
+        ([], "hello"), (["a.png"], "A circle."), (["a.png", "b.png"], "A square.")]

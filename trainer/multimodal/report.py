@@ -59,22 +59,28 @@ def score(answers: list[str], references: list[str], meta: dict) -> dict:
     return out
 
 
-def _turns(records: list[dict]) -> list[tuple[dict, list[dict], str]]:
-    """(record, the conversation before it, reference) for every assistant turn: a record's later answers are scored
-    too, after the turns before them as the data gives them (its last alone may be a text-only follow-up)."""
-    return [(r, r["messages"][:i], m["content"]) for r in records for i, m in enumerate(r["messages"])
-            if m["role"] == "assistant" and i > 0]
+def _turns(records: list[dict]) -> list[tuple[list[str], list[dict], str]]:
+    """(the pictures shown so far, the conversation before it, reference) for every assistant turn: a record's later
+    answers are scored too, after the turns before them as the data gives them (its last alone may be a text-only
+    follow-up); a picture that comes in a later question is not shown before it."""
+    turns = []
+    for r in records:
+        for i, m in enumerate(r["messages"]):
+            if m["role"] == "assistant" and i > 0:
+                shown = sum(earlier["content"].count(model_layer.IMAGE_TOKEN) for earlier in r["messages"][:i])
+                turns.append((r["images"][:shown], r["messages"][:i], m["content"]))
+    return turns
 
 
 def measure(model, processor, records: list[dict], meta: dict, max_new_tokens: int, samples: list | None = None) -> dict:
     turns = _turns(records)
-    pictures = [[open_image(p) for p in r["images"]] for r, _, _ in turns]
+    pictures = [[open_image(p) for p in shown] for shown, _, _ in turns]
     answers = model_layer.generate_replies(model, processor.tokenizer, [before for _, before, _ in turns],
                                            max_new_tokens=max_new_tokens, processor=processor, images=pictures)
     references = [ref for _, _, ref in turns]
     if samples is not None:
-        samples += [(Path(r["images"][0]).name if r["images"] else "-", before[-1]["content"], a, ref)
-                    for (r, before, ref), a in zip(turns, answers)]
+        samples += [(Path(shown[0]).name if shown else "-", before[-1]["content"], a, ref)
+                    for (shown, before, ref), a in zip(turns, answers)]
     return score(answers, references, meta)
 
 
