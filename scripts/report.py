@@ -46,9 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     from myassistant.trainer.run_folder import REPORT_MD
     from myassistant.trainer.multimodal import report as pictures
 
-    kind = args.kind
-    if kind == "auto" and pictures.is_multimodal(args.model):
+    kind, multimodal = args.kind, pictures.is_multimodal(args.model)
+    if kind == "auto" and multimodal:
         kind = "pictures"
+    if kind == "pictures" and not multimodal:
+        p.error(f"--kind pictures: {args.model} reads no pictures; its report is --kind identity or pretrain")
+    if kind in ("identity", "pretrain") and multimodal:
+        p.error(f"--kind {kind}: {args.model} is a multimodal (LLaVA) model; its report is --kind pictures "
+                "(held-out questions about pictures as --data)")
     if kind == "pictures":
         if args.data is None:
             p.error("--data: the picture report needs held-out questions about pictures (a folder with eval.jsonl)")

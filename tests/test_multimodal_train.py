@@ -106,6 +106,15 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     proc = cli("report", str(merged), "--data", str(elsewhere), "--image-folder", str(shapes))
     assert proc.returncode == 1 and f"no eval.jsonl in it; give the held-out file itself, e.g. --data " \
         f"{elsewhere / 'val.jsonl'}" in proc.stderr, proc.stderr
+    for kind in ("identity", "pretrain"):  # other reports of a picture model: one line, not a KeyError / ValueError
+        proc = cli("report", str(merged), "--kind", kind, "--data", str(shapes))
+        assert proc.returncode == 2 and f"--kind {kind}: {merged} is a multimodal (LLaVA) model; its report is " \
+            "--kind pictures" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = cli("report", str(tiny_checkpoint), "--kind", "pictures", "--data", str(shapes))
+    assert proc.returncode == 2 and "reads no pictures" in proc.stderr, proc.stderr
+    proc = cli("report", str(tiny_checkpoint), "--kind", "identity", "--data", str(shapes))  # shapes' meta.json
+    assert proc.returncode == 1 and "names no assistant; the identity report needs the folder written by " \
+        "`assistant data identity`" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)

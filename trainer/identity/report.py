@@ -242,6 +242,9 @@ def write_report(model_path: str | Path, data_dir: str | Path | None = None, *, 
         log.warning("%s was trained on %s, not on data from --data %s: its 'training questions' rows ask questions "
                     "this model never saw", model_path, train_file, data_dir)
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    if "name" not in meta:  # another generator's meta.json (`assistant data shapes` writes one too)
+        raise DataError(f"{meta_file}: names no assistant; the identity report needs the folder written by "
+                        "`assistant data identity`")
     name, old_names = meta["name"], meta.get("old_names", [])
     taught = run_folder.run_info(model_path).get("name")
     if taught and taught != name:  # the folder was written again since the run trained on it
