@@ -260,6 +260,11 @@ def test_overwrite_trains_a_finished_run_again_from_the_start(tiny_checkpoint, c
     again = overrides(tiny_checkpoint, chats, out, max_steps=2, save_steps=1, eval_steps=0, report_to="none")
     both = run_cli("train", *again, "--resume", "--overwrite")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr, both.stderr
+    kept = sorted(p.name for p in out.iterdir())
+    for typo in ("data.train_file=" + str(tmp_path / "chat.jsonl"), "model.base=" + str(tmp_path / "nomodel")):
+        failed = run_cli("train", *again, typo, "--overwrite")  # a typo in the new run: the old one stays whole
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr[-2000:]
+        assert sorted(p.name for p in out.iterdir()) == kept and json.loads((out / "run.json").read_text())["steps"] == 3
     done = run_cli("train", *again, "--overwrite", env={"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--overwrite: removing the run in" in done.stderr

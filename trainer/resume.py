@@ -83,7 +83,7 @@ def _readable_checkpoint(checkpoints: list[Path], main: bool) -> Path:
                       "train.output_dir")
 
 
-def _remove_run(run_dir: Path) -> None:
+def remove_run(run_dir: Path) -> None:
     """Everything in ``run_dir`` but the lock this training holds: its weights, checkpoints, logs, config."""
     log.warning("--overwrite: removing the run in %s", run_dir)
     for path in run_dir.iterdir():
@@ -97,19 +97,23 @@ def _remove_partial_checkpoints(folders: list[Path]) -> None:
         shutil.rmtree(folder)
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run or one with a complete checkpoint."""
+    return run_dir.is_dir() and ((run_dir / RUN_INFO_NAME).exists() or bool(complete_checkpoints(run_dir)))
+
+
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, main: bool = True,
                     overwrite: bool = False) -> Path | None:
     """Check the run folder against --resume; return the checkpoint to resume from. ``main`` cleans up;
-    ``overwrite`` (--overwrite) removes a run the folder holds, to train it again from the start."""
+    ``overwrite`` (--overwrite) lets a run the folder holds be trained again from the start: it is left as it is here,
+    for ``train`` to ``remove_run`` once the new run's data and model have loaded (a typo must not cost the old run)."""
     if not resume:
-        names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
-        if RUN_INFO_NAME in names or (names and complete_checkpoints(run_dir)):
+        if holds_run(run_dir):
             if not overwrite:
                 raise ConfigError(f"train.output_dir: {run_dir} already holds a run; add --resume to continue it, "
                                   "--overwrite to train it again from the start, or choose another train.output_dir")
-            if main:
-                _remove_run(run_dir)
-            names = {runlock.LOCK_NAME} & names
+            return None
+        names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
         partial = list(run_dir.glob("checkpoint-*")) if names else []
         if names - LOG_NAMES - {p.name for p in partial}:
             raise ConfigError(f"train.output_dir: {run_dir} is not empty and holds no run; choose another folder")

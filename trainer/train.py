@@ -36,7 +36,7 @@ from myassistant.trainer.config import ConfigError, RunConfig, changed_settings,
 from myassistant.trainer.data.sources import TrainingData, build_training_data
 from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
 from myassistant.trainer import run_folder, runlock
-from myassistant.trainer.resume import TRAINER_STATE, checkpoint_step, prepare_run_dir
+from myassistant.trainer.resume import TRAINER_STATE, checkpoint_step, holds_run, prepare_run_dir, remove_run
 from myassistant.trainer.run_folder import (DATA_SUMMARY_NAME, EVAL_SAMPLES_NAME, METRICS_NAME, RUN_CONFIG_NAME,
                                             RUN_INFO_NAME, assistant_name, read_json, write_json)
 
@@ -165,7 +165,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, callbacks: tuple, lock
     main = args.process_index == 0  # only the first process writes the run folder's own files
     if main and run_dir.is_dir():  # before prepare_run_dir cleans up what another training may be writing
         locks.append(runlock.acquire(run_dir, ConfigError))
-    checkpoint = prepare_run_dir(run_dir, cfg, resume, main, overwrite)
+    replacing = overwrite and not resume and holds_run(run_dir)
+    checkpoint = prepare_run_dir(run_dir, cfg, resume, main, overwrite)  # --overwrite: the old run stays until below
     done_at = checkpoint_step(checkpoint) if checkpoint else 0
     # a schedule that ended at the checkpoint: the Trainer would take one more step before it checks max_steps
     schedule_done = 0 < cfg.train.max_steps <= done_at
@@ -187,6 +188,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, callbacks: tuple, lock
     else:
         recipe = text_recipe(cfg)
     tokenizer, data, model = recipe.tokenizer, recipe.data, recipe.model
+    if replacing and main:  # the new run's data and model have loaded: now the old run goes
+        remove_run(run_dir)
     dataset = data.dataset
 
     # -- on a GPU, LoRA/QLoRA take the fast path: fused loss, varlen attention; train.fast_path=false = off
