@@ -128,6 +128,9 @@ ARRAY_WITH_BAD_ROLE = '[\n  {"messages": [{"role": "user", "content": "hi"}, {"r
     ("no_picture.jsonl", json.dumps({"conversations": [{"from": "human", "value": "<image>\nWhat?"},
                                                        {"from": "gpt", "value": "A cat."}]}) + "\n",
      "no_picture.jsonl:1: field 'image' is missing: the record opens with the <image> placeholder"),
+    ("surrogate.jsonl", '{"messages": [{"role": "user", "content": "Hi \\ud83d"}, {"role": "assistant", "content": '
+     '"yo"}]}\n', "surrogate.jsonl:1: field 'messages[0].content' holds a broken character ('\\ud83d', half of an "
+     "emoji or other character cut off) at position 3; remove it"),  # the tokenizer's TypeError, mid-training
 ])
 def test_bad_files_name_file_line_and_field(tmp_path, name, text, expected):
     with pytest.raises(DataError) as err:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .formats import DataError, malformed_line, record_continues
+from .formats import DataError, broken_character, malformed_line, record_continues
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +292,8 @@ def _field(path: Path, where: str, record: object, spec: TextSpec) -> str:
                    else f"must be a string, got {type(value).__name__}")
         raise DataError(f"{path}:{where}: field '{spec.text_field}' {problem} (keys: {found}); "
                         "set data.text_field (`data check`: --text-field) to the field that holds the text")
+    if broken := broken_character(value):
+        raise DataError(f"{path}:{where}: field '{spec.text_field}' {broken}")
     return value
 
 

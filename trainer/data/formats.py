@@ -174,6 +174,17 @@ def detect_format(path: Path, first: object) -> str:
     )
 
 
+def broken_character(text: str) -> str | None:
+    """What is wrong with a string JSON gave that no tokenizer takes: a lone surrogate (a ``\ud83d`` escape, half
+    of an emoji cut off, as scraped text often has); None when it is whole."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"holds a broken character ({text[err.start]!r}, half of an emoji or other character cut off) at "
+                f"position {err.start}; remove it")
+    return None
+
+
 class _Where:
     """Builds error messages that point at one record."""
 
@@ -194,6 +205,8 @@ class _Where:
             raise self.error(label, f"must be a string, got {type(value).__name__}")
         if required and not value.strip():
             raise self.error(label, "is empty; remove the record or fill it in")
+        if broken := broken_character(value):
+            raise self.error(label, broken)
         return value
 
     def known(self, obj: dict, fields: tuple[str, ...], where: str = "", what: str = "record") -> None:
