@@ -292,10 +292,11 @@ def test_ctrl_c_names_the_checkpoint_resume_continues_from(tiny_checkpoint, chat
     said = "\n".join(line for line in err.splitlines() if " | loss " not in line)  # all but the step lines
     worker = f"this worker: SIGINT {signal.getsignal(signal.SIGINT)}, blocked {signal.pthread_sigmask(signal.SIG_BLOCK, [])}"
     assert proc.returncode == 130 and err.rstrip().endswith("assistant: interrupted"), f"{worker}\n{said[-4000:]}"
-    assert "Ctrl-C: stopping at the end of this step" in err
+    assert "Ctrl-C: stopping at the end of this step, with a checkpoint of it" in err
     assert not (out / "run.json").exists()
     newest = max(out.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])).parent
     assert f"the newest checkpoint is {newest}; the same command with --resume continues from it" in err
+    assert newest.name == f"checkpoint-{max(losses(out))}"  # the step it stopped at: none since a save_steps one lost
 
 
 def test_full_finetune_writes_standalone_weights(tiny_checkpoint, chats, tmp_path):

@@ -91,7 +91,9 @@ class MetricsFile(TrainerCallback):
 
 
 class StopAtStepEnd(TrainerCallback):
-    """Ctrl-C stops a training at the end of the step it lands in, a KeyboardInterrupt raised from the loop itself.
+    """Ctrl-C stops a training at the end of the step it lands in, with a checkpoint of that step (the Trainer
+    saves it as it saves any, then leaves its loop); ``train`` then raises KeyboardInterrupt (``asked``), so the run
+    is left to ``--resume``, not finished. Before, the steps since the last ``save_steps`` checkpoint were lost.
 
     Python drops an interrupt that lands while a finaliser runs ("Exception ignored in ..."), which a busy training
     often is in, so a raised-where-it-lands Ctrl-C was now and then lost; and a step cut midway keeps nothing.
@@ -105,7 +107,8 @@ class StopAtStepEnd(TrainerCallback):
     def _ctrl_c(self, signum, frame):
         self.asked = True
         self.restore()
-        sys.stderr.write("\nCtrl-C: stopping at the end of this step (Ctrl-C again stops at once)\n")
+        sys.stderr.write("\nCtrl-C: stopping at the end of this step, with a checkpoint of it (Ctrl-C again stops "
+                         "at once, without one)\n")
 
     def on_train_begin(self, args, state, control, **kwargs):
         if (threading.current_thread() is threading.main_thread()
@@ -114,7 +117,7 @@ class StopAtStepEnd(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.asked:
-            raise KeyboardInterrupt
+            control.should_save = control.should_training_stop = True
 
     def restore(self) -> None:
         if self.previous is not None:

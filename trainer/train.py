@@ -252,6 +252,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, callbacks: tuple, lock
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         finally:
             ctrl_c.restore()
+        if ctrl_c.asked:  # stopped early, with a checkpoint of its last step: for --resume, not a finished run
+            raise KeyboardInterrupt
 
     # -- save: final weights + run.json, each renamed into place when complete
     _save_final(trainer, run_dir, recipe.save)
