@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -80,13 +81,34 @@ def test_lora_run_folder_describes_itself(lora_run, tiny_checkpoint, chats):
     readme = (lora_run / "README.md").read_text()  # ours, not peft's template card
     assert "[More Information Needed]" not in readme and f"base_model: \"{tiny_checkpoint.resolve()}\"" in readme
     assert "library_name: peft" in readme and f"assistant merge {lora_run} --out" in readme and "6 steps" in readme
-    assert f"assistant chat {tiny_checkpoint.resolve()} --adapter {lora_run}" in readme  # an adapter is no model
+    assert f"    assistant chat {lora_run}\n" in readme  # (its base with its adapter)
+    assert "assistant report" not in readme  # chats.jsonl is no identity data: the report has no questions to ask
     rows = [json.loads(line) for line in (lora_run / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "loss" in r]
     assert all(r["tokens_per_s"] > 0 and "learning_rate" in r for r in rows)
     samples = [json.loads(line) for line in (lora_run / "eval_samples.jsonl").read_text().splitlines()]
     assert [(s["step"], s["prompt"]) for s in samples] == [(3, p) for p in PROMPTS] + [(6, p) for p in PROMPTS]
     assert any(p.name.startswith("events.out.tfevents") for p in (lora_run / "tensorboard").iterdir())
+
+
+def test_the_run_readmes_commands_run_as_written_from_a_folder_with_a_space(tiny_checkpoint, chats, tmp_path):
+    """The README's "Next:" paths were not quoted, and its resume hint lacked the --config a resume needs."""
+    run = tmp_path / "my runs" / "运行 1"
+    train(load_config(None, overrides(tiny_checkpoint, chats, run, max_steps=1, save_steps=1, eval_steps=0,
+                                      report_to="none")))
+    readme = (run / "README.md").read_text()
+    commands = [line.strip() for line in readme.split("Next:")[1].splitlines() if line.strip()]
+
+    def shell(line: str) -> subprocess.CompletedProcess:  # as a user pastes it, `assistant` this checkout's
+        return subprocess.run(["bash", "-c", f'assistant() {{ "{sys.executable}" -m myassistant.scripts.cli "$@"; }}; '
+                               + line], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    said = shell(next(c for c in commands if c.startswith("assistant chat ")) + " --prompt hi --max-new-tokens 2")
+    assert said.returncode == 0, said.stderr[-2000:]
+    merged = shell(next(c for c in commands if c.startswith("assistant merge ")))
+    assert merged.returncode == 0 and (tmp_path / "my runs" / "运行 1-merged" / "config.json").is_file(), merged.stderr
+    again = shell(re.search(r"`(assistant train --config .* --resume)`", readme)[1] + " train.max_steps=2")
+    assert again.returncode == 0 and json.loads((run / "run.json").read_text())["steps"] == 2, again.stderr[-2000:]
 
 
 def test_resume_after_stop_matches_uninterrupted_run(lora_run, tiny_checkpoint, chats, tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -172,18 +173,19 @@ def _what_it_is(base: str, method: str, info: dict) -> tuple[str, str]:
     return f"a {tuned} fine-tune of {base}", weights
 
 
-def _next_commands(run_dir: Path, base: str, info: dict) -> list[str]:
-    """The commands that use the folder, as they run for its kind (a report's data, merge before chat)."""
-    merged = run_dir.parent / (run_dir.name + "-merged")
-    merge = f"assistant merge {run_dir} --out {merged}"
+def _next_commands(run_dir: Path, info: dict) -> list[str]:
+    """The commands that use the folder, as they run for its kind (a report's data, merge before chat), its paths
+    quoted for a shell."""
+    run, merged = shlex.quote(str(run_dir)), shlex.quote(str(run_dir.parent / (run_dir.name + "-merged")))
+    merge = f"assistant merge {run} --out {merged}"
     if info.get("kind") == "pictures":
         return [merge, f"assistant chat {merged} --image PICTURE",
-                f"assistant report {run_dir} --data EVAL_FOLDER_OR_LLAVA_FILE --image-folder PICTURES"]
-    chat = f"assistant chat {base} --adapter {run_dir}" if info.get("adapter") else f"assistant chat {run_dir}"
+                f"assistant report {run} --data EVAL_FOLDER_OR_LLAVA_FILE --image-folder PICTURES"]
+    chat = f"assistant chat {run}"  # (a LoRA run: its base with its adapter)
     if info.get("kind") in ("pretrain", "mixed"):
-        return [f"assistant report {run_dir} --data HELD_OUT_TEXT", f'{chat} --complete "THE START OF A TEXT"',
-                chat, merge]
-    return [f"assistant report {run_dir}", chat, merge]
+        return [f"assistant report {run} --data HELD_OUT_TEXT", f'{chat} --complete "THE START OF A TEXT"', chat, merge]
+    report = [f"assistant report {run}"] if data_dir(run_dir) else []  # (the report asks identity data's questions)
+    return [*report, chat, merge]
 
 
 def write_readme(run_dir: Path, base: str, method: str, info: dict) -> Path:
@@ -203,8 +205,9 @@ def write_readme(run_dir: Path, base: str, method: str, info: dict) -> Path:
              f"| {RUN_CONFIG_NAME} | the resolved config: base model, method, data, every hyper-parameter |",
              f"| {RUN_INFO_NAME} | the assistant's name, steps, loss, tokens, time |", weights,
              logs,
-             "| checkpoint-N/ | checkpoints (`assistant train --resume` continues from the newest) |", "",
-             "Next:", "", *(f"    {command}" for command in _next_commands(run_dir, base, info)), ""]
+             f"| checkpoint-N/ | checkpoints (`assistant train --config {shlex.quote(str(run_dir / RUN_CONFIG_NAME))} "
+             "--resume` continues from the newest) |", "",
+             "Next:", "", *(f"    {command}" for command in _next_commands(run_dir, info)), ""]
     path = run_dir / "README.md"
     tmp = path.with_name("README.md.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
