@@ -143,7 +143,7 @@ def test_mostly_duplicate_file_warns(tmp_path, caplog):
     other = {"text": "something else"}
     with caplog.at_level(logging.WARNING, logger="myassistant.trainer.data"):
         load_records(jsonl(tmp_path / "dup.jsonl", [{"text": "same"}] * 8 + [other, {"text": "x"}]))
-    assert "7 of 10 records are identical; the model will over-fit" in caplog.text
+    assert "7 of 10 records are copies of others (3 distinct); the model will over-fit" in caplog.text
     caplog.clear()
     load_records(jsonl(tmp_path / "ok.jsonl", [{"text": "same"}] * 2 + [other]))
     assert "identical" not in caplog.text

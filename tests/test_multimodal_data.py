@@ -47,6 +47,13 @@ def test_data_check_accepts_a_llava_file_with_text_chats(tmp_path, pictures):
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout)
     assert (stats["records"], stats["with_images"], stats["text_only"], stats["images"]) == (4, 3, 1, 4)
+    assert stats["duplicates"] == 0 and "copies of others" not in proc.stderr
+
+    copies = _write(tmp_path, [_chat("<image>\nWhat colour?", "Red.", "pics/big.jpg")] * 5 + [_chat("Hi", "Hello!")],
+                    name="copies.jsonl")  # one picture question x 5: each copy was read at its own line
+    proc = cli("data", "check", str(copies))
+    assert json.loads(proc.stdout)["duplicates"] == 4 and "4 of 6 records are copies of others (2 distinct)" in \
+        proc.stderr, proc.stderr
 
 
 def test_data_check_counts_each_picture_as_its_tokens(tmp_path, pictures, tiny_checkpoint, tiny_vision_encoder):

@@ -27,14 +27,20 @@ IGNORE_INDEX = -100  # the label value torch's cross-entropy (and transformers' 
 DUPLICATE_SHARE = 0.5  # warn when more than this share of a file's records are copies
 
 
+def warn_duplicates(path: str | Path, records: Sequence[dict]) -> None:
+    """A warning when most of a file's records are copies of others (the one pair x 10,000 that self-cognition
+    data often is)."""
+    duplicates = count_duplicates(records)
+    if duplicates > DUPLICATE_SHARE * len(records):
+        log.warning("%s: %d of %d records are copies of others (%d distinct); the model will over-fit them "
+                    "(deduplicate, or mix in other data)", path, duplicates, len(records), len(records) - duplicates)
+
+
 def load_records(path: str | Path, fmt: str = "auto", encoding: str = "utf-8") -> list[dict]:
     """Read and validate a data file; each record is ``{"messages": [...]}`` or ``{"text": ...}``."""
     records, used = read_records(path, fmt, encoding)
     log.info("%s: %d records (format %s)", path, len(records), used)
-    duplicates = count_duplicates(records)
-    if duplicates > DUPLICATE_SHARE * len(records):
-        log.warning("%s: %d of %d records are identical; the model will over-fit them "
-                    "(deduplicate, or mix in other data)", path, duplicates, len(records))
+    warn_duplicates(path, records)
     opening = sum(1 for r in records if r.get("messages") and r["messages"][0]["role"] == "assistant")
     if opening:
         log.warning("%s: %d of %d records open with an assistant turn; no question asks for it, so it is context, "
@@ -46,9 +52,13 @@ def load_records(path: str | Path, fmt: str = "auto", encoding: str = "utf-8") -
     return records
 
 
+WHERE_KEYS = ("image_where",)  # where a record was read (file:line), which its copies differ in
+
+
 def count_duplicates(records: Sequence[dict]) -> int:
-    """How many records are a copy of an earlier one."""
-    unique = {json.dumps(r, sort_keys=True, ensure_ascii=False) for r in records}
+    """How many records are a copy of an earlier one (what they say, not where they were read)."""
+    unique = {json.dumps({k: v for k, v in r.items() if k not in WHERE_KEYS}, sort_keys=True, ensure_ascii=False)
+              for r in records}
     return len(records) - len(unique)
 
 

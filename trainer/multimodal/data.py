@@ -27,6 +27,7 @@ from PIL import Image
 from myassistant.model import IMAGE_TOKEN, add_image_token
 from myassistant.model.pictures import TOO_LARGE, open_picture
 from myassistant.trainer.data import IGNORE_INDEX, DataError, describe, tokenize_records
+from myassistant.trainer.data.dataset import warn_duplicates
 from myassistant.trainer.data.dataset import token_stats
 from myassistant.trainer.data.formats import PARSERS, _Where, detect_format, read_json_records
 
@@ -116,6 +117,7 @@ def load_llava_records(path: str | Path, image_folder: str | Path | None = None,
         raise DataError(f"{path}: the file holds no records (an empty JSON array)")
     log.info("%s: %d records, %d with pictures (images from %s)", path, len(records),
              sum(bool(r["images"]) for r in records), folder)
+    warn_duplicates(path, records)
     return records
 
 
