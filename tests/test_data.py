@@ -303,7 +303,7 @@ def test_a_json_array_is_read_whatever_the_file_is_called_and_the_encoding_is_ho
         assert source_kind(str(path), "auto", TextSpec()) == "chat" and load_records(path)[0] == CONVERSATION
     gbk = tmp_path / "gbk.jsonl"
     gbk.write_bytes((json.dumps(CONVERSATION, ensure_ascii=False) + "\n").encode("gb18030"))
-    with pytest.raises(DataError, match="it decodes as gb18030: set data.encoding=gb18030 \\(`data check` / `data identity`: --encoding "
+    with pytest.raises(DataError, match="it reads as gb18030: set data.encoding=gb18030 \\(`data check` / `data identity`: --encoding "
                                         "gb18030\\), or save the file as UTF-8$"):
         load_records(gbk)
     assert load_records(gbk, encoding="gb18030") == [CONVERSATION]

@@ -318,8 +318,34 @@ def test_non_utf8_file_is_one_line_naming_the_encoding(tiny_checkpoint, tmp_path
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == (
         f"assistant train: error: {tmp_path / 'gbk.txt'}:1: not utf-8 text (byte 0xb5: invalid start byte); "
-        "it decodes as gb18030: set data.encoding=gb18030 (`data check` / `data identity`: --encoding gb18030), or save the file as UTF-8")
+        "it reads as gb18030: set data.encoding=gb18030 (`data check` / `data identity`: --encoding gb18030), or save the file as UTF-8")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("encoding, text", [
+    ("big5", "這是一個測試，我們用繁體中文寫的句子。今天天氣很好。\n"),
+    ("shift_jis", "これは日本語のテストです。今日はいい天気ですね。\n"),
+    ("euc-kr", "이것은 한국어 테스트입니다. 오늘 날씨가 좋네요.\n"),
+    ("cp1252", "Café déjà vu, naïve façade, crème brûlée.\n"),
+])
+def test_the_encoding_named_is_the_files_not_gb18030_which_reads_almost_any_bytes(tmp_path, encoding, text):
+    """Big5 and Shift_JIS files were told "it decodes as gb18030", which trained them as garbled text."""
+    from myassistant.trainer.data.corpus import check_file
+
+    path = tmp_path / f"{encoding}.txt"
+    path.write_bytes((text * 3).encode(encoding))
+    with pytest.raises(DataError, match=rf"; it reads as {encoding}: set data.encoding={encoding} "):
+        check_file(path, TextSpec())
+
+
+def test_a_utf8_file_whose_first_mib_is_ascii_is_still_read_as_utf8(tokenizer, tmp_path, caplog):
+    """Its Chinese after the sample was read as data.encoding gb18030 ('中文' -> '涓枃')."""
+    text = "a" * (1 << 20) + "\n\n中文段落。\n"
+    (tmp_path / "late.txt").write_text(text, encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        stream = tokenize_corpus(tmp_path / "late.txt", tokenizer, TextSpec(encoding="gb18030"))
+    assert "read as UTF-8, not data.encoding gb18030" in caplog.text
+    assert stream.tokens.tolist()[-len(doc_ids(tokenizer, ["中文段落。"])):] == doc_ids(tokenizer, ["中文段落。"])
 
 
 def test_utf16_files_from_windows_notepad_are_read(tokenizer, tmp_path):

@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from myassistant.trainer.data.corpus import TEXT_UNITS, unknown_encoding
+from myassistant.trainer.data.corpus import TEXT_UNITS
+from myassistant.trainer.data.encodings import unknown_encoding
 from myassistant.trainer.data.formats import FORMATS
 from myassistant.trainer.yaml_fields import apply_tree, key_lines, parse_override, repeated_keys
 

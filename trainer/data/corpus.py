@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .encodings import SNIFF_BYTES, check_encoding, decode_error, file_encoding, is_wide, with_bom
 from .formats import DataError, broken_character, malformed_line, record_continues
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,6 @@ SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 # Longer documents are tokenised in pieces of at most this many characters: a tokenised batch of pieces is Python
 # lists of ~36 bytes a token, so a novel handed on whole, or in pieces of 1M characters, took ~100x its size in RAM.
 PIECE_CHARS = 1 << 13
-SNIFF_BYTES = 1 << 20  # read up front to refuse binary and wrongly-encoded files before any work
-# Encodings a non-UTF-8 text file commonly is, tried in order to name one in the error.
-CANDIDATE_ENCODINGS = ("gb18030", "big5", "shift_jis", "euc-kr", "cp1252")
 _BLANK = re.compile(r"[ \t\r\f\v]*\n?")
 _SENTENCE_END = re.compile(r"[。！？；]|[.!?;](?=\s)")  # "3.14" and "e.g." are no cut
 
@@ -96,7 +94,7 @@ def check_file(path: Path, spec: TextSpec) -> None:
         head = f.read(SNIFF_BYTES)
     check_encoding(spec.encoding)
     encoding = file_encoding(path, spec.encoding, head)
-    nul = -1 if _is_wide(encoding) else head.find(b"\0")  # UTF-16 / 32 text holds NUL bytes
+    nul = -1 if is_wide(encoding) else head.find(b"\0")  # UTF-16 / 32 text holds NUL bytes
     if nul >= 0:  # NUL: not text
         raise DataError(f"{path}: a binary file (NUL byte at offset {nul}), not text; "
                         f"training reads text files ({', '.join(SUFFIXES)})")
@@ -106,85 +104,6 @@ def check_file(path: Path, spec: TextSpec) -> None:
         if len(head) == SNIFF_BYTES and err.start >= len(head) - 4:
             return  # a character cut at the end of the sample, not a wrong encoding
         raise decode_error(path, head, err, encoding) from None
-
-
-def _is_wide(encoding: str) -> bool:
-    """UTF-16 / UTF-32: a line ends in more than one byte, so such a file is read as text, not split at newline
-    bytes."""
-    import codecs
-
-    return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
-
-
-def with_bom(encoding: str) -> str:
-    """The codec that reads ``encoding``: for UTF-8 the one that drops a byte-order mark (a BOM is no JSON or text)."""
-    return "utf-8-sig" if _is_utf8(encoding) else encoding
-
-
-def _is_utf8(encoding: str) -> bool:
-    return encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
-
-
-def unknown_encoding(encoding: str, setting: str = "data.encoding") -> str | None:
-    """The one line for an encoding name Python does not know, naming the setting; None for a known one."""
-    import codecs
-
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        return f"{setting}: {encoding!r} is not an encoding Python knows (e.g. utf-8, gb18030)"
-    return None
-
-
-def check_encoding(encoding: str) -> None:
-    """Refuse an encoding name Python does not know, naming the setting."""
-    if problem := unknown_encoding(encoding):
-        raise DataError(problem)
-
-
-def file_encoding(path: Path, encoding: str, head: bytes | None = None) -> str:
-    """The codec ``path`` is read with: ``encoding``, except that a file whose bytes are UTF-8 text with non-ASCII
-    characters is read as UTF-8 (and said once). gb18030 and the like decode UTF-8 bytes without an error, into other
-    characters, so a UTF-8 file in a folder whose data.encoding names the others' encoding was trained on garbled.
-    A UTF-16 byte-order mark (Windows Notepad's "Unicode" save) is read as UTF-16 whatever the setting says."""
-    if head is None:
-        with open(path, "rb") as f:
-            head = f.read(SNIFF_BYTES)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) and not head.startswith(b"\xff\xfe\0\0"):
-        return "utf-16"  # the codec reads the mark and its byte order
-    if _is_utf8(encoding) or head.isascii():
-        return encoding
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as err:
-        if not (len(head) == SNIFF_BYTES and err.start >= len(head) - 4):  # (a character cut at the sample's end)
-            return encoding
-    _say_utf8(str(path), encoding)
-    return "utf-8"
-
-
-@functools.cache  # once per file and process
-def _say_utf8(path: str, encoding: str) -> None:
-    log.warning("%s: read as UTF-8, not data.encoding %s: it is UTF-8 text, which %s would turn into other characters",
-                path, encoding, encoding)
-
-
-def decode_error(path: Path, data: bytes, err: UnicodeDecodeError, encoding: str, line_offset: int = 0) -> DataError:
-    """One line: file:line, the byte, and the common encoding the bytes do decode as (or what to do)."""
-    line = line_offset + data[: err.start].count(b"\n") + 1
-    fits = [e for e in CANDIDATE_ENCODINGS if e != encoding and _decodes(data, e)]
-    flag = "`data check` / `data identity`: --encoding"
-    hint = (f"it decodes as {fits[0]}: set data.encoding={fits[0]} ({flag} {fits[0]}), or save the file as UTF-8"
-            if fits else f"save it as UTF-8, or set data.encoding ({flag}) to the file's encoding")
-    return DataError(f"{path}:{line}: not {encoding} text (byte 0x{data[err.start]:02x}: {err.reason}); {hint}")
-
-
-def _decodes(data: bytes, encoding: str) -> bool:
-    try:
-        data.decode(encoding)
-    except UnicodeDecodeError as err:
-        return err.start >= len(data) - 4  # only a character cut at the end
-    return True
 
 
 def _check_parquet(path: Path, spec: TextSpec) -> None:
@@ -216,7 +135,7 @@ def iter_pieces(files: list[Path], spec: TextSpec) -> Iterator[dict]:
 def _lines(path: Path, encoding: str) -> Iterator[str]:
     """The lines of a text file (ends kept), decoding errors as ``DataError`` with the line number."""
     lineno = 0
-    if _is_wide(encoding):  # a line ends in 2 or 4 bytes (b"\n\0" ...): Python's text reading finds them
+    if is_wide(encoding):  # a line ends in 2 or 4 bytes (b"\n\0" ...): Python's text reading finds them
         try:
             with open(path, encoding=encoding, newline="") as text:
                 yield from text

@@ -42,7 +42,7 @@ class DataError(ValueError):
 def read_text(path: Path, encoding: str = "utf-8") -> str:
     """The whole file in ``encoding`` (UTF-8: a BOM dropped); otherwise one line naming file:line and the encoding the
     bytes do decode as (the same message as raw text's)."""
-    from .corpus import check_encoding, decode_error, file_encoding, with_bom  # corpus imports this
+    from .encodings import check_encoding, decode_error, file_encoding, with_bom  # (encodings imports this module)
 
     check_encoding(encoding)
     data = path.read_bytes()
