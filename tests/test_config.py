@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -68,6 +69,26 @@ def test_every_problem_is_reported_at_once_with_file_and_line(tmp_path):
     assert "train.deepspeed: 'zero9' is not one of zero2" in msg
     assert "optim: unknown section" in msg
     assert "6 problem(s)" in msg
+
+
+def test_configs_saved_by_windows_editors_and_list_overrides_that_are_no_lists(tmp_path):
+    """A UTF-16 (Notepad's "Unicode") or GBK config was a UnicodeDecodeError traceback; `[a, b?]` and `a,b` for a
+    list became one string: one prompt, one module named 'q_proj,v_proj'; and the header blamed the YAML file."""
+    notepad = tmp_path / "notepad.yaml"
+    notepad.write_text("model:\n  base: m  # 基座\ndata:\n  train_file: d.jsonl\ntrain:\n  output_dir: o\n",
+                       encoding="utf-16")
+    assert load_config(notepad).model.base == "m"
+    ansi = tmp_path / "ansi.yaml"
+    ansi.write_bytes("model:\n  base: m  # 基座模型\n".encode("gb18030"))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(ansi))}:2: not UTF-8 text \(byte 0x\w+\); save the "
+                                          "config as UTF-8$"):
+        load_config(ansi)
+    with pytest.raises(ConfigError) as err:
+        load_config(notepad, ["lora.target_modules=q_proj,v_proj", "data.eval_prompts=[你是谁, Who are you?]"])
+    assert str(err.value).startswith("config: 2 problem(s): ")  # both from overrides, none from the file
+    assert "lora.target_modules: 'q_proj,v_proj' is one name; a list is written [q_proj, v_proj]" in str(err.value)
+    assert "override 'data.eval_prompts=[你是谁, Who are you?]': not a YAML list or mapping" in str(err.value)
+    assert load_config(notepad, ["data.eval_prompts=Hi, who are you?"]).data.eval_prompts == ["Hi, who are you?"]
 
 
 def test_an_output_dir_that_is_a_file_is_a_config_error(tmp_path):

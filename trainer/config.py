@@ -200,6 +200,9 @@ def lora_target_modules(names: list[str]) -> list[str] | str:
     return out
 
 
+_NAME_SEPARATORS = re.compile(r"[,\s]+")
+
+
 def validate(cfg: RunConfig) -> list[str]:
     """Every value problem in ``cfg`` (empty when the config can run)."""
     m, lo, q, d, t, v = cfg.model, cfg.lora, cfg.quant, cfg.data, cfg.train, cfg.vision
@@ -210,6 +213,8 @@ def validate(cfg: RunConfig) -> list[str]:
         (lo.lora_alpha > 0, f"lora.lora_alpha: must be > 0, got {lo.lora_alpha}"),
         (0 <= lo.lora_dropout < 1, f"lora.lora_dropout: must be in [0, 1), got {lo.lora_dropout}"),
         (bool(lo.target_modules), "lora.target_modules: empty; e.g. [q_proj, v_proj] or [all-linear]"),
+        *((" " not in name and "," not in name, f"lora.target_modules: {name!r} is one name; a list is written "
+           f"[{', '.join(_NAME_SEPARATORS.split(name.strip()))}]") for name in lo.target_modules),
         *((bool(re.fullmatch(r"\s*[\w.]+\s*=\s*[1-9]\d*\s*", e)), f"lora.rank_pattern: {e!r} is not NAME=RANK, e.g. q_proj=4")
           for e in lo.rank_pattern),
         (lo.bias in ("none", "all", "lora_only"), f"lora.bias: {lo.bias!r} is not one of none, all, lora_only"),
@@ -275,16 +280,23 @@ def load_config(yaml_path: str | Path | None, overrides: list[str] | tuple[str, 
         if not path.exists() and path.parent == Path(".") and shipped.is_file():
             path = shipped  # a shipped preset by the name `assistant presets list` prints
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
+            # Notepad's "Unicode" save is UTF-16 with a byte-order mark; a UTF-8 one may start with a mark too
+            text = raw.decode("utf-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig")
             tree = yaml.safe_load(text)
         except (FileNotFoundError, IsADirectoryError):
             raise ConfigError(f"{path}: config file not found; `assistant presets list` shows the shipped ones") from None
+        except UnicodeDecodeError as err:
+            line = raw[:err.start].count(b"\n") + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the config as "
+                              "UTF-8") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}{line}: not valid YAML: {getattr(err, 'problem', err)}") from None
         problems += repeated_keys(text, str(path))
         apply_tree(cfg, tree, str(path), problems, key_lines(text))
+    in_file = len(problems)
     for text in overrides:
         parsed = parse_override(text)
         if isinstance(parsed, str):
@@ -294,7 +306,7 @@ def load_config(yaml_path: str | Path | None, overrides: list[str] | tuple[str, 
         apply_tree(cfg, {section: {key: value}}, f"override {text!r}", problems)
     problems += validate(cfg)  # values that failed to parse kept their (valid) defaults
     if problems:
-        where = str(yaml_path) if yaml_path else "config"
+        where = str(yaml_path) if yaml_path and in_file else "config"  # (each problem names its file or override)
         raise ConfigError(f"{where}: {len(problems)} problem(s): " + "; ".join(problems))
     return cfg
 

@@ -167,6 +167,9 @@ def parse_override(text: str) -> tuple[str, str, Any] | str:
         return f"override {text!r}: expected section.key=value, e.g. train.max_steps=100"
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as err:
+        if raw.strip().startswith(("[", "{")):  # meant as a list / mapping: as one string it would be taken silently
+            return (f"override {text!r}: not a YAML list or mapping ({getattr(err, 'problem', err)}); quote items "
+                    "with ':', '?', ',' or '#' in them, e.g. data.eval_prompts='[\"Who are you?\", 你是谁]'")
+        value = raw  # a plain string YAML cannot read as one (e.g. a prompt with ': ' in it)
     return section, key, value
