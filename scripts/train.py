@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         from myassistant.trainer.preflight import run_problems
 
-        problems = run_problems(cfg)
+        problems = run_problems(cfg, resume=args.resume, overwrite=args.overwrite)
         for problem in problems:  # as training says each, one line each
             sys.stderr.write(f"assistant train: error: {problem}\n")
         if problems:

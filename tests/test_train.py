@@ -282,6 +282,9 @@ def test_overwrite_trains_a_finished_run_again_from_the_start(tiny_checkpoint, c
     again = overrides(tiny_checkpoint, chats, out, max_steps=2, save_steps=1, eval_steps=0, report_to="none")
     both = run_cli("train", *again, "--resume", "--overwrite")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr, both.stderr
+    checked = cli("train", *again, "--check")  # --check said OK where training would refuse
+    assert checked.returncode == 1 and "already holds a run; add --resume to continue it" in checked.stderr
+    assert cli("train", *again, "--check", "--overwrite").returncode == 0
     kept = sorted(p.name for p in out.iterdir())
     for typo in ("data.train_file=" + str(tmp_path / "chat.jsonl"), "model.base=" + str(tmp_path / "nomodel")):
         failed = run_cli("train", *again, typo, "--overwrite")  # a typo in the new run: the old one stays whole

@@ -10,6 +10,7 @@ all of them at once.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from myassistant.model import CheckpointError, check_vision_encoder, picture_tokens, read_config
@@ -18,12 +19,16 @@ from myassistant.trainer.data import describe, load_records
 from myassistant.trainer.data.corpus import TextSpec, check_file, find_files
 from myassistant.trainer.data.formats import DataError
 from myassistant.trainer.data.sources import describe_text, resolve_sources, source_kind
+from myassistant.trainer.resume import prepare_run_dir
 
 
-def run_problems(cfg: RunConfig) -> list[str]:
+def run_problems(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> list[str]:
     """One message per path of ``cfg`` that is not there (or is no model folder where one is needed), per data source
-    that training could not read (``data_problems``), and per thing the run needs that this machine lacks."""
-    checks: list[Callable[[], object]] = [lambda: read_config(cfg.model.base)]
+    that training could not read (``data_problems``), and per thing the run needs that this machine lacks; and the
+    run folder as ``train`` would find it with these --resume / --overwrite (a run there, a folder of other files)."""
+    checks: list[Callable[[], object]] = [
+        lambda: read_config(cfg.model.base),
+        lambda: prepare_run_dir(Path(cfg.train.output_dir).resolve(), cfg, resume, main=False, overwrite=overwrite)]
     if cfg.vision.encoder:
         from myassistant.trainer.multimodal.model import check_projector_source
 
