@@ -208,6 +208,9 @@ class ChatEngine:
                              else f", or chat over its base with `assistant chat BASE --adapter {path}`")
                 raise EngineError(f"{path}: a training run's adapter, not a model; merge it first (`assistant merge "
                                   f"{path} --out MERGED`) and serve MERGED{over_base}")
+            if (path / PROJECTOR_WEIGHTS).is_file():  # LLaVA stage 1: no language model of its own
+                raise EngineError(f"{path}: a LLaVA stage-1 run (the projector alone), not a model; stage 2 trains from "
+                                  f"it (vision.projector={path}), and its merged folder chats about pictures")
             if path.is_file() and path.suffix == ".gguf":
                 raise EngineError(f"{path}: a GGUF file, for llama.cpp / Ollama / LM Studio (README, CPU export); "
                                   "chat here takes the model folder it was exported from")

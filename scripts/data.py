@@ -7,6 +7,7 @@ import json
 import re
 import sys
 
+from myassistant.scripts.argtypes import at_least
 from myassistant.trainer.data.corpus import TEXT_UNITS
 from myassistant.trainer.data.formats import DataError
 from myassistant.trainer.identity import OLD_NAMES, IdentitySpec, write_identity_dataset
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                    "pretrain.jsonl, finetune.jsonl, held-out eval.jsonl")
     shapes = sub.add_parser("shapes", allow_abbrev=False, help=shapes_help, description=shapes_help[0].upper() + shapes_help[1:] + ".")
     shapes.add_argument("--out", required=True, help="output folder")
-    shapes.add_argument("--per-class", type=int, default=24, help="training pictures per colour and shape (default 24)")
-    shapes.add_argument("--eval-per-class", type=int, default=4, help="held-out pictures per class (default 4)")
+    shapes.add_argument("--per-class", type=at_least(1, "each class needs a training picture"), default=24,
+                        help="training pictures per colour and shape (default 24)")
+    shapes.add_argument("--eval-per-class", type=at_least(1, "the report needs a held-out picture of each class"),
+                        default=4, help="held-out pictures per class (default 4)")
     shapes.add_argument("--size", type=int, default=64, help="picture side in pixels (default 64)")
     shapes.add_argument("--seed", type=int, default=0, help="random seed: the same seed draws the same pictures (default 0)")
     check = sub.add_parser(
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--format", default="auto",
                        help="auto (detected from the first record), openai, xtuner, alpaca, sharegpt or text (default auto)")
     check.add_argument("--tokenizer", help="model folder whose tokenizer gives token statistics")
-    check.add_argument("--max-length", type=int, default=2048, help="tokens per sample for the statistics (default 2048)")
+    check.add_argument("--max-length", type=at_least(1, "a sample holds at least 1 token"), default=2048,
+                       help="tokens per sample for the statistics (default 2048)")
     check.add_argument("--text-unit", default="paragraph", choices=TEXT_UNITS,
                        help="raw .txt: paragraph (default), line or file per document")
     check.add_argument("--text-field", default="text", help="raw text: the JSON field / Parquet column (default text)")

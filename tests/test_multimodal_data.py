@@ -118,6 +118,13 @@ def test_tokens_expand_pictures_without_loss_and_pack_with_text(tiny_llava, tmp_
         collate([packed[0]], text_collate=lambda f: {}, image_processor=processor.image_processor)
 
 
+def test_shapes_refuses_counts_that_make_no_data(tmp_path):
+    """--per-class 0 wrote an empty pretrain.jsonl."""
+    for flag in ("--per-class", "--eval-per-class"):
+        made = cli("data", "shapes", "--out", str(tmp_path / "s"), flag, "0")
+        assert made.returncode == 2 and f"argument {flag}: 0: " in made.stderr and not (tmp_path / "s").exists()
+
+
 def test_shapes_set_is_llava_data_with_held_out_pictures(tmp_path):
     out = write_shapes_dataset(tmp_path / "shapes", per_class=2, eval_per_class=1)
     meta = json.loads((out / "meta.json").read_text())

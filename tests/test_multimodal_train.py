@@ -61,6 +61,9 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     s1, s2, merged = tmp_path / "s1", tmp_path / "s2", tmp_path / "merged"
     proc = run_cli("train", *_stage(tiny_checkpoint, tiny_vision_encoder, shapes, s1, "pretrain", "train.max_steps=2"))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    said = cli("chat", str(s1), "--prompt", "hi")  # the projector alone: it said "no config.json here"
+    assert said.returncode == 1 and f"{s1}: a LLaVA stage-1 run (the projector alone), not a model; stage 2 trains " \
+        f"from it (vision.projector={s1})" in said.stderr, said.stderr
     other = tmp_path / "another-clip"  # an encoder other than stage 1's (here its copy elsewhere): refused, not trained
     for typo in (str(tmp_path / "clip-tny"), "models/clip-tny"):  # absolute, and relative with one '/' (no hub id)
         proc = cli("train", *_stage(tiny_checkpoint, typo, shapes, s2, "finetune", f"vision.projector={s1}"))
