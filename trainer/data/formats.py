@@ -154,14 +154,18 @@ def _read_array(path: Path, text: str, idx: int) -> Iterator[tuple[str, object]]
         idx = _SPACE.match(text, idx + 1).end()
 
 
+def record_format(record: dict) -> str | None:
+    """The format a record's keys mark (``_MARKERS``), or None."""
+    return next((fmt for key, fmt in _MARKERS if key in record), None)
+
+
 def detect_format(path: Path, first: object) -> str:
     """Name the format of a file from its extension or the keys of its first record."""
     if path.suffix == ".txt":
         return "text"
     if isinstance(first, dict):
-        for key, fmt in _MARKERS:
-            if key in first:
-                return fmt
+        if fmt := record_format(first):
+            return fmt
         found = ", ".join(sorted(first)) or "none"
         if {"input", "output"} <= set(first):  # one XTuner turn, not wrapped
             found += ' (one turn of XTuner\'s format: wrap each record\'s turns as {"conversation": [...]})'
