@@ -96,7 +96,7 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads((merged / "report.json").read_text())
     assert rep["kind"] == "pictures" and rep["fine_tuned"]["n"] == 12 and rep["base"]["n"] == 12
-    assert "right colour, held-out pictures" in proc.stdout
+    assert "| right colour |" in proc.stdout and f"Questions: `{shapes / 'eval.jsonl'}`" in proc.stdout
     elsewhere = tmp_path / "evals"  # the questions kept apart from their pictures: --image-folder says where
     elsewhere.mkdir()
     (elsewhere / "eval.jsonl").write_bytes((shapes / "eval.jsonl").read_bytes())

@@ -91,8 +91,9 @@ def _markdown(rep: dict) -> str:
                        ("shape_accuracy", "right shape")):
         if key in ft:
             b = f"{base[key]:.0%}" if base else "–"
-            lines.append(f"| {label}, held-out pictures | {ft[key]:.0%} | {b} | {ft['n']} |")
-    lines += ["", f"Greedy answers, up to {rep['max_new_tokens']} new tokens. Model: `{rep['model']}`.", "",
+            lines.append(f"| {label} | {ft[key]:.0%} | {b} | {ft['n']} |")
+    lines += ["", f"Greedy answers, up to {rep['max_new_tokens']} new tokens. Model: `{rep['model']}`. Questions: "
+              f"`{rep['eval_file']}`.", "",
               "| picture | question | answer | reference |", "|---|---|---|---|"]
     lines += [f"| {p} | {q.replace(chr(10), ' ')} | {a.replace('|', '/')} | {r} |" for p, q, a, r in rep["examples"]]
     return "\n".join(lines) + "\n"
