@@ -64,6 +64,17 @@ def test_conversation_formats_load_to_the_same_messages(tmp_path, name, record):
     assert load_records(jsonl(tmp_path / name, [record, record])) == [CONVERSATION, CONVERSATION]
 
 
+def test_openai_content_parts_are_read_as_their_text(tmp_path):
+    """OpenAI's [{"type": "text", "text": ...}] content was "must be a string, got list"; a picture part is named."""
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "yo"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "Hello."}]}]}
+    assert load_records(jsonl(tmp_path / "parts.jsonl", [parts])) == [{"messages": [
+        {"role": "user", "content": "hi\nyo"}, {"role": "assistant", "content": "Hello."}]}]
+    parts["messages"][0]["content"].append({"type": "image_url", "image_url": {"url": "cat.png"}})
+    with pytest.raises(DataError, match=r"picture.jsonl:1: field 'messages\[0\].content\[2\]' is a 'image_url' part"):
+        load_records(jsonl(tmp_path / "picture.jsonl", [parts]))
+
+
 def test_alpaca_json_array_and_raw_text(tmp_path):
     alpaca = write(tmp_path / "alpaca.json", json.dumps([
         {"instruction": "Translate to English.", "input": "你好", "output": "Hello"},

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .encodings import SNIFF_BYTES, check_encoding, decode_error, file_encoding, is_wide, with_bom
-from .formats import DataError, broken_character, malformed_line, record_continues
+from .formats import DataError, broken_character
+from .jsonfile import malformed_line, read_json_records, record_continues
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +231,6 @@ def _json_pieces(path: Path, spec: TextSpec) -> Iterator[dict]:
     # a JSON array, or records written over several lines each (indent=2): read whole, as chat data is; JSON Lines,
     # the format for big data, streams a line at a time
     if path.suffix.lower() == ".json" or record_continues(_first_line(path, encoding)):
-        from .formats import read_json_records
-
         for line, record in read_json_records(path, encoding):
             text = _field(path, line, record, spec)
             if text.strip():

@@ -12,7 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-from .formats import DataError
+from .errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,11 @@ Files are a JSON array or JSON Lines (one record per line); ``.txt`` is plain te
 from __future__ import annotations
 
 import difflib
-import json
-import re
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
+
+from .errors import DataError
+from .jsonfile import read_json_records
 
 FORMATS = ("openai", "xtuner", "alpaca", "sharegpt", "text")
 ROLES = ("system", "user", "assistant")
@@ -31,127 +32,6 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 # The key that identifies each format in auto-detection, in the order they are tried.
 _MARKERS = (("messages", "openai"), ("conversation", "xtuner"), ("conversations", "sharegpt"),
             ("instruction", "alpaca"), ("text", "text"))
-
-
-class DataError(ValueError):
-    """A data file a user can fix: empty, malformed, a missing field, an unknown role, empty content."""
-
-    user_error = True
-
-
-def read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The whole file in ``encoding`` (UTF-8: a BOM dropped); otherwise one line naming file:line and the encoding the
-    bytes do decode as (the same message as raw text's)."""
-    from .encodings import check_encoding, decode_error, file_encoding, with_bom  # (encodings imports this module)
-
-    check_encoding(encoding)
-    data = path.read_bytes()
-    encoding = file_encoding(path, encoding, data)
-    try:
-        return data.decode(with_bom(encoding))
-    except UnicodeDecodeError as err:
-        raise decode_error(path, data, err, encoding) from None
-
-
-def read_json_records(path: Path, encoding: str = "utf-8") -> Iterator[tuple[str, object]]:
-    """Yield ``(where, record)`` from a JSON array or a JSON Lines file, `where` the record's line (a one-line array:
-    line:column and its number); malformed JSON names file:line and the column."""
-    text = read_text(path, encoding)
-    if not text.strip():
-        raise DataError(f"{path}: the file is empty; it needs at least one record")
-    start = len(text) - len(text.lstrip())
-    if text[start] == "[":
-        yield from _read_array(path, text, start + 1)
-        return
-    if text[start] == "{" and record_continues(text[start:].split("\n", 1)[0]):
-        yield from _read_objects(path, text, start)  # records written over several lines each (indent=2)
-        return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield str(lineno), json.loads(line)
-        except json.JSONDecodeError as err:
-            raise malformed_line(path, lineno, line, err) from None
-
-
-def malformed_line(path: str | Path, lineno: int, line: str, err: json.JSONDecodeError,
-                   otherwise: str = "; each line must be one complete JSON record") -> DataError:
-    """The error for a JSON Lines line that does not parse: file:line, the column, and what is likely wrong."""
-    what = err.msg.removesuffix(" at")  # json's "Invalid control character at": the column follows here
-    hint = _comma_hint(line, err.pos, err.msg) or (
-        "; a tab or line break inside a string: write it as \\t or \\n" if what == "Invalid control character"
-        else otherwise)
-    return DataError(f"{path}:{lineno}: malformed JSON ({what} at column {err.colno}){hint}")
-
-
-def _comma_hint(text: str, pos: int, msg: str) -> str:
-    """'; a trailing comma before ']'' where the parser stopped at a closing bracket after a comma (JSON has none)."""
-    if msg.startswith(("Expecting value", "Expecting property name")) and text[pos:pos + 1] in ("]", "}") and \
-            text[:pos].rstrip().endswith(","):
-        return f"; a trailing comma before '{text[pos]}': JSON allows none, delete it"
-    return ""
-
-
-def record_continues(line: str) -> bool:
-    """Whether a first line is the start of a record that goes on over the next lines (the parser ran out of text,
-    rather than finding something wrong in it)."""
-    try:
-        json.loads(line)
-    except json.JSONDecodeError as err:
-        return err.pos >= len(line.rstrip())
-    return False
-
-
-def _line_col(text: str, pos: int) -> tuple[int, int]:
-    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
-
-
-def _malformed(path: Path, text: str, pos: int, msg: str) -> DataError:
-    line, col = _line_col(text, pos)
-    return DataError(f"{path}:{line}: malformed JSON ({msg} at column {col}){_comma_hint(text, pos, msg)}")
-
-
-def _decode(path: Path, text: str, idx: int) -> tuple[object, int]:
-    try:
-        return _DECODER.raw_decode(text, idx)
-    except json.JSONDecodeError as err:
-        raise _malformed(path, text, err.pos, err.msg) from None
-
-
-_DECODER, _SPACE = json.JSONDecoder(), re.compile(r"\s*")
-
-
-def _read_objects(path: Path, text: str, idx: int) -> Iterator[tuple[str, object]]:
-    """JSON objects one after another, each over several lines (a pretty-printed record, or JSON Lines written with
-    an indent): each record named by the line it starts on."""
-    while idx < len(text):
-        record, end = _decode(path, text, idx)
-        yield str(_line_col(text, idx)[0]), record
-        idx = _SPACE.match(text, end).end()
-
-
-def _read_array(path: Path, text: str, idx: int) -> Iterator[tuple[str, object]]:
-    """Walk a JSON array element by element, so that each record knows the line it starts on (and, where the whole
-    array is one line, as `json.dump` writes it by default, its column and number)."""
-    one_line = "\n" not in text.strip()
-    idx = _SPACE.match(text, idx).end()
-    if text.startswith("]", idx):
-        return
-    number = 0
-    while True:
-        record, end = _decode(path, text, idx)
-        number += 1
-        line, col = _line_col(text, idx)
-        yield (f"{line}:{col} (record {number})" if one_line else str(line)), record
-        idx = _SPACE.match(text, end).end()
-        if text.startswith("]", idx):
-            if text[idx + 1:].strip():
-                raise _malformed(path, text, idx + 1, "extra data after the closing ']'")
-            return
-        if not text.startswith(",", idx):
-            raise _malformed(path, text, idx, "expected ',' or ']' between records")
-        idx = _SPACE.match(text, idx + 1).end()
 
 
 def record_format(record: dict) -> str | None:
@@ -255,6 +135,11 @@ def _weight(where: _Where, turn: dict, label: str, role: str, message: dict) -> 
         message["weight"] = turn["weight"]
 
 
+def _not_text(where: _Where, label: str, part: object) -> str:
+    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+    raise where.error(label, f"is a {kind!r} part; a chat file's messages are text (pictures: a LLaVA file)")
+
+
 def parse_openai(where: _Where, obj: object) -> dict:
     messages = []
     for i, msg in enumerate(where.items(obj, "messages")):
@@ -264,7 +149,14 @@ def parse_openai(where: _Where, obj: object) -> dict:
             meant = SHAREGPT_ROLES.get(role.lower())  # ShareGPT's speakers (human, gpt) in an OpenAI file
             raise where.error(f"messages[{i}].role", f"is '{role}', not one of {', '.join(ROLES)}"
                                                      + (f"; did you mean '{meant}'?" if meant else ""))
-        message = {"role": role, "content": where.text(msg, "content", label=f"messages[{i}].content")}
+        content = msg.get("content")
+        if isinstance(content, list):  # OpenAI's content parts: [{"type": "text", "text": ...}, ...]
+            content = {"content": "\n".join(where.text(part, "text", label=f"messages[{i}].content[{j}].text")
+                                             if isinstance(part, dict) and part.get("type") == "text" else
+                                             _not_text(where, f"messages[{i}].content[{j}]", part)
+                                             for j, part in enumerate(content))}
+        message = {"role": role, "content": where.text(content if isinstance(content, dict) else msg, "content",
+                                                       label=f"messages[{i}].content")}
         _weight(where, msg, f"messages[{i}].weight", role, message)
         messages.append(message)
     return _conversation(where, messages)

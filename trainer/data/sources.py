@@ -23,7 +23,8 @@ from . import dataset as chat_data
 from .blocks import TextBlocks, tokenize_corpus
 from .corpus import TextSpec, check_file, find_files
 from .encodings import file_encoding, with_bom
-from .formats import DataError, detect_format, malformed_line, read_json_records, record_continues, record_format
+from .formats import DataError, detect_format, record_format
+from .jsonfile import malformed_line, read_json_records, record_continues
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from myassistant.model.pictures import TOO_LARGE, open_picture
 from myassistant.trainer.data import IGNORE_INDEX, DataError, describe, tokenize_records
 from myassistant.trainer.data.dataset import warn_duplicates
 from myassistant.trainer.data.dataset import token_stats
-from myassistant.trainer.data.formats import PARSERS, _Where, detect_format, read_json_records
+from myassistant.trainer.data.formats import PARSERS, _Where, detect_format
+from myassistant.trainer.data.jsonfile import read_json_records
 
 log = logging.getLogger(__name__)
 
