@@ -150,6 +150,16 @@ def test_bad_files_name_file_line_and_field(tmp_path, name, text, expected):
     assert type(err.value).user_error is True
 
 
+def test_every_record_with_a_problem_is_named_at_once(tmp_path):
+    """A ShareGPT dump with 4 bad records took 4 runs of `data check` to find them: the first is said, the rest placed."""
+    good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    empty = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}
+    with pytest.raises(DataError) as err:
+        load_records(jsonl(tmp_path / "many.jsonl", [good, empty, good, empty, empty, good, empty]))
+    assert str(err.value) == (f"{tmp_path / 'many.jsonl'}:2: field 'messages[1].content' is empty; remove the record or "
+                              "fill it in (3 more record(s) with problems: many.jsonl:4, many.jsonl:5, many.jsonl:7)")
+
+
 def test_mostly_duplicate_file_warns(tmp_path, caplog):
     other = {"text": "something else"}
     with caplog.at_level(logging.WARNING, logger="myassistant.trainer.data"):

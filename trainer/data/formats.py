@@ -255,20 +255,30 @@ def read_records(path: str | Path, fmt: str = "auto", encoding: str = "utf-8") -
         return read_text_documents(path), "text"
     from myassistant.model.llava import IMAGE_TOKEN
 
-    records, parse = [], None
+    records, parse, bad = [], None, []  # bad: (where, error) of each record with a problem, all said at once
     for line, obj in read_json_records(path, encoding):
         if parse is None:
             fmt = detect_format(path, obj) if fmt == "auto" else fmt
             parse = PARSERS[fmt]
         where = _Where(path, line)
-        record = parse(where, obj)
-        # a picture record read as text would train on the words "<image>", its picture dropped
-        if isinstance(obj, dict) and obj.get("image"):
-            raise where.error("image", "names a picture, and text data has none: a multimodal run reads it "
-                                       "(vision.encoder set, see README \"Multimodal\")")
-        if any(m["role"] == "user" and m["content"].startswith(IMAGE_TOKEN) for m in record.get("messages", [])[:2]):
-            raise where.error("image", f"is missing: the record opens with the {IMAGE_TOKEN} placeholder of a picture")
+        try:
+            record = parse(where, obj)
+            # a picture record read as text would train on the words "<image>", its picture dropped
+            if isinstance(obj, dict) and obj.get("image"):
+                raise where.error("image", "names a picture, and text data has none: a multimodal run reads it "
+                                           "(vision.encoder set, see README \"Multimodal\")")
+            if any(m["role"] == "user" and m["content"].startswith(IMAGE_TOKEN)
+                   for m in record.get("messages", [])[:2]):
+                raise where.error("image", f"is missing: the record opens with the {IMAGE_TOKEN} placeholder of a "
+                                           "picture")
+        except DataError as err:
+            bad.append((line, err))
+            continue
         records.append(record)
+    if bad:  # the first problem, and where the others are: one run, not one a problem, to find them all
+        more = (f" ({len(bad) - 1} more record(s) with problems: {', '.join(f'{path.name}:{w}' for w, _ in bad[1:6])}"
+                f"{' ...' if len(bad) > 6 else ''})" if len(bad) > 1 else "")
+        raise DataError(f"{bad[0][1]}{more}")
     if not records:
         raise DataError(f"{path}: the file holds no records (an empty JSON array)")
     return records, fmt
