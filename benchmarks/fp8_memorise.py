@@ -16,7 +16,9 @@ fit: ``forward`` (x and W a scale a row, forward only), ``dgrad`` (dy and W a sc
 ``block`` (both directions, a scale a 128 values of x / dy and a 128 x 128 block of W: DeepSeek-V3's recipe, which
 ``torch._scaled_mm`` runs on Hopper).
 
-Prints a JSON line a form (its loss every 4 steps and the last), then one with each form's last loss minus plain's.
+Prints a JSON line a form (its loss every 4 steps and the last, and the fitted model's loss with plain products, as
+evaluation runs it), then one with each form's last loss minus plain's and its plain-products loss minus plain's: a
+gap that closes there is the rounded forward measuring the same fit noisily; one that stays is a worse fit.
 """
 from __future__ import annotations
 
@@ -74,10 +76,14 @@ def use_rounded_products(model, form: str) -> None:
     for module in model.modules():
         if hasattr(module, "lora_A") and "default" in module.lora_A:
             base = module.base_layer
-            base.forward = lambda x, base=base: _RoundedProduct.apply(x, base.weight.detach(), form)
+            base.forward = lambda x, base=base: (_RoundedProduct.apply(x, base.weight.detach(), form) if base.training
+                                                 else torch.nn.functional.linear(x, base.weight))
 
 
-def fit(base, state: dict, batch: torch.Tensor, form: str, steps: int) -> list[float]:
+def fit(base, state: dict, batch: torch.Tensor, form: str, steps: int) -> tuple[list[float], float]:
+    """The losses of ``steps`` steps fitting the LoRA to ``batch`` with ``form``'s products, and the fitted model's
+    loss with plain products (evaluation runs them: did the adapter learn less, or is the rounded forward only a
+    noisier measure of it?)."""
     from peft import LoraConfig, get_peft_model
 
     base.load_state_dict(state)
@@ -97,10 +103,13 @@ def fit(base, state: dict, batch: torch.Tensor, form: str, steps: int) -> list[f
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(round(loss.item(), 4))
+    model.eval()
+    with torch.no_grad(), torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=batch.is_cuda):
+        plain = round(model(input_ids=batch, labels=batch).loss.item(), 4)
     model.unload()  # the plain modules back in `base`
     for module in base.modules():
         module.__dict__.pop("forward", None)  # use_rounded_products' forwards gone with the adapters
-    return losses
+    return losses, plain
 
 
 def main() -> None:
@@ -126,15 +135,18 @@ def main() -> None:
         base = LlamaForCausalLM(cfg).to(dtype)
     state = {k: v.clone() for k, v in base.state_dict().items()}
     batch = torch.randint(0, args.vocab, (args.bs, args.seq), generator=torch.Generator().manual_seed(0))
-    last = {}
+    last, plain_eval = {}, {}
     for form in dict.fromkeys(["plain", *args.forms]):  # plain first: the others are told against it
-        losses = fit(base, state, batch.to(args.device), form, args.steps)
-        last[form] = losses[-1]
+        losses, evaluated = fit(base, state, batch.to(args.device), form, args.steps)
+        last[form], plain_eval[form] = losses[-1], evaluated
         print(json.dumps({"products": form, "dtype": str(dtype).removeprefix("torch."), "hidden": args.hidden,
                           "layers": args.layers, "seq": args.seq, "bs": args.bs, "steps": args.steps,
-                          "losses": losses[::4] + losses[-1:]}), flush=True)
+                          "losses": losses[::4] + losses[-1:], "fitted_loss_plain_products": evaluated}), flush=True)
     print(json.dumps({"last_loss_minus_plain": {form: round(loss - last["plain"], 4) for form, loss in last.items()
-                                                if form != "plain"}}), flush=True)
+                                                if form != "plain"},
+                      "fitted_loss_plain_products_minus_plain": {
+                          form: round(loss - plain_eval["plain"], 4) for form, loss in plain_eval.items()
+                          if form != "plain"}}), flush=True)
 
 
 if __name__ == "__main__":
