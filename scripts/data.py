@@ -132,5 +132,5 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_tokenizer(args.tokenizer)
     stats, _ = describe_data(args.file, fmt=args.format, spec=spec, tokenizer=tokenizer, max_length=args.max_length,
                              image_folder=args.image_folder, vision_encoder=args.vision_encoder)
-    sys.stdout.write(json.dumps({"file": args.file, **stats}, indent=2) + "\n")
+    sys.stdout.write(json.dumps({"file": args.file, **stats}, indent=2, ensure_ascii=False) + "\n")
     return 0

@@ -113,6 +113,12 @@ ARRAY_WITH_BAD_ROLE = '[\n  {"messages": [{"role": "user", "content": "hi"}, {"r
     ("noreply_sharegpt.jsonl", '{"conversations": [{"from": "human", "value": "hi"}]}\n',
      "noreply_sharegpt.jsonl:1: field 'conversations' has no assistant message"),
     ("what.jsonl", '{"question": "hi", "answer": "yo"}\n', "cannot tell the data format (first record has keys: answer, question)"),
+    ("message.jsonl", '{"message": []}\n', "(first record has keys: message; did you mean 'messages'?)"),
+    ("bot.jsonl", '{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]}\n',
+     "field 'messages[1].role' is 'bot', not one of system, user, assistant; did you mean 'assistant'?"),
+    ("mixed.jsonl", '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+     '{"instruction": "a", "input": "", "output": "b"}\n', "mixed.jsonl:2: field 'messages' is missing; this record "
+     "is alpaca data, and the file's format, openai, was told from its first record: one format a file"),
     ("flat.jsonl", '{"system": "s", "input": "hi", "output": "yo"}\n', "one turn of XTuner's format: wrap each record's "
      'turns as {"conversation": [...]}'),
     ("comma.json", '[\n {"text": "a"},\n {"text": "b"},\n]\n', "comma.json:4: malformed JSON (Expecting value at column 1); "

@@ -29,6 +29,7 @@ ROLES = ("system", "user", "assistant")
 # ShareGPT dumps name the speakers in several ways; these are the ones seen in the wild.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "system": "system"}
+_OTHER_ROLES = {"bot": "assistant", "model": "assistant", "ai": "assistant", "developer": "system"}
 # The key that identifies each format in auto-detection, in the order they are tried.
 _MARKERS = (("messages", "openai"), ("conversation", "xtuner"), ("conversations", "sharegpt"),
             ("instruction", "alpaca"), ("text", "text"))
@@ -47,6 +48,10 @@ def detect_format(path: Path, first: object) -> str:
         if fmt := record_format(first):
             return fmt
         found = ", ".join(sorted(first)) or "none"
+        markers = [key for key, _ in _MARKERS]
+        close = [m for key in map(str, first) for m in difflib.get_close_matches(key, markers, n=1, cutoff=0.8)]
+        if close:  # "message", "conversions": a typo of a marker
+            found += f"; did you mean '{close[0]}'?"
         if {"input", "output"} <= set(first):  # one XTuner turn, not wrapped
             found += ' (one turn of XTuner\'s format: wrap each record\'s turns as {"conversation": [...]})'
     else:
@@ -146,7 +151,8 @@ def parse_openai(where: _Where, obj: object) -> dict:
         where.known(msg, ("role", "content", "weight"), f"messages[{i}].", "message")
         role = where.text(msg, "role", label=f"messages[{i}].role")
         if role not in ROLES:
-            meant = SHAREGPT_ROLES.get(role.lower())  # ShareGPT's speakers (human, gpt) in an OpenAI file
+            # ShareGPT's speakers (human, gpt) in an OpenAI file, and other APIs' names for the same roles
+            meant = SHAREGPT_ROLES.get(role.lower()) or _OTHER_ROLES.get(role.lower())
             raise where.error(f"messages[{i}].role", f"is '{role}', not one of {', '.join(ROLES)}"
                                                      + (f"; did you mean '{meant}'?" if meant else ""))
         content = msg.get("content")
@@ -272,6 +278,10 @@ def read_records(path: str | Path, fmt: str = "auto", encoding: str = "utf-8") -
                 raise where.error("image", f"is missing: the record opens with the {IMAGE_TOKEN} placeholder of a "
                                            "picture")
         except DataError as err:
+            other = record_format(obj) if isinstance(obj, dict) else None
+            if other not in (None, fmt):  # another format's record in the file: its own fields were not looked for
+                err = DataError(f"{err}; this record is {other} data, and the file's format, {fmt}, was told from its "
+                                "first record: one format a file")
             bad.append((line, err))
             continue
         records.append(record)
