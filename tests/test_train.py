@@ -380,8 +380,9 @@ def test_a_misspelt_target_module_is_named(tiny_checkpoint, chats, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU QLoRA is possible")
 def test_qlora_on_cpu_says_what_to_do(tiny_checkpoint, chats, tmp_path):
+    missing = tmp_path / "not-read.jsonl"  # said before the data is read (a LLaVA file's pictures are opened first)
     with pytest.raises(ConfigError, match="qlora needs a CUDA GPU with bitsandbytes.*quant.method=lora"):
-        train(load_config(None, overrides(tiny_checkpoint, chats, tmp_path / "q", method="qlora")))
+        train(load_config(None, overrides(tiny_checkpoint, missing, tmp_path / "q", method="qlora")))
     assert not (tmp_path / "q").exists()
 
 

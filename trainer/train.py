@@ -34,7 +34,7 @@ from myassistant.trainer.callbacks import (EvalPrompts, MetricsFile, ProgressBar
                                           read_jsonl, truncate_jsonl)
 from myassistant.trainer.config import ConfigError, RunConfig, changed_settings, save_config
 from myassistant.trainer.data.sources import TrainingData, build_training_data
-from myassistant.trainer.lora import bf16_supported, build_model, count_parameters
+from myassistant.trainer.lora import bf16_supported, bnb_config, build_model, count_parameters
 from myassistant.trainer import run_folder, runlock
 from myassistant.trainer.resume import TRAINER_STATE, checkpoint_step, holds_run, prepare_run_dir, remove_run
 from myassistant.trainer.run_folder import (DATA_SUMMARY_NAME, EVAL_SAMPLES_NAME, METRICS_NAME, RUN_CONFIG_NAME,
@@ -161,6 +161,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, callbacks: tuple, lock
     cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir))
     if cfg.train.qlora_fp8:  # before the run folder and the weights
         qlora_fp8.check_supported()
+    if cfg.quant.method == "qlora":  # QLoRA on a CPU: said before the data is read (665K pictures are opened first)
+        bnb_config(cfg.quant)
     args = training_arguments(cfg, run_dir, deepspeed_config(cfg.train.deepspeed))  # sets up the process group
     main = args.process_index == 0  # only the first process writes the run folder's own files
     if main and run_dir.is_dir():  # before prepare_run_dir cleans up what another training may be writing
