@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import cli, run_cli
+from conftest import cli
 from myassistant.model import IMAGE_TOKEN, load_llava
 from myassistant.trainer.data import IGNORE_INDEX, DataError, pack
 from myassistant.trainer.multimodal import load_llava_records, tokenize_llava, write_shapes_dataset
