@@ -72,12 +72,22 @@ def test_data_check_counts_each_picture_as_its_tokens(tmp_path, pictures, tiny_c
     assert stats["tokens_max"] > 2 * 16
 
 
+def test_llama_factorys_images_key_and_windows_paths_are_read(tmp_path, pictures):
+    """LLaMA-Factory's "images" was "field 'image' is missing"; images\\cat.jpg (written on Windows) "not found"."""
+    factory = {"images": ["pics\\big.jpg"], "conversations": [{"from": "human", "value": "<image>\nWhat colour?"},
+                                                                {"from": "gpt", "value": "Red."}]}
+    proc = cli("data", "check", str(_write(tmp_path, [factory])))
+    assert proc.returncode == 0 and json.loads(proc.stdout)["images"] == 1, proc.stderr
+
+
 @pytest.mark.parametrize("record, line_problem", [
     (_chat("<image>\nWhat?", "A cat.", "pics/missing.jpg"), "pics/missing.jpg not found"),
     (_chat("<image>\nWhat?", "A cat.", "pics/broken.jpg"), "pics/broken.jpg cannot be read"),
     (_chat("<image>\nWhat?", "A cat."), "has 1 <image> placeholder(s) but no image"),
     (_chat("What is it?", "A cat.", "pics/big.jpg"), "names 1 image(s) but has no <image> placeholder"),
     (_chat("<image> and <image>?", "Cats.", "pics/big.jpg"), "has 2 <image> placeholders for 1 image(s)"),
+    (_chat("<image>\nWhat?", "A cat.", "https://example.com/cat.jpg"), "field 'image' https://example.com/cat.jpg is "
+     "a web address; pictures are read from files"),  # it was joined into the folder: "pics/https:/example.com/..."
 ])
 def test_data_check_names_file_line_and_picture(tmp_path, pictures, record, line_problem):
     path = _write(tmp_path, [_chat("<image>\nOk?", "Yes.", "pics/dot.png"), record])

@@ -270,8 +270,8 @@ def read_records(path: str | Path, fmt: str = "auto", encoding: str = "utf-8") -
         try:
             record = parse(where, obj)
             # a picture record read as text would train on the words "<image>", its picture dropped
-            if isinstance(obj, dict) and obj.get("image"):
-                raise where.error("image", "names a picture, and text data has none: a multimodal run reads it "
+            if picture := isinstance(obj, dict) and next((k for k in ("image", "images") if obj.get(k)), None):
+                raise where.error(picture, "names a picture, and text data has none: a multimodal run reads it "
                                            "(vision.encoder set, see README \"Multimodal\")")
             if any(m["role"] == "user" and m["content"].startswith(IMAGE_TOKEN)
                    for m in record.get("messages", [])[:2]):

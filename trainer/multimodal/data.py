@@ -40,7 +40,8 @@ def has_images(path: str | Path, encoding: str = "utf-8") -> bool:
     path = Path(path)
     if path.suffix not in (".json", ".jsonl") or not path.is_file():
         return False
-    return any(isinstance(obj, dict) and obj.get("image") for _, obj in read_json_records(path, encoding))
+    return any(isinstance(obj, dict) and (obj.get("image") or obj.get("images"))
+               for _, obj in read_json_records(path, encoding))
 
 
 def open_image(path: str | Path, where: str = "") -> Image.Image:
@@ -64,13 +65,25 @@ def _open(path: str | Path, where: str, decode: bool) -> Image.Image | None:
 
 
 def _image_names(where: _Where, obj: dict) -> list[str]:
-    value = obj.get("image")
+    key = "image" if "image" in obj else "images"  # LLaVA's key, or LLaMA-Factory's
+    value = obj.get(key)
     if value is None:
         return []
     names = value if isinstance(value, list) else [value]
     if not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise where.error("image", "must be a file path (or a list of them) relative to the image folder")
+        raise where.error(key, "must be a file path (or a list of them) relative to the image folder")
+    if url := next((n for n in names if n.lower().startswith(("http://", "https://"))), None):
+        raise where.error(key, f"{url} is a web address; pictures are read from files: download them into the "
+                               "image folder and name them by their path there")
     return names
+
+
+def _in_folder(folder: Path, name: str) -> Path:
+    """A picture's path; a Windows path (``images\\cat.jpg``) is read with forward slashes where it is not a file."""
+    path = folder / name
+    if "\\" in name and not path.exists():
+        return folder / name.replace("\\", "/")
+    return path
 
 
 def llava_paths(path: str | Path, image_folder: str | Path | None = None) -> tuple[Path, Path]:
@@ -110,7 +123,7 @@ def load_llava_records(path: str | Path, image_folder: str | Path | None = None,
             fix = (f"give the record an \"image\" field, or take the {IMAGE_TOKEN} out" if not names else
                    f"put one {IMAGE_TOKEN} in the question for each image")
             raise DataError(f"{where.prefix}: {problem}; {fix}")
-        images = [folder / name for name in names]
+        images = [_in_folder(folder, name) for name in names]
         for image in images:
             _open(image, where.prefix, decode)
         records.append({**record, "images": [str(p) for p in images], "image_where": [where.prefix] * len(images)})
