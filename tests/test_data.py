@@ -377,6 +377,7 @@ def test_an_opening_assistant_turn_is_context_and_sharegpt_turns_take_weights(tm
     assert "1 of 1 records open with an assistant turn; no question asks for it, so it is context" in caplog.text
     row = tokenize_records(records, tokenizer, max_length=512)[0]
     assert trained_pieces(tokenizer, row["input_ids"], row["labels"]) == ["new answer<|im_end|>"]
+    assert describe(records)["assistant_turns"] == 1  # data check counted the greeting (and the weight-0 turn)
     alone = {"conversations": [{"from": "gpt", "value": "Hello!"}, {"from": "human", "value": "hi"}]}
     with pytest.raises(DataError, match=r"alone.jsonl:1: field 'conversations' has no assistant reply after the "
                                         "opening assistant turn"):

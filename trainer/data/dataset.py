@@ -230,7 +230,8 @@ def describe(records: Sequence[dict], tokenizer=None, max_length: int = 2048) ->
         "records": len(records),
         "conversations": len(conversations),
         "texts": len(records) - len(conversations),
-        "assistant_turns": sum(m["role"] == "assistant" and m.get("weight", 1) != 0 for c in conversations for m in c),
+        "assistant_turns": sum(m["role"] == "assistant" and m.get("weight", 1) != 0 and i > 0  # (as render_conversation:
+                               for c in conversations for i, m in enumerate(c)),  # an opening one is context)
         "with_system_prompt": sum(c[0]["role"] == "system" for c in conversations),
         "duplicates": count_duplicates(records),
     }
