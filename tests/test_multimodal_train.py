@@ -78,6 +78,10 @@ def test_two_stages_merge_report_push(tiny_checkpoint, tiny_vision_encoder, shap
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads((s2 / "run.json").read_text())
     assert info["adapter"] and info["projector_from"] == str(s1)
+    from myassistant.trainer.run_folder import chat_parts  # the studio loaded its base LLM with its adapter: "does
+    assert chat_parts(s2) == (s2, None)  # not fit"; as itself, the loader says to merge it first
+    said = cli("chat", str(s2), "--prompt", "hi")
+    assert said.returncode == 1 and "a training run's adapter, not a model; merge it first" in said.stderr, said.stderr
     adapter = json.loads((s2 / "adapter_config.json").read_text())
     assert "vision_tower" in adapter["target_modules"] and adapter["modules_to_save"] == ["multi_modal_projector"]
 
