@@ -178,16 +178,17 @@ def test_mostly_duplicate_file_warns(tmp_path, caplog):
 
 def test_chat_records_saved_as_txt_are_named(tmp_path, caplog):
     """Chat JSON Lines saved as .txt trained as raw text, braces and keys too, without a word."""
-    from myassistant.trainer.data.corpus import TextSpec
+    from myassistant.trainer.data.corpus import TextSpec, check_file
     from myassistant.trainer.data.sources import source_kind
 
     chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     with caplog.at_level(logging.WARNING, logger="myassistant.trainer.data"):
         assert source_kind(str(jsonl(tmp_path / "chat.txt", [chat])), "auto", TextSpec()) == "text"
+        check_file(tmp_path / "chat.txt", TextSpec())  # (as every reader of a text file checks it)
     assert "chat.txt: its lines are chat records (messages), but a .txt file is read as raw text" in caplog.text
     caplog.clear()
     (tmp_path / "prose.txt").write_text('{"a": 1} is how JSON looks.\n\nA second paragraph.\n')
-    source_kind(str(tmp_path / "prose.txt"), "auto", TextSpec())
+    check_file(tmp_path / "prose.txt", TextSpec())
     assert "chat records" not in caplog.text
 
 

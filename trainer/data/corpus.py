@@ -9,9 +9,10 @@ What a document is:
 
 Files are read as a stream, never whole, so a multi-GB corpus costs memory of one piece: a document
 longer than ``PIECE_CHARS`` is yielded in pieces cut at line ends (a longer line after a sentence's end or before a
-space: ``_cut``), ``last`` marking its final piece (``trainer.data.blocks`` puts eos only there). A binary file, a file that is not in ``encoding`` (the
-message names encodings the bytes do decode as), a glob that matches nothing and a document set with
-no text stop with one ``DataError`` before anything is tokenised.
+space: ``_cut``), ``last`` marking its final piece (``trainer.data.blocks`` puts eos only there). A binary file, a
+file that is not in ``encoding`` (the message names encodings the bytes do decode as), a glob that matches nothing
+and a document set with no text stop with one ``DataError`` before anything is tokenised; a ``.txt`` whose lines
+are chat records is named in a warning.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .encodings import SNIFF_BYTES, check_encoding, decode_error, file_encoding, is_wide, with_bom
-from .formats import DataError, broken_character
+from .formats import DataError, broken_character, record_format
 from .jsonfile import malformed_line, read_json_records, record_continues
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,26 @@ def check_file(path: Path, spec: TextSpec) -> None:
         raise DataError(f"{path}: a binary file (NUL byte at offset {nul}), not text; "
                         f"training reads text files ({', '.join(SUFFIXES)})")
     try:
-        head.decode(encoding)
+        text = head.decode(with_bom(encoding))
     except UnicodeDecodeError as err:
-        if len(head) == SNIFF_BYTES and err.start >= len(head) - 4:
-            return  # a character cut at the end of the sample, not a wrong encoding
-        raise decode_error(path, head, err, encoding) from None
+        if not (len(head) == SNIFF_BYTES and err.start >= len(head) - 4):  # (a character cut at the sample's end)
+            raise decode_error(path, head, err, encoding) from None
+        text = head[:err.start].decode(with_bom(encoding))
+    if path.suffix.lower() == ".txt":
+        _say_if_chat_records(str(path), next((line for line in text.splitlines() if line.strip()), ""))
+
+
+@functools.cache  # once per file and process
+def _say_if_chat_records(path: str, first_line: str) -> None:
+    """A warning when a .txt file's first line is a chat record (JSON Lines saved as .txt): raw text is trained on its
+    braces and keys, and the run becomes a pre-training one."""
+    try:
+        record = json.loads(first_line)
+    except json.JSONDecodeError:
+        return
+    if isinstance(record, dict) and record_format(record) not in ("text", None):
+        log.warning("%s: its lines are chat records (%s), but a .txt file is read as raw text, braces and keys too: "
+                    "name it .jsonl to train on its chats", path, ", ".join(sorted(record)))
 
 
 def _check_parquet(path: Path, spec: TextSpec) -> None:

@@ -23,7 +23,7 @@ from . import dataset as chat_data
 from .blocks import TextBlocks, tokenize_corpus
 from .corpus import TextSpec, check_file, find_files
 from .encodings import file_encoding, with_bom
-from .formats import DataError, detect_format, record_format
+from .formats import DataError, detect_format
 from .jsonfile import malformed_line, read_json_records, record_continues
 
 log = logging.getLogger(__name__)
@@ -76,28 +76,11 @@ def source_kind(path: str, fmt: str, spec: TextSpec) -> str:
         return "chat"
     files = find_files(path)
     if any(f.suffix.lower() in (".txt", ".parquet") for f in files):
-        for txt in (f for f in files if f.suffix.lower() == ".txt"):
-            _say_if_chat_records(txt, spec)
         return "text"
     first = _first_record(files[0], spec)
     if isinstance(first, dict) and spec.text_field in first and spec.text_field != "text":
         return "text"
     return "text" if detect_format(files[0], first) == "text" else "chat"
-
-
-def _say_if_chat_records(path: Path, spec: TextSpec) -> None:
-    """A warning when a .txt file's first line is a chat record (JSON Lines saved as .txt): raw text is trained on its
-    braces and keys, and the run becomes a pre-training one."""
-    check_file(path, spec)
-    with open(path, encoding=with_bom(file_encoding(path, spec.encoding))) as f:
-        first = next((line for line in f if line.strip()), "")
-    try:
-        record = json.loads(first)
-    except json.JSONDecodeError:
-        return
-    if isinstance(record, dict) and record_format(record) not in ("text", None):
-        log.warning("%s: its lines are chat records (%s), but a .txt file is read as raw text, braces and keys too: "
-                    "name it .jsonl to train on its chats", path, ", ".join(sorted(record)))
 
 
 def resolve_sources(data) -> list[Source]:
