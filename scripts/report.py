@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", help="base model folder to measure side by side (default: the run's base)")
     p.add_argument("--chat-data", help="pre-training: general chats to score (default: the shipped zh+en set)")
     p.add_argument("--out", help="where to write report.json / report.md (default: the model folder)")
-    p.add_argument("--max-new-tokens", type=at_least(1, "the answers need at least 1 token"), default=48, help="identity: longest greedy answer in tokens (default 48)")
+    p.add_argument("--max-new-tokens", type=at_least(1, "the answers need at least 1 token"), default=48,
+                   help="identity: longest greedy answer in tokens (default 48)")
     p.add_argument("--system", help="identity: also measure identity and leak with this system prompt (e.g. \"You are "
                                     "Alice.\"), without and with the identity guard (the app's APP_IDENTITY_GUARD=1)")
     args = p.parse_args(argv)

@@ -96,8 +96,8 @@ def _say_utf8(path: str, encoding: str) -> None:
 def decode_error(path: Path, data: bytes, err: UnicodeDecodeError, encoding: str, line_offset: int = 0) -> DataError:
     """One line: file:line, the byte, and the encodings the bytes read as, likeliest first (or what to do)."""
     line = line_offset + data[: err.start].count(b"\n") + 1
-    fits = [e for e in CANDIDATE_ENCODINGS if e != encoding and _decodes(data, e)]
-    likely = sorted((e for e in fits if _plausible(data, e) >= 0.8), key=lambda e: -_plausible(data, e))
+    scores = {e: _plausible(data, e) for e in CANDIDATE_ENCODINGS if e != encoding and _decodes(data, e)}
+    likely = sorted((e for e, score in scores.items() if score >= 0.8), key=lambda e: -scores[e])
     flag = "`data check` / `data identity`: --encoding"
     hint = (f"it reads as {likely[0]}{' (or ' + ', '.join(likely[1:]) + ')' if likely[1:] else ''}: set "
             f"data.encoding={likely[0]} ({flag} {likely[0]}), or save the file as UTF-8" if likely else
@@ -133,16 +133,19 @@ def _plausible(data: bytes, encoding: str) -> float:
     codec, common = _COMMON[encoding]
     text = data.decode(encoding, errors="ignore")
     wide = [c for c in text if ord(c) >= 0x80]
-    share = sum(common(c.encode(codec)) for c in wide if _encodes(c, codec)) / max(len(wide), 1)
+    share = sum(map(common, _encoded(wide, codec))) / max(len(wide), 1)
     if encoding != "euc-kr":  # Chinese and Japanese put no spaces between words; Korean (read as gb18030: hanzi) does
         spaced = len(re.findall(r"[^\x00-\x7f] [^\x00-\x7f]", text))
         share *= max(0.0, 1 - 3 * spaced / max(len(wide), 1))
     return share
 
 
-def _encodes(char: str, codec: str) -> bool:
-    try:
-        char.encode(codec)
-    except UnicodeEncodeError:
-        return False
-    return True
+def _encoded(chars: list[str], codec: str) -> list[bytes]:
+    """Each of ``chars`` as ``codec`` writes it, those it has no bytes for left out."""
+    out = []
+    for char in chars:
+        try:
+            out.append(char.encode(codec))
+        except UnicodeEncodeError:
+            pass
+    return out

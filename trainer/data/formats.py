@@ -140,7 +140,10 @@ def _weight(where: _Where, turn: dict, label: str, role: str, message: dict) -> 
         message["weight"] = turn["weight"]
 
 
-def _not_text(where: _Where, label: str, part: object) -> str:
+def _text_part(where: _Where, label: str, part: object) -> str:
+    """One of OpenAI's content parts: its text, or one error for another kind (a picture)."""
+    if isinstance(part, dict) and part.get("type") == "text":
+        return where.text(part, "text", label=f"{label}.text")
     kind = part.get("type") if isinstance(part, dict) else type(part).__name__
     raise where.error(label, f"is a {kind!r} part; a chat file's messages are text (pictures: a LLaVA file)")
 
@@ -155,14 +158,10 @@ def parse_openai(where: _Where, obj: object) -> dict:
             meant = SHAREGPT_ROLES.get(role.lower()) or _OTHER_ROLES.get(role.lower())
             raise where.error(f"messages[{i}].role", f"is '{role}', not one of {', '.join(ROLES)}"
                                                      + (f"; did you mean '{meant}'?" if meant else ""))
-        content = msg.get("content")
-        if isinstance(content, list):  # OpenAI's content parts: [{"type": "text", "text": ...}, ...]
-            content = {"content": "\n".join(where.text(part, "text", label=f"messages[{i}].content[{j}].text")
-                                             if isinstance(part, dict) and part.get("type") == "text" else
-                                             _not_text(where, f"messages[{i}].content[{j}]", part)
-                                             for j, part in enumerate(content))}
-        message = {"role": role, "content": where.text(content if isinstance(content, dict) else msg, "content",
-                                                       label=f"messages[{i}].content")}
+        if isinstance(msg.get("content"), list):  # OpenAI's content parts: [{"type": "text", "text": ...}, ...]
+            msg = {**msg, "content": "\n".join(_text_part(where, f"messages[{i}].content[{j}]", part)
+                                               for j, part in enumerate(msg["content"]))}
+        message = {"role": role, "content": where.text(msg, "content", label=f"messages[{i}].content")}
         _weight(where, msg, f"messages[{i}].weight", role, message)
         messages.append(message)
     return _conversation(where, messages)
